@@ -1,0 +1,1 @@
+"""Model converters, installed as ``kerasq.converters`` (see setup.py ``package_dir``)."""

@@ -1,0 +1,90 @@
+"""kerasq: Caffe import, Caffe-style quantization (DFP, minifloat, pow2), sparsity and
+TFLite export for Keras models, built on tensorflow-model-optimization.
+
+Importing kerasq is cheap: TensorFlow and the submodules are loaded on first use of
+a name below, and the optional C++ ops are never loaded at import time.
+
+Example:
+    >>> import kerasq
+    >>> kerasq.numerics.dfp_quantize([0.3, 1.7], bitwidth=4, frac_bits=2)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+# In a source checkout ``converters/`` sits beside ``kerasq/``; installs map it to
+# ``kerasq.converters`` (setup.py package_dir). Mirror that mapping for checkouts.
+_checkout_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if not os.path.isdir(os.path.join(__path__[0], "converters")) and os.path.isfile(
+    os.path.join(_checkout_root, "converters", "__init__.py")
+):
+    __path__.append(_checkout_root)  # type: ignore[name-defined]
+
+try:
+    from importlib.metadata import PackageNotFoundError, version
+
+    __version__ = version("kerasq")
+except Exception:  # running from a source tree without installation
+    __version__ = "0.1.0"
+
+from kerasq.errors import (  # noqa: E402  (errors never import TensorFlow)
+    CaffeFormatError,
+    ExportError,
+    KerasqError,
+    ModelFormatError,
+    QuantizationConfigError,
+    UnsupportedLayerError,
+    VerificationError,
+)
+
+# name -> module that defines it; resolved lazily by __getattr__.
+_LAZY = {
+    "numerics": "kerasq.numerics",
+    "ops": "kerasq.ops",
+    "schemes": "kerasq.schemes",
+    "prune": "kerasq.prune",
+    "export": "kerasq.export",
+    "integer": "kerasq.integer",
+    "converters": "kerasq.converters",
+}
+# public functions/classes re-exported from submodules: name -> module
+_LAZY_ATTRS = {
+    "QuantizationConfig": "kerasq.schemes",
+    "quantize_model": "kerasq.schemes",
+    "calibrate": "kerasq.schemes",
+    "search_bitwidths": "kerasq.schemes",
+    "load_model": "kerasq.schemes",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module = importlib.import_module(_LAZY[name])
+        globals()[name] = module
+        return module
+    if name in _LAZY_ATTRS:
+        value = getattr(importlib.import_module(_LAZY_ATTRS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'kerasq' has no attribute {name!r}")
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_LAZY) | set(_LAZY_ATTRS))
+
+
+__all__ = [
+    "__version__",
+    "KerasqError",
+    "CaffeFormatError",
+    "UnsupportedLayerError",
+    "QuantizationConfigError",
+    "ExportError",
+    "VerificationError",
+    "ModelFormatError",
+    *_LAZY,
+    *_LAZY_ATTRS,
+]

@@ -1,0 +1,69 @@
+"""The one place that decides which TensorFlow/Keras kerasq runs on.
+
+tensorflow-model-optimization (tfmot) works only with Keras 2, so kerasq uses
+``tf_keras`` and sets ``TF_USE_LEGACY_KERAS=1`` before TensorFlow is imported.
+Every other kerasq module imports ``tf``, ``keras`` and ``tfmot`` from here and
+never imports ``keras`` or ``tf.keras`` itself (a test enforces this).
+
+TensorFlow's C++ start-up lines (CUDA probing, oneDNN notices) are written to
+file descriptor 2 before Python logging exists; they are swallowed while TF is
+imported and its devices initialised, unless ``KERASQ_VERBOSE_TF=1``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from typing import Iterator
+
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# oneDNN reorders float sums; kerasq's bit-exactness checks want TF's own kernels.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """Redirect fd 2 to a temp file; replay it only if the block raises."""
+    if os.environ.get("KERASQ_VERBOSE_TF") == "1" or "tensorflow" in sys.modules:
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real fd 2 (e.g. embedded interpreters)
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            sink.seek(0)
+            sys.stderr.write(sink.read().decode("utf-8", "replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+with _quiet_native_stderr():
+    import tensorflow as tf  # noqa: E402
+
+    tf.config.list_physical_devices()  # CUDA probing logs here, once.
+    import tf_keras as keras  # noqa: E402
+
+tf.get_logger().setLevel("ERROR")
+
+
+def tfmot():
+    """Return the ``tensorflow_model_optimization`` module (imported on first use)."""
+    import tensorflow_model_optimization as _tfmot
+
+    return _tfmot
+
+
+__all__ = ["tf", "keras", "tfmot"]

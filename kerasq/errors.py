@@ -1,0 +1,88 @@
+"""kerasq's exception hierarchy.
+
+Every error kerasq raises on bad input is a :class:`KerasqError`. It carries the
+file, the layer (or argument) and the reason, and renders as one line::
+
+    <file>: <layer>: <reason>
+
+The CLI prints ``kerasq: error: `` followed by that line and exits with status 2.
+
+Example:
+    >>> err = UnsupportedLayerError("Foo is not supported", file="net.prototxt", layer="foo1")
+    >>> str(err)
+    'net.prototxt: foo1: Foo is not supported'
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Union
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class KerasqError(Exception):
+    """Base class of all kerasq errors: a reason, optionally a file and a layer."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        file: Optional[PathLike] = None,
+        layer: Optional[str] = None,
+    ) -> None:
+        self.reason = str(reason)
+        self.file = os.fspath(file) if file is not None else None
+        self.layer = layer
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        parts = [p for p in (self.file, self.layer) if p]
+        parts.append(" ".join(self.reason.split()))  # always one line
+        return ": ".join(parts)
+
+    def with_context(
+        self, *, file: Optional[PathLike] = None, layer: Optional[str] = None
+    ) -> "KerasqError":
+        """Fill in file/layer if they are not set yet, and return self."""
+        if self.file is None and file is not None:
+            self.file = os.fspath(file)
+        if self.layer is None and layer is not None:
+            self.layer = layer
+        self.args = (self.__str__(),)
+        return self
+
+
+class CaffeFormatError(KerasqError):
+    """A prototxt, caffemodel or binaryproto that cannot be read or is inconsistent."""
+
+
+class UnsupportedLayerError(KerasqError):
+    """A layer type (or a parameter of it) that kerasq cannot lower."""
+
+
+class QuantizationConfigError(KerasqError, ValueError):
+    """An invalid quantization setting; the message names the field and the value."""
+
+
+class ExportError(KerasqError):
+    """A model or config that cannot be exported to the requested target."""
+
+
+class VerificationError(KerasqError):
+    """An exported or converted model that disagrees with its reference."""
+
+
+class ModelFormatError(KerasqError):
+    """A Keras model file that cannot be loaded or is not what the command expects."""
+
+
+__all__ = [
+    "KerasqError",
+    "CaffeFormatError",
+    "UnsupportedLayerError",
+    "QuantizationConfigError",
+    "ExportError",
+    "VerificationError",
+    "ModelFormatError",
+]

@@ -1,0 +1,72 @@
+"""Packaging for kerasq.
+
+``converters/`` is installed as ``kerasq.converters`` through ``package_dir`` (never as
+a top-level ``converters`` package). The optional C++ ops are compiled by the
+``build_ext`` command in ``kerasq/ops/_build_ext.py`` (see the README, "Building the ops").
+"""
+
+import importlib.util
+import os
+
+from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+_BUILD_HELPER = os.path.join(HERE, "kerasq", "ops", "_build_ext.py")
+
+cmdclass, ext_modules = {}, []
+if os.path.exists(_BUILD_HELPER):  # optional: no compiler or no TF leaves a pure-Python install
+    _spec = importlib.util.spec_from_file_location("_kerasq_build_ext", _BUILD_HELPER)
+    _build = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_build)
+    cmdclass, ext_modules = _build.cmdclass, _build.ext_modules
+
+INSTALL_REQUIRES = [
+    "tensorflow==2.21.0",
+    "tf-keras==2.21.0",
+    "tensorflow-model-optimization==0.8.1",
+    "numpy==2.4.6",
+    "protobuf>=7.35,<8",
+    "absl-py>=1.2,<2",
+    "scikit-learn==1.9.1",  # ships the real handwritten digits used by `kerasq demo`
+]
+
+TEST_REQUIRES = [
+    "pytest>=8",
+    "ai-edge-litert==2.3.0",
+    "opencv-python-headless==4.14.0.94",
+    "grpcio-tools==1.85.1",
+    "hypothesis>=6.100",
+]
+
+kerasq_packages = [p for p in find_packages(include=["kerasq", "kerasq.*"])]
+converter_packages = [
+    "kerasq." + p for p in find_packages(include=["converters", "converters.*"])
+]
+
+with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
+    long_description = f.read()
+
+setup(
+    name="kerasq",
+    version="0.1.0",
+    description=(
+        "Caffe import, Caffe-style quantization (dynamic fixed point, minifloat, pow2), "
+        "sparsity and TFLite export for Keras"
+    ),
+    long_description=long_description,
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=kerasq_packages + converter_packages,
+    package_dir={"kerasq": "kerasq", "kerasq.converters": "converters"},
+    package_data={
+        "kerasq": ["py.typed", "ops/cc/**/*", "data/*"],
+        "kerasq.converters.caffe": ["proto/*.proto"],
+    },
+    include_package_data=False,
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": TEST_REQUIRES},
+    entry_points={"console_scripts": ["kerasq=kerasq.cli:entry_point"]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+    zip_safe=False,
+)
