@@ -1,0 +1,47 @@
+"""kerasq quantization schemes: DFP, minifloat and power-of-two weights on tfmot.
+
+Post-training quantization is two calls, quantization-aware training one more::
+
+    import kerasq
+    qmodel = kerasq.quantize_model(model, kerasq.QuantizationConfig(bitwidth_weights=8))
+    kerasq.calibrate(qmodel, calibration_images)       # PTQ: ranges and fractional lengths
+    qmodel.compile(...); qmodel.fit(...)                # optional QAT from calibrated ranges
+    qmodel.save("q.h5"); kerasq.load_model("q.h5")
+
+Submodules are imported on first use, so ``import kerasq.schemes.config`` does not load
+TensorFlow.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from kerasq.schemes.config import QuantizationConfig
+
+_LAZY_ATTRS = {
+    "quantize_model": "kerasq.schemes.api",
+    "calibrate": "kerasq.schemes.calibrate",
+    "load_model": "kerasq.schemes.api",
+    "custom_objects": "kerasq.schemes.api",
+    "quantize_scope": "kerasq.schemes.api",
+    "KerasqQuantizeScheme": "kerasq.schemes.scheme",
+    "search_bitwidths": "kerasq.schemes.search",
+    "report": "kerasq.schemes.report",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_ATTRS:
+        module = importlib.import_module(_LAZY_ATTRS[name])
+        value = getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'kerasq.schemes' has no attribute {name!r}")
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_LAZY_ATTRS))
+
+
+__all__ = ["QuantizationConfig", *_LAZY_ATTRS]

@@ -1,0 +1,304 @@
+"""``QuantizationConfig``: the net-level quantization settings of kerasq.
+
+One immutable, validated, JSON-serializable object that plays the role of
+caffe-jacinto's ``NetQuantizationParameter`` and Ristretto's ``QuantizationParameter``.
+kerasq's defaults are its own: symmetric power-of-two dynamic fixed point (DFP) with
+8-bit weights (per channel) and 8-bit activations, which is exactly representable as
+TFLite int8 (scale 2^-fl, zero point 0) and maps an exact zero to an exact zero.
+
+Rounding, precisely:
+  * inference (``training=False``): every quantizer uses ``rounding``;
+  * training (``training=True``): weights use ``train_rounding`` or, when it is
+    ``None``, ``"stochastic"`` (Ristretto and caffe-jacinto round weights stochastically
+    in the TRAIN phase); activations use ``train_rounding`` when it is set and
+    ``rounding`` otherwise (stochastic activations are opt-in).
+
+Range estimation (``range_estimator``), for activations; weight ranges always come from
+the current weights (min/max, or max|w| per channel):
+  * ``"minmax"``: running min and max over all calibration batches (kerasq default);
+  * ``"max_abs"``: Ristretto's ``ristretto quantize`` statistics: running max|x| over all
+    batches and Ristretto's integer-length rule il = ceil(log2(max|x|)) for activations
+    (one bit shorter than needed for signed tensors, reproduced on purpose), and
+    il = ceil(log2(max|w|)) + 1 for weights; fl = bitwidth - il;
+  * ``"ema"``: caffe-jacinto 0.17's running range: the first batch sets
+    r = e*batch_min/max, later ones r <- (1 - b)*r + b*e*batch_min/max with
+    b = ``ema_update_factor`` (0.01) and e = ``range_expansion`` (1.25);
+  * ``"percentile"``: running max of the per-batch ``percentile``-th percentile of |x|
+    (and the 100 - p-th / p-th percentiles for min/max).
+
+Example:
+    >>> cfg = QuantizationConfig(bitwidth_weights=4, overrides={"Dense": {"bitwidth_weights": 8}})
+    >>> cfg.bitwidth_weights, cfg.replace(rounding="nearest_even").rounding
+    (4, 'nearest_even')
+    >>> QuantizationConfig.from_json(cfg.to_json()) == cfg
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from kerasq.errors import QuantizationConfigError
+
+PRECISIONS = ("dfp", "minifloat", "pow2_weights", "float")
+ROUNDINGS = ("nearest", "nearest_even", "half_up", "stochastic")
+RANGE_ESTIMATORS = ("minmax", "max_abs", "ema", "percentile")
+UNKNOWN_LAYER_POLICIES = ("float", "quantize_outputs", "error")
+
+
+def _frozen_overrides(value: Any) -> Mapping[str, Mapping[str, Any]]:
+    if value is None:
+        return types.MappingProxyType({})
+    if not isinstance(value, Mapping):
+        raise QuantizationConfigError(
+            f"overrides={value!r}: must be a mapping of layer name or type to a dict of fields"
+        )
+    frozen = {}
+    for key, fields in value.items():
+        if not isinstance(key, str) or not key:
+            raise QuantizationConfigError(f"overrides: key {key!r} must be a layer name or type")
+        if not isinstance(fields, Mapping):
+            raise QuantizationConfigError(
+                f"overrides[{key!r}]={fields!r}: must be a dict of QuantizationConfig fields",
+                layer=key,
+            )
+        for name in fields:
+            if name in ("overrides", "ignored_layers") or name not in _FIELD_NAMES:
+                raise QuantizationConfigError(
+                    f"overrides[{key!r}]: unknown or non-overridable field {name!r}", layer=key
+                )
+        frozen[key] = types.MappingProxyType(dict(fields))
+    return types.MappingProxyType(frozen)
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizationConfig:
+    """Validated quantization settings for a whole model, with per-layer overrides.
+
+    Fields (kerasq defaults): ``precision`` "dfp" | "minifloat" | "pow2_weights" | "float";
+    ``bitwidth_weights``/``bitwidth_activations`` 8, ``bitwidth_bias`` 32 (2..32; bias
+    fl = fl_in + fl_w when 32, like an int32 accumulator, else the weights' fl);
+    ``rounding``/``train_rounding`` (see module docstring); ``power2_range`` True (DFP
+    scales 2^-fl; False = caffe-jacinto's scale (2^(b-1)-1)/max|x|); offsets (asymmetric)
+    off; ``unsigned_activations`` True (non-negative tensors use [0, 2^b - 1]);
+    ``exp_bits``/``mant_bits`` 5/10 (minifloat E5M10); ``pow2_exp_min``/``max`` -8/-1;
+    ``per_channel_weights`` True; ``range_estimator`` and its parameters;
+    ``frac_bits_weights``/``frac_bits_activations`` fixed fractional lengths (Ristretto's
+    ``fl_params``/``fl_layer_out``; None = derived from the ranges);
+    ``quantization_start`` steps before fake quantization starts (ranges are collected
+    before); ``ignored_layers``; ``unknown_layers`` what to do with layers kerasq has no
+    rule for ("float" leaves them unquantized and logs it, "quantize_outputs" fake-quantizes
+    their float outputs, "error" raises); ``fold_batchnorm`` folds BatchNormalization
+    into the preceding conv/dense before quantizing (caffe-jacinto ``caffe optimize``);
+    ``overrides`` maps a layer name or type to a dict of fields (name beats type).
+    """
+
+    precision: str = "dfp"
+    bitwidth_weights: int = 8
+    bitwidth_activations: int = 8
+    bitwidth_bias: int = 32
+    rounding: str = "nearest"
+    train_rounding: Optional[str] = None
+    power2_range: bool = True
+    apply_offset_weights: bool = False
+    apply_offset_activations: bool = False
+    unsigned_activations: bool = True
+    quantize_weights: bool = True
+    quantize_activations: bool = True
+    exp_bits: int = 5
+    mant_bits: int = 10
+    pow2_exp_min: int = -8
+    pow2_exp_max: int = -1
+    per_channel_weights: bool = True
+    range_estimator: str = "minmax"
+    percentile: float = 99.99
+    ema_update_factor: float = 0.01
+    range_expansion: float = 1.25
+    frac_bits_weights: Optional[int] = None
+    frac_bits_activations: Optional[int] = None
+    quantization_start: int = 0
+    ignored_layers: Tuple[str, ...] = ()
+    unknown_layers: str = "float"
+    fold_batchnorm: bool = True
+    overrides: Mapping[str, Mapping[str, Any]] = dataclasses.field(
+        default_factory=lambda: types.MappingProxyType({})
+    )
+
+    # ------------------------------------------------------------------ validation
+    def __post_init__(self) -> None:
+        def fail(field: str, why: str) -> None:
+            raise QuantizationConfigError(f"{field}={getattr(self, field)!r}: {why}")
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_num(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        if self.precision not in PRECISIONS:
+            fail("precision", f"must be one of {', '.join(PRECISIONS)}")
+        for name in ("bitwidth_weights", "bitwidth_activations", "bitwidth_bias"):
+            v = getattr(self, name)
+            if not is_int(v) or not 2 <= v <= 32:
+                fail(name, "must be an integer in 2..32")
+        if self.rounding not in ROUNDINGS:
+            fail("rounding", f"must be one of {', '.join(ROUNDINGS)}")
+        if self.train_rounding is not None and self.train_rounding not in ROUNDINGS:
+            fail("train_rounding", f"must be None or one of {', '.join(ROUNDINGS)}")
+        for name in (
+            "power2_range", "apply_offset_weights", "apply_offset_activations",
+            "unsigned_activations", "quantize_weights", "quantize_activations",
+            "per_channel_weights", "fold_batchnorm",
+        ):
+            if not isinstance(getattr(self, name), bool):
+                fail(name, "must be True or False")
+        if not is_int(self.exp_bits) or not 1 <= self.exp_bits <= 8:
+            fail("exp_bits", "must be an integer in 1..8 (float32 holds the values)")
+        if not is_int(self.mant_bits) or not 0 <= self.mant_bits <= 23:
+            fail("mant_bits", "must be an integer in 0..23 (float32 holds the values)")
+        for name in ("pow2_exp_min", "pow2_exp_max"):
+            v = getattr(self, name)
+            if not is_int(v) or not -126 <= v <= 127:
+                fail(name, "must be an integer in -126..127")
+        if self.pow2_exp_min > self.pow2_exp_max:
+            fail("pow2_exp_min", f"must not exceed pow2_exp_max={self.pow2_exp_max}")
+        if self.range_estimator not in RANGE_ESTIMATORS:
+            fail("range_estimator", f"must be one of {', '.join(RANGE_ESTIMATORS)}")
+        if not is_num(self.percentile) or not 50.0 < self.percentile <= 100.0:
+            fail("percentile", "must be a number in (50, 100]")
+        if not is_num(self.ema_update_factor) or not 0.0 < self.ema_update_factor <= 1.0:
+            fail("ema_update_factor", "must be a number in (0, 1]")
+        if not is_num(self.range_expansion) or not self.range_expansion >= 1.0:
+            fail("range_expansion", "must be a number >= 1")
+        for name in ("frac_bits_weights", "frac_bits_activations"):
+            v = getattr(self, name)
+            if v is not None and (not is_int(v) or not -64 <= v <= 64):
+                fail(name, "must be None or an integer in -64..64")
+        if not is_int(self.quantization_start) or self.quantization_start < 0:
+            fail("quantization_start", "must be an integer >= 0")
+        if self.unknown_layers not in UNKNOWN_LAYER_POLICIES:
+            fail("unknown_layers", f"must be one of {', '.join(UNKNOWN_LAYER_POLICIES)}")
+        ignored = self.ignored_layers
+        if isinstance(ignored, str) or not all(isinstance(n, str) for n in ignored):
+            fail("ignored_layers", "must be a sequence of layer names")
+        object.__setattr__(self, "ignored_layers", tuple(ignored))
+        if self.precision == "minifloat" and self.exp_bits + self.mant_bits + 1 > 32:
+            fail("mant_bits", f"1 + exp_bits + mant_bits must be <= 32 (exp_bits={self.exp_bits})")
+        overrides = _frozen_overrides(self.overrides)
+        object.__setattr__(self, "overrides", overrides)
+        for key, fields in overrides.items():
+            try:
+                dataclasses.replace(self, overrides={}, **dict(fields))
+            except QuantizationConfigError as err:
+                raise QuantizationConfigError(f"overrides[{key!r}]: {err.reason}", layer=key)
+
+    def __hash__(self) -> int:
+        return hash(self.to_json())
+
+    # --------------------------------------------------------------- conveniences
+    def replace(self, **changes: Any) -> "QuantizationConfig":
+        """Return a copy with ``changes`` applied (validated).
+
+        Example: ``QuantizationConfig().replace(bitwidth_weights=4)``.
+        """
+        unknown = sorted(set(changes) - set(_FIELD_NAMES))
+        if unknown:
+            raise QuantizationConfigError(f"{unknown[0]}: unknown QuantizationConfig field")
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def train_weight_rounding(self) -> str:
+        """Rounding of weights while training: ``train_rounding`` or "stochastic"."""
+        return self.train_rounding or "stochastic"
+
+    @property
+    def train_activation_rounding(self) -> str:
+        """Rounding of activations while training: ``train_rounding`` or ``rounding``."""
+        return self.train_rounding or self.rounding
+
+    def is_ignored(self, layer: Any) -> bool:
+        """True if ``layer`` (a Keras layer or a name) is listed in ``ignored_layers``."""
+        name = layer if isinstance(layer, str) else getattr(layer, "name", None)
+        return name in self.ignored_layers
+
+    def for_layer(self, layer: Any, layer_type: Optional[str] = None) -> "QuantizationConfig":
+        """The config that applies to ``layer``: overrides by type, then by name.
+
+        ``layer`` is a Keras layer or a layer name. A layer's types are its Keras class
+        name and, for layers converted from Caffe, the Caffe type stored by the converter
+        (attribute ``caffe_type`` or ``_kerasq_caffe_type``), or ``layer_type`` if given.
+        An ignored layer gets ``precision="float"``.
+        """
+        if isinstance(layer, str):
+            name, types_ = layer, [layer_type]
+        else:
+            name = getattr(layer, "name", None)
+            types_ = [
+                type(layer).__name__,
+                getattr(layer, "caffe_type", None),
+                getattr(layer, "_kerasq_caffe_type", None),
+                layer_type,
+            ]
+        merged: Dict[str, Any] = {}
+        for t in types_:
+            if t and t in self.overrides:
+                merged.update(self.overrides[t])
+        if name in self.overrides:
+            merged.update(self.overrides[name])
+        if name in self.ignored_layers:
+            merged["precision"] = "float"
+        if not merged:
+            return self
+        return dataclasses.replace(self, overrides={}, ignored_layers=(), **merged)
+
+    # -------------------------------------------------------------- serialization
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain-Python dict of every field (JSON-compatible)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["ignored_layers"] = list(self.ignored_layers)
+        out["overrides"] = {k: dict(v) for k, v in self.overrides.items()}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "QuantizationConfig":
+        """Inverse of :meth:`to_dict`; unknown keys raise ``QuantizationConfigError``."""
+        if not isinstance(data, Mapping):
+            raise QuantizationConfigError(f"config must be a mapping, got {type(data).__name__}")
+        unknown = sorted(set(data) - set(_FIELD_NAMES))
+        if unknown:
+            raise QuantizationConfigError(f"{unknown[0]}: unknown QuantizationConfig field")
+        kwargs = dict(data)
+        if "ignored_layers" in kwargs and isinstance(kwargs["ignored_layers"], list):
+            kwargs["ignored_layers"] = tuple(kwargs["ignored_layers"])
+        return cls(**kwargs)
+
+    def to_json(self) -> str:
+        """JSON text of :meth:`to_dict` (keys sorted)."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "QuantizationConfig":
+        """Inverse of :meth:`to_json`."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise QuantizationConfigError(f"not valid JSON: {err}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_caffe(cls, prototxt: Any, solver: Any = None) -> "QuantizationConfig":
+        """Settings from a caffe-jacinto / Ristretto prototxt (and solver); see
+        :mod:`kerasq.schemes.from_caffe`."""
+        from kerasq.schemes import from_caffe as _from_caffe
+
+        reader = getattr(_from_caffe, "config_from_caffe", None) or _from_caffe.from_caffe
+        return reader(prototxt, solver=solver)
+
+
+_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(QuantizationConfig))
+
+__all__ = ["QuantizationConfig", "PRECISIONS", "ROUNDINGS", "RANGE_ESTIMATORS"]
