@@ -1,0 +1,141 @@
+"""Write synthetic Caffe nets (text prototxt + binary caffemodel) for per-layer tests.
+
+The caffemodel is encoded by hand in protobuf wire format (NetParameter.layer = 100,
+LayerParameter name = 1 / type = 2 / blobs = 7, BlobProto shape = 7 / data = 5 packed /
+legacy num,channels,height,width = 1..4) so the tests do not depend on kerasq's own proto
+module either. Example::
+
+    nb = NetBuilder()
+    x = nb.input("data", (2, 3, 5, 7))
+    nb.add("PReLU", [x], param="prelu_param { channel_shared: true }", blobs=[np.array([0.3])])
+    proto, model = nb.write(tmp_path)
+"""
+
+from __future__ import annotations
+
+import pathlib
+import struct
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+ShapeLike = Sequence[int]
+
+
+def _varint(value: int) -> bytes:
+    value &= (1 << 64) - 1
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _key(field: int, wire: int) -> bytes:
+    return _varint((field << 3) | wire)
+
+
+def _len_field(field: int, payload: bytes) -> bytes:
+    return _key(field, 2) + _varint(len(payload)) + payload
+
+
+def _int_field(field: int, value: int) -> bytes:
+    return _key(field, 0) + _varint(value)
+
+
+class Blob:
+    """A learned blob and how to store its shape: "shape" (BlobShape), "legacy" (n,c,h,w) or "none"."""
+
+    def __init__(self, data: np.ndarray, storage: str = "shape") -> None:
+        self.data = np.asarray(data, np.float32)
+        self.storage = storage
+
+    def encode(self) -> bytes:
+        out = b""
+        if self.storage == "shape":
+            dims = b"".join(_varint(int(d)) for d in self.data.shape)
+            out += _len_field(7, _len_field(1, dims))
+        elif self.storage == "legacy":
+            dims = (1,) * (4 - self.data.ndim) + self.data.shape
+            for i, d in enumerate(dims[-4:]):
+                out += _int_field(i + 1, int(d))
+        out += _len_field(5, struct.pack(f"<{self.data.size}f", *self.data.ravel()))
+        return out
+
+
+class NetBuilder:
+    """Accumulates layers; ``params`` holds each layer's blobs (Caffe layouts) for the reference."""
+
+    def __init__(self, name: str = "synthetic", seed: int = 0) -> None:
+        self.name = name
+        self.rng = np.random.RandomState(seed)
+        self.layers: List[Tuple[str, str, List[str], List[str], str, List[Blob]]] = []
+        self.params: Dict[str, List[np.ndarray]] = {}
+        self.inputs: Dict[str, Tuple[int, ...]] = {}
+
+    def input(self, name: str, shape: ShapeLike) -> str:
+        """Declare an Input layer (top ``name``) of the given NCHW shape."""
+        dims = " ".join(f"dim: {int(d)}" for d in shape)
+        self.layers.append((name, "Input", [], [name], f"input_param {{ shape {{ {dims} }} }}", []))
+        self.inputs[name] = tuple(int(d) for d in shape)
+        return name
+
+    def add(self, ltype: str, bottoms: Sequence[str], tops: Union[None, str, Sequence[str]] = None,
+            name: Optional[str] = None, param: str = "",
+            blobs: Sequence[Union[np.ndarray, Blob]] = ()) -> Union[str, List[str]]:
+        """Add a layer; returns its top (or list of tops if several were given)."""
+        name = name or f"{ltype.lower()}{len(self.layers)}"
+        if tops is None:
+            top_list = [name]
+        elif isinstance(tops, str):
+            top_list = [tops]
+        else:
+            top_list = list(tops)
+        bl = [b if isinstance(b, Blob) else Blob(b) for b in blobs]
+        self.layers.append((name, ltype, list(bottoms), top_list, param, bl))
+        if bl:
+            self.params[name] = [b.data for b in bl]
+        if tops is None or isinstance(tops, str):
+            return top_list[0]
+        return top_list
+
+    def randn(self, *shape: int, scale: float = 1.0) -> np.ndarray:
+        return (self.rng.randn(*shape) * scale).astype(np.float32)
+
+    def prototxt(self) -> str:
+        lines = [f'name: "{self.name}"']
+        for name, ltype, bottoms, tops, param, _ in self.layers:
+            lines.append("layer {")
+            lines.append(f'  name: "{name}"')
+            lines.append(f'  type: "{ltype}"')
+            lines += [f'  bottom: "{b}"' for b in bottoms]
+            lines += [f'  top: "{t}"' for t in tops]
+            if param:
+                lines.append(f"  {param}")
+            lines.append("}")
+        return "\n".join(lines) + "\n"
+
+    def caffemodel_bytes(self) -> bytes:
+        out = _len_field(1, self.name.encode())
+        for name, ltype, _, _, _, blobs in self.layers:
+            layer = _len_field(1, name.encode()) + _len_field(2, ltype.encode())
+            for b in blobs:
+                layer += _len_field(7, b.encode())
+            out += _len_field(100, layer)
+        return out
+
+    def write(self, folder: Union[str, pathlib.Path]) -> Tuple[str, str]:
+        folder = pathlib.Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        proto = folder / f"{self.name}.prototxt"
+        model = folder / f"{self.name}.caffemodel"
+        proto.write_text(self.prototxt())
+        model.write_bytes(self.caffemodel_bytes())
+        return str(proto), str(model)
+
+    def random_inputs(self, scale: float = 1.0) -> Dict[str, np.ndarray]:
+        return {k: self.randn(*shape, scale=scale) for k, shape in self.inputs.items()}
