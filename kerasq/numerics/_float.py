@@ -1,0 +1,136 @@
+"""Exact binary floating-point primitives, in numpy and in TF, with identical results.
+
+All kerasq number formats are built from three exact operations:
+
+* ``ldexp(x, k) = x·2^k`` (an exact power-of-two scaling, never ``exp2``);
+* ``floor_log2(a)`` for positive normal ``a`` read from the exponent bits (never ``log2``);
+* flushing of subnormal numbers to a signed zero.
+
+Why flushing: TensorFlow's CPU kernels run with flush-to-zero / denormals-are-zero,
+so a TF op never sees or makes a subnormal float32/float64. The numpy path flushes
+explicitly (and the TF path does too, for GPUs), which makes both backends agree
+bit for bit. It only matters for grids below the dtype's smallest normal number
+(e.g. fractional lengths above ~126 in float32).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Tuple
+
+import numpy as np
+
+# |k| beyond which x·2^k of any normal x over- or underflows: 2·(emax − emin).
+_LDEXP_LIMIT = {np.dtype(np.float32): 254, np.dtype(np.float64): 2046}
+_EXP_BITS = {np.dtype(np.float32): (23, 127, 0xFF), np.dtype(np.float64): (52, 1023, 0x7FF)}
+
+
+def tiny(dtype: Any) -> float:
+    """Smallest positive normal number of ``dtype``."""
+    return float(np.finfo(np.dtype(dtype)).tiny)
+
+
+def round_toward_zero(value: int, dtype: Any) -> float:
+    """Largest number of ``dtype`` whose magnitude does not exceed ``|value|`` (exact)."""
+    dtype = np.dtype(dtype)
+    digits = np.finfo(dtype).nmant + 1
+    mag = abs(int(value))
+    drop = max(mag.bit_length() - digits, 0)
+    mag = (mag >> drop) << drop
+    return float(np.copysign(float(mag), value)) if mag else 0.0
+
+
+# ---------------------------------------------------------------- numpy
+
+
+def np_flush(x: np.ndarray) -> np.ndarray:
+    """Subnormals -> signed zero (inputs and outputs of every quantizer)."""
+    return np.where(np.abs(x) < tiny(x.dtype), x * 0, x)
+
+
+def np_ldexp(x: np.ndarray, k: Any) -> np.ndarray:
+    """Exact ``x·2^k`` in x's dtype (subnormal results flushed to zero)."""
+    limit = _LDEXP_LIMIT[x.dtype]
+    k = np.clip(np.asarray(k, dtype=np.int64), -limit, limit).astype(np.int32)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        return np_flush(np.ldexp(x, k).astype(x.dtype, copy=False))
+
+
+def np_floor_log2(a: np.ndarray) -> np.ndarray:
+    """``floor(log2 a)`` as int32, exact for positive normal ``a`` (-1 for 0, inf, NaN)."""
+    with np.errstate(invalid="ignore"):
+        return (np.frexp(a)[1] - 1).astype(np.int32)
+
+
+# ---------------------------------------------------------------- TensorFlow
+
+
+def tf_flush(x: Any) -> Any:
+    """Subnormals -> signed zero."""
+    from kerasq._compat import tf
+
+    return tf.where(tf.abs(x) < tiny(x.dtype.as_numpy_dtype), x * 0, x)
+
+
+def _tf_pow2(k: Any, dtype: Any) -> Any:
+    """Exact 2^k built from its bit pattern; needs |k| <= 126 (float32) / 1022 (float64)."""
+    from kerasq._compat import tf
+
+    mant, bias, _ = _EXP_BITS[np.dtype(dtype.as_numpy_dtype)]
+    if dtype == tf.float32:
+        bits = tf.bitwise.left_shift(tf.cast(k, tf.int32) + bias, mant)
+        return tf.bitcast(bits, tf.float32)
+    bits = tf.bitwise.left_shift(tf.cast(k, tf.int64) + bias, tf.constant(mant, tf.int64))
+    return tf.bitcast(bits, tf.float64)
+
+
+def tf_ldexp(x: Any, k: Any) -> Any:
+    """Exact ``x·2^k`` for float32/float64 tensors (``k`` integer, broadcastable).
+
+    2^k is applied as three factors of the same sign, each an exactly built normal
+    power of two, so the partial products move monotonically from x to x·2^k and no
+    intermediate over- or underflows unless the result does.
+    """
+    from kerasq._compat import tf
+
+    limit = _LDEXP_LIMIT[np.dtype(x.dtype.as_numpy_dtype)]
+    k = tf.clip_by_value(tf.cast(k, tf.int32), -limit, limit)
+    a = tf.truncatediv(k, 3)
+    b = tf.truncatediv(k - a, 2)
+    c = k - a - b
+    out = x * _tf_pow2(a, x.dtype) * _tf_pow2(b, x.dtype) * _tf_pow2(c, x.dtype)
+    return tf_flush(out)
+
+
+def tf_floor_log2(a: Any) -> Any:
+    """``floor(log2 a)`` as int32 from the exponent bits; exact for positive normal ``a``."""
+    from kerasq._compat import tf
+
+    mant, bias, mask = _EXP_BITS[np.dtype(a.dtype.as_numpy_dtype)]
+    if a.dtype == tf.float32:
+        field = tf.bitwise.bitwise_and(tf.bitwise.right_shift(tf.bitcast(a, tf.int32), mant), mask)
+        return field - bias
+    bits = tf.bitcast(a, tf.int64)
+    field = tf.bitwise.bitwise_and(
+        tf.bitwise.right_shift(bits, tf.constant(mant, tf.int64)), tf.constant(mask, tf.int64)
+    )
+    return tf.cast(field, tf.int32) - bias
+
+
+def to_tf_float(x: Any) -> Tuple[Any, Any]:
+    """``(tensor to compute on, dtype of the result)`` for the TF path.
+
+    float32/float64 are computed as they are; float16/bfloat16 in float32 and cast
+    back; integers and bools become float32.
+    """
+    from kerasq._compat import tf
+
+    x = tf.convert_to_tensor(x)
+    if x.dtype in (tf.float32, tf.float64):
+        return x, x.dtype
+    if x.dtype.is_floating:
+        return tf.cast(x, tf.float32), x.dtype
+    if x.dtype.is_integer or x.dtype == tf.bool:
+        return tf.cast(x, tf.float32), tf.float32
+    from kerasq.errors import QuantizationConfigError
+
+    raise QuantizationConfigError(f"x must be numeric, got a tensor of dtype {x.dtype.name}")

@@ -1,0 +1,158 @@
+"""Minifloat: Ristretto's small floating-point formats with E exponent and M mantissa bits.
+
+Format (Ristretto ``Trim2MiniFloat``): bias = 2^(E−1) − 1, no codes reserved for inf or
+NaN (the all-ones exponent is an ordinary normal binade). A normal value is
+``(−1)^s·(1 + m/2^M)·2^(e − bias)`` for ``e`` in ``0..2^E−1``, ``m`` in ``0..2^M−1``:
+
+* largest value ``(2 − 2^−M)·2^(2^E − 1 − bias)`` (:func:`minifloat_max`),
+* ``subnormals=False`` (Ristretto): smallest normal ``2^−bias``; inputs whose binade
+  lies below it flush to (signed) zero (decided from the input's exponent, before
+  rounding, as Ristretto does),
+* ``subnormals=True``: IEEE-style gradual underflow. Exponent code 0 is reserved for
+  subnormals ``m·2^(1−bias−M)``, the smallest normal is ``2^(1−bias)`` and rounding
+  below it is on the grid of step ``2^(1−bias−M)``. E2M1 with subnormals is the OCP
+  FP4 value set {0, 0.5, 1, 1.5, 2, 3, 4, 6}.
+
+Quantizing ``x``: with ``k = floor(log2|x|)`` (raised to the smallest normal exponent
+when subnormals are on) the value is rounded on the grid of step ``2^(k−M)``:
+``x' = round(x·2^(M−k))·2^(k−M)``, the rounding mode acting on the signed scaled value
+like everywhere in kerasq. Then ``|x'|`` is limited to the largest value.
+
+Deliberate difference from Ristretto: when rounding carries the mantissa out of the top
+binade (e.g. E4M3, x = 495 rounds to 512), Ristretto returns 2^(2^E−bias), larger than
+its own largest value; kerasq saturates to the largest value (480 here). ±inf saturate,
+NaN propagates, zero stays zero. Ristretto casts its input to float32 first; kerasq
+works in the input's own precision (identical for float32 input).
+
+Outside float32's range: with E >= 8 the largest value can exceed float32's; on float32
+data the bound becomes the largest float32 (as for DFP), and values below float32's
+smallest normal are flushed to zero (see :mod:`kerasq.numerics._float`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from kerasq.numerics import _float
+from kerasq.numerics._validate import (
+    Seed,
+    check_bool,
+    check_int,
+    check_rounding,
+    check_seed,
+    is_tensor,
+    numpy_result,
+    to_numpy_float,
+)
+from kerasq.numerics.rounding import np_round, tf_round
+
+MAX_EXP_BITS = 10  # the largest value stays finite in float64
+MAX_MANT_BITS = 52
+
+
+def _check_format(exp_bits: Any, mant_bits: Any) -> tuple:
+    return (
+        check_int("exp_bits", exp_bits, 1, MAX_EXP_BITS),
+        check_int("mant_bits", mant_bits, 0, MAX_MANT_BITS),
+    )
+
+
+def minifloat_max(exp_bits: int, mant_bits: int) -> float:
+    """Largest minifloat value ``(2 − 2^−M)·2^(2^E − 1 − bias)``, bias = 2^(E−1) − 1 (exact).
+
+    Example:
+        >>> minifloat_max(4, 3), minifloat_max(5, 2), minifloat_max(2, 1)
+        (480.0, 114688.0, 6.0)
+    """
+    exp_bits, mant_bits = _check_format(exp_bits, mant_bits)
+    bias = 2 ** (exp_bits - 1) - 1
+    return math.ldexp(2.0 - math.ldexp(1.0, -mant_bits), 2**exp_bits - 1 - bias)
+
+
+def _max_in(exp_bits: int, mant_bits: int, dtype: Any) -> float:
+    """The largest format value that ``dtype`` can hold: the top binade and the
+    mantissa are cut to the dtype's (a value of the format whenever the dtype is wide
+    enough, e.g. float32 with E <= 7, M <= 23)."""
+    info = np.finfo(dtype)
+    bias = 2 ** (exp_bits - 1) - 1
+    top_exp = min(2**exp_bits - 1 - bias, int(info.maxexp) - 1)
+    return math.ldexp(2.0 - math.ldexp(1.0, -min(mant_bits, int(info.nmant))), top_exp)
+
+
+def minifloat_quantize(
+    x: Any,
+    exp_bits: int,
+    mant_bits: int,
+    *,
+    rounding: str = "nearest",
+    subnormals: bool = False,
+    seed: Seed = None,
+) -> Any:
+    """Round ``x`` to the nearest minifloat with ``exp_bits`` E and ``mant_bits`` M.
+
+    Args:
+        x: numpy array, list, scalar or ``tf.Tensor``.
+        exp_bits: E in 1..10. mant_bits: M in 0..52.
+        rounding: one of :data:`kerasq.numerics.ROUNDING_MODES`.
+        subnormals: gradual underflow (IEEE-style) instead of Ristretto's flush to zero.
+        seed: for stochastic rounding.
+
+    Returns:
+        Same kind as ``x``. For tensors the gradient is 1 where ``|x| <= max``, else 0.
+
+    Example:
+        >>> minifloat_quantize([0.3, 90.0, 1e6, 0.001], exp_bits=4, mant_bits=3)
+        array([3.125e-01, 8.800e+01, 4.800e+02, 0.000e+00])
+    """
+    exp_bits, mant_bits = _check_format(exp_bits, mant_bits)
+    rounding = check_rounding(rounding)
+    subnormals = check_bool("subnormals", subnormals)
+    seed = check_seed(seed)
+    bias = 2 ** (exp_bits - 1) - 1
+    # smallest exponent of the rounding grid, and the exponent below which x flushes
+    k_min = 1 - bias if subnormals else -bias
+    if is_tensor(x) or is_tensor(seed):
+        return _minifloat_tf(x, exp_bits, mant_bits, k_min, rounding, seed)
+    xc, out_dtype = to_numpy_float(x)
+    top = _max_in(exp_bits, mant_bits, xc.dtype)
+    xc = np.clip(_float.np_flush(xc), -top, top).astype(xc.dtype, copy=False)
+    k = _float.np_floor_log2(np.abs(xc))
+    k_grid = np.maximum(k, k_min) if subnormals else k
+    q = np_round(_float.np_ldexp(xc, mant_bits - k_grid), rounding, seed)
+    out = np.clip(_float.np_ldexp(q, k_grid - mant_bits), -top, top)
+    if not subnormals:
+        out = np.where(k < k_min, xc * 0, out)
+    out = np.where(np.isnan(xc), xc, out)
+    return numpy_result(out, out_dtype)
+
+
+def _minifloat_tf(x, exp_bits, mant_bits, k_min, rounding, seed):
+    from kerasq._compat import tf
+
+    xc, out_dtype = _float.to_tf_float(x)
+    top = _max_in(exp_bits, mant_bits, xc.dtype.as_numpy_dtype)
+    subnormals = k_min != -(2 ** (exp_bits - 1) - 1)
+
+    @tf.custom_gradient
+    def quantize(xv):
+        xs = tf.clip_by_value(_float.tf_flush(xv), -top, top)
+        k = _float.tf_floor_log2(tf.abs(xs))
+        k_grid = tf.maximum(k, k_min) if subnormals else k
+        q = tf_round(_float.tf_ldexp(xs, mant_bits - k_grid), rounding, seed)
+        out = tf.clip_by_value(_float.tf_ldexp(q, k_grid - mant_bits), -top, top)
+        if not subnormals:
+            out = tf.where(k < k_min, xs * 0, out)
+        out = tf.where(tf.math.is_nan(xs), xs, out)
+
+        def grad(dy):
+            return tf.where(tf.abs(xv) <= top, dy, tf.zeros_like(dy))
+
+        return out, grad
+
+    return tf.cast(quantize(xc), out_dtype)
+
+
+__all__ = ["minifloat_quantize", "minifloat_max"]

@@ -1,0 +1,123 @@
+"""Rounding of real values to integers: the four modes every kerasq format shares.
+
+======================  ==========================================  =========================
+mode                    definition (``y`` real, result integer)     where it comes from
+======================  ==========================================  =========================
+``"nearest"``           nearest integer, ties away from zero         Caffe CPU ``round()``,
+                                                                    TFLite kernels
+``"nearest_even"``      nearest integer, ties to even                Caffe GPU ``rint()``,
+                                                                    IEEE default
+``"half_up"``           ``floor(y + 1/2)``: ties toward +inf         arithmetic right shift with
+                                                                    a rounding bit; TF
+                                                                    ``FakeQuantWithMinMaxVars``
+``"stochastic"``        ``floor(y + u)``, ``u ~ U[0, 1)``            Ristretto / caffe-jacinto
+                                                                    training
+======================  ==========================================  =========================
+
+All modes are computed exactly: ``y − floor(y)`` and ``y − trunc(y)`` are exact in
+binary floating point, so e.g. ``half_up(0.49999997)`` is 0 in float32 (the naive
+``floor(y + 0.5)`` rounds the sum up to 1.0). Stochastic rounding is evaluated as
+``floor(y) + [u < y − floor(y)]``, which has the distribution of ``floor(y + u)``
+(the result is ``floor(y) + 1`` with probability ``y − floor(y)``, so ``E[q] = y``) but
+never suffers from the rounding of ``y + u``. ±inf stay ±inf and NaN stays NaN.
+
+Random numbers: numpy uses ``np.random.default_rng(seed)``; TensorFlow uses
+``tf.random.stateless_uniform`` with seed ``[seed, 0]`` (or the given pair / int tensor
+of shape [2]), and a fresh stateful draw when ``seed`` is None. The two streams differ,
+so numpy and TF agree bit for bit in the deterministic modes only; in the stochastic
+mode they agree in distribution.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from kerasq.numerics._float import to_tf_float
+from kerasq.numerics._validate import (
+    ROUNDING_MODES,
+    Seed,
+    check_rounding,
+    check_seed,
+    is_tensor,
+    numpy_result,
+    to_numpy_float,
+)
+
+
+def round_values(y: Any, rounding: str, *, seed: Seed = None) -> Any:
+    """Round every element of ``y`` to an integer value (same dtype as ``y``).
+
+    Args:
+        y: numpy array, list, scalar or ``tf.Tensor``.
+        rounding: one of :data:`ROUNDING_MODES` (see the module docstring).
+        seed: for ``"stochastic"``: None (fresh randomness), an int, or a pair of ints
+            (TF also accepts an int tensor of shape [2]); same seed, same result.
+
+    Returns:
+        numpy in -> numpy out, tensor in -> tensor out.
+
+    Example:
+        >>> round_values([0.5, 1.5, -0.5, -2.5], "nearest")
+        array([ 1.,  2., -1., -3.])
+        >>> round_values([0.5, 1.5, -0.5, -2.5], "half_up")
+        array([ 1.,  2.,  0., -2.])
+    """
+    rounding = check_rounding(rounding)
+    seed = check_seed(seed)
+    if is_tensor(y) or is_tensor(seed):
+        y, out_dtype = to_tf_float(y)
+        from kerasq._compat import tf
+
+        return tf.cast(tf_round(y, rounding, seed), out_dtype)
+    y, out_dtype = to_numpy_float(y)
+    return numpy_result(np_round(y, rounding, seed), out_dtype)
+
+
+def np_round(y: np.ndarray, rounding: str, seed: Seed = None) -> np.ndarray:
+    """numpy implementation of :func:`round_values` (arguments already checked)."""
+    with np.errstate(invalid="ignore"):
+        if rounding == "nearest_even":
+            return np.rint(y)
+        if rounding == "nearest":
+            whole = np.trunc(y)
+            return np.where(np.abs(y - whole) >= 0.5, whole + np.sign(y), whole)
+        low = np.floor(y)
+        frac = y - low
+        if rounding == "half_up":
+            return np.where(frac >= 0.5, low + 1, low)
+        u = np.random.default_rng(seed).random(np.shape(y))
+        return np.where(u < frac, low + 1, low).astype(y.dtype, copy=False)
+
+
+def _tf_seed(seed: Seed) -> Any:
+    from kerasq._compat import tf
+
+    if is_tensor(seed):
+        return seed
+    pair = (seed, 0) if isinstance(seed, int) else seed
+    return tf.constant(pair, dtype=tf.int64)
+
+
+def tf_round(y: Any, rounding: str, seed: Seed = None) -> Any:
+    """TF implementation of :func:`round_values` for float32/float64 ``y``."""
+    from kerasq._compat import tf
+
+    if rounding == "nearest_even":
+        return tf.math.rint(y)
+    if rounding == "nearest":
+        whole = tf.where(y < 0, tf.math.ceil(y), tf.math.floor(y))
+        return tf.where(tf.abs(y - whole) >= 0.5, whole + tf.sign(y), whole)
+    low = tf.math.floor(y)
+    frac = y - low
+    if rounding == "half_up":
+        return tf.where(frac >= 0.5, low + 1, low)
+    if seed is None:
+        u = tf.random.uniform(tf.shape(y), dtype=y.dtype)
+    else:
+        u = tf.random.stateless_uniform(tf.shape(y), seed=_tf_seed(seed), dtype=y.dtype)
+    return tf.where(u < frac, low + 1, low)
+
+
+__all__ = ["ROUNDING_MODES", "round_values"]
