@@ -1,16 +1,274 @@
-"""``kerasq quantize``: quantize a Keras model (post-training calibration or QAT-ready)."""
+"""``kerasq quantize``: quantize a Keras model (post-training calibration or QAT-ready).
+
+Examples::
+
+    kerasq quantize model.h5 --bits-weights 8 --bits-activations 8 \\
+        --calibration x_cal.npy -o qmodel.h5
+    kerasq quantize model.h5 --config test.prototxt --calibration x_cal.npy -o qmodel.h5
+    kerasq quantize model.h5 --search --eval val.npz --calibration x_cal.npy -o qmodel.h5
+
+``--config`` takes a caffe-jacinto / Ristretto prototxt (read by
+``QuantizationConfig.from_caffe``, optionally with ``--solver``) or a JSON file written by
+``QuantizationConfig.to_json`` / ``--save-config``; options given on the command line
+override the file. Data files: ``.npy`` holds the model input; ``.npz`` holds ``x`` (or
+``x0``, ``x1``, ... for several inputs) and, for ``--eval``, integer or one-hot labels ``y``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+from typing import Any, Dict, List, Tuple
 
-from kerasq.errors import KerasqError
+from kerasq.errors import KerasqError, ModelFormatError, QuantizationConfigError
+
+log = logging.getLogger("kerasq.cli.quantize")
+
+_PRECISIONS = ("dfp", "minifloat", "pow2_weights", "float")
+_ROUNDINGS = ("nearest", "nearest_even", "half_up", "stochastic")
+_ESTIMATORS = ("minmax", "max_abs", "ema", "percentile")
 
 
 def add_parser(sub: "argparse._SubParsersAction") -> None:
-    p = sub.add_parser("quantize", help="Quantize a Keras model (post-training calibration or QAT-ready).", description="Quantize a Keras model (post-training calibration or QAT-ready).")
+    p = sub.add_parser(
+        "quantize",
+        help="Quantize a Keras model (post-training calibration or QAT-ready).",
+        description="Quantize a Keras model. Writes an .h5 file or a SavedModel "
+        "directory that `kerasq.load_model` reads back; with --calibration the ranges and "
+        "fractional lengths are fixed from the data (PTQ), otherwise the model is ready "
+        "for quantization-aware training.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.split("\n\n")[1:]),
+    )
+    p.add_argument("model", help="float Keras model (.h5 or SavedModel directory)")
+    p.add_argument("-o", "--output", required=True,
+                   help="quantized model to write (.h5, or a directory for SavedModel)")
+    src = p.add_argument_group("configuration")
+    src.add_argument("--config", help="caffe-jacinto/Ristretto .prototxt or kerasq .json config")
+    src.add_argument("--solver", help="Caffe solver.prototxt (quantization_start[_iter])")
+    src.add_argument("--flavor", choices=("jacinto-0.15", "jacinto-0.16", "jacinto-0.17",
+                                          "ristretto"),
+                     help="prototxt dialect (default: detected from the field names)")
+    src.add_argument("--precision", choices=_PRECISIONS)
+    src.add_argument("--bits-weights", type=int, metavar="N")
+    src.add_argument("--bits-activations", type=int, metavar="N")
+    src.add_argument("--bits-bias", type=int, metavar="N")
+    src.add_argument("--rounding", choices=_ROUNDINGS, help="rounding at inference")
+    src.add_argument("--train-rounding", choices=_ROUNDINGS, help="rounding while training")
+    src.add_argument("--exp-bits", type=int, metavar="E", help="minifloat exponent bits")
+    src.add_argument("--mant-bits", type=int, metavar="M", help="minifloat mantissa bits")
+    src.add_argument("--per-tensor", action="store_true",
+                     help="one fractional length per weight tensor (default: per channel)")
+    src.add_argument("--no-power2", action="store_true",
+                     help="caffe-jacinto's non-power-of-two scales instead of DFP")
+    src.add_argument("--range-estimator", choices=_ESTIMATORS)
+    src.add_argument("--quantization-start", type=int, metavar="STEPS")
+    src.add_argument("--ignore", action="append", default=[], metavar="LAYER",
+                     help="leave this layer in float (repeatable)")
+    src.add_argument("--save-config", metavar="JSON", help="also write the final config as JSON")
+    cal = p.add_argument_group("calibration and search")
+    cal.add_argument("--calibration", metavar="DATA", help="calibration inputs (.npy or .npz)")
+    cal.add_argument("--steps", type=int, help="calibration batches (default: all)")
+    cal.add_argument("--batch-size", type=int, default=32)
+    cal.add_argument("--search", action="store_true",
+                     help="Ristretto's bit-width search (needs --eval and --calibration)")
+    cal.add_argument("--eval", metavar="NPZ", help="evaluation data: .npz with x and labels y")
+    cal.add_argument("--error-margin", type=float, default=1.0,
+                     help="allowed accuracy drop in percentage points (default 1.0)")
+    cal.add_argument("--candidates", default="16,8,4,2",
+                     help="bit widths tried in order (default 16,8,4,2)")
+    cal.add_argument("--report", action="store_true",
+                     help="print the per-layer quantization report (SQNR on --eval or "
+                          "--calibration data)")
     p.set_defaults(func=run)
 
 
+# ------------------------------------------------------------------------------ data files
+def load_inputs(path: str) -> Any:
+    """Model inputs from ``.npy`` (one array) or ``.npz`` (``x`` or ``x0``, ``x1``...)."""
+    x, _ = _load_arrays(path, need_labels=False)
+    return x
+
+
+def _load_arrays(path: str, need_labels: bool) -> Tuple[Any, Any]:
+    import numpy as np
+
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise KerasqError(f"cannot read array file: {err}", file=path) from None
+    if isinstance(loaded, np.ndarray):
+        if need_labels:
+            raise KerasqError("evaluation data must be an .npz with arrays x and y", file=path)
+        return loaded, None
+    with loaded:
+        keys = list(loaded.files)
+        if "x" in keys:
+            x: Any = loaded["x"]
+        elif "x0" in keys:
+            x = [loaded[f"x{i}"] for i in range(len(keys)) if f"x{i}" in keys]
+        elif len(keys) == 1 and not need_labels:
+            x = loaded[keys[0]]
+        else:
+            raise KerasqError(f"no array 'x' (arrays: {', '.join(keys) or 'none'})", file=path)
+        y = loaded["y"] if "y" in keys else None
+    if need_labels and y is None:
+        raise KerasqError("no label array 'y'", file=path)
+    return x, y
+
+
+def accuracy_fn(x: Any, y: Any, batch_size: int = 256) -> Any:
+    """eval_fn for search: top-1 accuracy (fraction) of argmax(model(x)) against ``y``."""
+    import numpy as np
+
+    labels = np.asarray(y)
+    if labels.ndim > 1:
+        labels = labels.argmax(axis=-1)
+
+    def evaluate(model: Any) -> float:
+        pred = model.predict(x, batch_size=batch_size, verbose=0)
+        return float(np.mean(np.asarray(pred).argmax(axis=-1) == labels))
+
+    return evaluate
+
+
+# ------------------------------------------------------------------------------ config
+def _overrides_from_args(args: argparse.Namespace) -> Dict[str, Any]:
+    changes: Dict[str, Any] = {}
+    for attr, field in (
+        ("precision", "precision"), ("bits_weights", "bitwidth_weights"),
+        ("bits_activations", "bitwidth_activations"), ("bits_bias", "bitwidth_bias"),
+        ("rounding", "rounding"), ("train_rounding", "train_rounding"),
+        ("exp_bits", "exp_bits"), ("mant_bits", "mant_bits"),
+        ("range_estimator", "range_estimator"), ("quantization_start", "quantization_start"),
+    ):
+        value = getattr(args, attr, None)
+        if value is not None:
+            changes[field] = value
+    if args.per_tensor:
+        changes["per_channel_weights"] = False
+    if args.no_power2:
+        changes["power2_range"] = False
+    return changes
+
+
+def build_config(args: argparse.Namespace) -> Any:
+    """The QuantizationConfig from ``--config``/``--solver`` and the command-line options."""
+    from kerasq.schemes.config import QuantizationConfig
+
+    if args.config:
+        ext = os.path.splitext(args.config)[1].lower()
+        if ext == ".json":
+            try:
+                with open(args.config, encoding="utf-8") as handle:
+                    text = handle.read()
+            except OSError as err:
+                raise KerasqError(f"cannot read config: {err.strerror}", file=args.config) from None
+            try:
+                config = QuantizationConfig.from_json(text)
+            except QuantizationConfigError as err:
+                raise err.with_context(file=args.config) from None
+        else:
+            from kerasq.schemes.from_caffe import config_from_caffe
+
+            config = config_from_caffe(args.config, solver=args.solver, flavor=args.flavor)
+    else:
+        if args.solver:
+            raise KerasqError("--solver needs --config with the net prototxt", layer="--solver")
+        config = QuantizationConfig()
+    changes = _overrides_from_args(args)
+    if args.ignore:
+        changes["ignored_layers"] = tuple(config.ignored_layers) + tuple(args.ignore)
+    try:
+        return config.replace(**changes) if changes else config
+    except QuantizationConfigError as err:
+        raise err.with_context(layer="command line") from None
+
+
+def _candidates(text: str) -> Tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise KerasqError(f"--candidates={text!r}: comma-separated integers") from None
+    if not values:
+        raise KerasqError(f"--candidates={text!r}: give at least one bit width")
+    return values
+
+
+def _load_model(path: str) -> Any:
+    from kerasq.schemes import load_model
+
+    if not os.path.exists(path):
+        raise ModelFormatError("no such file or directory", file=path)
+    try:
+        return load_model(path)
+    except KerasqError as err:
+        raise err.with_context(file=path) from None
+    except (OSError, ValueError, TypeError, ImportError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ModelFormatError(f"cannot load Keras model: {reason}", file=path) from None
+
+
+def _save(model: Any, path: str) -> None:
+    from kerasq._io import atomic_output
+
+    h5 = path.lower().endswith((".h5", ".hdf5", ".keras"))
+    if path.lower().endswith(".keras"):
+        raise KerasqError("quantized models are saved as .h5 or SavedModel (tfmot needs "
+                          "Keras 2 formats)", file=path)
+    with atomic_output(path) as tmp:
+        if h5:
+            model.save(tmp, save_format="h5")
+        else:
+            model.save(tmp, save_format="tf")
+
+
 def run(args: argparse.Namespace) -> int:
-    raise KerasqError("`kerasq quantize` is not available in this version yet (kerasq.schemes)")
+    from kerasq.schemes import calibrate, quantize_model
+
+    config = build_config(args)
+    if args.search and not (args.eval and args.calibration):
+        raise KerasqError("--search needs --eval (x and y) and --calibration data",
+                          layer="--search")
+    calibration = load_inputs(args.calibration) if args.calibration else None
+    eval_x = eval_y = None
+    if args.eval:
+        eval_x, eval_y = _load_arrays(args.eval, need_labels=True)
+    model = _load_model(args.model)
+
+    if args.search:
+        from kerasq.schemes.search import search_bitwidths
+
+        result = search_bitwidths(
+            model, accuracy_fn(eval_x, eval_y), calibration, args.error_margin,
+            candidates=_candidates(args.candidates), config=config, steps=args.steps,
+            batch_size=args.batch_size,
+        )
+        print(result.table())
+        config = result.config
+
+    qmodel = quantize_model(model, config)
+    if calibration is not None:
+        calibrate(qmodel, calibration, args.steps, batch_size=args.batch_size)
+    else:
+        log.warning("no --calibration data: ranges are set during training (QAT) or from "
+                    "each batch until calibrated")
+    if eval_x is not None:
+        evaluate = accuracy_fn(eval_x, eval_y)
+        print(f"accuracy: float {evaluate(model):.4f}  quantized {evaluate(qmodel):.4f}")
+    if args.report:
+        from kerasq.schemes.report import format_report, report
+
+        data = eval_x if eval_x is not None else calibration
+        print(format_report(report(qmodel, data, batch_size=args.batch_size, steps=args.steps)))
+    _save(qmodel, args.output)
+    if args.save_config:
+        from kerasq._io import write_bytes_atomic
+
+        write_bytes_atomic(args.save_config, (config.to_json() + "\n").encode("utf-8"))
+    print(f"wrote {args.output}")
+    return 0
+
+
+__all__: List[str] = ["add_parser", "run", "build_config", "load_inputs", "accuracy_fn"]
