@@ -1,0 +1,79 @@
+"""The one place that chooses the fake-quantization kernels used by the quantizers.
+
+``kerasq.ops`` (C++ kernels with a built-in fallback) when it is importable, else the
+pure-TF reference ``kerasq.numerics``; both give identical results. The affine
+(non-power-of-two, offset) path of caffe-jacinto has no kernel and is written here.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from kerasq._compat import tf
+
+
+@functools.lru_cache(maxsize=None)
+def _numerics() -> Any:
+    import kerasq.numerics as numerics
+
+    return numerics
+
+
+@functools.lru_cache(maxsize=None)
+def _ops() -> Any:
+    try:
+        import kerasq.ops as ops
+
+        if hasattr(ops, "fake_quant_dfp") and hasattr(ops, "fake_quant_minifloat"):
+            return ops
+    except ImportError:
+        pass
+    return None
+
+
+def dfp_quantize(x: tf.Tensor, bitwidth: int, frac_bits: Any, *, signed: bool,
+                 rounding: str) -> tf.Tensor:
+    """x' = clip(round(x·2^fl), qmin, qmax)·2^-fl (see ``kerasq.numerics.dfp_quantize``)."""
+    if tf.is_tensor(frac_bits) and not frac_bits.dtype.is_integer:
+        frac_bits = tf.cast(frac_bits, tf.int32)
+    ops = _ops()
+    if ops is not None:
+        return ops.fake_quant_dfp(x, bitwidth, frac_bits, signed=signed, rounding=rounding)
+    return _numerics().dfp_quantize(x, bitwidth, frac_bits, signed=signed, rounding=rounding)
+
+
+def minifloat_quantize(x: tf.Tensor, exp_bits: int, mant_bits: int, *, rounding: str) -> tf.Tensor:
+    """Ristretto minifloat trim (see ``kerasq.numerics.minifloat_quantize``)."""
+    ops = _ops()
+    if ops is not None:
+        return ops.fake_quant_minifloat(x, exp_bits, mant_bits, rounding=rounding)
+    return _numerics().minifloat_quantize(x, exp_bits, mant_bits, rounding=rounding)
+
+
+def pow2_quantize(x: tf.Tensor, exp_min: int, exp_max: int, *, rounding: str) -> tf.Tensor:
+    """Ristretto power-of-two weights (see ``kerasq.numerics.pow2_quantize``)."""
+    return _numerics().pow2_quantize(x, exp_min, exp_max, rounding=rounding)
+
+
+def dfp_frac_bits(max_abs: tf.Tensor, bitwidth: int, *, signed: bool) -> tf.Tensor:
+    """Largest fl such that max_abs fits the B-bit grid (``kerasq.numerics.dfp_frac_bits``)."""
+    return tf.cast(_numerics().dfp_frac_bits(max_abs, bitwidth, signed=signed), tf.float32)
+
+
+def _round(y: tf.Tensor, rounding: str) -> tf.Tensor:
+    return _numerics().round_values(y, rounding)
+
+
+def affine_quantize(x: tf.Tensor, scale: tf.Tensor, offset: tf.Tensor, qmin: float, qmax: float,
+                    *, rounding: str) -> tf.Tensor:
+    """caffe-jacinto's trim: y = round(clamp(x·s + o, qmin, qmax)); x' = (y − o)/s.
+
+    Straight-through gradient inside [qmin, qmax], zero outside (clipped STE).
+    """
+    x = tf.convert_to_tensor(x)
+    y = x * scale + offset
+    inside = tf.cast(tf.logical_and(y >= qmin, y <= qmax), x.dtype)
+    q = (_round(tf.clip_by_value(y, qmin, qmax), rounding) - offset) / scale
+    # q + 0 keeps the forward value bit-exact; the second term carries the STE gradient.
+    return tf.stop_gradient(q) + inside * (x - tf.stop_gradient(x))

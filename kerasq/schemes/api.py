@@ -1,0 +1,227 @@
+"""Public entry points: :func:`quantize_model`, :func:`load_model`, :func:`custom_objects`.
+
+Example (post-training quantization is two calls)::
+
+    import kerasq
+    qmodel = kerasq.quantize_model(model)              # symmetric power-of-two DFP 8/8
+    kerasq.calibrate(qmodel, x_calibration)            # ranges and fractional lengths
+    qmodel.save("q.h5"); same = kerasq.load_model("q.h5")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+from typing import Any, Dict, Iterator, Mapping, Optional, Union
+
+import numpy as np
+
+from kerasq._compat import keras, tfmot
+from kerasq.errors import KerasqError, ModelFormatError, QuantizationConfigError
+from kerasq.schemes import configs as _configs
+from kerasq.schemes import quantizers as _quantizers
+from kerasq.schemes.config import QuantizationConfig
+
+logger = logging.getLogger("kerasq.schemes")
+
+# Modules that register kerasq custom Keras objects; imported (if present) before loading.
+_REGISTERING_MODULES = (
+    "kerasq.prune.preserve",
+    "kerasq.prune.wrapper",
+    "kerasq.converters.caffe.keras_layers",
+    "kerasq.converters.caffe.keras_layers_extra",
+    "kerasq.export.layers",
+)
+
+
+def quantize_layer_class() -> type:
+    """tfmot's ``QuantizeLayer`` (quantizes a model input)."""
+    from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer
+
+    return quantize_layer.QuantizeLayer
+
+
+def custom_objects() -> Dict[str, Any]:
+    """Every custom object a kerasq model may contain: kerasq quantizers and configs,
+    tfmot's wrappers and quantizers, and the layers registered by other kerasq modules."""
+    from tensorflow_model_optimization.python.core.quantization.keras import quantize
+
+    objects: Dict[str, Any] = {}
+    with quantize.quantize_scope():
+        objects.update(keras.utils.get_custom_objects())
+    for name in _REGISTERING_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # module not present in this build
+            continue
+    objects.update(keras.utils.get_custom_objects())
+    for cls in (*_quantizers.QUANTIZERS, *_configs.QUANTIZE_CONFIGS):
+        objects[cls.__name__] = cls
+    objects["QuantizeLayer"] = quantize_layer_class()
+    return objects
+
+
+@contextlib.contextmanager
+def quantize_scope() -> Iterator[None]:
+    """``custom_object_scope`` with :func:`custom_objects` (for ``keras.models.load_model``)."""
+    with keras.utils.custom_object_scope(custom_objects()):
+        yield
+
+
+def load_model(path: Union[str, "os.PathLike[str]"], *, compile: bool = True) -> Any:
+    """Load a (quantized) Keras model from .h5 or a SavedModel directory.
+
+    Every kerasq custom object is registered; the caller lists none.
+    Example: ``qmodel = kerasq.load_model("lenet_q.h5")``.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ModelFormatError("no such file or directory", file=path)
+    with quantize_scope():
+        try:
+            return keras.models.load_model(path, compile=compile)
+        except KerasqError as err:
+            raise err.with_context(file=path)
+        except (ValueError, OSError, KeyError, TypeError, AttributeError, IndexError) as err:
+            raise ModelFormatError(f"cannot load Keras model: {err}", file=path) from None
+
+
+def _check_model(model: Any) -> None:
+    if not isinstance(model, keras.Model):
+        raise ModelFormatError(
+            f"quantize_model needs a tf_keras Model (from kerasq._compat), got "
+            f"{type(model).__module__}.{type(model).__name__}")
+    if not (isinstance(model, keras.Sequential) or getattr(model, "_is_graph_network", False)):
+        raise ModelFormatError("quantize_model needs a Sequential or functional model; "
+                               "subclassed models have no graph to quantize", layer=model.name)
+    if not model.built:
+        raise ModelFormatError("the model is not built; call model.build(input_shape) first",
+                               layer=model.name)
+
+
+def _has_exact_zero_kernels(model: Any) -> bool:
+    for layer in model.layers:
+        for attr in ("kernel", "depthwise_kernel", "pointwise_kernel"):
+            w = getattr(layer, attr, None)
+            if w is not None and hasattr(w, "numpy") and np.any(w.numpy() == 0):
+                return True
+    return False
+
+
+def _merges_into(consumer: Any, config: QuantizationConfig) -> bool:
+    """True if ``consumer`` quantizes its own output so its producer need not."""
+    cfg = config.for_layer(consumer)
+    if cfg.precision == "float" or not cfg.quantize_activations:
+        return False
+    name = type(consumer).__name__
+    if name in ("ReLU", "BatchNormalization"):
+        return True
+    if name == "Activation":
+        return consumer.get_config().get("activation") in ("relu", "relu6")
+    return False
+
+
+def _wrap_sparsity(qconfig: Any) -> Any:
+    from kerasq.prune.preserve import SparsityPreservingQuantizer
+
+    for attr, q in list(getattr(qconfig, "weight_quantizers", {}).items()):
+        if attr != "bias":
+            qconfig.weight_quantizers[attr] = SparsityPreservingQuantizer(q)
+    return qconfig
+
+
+def _iter_weight_quantizers(qmodel: Any) -> Iterator[Any]:
+    """(weight, quantizer, quantizer variables) of every wrapped layer."""
+    wrapper_cls = tfmot().quantization.keras.QuantizeWrapper
+    for layer in qmodel.layers:
+        if isinstance(layer, wrapper_cls):
+            for weight, quantizer, qvars in getattr(layer, "_weight_vars", []):
+                while hasattr(quantizer, "inner") and isinstance(qvars, dict) and "inner" in qvars:
+                    quantizer, qvars = quantizer.inner, qvars["inner"]
+                yield weight, quantizer, qvars
+
+
+def refresh_weight_state(qmodel: Any) -> None:
+    """Recompute the stored fl/min/max of every weight quantizer from the current weights."""
+    for weight, quantizer, qvars in _iter_weight_quantizers(qmodel):
+        if hasattr(quantizer, "update_state"):
+            quantizer.update_state(weight, qvars)
+
+
+def quantize_model(model: Any, config: Optional[Union[QuantizationConfig, Mapping[str, Any]]] = None,
+                   *, preserve_sparsity: Optional[bool] = None) -> Any:
+    """Return a QAT-ready fake-quantized copy of ``model`` (the model is not modified).
+
+    Each layer gets the QuantizeConfig of :class:`~kerasq.schemes.registry.KerasqQuantizeRegistry`
+    for ``config.for_layer(layer)``; BatchNorm is folded first (``fold_batchnorm``); a
+    producer whose consumers all quantize their own output (ReLU, BatchNorm) is not
+    quantized (caffe-jacinto's rule); model inputs are quantized. ``preserve_sparsity``
+    wraps kernel quantizers in ``kerasq.prune.SparsityPreservingQuantizer`` (None: if
+    any kernel has exact zeros). Call :func:`kerasq.calibrate` next for PTQ, or
+    ``compile``/``fit`` for QAT (ranges start from calibration if done, else from the first batch).
+
+    Example: ``qmodel = kerasq.quantize_model(model, QuantizationConfig(bitwidth_weights=4))``.
+    """
+    from kerasq.schemes.scheme import KerasqQuantizeScheme
+    from kerasq.schemes.transforms import _consumers, as_functional
+
+    if config is None:
+        config = QuantizationConfig()
+    elif isinstance(config, Mapping):
+        config = QuantizationConfig.from_dict(config)
+    elif not isinstance(config, QuantizationConfig):
+        raise QuantizationConfigError(
+            f"config must be a QuantizationConfig or a dict, got {type(config).__name__}")
+    _check_model(model)
+    if preserve_sparsity is None:
+        preserve_sparsity = _has_exact_zero_kernels(model)
+        if preserve_sparsity:
+            logger.info("%s: kernels contain exact zeros; sparsity is preserved", model.name)
+    kq = tfmot().quantization.keras
+    scheme = KerasqQuantizeScheme(config)
+    transform = scheme.get_layout_transformer()
+    with quantize_scope():
+        base, _ = transform.apply(as_functional(model), {})
+    registry = scheme.get_quantize_registry()
+    graph = base.get_config()
+    consumers = _consumers(graph)
+    plan: Dict[str, Any] = {}
+    for layer in base.layers:
+        if isinstance(layer, (keras.layers.InputLayer, quantize_layer_class())):
+            continue
+        users = [base.get_layer(n) for n in consumers.get(layer.name, []) if n != "<output>"]
+        is_output = "<output>" in consumers.get(layer.name, [])
+        merged = bool(users) and not is_output and all(_merges_into(u, config) for u in users)
+        try:
+            qconfig = registry.get_quantize_config(
+                layer, quantize_output=not merged,
+                folded_batchnorm=transform.folded.get(layer.name, ""))
+        except KerasqError as err:
+            raise err.with_context(layer=layer.name)
+        if preserve_sparsity:
+            qconfig = _wrap_sparsity(qconfig)
+        plan[layer.name] = qconfig
+
+    def annotate(layer: Any) -> Any:
+        clone = layer.__class__.from_config(layer.get_config())
+        if layer.name in plan:
+            return kq.quantize_annotate_layer(clone, quantize_config=plan[layer.name])
+        return clone
+
+    with quantize_scope():
+        annotated = keras.models.clone_model(base, clone_function=annotate)
+        annotated.set_weights(base.get_weights())
+        qmodel = kq.quantize_apply(annotated, scheme)
+    refresh_weight_state(qmodel)
+    if preserve_sparsity:
+        from kerasq.prune.masks import init_masks
+
+        init_masks(qmodel)
+    logger.info("%s: quantized %d layers (%s)", model.name, len(plan), config.precision)
+    return qmodel
+
+
+__all__ = ["quantize_model", "load_model", "custom_objects", "quantize_scope",
+           "refresh_weight_state"]

@@ -1,0 +1,110 @@
+"""``kerasq.calibrate``: post-training range collection for a quantized model.
+
+Runs the model in float over calibration data, folds each batch into every quantizer's
+range (its ``range_estimator``), fixes the fractional lengths (or scales) and refreshes
+the weight quantizers' state. Weights are not changed.
+
+Example:
+    >>> qmodel = kerasq.quantize_model(model)  # doctest: +SKIP
+    >>> kerasq.calibrate(qmodel, x_train[:512], batch_size=64)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterable, Iterator, Optional
+
+import numpy as np
+
+from kerasq._compat import keras, tf
+from kerasq.errors import KerasqError
+from kerasq.schemes.api import refresh_weight_state
+from kerasq.schemes.quantizers import calibration_mode
+
+logger = logging.getLogger("kerasq.schemes.calibrate")
+
+
+def _batches(data: Any, batch_size: int) -> Iterator[Any]:
+    if isinstance(data, tf.data.Dataset):
+        for item in data:
+            yield item[0] if isinstance(item, (tuple, list)) else item
+        return
+    if isinstance(data, (np.ndarray, tf.Tensor)) or (
+            isinstance(data, (list, tuple)) and data and isinstance(data[0], np.ndarray)
+            and not isinstance(data, list)):
+        arr = data
+        n = int(arr.shape[0])
+        for start in range(0, n, batch_size):
+            yield arr[start:start + batch_size]
+        return
+    if isinstance(data, dict):
+        n = len(next(iter(data.values())))
+        for start in range(0, n, batch_size):
+            yield {k: v[start:start + batch_size] for k, v in data.items()}
+        return
+    if isinstance(data, Iterable):
+        for item in data:
+            yield item[0] if isinstance(item, tuple) else item
+        return
+    raise KerasqError(f"calibration data of type {type(data).__name__} is not supported "
+                      "(use a numpy array, a tf.data.Dataset or an iterable of batches)")
+
+
+def _reset_ranges(qmodel: Any) -> None:
+    for var in qmodel.variables:
+        if var.name.split(":")[0].endswith("_count"):
+            var.assign(tf.zeros_like(var))
+
+
+def _steps_hint(data: Any, batch_size: int, steps: Optional[int]) -> Optional[int]:
+    if steps is not None:
+        return steps
+    if isinstance(data, (np.ndarray, tf.Tensor)):
+        return -(-int(data.shape[0]) // batch_size)
+    if isinstance(data, tf.data.Dataset):
+        card = int(data.cardinality())
+        return card if card >= 0 else None
+    return None
+
+
+def calibrate(qmodel: Any, data: Any, steps: Optional[int] = None, *, batch_size: int = 32,
+              reset: bool = True, verbose: int = 0) -> Any:
+    """Collect activation ranges over ``data`` (at most ``steps`` batches) and return ``qmodel``.
+
+    ``data``: array (split into ``batch_size`` batches), ``tf.data.Dataset`` or iterable of
+    batches ((x, y) pairs use x). ``reset``: forget ranges collected before. Shows a
+    progress bar with ``verbose=1``. Activations: range = estimator over all batches
+    (minmax: running min/max; max_abs: Ristretto's running max|x|; ema: caffe-jacinto's
+    EMA; percentile), fl = B − il with il = ceil(log2 max|x|) (+1 if signed).
+    """
+    if not isinstance(qmodel, keras.Model):
+        raise KerasqError(f"calibrate needs the model returned by quantize_model, got "
+                          f"{type(qmodel).__name__}")
+    if reset:
+        _reset_ranges(qmodel)
+    total = _steps_hint(data, batch_size, steps)
+    bar = keras.utils.Progbar(total, verbose=verbose, unit_name="batch") if verbose else None
+
+    with calibration_mode():
+        @tf.function(reduce_retracing=True)
+        def collect(x: Any) -> Any:
+            return qmodel(x, training=False)
+
+        done = 0
+        for batch in _batches(data, batch_size):
+            if steps is not None and done >= steps:
+                break
+            if isinstance(batch, np.ndarray) and batch.dtype == np.float64:
+                batch = batch.astype(np.float32)
+            collect(batch)
+            done += 1
+            if bar is not None:
+                bar.update(done)
+    if done == 0:
+        raise KerasqError("calibration data is empty")
+    refresh_weight_state(qmodel)
+    logger.info("%s: calibrated on %d batch(es)", qmodel.name, done)
+    return qmodel
+
+
+__all__ = ["calibrate"]

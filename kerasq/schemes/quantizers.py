@@ -1,0 +1,516 @@
+"""tfmot ``Quantizer`` classes: dynamic fixed point, minifloat and power-of-two weights.
+
+Every quantizer keeps its state in variables of the wrapped layer, so it is saved with
+the model (.h5 and SavedModel):
+
+* ``count`` (int64): statistics batches seen (calibration batches and training steps).
+  Fake quantization is active once ``count >= quantization_start``; before that the
+  quantizer passes its input through in float and only collects statistics.
+* activation quantizers: ``min``/``max``, the estimated range, and ``frac_bits``, the
+  fractional length fl derived from it (power-of-two mode), or ``scale``/``offset``
+  (caffe-jacinto's non-power-of-two mode);
+* DFP weight quantizers: ``frac_bits`` (per output channel or per tensor) and
+  ``min``/``max`` of the current weights; they are refreshed on every training step,
+  by :func:`kerasq.calibrate` and by :func:`kerasq.quantize_model`.
+
+Export reads ``bitwidth``, ``signed`` (None = unsigned iff ``min >= 0``), ``channel_axes``
+and the variables above: an 8-bit DFP tensor is TFLite int8 with scale 2^-fl and zero
+point 0 (signed) or -128 (unsigned). With ``rounding="half_up"`` the DFP quantizers run
+``tf.quantization.fake_quant_with_min_max_vars(_per_channel)`` with min = qmin·2^-fl and
+max = qmax·2^-fl, the op the TFLite converter turns into real int8.
+
+Example:
+    >>> q = DFPWeightQuantizer(bitwidth=4, channel_axes=(-1,))  # doctest: +SKIP
+    >>> qmodel = kerasq.quantize_model(model)  # builds these for every layer  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
+
+from kerasq._compat import keras, tf, tfmot
+from kerasq.schemes import _backend
+
+_Quantizer = tfmot().quantization.keras.quantizers.Quantizer
+_MEAN = tf.VariableAggregation.MEAN
+_FIRST = tf.VariableAggregation.ONLY_FIRST_REPLICA
+
+_state = threading.local()
+
+
+@contextlib.contextmanager
+def calibration_mode() -> Iterator[None]:
+    """While active (at trace time), quantizers collect statistics and pass values in float."""
+    previous = getattr(_state, "calibrating", False)
+    _state.calibrating = True
+    try:
+        yield
+    finally:
+        _state.calibrating = previous
+
+
+def _calibrating() -> bool:
+    return getattr(_state, "calibrating", False)
+
+
+def _cond(pred: Any, true_fn: Any, false_fn: Any) -> Any:
+    if isinstance(pred, (bool, int)):
+        return true_fn() if pred else false_fn()
+    return tf.cond(tf.cast(pred, tf.bool), true_fn, false_fn)
+
+
+def _qrange(bitwidth: int, signed: bool) -> Tuple[float, float]:
+    if signed:
+        return -(2.0 ** (bitwidth - 1)), 2.0 ** (bitwidth - 1) - 1.0
+    return 0.0, 2.0 ** bitwidth - 1.0
+
+
+def _ceil_log2(v: tf.Tensor) -> tf.Tensor:
+    """ceil(log2 v), exact for powers of two (frexp-style, no float log error)."""
+    v = tf.maximum(tf.cast(v, tf.float32), 1e-30)
+    e = tf.floor(tf.math.log(v) / math.log(2.0))
+    e = tf.where(tf.pow(2.0, e) > v, e - 1.0, e)
+    e = tf.where(tf.pow(2.0, e + 1.0) <= v, e + 1.0, e)  # now 2^e <= v < 2^(e+1)
+    return tf.where(tf.equal(tf.pow(2.0, e), v), e, e + 1.0)
+
+
+class _KerasqQuantizer(_Quantizer):
+    """Common parts: rounding per phase, the ``count`` variable, config and equality."""
+
+    is_weight_quantizer = False
+
+    def __init__(self, rounding: str = "nearest", train_rounding: Optional[str] = None,
+                 quantization_start: int = 0) -> None:
+        self.rounding = rounding
+        self.train_rounding = train_rounding
+        self.quantization_start = int(quantization_start)
+
+    def _round_mode(self, training: bool) -> str:
+        if not training:
+            return self.rounding
+        if self.is_weight_quantizer:
+            return self.train_rounding or "stochastic"
+        return self.train_rounding or self.rounding
+
+    def _add_count(self, name: str, layer: Any) -> tf.Variable:
+        return layer.add_weight(name + "_count", shape=(), dtype=tf.int64,
+                                initializer=keras.initializers.Zeros(), trainable=False,
+                                aggregation=_FIRST)
+
+    def get_config(self) -> Dict[str, Any]:
+        return {"rounding": self.rounding, "train_rounding": self.train_rounding,
+                "quantization_start": self.quantization_start}
+
+    @classmethod
+    def from_config(cls, config: Dict[str, Any]) -> "_KerasqQuantizer":
+        config = dict(config)
+        if "channel_axes" in config and config["channel_axes"] is not None:
+            config["channel_axes"] = tuple(config["channel_axes"])
+        return cls(**config)
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, repr(sorted(self.get_config().items()))))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+@keras.utils.register_keras_serializable(package="kerasq")
+class DFPActivationQuantizer(_KerasqQuantizer):
+    """Per-tensor dynamic fixed point for activations, with the range from data.
+
+    x' = clip(round(x·2^fl), qmin, qmax)·2^-fl, fl = bitwidth - il. il comes from the
+    tracked range: ceil(log2 max|x|) (+1 if signed), or Ristretto's ceil(log2 max|x|) for
+    ``range_estimator="max_abs"``. ``signed=None``: unsigned [0, 2^B-1] iff the tracked
+    min >= 0. ``power2_range=False`` or ``apply_offset=True``: caffe-jacinto's scale
+    s = (2^(B-1)-1)/A (signed), (2^B-1)/A (unsigned) or (2^B-1)/(max-min) (offset), with
+    offset o = -min·s: x' = (round(clip(x·s + o)) - o)/s.
+    """
+
+    def __init__(self, bitwidth: int = 8, rounding: str = "nearest",
+                 train_rounding: Optional[str] = None, signed: Optional[bool] = None,
+                 power2_range: bool = True, apply_offset: bool = False,
+                 range_estimator: str = "minmax", percentile: float = 99.99,
+                 ema_update_factor: float = 0.01, range_expansion: float = 1.25,
+                 frac_bits: Optional[int] = None, quantization_start: int = 0) -> None:
+        super().__init__(rounding, train_rounding, quantization_start)
+        self.bitwidth = int(bitwidth)
+        self.signed = signed
+        self.power2_range = bool(power2_range)
+        self.apply_offset = bool(apply_offset)
+        self.range_estimator = range_estimator
+        self.percentile = float(percentile)
+        self.ema_update_factor = float(ema_update_factor)
+        self.range_expansion = float(range_expansion)
+        self.frac_bits = frac_bits
+
+    def get_config(self) -> Dict[str, Any]:
+        return {**super().get_config(), "bitwidth": self.bitwidth, "signed": self.signed,
+                "power2_range": self.power2_range, "apply_offset": self.apply_offset,
+                "range_estimator": self.range_estimator, "percentile": self.percentile,
+                "ema_update_factor": self.ema_update_factor,
+                "range_expansion": self.range_expansion, "frac_bits": self.frac_bits}
+
+    def build(self, tensor_shape: Any, name: str, layer: Any) -> Dict[str, tf.Variable]:
+        def scalar(suffix, dtype=tf.float32):
+            return layer.add_weight(f"{name}_{suffix}", shape=(), dtype=dtype, trainable=False,
+                                    initializer=keras.initializers.Zeros(), aggregation=_MEAN)
+        return {"min": scalar("min"), "max": scalar("max"), "frac_bits": scalar("frac_bits"),
+                "scale": scalar("scale"), "offset": scalar("offset"),
+                "count": self._add_count(name, layer)}
+
+    # ------------------------------------------------------------------ statistics
+    def batch_range(self, x: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+        """(min, max) statistic of one batch for this quantizer's estimator."""
+        x = tf.cast(tf.reshape(x, [-1]), tf.float32)
+        if self.range_estimator == "percentile":
+            s = tf.sort(x)
+            n = tf.cast(tf.size(s) - 1, tf.float32)
+            hi = tf.cast(tf.round(n * self.percentile / 100.0), tf.int32)
+            lo = tf.cast(tf.round(n * (100.0 - self.percentile) / 100.0), tf.int32)
+            return tf.minimum(tf.gather(s, lo), 0.0), tf.gather(s, hi)
+        if self.range_estimator == "max_abs":
+            return tf.reduce_min(x), tf.reduce_max(tf.abs(x))
+        return tf.reduce_min(x), tf.reduce_max(x)
+
+    def update_range(self, x: tf.Tensor, weights: Dict[str, tf.Variable]) -> tf.Operation:
+        """Fold one batch into the stored range (minmax/max_abs/percentile: running
+        min and max; ema: caffe-jacinto r <- (1-b)·r + b·e·batch, first batch r = e·batch)."""
+        bmin, bmax = self.batch_range(x)
+        first = tf.equal(weights["count"], 0)
+        if self.range_estimator == "ema":
+            e, b = self.range_expansion, self.ema_update_factor
+            new_min = tf.where(first, e * bmin, (1.0 - b) * weights["min"] + b * e * bmin)
+            new_max = tf.where(first, e * bmax, (1.0 - b) * weights["max"] + b * e * bmax)
+        else:
+            new_min = tf.where(first, bmin, tf.minimum(weights["min"], bmin))
+            new_max = tf.where(first, bmax, tf.maximum(weights["max"], bmax))
+        ops = [weights["min"].assign(new_min), weights["max"].assign(new_max)]
+        with tf.control_dependencies(ops):
+            params = self.params_from_range(new_min, new_max)
+            return tf.group(weights["frac_bits"].assign(params[0]),
+                            weights["scale"].assign(params[1]),
+                            weights["offset"].assign(params[2]))
+
+    def is_unsigned(self, range_min: tf.Tensor) -> tf.Tensor:
+        if self.signed is None:
+            return tf.greater_equal(range_min, 0.0)
+        return tf.constant(not self.signed)
+
+    def params_from_range(self, range_min: tf.Tensor, range_max: tf.Tensor
+                          ) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """(frac_bits, scale, offset) for a range; scale = 2^fl, offset 0 in DFP mode."""
+        b = self.bitwidth
+        unsigned = self.is_unsigned(range_min)
+        if self.range_estimator == "max_abs":
+            a = tf.maximum(tf.abs(range_min), range_max)
+        else:
+            a = tf.maximum(tf.abs(range_min), tf.abs(range_max))
+        if self.power2_range and not self.apply_offset:
+            if self.frac_bits is not None:
+                fl = tf.constant(float(self.frac_bits))
+            elif self.range_estimator == "max_abs":  # Ristretto: il = ceil(log2 max|x|)
+                fl = _backend.dfp_frac_bits(a, b, signed=False)
+            else:
+                fl = tf.where(unsigned, _backend.dfp_frac_bits(a, b, signed=False),
+                              _backend.dfp_frac_bits(a, b, signed=True))
+            return fl, tf.pow(2.0, fl), tf.constant(0.0)
+        r = tf.maximum(tf.abs(range_max - range_min), 1e-30)
+        if self.apply_offset:
+            if self.power2_range:
+                scale = tf.pow(2.0, b - _ceil_log2(r))
+            else:
+                scale = (2.0 ** b - 1.0) / r
+            return tf.constant(0.0), scale, -range_min * scale
+        if self.power2_range:  # pragma: no cover - handled above
+            raise AssertionError
+        a = tf.maximum(a, 1e-30)
+        scale = tf.where(unsigned, (2.0 ** b - 1.0) / a, (2.0 ** (b - 1) - 1.0) / a)
+        return tf.constant(0.0), scale, tf.constant(0.0)
+
+    # ------------------------------------------------------------------- forward
+    def quantize(self, x: tf.Tensor, range_min: tf.Tensor, params: Sequence[tf.Tensor],
+                 rounding: str) -> tf.Tensor:
+        """Fake-quantize ``x`` with a given range minimum and (frac_bits, scale, offset)."""
+        fl, scale, offset = params
+        unsigned = self.is_unsigned(range_min)
+        if self.power2_range and not self.apply_offset:
+            def dfp(is_signed):
+                if rounding == "half_up" and self.bitwidth <= 16:
+                    qmin, qmax = _qrange(self.bitwidth, is_signed)
+                    step = tf.pow(2.0, -fl)
+                    return tf.quantization.fake_quant_with_min_max_vars(
+                        x, qmin * step, qmax * step, num_bits=self.bitwidth,
+                        narrow_range=False)
+                return _backend.dfp_quantize(x, self.bitwidth, fl, signed=is_signed,
+                                             rounding=rounding)
+            if self.signed is None:
+                return tf.cond(unsigned, lambda: dfp(False), lambda: dfp(True))
+            return dfp(bool(self.signed))
+        if self.apply_offset:
+            qmin, qmax = _qrange(self.bitwidth, False)
+            return _backend.affine_quantize(x, scale, offset, qmin, qmax, rounding=rounding)
+        lo_s, hi_s = _qrange(self.bitwidth, True)
+        lo_u, hi_u = _qrange(self.bitwidth, False)
+        qmin = tf.where(unsigned, lo_u, lo_s)
+        qmax = tf.where(unsigned, hi_u, hi_s)
+        return _backend.affine_quantize(x, scale, offset, qmin, qmax, rounding=rounding)
+
+    def __call__(self, inputs: tf.Tensor, training: Any, weights: Dict[str, tf.Variable],
+                 **kwargs: Any) -> tf.Tensor:
+        def collect(count):
+            return self.update_range(inputs, weights)
+
+        def fake_quant(is_training):
+            rounding = self._round_mode(is_training)
+
+            def stored():
+                return self.quantize(inputs, weights["min"],
+                                     (weights["frac_bits"], weights["scale"], weights["offset"]),
+                                     rounding)
+
+            def dynamic():  # never calibrated nor trained: range of this batch
+                bmin, bmax = self.batch_range(inputs)
+                return self.quantize(inputs, bmin, self.params_from_range(bmin, bmax), rounding)
+
+            return _cond(weights["count"] > 0, stored, dynamic)
+
+        if _calibrating():
+            with tf.control_dependencies([collect(weights["count"])]):
+                with tf.control_dependencies([weights["count"].assign_add(1)]):
+                    return tf.identity(inputs)
+
+        def train_branch():
+            active = weights["count"] >= self.quantization_start
+            with tf.control_dependencies([collect(weights["count"])]):
+                with tf.control_dependencies([weights["count"].assign_add(1)]):
+                    return _cond(active, lambda: fake_quant(True), lambda: tf.identity(inputs))
+
+        def infer_branch():
+            return _cond(weights["count"] >= self.quantization_start,
+                         lambda: fake_quant(False), lambda: tf.identity(inputs))
+
+        return _cond(training, train_branch, infer_branch)
+
+
+class _WeightQuantizerBase(_KerasqQuantizer):
+    is_weight_quantizer = True
+
+    def build(self, tensor_shape: Any, name: str, layer: Any) -> Dict[str, tf.Variable]:
+        return {"count": self._add_count(name, layer)}
+
+    def fake_quantize(self, w: tf.Tensor, weights: Dict[str, tf.Variable],
+                      rounding: str) -> tf.Tensor:
+        raise NotImplementedError
+
+    def update_state(self, w: tf.Tensor, weights: Dict[str, tf.Variable]) -> Any:
+        """Refresh export-facing variables from the current weights (no-op by default)."""
+        return tf.no_op()
+
+    def __call__(self, inputs: tf.Tensor, training: Any, weights: Dict[str, tf.Variable],
+                 **kwargs: Any) -> tf.Tensor:
+        count = weights["count"]
+        if _calibrating():
+            with tf.control_dependencies([self.update_state(inputs, weights)]):
+                with tf.control_dependencies([count.assign_add(1)]):
+                    return tf.identity(inputs)
+
+        def train_branch():
+            active = count >= self.quantization_start
+            with tf.control_dependencies([self.update_state(inputs, weights)]):
+                with tf.control_dependencies([count.assign_add(1)]):
+                    return _cond(active,
+                                 lambda: self.fake_quantize(inputs, weights, self._round_mode(True)),
+                                 lambda: tf.identity(inputs))
+
+        def infer_branch():
+            return _cond(count >= self.quantization_start,
+                         lambda: self.fake_quantize(inputs, weights, self._round_mode(False)),
+                         lambda: tf.identity(inputs))
+
+        if self.quantization_start == 0:
+            def infer_branch():  # noqa: F811 - no counter test needed
+                return self.fake_quantize(inputs, weights, self._round_mode(False))
+        return _cond(training, train_branch, infer_branch)
+
+
+@keras.utils.register_keras_serializable(package="kerasq")
+class DFPWeightQuantizer(_WeightQuantizerBase):
+    """Dynamic fixed point for weights (always signed), fl from the current weights.
+
+    il = ceil(log2 max|w|) + 1 (Ristretto's ``il_params`` and caffe-jacinto's power-of-two
+    rule), fl = bitwidth - il, per output channel (``channel_axes``, the axes that are
+    kept) or per tensor (``channel_axes=None``). ``power2_range=False``: caffe-jacinto's
+    s = (2^(B-1)-1)/max|w|; ``apply_offset=True``: s = (2^B-1)/(max-min), o = -min·s.
+    """
+
+    def __init__(self, bitwidth: int = 8, rounding: str = "nearest",
+                 train_rounding: Optional[str] = None,
+                 channel_axes: Optional[Tuple[int, ...]] = (-1,), power2_range: bool = True,
+                 apply_offset: bool = False, frac_bits: Optional[int] = None,
+                 quantization_start: int = 0) -> None:
+        super().__init__(rounding, train_rounding, quantization_start)
+        self.bitwidth = int(bitwidth)
+        self.channel_axes = tuple(channel_axes) if channel_axes is not None else None
+        self.power2_range = bool(power2_range)
+        self.apply_offset = bool(apply_offset)
+        self.frac_bits = frac_bits
+        self.signed = True
+
+    def get_config(self) -> Dict[str, Any]:
+        return {**super().get_config(), "bitwidth": self.bitwidth,
+                "channel_axes": list(self.channel_axes) if self.channel_axes else None,
+                "power2_range": self.power2_range, "apply_offset": self.apply_offset,
+                "frac_bits": self.frac_bits}
+
+    @property
+    def preserves_zero(self) -> bool:
+        """0 maps to 0 exactly unless an offset is applied."""
+        return not self.apply_offset
+
+    def _reduce_axes(self, rank: int) -> list:
+        if self.channel_axes is None:
+            return list(range(rank))
+        keep = {a % rank for a in self.channel_axes}
+        return [a for a in range(rank) if a not in keep]
+
+    def _channel_shape(self, shape: Sequence[int]) -> Tuple[int, ...]:
+        if self.channel_axes is None:
+            return ()
+        rank = len(shape)
+        return tuple(shape[a % rank] for a in sorted(a % rank for a in self.channel_axes))
+
+    def build(self, tensor_shape: Any, name: str, layer: Any) -> Dict[str, tf.Variable]:
+        shape = self._channel_shape(list(tensor_shape))
+
+        def var(suffix):
+            return layer.add_weight(f"{name}_{suffix}", shape=shape, dtype=tf.float32,
+                                    trainable=False, initializer=keras.initializers.Zeros(),
+                                    aggregation=_MEAN)
+        return {**super().build(tensor_shape, name, layer), "frac_bits": var("frac_bits"),
+                "min": var("min"), "max": var("max")}
+
+    def params(self, w: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+        """(frac_bits, scale, offset, min, max), broadcastable against ``w``."""
+        w = tf.convert_to_tensor(w)
+        axes = self._reduce_axes(w.shape.rank)
+        wmin = tf.reduce_min(w, axis=axes, keepdims=True)
+        wmax = tf.reduce_max(w, axis=axes, keepdims=True)
+        a = tf.maximum(tf.abs(wmin), tf.abs(wmax))
+        b = self.bitwidth
+        if self.power2_range and not self.apply_offset:
+            if self.frac_bits is not None:
+                fl = tf.fill(tf.shape(a), float(self.frac_bits))
+            else:  # il = ceil(log2 max|w|) + 1: Ristretto's il_params, caffe-jacinto's pow2
+                fl = _backend.dfp_frac_bits(a, b, signed=True)
+            return fl, tf.pow(2.0, fl), tf.zeros_like(fl), wmin, wmax
+        if self.apply_offset:
+            r = tf.maximum(wmax - wmin, 1e-30)
+            scale = tf.pow(2.0, b - _ceil_log2(r)) if self.power2_range else (2.0 ** b - 1.0) / r
+            return tf.zeros_like(a), scale, -wmin * scale, wmin, wmax
+        a = tf.maximum(a, 1e-30)
+        return tf.zeros_like(a), (2.0 ** (b - 1) - 1.0) / a, tf.zeros_like(a), wmin, wmax
+
+    def update_state(self, w: tf.Tensor, weights: Dict[str, tf.Variable]) -> Any:
+        fl, _, _, wmin, wmax = self.params(w)
+        shape = weights["frac_bits"].shape
+        return tf.group(weights["frac_bits"].assign(tf.reshape(fl, shape)),
+                        weights["min"].assign(tf.reshape(wmin, shape)),
+                        weights["max"].assign(tf.reshape(wmax, shape)))
+
+    def fake_quantize(self, w: tf.Tensor, weights: Dict[str, tf.Variable],
+                      rounding: str) -> tf.Tensor:
+        fl, scale, offset, _, _ = self.params(w)
+        if self.power2_range and not self.apply_offset:
+            if rounding == "half_up" and self.bitwidth <= 16 and (
+                    self.channel_axes is None or self.channel_axes == (-1,)):
+                qmin, qmax = _qrange(self.bitwidth, True)
+                step = tf.pow(2.0, -fl)
+                if self.channel_axes is None:
+                    return tf.quantization.fake_quant_with_min_max_vars(
+                        w, tf.reshape(qmin * step, []), tf.reshape(qmax * step, []),
+                        num_bits=self.bitwidth, narrow_range=False)
+                return tf.quantization.fake_quant_with_min_max_vars_per_channel(
+                    w, tf.reshape(qmin * step, [-1]), tf.reshape(qmax * step, [-1]),
+                    num_bits=self.bitwidth, narrow_range=False)
+            if self.channel_axes == (-1,):
+                fl = tf.reshape(fl, [-1])
+            return _backend.dfp_quantize(w, self.bitwidth, fl, signed=True, rounding=rounding)
+        qmin, qmax = _qrange(self.bitwidth, not self.apply_offset)
+        return _backend.affine_quantize(w, scale, offset, qmin, qmax, rounding=rounding)
+
+
+@keras.utils.register_keras_serializable(package="kerasq")
+class BiasQuantizer(DFPWeightQuantizer):
+    """Per-tensor DFP for biases with ``bitwidth_bias`` bits (fl from max|b|)."""
+
+    def __init__(self, bitwidth: int = 16, rounding: str = "nearest",
+                 train_rounding: Optional[str] = None, channel_axes: Any = None,
+                 power2_range: bool = True, apply_offset: bool = False,
+                 frac_bits: Optional[int] = None, quantization_start: int = 0) -> None:
+        super().__init__(bitwidth, rounding, train_rounding, None, True, False, frac_bits,
+                         quantization_start)
+
+
+@keras.utils.register_keras_serializable(package="kerasq")
+class MinifloatQuantizer(_WeightQuantizerBase):
+    """Ristretto minifloat: 1 sign, ``exp_bits`` exponent (bias 2^(E-1)-1), ``mant_bits``
+    mantissa bits, no denormals, saturating, for weights and activations."""
+
+    def __init__(self, exp_bits: int = 5, mant_bits: int = 10, rounding: str = "nearest",
+                 train_rounding: Optional[str] = None, quantization_start: int = 0,
+                 is_weight: bool = True) -> None:
+        super().__init__(rounding, train_rounding, quantization_start)
+        self.exp_bits = int(exp_bits)
+        self.mant_bits = int(mant_bits)
+        self.is_weight = bool(is_weight)
+        self.is_weight_quantizer = self.is_weight
+
+    preserves_zero = True
+
+    def get_config(self) -> Dict[str, Any]:
+        return {**super().get_config(), "exp_bits": self.exp_bits, "mant_bits": self.mant_bits,
+                "is_weight": self.is_weight}
+
+    def fake_quantize(self, w: tf.Tensor, weights: Dict[str, tf.Variable],
+                      rounding: str) -> tf.Tensor:
+        return _backend.minifloat_quantize(w, self.exp_bits, self.mant_bits, rounding=rounding)
+
+
+@keras.utils.register_keras_serializable(package="kerasq")
+class Pow2WeightQuantizer(_WeightQuantizerBase):
+    """Ristretto integer-power-of-two weights: w' = sign(w)·2^clip(round(log2|w|), min, max).
+
+    Like Ristretto, a zero weight becomes +2^exp_min unless a sparsity mask restores it.
+    """
+
+    def __init__(self, exp_min: int = -8, exp_max: int = -1, rounding: str = "nearest",
+                 train_rounding: Optional[str] = None, quantization_start: int = 0) -> None:
+        super().__init__(rounding, train_rounding, quantization_start)
+        self.exp_min = int(exp_min)
+        self.exp_max = int(exp_max)
+
+    preserves_zero = False
+
+    def get_config(self) -> Dict[str, Any]:
+        return {**super().get_config(), "exp_min": self.exp_min, "exp_max": self.exp_max}
+
+    def fake_quantize(self, w: tf.Tensor, weights: Dict[str, tf.Variable],
+                      rounding: str) -> tf.Tensor:
+        return _backend.pow2_quantize(w, self.exp_min, self.exp_max, rounding=rounding)
+
+
+QUANTIZERS = (DFPActivationQuantizer, DFPWeightQuantizer, BiasQuantizer, MinifloatQuantizer,
+              Pow2WeightQuantizer)
+
+__all__ = [q.__name__ for q in QUANTIZERS] + ["calibration_mode"]

@@ -1,0 +1,197 @@
+"""``KerasqQuantizeRegistry``: layer -> QuantizeConfig, built from a ``QuantizationConfig``.
+
+The table below is the whole policy. Weighted layers get weight quantizers (per output
+channel along the listed axes) and an output quantizer; activation, merge and
+averaging layers get an output quantizer; layers that only move values (reshape,
+padding, max pooling, dropout) keep their producer's grid and get none. A layer kerasq
+has no rule for follows ``QuantizationConfig.unknown_layers``.
+
+Example:
+    >>> registry = KerasqQuantizeRegistry(QuantizationConfig(bitwidth_weights=4))  # doctest: +SKIP
+    >>> registry.get_quantize_config(model.get_layer("conv1"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, Optional, Tuple
+
+from kerasq._compat import tfmot
+from kerasq.errors import UnsupportedLayerError
+from kerasq.schemes import configs as C
+from kerasq.schemes.config import QuantizationConfig
+from kerasq.schemes.quantizers import (
+    BiasQuantizer,
+    DFPActivationQuantizer,
+    DFPWeightQuantizer,
+    MinifloatQuantizer,
+    Pow2WeightQuantizer,
+)
+
+logger = logging.getLogger("kerasq.schemes.registry")
+
+# class name -> (config class, {weight attribute: kept (channel) axes})
+WEIGHTED_LAYERS: Dict[str, Tuple[type, Dict[str, Tuple[int, ...]]]] = {
+    "Conv1D": (C.ConvQuantizeConfig, {"kernel": (-1,)}),
+    "Conv2D": (C.ConvQuantizeConfig, {"kernel": (-1,)}),
+    "Conv3D": (C.ConvQuantizeConfig, {"kernel": (-1,)}),
+    "Dense": (C.DenseQuantizeConfig, {"kernel": (-1,)}),
+    "DepthwiseConv2D": (C.DepthwiseConvQuantizeConfig, {"depthwise_kernel": (-2, -1)}),
+    "DepthwiseConv1D": (C.DepthwiseConvQuantizeConfig, {"depthwise_kernel": (-2, -1)}),
+    "Conv2DTranspose": (C.ConvTransposeQuantizeConfig, {"kernel": (-2,)}),
+    "Conv3DTranspose": (C.ConvTransposeQuantizeConfig, {"kernel": (-2,)}),
+    "SeparableConv1D": (C.SeparableConvQuantizeConfig,
+                        {"depthwise_kernel": (-2, -1), "pointwise_kernel": (-1,)}),
+    "SeparableConv2D": (C.SeparableConvQuantizeConfig,
+                        {"depthwise_kernel": (-2, -1), "pointwise_kernel": (-1,)}),
+}
+
+OUTPUT_LAYERS = frozenset({
+    "ReLU", "Activation", "LeakyReLU", "PReLU", "ELU", "ThresholdedReLU", "Softmax",
+    "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate",
+    "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
+    "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
+    "BatchNormalization", "LayerNormalization", "UpSampling2D", "Resizing",
+})
+
+# Layers whose output values are a subset of their input values: already on the grid.
+PASSTHROUGH_LAYERS = frozenset({
+    "Reshape", "Flatten", "Permute", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
+    "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D", "Cropping1D", "Cropping2D",
+    "Cropping3D", "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "GlobalMaxPooling1D",
+    "GlobalMaxPooling2D", "GlobalMaxPooling3D", "RepeatVector", "GaussianNoise",
+    "GaussianDropout", "AlphaDropout", "ActivityRegularization", "InputLayer",
+})
+
+# Consumers that quantize their own output: a producer feeding only these is not
+# quantized (caffe-jacinto: Conv/IP/Eltwise followed by ReLU or BatchNorm).
+MERGING_CONSUMERS = frozenset({"ReLU", "BatchNormalization"})
+
+
+def activation_quantizer(config: QuantizationConfig) -> Any:
+    """The output/activation quantizer that ``config`` asks for (None for float)."""
+    if config.precision == "float" or not config.quantize_activations:
+        return None
+    if config.precision == "minifloat":
+        return MinifloatQuantizer(config.exp_bits, config.mant_bits, config.rounding,
+                                  config.train_rounding, config.quantization_start,
+                                  is_weight=False)
+    return DFPActivationQuantizer(
+        bitwidth=config.bitwidth_activations, rounding=config.rounding,
+        train_rounding=config.train_rounding,
+        signed=None if config.unsigned_activations else True,
+        power2_range=config.power2_range, apply_offset=config.apply_offset_activations,
+        range_estimator=config.range_estimator, percentile=config.percentile,
+        ema_update_factor=config.ema_update_factor, range_expansion=config.range_expansion,
+        frac_bits=config.frac_bits_activations, quantization_start=config.quantization_start)
+
+
+def weight_quantizer(config: QuantizationConfig, channel_axes: Tuple[int, ...]) -> Any:
+    """The kernel quantizer that ``config`` asks for (None for float)."""
+    if config.precision == "float" or not config.quantize_weights:
+        return None
+    if config.precision == "minifloat":
+        return MinifloatQuantizer(config.exp_bits, config.mant_bits, config.rounding,
+                                  config.train_rounding, config.quantization_start)
+    if config.precision == "pow2_weights":
+        return Pow2WeightQuantizer(config.pow2_exp_min, config.pow2_exp_max, config.rounding,
+                                   config.train_rounding, config.quantization_start)
+    return DFPWeightQuantizer(
+        bitwidth=config.bitwidth_weights, rounding=config.rounding,
+        train_rounding=config.train_rounding,
+        channel_axes=channel_axes if config.per_channel_weights else None,
+        power2_range=config.power2_range, apply_offset=config.apply_offset_weights,
+        frac_bits=config.frac_bits_weights, quantization_start=config.quantization_start)
+
+
+def bias_quantizer(config: QuantizationConfig) -> Any:
+    """Bias: float for ``bitwidth_bias=32`` (an int32 accumulator bias at export) and
+    for pow2 weights (Ristretto); the minifloat format for minifloat; else DFP."""
+    if config.precision in ("float", "pow2_weights") or not config.quantize_weights:
+        return None
+    if config.precision == "minifloat":
+        return MinifloatQuantizer(config.exp_bits, config.mant_bits, config.rounding,
+                                  config.train_rounding, config.quantization_start)
+    if config.bitwidth_bias >= 32:
+        return None
+    return BiasQuantizer(config.bitwidth_bias, config.rounding, config.train_rounding,
+                         quantization_start=config.quantization_start)
+
+
+def _is_probability(layer: Any) -> bool:
+    name = type(layer).__name__
+    if name == "Softmax":
+        return True
+    return name == "Activation" and layer.get_config().get("activation") in ("softmax", "sigmoid")
+
+
+def layer_types(layer: Any) -> Tuple[str, ...]:
+    """Keras class name plus the Caffe type a converted layer carries, if any."""
+    names = [type(layer).__name__]
+    for attr in ("caffe_type", "_kerasq_caffe_type"):
+        value = getattr(layer, attr, None)
+        if isinstance(value, str):
+            names.append(value)
+    return tuple(names)
+
+
+class KerasqQuantizeRegistry(tfmot().quantization.keras.QuantizeRegistry):
+    """Maps a layer to its kerasq ``QuantizeConfig`` under a ``QuantizationConfig``."""
+
+    def __init__(self, config: Optional[QuantizationConfig] = None) -> None:
+        self.config = config or QuantizationConfig()
+
+    def supports(self, layer: Any) -> bool:
+        """True unless the layer is unknown and ``unknown_layers="error"``."""
+        name = type(layer).__name__
+        known = name in WEIGHTED_LAYERS or name in OUTPUT_LAYERS or name in PASSTHROUGH_LAYERS
+        return known or self.config.unknown_layers != "error"
+
+    def get_quantize_config(self, layer: Any, *, quantize_output: bool = True,
+                            folded_batchnorm: str = "") -> Any:
+        """The QuantizeConfig for ``layer``; ``quantize_output=False`` when a consumer
+        (ReLU, BatchNormalization) quantizes the value instead."""
+        cfg = self.config.for_layer(layer)
+        name = type(layer).__name__
+        out_q = activation_quantizer(cfg) if quantize_output else None
+        outputs = [out_q] if out_q is not None else []
+        if cfg.precision == "float":
+            return C.NoOpQuantizeConfig()
+        if name in WEIGHTED_LAYERS:
+            config_cls, axes_by_attr = WEIGHTED_LAYERS[name]
+            wq = {}
+            for attr, axes in axes_by_attr.items():
+                q = weight_quantizer(cfg, axes)
+                if q is not None:
+                    wq[attr] = q
+            bq = bias_quantizer(cfg)
+            if bq is not None:
+                wq["bias"] = bq
+            if folded_batchnorm and name in ("Conv2D", "Dense", "DepthwiseConv2D", "Conv1D"):
+                return C.FoldedConvQuantizeConfig(wq, outputs, folded_batchnorm=folded_batchnorm)
+            return config_cls(wq, outputs)
+        if name in OUTPUT_LAYERS:
+            if outputs and _is_probability(layer) and isinstance(out_q, DFPActivationQuantizer):
+                # softmax/sigmoid lie in [0, 1]: fixed unsigned fl = B (TFLite: scale 1/256)
+                fixed = out_q.get_config()
+                fixed.update(signed=False, frac_bits=cfg.bitwidth_activations)
+                outputs = [DFPActivationQuantizer.from_config(fixed)]
+            return C.OutputQuantizeConfig({}, outputs)
+        if name in PASSTHROUGH_LAYERS:
+            return C.NoOpQuantizeConfig()
+        policy = cfg.unknown_layers
+        if policy == "error":
+            raise UnsupportedLayerError(
+                f"no quantization rule for layer type {name}; set unknown_layers='float' or "
+                f"'quantize_outputs', or list it in ignored_layers", layer=layer.name)
+        if policy == "quantize_outputs":
+            logger.info("%s (%s): unknown layer type, its float outputs are quantized",
+                        layer.name, name)
+            return C.OutputQuantizeConfig({}, outputs)
+        logger.warning("%s (%s): unknown layer type, kept in float (unknown_layers='float')",
+                       layer.name, name)
+        return C.NoOpQuantizeConfig()
+
+
+__all__ = ["KerasqQuantizeRegistry", "activation_quantizer", "weight_quantizer",
+           "bias_quantizer", "WEIGHTED_LAYERS", "OUTPUT_LAYERS", "PASSTHROUGH_LAYERS"]
