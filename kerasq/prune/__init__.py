@@ -38,6 +38,7 @@ _LAZY_ATTRS = {
     "SparsityReportCallback": "kerasq.prune.callbacks",
     "prune_model": "kerasq.prune.api",
     "strip": "kerasq.prune.api",
+    "one_shot_prune": "kerasq.prune.api",
     "sparsity_report": "kerasq.prune.report",
     "format_sparsity": "kerasq.prune.report",
     "SparsityRow": "kerasq.prune.report",

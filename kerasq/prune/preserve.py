@@ -111,7 +111,14 @@ def _inner_preserves_zero(inner: Any) -> bool:
         return bool(flag() if callable(flag) else flag)
     # tfmot's quantizers all go through tf.quantization.fake_quant_*, whose nudged range
     # always contains 0 as a grid point, so 0 -> 0 exactly.
-    return type(inner).__module__.startswith("tensorflow_model_optimization")
+    if type(inner).__module__.startswith("tensorflow_model_optimization"):
+        return True
+    # kerasq.schemes quantizers (duck-typed: prune does not import schemes): symmetric DFP
+    # and minifloat keep 0; an offset or Ristretto power-of-two weights do not (§6.1).
+    name = type(inner).__name__
+    if name == "DFPWeightQuantizer":
+        return not bool(getattr(inner, "apply_offset", True))
+    return name == "MinifloatQuantizer"
 
 
 def _quantizer_objects() -> Dict[str, Any]:
