@@ -653,7 +653,9 @@ LAYERS: Dict[str, Callable[..., List[np.ndarray]]] = {
     "Power": _elementwise(lambda x, p: _power(x, _f(p, "power", 1.0), _f(p, "scale", 1.0), _f(p, "shift", 0.0))),
     "Exp": _elementwise(lambda x, p: _exp(x, _f(p, "base", -1.0), _f(p, "scale", 1.0), _f(p, "shift", 0.0))),
     "Log": _elementwise(lambda x, p: _log(x, _f(p, "base", -1.0), _f(p, "scale", 1.0), _f(p, "shift", 0.0))),
-    "Threshold": _elementwise(lambda x, p: (x > _f(p, "threshold", 0.0)).astype(np.float64)),
+    # Caffe compares float blobs with a float threshold: compare in float32 too.
+    "Threshold": _elementwise(lambda x, p: (x.astype(np.float32) > np.float32(_f(p, "threshold", 0.0)))
+                              .astype(np.float64)),
     "Clip": _elementwise(lambda x, p: np.minimum(np.maximum(x, _f(p, "min", 0.0)), _f(p, "max", 0.0))),
     "Swish": _elementwise(lambda x, p: x * _sigmoid(_f(p, "beta", 1.0) * x)),
     "ReLU6": _elementwise(lambda x, p: np.minimum(np.maximum(x, 0), 6.0)),

@@ -139,3 +139,41 @@ class NetBuilder:
 
     def random_inputs(self, scale: float = 1.0) -> Dict[str, np.ndarray]:
         return {k: self.randn(*shape, scale=scale) for k, shape in self.inputs.items()}
+
+
+def forward_and_reference(nb: NetBuilder, folder: Union[str, pathlib.Path],
+                          inputs: Optional[Dict[str, np.ndarray]] = None
+                          ) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray], List[str]]:
+    """Run the net through kerasq's ``forward`` and through the numpy reference.
+
+    Returns (kerasq tops, reference tops, names of the non-input tops to compare).
+    """
+    import caffe_reference as ref  # the test oracle, sibling module
+
+    from kerasq.converters.caffe import forward
+
+    inputs = inputs if inputs is not None else nb.random_inputs()
+    proto, model = nb.write(folder)
+    got = forward(proto, model, inputs)
+    want = ref.run_net(nb.prototxt(), nb.params, inputs)
+    tops = [t for (_, ltype, _, tops, _, _) in nb.layers if ltype != "Input" for t in tops]
+    return got, want, list(dict.fromkeys(tops))
+
+
+def assert_caffe_close(got: np.ndarray, want: np.ndarray, what: str) -> None:
+    """The issue's tolerance: atol 1e-5 * max(1, max|ref|) + rtol 1e-4, shapes equal."""
+    got = np.asarray(got)
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != reference {want.shape}"
+    atol = 1e-5 * max(1.0, float(np.abs(want).max(initial=0.0)))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=atol, err_msg=what)
+
+
+def check_net(nb: NetBuilder, folder: Union[str, pathlib.Path],
+              inputs: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
+    """forward() must match the numpy reference on every top of the net; returns kerasq's tops."""
+    got, want, tops = forward_and_reference(nb, folder, inputs)
+    assert tops, "net without tops"
+    for top in tops:
+        assert top in got, f"forward() did not return top {top!r}"
+        assert_caffe_close(got[top], want[top], top)
+    return got
