@@ -1,0 +1,193 @@
+"""Public entry points: :func:`load` (Caffe net -> Keras model) and :func:`forward`.
+
+Example:
+    >>> from kerasq.converters import caffe
+    >>> model = caffe.load("deploy.prototxt", "weights.caffemodel")            # doctest: +SKIP
+    >>> tops = caffe.forward("deploy.prototxt", "weights.caffemodel",
+    ...                      {"data": x_nchw})                                   # doctest: +SKIP
+    >>> tops["prob"].shape                                                       # doctest: +SKIP
+    (1, 1000)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
+
+import numpy as np
+
+from kerasq.converters.caffe.graph import Graph
+from kerasq.converters.caffe.keras_layers import CUSTOM_LAYERS, CaffePreprocess
+from kerasq.converters.caffe.layout import Blob
+from kerasq.converters.caffe.passes import build_graph
+from kerasq.converters.caffe.reader import read_binaryproto, read_caffemodel, read_prototxt
+from kerasq.errors import CaffeFormatError
+
+log = logging.getLogger("kerasq.converters.caffe")
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+_LOAD_OPTIONS = frozenset({"input_shape", "fold_batchnorm", "mean", "scale", "swap_rb",
+                           "dynamic_spatial", "stages", "model_name"})
+
+
+def custom_objects() -> Dict[str, Any]:
+    """Custom Keras layers used by converted models (for ``keras.models.load_model``).
+
+    Example:
+        >>> from kerasq._compat import keras
+        >>> m = keras.models.load_model("m.h5", custom_objects=custom_objects())  # doctest: +SKIP
+    """
+    objects: Dict[str, Any] = dict(CUSTOM_LAYERS)
+    objects.update({cls.__name__: cls for cls in CUSTOM_LAYERS.values()})
+    return objects
+
+
+def _check_options(options: Mapping[str, Any]) -> None:
+    unknown = set(options) - _LOAD_OPTIONS
+    if unknown:
+        raise TypeError(f"unknown option(s) {sorted(unknown)}; known: {sorted(_LOAD_OPTIONS)}")
+
+
+def _mean_array(mean: Any, channels: int, height: Optional[int], width: Optional[int]) -> np.ndarray:
+    """Mean as a Keras-layout array: (C,) values or an (H, W, C) image."""
+    if isinstance(mean, (str, os.PathLike)):
+        image = read_binaryproto(mean)
+        image = image.reshape(image.shape[-3:]) if image.ndim >= 3 else image
+        if image.ndim != 3 or image.shape[0] != channels:
+            raise CaffeFormatError(
+                f"mean image has shape {list(image.shape)}, expected {channels} channels",
+                file=os.fspath(mean))
+        if (height, width) == image.shape[1:]:
+            return image.transpose(1, 2, 0).astype(np.float32)
+        log.warning("mean image is %dx%d but the input is %sx%s: using its per-channel average",
+                    image.shape[1], image.shape[2], height, width)
+        return image.mean(axis=(1, 2)).astype(np.float32)
+    values = np.asarray(mean, dtype=np.float32).reshape(-1)
+    if values.size == 1:
+        values = np.repeat(values, channels)
+    if values.size != channels:
+        raise CaffeFormatError(f"{values.size} mean values for {channels} input channels")
+    return values
+
+
+def _preprocessor(options: Mapping[str, Any]):
+    mean = options.get("mean")
+    scale = float(options.get("scale") or 1.0)
+    swap = bool(options.get("swap_rb", False))
+    if mean is None and scale == 1.0 and not swap:
+        return None
+
+    def apply(ctx, blob_id: str, blob: Blob) -> Blob:
+        if blob.rank != 4:
+            return blob
+        _, c, h, w = blob.shape
+        mean_array = _mean_array(mean, c, h, w) if mean is not None else None
+        layer = CaffePreprocess(mean_array.shape if mean_array is not None else None, scale, swap,
+                                name=ctx.reserve(ctx.graph.blob_names.get(blob_id, blob_id)
+                                                 + "_preprocess"))
+        tensor = layer(blob.tensor)
+        if mean_array is not None:
+            layer.set_weights([mean_array])
+        return Blob(tensor, blob.shape, blob.perm)
+
+    return apply
+
+
+def _graph(prototxt: PathLike, caffemodel: Optional[PathLike], options: Mapping[str, Any],
+           keep_all_tops: bool) -> Graph:
+    net = read_prototxt(prototxt)
+    weights = read_caffemodel(caffemodel) if caffemodel is not None else None
+    return build_graph(
+        net, weights,
+        source=os.fspath(prototxt),
+        weights_source=os.fspath(caffemodel) if caffemodel is not None else "",
+        input_shape=options.get("input_shape"),
+        stages=options.get("stages", ()),
+        fold=bool(options.get("fold_batchnorm", True)),
+        keep_all_tops=keep_all_tops,
+    )
+
+
+def load(prototxt: PathLike, caffemodel: Optional[PathLike] = None, **options: Any):
+    """Convert a Caffe net to a tf_keras functional model (NHWC, free batch dimension).
+
+    Options: ``input_shape`` (dict blob -> NCHW shape; needed for data layers, may
+    override declared inputs), ``fold_batchnorm`` (True), ``mean`` (per-channel values or a
+    ``.binaryproto`` path), ``scale`` (float), ``swap_rb`` (bool) — recorded as a leading
+    ``CaffePreprocess`` layer computing ``(swap(x) - mean) * scale`` — ``dynamic_spatial``
+    (False; True leaves H and W free for fully convolutional nets), ``stages``.
+
+    Model inputs are the Caffe input blobs (4-D ones as NHWC); outputs are the blobs no
+    layer consumes, each named after its Caffe top.
+
+    Example:
+        >>> model = load("lenet.prototxt", "lenet.caffemodel")  # doctest: +SKIP
+        >>> model.output_names                                  # doctest: +SKIP
+        ['prob']
+    """
+    from kerasq.converters.caffe.lower import lower_graph
+
+    _check_options(options)
+    graph = _graph(prototxt, caffemodel, options, keep_all_tops=False)
+    model, _ = lower_graph(graph, options, preprocess=_preprocessor(options))
+    return model
+
+
+def _to_nhwc(array: np.ndarray, blob: Blob) -> np.ndarray:
+    return np.ascontiguousarray(np.transpose(array, blob.perm))
+
+
+def _to_nchw(array: np.ndarray, blob: Blob) -> np.ndarray:
+    return np.ascontiguousarray(np.transpose(array, np.argsort(blob.perm)))
+
+
+def forward(
+    prototxt: PathLike,
+    caffemodel: Optional[PathLike],
+    inputs: Mapping[str, np.ndarray],
+    blobs: Optional[Iterable[str]] = None,
+    **options: Any,
+) -> Dict[str, np.ndarray]:
+    """Run the converted net on NCHW ``inputs``; return Caffe tops (NCHW) by name.
+
+    ``inputs`` maps Caffe input blob names to arrays; their shapes replace the declared
+    ones (as after Caffe's reshape), so other batch or spatial sizes work. ``blobs``
+    selects top names (default: every top named in the prototxt, inputs included); each
+    holds the value after its last in-place writer, as Caffe reports it. ``options`` as
+    for :func:`load` (BatchNorm folding never hides a reported top).
+
+    Example:
+        >>> out = forward("deploy.prototxt", "w.caffemodel", {"data": x})  # doctest: +SKIP
+    """
+    from kerasq.converters.caffe.lower import lower_graph
+
+    _check_options(options)
+    arrays = {k: np.asarray(v, dtype=np.float32) for k, v in inputs.items()}
+    opts = dict(options)
+    shapes = dict(opts.pop("input_shape", None) or {})
+    shapes.update({k: tuple(v.shape) for k, v in arrays.items()})
+    opts["input_shape"] = shapes
+    opts["dynamic_spatial"] = False
+    graph = _graph(prototxt, caffemodel, opts, keep_all_tops=True)
+    missing = [graph.blob_names.get(i, i) for i in graph.inputs
+               if graph.blob_names.get(i, i) not in arrays]
+    if missing:
+        raise CaffeFormatError(f"no input array given for net input(s) {missing}",
+                               file=os.fspath(prototxt))
+    final = graph.final_ids()
+    names: List[str] = list(blobs) if blobs is not None else list(final)
+    unknown = [n for n in names if n not in final]
+    if unknown:
+        raise CaffeFormatError(f"no top named {unknown} in this net", file=os.fspath(prototxt))
+    ids = [final[n] for n in names]
+    model, table = lower_graph(graph, opts, outputs=ids, preprocess=_preprocessor(opts))
+    feed = [_to_nhwc(arrays[graph.blob_names.get(i, i)], table[i]) for i in graph.inputs]
+    results = model(feed if len(feed) > 1 else feed[0], training=False)
+    if not isinstance(results, (list, tuple)):
+        results = [results]
+    return {name: _to_nchw(np.asarray(r), table[i]) for name, i, r in zip(names, ids, results)}
+
+
+__all__ = ["load", "forward", "custom_objects"]

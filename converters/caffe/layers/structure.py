@@ -1,0 +1,144 @@
+"""Graph plumbing: Split, Dropout, Silence, Concat, Flatten, Reshape."""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+from kerasq._compat import keras
+from kerasq.converters.caffe.layers._registry import register
+from kerasq.converters.caffe.layout import Blob, identity
+
+
+@register("Split")
+def lower_split(ctx, node, inputs: List[Blob]) -> List[Blob]:
+    """Every top is the bottom (no Keras layer)."""
+    return [inputs[0] for _ in node.tops]
+
+
+@register("Dropout", partial="identity (TEST phase)")
+def lower_dropout(ctx, node, inputs: List[Blob]) -> List[Blob]:
+    """TEST-phase Dropout is the identity (Caffe scales at train time)."""
+    return [inputs[0]]
+
+
+@register("Silence")
+def lower_silence(ctx, node, inputs: List[Blob]) -> List[Blob]:
+    """No output."""
+    return []
+
+
+@register("Concat")
+def lower_concat(ctx, node, inputs: List[Blob]) -> List[Blob]:
+    """Concatenate along Caffe ``axis`` (or legacy ``concat_dim``)."""
+    p = node.param.concat_param
+    caffe_axis = p.axis if p.HasField("axis") or not p.HasField("concat_dim") else p.concat_dim
+    if len(inputs) == 1:
+        return [inputs[0]]
+    xs = ctx.same_layout(inputs, node)
+    try:
+        axis = xs[0].caffe_axis(caffe_axis)
+    except IndexError:
+        ctx.error(node, f"axis {caffe_axis} out of range for {list(xs[0].shape)}")
+    if axis == 0:
+        ctx.error(node, "Concat along the batch axis is not supported")
+    for b in xs[1:]:
+        if b.rank != xs[0].rank or any(
+                i != axis and b.shape[i] != xs[0].shape[i] for i in range(1, b.rank)):
+            ctx.error(node, f"Concat inputs do not match outside axis {axis}: "
+                            f"{[list(i.shape) for i in xs]}")
+    sizes = [b.shape[axis] for b in xs]
+    total = None if any(s is None for s in sizes) else int(sum(sizes))
+    shape = list(xs[0].shape)
+    shape[axis] = total
+    out = keras.layers.Concatenate(axis=xs[0].keras_axis(axis), name=ctx.name(node))(
+        [b.tensor for b in xs])
+    return [Blob(out, tuple(shape), xs[0].perm)]
+
+
+def _reshape_to(ctx, node, x: Blob, shape: Tuple[Optional[int], ...]) -> Blob:
+    x = ctx.caffe_order(x, node)
+    if any(d is None for d in shape[1:]):
+        ctx.error(node, f"cannot reshape to {list(shape)}: sizes must be static")
+    out = keras.layers.Reshape(tuple(int(d) for d in shape[1:]), name=ctx.name(node))(x.tensor)
+    return Blob(out, shape, identity(len(shape)))
+
+
+@register("Flatten")
+def lower_flatten(ctx, node, inputs: List[Blob]) -> List[Blob]:
+    """Merge Caffe axes ``axis..end_axis`` (C,H,W row-major order, as Caffe does)."""
+    p = node.param.flatten_param
+    x = inputs[0]
+    try:
+        start, end = x.caffe_axis(p.axis), x.caffe_axis(p.end_axis)
+    except IndexError:
+        ctx.error(node, f"axis/end_axis out of range for {list(x.shape)}")
+    if start == 0:
+        ctx.error(node, "Flatten including the batch axis is not supported")
+    if end < start:
+        ctx.error(node, f"end_axis {p.end_axis} is before axis {p.axis}")
+    dims = x.shape[start:end + 1]
+    merged = None if any(d is None for d in dims) else int(np.prod(dims))
+    shape = tuple(x.shape[:start]) + (merged,) + tuple(x.shape[end + 1:])
+    return [_reshape_to(ctx, node, x, shape)]
+
+
+def reshape_shape(ctx, node, x: Blob) -> Tuple[Optional[int], ...]:
+    """Caffe Reshape output shape: 0 copies a dim, one -1 is inferred; axis/num_axes range."""
+    p = node.param.reshape_param
+    spec = [int(d) for d in p.shape.dim]
+    rank = x.rank
+    axis = p.axis if p.axis >= 0 else rank + p.axis + 1
+    if not 0 <= axis <= rank:
+        ctx.error(node, f"axis {p.axis} out of range for {list(x.shape)}")
+    end = rank if p.num_axes == -1 else axis + p.num_axes
+    if end > rank or p.num_axes < -1:
+        ctx.error(node, f"num_axes {p.num_axes} out of range for {list(x.shape)}")
+    out: List[Optional[int]] = []
+    infer = None
+    for i, d in enumerate(spec):
+        if d == 0:
+            if axis + i >= rank:
+                ctx.error(node, f"dim {i} is 0 (copy) but the input has no axis {axis + i}")
+            out.append(x.shape[axis + i])
+        elif d == -1:
+            if infer is not None:
+                ctx.error(node, "more than one -1 in the Reshape shape")
+            infer = len(out)
+            out.append(-1)
+        elif d < -1:
+            ctx.error(node, f"invalid dim {d}")
+        else:
+            out.append(d)
+    full = list(x.shape[:axis]) + out + list(x.shape[end:])
+    offset = axis
+    # The batch axis: Caffe's shape may spell it as 0, or as the declared batch size.
+    if full and full[0] is not None and x.shape[0] is None:
+        if axis == 0 and spec and spec[0] == ctx.batch_size:
+            full[0] = None
+        elif axis == 0:
+            ctx.error(node, f"Reshape {spec} changes the batch axis; use 0 for it")
+    if infer is not None:
+        known = [d for i, d in enumerate(full) if i != offset + infer and i > 0]
+        if any(d is None for d in known) or any(d is None for d in x.shape[1:]):
+            ctx.error(node, "cannot infer -1 with dynamic sizes")
+        total = int(np.prod(x.shape[1:]))
+        rest = int(np.prod([d for d in known])) if known else 1
+        if offset + infer == 0:
+            ctx.error(node, "-1 on the batch axis is not supported")
+        if rest == 0 or total % rest:
+            ctx.error(node, f"cannot reshape {list(x.shape)} to {spec}")
+        full[offset + infer] = total // rest
+    if x.shape[1:] and all(d is not None for d in full[1:]) and all(
+            d is not None for d in x.shape[1:]):
+        if int(np.prod(full[1:])) != int(np.prod(x.shape[1:])):
+            ctx.error(node, f"cannot reshape {list(x.shape)} to {[d for d in full]}")
+    return tuple(full)
+
+
+@register("Reshape")
+def lower_reshape(ctx, node, inputs: List[Blob]) -> List[Blob]:
+    """Row-major reinterpretation in Caffe order (the input is put in Caffe order first)."""
+    x = inputs[0]
+    return [_reshape_to(ctx, node, x, reshape_shape(ctx, node, x))]

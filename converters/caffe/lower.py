@@ -1,0 +1,243 @@
+"""Lowering a normalized :class:`Graph` to a Keras functional model.
+
+:class:`LoweringContext` is what every handler gets: unique Keras layer names derived
+from Caffe names, layout changes (:meth:`LoweringContext.caffe_order`,
+:meth:`LoweringContext.channels_last`), weight access with shape checks and errors
+that name the file and the layer.
+
+Example:
+    >>> model, blobs = lower_graph(graph, options={})   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Type
+
+import numpy as np
+
+from kerasq._compat import keras
+from kerasq.converters.caffe import layers as _handlers  # noqa: F401  (registers handlers)
+from kerasq.converters.caffe.graph import Graph, Node
+from kerasq.converters.caffe.layers import _registry
+from kerasq.converters.caffe.layout import NHWC, Blob, default_perm, identity
+from kerasq.converters.caffe.reader import fit_blob_shape
+from kerasq.errors import CaffeFormatError, KerasqError, UnsupportedLayerError
+
+log = logging.getLogger("kerasq.converters.caffe.lower")
+
+_NAME_BAD = re.compile(r"[^A-Za-z0-9_.\-]")
+
+
+def sanitize_name(name: str) -> str:
+    """A valid Keras/TF layer name for a Caffe name (``'conv1/3x3'`` -> ``'conv1_3x3'``).
+
+    Example:
+        >>> sanitize_name("245"), sanitize_name("conv1/3x3:0"), sanitize_name("")
+        ('245', 'conv1_3x3_0', 'layer')
+    """
+    clean = _NAME_BAD.sub("_", name)
+    if not clean:
+        return "layer"
+    if not re.match(r"[A-Za-z0-9.]", clean[0]):
+        clean = "l" + clean
+    return clean
+
+
+class LoweringContext:
+    """State shared by the handlers while one graph is lowered."""
+
+    def __init__(self, graph: Graph, options: Optional[Mapping[str, Any]] = None) -> None:
+        self.graph = graph
+        self.options: Dict[str, Any] = dict(options or {})
+        self.dynamic_spatial: bool = bool(self.options.get("dynamic_spatial", False))
+        first = next(iter(graph.inputs.values()), (1,))
+        self.batch_size: int = int(first[0]) if first else 1  # declared N (Reshape specs use it)
+        self.source = graph.source
+        self._names: Set[str] = set()
+        self._output_names: Dict[str, str] = {}  # reserved Keras name -> output blob id
+        self.node: Optional[Node] = None  # the node being lowered
+
+    def reserve_outputs(self, blob_ids: Sequence[str]) -> None:
+        """Keep the Caffe top names of the model outputs for the layers producing them."""
+        for blob_id in blob_ids:
+            wanted = sanitize_name(self.graph.blob_names.get(blob_id, blob_id))
+            if wanted not in self._output_names:
+                self._output_names[wanted] = blob_id
+                self._names.add(wanted)
+
+    # -- names ---------------------------------------------------------------------
+    def reserve(self, name: str) -> str:
+        """Reserve and return a unique Keras name based on ``name``."""
+        base = sanitize_name(name)
+        unique, k = base, 1
+        while unique in self._names:
+            unique = f"{base}_{k}"
+            k += 1
+        self._names.add(unique)
+        return unique
+
+    def name(self, node: Node, suffix: str = "") -> str:
+        """A valid unique Keras layer name derived from the Caffe layer name.
+
+        Without ``suffix`` the node may take a name reserved for one of its own output tops.
+        """
+        base = sanitize_name(node.name + (f"_{suffix}" if suffix else ""))
+        if not suffix and self._output_names.get(base) in node.tops:
+            del self._output_names[base]
+            return base
+        return self.reserve(base)
+
+    # -- errors --------------------------------------------------------------------
+    def error(self, node: Node, reason: str, cls: Type[KerasqError] = UnsupportedLayerError) -> "NoReturn":  # type: ignore[name-defined] # noqa: F821
+        """Raise ``cls(reason)`` naming the file and the layer."""
+        raise cls(reason, file=self.source or None, layer=node.caffe_name)
+
+    # -- weights -------------------------------------------------------------------
+    def blob(self, node: Node, index: int, shape: Sequence[int], what: str = "") -> np.ndarray:
+        """Learned blob ``index`` of ``node`` reshaped to ``shape`` (legacy dims accepted)."""
+        label = what or f"blob {index}"
+        if index >= len(node.blobs) or node.blobs[index] is None:
+            self.error(
+                node,
+                f"missing weights: {node.type} needs {label} of shape {list(shape)} but the "
+                f"caffemodel has {len(node.blobs)} blob(s) for this layer"
+                + ("" if node.blobs else " (no caffemodel given, or no layer of this name in it)"),
+                CaffeFormatError,
+            )
+        return fit_blob_shape(node.blobs[index], shape, self.source, node.caffe_name, label).astype(
+            np.float32)
+
+    # -- layout --------------------------------------------------------------------
+    def to_perm(self, blob: Blob, perm: Sequence[int], node: Optional[Node] = None) -> Blob:
+        """Same data with Keras layout ``perm`` (inserts a Permute or Reshape if needed)."""
+        perm = tuple(perm)
+        if blob.perm == perm:
+            return blob
+        if perm[0] != 0 or blob.perm[0] != 0:
+            raise UnsupportedLayerError("layouts that move the batch axis are not supported",
+                                        file=self.source or None)
+        owner = node or self.node
+        base = owner.name if owner is not None else "layout"
+        target_shape = tuple(blob.shape[p] for p in perm)
+        old_order = [p for p in blob.perm if blob.shape[p] != 1]
+        new_order = [p for p in perm if blob.shape[p] != 1]
+        static = all(d is not None for d in target_shape[1:])
+        if old_order == new_order and static:
+            tensor = keras.layers.Reshape(target_shape[1:], name=self.reserve(base + "_relayout"))(
+                blob.tensor)
+        else:
+            dims = tuple(blob.perm.index(p) for p in perm[1:])
+            tensor = keras.layers.Permute(dims, name=self.reserve(base + "_permute"))(blob.tensor)
+        return Blob(tensor, blob.shape, perm)
+
+    def caffe_order(self, blob: Blob, node: Optional[Node] = None) -> Blob:
+        """Same data with identity perm (Keras layout == Caffe layout)."""
+        return self.to_perm(blob, identity(blob.rank), node)
+
+    def channels_last(self, blob: Blob, node: Optional[Node] = None) -> Blob:
+        """A 4-D blob as NHWC (perm (0, 2, 3, 1))."""
+        if blob.rank != 4:
+            raise UnsupportedLayerError(f"expected a 4-D blob, got shape {list(blob.shape)}",
+                                        file=self.source or None,
+                                        layer=(node or self.node).caffe_name if (node or self.node) else None)
+        return self.to_perm(blob, NHWC, node)
+
+    def same_layout(self, blobs: Sequence[Blob], node: Optional[Node] = None) -> List[Blob]:
+        """Bring every blob to the first one's layout (for element-wise ops, Concat...)."""
+        return [blobs[0]] + [self.to_perm(b, blobs[0].perm, node) for b in blobs[1:]]
+
+
+def _check(ctx: LoweringContext, node: Node, blob: Blob) -> None:
+    """Catch shape-inference bugs early: Keras static shape vs the Caffe shape."""
+    actual = tuple(blob.tensor.shape)
+    expected = blob.keras_shape
+    ok = len(actual) == len(expected) and all(
+        a is None or e is None or a == e for a, e in zip(actual[1:], expected[1:]))
+    if not ok:
+        ctx.error(node, f"internal shape mismatch: Keras {list(actual)} vs Caffe-derived "
+                        f"{list(expected)} (perm {blob.perm})", KerasqError)
+
+
+def make_input(ctx: LoweringContext, blob_id: str, shape: Tuple[int, ...]) -> Tuple[Any, Blob]:
+    """A Keras Input for a Caffe input blob (NCHW -> NHWC for 4-D); batch is free."""
+    caffe_shape: Tuple[Optional[int], ...] = (None,) + tuple(shape[1:])
+    if ctx.dynamic_spatial and len(shape) == 4:
+        caffe_shape = (None, shape[1], None, None)
+    perm = default_perm(len(shape))
+    keras_shape = tuple(caffe_shape[p] for p in perm)[1:]
+    name = ctx.reserve(ctx.graph.blob_names.get(blob_id, blob_id))
+    tensor = keras.Input(shape=keras_shape, name=name)
+    return tensor, Blob(tensor, caffe_shape, perm)
+
+
+def lower_graph(
+    graph: Graph,
+    options: Optional[Mapping[str, Any]] = None,
+    outputs: Optional[Sequence[str]] = None,
+    preprocess: Optional[Any] = None,
+) -> Tuple[Any, Dict[str, Blob]]:
+    """Build the Keras model for ``graph``; returns ``(model, blob id -> Blob)``.
+
+    ``outputs``: blob ids to expose (default: the net outputs). Outputs whose Keras layer
+    is not named after the Caffe top get a linear ``Activation`` named after it.
+    ``preprocess``: optional callable(ctx, blob_id, Blob) -> Blob applied to each input.
+    """
+    ctx = LoweringContext(graph, options)
+    output_ids = list(outputs) if outputs is not None else graph.output_ids()
+    ctx.reserve_outputs(output_ids)
+    blobs: Dict[str, Blob] = {}
+    model_inputs = []
+    for blob_id, shape in graph.inputs.items():
+        tensor, blob = make_input(ctx, blob_id, shape)
+        model_inputs.append(tensor)
+        if preprocess is not None:
+            blob = preprocess(ctx, blob_id, blob)
+        blobs[blob_id] = blob
+    total = len(graph.nodes)
+    for index, node in enumerate(graph.nodes, 1):
+        ctx.node = node
+        try:
+            fn = _registry.get(node.type)
+        except UnsupportedLayerError as err:
+            raise err.with_context(file=graph.source or None, layer=node.caffe_name) from None
+        inputs = [blobs[b] for b in node.bottoms]
+        try:
+            results = fn(ctx, node, inputs)
+        except KerasqError as err:
+            raise err.with_context(file=graph.source or None, layer=node.caffe_name)
+        except (ValueError, TypeError) as err:
+            raise UnsupportedLayerError(
+                f"cannot lower {node.type}: {err}", file=graph.source or None,
+                layer=node.caffe_name) from err
+        if len(results) != len(node.tops):
+            ctx.error(node, f"handler returned {len(results)} blobs for {len(node.tops)} tops",
+                      KerasqError)
+        for top, blob in zip(node.tops, results):
+            _check(ctx, node, blob)
+            blobs[top] = blob
+        log.info("[%d/%d] %s (%s) -> %s", index, total, node.caffe_name, node.type,
+                 ", ".join(str(list(b.shape)) for b in results))
+    ctx.node = None
+    model_outputs = []
+    for blob_id in output_ids:
+        if blob_id not in blobs:
+            raise CaffeFormatError(f"requested output {blob_id!r} is not a blob of this net",
+                                   file=graph.source or None)
+        tensor = blobs[blob_id].tensor
+        wanted = sanitize_name(graph.blob_names.get(blob_id, blob_id))
+        producer = tensor._keras_history.layer.name
+        if producer != wanted or any(tensor is t for t in model_outputs):
+            if ctx._output_names.get(wanted) == blob_id:
+                del ctx._output_names[wanted]  # still reserved for us
+            else:
+                wanted = ctx.reserve(wanted)
+            tensor = keras.layers.Activation("linear", name=wanted)(tensor)
+        model_outputs.append(tensor)
+    model = keras.Model(model_inputs, model_outputs, name=sanitize_name(
+        options.get("model_name", "caffe_net") if options else "caffe_net"))
+    return model, blobs
+
+
+__all__ = ["LoweringContext", "lower_graph", "sanitize_name", "make_input"]

@@ -1,0 +1,279 @@
+"""Reading Caffe files: text prototxt, binary caffemodel, BlobProto (.binaryproto).
+
+* Prototxts are parsed with protobuf's text format against kerasq's ``caffe.proto``
+  (which knows BVLC's fields and the text fields of common forks). Unknown fields
+  are skipped with a warning instead of failing, as forks add many.
+* Caffemodels are parsed through the ``NetWeights`` message, which declares only
+  layer names, types and blobs: every other field (fork hyper-parameters whose
+  numbers collide between forks) is skipped. Hyper-parameters always come from the
+  prototxt.
+* Blobs are returned as float32 ``numpy`` arrays in Caffe layout; legacy 4-D
+  dimensions (``num/channels/height/width``) are kept as 4-D here and squeezed later
+  against the expected parameter shape (:func:`fit_blob_shape`).
+
+Example:
+    >>> net = read_prototxt("deploy.prototxt")            # doctest: +SKIP
+    >>> weights = read_caffemodel("weights.caffemodel")   # doctest: +SKIP
+    >>> mean = read_binaryproto("mean.binaryproto")       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from google.protobuf import message as pb_message
+from google.protobuf import text_format
+
+from kerasq.converters.caffe.proto import caffe_pb2
+from kerasq.errors import CaffeFormatError
+
+log = logging.getLogger("kerasq.converters.caffe.reader")
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+_UNKNOWN_FIELD = re.compile(r'has no field named "([^"]+)"')
+
+
+def _read_bytes(path: PathLike, what: str) -> bytes:
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CaffeFormatError(f"{what} not found", file=path)
+    if os.path.isdir(path):
+        raise CaffeFormatError(f"{what} is a directory, expected a file", file=path)
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def parse_prototxt_text(text: str, source: str = "<prototxt>") -> caffe_pb2.NetParameter:
+    """Parse prototxt ``text`` into a ``NetParameter``; unknown fields are skipped with a warning.
+
+    Example:
+        >>> net = parse_prototxt_text('layer { name: "d" type: "Input" top: "d" }')
+        >>> net.layer[0].type
+        'Input'
+    """
+    net = caffe_pb2.NetParameter()
+    try:
+        text_format.Parse(text, net)
+        return net
+    except text_format.ParseError as err:
+        if not _UNKNOWN_FIELD.search(str(err)):
+            raise CaffeFormatError(f"syntax error: {err}", file=source) from None
+    # Second pass: skip unknown fields, but tell the user which ones.
+    net = caffe_pb2.NetParameter()
+    try:
+        text_format.Parse(text, net, allow_unknown_field=True, allow_unknown_extension=True)
+    except text_format.ParseError as err:
+        raise CaffeFormatError(f"syntax error: {err}", file=source) from None
+    names = sorted(set(_unknown_field_names(text)))
+    log.warning(
+        "%s: skipped fields this Caffe schema does not know: %s", source, ", ".join(names) or "?"
+    )
+    return net
+
+
+def _unknown_field_names(text: str) -> List[str]:
+    """Names of the fields the schema does not know (for the warning)."""
+    found: List[str] = []
+    for _ in range(100):
+        try:
+            text_format.Parse(text, caffe_pb2.NetParameter())
+            break
+        except text_format.ParseError as err:
+            m = _UNKNOWN_FIELD.search(str(err))
+            if not m or m.group(1) in found:
+                break
+            found.append(m.group(1))
+            text = _drop_field(text, m.group(1))
+    return found
+
+
+def _drop_field(text: str, name: str) -> str:
+    """Remove ``name { ... }`` or ``name: value`` occurrences from prototxt text."""
+    out = []
+    i = 0
+    pat = re.compile(r"\b%s\b\s*(:?)\s*" % re.escape(name))
+    while True:
+        m = pat.search(text, i)
+        if not m:
+            out.append(text[i:])
+            break
+        out.append(text[i : m.start()])
+        j = m.end()
+        if j < len(text) and text[j] == "{":
+            depth = 0
+            while j < len(text):
+                if text[j] == "{":
+                    depth += 1
+                elif text[j] == "}":
+                    depth -= 1
+                    if depth == 0:
+                        j += 1
+                        break
+                j += 1
+        else:
+            vm = re.match(r'"[^"]*"|\'[^\']*\'|[^\s;,}]+', text[j:])
+            j += vm.end() if vm else 0
+        i = j
+    return "".join(out)
+
+
+def read_prototxt(path: PathLike) -> caffe_pb2.NetParameter:
+    """Read a text prototxt (deploy or train_test) into a ``NetParameter``.
+
+    Raises :class:`CaffeFormatError` (naming the file) for missing files, syntax errors
+    and files that define no layers and no inputs.
+    """
+    data = _read_bytes(path, "prototxt")
+    source = os.fspath(path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CaffeFormatError(
+            "not a text prototxt (binary data; is this a .caffemodel?)", file=source
+        ) from None
+    net = parse_prototxt_text(text, source)
+    if not net.layer and not net.layers and not net.input:
+        raise CaffeFormatError("prototxt defines no layers and no inputs", file=source)
+    return net
+
+
+def parse_caffemodel_bytes(data: bytes, source: str = "<caffemodel>") -> caffe_pb2.NetWeights:
+    """Parse caffemodel bytes; only layer names, types and blobs are kept."""
+    if not data:
+        raise CaffeFormatError("caffemodel is empty", file=source)
+    weights = caffe_pb2.NetWeights()
+    try:
+        weights.ParseFromString(data)
+    except (pb_message.DecodeError, RuntimeError, ValueError) as err:
+        raise CaffeFormatError(
+            f"not a valid caffemodel (truncated or not a Caffe NetParameter): {err}", file=source
+        ) from None
+    if not weights.layer and not weights.layers:
+        raise CaffeFormatError(
+            "caffemodel contains no layers (not a Caffe NetParameter?)", file=source
+        )
+    return weights
+
+
+def read_caffemodel(path: PathLike) -> caffe_pb2.NetWeights:
+    """Read a binary caffemodel (V2 ``layer`` or V1/V0 ``layers``), any size.
+
+    Example:
+        >>> w = read_caffemodel("lenet.caffemodel")  # doctest: +SKIP
+        >>> [l.name for l in w.layer if l.blobs]     # doctest: +SKIP
+        ['conv1', 'conv2', 'ip1', 'ip2']
+    """
+    return parse_caffemodel_bytes(_read_bytes(path, "caffemodel"), os.fspath(path))
+
+
+def blob_to_array(blob: caffe_pb2.BlobProto, source: str = "", layer: Optional[str] = None) -> np.ndarray:
+    """Return a BlobProto's values as a float32 array in Caffe layout.
+
+    Shape comes from ``shape.dim`` if present, else from the legacy 4-D fields; a blob
+    with neither is a flat vector (a "shapeless" blob, e.g. a shared PReLU slope).
+    """
+    if len(blob.double_data):
+        values = np.asarray(blob.double_data, dtype=np.float64).astype(np.float32)
+    else:
+        values = np.asarray(blob.data, dtype=np.float32)
+    if blob.HasField("shape"):
+        shape: Tuple[int, ...] = tuple(int(d) for d in blob.shape.dim)
+    elif blob.num or blob.channels or blob.height or blob.width:
+        shape = (blob.num, blob.channels, blob.height, blob.width)
+    else:
+        shape = (values.size,)
+    expected = int(np.prod(shape)) if shape else 1
+    if expected != values.size:
+        raise CaffeFormatError(
+            f"blob declares shape {shape} ({expected} values) but holds {values.size} values",
+            file=source or None,
+            layer=layer,
+        )
+    return values.reshape(shape)
+
+
+def read_binaryproto(path: PathLike) -> np.ndarray:
+    """Read a ``.binaryproto`` BlobProto (e.g. a mean image) as a float32 array.
+
+    Example:
+        >>> mean = read_binaryproto("mean.binaryproto")  # doctest: +SKIP
+        >>> mean.shape                                   # doctest: +SKIP
+        (1, 3, 32, 32)
+    """
+    data = _read_bytes(path, "binaryproto")
+    source = os.fspath(path)
+    if not data:
+        raise CaffeFormatError("binaryproto is empty", file=source)
+    blob = caffe_pb2.BlobProto()
+    try:
+        blob.ParseFromString(data)
+    except (pb_message.DecodeError, RuntimeError, ValueError) as err:
+        raise CaffeFormatError(f"not a valid BlobProto: {err}", file=source) from None
+    if not len(blob.data) and not len(blob.double_data):
+        raise CaffeFormatError("BlobProto holds no data", file=source)
+    return blob_to_array(blob, source)
+
+
+def fit_blob_shape(
+    array: np.ndarray, expected: Sequence[int], source: str = "", layer: Optional[str] = None,
+    what: str = "blob",
+) -> np.ndarray:
+    """Reshape a (possibly legacy 4-D) blob to ``expected``, or raise a shape-mismatch error.
+
+    Legacy binaries store e.g. biases as 1x1x1xN and InnerProduct weights as 1x1xOxI;
+    leading 1s are dropped when the remaining dims match (same as Caffe's upgrade).
+    """
+    expected = tuple(int(d) for d in expected)
+    if tuple(array.shape) == expected:
+        return array
+    squeezed = tuple(array.shape)
+    while len(squeezed) > len(expected) and squeezed[0] == 1:
+        squeezed = squeezed[1:]
+    shapeless = array.ndim == 1 and array.size == int(np.prod(expected))
+    if squeezed == expected or shapeless:
+        return array.reshape(expected)
+    raise CaffeFormatError(
+        f"{what} shape mismatch: the prototxt implies {list(expected)}, "
+        f"the caffemodel holds {list(array.shape)}",
+        file=source or None,
+        layer=layer,
+    )
+
+
+def weights_by_layer(
+    weights: caffe_pb2.NetWeights, source: str = ""
+) -> Dict[str, List[List[np.ndarray]]]:
+    """Map layer name -> list of blob lists (one per same-named layer that has blobs)."""
+    table: Dict[str, List[List[np.ndarray]]] = {}
+
+    def add(name: str, blobs: Sequence[caffe_pb2.BlobProto]) -> None:
+        if not blobs:
+            return
+        arrays = [blob_to_array(b, source, name) for b in blobs]
+        table.setdefault(name, []).append(arrays)
+
+    for layer in weights.layer:
+        add(layer.name, layer.blobs)
+    for layer in weights.layers:
+        if layer.blobs:
+            add(layer.name, layer.blobs)
+        elif layer.HasField("layer"):
+            add(layer.layer.name, layer.layer.blobs)
+    return table
+
+
+__all__ = [
+    "read_prototxt",
+    "parse_prototxt_text",
+    "read_caffemodel",
+    "parse_caffemodel_bytes",
+    "read_binaryproto",
+    "blob_to_array",
+    "fit_blob_shape",
+    "weights_by_layer",
+]
