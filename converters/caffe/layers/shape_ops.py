@@ -44,8 +44,7 @@ def _slice(ctx: "LoweringContext", node: "Node", x: Blob, ranges: List[Tuple[int
     for axis, begin, size in ranges:
         k = x.keras_axis(axis)
         begins[k], sizes[k] = begin, size
-        if size >= 0:
-            shape[axis] = size
+        shape[axis] = size if size >= 0 else None
     layer = kx.AxisSlice(begins=begins, sizes=sizes, name=ctx.name(node, suffix))
     return Blob(tensor=layer(x.tensor), shape=tuple(shape), perm=x.perm)
 
@@ -59,16 +58,19 @@ def lower_slice(ctx: "LoweringContext", node: "Node", inputs: List[Blob]) -> Lis
     if axis == 0:
         x = _batch_first(ctx, x)
     dim = x.shape[axis]
-    if dim is None:
-        ctx.error(node, "cannot slice an axis of unknown size (the batch axis)")
     n_tops = len(node.tops)
     if p.slice_point:
         points = [int(v) for v in p.slice_point]
         if len(points) != n_tops - 1:
             ctx.error(node, f"{len(points)} slice_point values for {n_tops} tops", cls=CaffeFormatError)
         bounds = [0] + points + [dim]
-        if any(b >= e for b, e in zip(bounds, bounds[1:])):
+        if any(b >= e for b, e in zip(bounds, bounds[1:]) if e is not None):
             ctx.error(node, f"slice points {points} are not increasing inside (0, {dim})", cls=CaffeFormatError)
+        if dim is None:  # free batch axis: the last piece runs to the end
+            pieces = [(axis, b, e - b) for b, e in zip(bounds[:-2], bounds[1:-1])] + [(axis, bounds[-2], -1)]
+            return [_slice(ctx, node, x, [r], f"_{i}") for i, r in enumerate(pieces)]
+    elif dim is None:
+        ctx.error(node, "an equal Slice of the free batch axis needs slice_point values")
     else:
         if dim % n_tops:
             ctx.error(node, f"axis of size {dim} cannot be split equally into {n_tops} tops",
