@@ -1,0 +1,265 @@
+// Kerasq>FakeQuantDfp and Kerasq>FakeQuantDfpGrad: dynamic fixed point fake quantization.
+//
+// Forward, per element with fractional length fl (per tensor, or per channel along the
+// last axis):  q = round(clamp(x * 2^fl, lo, hi));  y = q * 2^-fl
+// with [lo, hi] = [-2^(B-1), 2^(B-1)-1] (signed) or [0, 2^B-1] (unsigned), hi cut to the
+// largest T not above it (float32, B > 24), subnormal inputs/outputs flushed, exactly as
+// kerasq.numerics.dfp_quantize. Gradient (clipped straight-through): dx = dy where
+// lo <= x * 2^fl <= hi, else 0.
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "counter_rng.h"
+#include "float_bits.h"
+#include "rounding.h"
+#include "tensorflow/core/framework/common_shape_fns.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/util/work_sharder.h"
+
+namespace kerasq {
+
+using tensorflow::DEVICE_CPU;
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+using tensorflow::Status;
+using tensorflow::Tensor;
+using tensorflow::TensorShape;
+using tensorflow::errors::InvalidArgument;
+using tensorflow::shape_inference::InferenceContext;
+
+namespace {
+
+constexpr char kRoundingAttr[] =
+    "rounding: {'nearest', 'nearest_even', 'half_up', 'stochastic'} = 'nearest'";
+
+Status FracBitsShape(InferenceContext* c) {
+  tensorflow::shape_inference::ShapeHandle frac;
+  TF_RETURN_IF_ERROR(c->WithRankAtMost(c->input(1), 1, &frac));
+  c->set_output(0, c->input(0));
+  return tensorflow::OkStatus();
+}
+
+}  // namespace
+
+REGISTER_OP("Kerasq>FakeQuantDfp")
+    .Input("x: T")
+    .Input("frac_bits: int32")
+    .Input("seed: int64")
+    .Output("y: T")
+    .Attr("T: {float, double}")
+    .Attr("bitwidth: int >= 1")
+    .Attr("signed: bool = true")
+    .Attr(kRoundingAttr)
+    .SetShapeFn(FracBitsShape)
+    .Doc(R"doc(
+Dynamic fixed point fake quantization: y = clamp(round(x * 2^fl), lo, hi) * 2^-fl.
+frac_bits has shape [] (per tensor) or [C] with C the size of the last axis of x.
+seed is used by rounding='stochastic' only (counter-based, thread-count independent).
+)doc");
+
+REGISTER_OP("Kerasq>FakeQuantDfpGrad")
+    .Input("dy: T")
+    .Input("x: T")
+    .Input("frac_bits: int32")
+    .Output("dx: T")
+    .Attr("T: {float, double}")
+    .Attr("bitwidth: int >= 1")
+    .Attr("signed: bool = true")
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->input(0));
+      return tensorflow::OkStatus();
+    })
+    .Doc("Clipped straight-through gradient of Kerasq>FakeQuantDfp.");
+
+namespace {
+
+// Per-channel constants: exact power-of-two factor pairs and the integer clip range.
+template <typename T>
+struct DfpChannel {
+  T up1, up2, down1, down2, lo, hi;  // x * 2^fl = x * up1 * up2; q * 2^-fl = q * down1 * down2
+};
+
+template <typename T>
+Status MakeChannels(const Tensor& frac_bits, int64_t last_dim, int bitwidth, bool is_signed,
+                    std::vector<DfpChannel<T>>* out) {
+  if (frac_bits.dims() > 1) return InvalidArgument("frac_bits must have shape [] or [C]");
+  const int64_t channels = frac_bits.dims() == 0 ? 1 : frac_bits.dim_size(0);
+  if (frac_bits.dims() == 1 && channels != last_dim) {
+    return InvalidArgument("per-channel frac_bits has ", channels,
+                           " entries but the last axis of x has ", last_dim);
+  }
+  const double lo = is_signed ? -std::ldexp(1.0, bitwidth - 1) : 0.0;
+  const double hi = is_signed ? std::ldexp(1.0, bitwidth - 1) - 1.0 : std::ldexp(1.0, bitwidth) - 1.0;
+  auto fl = frac_bits.flat<int32_t>();
+  out->resize(channels);
+  for (int64_t c = 0; c < channels; ++c) {
+    DfpChannel<T>& ch = (*out)[c];
+    const Pow2Pair<T> up(fl(c)), down(-fl(c));
+    ch.up1 = up.first;
+    ch.up2 = up.second;
+    ch.down1 = down.first;
+    ch.down2 = down.second;
+    ch.lo = static_cast<T>(lo);
+    ch.hi = FloorToT<T>(hi);
+  }
+  return tensorflow::OkStatus();
+}
+
+template <Rounding R, typename T>
+inline T DfpElement(T x, const DfpChannel<T>& ch, uint64_t stream, uint64_t index) {
+  const T y = std::min(std::max(Flush(x) * ch.up1 * ch.up2, ch.lo), ch.hi);
+  return Flush(RoundFloat<R, T>(y, stream, index) * ch.down1 * ch.down2);
+}
+
+template <Rounding R, typename T>
+void DfpRange(const T* x, T* y, int64_t begin, int64_t end, const DfpChannel<T>* ch,
+              int64_t channels, uint64_t stream) {
+  if (channels == 1) {
+    const DfpChannel<T> c = ch[0];
+    for (int64_t i = begin; i < end; ++i) y[i] = DfpElement<R, T>(x[i], c, stream, i);
+    return;
+  }
+  // [begin, end) are whole rows of `channels` elements.
+  for (int64_t row = begin; row < end; row += channels) {
+    for (int64_t c = 0; c < channels; ++c) {
+      y[row + c] = DfpElement<R, T>(x[row + c], ch[c], stream, row + c);
+    }
+  }
+}
+
+// Runs fn(begin, end) over [0, n) in `granule`-aligned pieces on TF's intra-op pool.
+template <typename Fn>
+void ParallelOver(OpKernelContext* ctx, int64_t n, int64_t granule, int64_t cost_per_element,
+                  Fn fn) {
+  auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
+  const int64_t units = (n + granule - 1) / granule;
+  tensorflow::Shard(workers->num_threads, workers->workers, units, cost_per_element * granule,
+                    [&](int64_t ub, int64_t ue) { fn(ub * granule, std::min(n, ue * granule)); });
+}
+
+}  // namespace
+
+template <typename T>
+class FakeQuantDfpOp : public OpKernel {
+ public:
+  explicit FakeQuantDfpOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("bitwidth", &bitwidth_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("signed", &signed_));
+    std::string rounding;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("rounding", &rounding));
+    OP_REQUIRES(ctx, ParseRounding(rounding, &rounding_),
+                InvalidArgument("unknown rounding ", rounding));
+    OP_REQUIRES(ctx, bitwidth_ >= 1 && bitwidth_ <= 32,
+                InvalidArgument("bitwidth must be in [1, 32], got ", bitwidth_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    const Tensor& frac_bits = ctx->input(1);
+    const Tensor& seed = ctx->input(2);
+    OP_REQUIRES(ctx, seed.NumElements() == 1, InvalidArgument("seed must be a scalar"));
+    const int64_t last_dim = x.dims() == 0 ? 1 : x.dim_size(x.dims() - 1);
+    std::vector<DfpChannel<T>> channels;
+    OP_REQUIRES_OK(ctx, MakeChannels<T>(frac_bits, last_dim, bitwidth_, signed_, &channels));
+    Tensor* y = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &y));
+    const int64_t n = x.NumElements();
+    if (n == 0) return;
+    const T* xp = x.flat<T>().data();
+    T* yp = y->flat<T>().data();
+    const uint64_t stream = StreamStart(seed.flat<int64_t>()(0));
+    const int64_t nch = static_cast<int64_t>(channels.size());
+    const int64_t granule = nch == 1 ? 4096 : nch * std::max<int64_t>(1, 4096 / nch);
+    const DfpChannel<T>* ch = channels.data();
+    auto run = [&](auto mode) {
+      constexpr Rounding R = decltype(mode)::value;
+      ParallelOver(ctx, n, granule, R == Rounding::kStochastic ? 12 : 3,
+                   [&](int64_t b, int64_t e) { DfpRange<R, T>(xp, yp, b, e, ch, nch, stream); });
+    };
+    switch (rounding_) {
+      case Rounding::kNearest: run(std::integral_constant<Rounding, Rounding::kNearest>()); break;
+      case Rounding::kNearestEven:
+        run(std::integral_constant<Rounding, Rounding::kNearestEven>());
+        break;
+      case Rounding::kHalfUp: run(std::integral_constant<Rounding, Rounding::kHalfUp>()); break;
+      case Rounding::kStochastic:
+        run(std::integral_constant<Rounding, Rounding::kStochastic>());
+        break;
+    }
+  }
+
+ private:
+  int bitwidth_ = 8;
+  bool signed_ = true;
+  Rounding rounding_ = Rounding::kNearest;
+};
+
+template <typename T>
+class FakeQuantDfpGradOp : public OpKernel {
+ public:
+  explicit FakeQuantDfpGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("bitwidth", &bitwidth_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("signed", &signed_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& dy = ctx->input(0);
+    const Tensor& x = ctx->input(1);
+    const Tensor& frac_bits = ctx->input(2);
+    OP_REQUIRES(ctx, dy.shape() == x.shape(),
+                InvalidArgument("dy and x must have the same shape"));
+    const int64_t last_dim = x.dims() == 0 ? 1 : x.dim_size(x.dims() - 1);
+    std::vector<DfpChannel<T>> channels;
+    OP_REQUIRES_OK(ctx, MakeChannels<T>(frac_bits, last_dim, bitwidth_, signed_, &channels));
+    Tensor* dx = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &dx));
+    const int64_t n = x.NumElements();
+    if (n == 0) return;
+    const T* xp = x.flat<T>().data();
+    const T* dyp = dy.flat<T>().data();
+    T* dxp = dx->flat<T>().data();
+    const int64_t nch = static_cast<int64_t>(channels.size());
+    const int64_t granule = nch == 1 ? 4096 : nch * std::max<int64_t>(1, 4096 / nch);
+    const DfpChannel<T>* ch = channels.data();
+    ParallelOver(ctx, n, granule, 2, [&](int64_t b, int64_t e) {
+      if (nch == 1) {
+        const DfpChannel<T> c = ch[0];
+        for (int64_t i = b; i < e; ++i) {
+          const T y = Flush(xp[i]) * c.up1 * c.up2;
+          dxp[i] = (y >= c.lo && y <= c.hi) ? dyp[i] : T(0);
+        }
+        return;
+      }
+      for (int64_t row = b; row < e; row += nch) {
+        for (int64_t c = 0; c < nch; ++c) {
+          const int64_t i = row + c;
+          const T y = Flush(xp[i]) * ch[c].up1 * ch[c].up2;
+          dxp[i] = (y >= ch[c].lo && y <= ch[c].hi) ? dyp[i] : T(0);
+        }
+      }
+    });
+  }
+
+ private:
+  int bitwidth_ = 8;
+  bool signed_ = true;
+};
+
+#define KERASQ_REGISTER_DFP(T)                                                              \
+  REGISTER_KERNEL_BUILDER(                                                                  \
+      Name("Kerasq>FakeQuantDfp").Device(DEVICE_CPU).TypeConstraint<T>("T"),                \
+      FakeQuantDfpOp<T>);                                                                   \
+  REGISTER_KERNEL_BUILDER(                                                                  \
+      Name("Kerasq>FakeQuantDfpGrad").Device(DEVICE_CPU).TypeConstraint<T>("T"),            \
+      FakeQuantDfpGradOp<T>);
+
+KERASQ_REGISTER_DFP(float)
+KERASQ_REGISTER_DFP(double)
+#undef KERASQ_REGISTER_DFP
+
+}  // namespace kerasq

@@ -1,0 +1,141 @@
+// Micro-kernels of the integer GEMM (see int_gemm.h), dispatched on the running CPU.
+#include "int_gemm.h"
+
+#include <cstring>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define KERASQ_X86 1
+#endif
+
+namespace kerasq {
+namespace gemm {
+namespace {
+
+// Portable: the compiler vectorizes the channel loop for whatever ISA it targets.
+template <typename Acc>
+void TilePortable(const int16_t* A, int64_t lda, const PackedB& B, int64_t n0, int64_t nw,
+                  Acc* C, int64_t ldc) {
+  const int64_t pairs = B.Kp / 2;
+  for (int64_t r = 0; r < kRowTile; ++r) {
+    Acc acc[kChannelTile] = {};
+    const int16_t* a = A + r * lda;
+    for (int64_t kk = 0; kk < pairs; ++kk) {
+      const Acc a0 = a[2 * kk], a1 = a[2 * kk + 1];
+      const int16_t* b = B.data.data() + kk * B.Np * 2 + n0 * 2;
+      for (int64_t n = 0; n < nw; ++n) acc[n] += a0 * Acc(b[2 * n]) + a1 * Acc(b[2 * n + 1]);
+    }
+    std::memcpy(C + r * ldc + n0, acc, sizeof(Acc) * nw);
+  }
+}
+
+#ifdef KERASQ_X86
+// AVX2: 8 rows x 16 channels, pmaddwd + paddd.
+__attribute__((target("avx2"))) void TileAvx2(const int16_t* A, int64_t lda, const PackedB& B,
+                                              int64_t n0, int32_t* C, int64_t ldc) {
+  __m256i acc[kRowTile][2];
+  for (int r = 0; r < kRowTile; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+  const int64_t pairs = B.Kp / 2;
+  const int16_t* bp = B.data.data() + n0 * 2;
+  const int64_t bstride = B.Np * 2;
+  for (int64_t kk = 0; kk < pairs; ++kk, bp += bstride) {
+    const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp));
+    const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + 16));
+    for (int r = 0; r < kRowTile; ++r) {
+      int32_t pair;
+      std::memcpy(&pair, A + r * lda + 2 * kk, 4);
+      const __m256i a = _mm256_set1_epi32(pair);
+      acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(a, b0));
+      acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(a, b1));
+    }
+  }
+  for (int r = 0; r < kRowTile; ++r) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(C + r * ldc + n0), acc[r][0]);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(C + r * ldc + n0 + 8), acc[r][1]);
+  }
+}
+
+// AVX512-VNNI: 8 rows x (16 * NV) channels, vpdpwssd.
+template <int NV>
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void TileVnni(
+    const int16_t* A, int64_t lda, const PackedB& B, int64_t n0, int32_t* C, int64_t ldc) {
+  __m512i acc[kRowTile][NV];
+  for (int r = 0; r < kRowTile; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_si512();
+  const int64_t pairs = B.Kp / 2;
+  const int16_t* bp = B.data.data() + n0 * 2;
+  const int64_t bstride = B.Np * 2;
+  for (int64_t kk = 0; kk < pairs; ++kk, bp += bstride) {
+    __m512i b[NV];
+    for (int v = 0; v < NV; ++v) b[v] = _mm512_loadu_si512(bp + 32 * v);
+    for (int r = 0; r < kRowTile; ++r) {
+      int32_t pair;
+      std::memcpy(&pair, A + r * lda + 2 * kk, 4);
+      const __m512i a = _mm512_set1_epi32(pair);
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpwssd_epi32(acc[r][v], a, b[v]);
+    }
+  }
+  for (int r = 0; r < kRowTile; ++r)
+    for (int v = 0; v < NV; ++v)
+      _mm512_storeu_si512(C + r * ldc + n0 + 16 * v, acc[r][v]);
+}
+
+enum class Isa { kPortable, kAvx2, kVnni };
+
+Isa DetectIsa() {
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vnni"))
+    return Isa::kVnni;
+  if (__builtin_cpu_supports("avx2")) return Isa::kAvx2;
+  return Isa::kPortable;
+}
+#else
+enum class Isa { kPortable };
+Isa DetectIsa() { return Isa::kPortable; }
+#endif
+
+Isa CurrentIsa() {
+  static const Isa isa = DetectIsa();
+  return isa;
+}
+
+}  // namespace
+
+const char* GemmIsa() {
+  switch (CurrentIsa()) {
+#ifdef KERASQ_X86
+    case Isa::kVnni: return "avx512vnni";
+    case Isa::kAvx2: return "avx2";
+#endif
+    default: return "portable";
+  }
+}
+
+void GemmInt32(const int16_t* A, int64_t M, int64_t lda, const PackedB& B, int32_t* C) {
+  const Isa isa = CurrentIsa();
+  for (int64_t m = 0; m < M; m += kRowTile) {
+    const int16_t* a = A + m * lda;
+    int32_t* c = C + m * B.Np;
+    int64_t n0 = 0;
+#ifdef KERASQ_X86
+    if (isa == Isa::kVnni) {
+      for (; n0 + 32 <= B.Np; n0 += 32) TileVnni<2>(a, lda, B, n0, c, B.Np);
+      for (; n0 < B.Np; n0 += 16) TileVnni<1>(a, lda, B, n0, c, B.Np);
+    } else if (isa == Isa::kAvx2) {
+      for (; n0 < B.Np; n0 += 16) TileAvx2(a, lda, B, n0, c, B.Np);
+    }
+#endif
+    for (; n0 < B.Np; n0 += kChannelTile) TilePortable<int32_t>(a, lda, B, n0, kChannelTile, c, B.Np);
+  }
+}
+
+void GemmInt64(const int16_t* A, int64_t M, int64_t lda, const PackedB& B, int64_t* C) {
+  for (int64_t m = 0; m < M; m += kRowTile) {
+    for (int64_t n0 = 0; n0 < B.Np; n0 += kChannelTile)
+      TilePortable<int64_t>(A + m * lda, lda, B, n0, kChannelTile, C + m * B.Np, B.Np);
+  }
+}
+
+}  // namespace gemm
+}  // namespace kerasq

@@ -1,0 +1,64 @@
+// Framework-free integer GEMM for the fixed-point kernels (no TensorFlow types here).
+//
+// C[m][n] = sum_k A[m][k] * B[k][n] with int16 operands (int8 data is widened when the
+// rows are packed) and exact int32 or int64 accumulation. B is packed once per call as
+// [Kp/2][Np][2] (k pairs interleaved per output channel) so that one 32-bit broadcast of
+// A[m][k:k+2] against a vector of B gives 8/16 channels x 2 products per instruction
+// (pmaddwd on AVX2, vpdpwssd on AVX512-VNNI). The ISA is chosen at run time, so the
+// library is correct on any x86-64 (and any other CPU through the portable loop).
+#ifndef KERASQ_OPS_CC_INT_GEMM_H_
+#define KERASQ_OPS_CC_INT_GEMM_H_
+
+#include <cstdint>
+#include <vector>
+
+namespace kerasq {
+namespace gemm {
+
+constexpr int64_t kRowTile = 8;       // rows of A per micro-tile (A blocks are padded to this)
+constexpr int64_t kChannelTile = 16;  // Np is a multiple of this
+
+inline int64_t RoundUp(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+struct PackedB {
+  std::vector<int16_t> data;  // [Kp/2][Np][2]
+  int64_t K = 0, Kp = 0, N = 0, Np = 0;
+  int32_t max_abs = 0;
+};
+
+// w is row-major [K][N] (Keras/TF HWIO kernels flattened to [KH*KW*Cin][Cout]).
+template <typename W>
+void PackB(const W* w, int64_t K, int64_t N, PackedB* out) {
+  out->K = K;
+  out->N = N;
+  out->Kp = RoundUp(K, 2);
+  out->Np = RoundUp(N, kChannelTile);
+  out->data.assign(out->Kp * out->Np, 0);
+  int32_t max_abs = 0;
+  for (int64_t k = 0; k < K; ++k) {
+    for (int64_t n = 0; n < N; ++n) {
+      const int32_t v = w[k * N + n];
+      max_abs = v < 0 ? (-v > max_abs ? -v : max_abs) : (v > max_abs ? v : max_abs);
+      out->data[(k / 2) * out->Np * 2 + n * 2 + (k & 1)] = static_cast<int16_t>(v);
+    }
+  }
+  out->max_abs = max_abs;
+}
+
+// True when every partial sum of a dot product of length Kp fits in int32.
+inline bool FitsInt32(int64_t max_abs_a, int64_t max_abs_b, int64_t Kp) {
+  return max_abs_a * max_abs_b <= (int64_t{2147483647} / (Kp > 0 ? Kp : 1));
+}
+
+// A: rows [M][lda] int16, M a multiple of kRowTile, lda >= Kp even, columns >= K zero.
+// C: [M][Np]. The int32 variant requires FitsInt32(max|A|, max|B|, Kp).
+void GemmInt32(const int16_t* A, int64_t M, int64_t lda, const PackedB& B, int32_t* C);
+void GemmInt64(const int16_t* A, int64_t M, int64_t lda, const PackedB& B, int64_t* C);
+
+// Which micro-kernel GemmInt32 uses on this CPU: "avx512vnni", "avx2" or "portable".
+const char* GemmIsa();
+
+}  // namespace gemm
+}  // namespace kerasq
+
+#endif  // KERASQ_OPS_CC_INT_GEMM_H_

@@ -1,0 +1,501 @@
+// Fixed-point integer kernels: Kerasq>DfpConv2D, Kerasq>DfpDepthwiseConv2D, Kerasq>DfpMatMul.
+//
+// int8/int16 inputs and weights, exact int32 accumulation (int64 when the operand ranges
+// could overflow int32), int32 bias, then the requantization of requantize.h. Conv2D is
+// im2col + the packed integer GEMM of int_gemm.h, fused per block of output rows and
+// multithreaded over TF's intra-op pool; layouts are NHWC activations and HWIO (conv),
+// HWCM (depthwise) or [K, N] (matmul) weights, as in Keras.
+#include <algorithm>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "int_gemm.h"
+#include "requantize.h"
+#include "rounding.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/util/work_sharder.h"
+
+namespace kerasq {
+
+using tensorflow::DEVICE_CPU;
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+using tensorflow::Status;
+using tensorflow::Tensor;
+using tensorflow::TensorShape;
+using tensorflow::errors::InvalidArgument;
+using tensorflow::shape_inference::DimensionHandle;
+using tensorflow::shape_inference::InferenceContext;
+using tensorflow::shape_inference::ShapeHandle;
+
+namespace {
+
+constexpr char kRounding[] =
+    "rounding: {'nearest', 'nearest_even', 'half_up', 'stochastic'} = 'nearest'";
+
+struct ConvGeom {
+  int64_t batch = 0, in_h = 0, in_w = 0, in_c = 0, k_h = 0, k_w = 0, out_c = 0;
+  int64_t out_h = 0, out_w = 0, s_h = 1, s_w = 1, d_h = 1, d_w = 1, pad_top = 0, pad_left = 0;
+};
+
+// TF's padding rules (SAME puts the odd pixel at the bottom/right); -1 if unknown.
+void OutputSize(int64_t in, int64_t k, int64_t stride, int64_t dilation, const std::string& pad,
+                int64_t pad_before, int64_t pad_after, int64_t* out, int64_t* before) {
+  const int64_t eff = (k - 1) * dilation + 1;
+  if (pad == "VALID") {
+    *out = (in - eff + stride) / stride;
+    *before = 0;
+  } else if (pad == "SAME") {
+    *out = (in + stride - 1) / stride;
+    const int64_t total = std::max<int64_t>((*out - 1) * stride + eff - in, 0);
+    *before = total / 2;
+  } else {
+    *out = (in + pad_before + pad_after - eff) / stride + 1;
+    *before = pad_before;
+  }
+}
+
+struct ConvAttrs {
+  std::vector<int32_t> strides, dilations, explicit_paddings;
+  std::string padding;
+  Status Read(OpKernelConstruction* ctx) {
+    TF_RETURN_IF_ERROR(ctx->GetAttr("strides", &strides));
+    TF_RETURN_IF_ERROR(ctx->GetAttr("dilations", &dilations));
+    TF_RETURN_IF_ERROR(ctx->GetAttr("padding", &padding));
+    TF_RETURN_IF_ERROR(ctx->GetAttr("explicit_paddings", &explicit_paddings));
+    if (strides.size() != 2 || dilations.size() != 2 || strides[0] < 1 || strides[1] < 1 ||
+        dilations[0] < 1 || dilations[1] < 1)
+      return InvalidArgument("strides and dilations must be 2 positive integers [h, w]");
+    if (padding == "EXPLICIT" && explicit_paddings.size() != 4)
+      return InvalidArgument("explicit_paddings must be [top, bottom, left, right]");
+    if (padding != "EXPLICIT") explicit_paddings.assign(4, 0);
+    return tensorflow::OkStatus();
+  }
+  Status Geometry(const TensorShape& x, int64_t k_h, int64_t k_w, int64_t out_c,
+                  ConvGeom* g) const {
+    if (x.dims() != 4) return InvalidArgument("x must be NHWC (rank 4), got rank ", x.dims());
+    g->batch = x.dim_size(0);
+    g->in_h = x.dim_size(1);
+    g->in_w = x.dim_size(2);
+    g->in_c = x.dim_size(3);
+    g->k_h = k_h;
+    g->k_w = k_w;
+    g->out_c = out_c;
+    g->s_h = strides[0];
+    g->s_w = strides[1];
+    g->d_h = dilations[0];
+    g->d_w = dilations[1];
+    OutputSize(g->in_h, k_h, g->s_h, g->d_h, padding, explicit_paddings[0], explicit_paddings[1],
+               &g->out_h, &g->pad_top);
+    OutputSize(g->in_w, k_w, g->s_w, g->d_w, padding, explicit_paddings[2], explicit_paddings[3],
+               &g->out_w, &g->pad_left);
+    if (g->out_h < 1 || g->out_w < 1) return InvalidArgument("the kernel does not fit the input");
+    return tensorflow::OkStatus();
+  }
+};
+
+Status ConvShape(InferenceContext* c, bool depthwise) {
+  ShapeHandle x, w;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &x));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 4, &w));
+  std::vector<int32_t> strides, dilations, explicit_paddings;
+  std::string padding;
+  TF_RETURN_IF_ERROR(c->GetAttr("strides", &strides));
+  TF_RETURN_IF_ERROR(c->GetAttr("dilations", &dilations));
+  TF_RETURN_IF_ERROR(c->GetAttr("padding", &padding));
+  TF_RETURN_IF_ERROR(c->GetAttr("explicit_paddings", &explicit_paddings));
+  if (strides.size() != 2 || dilations.size() != 2) return InvalidArgument("strides/dilations: [h, w]");
+  if (explicit_paddings.size() != 4) explicit_paddings.assign(4, 0);
+  DimensionHandle out_c;
+  if (depthwise) {
+    TF_RETURN_IF_ERROR(c->Multiply(c->Dim(w, 2), c->Dim(w, 3), &out_c));
+  } else {
+    out_c = c->Dim(w, 3);
+  }
+  DimensionHandle dims[2];
+  for (int i = 0; i < 2; ++i) {
+    const int64_t in = c->Value(c->Dim(x, 1 + i));
+    const int64_t k = c->Value(c->Dim(w, i));
+    if (in < 0 || k < 0) {
+      dims[i] = c->UnknownDim();
+      continue;
+    }
+    int64_t out, before;
+    OutputSize(in, k, strides[i], dilations[i], padding, explicit_paddings[2 * i],
+               explicit_paddings[2 * i + 1], &out, &before);
+    dims[i] = c->MakeDim(out);
+  }
+  c->set_output(0, c->MakeShape({c->Dim(x, 0), dims[0], dims[1], out_c}));
+  return tensorflow::OkStatus();
+}
+
+#define KERASQ_INTEGER_COMMON_ATTRS                                                  \
+  Attr("Tin: {int8, int16}")                                                         \
+      .Attr("Tw: {int8, int16}")                                                     \
+      .Attr("out_type: {int8, int16, int32} = DT_INT8")                              \
+      .Attr("bias_frac: int = 0")                                                    \
+      .Attr("out_frac: int")                                                         \
+      .Attr("out_bitwidth: int = 8")                                                 \
+      .Attr("out_signed: bool = true")                                               \
+      .Attr(kRounding)
+
+#define KERASQ_CONV_ATTRS                                                            \
+  Attr("strides: list(int) = [1, 1]")                                                \
+      .Attr("dilations: list(int) = [1, 1]")                                         \
+      .Attr("padding: {'SAME', 'VALID', 'EXPLICIT'} = 'VALID'")                      \
+      .Attr("explicit_paddings: list(int) = []")
+
+constexpr char kIntegerDoc[] = R"doc(
+Fixed-point layer in integers: exact accumulation of x*w (x at 2^-fl_x, w at 2^-fl_w),
+plus bias at 2^-bias_frac, requantized to out_bitwidth bits at 2^-out_frac by an arithmetic
+shift with the given rounding and saturation. acc_frac = fl_x + fl_w, shape [] or [Cout].
+bias has shape [0] (no bias) or [Cout]. seed drives rounding='stochastic' only.
+)doc";
+
+}  // namespace
+
+REGISTER_OP("Kerasq>DfpConv2D")
+    .Input("x: Tin")
+    .Input("w: Tw")
+    .Input("bias: int32")
+    .Input("acc_frac: int32")
+    .Input("seed: int64")
+    .Output("y: out_type")
+    .KERASQ_INTEGER_COMMON_ATTRS
+    .KERASQ_CONV_ATTRS
+    .SetShapeFn([](InferenceContext* c) { return ConvShape(c, false); })
+    .Doc(kIntegerDoc);
+
+REGISTER_OP("Kerasq>DfpDepthwiseConv2D")
+    .Input("x: Tin")
+    .Input("w: Tw")
+    .Input("bias: int32")
+    .Input("acc_frac: int32")
+    .Input("seed: int64")
+    .Output("y: out_type")
+    .KERASQ_INTEGER_COMMON_ATTRS
+    .KERASQ_CONV_ATTRS
+    .SetShapeFn([](InferenceContext* c) { return ConvShape(c, true); })
+    .Doc(kIntegerDoc);
+
+REGISTER_OP("Kerasq>DfpMatMul")
+    .Input("x: Tin")
+    .Input("w: Tw")
+    .Input("bias: int32")
+    .Input("acc_frac: int32")
+    .Input("seed: int64")
+    .Output("y: out_type")
+    .KERASQ_INTEGER_COMMON_ATTRS
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle x, w, lead;
+      TF_RETURN_IF_ERROR(c->WithRankAtLeast(c->input(0), 1, &x));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &w));
+      TF_RETURN_IF_ERROR(c->Subshape(x, 0, -1, &lead));
+      ShapeHandle out;
+      TF_RETURN_IF_ERROR(c->Concatenate(lead, c->Vector(c->Dim(w, 1)), &out));
+      c->set_output(0, out);
+      return tensorflow::OkStatus();
+    })
+    .Doc(kIntegerDoc);
+
+namespace {
+
+// The attributes and inputs every integer kernel shares, and its requantizer.
+class IntegerKernelBase : public OpKernel {
+ public:
+  explicit IntegerKernelBase(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("bias_frac", &bias_frac_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("out_frac", &out_frac_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("out_bitwidth", &out_bitwidth_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("out_signed", &out_signed_));
+    std::string rounding;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("rounding", &rounding));
+    OP_REQUIRES(ctx, ParseRounding(rounding, &rounding_),
+                InvalidArgument("unknown rounding ", rounding));
+    OP_REQUIRES(ctx, out_bitwidth_ >= 1 && out_bitwidth_ <= 32,
+                InvalidArgument("out_bitwidth must be in [1, 32]"));
+  }
+
+ protected:
+  Status MakeRequantizer(OpKernelContext* ctx, int64_t out_c, double acc_bound,
+                         Requantizer* rq) const {
+    const Tensor& bias = ctx->input(2);
+    const Tensor& acc_frac = ctx->input(3);
+    const Tensor& seed = ctx->input(4);
+    if (bias.dims() != 1 || (bias.dim_size(0) != 0 && bias.dim_size(0) != out_c))
+      return InvalidArgument("bias must have shape [0] or [", out_c, "], got ",
+                             bias.shape().DebugString());
+    if (acc_frac.dims() > 1 || (acc_frac.dims() == 1 && acc_frac.dim_size(0) != out_c))
+      return InvalidArgument("acc_frac must have shape [] or [", out_c, "]");
+    if (seed.NumElements() != 1) return InvalidArgument("seed must be a scalar");
+    const std::string err = rq->Init(
+        out_c, acc_frac.flat<int32_t>().data(), acc_frac.dims() == 1,
+        bias.flat<int32_t>().data(), bias.dim_size(0) == out_c, bias_frac_, out_frac_,
+        out_bitwidth_, out_signed_, acc_bound);
+    if (!err.empty()) return InvalidArgument(err);
+    rq->rounding = rounding_;
+    rq->stream = StreamStart(seed.flat<int64_t>()(0));
+    return tensorflow::OkStatus();
+  }
+
+  int bias_frac_ = 0, out_frac_ = 0, out_bitwidth_ = 8;
+  bool out_signed_ = true;
+  Rounding rounding_ = Rounding::kNearest;
+};
+
+// Writes rows [row0, row0 + rows) of y (channels wide) from accumulators C (ldc apart).
+template <typename Acc, typename Out>
+void RequantizeRows(const Requantizer& rq, const Acc* C, int64_t ldc, int64_t row0, int64_t rows,
+                    int64_t channels, Out* y) {
+  auto body = [&](auto mode) {
+    constexpr Rounding R = decltype(mode)::value;
+    for (int64_t r = 0; r < rows; ++r) {
+      const uint64_t base = static_cast<uint64_t>(row0 + r) * channels;
+      Out* out = y + (row0 + r) * channels;
+      const Acc* c = C + r * ldc;
+      for (int64_t n = 0; n < channels; ++n)
+        out[n] = static_cast<Out>(rq.Apply<R>(static_cast<int64_t>(c[n]), n, base + n));
+    }
+  };
+  switch (rq.rounding) {
+    case Rounding::kNearest: body(std::integral_constant<Rounding, Rounding::kNearest>()); break;
+    case Rounding::kNearestEven:
+      body(std::integral_constant<Rounding, Rounding::kNearestEven>());
+      break;
+    case Rounding::kHalfUp: body(std::integral_constant<Rounding, Rounding::kHalfUp>()); break;
+    case Rounding::kStochastic:
+      body(std::integral_constant<Rounding, Rounding::kStochastic>());
+      break;
+  }
+}
+
+template <typename T>
+int64_t MaxAbs(const T* v, int64_t n) {
+  int64_t m = 0;
+  for (int64_t i = 0; i < n; ++i) m = std::max<int64_t>(m, v[i] < 0 ? -int64_t(v[i]) : v[i]);
+  return m;
+}
+
+// GEMM-based layers (conv, matmul): fill_rows(row0, rows, A, lda) writes int16 rows of the
+// patch matrix; the GEMM and requantization run per block of rows on the intra-op pool.
+template <typename Out, typename FillRows>
+void RunGemmLayer(OpKernelContext* ctx, const gemm::PackedB& B, int64_t M, int64_t max_abs_a,
+                  const Requantizer& rq, Out* y, FillRows fill_rows) {
+  constexpr int64_t kBlock = 64;  // rows of the patch matrix per task
+  const int64_t blocks = (M + kBlock - 1) / kBlock;
+  const bool use32 = gemm::FitsInt32(max_abs_a, B.max_abs, B.Kp);
+  const int64_t lda = B.Kp;
+  auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
+  tensorflow::Shard(
+      workers->num_threads, workers->workers, blocks, kBlock * B.Kp * B.Np,
+      [&](int64_t b0, int64_t b1) {
+        std::vector<int16_t> A(kBlock * lda);
+        std::vector<int32_t> C32(use32 ? kBlock * B.Np : 0);
+        std::vector<int64_t> C64(use32 ? 0 : kBlock * B.Np);
+        for (int64_t b = b0; b < b1; ++b) {
+          const int64_t row0 = b * kBlock;
+          const int64_t rows = std::min(kBlock, M - row0);
+          const int64_t padded = gemm::RoundUp(rows, gemm::kRowTile);
+          std::fill(A.begin(), A.begin() + padded * lda, int16_t{0});
+          fill_rows(row0, rows, A.data(), lda);
+          if (use32) {
+            gemm::GemmInt32(A.data(), padded, lda, B, C32.data());
+            RequantizeRows(rq, C32.data(), B.Np, row0, rows, B.N, y);
+          } else {
+            gemm::GemmInt64(A.data(), padded, lda, B, C64.data());
+            RequantizeRows(rq, C64.data(), B.Np, row0, rows, B.N, y);
+          }
+        }
+      });
+}
+
+template <typename TIn, typename TW, typename Out>
+class DfpConv2DOp : public IntegerKernelBase {
+ public:
+  explicit DfpConv2DOp(OpKernelConstruction* ctx) : IntegerKernelBase(ctx) {
+    OP_REQUIRES_OK(ctx, attrs_.Read(ctx));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    const Tensor& w = ctx->input(1);
+    OP_REQUIRES(ctx, w.dims() == 4, InvalidArgument("w must be HWIO (rank 4)"));
+    ConvGeom g;
+    OP_REQUIRES_OK(ctx, attrs_.Geometry(x.shape(), w.dim_size(0), w.dim_size(1), w.dim_size(3), &g));
+    OP_REQUIRES(ctx, w.dim_size(2) == g.in_c,
+                InvalidArgument("w has ", w.dim_size(2), " input channels, x has ", g.in_c));
+    Tensor* y = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({g.batch, g.out_h, g.out_w, g.out_c}), &y));
+    const int64_t M = g.batch * g.out_h * g.out_w;
+    if (M == 0 || g.out_c == 0) return;
+    const int64_t K = g.k_h * g.k_w * g.in_c;
+    gemm::PackedB B;
+    gemm::PackB(w.flat<TW>().data(), K, g.out_c, &B);
+    const TIn* xp = x.flat<TIn>().data();
+    const int64_t max_a = MaxAbs(xp, x.NumElements());
+    Requantizer rq;
+    OP_REQUIRES_OK(ctx, MakeRequantizer(ctx, g.out_c, double(max_a) * B.max_abs * B.Kp, &rq));
+    RunGemmLayer(ctx, B, M, max_a, rq, y->flat<Out>().data(),
+                 [&](int64_t row0, int64_t rows, int16_t* A, int64_t lda) {
+                   for (int64_t r = 0; r < rows; ++r) {
+                     const int64_t m = row0 + r;
+                     const int64_t ow = m % g.out_w, oh = (m / g.out_w) % g.out_h,
+                                   b = m / (g.out_w * g.out_h);
+                     int16_t* a = A + r * lda;
+                     for (int64_t kh = 0; kh < g.k_h; ++kh) {
+                       const int64_t ih = oh * g.s_h - g.pad_top + kh * g.d_h;
+                       for (int64_t kw = 0; kw < g.k_w; ++kw, a += g.in_c) {
+                         const int64_t iw = ow * g.s_w - g.pad_left + kw * g.d_w;
+                         if (ih < 0 || ih >= g.in_h || iw < 0 || iw >= g.in_w) continue;
+                         const TIn* src = xp + ((b * g.in_h + ih) * g.in_w + iw) * g.in_c;
+                         for (int64_t c = 0; c < g.in_c; ++c) a[c] = src[c];
+                       }
+                     }
+                   }
+                 });
+  }
+
+ private:
+  ConvAttrs attrs_;
+};
+
+template <typename TIn, typename TW, typename Out>
+class DfpMatMulOp : public IntegerKernelBase {
+ public:
+  explicit DfpMatMulOp(OpKernelConstruction* ctx) : IntegerKernelBase(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    const Tensor& w = ctx->input(1);
+    OP_REQUIRES(ctx, x.dims() >= 1 && w.dims() == 2, InvalidArgument("x [..., K] and w [K, N]"));
+    const int64_t K = x.dim_size(x.dims() - 1);
+    OP_REQUIRES(ctx, w.dim_size(0) == K,
+                InvalidArgument("w has ", w.dim_size(0), " rows, x has ", K, " features"));
+    const int64_t N = w.dim_size(1);
+    TensorShape out_shape = x.shape();
+    out_shape.set_dim(x.dims() - 1, N);
+    Tensor* y = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &y));
+    const int64_t M = K == 0 ? 0 : x.NumElements() / K;
+    if (M == 0 || N == 0) return;
+    gemm::PackedB B;
+    gemm::PackB(w.flat<TW>().data(), K, N, &B);
+    const TIn* xp = x.flat<TIn>().data();
+    const int64_t max_a = MaxAbs(xp, x.NumElements());
+    Requantizer rq;
+    OP_REQUIRES_OK(ctx, MakeRequantizer(ctx, N, double(max_a) * B.max_abs * B.Kp, &rq));
+    RunGemmLayer(ctx, B, M, max_a, rq, y->flat<Out>().data(),
+                 [&](int64_t row0, int64_t rows, int16_t* A, int64_t lda) {
+                   for (int64_t r = 0; r < rows; ++r) {
+                     const TIn* src = xp + (row0 + r) * K;
+                     for (int64_t k = 0; k < K; ++k) A[r * lda + k] = src[k];
+                   }
+                 });
+  }
+};
+
+template <typename TIn, typename TW, typename Out>
+class DfpDepthwiseConv2DOp : public IntegerKernelBase {
+ public:
+  explicit DfpDepthwiseConv2DOp(OpKernelConstruction* ctx) : IntegerKernelBase(ctx) {
+    OP_REQUIRES_OK(ctx, attrs_.Read(ctx));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    const Tensor& w = ctx->input(1);
+    OP_REQUIRES(ctx, w.dims() == 4, InvalidArgument("w must be [KH, KW, C, multiplier]"));
+    const int64_t mult = w.dim_size(3);
+    ConvGeom g;
+    OP_REQUIRES_OK(ctx, attrs_.Geometry(x.shape(), w.dim_size(0), w.dim_size(1),
+                                        w.dim_size(2) * mult, &g));
+    OP_REQUIRES(ctx, w.dim_size(2) == g.in_c,
+                InvalidArgument("w has ", w.dim_size(2), " channels, x has ", g.in_c));
+    Tensor* y = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({g.batch, g.out_h, g.out_w, g.out_c}), &y));
+    const int64_t M = g.batch * g.out_h * g.out_w;
+    if (M == 0 || g.out_c == 0) return;
+    const TIn* xp = x.flat<TIn>().data();
+    const TW* wp = w.flat<TW>().data();
+    const int64_t max_a = MaxAbs(xp, x.NumElements());
+    const int64_t max_w = MaxAbs(wp, w.NumElements());
+    const int64_t taps = g.k_h * g.k_w;
+    Requantizer rq;
+    OP_REQUIRES_OK(ctx, MakeRequantizer(ctx, g.out_c, double(max_a) * max_w * taps, &rq));
+    Out* yp = y->flat<Out>().data();
+    if (gemm::FitsInt32(max_a, max_w, taps)) {
+      Run<int32_t>(ctx, g, mult, xp, wp, rq, yp);
+    } else {
+      Run<int64_t>(ctx, g, mult, xp, wp, rq, yp);
+    }
+  }
+
+ private:
+  template <typename Acc>
+  void Run(OpKernelContext* ctx, const ConvGeom& g, int64_t mult, const TIn* xp, const TW* wp,
+           const Requantizer& rq, Out* yp) {
+    const int64_t M = g.batch * g.out_h * g.out_w;
+    auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
+    tensorflow::Shard(
+        workers->num_threads, workers->workers, M, g.k_h * g.k_w * g.out_c * 2,
+        [&](int64_t m0, int64_t m1) {
+          std::vector<Acc> acc(g.out_c);
+          std::vector<Acc> xw(g.in_c);
+          for (int64_t m = m0; m < m1; ++m) {
+            const int64_t ow = m % g.out_w, oh = (m / g.out_w) % g.out_h,
+                          b = m / (g.out_w * g.out_h);
+            std::fill(acc.begin(), acc.end(), Acc{0});
+            for (int64_t kh = 0; kh < g.k_h; ++kh) {
+              const int64_t ih = oh * g.s_h - g.pad_top + kh * g.d_h;
+              if (ih < 0 || ih >= g.in_h) continue;
+              for (int64_t kw = 0; kw < g.k_w; ++kw) {
+                const int64_t iw = ow * g.s_w - g.pad_left + kw * g.d_w;
+                if (iw < 0 || iw >= g.in_w) continue;
+                const TIn* src = xp + ((b * g.in_h + ih) * g.in_w + iw) * g.in_c;
+                const TW* wt = wp + (kh * g.k_w + kw) * g.out_c;
+                Acc* a = acc.data();
+                if (mult == 1) {
+                  for (int64_t c = 0; c < g.in_c; ++c) a[c] += Acc(src[c]) * Acc(wt[c]);
+                } else {
+                  for (int64_t c = 0; c < g.in_c; ++c)
+                    for (int64_t j = 0; j < mult; ++j)
+                      a[c * mult + j] += Acc(src[c]) * Acc(wt[c * mult + j]);
+                }
+              }
+            }
+            RequantizeRows(rq, acc.data(), g.out_c, m, 1, g.out_c, yp);
+          }
+        });
+  }
+
+  ConvAttrs attrs_;
+};
+
+}  // namespace
+
+#define KERASQ_REGISTER_INT(OP, KERNEL, TIN, TW, OUT)                                    \
+  REGISTER_KERNEL_BUILDER(Name(OP)                                                       \
+                              .Device(DEVICE_CPU)                                        \
+                              .TypeConstraint<TIN>("Tin")                                \
+                              .TypeConstraint<TW>("Tw")                                  \
+                              .TypeConstraint<OUT>("out_type"),                          \
+                          KERNEL<TIN, TW, OUT>);
+#define KERASQ_REGISTER_OUTS(OP, KERNEL, TIN, TW)  \
+  KERASQ_REGISTER_INT(OP, KERNEL, TIN, TW, int8_t) \
+  KERASQ_REGISTER_INT(OP, KERNEL, TIN, TW, int16_t) \
+  KERASQ_REGISTER_INT(OP, KERNEL, TIN, TW, int32_t)
+#define KERASQ_REGISTER_ALL(OP, KERNEL)                \
+  KERASQ_REGISTER_OUTS(OP, KERNEL, int8_t, int8_t)     \
+  KERASQ_REGISTER_OUTS(OP, KERNEL, int8_t, int16_t)    \
+  KERASQ_REGISTER_OUTS(OP, KERNEL, int16_t, int8_t)    \
+  KERASQ_REGISTER_OUTS(OP, KERNEL, int16_t, int16_t)
+
+KERASQ_REGISTER_ALL("Kerasq>DfpConv2D", DfpConv2DOp)
+KERASQ_REGISTER_ALL("Kerasq>DfpDepthwiseConv2D", DfpDepthwiseConv2DOp)
+KERASQ_REGISTER_ALL("Kerasq>DfpMatMul", DfpMatMulOp)
+
+}  // namespace kerasq

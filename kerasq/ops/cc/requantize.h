@@ -1,0 +1,82 @@
+// Requantization of integer accumulators: the output stage of a fixed-point accelerator.
+//
+// For output channel n with accumulator fractional length fa[n] (= fl_x + fl_w[n]), bias
+// fractional length fb and output fractional length fo, let F = max(fa[n], fb) and
+//   t = acc * 2^(F - fa[n]) + bias[n] * 2^(F - fb)          (exact, int64)
+//   y = saturate(round(t / 2^(F - fo)))                       (arithmetic shift + rounding)
+// A negative shift F - fo is a saturating left shift. This is bit for bit the DFP
+// fake-quant of the float layer whenever the float accumulation is exact.
+#ifndef KERASQ_OPS_CC_REQUANTIZE_H_
+#define KERASQ_OPS_CC_REQUANTIZE_H_
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "rounding.h"
+
+namespace kerasq {
+
+struct Requantizer {
+  std::vector<int> acc_lshift;     // per channel
+  std::vector<int64_t> bias_term;  // per channel, at scale 2^-F
+  std::vector<int> rshift;         // per channel, F - fo (may be negative)
+  int64_t lo = 0, hi = 0;
+  Rounding rounding = Rounding::kNearest;
+  uint64_t stream = 0;
+
+  // Returns an empty string on success, else the reason.
+  std::string Init(int64_t channels, const int32_t* acc_frac, bool per_channel_frac,
+                   const int32_t* bias, bool has_bias, int bias_frac, int out_frac,
+                   int out_bitwidth, bool out_signed, double acc_bound) {
+    acc_lshift.resize(channels);
+    bias_term.resize(channels);
+    rshift.resize(channels);
+    if (out_bitwidth < 1 || out_bitwidth > 32) return "out_bitwidth must be in [1, 32]";
+    lo = out_signed ? -(int64_t{1} << (out_bitwidth - 1)) : 0;
+    hi = out_signed ? (int64_t{1} << (out_bitwidth - 1)) - 1 : (int64_t{1} << out_bitwidth) - 1;
+    for (int64_t n = 0; n < channels; ++n) {
+      const int fa = acc_frac[per_channel_frac ? n : 0];
+      const int F = has_bias ? std::max(fa, bias_frac) : fa;
+      acc_lshift[n] = F - fa;
+      if (acc_bound * static_cast<double>(int64_t{1} << std::min(acc_lshift[n], 62)) > 4.0e18 ||
+          acc_lshift[n] > 62)
+        return "bias_frac is too far above the accumulator's fractional length for int64";
+      if (has_bias) {
+        const int bl = F - bias_frac;
+        if (bl > 30) return "bias fractional length is too far below the accumulator's";
+        bias_term[n] = static_cast<int64_t>(bias[n]) * (int64_t{1} << bl);
+      } else {
+        bias_term[n] = 0;
+      }
+      rshift[n] = F - out_frac;
+      if (rshift[n] > 62) return "out_frac is too far below the accumulator's fractional length";
+    }
+    return "";
+  }
+
+  template <Rounding R>
+  inline int64_t Apply(int64_t acc, int64_t n, uint64_t index) const {
+    const int64_t t = acc * (int64_t{1} << acc_lshift[n]) + bias_term[n];
+    const int s = rshift[n];
+    int64_t v;
+    if (s > 0) {
+      v = RoundShiftRight<R>(t, s, stream, index);
+    } else if (s == 0) {
+      v = t;
+    } else if (-s >= 62) {
+      v = t > 0 ? hi : (t < 0 ? lo : 0);
+    } else {
+      const int64_t lim = std::numeric_limits<int64_t>::max() >> -s;
+      v = t > lim ? std::numeric_limits<int64_t>::max()
+                  : (t < -lim ? std::numeric_limits<int64_t>::min() : t * (int64_t{1} << -s));
+    }
+    return std::min(std::max(v, lo), hi);
+  }
+};
+
+}  // namespace kerasq
+
+#endif  // KERASQ_OPS_CC_REQUANTIZE_H_

@@ -1,0 +1,183 @@
+"""Fast fake quantization: DFP and minifloat, C++ kernels with a pure-TF fallback.
+
+Both functions have exactly the semantics (and the results, bit for bit, in the
+deterministic rounding modes) of :func:`kerasq.numerics.dfp_quantize` and
+:func:`kerasq.numerics.minifloat_quantize`, which are also their fallback. The C++ op
+does the forward in one pass over memory and the clipped straight-through gradient in
+another (``Kerasq>FakeQuantDfpGrad`` / ``Kerasq>FakeQuantMinifloatGrad``).
+
+Stochastic rounding in C++ draws u from a counter-based generator (SplitMix64 of the
+seed and the element's flat index): the same seed gives the same result for any thread
+count. The fallback uses TF's stateless Philox stream, so the two paths agree in
+distribution (both unbiased), not value by value.
+
+Example:
+    >>> from kerasq._compat import tf
+    >>> from kerasq.ops import fake_quant_dfp
+    >>> fake_quant_dfp(tf.constant([0.3, 1.7, -5.0]), 4, 2).numpy().tolist()
+    [0.25, 1.75, -2.0]
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from kerasq.numerics import _validate
+from kerasq.ops._loader import library
+
+_GRADIENTS_REGISTERED = False
+
+
+def _register_gradients(lib: Any) -> None:
+    global _GRADIENTS_REGISTERED
+    if _GRADIENTS_REGISTERED:
+        return
+    from kerasq._compat import tf
+
+    @tf.RegisterGradient("Kerasq>FakeQuantDfp")
+    def _dfp_grad(op, dy):  # noqa: ANN001 - TF gradient signature
+        dx = lib.kerasq_fake_quant_dfp_grad(
+            dy, op.inputs[0], op.inputs[1],
+            bitwidth=op.get_attr("bitwidth"), signed=op.get_attr("signed"),
+        )
+        return [dx, None, None]
+
+    @tf.RegisterGradient("Kerasq>FakeQuantMinifloat")
+    def _minifloat_grad(op, dy):  # noqa: ANN001
+        dx = lib.kerasq_fake_quant_minifloat_grad(
+            dy, op.inputs[0],
+            exp_bits=op.get_attr("exp_bits"), mant_bits=op.get_attr("mant_bits"),
+        )
+        return [dx, None]
+
+    _GRADIENTS_REGISTERED = True
+
+
+def _custom_library() -> Optional[Any]:
+    lib = library()
+    if lib is not None:
+        _register_gradients(lib)
+    return lib
+
+
+def seed_tensor(seed: Any, rounding: str) -> Any:
+    """The scalar int64 seed the C++ ops take.
+
+    None -> a fresh random seed per call (per step inside ``tf.function``); an int as is;
+    a pair ``(a, b)`` or an int tensor of shape [2] -> ``a * 2^32 + b`` (wrapping).
+    Deterministic modes ignore it (0).
+    """
+    from kerasq._compat import tf
+
+    if rounding != "stochastic":
+        return tf.constant(0, tf.int64)
+    if seed is None:
+        return tf.random.uniform([], 0, 2**62, dtype=tf.int64)
+    if _validate.is_tensor(seed):
+        seed = tf.cast(seed, tf.int64)
+        if seed.shape.rank == 0:
+            return seed
+        seed = tf.reshape(seed, [-1])
+        return seed[0] * (2**32) + seed[-1]
+    if isinstance(seed, tuple):
+        a, b = seed
+        value = (a * 2**32 + b) % 2**64
+        return tf.constant(value - 2**64 if value >= 2**63 else value, tf.int64)
+    return tf.constant(int(seed), tf.int64)
+
+
+def _float_tensor(x: Any) -> Any:
+    from kerasq._compat import tf
+
+    return x if _validate.is_tensor(x) else tf.convert_to_tensor(x)
+
+
+def fake_quant_dfp(
+    x: Any,
+    bitwidth: int,
+    frac_bits: Any,
+    *,
+    signed: bool = True,
+    rounding: str = "nearest",
+    seed: Any = None,
+) -> Any:
+    """DFP fake quantization ``y = clamp(round(x·2^fl), qmin, qmax)·2^−fl``.
+
+    Args:
+        x: float tensor (float32/float64 run in C++; other dtypes use the fallback).
+        bitwidth: B in 2..32; ``[qmin, qmax] = [−2^(B−1), 2^(B−1)−1]`` (signed) or
+            ``[0, 2^B−1]``.
+        frac_bits: fl: an int, or an int tensor/array of shape [] or [C] (per channel
+            along the last axis of ``x``).
+        signed, rounding, seed: as in :func:`kerasq.numerics.dfp_quantize`.
+
+    Returns:
+        A tensor like ``x``; gradient 1 where ``qmin <= x·2^fl <= qmax``, else 0.
+
+    Example:
+        >>> from kerasq._compat import tf
+        >>> fake_quant_dfp(tf.constant([0.3, 1.7]), 8, 4, rounding="half_up").numpy().tolist()
+        [0.3125, 1.6875]
+    """
+    from kerasq._compat import tf
+    from kerasq.numerics import dfp_quantize
+    from kerasq.numerics.dfp import _check_common, _tf_frac_bits
+
+    bitwidth, signed = _check_common(bitwidth, signed)
+    rounding = _validate.check_rounding(rounding)
+    seed = _validate.check_seed(seed)
+    lib = _custom_library()
+    x = _float_tensor(x)
+    fl = _tf_frac_bits(frac_bits)
+    per_channel_ok = fl.shape.rank == 0 or (
+        fl.shape.rank == 1 and x.shape.rank is not None and x.shape.rank >= 1
+        and x.shape[-1] is not None and fl.shape[0] == x.shape[-1]
+    )
+    if lib is None or x.dtype not in (tf.float32, tf.float64) or not per_channel_ok:
+        return dfp_quantize(x, bitwidth, fl, signed=signed, rounding=rounding, seed=seed)
+    return lib.kerasq_fake_quant_dfp(
+        x, fl, seed_tensor(seed, rounding), bitwidth=bitwidth, signed=signed, rounding=rounding
+    )
+
+
+def fake_quant_minifloat(
+    x: Any,
+    exp_bits: int,
+    mant_bits: int,
+    *,
+    rounding: str = "nearest",
+    subnormals: bool = False,
+    seed: Any = None,
+) -> Any:
+    """Minifloat fake quantization with E exponent and M mantissa bits (Ristretto format).
+
+    Same semantics as :func:`kerasq.numerics.minifloat_quantize`: bias 2^(E−1)−1, no
+    inf/NaN codes, saturation at ``(2 − 2^−M)·2^(2^E−1−bias)``, flush below 2^−bias
+    (or IEEE-style subnormals). Gradient 1 where ``|x| <= max``, else 0.
+
+    Example:
+        >>> from kerasq._compat import tf
+        >>> fake_quant_minifloat(tf.constant([0.3, 90.0, 1e6]), 4, 3).numpy().tolist()
+        [0.3125, 88.0, 480.0]
+    """
+    from kerasq._compat import tf
+    from kerasq.numerics import minifloat_quantize
+    from kerasq.numerics.minifloat import _check_format
+
+    exp_bits, mant_bits = _check_format(exp_bits, mant_bits)
+    rounding = _validate.check_rounding(rounding)
+    subnormals = _validate.check_bool("subnormals", subnormals)
+    seed = _validate.check_seed(seed)
+    lib = _custom_library()
+    x = _float_tensor(x)
+    if lib is None or x.dtype not in (tf.float32, tf.float64):
+        return minifloat_quantize(
+            x, exp_bits, mant_bits, rounding=rounding, subnormals=subnormals, seed=seed
+        )
+    return lib.kerasq_fake_quant_minifloat(
+        x, seed_tensor(seed, rounding), exp_bits=exp_bits, mant_bits=mant_bits,
+        subnormals=subnormals, rounding=rounding,
+    )
+
+
+__all__ = ["fake_quant_dfp", "fake_quant_minifloat"]
