@@ -44,7 +44,7 @@ def round_toward_zero(value: int, dtype: Any) -> float:
 
 def np_flush(x: np.ndarray) -> np.ndarray:
     """Subnormals -> signed zero (inputs and outputs of every quantizer)."""
-    return np.where(np.abs(x) < tiny(x.dtype), x * 0, x)
+    return np.where(np.abs(x) < tiny(x.dtype), np.copysign(np.zeros_like(x), x), x)
 
 
 def np_ldexp(x: np.ndarray, k: Any) -> np.ndarray:

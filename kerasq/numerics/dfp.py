@@ -9,7 +9,7 @@ Quantizing a real ``x`` (Ristretto ``Trim2FixedPoint``, caffe-jacinto ``quantize
     x' = q·2^−fl
 
 Saturating before or after rounding gives the same result, because the bounds are
-integers. ``fl`` may be negative (a step larger than 1) and may be an integer array
+integers. A zero result is always +0.0 (the integer 0 has no sign). ``fl`` may be negative (a step larger than 1) and may be an integer array
 broadcastable against ``x`` (per-channel fractional lengths along the last axis).
 
 float32 and bit widths above 24: float32 holds integers exactly up to 2^24 only, so
@@ -111,7 +111,11 @@ def dfp_quantize(
 def _dfp_np(x, bitwidth, frac_bits, signed, rounding, seed):
     xc, out_dtype = to_numpy_float(x)
     fl = integer_array("frac_bits", frac_bits)
-    if np.broadcast_shapes(xc.shape, fl.shape) != xc.shape:
+    try:
+        fits = np.broadcast_shapes(xc.shape, fl.shape) == xc.shape
+    except ValueError:
+        fits = False
+    if not fits:
         raise QuantizationConfigError(
             f"frac_bits of shape {fl.shape} does not broadcast to x of shape {xc.shape}"
         )
@@ -119,6 +123,7 @@ def _dfp_np(x, bitwidth, frac_bits, signed, rounding, seed):
     y = _float.np_ldexp(_float.np_flush(xc), fl)
     y = np.clip(y, qmin, _float.round_toward_zero(qmax, xc.dtype)).astype(xc.dtype, copy=False)
     q = np_round(y, rounding, seed)
+    q = np.where(q == 0, np.zeros_like(q), q)  # the integer 0 has no sign: never -0.0
     return numpy_result(_float.np_ldexp(q, -fl), out_dtype)
 
 
@@ -138,6 +143,7 @@ def _dfp_tf(x, bitwidth, frac_bits, signed, rounding, seed):
     def quantize(xv):
         y = _float.tf_ldexp(_float.tf_flush(xv), fl)
         q = tf_round(tf.clip_by_value(y, qmin, qmax), rounding, seed)
+        q = tf.where(q == 0, tf.zeros_like(q), q)  # the integer 0 has no sign: never -0.0
         out = _float.tf_ldexp(q, -fl)
 
         def grad(dy):

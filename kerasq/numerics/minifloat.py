@@ -21,7 +21,7 @@ like everywhere in kerasq. Then ``|x'|`` is limited to the largest value.
 Deliberate difference from Ristretto: when rounding carries the mantissa out of the top
 binade (e.g. E4M3, x = 495 rounds to 512), Ristretto returns 2^(2^E−bias), larger than
 its own largest value; kerasq saturates to the largest value (480 here). ±inf saturate,
-NaN propagates, zero stays zero. Ristretto casts its input to float32 first; kerasq
+NaN propagates, zero stays zero and a zero result has the sign of x. Ristretto casts its input to float32 first; kerasq
 works in the input's own precision (identical for float32 input).
 
 Outside float32's range: with E >= 8 the largest value can exceed float32's; on float32
@@ -124,7 +124,8 @@ def minifloat_quantize(
     q = np_round(_float.np_ldexp(xc, mant_bits - k_grid), rounding, seed)
     out = np.clip(_float.np_ldexp(q, k_grid - mant_bits), -top, top)
     if not subnormals:
-        out = np.where(k < k_min, xc * 0, out)
+        out = np.where(k < k_min, 0, out)
+    out = np.where(out == 0, np.copysign(np.zeros_like(xc), xc), out)  # zeros keep x's sign
     out = np.where(np.isnan(xc), xc, out)
     return numpy_result(out, out_dtype)
 
@@ -144,7 +145,8 @@ def _minifloat_tf(x, exp_bits, mant_bits, k_min, rounding, seed):
         q = tf_round(_float.tf_ldexp(xs, mant_bits - k_grid), rounding, seed)
         out = tf.clip_by_value(_float.tf_ldexp(q, k_grid - mant_bits), -top, top)
         if not subnormals:
-            out = tf.where(k < k_min, xs * 0, out)
+            out = tf.where(k < k_min, tf.zeros_like(out), out)
+        out = tf.where(out == 0, xs * 0, out)  # zeros keep x's sign (xs is finite here)
         out = tf.where(tf.math.is_nan(xs), xs, out)
 
         def grad(dy):

@@ -83,7 +83,7 @@ def pow2_quantize(
             k = k + (significand >= _sqrt2_ceil(xc.dtype))
     k = np.where(np.isinf(mag), exp_max, np.clip(k, exp_min, exp_max))
     power = _float.np_ldexp(np.ones_like(xc), k)
-    out = np.where(mag == 0, xc * 0, np.where(xc < 0, -power, power))
+    out = np.where(mag == 0, np.copysign(np.zeros_like(xc), xc), np.where(xc < 0, -power, power))
     out = np.where(np.isnan(xc), xc, out)
     return numpy_result(out, out_dtype)
 

@@ -20,6 +20,8 @@ binary floating point, so e.g. ``half_up(0.49999997)`` is 0 in float32 (the naiv
 ``floor(y) + [u < y − floor(y)]``, which has the distribution of ``floor(y + u)``
 (the result is ``floor(y) + 1`` with probability ``y − floor(y)``, so ``E[q] = y``) but
 never suffers from the rounding of ``y + u``. ±inf stay ±inf and NaN stays NaN.
+Subnormal inputs are flushed to zero first, as TensorFlow's CPU kernels do (so the
+numpy and TF results agree bit for bit, signs of zeros included).
 
 Random numbers: numpy uses ``np.random.default_rng(seed)``; TensorFlow uses
 ``tf.random.stateless_uniform`` with seed ``[seed, 0]`` (or the given pair / int tensor
@@ -34,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from kerasq.numerics._float import to_tf_float
+from kerasq.numerics._float import np_flush, tf_flush, to_tf_float
 from kerasq.numerics._validate import (
     ROUNDING_MODES,
     Seed,
@@ -70,9 +72,9 @@ def round_values(y: Any, rounding: str, *, seed: Seed = None) -> Any:
         y, out_dtype = to_tf_float(y)
         from kerasq._compat import tf
 
-        return tf.cast(tf_round(y, rounding, seed), out_dtype)
+        return tf.cast(tf_round(tf_flush(y), rounding, seed), out_dtype)
     y, out_dtype = to_numpy_float(y)
-    return numpy_result(np_round(y, rounding, seed), out_dtype)
+    return numpy_result(np_round(np_flush(y), rounding, seed), out_dtype)
 
 
 def np_round(y: np.ndarray, rounding: str, seed: Seed = None) -> np.ndarray:
