@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 import numpy as np
 
 from kerasq.converters.caffe.graph import Graph
-from kerasq.converters.caffe.keras_layers import CUSTOM_LAYERS, CaffePreprocess
+from kerasq.converters.caffe.keras_layers import CaffePreprocess
 from kerasq.converters.caffe.layout import Blob
 from kerasq.converters.caffe.passes import build_graph
 from kerasq.converters.caffe.reader import read_binaryproto, read_caffemodel, read_prototxt
@@ -29,7 +29,7 @@ log = logging.getLogger("kerasq.converters.caffe")
 PathLike = Union[str, "os.PathLike[str]"]
 
 _LOAD_OPTIONS = frozenset({"input_shape", "fold_batchnorm", "mean", "scale", "swap_rb",
-                           "dynamic_spatial", "stages", "model_name"})
+                           "dynamic_spatial", "stages", "model_name", "progress"})
 
 
 def custom_objects() -> Dict[str, Any]:
@@ -39,8 +39,16 @@ def custom_objects() -> Dict[str, Any]:
         >>> from kerasq._compat import keras
         >>> m = keras.models.load_model("m.h5", custom_objects=custom_objects())  # doctest: +SKIP
     """
-    objects: Dict[str, Any] = dict(CUSTOM_LAYERS)
-    objects.update({cls.__name__: cls for cls in CUSTOM_LAYERS.values()})
+    from kerasq._compat import keras
+    from kerasq.converters.caffe import keras_layers, keras_layers_extra
+
+    objects: Dict[str, Any] = {}
+    for module in (keras_layers, keras_layers_extra):
+        for value in vars(module).values():
+            if (isinstance(value, type) and issubclass(value, keras.layers.Layer)
+                    and value.__module__ == module.__name__ and not value.__name__.startswith("_")):
+                objects[value.__name__] = value
+                objects["kerasq>" + value.__name__] = value
     return objects
 
 
@@ -117,7 +125,8 @@ def load(prototxt: PathLike, caffemodel: Optional[PathLike] = None, **options: A
     override declared inputs), ``fold_batchnorm`` (True), ``mean`` (per-channel values or a
     ``.binaryproto`` path), ``scale`` (float), ``swap_rb`` (bool) — recorded as a leading
     ``CaffePreprocess`` layer computing ``(swap(x) - mean) * scale`` — ``dynamic_spatial``
-    (False; True leaves H and W free for fully convolutional nets), ``stages``.
+    (False; True leaves H and W free for fully convolutional nets), ``stages``,
+    ``progress`` (callable ``(index, total, layer_name)`` called after each layer).
 
     Model inputs are the Caffe input blobs (4-D ones as NHWC); outputs are the blobs no
     layer consumes, each named after its Caffe top.

@@ -196,6 +196,7 @@ def lower_graph(
             blob = preprocess(ctx, blob_id, blob)
         blobs[blob_id] = blob
     total = len(graph.nodes)
+    progress = ctx.options.get("progress")
     for index, node in enumerate(graph.nodes, 1):
         ctx.node = node
         try:
@@ -219,6 +220,8 @@ def lower_graph(
             blobs[top] = blob
         log.info("[%d/%d] %s (%s) -> %s", index, total, node.caffe_name, node.type,
                  ", ".join(str(list(b.shape)) for b in results))
+        if progress is not None:
+            progress(index, total, node.caffe_name)
     ctx.node = None
     model_outputs = []
     for blob_id in output_ids:

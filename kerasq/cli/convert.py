@@ -1,16 +1,168 @@
-"""``kerasq convert``: convert a Caffe net (deploy.prototxt + .caffemodel) to a Keras model."""
+"""``kerasq convert``: convert a Caffe net (deploy.prototxt + .caffemodel) to a Keras model.
+
+Example::
+
+    kerasq convert deploy.prototxt weights.caffemodel -o model.h5 \\
+        --input-shape data:1,3,224,224 --mean 104,117,123 --swap-rb
+
+The output format follows the name: ``.h5`` (HDF5), ``.keras`` (Keras v3 zip), anything
+else a SavedModel directory. The file appears only when the conversion succeeded.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import sys
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from kerasq.errors import KerasqError
+from kerasq.errors import CaffeFormatError, KerasqError
+
+log = logging.getLogger("kerasq.cli.convert")
+
+PROGRESS_MIN_LAYERS = 30  # show a progress bar for nets at least this big
+
+
+def parse_input_shapes(specs: Optional[Sequence[str]]) -> Dict[str, Tuple[int, ...]]:
+    """``["data:1,3,224,224"]`` -> ``{"data": (1, 3, 224, 224)}``.
+
+    Example:
+        >>> parse_input_shapes(["data:1,3,8,8", "im_info:1,3"])
+        {'data': (1, 3, 8, 8), 'im_info': (1, 3)}
+    """
+    shapes: Dict[str, Tuple[int, ...]] = {}
+    for spec in specs or ():
+        name, sep, dims = spec.rpartition(":")
+        try:
+            shape = tuple(int(d) for d in dims.replace("x", ",").split(",") if d.strip())
+        except ValueError:
+            shape = ()
+        if not sep or not name or not shape or any(d <= 0 for d in shape):
+            raise KerasqError(f"--input-shape {spec!r}: expected NAME:N,C,H,W (e.g. data:1,3,224,224)")
+        shapes[name] = shape
+    return shapes
+
+
+def parse_mean(value: Optional[str]) -> Any:
+    """``"104,117,123"`` -> list of floats; an existing file path stays a path (.binaryproto)."""
+    if value is None:
+        return None
+    if os.path.exists(value) or value.endswith(".binaryproto"):
+        return value
+    try:
+        return [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise KerasqError(f"--mean {value!r}: expected comma-separated values or a .binaryproto file") from None
+
+
+def add_conversion_arguments(p: argparse.ArgumentParser) -> None:
+    """Options shared by commands that convert a Caffe net (convert, compare)."""
+    p.add_argument("prototxt", help="Caffe net definition (deploy or train_test .prototxt)")
+    p.add_argument("caffemodel", nargs="?", default=None,
+                   help="trained weights (.caffemodel); omit for weight-free nets")
+    p.add_argument("--input-shape", action="append", metavar="NAME:N,C,H,W",
+                   help="shape of an input or data layer (repeatable), e.g. data:1,3,224,224")
+    p.add_argument("--no-fold-batchnorm", action="store_true",
+                   help="keep BatchNorm/Scale as separate layers (default: fold into the conv)")
+    p.add_argument("--stage", action="append", default=[], metavar="NAME",
+                   help="NetState stage for include/exclude rules (repeatable)")
+
+
+def load_options(args: argparse.Namespace) -> Dict[str, Any]:
+    """``load()`` options from parsed arguments."""
+    options: Dict[str, Any] = {
+        "input_shape": parse_input_shapes(args.input_shape),
+        "fold_batchnorm": not args.no_fold_batchnorm,
+        "stages": list(args.stage),
+    }
+    for key in ("mean", "scale", "swap_rb", "dynamic_spatial"):
+        if getattr(args, key, None) not in (None, False):
+            options[key] = parse_mean(args.mean) if key == "mean" else getattr(args, key)
+    return options
 
 
 def add_parser(sub: "argparse._SubParsersAction") -> None:
-    p = sub.add_parser("convert", help="Convert a Caffe net (deploy.prototxt + .caffemodel) to a Keras model.", description="Convert a Caffe net (deploy.prototxt + .caffemodel) to a Keras model.")
+    p = sub.add_parser(
+        "convert",
+        help="Convert a Caffe net (deploy.prototxt + .caffemodel) to a Keras model.",
+        description="Convert a Caffe net (deploy.prototxt + .caffemodel) to a Keras model "
+                    "(.h5, .keras or a SavedModel directory).",
+    )
+    add_conversion_arguments(p)
+    p.add_argument("-o", "--output", required=True,
+                   help="output: model.h5, model.keras or a SavedModel directory")
+    p.add_argument("--mean", metavar="B,G,R|FILE",
+                   help="mean to subtract: per-channel values or a .binaryproto mean file")
+    p.add_argument("--scale", type=float, default=None, help="multiply by this after the mean")
+    p.add_argument("--swap-rb", action="store_true",
+                   help="reverse the channel order first (feed RGB to a BGR-trained net)")
+    p.add_argument("--dynamic-spatial", action="store_true",
+                   help="leave input height/width free (fully convolutional nets)")
     p.set_defaults(func=run)
 
 
+def save_model(model: Any, output: str) -> None:
+    """Save atomically; format from the name (.h5 / .keras / SavedModel directory)."""
+    from kerasq._io import atomic_output
+
+    import warnings
+
+    lower = output.lower()
+    with atomic_output(output) as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*HDF5 file.*legacy.*")
+        if lower.endswith((".h5", ".hdf5")):
+            model.save(tmp, save_format="h5")
+        elif lower.endswith(".keras"):
+            model.save(tmp)
+        else:
+            model.save(tmp, save_format="tf")
+
+
+def summary_lines(model: Any) -> List[str]:
+    """A short summary: layer count, parameter count, inputs and outputs."""
+    params = int(sum(int(w.shape.num_elements()) for w in model.weights))
+    lines = [f"layers: {len(model.layers)}  parameters: {params:,}"]
+    for t in model.inputs:
+        lines.append(f"input  {t.name.split(':')[0]}: {tuple(t.shape)}")
+    for name, t in zip(model.output_names, model.outputs):
+        lines.append(f"output {name}: {tuple(t.shape)}")
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
-    raise KerasqError("`kerasq convert` is not available in this version yet (kerasq.converters.caffe)")
+    from kerasq.converters import caffe
+
+    options = load_options(args)
+    bar = _progress_bar()
+    if bar is not None:
+        options["progress"] = bar
+    model = caffe.load(args.prototxt, args.caffemodel, **options)
+    if getattr(args, "quantize", None):  # added by the quantization command's owner
+        raise KerasqError("--quantize is not available in this version")
+    try:
+        save_model(model, args.output)
+    except (OSError, ValueError) as err:
+        raise CaffeFormatError(f"cannot write the model: {err}", file=args.output) from err
+    print(f"wrote {args.output}")
+    for line in summary_lines(model):
+        print("  " + line)
+    return 0
+
+
+def _progress_bar():
+    """A callback drawing a Progbar for big nets (stderr must be a terminal)."""
+    if not sys.stderr.isatty():
+        return None
+    state: Dict[str, Any] = {}
+
+    def update(index: int, total: int, name: str) -> None:
+        if total < PROGRESS_MIN_LAYERS:
+            return
+        if "bar" not in state:
+            from kerasq._compat import keras
+
+            state["bar"] = keras.utils.Progbar(total, unit_name="layer")
+        state["bar"].update(index)
+
+    return update

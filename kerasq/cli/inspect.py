@@ -1,16 +1,104 @@
-"""``kerasq inspect``: show a model's layers, quantization formats and sparsity."""
+"""``kerasq inspect``: show a model's layers, quantization formats and sparsity.
+
+Example::
+
+    kerasq inspect model.h5
+
+The table is built from :data:`COLUMNS`, a list of ``(header, function(layer) -> str)``;
+other features add columns there (see :func:`register_column`).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+from typing import Any, Callable, Dict, List, Tuple
 
-from kerasq.errors import KerasqError
+from kerasq.errors import ModelFormatError
+
+Column = Tuple[str, Callable[[Any], str]]
+
+
+def _output_shape(layer: Any) -> str:
+    try:
+        shape = layer.output_shape
+    except (AttributeError, RuntimeError):
+        return "?"
+    if isinstance(shape, list):
+        return ", ".join(str(tuple(s)) for s in shape)
+    return str(tuple(shape))
+
+
+def _params(layer: Any) -> str:
+    return f"{int(layer.count_params()):,}" if layer.built else "0"
+
+
+COLUMNS: List[Column] = [
+    ("layer", lambda layer: layer.name),
+    ("type", lambda layer: type(layer).__name__),
+    ("output shape", _output_shape),
+    ("params", _params),
+]
+
+
+def register_column(header: str, fn: Callable[[Any], str]) -> None:
+    """Add a column (e.g. quantization format, sparsity) to ``kerasq inspect``."""
+    COLUMNS.append((header, fn))
+
+
+def custom_objects() -> Dict[str, Any]:
+    """Every custom object kerasq models may contain."""
+    from kerasq.converters.caffe import custom_objects as caffe_objects
+
+    return dict(caffe_objects())
+
+
+def load_any(path: str) -> Any:
+    """Load a .h5 / .keras / SavedModel Keras model with kerasq's custom objects."""
+    from kerasq._compat import keras
+
+    if not os.path.exists(path):
+        raise ModelFormatError("model not found", file=path)
+    try:
+        with keras.utils.custom_object_scope(custom_objects()):
+            return keras.models.load_model(path, compile=False)
+    except (OSError, ValueError, TypeError, KeyError, ImportError) as err:
+        raise ModelFormatError(f"cannot load a Keras model: {str(err).splitlines()[0]}",
+                               file=path) from None
+
+
+def table_rows(model: Any) -> List[List[str]]:
+    """One row per layer, one cell per column in :data:`COLUMNS`."""
+    return [[fn(layer) for _, fn in COLUMNS] for layer in model.layers]
+
+
+def format_table(model: Any) -> str:
+    """The layer table plus totals, as text."""
+    headers = [h for h, _ in COLUMNS]
+    rows = table_rows(model)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    total = int(sum(int(w.shape.num_elements()) for w in model.weights))
+    trainable = int(sum(int(w.shape.num_elements()) for w in model.trainable_weights))
+    lines.append(f"{len(model.layers)} layers, {total:,} parameters ({trainable:,} trainable)")
+    return "\n".join(lines)
 
 
 def add_parser(sub: "argparse._SubParsersAction") -> None:
-    p = sub.add_parser("inspect", help="Show a model's layers, quantization formats and sparsity.", description="Show a model's layers, quantization formats and sparsity.")
+    p = sub.add_parser(
+        "inspect",
+        help="Show a model's layers, quantization formats and sparsity.",
+        description="Show a Keras model's layers (type, output shape, parameters).",
+    )
+    p.add_argument("model", help="model.h5, model.keras or a SavedModel directory")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise KerasqError("`kerasq inspect` is not available in this version yet (kerasq.inspect)")
+    model = load_any(args.model)
+    print(f"model {model.name}: {args.model}")
+    print(format_table(model))
+    return 0
