@@ -50,10 +50,11 @@ class AbsVal(_Configured):
 
 @_register
 class BNLL(_Configured):
-    """Caffe BNLL: y = log(1 + e^x), computed as x + log1p(e^-x) for x > 0 (no overflow)."""
+    """Caffe BNLL: y = log(1 + e^x), computed as max(x, 0) + log(1 + e^-|x|) (no overflow;
+    plain LOG/EXP so it stays a TFLite builtin graph)."""
 
     def call(self, x):
-        return tf.nn.relu(x) + tf.math.log1p(tf.exp(-tf.abs(x)))
+        return tf.nn.relu(x) + tf.math.log(1.0 + tf.exp(-tf.abs(x)))
 
 
 @_register
