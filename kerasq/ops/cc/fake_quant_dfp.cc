@@ -4,7 +4,7 @@
 // last axis):  q = round(clamp(x * 2^fl, lo, hi));  y = q * 2^-fl
 // with [lo, hi] = [-2^(B-1), 2^(B-1)-1] (signed) or [0, 2^B-1] (unsigned), hi cut to the
 // largest T not above it (float32, B > 24), subnormal inputs/outputs flushed, exactly as
-// kerasq.numerics.dfp_quantize. Gradient (clipped straight-through): dx = dy where
+// kerasq.numerics.dfp_quantize (a zero result is +0). Gradient (clipped straight-through): dx = dy where
 // lo <= x * 2^fl <= hi, else 0.
 #include <algorithm>
 #include <cmath>
@@ -113,7 +113,8 @@ Status MakeChannels(const Tensor& frac_bits, int64_t last_dim, int bitwidth, boo
 template <Rounding R, typename T>
 inline T DfpElement(T x, const DfpChannel<T>& ch, uint64_t stream, uint64_t index) {
   const T y = std::min(std::max(Flush(x) * ch.up1 * ch.up2, ch.lo), ch.hi);
-  return Flush(RoundFloat<R, T>(y, stream, index) * ch.down1 * ch.down2);
+  const T q = RoundFloat<R, T>(y, stream, index) + T(0);  // +0: the integer 0 has no sign
+  return Flush(q * ch.down1 * ch.down2);
 }
 
 template <Rounding R, typename T>

@@ -5,7 +5,7 @@
 // kerasq.numerics.minifloat_quantize:
 //   xs = clamp(flush(x), -top, top);  k = floor(log2|xs|)  (raised to 1 - bias with subnormals)
 //   y  = clamp(round(xs * 2^(M - k)) * 2^(k - M), -top, top)
-//   without subnormals, binades below 2^-bias flush to (signed) zero; NaN propagates.
+//   without subnormals, binades below 2^-bias flush to zero; zeros keep x's sign; NaN propagates.
 // Gradient: dx = dy where |x| <= top, else 0.
 #include <algorithm>
 #include <cmath>
@@ -86,7 +86,8 @@ inline T MinifloatElement(T x, T top, int mant, int k_min, bool subnormals, uint
   const T q = RoundFloat<R, T>(xs * up.first * up.second, stream, index);
   T out = Flush(q * down.first * down.second);
   out = std::min(std::max(out, -top), top);
-  if (!subnormals && k < k_min) out = xs * T(0);
+  if (!subnormals && k < k_min) out = T(0);
+  if (out == T(0)) out = std::copysign(T(0), xs);  // a zero result keeps the sign of x
   return std::isnan(xs) ? xs : out;
 }
 

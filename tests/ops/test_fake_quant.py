@@ -1,0 +1,218 @@
+"""fake_quant_dfp / fake_quant_minifloat against kerasq.numerics, on both op paths.
+
+kerasq.numerics (numpy) is the reference written from the Ristretto/caffe-jacinto spec;
+the deterministic modes must agree bit for bit (including the sign of zero), and the
+gradients exactly. Stochastic rounding is checked by its statistics.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kerasq._compat import tf
+from kerasq import numerics
+from kerasq.errors import QuantizationConfigError
+from kerasq.ops import fake_quant_dfp, fake_quant_minifloat
+
+DETERMINISTIC = ["nearest", "nearest_even", "half_up"]
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    a = np.ascontiguousarray(a)
+    return a.view(np.uint32 if a.dtype == np.float32 else np.uint64)
+
+
+def assert_bit_equal(actual, expected):
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape
+    # NaN payloads may differ; everything else must be the same bit pattern.
+    nan = np.isnan(expected)
+    np.testing.assert_array_equal(np.isnan(actual), nan)
+    bad = (_bits(actual) != _bits(expected)) & ~nan
+    if bad.any():
+        i = np.flatnonzero(bad)[:5]
+        raise AssertionError(
+            f"{bad.sum()} of {bad.size} differ, e.g. at {i}: got {actual.ravel()[i]}, "
+            f"expected {expected.ravel()[i]}"
+        )
+
+
+def special_values(dtype) -> np.ndarray:
+    """Ties, grid points, bounds, subnormals, inf/nan and random data."""
+    rng = np.random.default_rng(1234)
+    tiny = np.finfo(dtype).tiny
+    ties = (np.arange(-40, 41) + 0.5) / 8.0
+    grid = np.arange(-300, 301) / 16.0
+    edges = np.array([0.0, -0.0, tiny, -tiny, tiny / 4, -tiny / 8, 1e-30, -1e-30, 1e30, -1e30,
+                      np.inf, -np.inf, np.nan, 0.49999997, -0.49999997, 7.96875, 8.0, -8.0,
+                      -8.03125, 2.0**24 + 2, -(2.0**31), 2.0**31])
+    rand = np.concatenate([rng.normal(0, 4, 3000), rng.uniform(-300, 300, 1000),
+                           rng.standard_cauchy(500)])
+    return np.concatenate([ties, grid, edges, rand]).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rounding", DETERMINISTIC)
+@pytest.mark.parametrize("bitwidth,frac_bits,signed", [
+    (2, 0, True), (4, 2, True), (8, 4, True), (8, 7, False), (8, -2, True), (12, 9, True),
+    (16, 3, False), (24, 10, True), (32, 20, True), (32, 0, False), (6, 40, True),
+    (8, -130, True), (8, 140, True),
+])
+def test_dfp_matches_numerics(ops_path, dtype, rounding, bitwidth, frac_bits, signed):
+    x = special_values(dtype)
+    expected = numerics.dfp_quantize(x, bitwidth, frac_bits, signed=signed, rounding=rounding)
+    actual = fake_quant_dfp(tf.constant(x), bitwidth, frac_bits, signed=signed, rounding=rounding)
+    assert_bit_equal(actual.numpy(), expected)
+
+
+@pytest.mark.parametrize("rounding", DETERMINISTIC)
+@pytest.mark.parametrize("shape", [(7, 5), (2, 3, 4, 5), (5,)])
+def test_dfp_per_channel(ops_path, rounding, shape):
+    rng = np.random.default_rng(7)
+    x = (rng.normal(0, 3, shape) * np.exp2(rng.integers(-6, 6, shape[-1]))).astype(np.float32)
+    fl = rng.integers(-3, 12, shape[-1]).astype(np.int32)
+    expected = numerics.dfp_quantize(x, 8, fl, rounding=rounding)
+    actual = fake_quant_dfp(tf.constant(x), 8, tf.constant(fl), rounding=rounding)
+    assert_bit_equal(actual.numpy(), expected)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("signed", [True, False])
+def test_dfp_gradient_is_clipped_straight_through(ops_path, per_channel, signed):
+    x = special_values(np.float32)[:2000].reshape(-1, 8)
+    x = x[np.isfinite(x).all(axis=1)]
+    fl = np.arange(8, dtype=np.int32) if per_channel else 3
+    dy = np.random.default_rng(3).normal(size=x.shape).astype(np.float32)
+    xt = tf.constant(x)
+    grads = []
+    for fn in (fake_quant_dfp, numerics.dfp_quantize):
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            y = fn(xt, 6, tf.constant(fl), signed=signed)
+        grads.append(tape.gradient(y, xt, output_gradients=tf.constant(dy)).numpy())
+    assert_bit_equal(grads[0], grads[1])
+    assert 0 < np.count_nonzero(grads[0]) < grads[0].size  # both branches exercised
+
+
+def _minifloat_inputs(dtype):
+    rng = np.random.default_rng(99)
+    mags = np.exp2(rng.uniform(-40, 40, 4000)) * rng.choice([-1, 1], 4000)
+    fives = np.array([495.0, 496.0, 479.0, 240.0, 0.3, 90.0, 1e6, 0.001, 2.0**-7, 2.0**-6,
+                      1.5 * 2.0**-7, 0.75 * 2.0**-6, 2.0**-9, 5.5, 6.5, 7.5, -7.5])
+    return np.concatenate([special_values(dtype), mags, fives]).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rounding", DETERMINISTIC)
+@pytest.mark.parametrize("subnormals", [False, True])
+@pytest.mark.parametrize("exp_bits,mant_bits", [(4, 3), (5, 2), (2, 1), (3, 0), (8, 7),
+                                                (5, 10), (8, 23), (1, 2), (10, 30)])
+def test_minifloat_matches_numerics(ops_path, dtype, rounding, subnormals, exp_bits, mant_bits):
+    x = _minifloat_inputs(dtype)
+    expected = numerics.minifloat_quantize(x, exp_bits, mant_bits, rounding=rounding,
+                                           subnormals=subnormals)
+    actual = fake_quant_minifloat(tf.constant(x), exp_bits, mant_bits, rounding=rounding,
+                                  subnormals=subnormals)
+    assert_bit_equal(actual.numpy(), expected)
+
+
+def test_minifloat_gradient(ops_path):
+    x = tf.constant(_minifloat_inputs(np.float32))
+    x = tf.boolean_mask(x, tf.math.is_finite(x))
+    dy = tf.random.stateless_normal(tf.shape(x), [1, 2])
+    grads = []
+    for fn in (fake_quant_minifloat, numerics.minifloat_quantize):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = fn(x, 4, 3)
+        grads.append(tape.gradient(y, x, output_gradients=dy).numpy())
+    assert_bit_equal(grads[0], grads[1])
+    assert 0 < np.count_nonzero(grads[0]) < grads[0].size
+
+
+# ---------------------------------------------------------------- stochastic rounding
+
+
+def _up_fraction(q: np.ndarray, low: float, step: float) -> float:
+    ups = np.isclose(q, low + step)
+    assert np.all(ups | np.isclose(q, low)), "stochastic result off the two neighbours"
+    return float(ups.mean())
+
+
+@pytest.mark.parametrize("frac", [0.125, 0.5, 0.8125])
+def test_dfp_stochastic_is_unbiased(ops_path, frac):
+    # x sits `frac` of a step above a grid point: P(round up) must be `frac`.
+    n = 200_000
+    x = tf.fill([n], np.float32((3 + frac) / 16))
+    q = fake_quant_dfp(x, 8, 4, rounding="stochastic", seed=11).numpy()
+    p = _up_fraction(q, 3 / 16, 1 / 16)
+    sigma = np.sqrt(frac * (1 - frac) / n)
+    assert abs(p - frac) < 5 * sigma
+
+
+def test_minifloat_stochastic_is_unbiased(ops_path):
+    n = 200_000
+    x = tf.fill([n], np.float32(1.0 + 0.3 * 0.125))  # E4M3: step 1/8 in [1, 2)
+    q = fake_quant_minifloat(x, 4, 3, rounding="stochastic", seed=5).numpy()
+    p = _up_fraction(q, 1.0, 0.125)
+    assert abs(p - 0.3) < 5 * np.sqrt(0.3 * 0.7 / n)
+
+
+@pytest.mark.parametrize("fn,args", [(fake_quant_dfp, (8, 4)), (fake_quant_minifloat, (4, 3))])
+def test_stochastic_seeded_reproducible(ops_path, fn, args):
+    x = tf.random.stateless_uniform([10_000], [3, 4], -4, 4)
+    a = fn(x, *args, rounding="stochastic", seed=123).numpy()
+    b = fn(x, *args, rounding="stochastic", seed=123).numpy()
+    c = fn(x, *args, rounding="stochastic", seed=124).numpy()
+    np.testing.assert_array_equal(a, b)
+    assert np.count_nonzero(a != c) > 100
+    # every result is one of the two deterministic neighbours
+    lo = fn(x, *args, rounding="nearest").numpy()
+    assert np.all(np.abs(a - lo) <= np.abs(lo) * 0.25 + 1 / 16 + 1e-7)
+
+
+def test_stochastic_matches_numerics_in_distribution(ops_path):
+    # Same x, many draws: the per-element mean of both implementations converges to x.
+    x = np.random.default_rng(0).uniform(-2, 2, 64).astype(np.float32)
+    xt = tf.tile(tf.constant(x)[None], [4000, 1])
+    ours = fake_quant_dfp(xt, 8, 3, rounding="stochastic", seed=9).numpy().mean(0)
+    ref = numerics.dfp_quantize(xt, 8, 3, rounding="stochastic", seed=9).numpy().mean(0)
+    step = 1 / 8
+    tol = 5 * step * 0.5 / np.sqrt(4000)
+    np.testing.assert_allclose(ours, x, atol=tol)
+    np.testing.assert_allclose(ref, x, atol=tol)
+
+
+def test_stochastic_seed_none_varies_per_call_in_tf_function(ops_path):
+    @tf.function
+    def step(x):
+        return fake_quant_dfp(x, 8, 2, rounding="stochastic")
+
+    x = tf.fill([4096], 0.1)
+    assert np.count_nonzero(step(x).numpy() != step(x).numpy()) > 100
+
+
+# ---------------------------------------------------------------- argument checks
+
+
+def test_bad_arguments_raise_config_errors(ops_path):
+    x = tf.zeros([4, 3])
+    with pytest.raises(QuantizationConfigError, match="bitwidth"):
+        fake_quant_dfp(x, 1, 0)
+    with pytest.raises(QuantizationConfigError, match="rounding"):
+        fake_quant_dfp(x, 8, 0, rounding="up")
+    with pytest.raises(QuantizationConfigError, match="exp_bits"):
+        fake_quant_minifloat(x, 0, 3)
+    with pytest.raises((QuantizationConfigError, tf.errors.InvalidArgumentError, ValueError)):
+        fake_quant_dfp(x, 8, tf.constant([1, 2], tf.int32))
+
+
+def test_other_dtypes_and_graph_mode(ops_path):
+    x16 = tf.constant([0.3, -1.7, 100.0], tf.float16)
+    y = fake_quant_dfp(x16, 8, 4)
+    assert y.dtype == tf.float16
+    np.testing.assert_array_equal(y.numpy(), numerics.dfp_quantize(x16, 8, 4).numpy())
+    f = tf.function(lambda v: fake_quant_minifloat(v, 5, 2))
+    v = tf.constant(special_values(np.float32))
+    assert_bit_equal(f(v).numpy(), numerics.minifloat_quantize(v.numpy(), 5, 2))
