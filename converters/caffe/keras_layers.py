@@ -238,7 +238,30 @@ class CaffePreprocess(keras.layers.Layer):
         }
 
 
+@_serializable
+class BatchReshape(keras.layers.Layer):
+    """Reshape including the batch axis (a Caffe Reshape that mixes N with other axes).
+
+    ``y = reshape(x, target_shape)`` with a fixed batch: the model only runs at the
+    batch size the Caffe net declared.
+    """
+
+    def __init__(self, target_shape: Sequence[int] = (1,), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.target_shape = tuple(int(d) for d in target_shape)
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        return tf.reshape(inputs, self.target_shape)
+
+    def compute_output_shape(self, input_shape: Any) -> tf.TensorShape:
+        return tf.TensorShape(self.target_shape)
+
+    def get_config(self) -> Dict[str, Any]:
+        return {**super().get_config(), "target_shape": list(self.target_shape)}
+
+
 CUSTOM_LAYERS = {
+    "kerasq>BatchReshape": BatchReshape,
     "kerasq>EdgePadding2D": EdgePadding2D,
     "kerasq>ConstantMultiply": ConstantMultiply,
     "kerasq>WeightedSum": WeightedSum,
@@ -255,5 +278,6 @@ __all__ = [
     "BroadcastAffine",
     "BatchStatNormalize",
     "CaffePreprocess",
+    "BatchReshape",
     "CUSTOM_LAYERS",
 ]

@@ -112,7 +112,7 @@ def _resolve_inputs(
     for layer in layers:
         if layer.type == "Input":
             declared = list(layer.input_param.shape)
-            if len(declared) not in (1, len(layer.top)) and layer.top:
+            if declared and len(declared) not in (1, len(layer.top)):
                 raise CaffeFormatError(
                     f"Input layer has {len(layer.top)} tops but {len(declared)} shapes",
                     file=source, layer=layer.name or None)

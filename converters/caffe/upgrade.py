@@ -131,13 +131,13 @@ def _legacy_inputs(net: caffe_pb2.NetParameter, source: str) -> List[caffe_pb2.L
         dims = list(net.input_dim)
         shapes = [dims[4 * i: 4 * i + 4] for i in range(n)]
     else:
-        raise CaffeFormatError(
-            f"net input {net.input[0]!r} has no input_dim/input_shape", file=source)
+        shapes = [[] for _ in net.input]  # shape must come from the user (input_shape)
     layers = []
     for name, shape in zip(net.input, shapes):
         layer = caffe_pb2.LayerParameter(name=name, type="Input")
         layer.top.append(name)
-        layer.input_param.shape.add().dim.extend(int(d) for d in shape)
+        if shape:
+            layer.input_param.shape.add().dim.extend(int(d) for d in shape)
         layers.append(layer)
     return layers
 

@@ -94,7 +94,7 @@ def lower_pooling(ctx, node, inputs: List[Blob]) -> List[Blob]:
         ctx.error(node, f"pad {pad} must be smaller than the kernel {kernel} (Caffe checks this too)")
     ceil_mode = p.round_mode == _P.CEIL and not (p.HasField("ceil_mode") and not p.ceil_mode)
     if h is None or w is None:
-        ctx.error(node, "non-global pooling needs static spatial sizes (dynamic_spatial=False)")
+        return [_dynamic_pooling(ctx, node, x, is_max, kernel, stride, pad, ceil_mode)]
     out_h = pooled_size(h, kernel[0], stride[0], pad[0], ceil_mode)
     out_w = pooled_size(w, kernel[1], stride[1], pad[1], ceil_mode)
     if out_h < 1 or out_w < 1:
@@ -137,3 +137,31 @@ def _same_before(size: int, k: int, s: int) -> int:
     out = math.ceil(size / s)
     total = max((out - 1) * s + k - size, 0)
     return total // 2
+
+
+def _dynamic_pooling(ctx, node, x: Blob, is_max: bool, kernel, stride, pad, ceil_mode) -> Blob:
+    """Pooling on unknown H/W: only geometries whose Caffe windows match TF for every size.
+
+    * floor mode, no pad: "valid" is exact.
+    * ceil mode, no pad, kernel <= stride: TF "same" has the same windows (start 0, the
+      last one clipped) and divides AVE by the clipped area, exactly like Caffe.
+    """
+    n, c, h, w = x.shape
+    if pad != (0, 0):
+        ctx.error(node, "padded pooling needs static spatial sizes (load without dynamic_spatial)")
+    if not ceil_mode:
+        mode = "valid"
+    elif kernel[0] <= stride[0] and kernel[1] <= stride[1]:
+        mode = "same"
+    else:
+        ctx.error(node, f"ceil-mode pooling with kernel {kernel} > stride {stride} needs static "
+                        f"spatial sizes (load without dynamic_spatial)")
+    cls = keras.layers.MaxPooling2D if is_max else keras.layers.AveragePooling2D
+    tensor = cls(kernel, stride, padding=mode, name=ctx.name(node))(x.tensor)
+
+    def size(d, k, s):
+        if d is None:
+            return None
+        return pooled_size(d, k, s, 0, ceil_mode)
+
+    return Blob(tensor, (n, c, size(h, kernel[0], stride[0]), size(w, kernel[1], stride[1])), NHWC)

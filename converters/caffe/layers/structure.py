@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from typing import List, Optional, Tuple
 
 import numpy as np
 
 from kerasq._compat import keras
+from kerasq.converters.caffe.keras_layers import BatchReshape
 from kerasq.converters.caffe.layers._registry import register
 from kerasq.converters.caffe.layout import Blob, identity
+
+log = logging.getLogger("kerasq.converters.caffe.layers.structure")
 
 
 @register("Split")
@@ -84,61 +88,67 @@ def lower_flatten(ctx, node, inputs: List[Blob]) -> List[Blob]:
     return [_reshape_to(ctx, node, x, shape)]
 
 
-def reshape_shape(ctx, node, x: Blob) -> Tuple[Optional[int], ...]:
-    """Caffe Reshape output shape: 0 copies a dim, one -1 is inferred; axis/num_axes range."""
+def reshape_shape(ctx, node, x: Blob) -> Tuple[Tuple[Optional[int], ...], bool]:
+    """Caffe Reshape output shape and whether it keeps the batch axis.
+
+    0 copies a dim, one -1 is inferred, ``axis``/``num_axes`` select the replaced range.
+    The batch size used for the arithmetic is the declared one (Caffe's own), so a
+    reshape that mixes the batch axis with others is computed exactly as Caffe does.
+    """
     p = node.param.reshape_param
     spec = [int(d) for d in p.shape.dim]
     rank = x.rank
+    batch = x.shape[0] if x.shape[0] is not None else ctx.batch_size
+    in_shape = [batch] + list(x.shape[1:])
+    if any(d is None for d in in_shape):
+        ctx.error(node, "Reshape needs static sizes (dynamic_spatial=False)")
     axis = p.axis if p.axis >= 0 else rank + p.axis + 1
     if not 0 <= axis <= rank:
         ctx.error(node, f"axis {p.axis} out of range for {list(x.shape)}")
     end = rank if p.num_axes == -1 else axis + p.num_axes
     if end > rank or p.num_axes < -1:
         ctx.error(node, f"num_axes {p.num_axes} out of range for {list(x.shape)}")
-    out: List[Optional[int]] = []
+    out: List[int] = []
     infer = None
     for i, d in enumerate(spec):
         if d == 0:
             if axis + i >= rank:
                 ctx.error(node, f"dim {i} is 0 (copy) but the input has no axis {axis + i}")
-            out.append(x.shape[axis + i])
+            out.append(in_shape[axis + i])
         elif d == -1:
             if infer is not None:
                 ctx.error(node, "more than one -1 in the Reshape shape")
-            infer = len(out)
-            out.append(-1)
+            infer = axis + len(out)
+            out.append(1)
         elif d < -1:
             ctx.error(node, f"invalid dim {d}")
         else:
             out.append(d)
-    full = list(x.shape[:axis]) + out + list(x.shape[end:])
-    offset = axis
-    # The batch axis: Caffe's shape may spell it as 0, or as the declared batch size.
-    if full and full[0] is not None and x.shape[0] is None:
-        if axis == 0 and spec and spec[0] == ctx.batch_size:
-            full[0] = None
-        elif axis == 0:
-            ctx.error(node, f"Reshape {spec} changes the batch axis; use 0 for it")
+    full = in_shape[:axis] + out + in_shape[end:]
+    total = int(np.prod(in_shape))
     if infer is not None:
-        known = [d for i, d in enumerate(full) if i != offset + infer and i > 0]
-        if any(d is None for d in known) or any(d is None for d in x.shape[1:]):
-            ctx.error(node, "cannot infer -1 with dynamic sizes")
-        total = int(np.prod(x.shape[1:]))
-        rest = int(np.prod([d for d in known])) if known else 1
-        if offset + infer == 0:
-            ctx.error(node, "-1 on the batch axis is not supported")
+        rest = int(np.prod(full))
         if rest == 0 or total % rest:
-            ctx.error(node, f"cannot reshape {list(x.shape)} to {spec}")
-        full[offset + infer] = total // rest
-    if x.shape[1:] and all(d is not None for d in full[1:]) and all(
-            d is not None for d in x.shape[1:]):
-        if int(np.prod(full[1:])) != int(np.prod(x.shape[1:])):
-            ctx.error(node, f"cannot reshape {list(x.shape)} to {[d for d in full]}")
-    return tuple(full)
+            ctx.error(node, f"cannot reshape {in_shape} to {spec}")
+        full[infer] = total // rest
+    if int(np.prod(full)) != total:
+        ctx.error(node, f"cannot reshape {in_shape} to {spec} ({int(np.prod(full))} != {total} values)")
+    keeps_batch = bool(full) and full[0] == batch
+    shape = tuple(full)
+    if keeps_batch and x.shape[0] is None:
+        shape = (None,) + shape[1:]
+    return shape, keeps_batch
 
 
 @register("Reshape")
 def lower_reshape(ctx, node, inputs: List[Blob]) -> List[Blob]:
     """Row-major reinterpretation in Caffe order (the input is put in Caffe order first)."""
     x = inputs[0]
-    return [_reshape_to(ctx, node, x, reshape_shape(ctx, node, x))]
+    shape, keeps_batch = reshape_shape(ctx, node, x)
+    if keeps_batch:
+        return [_reshape_to(ctx, node, x, shape)]
+    log.warning("%s: Reshape %s mixes the batch axis: the model is pinned to batch size %s",
+                node.caffe_name, list(shape), x.shape[0] or ctx.batch_size)
+    x = ctx.caffe_order(x, node)
+    out = BatchReshape(shape, name=ctx.name(node))(x.tensor)
+    return [Blob(out, shape, identity(len(shape)))]
