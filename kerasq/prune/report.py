@@ -25,7 +25,7 @@ import numpy as np
 from kerasq._compat import keras, tfmot
 from kerasq.prune.masks import find_mask_slots
 from kerasq.prune.preserve import _short_name
-from kerasq.prune.wrapper import PruneWrapper, prunable_weight_names
+from kerasq.prune.wrapper import PRUNABLE_WEIGHT_NAMES, PruneWrapper, prunable_weight_names
 
 
 @dataclasses.dataclass
@@ -70,6 +70,21 @@ def _quantized_kernels(wrapper: Any) -> Dict[str, np.ndarray]:
     return out
 
 
+def _prunable_weights(layer: Any, inner: Any, quantize_wrapper: type) -> List[Any]:
+    """(short name, variable) of the prunable kernels of a (wrapped) layer.
+
+    A tfmot QuantizeWrapper replaces ``inner.kernel`` by a tensor, after which Keras no longer
+    lists the variable in ``inner.weights``; the wrapper's ``_weight_vars`` still has it.
+    """
+    if isinstance(layer, quantize_wrapper):
+        found = [(_short_name(w.name), w) for w, _, _ in getattr(layer, "_weight_vars", [])]
+        found = [(n, w) for n, w in found if n in PRUNABLE_WEIGHT_NAMES]
+        if found:
+            return found
+    names = prunable_weight_names(inner)
+    return [(n, next(w for w in inner.weights if _short_name(w.name) == n)) for n in names]
+
+
 def sparsity_report(model: Any, *, quantized: bool = True) -> List[SparsityRow]:
     """Per-kernel exact-zero counts of ``model`` (see module docstring).
 
@@ -82,14 +97,13 @@ def sparsity_report(model: Any, *, quantized: bool = True) -> List[SparsityRow]:
     rows: List[SparsityRow] = []
     for layer in _layers(model):
         inner = layer.layer if isinstance(layer, (PruneWrapper, quantize_wrapper)) else layer
-        names = prunable_weight_names(inner)
-        if not names:
+        weights = _prunable_weights(layer, inner, quantize_wrapper)
+        if not weights:
             continue
         qkernels = (
             _quantized_kernels(layer) if quantized and isinstance(layer, quantize_wrapper) else {}
         )
-        for name in names:
-            weight = next(w for w in inner.weights if _short_name(w.name) == name)
+        for name, weight in weights:
             value = weight.numpy()
             slot = masks.get((id(inner), name))
             mask_zeros = None

@@ -65,17 +65,25 @@ class MaskedConfig(tq.QuantizeConfig):
             num_bits=8, per_axis=False, symmetric=True, narrow_range=True
         )
 
+    @staticmethod
+    def _names(layer: Any) -> List[str]:
+        # Fixed per class: once tfmot replaces layer.kernel by a tensor, Keras stops listing
+        # the variable in layer.trainable_weights, so the names cannot be re-derived from it.
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            return ["depthwise_kernel"]
+        return ["kernel"]
+
     def get_weights_and_quantizers(self, layer: Any) -> List[Any]:
         return [
             (getattr(layer, name), SparsityPreservingQuantizer(self._inner()))
-            for name in prunable_weight_names(layer)
+            for name in self._names(layer)
         ]
 
     def get_activations_and_quantizers(self, layer: Any) -> List[Any]:
         return []
 
     def set_quantize_weights(self, layer: Any, quantize_weights: List[Any]) -> None:
-        for name, value in zip(prunable_weight_names(layer), quantize_weights):
+        for name, value in zip(self._names(layer), quantize_weights):
             setattr(layer, name, value)
 
     def set_quantize_activations(self, layer: Any, quantize_activations: List[Any]) -> None:
