@@ -60,6 +60,13 @@ def _padding(padding: Padding) -> Tuple[str, list]:
     return "EXPLICIT", pads
 
 
+def _same_pads(size: int, k: int, stride: int, dilation: int) -> Tuple[int, int]:
+    """TF's SAME padding (the odd pixel goes after)."""
+    eff = (k - 1) * dilation + 1
+    total = max((-(-size // stride) - 1) * stride + eff - size, 0)
+    return total // 2, total - total // 2
+
+
 def _out_dtype(out_bitwidth: int, out_signed: bool, out_dtype: Any) -> Any:
     from kerasq._compat import tf
 
@@ -229,14 +236,15 @@ def dfp_depthwise_conv2d(
     if lib is not None:
         return lib.kerasq_dfp_depthwise_conv2d(*_inputs(p), strides=list(s), dilations=list(d),
                                                padding=mode, explicit_paddings=pads, **_attrs(p))
+    # TF's depthwise kernel wants equal strides: pad explicitly, convolve densely, subsample.
     xf = tf.cast(p["x"], tf.float64)
-    if mode == "EXPLICIT":
+    if mode == "SAME":
+        pads = [v for i in range(2) for v in _same_pads(int(xf.shape[1 + i]),
+                                                         int(p["w"].shape[i]), s[i], d[i])]
+    if mode != "VALID":
         xf = tf.pad(xf, [[0, 0], pads[0:2], pads[2:4], [0, 0]])
-        mode = "VALID"
-    if s[0] != s[1] and d != (1, 1):
-        raise QuantizationConfigError("the fallback needs equal strides when dilated")
-    acc = tf.nn.depthwise_conv2d(xf, tf.cast(p["w"], tf.float64), [1, *s, 1], mode,
-                                 dilations=list(d))
+    acc = tf.nn.depthwise_conv2d(xf, tf.cast(p["w"], tf.float64), [1, 1, 1, 1], "VALID",
+                                 dilations=list(d))[:, ::s[0], ::s[1], :]
     return requantize_reference(tf.cast(acc, tf.int64), p)
 
 

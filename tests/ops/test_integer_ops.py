@@ -1,0 +1,177 @@
+"""Integer conv2d / depthwise / matmul: numpy int64 reference and the fake-quant simulation.
+
+Both op paths must give exactly the integers of the numpy reference (tests/ops/
+int_reference.py, written from the spec), and the integers of the DFP fake-quant
+simulation of the float Keras layer (kerasq.numerics applied to a float32 Conv2D/
+DepthwiseConv2D/Dense fed with the dequantized values) whenever that float sum is exact.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ops import int_reference as ref
+from kerasq._compat import keras, tf
+from kerasq import numerics
+from kerasq.errors import QuantizationConfigError
+from kerasq.ops import dfp_conv2d, dfp_depthwise_conv2d, dfp_matmul
+
+DETERMINISTIC = ["nearest", "nearest_even", "half_up"]
+
+
+def _ints(rng, shape, dtype, bits=None):
+    info = np.iinfo(dtype)
+    lo, hi = (info.min, info.max) if bits is None else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    return rng.integers(lo, hi + 1, shape).astype(dtype)
+
+
+CONV_CASES = [
+    # x shape, w shape, strides, dilations, padding, x dtype, w dtype, w_frac, bias_frac, out
+    dict(x=(2, 9, 7, 5), w=(3, 3, 5, 6), s=(1, 1), d=(1, 1), pad="VALID"),
+    dict(x=(1, 10, 11, 3), w=(3, 3, 3, 37), s=(2, 2), d=(1, 1), pad="SAME", per_channel=True),
+    dict(x=(2, 12, 9, 4), w=(5, 3, 4, 16), s=(1, 2), d=(2, 1), pad="SAME", bias_frac=14),
+    dict(x=(1, 8, 8, 8), w=(3, 3, 8, 33), s=(1, 1), d=(1, 1), pad=[[1, 2], [0, 3]],
+         xdt=np.int16, xbits=12, out_bits=16, out_frac=9),
+    dict(x=(3, 17, 13, 7), w=(1, 1, 7, 20), s=(1, 1), d=(1, 1), pad="VALID", wdt=np.int16,
+         wbits=10, out_bits=4, signed=False),
+    dict(x=(1, 6, 6, 2), w=(3, 3, 2, 3), s=(1, 1), d=(1, 1), pad="SAME", out_frac=-3,
+         bias_frac=2),  # negative shift: left shift with saturation
+    dict(x=(1, 5, 5, 64), w=(3, 3, 64, 8), s=(1, 1), d=(1, 1), pad="SAME", xdt=np.int16,
+         wdt=np.int16),  # full-range int16: int64 accumulation
+]
+
+
+def _conv_case(case, rng, depthwise=False):
+    xdt, wdt = case.get("xdt", np.int8), case.get("wdt", np.int8)
+    x = _ints(rng, case["x"], xdt, case.get("xbits"))
+    wshape = case["w"] if not depthwise else (case["w"][0], case["w"][1], case["x"][3], 2)
+    w = _ints(rng, wshape, wdt, case.get("wbits"))
+    n_out = wshape[3] if not depthwise else wshape[2] * wshape[3]
+    w_frac = (rng.integers(3, 9, n_out) if case.get("per_channel") else 6)
+    bias_frac = case.get("bias_frac", 11 if not case.get("per_channel") else 9)
+    bias = rng.integers(-5000, 5000, n_out).astype(np.int32)
+    kw = dict(x_frac=5, w_frac=w_frac, bias_frac=bias_frac, out_frac=case.get("out_frac", 4),
+              out_bitwidth=case.get("out_bits", 8), out_signed=case.get("signed", True),
+              strides=case["s"], dilations=case["d"], padding=case["pad"])
+    return x, w, bias, kw
+
+
+def _expected(acc, bias, kw, rounding):
+    return ref.requantize(acc, 5 + np.asarray(kw["w_frac"]), kw["out_frac"], kw["out_bitwidth"],
+                          kw["out_signed"], rounding, bias=bias, bias_frac=kw["bias_frac"])
+
+
+@pytest.mark.parametrize("rounding", DETERMINISTIC)
+@pytest.mark.parametrize("case", range(len(CONV_CASES)))
+def test_conv2d_matches_numpy_reference(ops_path, case, rounding):
+    rng = np.random.default_rng(case)
+    x, w, bias, kw = _conv_case(CONV_CASES[case], rng)
+    acc = ref.conv2d_acc(x, w, kw["strides"], kw["dilations"], kw["padding"])
+    y = dfp_conv2d(x, w, bias, rounding=rounding, **kw)
+    np.testing.assert_array_equal(y.numpy(), _expected(acc, bias, kw, rounding))
+    assert y.dtype == (tf.int8 if kw["out_bitwidth"] + (not kw["out_signed"]) <= 8 else tf.int16)
+
+
+@pytest.mark.parametrize("rounding", DETERMINISTIC)
+@pytest.mark.parametrize("case", [0, 1, 2, 3, 5, 6])
+def test_depthwise_matches_numpy_reference(ops_path, case, rounding):
+    rng = np.random.default_rng(100 + case)
+    c = dict(CONV_CASES[case])
+    x, w, bias, kw = _conv_case(c, rng, depthwise=True)
+    acc = ref.depthwise_acc(x, w, kw["strides"], kw["dilations"], kw["padding"])
+    y = dfp_depthwise_conv2d(x, w, bias, rounding=rounding, **kw)
+    np.testing.assert_array_equal(y.numpy(), _expected(acc, bias, kw, rounding))
+
+
+@pytest.mark.parametrize("rounding", DETERMINISTIC)
+@pytest.mark.parametrize("m,k,n,xdt,wdt", [(1, 1, 1, np.int8, np.int8), (7, 33, 10, np.int8, np.int8),
+                                           (130, 200, 70, np.int8, np.int16),
+                                           (65, 512, 17, np.int16, np.int16)])
+def test_matmul_matches_numpy_reference(ops_path, rounding, m, k, n, xdt, wdt):
+    rng = np.random.default_rng(m * k)
+    x, w = _ints(rng, (m, k), xdt), _ints(rng, (k, n), wdt)
+    bias = rng.integers(-2**20, 2**20, n).astype(np.int32)
+    w_frac = rng.integers(2, 8, n)
+    y = dfp_matmul(x, w, bias, x_frac=7, w_frac=w_frac, bias_frac=12,
+                   out_frac=3, out_bitwidth=16, rounding=rounding)
+    expected = ref.requantize(ref.matmul_acc(x, w), 7 + w_frac, 3, 16, True, rounding,
+                              bias=bias, bias_frac=12)
+    np.testing.assert_array_equal(y.numpy(), expected)
+
+
+def test_matmul_batched_input_and_no_bias(ops_path):
+    rng = np.random.default_rng(5)
+    x, w = _ints(rng, (2, 3, 40), np.int8), _ints(rng, (40, 9), np.int8)
+    y = dfp_matmul(x, w, x_frac=4, w_frac=4, out_frac=2, out_bitwidth=8)
+    assert y.shape == (2, 3, 9)
+    np.testing.assert_array_equal(y.numpy(), ref.requantize(ref.matmul_acc(x, w), 8, 2))
+
+
+def test_stochastic_requantization_is_unbiased_and_seeded(ops_path):
+    # acc = 3 at fl 4 requantized to fl 0: 3/16 -> 1 with probability 3/16.
+    x = np.full((20000, 1), 3, np.int8)
+    w = np.ones((1, 1), np.int8)
+    a = dfp_matmul(x, w, x_frac=4, w_frac=0, out_frac=0, rounding="stochastic", seed=7).numpy()
+    b = dfp_matmul(x, w, x_frac=4, w_frac=0, out_frac=0, rounding="stochastic", seed=7).numpy()
+    np.testing.assert_array_equal(a, b)
+    assert set(np.unique(a)) <= {0, 1}
+    p = a.mean()
+    assert abs(p - 3 / 16) < 5 * np.sqrt(3 / 16 * 13 / 16 / a.size)
+
+
+# ------------------------------------------------- equal to the fake-quant simulation
+
+
+def _dequant(q, fl):
+    return (q.astype(np.float64) * np.exp2(-np.asarray(fl, np.float64))).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["conv", "depthwise", "dense"])
+@pytest.mark.parametrize("rounding", DETERMINISTIC)
+def test_integer_layers_equal_fake_quant_simulation(ops_path, kind, rounding):
+    """Same integers as dfp(float_layer(dfp(x), dfp(w)) + dfp(b)) * 2^out_frac."""
+    rng = np.random.default_rng(42)
+    x_frac, out_frac, bias_frac = 6, 3, 9
+    x_q = _ints(rng, (2, 8, 8, 6) if kind != "dense" else (16, 48), np.int8)
+    if kind == "conv":
+        w_q = _ints(rng, (3, 3, 6, 10), np.int8)
+        n_out = 10
+        layer = keras.layers.Conv2D(n_out, 3, strides=2, padding="same")
+    elif kind == "depthwise":
+        w_q = _ints(rng, (3, 3, 6, 2), np.int8)
+        n_out = 12
+        layer = keras.layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same")
+    else:
+        w_q = _ints(rng, (48, 20), np.int8)
+        n_out = 20
+        layer = keras.layers.Dense(n_out)
+    w_frac = rng.integers(5, 9, n_out)
+    b_q = rng.integers(-3000, 3000, n_out).astype(np.int32)
+    layer.build(x_q.shape)
+    w_fl = w_frac if kind != "depthwise" else w_frac.reshape(6, 2)
+    layer.set_weights([_dequant(w_q, w_fl), _dequant(b_q, bias_frac)])
+    y_float = layer(tf.constant(_dequant(x_q, x_frac)))
+    sim = numerics.dfp_quantize(y_float.numpy(), 8, out_frac, rounding=rounding)
+    sim_int = np.ldexp(sim.astype(np.float64), out_frac)
+    fn = {"conv": dfp_conv2d, "depthwise": dfp_depthwise_conv2d, "dense": dfp_matmul}[kind]
+    extra = {} if kind == "dense" else {"padding": "SAME"}
+    if kind == "conv":
+        extra["strides"] = 2
+    y_int = fn(x_q, w_q, b_q, x_frac=x_frac, w_frac=w_frac, bias_frac=bias_frac,
+               out_frac=out_frac, rounding=rounding, **extra)
+    np.testing.assert_array_equal(y_int.numpy().astype(np.float64), sim_int)
+    assert len(np.unique(y_int.numpy())) > 20  # not saturated to a constant
+
+
+def test_bad_arguments(ops_path):
+    x, w = np.zeros((1, 4, 4, 3), np.int8), np.zeros((3, 3, 3, 2), np.int8)
+    with pytest.raises(QuantizationConfigError, match="int8 or int16"):
+        dfp_conv2d(x.astype(np.float32), w, x_frac=0, w_frac=0, out_frac=0)
+    with pytest.raises(QuantizationConfigError, match="w_frac"):
+        dfp_conv2d(x, w, x_frac=0, w_frac=[1, 2, 3], out_frac=0)
+    with pytest.raises(QuantizationConfigError, match="padding"):
+        dfp_conv2d(x, w, x_frac=0, w_frac=0, out_frac=0, padding="FULL")
+    with pytest.raises(QuantizationConfigError, match="bias_frac"):
+        dfp_matmul(np.zeros((2, 3), np.int8), np.zeros((3, 2), np.int8), np.zeros(2, np.int32),
+                   x_frac=0, w_frac=[1, 2], out_frac=0)
