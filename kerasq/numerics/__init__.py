@@ -26,11 +26,11 @@ from kerasq.numerics.rounding import ROUNDING_MODES, round_values
 
 __all__ = [
     "ROUNDING_MODES",
-    "round_values",
+    "dfp_frac_bits",
     "dfp_quantize",
     "dfp_range",
-    "dfp_frac_bits",
-    "minifloat_quantize",
     "minifloat_max",
+    "minifloat_quantize",
     "pow2_quantize",
+    "round_values",
 ]

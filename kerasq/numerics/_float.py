@@ -15,7 +15,7 @@ bit for bit. It only matters for grids below the dtype's smallest normal number
 
 from __future__ import annotations
 
-from typing import Any, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -116,7 +116,7 @@ def tf_floor_log2(a: Any) -> Any:
     return tf.cast(field, tf.int32) - bias
 
 
-def to_tf_float(x: Any) -> Tuple[Any, Any]:
+def to_tf_float(x: Any) -> tuple[Any, Any]:
     """``(tensor to compute on, dtype of the result)`` for the TF path.
 
     float32/float64 are computed as they are; float16/bfloat16 in float32 and cast

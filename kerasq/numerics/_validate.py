@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import numbers
 import sys
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any
 
 import numpy as np
 
 from kerasq.errors import QuantizationConfigError
 
-ROUNDING_MODES: Tuple[str, ...] = ("nearest", "nearest_even", "half_up", "stochastic")
+ROUNDING_MODES: tuple[str, ...] = ("nearest", "nearest_even", "half_up", "stochastic")
 
-#: A seed: a non-negative int, a pair of them, or (TF only) an integer tensor of shape [2].
-Seed = Union[None, int, Sequence[int], Any]
+#: A seed: None, a non-negative int, a pair of them, or (TF only) an int tensor of shape [2].
+Seed = Any
 
 _MAX_SEED = 2**63
 
@@ -34,7 +34,7 @@ def is_tensor(value: Any) -> bool:
     return bool(tf.is_tensor(value) or isinstance(value, tf.Variable))
 
 
-def check_int(name: str, value: Any, lo: Optional[int] = None, hi: Optional[int] = None) -> int:
+def check_int(name: str, value: Any, lo: int | None = None, hi: int | None = None) -> int:
     """Return ``value`` as a Python int, or raise if it is not an integer in ``lo..hi``."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         ok = False
@@ -73,7 +73,9 @@ def check_seed(seed: Seed) -> Seed:
     """Accept None, an int in [0, 2**63), a pair of such ints, or an integer TF tensor."""
     if seed is None or is_tensor(seed):
         if seed is not None and not seed.dtype.is_integer:
-            raise QuantizationConfigError(f"seed tensor must be integer, got dtype {seed.dtype.name}")
+            raise QuantizationConfigError(
+                f"seed tensor must be integer, got dtype {seed.dtype.name}"
+            )
         return seed
     if isinstance(seed, numbers.Integral) and not isinstance(seed, (bool, np.bool_)):
         if 0 <= int(seed) < _MAX_SEED:
@@ -90,7 +92,7 @@ def check_seed(seed: Seed) -> Seed:
     )
 
 
-def to_numpy_float(x: Any) -> Tuple[np.ndarray, np.dtype]:
+def to_numpy_float(x: Any) -> tuple[np.ndarray, np.dtype]:
     """``(array to compute on, dtype of the result)`` for the numpy path.
 
     float32/float64 are computed as they are; other floats (float16) in float32 and

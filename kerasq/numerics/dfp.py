@@ -9,8 +9,9 @@ Quantizing a real ``x`` (Ristretto ``Trim2FixedPoint``, caffe-jacinto ``quantize
     x' = q·2^−fl
 
 Saturating before or after rounding gives the same result, because the bounds are
-integers. A zero result is always +0.0 (the integer 0 has no sign). ``fl`` may be negative (a step larger than 1) and may be an integer array
-broadcastable against ``x`` (per-channel fractional lengths along the last axis).
+integers. A zero result is always +0.0 (the integer 0 has no sign). ``fl`` may be
+negative (a step larger than 1) and may be an integer array broadcastable against
+``x`` (per-channel fractional lengths along the last axis).
 
 float32 and bit widths above 24: float32 holds integers exactly up to 2^24 only, so
 with float32 data the upper bound ``qmax`` becomes the largest float32 not above it
@@ -22,7 +23,7 @@ else changes. float64 is exact for every B in 2..32.
 from __future__ import annotations
 
 import math
-from typing import Any, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -45,13 +46,13 @@ MIN_BITWIDTH = 2
 MAX_BITWIDTH = 32
 
 
-def _int_bounds(bitwidth: int, signed: bool) -> Tuple[int, int]:
+def _int_bounds(bitwidth: int, signed: bool) -> tuple[int, int]:
     if signed:
         return -(2 ** (bitwidth - 1)), 2 ** (bitwidth - 1) - 1
     return 0, 2**bitwidth - 1
 
 
-def _check_common(bitwidth: Any, signed: Any) -> Tuple[int, bool]:
+def _check_common(bitwidth: Any, signed: Any) -> tuple[int, bool]:
     return check_int("bitwidth", bitwidth, MIN_BITWIDTH, MAX_BITWIDTH), check_bool("signed", signed)
 
 
@@ -155,7 +156,7 @@ def _dfp_tf(x, bitwidth, frac_bits, signed, rounding, seed):
     return tf.cast(quantize(xc), out_dtype)
 
 
-def dfp_range(bitwidth: int, frac_bits: Any, *, signed: bool = True) -> Tuple[Any, Any]:
+def dfp_range(bitwidth: int, frac_bits: Any, *, signed: bool = True) -> tuple[Any, Any]:
     """``(qmin·2^−fl, qmax·2^−fl)``: the smallest and largest representable DFP values.
 
     Python floats (exact) for an integer ``frac_bits``, float64 arrays for an array,
@@ -238,4 +239,4 @@ def _frac_bits_tf(max_abs, bitwidth, sign_bit):
     return bitwidth - sign_bit - ceil_log2
 
 
-__all__ = ["dfp_quantize", "dfp_range", "dfp_frac_bits"]
+__all__ = ["dfp_frac_bits", "dfp_quantize", "dfp_range"]

@@ -21,8 +21,9 @@ like everywhere in kerasq. Then ``|x'|`` is limited to the largest value.
 Deliberate difference from Ristretto: when rounding carries the mantissa out of the top
 binade (e.g. E4M3, x = 495 rounds to 512), Ristretto returns 2^(2^E−bias), larger than
 its own largest value; kerasq saturates to the largest value (480 here). ±inf saturate,
-NaN propagates, zero stays zero and a zero result has the sign of x. Ristretto casts its input to float32 first; kerasq
-works in the input's own precision (identical for float32 input).
+NaN propagates, zero stays zero and a zero result has the sign of x. Ristretto casts
+its input to float32 first; kerasq works in the input's own precision (identical for
+float32 input).
 
 Outside float32's range: with E >= 8 the largest value can exceed float32's; on float32
 data the bound becomes the largest float32 (as for DFP), and values below float32's
@@ -157,4 +158,4 @@ def _minifloat_tf(x, exp_bits, mant_bits, k_min, rounding, seed):
     return tf.cast(quantize(xc), out_dtype)
 
 
-__all__ = ["minifloat_quantize", "minifloat_max"]
+__all__ = ["minifloat_max", "minifloat_quantize"]

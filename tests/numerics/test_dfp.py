@@ -52,7 +52,10 @@ def to_dtype_toward_zero(value: Fraction, dtype) -> float:
 
 
 def ref_dfp(x: float, bitwidth: int, fl: int, signed: bool, mode: str, dtype) -> float:
-    qmin, qmax = (-(2 ** (bitwidth - 1)), 2 ** (bitwidth - 1) - 1) if signed else (0, 2**bitwidth - 1)
+    if signed:
+        qmin, qmax = -(2 ** (bitwidth - 1)), 2 ** (bitwidth - 1) - 1
+    else:
+        qmin, qmax = 0, 2**bitwidth - 1
     if math.isnan(x):
         return x
     if math.isinf(x):
@@ -66,7 +69,10 @@ def ref_dfp(x: float, bitwidth: int, fl: int, signed: bool, mode: str, dtype) ->
 
 def ref_dfp_array(x, bitwidth, fl, signed, mode):
     fls = np.broadcast_to(fl, x.shape)
-    out = [ref_dfp(float(v), bitwidth, int(f), signed, mode, x.dtype) for v, f in zip(x.ravel(), fls.ravel())]
+    out = [
+        ref_dfp(float(v), bitwidth, int(f), signed, mode, x.dtype)
+        for v, f in zip(x.ravel(), fls.ravel())
+    ]
     return np.array(out, x.dtype).reshape(x.shape)
 
 
@@ -77,16 +83,47 @@ def sample_values(dtype, bitwidth, fl, n=300, seed=0):
     spread = rng.uniform(-1.3, 1.3, n) * hi
     step = 2.0**-fl
     ties = (rng.integers(-(2 ** min(bitwidth, 20)), 2 ** min(bitwidth, 20), 40) + 0.5) * step
-    edges = [0.0, -0.0, lo, hi, lo - step / 2, hi + step / 2, hi + step / 4, lo - step,
-             hi * 4, np.inf, -np.inf, np.nan, 1e-40, -1e-40, 3e38, -3e38, step / 2, -step / 2]
+    edges = [
+        0.0,
+        -0.0,
+        lo,
+        hi,
+        lo - step / 2,
+        hi + step / 2,
+        hi + step / 4,
+        lo - step,
+        hi * 4,
+        np.inf,
+        -np.inf,
+        np.nan,
+        1e-40,
+        -1e-40,
+        3e38,
+        -3e38,
+        step / 2,
+        -step / 2,
+    ]
     return np.concatenate([spread, ties, edges]).astype(dtype)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("signed", [True, False])
 @pytest.mark.parametrize(
-    "bitwidth,fl", [(2, 0), (2, 3), (3, -2), (8, 4), (8, -3), (8, 10), (16, 12), (24, 20),
-                    (25, 10), (32, 16), (32, 31), (32, -5)]
+    "bitwidth,fl",
+    [
+        (2, 0),
+        (2, 3),
+        (3, -2),
+        (8, 4),
+        (8, -3),
+        (8, 10),
+        (16, 12),
+        (24, 20),
+        (25, 10),
+        (32, 16),
+        (32, 31),
+        (32, -5),
+    ],
 )
 def test_matches_reference_numpy_and_tf(dtype, signed, bitwidth, fl):
     x = sample_values(dtype, bitwidth, fl, seed=bitwidth * 100 + fl)
@@ -105,7 +142,8 @@ def test_matches_reference_numpy_and_tf(dtype, signed, bitwidth, fl):
 def test_idempotent(mode, bitwidth, fl, signed):
     x = sample_values(np.float32, bitwidth, fl, seed=4)
     once = dfp_quantize(x, bitwidth, fl, signed=signed, rounding=mode)
-    np.testing.assert_array_equal(dfp_quantize(once, bitwidth, fl, signed=signed, rounding=mode), once)
+    twice = dfp_quantize(once, bitwidth, fl, signed=signed, rounding=mode)
+    np.testing.assert_array_equal(twice, once)
 
 
 def test_saturation_and_special_values():
@@ -141,11 +179,17 @@ def test_frac_bits_variable_inside_tf_function():
         return dfp_quantize(x, 6, fl, rounding="half_up")
 
     x = sample_values(np.float32, 6, 1, 100, seed=8)[:100].reshape(50, 2)
-    want = np.stack([ref_dfp_array(x[:, 0], 6, 3, True, "half_up"),
-                     ref_dfp_array(x[:, 1], 6, 1, True, "half_up")], -1)
+    want = np.stack(
+        [
+            ref_dfp_array(x[:, 0], 6, 3, True, "half_up"),
+            ref_dfp_array(x[:, 1], 6, 1, True, "half_up"),
+        ],
+        -1,
+    )
     np.testing.assert_array_equal(f(tf.constant(x)).numpy(), want)
     fl.assign([0, 0])
-    np.testing.assert_array_equal(f(tf.constant(x)).numpy(), ref_dfp_array(x, 6, 0, True, "half_up"))
+    want = ref_dfp_array(x, 6, 0, True, "half_up")
+    np.testing.assert_array_equal(f(tf.constant(x)).numpy(), want)
 
 
 @pytest.mark.parametrize("per_channel", [False, True])
@@ -205,15 +249,20 @@ def test_half_up_agrees_with_tf_fake_quant():
     for fl, signed in [(5, True), (2, False), (-1, True)]:
         lo, hi = dfp_range(8, fl, signed=signed)
         step = 2.0**-fl
-        x = np.concatenate([
-            rng.uniform(lo * 1.2 - 1, hi * 1.2 + 1, 2000),
-            (rng.integers(-128 if signed else 0, 127 if signed else 255, 500) + 0.5) * step,
-        ]).astype(np.float32)
+        x = np.concatenate(
+            [
+                rng.uniform(lo * 1.2 - 1, hi * 1.2 + 1, 2000),
+                (rng.integers(-128 if signed else 0, 127 if signed else 255, 500) + 0.5) * step,
+            ]
+        ).astype(np.float32)
         fake = tf.quantization.fake_quant_with_min_max_vars(
-            tf.constant(x), min=tf.constant(lo, tf.float32), max=tf.constant(hi, tf.float32),
+            tf.constant(x),
+            min=tf.constant(lo, tf.float32),
+            max=tf.constant(hi, tf.float32),
             num_bits=8,
         ).numpy()
-        np.testing.assert_array_equal(dfp_quantize(x, 8, fl, signed=signed, rounding="half_up"), fake)
+        ours = dfp_quantize(x, 8, fl, signed=signed, rounding="half_up")
+        np.testing.assert_array_equal(ours, fake)
 
 
 def test_dfp_range_exact():
@@ -246,7 +295,8 @@ def test_frac_bits_powers_of_two_and_neighbours():
         for bw in (2, 8, 16, 32):
             want = [bw - ref_ceil_log2(v) - int(signed) for v in values]
             np.testing.assert_array_equal(dfp_frac_bits(values, bw, signed=signed), want)
-            np.testing.assert_array_equal(dfp_frac_bits(tf.constant(values), bw, signed=signed).numpy(), want)
+            got_tf = dfp_frac_bits(tf.constant(values), bw, signed=signed)
+            np.testing.assert_array_equal(got_tf.numpy(), want)
     assert dfp_frac_bits(1.0, 8) == 7 and dfp_frac_bits(2.0, 8) == 6 and dfp_frac_bits(2.5, 8) == 5
     assert isinstance(dfp_frac_bits(3.0, 8), int)
 
@@ -274,20 +324,20 @@ def test_frac_bits_rejects_bad_max_abs(bad):
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(bitwidth=1), "bitwidth must be an integer in 2..32, got 1"),
-        (dict(bitwidth=33), "bitwidth must be an integer in 2..32, got 33"),
-        (dict(bitwidth=8.0), "bitwidth"),
-        (dict(bitwidth=True), "bitwidth"),
-        (dict(frac_bits=2.5), "frac_bits must be an integer"),
-        (dict(frac_bits=[1.0, np.nan]), "frac_bits must be an integer"),
-        (dict(frac_bits="3"), "frac_bits must be an integer"),
-        (dict(signed=1), "signed must be True or False"),
-        (dict(rounding="up"), "rounding must be one of"),
-        (dict(frac_bits=[1, 2, 3]), "does not broadcast"),
+        ({"bitwidth": 1}, "bitwidth must be an integer in 2..32, got 1"),
+        ({"bitwidth": 33}, "bitwidth must be an integer in 2..32, got 33"),
+        ({"bitwidth": 8.0}, "bitwidth"),
+        ({"bitwidth": True}, "bitwidth"),
+        ({"frac_bits": 2.5}, "frac_bits must be an integer"),
+        ({"frac_bits": [1.0, np.nan]}, "frac_bits must be an integer"),
+        ({"frac_bits": "3"}, "frac_bits must be an integer"),
+        ({"signed": 1}, "signed must be True or False"),
+        ({"rounding": "up"}, "rounding must be one of"),
+        ({"frac_bits": [1, 2, 3]}, "does not broadcast"),
     ],
 )
 def test_bad_arguments(kwargs, match):
-    args = dict(x=np.ones((2, 2), np.float32), bitwidth=8, frac_bits=3)
+    args = {"x": np.ones((2, 2), np.float32), "bitwidth": 8, "frac_bits": 3}
     args.update(kwargs)
     with pytest.raises(QuantizationConfigError, match=match):
         dfp_quantize(**args)

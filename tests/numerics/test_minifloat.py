@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import math
 from fractions import Fraction
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pytest
@@ -23,7 +23,7 @@ FORMATS = [(2, 1), (3, 2), (4, 3), (5, 2), (5, 10)]
 DETERMINISTIC = ("nearest", "nearest_even", "half_up")
 
 
-@lru_cache(maxsize=None)
+@cache
 def format_codes(exp_bits: int, mant_bits: int, subnormals: bool) -> dict:
     """Every non-negative value of the format (a Fraction) -> its mantissa code m."""
     bias = 2 ** (exp_bits - 1) - 1
@@ -37,7 +37,7 @@ def format_codes(exp_bits: int, mant_bits: int, subnormals: bool) -> dict:
     return codes
 
 
-@lru_cache(maxsize=None)
+@cache
 def format_values(exp_bits: int, mant_bits: int, subnormals: bool) -> tuple:
     """All non-negative values of the format, sorted, as Fractions."""
     return tuple(sorted(format_codes(exp_bits, mant_bits, subnormals)))
@@ -107,8 +107,9 @@ def test_every_code_maps_to_itself(fmt, subnormals):
     x = np.concatenate([values, -values])
     for mode in DETERMINISTIC:
         np.testing.assert_array_equal(both(x, *fmt, rounding=mode, subnormals=subnormals), x)
-    np.testing.assert_array_equal(minifloat_quantize(x, *fmt, rounding="stochastic",
-                                                     subnormals=subnormals), x)
+    np.testing.assert_array_equal(
+        minifloat_quantize(x, *fmt, rounding="stochastic", subnormals=subnormals), x
+    )
     assert minifloat_max(*fmt) == values.max()
 
 
@@ -130,8 +131,9 @@ def test_ties_and_quarter_points_between_all_neighbours(fmt, subnormals):
     quarters = np.concatenate([lo, hi])
     expected = {
         "nearest": np.concatenate([hi, quarters, -hi, -quarters]),
-        "nearest_even": np.concatenate([np.where(lo_even, lo, hi), quarters,
-                                        -np.where(lo_even, lo, hi), -quarters]),
+        "nearest_even": np.concatenate(
+            [np.where(lo_even, lo, hi), quarters, -np.where(lo_even, lo, hi), -quarters]
+        ),
         "half_up": np.concatenate([hi, quarters, -lo, -quarters]),
     }
     for mode in DETERMINISTIC:
@@ -172,8 +174,9 @@ def test_carry_out_of_the_top_binade_saturates():
         got = minifloat_quantize(x, 4, 3, rounding=mode, seed=1)
         np.testing.assert_array_equal(got, 480.0)
         np.testing.assert_array_equal(minifloat_quantize(-x, 4, 3, rounding=mode, seed=1), -480.0)
-        np.testing.assert_array_equal(minifloat_quantize(tf.constant(x), 4, 3, rounding=mode,
-                                                         seed=1).numpy(), 480.0)
+        np.testing.assert_array_equal(
+            minifloat_quantize(tf.constant(x), 4, 3, rounding=mode, seed=1).numpy(), 480.0
+        )
 
 
 def test_flush_to_zero_versus_subnormals():
@@ -182,8 +185,9 @@ def test_flush_to_zero_versus_subnormals():
     # multiples of 2^(1-3-2) = 1/16 below the smallest normal 2^-2.
     x = np.array([0.1249, 0.125, 0.2, 0.03, 0.0313, 0.09, 0.19], np.float32)
     np.testing.assert_array_equal(both(x, 3, 2), [0, 0.125, 0.1875, 0, 0, 0, 0.1875])
-    np.testing.assert_array_equal(both(x, 3, 2, subnormals=True),
-                                  [0.125, 0.125, 0.1875, 0, 0.0625, 0.0625, 0.1875])
+    np.testing.assert_array_equal(
+        both(x, 3, 2, subnormals=True), [0.125, 0.125, 0.1875, 0, 0.0625, 0.0625, 0.1875]
+    )
     # E2M1 with subnormals is the OCP FP4 value set
     fp4 = [0, 0.5, 1, 1.5, 2, 3, 4, 6]
     assert [float(v) for v in format_values(2, 1, True)] == fp4
@@ -202,7 +206,8 @@ def test_e8m23_is_float32_without_subnormals():
     x = (rng.standard_normal(5000) * np.exp2(rng.integers(-120, 120, 5000))).astype(np.float32)
     np.testing.assert_array_equal(both(x, 8, 23), x)
     fmax = np.finfo(np.float32).max
-    np.testing.assert_array_equal(both(np.array([np.inf, -np.inf], np.float32), 8, 23), [fmax, -fmax])
+    infs = np.array([np.inf, -np.inf], np.float32)
+    np.testing.assert_array_equal(both(infs, 8, 23), [fmax, -fmax])
 
 
 @pytest.mark.parametrize("backend", ["numpy", "tf"])
@@ -211,8 +216,9 @@ def test_stochastic_unbiased_between_neighbours(backend):
     base = np.array([0.3, -0.3, 5.1, -77.0, 0.01], np.float32)  # E4M3 neighbours differ
     x = np.repeat(base[None], n, 0)
     wrap = tf.constant if backend == "tf" else np.asarray
-    q = np.asarray(minifloat_quantize(wrap(x), 4, 3, rounding="stochastic", seed=3,
-                                      subnormals=True))
+    q = np.asarray(
+        minifloat_quantize(wrap(x), 4, 3, rounding="stochastic", seed=3, subnormals=True)
+    )
     for j, v in enumerate(base):
         values = format_values(4, 3, True)
         i = bisect.bisect_left(values, Fraction(abs(float(v))))
@@ -220,8 +226,9 @@ def test_stochastic_unbiased_between_neighbours(backend):
         assert set(np.abs(q[:, j])) <= {lo, hi}
         tolerance = 5 * (hi - lo) * 0.5 / math.sqrt(n)
         assert abs(q[:, j].mean() - v) < tolerance
-    again = np.asarray(minifloat_quantize(wrap(x), 4, 3, rounding="stochastic", seed=3,
-                                          subnormals=True))
+    again = np.asarray(
+        minifloat_quantize(wrap(x), 4, 3, rounding="stochastic", seed=3, subnormals=True)
+    )
     np.testing.assert_array_equal(q, again)
 
 
@@ -245,16 +252,16 @@ def test_gradient_is_one_inside_the_range():
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(exp_bits=0), "exp_bits must be an integer in 1..10, got 0"),
-        (dict(exp_bits=11), "exp_bits"),
-        (dict(mant_bits=-1), "mant_bits must be an integer in 0..52, got -1"),
-        (dict(mant_bits=2.0), "mant_bits"),
-        (dict(subnormals="yes"), "subnormals must be True or False"),
-        (dict(rounding="ceil"), "rounding must be one of"),
+        ({"exp_bits": 0}, "exp_bits must be an integer in 1..10, got 0"),
+        ({"exp_bits": 11}, "exp_bits"),
+        ({"mant_bits": -1}, "mant_bits must be an integer in 0..52, got -1"),
+        ({"mant_bits": 2.0}, "mant_bits"),
+        ({"subnormals": "yes"}, "subnormals must be True or False"),
+        ({"rounding": "ceil"}, "rounding must be one of"),
     ],
 )
 def test_bad_arguments(kwargs, match):
-    args = dict(x=[1.0], exp_bits=4, mant_bits=3)
+    args = {"x": [1.0], "exp_bits": 4, "mant_bits": 3}
     args.update(kwargs)
     with pytest.raises(QuantizationConfigError, match=match):
         minifloat_quantize(**args)

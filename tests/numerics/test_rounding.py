@@ -50,8 +50,12 @@ def tricky_values(dtype) -> np.ndarray:
     """Ties in every position, neighbours of ties, huge and special values."""
     dtype = np.dtype(dtype)
     ties = np.arange(-6, 6) + 0.5
-    near = np.concatenate([np.nextafter(ties.astype(dtype), dtype.type(np.inf)),
-                           np.nextafter(ties.astype(dtype), dtype.type(-np.inf))])
+    near = np.concatenate(
+        [
+            np.nextafter(ties.astype(dtype), dtype.type(np.inf)),
+            np.nextafter(ties.astype(dtype), dtype.type(-np.inf)),
+        ]
+    )
     big = 2.0 ** (np.finfo(dtype).nmant - np.arange(-2, 3))  # where the float ulp reaches 1
     specials = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-40, -1e-40, np.finfo(dtype).max]
     return np.concatenate([ties, near, big, -big, big + 0.5, specials]).astype(dtype)
@@ -140,8 +144,9 @@ def test_stochastic_in_tf_function_with_seed_tensor():
 
 @pytest.mark.parametrize("mode", DETERMINISTIC)
 def test_inside_tf_function_dynamic_shape(mode):
-    f = tf.function(lambda y: round_values(y, mode),
-                    input_signature=[tf.TensorSpec([None, None], tf.float64)])
+    f = tf.function(
+        lambda y: round_values(y, mode), input_signature=[tf.TensorSpec([None, None], tf.float64)]
+    )
     x = random_values(np.float64, 600, seed=9).reshape(20, 30)
     np.testing.assert_array_equal(f(tf.constant(x)).numpy(), ref_round_array(x, mode))
 

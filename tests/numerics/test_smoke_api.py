@@ -11,8 +11,14 @@ import kerasq.numerics as kn
 
 def test_public_names():
     assert set(kn.__all__) == {
-        "ROUNDING_MODES", "round_values", "dfp_quantize", "dfp_range", "dfp_frac_bits",
-        "minifloat_quantize", "minifloat_max", "pow2_quantize",
+        "ROUNDING_MODES",
+        "round_values",
+        "dfp_quantize",
+        "dfp_range",
+        "dfp_frac_bits",
+        "minifloat_quantize",
+        "minifloat_max",
+        "pow2_quantize",
     }
     assert kn.ROUNDING_MODES == ("nearest", "nearest_even", "half_up", "stochastic")
 
