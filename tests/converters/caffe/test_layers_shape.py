@@ -137,6 +137,22 @@ def test_permute_then_layout_sensitive_ops(tmp_path, order):
     check_net(nb, tmp_path)
 
 
+@pytest.mark.parametrize("order", [(1, 0, 2, 3), (2, 3, 0, 1), (3, 1, 0)])
+def test_permute_moving_the_batch_axis(tmp_path, order):
+    """Orders that move Caffe axis 0 use a real transpose; later ops address the new axes."""
+    nb = NetBuilder("permute_b", seed=20)
+    x = nb.input("data", X4)
+    order_txt = " ".join(f"order: {o}" for o in order)
+    p = nb.add("Permute", [x], name="perm", param=f"permute_param {{ {order_txt} }}")
+    nb.add("Slice", [p], tops=["s0", "s1"], name="slice", param="slice_param { axis: 1 slice_point: 1 }")
+    nb.add("Softmax", [p], name="sm", param="softmax_param { axis: 2 }")
+    nb.add("Tile", ["s1"], name="tile", param="tile_param { axis: 3 tiles: 2 }")
+    back = [order.index(i) for i in range(len(order))] if len(order) == 4 else None
+    if back:
+        nb.add("Permute", [p], name="back", param="permute_param { " + " ".join(f"order: {o}" for o in back) + " }")
+    check_net(nb, tmp_path)
+
+
 def test_permute_3d_and_reshape_like_ultraface(tmp_path):
     """NCHW -> NHWC Permute, Reshape to (N, -1, 2), Softmax over the last axis (UltraFace head)."""
     nb = NetBuilder("uf", seed=18)
