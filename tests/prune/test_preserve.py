@@ -25,7 +25,10 @@ KERNELS = {"conv/kernel", "dw/depthwise_kernel", "deconv/kernel", "fc/kernel"}
 
 
 def _train(model, x, y, epochs, callbacks=()):
-    model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "categorical_crossentropy")
+    model.compile(
+        keras.optimizers.SGD(0.05, momentum=0.9),
+        keras.losses.CategoricalCrossentropy(from_logits=True),
+    )
     model.fit(x, y, batch_size=32, epochs=epochs, verbose=0, callbacks=list(callbacks))
 
 
