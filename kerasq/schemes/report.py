@@ -137,7 +137,8 @@ def _slots(model: Any) -> List[Tuple[_Slot, Any]]:
     """(slot, patch) for every quantizer; ``patch(obj)`` installs a stand-in, returning undo."""
     found: List[Tuple[_Slot, Any]] = []
     for layer in _flatten_layers(model):
-        name = layer.name
+        inner = getattr(layer, "layer", None)  # tfmot wrappers: report the wrapped name
+        name = inner.name if inner is not None and hasattr(inner, "name") else layer.name
         weight_vars = getattr(layer, "_weight_vars", None)
         if isinstance(weight_vars, list):
             for index, (weight, quantizer, qvars) in enumerate(weight_vars):

@@ -145,9 +145,11 @@ def _part_types(model: Any) -> Dict[str, Tuple[str, ...]]:
     conv, dense = [], []
     for layer in _all_layers(model):
         name = type(layer).__name__
+        bases = [c.__name__ for c in type(layer).__mro__]
         if isinstance(layer, keras.layers.Dense):
             dense.append(name)
-        elif isinstance(layer, keras.layers.Conv) or "Conv" in name:
+        elif any(b.startswith(("Conv", "DepthwiseConv", "SeparableConv")) and "LSTM" not in b
+                 for b in bases) and layer.weights:
             conv.append(name)
     return {
         "conv_weights": tuple(dict.fromkeys(conv)),
