@@ -1,0 +1,117 @@
+"""Calibration reproduces Ristretto's fractional lengths and caffe-jacinto's EMA ranges on
+hand-computed examples; quantization_start delays fake quantization."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import kerasq
+from kerasq._compat import keras
+from kerasq.schemes.config import QuantizationConfig
+
+
+def _dense_model():
+    inp = keras.Input((4,), name="x")
+    out = keras.layers.Dense(2, name="fc")(inp)
+    model = keras.Model(inp, out)
+    # max|w| = 0.7 (il = ceil(log2 0.7) + 1 = 1), bias 0
+    model.get_layer("fc").set_weights([
+        np.array([[0.7, -0.1], [0.2, 0.3], [-0.5, 0.05], [0.1, -0.6]], np.float32),
+        np.zeros(2, np.float32)])
+    return model
+
+
+def _vars(qmodel, layer_name):
+    return {v.name.split("/")[-1].split(":")[0]: v.numpy()
+            for v in qmodel.get_layer(layer_name).weights}
+
+
+def _batches():
+    b1 = np.zeros((2, 4), np.float32)
+    b1[0, 0], b1[1, 2] = 3.2, -1.0    # max|x| = 3.2, min = -1
+    b2 = np.zeros((2, 4), np.float32)
+    b2[0, 1], b2[1, 3] = -5.9, 2.0    # max|x| = 5.9, min = -5.9
+    return [b1, b2]
+
+
+def test_ristretto_fractional_lengths_hand_computed():
+    """Ristretto quantization.cpp: il_in = ceil(log2 max|x|), il_params = ceil(log2 max|w| + 1),
+    fl = bw - il; max over all statistics batches (not an EMA)."""
+    cfg = QuantizationConfig(range_estimator="max_abs", per_channel_weights=False,
+                             unsigned_activations=False)
+    q = kerasq.quantize_model(_dense_model(), cfg)
+    kerasq.calibrate(q, [_batches()[0]])
+    v = _vars(q, "x_quantize")
+    assert v["x_quantize_max"] == pytest.approx(3.2) and v["x_quantize_frac_bits"] == 8 - 2
+    kerasq.calibrate(q, _batches())  # running max over both batches: 5.9 -> il 3
+    v = _vars(q, "x_quantize")
+    assert v["x_quantize_max"] == pytest.approx(5.9) and v["x_quantize_frac_bits"] == 8 - 3
+    w = _vars(q, "quant_fc")
+    assert w["kernel_frac_bits"] == 8 - 1  # il_params = ceil(log2(0.7) + 1) = 1
+    # and the input is trimmed with that fl, signed, saturating at 127/32 (Ristretto's
+    # deliberately short il: values above 2^(il-1) saturate)
+    x = np.array([[5.9, -5.9, 3.96, 0.01]], np.float32)
+    layer = q.get_layer("x_quantize")
+    out = layer.quantizer(x, False, layer.quantizer_vars).numpy()
+    np.testing.assert_array_equal(out, [[127 / 32, -4.0, 127 / 32, 0.0]])
+
+
+def test_jacinto_ema_ranges_hand_computed():
+    """caffe-jacinto 0.17 UpdateQuantizationRangeInLayers: first batch r = e·batch,
+    then r <- (1 - b)·r + b·e·batch, separately for min and max (b = 0.01, e = 1.25)."""
+    b1 = np.array([[2.0, -1.0, 0.0, 0.0]], np.float32)
+    b2 = np.array([[4.0, -3.0, 0.0, 0.0]], np.float32)
+    b3 = np.array([[1.0, 0.5, 0.0, 0.0]], np.float32)
+    q = kerasq.quantize_model(_dense_model(), QuantizationConfig(range_estimator="ema"))
+    kerasq.calibrate(q, [b1, b2, b3])
+    v = _vars(q, "x_quantize")
+    r_max = 1.25 * 2.0                                  # 2.5
+    r_max = 0.99 * r_max + 0.01 * 1.25 * 4.0            # 2.525
+    r_max = 0.99 * r_max + 0.01 * 1.25 * 1.0            # 2.51225
+    r_min = 1.25 * -1.0                                 # -1.25
+    r_min = 0.99 * r_min + 0.01 * 1.25 * -3.0           # -1.275
+    r_min = 0.99 * r_min + 0.01 * 1.25 * 0.0            # -1.26225
+    assert v["x_quantize_max"] == pytest.approx(r_max, rel=1e-6)
+    assert v["x_quantize_min"] == pytest.approx(r_min, rel=1e-6)
+    assert v["x_quantize_frac_bits"] == 8 - (2 + 1)  # signed, ceil(log2 2.51225) = 2
+
+
+def test_minmax_and_percentile_ranges():
+    q = kerasq.quantize_model(_dense_model())
+    kerasq.calibrate(q, _batches())
+    v = _vars(q, "x_quantize")
+    assert (v["x_quantize_min"], v["x_quantize_max"]) == (pytest.approx(-5.9), pytest.approx(3.2))
+    data = np.linspace(0.0, 10.0, 10000, dtype=np.float32).reshape(-1, 4)
+    q = kerasq.quantize_model(_dense_model(), QuantizationConfig(range_estimator="percentile",
+                                                                 percentile=99.0))
+    kerasq.calibrate(q, data, batch_size=len(data))
+    assert _vars(q, "x_quantize")["x_quantize_max"] == pytest.approx(9.9, abs=2e-3)
+
+
+def test_calibration_does_not_change_weights_and_reset_forgets():
+    model = _dense_model()
+    q = kerasq.quantize_model(model)
+    before = [w.copy() for w in q.get_weights() if w.ndim == 2]
+    kerasq.calibrate(q, np.full((3, 4), 100.0, np.float32))
+    kerasq.calibrate(q, _batches())  # reset=True: the 100s are forgotten
+    assert _vars(q, "x_quantize")["x_quantize_max"] == pytest.approx(3.2)
+    after = [w for w in q.get_weights() if w.ndim == 2]
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(kerasq.KerasqError, match="empty"):
+        kerasq.calibrate(q, [])
+
+
+def test_quantization_start_delays_fake_quantization():
+    model = _dense_model()
+    x = np.random.RandomState(0).normal(0, 1, (8, 4)).astype(np.float32)
+    q = kerasq.quantize_model(model, QuantizationConfig(quantization_start=3,
+                                                        bitwidth_weights=3, train_rounding="nearest"))
+    float_out = model(x).numpy()
+    for step in range(3):  # statistics only: exactly the float model
+        np.testing.assert_array_equal(q(x, training=True).numpy(), float_out)
+    quantized = q(x, training=True).numpy()  # 4th step: quantized with 3-bit weights
+    assert np.max(np.abs(quantized - float_out)) > 1e-2
+    np.testing.assert_array_equal(q(x, training=False).numpy(), quantized)
+    assert _vars(q, "x_quantize")["x_quantize_count"] == 4
