@@ -81,13 +81,10 @@ class LoweringContext:
     def name(self, node: Node, suffix: str = "") -> str:
         """A valid unique Keras layer name derived from the Caffe layer name.
 
-        Without ``suffix`` the node may take a name reserved for one of its own output tops.
+        Names of model outputs are reserved: the layer finally producing an output is
+        renamed to its Caffe top name when the model is assembled.
         """
-        base = sanitize_name(node.name + (f"_{suffix}" if suffix else ""))
-        if not suffix and self._output_names.get(base) in node.tops:
-            del self._output_names[base]
-            return base
-        return self.reserve(base)
+        return self.reserve(node.name + (f"_{suffix}" if suffix else ""))
 
     # -- errors --------------------------------------------------------------------
     def error(self, node: Node, reason: str, cls: Type[KerasqError] = UnsupportedLayerError) -> "NoReturn":  # type: ignore[name-defined] # noqa: F821
@@ -180,7 +177,8 @@ def lower_graph(
 ) -> Tuple[Any, Dict[str, Blob]]:
     """Build the Keras model for ``graph``; returns ``(model, blob id -> Blob)``.
 
-    ``outputs``: blob ids to expose (default: the net outputs). Outputs whose Keras layer
+    ``outputs``: blob ids to expose (default: the net outputs), NHWC for 4-D blobs and in
+    Caffe order for other ranks (the returned table holds their final layout). Outputs whose Keras layer
     is not named after the Caffe top get a linear ``Activation`` named after it.
     ``preprocess``: optional callable(ctx, blob_id, Blob) -> Blob applied to each input.
     """
@@ -228,12 +226,24 @@ def lower_graph(
         if blob_id not in blobs:
             raise CaffeFormatError(f"requested output {blob_id!r} is not a blob of this net",
                                    file=graph.source or None)
-        tensor = blobs[blob_id].tensor
+        blob = blobs[blob_id]
+        if blob.perm != default_perm(blob.rank) and blob.perm[0] == 0:
+            # Outputs have a fixed layout: NHWC for 4-D blobs, Caffe order otherwise.
+            producer = next((n for n in graph.nodes if blob_id in n.tops), None)
+            blob = blobs[blob_id] = ctx.to_perm(blob, default_perm(blob.rank), producer)
+        tensor = blob.tensor
         wanted = sanitize_name(graph.blob_names.get(blob_id, blob_id))
-        producer = tensor._keras_history.layer.name
-        if producer != wanted or any(tensor is t for t in model_outputs):
-            if ctx._output_names.get(wanted) == blob_id:
-                del ctx._output_names[wanted]  # still reserved for us
+        layer = tensor._keras_history.layer
+        reserved = ctx._output_names.get(wanted) == blob_id
+        if layer.name == wanted and not any(tensor is t for t in model_outputs):
+            pass
+        elif (reserved and not isinstance(layer, keras.layers.InputLayer)
+              and not any(tensor is t for t in model_outputs) and len(layer._inbound_nodes) == 1):
+            layer._name = wanted  # the Caffe top names the layer producing it
+            del ctx._output_names[wanted]
+        else:
+            if reserved:
+                del ctx._output_names[wanted]
             else:
                 wanted = ctx.reserve(wanted)
             tensor = keras.layers.Activation("linear", name=wanted)(tensor)
