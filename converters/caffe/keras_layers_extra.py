@@ -63,7 +63,9 @@ class PowerAffine(_Configured):
 
     _fields = ("power", "scale", "shift")
 
-    def __init__(self, power: float = 1.0, scale: float = 1.0, shift: float = 0.0, **kwargs: Any) -> None:
+    def __init__(
+        self, power: float = 1.0, scale: float = 1.0, shift: float = 0.0, **kwargs: Any
+    ) -> None:
         super().__init__(power=float(power), scale=float(scale), shift=float(shift), **kwargs)
 
     def call(self, x):
@@ -83,7 +85,9 @@ class ExpAffine(_Configured):
 
     _fields = ("base", "scale", "shift")
 
-    def __init__(self, base: float = -1.0, scale: float = 1.0, shift: float = 0.0, **kwargs: Any) -> None:
+    def __init__(
+        self, base: float = -1.0, scale: float = 1.0, shift: float = 0.0, **kwargs: Any
+    ) -> None:
         super().__init__(base=float(base), scale=float(scale), shift=float(shift), **kwargs)
 
     def call(self, x):
@@ -97,7 +101,9 @@ class LogAffine(_Configured):
 
     _fields = ("base", "scale", "shift")
 
-    def __init__(self, base: float = -1.0, scale: float = 1.0, shift: float = 0.0, **kwargs: Any) -> None:
+    def __init__(
+        self, base: float = -1.0, scale: float = 1.0, shift: float = 0.0, **kwargs: Any
+    ) -> None:
         super().__init__(base=float(base), scale=float(scale), shift=float(shift), **kwargs)
 
     def call(self, x):
@@ -196,7 +202,9 @@ class AxisSlice(_Configured):
 
     _fields = ("begins", "sizes")
 
-    def __init__(self, begins: Sequence[int] = (), sizes: Sequence[int] = (), **kwargs: Any) -> None:
+    def __init__(
+        self, begins: Sequence[int] = (), sizes: Sequence[int] = (), **kwargs: Any
+    ) -> None:
         super().__init__(begins=[int(b) for b in begins], sizes=[int(s) for s in sizes], **kwargs)
 
     def call(self, x):
@@ -227,10 +235,21 @@ class AxisReduce(_Configured):
 
     _fields = ("axes", "operation", "coeff", "keep_batch_axis")
 
-    def __init__(self, axes: Sequence[int] = (), operation: str = "SUM", coeff: float = 1.0,
-                 keep_batch_axis: bool = False, **kwargs: Any) -> None:
-        super().__init__(axes=[int(a) for a in axes], operation=str(operation), coeff=float(coeff),
-                         keep_batch_axis=bool(keep_batch_axis), **kwargs)
+    def __init__(
+        self,
+        axes: Sequence[int] = (),
+        operation: str = "SUM",
+        coeff: float = 1.0,
+        keep_batch_axis: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            axes=[int(a) for a in axes],
+            operation=str(operation),
+            coeff=float(coeff),
+            keep_batch_axis=bool(keep_batch_axis),
+            **kwargs,
+        )
 
     def call(self, x):
         if self.operation == "ASUM":
@@ -254,7 +273,9 @@ class TopKAxis(_Configured):
 
     _fields = ("axis", "top_k", "out_max_val")
 
-    def __init__(self, axis: int = -1, top_k: int = 1, out_max_val: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self, axis: int = -1, top_k: int = 1, out_max_val: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(axis=int(axis), top_k=int(top_k), out_max_val=bool(out_max_val), **kwargs)
 
     def call(self, x):
@@ -277,8 +298,12 @@ class ArgMaxFlat(_Configured):
 
     _fields = ("top_k", "out_max_val", "out_rank")
 
-    def __init__(self, top_k: int = 1, out_max_val: bool = False, out_rank: int = 3, **kwargs: Any) -> None:
-        super().__init__(top_k=int(top_k), out_max_val=bool(out_max_val), out_rank=int(out_rank), **kwargs)
+    def __init__(
+        self, top_k: int = 1, out_max_val: bool = False, out_rank: int = 3, **kwargs: Any
+    ) -> None:
+        super().__init__(
+            top_k=int(top_k), out_max_val=bool(out_max_val), out_rank=int(out_rank), **kwargs
+        )
 
     def call(self, x):
         flat = tf.reshape(x, [tf.shape(x)[0], -1])
@@ -315,7 +340,9 @@ class ChannelShuffle(_Configured):
         axis = self.axis % rank
         channels = x.shape[axis]
         shape = tf.shape(x)
-        split = tf.concat([shape[:axis], [self.groups, channels // self.groups], shape[axis + 1:]], 0)
+        split = tf.concat(
+            [shape[:axis], [self.groups, channels // self.groups], shape[axis + 1 :]], 0
+        )
         y = tf.reshape(x, split)
         perm = list(range(rank + 1))
         perm[axis], perm[axis + 1] = perm[axis + 1], perm[axis]
@@ -331,14 +358,26 @@ class LRNAcrossChannels(_Configured):
 
     _fields = ("local_size", "alpha", "beta", "k")
 
-    def __init__(self, local_size: int = 5, alpha: float = 1.0, beta: float = 0.75, k: float = 1.0,
-                 **kwargs: Any) -> None:
-        super().__init__(local_size=int(local_size), alpha=float(alpha), beta=float(beta), k=float(k), **kwargs)
+    def __init__(
+        self,
+        local_size: int = 5,
+        alpha: float = 1.0,
+        beta: float = 0.75,
+        k: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            local_size=int(local_size), alpha=float(alpha), beta=float(beta), k=float(k), **kwargs
+        )
 
     def call(self, x):
         return tf.nn.local_response_normalization(
-            x, depth_radius=(self.local_size - 1) // 2, bias=self.k,
-            alpha=self.alpha / self.local_size, beta=self.beta)
+            x,
+            depth_radius=(self.local_size - 1) // 2,
+            bias=self.k,
+            alpha=self.alpha / self.local_size,
+            beta=self.beta,
+        )
 
 
 @_register
@@ -351,7 +390,9 @@ class LRNWithinChannel(_Configured):
 
     _fields = ("local_size", "alpha", "beta")
 
-    def __init__(self, local_size: int = 5, alpha: float = 1.0, beta: float = 0.75, **kwargs: Any) -> None:
+    def __init__(
+        self, local_size: int = 5, alpha: float = 1.0, beta: float = 0.75, **kwargs: Any
+    ) -> None:
         super().__init__(local_size=int(local_size), alpha=float(alpha), beta=float(beta), **kwargs)
 
     def call(self, x):
@@ -368,10 +409,19 @@ class MeanVarianceNorm(_Configured):
 
     _fields = ("axes", "normalize_variance", "eps")
 
-    def __init__(self, axes: Sequence[int] = (), normalize_variance: bool = True, eps: float = 1e-9,
-                 **kwargs: Any) -> None:
-        super().__init__(axes=[int(a) for a in axes], normalize_variance=bool(normalize_variance),
-                         eps=float(eps), **kwargs)
+    def __init__(
+        self,
+        axes: Sequence[int] = (),
+        normalize_variance: bool = True,
+        eps: float = 1e-9,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            axes=[int(a) for a in axes],
+            normalize_variance=bool(normalize_variance),
+            eps=float(eps),
+            **kwargs,
+        )
 
     def call(self, x):
         centered = x - tf.reduce_mean(x, axis=self.axes, keepdims=True)
@@ -387,14 +437,25 @@ class L2Normalize(_Configured):
 
     _fields = ("axes", "eps", "scale_shape")
 
-    def __init__(self, axes: Sequence[int] = (), eps: float = 1e-10, scale_shape: Optional[Sequence[int]] = None,
-                 **kwargs: Any) -> None:
-        super().__init__(axes=[int(a) for a in axes], eps=float(eps),
-                         scale_shape=None if scale_shape is None else [int(d) for d in scale_shape], **kwargs)
+    def __init__(
+        self,
+        axes: Sequence[int] = (),
+        eps: float = 1e-10,
+        scale_shape: Optional[Sequence[int]] = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            axes=[int(a) for a in axes],
+            eps=float(eps),
+            scale_shape=None if scale_shape is None else [int(d) for d in scale_shape],
+            **kwargs,
+        )
 
     def build(self, input_shape):
         if self.scale_shape is not None:
-            self.scale = self.add_weight(name="scale", shape=tuple(self.scale_shape), initializer="ones")
+            self.scale = self.add_weight(
+                name="scale", shape=tuple(self.scale_shape), initializer="ones"
+            )
         super().build(input_shape)
 
     def call(self, x):
@@ -405,8 +466,14 @@ class L2Normalize(_Configured):
 # ----------------------------------------------------------------------------------------
 # resizing (NHWC)
 # ----------------------------------------------------------------------------------------
-def interp_output_size(size_in: int, pad_beg: int, pad_end: int, height_or_width: Optional[int],
-                       zoom_factor: Optional[int], shrink_factor: Optional[int]) -> int:
+def interp_output_size(
+    size_in: int,
+    pad_beg: int,
+    pad_end: int,
+    height_or_width: Optional[int],
+    zoom_factor: Optional[int],
+    shrink_factor: Optional[int],
+) -> int:
     """DeepLab Interp output size for one spatial dim (static ints)."""
     eff = size_in + pad_beg + pad_end
     if shrink_factor and not zoom_factor:
@@ -429,22 +496,42 @@ class InterpBilinear(_Configured):
 
     _fields = ("height", "width", "zoom_factor", "shrink_factor", "pad_beg", "pad_end")
 
-    def __init__(self, height: Optional[int] = None, width: Optional[int] = None,
-                 zoom_factor: Optional[int] = None, shrink_factor: Optional[int] = None,
-                 pad_beg: int = 0, pad_end: int = 0, **kwargs: Any) -> None:
-        super().__init__(height=height, width=width, zoom_factor=zoom_factor, shrink_factor=shrink_factor,
-                         pad_beg=int(pad_beg), pad_end=int(pad_end), **kwargs)
+    def __init__(
+        self,
+        height: Optional[int] = None,
+        width: Optional[int] = None,
+        zoom_factor: Optional[int] = None,
+        shrink_factor: Optional[int] = None,
+        pad_beg: int = 0,
+        pad_end: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            height=height,
+            width=width,
+            zoom_factor=zoom_factor,
+            shrink_factor=shrink_factor,
+            pad_beg=int(pad_beg),
+            pad_end=int(pad_end),
+            **kwargs,
+        )
 
     def _out(self, size, fixed):
-        return interp_output_size(size, self.pad_beg, self.pad_end, fixed if self.height and self.width else None,
-                                  self.zoom_factor, self.shrink_factor)
+        return interp_output_size(
+            size,
+            self.pad_beg,
+            self.pad_end,
+            fixed if self.height and self.width else None,
+            self.zoom_factor,
+            self.shrink_factor,
+        )
 
     def call(self, x):
         shape = tf.shape(x)
         h, w = shape[1], shape[2]
         if self.pad_beg or self.pad_end:
             cb, ce = -self.pad_beg, -self.pad_end
-            x = x[:, cb:h - ce, cb:w - ce, :]
+            x = x[:, cb : h - ce, cb : w - ce, :]
         size = tf.stack([self._out(h, self.height), self._out(w, self.width)])
         return tf.compat.v1.image.resize_bilinear(x, size, align_corners=True)
 
@@ -483,12 +570,20 @@ class CaffeEmbed(_Configured):
 
     _fields = ("input_dim", "num_output", "bias_term")
 
-    def __init__(self, input_dim: int = 1, num_output: int = 1, bias_term: bool = True, **kwargs: Any) -> None:
-        super().__init__(input_dim=int(input_dim), num_output=int(num_output), bias_term=bool(bias_term), **kwargs)
+    def __init__(
+        self, input_dim: int = 1, num_output: int = 1, bias_term: bool = True, **kwargs: Any
+    ) -> None:
+        super().__init__(
+            input_dim=int(input_dim),
+            num_output=int(num_output),
+            bias_term=bool(bias_term),
+            **kwargs,
+        )
 
     def build(self, input_shape):
-        self.embeddings = self.add_weight(name="embeddings", shape=(self.input_dim, self.num_output),
-                                          initializer="zeros")
+        self.embeddings = self.add_weight(
+            name="embeddings", shape=(self.input_dim, self.num_output), initializer="zeros"
+        )
         if self.bias_term:
             self.bias = self.add_weight(name="bias", shape=(self.num_output,), initializer="zeros")
         super().build(input_shape)
@@ -499,7 +594,28 @@ class CaffeEmbed(_Configured):
 
 
 ALL_LAYERS: List[type] = [
-    AbsVal, BNLL, PowerAffine, ExpAffine, LogAffine, ThresholdStep, ClipRange, SwishBeta, ConstantBias,
-    BroadcastAddCaffe, AxisSlice, AxisTile, AxisReduce, TopKAxis, ArgMaxFlat, FullTranspose, ChannelShuffle,
-    LRNAcrossChannels, LRNWithinChannel, MeanVarianceNorm, L2Normalize, InterpBilinear, NearestResize, CaffeEmbed,
+    AbsVal,
+    BNLL,
+    PowerAffine,
+    ExpAffine,
+    LogAffine,
+    ThresholdStep,
+    ClipRange,
+    SwishBeta,
+    ConstantBias,
+    BroadcastAddCaffe,
+    AxisSlice,
+    AxisTile,
+    AxisReduce,
+    TopKAxis,
+    ArgMaxFlat,
+    FullTranspose,
+    ChannelShuffle,
+    LRNAcrossChannels,
+    LRNWithinChannel,
+    MeanVarianceNorm,
+    L2Normalize,
+    InterpBilinear,
+    NearestResize,
+    CaffeEmbed,
 ]

@@ -19,11 +19,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, List
 
 import numpy as np
-
-from kerasq._compat import keras
 from kerasq.converters.caffe import keras_layers_extra as kx
 from kerasq.converters.caffe.layers._registry import register
 from kerasq.converters.caffe.layout import Blob
+
+from kerasq._compat import keras
 from kerasq.errors import CaffeFormatError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -31,7 +31,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from kerasq.converters.caffe.lower import LoweringContext
 
 
-def _elementwise(ctx: "LoweringContext", node: "Node", inputs: List[Blob], layer: Any) -> List[Blob]:
+def _elementwise(
+    ctx: "LoweringContext", node: "Node", inputs: List[Blob], layer: Any
+) -> List[Blob]:
     x = inputs[0]
     return [Blob(tensor=layer(x.tensor), shape=x.shape, perm=x.perm)]
 
@@ -105,8 +107,12 @@ def lower_bnll(ctx: "LoweringContext", node: "Node", inputs: List[Blob]) -> List
 def lower_power(ctx: "LoweringContext", node: "Node", inputs: List[Blob]) -> List[Blob]:
     """Power: (shift + scale * x) ^ power."""
     p = node.param.power_param
-    return _elementwise(ctx, node, inputs,
-                        kx.PowerAffine(power=p.power, scale=p.scale, shift=p.shift, name=ctx.name(node)))
+    return _elementwise(
+        ctx,
+        node,
+        inputs,
+        kx.PowerAffine(power=p.power, scale=p.scale, shift=p.shift, name=ctx.name(node)),
+    )
 
 
 @register("Exp")
@@ -115,8 +121,12 @@ def lower_exp(ctx: "LoweringContext", node: "Node", inputs: List[Blob]) -> List[
     p = node.param.exp_param
     if p.base != -1 and p.base <= 0:
         ctx.error(node, f"Exp base must be -1 (e) or positive, got {p.base}", cls=CaffeFormatError)
-    return _elementwise(ctx, node, inputs,
-                        kx.ExpAffine(base=p.base, scale=p.scale, shift=p.shift, name=ctx.name(node)))
+    return _elementwise(
+        ctx,
+        node,
+        inputs,
+        kx.ExpAffine(base=p.base, scale=p.scale, shift=p.shift, name=ctx.name(node)),
+    )
 
 
 @register("Log")
@@ -124,9 +134,17 @@ def lower_log(ctx: "LoweringContext", node: "Node", inputs: List[Blob]) -> List[
     """Log: log_base(shift + scale * x), base -1 = e."""
     p = node.param.log_param
     if p.base != -1 and (p.base <= 0 or p.base == 1):
-        ctx.error(node, f"Log base must be -1 (e) or positive and != 1, got {p.base}", cls=CaffeFormatError)
-    return _elementwise(ctx, node, inputs,
-                        kx.LogAffine(base=p.base, scale=p.scale, shift=p.shift, name=ctx.name(node)))
+        ctx.error(
+            node,
+            f"Log base must be -1 (e) or positive and != 1, got {p.base}",
+            cls=CaffeFormatError,
+        )
+    return _elementwise(
+        ctx,
+        node,
+        inputs,
+        kx.LogAffine(base=p.base, scale=p.scale, shift=p.shift, name=ctx.name(node)),
+    )
 
 
 @register("Threshold")

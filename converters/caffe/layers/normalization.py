@@ -1,9 +1,9 @@
 """Normalization Caffe layers: LRN (both regions), MVN, Normalize (SSD fork).
 
-    LRN ACROSS_CHANNELS  y = x / (k + alpha/n * sum_{n channels around c} x^2)^beta
-    LRN WITHIN_CHANNEL   y = x * (1 + alpha * avg_{n x n, pad (n-1)/2} x^2)^-beta   (k unused)
-    MVN                  y = (x - mean) / (sqrt(var) + eps)   (eps OUTSIDE the sqrt, as BVLC)
-    Normalize            y = x / sqrt(sum x^2 + eps) * scale  (over C,H,W or over C)
+LRN ACROSS_CHANNELS  y = x / (k + alpha/n * sum_{n channels around c} x^2)^beta
+LRN WITHIN_CHANNEL   y = x * (1 + alpha * avg_{n x n, pad (n-1)/2} x^2)^-beta   (k unused)
+MVN                  y = (x - mean) / (sqrt(var) + eps)   (eps OUTSIDE the sqrt, as BVLC)
+Normalize            y = x / sqrt(sum x^2 + eps) * scale  (over C,H,W or over C)
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, List
 from kerasq.converters.caffe import keras_layers_extra as kx
 from kerasq.converters.caffe.layers._registry import register
 from kerasq.converters.caffe.layout import Blob
+
 from kerasq.errors import CaffeFormatError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -31,10 +32,13 @@ def lower_lrn(ctx: "LoweringContext", node: "Node", inputs: List[Blob]) -> List[
         ctx.error(node, f"LRN local_size must be odd, got {p.local_size}", cls=CaffeFormatError)
     x = ctx.channels_last(x)
     if p.norm_region == 0:  # ACROSS_CHANNELS
-        layer = kx.LRNAcrossChannels(local_size=p.local_size, alpha=p.alpha, beta=p.beta, k=p.k,
-                                     name=ctx.name(node))
+        layer = kx.LRNAcrossChannels(
+            local_size=p.local_size, alpha=p.alpha, beta=p.beta, k=p.k, name=ctx.name(node)
+        )
     else:
-        layer = kx.LRNWithinChannel(local_size=p.local_size, alpha=p.alpha, beta=p.beta, name=ctx.name(node))
+        layer = kx.LRNWithinChannel(
+            local_size=p.local_size, alpha=p.alpha, beta=p.beta, name=ctx.name(node)
+        )
     return [Blob(tensor=layer(x.tensor), shape=x.shape, perm=x.perm)]
 
 
@@ -49,7 +53,9 @@ def lower_mvn(ctx: "LoweringContext", node: "Node", inputs: List[Blob]) -> List[
     if x.rank <= first:
         ctx.error(node, f"MVN needs more than {first} axes, got shape {x.shape}")
     axes = sorted(x.keras_axis(i) for i in range(first, x.rank))
-    layer = kx.MeanVarianceNorm(axes=axes, normalize_variance=p.normalize_variance, eps=p.eps, name=ctx.name(node))
+    layer = kx.MeanVarianceNorm(
+        axes=axes, normalize_variance=p.normalize_variance, eps=p.eps, name=ctx.name(node)
+    )
     return [Blob(tensor=layer(x.tensor), shape=x.shape, perm=x.perm)]
 
 
@@ -62,7 +68,9 @@ def lower_normalize(ctx: "LoweringContext", node: "Node", inputs: List[Blob]) ->
     p = node.param.norm_param
     if x.rank < 2:
         ctx.error(node, f"Normalize needs at least 2 axes, got shape {x.shape}")
-    axes = sorted(x.keras_axis(i) for i in range(1, x.rank)) if p.across_spatial else [x.keras_axis(1)]
+    axes = (
+        sorted(x.keras_axis(i) for i in range(1, x.rank)) if p.across_spatial else [x.keras_axis(1)]
+    )
     channels = x.shape[1]
     if not p.channel_shared and channels is None:
         ctx.error(node, "Normalize over an axis of unknown size is not supported")

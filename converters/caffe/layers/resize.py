@@ -16,10 +16,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, List, Optional
 
-from kerasq._compat import keras
 from kerasq.converters.caffe import keras_layers_extra as kx
 from kerasq.converters.caffe.layers._registry import register
 from kerasq.converters.caffe.layout import Blob
+
+from kerasq._compat import keras
 from kerasq.errors import CaffeFormatError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -46,7 +47,9 @@ def lower_interp(ctx: "LoweringContext", node: "Node", inputs: List[Blob]) -> Li
     if pad_beg > 0 or pad_end > 0:
         ctx.error(node, "Interp supports only non-positive pad_beg/pad_end (cropping)")
     if not (zoom or shrink or (height and width)):
-        ctx.error(node, "Interp needs height+width, zoom_factor or shrink_factor", cls=CaffeFormatError)
+        ctx.error(
+            node, "Interp needs height+width, zoom_factor or shrink_factor", cls=CaffeFormatError
+        )
     if (zoom is not None and zoom < 1) or (shrink is not None and shrink < 1):
         ctx.error(node, "Interp zoom_factor/shrink_factor must be >= 1", cls=CaffeFormatError)
     x = ctx.channels_last(x)
@@ -55,18 +58,32 @@ def lower_interp(ctx: "LoweringContext", node: "Node", inputs: List[Blob]) -> Li
         if size is None and not (height and width and not zoom and not shrink):
             return None
         fixed_size = fixed if height and width else None
-        n = kx.interp_output_size(size if size is not None else 0, pad_beg, pad_end, fixed_size, zoom, shrink)
+        n = kx.interp_output_size(
+            size if size is not None else 0, pad_beg, pad_end, fixed_size, zoom, shrink
+        )
         if size is not None and (size + pad_beg + pad_end <= 0 or n <= 0):
-            ctx.error(node, f"Interp gives an empty output for input size {size}", cls=CaffeFormatError)
+            ctx.error(
+                node, f"Interp gives an empty output for input size {size}", cls=CaffeFormatError
+            )
         return n
 
     oh, ow = out_size(x.shape[2], height), out_size(x.shape[3], width)
-    layer = kx.InterpBilinear(height=height, width=width, zoom_factor=zoom, shrink_factor=shrink,
-                              pad_beg=pad_beg, pad_end=pad_end, name=ctx.name(node))
+    layer = kx.InterpBilinear(
+        height=height,
+        width=width,
+        zoom_factor=zoom,
+        shrink_factor=shrink,
+        pad_beg=pad_beg,
+        pad_end=pad_end,
+        name=ctx.name(node),
+    )
     return [Blob(tensor=layer(x.tensor), shape=(x.shape[0], x.shape[1], oh, ow), perm=x.perm)]
 
 
-@register("Upsample", partial="nearest neighbour only; the two-bottom SegNet unpooling form is not supported")
+@register(
+    "Upsample",
+    partial="nearest neighbour only; the two-bottom SegNet unpooling form is not supported",
+)
 def lower_upsample(ctx: "LoweringContext", node: "Node", inputs: List[Blob]) -> List[Blob]:
     """Upsample: nearest neighbour by integer scale or to upsample_h x upsample_w."""
     if len(inputs) != 1:
@@ -84,7 +101,9 @@ def lower_upsample(ctx: "LoweringContext", node: "Node", inputs: List[Blob]) -> 
         oh, ow = int(p.upsample_h), int(p.upsample_w)
         h, w = x.shape[2], x.shape[3]
         if h is not None and w is not None and oh % h == 0 and ow % w == 0:
-            layer = keras.layers.UpSampling2D(size=(oh // h, ow // w), interpolation="nearest", name=ctx.name(node))
+            layer = keras.layers.UpSampling2D(
+                size=(oh // h, ow // w), interpolation="nearest", name=ctx.name(node)
+            )
         else:
             layer = kx.NearestResize(out_h=oh, out_w=ow, name=ctx.name(node))
         shape = (x.shape[0], x.shape[1], oh, ow)
@@ -93,7 +112,13 @@ def lower_upsample(ctx: "LoweringContext", node: "Node", inputs: List[Blob]) -> 
         sw = int(p.scale_w) if p.HasField("scale_w") else int(p.scale)
         if sh < 1 or sw < 1:
             ctx.error(node, f"Upsample scale must be >= 1, got {sh}x{sw}", cls=CaffeFormatError)
-        layer = keras.layers.UpSampling2D(size=(sh, sw), interpolation="nearest", name=ctx.name(node))
-        shape = (x.shape[0], x.shape[1], None if x.shape[2] is None else x.shape[2] * sh,
-                 None if x.shape[3] is None else x.shape[3] * sw)
+        layer = keras.layers.UpSampling2D(
+            size=(sh, sw), interpolation="nearest", name=ctx.name(node)
+        )
+        shape = (
+            x.shape[0],
+            x.shape[1],
+            None if x.shape[2] is None else x.shape[2] * sh,
+            None if x.shape[3] is None else x.shape[3] * sw,
+        )
     return [Blob(tensor=layer(x.tensor), shape=shape, perm=x.perm)]

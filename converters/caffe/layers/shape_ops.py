@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, List, Optional, Tuple
 from kerasq.converters.caffe import keras_layers_extra as kx
 from kerasq.converters.caffe.layers._registry import register
 from kerasq.converters.caffe.layout import Blob
+
 from kerasq.errors import CaffeFormatError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -25,8 +26,11 @@ def _axis(ctx: "LoweringContext", node: "Node", blob: Blob, axis: int) -> int:
     try:
         return blob.caffe_axis(axis)
     except IndexError:
-        ctx.error(node, f"axis {axis} out of range for a {blob.rank}-D blob of shape {blob.shape}",
-                  cls=CaffeFormatError)
+        ctx.error(
+            node,
+            f"axis {axis} out of range for a {blob.rank}-D blob of shape {blob.shape}",
+            cls=CaffeFormatError,
+        )
     raise AssertionError  # pragma: no cover - ctx.error raises
 
 
@@ -35,8 +39,9 @@ def _batch_first(ctx: "LoweringContext", blob: Blob) -> Blob:
     return blob if blob.rank == 0 or blob.perm[0] == 0 else ctx.caffe_order(blob)
 
 
-def _slice(ctx: "LoweringContext", node: "Node", x: Blob, ranges: List[Tuple[int, int, int]],
-           suffix: str) -> Blob:
+def _slice(
+    ctx: "LoweringContext", node: "Node", x: Blob, ranges: List[Tuple[int, int, int]], suffix: str
+) -> Blob:
     """Slice Caffe axes: ranges = [(caffe_axis, begin, size)]."""
     begins = [0] * x.rank
     sizes = [-1] * x.rank
@@ -62,21 +67,35 @@ def lower_slice(ctx: "LoweringContext", node: "Node", inputs: List[Blob]) -> Lis
     if p.slice_point:
         points = [int(v) for v in p.slice_point]
         if len(points) != n_tops - 1:
-            ctx.error(node, f"{len(points)} slice_point values for {n_tops} tops", cls=CaffeFormatError)
+            ctx.error(
+                node, f"{len(points)} slice_point values for {n_tops} tops", cls=CaffeFormatError
+            )
         bounds = [0] + points + [dim]
         if any(b >= e for b, e in zip(bounds, bounds[1:]) if e is not None):
-            ctx.error(node, f"slice points {points} are not increasing inside (0, {dim})", cls=CaffeFormatError)
+            ctx.error(
+                node,
+                f"slice points {points} are not increasing inside (0, {dim})",
+                cls=CaffeFormatError,
+            )
         if dim is None:  # free batch axis: the last piece runs to the end
-            pieces = [(axis, b, e - b) for b, e in zip(bounds[:-2], bounds[1:-1])] + [(axis, bounds[-2], -1)]
+            pieces = [(axis, b, e - b) for b, e in zip(bounds[:-2], bounds[1:-1])] + [
+                (axis, bounds[-2], -1)
+            ]
             return [_slice(ctx, node, x, [r], f"_{i}") for i, r in enumerate(pieces)]
     elif dim is None:
         ctx.error(node, "an equal Slice of the free batch axis needs slice_point values")
     else:
         if dim % n_tops:
-            ctx.error(node, f"axis of size {dim} cannot be split equally into {n_tops} tops",
-                      cls=CaffeFormatError)
+            ctx.error(
+                node,
+                f"axis of size {dim} cannot be split equally into {n_tops} tops",
+                cls=CaffeFormatError,
+            )
         bounds = [i * dim // n_tops for i in range(n_tops + 1)]
-    return [_slice(ctx, node, x, [(axis, b, e - b)], f"_{i}") for i, (b, e) in enumerate(zip(bounds, bounds[1:]))]
+    return [
+        _slice(ctx, node, x, [(axis, b, e - b)], f"_{i}")
+        for i, (b, e) in enumerate(zip(bounds, bounds[1:]))
+    ]
 
 
 @register("Crop")
@@ -87,12 +106,16 @@ def lower_crop(ctx: "LoweringContext", node: "Node", inputs: List[Blob]) -> List
     x, ref = inputs
     p = node.param.crop_param
     if ref.rank != x.rank:
-        ctx.error(node, f"Crop bottoms differ in rank: {x.shape} vs {ref.shape}", cls=CaffeFormatError)
+        ctx.error(
+            node, f"Crop bottoms differ in rank: {x.shape} vs {ref.shape}", cls=CaffeFormatError
+        )
     axis = _axis(ctx, node, x, p.axis)
     offsets = [int(o) for o in p.offset]
     n_cropped = x.rank - axis
     if offsets and len(offsets) not in (1, n_cropped):
-        ctx.error(node, f"{len(offsets)} offsets for {n_cropped} cropped axes", cls=CaffeFormatError)
+        ctx.error(
+            node, f"{len(offsets)} offsets for {n_cropped} cropped axes", cls=CaffeFormatError
+        )
     if axis == 0:
         x = _batch_first(ctx, x)
     ranges = []
@@ -104,7 +127,11 @@ def lower_crop(ctx: "LoweringContext", node: "Node", inputs: List[Blob]) -> List
                 continue  # free batch axis kept whole
             ctx.error(node, f"cannot crop axis {i} of unknown size")
         if off + size > have:
-            ctx.error(node, f"crop axis {i}: offset {off} + size {size} exceeds {have}", cls=CaffeFormatError)
+            ctx.error(
+                node,
+                f"crop axis {i}: offset {off} + size {size} exceeds {have}",
+                cls=CaffeFormatError,
+            )
         ranges.append((i, off, size))
     return [_slice(ctx, node, x, ranges, "")]
 
@@ -135,8 +162,13 @@ def lower_reduction(ctx: "LoweringContext", node: "Node", inputs: List[Blob]) ->
     p = node.param.reduction_param
     axis = _axis(ctx, node, x, p.axis)
     reduced = [x.keras_axis(i) for i in range(axis, x.rank)]
-    layer = kx.AxisReduce(axes=reduced, operation=_REDUCTION_OPS[p.operation], coeff=p.coeff,
-                          keep_batch_axis=axis == 0, name=ctx.name(node))
+    layer = kx.AxisReduce(
+        axes=reduced,
+        operation=_REDUCTION_OPS[p.operation],
+        coeff=p.coeff,
+        keep_batch_axis=axis == 0,
+        name=ctx.name(node),
+    )
     out = layer(x.tensor)
     if axis == 0:
         return [Blob(tensor=out, shape=(1,), perm=(0,))]
@@ -157,7 +189,9 @@ def lower_argmax(ctx: "LoweringContext", node: "Node", inputs: List[Blob]) -> Li
             ctx.error(node, "ArgMax over the batch axis is not supported")
         if x.shape[axis] is not None and top_k > x.shape[axis]:
             ctx.error(node, f"top_k {top_k} > axis size {x.shape[axis]}", cls=CaffeFormatError)
-        layer = kx.TopKAxis(axis=x.keras_axis(axis), top_k=top_k, out_max_val=p.out_max_val, name=ctx.name(node))
+        layer = kx.TopKAxis(
+            axis=x.keras_axis(axis), top_k=top_k, out_max_val=p.out_max_val, name=ctx.name(node)
+        )
         shape = list(x.shape)
         shape[axis] = top_k
         return [Blob(tensor=layer(x.tensor), shape=tuple(shape), perm=x.perm)]
@@ -168,8 +202,12 @@ def lower_argmax(ctx: "LoweringContext", node: "Node", inputs: List[Blob]) -> Li
     if count is not None and top_k > count:
         ctx.error(node, f"top_k {top_k} > {count} values per sample", cls=CaffeFormatError)
     out_rank = max(x.rank, 3)
-    layer = kx.ArgMaxFlat(top_k=top_k, out_max_val=p.out_max_val, out_rank=out_rank, name=ctx.name(node))
-    shape: Tuple[Optional[int], ...] = (x.shape[0], 2 if p.out_max_val else 1, top_k) + (1,) * (out_rank - 3)
+    layer = kx.ArgMaxFlat(
+        top_k=top_k, out_max_val=p.out_max_val, out_rank=out_rank, name=ctx.name(node)
+    )
+    shape: Tuple[Optional[int], ...] = (x.shape[0], 2 if p.out_max_val else 1, top_k) + (1,) * (
+        out_rank - 3
+    )
     return [Blob(tensor=layer(x.tensor), shape=shape, perm=tuple(range(out_rank)))]
 
 
@@ -179,7 +217,9 @@ def lower_permute(ctx: "LoweringContext", node: "Node", inputs: List[Blob]) -> L
     x = inputs[0]
     order = [int(o) for o in node.param.permute_param.order]
     if len(set(order)) != len(order) or any(o >= x.rank for o in order):
-        ctx.error(node, f"invalid permute order {order} for a {x.rank}-D blob", cls=CaffeFormatError)
+        ctx.error(
+            node, f"invalid permute order {order} for a {x.rank}-D blob", cls=CaffeFormatError
+        )
     order += [i for i in range(x.rank) if i not in order]
     shape = tuple(x.shape[o] for o in order)
     if order[0] == 0:
@@ -197,7 +237,10 @@ def lower_shuffle_channel(ctx: "LoweringContext", node: "Node", inputs: List[Blo
     x = _batch_first(ctx, inputs[0])
     group = int(node.param.shuffle_channel_param.group)
     if x.rank < 2 or x.shape[1] is None or group < 1 or x.shape[1] % group:
-        ctx.error(node, f"ShuffleChannel group {group} does not divide the channels of {x.shape}",
-                  cls=CaffeFormatError)
+        ctx.error(
+            node,
+            f"ShuffleChannel group {group} does not divide the channels of {x.shape}",
+            cls=CaffeFormatError,
+        )
     layer = kx.ChannelShuffle(groups=group, axis=x.keras_axis(1), name=ctx.name(node))
     return [Blob(tensor=layer(x.tensor), shape=x.shape, perm=x.perm)]

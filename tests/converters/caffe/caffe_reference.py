@@ -38,7 +38,7 @@ def _tokens(text: str) -> List[str]:
         if not m or m.end() == pos:
             if text[pos:].strip() == "":
                 break
-            raise ValueError(f"cannot tokenize prototxt at {text[pos:pos + 30]!r}")
+            raise ValueError(f"cannot tokenize prototxt at {text[pos : pos + 30]!r}")
         pos = m.end()
         if m.group(1):
             continue
@@ -134,8 +134,9 @@ def _spatial(p: Dict[str, list], name: str, default: int, repeated: bool = True)
 # --------------------------------------------------------------------------------------
 # vision layers
 # --------------------------------------------------------------------------------------
-def convolution(x: np.ndarray, w: np.ndarray, b: Optional[np.ndarray], pad, stride, dilation,
-                group: int) -> np.ndarray:
+def convolution(
+    x: np.ndarray, w: np.ndarray, b: Optional[np.ndarray], pad, stride, dilation, group: int
+) -> np.ndarray:
     """out[n,o,y,x] = b[o] + sum_{c,i,j} w[o,c,i,j] * xpad[n, g*Cg+c, y*s+i*d, x*s+j*d]."""
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
@@ -145,24 +146,29 @@ def convolution(x: np.ndarray, w: np.ndarray, b: Optional[np.ndarray], pad, stri
     oh = (h + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
     ow = (wd + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
     xp = np.zeros((n, c, h + 2 * ph, wd + 2 * pw))
-    xp[:, :, ph:ph + h, pw:pw + wd] = x
+    xp[:, :, ph : ph + h, pw : pw + wd] = x
     out = np.zeros((n, o, oh, ow))
     og = o // group
     for g in range(group):
-        xg = xp[:, g * cg:(g + 1) * cg]
-        wg = w[g * og:(g + 1) * og].astype(np.float64)
+        xg = xp[:, g * cg : (g + 1) * cg]
+        wg = w[g * og : (g + 1) * og].astype(np.float64)
         for i in range(kh):
             for j in range(kw):
-                patch = xg[:, :, i * dh: i * dh + sh * (oh - 1) + 1: sh,
-                           j * dw: j * dw + sw * (ow - 1) + 1: sw]
-                out[:, g * og:(g + 1) * og] += np.einsum("ncyx,oc->noyx", patch, wg[:, :, i, j])
+                patch = xg[
+                    :,
+                    :,
+                    i * dh : i * dh + sh * (oh - 1) + 1 : sh,
+                    j * dw : j * dw + sw * (ow - 1) + 1 : sw,
+                ]
+                out[:, g * og : (g + 1) * og] += np.einsum("ncyx,oc->noyx", patch, wg[:, :, i, j])
     if b is not None:
         out += np.reshape(b, (1, o, 1, 1))
     return out
 
 
-def deconvolution(x: np.ndarray, w: np.ndarray, b: Optional[np.ndarray], pad, stride, dilation,
-                  group: int) -> np.ndarray:
+def deconvolution(
+    x: np.ndarray, w: np.ndarray, b: Optional[np.ndarray], pad, stride, dilation, group: int
+) -> np.ndarray:
     """Transposed convolution: scatter x[n,c,y,x]*w[c,o,i,j] to (y*s+i*d-p, x*s+j*d-p)."""
     n, c, h, wd = x.shape
     cin, og, kh, kw = w.shape
@@ -174,14 +180,18 @@ def deconvolution(x: np.ndarray, w: np.ndarray, b: Optional[np.ndarray], pad, st
     full = np.zeros((n, og * group, fh, fw))
     cg = c // group
     for g in range(group):
-        xg = x[:, g * cg:(g + 1) * cg].astype(np.float64)
-        wg = w[g * cg:(g + 1) * cg].astype(np.float64)
+        xg = x[:, g * cg : (g + 1) * cg].astype(np.float64)
+        wg = w[g * cg : (g + 1) * cg].astype(np.float64)
         for i in range(kh):
             for j in range(kw):
                 contrib = np.einsum("ncyx,co->noyx", xg, wg[:, :, i, j])
-                full[:, g * og:(g + 1) * og, i * dh: i * dh + sh * (h - 1) + 1: sh,
-                     j * dw: j * dw + sw * (wd - 1) + 1: sw] += contrib
-    out = full[:, :, ph:fh - ph, pw:fw - pw]
+                full[
+                    :,
+                    g * og : (g + 1) * og,
+                    i * dh : i * dh + sh * (h - 1) + 1 : sh,
+                    j * dw : j * dw + sw * (wd - 1) + 1 : sw,
+                ] += contrib
+    out = full[:, :, ph : fh - ph, pw : fw - pw]
     if b is not None:
         out = out + np.reshape(b, (1, -1, 1, 1))
     return out
@@ -205,8 +215,9 @@ def _layer_convolution(bottoms, p, blobs, deconv=False):
     return [fn(bottoms[0], blobs[0], bias, pad, stride, dil, group)]
 
 
-def inner_product(x: np.ndarray, w: np.ndarray, b: Optional[np.ndarray], axis: int = 1,
-                  transpose: bool = False) -> np.ndarray:
+def inner_product(
+    x: np.ndarray, w: np.ndarray, b: Optional[np.ndarray], axis: int = 1, transpose: bool = False
+) -> np.ndarray:
     """y = flatten_from(axis)(x) @ W^T + b, W (N,K) or (K,N) if transpose."""
     axis = _canon_axis(axis, x.ndim)
     lead = x.shape[:axis]
@@ -258,8 +269,11 @@ def _layer_pooling(bottoms, p, blobs):
     if one(p, "global_pooling", False):
         kernel, stride, pad = [x.shape[2], x.shape[3]], [1, 1], [0, 0]
     else:
-        kernel = ([int(one(p, "kernel_h")), int(one(p, "kernel_w"))] if one(p, "kernel_h") is not None
-                  else [int(one(p, "kernel_size"))] * 2)
+        kernel = (
+            [int(one(p, "kernel_h")), int(one(p, "kernel_w"))]
+            if one(p, "kernel_h") is not None
+            else [int(one(p, "kernel_size"))] * 2
+        )
         stride = _spatial(p, "stride", 1)
         pad = _spatial(p, "pad", 0)
     rm = one(p, "round_mode", "CEIL")
@@ -267,15 +281,23 @@ def _layer_pooling(bottoms, p, blobs):
     return [pooling(x, method, kernel, stride, pad, ceil_mode)]
 
 
-def lrn(x: np.ndarray, local_size: int = 5, alpha: float = 1.0, beta: float = 0.75, k: float = 1.0,
-        region: str = "ACROSS_CHANNELS") -> np.ndarray:
-    """ACROSS: x / (k + alpha/n * sum_window x^2)^beta; WITHIN: x * (1 + alpha*avepool(x^2))^-beta."""
+def lrn(
+    x: np.ndarray,
+    local_size: int = 5,
+    alpha: float = 1.0,
+    beta: float = 0.75,
+    k: float = 1.0,
+    region: str = "ACROSS_CHANNELS",
+) -> np.ndarray:
+    """ACROSS: x / (k + alpha/n * sum_window x^2)^beta.
+
+    WITHIN: x * (1 + alpha * avepool(x^2))^-beta."""
     x = x.astype(np.float64)
     n = local_size
     if region in ("ACROSS_CHANNELS", 0):
         pre = (n - 1) // 2
         sq = np.pad(x * x, ((0, 0), (pre, n - 1 - pre), (0, 0), (0, 0)))
-        acc = sum(sq[:, i:i + x.shape[1]] for i in range(n))
+        acc = sum(sq[:, i : i + x.shape[1]] for i in range(n))
         return x / np.power(k + alpha / n * acc, beta)
     pad = (n - 1) // 2
     avg = pooling(x * x, "AVE", [n, n], [1, 1], [pad, pad])
@@ -283,9 +305,16 @@ def lrn(x: np.ndarray, local_size: int = 5, alpha: float = 1.0, beta: float = 0.
 
 
 def _layer_lrn(bottoms, p, blobs):
-    return [lrn(bottoms[0], int(one(p, "local_size", 5)), float(one(p, "alpha", 1.0)),
-                float(one(p, "beta", 0.75)), float(one(p, "k", 1.0)),
-                one(p, "norm_region", "ACROSS_CHANNELS"))]
+    return [
+        lrn(
+            bottoms[0],
+            int(one(p, "local_size", 5)),
+            float(one(p, "alpha", 1.0)),
+            float(one(p, "beta", 0.75)),
+            float(one(p, "k", 1.0)),
+            one(p, "norm_region", "ACROSS_CHANNELS"),
+        )
+    ]
 
 
 # --------------------------------------------------------------------------------------
@@ -331,6 +360,7 @@ def softmax(x: np.ndarray, axis: int = 1) -> np.ndarray:
 def _elementwise(fn: Callable[[np.ndarray, Dict[str, list]], np.ndarray]):
     def layer(bottoms, p, blobs):
         return [fn(bottoms[0].astype(np.float64), p)]
+
     return layer
 
 
@@ -359,7 +389,7 @@ def _broadcast_param(x_shape, param, axis, what="scale"):
     if param.size == 1 and param.ndim <= 1:
         return np.reshape(param, ())
     pshape = param.shape
-    if tuple(x_shape[axis:axis + len(pshape)]) != tuple(pshape):
+    if tuple(x_shape[axis : axis + len(pshape)]) != tuple(pshape):
         raise ValueError(f"{what} shape {pshape} does not match bottom {x_shape} at axis {axis}")
     return np.reshape(param, (1,) * axis + pshape + (1,) * (len(x_shape) - axis - len(pshape)))
 
@@ -373,7 +403,7 @@ def _layer_scale(bottoms, p, blobs):
         scale, rest = blobs[0], blobs[1:]
         num_axes = int(one(p, "num_axes", 1))
         ax = _canon_axis(axis, x.ndim)
-        expect = x.shape[ax:] if num_axes == -1 else x.shape[ax:ax + num_axes]
+        expect = x.shape[ax:] if num_axes == -1 else x.shape[ax : ax + num_axes]
         scale = np.reshape(scale, expect)
     y = x * _broadcast_param(x.shape, scale, axis)
     if one(p, "bias_term", False):
@@ -389,7 +419,7 @@ def _layer_bias(bottoms, p, blobs):
     else:
         num_axes = int(one(p, "num_axes", 1))
         ax = _canon_axis(axis, x.ndim)
-        expect = x.shape[ax:] if num_axes == -1 else x.shape[ax:ax + num_axes]
+        expect = x.shape[ax:] if num_axes == -1 else x.shape[ax : ax + num_axes]
         bias = np.reshape(blobs[0], expect)
     return [x + _broadcast_param(x.shape, bias, axis, "bias")]
 
@@ -413,7 +443,11 @@ def normalize(x, scale, across_spatial=True, channel_shared=True, eps=1e-10):
     y = x / np.sqrt((x * x).sum(axis=red, keepdims=True) + eps)
     if scale is None:
         return y
-    s = np.reshape(scale, ()) if channel_shared else np.reshape(scale, (1, -1) + (1,) * (x.ndim - 2))
+    s = (
+        np.reshape(scale, ())
+        if channel_shared
+        else np.reshape(scale, (1, -1) + (1,) * (x.ndim - 2))
+    )
     return y * s
 
 
@@ -439,7 +473,11 @@ def _layer_eltwise(bottoms, p, blobs):
 
 
 def _layer_concat(bottoms, p, blobs):
-    axis = one(p, "concat_dim") if one(p, "axis") is None and one(p, "concat_dim") is not None else one(p, "axis", 1)
+    axis = (
+        one(p, "concat_dim")
+        if one(p, "axis") is None and one(p, "concat_dim") is not None
+        else one(p, "axis", 1)
+    )
     return [np.concatenate(bottoms, axis=_canon_axis(int(axis), bottoms[0].ndim))]
 
 
@@ -466,7 +504,7 @@ def _layer_flatten(bottoms, p, blobs):
     x = bottoms[0]
     a = _canon_axis(int(one(p, "axis", 1)), x.ndim)
     e = _canon_axis(int(one(p, "end_axis", -1)), x.ndim)
-    return [x.reshape(x.shape[:a] + (int(np.prod(x.shape[a:e + 1])),) + x.shape[e + 1:])]
+    return [x.reshape(x.shape[:a] + (int(np.prod(x.shape[a : e + 1])),) + x.shape[e + 1 :])]
 
 
 def reshape(x, dims, axis=0, num_axes=-1):
@@ -482,8 +520,14 @@ def reshape(x, dims, axis=0, num_axes=-1):
 
 def _layer_reshape(bottoms, p, blobs):
     shape = one(p, "shape", {})
-    return [reshape(bottoms[0], [int(d) for d in many(shape, "dim")], int(one(p, "axis", 0)),
-                    int(one(p, "num_axes", -1)))]
+    return [
+        reshape(
+            bottoms[0],
+            [int(d) for d in many(shape, "dim")],
+            int(one(p, "axis", 0)),
+            int(one(p, "num_axes", -1)),
+        )
+    ]
 
 
 def crop(x, ref_shape, axis=2, offsets=()):
@@ -501,7 +545,14 @@ def crop(x, ref_shape, axis=2, offsets=()):
 
 
 def _layer_crop(bottoms, p, blobs):
-    return [crop(bottoms[0], bottoms[1].shape, int(one(p, "axis", 2)), [int(v) for v in many(p, "offset")])]
+    return [
+        crop(
+            bottoms[0],
+            bottoms[1].shape,
+            int(one(p, "axis", 2)),
+            [int(v) for v in many(p, "offset")],
+        )
+    ]
 
 
 def reduction(x, operation="SUM", axis=0, coeff=1.0):
@@ -554,7 +605,7 @@ def interp(x, height=None, width=None, zoom_factor=None, shrink_factor=None, pad
         oh, ow = oh + (oh - 1) * (zoom_factor - 1), ow + (ow - 1) * (zoom_factor - 1)
     else:
         raise ValueError("Interp needs height/width, zoom_factor or shrink_factor")
-    src = x[:, :, -pad_beg:-pad_beg + he, -pad_beg:-pad_beg + we].astype(np.float64)
+    src = x[:, :, -pad_beg : -pad_beg + he, -pad_beg : -pad_beg + we].astype(np.float64)
 
     def coords(n_in, n_out):
         # Caffe computes the ratio and positions in float32
@@ -577,8 +628,18 @@ def _layer_interp(bottoms, p, blobs):
     def opt(name):
         v = one(p, name)
         return None if v is None else int(v)
-    return [interp(bottoms[0], opt("height"), opt("width"), opt("zoom_factor"), opt("shrink_factor"),
-                   int(one(p, "pad_beg", 0)), int(one(p, "pad_end", 0)))]
+
+    return [
+        interp(
+            bottoms[0],
+            opt("height"),
+            opt("width"),
+            opt("zoom_factor"),
+            opt("shrink_factor"),
+            int(one(p, "pad_beg", 0)),
+            int(one(p, "pad_end", 0)),
+        )
+    ]
 
 
 def upsample_nearest(x, out_h, out_w):
@@ -637,37 +698,77 @@ def _f(p, name, default):
 LAYERS: Dict[str, Callable[..., List[np.ndarray]]] = {
     "Convolution": _layer_convolution,
     "Deconvolution": lambda b, p, w: _layer_convolution(b, p, w, deconv=True),
-    "InnerProduct": lambda b, p, w: [inner_product(
-        b[0], w[0], w[1] if one(p, "bias_term", True) and len(w) > 1 else None,
-        int(one(p, "axis", 1)), bool(one(p, "transpose", False)))],
+    "InnerProduct": lambda b, p, w: [
+        inner_product(
+            b[0],
+            w[0],
+            w[1] if one(p, "bias_term", True) and len(w) > 1 else None,
+            int(one(p, "axis", 1)),
+            bool(one(p, "transpose", False)),
+        )
+    ],
     "Pooling": _layer_pooling,
     "LRN": _layer_lrn,
-    "ReLU": _elementwise(lambda x, p: np.maximum(x, 0) + _f(p, "negative_slope", 0.0) * np.minimum(x, 0)),
-    "PReLU": lambda b, p, w: [_prelu(b[0].astype(np.float64), w[0],
-                                     bool(one(p, "channel_shared", False)) or np.size(w[0]) == 1)],
-    "ELU": _elementwise(lambda x, p: np.where(x > 0, x, _f(p, "alpha", 1.0) * (np.exp(np.minimum(x, 0)) - 1))),
+    "ReLU": _elementwise(
+        lambda x, p: np.maximum(x, 0) + _f(p, "negative_slope", 0.0) * np.minimum(x, 0)
+    ),
+    "PReLU": lambda b, p, w: [
+        _prelu(
+            b[0].astype(np.float64),
+            w[0],
+            bool(one(p, "channel_shared", False)) or np.size(w[0]) == 1,
+        )
+    ],
+    "ELU": _elementwise(
+        lambda x, p: np.where(x > 0, x, _f(p, "alpha", 1.0) * (np.exp(np.minimum(x, 0)) - 1))
+    ),
     "Sigmoid": _elementwise(lambda x, p: _sigmoid(x)),
     "TanH": _elementwise(lambda x, p: np.tanh(x)),
     "AbsVal": _elementwise(lambda x, p: np.abs(x)),
     "BNLL": _elementwise(lambda x, p: _bnll(x)),
-    "Power": _elementwise(lambda x, p: _power(x, _f(p, "power", 1.0), _f(p, "scale", 1.0), _f(p, "shift", 0.0))),
-    "Exp": _elementwise(lambda x, p: _exp(x, _f(p, "base", -1.0), _f(p, "scale", 1.0), _f(p, "shift", 0.0))),
-    "Log": _elementwise(lambda x, p: _log(x, _f(p, "base", -1.0), _f(p, "scale", 1.0), _f(p, "shift", 0.0))),
+    "Power": _elementwise(
+        lambda x, p: _power(x, _f(p, "power", 1.0), _f(p, "scale", 1.0), _f(p, "shift", 0.0))
+    ),
+    "Exp": _elementwise(
+        lambda x, p: _exp(x, _f(p, "base", -1.0), _f(p, "scale", 1.0), _f(p, "shift", 0.0))
+    ),
+    "Log": _elementwise(
+        lambda x, p: _log(x, _f(p, "base", -1.0), _f(p, "scale", 1.0), _f(p, "shift", 0.0))
+    ),
     # Caffe compares float blobs with a float threshold: compare in float32 too.
-    "Threshold": _elementwise(lambda x, p: (x.astype(np.float32) > np.float32(_f(p, "threshold", 0.0)))
-                              .astype(np.float64)),
-    "Clip": _elementwise(lambda x, p: np.minimum(np.maximum(x, _f(p, "min", 0.0)), _f(p, "max", 0.0))),
+    "Threshold": _elementwise(
+        lambda x, p: (x.astype(np.float32) > np.float32(_f(p, "threshold", 0.0))).astype(np.float64)
+    ),
+    "Clip": _elementwise(
+        lambda x, p: np.minimum(np.maximum(x, _f(p, "min", 0.0)), _f(p, "max", 0.0))
+    ),
     "Swish": _elementwise(lambda x, p: x * _sigmoid(_f(p, "beta", 1.0) * x)),
     "ReLU6": _elementwise(lambda x, p: np.minimum(np.maximum(x, 0), 6.0)),
     "Softmax": lambda b, p, w: [softmax(b[0].astype(np.float64), int(one(p, "axis", 1)))],
-    "BatchNorm": lambda b, p, w: [batch_norm(b[0], w[0], w[1], w[2], _f(p, "eps", 1e-5),
-                                             bool(one(p, "use_global_stats", True)))],
+    "BatchNorm": lambda b, p, w: [
+        batch_norm(
+            b[0], w[0], w[1], w[2], _f(p, "eps", 1e-5), bool(one(p, "use_global_stats", True))
+        )
+    ],
     "Scale": _layer_scale,
     "Bias": _layer_bias,
-    "MVN": lambda b, p, w: [mvn(b[0], bool(one(p, "normalize_variance", True)),
-                                bool(one(p, "across_channels", False)), _f(p, "eps", 1e-9))],
-    "Normalize": lambda b, p, w: [normalize(b[0], w[0] if w else None, bool(one(p, "across_spatial", True)),
-                                            bool(one(p, "channel_shared", True)), _f(p, "eps", 1e-10))],
+    "MVN": lambda b, p, w: [
+        mvn(
+            b[0],
+            bool(one(p, "normalize_variance", True)),
+            bool(one(p, "across_channels", False)),
+            _f(p, "eps", 1e-9),
+        )
+    ],
+    "Normalize": lambda b, p, w: [
+        normalize(
+            b[0],
+            w[0] if w else None,
+            bool(one(p, "across_spatial", True)),
+            bool(one(p, "channel_shared", True)),
+            _f(p, "eps", 1e-10),
+        )
+    ],
     "Eltwise": _layer_eltwise,
     "Concat": _layer_concat,
     "Flatten": _layer_flatten,
@@ -675,11 +776,20 @@ LAYERS: Dict[str, Callable[..., List[np.ndarray]]] = {
     "Crop": _layer_crop,
     "Dropout": lambda b, p, w: [b[0]],
     "Tile": lambda b, p, w: [tile(b[0], int(one(p, "axis", 1)), int(one(p, "tiles", 1)))],
-    "Reduction": lambda b, p, w: [reduction(b[0], one(p, "operation", "SUM"), int(one(p, "axis", 0)),
-                                            _f(p, "coeff", 1.0))],
-    "ArgMax": lambda b, p, w: [argmax(b[0], bool(one(p, "out_max_val", False)), int(one(p, "top_k", 1)),
-                                      None if one(p, "axis") is None else int(one(p, "axis")))],
-    "Embed": lambda b, p, w: [embed(b[0], w[0], w[1] if one(p, "bias_term", True) and len(w) > 1 else None)],
+    "Reduction": lambda b, p, w: [
+        reduction(b[0], one(p, "operation", "SUM"), int(one(p, "axis", 0)), _f(p, "coeff", 1.0))
+    ],
+    "ArgMax": lambda b, p, w: [
+        argmax(
+            b[0],
+            bool(one(p, "out_max_val", False)),
+            int(one(p, "top_k", 1)),
+            None if one(p, "axis") is None else int(one(p, "axis")),
+        )
+    ],
+    "Embed": lambda b, p, w: [
+        embed(b[0], w[0], w[1] if one(p, "bias_term", True) and len(w) > 1 else None)
+    ],
     "Permute": lambda b, p, w: [permute(b[0], many(p, "order"))],
     "Interp": _layer_interp,
     "Upsample": _layer_upsample,
@@ -689,26 +799,68 @@ LAYERS["DepthwiseConvolution"] = LAYERS["ConvolutionDepthwise"] = _layer_convolu
 
 # prototxt sub-message holding each type's hyper-parameters
 PARAM_FIELD = {
-    "Convolution": "convolution_param", "Deconvolution": "convolution_param",
-    "DepthwiseConvolution": "convolution_param", "ConvolutionDepthwise": "convolution_param",
-    "InnerProduct": "inner_product_param", "Pooling": "pooling_param", "LRN": "lrn_param",
-    "ReLU": "relu_param", "PReLU": "prelu_param", "ELU": "elu_param", "Power": "power_param",
-    "Exp": "exp_param", "Log": "log_param", "Threshold": "threshold_param", "Clip": "clip_param",
-    "Swish": "swish_param", "Softmax": "softmax_param", "BatchNorm": "batch_norm_param",
-    "Scale": "scale_param", "Bias": "bias_param", "MVN": "mvn_param", "Normalize": "norm_param",
-    "Eltwise": "eltwise_param", "Concat": "concat_param", "Slice": "slice_param",
-    "Flatten": "flatten_param", "Reshape": "reshape_param", "Crop": "crop_param",
-    "Tile": "tile_param", "Reduction": "reduction_param", "ArgMax": "argmax_param",
-    "Embed": "embed_param", "Permute": "permute_param", "Interp": "interp_param",
-    "Upsample": "upsample_param", "ShuffleChannel": "shuffle_channel_param",
+    "Convolution": "convolution_param",
+    "Deconvolution": "convolution_param",
+    "DepthwiseConvolution": "convolution_param",
+    "ConvolutionDepthwise": "convolution_param",
+    "InnerProduct": "inner_product_param",
+    "Pooling": "pooling_param",
+    "LRN": "lrn_param",
+    "ReLU": "relu_param",
+    "PReLU": "prelu_param",
+    "ELU": "elu_param",
+    "Power": "power_param",
+    "Exp": "exp_param",
+    "Log": "log_param",
+    "Threshold": "threshold_param",
+    "Clip": "clip_param",
+    "Swish": "swish_param",
+    "Softmax": "softmax_param",
+    "BatchNorm": "batch_norm_param",
+    "Scale": "scale_param",
+    "Bias": "bias_param",
+    "MVN": "mvn_param",
+    "Normalize": "norm_param",
+    "Eltwise": "eltwise_param",
+    "Concat": "concat_param",
+    "Slice": "slice_param",
+    "Flatten": "flatten_param",
+    "Reshape": "reshape_param",
+    "Crop": "crop_param",
+    "Tile": "tile_param",
+    "Reduction": "reduction_param",
+    "ArgMax": "argmax_param",
+    "Embed": "embed_param",
+    "Permute": "permute_param",
+    "Interp": "interp_param",
+    "Upsample": "upsample_param",
+    "ShuffleChannel": "shuffle_channel_param",
 }
 
 V1_TYPES = {
-    "ABSVAL": "AbsVal", "ARGMAX": "ArgMax", "BNLL": "BNLL", "CONCAT": "Concat", "CONVOLUTION": "Convolution",
-    "DECONVOLUTION": "Deconvolution", "DROPOUT": "Dropout", "ELTWISE": "Eltwise", "EXP": "Exp",
-    "FLATTEN": "Flatten", "INNER_PRODUCT": "InnerProduct", "LRN": "LRN", "MVN": "MVN", "POOLING": "Pooling",
-    "POWER": "Power", "RELU": "ReLU", "SIGMOID": "Sigmoid", "SOFTMAX": "Softmax", "SPLIT": "Split",
-    "TANH": "TanH", "THRESHOLD": "Threshold", "SLICE": "Slice", "SILENCE": "Silence",
+    "ABSVAL": "AbsVal",
+    "ARGMAX": "ArgMax",
+    "BNLL": "BNLL",
+    "CONCAT": "Concat",
+    "CONVOLUTION": "Convolution",
+    "DECONVOLUTION": "Deconvolution",
+    "DROPOUT": "Dropout",
+    "ELTWISE": "Eltwise",
+    "EXP": "Exp",
+    "FLATTEN": "Flatten",
+    "INNER_PRODUCT": "InnerProduct",
+    "LRN": "LRN",
+    "MVN": "MVN",
+    "POOLING": "Pooling",
+    "POWER": "Power",
+    "RELU": "ReLU",
+    "SIGMOID": "Sigmoid",
+    "SOFTMAX": "Softmax",
+    "SPLIT": "Split",
+    "TANH": "TanH",
+    "THRESHOLD": "Threshold",
+    "SLICE": "Slice",
+    "SILENCE": "Silence",
 }
 
 _SKIP = {"Input", "Silence", "Data", "DummyData", "MemoryData", "ImageData", "HDF5Data"}
@@ -717,6 +869,7 @@ _SKIP = {"Input", "Silence", "Data", "DummyData", "MemoryData", "ImageData", "HD
 def _excluded_in_test(layer: Dict[str, list]) -> bool:
     def phase(rule):
         return one(rule, "phase")
+
     if one(layer, "phase") in ("TRAIN", 0):
         return True
     inc = many(layer, "include")
@@ -725,8 +878,9 @@ def _excluded_in_test(layer: Dict[str, list]) -> bool:
     return any(phase(r) in ("TEST", 1) for r in many(layer, "exclude"))
 
 
-def run_net(prototxt: str, params: Dict[str, Sequence[np.ndarray]],
-            inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+def run_net(
+    prototxt: str, params: Dict[str, Sequence[np.ndarray]], inputs: Dict[str, np.ndarray]
+) -> Dict[str, np.ndarray]:
     """Forward a whole net: returns every top (value after its last in-place writer), float32.
 
     ``params`` maps layer name -> its blobs (Caffe layouts); ``inputs`` maps input blob -> NCHW.

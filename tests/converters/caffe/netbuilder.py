@@ -48,7 +48,9 @@ def _int_field(field: int, value: int) -> bytes:
 
 
 class Blob:
-    """A learned blob and how to store its shape: "shape" (BlobShape), "legacy" (n,c,h,w) or "none"."""
+    """A learned blob and how to store its shape.
+
+    storage: "shape" (BlobShape), "legacy" (num/channels/height/width) or "none"."""
 
     def __init__(self, data: np.ndarray, storage: str = "shape") -> None:
         self.data = np.asarray(data, np.float32)
@@ -84,9 +86,15 @@ class NetBuilder:
         self.inputs[name] = tuple(int(d) for d in shape)
         return name
 
-    def add(self, ltype: str, bottoms: Sequence[str], tops: Union[None, str, Sequence[str]] = None,
-            name: Optional[str] = None, param: str = "",
-            blobs: Sequence[Union[np.ndarray, Blob]] = ()) -> Union[str, List[str]]:
+    def add(
+        self,
+        ltype: str,
+        bottoms: Sequence[str],
+        tops: Union[None, str, Sequence[str]] = None,
+        name: Optional[str] = None,
+        param: str = "",
+        blobs: Sequence[Union[np.ndarray, Blob]] = (),
+    ) -> Union[str, List[str]]:
         """Add a layer; returns its top (or list of tops if several were given)."""
         name = name or f"{ltype.lower()}{len(self.layers)}"
         if tops is None:
@@ -141,15 +149,14 @@ class NetBuilder:
         return {k: self.randn(*shape, scale=scale) for k, shape in self.inputs.items()}
 
 
-def forward_and_reference(nb: NetBuilder, folder: Union[str, pathlib.Path],
-                          inputs: Optional[Dict[str, np.ndarray]] = None
-                          ) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray], List[str]]:
+def forward_and_reference(
+    nb: NetBuilder, folder: Union[str, pathlib.Path], inputs: Optional[Dict[str, np.ndarray]] = None
+) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray], List[str]]:
     """Run the net through kerasq's ``forward`` and through the numpy reference.
 
     Returns (kerasq tops, reference tops, names of the non-input tops to compare).
     """
     import caffe_reference as ref  # the test oracle, sibling module
-
     from kerasq.converters.caffe import forward
 
     inputs = inputs if inputs is not None else nb.random_inputs()
@@ -168,8 +175,9 @@ def assert_caffe_close(got: np.ndarray, want: np.ndarray, what: str) -> None:
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=atol, err_msg=what)
 
 
-def check_net(nb: NetBuilder, folder: Union[str, pathlib.Path],
-              inputs: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
+def check_net(
+    nb: NetBuilder, folder: Union[str, pathlib.Path], inputs: Optional[Dict[str, np.ndarray]] = None
+) -> Dict[str, np.ndarray]:
     """forward() must match the numpy reference on every top of the net; returns kerasq's tops."""
     got, want, tops = forward_and_reference(nb, folder, inputs)
     assert tops, "net without tops"

@@ -90,8 +90,13 @@ def test_prelu_channel_shared_slope_storages(tmp_path, storage):
     """channel_shared slope stored without shape fields (OpenCV's oracle), legacy or with shape."""
     nb = NetBuilder(f"prelu_shared_{storage}", seed=5)
     x = nb.input("data", (2, 3, 5, 4))
-    nb.add("PReLU", [x], name="prelu", param="prelu_param { channel_shared: true }",
-           blobs=[Blob(np.array([0.37], np.float32), storage)])
+    nb.add(
+        "PReLU",
+        [x],
+        name="prelu",
+        param="prelu_param { channel_shared: true }",
+        blobs=[Blob(np.array([0.37], np.float32), storage)],
+    )
     check_net(nb, tmp_path)
 
 
@@ -103,7 +108,7 @@ def test_prelu_in_place_chain(tmp_path):
     nb.add("Power", ["data"], tops="data", name="pw", param="power_param { scale: 2 shift: -0.5 }")
     nb.add("TanH", ["data"], tops="data", name="th")
     inputs = nb.random_inputs()
-    from netbuilder import forward_and_reference, assert_caffe_close
+    from netbuilder import assert_caffe_close, forward_and_reference
 
     got, want, _ = forward_and_reference(nb, tmp_path, inputs)
     assert_caffe_close(got["data"], want["data"], "data")

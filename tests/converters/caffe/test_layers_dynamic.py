@@ -35,9 +35,20 @@ def test_spatially_dynamic_model_matches_reference_at_several_sizes(tmp_path):
     }
     for name, (ltype, param) in layers.items():
         nb.add(ltype, [x], name=name, param=param)
-    nb.add("Normalize", [x], name="norm", param="norm_param { across_spatial: true channel_shared: false }",
-           blobs=[nb.randn(4) + 3])
-    nb.add("Slice", [x], tops=["s0", "s1"], name="slice", param="slice_param { axis: 1 slice_point: 3 }")
+    nb.add(
+        "Normalize",
+        [x],
+        name="norm",
+        param="norm_param { across_spatial: true channel_shared: false }",
+        blobs=[nb.randn(4) + 3],
+    )
+    nb.add(
+        "Slice",
+        [x],
+        tops=["s0", "s1"],
+        name="slice",
+        param="slice_param { axis: 1 slice_point: 3 }",
+    )
     proto, weights = nb.write(tmp_path)
     model = load(proto, weights, dynamic_spatial=True)
     assert model.input_shape == (None, None, None, 4)

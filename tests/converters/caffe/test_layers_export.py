@@ -35,16 +35,32 @@ def _net() -> NetBuilder:
     nb.add("Swish", [x], name="swish", param="swish_param { beta: 0.7 }")
     nb.add("PReLU", [x], name="prelu", blobs=[nb.randn(4)])
     nb.add("Bias", [x], name="bias", blobs=[nb.randn(4)])
-    nb.add("Slice", [x], tops=["s0", "s1"], name="slice", param="slice_param { axis: 2 slice_point: 2 }")
+    nb.add(
+        "Slice",
+        [x],
+        tops=["s0", "s1"],
+        name="slice",
+        param="slice_param { axis: 2 slice_point: 2 }",
+    )
     nb.add("Tile", ["s0"], name="tile", param="tile_param { axis: 1 tiles: 2 }")
     nb.add("Reduction", [x], name="red", param="reduction_param { operation: SUMSQ axis: 2 }")
     nb.add("ArgMax", [x], name="am", param="argmax_param { axis: 1 top_k: 2 }")
     nb.add("ShuffleChannel", [x], name="shuf", param="shuffle_channel_param { group: 2 }")
     nb.add("LRN", [x], name="lrn_a", param="lrn_param { local_size: 3 alpha: 0.5 k: 2 }")
-    nb.add("LRN", [x], name="lrn_w", param="lrn_param { norm_region: WITHIN_CHANNEL local_size: 3 alpha: 0.5 }")
+    nb.add(
+        "LRN",
+        [x],
+        name="lrn_w",
+        param="lrn_param { norm_region: WITHIN_CHANNEL local_size: 3 alpha: 0.5 }",
+    )
     nb.add("MVN", [x], name="mvn")
-    nb.add("Normalize", [x], name="norm", param="norm_param { across_spatial: false channel_shared: false }",
-           blobs=[nb.randn(4) + 5])
+    nb.add(
+        "Normalize",
+        [x],
+        name="norm",
+        param="norm_param { across_spatial: false channel_shared: false }",
+        blobs=[nb.randn(4) + 5],
+    )
     nb.add("Interp", [x], name="interp", param="interp_param { zoom_factor: 2 }")
     nb.add("Upsample", [x], name="up", param="upsample_param { upsample_h: 9 upsample_w: 7 }")
     return nb
@@ -94,15 +110,22 @@ def test_tflite_builtin_ops(converted):
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     interpreter = Interpreter(model_content=converter.convert())
     interpreter.allocate_tensors()
-    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], np.transpose(x, (0, 2, 3, 1)))
+    interpreter.set_tensor(
+        interpreter.get_input_details()[0]["index"], np.transpose(x, (0, 2, 3, 1))
+    )
     interpreter.invoke()
-    by_name = {d["name"]: interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()}
+    by_name = {
+        d["name"]: interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()
+    }
     keras_outs = model(np.transpose(x, (0, 2, 3, 1)))
     outs = []
     for name, k in zip(model.output_names, keras_outs):
         # TFLite output names are signature keys; match by shape and the Keras value
-        cands = [v for v in by_name.values() if v.shape == tuple(k.shape)
-                 and np.allclose(v, k, rtol=1e-3, atol=1e-4)]
+        cands = [
+            v
+            for v in by_name.values()
+            if v.shape == tuple(k.shape) and np.allclose(v, k, rtol=1e-3, atol=1e-4)
+        ]
         assert cands, f"no TFLite output matches {name}"
         outs.append(cands[0])
     _compare(outs, model, want)

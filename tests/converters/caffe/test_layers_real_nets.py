@@ -11,7 +11,6 @@ import re
 
 import numpy as np
 import pytest
-
 from conftest import shared_path
 
 cv2 = pytest.importorskip("cv2")
@@ -19,8 +18,11 @@ cv2 = pytest.importorskip("cv2")
 
 def _heads_only(prototxt: str) -> str:
     head, *blocks = re.split(r"\nlayer\s*{", prototxt)
-    keep = ["layer {" + b for b in blocks
-            if not re.search(r'type:\s*"(PriorBox|DetectionOutput)"', b) and "mbox_priorbox" not in b]
+    keep = [
+        "layer {" + b
+        for b in blocks
+        if not re.search(r'type:\s*"(PriorBox|DetectionOutput)"', b) and "mbox_priorbox" not in b
+    ]
     return head + "\n" + "\n".join(keep)
 
 
@@ -34,11 +36,18 @@ def test_yufacedetectnet_normalize_permute_heads_match_opencv(tmp_path):
     x = (np.random.RandomState(0).rand(1, 3, 120, 160) * 255).astype(np.float32)
 
     net = cv2.dnn.readNetFromCaffe(str(proto), str(model))
-    names = [n for n in net.getLayerNames() if n.endswith(("_norm", "_perm", "_flat")) or n.startswith("mbox_")]
+    names = [
+        n
+        for n in net.getLayerNames()
+        if n.endswith(("_norm", "_perm", "_flat")) or n.startswith("mbox_")
+    ]
     net.setInput(x)
     theirs = dict(zip(names, net.forward(names)))
     ours = forward(proto, model, {"data": x})
-    assert sum(n.endswith("_norm") for n in names) == 4 and sum(n.endswith("_perm") for n in names) == 8
+    assert (
+        sum(n.endswith("_norm") for n in names) == 4
+        and sum(n.endswith("_perm") for n in names) == 8
+    )
     for name, want in theirs.items():
         got = ours[name].reshape(want.shape)
         atol = 1e-5 * max(1.0, float(np.abs(want).max()))

@@ -13,14 +13,17 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import SHARED, shared_path
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import caffe_reference as ref  # noqa: E402
 
 GOLDEN = SHARED / "caffe-golden"
-CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "deploy.prototxt").exists()) if GOLDEN.exists() else []
+CASES = (
+    sorted(p.name for p in GOLDEN.iterdir() if (p / "deploy.prototxt").exists())
+    if GOLDEN.exists()
+    else []
+)
 
 
 def assert_caffe_close(got: np.ndarray, want: np.ndarray, what: str) -> None:
@@ -43,7 +46,9 @@ def test_reference_matches_real_caffe(case: str) -> None:
     folder = shared_path("caffe-golden", case)
     meta = json.loads((folder / "meta.json").read_text())
     x = np.load(folder / "input.npy")
-    out = ref.run_net((folder / "deploy.prototxt").read_text(), load_params(folder), {meta["input"]["blob"]: x})
+    out = ref.run_net(
+        (folder / "deploy.prototxt").read_text(), load_params(folder), {meta["input"]["blob"]: x}
+    )
     dumped = sorted((folder / "blobs").glob("*.npy"))
     assert dumped, "case without dumped blobs"
     for f in dumped:
@@ -51,9 +56,19 @@ def test_reference_matches_real_caffe(case: str) -> None:
         assert_caffe_close(out[f.stem], np.load(f), f"{case}/{f.stem}")
 
 
-OPENCV_WEIGHTLESS = ["layer_lrn_spatial", "layer_lrn_channels", "layer_mvn", "layer_interp", "layer_softmax",
-                     "layer_pooling_max", "layer_pooling_ave", "layer_eltwise", "layer_relu", "layer_dropout",
-                     "layer_concat"]
+OPENCV_WEIGHTLESS = [
+    "layer_lrn_spatial",
+    "layer_lrn_channels",
+    "layer_mvn",
+    "layer_interp",
+    "layer_softmax",
+    "layer_pooling_max",
+    "layer_pooling_ave",
+    "layer_eltwise",
+    "layer_relu",
+    "layer_dropout",
+    "layer_concat",
+]
 
 
 @pytest.mark.parametrize("name", OPENCV_WEIGHTLESS)
