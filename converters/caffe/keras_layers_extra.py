@@ -267,6 +267,16 @@ class AxisReduce(_Configured):
         return y
 
 
+def caffe_top_k(x, k: int):
+    """top_k along the last axis with Caffe's tie order: equal values by the HIGHER index first.
+
+    Caffe sorts (value, index) pairs with std::greater; TF's top_k puts the lower index first,
+    so it runs on the reversed axis and maps the indices back: i = n - 1 - i_reversed.
+    """
+    values, reversed_indices = tf.math.top_k(tf.reverse(x, [-1]), k=k, sorted=True)
+    return values, tf.shape(x)[-1] - 1 - reversed_indices
+
+
 @_register
 class TopKAxis(_Configured):
     """Caffe ArgMax with ``axis``: top_k indices (as float) or values along Keras ``axis``."""
@@ -284,7 +294,7 @@ class TopKAxis(_Configured):
         order = [i for i in range(rank) if i != axis] + [axis]
         inverse = [order.index(i) for i in range(rank)]
         moved = tf.transpose(x, order) if axis != rank - 1 else x
-        values, indices = tf.math.top_k(moved, k=self.top_k, sorted=True)
+        values, indices = caffe_top_k(moved, self.top_k)
         y = values if self.out_max_val else tf.cast(indices, x.dtype)
         return tf.transpose(y, inverse) if axis != rank - 1 else y
 
@@ -307,7 +317,7 @@ class ArgMaxFlat(_Configured):
 
     def call(self, x):
         flat = tf.reshape(x, [tf.shape(x)[0], -1])
-        values, indices = tf.math.top_k(flat, k=self.top_k, sorted=True)
+        values, indices = caffe_top_k(flat, self.top_k)
         indices = tf.cast(indices, x.dtype)
         y = tf.stack([indices, values], axis=1) if self.out_max_val else indices[:, None, :]
         return tf.reshape(y, tf.concat([tf.shape(y), tf.ones([self.out_rank - 3], tf.int32)], 0))

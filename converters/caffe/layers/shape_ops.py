@@ -176,7 +176,7 @@ def lower_reduction(ctx: "LoweringContext", node: "Node", inputs: List[Blob]) ->
     return [Blob(tensor=out, shape=x.shape[:axis], perm=kept)]
 
 
-@register("ArgMax", partial="ties are ranked by lower index first (Caffe: higher index first)")
+@register("ArgMax")
 def lower_argmax(ctx: "LoweringContext", node: "Node", inputs: List[Blob]) -> List[Blob]:
     """ArgMax: top_k indices (or values with out_max_val) along ``axis``; without axis, per
     sample over the flattened C,H,W order -> (N, 1, top_k) indices or (N, 2, top_k) [idx; val]."""

@@ -571,18 +571,26 @@ def reduction(x, operation="SUM", axis=0, coeff=1.0):
     return np.asarray(r * coeff).reshape(x.shape[:axis])
 
 
+def _caffe_top_k(a, k):
+    """Indices of the k largest along the last axis, ties by LARGER index first (BVLC sorts
+    (value, index) pairs with std::greater)."""
+    n = a.shape[-1]
+    order = np.argsort(-a[..., ::-1], axis=-1, kind="stable")[..., :k]
+    return n - 1 - order
+
+
 def argmax(x, out_max_val=False, top_k=1, axis=None):
     """BVLC ArgMax; ties ranked by larger index first (std::greater on (value, index))."""
     x = x.astype(np.float64)
     if axis is not None:
         axis = _canon_axis(axis, x.ndim)
         moved = np.moveaxis(x, axis, -1)
-        idx = np.argsort(-moved, axis=-1, kind="stable")[..., :top_k]
+        idx = _caffe_top_k(moved, top_k)
         val = np.take_along_axis(moved, idx, -1)
         return np.moveaxis(val if out_max_val else idx.astype(np.float64), -1, axis)
     n = x.shape[0]
     flat = x.reshape(n, -1)
-    idx = np.argsort(-flat, axis=-1, kind="stable")[:, :top_k]
+    idx = _caffe_top_k(flat, top_k)
     val = np.take_along_axis(flat, idx, -1)
     nd = max(x.ndim, 3)
     shape = [n, 2 if out_max_val else 1, top_k] + [1] * (nd - 3)

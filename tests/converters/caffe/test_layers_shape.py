@@ -221,3 +221,20 @@ def test_shuffle_channel(tmp_path, group):
         "Slice", [s], tops=["a", "b"], name="slice", param="slice_param { axis: 1 slice_point: 2 }"
     )
     check_net(nb, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "param",
+    [
+        "argmax_param { axis: 1 top_k: 3 }",
+        "argmax_param { top_k: 4 out_max_val: true }",
+        "argmax_param { axis: 3 top_k: 2 out_max_val: true }",
+    ],
+)
+def test_argmax_ties_follow_caffe_order(tmp_path, param):
+    """Many equal values: Caffe ranks ties by the higher index first."""
+    nb = NetBuilder("argmax_ties", seed=21)
+    x = nb.input("data", X4)
+    nb.add("ArgMax", [x], name="am", param=param)
+    data = np.round(nb.randn(*X4)).astype(np.float32)  # values in {-3..3}: ties everywhere
+    check_net(nb, tmp_path, {"data": data})
