@@ -185,3 +185,102 @@ def check_net(
         assert top in got, f"forward() did not return top {top!r}"
         assert_caffe_close(got[top], want[top], top)
     return got
+
+
+# ----------------------------------------------------------------------------------------
+# a minimal, independent caffemodel decoder (names and blobs only), for test oracles
+# ----------------------------------------------------------------------------------------
+def _fields(buf: bytes):
+    """Yield (field number, wire type, value) of one protobuf message."""
+    pos = 0
+
+    def varint() -> int:
+        nonlocal pos
+        shift = result = 0
+        while True:
+            byte = buf[pos]
+            pos += 1
+            result |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return result
+            shift += 7
+
+    while pos < len(buf):
+        key = varint()
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            yield field, wire, varint()
+        elif wire == 1:
+            yield field, wire, buf[pos : pos + 8]
+            pos += 8
+        elif wire == 2:
+            n = varint()
+            yield field, wire, buf[pos : pos + n]
+            pos += n
+        elif wire == 5:
+            yield field, wire, buf[pos : pos + 4]
+            pos += 4
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+
+
+def _fields_varints(buf: bytes):
+    """Decode a packed run of varints."""
+    pos = 0
+    while pos < len(buf):
+        shift = result = 0
+        while True:
+            byte = buf[pos]
+            pos += 1
+            result |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                break
+            shift += 7
+        yield 0, 0, result
+
+
+def _decode_blob(buf: bytes) -> np.ndarray:
+    dims: List[int] = []
+    legacy = {}
+    data: List[float] = []
+    for field, wire, value in _fields(buf):
+        if field == 7 and wire == 2:  # shape
+            for f2, w2, v2 in _fields(value):
+                if f2 == 1:
+                    dims += [v for _, _, v in _fields_varints(v2)] if w2 == 2 else [v2]
+        elif field == 5:  # float data, packed or not
+            data += list(np.frombuffer(value, "<f4")) if wire in (2, 5) else []
+        elif field == 8 and wire == 2:  # double data
+            data += list(np.frombuffer(value, "<f8"))
+        elif field in (1, 2, 3, 4) and wire == 0:
+            legacy[field] = value
+    arr = np.asarray(data, np.float32)
+    if dims:
+        return arr.reshape(dims)
+    if legacy:
+        return arr.reshape([legacy.get(i, 1) for i in (1, 2, 3, 4)])
+    return arr
+
+
+def read_caffemodel_blobs(path: Union[str, pathlib.Path]) -> Dict[str, List[np.ndarray]]:
+    """layer name -> blobs of the first layer of that name that has blobs (V2, V1 and V0)."""
+    out: Dict[str, List[np.ndarray]] = {}
+
+    def layer(buf: bytes, name_field: int, blob_field: int) -> None:
+        name, blobs = "", []
+        for field, wire, value in _fields(buf):
+            if field == name_field and wire == 2:
+                name = value.decode()
+            elif field == blob_field and wire == 2:
+                blobs.append(_decode_blob(value))
+            elif name_field == 4 and field == 1 and wire == 2:  # V0 layer inside V1
+                layer(value, 1, 50)
+        if blobs and name not in out:
+            out[name] = blobs
+
+    for field, wire, value in _fields(pathlib.Path(path).read_bytes()):
+        if field == 100 and wire == 2:
+            layer(value, 1, 7)
+        elif field == 2 and wire == 2:
+            layer(value, 4, 6)
+    return out
