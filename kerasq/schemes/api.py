@@ -59,6 +59,11 @@ def custom_objects() -> Dict[str, Any]:
     objects.update(keras.utils.get_custom_objects())
     for cls in (*_quantizers.QUANTIZERS, *_configs.QUANTIZE_CONFIGS):
         objects[cls.__name__] = cls
+    # h5 loading deserializes nested objects in legacy mode, which looks up the bare class
+    # name (e.g. "SparsityPreservingQuantizer"), not the registered "kerasq>..." name.
+    for key, obj in list(objects.items()):
+        if key.startswith("kerasq>"):
+            objects.setdefault(key.split(">", 1)[1], obj)
     objects["QuantizeLayer"] = quantize_layer_class()
     return objects
 
