@@ -38,6 +38,14 @@ PathLike = Union[str, "os.PathLike[str]"]
 _UNKNOWN_FIELD = re.compile(r'has no field named "([^"]+)"')
 
 
+def _syntax_error(err: text_format.ParseError) -> str:
+    """``'2:9 : '': Expected ...'`` -> ``'line 2, column 9: Expected ...'``."""
+    m = re.match(r"(\d+):(\d+)\s*:\s*(?:'[^']*'\s*:\s*)?(.*)", str(err), re.S)
+    if m:
+        return f"syntax error at line {m.group(1)}, column {m.group(2)}: {m.group(3)}"
+    return f"syntax error: {err}"
+
+
 def _read_bytes(path: PathLike, what: str) -> bytes:
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -62,13 +70,13 @@ def parse_prototxt_text(text: str, source: str = "<prototxt>") -> caffe_pb2.NetP
         return net
     except text_format.ParseError as err:
         if not _UNKNOWN_FIELD.search(str(err)):
-            raise CaffeFormatError(f"syntax error: {err}", file=source) from None
+            raise CaffeFormatError(_syntax_error(err), file=source) from None
     # Second pass: skip unknown fields, but tell the user which ones.
     net = caffe_pb2.NetParameter()
     try:
         text_format.Parse(text, net, allow_unknown_field=True, allow_unknown_extension=True)
     except text_format.ParseError as err:
-        raise CaffeFormatError(f"syntax error: {err}", file=source) from None
+        raise CaffeFormatError(_syntax_error(err), file=source) from None
     names = sorted(set(_unknown_field_names(text)))
     log.warning(
         "%s: skipped fields this Caffe schema does not know: %s", source, ", ".join(names) or "?"
@@ -151,7 +159,7 @@ def parse_caffemodel_bytes(data: bytes, source: str = "<caffemodel>") -> caffe_p
         weights.ParseFromString(data)
     except (pb_message.DecodeError, RuntimeError, ValueError) as err:
         raise CaffeFormatError(
-            f"not a valid caffemodel (truncated or not a Caffe NetParameter): {err}", file=source
+            "not a valid caffemodel (truncated, corrupt or not a Caffe NetParameter)", file=source
         ) from None
     if not weights.layer and not weights.layers:
         raise CaffeFormatError(
@@ -213,7 +221,7 @@ def read_binaryproto(path: PathLike) -> np.ndarray:
     try:
         blob.ParseFromString(data)
     except (pb_message.DecodeError, RuntimeError, ValueError) as err:
-        raise CaffeFormatError(f"not a valid BlobProto: {err}", file=source) from None
+        raise CaffeFormatError("not a valid BlobProto (truncated or corrupt)", file=source) from None
     if not len(blob.data) and not len(blob.double_data):
         raise CaffeFormatError("BlobProto holds no data", file=source)
     return blob_to_array(blob, source)
