@@ -15,12 +15,13 @@ bit for bit. It only matters for grids below the dtype's smallest normal number
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
-# |k| beyond which x·2^k of any normal x over- or underflows: 2·(emax − emin).
-_LDEXP_LIMIT = {np.dtype(np.float32): 254, np.dtype(np.float64): 2046}
+from kerasq.numerics._validate import is_tensor
+
 _EXP_BITS = {np.dtype(np.float32): (23, 127, 0xFF), np.dtype(np.float64): (52, 1023, 0x7FF)}
 
 
@@ -49,8 +50,7 @@ def np_flush(x: np.ndarray) -> np.ndarray:
 
 def np_ldexp(x: np.ndarray, k: Any) -> np.ndarray:
     """Exact ``x·2^k`` in x's dtype (subnormal results flushed to zero)."""
-    limit = _LDEXP_LIMIT[x.dtype]
-    k = np.clip(np.asarray(k, dtype=np.int64), -limit, limit).astype(np.int32)
+    k = np.clip(np.asarray(k, dtype=np.int64), -(2**20), 2**20).astype(np.int32)
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):
         return np_flush(np.ldexp(x, k).astype(x.dtype, copy=False))
 
@@ -84,21 +84,31 @@ def _tf_pow2(k: Any, dtype: Any) -> Any:
 
 
 def tf_ldexp(x: Any, k: Any) -> Any:
-    """Exact ``x·2^k`` for float32/float64 tensors (``k`` integer, broadcastable).
+    """``x·2^k`` for float32/float64 tensors; ``k`` a Python int or an int tensor.
 
-    2^k is applied as three factors of the same sign, each an exactly built normal
-    power of two, so the partial products move monotonically from x to x·2^k and no
-    intermediate over- or underflows unless the result does.
+    An int ``k`` becomes one exact constant factor (two if 2^k itself is not a normal
+    number). A tensor ``k`` is applied as two exactly built normal powers of two of the
+    same sign, so the partial products move monotonically from x to x·2^k and neither
+    over- nor underflows unless the result does; it is exact for |k| up to
+    2·(emax−1) (252 in float32), and beyond that the result is 0 or ±inf anyway
+    except for values that DFP/minifloat/pow2 round to 0. Subnormal results are
+    left to the device's flush-to-zero (TF's CPU kernels flush).
     """
     from kerasq._compat import tf
 
-    limit = _LDEXP_LIMIT[np.dtype(x.dtype.as_numpy_dtype)]
-    k = tf.clip_by_value(tf.cast(k, tf.int32), -limit, limit)
-    a = tf.truncatediv(k, 3)
-    b = tf.truncatediv(k - a, 2)
-    c = k - a - b
-    out = x * _tf_pow2(a, x.dtype) * _tf_pow2(b, x.dtype) * _tf_pow2(c, x.dtype)
-    return tf_flush(out)
+    info = np.finfo(x.dtype.as_numpy_dtype)
+    emin, emax = int(info.minexp), int(info.maxexp) - 1
+    if not is_tensor(k):
+        k = int(k)
+        if emin <= k <= emax:
+            return x * math.ldexp(1.0, k)
+        k = min(max(k, 3 * emin), 3 * emax)
+        k1 = min(max(k, emin), emax)
+        k2 = min(max(k - k1, emin), emax)
+        return x * math.ldexp(1.0, k1) * math.ldexp(1.0, k2) * math.ldexp(1.0, k - k1 - k2)
+    k = tf.clip_by_value(tf.cast(k, tf.int32), 2 * emin, 2 * emax)
+    k1 = tf.clip_by_value(k, emin, emax)
+    return x * _tf_pow2(k1, x.dtype) * _tf_pow2(k - k1, x.dtype)
 
 
 def tf_floor_log2(a: Any) -> Any:

@@ -137,14 +137,16 @@ def _dfp_tf(x, bitwidth, frac_bits, signed, rounding, seed):
         raise QuantizationConfigError(
             f"frac_bits of shape {fl.shape} does not broadcast to x of shape {xc.shape}"
         )
+    if fl.shape.rank == 0 and not is_tensor(frac_bits):
+        fl = int(integer_array("frac_bits", frac_bits))  # one constant factor in tf_ldexp
     qmin, qmax = _int_bounds(bitwidth, signed)
     qmax = _float.round_toward_zero(qmax, xc.dtype.as_numpy_dtype)
 
     @tf.custom_gradient
     def quantize(xv):
-        y = _float.tf_ldexp(_float.tf_flush(xv), fl)
+        y = _float.tf_ldexp(xv, fl)
         q = tf_round(tf.clip_by_value(y, qmin, qmax), rounding, seed)
-        q = tf.where(q == 0, tf.zeros_like(q), q)  # the integer 0 has no sign: never -0.0
+        q = tf.where(q == 0, tf.constant(0, q.dtype), q)  # the integer 0 has no sign
         out = _float.tf_ldexp(q, -fl)
 
         def grad(dy):

@@ -140,7 +140,7 @@ def _minifloat_tf(x, exp_bits, mant_bits, k_min, rounding, seed):
 
     @tf.custom_gradient
     def quantize(xv):
-        xs = tf.clip_by_value(_float.tf_flush(xv), -top, top)
+        xs = tf.clip_by_value(xv, -top, top)
         k = _float.tf_floor_log2(tf.abs(xs))
         k_grid = tf.maximum(k, k_min) if subnormals else k
         q = tf_round(_float.tf_ldexp(xs, mant_bits - k_grid), rounding, seed)

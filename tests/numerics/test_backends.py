@@ -1,0 +1,136 @@
+"""numpy and TF paths agree bit for bit: eager, tf.function, XLA, property-based fuzzing.
+
+The references of the other test files check the numpy path against the formulas;
+here both backends are compared with each other over randomly drawn settings.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kerasq._compat import tf
+from kerasq.numerics import dfp_quantize, minifloat_quantize, pow2_quantize
+
+DETERMINISTIC = ("nearest", "nearest_even", "half_up")
+FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def assert_same(a, b):
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(np.signbit(a), np.signbit(b))
+
+
+def float_arrays(dtype):
+    width = 32 if dtype == np.float32 else 64
+    elements = st.floats(allow_nan=True, allow_infinity=True, allow_subnormal=True, width=width)
+    return st.lists(elements, min_size=0, max_size=40).map(lambda v: np.array(v, dtype))
+
+
+@FUZZ
+@given(
+    x=st.one_of(float_arrays(np.float32), float_arrays(np.float64)),
+    bitwidth=st.integers(2, 32),
+    fl=st.integers(-40, 60),
+    signed=st.booleans(),
+    mode=st.sampled_from(DETERMINISTIC),
+)
+def test_fuzz_dfp(x, bitwidth, fl, signed, mode):
+    got_np = dfp_quantize(x, bitwidth, fl, signed=signed, rounding=mode)
+    got_tf = dfp_quantize(tf.constant(x), bitwidth, fl, signed=signed, rounding=mode)
+    assert_same(got_np, got_tf.numpy())
+    lo, hi = -(2.0 ** (bitwidth - 1)) if signed else 0.0, 2.0 ** (bitwidth - (1 if signed else 0))
+    finite = got_np[~np.isnan(got_np)] * 2.0**fl
+    assert np.all((finite >= lo) & (finite < hi) & (finite == np.round(finite)))
+
+
+@FUZZ
+@given(
+    x=st.one_of(float_arrays(np.float32), float_arrays(np.float64)),
+    exp_bits=st.integers(1, 8),
+    mant_bits=st.integers(0, 12),
+    subnormals=st.booleans(),
+    mode=st.sampled_from(DETERMINISTIC),
+)
+def test_fuzz_minifloat(x, exp_bits, mant_bits, subnormals, mode):
+    kwargs = dict(rounding=mode, subnormals=subnormals)
+    got_np = minifloat_quantize(x, exp_bits, mant_bits, **kwargs)
+    assert_same(got_np, minifloat_quantize(tf.constant(x), exp_bits, mant_bits, **kwargs).numpy())
+    assert_same(minifloat_quantize(got_np, exp_bits, mant_bits, **kwargs), got_np)
+
+
+@FUZZ
+@given(
+    x=st.one_of(float_arrays(np.float32), float_arrays(np.float64)),
+    exp_min=st.integers(-30, 5),
+    span=st.integers(0, 20),
+    mode=st.sampled_from(DETERMINISTIC),
+)
+def test_fuzz_pow2(x, exp_min, span, mode):
+    got_np = pow2_quantize(x, exp_min, exp_min + span, rounding=mode)
+    assert_same(
+        got_np, pow2_quantize(tf.constant(x), exp_min, exp_min + span, rounding=mode).numpy()
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("fl", [127, 140, 200, -130, -300, 1100, -1100])
+def test_extreme_frac_bits(dtype, fl):
+    """Grids far outside the usual range: over/underflow saturates or flushes consistently."""
+    rng = np.random.default_rng(abs(fl))
+    x = np.concatenate(
+        [
+            rng.standard_normal(50) * 10.0 ** rng.integers(-45, 38, 50),
+            [0.0, 1e-40, -1e-44, 3e38, np.inf],
+        ]
+    ).astype(dtype)
+    for signed in (True, False):
+        got_np = dfp_quantize(x, 16, fl, signed=signed)
+        assert_same(got_np, dfp_quantize(tf.constant(x), 16, fl, signed=signed).numpy())
+        # every finite non-zero result is a 16-bit integer times 2^-fl, exactly; a grid
+        # step beyond the dtype's largest value (fl < -127 in float32) overflows to inf
+        nz = got_np[got_np != 0].astype(np.float64)
+        q = np.ldexp(nz[np.isfinite(nz)], fl)
+        assert np.all((q == np.round(q)) & (q >= -(2**15)) & (q <= 2**16 - 1))
+        if np.isinf(nz).any():
+            assert -fl > np.finfo(dtype).maxexp - 16
+
+
+@pytest.mark.parametrize("mode", DETERMINISTIC)
+def test_xla_jit_compile_matches_numpy(mode):
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((8, 16)) * 4).astype(np.float32)
+    fl = np.arange(16) % 6 - 1
+
+    @tf.function(jit_compile=True)
+    def run(v):
+        return (
+            dfp_quantize(v, 8, 4, rounding=mode),
+            dfp_quantize(v, 6, tf.constant(fl), signed=False, rounding=mode),
+            minifloat_quantize(v, 4, 3, rounding=mode),
+            minifloat_quantize(v, 3, 2, rounding=mode, subnormals=True),
+            pow2_quantize(v, -6, 2, rounding=mode),
+        )
+
+    dfp, dfp_pc, mf, mf_sub, p2 = (t.numpy() for t in run(tf.constant(x)))
+    assert_same(dfp, dfp_quantize(x, 8, 4, rounding=mode))
+    assert_same(dfp_pc, dfp_quantize(x, 6, fl, signed=False, rounding=mode))
+    assert_same(mf, minifloat_quantize(x, 4, 3, rounding=mode))
+    assert_same(mf_sub, minifloat_quantize(x, 3, 2, rounding=mode, subnormals=True))
+    assert_same(p2, pow2_quantize(x, -6, 2, rounding=mode))
+
+
+def test_numpy_path_does_not_import_tensorflow():
+    code = (
+        "import sys; from kerasq.numerics import *; "
+        "dfp_quantize([0.3], 8, 4); minifloat_quantize([0.3], 4, 3); pow2_quantize([0.3]); "
+        "dfp_frac_bits(3.0, 8); round_values([0.5], 'stochastic', seed=1); "
+        "assert 'tensorflow' not in sys.modules; print('ok')"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
