@@ -629,3 +629,34 @@ ALL_LAYERS: List[type] = [
     NearestResize,
     CaffeEmbed,
 ]
+
+# How a quantization scheme should treat each layer (for kerasq.schemes' registry):
+# "passthrough" - outputs are a subset/rearrangement of the input values (already on the grid);
+# "output"      - a new real-valued result: quantize the output like an activation;
+# "float"       - integer indices or exact 0/1 flags: keep in float (quantizing them is harmful).
+QUANTIZATION_ROLES: Dict[str, str] = {
+    "AxisSlice": "passthrough",
+    "AxisTile": "passthrough",
+    "FullTranspose": "passthrough",
+    "ChannelShuffle": "passthrough",
+    "NearestResize": "passthrough",
+    "AbsVal": "passthrough",
+    "TopKAxis": "float",
+    "ArgMaxFlat": "float",
+    "ThresholdStep": "float",
+    "CaffeEmbed": "output",
+    "BNLL": "output",
+    "PowerAffine": "output",
+    "ExpAffine": "output",
+    "LogAffine": "output",
+    "ClipRange": "output",
+    "SwishBeta": "output",
+    "ConstantBias": "output",
+    "BroadcastAddCaffe": "output",
+    "AxisReduce": "output",
+    "LRNAcrossChannels": "output",
+    "LRNWithinChannel": "output",
+    "MeanVarianceNorm": "output",
+    "L2Normalize": "output",
+    "InterpBilinear": "output",
+}

@@ -129,3 +129,25 @@ def test_tflite_builtin_ops(converted):
         assert cands, f"no TFLite output matches {name}"
         outs.append(cands[0])
     _compare(outs, model, want)
+
+
+def test_every_extra_layer_has_a_quantization_role_and_round_trips_its_config():
+    from kerasq.converters.caffe import custom_objects
+    from kerasq.converters.caffe import keras_layers_extra as kx
+
+    registered = {
+        name
+        for name, obj in vars(kx).items()
+        if isinstance(obj, type)
+        and issubclass(obj, keras.layers.Layer)
+        and not name.startswith("_")
+    }
+    assert registered == {c.__name__ for c in kx.ALL_LAYERS} == set(kx.QUANTIZATION_ROLES)
+    assert set(kx.QUANTIZATION_ROLES.values()) <= {"passthrough", "output", "float"}
+    objects = custom_objects()
+    for cls in kx.ALL_LAYERS:
+        layer = cls(name="probe")
+        config = layer.get_config()
+        assert keras.utils.get_registered_name(cls) == f"kerasq>{cls.__name__}"
+        assert objects[cls.__name__] is cls
+        assert cls.from_config(config).get_config() == config
