@@ -1,0 +1,291 @@
+"""Rebuild a quantized (tfmot-wrapped) Keras model as a deploy graph for one TFLite target.
+
+The deploy graph has the same topology as the quantized model; every tfmot
+``QuantizeWrapper`` becomes its layer with constant, already quantized weights
+(:class:`~kerasq.export.layers.QuantizedLinear` for Conv2D / DepthwiseConv2D / Dense, a
+clone with the quantized weights for other layers) followed by
+:class:`~kerasq.export.layers.GridQuantize` for each activation / output quantizer, on the
+grid read by :mod:`kerasq.export.spec`. ``QuantizeLayer`` (input quantization) becomes a
+``GridQuantize``; every other layer is cloned with its weights.
+
+Example:
+    >>> plan = build_deploy_model(qmodel, mode="fakequant8")   # doctest: +SKIP
+    >>> plan.model.summary(); plan.tensor_specs                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from kerasq._compat import keras, tf
+from kerasq.errors import ExportError
+from kerasq.export import spec as specs
+from kerasq.export.layers import AffineFakeQuant, GridQuantize, QuantizedLinear
+
+log = logging.getLogger("kerasq.export.graph")
+
+MODES = ("fakequant8", "fakequant16", "exact")
+_LINEAR_KINDS = {"Conv2D": "conv", "DepthwiseConv2D": "depthwise", "Dense": "dense"}
+
+
+@dataclasses.dataclass
+class DeployPlan:
+    """The deploy model and what export learnt about each quantizer."""
+
+    model: "keras.Model"
+    # layer name -> list of (what, GridSpec); what is "input", "kernel", "pre", "post", "output"
+    specs: Dict[str, List[Tuple[str, specs.GridSpec]]]
+    # GridQuantize layer name -> GridSpec (to find the tensors in the TFLite file)
+    activation_layers: Dict[str, specs.GridSpec]
+    output_spec: Optional[specs.GridSpec]
+
+
+def _is_wrapper(layer: Any) -> bool:
+    return any(c.__name__.startswith("QuantizeWrapper") for c in type(layer).__mro__)
+
+
+def _is_quantize_layer(layer: Any) -> bool:
+    return type(layer).__name__ == "QuantizeLayer" and hasattr(layer, "quantizer")
+
+
+def _quantizer_fn(quantizer: Any, qvars: Any) -> Callable[[np.ndarray], np.ndarray]:
+    def run(x: np.ndarray) -> np.ndarray:
+        return quantizer(tf.constant(x), training=False, weights=qvars).numpy()
+
+    return run
+
+
+def _base(variable: Any) -> str:
+    """``conv1/kernel:0`` -> ``kernel``."""
+    return variable.name.split("/")[-1].split(":")[0]
+
+
+def _variable(wrapper: Any, role: str) -> Any:
+    """The wrapped layer's variable for ``role`` ("kernel" or "bias"). tfmot replaces the
+    layer's ``kernel`` attribute by the quantized tensor (and the layer stops tracking the
+    variable), so look in the wrapper's weight list and the layer's remaining weights."""
+    candidates = [w for w, _, _ in getattr(wrapper, "_weight_vars", [])]
+    for weight in candidates + list(wrapper.layer.weights):
+        base = _base(weight)
+        if base == role or base == f"depthwise_{role}":
+            return weight
+    return None
+
+
+def _clone(layer: Any, *, name: Optional[str] = None, **config_changes: Any) -> Any:
+    config = layer.get_config()
+    config.update(config_changes)
+    if name is not None:
+        config["name"] = name
+    return type(layer).from_config(config)
+
+
+class _Builder:
+    def __init__(self, qmodel: "keras.Model", mode: str) -> None:
+        if mode not in MODES:
+            raise ExportError(f"unknown deploy mode {mode!r}")
+        self.qmodel = qmodel
+        self.mode = mode
+        self.specs: Dict[str, List[Tuple[str, specs.GridSpec]]] = {}
+        self.activation_layers: Dict[str, specs.GridSpec] = {}
+        self.last_spec: Dict[int, Optional[specs.GridSpec]] = {}
+
+    # -- activations ---------------------------------------------------------------------
+    def quantize(self, x: Any, quantizer: Any, qvars: Any, owner: str, what: str) -> Any:
+        spec = specs.activation_spec(_quantizer_fn(quantizer, qvars), name=f"{owner}/{what}",
+                                     quantizer=quantizer, quantizer_vars=qvars)
+        self.specs.setdefault(owner, []).append((what, spec))
+        if spec.kind == "none":
+            return x
+        if spec.kind == "affine":  # tfmot's own min/max quantizers (e.g. its input layer)
+            if spec.bitwidth > {"fakequant16": 16}.get(self.mode, 8):
+                raise ExportError(f"{spec.bitwidth}-bit affine activations do not fit the "
+                                  "target", layer=owner)
+            return AffineFakeQuant(spec.low, spec.high, spec.bitwidth, spec.narrow,
+                                   name=f"{owner}_{what}_q")(x)
+        if spec.kind != "dfp":
+            if self.mode != "exact":
+                raise ExportError(
+                    f"activations are {spec.describe()}, which has no TFLite integer type; "
+                    "export with target 'float' or 'float16'", layer=owner)
+            raise ExportError(f"activations are {spec.describe()}: only fixed-point "
+                              "activation grids are exported so far", layer=owner)
+        bits = {"fakequant8": 8, "fakequant16": 16}.get(self.mode)
+        if bits is not None and spec.bitwidth > (bits if not spec.signed else bits):
+            can = "int16x8" if spec.bitwidth <= 16 else "float"
+            raise ExportError(
+                f"{spec.bitwidth}-bit activations do not fit the {bits}-bit target; "
+                f"use target {can!r}", layer=owner)
+        if bits == 16 and not spec.signed and spec.bitwidth > 15:
+            raise ExportError("16-bit unsigned activations do not fit int16; use target 'float'",
+                              layer=owner)
+        if self.mode == "exact" and spec.bitwidth > 24:
+            raise ExportError(f"{spec.bitwidth}-bit activations are not exact in float32 "
+                              "arithmetic (24-bit significand)", layer=owner)
+        name = f"{owner}_{what}_q"
+        layer = GridQuantize(int(spec.frac_bits), spec.qmin, spec.qmax, spec.rounding,
+                             self.mode, name=name)
+        self.activation_layers[name] = spec
+        return layer(x)
+
+    # -- layers ----------------------------------------------------------------------------
+    def wrapped(self, wrapper: Any, x: Any) -> Any:
+        inner = wrapper.layer
+        owner = inner.name
+        quantized: Dict[int, np.ndarray] = {}
+        kernel_spec: Optional[specs.GridSpec] = None
+        kind = _LINEAR_KINDS.get(type(inner).__name__)
+        for weight, quantizer, qvars in getattr(wrapper, "_weight_vars", []):
+            value = quantizer(weight, training=False, weights=qvars)
+            value = np.asarray(value.numpy() if hasattr(value, "numpy") else value, np.float32)
+            quantized[id(weight)] = value
+            if kind is not None and weight is _variable(wrapper, "kernel"):
+                axis_value = value.reshape(value.shape[0], value.shape[1], -1) if kind == "depthwise" else value
+                kernel_spec = specs.weight_spec(quantizer, qvars, axis_value, axis=-1)
+                self.specs.setdefault(owner, []).append(("kernel", kernel_spec))
+        config = inner.get_config()
+        outs = getattr(wrapper, "_output_quantizers", None) or []
+        pre, post = self._activation_quantizers(wrapper)
+        qas = getattr(wrapper, "_quantize_activations", [])
+        act_fn = qas[0].activation if qas else getattr(inner, "activation", None)
+        activation = keras.activations.serialize(act_fn) if act_fn is not None else "linear"
+        if not isinstance(activation, str):
+            raise ExportError(f"activation {activation!r} is not a Keras builtin", layer=owner)
+        split = bool(pre or post)  # quantizers sit around the activation: apply it separately
+        if kind is not None:
+            y = self._linear(wrapper, kind, quantized, kernel_spec, x, owner,
+                             "linear" if split else activation)
+        else:
+            changes = {}
+            if "activation" in config:
+                changes["activation"] = "linear" if split else activation
+            clone = _clone(inner, **changes)
+            y = clone(x)
+            if clone.weights:
+                values = {_base(w): w.numpy() for w in inner.weights}
+                values.update({_base(w): quantized[id(w)]
+                               for w, _, _ in getattr(wrapper, "_weight_vars", [])})
+                try:
+                    clone.set_weights([values[_base(w)] for w in clone.weights])
+                except KeyError as err:
+                    raise ExportError(f"cannot match weight {err} of the quantized layer",
+                                      layer=owner)
+        if split:
+            for quantizer, qvars in pre:
+                y = self.quantize(y, quantizer, qvars, owner, "pre")
+            if activation != "linear":
+                y = keras.layers.Activation(activation, name=f"{owner}_act")(y)
+            for quantizer, qvars in post:
+                y = self.quantize(y, quantizer, qvars, owner, "post")
+        if outs:
+            y = self.quantize(y, outs[0], wrapper._output_quantizer_vars, owner, "output")
+        return y
+
+    @staticmethod
+    def _activation_quantizers(wrapper: Any) -> Tuple[list, list]:
+        pre, post = [], []
+        for qa in getattr(wrapper, "_quantize_activations", []):
+            if qa._should_pre_quantize():
+                pre.append((qa.quantizer, qa._pre_activation_vars))
+            if qa._should_post_quantize():
+                post.append((qa.quantizer, qa._post_activation_vars))
+        return pre, post
+
+    def _linear(self, wrapper: Any, kind: str, quantized: Dict[int, np.ndarray],
+                kernel_spec: Optional[specs.GridSpec], x: Any, owner: str, activation: str) -> Any:
+        inner = wrapper.layer
+        kernel_var = _variable(wrapper, "kernel")
+        if kernel_var is None:
+            raise ExportError("cannot find the layer's kernel variable", layer=owner)
+        kernel = quantized.get(id(kernel_var), kernel_var.numpy())
+        bias_var = _variable(wrapper, "bias")
+        bias = None if bias_var is None else quantized.get(id(bias_var), bias_var.numpy())
+        fake_quant = self.mode != "exact"
+        frac_bits = None
+        if fake_quant:
+            if kernel_spec is None:
+                kernel_spec = specs.weight_spec_from_values(
+                    kernel.reshape(kernel.shape[0], kernel.shape[1], -1) if kind == "depthwise"
+                    else kernel, axis=-1)
+                self.specs.setdefault(owner, []).append(("kernel", kernel_spec))
+            if kernel_spec.kind != "dfp":
+                raise ExportError(f"weights are {kernel_spec.describe()}, which has no TFLite "
+                                  "integer type; export with target 'float' or 'float16'",
+                                  layer=owner)
+            if kernel_spec.bitwidth > 8:
+                raise ExportError(f"{kernel_spec.bitwidth}-bit weights do not fit int8 (TFLite "
+                                  "int8 and int16x8 store 8-bit weights); use target 'float'",
+                                  layer=owner)
+            frac_bits = kernel_spec.frac_bits
+        common = dict(activation=activation, weight_frac_bits=frac_bits,
+                      fake_quant=fake_quant, name=inner.name)
+        if kind == "dense":
+            layer = QuantizedLinear("dense", kernel, bias, **common)
+        else:
+            cfg = inner.get_config()
+            if cfg.get("data_format", "channels_last") != "channels_last":
+                raise ExportError("only channels_last convolutions are exported", layer=owner)
+            if kind == "conv" and cfg.get("groups", 1) != 1:
+                raise ExportError("grouped Conv2D is not exported", layer=owner)
+            layer = QuantizedLinear(kind, kernel, bias, strides=cfg["strides"],
+                                    padding=cfg["padding"], dilation_rate=cfg["dilation_rate"],
+                                    **common)
+        return layer(x)
+
+    def plain(self, layer: Any, args: tuple, kwargs: dict) -> Any:
+        if _is_quantize_layer(layer):
+            return self.quantize(args[0], layer.quantizer, layer.quantizer_vars,
+                                 layer.name, "input")
+        if _is_wrapper(layer):
+            return self.wrapped(layer, args[0])
+        clone = _clone(layer)
+        out = clone(*args, **kwargs)
+        if layer.weights:
+            clone.set_weights(layer.get_weights())
+        return out
+
+    # -- graph -----------------------------------------------------------------------------
+    def build(self) -> DeployPlan:
+        model = self.qmodel
+        if not hasattr(model, "_nodes_by_depth"):
+            raise ExportError("only Functional and Sequential Keras models can be exported "
+                              f"(got {type(model).__name__})")
+        inputs = [keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name.split(":")[0])
+                  for t in model.inputs]
+        usage = model._tensor_usage_count
+        tensor_dict: Dict[str, list] = {}
+        for ref, new in zip(model.inputs, inputs):
+            tensor_dict[str(id(ref))] = [new] * usage[str(id(ref))]
+        for depth in sorted(model._nodes_by_depth.keys(), reverse=True):
+            for node in model._nodes_by_depth[depth]:
+                if node.is_input or any(t not in tensor_dict for t in node.flat_input_ids):
+                    continue
+                args, kwargs = node.map_arguments(tensor_dict)
+                kwargs.pop("training", None)
+                try:
+                    outputs = self.plain(node.layer, args, kwargs)
+                except ExportError as err:
+                    raise err.with_context(layer=node.layer.name)
+                for x_id, y in zip(node.flat_output_ids, tf.nest.flatten(outputs)):
+                    tensor_dict[x_id] = [y] * usage[x_id]
+        outputs = [tensor_dict[str(id(x))].pop() for x in model.outputs]
+        deploy = keras.Model(inputs, outputs if len(outputs) > 1 else outputs[0],
+                             name=f"{model.name}_deploy")
+        out_spec = self._output_spec(deploy)
+        return DeployPlan(deploy, self.specs, self.activation_layers, out_spec)
+
+    def _output_spec(self, deploy: "keras.Model") -> Optional[specs.GridSpec]:
+        last = deploy.outputs[0]._keras_history.layer
+        return self.activation_layers.get(last.name)
+
+
+def build_deploy_model(qmodel: "keras.Model", mode: str) -> DeployPlan:
+    """Deploy graph of ``qmodel`` for ``mode`` ("fakequant8", "fakequant16" or "exact")."""
+    return _Builder(qmodel, mode).build()
+
+
+__all__ = ["DeployPlan", "build_deploy_model", "MODES"]

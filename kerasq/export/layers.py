@@ -1,0 +1,178 @@
+"""Keras layers of the deploy graph that export builds from a quantized model.
+
+They exist only inside :func:`kerasq.export.to_tflite` (never saved by kerasq), yet are
+registered and fully configurable like every kerasq layer.
+
+* :class:`GridQuantize` puts a tensor on a DFP grid. ``mode="fakequant8"/"fakequant16"``
+  uses ``FakeQuantWithMinMaxVars`` with the power-of-two range (the TFLite converter turns
+  it into int8 / int16 tensors of scale 2^-fl); ``mode="exact"`` uses only float builtins
+  (MUL by 2^fl, MINIMUM/MAXIMUM, FLOOR/ROUND, SELECT), each exact in float32, so a float
+  TFLite file computes the same numbers as the Keras fake-quant model.
+* :class:`QuantizedLinear` is Conv2D / DepthwiseConv2D / Dense with constant, already
+  quantized weights, fake-quantized per channel with power-of-two ranges for int targets.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+import numpy as np
+
+from kerasq._compat import keras, tf
+
+
+def _pow2(fl: Any) -> np.ndarray:
+    return np.ldexp(np.float32(1.0), -np.asarray(fl, np.int32)).astype(np.float32)
+
+
+def round_exact(y: "tf.Tensor", rounding: str) -> "tf.Tensor":
+    """Round with float32 builtins only, exactly (no ``y + 0.5`` double rounding).
+
+    nearest: ties away from zero; half_up: floor(y + 0.5); nearest_even: banker's.
+    """
+    if rounding == "nearest_even":
+        return tf.round(y)
+    low = tf.floor(y)
+    frac = y - low  # exact for |y| < 2^24
+    if rounding == "half_up":
+        up = frac >= 0.5
+    else:  # nearest: ties away from zero
+        up = tf.logical_or(frac > 0.5, tf.logical_and(tf.equal(frac, 0.5), y > 0))
+    return tf.where(up, low + 1.0, low)
+
+
+@keras.utils.register_keras_serializable(package="kerasq")
+class GridQuantize(keras.layers.Layer):
+    """y = clip(round(x·2^fl), qmin, qmax)·2^-fl, lowered for a TFLite target.
+
+    Example:
+        >>> GridQuantize(frac_bits=2, qmin=-8, qmax=7, mode="exact")(np.float32([0.3, 9.0]))
+        <tf.Tensor: ... numpy=array([0.25, 1.75], dtype=float32)>
+    """
+
+    def __init__(self, frac_bits: int, qmin: int, qmax: int, rounding: str = "nearest",
+                 mode: str = "exact", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.frac_bits = int(frac_bits)
+        self.qmin = int(qmin)
+        self.qmax = int(qmax)
+        self.rounding = rounding
+        self.mode = mode
+
+    def call(self, x: "tf.Tensor") -> "tf.Tensor":
+        scale = float(_pow2(self.frac_bits))
+        lo, hi = self.qmin * scale, self.qmax * scale
+        if self.mode == "exact":
+            y = tf.clip_by_value(x * float(_pow2(-self.frac_bits)), float(self.qmin), float(self.qmax))
+            return round_exact(y, self.rounding) * scale
+        bits = 8 if self.mode == "fakequant8" else 16
+        if self.qmin < 0:
+            full_lo = -(2 ** (bits - 1)) * scale
+            if bits == 16:  # TFLite int16 activations are symmetric: scale = max/32767
+                full_lo = -(2 ** (bits - 1) - 1) * scale
+            full_hi = (2 ** (bits - 1) - 1) * scale
+        else:
+            full_lo, full_hi = 0.0, (2**bits - 1) * scale
+            if bits == 16:
+                full_lo, full_hi = -(2**15 - 1) * scale, (2**15 - 1) * scale
+        y = tf.quantization.fake_quant_with_min_max_args(x, full_lo, full_hi, num_bits=bits)
+        if (lo, hi) != (full_lo, full_hi):  # narrower grid than the integer type: clip
+            y = tf.clip_by_value(y, lo, hi)
+            y = tf.quantization.fake_quant_with_min_max_args(y, full_lo, full_hi, num_bits=bits)
+        return y
+
+    def get_config(self) -> Dict[str, Any]:
+        return {**super().get_config(), "frac_bits": self.frac_bits, "qmin": self.qmin,
+                "qmax": self.qmax, "rounding": self.rounding, "mode": self.mode}
+
+
+@keras.utils.register_keras_serializable(package="kerasq")
+class AffineFakeQuant(keras.layers.Layer):
+    """tfmot's affine min/max fake quantization, kept as is (the converter's own path)."""
+
+    def __init__(self, low: float, high: float, num_bits: int = 8, narrow_range: bool = False,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.low, self.high = float(low), float(high)
+        self.num_bits, self.narrow_range = int(num_bits), bool(narrow_range)
+
+    def call(self, x: "tf.Tensor") -> "tf.Tensor":
+        return tf.quantization.fake_quant_with_min_max_args(
+            x, self.low, self.high, num_bits=self.num_bits, narrow_range=self.narrow_range)
+
+    def get_config(self) -> Dict[str, Any]:
+        return {**super().get_config(), "low": self.low, "high": self.high,
+                "num_bits": self.num_bits, "narrow_range": self.narrow_range}
+
+
+@keras.utils.register_keras_serializable(package="kerasq")
+class QuantizedLinear(keras.layers.Layer):
+    """Conv2D / DepthwiseConv2D / Dense with constant quantized weights for export.
+
+    ``kind`` is "conv", "depthwise" or "dense"; ``weight_frac_bits`` (per output channel
+    of the TFLite kernel, or one int) set the fake-quant ranges [-128·2^-fl, 127·2^-fl]
+    when ``fake_quant`` is True. A per-channel Dense is computed as a 1x1 convolution,
+    because TFLite's converter rejects per-channel fake-quant on FULLY_CONNECTED kernels.
+    """
+
+    def __init__(self, kind: str, kernel: Any, bias: Any = None, *, strides=(1, 1),
+                 padding: str = "valid", dilation_rate=(1, 1), activation: str = "linear",
+                 weight_frac_bits: Any = None, fake_quant: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.kind = kind
+        self.kernel_value = np.asarray(kernel, np.float32)
+        self.bias_value = None if bias is None else np.asarray(bias, np.float32)
+        self.strides = tuple(strides)
+        self.padding = padding.upper()
+        self.dilation_rate = tuple(dilation_rate)
+        self.activation = keras.activations.get(activation)
+        self.activation_name = activation
+        self.weight_frac_bits = None if weight_frac_bits is None else np.asarray(weight_frac_bits)
+        self.fake_quant = bool(fake_quant)
+
+    def _quantized_kernel(self, kernel: "tf.Tensor") -> "tf.Tensor":
+        if not self.fake_quant:
+            return kernel
+        scale = _pow2(self.weight_frac_bits)
+        if scale.ndim == 0:
+            return tf.quantization.fake_quant_with_min_max_args(
+                kernel, float(-128 * scale), float(127 * scale), num_bits=8)
+        return tf.quantization.fake_quant_with_min_max_vars_per_channel(
+            kernel, tf.constant(-128 * scale), tf.constant(127 * scale), num_bits=8)
+
+    def call(self, x: "tf.Tensor") -> "tf.Tensor":
+        k = tf.constant(self.kernel_value)
+        if self.kind == "conv":
+            y = tf.nn.conv2d(x, self._quantized_kernel(k), self.strides, self.padding,
+                             dilations=self.dilation_rate)
+        elif self.kind == "depthwise":
+            kh, kw, cin, mult = self.kernel_value.shape
+            flat = self._quantized_kernel(tf.reshape(k, (kh, kw, cin * mult)))
+            y = tf.nn.depthwise_conv2d(x, tf.reshape(flat, (kh, kw, cin, mult)),
+                                       (1, *self.strides, 1), self.padding,
+                                       dilations=self.dilation_rate)
+        else:  # dense
+            per_channel = self.fake_quant and np.ndim(self.weight_frac_bits) > 0
+            if per_channel and len(x.shape) == 2:
+                cin, cout = self.kernel_value.shape
+                kq = self._quantized_kernel(tf.reshape(k, (1, 1, cin, cout)))
+                y = tf.nn.conv2d(tf.reshape(x, (-1, 1, 1, cin)), kq, 1, "VALID")
+                y = tf.reshape(y, (-1, cout))
+            else:
+                y = tf.tensordot(x, self._quantized_kernel(k), [[len(x.shape) - 1], [0]])
+        if self.bias_value is not None:
+            y = y + tf.constant(self.bias_value)
+        return self.activation(y)
+
+    def get_config(self) -> Dict[str, Any]:
+        fl = self.weight_frac_bits
+        return {**super().get_config(), "kind": self.kind,
+                "kernel": self.kernel_value.tolist(),
+                "bias": None if self.bias_value is None else self.bias_value.tolist(),
+                "strides": list(self.strides), "padding": self.padding.lower(),
+                "dilation_rate": list(self.dilation_rate), "activation": self.activation_name,
+                "weight_frac_bits": None if fl is None else np.asarray(fl).tolist(),
+                "fake_quant": self.fake_quant}
+
+
+__all__: List[str] = ["AffineFakeQuant", "GridQuantize", "QuantizedLinear", "round_exact"]

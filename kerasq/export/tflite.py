@@ -1,0 +1,219 @@
+"""Export a kerasq-quantized Keras model to TFLite, check the file, and verify it.
+
+Targets:
+
+* ``int8`` — full-integer model: weights int8 per channel with scale 2^-fl (zero point 0),
+  activations int8 with scale 2^-fl (zero point 0 when signed, -128 when unsigned),
+  biases int32; float I/O with one QUANTIZE/DEQUANTIZE at the ends, or int8 I/O with
+  ``int_io=True``. No float operator is left between quantized ones (checked).
+* ``int16x8`` — int16 activations (symmetric, scale 2^-fl), int8 weights.
+* ``float`` — float32 file whose weights are stored already on their quantized grid
+  (any bit width, minifloat, power of two) and whose activations are rounded to their DFP
+  grid with exact float builtins, so the file computes the Keras fake-quant numbers.
+* ``float16`` — as ``float`` with weights stored in float16 (refused if a weight is not
+  exactly representable in float16).
+
+A config the target cannot hold (e.g. 12-bit weights to int8) raises
+:class:`~kerasq.errors.ExportError` naming the layer and a target that can.
+
+Example:
+    >>> import kerasq
+    >>> blob = kerasq.export.to_tflite(qmodel, "m.tflite", verify_data=x)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from typing import Any, Dict, Iterable, List, Optional, Union
+
+import numpy as np
+
+from kerasq._compat import tf
+from kerasq._io import write_bytes_atomic
+from kerasq.errors import ExportError, VerificationError
+from kerasq.export.graph import DeployPlan, build_deploy_model
+from kerasq.export.verify import VerificationReport, op_table, tensor_table, verify_tflite
+
+log = logging.getLogger("kerasq.export.tflite")
+
+TARGETS = ("int8", "int16x8", "float16", "float")
+_MODE = {"int8": "fakequant8", "int16x8": "fakequant16", "float16": "exact", "float": "exact"}
+_BOUNDARY_OPS = {"QUANTIZE", "DEQUANTIZE"}
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@dataclasses.dataclass
+class ExportResult:
+    """The exported file, how it was built, and its verification (if data was given)."""
+
+    content: bytes
+    target: str
+    plan: DeployPlan
+    report: Optional[VerificationReport]
+
+    @property
+    def size(self) -> int:
+        return len(self.content)
+
+
+def _representative(data: Any, limit: int = 200) -> Iterable[List[np.ndarray]]:
+    arr = np.asarray(data, np.float32)
+
+    def gen() -> Iterable[List[np.ndarray]]:
+        for i in range(min(len(arr), limit)):
+            yield [arr[i:i + 1]]
+
+    return gen
+
+
+def _check_fp16(plan: DeployPlan) -> None:
+    for layer in plan.model.layers:
+        for name in ("kernel_value", "bias_value"):
+            value = getattr(layer, name, None)
+            if value is None:
+                continue
+            as16 = value.astype(np.float16).astype(np.float32)
+            if not np.array_equal(as16, value):
+                raise ExportError("weights are not exactly representable in float16 (bit width "
+                                  "or range beyond float16's 11-bit significand / exponent "
+                                  "range); use target 'float'", layer=layer.name)
+
+
+def _convert(plan: DeployPlan, target: str, representative_data: Any, int_io: bool) -> bytes:
+    converter = tf.lite.TFLiteConverter.from_keras_model(plan.model)
+    if target in ("int8", "int16x8"):
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if target == "int8":
+            # the converter insists on a representative dataset for an INT8-only op set;
+            # without one the fake-quant ranges alone drive it, and check_integer_file
+            # then proves that no float operator was left
+            if representative_data is not None:
+                converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            io_type = tf.int8
+        else:
+            converter.target_spec.supported_ops = [
+                tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+            io_type = tf.int16
+        if representative_data is not None:
+            converter.representative_dataset = _representative(representative_data)
+        if int_io:
+            converter.inference_input_type = io_type
+            converter.inference_output_type = io_type
+    elif target == "float16":
+        _check_fp16(plan)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    try:
+        return converter.convert()
+    except Exception as err:  # the converter raises many types; report one line
+        first = str(err).strip().splitlines()
+        detail = next((line for line in first if "error:" in line), first[0] if first else "")
+        hint = ("" if representative_data is not None or target in ("float", "float16") else
+                " (tensors without a kerasq quantizer need representative_data)")
+        raise ExportError(f"TFLite conversion to {target} failed: {detail.strip()[:300]}{hint}")
+
+
+def _pow2_exponent(scale: float) -> Optional[int]:
+    mant, exp = math.frexp(scale)
+    return exp - 1 if mant == 0.5 else None
+
+
+def check_integer_file(content: bytes, plan: DeployPlan, target: str) -> List[str]:
+    """Problems of an integer file: float ops inside, scales not the chosen powers of two.
+
+    Returns a list of one-line problem descriptions (empty when the file is as intended).
+    """
+    problems = []
+    int_type = np.dtype(np.int8 if target == "int8" else np.int16)
+    for op in op_table(content):
+        if op["op"] in _BOUNDARY_OPS:
+            continue
+        dtypes = [d for d in op["inputs"] + op["outputs"] if d is not None]
+        if any(d == np.float32 for d in dtypes):
+            problems.append(f"float operator {op['op']} left in the integer graph")
+    tensors = tensor_table(content)
+    for layer_name, spec in plan.activation_layers.items():
+        hits = [t for t in tensors if t["dtype"] == int_type and len(t["scales"]) == 1
+                and t["name"].split(";")[0].split("/")[-2:-1] == [layer_name]]
+        for t in hits:
+            exp = _pow2_exponent(float(t["scales"][0]))
+            if exp != -int(spec.frac_bits):
+                problems.append(f"{layer_name}: scale {t['scales'][0]!r} is not 2^-{spec.frac_bits}")
+    return problems
+
+
+def export_tflite(
+    qmodel: Any,
+    path: Optional[PathLike] = None,
+    *,
+    target: str = "int8",
+    representative_data: Any = None,
+    int_io: bool = False,
+    verify_data: Any = None,
+    verify: bool = False,
+    max_error_steps: float = 1.0,
+    min_top1: float = 0.995,
+) -> ExportResult:
+    """Like :func:`to_tflite`, returning an :class:`ExportResult` (file, plan, report)."""
+    if target not in TARGETS:
+        raise ExportError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    if int_io and target not in ("int8", "int16x8"):
+        raise ExportError(f"int_io needs an integer target, not {target!r}")
+    if verify and verify_data is None:
+        verify_data = representative_data
+    if verify and verify_data is None:
+        raise ExportError("verify=True needs verify_data (or representative_data)")
+    if target == "int16x8" and representative_data is None:
+        representative_data = verify_data
+    plan = build_deploy_model(qmodel, _MODE[target])
+    content = _convert(plan, target, representative_data, int_io)
+    if target in ("int8", "int16x8"):
+        problems = check_integer_file(content, plan, target)
+        if problems:
+            raise ExportError(f"the {target} file is not fully integer / not on kerasq's grid: "
+                              + "; ".join(problems[:5]))
+    report = None
+    if verify_data is not None:
+        step = None
+        if plan.output_spec is not None and plan.output_spec.kind == "dfp":
+            step = float(plan.output_spec.step)
+        report = verify_tflite(content, qmodel, verify_data, output_step=step)
+        if verify and not report.ok(max_steps=max_error_steps, min_top1=min_top1):
+            raise VerificationError(f"TFLite {target} output disagrees with the Keras model: "
+                                    f"{report.describe()}", file=path)
+    if path is not None:
+        write_bytes_atomic(path, content)
+    return ExportResult(content, target, plan, report)
+
+
+def to_tflite(
+    qmodel: Any,
+    path: Optional[PathLike] = None,
+    *,
+    target: str = "int8",
+    representative_data: Any = None,
+    int_io: bool = False,
+    verify_data: Any = None,
+    verify: bool = False,
+) -> bytes:
+    """Export ``qmodel`` (from :func:`kerasq.quantize_model`) to a TFLite flatbuffer.
+
+    Each DFP tensor x_q = q·2^-fl keeps its power-of-two scale 2^-fl in the file.
+    ``representative_data`` calibrates tensors no kerasq quantizer covers; ``verify_data``
+    runs the file in the TFLite interpreter and logs the max error (in output steps) and
+    top-1 agreement; ``verify=True`` turns a disagreement (> 1 step, < 99.5 % top-1) into
+    :class:`~kerasq.errors.VerificationError`. The file at ``path`` is written atomically
+    and only after verification passed.
+
+    Example:
+        >>> blob = to_tflite(qmodel, "m.tflite", target="int8", verify_data=x, verify=True)  # doctest: +SKIP
+    """
+    return export_tflite(qmodel, path, target=target, representative_data=representative_data,
+                         int_io=int_io, verify_data=verify_data, verify=verify).content
+
+
+__all__ = ["TARGETS", "ExportResult", "to_tflite", "export_tflite", "check_integer_file"]
