@@ -17,7 +17,7 @@ def lower_input(ctx, node, inputs: List[Blob]) -> List[Blob]:
     ctx.error(node, "input layers are turned into model inputs before lowering", KerasqError)
 
 
-@register("ReLU")
+@register("ReLU", partial="negative_slope")
 def lower_relu(ctx, node, inputs: List[Blob]) -> List[Blob]:
     """``y = max(x, 0) + negative_slope * min(x, 0)``."""
     slope = float(node.param.relu_param.negative_slope)
@@ -27,7 +27,7 @@ def lower_relu(ctx, node, inputs: List[Blob]) -> List[Blob]:
     return [Blob(layer(x.tensor), x.shape, x.perm)]
 
 
-@register("Softmax")
+@register("Softmax", partial="any axis but the batch axis")
 def lower_softmax(ctx, node, inputs: List[Blob]) -> List[Blob]:
     """``y = exp(x - max) / sum exp(x - max)`` along Caffe ``axis`` (default 1)."""
     x = inputs[0]

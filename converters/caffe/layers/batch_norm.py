@@ -24,7 +24,7 @@ from kerasq.converters.caffe.layout import NHWC, Blob
 from kerasq.converters.caffe.passes import batchnorm_stats
 
 
-@register("BatchNorm")
+@register("BatchNorm", partial="global stats (folded into the previous conv/IP by default) or batch stats")
 def lower_batchnorm(ctx, node, inputs: List[Blob]) -> List[Blob]:
     """Caffe BatchNorm (axis 1) -> BatchNormalization or BatchStatNormalize."""
     x = inputs[0]
@@ -45,7 +45,7 @@ def lower_batchnorm(ctx, node, inputs: List[Blob]) -> List[Blob]:
     return [Blob(out, x.shape, x.perm)]
 
 
-@register("Scale", partial="axis 0 only in the two-bottom form (per-sample scales)")
+@register("Scale", partial="axis, num_axes, bias_term; the two-bottom form with axis 0 (per-sample scales)")
 def lower_scale(ctx, node, inputs: List[Blob]) -> List[Blob]:
     """Caffe Scale: learned or second-bottom ``gamma``, optional learned ``beta``."""
     p = node.param.scale_param

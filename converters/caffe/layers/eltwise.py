@@ -13,7 +13,7 @@ from kerasq.converters.caffe.proto import caffe_pb2
 _E = caffe_pb2.EltwiseParameter
 
 
-@register("Eltwise")
+@register("Eltwise", partial="SUM with coeff, PROD, MAX; N bottoms")
 def lower_eltwise(ctx, node, inputs: List[Blob]) -> List[Blob]:
     """SUM ``y = sum_i c_i x_i`` (Add if all c_i = 1), PROD (Multiply), MAX (Maximum)."""
     p = node.param.eltwise_param

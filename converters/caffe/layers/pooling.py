@@ -69,7 +69,7 @@ def _ave_correction(size: int, out: int, k: int, s: int, p: int) -> np.ndarray:
     return k / np.asarray(lengths, np.float64)
 
 
-@register("Pooling", partial="MAX/AVE (STOCHASTIC is train-time only and not supported)")
+@register("Pooling", partial="MAX/AVE, ceil/floor + clip rule, Caffe AVE divisor, global; not STOCHASTIC; with dynamic_spatial only unpadded kernel <= stride (or floor) pooling")
 def lower_pooling(ctx, node, inputs: List[Blob]) -> List[Blob]:
     """Caffe Pooling -> stock Keras pooling (+ padding / divisor correction where needed)."""
     p = node.param.pooling_param

@@ -33,7 +33,7 @@ def lower_silence(ctx, node, inputs: List[Blob]) -> List[Blob]:
     return []
 
 
-@register("Concat")
+@register("Concat", partial="any axis but the batch axis; legacy concat_dim")
 def lower_concat(ctx, node, inputs: List[Blob]) -> List[Blob]:
     """Concatenate along Caffe ``axis`` (or legacy ``concat_dim``)."""
     p = node.param.concat_param
@@ -69,7 +69,7 @@ def _reshape_to(ctx, node, x: Blob, shape: Tuple[Optional[int], ...]) -> Blob:
     return Blob(out, shape, identity(len(shape)))
 
 
-@register("Flatten")
+@register("Flatten", partial="axis >= 1")
 def lower_flatten(ctx, node, inputs: List[Blob]) -> List[Blob]:
     """Merge Caffe axes ``axis..end_axis`` (C,H,W row-major order, as Caffe does)."""
     p = node.param.flatten_param
@@ -140,7 +140,7 @@ def reshape_shape(ctx, node, x: Blob) -> Tuple[Tuple[Optional[int], ...], bool]:
     return shape, keeps_batch
 
 
-@register("Reshape")
+@register("Reshape", partial="0/-1/axis/num_axes; a shape mixing the batch axis pins the model to the declared batch size")
 def lower_reshape(ctx, node, inputs: List[Blob]) -> List[Blob]:
     """Row-major reinterpretation in Caffe order (the input is put in Caffe order first)."""
     x = inputs[0]

@@ -141,3 +141,19 @@ def test_mean_file_binaryproto(tmp_path):
     want = forward(proto, weights, {"data": x - read_binaryproto(mean_file)}, blobs=["prob"])["prob"]
     got = np.asarray(model(x.transpose(0, 2, 3, 1), training=False))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_supported_layer_table_is_up_to_date():
+    """docs/caffe_layers.md equals what tools/gen_caffe_support.py renders from the registry."""
+    import importlib.util
+    import pathlib
+
+    repo = pathlib.Path(__file__).resolve().parents[3]
+    spec = importlib.util.spec_from_file_location("gen_caffe_support", repo / "tools" / "gen_caffe_support.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    committed = (repo / "docs" / "caffe_layers.md").read_text(encoding="utf-8")
+    assert committed == gen.render(), "run: python tools/gen_caffe_support.py"
+    for caffe_type in ("Convolution", "Deconvolution", "InnerProduct", "Pooling", "BatchNorm",
+                       "Scale", "Eltwise", "Concat", "Reshape", "PReLU", "LRN", "Slice"):
+        assert f"| `{caffe_type}` |" in committed
