@@ -28,7 +28,7 @@ from kerasq.export.layers import AffineFakeQuant, GridQuantize, QuantizedLinear
 
 log = logging.getLogger("kerasq.export.graph")
 
-MODES = ("fakequant8", "fakequant16", "exact")
+MODES = ("fakequant8", "plain16", "exact")
 _LINEAR_KINDS = {"Conv2D": "conv", "DepthwiseConv2D": "depthwise", "Dense": "dense"}
 
 
@@ -102,7 +102,7 @@ class _Builder:
         if spec.kind == "none":
             return x
         if spec.kind == "affine":  # tfmot's own min/max quantizers (e.g. its input layer)
-            if spec.bitwidth > {"fakequant16": 16}.get(self.mode, 8):
+            if spec.bitwidth > {"plain16": 16}.get(self.mode, 8):
                 raise ExportError(f"{spec.bitwidth}-bit affine activations do not fit the "
                                   "target", layer=owner)
             return AffineFakeQuant(spec.low, spec.high, spec.bitwidth, spec.narrow,
@@ -114,7 +114,7 @@ class _Builder:
                     "export with target 'float' or 'float16'", layer=owner)
             raise ExportError(f"activations are {spec.describe()}: only fixed-point "
                               "activation grids are exported so far", layer=owner)
-        bits = {"fakequant8": 8, "fakequant16": 16}.get(self.mode)
+        bits = {"fakequant8": 8, "plain16": 16}.get(self.mode)
         if bits is not None and spec.bitwidth > (bits if not spec.signed else bits):
             can = "int16x8" if spec.bitwidth <= 16 else "float"
             raise ExportError(
@@ -204,9 +204,9 @@ class _Builder:
         kernel = quantized.get(id(kernel_var), kernel_var.numpy())
         bias_var = _variable(wrapper, "bias")
         bias = None if bias_var is None else quantized.get(id(bias_var), bias_var.numpy())
-        fake_quant = self.mode != "exact"
+        fake_quant = self.mode == "fakequant8"
         frac_bits = None
-        if fake_quant:
+        if self.mode != "exact":
             if kernel_spec is None:
                 kernel_spec = specs.weight_spec_from_values(
                     kernel.reshape(kernel.shape[0], kernel.shape[1], -1) if kind == "depthwise"
@@ -220,7 +220,7 @@ class _Builder:
                 raise ExportError(f"{kernel_spec.bitwidth}-bit weights do not fit int8 (TFLite "
                                   "int8 and int16x8 store 8-bit weights); use target 'float'",
                                   layer=owner)
-            frac_bits = kernel_spec.frac_bits
+            frac_bits = kernel_spec.frac_bits if fake_quant else None
         common = dict(activation=activation, weight_frac_bits=frac_bits,
                       fake_quant=fake_quant, name=inner.name)
         if kind == "dense":
@@ -284,7 +284,8 @@ class _Builder:
 
 
 def build_deploy_model(qmodel: "keras.Model", mode: str) -> DeployPlan:
-    """Deploy graph of ``qmodel`` for ``mode`` ("fakequant8", "fakequant16" or "exact")."""
+    """Deploy graph of ``qmodel`` for ``mode``: "fakequant8" (int8 with kerasq's scales),
+    "plain16" (TFLite's 16x8 calibration of the quantized weights) or "exact" (float)."""
     return _Builder(qmodel, mode).build()
 
 

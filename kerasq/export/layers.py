@@ -3,7 +3,7 @@
 They exist only inside :func:`kerasq.export.to_tflite` (never saved by kerasq), yet are
 registered and fully configurable like every kerasq layer.
 
-* :class:`GridQuantize` puts a tensor on a DFP grid. ``mode="fakequant8"/"fakequant16"``
+* :class:`GridQuantize` puts a tensor on a DFP grid. ``mode="fakequant8"``
   uses ``FakeQuantWithMinMaxVars`` with the power-of-two range (the TFLite converter turns
   it into int8 / int16 tensors of scale 2^-fl); ``mode="exact"`` uses only float builtins
   (MUL by 2^fl, MINIMUM/MAXIMUM, FLOOR/ROUND, SELECT), each exact in float32, so a float
@@ -62,6 +62,8 @@ class GridQuantize(keras.layers.Layer):
     def call(self, x: "tf.Tensor") -> "tf.Tensor":
         scale = float(_pow2(self.frac_bits))
         lo, hi = self.qmin * scale, self.qmax * scale
+        if self.mode == "plain":  # the converter calibrates this tensor itself
+            return x
         if self.mode == "exact":
             y = tf.clip_by_value(x * float(_pow2(-self.frac_bits)), float(self.qmin), float(self.qmax))
             return round_exact(y, self.rounding) * scale
