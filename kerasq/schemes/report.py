@@ -35,7 +35,7 @@ import numpy as np
 
 log = logging.getLogger("kerasq.schemes.report")
 
-__all__ = ["report", "format_report", "ReportRow", "sqnr_db"]
+__all__ = ["report", "format_report", "inspect_section", "ReportRow", "sqnr_db"]
 
 
 @dataclasses.dataclass
@@ -359,6 +359,18 @@ def format_report(rows: Sequence[ReportRow]) -> str:
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def inspect_section(model: Any, data: Any = None, *, batch_size: int = 32) -> str:
+    """The quantization part of ``kerasq inspect``: "" for a float model, else a titled table.
+
+    Example: ``print(inspect_section(kerasq.load_model("q.h5"), x[:256]))``.
+    """
+    rows = report(model, data, batch_size=batch_size)
+    if not rows:
+        return ""
+    where = "SQNR on the given data" if data is not None else "SQNR of weights only (--data)"
+    return f"quantization ({len(rows)} quantized tensors; {where}):\n" + format_report(rows)
 
 
 class _CallableModule(types.ModuleType):
