@@ -50,8 +50,9 @@ def lower_mvn(ctx: "LoweringContext", node: "Node", inputs: List[Blob]) -> List[
         x = ctx.caffe_order(x)
     p = node.param.mvn_param
     first = 1 if p.across_channels else 2
-    if x.rank <= first:
-        ctx.error(node, f"MVN needs more than {first} axes, got shape {x.shape}")
+    if x.rank < 2:
+        ctx.error(node, f"MVN needs at least 2 axes, got shape {x.shape}")
+    # A 2-D blob without across_channels normalizes single values (Caffe gives 0): axes = [].
     axes = sorted(x.keras_axis(i) for i in range(first, x.rank))
     layer = kx.MeanVarianceNorm(
         axes=axes, normalize_variance=p.normalize_variance, eps=p.eps, name=ctx.name(node)

@@ -149,3 +149,19 @@ def test_embed(tmp_path, shape, bias_term):
     )
     idx = nb.rng.randint(0, 10, size=shape).astype(np.float32)
     check_net(nb, tmp_path, {"data": idx})
+
+
+@pytest.mark.parametrize(
+    "shape,param",
+    [
+        ((2, 3, 7), "mvn_param { }"),
+        ((2, 3, 7), "mvn_param { across_channels: true normalize_variance: false }"),
+        ((3, 6), "mvn_param { across_channels: true }"),
+        ((3, 6), "mvn_param { }"),
+    ],
+)
+def test_mvn_2d_3d(tmp_path, shape, param):
+    nb = NetBuilder("mvn_nd", seed=29)
+    x = nb.input("data", shape)
+    nb.add("MVN", [x], name="mvn", param=param)
+    check_net(nb, tmp_path, {"data": nb.randn(*shape, scale=2.0) - 1.0})
