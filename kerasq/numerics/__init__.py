@@ -14,7 +14,7 @@ Example:
     >>> from kerasq.numerics import dfp_quantize, dfp_frac_bits
     >>> fl = dfp_frac_bits(max_abs=3.2, bitwidth=8)   # il = 2 + sign bit -> fl = 5
     >>> dfp_quantize([3.2, -0.01, 5.0], bitwidth=8, frac_bits=fl)
-    array([ 3.1875 , -0.     ,  3.96875])
+    array([3.1875 , 0.     , 3.96875])
 
 See docs/numerics.md for the formulas and the differences from Ristretto/caffe-jacinto.
 """
