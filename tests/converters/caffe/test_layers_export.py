@@ -93,9 +93,10 @@ def _compare(outputs, model, want):
     assert checked >= 15
 
 
-def test_h5_round_trip(converted):
+@pytest.mark.parametrize("fmt", ["model.h5", "saved_model"])
+def test_save_and_reload(converted, fmt):
     nb, model, x, want, folder = converted
-    path = str(folder / "model.h5")
+    path = str(folder / fmt)
     model.save(path)
     reloaded = keras.models.load_model(path, compile=False)
     outs = reloaded(np.transpose(x, (0, 2, 3, 1)))
