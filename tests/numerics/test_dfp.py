@@ -364,3 +364,18 @@ def test_empty_and_kinds():
     assert dfp_quantize(np.array([0.3], np.float16), 8, 3).dtype == np.float16
     assert dfp_quantize(tf.constant([0.3], tf.float16), 8, 3).dtype == tf.float16
     assert dfp_quantize([1, 2, 300], 8, 0).tolist() == [1.0, 2.0, 127.0]
+
+
+def test_gradient_reaches_a_variable_passed_as_x():
+    """Quantizers pass kernels (tf.Variable) directly; the STE must reach the variable."""
+    from kerasq.numerics import minifloat_quantize, pow2_quantize
+
+    kernel = tf.Variable([[-3.0, 0.2], [0.5, 1.9]])
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(
+            dfp_quantize(kernel, 4, 2)
+            + minifloat_quantize(kernel, 2, 1)
+            + pow2_quantize(kernel, -2, 0, rounding="stochastic", seed=1)
+        )
+    # dfp range [-2, 1.75]; minifloat E2M1 max 6; pow2: identity
+    np.testing.assert_array_equal(tape.gradient(loss, kernel).numpy(), [[0 + 1 + 1, 3], [3, 2]])
