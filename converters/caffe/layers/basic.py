@@ -21,8 +21,12 @@ def lower_input(ctx, node, inputs: List[Blob]) -> List[Blob]:
 def lower_relu(ctx, node, inputs: List[Blob]) -> List[Blob]:
     """``y = max(x, 0) + negative_slope * min(x, 0)``."""
     slope = float(node.param.relu_param.negative_slope)
-    layer = keras.layers.ReLU(negative_slope=slope, name=ctx.name(node)) if slope else \
-        keras.layers.ReLU(name=ctx.name(node))
+    if slope == 0:
+        layer = keras.layers.ReLU(name=ctx.name(node))
+    elif slope > 0:
+        layer = keras.layers.ReLU(negative_slope=slope, name=ctx.name(node))
+    else:  # Keras ReLU refuses negative slopes; leaky_relu computes max(x, a*x) exactly
+        layer = keras.layers.LeakyReLU(alpha=slope, name=ctx.name(node))
     x = inputs[0]
     return [Blob(layer(x.tensor), x.shape, x.perm)]
 
