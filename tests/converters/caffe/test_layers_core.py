@@ -215,3 +215,18 @@ def test_reshape_axis_num_axes(tmp_path, param):
     r = nb.add("Reshape", [x], name="resh", param=param)
     nb.add("Softmax", [r], name="sm", param="softmax_param { axis: 1 }")
     check_net(nb, tmp_path)
+
+
+@pytest.mark.parametrize("factor", [0.0, 999.98])
+def test_batchnorm_scale_factor_blob(tmp_path, factor):
+    """Scale factor 0 means mean = var = 0 (Caffe), otherwise mean/var are divided by it."""
+    nb = NetBuilder("bn_factor", seed=82)
+    x = nb.input("data", (2, 3, 5, 4))
+    nb.add(
+        "BatchNorm",
+        [x],
+        name="bn",
+        param="batch_norm_param { use_global_stats: true eps: 0.01 }",
+        blobs=[nb.randn(3) * 50, nb.randn(3) ** 2 * 100, Blob([factor], "none")],
+    )
+    check_net(nb, tmp_path)
