@@ -49,8 +49,8 @@ def custom_objects() -> Dict[str, Any]:
     from tensorflow_model_optimization.python.core.quantization.keras import quantize
 
     objects: Dict[str, Any] = {}
-    with quantize.quantize_scope():
-        objects.update(keras.utils.get_custom_objects())
+    for mapping in quantize.quantize_scope().custom_objects:  # tfmot's wrappers, quantizers
+        objects.update(mapping)
     for name in _REGISTERING_MODULES:
         try:
             importlib.import_module(name)
