@@ -46,6 +46,7 @@ class Graph:
     inputs: Dict[str, Tuple[int, ...]] = dataclasses.field(default_factory=dict)  # id -> NCHW
     blob_names: Dict[str, str] = dataclasses.field(default_factory=dict)  # id -> Caffe top name
     source: str = ""  # file named in errors
+    name: str = ""  # NetParameter.name
     preprocessing: Optional[dict] = None
 
     def producers(self) -> Dict[str, Node]:

@@ -248,8 +248,8 @@ def lower_graph(
                 wanted = ctx.reserve(wanted)
             tensor = keras.layers.Activation("linear", name=wanted)(tensor)
         model_outputs.append(tensor)
-    model = keras.Model(model_inputs, model_outputs, name=sanitize_name(
-        options.get("model_name", "caffe_net") if options else "caffe_net"))
+    model_name = (options or {}).get("model_name") or graph.name or "caffe_net"
+    model = keras.Model(model_inputs, model_outputs, name=sanitize_name(model_name))
     return model, blobs
 
 

@@ -33,7 +33,7 @@ import numpy as np
 
 from kerasq.converters.caffe.graph import Graph, Node
 from kerasq.converters.caffe.proto import caffe_pb2
-from kerasq.converters.caffe.reader import fit_blob_shape, weights_by_layer
+from kerasq.converters.caffe.reader import blob_to_array, fit_blob_shape, weights_by_layer
 from kerasq.converters.caffe.upgrade import upgrade_net
 from kerasq.errors import CaffeFormatError
 
@@ -142,6 +142,13 @@ def _resolve_inputs(
                         file=source, layer=layer.name or None)
                 shapes[top] = declared
             dropped.extend(layer.top[1:])  # labels
+            t = layer.transform_param
+            if t.mean_file or t.mean_value or t.scale != 1.0:
+                log.warning(
+                    "%s: data layer %r preprocesses with transform_param (mean_file=%r, "
+                    "mean_value=%s, scale=%g); that is not part of the net: pass mean=/scale= "
+                    "(CLI --mean/--scale) to record it in the model", source, layer.name,
+                    t.mean_file, list(t.mean_value), t.scale)
         else:
             rest.append(layer)
     unknown = set(input_shapes) - used_overrides
@@ -323,7 +330,7 @@ def build_graph(
     dropped_set = set(dropped)
     layers = [l for l in layers if not _is_train_only(l.type)]
 
-    graph = Graph(source=source)
+    graph = Graph(source=source, name=net.name)
     current: Dict[str, str] = {}
     versions: Dict[str, int] = {}
 
@@ -355,9 +362,11 @@ def build_graph(
             k += 1
         used_names.add(unique)
         tops = [define(t) for t in layer.top]
-        graph.nodes.append(Node(name=unique, type=layer.type, bottoms=bottoms, tops=tops,
-                                caffe_tops=list(layer.top), param=layer, caffe_name=caffe_name))
+        text_blobs = [blob_to_array(b, source, caffe_name) for b in layer.blobs]
         del layer.blobs[:]  # hyper-parameters only; weights come from the caffemodel
+        graph.nodes.append(Node(name=unique, type=layer.type, bottoms=bottoms, tops=tops,
+                                caffe_tops=list(layer.top), param=layer, caffe_name=caffe_name,
+                                blobs=text_blobs))  # blobs written in the prototxt: fallback
 
     if weights is not None:
         _attach_weights(graph.nodes, weights_by_layer(weights, weights_source))
