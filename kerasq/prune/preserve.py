@@ -165,6 +165,19 @@ class SparsityPreservingQuantizer(_Quantizer):
     def preserves_zero(self) -> bool:
         return True
 
+    @property
+    def inner_quantizer(self) -> Any:
+        """The wrapped quantizer (for exporters that look through wrappers)."""
+        return self.inner
+
+    def export_spec(self, quantizer_vars: Dict[str, Any]) -> Any:
+        """The inner quantizer's export spec (masking does not change the grid), or None."""
+        method = getattr(self.inner, "export_spec", None)
+        if not callable(method):
+            return None
+        inner_vars = quantizer_vars.get("inner", quantizer_vars) if quantizer_vars else {}
+        return method(inner_vars)
+
     def build(self, tensor_shape: Any, name: str, layer: Any) -> Dict[str, Any]:
         mask = layer.add_weight(
             name + MASK_SUFFIX,
