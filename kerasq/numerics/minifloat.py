@@ -48,7 +48,7 @@ from kerasq.numerics._validate import (
     numpy_result,
     to_numpy_float,
 )
-from kerasq.numerics.rounding import np_round, tf_round
+from kerasq.numerics.rounding import _tf_seed, np_round, tf_round
 
 MAX_EXP_BITS = 10  # the largest value stays finite in float64
 MAX_MANT_BITS = 52
@@ -132,22 +132,61 @@ def minifloat_quantize(
 
 
 def _minifloat_tf(x, exp_bits, mant_bits, k_min, rounding, seed):
+    """TF path: rounds the mantissa on the integer bit pattern of x.
+
+    A different algorithm from the numpy path (which scales by 2^(M−k) and rounds a
+    float), so the bit-identity tests cross-check the two. Dropping the low
+    ``nm − M`` fraction bits of |x| with a rounding addend rounds within x's binade;
+    a carry runs into the exponent field, which is exactly the next binade.
+    """
     from kerasq._compat import tf
 
     xc, out_dtype = _float.to_tf_float(x)
+    info = np.finfo(xc.dtype.as_numpy_dtype)
+    nm, dtype_bias = int(info.nmant), int(info.maxexp) - 1
+    int_dtype = tf.int32 if xc.dtype == tf.float32 else tf.int64
+    width = 32 if xc.dtype == tf.float32 else 64
+    sign_bit, magnitude_bits = -(2 ** (width - 1)), 2 ** (width - 1) - 1
     top = _max_in(exp_bits, mant_bits, xc.dtype.as_numpy_dtype)
+    top_pattern = int(np.array(top, xc.dtype.as_numpy_dtype).view(f"int{width}"))
+    # bit pattern of the smallest normal 2^k_min (<= 0 when below the dtype's range)
+    normal_pattern = (k_min + dtype_bias) << nm
     subnormals = k_min != -(2 ** (exp_bits - 1) - 1)
+    drop = nm - mant_bits  # fraction bits below the minifloat mantissa
+
+    def const(v):
+        return tf.constant(v, int_dtype)
 
     @tf.custom_gradient
     def quantize(xv):
-        xs = tf.clip_by_value(xv, -top, top)
-        k = _float.tf_floor_log2(tf.abs(xs))
-        k_grid = tf.maximum(k, k_min) if subnormals else k
-        q = tf_round(_float.tf_ldexp(xs, mant_bits - k_grid), rounding, seed)
-        out = tf.clip_by_value(_float.tf_ldexp(q, k_grid - mant_bits), -top, top)
-        if not subnormals:
-            out = tf.where(k < k_min, tf.zeros_like(out), out)
-        out = tf.where(out == 0, xs * 0, out)  # zeros keep x's sign (xs is finite here)
+        xs = tf.clip_by_value(xv, -top, top)  # ±inf -> ±top; NaN stays NaN
+        bits = tf.bitcast(xs, int_dtype)
+        sign = tf.bitwise.bitwise_and(bits, const(sign_bit))
+        # NaN patterns are above top: clamp them so the addend cannot overflow
+        mag = tf.minimum(tf.bitwise.bitwise_and(bits, const(magnitude_bits)), const(top_pattern))
+        if drop > 0:
+            half = 1 << (drop - 1)
+            if rounding == "nearest":
+                addend = const(half)
+            elif rounding == "half_up":  # ties toward +inf: down in magnitude when negative
+                addend = tf.where(sign != 0, const(half - 1), const(half))
+            elif rounding == "nearest_even":
+                lsb = tf.bitwise.bitwise_and(tf.bitwise.right_shift(mag, const(drop)), const(1))
+                addend = const(half - 1) + lsb
+            else:
+                addend = _tf_random_ints(tf.shape(mag), drop, seed, int_dtype)
+            mag_q = tf.bitwise.bitwise_and(mag + addend, const(-(1 << drop)))
+            mag_q = tf.minimum(mag_q, const(top_pattern))  # carry out of the top binade
+        else:
+            mag_q = mag
+        below = mag < const(normal_pattern)
+        if subnormals:  # fixed grid step 2^(k_min − M) below the smallest normal
+            scaled = tf_round(_float.tf_ldexp(xs, mant_bits - k_min), rounding, seed)
+            tiny = tf.bitcast(tf.abs(_float.tf_ldexp(scaled, k_min - mant_bits)), int_dtype)
+            mag_q = tf.where(below, tiny, mag_q)
+        else:
+            mag_q = tf.where(below, const(0), mag_q)
+        out = tf.bitcast(tf.bitwise.bitwise_or(mag_q, sign), xs.dtype)
         out = tf.where(tf.math.is_nan(xs), xs, out)
 
         def grad(dy):
@@ -156,6 +195,17 @@ def _minifloat_tf(x, exp_bits, mant_bits, k_min, rounding, seed):
         return out, grad
 
     return tf.cast(quantize(xc), out_dtype)
+
+
+def _tf_random_ints(shape, nbits, seed, dtype):
+    """Uniform integers in [0, 2^nbits): the stochastic addend of the mantissa rounding."""
+    from kerasq._compat import tf
+
+    if seed is None:
+        return tf.random.uniform(shape, minval=0, maxval=2**nbits, dtype=dtype)
+    return tf.random.stateless_uniform(
+        shape, seed=_tf_seed(seed), minval=0, maxval=2**nbits, dtype=dtype
+    )
 
 
 __all__ = ["minifloat_max", "minifloat_quantize"]

@@ -169,8 +169,11 @@ def test_carry_out_of_the_top_binade_saturates():
     # E4M3: bias 7, top binade [256, 512) with step 32; largest value 480. Ristretto's
     # trim rounds 500 -> mantissa carry -> 512; kerasq keeps the largest value.
     assert minifloat_max(4, 3) == 480.0
+    # (479 is one step inside: deterministic modes give 480, stochastic 448 or 480)
     x = np.array([479.0, 480.0, 495.0, 496.0, 500.0, 511.0, 1e9, np.inf], np.float32)
     for mode in ("nearest", "nearest_even", "half_up", "stochastic"):
+        if mode == "stochastic":
+            x = x[1:]
         got = minifloat_quantize(x, 4, 3, rounding=mode, seed=1)
         np.testing.assert_array_equal(got, 480.0)
         np.testing.assert_array_equal(minifloat_quantize(-x, 4, 3, rounding=mode, seed=1), -480.0)
