@@ -81,7 +81,7 @@ def lower_slice(ctx: "LoweringContext", node: "Node", inputs: List[Blob]) -> Lis
             pieces = [(axis, b, e - b) for b, e in zip(bounds[:-2], bounds[1:-1])] + [
                 (axis, bounds[-2], -1)
             ]
-            return [_slice(ctx, node, x, [r], f"_{i}") for i, r in enumerate(pieces)]
+            return [_slice(ctx, node, x, [r], str(i)) for i, r in enumerate(pieces)]
     elif dim is None:
         ctx.error(node, "an equal Slice of the free batch axis needs slice_point values")
     else:
@@ -93,7 +93,7 @@ def lower_slice(ctx: "LoweringContext", node: "Node", inputs: List[Blob]) -> Lis
             )
         bounds = [i * dim // n_tops for i in range(n_tops + 1)]
     return [
-        _slice(ctx, node, x, [(axis, b, e - b)], f"_{i}")
+        _slice(ctx, node, x, [(axis, b, e - b)], str(i))
         for i, (b, e) in enumerate(zip(bounds, bounds[1:]))
     ]
 
