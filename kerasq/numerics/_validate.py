@@ -80,7 +80,7 @@ def check_seed(seed: Seed) -> Seed:
     if isinstance(seed, numbers.Integral) and not isinstance(seed, (bool, np.bool_)):
         if 0 <= int(seed) < _MAX_SEED:
             return int(seed)
-    elif isinstance(seed, (tuple, list, np.ndarray)) and len(seed) == 2:
+    elif isinstance(seed, (tuple, list, np.ndarray)) and np.ndim(seed) == 1 and len(seed) == 2:
         try:
             pair = tuple(check_int("seed", s, 0, _MAX_SEED - 1) for s in seed)
         except QuantizationConfigError:

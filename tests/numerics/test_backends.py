@@ -101,13 +101,15 @@ def test_extreme_frac_bits(dtype, fl):
             assert -fl > np.finfo(dtype).maxexp - 16
 
 
+@pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
 @pytest.mark.parametrize("mode", DETERMINISTIC)
-def test_xla_jit_compile_matches_numpy(mode):
+def test_tf_function_and_xla_match_numpy(mode, jit):
     rng = np.random.default_rng(1)
     x = (rng.standard_normal((8, 16)) * 4).astype(np.float32)
     fl = np.arange(16) % 6 - 1
+    signature = None if jit else [tf.TensorSpec([None, 16], tf.float32)]
 
-    @tf.function(jit_compile=True)
+    @tf.function(jit_compile=jit, input_signature=signature)
     def run(v):
         return (
             dfp_quantize(v, 8, 4, rounding=mode),
