@@ -113,21 +113,24 @@ const char* GemmIsa() {
 }
 
 void GemmInt32(const int16_t* A, int64_t M, int64_t lda, const PackedB& B, int32_t* C) {
+  // Column blocks outside, row tiles inside: a block of packed B (Kp x 32 int16) stays in
+  // L1/L2 while it meets every row tile of A.
   const Isa isa = CurrentIsa();
-  for (int64_t m = 0; m < M; m += kRowTile) {
-    const int16_t* a = A + m * lda;
-    int32_t* c = C + m * B.Np;
-    int64_t n0 = 0;
+  int64_t n0 = 0;
 #ifdef KERASQ_X86
-    if (isa == Isa::kVnni) {
-      for (; n0 + 32 <= B.Np; n0 += 32) TileVnni<2>(a, lda, B, n0, c, B.Np);
-      for (; n0 < B.Np; n0 += 16) TileVnni<1>(a, lda, B, n0, c, B.Np);
-    } else if (isa == Isa::kAvx2) {
-      for (; n0 < B.Np; n0 += 16) TileAvx2(a, lda, B, n0, c, B.Np);
-    }
-#endif
-    for (; n0 < B.Np; n0 += kChannelTile) TilePortable<int32_t>(a, lda, B, n0, kChannelTile, c, B.Np);
+  if (isa == Isa::kVnni) {
+    for (; n0 + 32 <= B.Np; n0 += 32)
+      for (int64_t m = 0; m < M; m += kRowTile) TileVnni<2>(A + m * lda, lda, B, n0, C + m * B.Np, B.Np);
+    for (; n0 < B.Np; n0 += 16)
+      for (int64_t m = 0; m < M; m += kRowTile) TileVnni<1>(A + m * lda, lda, B, n0, C + m * B.Np, B.Np);
+  } else if (isa == Isa::kAvx2) {
+    for (; n0 < B.Np; n0 += 16)
+      for (int64_t m = 0; m < M; m += kRowTile) TileAvx2(A + m * lda, lda, B, n0, C + m * B.Np, B.Np);
   }
+#endif
+  for (; n0 < B.Np; n0 += kChannelTile)
+    for (int64_t m = 0; m < M; m += kRowTile)
+      TilePortable<int32_t>(A + m * lda, lda, B, n0, kChannelTile, C + m * B.Np, B.Np);
 }
 
 void GemmInt64(const int16_t* A, int64_t M, int64_t lda, const PackedB& B, int64_t* C) {
@@ -135,6 +138,75 @@ void GemmInt64(const int16_t* A, int64_t M, int64_t lda, const PackedB& B, int64
     for (int64_t n0 = 0; n0 < B.Np; n0 += kChannelTile)
       TilePortable<int64_t>(A + m * lda, lda, B, n0, kChannelTile, C + m * B.Np, B.Np);
   }
+}
+
+}  // namespace gemm
+}  // namespace kerasq
+
+namespace kerasq {
+namespace gemm {
+
+namespace {
+
+inline int32_t RequantScalar(int32_t acc, int64_t lshift, int64_t bias, int64_t shift, int mode,
+                             int64_t lo, int64_t hi) {
+  const int64_t t = (static_cast<int64_t>(acc) << lshift) + bias;
+  const int64_t h = int64_t{1} << (shift - 1);
+  int64_t v;
+  if (mode == 0) {
+    v = (t + h - (t < 0 ? 1 : 0)) >> shift;
+  } else if (mode == 1) {
+    v = (t + h - 1 + ((t >> shift) & 1)) >> shift;
+  } else {
+    v = (t + h) >> shift;
+  }
+  return static_cast<int32_t>(v < lo ? lo : (v > hi ? hi : v));
+}
+
+#ifdef KERASQ_X86
+__attribute__((target("avx512f,avx512dq,avx512vl"))) int64_t RequantAvx512(
+    const int32_t* acc, int64_t n, const int64_t* lshift, const int64_t* bias,
+    const int64_t* shift, int mode, int64_t lo, int64_t hi, int32_t* out) {
+  const __m512i one = _mm512_set1_epi64(1), vlo = _mm512_set1_epi64(lo),
+                vhi = _mm512_set1_epi64(hi);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m512i a = _mm512_cvtepi32_epi64(
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc + i)));
+    const __m512i s = _mm512_loadu_si512(shift + i);
+    const __m512i t = _mm512_add_epi64(_mm512_sllv_epi64(a, _mm512_loadu_si512(lshift + i)),
+                                       _mm512_loadu_si512(bias + i));
+    __m512i sum = _mm512_add_epi64(t, _mm512_sllv_epi64(one, _mm512_sub_epi64(s, one)));
+    if (mode == 0) {
+      sum = _mm512_add_epi64(sum, _mm512_srai_epi64(t, 63));  // -1 for t < 0
+    } else if (mode == 1) {
+      sum = _mm512_add_epi64(_mm512_sub_epi64(sum, one),
+                             _mm512_and_si512(_mm512_srav_epi64(t, s), one));
+    }
+    __m512i v = _mm512_srav_epi64(sum, s);
+    v = _mm512_max_epi64(_mm512_min_epi64(v, vhi), vlo);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), _mm512_cvtepi64_epi32(v));
+  }
+  return i;
+}
+
+bool HasAvx512() {
+  static const bool has = __builtin_cpu_supports("avx512f") &&
+                          __builtin_cpu_supports("avx512dq") &&
+                          __builtin_cpu_supports("avx512vl");
+  return has;
+}
+#endif
+
+}  // namespace
+
+void RequantizeRowInt32(const int32_t* acc, int64_t n, const int64_t* lshift, const int64_t* bias,
+                        const int64_t* shift, int mode, int64_t lo, int64_t hi, int32_t* out) {
+  int64_t i = 0;
+#ifdef KERASQ_X86
+  if (HasAvx512()) i = RequantAvx512(acc, n, lshift, bias, shift, mode, lo, hi, out);
+#endif
+  for (; i < n; ++i) out[i] = RequantScalar(acc[i], lshift[i], bias[i], shift[i], mode, lo, hi);
 }
 
 }  // namespace gemm

@@ -35,12 +35,25 @@ void PackB(const W* w, int64_t K, int64_t N, PackedB* out) {
   out->Np = RoundUp(N, kChannelTile);
   out->data.assign(out->Kp * out->Np, 0);
   int32_t max_abs = 0;
-  for (int64_t k = 0; k < K; ++k) {
+  for (int64_t i = 0; i < K * N; ++i) {
+    const int32_t v = w[i] < 0 ? -int32_t(w[i]) : int32_t(w[i]);
+    max_abs = v > max_abs ? v : max_abs;
+  }
+  const int64_t Np = out->Np;
+  int16_t* dst = out->data.data();
+  for (int64_t k = 0; k + 1 < K; k += 2) {
+    const W* even = w + k * N;
+    const W* odd = even + N;
+    int16_t* d = dst + (k / 2) * Np * 2;
     for (int64_t n = 0; n < N; ++n) {
-      const int32_t v = w[k * N + n];
-      max_abs = v < 0 ? (-v > max_abs ? -v : max_abs) : (v > max_abs ? v : max_abs);
-      out->data[(k / 2) * out->Np * 2 + n * 2 + (k & 1)] = static_cast<int16_t>(v);
+      d[2 * n] = static_cast<int16_t>(even[n]);
+      d[2 * n + 1] = static_cast<int16_t>(odd[n]);
     }
+  }
+  if (K & 1) {
+    const W* last = w + (K - 1) * N;
+    int16_t* d = dst + (K / 2) * Np * 2;
+    for (int64_t n = 0; n < N; ++n) d[2 * n] = static_cast<int16_t>(last[n]);
   }
   out->max_abs = max_abs;
 }
@@ -62,3 +75,19 @@ const char* GemmIsa();
 }  // namespace kerasq
 
 #endif  // KERASQ_OPS_CC_INT_GEMM_H_
+
+namespace kerasq {
+namespace gemm {
+
+// Requantization of one row of int32 accumulators, vectorized (AVX-512/AVX2 clones):
+//   t = acc[n] * 2^lshift[n] + bias[n];  y[n] = clamp(round(t / 2^shift[n]), lo, hi)
+// for right shifts 1 <= shift[n] <= 62 and the deterministic modes, branch-free:
+//   half_up       (t + h) >> s
+//   nearest       (t + h - [t < 0]) >> s                  (ties away from zero)
+//   nearest_even  (t + h - 1 + ((t >> s) & 1)) >> s       (ties to even)
+// with h = 2^(s-1). mode: 0 nearest, 1 nearest_even, 2 half_up (kerasq::Rounding order).
+void RequantizeRowInt32(const int32_t* acc, int64_t n, const int64_t* lshift, const int64_t* bias,
+                        const int64_t* shift, int mode, int64_t lo, int64_t hi, int32_t* out);
+
+}  // namespace gemm
+}  // namespace kerasq

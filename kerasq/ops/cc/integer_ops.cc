@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "int_gemm.h"
@@ -239,6 +240,7 @@ class IntegerKernelBase : public OpKernel {
     if (!err.empty()) return InvalidArgument(err);
     rq->rounding = rounding_;
     rq->stream = StreamStart(seed.flat<int64_t>()(0));
+    rq->PrepareFast();
     return tensorflow::OkStatus();
   }
 
@@ -251,6 +253,22 @@ class IntegerKernelBase : public OpKernel {
 template <typename Acc, typename Out>
 void RequantizeRows(const Requantizer& rq, const Acc* C, int64_t ldc, int64_t row0, int64_t rows,
                     int64_t channels, Out* y) {
+  if constexpr (std::is_same_v<Acc, int32_t>) {
+    if (rq.fast) {
+      std::vector<int32_t> row(channels);
+      for (int64_t r = 0; r < rows; ++r) {
+        Out* out = y + (row0 + r) * channels;
+        int32_t* dst = std::is_same_v<Out, int32_t> ? reinterpret_cast<int32_t*>(out) : row.data();
+        gemm::RequantizeRowInt32(C + r * ldc, channels, rq.mul.data(), rq.bias_term.data(),
+                                 rq.shift64.data(), static_cast<int>(rq.rounding), rq.lo, rq.hi,
+                                 dst);
+        if constexpr (!std::is_same_v<Out, int32_t>) {
+          for (int64_t n = 0; n < channels; ++n) out[n] = static_cast<Out>(dst[n]);
+        }
+      }
+      return;
+    }
+  }
   auto body = [&](auto mode) {
     constexpr Rounding R = decltype(mode)::value;
     for (int64_t r = 0; r < rows; ++r) {

@@ -57,6 +57,21 @@ struct Requantizer {
     return "";
   }
 
+  // Per-channel arrays for the vectorized int32 path (gemm::RequantizeRowInt32).
+  std::vector<int64_t> mul, shift64;  // mul holds the left shift of the accumulator
+  bool fast = false;  // deterministic mode and every shift in [1, 62]
+
+  void PrepareFast() {
+    fast = rounding != Rounding::kStochastic;
+    mul.resize(rshift.size());
+    shift64.resize(rshift.size());
+    for (size_t n = 0; n < rshift.size(); ++n) {
+      fast = fast && rshift[n] >= 1 && rshift[n] <= 62;
+      mul[n] = acc_lshift[n];
+      shift64[n] = rshift[n];
+    }
+  }
+
   template <Rounding R>
   inline int64_t Apply(int64_t acc, int64_t n, uint64_t index) const {
     const int64_t t = acc * (int64_t{1} << acc_lshift[n]) + bias_term[n];
