@@ -1,0 +1,143 @@
+"""``kerasq quantize``: PTQ from flags / prototxt / JSON, search, report, atomic one-line errors.
+
+The reference for what the command writes is the Python API run in-process on the same
+model and data (``quantize_model`` + ``calibrate``, themselves tested against
+``kerasq.numerics``); the model is a small CNN trained on scikit-learn's real digits.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+from kerasq.cli import main
+
+DATA = pathlib.Path(__file__).resolve().parent.parent / "schemes" / "data"
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    from sklearn.datasets import load_digits
+
+    from kerasq._compat import keras
+
+    root = tmp_path_factory.mktemp("quantize_cli")
+    digits = load_digits()
+    x = (digits.images / 16.0).astype("float32")[..., None]
+    y = digits.target.astype("int64")
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(6, 3, activation="relu", name="conv1a")(inp)
+    h = keras.layers.Flatten(name="flat")(h)
+    out = keras.layers.Dense(10, name="fc")(h)
+    model = keras.Model(inp, out)
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x[:1400], y[:1400], epochs=5, batch_size=64, verbose=0)
+    model.save(root / "model.h5")
+    np.save(root / "cal.npy", x[:128])
+    np.savez(root / "val.npz", x=x[1400:], y=y[1400:])
+    return root
+
+
+def _reference(model_path, config, x_cal):
+    import kerasq
+
+    model = kerasq.load_model(model_path)
+    qmodel = kerasq.quantize_model(model, config)
+    kerasq.calibrate(qmodel, x_cal)
+    return qmodel
+
+
+def _bits(qmodel):
+    from kerasq.schemes.report import report
+
+    return {(r.layer, r.tensor): r for r in report(qmodel)}
+
+
+def test_flags_and_calibration_match_the_python_api(workdir, capsys):
+    import kerasq
+    from kerasq.schemes import QuantizationConfig
+
+    out = workdir / "q_flags.h5"
+    status = main(["quantize", str(workdir / "model.h5"), "--bits-weights", "6",
+                   "--bits-activations", "7", "--per-tensor", "--calibration",
+                   str(workdir / "cal.npy"), "-o", str(out)])
+    assert status == 0 and out.is_file()
+    assert f"wrote {out}" in capsys.readouterr().out
+    x_cal = np.load(workdir / "cal.npy")
+    x_val = np.load(workdir / "val.npz")["x"]
+    ref = _reference(workdir / "model.h5", QuantizationConfig(
+        bitwidth_weights=6, bitwidth_activations=7, per_channel_weights=False), x_cal)
+    written = kerasq.load_model(out)
+    np.testing.assert_array_equal(written.predict(x_val, verbose=0), ref.predict(x_val, verbose=0))
+    rows = _bits(written)
+    assert rows[("conv1a", "kernel")].bits == 6
+    assert rows[("conv1a", "kernel")].frac_bits[0] == rows[("conv1a", "kernel")].frac_bits[1]
+
+
+def test_prototxt_config_with_overrides_and_saved_json(workdir):
+    import kerasq
+    from kerasq.schemes import QuantizationConfig
+
+    out, saved = workdir / "q_caffe", workdir / "cfg.json"
+    status = main(["quantize", str(workdir / "model.h5"), "--config",
+                   str(DATA / "jacinto017_defaults.prototxt"), "--bits-activations", "9",
+                   "--calibration", str(workdir / "cal.npy"), "--save-config", str(saved),
+                   "-o", str(out)])
+    assert status == 0 and out.is_dir()  # no extension: SavedModel directory
+    expected = QuantizationConfig.from_caffe(DATA / "jacinto017_defaults.prototxt").replace(
+        bitwidth_activations=9)
+    assert QuantizationConfig.from_json(saved.read_text()) == expected
+    rows = _bits(kerasq.load_model(out))
+    assert rows[("conv1a", "kernel")].bits == 12  # caffe-jacinto 0.17 default
+    assert rows[("conv1a", "kernel")].format == "affine"  # non-power-2 with offset
+    # the JSON written by --save-config is accepted by --config
+    out2 = workdir / "q_json.h5"
+    assert main(["quantize", str(workdir / "model.h5"), "--config", str(saved),
+                 "--calibration", str(workdir / "cal.npy"), "-o", str(out2)]) == 0
+    x_val = np.load(workdir / "val.npz")["x"]
+    np.testing.assert_array_equal(kerasq.load_model(out2).predict(x_val, verbose=0),
+                                  kerasq.load_model(out).predict(x_val, verbose=0))
+
+
+def test_search_and_report(workdir, capsys):
+    out = workdir / "q_search.h5"
+    status = main(["quantize", str(workdir / "model.h5"), "--search", "--eval",
+                   str(workdir / "val.npz"), "--calibration", str(workdir / "cal.npy"),
+                   "--candidates", "6", "--report", "-o", str(out)])
+    text = capsys.readouterr().out
+    assert status == 0 and out.is_file()
+    assert "baseline" in text and "combined" in text and "SQNR dB" in text
+    assert "accuracy: float" in text
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--bits-weights", "40"], "bitwidth_weights=40"),
+        (["--config", "{bad}"], "bad.prototxt: line 2: expected ':'"),
+        (["--search"], "--search needs --eval"),
+        (["--calibration", "{missing}"], "cannot read array file"),
+    ],
+)
+def test_errors_are_one_line_exit_2_and_leave_no_file(workdir, capsys, tmp_path, extra, needle):
+    bad = tmp_path / "bad.prototxt"
+    bad.write_text("quantize: true\nnet_quantization_param { bitwidth_weights 8 }\n")
+    extra = [e.format(bad=bad, missing=tmp_path / "missing.npy") for e in extra]
+    out = tmp_path / "never.h5"
+    status = main(["quantize", str(workdir / "model.h5"), *extra, "-o", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and err.startswith("kerasq: error: ") and "\n" not in err
+    assert needle in err
+    assert not out.exists() and os.listdir(tmp_path) == ["bad.prototxt"]
+
+
+def test_missing_model_is_a_model_format_error(tmp_path, capsys):
+    status = main(["quantize", str(tmp_path / "nope.h5"), "-o", str(tmp_path / "q.h5")])
+    err = capsys.readouterr().err
+    assert status == 2 and "nope.h5: no such file" in err
+    assert not (tmp_path / "q.h5").exists()
+
