@@ -1,6 +1,8 @@
 """Small custom Keras layers for Caffe semantics that no stock layer expresses exactly.
 
 All are registered with ``keras.utils.register_keras_serializable(package="kerasq")``,
+declare a ``quantization_role`` ("output": a new real-valued result to quantize like an
+activation; "passthrough": a rearrangement of input values, already on the grid),
 have a complete ``get_config`` and keep constants as non-trainable weights (so
 ``.h5``/SavedModel files carry them). Load converted models with
 ``custom_objects=kerasq.converters.caffe.custom_objects()`` (or inside
@@ -40,6 +42,8 @@ class EdgePadding2D(keras.layers.Layer):
     ``y[i, j] = x[clip(i - top, 0, H-1), clip(j - left, 0, W-1)]``
     """
 
+    quantization_role = "passthrough"  # how kerasq.schemes treats its output
+
     def __init__(self, padding: Sequence[Sequence[int]] = ((0, 0), (0, 0)), **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.padding = _pairs(padding)
@@ -73,6 +77,8 @@ class ConstantMultiply(keras.layers.Layer):
     weight). Used for Caffe's AVE-pool border divisor: ``c = k_h k_w / area``.
     """
 
+    quantization_role = "output"  # how kerasq.schemes treats its output
+
     def __init__(self, constant_shape: Sequence[int] = (1,), **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.constant_shape = tuple(int(d) for d in constant_shape)
@@ -93,6 +99,8 @@ class ConstantMultiply(keras.layers.Layer):
 @_serializable
 class WeightedSum(keras.layers.Layer):
     """Caffe Eltwise SUM with coefficients: ``y = sum_i coeff_i * x_i``."""
+
+    quantization_role = "output"  # how kerasq.schemes treats its output
 
     def __init__(self, coefficients: Sequence[float] = (), **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -120,6 +128,8 @@ class BroadcastAffine(keras.layers.Layer):
     With ``scale_from_input=True`` the layer takes ``[x, gamma]`` (Caffe's two-bottom
     Scale) and ``gamma`` is reshaped to ``param_shape`` per sample.
     """
+
+    quantization_role = "output"  # how kerasq.schemes treats its output
 
     def __init__(
         self,
@@ -176,6 +186,8 @@ class BatchStatNormalize(keras.layers.Layer):
     except ``axis`` (the channel axis), batch included.
     """
 
+    quantization_role = "output"  # how kerasq.schemes treats its output
+
     def __init__(self, axis: int = -1, epsilon: float = 1e-5, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.axis = int(axis)
@@ -202,6 +214,8 @@ class CaffePreprocess(keras.layers.Layer):
     (RGB <-> BGR); ``mean`` has shape ``mean_shape`` (``(C,)`` per-channel values or
     ``(H, W, C)`` a mean image, stored as a non-trainable weight); ``scale`` is a float.
     """
+
+    quantization_role = "output"  # how kerasq.schemes treats its output
 
     def __init__(
         self,
@@ -245,6 +259,8 @@ class BatchReshape(keras.layers.Layer):
     ``y = reshape(x, target_shape)`` with a fixed batch: the model only runs at the
     batch size the Caffe net declared.
     """
+
+    quantization_role = "passthrough"  # how kerasq.schemes treats its output
 
     def __init__(self, target_shape: Sequence[int] = (1,), **kwargs: Any) -> None:
         super().__init__(**kwargs)
