@@ -50,7 +50,12 @@ def custom_objects() -> Dict[str, Any]:
     """Every custom object kerasq models may contain."""
     from kerasq.converters.caffe import custom_objects as caffe_objects
 
-    return dict(caffe_objects())
+    objects = dict(caffe_objects())
+    # --- quantized models (kerasq.schemes, engineer F): tfmot wrappers, kerasq quantizers ---
+    from kerasq.schemes.api import custom_objects as quantization_objects
+
+    objects.update(quantization_objects())
+    return objects
 
 
 def load_any(path: str) -> Any:
@@ -63,8 +68,9 @@ def load_any(path: str) -> Any:
         with keras.utils.custom_object_scope(custom_objects()):
             return keras.models.load_model(path, compile=False)
     except (OSError, ValueError, TypeError, KeyError, ImportError) as err:
-        raise ModelFormatError(f"cannot load a Keras model: {str(err).splitlines()[0]}",
-                               file=path) from None
+        raise ModelFormatError(
+            f"cannot load a Keras model: {str(err).splitlines()[0]}", file=path
+        ) from None
 
 
 def table_rows(model: Any) -> List[List[str]]:
@@ -76,8 +82,9 @@ def format_table(model: Any) -> str:
     """The layer table plus totals, as text."""
     headers = [h for h, _ in COLUMNS]
     rows = table_rows(model)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
@@ -94,6 +101,13 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
         description="Show a Keras model's layers (type, output shape, parameters).",
     )
     p.add_argument("model", help="model.h5, model.keras or a SavedModel directory")
+    # --- quantization report (kerasq.schemes.report, engineer F) ---
+    p.add_argument(
+        "--data",
+        metavar="NPY",
+        help="model inputs (.npy, or .npz with x) for the SQNR of activations in "
+        "the quantization table of a quantized model",
+    )
     p.set_defaults(func=run)
 
 
@@ -101,4 +115,13 @@ def run(args: argparse.Namespace) -> int:
     model = load_any(args.model)
     print(f"model {model.name}: {args.model}")
     print(format_table(model))
+    # --- quantization report (kerasq.schemes.report, engineer F) ---
+    from kerasq.cli.quantize import load_inputs
+    from kerasq.schemes.report import inspect_section
+
+    data = load_inputs(args.data) if getattr(args, "data", None) else None
+    section = inspect_section(model, data)
+    if section:
+        print()
+        print(section)
     return 0

@@ -141,3 +141,21 @@ def test_missing_model_is_a_model_format_error(tmp_path, capsys):
     assert status == 2 and "nope.h5: no such file" in err
     assert not (tmp_path / "q.h5").exists()
 
+
+
+def test_inspect_prints_the_quantization_table(workdir, capsys):
+    from kerasq.schemes.report import format_report, report
+
+    import kerasq
+
+    out = workdir / "q_inspect.h5"
+    assert main(["quantize", str(workdir / "model.h5"), "--calibration",
+                 str(workdir / "cal.npy"), "-o", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(out), "--data", str(workdir / "cal.npy")]) == 0
+    text = capsys.readouterr().out
+    # the same table as the Python API on the same data
+    expected = format_report(report(kerasq.load_model(out), np.load(workdir / "cal.npy")))
+    assert "quantization (" in text and expected in text
+    assert main(["inspect", str(workdir / "model.h5")]) == 0
+    assert "quantization (" not in capsys.readouterr().out  # float model: no table
