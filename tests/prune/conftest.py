@@ -147,23 +147,24 @@ def tflite_bytes(model: Any) -> bytes:
     return converter.convert()
 
 
-def tflite_constant_tensors(flatbuffer: bytes, min_rank: int = 2) -> List[Dict[str, Any]]:
-    """Constant weight tensors (name, dtype, array) of a TFLite model with rank >= min_rank."""
+KERNEL_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "FULLY_CONNECTED")
+
+
+def tflite_kernels(flatbuffer: bytes) -> List[Dict[str, Any]]:
+    """The weight tensor (op input 1) of every conv/depthwise/transposed-conv/FC op of a
+    TFLite model, as stored in the file: op name, dtype and array."""
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_content=flatbuffer)
     interpreter.allocate_tensors()
-    inputs = {d["index"] for d in interpreter.get_input_details()}
+    details = {d["index"]: d for d in interpreter.get_tensor_details()}
     out = []
-    for detail in interpreter.get_tensor_details():
-        if detail["index"] in inputs or len(detail["shape"]) < min_rank:
-            continue
-        try:
-            value = interpreter.get_tensor(detail["index"])
-        except ValueError:
-            continue
-        if detail["dtype"] in (np.int8, np.float32):
-            out.append({"name": detail["name"], "dtype": detail["dtype"], "value": value.copy()})
+    for op in interpreter._get_ops_details():
+        if op["op_name"] in KERNEL_OPS:
+            index = int(op["inputs"][1])
+            value = interpreter.get_tensor(index)
+            out.append({"op": op["op_name"], "name": details[index]["name"],
+                        "dtype": value.dtype, "value": value.copy()})
     return out
 
 
@@ -189,6 +190,6 @@ def helpers():
         quantize_with_masks=quantize_with_masks,
         load_h5=load_h5,
         tflite_bytes=tflite_bytes,
-        tflite_constant_tensors=tflite_constant_tensors,
+        tflite_kernels=tflite_kernels,
         digits_images=digits_images,
     )

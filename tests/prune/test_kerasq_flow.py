@@ -1,0 +1,65 @@
+"""The full kerasq flow: prune_model -> strip -> kerasq.quantize_model (sparsity preserved
+automatically) -> QAT with pruning continuing -> kerasq.load_model(.h5) -> kerasq.export.
+
+Reference: exact zeros of the Keras kernels, of the fake-quantized kernels, and of the weight
+tensors of every CONV_2D / DEPTHWISE_CONV_2D / TRANSPOSE_CONV / FULLY_CONNECTED op read back
+from the .tflite file with the ai_edge_litert interpreter."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import kerasq
+from kerasq._compat import keras
+from kerasq.prune import (
+    ConstantSparsity,
+    PruningCallback,
+    find_mask_slots,
+    prune_model,
+    sparsity_report,
+    strip,
+)
+
+
+@pytest.mark.parametrize(
+    "offset,target", [(False, "int8"), (True, "float")], ids=["dfp8-int8", "apply_offset-float"]
+)
+def test_prune_quantize_prune_export(helpers, tmp_path, offset, target):
+    export = pytest.importorskip("kerasq.export", reason="kerasq.export (engineer E) not present")
+    x, y = helpers.digits_images(128)
+    sparse = strip(prune_model(helpers.small_model(), ConstantSparsity(0.5, 0)))
+    qmodel = kerasq.quantize_model(
+        sparse, kerasq.QuantizationConfig(apply_offset_weights=offset)
+    )  # preserve_sparsity=None -> automatic: the kernels have exact zeros
+    slots = find_mask_slots(qmodel)
+    assert {s.name for s in slots} == {
+        "conv/kernel", "dw/depthwise_kernel", "deconv/kernel", "fc/kernel"
+    }
+    kerasq.calibrate(qmodel, x[:64])
+    qmodel.compile(
+        keras.optimizers.SGD(0.05, momentum=0.9),
+        keras.losses.CategoricalCrossentropy(from_logits=True),
+    )
+    qmodel.fit(
+        x, y, batch_size=32, epochs=1, verbose=0,
+        callbacks=[PruningCallback(ConstantSparsity(0.7, 0, frequency=2))],
+    )
+    path = str(tmp_path / "q.h5")
+    qmodel.save(path)
+    reloaded = kerasq.load_model(path)
+    rows = {r.layer: r for r in sparsity_report(reloaded)}
+    for row in rows.values():
+        assert row.sparsity >= 0.7 - 1.0 / row.count, row
+        assert row.mask_zeros == row.zeros and row.quantized_zeros >= row.zeros, row
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0), qmodel.predict(x, verbose=0), atol=1e-5)
+
+    content = export.to_tflite(reloaded, target=target, representative_data=x[:32])
+    kernels = helpers.tflite_kernels(content)
+    assert len(kernels) == 4
+    by_size = {row.count: row for row in rows.values()}
+    for t in kernels:
+        row = by_size[t["value"].size]
+        if target == "int8":
+            assert t["dtype"] == np.int8, t["name"]
+        assert int((t["value"] == 0).sum()) >= row.zeros, (t["name"], row)
