@@ -149,6 +149,23 @@ class _Builder:
                 self.specs.setdefault(owner, []).append(("kernel", kernel_spec))
         config = inner.get_config()
         outs = getattr(wrapper, "_output_quantizers", None) or []
+        if (self.mode == "fakequant8" and type(inner).__name__ == "AveragePooling2D"
+                and config.get("padding") == "valid" and not isinstance(x, (list, tuple))):
+            pool = tuple(config["pool_size"])
+            count = pool[0] * pool[1]
+            if count & (count - 1) == 0:  # 1/count is a power of two: exact as a weight
+                # TFLite's int8 AVERAGE_POOL_2D rounds in the zero-point-offset domain (ties
+                # go down for unsigned tensors); a depthwise convolution with weights
+                # 1/count rounds in the real domain like the Keras model does.
+                channels = int(x.shape[-1])
+                kernel = np.full(pool + (channels, 1), 1.0 / count, np.float32)
+                fl = int(np.log2(count)) + 6  # code 64 (< 127) for the weight 1/count
+                y = QuantizedLinear("depthwise", kernel, None, strides=config["strides"],
+                                    padding="valid", weight_frac_bits=np.full(channels, fl),
+                                    fake_quant=True, name=inner.name)(x)
+                if outs:
+                    y = self.quantize(y, outs[0], wrapper._output_quantizer_vars, owner, "output")
+                return y
         pre, post = self._activation_quantizers(wrapper)
         qas = getattr(wrapper, "_quantize_activations", [])
         act_fn = qas[0].activation if qas else getattr(inner, "activation", None)
