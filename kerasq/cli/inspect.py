@@ -108,6 +108,13 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
         help="model inputs (.npy, or .npz with x) for the SQNR of activations in "
         "the quantization table of a quantized model",
     )
+    # --- sparsity report (kerasq.prune, engineer P) ---
+    p.add_argument(
+        "--sparsity",
+        action="store_true",
+        help="also print exact zeros / count of every kernel and the total "
+        "(caffe-jacinto display_sparsity format)",
+    )
     p.set_defaults(func=run)
 
 
@@ -124,4 +131,10 @@ def run(args: argparse.Namespace) -> int:
     if section:
         print()
         print(section)
+    # --- sparsity report (kerasq.prune, engineer P) ---
+    if getattr(args, "sparsity", False):
+        from kerasq.prune import format_sparsity, sparsity_report
+
+        print()
+        print(format_sparsity(sparsity_report(model)))
     return 0
