@@ -14,5 +14,11 @@ Example:
 from kerasq.converters.caffe.api import custom_objects, forward, load
 from kerasq.converters.caffe.reader import read_binaryproto, read_caffemodel, read_prototxt
 
-__all__ = ["load", "forward", "custom_objects", "read_prototxt", "read_caffemodel",
-           "read_binaryproto"]
+__all__ = [
+    "load",
+    "forward",
+    "custom_objects",
+    "read_prototxt",
+    "read_caffemodel",
+    "read_binaryproto",
+]

@@ -28,8 +28,19 @@ log = logging.getLogger("kerasq.converters.caffe")
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-_LOAD_OPTIONS = frozenset({"input_shape", "fold_batchnorm", "mean", "scale", "swap_rb",
-                           "dynamic_spatial", "stages", "model_name", "progress"})
+_LOAD_OPTIONS = frozenset(
+    {
+        "input_shape",
+        "fold_batchnorm",
+        "mean",
+        "scale",
+        "swap_rb",
+        "dynamic_spatial",
+        "stages",
+        "model_name",
+        "progress",
+    }
+)
 
 
 def custom_objects() -> Dict[str, Any]:
@@ -45,8 +56,12 @@ def custom_objects() -> Dict[str, Any]:
     objects: Dict[str, Any] = {}
     for module in (keras_layers, keras_layers_extra):
         for value in vars(module).values():
-            if (isinstance(value, type) and issubclass(value, keras.layers.Layer)
-                    and value.__module__ == module.__name__ and not value.__name__.startswith("_")):
+            if (
+                isinstance(value, type)
+                and issubclass(value, keras.layers.Layer)
+                and value.__module__ == module.__name__
+                and not value.__name__.startswith("_")
+            ):
                 objects[value.__name__] = value
                 objects["kerasq>" + value.__name__] = value
     return objects
@@ -58,7 +73,9 @@ def _check_options(options: Mapping[str, Any]) -> None:
         raise TypeError(f"unknown option(s) {sorted(unknown)}; known: {sorted(_LOAD_OPTIONS)}")
 
 
-def _mean_array(mean: Any, channels: int, height: Optional[int], width: Optional[int]) -> np.ndarray:
+def _mean_array(
+    mean: Any, channels: int, height: Optional[int], width: Optional[int]
+) -> np.ndarray:
     """Mean as a Keras-layout array: (C,) values or an (H, W, C) image."""
     if isinstance(mean, (str, os.PathLike)):
         image = read_binaryproto(mean)
@@ -66,11 +83,17 @@ def _mean_array(mean: Any, channels: int, height: Optional[int], width: Optional
         if image.ndim != 3 or image.shape[0] != channels:
             raise CaffeFormatError(
                 f"mean image has shape {list(image.shape)}, expected {channels} channels",
-                file=os.fspath(mean))
+                file=os.fspath(mean),
+            )
         if (height, width) == image.shape[1:]:
             return image.transpose(1, 2, 0).astype(np.float32)
-        log.warning("mean image is %dx%d but the input is %sx%s: using its per-channel average",
-                    image.shape[1], image.shape[2], height, width)
+        log.warning(
+            "mean image is %dx%d but the input is %sx%s: using its per-channel average",
+            image.shape[1],
+            image.shape[2],
+            height,
+            width,
+        )
         return image.mean(axis=(1, 2)).astype(np.float32)
     values = np.asarray(mean, dtype=np.float32).reshape(-1)
     if values.size == 1:
@@ -92,9 +115,12 @@ def _preprocessor(options: Mapping[str, Any]):
             return blob
         _, c, h, w = blob.shape
         mean_array = _mean_array(mean, c, h, w) if mean is not None else None
-        layer = CaffePreprocess(mean_array.shape if mean_array is not None else None, scale, swap,
-                                name=ctx.reserve(ctx.graph.blob_names.get(blob_id, blob_id)
-                                                 + "_preprocess"))
+        layer = CaffePreprocess(
+            mean_array.shape if mean_array is not None else None,
+            scale,
+            swap,
+            name=ctx.reserve(ctx.graph.blob_names.get(blob_id, blob_id) + "_preprocess"),
+        )
         tensor = layer(blob.tensor)
         if mean_array is not None:
             layer.set_weights([mean_array])
@@ -103,12 +129,17 @@ def _preprocessor(options: Mapping[str, Any]):
     return apply
 
 
-def _graph(prototxt: PathLike, caffemodel: Optional[PathLike], options: Mapping[str, Any],
-           keep_all_tops: bool) -> Graph:
+def _graph(
+    prototxt: PathLike,
+    caffemodel: Optional[PathLike],
+    options: Mapping[str, Any],
+    keep_all_tops: bool,
+) -> Graph:
     net = read_prototxt(prototxt)
     weights = read_caffemodel(caffemodel) if caffemodel is not None else None
     return build_graph(
-        net, weights,
+        net,
+        weights,
         source=os.fspath(prototxt),
         weights_source=os.fspath(caffemodel) if caffemodel is not None else "",
         input_shape=options.get("input_shape"),
@@ -180,11 +211,13 @@ def forward(
     opts["input_shape"] = shapes
     opts["dynamic_spatial"] = False
     graph = _graph(prototxt, caffemodel, opts, keep_all_tops=True)
-    missing = [graph.blob_names.get(i, i) for i in graph.inputs
-               if graph.blob_names.get(i, i) not in arrays]
+    missing = [
+        graph.blob_names.get(i, i) for i in graph.inputs if graph.blob_names.get(i, i) not in arrays
+    ]
     if missing:
-        raise CaffeFormatError(f"no input array given for net input(s) {missing}",
-                               file=os.fspath(prototxt))
+        raise CaffeFormatError(
+            f"no input array given for net input(s) {missing}", file=os.fspath(prototxt)
+        )
     final = graph.final_ids()
     names: List[str] = list(blobs) if blobs is not None else list(final)
     unknown = [n for n in names if n not in final]

@@ -147,11 +147,13 @@ class BroadcastAffine(keras.layers.Layer):
 
     def build(self, input_shape: Any) -> None:
         if self.use_scale and not self.scale_from_input:
-            self.gamma = self.add_weight(name="gamma", shape=self.param_shape,
-                                         initializer="ones", trainable=True)
+            self.gamma = self.add_weight(
+                name="gamma", shape=self.param_shape, initializer="ones", trainable=True
+            )
         if self.use_bias:
-            self.beta = self.add_weight(name="beta", shape=self.param_shape,
-                                        initializer="zeros", trainable=True)
+            self.beta = self.add_weight(
+                name="beta", shape=self.param_shape, initializer="zeros", trainable=True
+            )
         super().build(input_shape)
 
     def call(self, inputs: Any) -> tf.Tensor:
@@ -231,8 +233,9 @@ class CaffePreprocess(keras.layers.Layer):
 
     def build(self, input_shape: Any) -> None:
         if self.mean_shape:
-            self.mean = self.add_weight(name="mean", shape=self.mean_shape,
-                                        initializer="zeros", trainable=False)
+            self.mean = self.add_weight(
+                name="mean", shape=self.mean_shape, initializer="zeros", trainable=False
+            )
         super().build(input_shape)
 
     def call(self, inputs: tf.Tensor) -> tf.Tensor:

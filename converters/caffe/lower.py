@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Type
+from typing import Any, Dict, List, Mapping, NoReturn, Optional, Sequence, Set, Tuple, Type
 
 import numpy as np
 
@@ -87,7 +87,9 @@ class LoweringContext:
         return self.reserve(node.name + (f"_{suffix}" if suffix else ""))
 
     # -- errors --------------------------------------------------------------------
-    def error(self, node: Node, reason: str, cls: Type[KerasqError] = UnsupportedLayerError) -> "NoReturn":  # type: ignore[name-defined] # noqa: F821
+    def error(
+        self, node: Node, reason: str, cls: Type[KerasqError] = UnsupportedLayerError
+    ) -> NoReturn:
         """Raise ``cls(reason)`` naming the file and the layer."""
         raise cls(reason, file=self.source or None, layer=node.caffe_name)
 
@@ -104,7 +106,8 @@ class LoweringContext:
                 CaffeFormatError,
             )
         return fit_blob_shape(node.blobs[index], shape, self.source, node.caffe_name, label).astype(
-            np.float32)
+            np.float32
+        )
 
     # -- layout --------------------------------------------------------------------
     def to_perm(self, blob: Blob, perm: Sequence[int], node: Optional[Node] = None) -> Blob:
@@ -113,8 +116,9 @@ class LoweringContext:
         if blob.perm == perm:
             return blob
         if perm[0] != 0 or blob.perm[0] != 0:
-            raise UnsupportedLayerError("layouts that move the batch axis are not supported",
-                                        file=self.source or None)
+            raise UnsupportedLayerError(
+                "layouts that move the batch axis are not supported", file=self.source or None
+            )
         owner = node or self.node
         base = owner.name if owner is not None else "layout"
         target_shape = tuple(blob.shape[p] for p in perm)
@@ -123,7 +127,8 @@ class LoweringContext:
         static = all(d is not None for d in target_shape[1:])
         if old_order == new_order and static:
             tensor = keras.layers.Reshape(target_shape[1:], name=self.reserve(base + "_relayout"))(
-                blob.tensor)
+                blob.tensor
+            )
         else:
             dims = tuple(blob.perm.index(p) for p in perm[1:])
             tensor = keras.layers.Permute(dims, name=self.reserve(base + "_permute"))(blob.tensor)
@@ -136,9 +141,11 @@ class LoweringContext:
     def channels_last(self, blob: Blob, node: Optional[Node] = None) -> Blob:
         """A 4-D blob as NHWC (perm (0, 2, 3, 1))."""
         if blob.rank != 4:
-            raise UnsupportedLayerError(f"expected a 4-D blob, got shape {list(blob.shape)}",
-                                        file=self.source or None,
-                                        layer=(node or self.node).caffe_name if (node or self.node) else None)
+            raise UnsupportedLayerError(
+                f"expected a 4-D blob, got shape {list(blob.shape)}",
+                file=self.source or None,
+                layer=(node or self.node).caffe_name if (node or self.node) else None,
+            )
         return self.to_perm(blob, NHWC, node)
 
     def same_layout(self, blobs: Sequence[Blob], node: Optional[Node] = None) -> List[Blob]:
@@ -151,10 +158,15 @@ def _check(ctx: LoweringContext, node: Node, blob: Blob) -> None:
     actual = tuple(blob.tensor.shape)
     expected = blob.keras_shape
     ok = len(actual) == len(expected) and all(
-        a is None or e is None or a == e for a, e in zip(actual[1:], expected[1:]))
+        a is None or e is None or a == e for a, e in zip(actual[1:], expected[1:])
+    )
     if not ok:
-        ctx.error(node, f"internal shape mismatch: Keras {list(actual)} vs Caffe-derived "
-                        f"{list(expected)} (perm {blob.perm})", KerasqError)
+        ctx.error(
+            node,
+            f"internal shape mismatch: Keras {list(actual)} vs Caffe-derived "
+            f"{list(expected)} (perm {blob.perm})",
+            KerasqError,
+        )
 
 
 def make_input(ctx: LoweringContext, blob_id: str, shape: Tuple[int, ...]) -> Tuple[Any, Blob]:
@@ -178,7 +190,8 @@ def lower_graph(
     """Build the Keras model for ``graph``; returns ``(model, blob id -> Blob)``.
 
     ``outputs``: blob ids to expose (default: the net outputs), NHWC for 4-D blobs and in
-    Caffe order for other ranks (the returned table holds their final layout). Outputs whose Keras layer
+    Caffe order for other ranks (the returned table holds their final layout). Outputs whose
+    Keras layer
     is not named after the Caffe top get a linear ``Activation`` named after it.
     ``preprocess``: optional callable(ctx, blob_id, Blob) -> Blob applied to each input.
     """
@@ -208,24 +221,34 @@ def lower_graph(
             raise err.with_context(file=graph.source or None, layer=node.caffe_name)
         except (ValueError, TypeError) as err:
             raise UnsupportedLayerError(
-                f"cannot lower {node.type}: {err}", file=graph.source or None,
-                layer=node.caffe_name) from err
+                f"cannot lower {node.type}: {err}", file=graph.source or None, layer=node.caffe_name
+            ) from err
         if len(results) != len(node.tops):
-            ctx.error(node, f"handler returned {len(results)} blobs for {len(node.tops)} tops",
-                      KerasqError)
+            ctx.error(
+                node,
+                f"handler returned {len(results)} blobs for {len(node.tops)} tops",
+                KerasqError,
+            )
         for top, blob in zip(node.tops, results):
             _check(ctx, node, blob)
             blobs[top] = blob
-        log.info("[%d/%d] %s (%s) -> %s", index, total, node.caffe_name, node.type,
-                 ", ".join(str(list(b.shape)) for b in results))
+        log.info(
+            "[%d/%d] %s (%s) -> %s",
+            index,
+            total,
+            node.caffe_name,
+            node.type,
+            ", ".join(str(list(b.shape)) for b in results),
+        )
         if progress is not None:
             progress(index, total, node.caffe_name)
     ctx.node = None
     model_outputs = []
     for blob_id in output_ids:
         if blob_id not in blobs:
-            raise CaffeFormatError(f"requested output {blob_id!r} is not a blob of this net",
-                                   file=graph.source or None)
+            raise CaffeFormatError(
+                f"requested output {blob_id!r} is not a blob of this net", file=graph.source or None
+            )
         blob = blobs[blob_id]
         if blob.perm != default_perm(blob.rank) and blob.perm[0] == 0:
             # Outputs have a fixed layout: NHWC for 4-D blobs, Caffe order otherwise.
@@ -237,8 +260,12 @@ def lower_graph(
         reserved = ctx._output_names.get(wanted) == blob_id
         if layer.name == wanted and not any(tensor is t for t in model_outputs):
             pass
-        elif (reserved and not isinstance(layer, keras.layers.InputLayer)
-              and not any(tensor is t for t in model_outputs) and len(layer._inbound_nodes) == 1):
+        elif (
+            reserved
+            and not isinstance(layer, keras.layers.InputLayer)
+            and not any(tensor is t for t in model_outputs)
+            and len(layer._inbound_nodes) == 1
+        ):
             layer._name = wanted  # the Caffe top names the layer producing it
             del ctx._output_names[wanted]
         else:

@@ -40,8 +40,16 @@ from kerasq.errors import CaffeFormatError
 log = logging.getLogger("kerasq.converters.caffe.passes")
 
 DATA_LAYER_TYPES = frozenset(
-    {"Data", "ImageData", "HDF5Data", "WindowData", "MemoryData", "DummyData",
-     "AnnotatedData", "VideoData"}
+    {
+        "Data",
+        "ImageData",
+        "HDF5Data",
+        "WindowData",
+        "MemoryData",
+        "DummyData",
+        "AnnotatedData",
+        "VideoData",
+    }
 )
 TRAIN_ONLY_TYPES = frozenset({"Accuracy", "Silence", "HDF5Output"})
 
@@ -51,6 +59,7 @@ def _is_train_only(layer_type: str) -> bool:
 
 
 # ---- phase filter -------------------------------------------------------------------
+
 
 def _rule_met(rule: caffe_pb2.NetStateRule, stages: Set[str], level: int) -> bool:
     if rule.HasField("phase") and rule.phase != caffe_pb2.TEST:
@@ -66,8 +75,9 @@ def _rule_met(rule: caffe_pb2.NetStateRule, stages: Set[str], level: int) -> boo
     return True
 
 
-def filter_phase(layers: Sequence[caffe_pb2.LayerParameter], stages: Iterable[str] = (),
-                 level: int = 0) -> List[caffe_pb2.LayerParameter]:
+def filter_phase(
+    layers: Sequence[caffe_pb2.LayerParameter], stages: Iterable[str] = (), level: int = 0
+) -> List[caffe_pb2.LayerParameter]:
     """Keep the layers Caffe instantiates in the TEST phase (``Net::FilterNet``)."""
     stage_set = set(stages)
     kept = []
@@ -84,6 +94,7 @@ def filter_phase(layers: Sequence[caffe_pb2.LayerParameter], stages: Iterable[st
 
 
 # ---- inputs -------------------------------------------------------------------------
+
 
 def _declared_data_shape(layer: caffe_pb2.LayerParameter) -> Optional[Tuple[int, ...]]:
     if layer.type == "MemoryData":
@@ -115,7 +126,9 @@ def _resolve_inputs(
             if declared and len(declared) not in (1, len(layer.top)):
                 raise CaffeFormatError(
                     f"Input layer has {len(layer.top)} tops but {len(declared)} shapes",
-                    file=source, layer=layer.name or None)
+                    file=source,
+                    layer=layer.name or None,
+                )
             for i, top in enumerate(layer.top):
                 if top in input_shapes:
                     shapes[top] = tuple(int(d) for d in input_shapes[top])
@@ -124,8 +137,12 @@ def _resolve_inputs(
                     shapes[top] = tuple(int(d) for d in declared[min(i, len(declared) - 1)].dim)
                 else:
                     raise CaffeFormatError(
-                        f"Input top {top!r} has no shape; pass input_shape={{{top!r}: (N, C, H, W)}} "
-                        f"(CLI: --input-shape {top}:1,3,224,224)", file=source, layer=layer.name or None)
+                        f"Input top {top!r} has no shape; pass "
+                        f"input_shape={{{top!r}: (N, C, H, W)}} "
+                        f"(CLI: --input-shape {top}:1,3,224,224)",
+                        file=source,
+                        layer=layer.name or None,
+                    )
         elif layer.type in DATA_LAYER_TYPES or (layer.type == "Python" and not layer.bottom):
             if not layer.top:
                 continue
@@ -138,8 +155,11 @@ def _resolve_inputs(
                 if declared is None:
                     raise CaffeFormatError(
                         f"{layer.type} layer has no fixed shape; give it with "
-                        f"input_shape={{{top!r}: (N, C, H, W)}} (CLI: --input-shape {top}:1,3,224,224)",
-                        file=source, layer=layer.name or None)
+                        f"input_shape={{{top!r}: (N, C, H, W)}} "
+                        f"(CLI: --input-shape {top}:1,3,224,224)",
+                        file=source,
+                        layer=layer.name or None,
+                    )
                 shapes[top] = declared
             dropped.extend(layer.top[1:])  # labels
             t = layer.transform_param
@@ -147,15 +167,21 @@ def _resolve_inputs(
                 log.warning(
                     "%s: data layer %r preprocesses with transform_param (mean_file=%r, "
                     "mean_value=%s, scale=%g); that is not part of the net: pass mean=/scale= "
-                    "(CLI --mean/--scale) to record it in the model", source, layer.name,
-                    t.mean_file, list(t.mean_value), t.scale)
+                    "(CLI --mean/--scale) to record it in the model",
+                    source,
+                    layer.name,
+                    t.mean_file,
+                    list(t.mean_value),
+                    t.scale,
+                )
         else:
             rest.append(layer)
     unknown = set(input_shapes) - used_overrides
     if unknown:
         raise CaffeFormatError(
             f"input_shape names {sorted(unknown)} but the net's inputs are {sorted(shapes)}",
-            file=source)
+            file=source,
+        )
     for top, shape in shapes.items():
         if not shape or any(d <= 0 for d in shape):
             raise CaffeFormatError(f"input {top!r} has an invalid shape {list(shape)}", file=source)
@@ -163,6 +189,7 @@ def _resolve_inputs(
 
 
 # ---- weights ------------------------------------------------------------------------
+
 
 def _attach_weights(nodes: List[Node], table: Dict[str, List[List[np.ndarray]]]) -> None:
     seen: Dict[str, int] = {}
@@ -187,19 +214,25 @@ def _attach_weights(nodes: List[Node], table: Dict[str, List[List[np.ndarray]]])
 
 # ---- BatchNorm folding --------------------------------------------------------------
 
+
 def batchnorm_stats(node: Node, channels: int, source: str) -> Tuple[np.ndarray, np.ndarray, float]:
     """Return (mean, variance, eps) of a Caffe BatchNorm node: ``blob/sf`` with sf==0 -> 0."""
     if len(node.blobs) < 3:
         raise CaffeFormatError(
             f"BatchNorm needs 3 blobs (mean, variance, scale factor) in the caffemodel, "
-            f"found {len(node.blobs)}", file=source, layer=node.caffe_name)
+            f"found {len(node.blobs)}",
+            file=source,
+            layer=node.caffe_name,
+        )
     mean = fit_blob_shape(node.blobs[0], (channels,), source, node.caffe_name, "BatchNorm mean")
     var = fit_blob_shape(node.blobs[1], (channels,), source, node.caffe_name, "BatchNorm variance")
     sf_blob = np.asarray(node.blobs[2], dtype=np.float32).reshape(-1)
     if sf_blob.size != 1:
         raise CaffeFormatError(
             f"BatchNorm scale-factor blob must hold 1 value, holds {sf_blob.size}",
-            file=source, layer=node.caffe_name)
+            file=source,
+            layer=node.caffe_name,
+        )
     sf = float(sf_blob[0])
     factor = np.float32(0.0 if sf == 0 else 1.0 / sf)
     eps = float(node.param.batch_norm_param.eps)
@@ -212,8 +245,12 @@ def _uses_global_stats(node: Node) -> bool:
 
 
 def _out_channels(node: Node) -> Optional[int]:
-    if node.type in ("Convolution", "DepthwiseConvolution", "ConvolutionDepthwise",
-                     "Deconvolution"):
+    if node.type in (
+        "Convolution",
+        "DepthwiseConvolution",
+        "ConvolutionDepthwise",
+        "Deconvolution",
+    ):
         return int(node.param.convolution_param.num_output)
     if node.type == "InnerProduct":
         return int(node.param.inner_product_param.num_output)
@@ -227,16 +264,20 @@ def _fold_into(producer: Node, scale: np.ndarray, shift: np.ndarray) -> None:
     if producer.type == "Deconvolution":
         g = int(producer.param.convolution_param.group)
         cin = w.shape[0]
-        w = (w.reshape(g, cin // g, c // g, *w.shape[2:])
-             * scale.reshape(g, 1, c // g, *([1] * (w.ndim - 2)))).reshape(w.shape)
+        w = (
+            w.reshape(g, cin // g, c // g, *w.shape[2:])
+            * scale.reshape(g, 1, c // g, *([1] * (w.ndim - 2)))
+        ).reshape(w.shape)
     elif producer.type == "InnerProduct" and producer.param.inner_product_param.transpose:
         w = w.reshape(-1, c) * scale.reshape(1, c)
     else:
         w = w.reshape(c, -1) * scale.reshape(c, 1)
     has_bias = _has_bias(producer)
     bias = producer.blobs[1].astype(np.float64).reshape(c) if has_bias else np.zeros(c)
-    producer.blobs = [w.reshape(producer.blobs[0].shape).astype(np.float32),
-                      (bias * scale + shift).astype(np.float32)]
+    producer.blobs = [
+        w.reshape(producer.blobs[0].shape).astype(np.float32),
+        (bias * scale + shift).astype(np.float32),
+    ]
     if producer.type == "InnerProduct":
         producer.param.inner_product_param.bias_term = True
     else:
@@ -271,7 +312,10 @@ def fold_batchnorm(graph: Graph, protected: Set[str]) -> int:
         channels = _out_channels(producer)
         if channels is None or producer.tops[0] in protected:
             continue
-        if producer.type == "InnerProduct" and producer.param.inner_product_param.axis not in (1, -1):
+        if producer.type == "InnerProduct" and producer.param.inner_product_param.axis not in (
+            1,
+            -1,
+        ):
             continue
         if len(consumers.get(producer.tops[0], [])) != 1:
             continue
@@ -283,16 +327,26 @@ def fold_batchnorm(graph: Graph, protected: Set[str]) -> int:
         removed = [bn]
         last_top = bn.tops[0]
         nxt = consumers.get(bn.tops[0], [])
-        if (len(nxt) == 1 and nxt[0].type == "Scale" and len(nxt[0].bottoms) == 1
-                and bn.tops[0] not in protected and nxt[0].blobs
-                and nxt[0].param.scale_param.axis in (1, -3) and nxt[0].param.scale_param.num_axes == 1):
+        if (
+            len(nxt) == 1
+            and nxt[0].type == "Scale"
+            and len(nxt[0].bottoms) == 1
+            and bn.tops[0] not in protected
+            and nxt[0].blobs
+            and nxt[0].param.scale_param.axis == 1
+            and nxt[0].param.scale_param.num_axes == 1
+        ):
             sc = nxt[0]
             gamma = fit_blob_shape(sc.blobs[0], (channels,), graph.source, sc.caffe_name, "Scale")
-            beta = (fit_blob_shape(sc.blobs[1], (channels,), graph.source, sc.caffe_name, "Scale bias")
-                    if sc.param.scale_param.bias_term else np.zeros(channels, np.float32))
+            beta = (
+                fit_blob_shape(sc.blobs[1], (channels,), graph.source, sc.caffe_name, "Scale bias")
+                if sc.param.scale_param.bias_term
+                else np.zeros(channels, np.float32)
+            )
             if sc.param.scale_param.bias_term and len(sc.blobs) < 2:
-                raise CaffeFormatError("Scale with bias_term needs 2 blobs", file=graph.source,
-                                       layer=sc.caffe_name)
+                raise CaffeFormatError(
+                    "Scale with bias_term needs 2 blobs", file=graph.source, layer=sc.caffe_name
+                )
             scale = scale * gamma
             shift = shift * gamma + beta
             removed.append(sc)
@@ -301,13 +355,16 @@ def fold_batchnorm(graph: Graph, protected: Set[str]) -> int:
         producer.tops = [last_top]
         producer.caffe_tops = [graph.blob_names.get(last_top, last_top)]
         graph.nodes = [n for n in graph.nodes if all(n is not r for r in removed)]
-        log.info("folded %s into %s", " + ".join(r.caffe_name for r in removed), producer.caffe_name)
+        log.info(
+            "folded %s into %s", " + ".join(r.caffe_name for r in removed), producer.caffe_name
+        )
         folds += 1
         i = 0
     return folds
 
 
 # ---- the pipeline -------------------------------------------------------------------
+
 
 def build_graph(
     net: caffe_pb2.NetParameter,
@@ -328,7 +385,7 @@ def build_graph(
     layers = filter_phase(upgrade_net(net, source), stages)
     layers, shapes, dropped = _resolve_inputs(layers, dict(input_shape or {}), source)
     dropped_set = set(dropped)
-    layers = [l for l in layers if not _is_train_only(l.type)]
+    layers = [layer for layer in layers if not _is_train_only(layer.type)]
 
     graph = Graph(source=source, name=net.name)
     current: Dict[str, str] = {}
@@ -353,7 +410,9 @@ def build_graph(
                 why = " (a label/extra top of a data layer)" if bottom in dropped_set else ""
                 raise CaffeFormatError(
                     f"bottom {bottom!r} is not produced by any earlier layer{why}",
-                    file=source, layer=caffe_name)
+                    file=source,
+                    layer=caffe_name,
+                )
             bottoms.append(current[bottom])
         unique = caffe_name
         k = 1
@@ -364,9 +423,18 @@ def build_graph(
         tops = [define(t) for t in layer.top]
         text_blobs = [blob_to_array(b, source, caffe_name) for b in layer.blobs]
         del layer.blobs[:]  # hyper-parameters only; weights come from the caffemodel
-        graph.nodes.append(Node(name=unique, type=layer.type, bottoms=bottoms, tops=tops,
-                                caffe_tops=list(layer.top), param=layer, caffe_name=caffe_name,
-                                blobs=text_blobs))  # blobs written in the prototxt: fallback
+        graph.nodes.append(
+            Node(
+                name=unique,
+                type=layer.type,
+                bottoms=bottoms,
+                tops=tops,
+                caffe_tops=list(layer.top),
+                param=layer,
+                caffe_name=caffe_name,
+                blobs=text_blobs,
+            )
+        )  # blobs written in the prototxt: fallback
 
     if weights is not None:
         _attach_weights(graph.nodes, weights_by_layer(weights, weights_source))
@@ -376,5 +444,11 @@ def build_graph(
     return graph
 
 
-__all__ = ["build_graph", "filter_phase", "fold_batchnorm", "batchnorm_stats",
-           "DATA_LAYER_TYPES", "TRAIN_ONLY_TYPES"]
+__all__ = [
+    "build_graph",
+    "filter_phase",
+    "fold_batchnorm",
+    "batchnorm_stats",
+    "DATA_LAYER_TYPES",
+    "TRAIN_ONLY_TYPES",
+]

@@ -157,7 +157,7 @@ def parse_caffemodel_bytes(data: bytes, source: str = "<caffemodel>") -> caffe_p
     weights = caffe_pb2.NetWeights()
     try:
         weights.ParseFromString(data)
-    except (pb_message.DecodeError, RuntimeError, ValueError) as err:
+    except (pb_message.DecodeError, RuntimeError, ValueError):
         raise CaffeFormatError(
             "not a valid caffemodel (truncated, corrupt or not a Caffe NetParameter)", file=source
         ) from None
@@ -179,7 +179,9 @@ def read_caffemodel(path: PathLike) -> caffe_pb2.NetWeights:
     return parse_caffemodel_bytes(_read_bytes(path, "caffemodel"), os.fspath(path))
 
 
-def blob_to_array(blob: caffe_pb2.BlobProto, source: str = "", layer: Optional[str] = None) -> np.ndarray:
+def blob_to_array(
+    blob: caffe_pb2.BlobProto, source: str = "", layer: Optional[str] = None
+) -> np.ndarray:
     """Return a BlobProto's values as a float32 array in Caffe layout.
 
     Shape comes from ``shape.dim`` if present, else from the legacy 4-D fields; a blob
@@ -220,15 +222,20 @@ def read_binaryproto(path: PathLike) -> np.ndarray:
     blob = caffe_pb2.BlobProto()
     try:
         blob.ParseFromString(data)
-    except (pb_message.DecodeError, RuntimeError, ValueError) as err:
-        raise CaffeFormatError("not a valid BlobProto (truncated or corrupt)", file=source) from None
+    except (pb_message.DecodeError, RuntimeError, ValueError):
+        raise CaffeFormatError(
+            "not a valid BlobProto (truncated or corrupt)", file=source
+        ) from None
     if not len(blob.data) and not len(blob.double_data):
         raise CaffeFormatError("BlobProto holds no data", file=source)
     return blob_to_array(blob, source)
 
 
 def fit_blob_shape(
-    array: np.ndarray, expected: Sequence[int], source: str = "", layer: Optional[str] = None,
+    array: np.ndarray,
+    expected: Sequence[int],
+    source: str = "",
+    layer: Optional[str] = None,
     what: str = "blob",
 ) -> np.ndarray:
     """Reshape a (possibly legacy 4-D) blob to ``expected``, or raise a shape-mismatch error.

@@ -9,7 +9,8 @@
 
 Example:
     >>> from kerasq.converters.caffe.reader import parse_prototxt_text
-    >>> net = parse_prototxt_text('input: "data" input_dim: 1 input_dim: 3 input_dim: 8 input_dim: 8 '
+    >>> net = parse_prototxt_text('input: "data" input_dim: 1 input_dim: 3 input_dim: 8 '
+    ...                           'input_dim: 8 '
     ...                           'layers { name: "r" type: RELU bottom: "data" top: "r" }')
     >>> [(l.type, list(l.top)) for l in upgrade_net(net, "net.prototxt")]
     [('Input', ['data']), ('ReLU', ['r'])]
@@ -23,30 +24,75 @@ from kerasq.converters.caffe.proto import caffe_pb2
 from kerasq.errors import CaffeFormatError
 
 V1_TYPE_NAMES: Dict[str, str] = {
-    "ABSVAL": "AbsVal", "ACCURACY": "Accuracy", "ARGMAX": "ArgMax", "BNLL": "BNLL",
-    "CONCAT": "Concat", "CONTRASTIVE_LOSS": "ContrastiveLoss", "CONVOLUTION": "Convolution",
-    "DECONVOLUTION": "Deconvolution", "DATA": "Data", "DROPOUT": "Dropout",
-    "DUMMY_DATA": "DummyData", "EUCLIDEAN_LOSS": "EuclideanLoss", "ELTWISE": "Eltwise",
-    "EXP": "Exp", "FLATTEN": "Flatten", "HDF5_DATA": "HDF5Data", "HDF5_OUTPUT": "HDF5Output",
-    "HINGE_LOSS": "HingeLoss", "IM2COL": "Im2col", "IMAGE_DATA": "ImageData",
-    "INFOGAIN_LOSS": "InfogainLoss", "INNER_PRODUCT": "InnerProduct", "LRN": "LRN",
-    "MEMORY_DATA": "MemoryData", "MULTINOMIAL_LOGISTIC_LOSS": "MultinomialLogisticLoss",
-    "MVN": "MVN", "POOLING": "Pooling", "POWER": "Power", "RELU": "ReLU", "SIGMOID": "Sigmoid",
-    "SIGMOID_CROSS_ENTROPY_LOSS": "SigmoidCrossEntropyLoss", "SILENCE": "Silence",
-    "SOFTMAX": "Softmax", "SOFTMAX_LOSS": "SoftmaxWithLoss", "SPLIT": "Split", "SLICE": "Slice",
-    "TANH": "TanH", "WINDOW_DATA": "WindowData", "THRESHOLD": "Threshold", "CROP": "Crop",
+    "ABSVAL": "AbsVal",
+    "ACCURACY": "Accuracy",
+    "ARGMAX": "ArgMax",
+    "BNLL": "BNLL",
+    "CONCAT": "Concat",
+    "CONTRASTIVE_LOSS": "ContrastiveLoss",
+    "CONVOLUTION": "Convolution",
+    "DECONVOLUTION": "Deconvolution",
+    "DATA": "Data",
+    "DROPOUT": "Dropout",
+    "DUMMY_DATA": "DummyData",
+    "EUCLIDEAN_LOSS": "EuclideanLoss",
+    "ELTWISE": "Eltwise",
+    "EXP": "Exp",
+    "FLATTEN": "Flatten",
+    "HDF5_DATA": "HDF5Data",
+    "HDF5_OUTPUT": "HDF5Output",
+    "HINGE_LOSS": "HingeLoss",
+    "IM2COL": "Im2col",
+    "IMAGE_DATA": "ImageData",
+    "INFOGAIN_LOSS": "InfogainLoss",
+    "INNER_PRODUCT": "InnerProduct",
+    "LRN": "LRN",
+    "MEMORY_DATA": "MemoryData",
+    "MULTINOMIAL_LOGISTIC_LOSS": "MultinomialLogisticLoss",
+    "MVN": "MVN",
+    "POOLING": "Pooling",
+    "POWER": "Power",
+    "RELU": "ReLU",
+    "SIGMOID": "Sigmoid",
+    "SIGMOID_CROSS_ENTROPY_LOSS": "SigmoidCrossEntropyLoss",
+    "SILENCE": "Silence",
+    "SOFTMAX": "Softmax",
+    "SOFTMAX_LOSS": "SoftmaxWithLoss",
+    "SPLIT": "Split",
+    "SLICE": "Slice",
+    "TANH": "TanH",
+    "WINDOW_DATA": "WindowData",
+    "THRESHOLD": "Threshold",
+    "CROP": "Crop",
 }
 
 V0_TYPE_NAMES: Dict[str, str] = {
-    "accuracy": "Accuracy", "bnll": "BNLL", "concat": "Concat", "conv": "Convolution",
-    "data": "Data", "dropout": "Dropout", "euclidean_loss": "EuclideanLoss",
-    "flatten": "Flatten", "hdf5_data": "HDF5Data", "hdf5_output": "HDF5Output",
-    "im2col": "Im2col", "images": "ImageData", "infogain_loss": "InfogainLoss",
-    "innerproduct": "InnerProduct", "lrn": "LRN", "multinomial_logistic_loss":
-    "MultinomialLogisticLoss", "pool": "Pooling", "relu": "ReLU", "sigmoid": "Sigmoid",
-    "softmax": "Softmax", "softmax_loss": "SoftmaxWithLoss", "split": "Split", "tanh": "TanH",
+    "accuracy": "Accuracy",
+    "bnll": "BNLL",
+    "concat": "Concat",
+    "conv": "Convolution",
+    "data": "Data",
+    "dropout": "Dropout",
+    "euclidean_loss": "EuclideanLoss",
+    "flatten": "Flatten",
+    "hdf5_data": "HDF5Data",
+    "hdf5_output": "HDF5Output",
+    "im2col": "Im2col",
+    "images": "ImageData",
+    "infogain_loss": "InfogainLoss",
+    "innerproduct": "InnerProduct",
+    "lrn": "LRN",
+    "multinomial_logistic_loss": "MultinomialLogisticLoss",
+    "pool": "Pooling",
+    "relu": "ReLU",
+    "sigmoid": "Sigmoid",
+    "softmax": "Softmax",
+    "softmax_loss": "SoftmaxWithLoss",
+    "split": "Split",
+    "tanh": "TanH",
     "window_data": "WindowData",
 }
+
 
 def _v1_to_v2(v1: caffe_pb2.V1LayerParameter, source: str) -> caffe_pb2.LayerParameter:
     layer = caffe_pb2.LayerParameter()
@@ -61,24 +107,30 @@ def _v1_to_v2(v1: caffe_pb2.V1LayerParameter, source: str) -> caffe_pb2.LayerPar
         layer.param.add().name = share_name
     enum_name = caffe_pb2.V1LayerParameter.LayerType.Name(v1.type)
     if enum_name not in V1_TYPE_NAMES:
-        raise CaffeFormatError(f"V1 layer type {enum_name} has no V2 equivalent", file=source,
-                               layer=v1.name or None)
+        raise CaffeFormatError(
+            f"V1 layer type {enum_name} has no V2 equivalent", file=source, layer=v1.name or None
+        )
     layer.type = V1_TYPE_NAMES[enum_name]
     for field, value in v1.ListFields():
-        if field.name.endswith("_param") and field.name in caffe_pb2.LayerParameter.DESCRIPTOR.fields_by_name:
+        if (
+            field.name.endswith("_param")
+            and field.name in caffe_pb2.LayerParameter.DESCRIPTOR.fields_by_name
+        ):
             getattr(layer, field.name).CopyFrom(value)
     return layer
 
 
-def _v0_to_v2(v0: caffe_pb2.V0LayerParameter, v1: caffe_pb2.V1LayerParameter,
-              source: str) -> caffe_pb2.LayerParameter:
+def _v0_to_v2(
+    v0: caffe_pb2.V0LayerParameter, v1: caffe_pb2.V1LayerParameter, source: str
+) -> caffe_pb2.LayerParameter:
     layer = caffe_pb2.LayerParameter()
     layer.name = v0.name
     layer.bottom.extend(v1.bottom)
     layer.top.extend(v1.top)
     if v0.type not in V0_TYPE_NAMES:
-        raise CaffeFormatError(f"V0 layer type {v0.type!r} is not supported", file=source,
-                               layer=v0.name or None)
+        raise CaffeFormatError(
+            f"V0 layer type {v0.type!r} is not supported", file=source, layer=v0.name or None
+        )
     layer.type = V0_TYPE_NAMES[v0.type]
     layer.blobs.extend(v0.blobs)
     kind = layer.type
@@ -121,15 +173,17 @@ def _legacy_inputs(net: caffe_pb2.NetParameter, source: str) -> List[caffe_pb2.L
     if net.input_shape:
         if len(net.input_shape) != n:
             raise CaffeFormatError(
-                f"{n} net inputs but {len(net.input_shape)} input_shape entries", file=source)
+                f"{n} net inputs but {len(net.input_shape)} input_shape entries", file=source
+            )
         shapes = [list(s.dim) for s in net.input_shape]
     elif net.input_dim:
         if len(net.input_dim) != 4 * n:
             raise CaffeFormatError(
                 f"{n} net inputs need {4 * n} input_dim values, got {len(net.input_dim)}",
-                file=source)
+                file=source,
+            )
         dims = list(net.input_dim)
-        shapes = [dims[4 * i: 4 * i + 4] for i in range(n)]
+        shapes = [dims[4 * i : 4 * i + 4] for i in range(n)]
     else:
         shapes = [[] for _ in net.input]  # shape must come from the user (input_shape)
     layers = []
@@ -146,7 +200,8 @@ def upgrade_net(net: caffe_pb2.NetParameter, source: str = "") -> List[caffe_pb2
     """Return the net's layers in V2 form, legacy inputs first as ``Input`` layers."""
     if net.layer and net.layers:
         raise CaffeFormatError(
-            "net mixes V2 'layer' and V1 'layers' entries (Caffe refuses this too)", file=source)
+            "net mixes V2 'layer' and V1 'layers' entries (Caffe refuses this too)", file=source
+        )
     layers = _legacy_inputs(net, source)
     if net.layer:
         for original in net.layer:
@@ -160,8 +215,11 @@ def upgrade_net(net: caffe_pb2.NetParameter, source: str = "") -> List[caffe_pb2
             v0 = v1.layer
             if v0.type == "padding":  # V0: a separate padding layer feeding a conv
                 if len(v1.bottom) != 1 or len(v1.top) != 1:
-                    raise CaffeFormatError("V0 padding layer needs one bottom and one top",
-                                           file=source, layer=v0.name or None)
+                    raise CaffeFormatError(
+                        "V0 padding layer needs one bottom and one top",
+                        file=source,
+                        layer=v0.name or None,
+                    )
                 pad_of_top[v1.top[0]] = (v1.bottom[0], v0.pad)
                 continue
             layer = _v0_to_v2(v0, v1, source)

@@ -1,4 +1,4 @@
-"""``kerasq compare``: run a Caffe net through kerasq and compare every blob with reference .npy files.
+"""``kerasq compare``: run a Caffe net through kerasq, compare every blob with reference .npy files.
 
 Example::
 
@@ -29,19 +29,30 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
         "compare",
         help="Run a Caffe net through kerasq and compare every blob with reference .npy files.",
         description="Run a Caffe net through kerasq and compare every top blob with "
-                    "reference DIR/<top>.npy files (e.g. dumped from Caffe). Exit 1 on a mismatch.",
+        "reference DIR/<top>.npy files (e.g. dumped from Caffe). Exit 1 on a mismatch.",
     )
     add_conversion_arguments(p)
-    p.add_argument("--input", action="append", required=True, metavar="[NAME=]X.npy",
-                   help="NCHW input array (.npy); NAME= selects the input blob (repeatable)")
+    p.add_argument(
+        "--input",
+        action="append",
+        required=True,
+        metavar="[NAME=]X.npy",
+        help="NCHW input array (.npy); NAME= selects the input blob (repeatable)",
+    )
     p.add_argument("--reference", required=True, metavar="DIR", help="folder of <top>.npy files")
-    p.add_argument("--atol", type=float, default=1e-5,
-                   help="absolute tolerance, scaled by max(1, max|ref|) (default 1e-5)")
+    p.add_argument(
+        "--atol",
+        type=float,
+        default=1e-5,
+        help="absolute tolerance, scaled by max(1, max|ref|) (default 1e-5)",
+    )
     p.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance (default 1e-4)")
     p.set_defaults(func=run)
 
 
-def within_tolerance(ours: np.ndarray, ref: np.ndarray, atol: float, rtol: float) -> Tuple[bool, float, float]:
+def within_tolerance(
+    ours: np.ndarray, ref: np.ndarray, atol: float, rtol: float
+) -> Tuple[bool, float, float]:
     """(match, max abs error, max allowed-error ratio) for one blob.
 
     Example:
@@ -63,8 +74,9 @@ def _parse_inputs(specs: Sequence[str], net_inputs: Sequence[str]) -> Dict[str, 
             name, path = "", spec
         if not name:
             if len(net_inputs) != 1:
-                raise KerasqError(f"--input {spec!r}: the net has inputs {list(net_inputs)}; "
-                                  f"use NAME=X.npy")
+                raise KerasqError(
+                    f"--input {spec!r}: the net has inputs {list(net_inputs)}; use NAME=X.npy"
+                )
             name = net_inputs[0]
         if not os.path.exists(path):
             raise KerasqError("input array not found", file=path)
@@ -109,16 +121,22 @@ def run(args: argparse.Namespace) -> int:
         got = ours[name]
         if got.shape != ref.shape:
             failures += 1
-            print(f"{name:<{width}}{str(tuple(ref.shape)):<20}{'':>12}{'':>12}{'':>10}  "
-                  f"SHAPE {tuple(got.shape)}")
+            print(
+                f"{name:<{width}}{str(tuple(ref.shape)):<20}{'':>12}{'':>12}{'':>10}  "
+                f"SHAPE {tuple(got.shape)}"
+            )
             continue
         ok, err, ratio = within_tolerance(got, ref, args.atol, args.rtol)
         failures += not ok
         ref_max = float(np.max(np.abs(ref))) if ref.size else 0.0
-        print(f"{name:<{width}}{str(tuple(ref.shape)):<20}{err:>12.3g}{ref_max:>12.3g}"
-              f"{ratio:>10.3g}  {'ok' if ok else 'MISMATCH'}")
+        print(
+            f"{name:<{width}}{str(tuple(ref.shape)):<20}{err:>12.3g}{ref_max:>12.3g}"
+            f"{ratio:>10.3g}  {'ok' if ok else 'MISMATCH'}"
+        )
     if skipped:
         print(f"skipped (not a top of this net): {', '.join(skipped)}")
-    print(f"{len(references) - failures}/{len(references)} blobs match "
-          f"(atol {args.atol:g}*max(1,|ref|) + rtol {args.rtol:g}*|ref|)")
+    print(
+        f"{len(references) - failures}/{len(references)} blobs match "
+        f"(atol {args.atol:g}*max(1,|ref|) + rtol {args.rtol:g}*|ref|)"
+    )
     return EXIT_MISMATCH if failures else 0

@@ -39,7 +39,9 @@ def parse_input_shapes(specs: Optional[Sequence[str]]) -> Dict[str, Tuple[int, .
         except ValueError:
             shape = ()
         if not sep or not name or not shape or any(d <= 0 for d in shape):
-            raise KerasqError(f"--input-shape {spec!r}: expected NAME:N,C,H,W (e.g. data:1,3,224,224)")
+            raise KerasqError(
+                f"--input-shape {spec!r}: expected NAME:N,C,H,W (e.g. data:1,3,224,224)"
+            )
         shapes[name] = shape
     return shapes
 
@@ -53,20 +55,38 @@ def parse_mean(value: Optional[str]) -> Any:
     try:
         return [float(v) for v in value.split(",") if v.strip()]
     except ValueError:
-        raise KerasqError(f"--mean {value!r}: expected comma-separated values or a .binaryproto file") from None
+        raise KerasqError(
+            f"--mean {value!r}: expected comma-separated values or a .binaryproto file"
+        ) from None
 
 
 def add_conversion_arguments(p: argparse.ArgumentParser) -> None:
     """Options shared by commands that convert a Caffe net (convert, compare)."""
     p.add_argument("prototxt", help="Caffe net definition (deploy or train_test .prototxt)")
-    p.add_argument("caffemodel", nargs="?", default=None,
-                   help="trained weights (.caffemodel); omit for weight-free nets")
-    p.add_argument("--input-shape", action="append", metavar="NAME:N,C,H,W",
-                   help="shape of an input or data layer (repeatable), e.g. data:1,3,224,224")
-    p.add_argument("--no-fold-batchnorm", action="store_true",
-                   help="keep BatchNorm/Scale as separate layers (default: fold into the conv)")
-    p.add_argument("--stage", action="append", default=[], metavar="NAME",
-                   help="NetState stage for include/exclude rules (repeatable)")
+    p.add_argument(
+        "caffemodel",
+        nargs="?",
+        default=None,
+        help="trained weights (.caffemodel); omit for weight-free nets",
+    )
+    p.add_argument(
+        "--input-shape",
+        action="append",
+        metavar="NAME:N,C,H,W",
+        help="shape of an input or data layer (repeatable), e.g. data:1,3,224,224",
+    )
+    p.add_argument(
+        "--no-fold-batchnorm",
+        action="store_true",
+        help="keep BatchNorm/Scale as separate layers (default: fold into the conv)",
+    )
+    p.add_argument(
+        "--stage",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="NetState stage for include/exclude rules (repeatable)",
+    )
 
 
 def load_options(args: argparse.Namespace) -> Dict[str, Any]:
@@ -87,18 +107,31 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
         "convert",
         help="Convert a Caffe net (deploy.prototxt + .caffemodel) to a Keras model.",
         description="Convert a Caffe net (deploy.prototxt + .caffemodel) to a Keras model "
-                    "(.h5, .keras or a SavedModel directory).",
+        "(.h5, .keras or a SavedModel directory).",
     )
     add_conversion_arguments(p)
-    p.add_argument("-o", "--output", required=True,
-                   help="output: model.h5, model.keras or a SavedModel directory")
-    p.add_argument("--mean", metavar="B,G,R|FILE",
-                   help="mean to subtract: per-channel values or a .binaryproto mean file")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="output: model.h5, model.keras or a SavedModel directory",
+    )
+    p.add_argument(
+        "--mean",
+        metavar="B,G,R|FILE",
+        help="mean to subtract: per-channel values or a .binaryproto mean file",
+    )
     p.add_argument("--scale", type=float, default=None, help="multiply by this after the mean")
-    p.add_argument("--swap-rb", action="store_true",
-                   help="reverse the channel order first (feed RGB to a BGR-trained net)")
-    p.add_argument("--dynamic-spatial", action="store_true",
-                   help="leave input height/width free (fully convolutional nets)")
+    p.add_argument(
+        "--swap-rb",
+        action="store_true",
+        help="reverse the channel order first (feed RGB to a BGR-trained net)",
+    )
+    p.add_argument(
+        "--dynamic-spatial",
+        action="store_true",
+        help="leave input height/width free (fully convolutional nets)",
+    )
     p.set_defaults(func=run)
 
 

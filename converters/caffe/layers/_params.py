@@ -6,7 +6,11 @@ from typing import Optional, Sequence, Tuple
 
 
 def spatial_pair(
-    repeated: Sequence[int], h: Optional[int], w: Optional[int], default: Optional[int], what: str,
+    repeated: Sequence[int],
+    h: Optional[int],
+    w: Optional[int],
+    default: Optional[int],
+    what: str,
 ) -> Tuple[int, int]:
     """Caffe's rule: ``*_h``/``*_w`` win; one repeated value = both dims, two = (h, w).
 

@@ -10,8 +10,16 @@ from kerasq.converters.caffe.layout import Blob
 from kerasq.errors import KerasqError
 
 
-@register("Input", "Data", "ImageData", "HDF5Data", "MemoryData", "DummyData", "WindowData",
-          partial="become model inputs; data layers need input_shape (--input-shape)")
+@register(
+    "Input",
+    "Data",
+    "ImageData",
+    "HDF5Data",
+    "MemoryData",
+    "DummyData",
+    "WindowData",
+    partial="become model inputs; data layers need input_shape (--input-shape)",
+)
 def lower_input(ctx, node, inputs: List[Blob]) -> List[Blob]:
     """Inputs are created by the input pass; reaching this is an internal error."""
     ctx.error(node, "input layers are turned into model inputs before lowering", KerasqError)

@@ -24,7 +24,9 @@ from kerasq.converters.caffe.layout import NHWC, Blob
 from kerasq.converters.caffe.passes import batchnorm_stats
 
 
-@register("BatchNorm", partial="global stats (folded into the previous conv/IP by default) or batch stats")
+@register(
+    "BatchNorm", partial="global stats (folded into the previous conv/IP by default) or batch stats"
+)
 def lower_batchnorm(ctx, node, inputs: List[Blob]) -> List[Blob]:
     """Caffe BatchNorm (axis 1) -> BatchNormalization or BatchStatNormalize."""
     x = inputs[0]
@@ -38,14 +40,18 @@ def lower_batchnorm(ctx, node, inputs: List[Blob]) -> List[Blob]:
         out = BatchStatNormalize(axis=axis, epsilon=float(p.eps), name=ctx.name(node))(x.tensor)
         return [Blob(out, x.shape, x.perm)]
     mean, var, eps = batchnorm_stats(node, channels, ctx.source)
-    layer = keras.layers.BatchNormalization(axis=axis, epsilon=eps, center=False, scale=False,
-                                            fused=False, name=ctx.name(node))
+    layer = keras.layers.BatchNormalization(
+        axis=axis, epsilon=eps, center=False, scale=False, fused=False, name=ctx.name(node)
+    )
     out = layer(x.tensor, training=False)
     layer.set_weights([mean, var])
     return [Blob(out, x.shape, x.perm)]
 
 
-@register("Scale", partial="axis, num_axes, bias_term; the two-bottom form with axis 0 (per-sample scales)")
+@register(
+    "Scale",
+    partial="axis, num_axes, bias_term; the two-bottom form with axis 0 (per-sample scales)",
+)
 def lower_scale(ctx, node, inputs: List[Blob]) -> List[Blob]:
     """Caffe Scale: learned or second-bottom ``gamma``, optional learned ``beta``."""
     p = node.param.scale_param
@@ -67,15 +73,23 @@ def lower_scale(ctx, node, inputs: List[Blob]) -> List[Blob]:
         if axis != 0:
             ctx.error(node, "two-bottom Scale is supported with axis 0 (per-sample scales) only")
         if tuple(inputs[1].shape[1:]) != pshape_caffe[1:]:
-            ctx.error(node, f"scale blob shape {list(inputs[1].shape)} does not match "
-                            f"{list(x.shape)} at axis {axis}")
+            ctx.error(
+                node,
+                f"scale blob shape {list(inputs[1].shape)} does not match "
+                f"{list(x.shape)} at axis {axis}",
+            )
         order = [a for a in x.perm[1:] if a in covered and x.shape[a] != 1]
         if order != sorted(order):
             x = ctx.caffe_order(x, node)
         g = ctx.caffe_order(gamma_blob, node)
         param_shape = tuple(x.shape[a] if a in covered else 1 for a in x.perm[1:])
-        layer = BroadcastAffine(param_shape, use_scale=True, use_bias=bool(p.bias_term),
-                                scale_from_input=True, name=ctx.name(node))
+        layer = BroadcastAffine(
+            param_shape,
+            use_scale=True,
+            use_bias=bool(p.bias_term),
+            scale_from_input=True,
+            name=ctx.name(node),
+        )
         out = layer([x.tensor, g.tensor])
         if p.bias_term:
             beta = ctx.blob(node, 0, pshape_caffe[1:], "bias")
@@ -94,8 +108,9 @@ def lower_scale(ctx, node, inputs: List[Blob]) -> List[Blob]:
         layer.set_weights([gamma.reshape(1, 1, -1, 1)] + ([beta] if beta is not None else []))
         return [Blob(out, x.shape, NHWC)]
     param_shape = tuple(x.shape[a] if a in covered else 1 for a in x.perm[1:])
-    layer = BroadcastAffine(param_shape, use_scale=True, use_bias=beta is not None,
-                            name=ctx.name(node))
+    layer = BroadcastAffine(
+        param_shape, use_scale=True, use_bias=beta is not None, name=ctx.name(node)
+    )
     out = layer(x.tensor)
     weights = [_to_param(gamma, covered, x.perm, param_shape)]
     if beta is not None:

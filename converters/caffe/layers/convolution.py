@@ -28,7 +28,9 @@ from kerasq.converters.caffe.layout import NHWC, Blob
 def _geometry(ctx, node):
     p = node.param.convolution_param
     try:
-        kernel = spatial_pair(p.kernel_size, field(p, "kernel_h"), field(p, "kernel_w"), None, "kernel")
+        kernel = spatial_pair(
+            p.kernel_size, field(p, "kernel_h"), field(p, "kernel_w"), None, "kernel"
+        )
         stride = spatial_pair(p.stride, field(p, "stride_h"), field(p, "stride_w"), 1, "stride")
         pad = spatial_pair(p.pad, field(p, "pad_h"), field(p, "pad_w"), 0, "pad")
         dilation = spatial_pair(p.dilation, None, None, 1, "dilation")
@@ -56,8 +58,9 @@ def _conv_out(size: Optional[int], k: int, s: int, p: int, d: int) -> Optional[i
     return (size + 2 * p - (d * (k - 1) + 1)) // s + 1
 
 
-@register("Convolution", "DepthwiseConvolution", "ConvolutionDepthwise",
-          partial="2-D only (axis 1)")
+@register(
+    "Convolution", "DepthwiseConvolution", "ConvolutionDepthwise", partial="2-D only (axis 1)"
+)
 def lower_convolution(ctx, node, inputs: List[Blob]) -> List[Blob]:
     """Caffe Convolution: ZeroPadding2D + Conv2D / DepthwiseConv2D ("valid")."""
     p = node.param.convolution_param
@@ -69,8 +72,10 @@ def lower_convolution(ctx, node, inputs: List[Blob]) -> List[Blob]:
     if node.type != "Convolution" and group == 1:
         group = cin  # fork type names imply depthwise
     if cout < 1 or group < 1 or cin % group or cout % group:
-        ctx.error(node, f"num_output {cout} and {cin} input channels must both be divisible "
-                        f"by group {group}")
+        ctx.error(
+            node,
+            f"num_output {cout} and {cin} input channels must both be divisible by group {group}",
+        )
     kh, kw = kernel
     weights = ctx.blob(node, 0, (cout, cin // group, kh, kw), "weights")
     bias = ctx.blob(node, 1, (cout,), "bias") if p.bias_term else None
@@ -80,8 +85,9 @@ def lower_convolution(ctx, node, inputs: List[Blob]) -> List[Blob]:
         ctx.error(node, f"output would be empty for input {h}x{w}")
     tensor = x.tensor
     if pad != (0, 0):
-        tensor = keras.layers.ZeroPadding2D(((pad[0], pad[0]), (pad[1], pad[1])),
-                                            name=ctx.name(node, "pad"))(tensor)
+        tensor = keras.layers.ZeroPadding2D(
+            ((pad[0], pad[0]), (pad[1], pad[1])), name=ctx.name(node, "pad")
+        )(tensor)
     depthwise = group == cin and group > 1
     if depthwise:
         mult = cout // cin
@@ -91,10 +97,17 @@ def lower_convolution(ctx, node, inputs: List[Blob]) -> List[Blob]:
     rate = dilation
     if dilation != (1, 1) and stride != (1, 1):
         kernel_w, rate = _dilate_kernel(kernel_w, dilation), (1, 1)
-    common = dict(strides=stride, padding="valid", dilation_rate=rate,
-                  use_bias=bias is not None, name=ctx.name(node))
+    common = dict(
+        strides=stride,
+        padding="valid",
+        dilation_rate=rate,
+        use_bias=bias is not None,
+        name=ctx.name(node),
+    )
     if depthwise:
-        layer = keras.layers.DepthwiseConv2D(kernel_w.shape[:2], depth_multiplier=cout // cin, **common)
+        layer = keras.layers.DepthwiseConv2D(
+            kernel_w.shape[:2], depth_multiplier=cout // cin, **common
+        )
     else:
         layer = keras.layers.Conv2D(cout, kernel_w.shape[:2], groups=group, **common)
     tensor = layer(tensor)
@@ -112,8 +125,10 @@ def lower_deconvolution(ctx, node, inputs: List[Blob]) -> List[Blob]:
     cout = int(p.num_output)
     group = int(p.group)
     if cout < 1 or group < 1 or cin % group or cout % group:
-        ctx.error(node, f"num_output {cout} and {cin} input channels must both be divisible "
-                        f"by group {group}")
+        ctx.error(
+            node,
+            f"num_output {cout} and {cin} input channels must both be divisible by group {group}",
+        )
     kh, kw = kernel
     weights = ctx.blob(node, 0, (cin, cout // group, kh, kw), "weights")
     bias = ctx.blob(node, 1, (cout,), "bias") if p.bias_term else None
@@ -121,8 +136,8 @@ def lower_deconvolution(ctx, node, inputs: List[Blob]) -> List[Blob]:
     full = np.zeros((kh, kw, cout, cin), np.float32)
     ci, co = cin // group, cout // group
     for g in range(group):
-        block = weights[g * ci:(g + 1) * ci]  # (ci, co, kh, kw)
-        full[:, :, g * co:(g + 1) * co, g * ci:(g + 1) * ci] = block.transpose(2, 3, 1, 0)
+        block = weights[g * ci : (g + 1) * ci]  # (ci, co, kh, kw)
+        full[:, :, g * co : (g + 1) * co, g * ci : (g + 1) * ci] = block.transpose(2, 3, 1, 0)
     if dilation != (1, 1):
         full = _dilate_kernel(full, dilation)
     ekh, ekw = full.shape[:2]
@@ -133,8 +148,14 @@ def lower_deconvolution(ctx, node, inputs: List[Blob]) -> List[Blob]:
     out_h, out_w = out_size(h, ekh, stride[0], pad[0]), out_size(w, ekw, stride[1], pad[1])
     if (out_h is not None and out_h < 1) or (out_w is not None and out_w < 1):
         ctx.error(node, f"output would be empty for input {h}x{w}")
-    layer = keras.layers.Conv2DTranspose(cout, (ekh, ekw), strides=stride, padding="valid",
-                                         use_bias=bias is not None, name=ctx.name(node))
+    layer = keras.layers.Conv2DTranspose(
+        cout,
+        (ekh, ekw),
+        strides=stride,
+        padding="valid",
+        use_bias=bias is not None,
+        name=ctx.name(node),
+    )
     tensor = layer(x.tensor)
     layer.set_weights([full] + ([bias] if bias is not None else []))
     # Keras "valid" gives s*H + max(k - s, 0); Caffe wants s(H-1) + k - 2p.

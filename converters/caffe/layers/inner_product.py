@@ -18,7 +18,10 @@ from kerasq.converters.caffe.layers._registry import register
 from kerasq.converters.caffe.layout import Blob, identity
 
 
-@register("InnerProduct", partial="axis >= 1, transpose; weights reordered to the Keras layout (no run-time transpose)")
+@register(
+    "InnerProduct",
+    partial="axis >= 1, transpose; weights reordered to the Keras layout (no run-time transpose)",
+)
 def lower_inner_product(ctx, node, inputs: List[Blob]) -> List[Blob]:
     """Caffe InnerProduct -> (Flatten/Reshape) + Dense with reordered weights."""
     p = node.param.inner_product_param

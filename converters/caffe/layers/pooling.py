@@ -35,8 +35,10 @@ def pooled_size(size: int, k: int, s: int, p: int, ceil_mode: bool) -> int:
     """Caffe's pooled output size, clip rule included.
 
     Example:
-        >>> pooled_size(17, 2, 2, 1, True), pooled_size(16, 3, 2, 0, True), pooled_size(16, 3, 2, 0, False)
-        (9, 8, 7)
+        >>> [pooled_size(17, 2, 2, 1, True), pooled_size(16, 3, 2, 0, True)]
+        [9, 8]
+        >>> pooled_size(16, 3, 2, 0, False)
+        7
     """
     span = size + 2 * p - k
     out = (int(math.ceil(span / s)) if ceil_mode else span // s) + 1
@@ -69,7 +71,11 @@ def _ave_correction(size: int, out: int, k: int, s: int, p: int) -> np.ndarray:
     return k / np.asarray(lengths, np.float64)
 
 
-@register("Pooling", partial="MAX/AVE, ceil/floor + clip rule, Caffe AVE divisor, global; not STOCHASTIC; with dynamic_spatial only unpadded kernel <= stride (or floor) pooling")
+@register(
+    "Pooling",
+    partial="MAX/AVE, ceil/floor + clip rule, Caffe AVE divisor, global; not STOCHASTIC; "
+    "with dynamic_spatial only unpadded kernel <= stride (or floor) pooling",
+)
 def lower_pooling(ctx, node, inputs: List[Blob]) -> List[Blob]:
     """Caffe Pooling -> stock Keras pooling (+ padding / divisor correction where needed)."""
     p = node.param.pooling_param
@@ -91,7 +97,9 @@ def lower_pooling(ctx, node, inputs: List[Blob]) -> List[Blob]:
     if min(kernel) < 1 or min(stride) < 1:
         ctx.error(node, f"invalid kernel {kernel} / stride {stride}")
     if pad[0] >= kernel[0] or pad[1] >= kernel[1]:
-        ctx.error(node, f"pad {pad} must be smaller than the kernel {kernel} (Caffe checks this too)")
+        ctx.error(
+            node, f"pad {pad} must be smaller than the kernel {kernel} (Caffe checks this too)"
+        )
     ceil_mode = p.round_mode == _P.CEIL and not (p.HasField("ceil_mode") and not p.ceil_mode)
     if h is None or w is None:
         return [_dynamic_pooling(ctx, node, x, is_max, kernel, stride, pad, ceil_mode)]
@@ -106,15 +114,21 @@ def lower_pooling(ctx, node, inputs: List[Blob]) -> List[Blob]:
     # Rows/cols beyond what "valid" needs are dropped by "valid" pooling itself.
     tensor = x.tensor
     if is_max:
-        same_h = math.ceil(h / stride[0]) == out_h and _same_before(h, kernel[0], stride[0]) == pad[0]
-        same_w = math.ceil(w / stride[1]) == out_w and _same_before(w, kernel[1], stride[1]) == pad[1]
+        same_h = (
+            math.ceil(h / stride[0]) == out_h and _same_before(h, kernel[0], stride[0]) == pad[0]
+        )
+        same_w = (
+            math.ceil(w / stride[1]) == out_w and _same_before(w, kernel[1], stride[1]) == pad[1]
+        )
         if padding == ((0, 0), (0, 0)) or not (same_h and same_w):
             if padding != ((0, 0), (0, 0)):
                 tensor = EdgePadding2D(padding, name=ctx.name(node, "pad"))(tensor)
             mode = "valid"
         else:
             mode = "same"
-        tensor = keras.layers.MaxPooling2D(kernel, stride, padding=mode, name=ctx.name(node))(tensor)
+        tensor = keras.layers.MaxPooling2D(kernel, stride, padding=mode, name=ctx.name(node))(
+            tensor
+        )
         return [Blob(tensor, (n, c, out_h, out_w), NHWC)]
     if padding != ((0, 0), (0, 0)):
         tensor = keras.layers.ZeroPadding2D(padding, name=ctx.name(node, "pad"))(tensor)
@@ -154,8 +168,11 @@ def _dynamic_pooling(ctx, node, x: Blob, is_max: bool, kernel, stride, pad, ceil
     elif kernel[0] <= stride[0] and kernel[1] <= stride[1]:
         mode = "same"
     else:
-        ctx.error(node, f"ceil-mode pooling with kernel {kernel} > stride {stride} needs static "
-                        f"spatial sizes (load without dynamic_spatial)")
+        ctx.error(
+            node,
+            f"ceil-mode pooling with kernel {kernel} > stride {stride} needs static "
+            f"spatial sizes (load without dynamic_spatial)",
+        )
     cls = keras.layers.MaxPooling2D if is_max else keras.layers.AveragePooling2D
     tensor = cls(kernel, stride, padding=mode, name=ctx.name(node))(x.tensor)
 

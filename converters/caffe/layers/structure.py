@@ -49,15 +49,19 @@ def lower_concat(ctx, node, inputs: List[Blob]) -> List[Blob]:
         ctx.error(node, "Concat along the batch axis is not supported")
     for b in xs[1:]:
         if b.rank != xs[0].rank or any(
-                i != axis and b.shape[i] != xs[0].shape[i] for i in range(1, b.rank)):
-            ctx.error(node, f"Concat inputs do not match outside axis {axis}: "
-                            f"{[list(i.shape) for i in xs]}")
+            i != axis and b.shape[i] != xs[0].shape[i] for i in range(1, b.rank)
+        ):
+            ctx.error(
+                node,
+                f"Concat inputs do not match outside axis {axis}: {[list(i.shape) for i in xs]}",
+            )
     sizes = [b.shape[axis] for b in xs]
     total = None if any(s is None for s in sizes) else int(sum(sizes))
     shape = list(xs[0].shape)
     shape[axis] = total
     out = keras.layers.Concatenate(axis=xs[0].keras_axis(axis), name=ctx.name(node))(
-        [b.tensor for b in xs])
+        [b.tensor for b in xs]
+    )
     return [Blob(out, tuple(shape), xs[0].perm)]
 
 
@@ -82,9 +86,9 @@ def lower_flatten(ctx, node, inputs: List[Blob]) -> List[Blob]:
         ctx.error(node, "Flatten including the batch axis is not supported")
     if end < start:
         ctx.error(node, f"end_axis {p.end_axis} is before axis {p.axis}")
-    dims = x.shape[start:end + 1]
+    dims = x.shape[start : end + 1]
     merged = None if any(d is None for d in dims) else int(np.prod(dims))
-    shape = tuple(x.shape[:start]) + (merged,) + tuple(x.shape[end + 1:])
+    shape = tuple(x.shape[:start]) + (merged,) + tuple(x.shape[end + 1 :])
     return [_reshape_to(ctx, node, x, shape)]
 
 
@@ -132,7 +136,9 @@ def reshape_shape(ctx, node, x: Blob) -> Tuple[Tuple[Optional[int], ...], bool]:
             ctx.error(node, f"cannot reshape {in_shape} to {spec}")
         full[infer] = total // rest
     if int(np.prod(full)) != total:
-        ctx.error(node, f"cannot reshape {in_shape} to {spec} ({int(np.prod(full))} != {total} values)")
+        ctx.error(
+            node, f"cannot reshape {in_shape} to {spec} ({int(np.prod(full))} != {total} values)"
+        )
     keeps_batch = bool(full) and full[0] == batch
     shape = tuple(full)
     if keeps_batch and x.shape[0] is None:
@@ -140,15 +146,23 @@ def reshape_shape(ctx, node, x: Blob) -> Tuple[Tuple[Optional[int], ...], bool]:
     return shape, keeps_batch
 
 
-@register("Reshape", partial="0/-1/axis/num_axes; a shape mixing the batch axis pins the model to the declared batch size")
+@register(
+    "Reshape",
+    partial="0/-1/axis/num_axes; a shape mixing the batch axis pins the model to the "
+    "declared batch size",
+)
 def lower_reshape(ctx, node, inputs: List[Blob]) -> List[Blob]:
     """Row-major reinterpretation in Caffe order (the input is put in Caffe order first)."""
     x = inputs[0]
     shape, keeps_batch = reshape_shape(ctx, node, x)
     if keeps_batch:
         return [_reshape_to(ctx, node, x, shape)]
-    log.warning("%s: Reshape %s mixes the batch axis: the model is pinned to batch size %s",
-                node.caffe_name, list(shape), x.shape[0] or ctx.batch_size)
+    log.warning(
+        "%s: Reshape %s mixes the batch axis: the model is pinned to batch size %s",
+        node.caffe_name,
+        list(shape),
+        x.shape[0] or ctx.batch_size,
+    )
     x = ctx.caffe_order(x, node)
     out = BatchReshape(shape, name=ctx.name(node))(x.tensor)
     return [Blob(out, shape, identity(len(shape)))]

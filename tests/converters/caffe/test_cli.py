@@ -46,8 +46,18 @@ def test_inspect_lists_layers(capsys, tmp_path):
     capsys.readouterr()
     assert main(["inspect", str(out)]) == 0
     text = capsys.readouterr().out
-    for fragment in ("conv1", "Conv2D", "(None, 24, 24, 20)", "520", "ip1", "Dense", "400,500",
-                     "prob", "Softmax", "431,080 parameters"):
+    for fragment in (
+        "conv1",
+        "Conv2D",
+        "(None, 24, 24, 20)",
+        "520",
+        "ip1",
+        "Dense",
+        "400,500",
+        "prob",
+        "Softmax",
+        "431,080 parameters",
+    ):
         assert fragment in text, fragment
 
 
@@ -65,8 +75,17 @@ def test_compare_passes_on_caffe_dumps(capsys):
     from kerasq.cli import main
 
     folder, proto, model = _golden("resnet_block")
-    status = main(["compare", str(proto), str(model), "--input", str(folder / "input.npy"),
-                   "--reference", str(folder / "blobs")])
+    status = main(
+        [
+            "compare",
+            str(proto),
+            str(model),
+            "--input",
+            str(folder / "input.npy"),
+            "--reference",
+            str(folder / "blobs"),
+        ]
+    )
     text = capsys.readouterr().out
     assert status == 0, text
     assert "5/5 blobs match" in text
@@ -84,16 +103,36 @@ def test_compare_fails_on_a_perturbed_blob(capsys, tmp_path):
     ip2[0, 3] += 1e-2 * max(1.0, np.abs(ip2).max())
     np.save(ref / "ip2.npy", ip2)
     np.save(ref / "not_a_top.npy", ip2)
-    status = main(["compare", str(proto), str(model), "--input", f"data={folder / 'input.npy'}",
-                   "--reference", str(ref)])
+    status = main(
+        [
+            "compare",
+            str(proto),
+            str(model),
+            "--input",
+            f"data={folder / 'input.npy'}",
+            "--reference",
+            str(ref),
+        ]
+    )
     text = capsys.readouterr().out
     assert status == 1
-    line = next(l for l in text.splitlines() if l.startswith("ip2"))
+    line = next(row for row in text.splitlines() if row.startswith("ip2"))
     assert "MISMATCH" in line
     assert "not_a_top" in text and "7/8 blobs match" in text
     # A looser tolerance accepts it.
-    status = main(["compare", str(proto), str(model), "--input", str(folder / "input.npy"),
-                   "--reference", str(ref), "--atol", "0.02"])
+    status = main(
+        [
+            "compare",
+            str(proto),
+            str(model),
+            "--input",
+            str(folder / "input.npy"),
+            "--reference",
+            str(ref),
+            "--atol",
+            "0.02",
+        ]
+    )
     assert status == 0
 
 
@@ -102,9 +141,17 @@ def test_convert_train_test_with_input_shape(capsys, tmp_path):
 
     folder = shared_path("caffe-models", "resnet20-cifar10")
     out = tmp_path / "resnet20.h5"
-    status = main(["convert", str(folder / "res20_cifar_train_test.prototxt"),
-                   str(folder / "ResNet_20.caffemodel"), "-o", str(out),
-                   "--input-shape", "Data1:1,3,32,32"])
+    status = main(
+        [
+            "convert",
+            str(folder / "res20_cifar_train_test.prototxt"),
+            str(folder / "ResNet_20.caffemodel"),
+            "-o",
+            str(out),
+            "--input-shape",
+            "Data1:1,3,32,32",
+        ]
+    )
     assert status == 0
     assert "output InnerProduct1: (None, 10)" in capsys.readouterr().out
 
@@ -117,10 +164,25 @@ def test_preprocessing_is_recorded_and_exact(capsys, tmp_path):
 
     folder, proto, model = _golden("conv_pad_stride")
     out = tmp_path / "pre.h5"
-    assert main(["convert", str(proto), str(model), "-o", str(out), "--mean", "10,20,30",
-                 "--scale", "0.5", "--swap-rb"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                str(proto),
+                str(model),
+                "-o",
+                str(out),
+                "--mean",
+                "10,20,30",
+                "--scale",
+                "0.5",
+                "--swap-rb",
+            ]
+        )
+        == 0
+    )
     loaded = keras.models.load_model(out, custom_objects=custom_objects(), compile=False)
-    pre = [l for l in loaded.layers if type(l).__name__ == "CaffePreprocess"]
+    pre = [layer for layer in loaded.layers if type(layer).__name__ == "CaffePreprocess"]
     assert len(pre) == 1
     assert pre[0].get_config()["scale"] == 0.5 and pre[0].get_config()["swap_channels"]
     rgb = np.random.RandomState(0).uniform(0, 255, (2, 3, 17, 19)).astype(np.float32)
@@ -135,10 +197,15 @@ def test_mean_file_binaryproto(tmp_path):
 
     mean_file = shared_path("caffe-models", "mean-binaryproto", "mean.binaryproto")
     base = shared_path("caffe-models", "cifar10-quick-v1")
-    proto, weights = base / "cifar10_quick_deploy.prototxt", base / "cifar10_quick_iter_5000.caffemodel"
+    proto, weights = (
+        base / "cifar10_quick_deploy.prototxt",
+        base / "cifar10_quick_iter_5000.caffemodel",
+    )
     model = load(proto, weights, mean=str(mean_file))
     x = np.random.RandomState(1).uniform(0, 255, (1, 3, 32, 32)).astype(np.float32)
-    want = forward(proto, weights, {"data": x - read_binaryproto(mean_file)}, blobs=["prob"])["prob"]
+    want = forward(proto, weights, {"data": x - read_binaryproto(mean_file)}, blobs=["prob"])[
+        "prob"
+    ]
     got = np.asarray(model(x.transpose(0, 2, 3, 1), training=False))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
@@ -149,11 +216,25 @@ def test_supported_layer_table_is_up_to_date():
     import pathlib
 
     repo = pathlib.Path(__file__).resolve().parents[3]
-    spec = importlib.util.spec_from_file_location("gen_caffe_support", repo / "tools" / "gen_caffe_support.py")
+    spec = importlib.util.spec_from_file_location(
+        "gen_caffe_support", repo / "tools" / "gen_caffe_support.py"
+    )
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
     committed = (repo / "docs" / "caffe_layers.md").read_text(encoding="utf-8")
     assert committed == gen.render(), "run: python tools/gen_caffe_support.py"
-    for caffe_type in ("Convolution", "Deconvolution", "InnerProduct", "Pooling", "BatchNorm",
-                       "Scale", "Eltwise", "Concat", "Reshape", "PReLU", "LRN", "Slice"):
+    for caffe_type in (
+        "Convolution",
+        "Deconvolution",
+        "InnerProduct",
+        "Pooling",
+        "BatchNorm",
+        "Scale",
+        "Eltwise",
+        "Concat",
+        "Reshape",
+        "PReLU",
+        "LRN",
+        "Slice",
+    ):
         assert f"| `{caffe_type}` |" in committed

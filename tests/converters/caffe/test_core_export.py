@@ -21,19 +21,56 @@ SHAPE = (1, 3, 9, 10)
 def _net() -> NetBuilder:
     nb = NetBuilder("core_custom", seed=7)
     x = nb.input("data", SHAPE)
-    nb.add("Pooling", [x], name="maxpad", param="pooling_param { pool: MAX kernel_size: 3 stride: 1 pad: 2 }")
-    nb.add("Pooling", [x], name="aveceil", param="pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 }")
-    c = nb.add("Convolution", [x], name="dil", param="convolution_param { num_output: 4 kernel_size: 3 "
-               "stride: 2 dilation: 2 pad: 2 }", blobs=[nb.randn(4, 3, 3, 3), nb.randn(4)])
-    nb.add("Deconvolution", [c], name="up", param="convolution_param { num_output: 2 kernel_size: 4 "
-           "stride: 2 pad: 1 group: 2 }", blobs=[nb.randn(4, 1, 4, 4), nb.randn(2)])
-    nb.add("Eltwise", [x, x, x], name="wsum", param="eltwise_param { coeff: 0.5 coeff: -1 coeff: 2 }")
-    nb.add("Scale", [x], name="hw_scale", param="scale_param { axis: 2 num_axes: 2 bias_term: true }",
-           blobs=[nb.randn(9, 10), nb.randn(9, 10)])
-    nb.add("BatchNorm", [x], name="bstat", param="batch_norm_param { use_global_stats: false }",
-           blobs=[nb.randn(3), np.ones(3, np.float32), np.ones(1, np.float32)])
-    nb.add("InnerProduct", [x], name="fc", param="inner_product_param { num_output: 5 axis: 3 }",
-           blobs=[nb.randn(5, 10), nb.randn(5)])
+    nb.add(
+        "Pooling",
+        [x],
+        name="maxpad",
+        param="pooling_param { pool: MAX kernel_size: 3 stride: 1 pad: 2 }",
+    )
+    nb.add(
+        "Pooling",
+        [x],
+        name="aveceil",
+        param="pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 }",
+    )
+    c = nb.add(
+        "Convolution",
+        [x],
+        name="dil",
+        param="convolution_param { num_output: 4 kernel_size: 3 stride: 2 dilation: 2 pad: 2 }",
+        blobs=[nb.randn(4, 3, 3, 3), nb.randn(4)],
+    )
+    nb.add(
+        "Deconvolution",
+        [c],
+        name="up",
+        param="convolution_param { num_output: 2 kernel_size: 4 stride: 2 pad: 1 group: 2 }",
+        blobs=[nb.randn(4, 1, 4, 4), nb.randn(2)],
+    )
+    nb.add(
+        "Eltwise", [x, x, x], name="wsum", param="eltwise_param { coeff: 0.5 coeff: -1 coeff: 2 }"
+    )
+    nb.add(
+        "Scale",
+        [x],
+        name="hw_scale",
+        param="scale_param { axis: 2 num_axes: 2 bias_term: true }",
+        blobs=[nb.randn(9, 10), nb.randn(9, 10)],
+    )
+    nb.add(
+        "BatchNorm",
+        [x],
+        name="bstat",
+        param="batch_norm_param { use_global_stats: false }",
+        blobs=[nb.randn(3), np.ones(3, np.float32), np.ones(1, np.float32)],
+    )
+    nb.add(
+        "InnerProduct",
+        [x],
+        name="fc",
+        param="inner_product_param { num_output: 5 axis: 3 }",
+        blobs=[nb.randn(5, 10), nb.randn(5)],
+    )
     return nb
 
 
@@ -48,8 +85,13 @@ def converted(tmp_path_factory):
     x = nb.randn(*SHAPE)
     want = ref.run_net(nb.prototxt(), nb.params, {"data": x})
     kinds = {type(layer).__name__ for layer in model.layers}
-    assert {"EdgePadding2D", "ConstantMultiply", "WeightedSum", "BroadcastAffine",
-            "BatchStatNormalize"} <= kinds
+    assert {
+        "EdgePadding2D",
+        "ConstantMultiply",
+        "WeightedSum",
+        "BroadcastAffine",
+        "BatchStatNormalize",
+    } <= kinds
     return model, x, want, folder
 
 
@@ -88,8 +130,9 @@ def test_tflite_builtin_ops(converted):
         expected = want[name]
         for value in outputs:
             v = value.transpose(0, 3, 1, 2) if value.ndim == 4 else value
-            if v.shape == expected.shape and np.allclose(v, expected, rtol=1e-4,
-                                                         atol=1e-5 * max(1, np.abs(expected).max())):
+            if v.shape == expected.shape and np.allclose(
+                v, expected, rtol=1e-4, atol=1e-5 * max(1, np.abs(expected).max())
+            ):
                 checked += 1
                 break
         else:

@@ -29,17 +29,28 @@ def _forward(proto_text: str, nb: NetBuilder, folder, inputs):
 # ---- Convolution ---------------------------------------------------------------------
 
 CONV_CASES = {  # param, (cout, group, kh, kw)
-    "rect_stride_dilation": ("num_output: 6 kernel_h: 3 kernel_w: 2 stride_h: 2 stride_w: 3 "
-                             "pad_h: 2 pad_w: 1 dilation: 2 dilation: 3", (6, 1, 3, 2)),
-    "group2_stride2_dilation2_nobias": ("num_output: 6 kernel_size: 3 stride: 2 dilation: 2 "
-                                        "pad: 1 group: 2 bias_term: false", (6, 2, 3, 3)),
+    "rect_stride_dilation": (
+        "num_output: 6 kernel_h: 3 kernel_w: 2 stride_h: 2 stride_w: 3 "
+        "pad_h: 2 pad_w: 1 dilation: 2 dilation: 3",
+        (6, 1, 3, 2),
+    ),
+    "group2_stride2_dilation2_nobias": (
+        "num_output: 6 kernel_size: 3 stride: 2 dilation: 2 pad: 1 group: 2 bias_term: false",
+        (6, 2, 3, 3),
+    ),
     "pad_bigger_than_kernel": ("num_output: 3 kernel_size: 1 pad: 2", (3, 1, 1, 1)),
-    "repeated_kernel_size": ("num_output: 4 kernel_size: 2 kernel_size: 4 stride: 1 stride: 2",
-                             (4, 1, 2, 4)),
-    "depthwise_multiplier3_stride2": ("num_output: 12 kernel_size: 3 group: 4 stride: 2 pad: 1",
-                                      (12, 4, 3, 3)),
-    "depthwise_dilated_strided": ("num_output: 4 kernel_size: 3 group: 4 stride: 2 dilation: 2",
-                                  (4, 4, 3, 3)),
+    "repeated_kernel_size": (
+        "num_output: 4 kernel_size: 2 kernel_size: 4 stride: 1 stride: 2",
+        (4, 1, 2, 4),
+    ),
+    "depthwise_multiplier3_stride2": (
+        "num_output: 12 kernel_size: 3 group: 4 stride: 2 pad: 1",
+        (12, 4, 3, 3),
+    ),
+    "depthwise_dilated_strided": (
+        "num_output: 4 kernel_size: 3 group: 4 stride: 2 dilation: 2",
+        (4, 4, 3, 3),
+    ),
 }
 
 
@@ -61,8 +72,13 @@ def test_depthwise_type_names(tmp_path, type_name):
     nb = NetBuilder("dw")
     x = nb.input("data", (1, 5, 9, 11))
     w, b = nb.randn(5, 1, 3, 3), nb.randn(5)
-    nb.add("Convolution", [x], name="dw", param="convolution_param { num_output: 5 kernel_size: 3 "
-           "pad: 1 group: 5 }", blobs=[w, b])
+    nb.add(
+        "Convolution",
+        [x],
+        name="dw",
+        param="convolution_param { num_output: 5 kernel_size: 3 pad: 1 group: 5 }",
+        blobs=[w, b],
+    )
     inputs = nb.random_inputs()
     want = ref.run_net(nb.prototxt(), nb.params, inputs)["dw"]
     text = nb.prototxt().replace('"Convolution"', f'"{type_name}"').replace(" group: 5", "")
@@ -75,8 +91,11 @@ def test_depthwise_type_names(tmp_path, type_name):
 DECONV_CASES = {
     "group2_stride3_kernel2": ("num_output: 4 kernel_size: 2 stride: 3 group: 2", 2),
     "dilation2_pad1": ("num_output: 3 kernel_size: 3 stride: 2 pad: 1 dilation: 2", 3),
-    "rect_no_bias": ("num_output: 2 kernel_h: 4 kernel_w: 3 stride_h: 2 stride_w: 1 pad_h: 1 "
-                     "pad_w: 0 bias_term: false", (4, 3)),
+    "rect_no_bias": (
+        "num_output: 2 kernel_h: 4 kernel_w: 3 stride_h: 2 stride_w: 1 pad_h: 1 "
+        "pad_w: 0 bias_term: false",
+        (4, 3),
+    ),
     "depthwise_upsample": ("num_output: 4 kernel_size: 4 stride: 2 pad: 1 group: 4", 4),
 }
 
@@ -98,13 +117,24 @@ def test_deconvolution(tmp_path, case):
 
 # ---- InnerProduct --------------------------------------------------------------------
 
+
 def test_inner_product_transpose_after_conv(tmp_path):
     nb = NetBuilder("ipt")
     x = nb.input("data", (3, 2, 5, 6))
-    c = nb.add("Convolution", [x], name="conv", param="convolution_param { num_output: 4 "
-               "kernel_size: 3 }", blobs=[nb.randn(4, 2, 3, 3), nb.randn(4)])
-    nb.add("InnerProduct", [c], name="fc", param="inner_product_param { num_output: 7 "
-           "transpose: true }", blobs=[nb.randn(4 * 3 * 4, 7), nb.randn(7)])
+    c = nb.add(
+        "Convolution",
+        [x],
+        name="conv",
+        param="convolution_param { num_output: 4 kernel_size: 3 }",
+        blobs=[nb.randn(4, 2, 3, 3), nb.randn(4)],
+    )
+    nb.add(
+        "InnerProduct",
+        [c],
+        name="fc",
+        param="inner_product_param { num_output: 7 transpose: true }",
+        blobs=[nb.randn(4 * 3 * 4, 7), nb.randn(7)],
+    )
     check_net(nb, tmp_path)
 
 
@@ -112,9 +142,14 @@ def test_inner_product_transpose_after_conv(tmp_path):
 def test_inner_product_axis(tmp_path, axis):
     nb = NetBuilder(f"ipa{axis % 4}")
     x = nb.input("data", (2, 3, 4, 5))
-    k = int(np.prod((2, 3, 4, 5)[axis % 4:]))
-    nb.add("InnerProduct", [x], name="fc", param=f"inner_product_param {{ num_output: 6 axis: {axis} }}",
-           blobs=[nb.randn(6, k), nb.randn(6)])
+    k = int(np.prod((2, 3, 4, 5)[axis % 4 :]))
+    nb.add(
+        "InnerProduct",
+        [x],
+        name="fc",
+        param=f"inner_product_param {{ num_output: 6 axis: {axis} }}",
+        blobs=[nb.randn(6, k), nb.randn(6)],
+    )
     check_net(nb, tmp_path)
 
 
@@ -122,9 +157,16 @@ def test_inner_product_on_caffe_order_blob(tmp_path):
     """IP after a Reshape (identity layout) and after a Permute-free 3-D blob."""
     nb = NetBuilder("ipr")
     x = nb.input("data", (2, 3, 4, 6))
-    r = nb.add("Reshape", [x], name="r", param="reshape_param { shape { dim: 0 dim: 6 dim: 2 dim: -1 } }")
-    nb.add("InnerProduct", [r], name="fc", param="inner_product_param { num_output: 5 }",
-           blobs=[nb.randn(5, 72), nb.randn(5)])
+    r = nb.add(
+        "Reshape", [x], name="r", param="reshape_param { shape { dim: 0 dim: 6 dim: 2 dim: -1 } }"
+    )
+    nb.add(
+        "InnerProduct",
+        [r],
+        name="fc",
+        param="inner_product_param { num_output: 5 }",
+        blobs=[nb.randn(5, 72), nb.randn(5)],
+    )
     check_net(nb, tmp_path)
 
 
@@ -132,9 +174,17 @@ def test_inner_product_on_caffe_order_blob(tmp_path):
 
 POOL_CASES = {
     "max_pad2_k3_negative": ("pool: MAX kernel_size: 3 stride: 1 pad: 2", 9, 10),
-    "max_rect_ceil_pad": ("pool: MAX kernel_h: 3 kernel_w: 2 stride_h: 2 stride_w: 3 pad_h: 1 pad_w: 1", 10, 13),
+    "max_rect_ceil_pad": (
+        "pool: MAX kernel_h: 3 kernel_w: 2 stride_h: 2 stride_w: 3 pad_h: 1 pad_w: 1",
+        10,
+        13,
+    ),
     "max_k3s2_same_path_odd": ("pool: MAX kernel_size: 3 stride: 2", 11, 12),
-    "ave_rect_ceil_pad": ("pool: AVE kernel_h: 3 kernel_w: 4 stride_h: 2 stride_w: 3 pad_h: 1 pad_w: 2", 10, 13),
+    "ave_rect_ceil_pad": (
+        "pool: AVE kernel_h: 3 kernel_w: 4 stride_h: 2 stride_w: 3 pad_h: 1 pad_w: 2",
+        10,
+        13,
+    ),
     "ave_floor_pad": ("pool: AVE kernel_size: 3 stride: 2 pad: 1 round_mode: FLOOR", 10, 13),
     "max_floor_pad": ("pool: MAX kernel_size: 2 stride: 2 pad: 1 round_mode: FLOOR", 9, 12),
     "ave_clip_rule_fires": ("pool: AVE kernel_size: 3 stride: 3 pad: 2", 7, 10),
@@ -159,15 +209,23 @@ def test_pooling_fork_ceil_mode_false(tmp_path):
     """``ceil_mode: false`` (BVLC PR #3057 forks) == ``round_mode: FLOOR``."""
     nb = NetBuilder("ceilfork")
     x = nb.input("data", (1, 2, 10, 11))
-    nb.add("Pooling", [x], name="pool", param="pooling_param { pool: MAX kernel_size: 3 stride: 2 round_mode: FLOOR }")
+    nb.add(
+        "Pooling",
+        [x],
+        name="pool",
+        param="pooling_param { pool: MAX kernel_size: 3 stride: 2 round_mode: FLOOR }",
+    )
     inputs = nb.random_inputs()
     want = ref.run_net(nb.prototxt(), nb.params, inputs)["pool"]
-    got = _forward(nb.prototxt().replace("round_mode: FLOOR", "ceil_mode: false"), nb, tmp_path, inputs)
+    got = _forward(
+        nb.prototxt().replace("round_mode: FLOOR", "ceil_mode: false"), nb, tmp_path, inputs
+    )
     assert got["pool"].shape == (1, 2, 4, 5)
     assert_caffe_close(got["pool"], want, "pool")
 
 
 # ---- ReLU, Softmax -------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("slope", [-0.5, 0.01, 2.5])
 def test_relu_negative_slope(tmp_path, slope):
@@ -187,6 +245,7 @@ def test_softmax_axis_on_4d(tmp_path, axis):
 
 # ---- BatchNorm / Scale ---------------------------------------------------------------
 
+
 def _bn_blobs(nb, c, factor):
     mean = nb.randn(c) * factor
     var = (np.abs(nb.randn(c)) + 0.5) * factor
@@ -201,16 +260,40 @@ def test_batchnorm_scale_in_place_after_producer(tmp_path, producer, fold):
     nb = NetBuilder(f"bn_{producer}")
     x = nb.input("data", (2, 4, 6, 7))
     if producer == "InnerProduct":
-        nb.add(producer, [x], tops="y", name="p", param="inner_product_param { num_output: 6 }",
-               blobs=[nb.randn(6, 4 * 6 * 7), nb.randn(6)])
+        nb.add(
+            producer,
+            [x],
+            tops="y",
+            name="p",
+            param="inner_product_param { num_output: 6 }",
+            blobs=[nb.randn(6, 4 * 6 * 7), nb.randn(6)],
+        )
     else:
         shape = (6, 2, 3, 3) if producer == "Convolution" else (4, 3, 3, 3)
-        nb.add(producer, [x], tops="y", name="p", param="convolution_param { num_output: 6 "
-               "kernel_size: 3 group: 2 stride: 2 }", blobs=[nb.randn(*shape), nb.randn(6)])
-    nb.add("BatchNorm", ["y"], tops="y", name="bn", param="batch_norm_param { eps: 0.001 }",
-           blobs=_bn_blobs(nb, 6, 999.98))
-    nb.add("Scale", ["y"], tops="y", name="sc", param="scale_param { bias_term: true }",
-           blobs=[nb.randn(6), nb.randn(6)])
+        nb.add(
+            producer,
+            [x],
+            tops="y",
+            name="p",
+            param="convolution_param { num_output: 6 kernel_size: 3 group: 2 stride: 2 }",
+            blobs=[nb.randn(*shape), nb.randn(6)],
+        )
+    nb.add(
+        "BatchNorm",
+        ["y"],
+        tops="y",
+        name="bn",
+        param="batch_norm_param { eps: 0.001 }",
+        blobs=_bn_blobs(nb, 6, 999.98),
+    )
+    nb.add(
+        "Scale",
+        ["y"],
+        tops="y",
+        name="sc",
+        param="scale_param { bias_term: true }",
+        blobs=[nb.randn(6), nb.randn(6)],
+    )
     nb.add("ReLU", ["y"], tops="out", name="relu")
     proto, model = nb.write(tmp_path)
     inputs = nb.random_inputs()
@@ -225,9 +308,19 @@ def test_batchnorm_scale_in_place_after_producer(tmp_path, producer, fold):
 def test_batchnorm_zero_scale_factor_and_batch_stats(tmp_path):
     nb = NetBuilder("bn_special")
     x = nb.input("data", (3, 4, 5, 6))
-    nb.add("BatchNorm", [x], name="zero_factor", blobs=_bn_blobs(nb, 4, 1.0)[:2] + [np.zeros(1, np.float32)])
-    nb.add("BatchNorm", [x], name="local", param="batch_norm_param { use_global_stats: false eps: 0.01 }",
-           blobs=_bn_blobs(nb, 4, 3.0))
+    nb.add(
+        "BatchNorm",
+        [x],
+        name="zero_factor",
+        blobs=_bn_blobs(nb, 4, 1.0)[:2] + [np.zeros(1, np.float32)],
+    )
+    nb.add(
+        "BatchNorm",
+        [x],
+        name="local",
+        param="batch_norm_param { use_global_stats: false eps: 0.01 }",
+        blobs=_bn_blobs(nb, 4, 3.0),
+    )
     got = check_net(nb, tmp_path)
     np.testing.assert_allclose(got["zero_factor"], got["data"] / np.sqrt(1e-5), rtol=1e-5)
 
@@ -235,8 +328,13 @@ def test_batchnorm_zero_scale_factor_and_batch_stats(tmp_path):
 def test_batchnorm_not_folded_when_the_conv_output_is_used_elsewhere(tmp_path):
     nb = NetBuilder("bn_shared")
     x = nb.input("data", (1, 3, 6, 6))
-    c = nb.add("Convolution", [x], name="conv", param="convolution_param { num_output: 4 kernel_size: 1 }",
-               blobs=[nb.randn(4, 3, 1, 1), nb.randn(4)])
+    c = nb.add(
+        "Convolution",
+        [x],
+        name="conv",
+        param="convolution_param { num_output: 4 kernel_size: 1 }",
+        blobs=[nb.randn(4, 3, 1, 1), nb.randn(4)],
+    )
     b = nb.add("BatchNorm", [c], name="bn", blobs=_bn_blobs(nb, 4, 2.0))
     nb.add("Eltwise", [c, b], name="sum")
     check_net(nb, tmp_path)
@@ -268,8 +366,13 @@ def test_scale_two_bottoms_squeeze_excitation(tmp_path):
     nb = NetBuilder("se")
     x = nb.input("data", (3, 4, 5, 6))
     g = nb.add("Pooling", [x], name="gap", param="pooling_param { pool: AVE global_pooling: true }")
-    f = nb.add("InnerProduct", [g], name="fc", param="inner_product_param { num_output: 4 }",
-               blobs=[nb.randn(4, 4), nb.randn(4)])
+    f = nb.add(
+        "InnerProduct",
+        [g],
+        name="fc",
+        param="inner_product_param { num_output: 4 }",
+        blobs=[nb.randn(4, 4), nb.randn(4)],
+    )
     s = nb.add("Sigmoid", [f], name="gate")
     nb.add("Scale", [x, s], name="excite", param="scale_param { axis: 0 }")
     check_net(nb, tmp_path)
@@ -277,13 +380,21 @@ def test_scale_two_bottoms_squeeze_excitation(tmp_path):
 
 # ---- Eltwise / Concat / Split / Flatten / Reshape ------------------------------------
 
+
 @pytest.mark.parametrize("op", ["SUM coeff: 1 coeff: -2 coeff: 0.5", "PROD", "MAX", "SUM"])
 def test_eltwise_three_inputs_mixed_layouts(tmp_path, op):
     nb = NetBuilder("elt")
     x = nb.input("data", (2, 3, 4, 5))
-    r = nb.add("Reshape", [x], name="r", param="reshape_param { shape { dim: 0 dim: 3 dim: 4 dim: 5 } }")
-    c = nb.add("Convolution", [x], name="c", param="convolution_param { num_output: 3 kernel_size: 1 }",
-               blobs=[nb.randn(3, 3, 1, 1), nb.randn(3)])
+    r = nb.add(
+        "Reshape", [x], name="r", param="reshape_param { shape { dim: 0 dim: 3 dim: 4 dim: 5 } }"
+    )
+    c = nb.add(
+        "Convolution",
+        [x],
+        name="c",
+        param="convolution_param { num_output: 3 kernel_size: 1 }",
+        blobs=[nb.randn(3, 3, 1, 1), nb.randn(3)],
+    )
     nb.add("Eltwise", [x, r, c], name="elt", param=f"eltwise_param {{ operation: {op} }}")
     check_net(nb, tmp_path)
 
@@ -326,8 +437,13 @@ def test_reshape(tmp_path, case):
     param, shape = RESHAPE_CASES[case]
     nb = NetBuilder(case)
     x = nb.input("data", shape)
-    c = nb.add("Convolution", [x], name="c", param="convolution_param { num_output: 3 kernel_size: 1 }",
-               blobs=[nb.randn(3, 3, 1, 1), nb.randn(3)])
+    c = nb.add(
+        "Convolution",
+        [x],
+        name="c",
+        param="convolution_param { num_output: 3 kernel_size: 1 }",
+        blobs=[nb.randn(3, 3, 1, 1), nb.randn(3)],
+    )
     nb.add("Reshape", [c], name="r", param=f"reshape_param {{ {param} }}")
     check_net(nb, tmp_path)
 
@@ -338,12 +454,22 @@ def test_awkward_layer_and_blob_names(tmp_path):
 
     nb = NetBuilder("names")
     x = nb.input("data", (1, 3, 4, 4))
-    c = nb.add("Convolution", [x], tops="245", name="conv1/3x3:0",
-               param="convolution_param { num_output: 2 kernel_size: 1 }",
-               blobs=[nb.randn(2, 3, 1, 1), nb.randn(2)])
+    c = nb.add(
+        "Convolution",
+        [x],
+        tops="245",
+        name="conv1/3x3:0",
+        param="convolution_param { num_output: 2 kernel_size: 1 }",
+        blobs=[nb.randn(2, 3, 1, 1), nb.randn(2)],
+    )
     nb.add("ReLU", [c], tops="245", name="246")
-    nb.add("Pooling", ["245"], tops="conv1/3x3:0", name="pool/out",
-           param="pooling_param { pool: MAX kernel_size: 2 stride: 2 }")
+    nb.add(
+        "Pooling",
+        ["245"],
+        tops="conv1/3x3:0",
+        name="pool/out",
+        param="pooling_param { pool: MAX kernel_size: 2 stride: 2 }",
+    )
     check_net(nb, tmp_path)
     proto, model = nb.write(tmp_path)
     keras_model = load(proto, model)

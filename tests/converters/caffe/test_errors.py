@@ -1,4 +1,4 @@
-"""Malformed input: one-line ``kerasq: error: <file>: <layer>: <reason>``, exit 2, no output file."""
+"""Malformed input: one line ``kerasq: error: <file>: <layer>: <reason>``, exit 2, no output."""
 
 from __future__ import annotations
 
@@ -19,8 +19,13 @@ def _conv_net(tmp_path, weights=None, name="net"):
     nb = NetBuilder(name)
     x = nb.input("data", (1, 3, 8, 8))
     w = weights if weights is not None else nb.randn(4, 3, 3, 3)
-    nb.add("Convolution", [x], name="conv1",
-           param="convolution_param { num_output: 4 kernel_size: 3 bias_term: false }", blobs=[w])
+    nb.add(
+        "Convolution",
+        [x],
+        name="conv1",
+        param="convolution_param { num_output: 4 kernel_size: 3 bias_term: false }",
+        blobs=[w],
+    )
     return nb.write(tmp_path)
 
 
@@ -106,13 +111,17 @@ def test_unknown_layer_type(capsys, tmp_path):
     nb.add("FancyFork", [x], name="fancy1")
     proto, model = nb.write(tmp_path)
     status, err, out = _convert(capsys, tmp_path, proto, model)
-    _assert_clean_failure(status, err, out, "unknown.prototxt: fancy1:", "FancyFork", "not supported")
+    _assert_clean_failure(
+        status, err, out, "unknown.prototxt: fancy1:", "FancyFork", "not supported"
+    )
 
 
 def test_weight_shape_mismatch(capsys, tmp_path):
     proto, model = _conv_net(tmp_path, weights=np.zeros((4, 3, 5, 5), np.float32))
     status, err, out = _convert(capsys, tmp_path, proto, model)
-    _assert_clean_failure(status, err, out, "conv1:", "shape mismatch", "[4, 3, 3, 3]", "[4, 3, 5, 5]")
+    _assert_clean_failure(
+        status, err, out, "conv1:", "shape mismatch", "[4, 3, 3, 3]", "[4, 3, 5, 5]"
+    )
 
 
 def test_missing_weights(capsys, tmp_path):
@@ -127,8 +136,10 @@ def test_missing_weights(capsys, tmp_path):
 
 def test_bottom_never_produced(capsys, tmp_path):
     bad = tmp_path / "dangling.prototxt"
-    bad.write_text('input: "data" input_dim: 1 input_dim: 3 input_dim: 4 input_dim: 4\n'
-                   'layer { name: "r" type: "ReLU" bottom: "nothing" top: "r" }')
+    bad.write_text(
+        'input: "data" input_dim: 1 input_dim: 3 input_dim: 4 input_dim: 4\n'
+        'layer { name: "r" type: "ReLU" bottom: "nothing" top: "r" }'
+    )
     status, err, out = _convert(capsys, tmp_path, bad)
     _assert_clean_failure(status, err, out, "dangling.prototxt: r:", "'nothing'")
 

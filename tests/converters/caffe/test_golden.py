@@ -14,8 +14,11 @@ import pytest
 from conftest import SHARED, shared_path
 
 GOLDEN = SHARED / "caffe-golden"
-CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "deploy.prototxt").exists()) \
-    if GOLDEN.exists() else []
+CASES = (
+    sorted(p.name for p in GOLDEN.iterdir() if (p / "deploy.prototxt").exists())
+    if GOLDEN.exists()
+    else []
+)
 
 
 def assert_caffe_close(got: np.ndarray, want: np.ndarray, what: str) -> None:

@@ -13,8 +13,11 @@ import pytest
 from conftest import SHARED, shared_path
 
 FOLDER = SHARED / "caffe-models" / "opencv-layers"
-CASES = sorted(p.stem for p in FOLDER.glob("layer_*.prototxt")
-               if (FOLDER / f"{p.stem}.npy").exists()) if FOLDER.exists() else []
+CASES = (
+    sorted(p.stem for p in FOLDER.glob("layer_*.prototxt") if (FOLDER / f"{p.stem}.npy").exists())
+    if FOLDER.exists()
+    else []
+)
 
 
 def assert_caffe_close(got, want, what):
@@ -36,8 +39,12 @@ def test_caffe_computed_layer(case):
     own_input = folder / f"{case}.input.npy"
     x = np.load(own_input if own_input.exists() else folder / "blob.npy")
     model = folder / f"{case}.caffemodel"
-    got = forward(folder / f"{case}.prototxt", model if model.exists() else None, {"input": x},
-                  blobs=["output"])
+    got = forward(
+        folder / f"{case}.prototxt",
+        model if model.exists() else None,
+        {"input": x},
+        blobs=["output"],
+    )
     assert_caffe_close(got["output"], np.load(folder / f"{case}.npy"), case)
 
 
@@ -67,8 +74,9 @@ def test_net_input_all_spellings():
         "input_layer_blue_green": rng.randn(1, 2, 10, 11).astype(np.float32),
     }
     got = forward(folder / "net_input.prototxt", None, inputs)
-    want = (np.concatenate([inputs["old_style_input_blue_green"], inputs["different_name_for_red"]], 1)
-            + np.concatenate([inputs["input_layer_blue_green"], inputs["old_style_input_red"]], 1))
+    want = np.concatenate(
+        [inputs["old_style_input_blue_green"], inputs["different_name_for_red"]], 1
+    ) + np.concatenate([inputs["input_layer_blue_green"], inputs["old_style_input_red"]], 1)
     np.testing.assert_allclose(got["output"], want, rtol=1e-6, atol=1e-6)
     model = load(folder / "net_input.prototxt")
     assert sorted(model.input_names) == sorted(inputs)
@@ -85,8 +93,11 @@ def test_shared_weights_and_duplicate_layer_names():
     assert len(table["conv"]) == 2 and len(table["sum"]) == 2
     rng = np.random.RandomState(2)
     x1, x2 = rng.randn(3, 1, 2, 2).astype(np.float32), rng.randn(3, 1, 2, 2).astype(np.float32)
-    got = forward(folder / "shared_weights.prototxt", folder / "shared_weights.caffemodel",
-                  {"input_1": x1, "input_2": x2})
+    got = forward(
+        folder / "shared_weights.prototxt",
+        folder / "shared_weights.caffemodel",
+        {"input_1": x1, "input_2": x2},
+    )
     (w1, b1), (w2, b2) = table["conv"]
     (v1, c1), (v2, c2) = table["sum"]
     want1 = (x1 * w1.ravel()[0] + b1[0]).reshape(3, 4) @ v1.reshape(1, 4).T + c1

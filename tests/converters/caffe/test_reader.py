@@ -18,7 +18,9 @@ from conftest import shared_path
 
 def _shared_files(pattern):
     root = shared_path()
-    return sorted(str(p) for sub in ("caffe-models", "caffe-golden") for p in (root / sub).rglob(pattern))
+    return sorted(
+        str(p) for sub in ("caffe-models", "caffe-golden") for p in (root / sub).rglob(pattern)
+    )
 
 
 def test_every_shared_prototxt_parses(caplog):
@@ -87,7 +89,7 @@ def test_binaryproto_mean_matches_raw_floats():
     mean = read_binaryproto(path)
     assert mean.shape == (1, 3, 32, 32)
     start = raw.index(bytes([0x2A, 0x80, 0x60]))  # field 5, length 12288 = 3072 floats
-    values = np.frombuffer(raw[start + 3:start + 3 + 12288], dtype="<f4")
+    values = np.frombuffer(raw[start + 3 : start + 3 + 12288], dtype="<f4")
     np.testing.assert_array_equal(mean.ravel(), values)
 
 
@@ -131,8 +133,12 @@ def test_caffemodel_over_64_mb(tmp_path):
     nb = NetBuilder("big")
     x = nb.input("data", (1, 4096, 1, 1))
     big = np.arange(4096 * 4500, dtype=np.float32).reshape(4500, 4096) * 1e-6
-    nb.add("InnerProduct", [x], param="inner_product_param { num_output: 4500 bias_term: false }",
-           blobs=[big])
+    nb.add(
+        "InnerProduct",
+        [x],
+        param="inner_product_param { num_output: 4500 bias_term: false }",
+        blobs=[big],
+    )
     _, model = nb.write(tmp_path)
     assert (tmp_path / "big.caffemodel").stat().st_size > 70 * 2**20
     table = weights_by_layer(read_caffemodel(model))

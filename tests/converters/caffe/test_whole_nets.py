@@ -16,19 +16,32 @@ cv2 = pytest.importorskip("cv2")
 # (folder, prototxt, caffemodel, {input: NCHW shape})
 NETS = [
     ("lenet-mnist", "lenet.prototxt", "lenet_iter_10000.caffemodel", {"data": (2, 1, 28, 28)}),
-    ("cifar10-quick-v1", "cifar10_quick_deploy.prototxt", "cifar10_quick_iter_5000.caffemodel",
-     {"data": (1, 3, 32, 32)}),
+    (
+        "cifar10-quick-v1",
+        "cifar10_quick_deploy.prototxt",
+        "cifar10_quick_iter_5000.caffemodel",
+        {"data": (1, 3, 32, 32)},
+    ),
     ("mtcnn", "det1.prototxt", "det1.caffemodel", {"data": (1, 3, 12, 12)}),
     ("mtcnn", "det1.prototxt", "det1.caffemodel", {"data": (2, 3, 37, 45)}),
     ("mtcnn", "det2.prototxt", "det2.caffemodel", {"data": (1, 3, 24, 24)}),
     ("mtcnn", "det3.prototxt", "det3.caffemodel", {"data": (1, 3, 48, 48)}),
     ("mtcnn", "det4.prototxt", "det4.caffemodel", {"data": (1, 15, 24, 24)}),
     ("ultraface-rfb320", "RFB-320.prototxt", "RFB-320.caffemodel", {"input": (1, 3, 240, 320)}),
-    ("resnet20-cifar10", "deploy_generated.prototxt", "ResNet_20.caffemodel", {"Data1": (2, 3, 32, 32)}),
+    (
+        "resnet20-cifar10",
+        "deploy_generated.prototxt",
+        "ResNet_20.caffemodel",
+        {"Data1": (2, 3, 32, 32)},
+    ),
     ("vanilla-cnn", "vanilla_deploy.prototxt", "vanillaCNN.caffemodel", {"data": (1, 3, 40, 40)}),
     ("resnet50-stem", "test.prototxt", "test.caffemodel", {"data": (1, 3, 224, 224)}),
-    ("yufacedetectnet-v2", "deploy_prefix_generated.prototxt",
-     "yufacedetectnet-open-v2.caffemodel", {"data": (1, 3, 120, 160)}),
+    (
+        "yufacedetectnet-v2",
+        "deploy_prefix_generated.prototxt",
+        "yufacedetectnet-open-v2.caffemodel",
+        {"data": (1, 3, 120, 160)},
+    ),
 ]
 
 
@@ -36,7 +49,8 @@ def _layer_tops(prototxt):
     from kerasq.converters.caffe.reader import read_prototxt
     from kerasq.converters.caffe.upgrade import upgrade_net
 
-    return {l.name: l.top[-1] for l in upgrade_net(read_prototxt(prototxt)) if l.top}
+    layers = upgrade_net(read_prototxt(prototxt))
+    return {layer.name: layer.top[-1] for layer in layers if layer.top}
 
 
 def _opencv(prototxt, caffemodel, inputs, layer_names):
@@ -53,8 +67,11 @@ def _close(got, want, what, scale=1.0):
     np.testing.assert_allclose(got, want, rtol=1e-4 * scale, atol=atol, err_msg=what)
 
 
-@pytest.mark.parametrize("folder,proto,weights,shapes", NETS,
-                         ids=[f"{n[1]}-{'x'.join(map(str, list(n[3].values())[0]))}" for n in NETS])
+@pytest.mark.parametrize(
+    "folder,proto,weights,shapes",
+    NETS,
+    ids=[f"{n[1]}-{'x'.join(map(str, list(n[3].values())[0]))}" for n in NETS],
+)
 def test_net_matches_opencv(folder, proto, weights, shapes):
     from kerasq.converters.caffe import forward
 
@@ -77,13 +94,21 @@ def test_resnet20_train_test_prototxt_with_user_input_shape():
 
     base = shared_path("caffe-models", "resnet20-cifar10")
     x = np.random.RandomState(3).uniform(-1, 1, (2, 3, 32, 32)).astype(np.float32)
-    theirs = _opencv(base / "deploy_generated.prototxt", base / "ResNet_20.caffemodel",
-                     {"Data1": x}, ["InnerProduct1"])["InnerProduct1"]
-    ours = forward(base / "res20_cifar_train_test.prototxt", base / "ResNet_20.caffemodel",
-                   {"Data1": x})
+    theirs = _opencv(
+        base / "deploy_generated.prototxt",
+        base / "ResNet_20.caffemodel",
+        {"Data1": x},
+        ["InnerProduct1"],
+    )["InnerProduct1"]
+    ours = forward(
+        base / "res20_cifar_train_test.prototxt", base / "ResNet_20.caffemodel", {"Data1": x}
+    )
     _close(ours["InnerProduct1"], theirs, "InnerProduct1")
-    model = load(base / "res20_cifar_train_test.prototxt", base / "ResNet_20.caffemodel",
-                 input_shape={"Data1": (1, 3, 32, 32)})
+    model = load(
+        base / "res20_cifar_train_test.prototxt",
+        base / "ResNet_20.caffemodel",
+        input_shape={"Data1": (1, 3, 32, 32)},
+    )
     assert model.output_names == ["InnerProduct1"]
     kinds = [type(layer).__name__ for layer in model.layers]
     assert "BatchNormalization" not in kinds  # 21 BN+Scale folded into their convs
@@ -96,10 +121,17 @@ def test_v1_text_prototxt_with_data_layer_and_argmax():
 
     base = shared_path("caffe-models", "cifar10-quick-v1")
     x = np.random.RandomState(4).uniform(-1, 1, (1, 3, 32, 32)).astype(np.float32)
-    theirs = _opencv(base / "cifar10_quick_deploy.prototxt",
-                     base / "cifar10_quick_iter_5000.caffemodel", {"data": x}, ["ip2"])["ip2"]
-    ours = forward(base / "prediction_example_v1.prototxt",
-                   base / "cifar10_quick_iter_5000.caffemodel", {"data": x})
+    theirs = _opencv(
+        base / "cifar10_quick_deploy.prototxt",
+        base / "cifar10_quick_iter_5000.caffemodel",
+        {"data": x},
+        ["ip2"],
+    )["ip2"]
+    ours = forward(
+        base / "prediction_example_v1.prototxt",
+        base / "cifar10_quick_iter_5000.caffemodel",
+        {"data": x},
+    )
     _close(ours["ip2"], theirs, "ip2")
 
 
