@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import pathlib
 
+import numpy as np
 import pytest
 
 from kerasq.errors import CaffeFormatError, QuantizationConfigError
@@ -306,3 +307,66 @@ def test_text_reader_binary_file(tmp_path):
     path.write_bytes(b"\n\x05conv1\xff\xfe\x00")
     with pytest.raises(CaffeFormatError, match="line 2: not UTF-8"):
         parse_file(path)
+
+
+# ------------------------------------------------------------------------ end to end
+def _round_away(y):
+    return np.sign(y) * np.floor(np.abs(y) + 0.5)
+
+
+def _ristretto_dfp(x, bw, fl):
+    """Ristretto Trim2FixedPoint (NEAREST), quant-schemes.md §2.2."""
+    scale = 2.0 ** fl
+    return np.clip(_round_away(np.asarray(x, np.float64) * scale), -2 ** (bw - 1),
+                   2 ** (bw - 1) - 1) / scale
+
+
+def _ristretto_net(use_bias):
+    import kerasq
+    from kerasq._compat import keras
+
+    rng = np.random.default_rng(0)
+    inp = keras.Input((20,))
+    h = keras.layers.Dense(16, name="ip1", use_bias=use_bias)(inp)
+    h = keras.layers.ReLU(name="relu1")(h)
+    out = keras.layers.Dense(10, name="ip2", use_bias=use_bias)(h)
+    model = keras.Model(inp, out)
+    w1, b1 = rng.normal(0, 0.3, (20, 16)), rng.normal(0, 0.5, 16)
+    w2, b2 = rng.normal(0, 3.0, (16, 10)), rng.normal(0, 4.0, 10)
+    model.get_layer("ip1").set_weights([w1, b1][: 1 + use_bias])
+    model.get_layer("ip2").set_weights([w2, b2][: 1 + use_bias])
+    x = rng.normal(size=(64, 20)).astype("float32")
+    cfg = QuantizationConfig.from_caffe(DATA / "ristretto_lenet_quantized.prototxt")
+    qmodel = kerasq.quantize_model(model, cfg)
+    kerasq.calibrate(qmodel, x)
+    weights = [layer.get_weights() for layer in (model.get_layer("ip1"), model.get_layer("ip2"))]
+    return qmodel, x, weights
+
+
+def _ristretto_forward(x, weights, use_bias):
+    """The file's FcRistretto layers: ip1 bw_params 4 fl_params 7, output bw 8 fl 3;
+    ReLU in float; ip2 bw_params 4 fl_params -1, output Ristretto defaults bw 32 fl 16.
+    Bias: the weights' bw_params and fl_params (§2.5)."""
+    (w1, *b1), (w2, *b2) = weights
+    h = x @ _ristretto_dfp(w1, 4, 7).astype(np.float32)
+    if use_bias:
+        h = h + _ristretto_dfp(b1[0], 4, 7).astype(np.float32)
+    h = np.maximum(_ristretto_dfp(h, 8, 3), 0.0).astype(np.float32)
+    o = h @ _ristretto_dfp(w2, 4, -1).astype(np.float32)
+    if use_bias:
+        o = o + _ristretto_dfp(b2[0], 4, -1).astype(np.float32)
+    return _ristretto_dfp(o, 32, 16)
+
+
+def test_ristretto_prototxt_reproduces_ristretto_forward_pass():
+    qmodel, x, weights = _ristretto_net(use_bias=False)
+    expected = _ristretto_forward(x, weights, use_bias=False)
+    np.testing.assert_array_equal(qmodel.predict(x, verbose=0), expected.astype(np.float32))
+
+
+@pytest.mark.xfail(strict=True, reason="kerasq's BiasQuantizer takes the bias fl from the bias "
+                   "range; Ristretto trims the bias with the weights' fl_params (reported)")
+def test_ristretto_bias_uses_the_weights_fractional_length():
+    qmodel, x, weights = _ristretto_net(use_bias=True)
+    expected = _ristretto_forward(x, weights, use_bias=True)
+    np.testing.assert_array_equal(qmodel.predict(x, verbose=0), expected.astype(np.float32))
