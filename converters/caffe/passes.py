@@ -382,7 +382,9 @@ def build_graph(
     ``fold`` folds BatchNorm(+Scale) into convolutions; blobs that stay observable are the
     net outputs, or every top's final value when ``keep_all_tops`` is true.
     """
-    layers = filter_phase(upgrade_net(net, source), stages)
+    # The net's own NetState (stages, level) applies unless stages are given; phase is TEST.
+    stage_list = list(stages) or list(net.state.stage)
+    layers = filter_phase(upgrade_net(net, source), stage_list, int(net.state.level))
     layers, shapes, dropped = _resolve_inputs(layers, dict(input_shape or {}), source)
     dropped_set = set(dropped)
     layers = [layer for layer in layers if not _is_train_only(layer.type)]

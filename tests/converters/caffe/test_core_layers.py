@@ -474,3 +474,31 @@ def test_awkward_layer_and_blob_names(tmp_path):
     proto, model = nb.write(tmp_path)
     keras_model = load(proto, model)
     assert keras_model.output_names == ["conv1_3x3_0"]
+
+
+def test_phase_stage_and_level_rules(tmp_path):
+    """Caffe's NetStateRule logic for the TEST phase: include/exclude, stage, not_stage, level."""
+    from kerasq.converters.caffe import forward
+
+    text = """
+    input: "data" input_dim: 1 input_dim: 2 input_dim: 3 input_dim: 3
+    state { stage: "deploy" }
+    layer { name: "train_only" type: "Power" bottom: "data" top: "y"
+            power_param { scale: 10 } include { phase: TRAIN } }
+    layer { name: "test_only" type: "Power" bottom: "data" top: "y"
+            power_param { scale: 2 } include { phase: TEST } }
+    layer { name: "not_deploy" type: "Power" bottom: "y" top: "y"
+            power_param { scale: 100 } exclude { stage: "deploy" } }
+    layer { name: "needs_deploy" type: "Power" bottom: "y" top: "y"
+            power_param { shift: 1 } include { stage: "deploy" } }
+    layer { name: "high_level" type: "Power" bottom: "y" top: "y"
+            power_param { shift: 1000 } include { min_level: 1 } }
+    layer { name: "not_stage" type: "Power" bottom: "y" top: "y"
+            power_param { shift: 5 } include { not_stage: "deploy" } }
+    """
+    path = tmp_path / "rules.prototxt"
+    path.write_text(text)
+    x = np.random.RandomState(0).randn(1, 2, 3, 3).astype(np.float32)
+    np.testing.assert_allclose(forward(path, None, {"data": x})["y"], 2 * x + 1, rtol=1e-6)
+    got = forward(path, None, {"data": x}, stages=["other"])["y"]
+    np.testing.assert_allclose(got, 200 * x + 5, rtol=1e-6)
