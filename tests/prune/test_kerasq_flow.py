@@ -63,3 +63,31 @@ def test_prune_quantize_prune_export(helpers, tmp_path, offset, target):
         if target == "int8":
             assert t["dtype"] == np.int8, t["name"]
         assert int((t["value"] == 0).sum()) >= row.zeros, (t["name"], row)
+
+
+def test_batchnorm_folded_conv_keeps_zeros(helpers):
+    """Conv2D + BatchNormalization is folded by quantize_model (W' = W * gamma / sigma per
+    output channel); the folded kernel carries the mask, so zeros stay exact through QAT."""
+    x, y = helpers.digits_images(64)
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(8, 3, use_bias=False, name="conv")(inp)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    h = keras.layers.ReLU(name="relu")(h)
+    h = keras.layers.Flatten()(h)
+    model = keras.Model(inp, keras.layers.Dense(10, name="fc")(h))
+    model.compile("adam", keras.losses.CategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=1, verbose=0)  # non-trivial BN statistics
+    sparse = strip(prune_model(model, ConstantSparsity(0.5, 0)))
+    qmodel = kerasq.quantize_model(sparse)
+    slots = {s.layer_name: s for s in find_mask_slots(qmodel)}
+    assert "conv" in slots and "fc" in slots
+    zeros_before = slots["conv"].weight.numpy() == 0
+    assert zeros_before.mean() >= 0.5 - 1.0 / zeros_before.size
+    qmodel.compile(keras.optimizers.SGD(0.05, momentum=0.9),
+                   keras.losses.CategoricalCrossentropy(from_logits=True))
+    qmodel.fit(x, y, epochs=1, verbose=0)
+    kernel = slots["conv"].weight.numpy()
+    assert np.all(kernel[zeros_before] == 0)
+    row = {r.layer: r for r in sparsity_report(qmodel)}["conv"]
+    assert row.quantized_zeros >= int(zeros_before.sum())
