@@ -149,8 +149,9 @@ def _minifloat_tf(x, exp_bits, mant_bits, k_min, rounding, seed):
     sign_bit, magnitude_bits = -(2 ** (width - 1)), 2 ** (width - 1) - 1
     top = _max_in(exp_bits, mant_bits, xc.dtype.as_numpy_dtype)
     top_pattern = int(np.array(top, xc.dtype.as_numpy_dtype).view(f"int{width}"))
-    # bit pattern of the smallest normal 2^k_min (<= 0 when below the dtype's range)
-    normal_pattern = (k_min + dtype_bias) << nm
+    # bit pattern of the smallest normal 2^k_min (0 when below the dtype's normal range:
+    # then nothing is below it, as the device flushes the dtype's subnormals)
+    normal_pattern = max(k_min + dtype_bias, 0) << nm
     subnormals = k_min != -(2 ** (exp_bits - 1) - 1)
     drop = nm - mant_bits  # fraction bits below the minifloat mantissa
 
@@ -170,6 +171,9 @@ def _minifloat_tf(x, exp_bits, mant_bits, k_min, rounding, seed):
                 addend = const(half)
             elif rounding == "half_up":  # ties toward +inf: down in magnitude when negative
                 addend = tf.where(sign != 0, const(half - 1), const(half))
+            elif rounding == "nearest_even" and mant_bits == 0:
+                # the scaled significand of the lower neighbour is 1 (odd): ties go up
+                addend = const(half)
             elif rounding == "nearest_even":
                 lsb = tf.bitwise.bitwise_and(tf.bitwise.right_shift(mag, const(drop)), const(1))
                 addend = const(half - 1) + lsb

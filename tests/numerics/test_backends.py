@@ -6,6 +6,7 @@ here both backends are compared with each other over randomly drawn settings.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -18,7 +19,11 @@ from kerasq._compat import tf
 from kerasq.numerics import dfp_quantize, minifloat_quantize, pow2_quantize
 
 DETERMINISTIC = ("nearest", "nearest_even", "half_up")
-FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=int(os.environ.get("KERASQ_FUZZ_EXAMPLES", "40")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 def assert_same(a, b):
@@ -52,8 +57,8 @@ def test_fuzz_dfp(x, bitwidth, fl, signed, mode):
 @FUZZ
 @given(
     x=st.one_of(float_arrays(np.float32), float_arrays(np.float64)),
-    exp_bits=st.integers(1, 8),
-    mant_bits=st.integers(0, 12),
+    exp_bits=st.integers(1, 10),
+    mant_bits=st.integers(0, 52),
     subnormals=st.booleans(),
     mode=st.sampled_from(DETERMINISTIC),
 )

@@ -19,7 +19,7 @@ from kerasq._compat import tf
 from kerasq.errors import QuantizationConfigError
 from kerasq.numerics import minifloat_max, minifloat_quantize
 
-FORMATS = [(2, 1), (3, 2), (4, 3), (5, 2), (5, 10)]
+FORMATS = [(1, 0), (1, 2), (2, 1), (3, 0), (3, 2), (4, 3), (5, 2), (5, 10)]
 DETERMINISTIC = ("nearest", "nearest_even", "half_up")
 
 
@@ -118,14 +118,19 @@ def test_every_code_maps_to_itself(fmt, subnormals):
 def test_ties_and_quarter_points_between_all_neighbours(fmt, subnormals):
     # Every pair of neighbours (lo, hi): the tie (lo+hi)/2 goes to hi ("nearest", ties
     # away), to the even mantissa code ("nearest_even"), toward +inf ("half_up"); the
-    # quarter points go to the closer neighbour. Both signs.
+    # quarter points go to the closer neighbour. Both signs. With M = 0 every code has
+    # m = 0; there the rule is that of the scaled significand (lo -> 1, hi -> 2): up,
+    # except from 0.
     codes = format_codes(*fmt, subnormals)
     values = format_values(*fmt, subnormals)
     if not subnormals:
         values = values[1:]  # below the smallest normal everything flushes
     lo = np.array([float(v) for v in values[:-1]])
     hi = np.array([float(v) for v in values[1:]])
-    lo_even = np.array([codes[v] % 2 == 0 for v in values[:-1]])
+    if fmt[1] == 0:
+        lo_even = np.array([v == 0 for v in values[:-1]])
+    else:
+        lo_even = np.array([codes[v] % 2 == 0 for v in values[:-1]])
     x = np.concatenate([(lo + hi) / 2, (3 * lo + hi) / 4, (lo + 3 * hi) / 4]).astype(np.float32)
     x = np.concatenate([x, -x])
     quarters = np.concatenate([lo, hi])
@@ -279,3 +284,35 @@ def test_empty_and_kinds():
     assert minifloat_quantize(90.0, 4, 3) == 88.0
     assert minifloat_quantize(tf.constant([90.0], tf.float16), 4, 3).dtype == tf.float16
     assert minifloat_max(1, 0) == 2.0 and minifloat_max(5, 10) == 131008.0
+
+
+@pytest.mark.parametrize(
+    "fmt,dtype",
+    [
+        ((8, 7), np.float32),
+        ((6, 9), np.float32),
+        ((7, 16), np.float32),
+        ((10, 30), np.float64),
+        ((9, 45), np.float64),
+    ],
+    ids=["E8M7", "E6M9", "E7M16", "E10M30", "E9M45"],
+)
+def test_ties_of_wide_formats(fmt, dtype):
+    """Random codes (e, m) of formats too large to enumerate; the tie v + step/2 goes to
+    m + 1 ("nearest", and "half_up" when positive), to the even m ("nearest_even")."""
+    exp_bits, mant_bits = fmt
+    bias = 2 ** (exp_bits - 1) - 1
+    rng = np.random.default_rng(exp_bits * 100 + mant_bits)
+    lowest = max(1, np.finfo(dtype).minexp + bias + 1)  # stay inside the dtype's normals
+    e = rng.integers(lowest, 2**exp_bits - 1, 400)
+    m = rng.integers(0, 2**mant_bits - 1, 400)  # m + 1 stays inside the binade
+    value = [math.ldexp(2**mant_bits + int(mi), int(ei) - bias - mant_bits) for ei, mi in zip(e, m)]
+    step = [math.ldexp(1.0, int(ei) - bias - mant_bits) for ei in e]
+    lo, hi = np.array(value), np.array(value) + np.array(step)
+    x = (lo + hi) / 2
+    assert np.all(x.astype(dtype) == x)
+    even = np.where(m % 2 == 0, lo, hi)
+    expected = {"nearest": (hi, -hi), "nearest_even": (even, -even), "half_up": (hi, -lo)}
+    for mode, (pos, neg) in expected.items():
+        got = both(np.concatenate([x, -x]).astype(dtype), *fmt, rounding=mode)
+        np.testing.assert_array_equal(got, np.concatenate([pos, neg]), err_msg=mode)
