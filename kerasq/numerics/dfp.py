@@ -133,7 +133,14 @@ def _dfp_tf(x, bitwidth, frac_bits, signed, rounding, seed):
 
     xc, out_dtype = _float.to_tf_float(x)
     fl = _tf_frac_bits(frac_bits)
-    if fl.shape.rank is not None and xc.shape.rank is not None and fl.shape.rank > xc.shape.rank:
+    try:
+        fits = tf.broadcast_static_shape(xc.shape, fl.shape).is_compatible_with(xc.shape)
+        fits = fits and (
+            fl.shape.rank is None or xc.shape.rank is None or fl.shape.rank <= xc.shape.rank
+        )
+    except ValueError:
+        fits = False
+    if not fits:
         raise QuantizationConfigError(
             f"frac_bits of shape {fl.shape} does not broadcast to x of shape {xc.shape}"
         )

@@ -379,3 +379,9 @@ def test_gradient_reaches_a_variable_passed_as_x():
         )
     # dfp range [-2, 1.75]; minifloat E2M1 max 6; pow2: identity
     np.testing.assert_array_equal(tape.gradient(loss, kernel).numpy(), [[0 + 1 + 1, 3], [3, 2]])
+
+
+@pytest.mark.parametrize("fl_shape", [(3,), (2, 4), (5, 4)])
+def test_tensor_frac_bits_that_would_grow_x_rejected(fl_shape):
+    with pytest.raises(QuantizationConfigError, match="does not broadcast"):
+        dfp_quantize(tf.ones([1, 4]), 8, tf.zeros(fl_shape, tf.int32))
