@@ -132,6 +132,10 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
         action="store_true",
         help="leave input height/width free (fully convolutional nets)",
     )
+    # --- `--quantize` (kerasq.cli.quantize, engineer F) ---
+    from kerasq.cli.quantize import add_convert_options
+
+    add_convert_options(p)
     p.set_defaults(func=run)
 
 
@@ -171,8 +175,10 @@ def run(args: argparse.Namespace) -> int:
     if bar is not None:
         options["progress"] = bar
     model = caffe.load(args.prototxt, args.caffemodel, **options)
-    if getattr(args, "quantize", None):  # added by the quantization command's owner
-        raise KerasqError("--quantize is not available in this version")
+    if getattr(args, "quantize", None) or getattr(args, "quantize_config", None):
+        from kerasq.cli.quantize import quantize_converted  # engineer F
+
+        model = quantize_converted(model, args)
     try:
         save_model(model, args.output)
     except (OSError, ValueError) as err:

@@ -224,6 +224,58 @@ def _save(model: Any, path: str) -> None:
             model.save(tmp, save_format="tf")
 
 
+# ------------------------------------------------------------------------------ convert hook
+def add_convert_options(p: argparse.ArgumentParser) -> None:
+    """``kerasq convert --quantize``: options added to the convert command."""
+    g = p.add_argument_group(
+        "quantization",
+        "quantize the converted model with the settings written in the prototxt "
+        "(caffe-jacinto `quantize: true` / net_quantization_param / per-layer "
+        "quantization_param, or Ristretto *Ristretto layers)")
+    g.add_argument("--quantize", action="store_true",
+                   help="quantize with the prototxt's quantization settings")
+    g.add_argument("--quantize-config", metavar="FILE",
+                   help="read the settings from this .prototxt or .json instead")
+    g.add_argument("--solver", help="Caffe solver.prototxt (quantization_start[_iter], 0.15 "
+                                    "quantization_param)")
+    g.add_argument("--calibration", metavar="DATA",
+                   help="calibration inputs (.npy/.npz, in the converted model's NHWC layout)")
+
+
+def quantize_converted(model: Any, args: argparse.Namespace) -> Any:
+    """The converted ``model`` quantized with ``QuantizationConfig.from_caffe`` of the net
+    prototxt (or ``--quantize-config``), calibrated on ``--calibration`` when given."""
+    from kerasq.schemes import calibrate, quantize_model
+    from kerasq.schemes.config import QuantizationConfig
+
+    source = getattr(args, "quantize_config", None) or args.prototxt
+    if source.lower().endswith(".json"):
+        try:
+            with open(source, encoding="utf-8") as handle:
+                config = QuantizationConfig.from_json(handle.read())
+        except OSError as err:
+            raise KerasqError(f"cannot read config: {err.strerror}", file=source) from None
+        except QuantizationConfigError as err:
+            raise err.with_context(file=source) from None
+    else:
+        from kerasq.schemes.from_caffe import config_from_caffe
+
+        config = config_from_caffe(source, solver=getattr(args, "solver", None))
+    if config.precision == "float" and not config.overrides:
+        log.warning("%s: the quantization settings leave every layer in float", source)
+    calibration = load_inputs(args.calibration) if getattr(args, "calibration", None) else None
+    output = str(getattr(args, "output", "") or "")
+    if output.lower().endswith(".keras"):
+        raise KerasqError("quantized models are saved as .h5 or SavedModel (tfmot needs Keras 2 "
+                          "formats)", file=output)
+    qmodel = quantize_model(model, config)
+    if calibration is not None:
+        calibrate(qmodel, calibration)
+    else:
+        log.warning("no --calibration data: quantization ranges are not calibrated yet")
+    return qmodel
+
+
 def run(args: argparse.Namespace) -> int:
     from kerasq.schemes import calibrate, quantize_model
 
@@ -271,4 +323,5 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__: List[str] = ["add_parser", "run", "build_config", "load_inputs", "accuracy_fn"]
+__all__: List[str] = ["add_parser", "run", "build_config", "load_inputs", "accuracy_fn",
+                       "add_convert_options", "quantize_converted"]

@@ -22,7 +22,7 @@ fraction in [0, 1] (``error_margin`` is then in percentage points, Ristretto's c
 percentages and the margin is compared directly.
 
 Example:
-    >>> result = search_bitwidths(model, lambda q: accuracy(q, x_val, y_val), x_cal)  # doctest: +SKIP
+    >>> result = search_bitwidths(model, lambda q: accuracy(q), x_cal)  # doctest: +SKIP
     >>> print(result)  # doctest: +SKIP
     >>> qmodel = kerasq.quantize_model(model, result.config)  # doctest: +SKIP
 """

@@ -159,3 +159,35 @@ def test_inspect_prints_the_quantization_table(workdir, capsys):
     assert "quantization (" in text and expected in text
     assert main(["inspect", str(workdir / "model.h5")]) == 0
     assert "quantization (" not in capsys.readouterr().out  # float model: no table
+
+
+def test_convert_quantize_applies_the_prototxt_settings(tmp_path, capsys):
+    """``kerasq convert --quantize`` on the real LeNet with a caffe-jacinto 0.16 header."""
+    from conftest import shared_path
+
+    import kerasq
+    from kerasq.converters import caffe
+    from kerasq.schemes import QuantizationConfig
+
+    folder = shared_path("caffe-models", "lenet-mnist")
+    prototxt = tmp_path / "lenet_quantize.prototxt"
+    prototxt.write_text(
+        "quantize: true\nnet_quantization_param {\n  bitwidth_weights: 6\n"
+        "  power2_range: true\n  apply_offset_weights: false\n}\n"
+        + (folder / "lenet.prototxt").read_text()
+    )
+    weights = folder / "lenet_iter_10000.caffemodel"
+    x = np.random.default_rng(0).uniform(0, 1, (16, 28, 28, 1)).astype("float32")
+    np.save(tmp_path / "cal.npy", x)
+    out = tmp_path / "lenet_q.h5"
+    assert main(["convert", str(prototxt), str(weights), "--quantize", "--calibration",
+                 str(tmp_path / "cal.npy"), "-o", str(out)]) == 0
+    capsys.readouterr()
+    config = QuantizationConfig.from_caffe(prototxt)
+    assert (config.bitwidth_weights, config.power2_range) == (6, True)
+    reference = kerasq.quantize_model(caffe.load(str(prototxt), str(weights)), config)
+    kerasq.calibrate(reference, x)
+    written = kerasq.load_model(out)
+    np.testing.assert_array_equal(written.predict(x, verbose=0), reference.predict(x, verbose=0))
+    rows = _bits(written)
+    assert rows[("conv1", "kernel")].bits == 6 and rows[("ip2", "kernel")].bits == 6
