@@ -27,13 +27,13 @@ import logging
 import os
 import sys
 import tempfile
-from typing import Any, Dict, List, Tuple
+from typing import Any, List, Tuple
 
 import numpy as np
 
-from kerasq._compat import keras, tf
 import kerasq
 import kerasq.prune as kp
+from kerasq._compat import keras, tf
 
 log = logging.getLogger("kerasq.examples.prune_qat_digits")
 
@@ -79,28 +79,20 @@ def keras_sparsity(model: Any) -> float:
     return sum(r.zeros for r in rows) / sum(r.count for r in rows)
 
 
-def kernel_sizes(model: Any) -> Dict[int, str]:
-    return {r.count: r.layer for r in kp.sparsity_report(model, quantized=False)}
+KERNEL_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "FULLY_CONNECTED")
 
 
-def tflite_weights(content: bytes, sizes: Dict[int, str]) -> Dict[str, np.ndarray]:
-    """The kernel tensors of a .tflite file, matched to layers by element count."""
+def tflite_kernels(content: bytes) -> List[np.ndarray]:
+    """The weight tensor (input 1) of every conv / depthwise / transposed conv / FC op."""
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_content=content)
     interpreter.allocate_tensors()
-    found: Dict[str, np.ndarray] = {}
-    for detail in interpreter.get_tensor_details():
-        if len(detail["shape"]) < 2 or int(np.prod(detail["shape"])) not in sizes:
-            continue
-        try:
-            value = interpreter.get_tensor(detail["index"])
-        except ValueError:
-            continue
-        name = sizes[int(np.prod(detail["shape"]))]
-        if name not in found or value.dtype == np.int8:
-            found[name] = value.copy()
-    return found
+    return [
+        interpreter.get_tensor(int(op["inputs"][1])).copy()
+        for op in interpreter._get_ops_details()
+        if op["op_name"] in KERNEL_OPS
+    ]
 
 
 def tflite_accuracy(content: bytes, x: np.ndarray, y: np.ndarray) -> float:
@@ -133,7 +125,7 @@ def fallback_tflite(qmodel: Any, x_rep: np.ndarray) -> bytes:
     for layer in float_model.layers:
         if not layer.weights:
             continue
-        source = [l for l in qmodel.layers if getattr(l, "layer", l).name == layer.name][0]
+        source = next(q for q in qmodel.layers if getattr(q, "layer", q).name == layer.name)
         inner = getattr(source, "layer", source)
         values = {w.name.split("/")[-1].split(":")[0]: w.numpy() for w in inner.weights}
         values.update({k[1]: v for k, v in quantized.items() if k[0] == layer.name})
@@ -160,20 +152,52 @@ def run(args: argparse.Namespace) -> List[Tuple[str, float, float, str]]:
     pruned = kp.prune_model(model)
     compile_model(pruned, 1e-3)
     end = max(1, (args.prune_epochs - 1) * steps_per_epoch)
-    schedule = kp.PolynomialDecay(0.0, args.float_sparsity, begin_step=0, end_step=end, frequency=max(1, end // 10))
-    pruned.fit(x_train, y_train, epochs=args.prune_epochs, callbacks=[kp.PruningCallback(schedule)], **fit)
+    schedule = kp.PolynomialDecay(
+        0.0, args.float_sparsity, begin_step=0, end_step=end, frequency=max(1, end // 10)
+    )
+    pruned.fit(
+        x_train, y_train, epochs=args.prune_epochs, callbacks=[kp.PruningCallback(schedule)], **fit
+    )
     sparse_float = kp.strip(pruned)
-    rows.append(("pruned (float)", accuracy(sparse_float, x_test, y_test), keras_sparsity(sparse_float), "Keras"))
+    rows.append(
+        (
+            "pruned (float)",
+            accuracy(sparse_float, x_test, y_test),
+            keras_sparsity(sparse_float),
+            "Keras",
+        )
+    )
     log.info("pruned: %s", rows[-1])
 
-    qmodel = kerasq.quantize_model(sparse_float, kerasq.QuantizationConfig(bitwidth_weights=8, bitwidth_activations=8))
+    qmodel = kerasq.quantize_model(
+        sparse_float, kerasq.QuantizationConfig(bitwidth_weights=8, bitwidth_activations=8)
+    )
     kerasq.calibrate(qmodel, x_train[:256])
     compile_model(qmodel, 5e-4)
     end = max(1, (args.qat_epochs - 1) * steps_per_epoch)
-    more = kp.PolynomialDecay(args.float_sparsity, args.final_sparsity, begin_step=0, end_step=end, frequency=max(1, end // 5))
+    more = kp.PolynomialDecay(
+        args.float_sparsity,
+        args.final_sparsity,
+        begin_step=0,
+        end_step=end,
+        frequency=max(1, end // 5),
+    )
     report = kp.SparsityReportCallback(every_epochs=None, at_end=True, print_fn=log.info)
-    qmodel.fit(x_train, y_train, epochs=args.qat_epochs, callbacks=[kp.PruningCallback(more), report], **fit)
-    rows.append(("pruned + 8-bit QAT", accuracy(qmodel, x_test, y_test), keras_sparsity(qmodel), "Keras (fake-quant)"))
+    qmodel.fit(
+        x_train,
+        y_train,
+        epochs=args.qat_epochs,
+        callbacks=[kp.PruningCallback(more), report],
+        **fit,
+    )
+    rows.append(
+        (
+            "pruned + 8-bit QAT",
+            accuracy(qmodel, x_test, y_test),
+            keras_sparsity(qmodel),
+            "Keras (fake-quant)",
+        )
+    )
     log.info("qat: %s", rows[-1])
 
     with tempfile.TemporaryDirectory() as tmp:  # save/load round trip, as a user would
@@ -185,16 +209,18 @@ def run(args: argparse.Namespace) -> List[Tuple[str, float, float, str]]:
     try:
         import importlib
 
-        content = importlib.import_module("kerasq.export").to_tflite(qmodel, representative_data=x_train[:256])
-    except Exception as err:  # the exporter is another module; keep the example useful
+        content = importlib.import_module("kerasq.export").to_tflite(
+            qmodel, representative_data=x_train[:256]
+        )
+    except Exception as err:  # noqa: BLE001 - another module; keep the example useful
         log.warning("kerasq.export.to_tflite failed (%s); using the TFLite converter's int8", err)
         how = "TFLite converter int8 of the QAT weights (kerasq.export unavailable)"
         content = fallback_tflite(qmodel, x_train[:256])
-    weights = tflite_weights(content, kernel_sizes(qmodel))
-    dtypes = sorted({str(w.dtype) for w in weights.values()})
+    weights = tflite_kernels(content)
+    dtypes = sorted({str(w.dtype) for w in weights})
     how += f" ({'/'.join(dtypes)} weights, {len(weights)} kernels)"
-    zeros = sum(int(np.count_nonzero(w == 0)) for w in weights.values())
-    total = sum(int(w.size) for w in weights.values())
+    zeros = sum(int(np.count_nonzero(w == 0)) for w in weights)
+    total = sum(int(w.size) for w in weights)
     rows.append(("TFLite", tflite_accuracy(content, x_test, y_test), zeros / max(total, 1), how))
     if args.output:
         with open(args.output, "wb") as f:
@@ -220,7 +246,9 @@ def main(argv: Any = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     args.float_epochs, args.prune_epochs, args.qat_epochs = (1, 2, 2) if args.quick else (15, 8, 4)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s"
+    )
     print(format_table(run(args)))
     return 0
 

@@ -57,4 +57,4 @@ def __dir__() -> list:
     return sorted(set(globals()) | set(_LAZY_ATTRS))
 
 
-__all__ = sorted(_LAZY_ATTRS)
+__all__ = list(_LAZY_ATTRS)  # noqa: PLE0605

@@ -31,9 +31,7 @@ logger = logging.getLogger("kerasq.prune.api")
 
 def _check_model(model: Any) -> None:
     if not isinstance(model, keras.Model):
-        raise ModelFormatError(
-            f"expected a Keras model, got {type(model).__name__}", layer="model"
-        )
+        raise ModelFormatError(f"expected a Keras model, got {type(model).__name__}", layer="model")
     if not (isinstance(model, keras.Sequential) or getattr(model, "_is_graph_network", False)):
         raise ModelFormatError(
             "subclassed models cannot be wrapped; build a Sequential or functional model",
@@ -79,9 +77,7 @@ def one_shot_prune(model: Any, schedule: Any) -> float:
     )
 
 
-def prune_model(
-    model: Any, schedule: Any = None, *, layers: Optional[Iterable[str]] = None
-) -> Any:
+def prune_model(model: Any, schedule: Any = None, *, layers: Optional[Iterable[str]] = None) -> Any:
     """Wrap the prunable layers of a float ``model`` in :class:`PruneWrapper` (saved masks).
 
     The masks start as ``w != 0`` (existing zeros are frozen). If ``schedule`` is given the

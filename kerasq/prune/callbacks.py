@@ -8,8 +8,9 @@
 iteration (Caffe's ``sparsity_itr_increment_bfr_applying`` default).
 
 Example:
-    >>> cb = PruningCallback(PolynomialDecay(0.0, 0.8, begin_step=0, end_step=500))  # doctest: +SKIP
-    >>> qmodel.fit(x, y, epochs=5, callbacks=[cb, SparsityReportCallback(every_epochs=1)])  # doctest: +SKIP
+    >>> cb = PruningCallback(PolynomialDecay(0.0, 0.8, 0, 500))  # doctest: +SKIP
+    >>> report = SparsityReportCallback(every_epochs=1)  # doctest: +SKIP
+    >>> qmodel.fit(x, y, epochs=5, callbacks=[cb, report])  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Magnitude pruning masks (pure numpy): per-tensor top-k and caffe-jacinto's channel-wise threshold.
+"""Magnitude pruning masks (numpy): per-tensor top-k and caffe-jacinto's channel-wise threshold.
 
 Both return a 0/1 mask of the weight's shape; callers AND it with the previous mask, so a
 pruned weight is never revived (caffe-jacinto freezes zeros the same way).

@@ -9,7 +9,7 @@ variables. Slots live in
 
 Example:
     >>> slots = find_mask_slots(model)  # doctest: +SKIP
-    >>> init_masks(model)               # mask <- (w != 0) where not initialised yet  # doctest: +SKIP
+    >>> init_masks(model)  # mask <- (w != 0) where not initialised yet  # doctest: +SKIP
 """
 
 from __future__ import annotations

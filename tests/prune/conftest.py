@@ -163,8 +163,14 @@ def tflite_kernels(flatbuffer: bytes) -> List[Dict[str, Any]]:
         if op["op_name"] in KERNEL_OPS:
             index = int(op["inputs"][1])
             value = interpreter.get_tensor(index)
-            out.append({"op": op["op_name"], "name": details[index]["name"],
-                        "dtype": value.dtype, "value": value.copy()})
+            out.append(
+                {
+                    "op": op["op_name"],
+                    "name": details[index]["name"],
+                    "dtype": value.dtype,
+                    "value": value.copy(),
+                }
+            )
     return out
 
 

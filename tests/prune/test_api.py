@@ -49,7 +49,8 @@ def _fit(model, x, y, epochs, callbacks, batch_size=32):
 def test_polynomial_decay_reaches_target_during_fit_and_strip_keeps_zeros(helpers, tmp_path):
     x, y = helpers.digits_images(128)  # 4 steps per epoch
     pruned = prune_model(_conv_model(8))
-    assert all(isinstance(l, PruneWrapper) for l in pruned.layers if l.name.startswith("prune_"))
+    wrapped = [layer for layer in pruned.layers if isinstance(layer, PruneWrapper)]
+    assert {layer.layer.name for layer in wrapped} == {"conv1", "conv2", "pw", "fc"}
     schedule = PolynomialDecay(0.0, 0.75, begin_step=0, end_step=6, frequency=2)
     _fit(pruned, x, y, epochs=2, callbacks=[PruningCallback(schedule)])  # steps 0..7
     for slot in find_mask_slots(pruned):
@@ -62,10 +63,14 @@ def test_polynomial_decay_reaches_target_during_fit_and_strip_keeps_zeros(helper
     path = str(tmp_path / "pruned.h5")
     pruned.save(path)
     reloaded = keras.models.load_model(path)
-    np.testing.assert_allclose(reloaded.predict(x, verbose=0), pruned.predict(x, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(
+        reloaded.predict(x, verbose=0), pruned.predict(x, verbose=0), atol=1e-6
+    )
     stripped = strip(reloaded)
-    assert not any(isinstance(l, PruneWrapper) for l in stripped.layers)
-    np.testing.assert_allclose(stripped.predict(x, verbose=0), pruned.predict(x, verbose=0), atol=1e-6)
+    assert not any(isinstance(layer, PruneWrapper) for layer in stripped.layers)
+    np.testing.assert_allclose(
+        stripped.predict(x, verbose=0), pruned.predict(x, verbose=0), atol=1e-6
+    )
     for row in sparsity_report(stripped):
         assert row.sparsity >= 0.75 - 1.0 / row.count
 
@@ -85,8 +90,14 @@ def test_jacinto_schedule_during_fit_reaches_target_only_on_eligible_convs(helpe
     x, y = helpers.digits_images(256)
     pruned = prune_model(_conv_model(32))
     schedule = JacintoChannelSchedule(
-        0.5, start_iter=1, start_factor=0.3, step_factor=0.1, step_iter=1,
-        threshold_maxratio=1.0, threshold_value_max=10.0, threshold_step_factor=1e-6,
+        0.5,
+        start_iter=1,
+        start_factor=0.3,
+        step_factor=0.1,
+        step_iter=1,
+        threshold_maxratio=1.0,
+        threshold_value_max=10.0,
+        threshold_step_factor=1e-6,
     )
     _fit(pruned, x, y, epochs=1, callbacks=[PruningCallback(schedule)], batch_size=16)
     slots = {s.layer_name: s for s in find_mask_slots(pruned)}
@@ -95,9 +106,13 @@ def test_jacinto_schedule_during_fit_reaches_target_only_on_eligible_convs(helpe
     for name in ("pw", "fc"):
         assert np.count_nonzero(slots[name].weight.numpy() == 0) == 0
     convs = [s for s in slots.values() if len(s.weight.shape) > 2]
-    assert mask_sparsity(convs) >= 0.5 * sum(slots[n].weight.numpy().size for n in ("conv1", "conv2")) / sum(
-        s.weight.numpy().size for s in convs
-    ) - 1e-9
+    assert (
+        mask_sparsity(convs)
+        >= 0.5
+        * sum(slots[n].weight.numpy().size for n in ("conv1", "conv2"))
+        / sum(s.weight.numpy().size for s in convs)
+        - 1e-9
+    )
     # conv2 (ni = no = 32, "mid") reaches the factor used; conv1 (ni = 1, "low") half of it
     assert (slots["conv2"].weight.numpy() == 0).mean() > (slots["conv1"].weight.numpy() == 0).mean()
     assert schedule.factor <= min(0.5 + 0.15, 0.95) + schedule.step_factor + 1e-9
@@ -122,7 +137,14 @@ def test_jacinto_fractions_and_eligibility_rules():
     by_name = {s.layer.name: s for s in find_mask_slots(model)}
     verdict = {key: s.eligible(by_name[layer.name]) for key, layer in layers.items()}
     # Caffe: (ni>=32 or no>=32), group<no, kernel > 2; depth_multiplier 2 has group = ni < no
-    assert verdict == {"c3": True, "c1": False, "small": True, "dw": False, "dw2": True, "fc": False}
+    assert verdict == {
+        "c3": True,
+        "c1": False,
+        "small": True,
+        "dw": False,
+        "dw2": True,
+        "fc": False,
+    }
 
 
 def test_report_counts_and_format(helpers):
@@ -142,7 +164,9 @@ def test_report_counts_and_format(helpers):
     lines = text.splitlines()
     assert lines[0] == "Num Params(4), Sparsity (zero_weights/count): "
     zeros, total = sum(r.zeros for r in rows), sum(r.count for r in rows)
-    assert lines[-1] == f"Total Sparsity (zero_weights/count) =  ({zeros}/{total}) {zeros / total:.3g}"
+    assert (
+        lines[-1] == f"Total Sparsity (zero_weights/count) =  ({zeros}/{total}) {zeros / total:.3g}"
+    )
     assert lines[1].startswith(f"conv1_param_kernel({rows[0].sparsity:.3g}) ({rows[0].zeros}/")
 
 
@@ -150,7 +174,13 @@ def test_report_callback_prints_every_epoch(helpers):
     x, y = helpers.digits_images(32)
     printed = []
     pruned = prune_model(_conv_model(8), ConstantSparsity(0.5, 0))
-    _fit(pruned, x, y, epochs=2, callbacks=[SparsityReportCallback(every_epochs=1, print_fn=printed.append)])
+    _fit(
+        pruned,
+        x,
+        y,
+        epochs=2,
+        callbacks=[SparsityReportCallback(every_epochs=1, print_fn=printed.append)],
+    )
     assert len(printed) == 2 and all(p.startswith("Num Params(4)") for p in printed)
     assert "[mask 0.5]" in printed[-1]
 
@@ -190,5 +220,47 @@ def test_errors_name_the_problem():
     model = _conv_model(4)
     model.compile("sgd", "mse")
     with pytest.raises(KerasqError, match="no pruning masks"):
-        model.fit(np.zeros((2, 8, 8, 1)), np.zeros((2, 10)), verbose=0,
-                  callbacks=[PruningCallback(ConstantSparsity(0.5, 0))])
+        model.fit(
+            np.zeros((2, 8, 8, 1)),
+            np.zeros((2, 10)),
+            verbose=0,
+            callbacks=[PruningCallback(ConstantSparsity(0.5, 0))],
+        )
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        lambda: keras.optimizers.SGD(0.1, momentum=0.9),
+        lambda: keras.optimizers.AdamW(0.1, weight_decay=0.5),
+        lambda: keras.optimizers.legacy.SGD(0.1, momentum=0.9),
+    ],
+    ids=["sgd-momentum", "adamw", "legacy-sgd"],
+)
+def test_custom_training_loop_cannot_revive_pruned_weights(optimizer):
+    """Momentum built up before pruning, and decoupled weight decay, would move a pruned
+    weight; the mask constraint re-zeroes it inside apply_gradients."""
+    keras.utils.set_random_seed(0)
+    model = prune_model(keras.Sequential([keras.Input((6,)), keras.layers.Dense(5, name="d")]))
+    slot = find_mask_slots(model)[0]
+    opt = optimizer()
+    x = tf.random.normal((16, 6))
+
+    def step():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(model(x, training=True) - 1.0))
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables))
+
+    for _ in range(3):  # build up momentum on every weight
+        step()
+    mask = np.ones((6, 5), np.float32)
+    mask[::2, :] = 0.0
+    from kerasq.prune.masks import set_mask
+
+    set_mask(slot, mask)
+    for _ in range(3):
+        step()
+    w = slot.weight.numpy()
+    assert np.all(w[mask == 0] == 0)
+    assert np.all(w[mask == 1] != 0)

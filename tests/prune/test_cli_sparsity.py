@@ -15,15 +15,19 @@ def _kernel_zeros_in_h5(path):
     """(zeros, count) over every dataset named like a kernel in the .h5 weights."""
     zeros = total = 0
     with h5py.File(path, "r") as f:
+
         def visit(name, obj):
             nonlocal zeros, total
             leaf = name.split("/")[-1]
             if isinstance(obj, h5py.Dataset) and leaf.split(":")[0] in (
-                "kernel", "depthwise_kernel", "pointwise_kernel"
+                "kernel",
+                "depthwise_kernel",
+                "pointwise_kernel",
             ):
                 value = obj[()]
                 zeros += int(np.count_nonzero(value == 0))
                 total += int(value.size)
+
         f["model_weights"].visititems(visit)
     return zeros, total
 

@@ -34,7 +34,10 @@ def test_prune_quantize_prune_export(helpers, tmp_path, offset, target):
     )  # preserve_sparsity=None -> automatic: the kernels have exact zeros
     slots = find_mask_slots(qmodel)
     assert {s.name for s in slots} == {
-        "conv/kernel", "dw/depthwise_kernel", "deconv/kernel", "fc/kernel"
+        "conv/kernel",
+        "dw/depthwise_kernel",
+        "deconv/kernel",
+        "fc/kernel",
     }
     kerasq.calibrate(qmodel, x[:64])
     qmodel.compile(
@@ -42,7 +45,11 @@ def test_prune_quantize_prune_export(helpers, tmp_path, offset, target):
         keras.losses.CategoricalCrossentropy(from_logits=True),
     )
     qmodel.fit(
-        x, y, batch_size=32, epochs=1, verbose=0,
+        x,
+        y,
+        batch_size=32,
+        epochs=1,
+        verbose=0,
         callbacks=[PruningCallback(ConstantSparsity(0.7, 0, frequency=2))],
     )
     path = str(tmp_path / "q.h5")
@@ -52,7 +59,9 @@ def test_prune_quantize_prune_export(helpers, tmp_path, offset, target):
     for row in rows.values():
         assert row.sparsity >= 0.7 - 1.0 / row.count, row
         assert row.mask_zeros == row.zeros and row.quantized_zeros >= row.zeros, row
-    np.testing.assert_allclose(reloaded.predict(x, verbose=0), qmodel.predict(x, verbose=0), atol=1e-5)
+    np.testing.assert_allclose(
+        reloaded.predict(x, verbose=0), qmodel.predict(x, verbose=0), atol=1e-5
+    )
 
     content = export.to_tflite(reloaded, target=target, representative_data=x[:32])
     kernels = helpers.tflite_kernels(content)
@@ -84,8 +93,10 @@ def test_batchnorm_folded_conv_keeps_zeros(helpers):
     assert "conv" in slots and "fc" in slots
     zeros_before = slots["conv"].weight.numpy() == 0
     assert zeros_before.mean() >= 0.5 - 1.0 / zeros_before.size
-    qmodel.compile(keras.optimizers.SGD(0.05, momentum=0.9),
-                   keras.losses.CategoricalCrossentropy(from_logits=True))
+    qmodel.compile(
+        keras.optimizers.SGD(0.05, momentum=0.9),
+        keras.losses.CategoricalCrossentropy(from_logits=True),
+    )
     qmodel.fit(x, y, epochs=1, verbose=0)
     kernel = slots["conv"].weight.numpy()
     assert np.all(kernel[zeros_before] == 0)

@@ -36,7 +36,10 @@ def test_magnitude_mask_equals_tfmot_prune_low_magnitude(sparsity):
     model.compile(keras.optimizers.SGD(0.0), "mse")
     x = np.ones((4, 20), np.float32)
     model.fit(
-        x, np.zeros((4, 24), np.float32), epochs=1, verbose=0,
+        x,
+        np.zeros((4, 24), np.float32),
+        epochs=1,
+        verbose=0,
         callbacks=[sparsity_api.UpdatePruningStep()],
     )
     tfmot_mask = [w for w in model.layers[0].weights if "mask" in w.name][0].numpy()
@@ -90,7 +93,9 @@ def reference_channel_threshold(row, fraction, maxratio, value_max, step_factor)
         (0.95, 1.0, 10.0, 1e-5),
     ],
 )
-def test_jacinto_channel_threshold_matches_loop_reference(fraction, maxratio, value_max, step_factor):
+def test_jacinto_channel_threshold_matches_loop_reference(
+    fraction, maxratio, value_max, step_factor
+):
     rng = np.random.default_rng(7)
     for n in (9, 27, 144):
         for scale in (0.01, 0.3, 2.0):
@@ -126,9 +131,7 @@ def test_channel_matrix_rows_are_output_channels(shape, layout):
     elif layout == CHANNELS_TRANSPOSED:
         expected = [w[..., c, :].reshape(-1) for c in range(shape[-2])]
     else:  # Keras depthwise output channel index = in * multiplier + m
-        expected = [
-            w[:, :, i, m].reshape(-1) for i in range(shape[-2]) for m in range(shape[-1])
-        ]
+        expected = [w[:, :, i, m].reshape(-1) for i in range(shape[-2]) for m in range(shape[-1])]
     for c, row in enumerate(expected):
         np.testing.assert_array_equal(np.sort(rows[c]), np.sort(row))
     np.testing.assert_array_equal(from_channel_matrix(rows, shape, layout), w)
@@ -142,5 +145,7 @@ def test_jacinto_channel_mask_thresholds_each_output_channel_independently():
     for c in range(4):
         row = w[..., c].reshape(-1)
         t = reference_channel_threshold(row, 0.5, 1.0, 1e9, 1e-6)
-        np.testing.assert_array_equal(mask[..., c].reshape(-1), (np.abs(row) > t).astype(np.float32))
+        np.testing.assert_array_equal(
+            mask[..., c].reshape(-1), (np.abs(row) > t).astype(np.float32)
+        )
         assert 0.4 < (mask[..., c] == 0).mean() <= 0.5

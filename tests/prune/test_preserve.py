@@ -40,7 +40,13 @@ def test_zeros_survive_qat_pruning_h5_and_tflite(helpers, tmp_path, offset):
     assert {s.name for s in find_mask_slots(qmodel)} == KERNELS
     target = 0.6
     # pruning continues while QAT runs (and momentum tries to revive pruned weights)
-    _train(qmodel, x, y, epochs=2, callbacks=[PruningCallback(ConstantSparsity(target, 0, frequency=2))])
+    _train(
+        qmodel,
+        x,
+        y,
+        epochs=2,
+        callbacks=[PruningCallback(ConstantSparsity(target, 0, frequency=2))],
+    )
     kernels = {s.name: s.weight.numpy() for s in find_mask_slots(qmodel)}
     for name, k in kernels.items():
         assert (k == 0).mean() >= target - 1.0 / k.size, name
@@ -54,7 +60,9 @@ def test_zeros_survive_qat_pruning_h5_and_tflite(helpers, tmp_path, offset):
         assert int(slot.ready.numpy()) == 1
         np.testing.assert_array_equal(slot.weight.numpy(), kernels[name])
         np.testing.assert_array_equal(slot.mask.numpy(), (kernels[name] != 0).astype(np.float32))
-    np.testing.assert_allclose(reloaded.predict(x, verbose=0), qmodel.predict(x, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(
+        reloaded.predict(x, verbose=0), qmodel.predict(x, verbose=0), atol=1e-6
+    )
 
     # one more QAT epoch after reload: zeros still exact
     _train(reloaded, x, y, epochs=1)
@@ -98,7 +106,9 @@ def test_offset_quantizer_destroys_zeros_without_mask(helpers):
 
 
 def test_symmetric_inner_is_not_remasked_and_lazy_init(helpers):
-    inner = tq.quantizers.LastValueQuantizer(num_bits=8, per_axis=False, symmetric=True, narrow_range=True)
+    inner = tq.quantizers.LastValueQuantizer(
+        num_bits=8, per_axis=False, symmetric=True, narrow_range=True
+    )
     spq = SparsityPreservingQuantizer(inner)
     assert not spq.reapplies_mask  # fake_quant keeps 0 on the grid: no op after FakeQuant
     w = np.array([[0.0, 0.5], [-0.25, 0.0]], np.float32)
@@ -118,7 +128,9 @@ def test_symmetric_inner_is_not_remasked_and_lazy_init(helpers):
 
 
 def test_config_round_trip(helpers):
-    inner = tq.quantizers.LastValueQuantizer(num_bits=4, per_axis=True, symmetric=True, narrow_range=False)
+    inner = tq.quantizers.LastValueQuantizer(
+        num_bits=4, per_axis=True, symmetric=True, narrow_range=False
+    )
     spq = SparsityPreservingQuantizer(inner, remask_output=True)
     config = keras.utils.serialize_keras_object(spq)
     assert config["registered_name"] == "kerasq>SparsityPreservingQuantizer"
