@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from typing import Any, Dict, List, Tuple
 
 from kerasq.errors import KerasqError, ModelFormatError, QuantizationConfigError
@@ -296,6 +297,8 @@ def run(args: argparse.Namespace) -> int:
             model, accuracy_fn(eval_x, eval_y), calibration, args.error_margin,
             candidates=_candidates(args.candidates), config=config, steps=args.steps,
             batch_size=args.batch_size,
+            progress=lambda label, score: print(f"search: {label}: {score:.4f}",
+                                                file=sys.stderr, flush=True),
         )
         print(result.table())
         config = result.config

@@ -194,6 +194,7 @@ def search_bitwidths(
     steps: Optional[int] = None,
     batch_size: int = 32,
     score_unit: str = "fraction",
+    progress: Optional[Callable[[str, float], None]] = None,
 ) -> SearchResult:
     """Ristretto's DFP bit-width search over ``parts`` of a float Keras ``model``.
 
@@ -201,7 +202,8 @@ def search_bitwidths(
     (``calibrate(qmodel, data, steps, batch_size=...)``) and scored by ``eval_fn``.
     ``config`` supplies everything but the bit widths and which parts are quantized
     (default: kerasq's DFP defaults); the search evaluates with ``quantization_start=0``
-    and the returned config keeps ``config.quantization_start``.
+    and the returned config keeps ``config.quantization_start``. ``progress(label, score)``
+    is called after every evaluation (the CLI prints it); logging also reports each one.
 
     Example: ``search_bitwidths(model, eval_fn, x_cal, error_margin=1.0).bitwidths``
     -> ``{"conv_weights": 4, "dense_weights": 8, "activations": 8}``.
@@ -231,10 +233,14 @@ def search_bitwidths(
         calibrate(qmodel, data, steps, batch_size=batch_size)
         value = float(eval_fn(qmodel))
         log.info("search: %s -> %.6g", label, value)
+        if progress is not None:
+            progress(label, value)
         return value
 
     baseline = float(eval_fn(model))
     log.info("search: float baseline %.6g", baseline)
+    if progress is not None:
+        progress("float baseline", baseline)
     rows: List[SearchRow] = []
     chosen: Dict[str, Optional[int]] = {}
     for part in parts:

@@ -108,9 +108,12 @@ def test_search_and_report(workdir, capsys):
     status = main(["quantize", str(workdir / "model.h5"), "--search", "--eval",
                    str(workdir / "val.npz"), "--calibration", str(workdir / "cal.npy"),
                    "--candidates", "6", "--report", "-o", str(out)])
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    text = captured.out
     assert status == 0 and out.is_file()
     assert "baseline" in text and "combined" in text and "SQNR dB" in text
+    assert "search: float baseline:" in captured.err  # progress, one line per evaluation
+    assert "search: activations 6 bit:" in captured.err
     assert "accuracy: float" in text
 
 
