@@ -143,7 +143,7 @@ def _minifloat_tf(x, exp_bits, mant_bits, k_min, rounding, seed):
 
     xc, out_dtype = _float.to_tf_float(x)
     info = np.finfo(xc.dtype.as_numpy_dtype)
-    nm, dtype_bias = int(info.nmant), int(info.maxexp) - 1
+    nm, dtype_bias, emin = int(info.nmant), int(info.maxexp) - 1, int(info.minexp)
     int_dtype = tf.int32 if xc.dtype == tf.float32 else tf.int64
     width = 32 if xc.dtype == tf.float32 else 64
     sign_bit, magnitude_bits = -(2 ** (width - 1)), 2 ** (width - 1) - 1
@@ -184,11 +184,11 @@ def _minifloat_tf(x, exp_bits, mant_bits, k_min, rounding, seed):
         else:
             mag_q = mag
         below = mag < const(normal_pattern)
-        if subnormals:  # fixed grid step 2^(k_min − M) below the smallest normal
+        if subnormals and k_min > emin:  # fixed grid step 2^(k_min − M) below 2^k_min
             scaled = tf_round(_float.tf_ldexp(xs, mant_bits - k_min), rounding, seed)
             tiny = tf.bitcast(tf.abs(_float.tf_ldexp(scaled, k_min - mant_bits)), int_dtype)
             mag_q = tf.where(below, tiny, mag_q)
-        else:
+        else:  # flush; also subnormal grids entirely below the dtype's normals (E >= 8)
             mag_q = tf.where(below, const(0), mag_q)
         out = tf.bitcast(tf.bitwise.bitwise_or(mag_q, sign), xs.dtype)
         out = tf.where(tf.math.is_nan(xs), xs, out)

@@ -143,3 +143,16 @@ def test_numpy_path_does_not_import_tensorflow():
         [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
+
+
+def test_xla_wide_minifloat_formats_with_subnormals():
+    """E >= 8 on float32: the subnormal grid lies below float32's normals (all zero)."""
+    rng = np.random.default_rng(2)
+    x = np.concatenate(
+        [
+            rng.standard_normal(200) * 10.0 ** rng.integers(-40, 38, 200),
+            [1e-40, -1e-39, 1.2e-38, 0.0],
+        ]
+    ).astype(np.float32)
+    run = tf.function(lambda v: minifloat_quantize(v, 8, 5, subnormals=True), jit_compile=True)
+    assert_same(run(tf.constant(x)).numpy(), minifloat_quantize(x, 8, 5, subnormals=True))
