@@ -50,6 +50,18 @@ RANGE_ESTIMATORS = ("minmax", "max_abs", "ema", "percentile")
 UNKNOWN_LAYER_POLICIES = ("float", "quantize_outputs", "error")
 
 
+# Caffe layer type of the stock Keras layers the Caffe converter emits, so that
+# ``overrides={"Convolution": {...}}`` applies to converted models.
+CAFFE_TYPE_OF_KERAS_CLASS = {
+    "Conv2D": "Convolution", "DepthwiseConv2D": "Convolution", "Dense": "InnerProduct",
+    "Conv2DTranspose": "Deconvolution", "ReLU": "ReLU", "PReLU": "PReLU", "ELU": "ELU",
+    "Add": "Eltwise", "Multiply": "Eltwise", "Maximum": "Eltwise", "Concatenate": "Concat",
+    "MaxPooling2D": "Pooling", "AveragePooling2D": "Pooling",
+    "GlobalAveragePooling2D": "Pooling", "GlobalMaxPooling2D": "Pooling",
+    "BatchNormalization": "BatchNorm", "Softmax": "Softmax",
+}
+
+
 def _frozen_overrides(value: Any) -> Mapping[str, Mapping[str, Any]]:
     if value is None:
         return types.MappingProxyType({})
@@ -229,8 +241,9 @@ class QuantizationConfig:
         """The config that applies to ``layer``: overrides by type, then by name.
 
         ``layer`` is a Keras layer or a layer name. A layer's types are its Keras class
-        name and, for layers converted from Caffe, the Caffe type stored by the converter
-        (attribute ``caffe_type`` or ``_kerasq_caffe_type``), or ``layer_type`` if given.
+        name, the Caffe type the converter lowers to that class (Conv2D -> Convolution,
+        Dense -> InnerProduct, ...), a ``caffe_type`` attribute if the layer has one, and
+        ``layer_type`` if given; later ones win, the layer name wins over all.
         An ignored layer gets ``precision="float"``.
         """
         if isinstance(layer, str):
@@ -239,6 +252,7 @@ class QuantizationConfig:
             name = getattr(layer, "name", None)
             types_ = [
                 type(layer).__name__,
+                CAFFE_TYPE_OF_KERAS_CLASS.get(type(layer).__name__),
                 getattr(layer, "caffe_type", None),
                 getattr(layer, "_kerasq_caffe_type", None),
                 layer_type,

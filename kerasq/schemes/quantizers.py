@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from kerasq._compat import keras, tf, tfmot
 from kerasq.schemes import _backend
@@ -39,6 +39,9 @@ _MEAN = tf.VariableAggregation.MEAN
 _FIRST = tf.VariableAggregation.ONLY_FIRST_REPLICA
 
 _state = threading.local()
+
+# The quantizers use tf.cond explicitly; autograph conversion would only cost build time.
+_no_autograph = tf.autograph.experimental.do_not_convert
 
 
 @contextlib.contextmanager
@@ -60,6 +63,21 @@ def _cond(pred: Any, true_fn: Any, false_fn: Any) -> Any:
     if isinstance(pred, (bool, int)):
         return true_fn() if pred else false_fn()
     return tf.cond(tf.cast(pred, tf.bool), true_fn, false_fn)
+
+
+def _across_replicas(bmin: tf.Tensor, bmax: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    """(min, max) over every replica of a ``tf.distribute`` strategy (identity on one).
+
+    Each replica sees its own slice of the batch; without this every replica would store
+    its own range and the MEAN-aggregated variables would hold the mean of the replicas'
+    minima/maxima (and a non-integer fl). ``ReduceOp`` has no MIN/MAX, hence all_gather.
+    """
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return bmin, bmax
+    pair = tf.reshape(tf.stack([-tf.cast(bmin, tf.float32), tf.cast(bmax, tf.float32)]), [1, 2])
+    extremes = tf.reduce_max(ctx.all_gather(pair, axis=0), axis=0)
+    return -extremes[0], extremes[1]
 
 
 def _qrange(bitwidth: int, signed: bool) -> Tuple[float, float]:
@@ -183,10 +201,12 @@ class DFPActivationQuantizer(_KerasqQuantizer):
             return tf.reduce_min(x), tf.reduce_max(tf.abs(x))
         return tf.reduce_min(x), tf.reduce_max(x)
 
-    def update_range(self, x: tf.Tensor, weights: Dict[str, tf.Variable]) -> tf.Operation:
-        """Fold one batch into the stored range (minmax/max_abs/percentile: running
-        min and max; ema: caffe-jacinto r <- (1-b)·r + b·e·batch, first batch r = e·batch)."""
-        bmin, bmax = self.batch_range(x)
+    def merged_range(self, x: tf.Tensor, weights: Dict[str, tf.Variable]
+                     ) -> Tuple[tf.Tensor, tf.Tensor]:
+        """The stored range with one more batch folded in (minmax/max_abs/percentile:
+        running min and max; ema: caffe-jacinto r <- (1-b)·r + b·e·batch, first batch
+        r = e·batch)."""
+        bmin, bmax = _across_replicas(*self.batch_range(x))
         first = tf.equal(weights["count"], 0)
         if self.range_estimator == "ema":
             e, b = self.range_expansion, self.ema_update_factor
@@ -195,12 +215,19 @@ class DFPActivationQuantizer(_KerasqQuantizer):
         else:
             new_min = tf.where(first, bmin, tf.minimum(weights["min"], bmin))
             new_max = tf.where(first, bmax, tf.maximum(weights["max"], bmax))
-        ops = [weights["min"].assign(new_min), weights["max"].assign(new_max)]
-        with tf.control_dependencies(ops):
-            params = self.params_from_range(new_min, new_max)
-            return tf.group(weights["frac_bits"].assign(params[0]),
-                            weights["scale"].assign(params[1]),
-                            weights["offset"].assign(params[2]))
+        return new_min, new_max
+
+    def _store(self, weights: Dict[str, tf.Variable], new_min: tf.Tensor, new_max: tf.Tensor,
+               params: Sequence[tf.Tensor]) -> List[Any]:
+        return [weights["min"].assign(new_min), weights["max"].assign(new_max),
+                weights["frac_bits"].assign(params[0]), weights["scale"].assign(params[1]),
+                weights["offset"].assign(params[2])]
+
+    def update_range(self, x: tf.Tensor, weights: Dict[str, tf.Variable]) -> tf.Operation:
+        """Fold one batch into the stored range and store the derived fl/scale/offset."""
+        new_min, new_max = self.merged_range(x, weights)
+        return tf.group(self._store(weights, new_min, new_max,
+                                    self.params_from_range(new_min, new_max)))
 
     def is_unsigned(self, range_min: tf.Tensor) -> tf.Tensor:
         if self.signed is None:
@@ -221,9 +248,9 @@ class DFPActivationQuantizer(_KerasqQuantizer):
                 fl = tf.constant(float(self.frac_bits))
             elif self.range_estimator == "max_abs":  # Ristretto: il = ceil(log2 max|x|)
                 fl = _backend.dfp_frac_bits(a, b, signed=False)
-            else:
-                fl = tf.where(unsigned, _backend.dfp_frac_bits(a, b, signed=False),
-                              _backend.dfp_frac_bits(a, b, signed=True))
+            else:  # il = ceil(log2 A) + 1 signed, + 0 unsigned
+                fl_unsigned = _backend.dfp_frac_bits(a, b, signed=False)
+                fl = tf.where(unsigned, fl_unsigned, fl_unsigned - 1.0)
             return fl, tf.pow(2.0, fl), tf.constant(0.0)
         r = tf.maximum(tf.abs(range_max - range_min), 1e-30)
         if self.apply_offset:
@@ -266,39 +293,39 @@ class DFPActivationQuantizer(_KerasqQuantizer):
         qmax = tf.where(unsigned, hi_u, hi_s)
         return _backend.affine_quantize(x, scale, offset, qmin, qmax, rounding=rounding)
 
+    @_no_autograph
     def __call__(self, inputs: tf.Tensor, training: Any, weights: Dict[str, tf.Variable],
                  **kwargs: Any) -> tf.Tensor:
-        def collect(count):
-            return self.update_range(inputs, weights)
-
-        def fake_quant(is_training):
-            rounding = self._round_mode(is_training)
-
-            def stored():
-                return self.quantize(inputs, weights["min"],
-                                     (weights["frac_bits"], weights["scale"], weights["offset"]),
-                                     rounding)
-
-            def dynamic():  # never calibrated nor trained: range of this batch
-                bmin, bmax = self.batch_range(inputs)
-                return self.quantize(inputs, bmin, self.params_from_range(bmin, bmax), rounding)
-
-            return _cond(weights["count"] > 0, stored, dynamic)
-
+        count = weights["count"]
         if _calibrating():
-            with tf.control_dependencies([collect(weights["count"])]):
-                with tf.control_dependencies([weights["count"].assign_add(1)]):
+            with tf.control_dependencies([self.update_range(inputs, weights)]):
+                with tf.control_dependencies([count.assign_add(1)]):
                     return tf.identity(inputs)
 
+        def gated(active, quantized):
+            if self.quantization_start == 0:
+                return quantized()
+            return _cond(active, quantized, lambda: tf.identity(inputs))
+
         def train_branch():
-            active = weights["count"] >= self.quantization_start
-            with tf.control_dependencies([collect(weights["count"])]):
-                with tf.control_dependencies([weights["count"].assign_add(1)]):
-                    return _cond(active, lambda: fake_quant(True), lambda: tf.identity(inputs))
+            active = count >= self.quantization_start
+            new_min, new_max = self.merged_range(inputs, weights)
+            params = self.params_from_range(new_min, new_max)
+            with tf.control_dependencies(self._store(weights, new_min, new_max, params)):
+                with tf.control_dependencies([count.assign_add(1)]):
+                    return gated(active, lambda: self.quantize(
+                        inputs, new_min, params, self._round_mode(True)))
 
         def infer_branch():
-            return _cond(weights["count"] >= self.quantization_start,
-                         lambda: fake_quant(False), lambda: tf.identity(inputs))
+            # the stored range; never calibrated nor trained: this batch's min/max
+            has_range = count > 0
+            x = tf.cast(inputs, tf.float32)
+            batch_max = tf.reduce_max(tf.abs(x) if self.range_estimator == "max_abs" else x)
+            range_min = tf.where(has_range, weights["min"], tf.reduce_min(x))
+            range_max = tf.where(has_range, weights["max"], batch_max)
+            return gated(count >= self.quantization_start, lambda: self.quantize(
+                inputs, range_min, self.params_from_range(range_min, range_max),
+                self._round_mode(False)))
 
         return _cond(training, train_branch, infer_branch)
 
@@ -317,6 +344,13 @@ class _WeightQuantizerBase(_KerasqQuantizer):
         """Refresh export-facing variables from the current weights (no-op by default)."""
         return tf.no_op()
 
+    def train_quantize(self, w: tf.Tensor, weights: Dict[str, tf.Variable], rounding: str
+                       ) -> tf.Tensor:
+        """One training step: refresh the state, then fake-quantize."""
+        with tf.control_dependencies([self.update_state(w, weights)]):
+            return self.fake_quantize(w, weights, rounding)
+
+    @_no_autograph
     def __call__(self, inputs: tf.Tensor, training: Any, weights: Dict[str, tf.Variable],
                  **kwargs: Any) -> tf.Tensor:
         count = weights["count"]
@@ -325,22 +359,21 @@ class _WeightQuantizerBase(_KerasqQuantizer):
                 with tf.control_dependencies([count.assign_add(1)]):
                     return tf.identity(inputs)
 
+        def gated(active, quantized):
+            if self.quantization_start == 0:
+                return quantized()
+            return _cond(active, quantized, lambda: tf.identity(inputs))
+
         def train_branch():
             active = count >= self.quantization_start
-            with tf.control_dependencies([self.update_state(inputs, weights)]):
-                with tf.control_dependencies([count.assign_add(1)]):
-                    return _cond(active,
-                                 lambda: self.fake_quantize(inputs, weights, self._round_mode(True)),
-                                 lambda: tf.identity(inputs))
+            with tf.control_dependencies([count.assign_add(1)]):
+                return gated(active, lambda: self.train_quantize(
+                    inputs, weights, self._round_mode(True)))
 
         def infer_branch():
-            return _cond(count >= self.quantization_start,
-                         lambda: self.fake_quantize(inputs, weights, self._round_mode(False)),
-                         lambda: tf.identity(inputs))
+            return gated(count >= self.quantization_start, lambda: self.fake_quantize(
+                inputs, weights, self._round_mode(False)))
 
-        if self.quantization_start == 0:
-            def infer_branch():  # noqa: F811 - no counter test needed
-                return self.fake_quantize(inputs, weights, self._round_mode(False))
         return _cond(training, train_branch, infer_branch)
 
 
@@ -421,16 +454,26 @@ class DFPWeightQuantizer(_WeightQuantizerBase):
         a = tf.maximum(a, 1e-30)
         return tf.zeros_like(a), (2.0 ** (b - 1) - 1.0) / a, tf.zeros_like(a), wmin, wmax
 
-    def update_state(self, w: tf.Tensor, weights: Dict[str, tf.Variable]) -> Any:
-        fl, _, _, wmin, wmax = self.params(w)
+    def _assign_state(self, params: Sequence[tf.Tensor], weights: Dict[str, tf.Variable]
+                      ) -> List[Any]:
+        fl, _, _, wmin, wmax = params
         shape = weights["frac_bits"].shape
-        return tf.group(weights["frac_bits"].assign(tf.reshape(fl, shape)),
-                        weights["min"].assign(tf.reshape(wmin, shape)),
-                        weights["max"].assign(tf.reshape(wmax, shape)))
+        return [weights["frac_bits"].assign(tf.reshape(fl, shape)),
+                weights["min"].assign(tf.reshape(wmin, shape)),
+                weights["max"].assign(tf.reshape(wmax, shape))]
+
+    def update_state(self, w: tf.Tensor, weights: Dict[str, tf.Variable]) -> Any:
+        return tf.group(self._assign_state(self.params(w), weights))
+
+    def train_quantize(self, w: tf.Tensor, weights: Dict[str, tf.Variable], rounding: str
+                       ) -> tf.Tensor:
+        params = self.params(w)
+        with tf.control_dependencies(self._assign_state(params, weights)):
+            return self.fake_quantize(w, weights, rounding, params=params)
 
     def fake_quantize(self, w: tf.Tensor, weights: Dict[str, tf.Variable],
-                      rounding: str) -> tf.Tensor:
-        fl, scale, offset, _, _ = self.params(w)
+                      rounding: str, params: Any = None) -> tf.Tensor:
+        fl, scale, offset, _, _ = params if params is not None else self.params(w)
         if self.power2_range and not self.apply_offset:
             if rounding == "half_up" and self.bitwidth <= 16 and (
                     self.channel_axes is None or self.channel_axes == (-1,)):

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any, Dict, Optional, Tuple
 
 from kerasq._compat import tfmot
@@ -62,6 +63,34 @@ PASSTHROUGH_LAYERS = frozenset({
     "GlobalMaxPooling2D", "GlobalMaxPooling3D", "RepeatVector", "GaussianNoise",
     "GaussianDropout", "AlphaDropout", "ActivityRegularization", "InputLayer",
 })
+
+# Custom layers of the Caffe converter (kerasq.converters.caffe.keras_layers); the extra
+# layers declare theirs in keras_layers_extra.QUANTIZATION_ROLES, read when loaded.
+CONVERTER_ROLES = {
+    "EdgePadding2D": "passthrough", "BatchReshape": "passthrough",
+    "ConstantMultiply": "output", "WeightedSum": "output", "BroadcastAffine": "output",
+    "BatchStatNormalize": "output", "CaffePreprocess": "output",
+}
+
+
+def layer_role(layer: Any) -> Optional[str]:
+    """"weighted", "output", "passthrough", "float" or None (unknown) for ``layer``."""
+    name = type(layer).__name__
+    if name in WEIGHTED_LAYERS:
+        return "weighted"
+    if name in OUTPUT_LAYERS:
+        return "output"
+    if name in PASSTHROUGH_LAYERS:
+        return "passthrough"
+    role = getattr(type(layer), "quantization_role", None)
+    if role in ("output", "passthrough", "float"):
+        return role
+    extra = sys.modules.get("kerasq.converters.caffe.keras_layers_extra")
+    roles = dict(CONVERTER_ROLES, **getattr(extra, "QUANTIZATION_ROLES", {}))
+    if type(layer).__module__.startswith("kerasq.") and name in roles:
+        return roles[name]
+    return None
+
 
 # Consumers that quantize their own output: a producer feeding only these is not
 # quantized (caffe-jacinto: Conv/IP/Eltwise followed by ReLU or BatchNorm).
@@ -143,9 +172,7 @@ class KerasqQuantizeRegistry(tfmot().quantization.keras.QuantizeRegistry):
 
     def supports(self, layer: Any) -> bool:
         """True unless the layer is unknown and ``unknown_layers="error"``."""
-        name = type(layer).__name__
-        known = name in WEIGHTED_LAYERS or name in OUTPUT_LAYERS or name in PASSTHROUGH_LAYERS
-        return known or self.config.unknown_layers != "error"
+        return layer_role(layer) is not None or self.config.unknown_layers != "error"
 
     def get_quantize_config(self, layer: Any, *, quantize_output: bool = True,
                             folded_batchnorm: str = "") -> Any:
@@ -170,14 +197,15 @@ class KerasqQuantizeRegistry(tfmot().quantization.keras.QuantizeRegistry):
             if folded_batchnorm and name in ("Conv2D", "Dense", "DepthwiseConv2D", "Conv1D"):
                 return C.FoldedConvQuantizeConfig(wq, outputs, folded_batchnorm=folded_batchnorm)
             return config_cls(wq, outputs)
-        if name in OUTPUT_LAYERS:
+        role = layer_role(layer)
+        if role == "output":
             if outputs and _is_probability(layer) and isinstance(out_q, DFPActivationQuantizer):
                 # softmax/sigmoid lie in [0, 1]: fixed unsigned fl = B (TFLite: scale 1/256)
                 fixed = out_q.get_config()
                 fixed.update(signed=False, frac_bits=cfg.bitwidth_activations)
                 outputs = [DFPActivationQuantizer.from_config(fixed)]
             return C.OutputQuantizeConfig({}, outputs)
-        if name in PASSTHROUGH_LAYERS:
+        if role in ("passthrough", "float"):
             return C.NoOpQuantizeConfig()
         policy = cfg.unknown_layers
         if policy == "error":

@@ -105,3 +105,13 @@ def test_ignored_layer_resolves_to_float():
     c = QuantizationConfig(ignored_layers=("fc",))
     assert c.for_layer(_FakeLayer("fc")).precision == "float"
     assert c.is_ignored("fc") and not c.is_ignored("conv")
+
+
+class Dense(_FakeLayer):
+    pass
+
+
+def test_caffe_type_of_stock_keras_layers_is_a_type_key():
+    c = QuantizationConfig(overrides={"InnerProduct": {"bitwidth_weights": 4}})
+    assert c.for_layer(Dense("ip1")).bitwidth_weights == 4
+    assert c.for_layer(Conv2D("conv1")).bitwidth_weights == 8
