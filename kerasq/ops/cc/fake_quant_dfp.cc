@@ -78,15 +78,19 @@ REGISTER_OP("Kerasq>FakeQuantDfpGrad")
 
 namespace {
 
-// Per-channel constants: exact power-of-two factor pairs and the integer clip range.
+// Per-channel constants (structure of arrays, so the channel loop vectorizes): exact
+// power-of-two factor pairs, x * 2^fl = x * up1 * up2 and q * 2^-fl = q * down1 * down2,
+// and the integer clip range.
 template <typename T>
-struct DfpChannel {
-  T up1, up2, down1, down2, lo, hi;  // x * 2^fl = x * up1 * up2; q * 2^-fl = q * down1 * down2
+struct DfpParams {
+  std::vector<T> up1, up2, down1, down2;
+  T lo = 0, hi = 0;
+  int64_t channels = 1;
 };
 
 template <typename T>
-Status MakeChannels(const Tensor& frac_bits, int64_t last_dim, int bitwidth, bool is_signed,
-                    std::vector<DfpChannel<T>>* out) {
+Status MakeParams(const Tensor& frac_bits, int64_t last_dim, int bitwidth, bool is_signed,
+                  DfpParams<T>* out) {
   if (frac_bits.dims() > 1) return InvalidArgument("frac_bits must have shape [] or [C]");
   const int64_t channels = frac_bits.dims() == 0 ? 1 : frac_bits.dim_size(0);
   if (frac_bits.dims() == 1 && channels != last_dim) {
@@ -96,39 +100,68 @@ Status MakeChannels(const Tensor& frac_bits, int64_t last_dim, int bitwidth, boo
   const double lo = is_signed ? -std::ldexp(1.0, bitwidth - 1) : 0.0;
   const double hi = is_signed ? std::ldexp(1.0, bitwidth - 1) - 1.0 : std::ldexp(1.0, bitwidth) - 1.0;
   auto fl = frac_bits.flat<int32_t>();
-  out->resize(channels);
+  out->channels = channels;
+  for (auto* v : {&out->up1, &out->up2, &out->down1, &out->down2}) v->resize(channels);
   for (int64_t c = 0; c < channels; ++c) {
-    DfpChannel<T>& ch = (*out)[c];
     const Pow2Pair<T> up(fl(c)), down(-fl(c));
-    ch.up1 = up.first;
-    ch.up2 = up.second;
-    ch.down1 = down.first;
-    ch.down2 = down.second;
-    ch.lo = static_cast<T>(lo);
-    ch.hi = FloorToT<T>(hi);
+    out->up1[c] = up.first;
+    out->up2[c] = up.second;
+    out->down1[c] = down.first;
+    out->down2[c] = down.second;
   }
+  out->lo = static_cast<T>(lo);
+  out->hi = FloorToT<T>(hi);
   return tensorflow::OkStatus();
 }
 
 template <Rounding R, typename T>
-inline T DfpElement(T x, const DfpChannel<T>& ch, uint64_t stream, uint64_t index) {
-  const T y = std::min(std::max(Flush(x) * ch.up1 * ch.up2, ch.lo), ch.hi);
+inline T DfpElement(T x, T up1, T up2, T down1, T down2, T lo, T hi, uint64_t stream,
+                    uint64_t index) {
+  const T y = std::min(std::max(Flush(x) * up1 * up2, lo), hi);
   const T q = RoundFloat<R, T>(y, stream, index) + T(0);  // +0: the integer 0 has no sign
-  return Flush(q * ch.down1 * ch.down2);
+  return Flush(q * down1 * down2);
 }
 
 template <Rounding R, typename T>
-void DfpRange(const T* x, T* y, int64_t begin, int64_t end, const DfpChannel<T>* ch,
-              int64_t channels, uint64_t stream) {
-  if (channels == 1) {
-    const DfpChannel<T> c = ch[0];
-    for (int64_t i = begin; i < end; ++i) y[i] = DfpElement<R, T>(x[i], c, stream, i);
+void DfpRange(const T* x, T* y, int64_t begin, int64_t end, const DfpParams<T>& p,
+              uint64_t stream) {
+  const T lo = p.lo, hi = p.hi;
+  if (p.channels == 1) {
+    const T u1 = p.up1[0], u2 = p.up2[0], d1 = p.down1[0], d2 = p.down2[0];
+    for (int64_t i = begin; i < end; ++i)
+      y[i] = DfpElement<R, T>(x[i], u1, u2, d1, d2, lo, hi, stream, i);
     return;
   }
-  // [begin, end) are whole rows of `channels` elements.
-  for (int64_t row = begin; row < end; row += channels) {
-    for (int64_t c = 0; c < channels; ++c) {
-      y[row + c] = DfpElement<R, T>(x[row + c], ch[c], stream, row + c);
+  const T *u1 = p.up1.data(), *u2 = p.up2.data(), *d1 = p.down1.data(), *d2 = p.down2.data();
+  const int64_t nc = p.channels;
+  for (int64_t row = begin; row < end; row += nc) {  // [begin, end) are whole rows
+    const T* xr = x + row;
+    T* yr = y + row;
+    for (int64_t c = 0; c < nc; ++c)
+      yr[c] = DfpElement<R, T>(xr[c], u1[c], u2[c], d1[c], d2[c], lo, hi, stream, row + c);
+  }
+}
+
+template <typename T>
+void DfpGradRange(const T* dy, const T* x, T* dx, int64_t begin, int64_t end,
+                  const DfpParams<T>& p) {
+  const T lo = p.lo, hi = p.hi;
+  if (p.channels == 1) {
+    const T u1 = p.up1[0], u2 = p.up2[0];
+    for (int64_t i = begin; i < end; ++i) {
+      const T y = Flush(x[i]) * u1 * u2;
+      const T d = dy[i];
+      dx[i] = (y >= lo && y <= hi) ? d : T(0);
+    }
+    return;
+  }
+  const T *u1 = p.up1.data(), *u2 = p.up2.data();
+  const int64_t nc = p.channels;
+  for (int64_t row = begin; row < end; row += nc) {
+    for (int64_t c = 0; c < nc; ++c) {
+      const T y = Flush(x[row + c]) * u1[c] * u2[c];
+      const T d = dy[row + c];
+      dx[row + c] = (y >= lo && y <= hi) ? d : T(0);
     }
   }
 }
@@ -165,8 +198,8 @@ class FakeQuantDfpOp : public OpKernel {
     const Tensor& seed = ctx->input(2);
     OP_REQUIRES(ctx, seed.NumElements() == 1, InvalidArgument("seed must be a scalar"));
     const int64_t last_dim = x.dims() == 0 ? 1 : x.dim_size(x.dims() - 1);
-    std::vector<DfpChannel<T>> channels;
-    OP_REQUIRES_OK(ctx, MakeChannels<T>(frac_bits, last_dim, bitwidth_, signed_, &channels));
+    DfpParams<T> params;
+    OP_REQUIRES_OK(ctx, MakeParams<T>(frac_bits, last_dim, bitwidth_, signed_, &params));
     Tensor* y = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &y));
     const int64_t n = x.NumElements();
@@ -174,13 +207,12 @@ class FakeQuantDfpOp : public OpKernel {
     const T* xp = x.flat<T>().data();
     T* yp = y->flat<T>().data();
     const uint64_t stream = StreamStart(seed.flat<int64_t>()(0));
-    const int64_t nch = static_cast<int64_t>(channels.size());
+    const int64_t nch = params.channels;
     const int64_t granule = nch == 1 ? 4096 : nch * std::max<int64_t>(1, 4096 / nch);
-    const DfpChannel<T>* ch = channels.data();
     auto run = [&](auto mode) {
       constexpr Rounding R = decltype(mode)::value;
       ParallelOver(ctx, n, granule, R == Rounding::kStochastic ? 12 : 3,
-                   [&](int64_t b, int64_t e) { DfpRange<R, T>(xp, yp, b, e, ch, nch, stream); });
+                   [&](int64_t b, int64_t e) { DfpRange<R, T>(xp, yp, b, e, params, stream); });
     };
     switch (rounding_) {
       case Rounding::kNearest: run(std::integral_constant<Rounding, Rounding::kNearest>()); break;
@@ -215,8 +247,8 @@ class FakeQuantDfpGradOp : public OpKernel {
     OP_REQUIRES(ctx, dy.shape() == x.shape(),
                 InvalidArgument("dy and x must have the same shape"));
     const int64_t last_dim = x.dims() == 0 ? 1 : x.dim_size(x.dims() - 1);
-    std::vector<DfpChannel<T>> channels;
-    OP_REQUIRES_OK(ctx, MakeChannels<T>(frac_bits, last_dim, bitwidth_, signed_, &channels));
+    DfpParams<T> params;
+    OP_REQUIRES_OK(ctx, MakeParams<T>(frac_bits, last_dim, bitwidth_, signed_, &params));
     Tensor* dx = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &dx));
     const int64_t n = x.NumElements();
@@ -224,25 +256,10 @@ class FakeQuantDfpGradOp : public OpKernel {
     const T* xp = x.flat<T>().data();
     const T* dyp = dy.flat<T>().data();
     T* dxp = dx->flat<T>().data();
-    const int64_t nch = static_cast<int64_t>(channels.size());
+    const int64_t nch = params.channels;
     const int64_t granule = nch == 1 ? 4096 : nch * std::max<int64_t>(1, 4096 / nch);
-    const DfpChannel<T>* ch = channels.data();
     ParallelOver(ctx, n, granule, 2, [&](int64_t b, int64_t e) {
-      if (nch == 1) {
-        const DfpChannel<T> c = ch[0];
-        for (int64_t i = b; i < e; ++i) {
-          const T y = Flush(xp[i]) * c.up1 * c.up2;
-          dxp[i] = (y >= c.lo && y <= c.hi) ? dyp[i] : T(0);
-        }
-        return;
-      }
-      for (int64_t row = b; row < e; row += nch) {
-        for (int64_t c = 0; c < nch; ++c) {
-          const int64_t i = row + c;
-          const T y = Flush(xp[i]) * ch[c].up1 * ch[c].up2;
-          dxp[i] = (y >= ch[c].lo && y <= ch[c].hi) ? dyp[i] : T(0);
-        }
-      }
+      DfpGradRange<T>(dyp, xp, dxp, b, e, params);
     });
   }
 

@@ -185,7 +185,10 @@ class FakeQuantMinifloatGradOp : public OpKernel {
     T* dxp = dx->flat<T>().data();
     const T top = MinifloatTop<T>(exp_bits_, mant_bits_);
     ParallelElements(ctx, n, 2, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) dxp[i] = std::fabs(xp[i]) <= top ? dyp[i] : T(0);
+      for (int64_t i = b; i < e; ++i) {
+        const T d = dyp[i];
+        dxp[i] = std::fabs(xp[i]) <= top ? d : T(0);
+      }
     });
   }
 
