@@ -39,6 +39,7 @@ _LOAD_OPTIONS = frozenset(
         "stages",
         "model_name",
         "progress",
+        "outputs",
     }
 )
 
@@ -134,6 +135,7 @@ def _graph(
     caffemodel: Optional[PathLike],
     options: Mapping[str, Any],
     keep_all_tops: bool,
+    outputs: Optional[List[str]] = None,
 ) -> Graph:
     net = read_prototxt(prototxt)
     weights = read_caffemodel(caffemodel) if caffemodel is not None else None
@@ -146,6 +148,7 @@ def _graph(
         stages=options.get("stages", ()),
         fold=bool(options.get("fold_batchnorm", True)),
         keep_all_tops=keep_all_tops,
+        outputs=outputs,
     )
 
 
@@ -157,7 +160,9 @@ def load(prototxt: PathLike, caffemodel: Optional[PathLike] = None, **options: A
     ``.binaryproto`` path), ``scale`` (float), ``swap_rb`` (bool) — recorded as a leading
     ``CaffePreprocess`` layer computing ``(swap(x) - mean) * scale`` — ``dynamic_spatial``
     (False; True leaves H and W free for fully convolutional nets), ``stages``,
-    ``progress`` (callable ``(index, total, layer_name)`` called after each layer).
+    ``progress`` (callable ``(index, total, layer_name)`` called after each layer),
+    ``outputs`` (Caffe top names to expose instead of the net outputs; layers not needed for
+    them, e.g. SSD post-processing, are dropped).
 
     Model inputs are the Caffe input blobs (4-D ones as NHWC); outputs are the blobs no
     layer consumes, each named after its Caffe top.
@@ -170,7 +175,14 @@ def load(prototxt: PathLike, caffemodel: Optional[PathLike] = None, **options: A
     from kerasq.converters.caffe.lower import lower_graph
 
     _check_options(options)
-    graph = _graph(prototxt, caffemodel, options, keep_all_tops=False)
+    wanted = options.get("outputs")
+    graph = _graph(
+        prototxt,
+        caffemodel,
+        options,
+        keep_all_tops=False,
+        outputs=list(wanted) if wanted is not None else None,
+    )
     model, _ = lower_graph(graph, options, preprocess=_preprocessor(options))
     return model
 
@@ -194,8 +206,9 @@ def forward(
 
     ``inputs`` maps Caffe input blob names to arrays; their shapes replace the declared
     ones (as after Caffe's reshape), so other batch or spatial sizes work. ``blobs``
-    selects top names (default: every top named in the prototxt, inputs included); each
-    holds the value after its last in-place writer, as Caffe reports it. ``options`` as
+    selects top names (default: every top named in the prototxt, inputs included; when given,
+    layers not needed for them are not built); each holds the value after its last in-place
+    writer, as Caffe reports it. ``options`` as
     for :func:`load` (BatchNorm folding never hides a reported top).
 
     Example:
@@ -210,7 +223,9 @@ def forward(
     shapes.update({k: tuple(v.shape) for k, v in arrays.items()})
     opts["input_shape"] = shapes
     opts["dynamic_spatial"] = False
-    graph = _graph(prototxt, caffemodel, opts, keep_all_tops=True)
+    names_wanted = list(blobs) if blobs is not None else None
+    opts.pop("outputs", None)
+    graph = _graph(prototxt, caffemodel, opts, keep_all_tops=True, outputs=names_wanted)
     missing = [
         graph.blob_names.get(i, i) for i in graph.inputs if graph.blob_names.get(i, i) not in arrays
     ]

@@ -47,6 +47,7 @@ class Graph:
     blob_names: Dict[str, str] = dataclasses.field(default_factory=dict)  # id -> Caffe top name
     source: str = ""  # file named in errors
     name: str = ""  # NetParameter.name
+    outputs: List[str] = dataclasses.field(default_factory=list)  # requested output ids
     preprocessing: Optional[dict] = None
 
     def producers(self) -> Dict[str, Node]:
@@ -72,7 +73,9 @@ class Graph:
         return table
 
     def output_ids(self) -> List[str]:
-        """Blob ids no node consumes: the net's outputs, as Caffe defines them."""
+        """The requested outputs, else the blob ids no node consumes (Caffe's net outputs)."""
+        if self.outputs:
+            return list(self.outputs)
         consumed = self.consumers()
         outs = [t for node in self.nodes for t in node.tops if t not in consumed]
         return outs or [t for t in self.inputs if t not in consumed]

@@ -376,11 +376,13 @@ def build_graph(
     stages: Iterable[str] = (),
     fold: bool = False,
     keep_all_tops: bool = False,
+    outputs: Optional[Sequence[str]] = None,
 ) -> Graph:
     """Run the normalization passes and return the graph to lower.
 
     ``fold`` folds BatchNorm(+Scale) into convolutions; blobs that stay observable are the
-    net outputs, or every top's final value when ``keep_all_tops`` is true.
+    net outputs, or every top's final value when ``keep_all_tops`` is true. ``outputs``
+    (Caffe top names) prunes the net to what they need; they are then the observable blobs.
     """
     # The net's own NetState (stages, level) applies unless stages are given; phase is TEST.
     stage_list = list(stages) or list(net.state.stage)
@@ -440,14 +442,55 @@ def build_graph(
 
     if weights is not None:
         _attach_weights(graph.nodes, weights_by_layer(weights, weights_source))
+    if outputs is not None:
+        prune_to_outputs(graph, outputs)
     if fold:
-        protected = set(graph.final_ids().values()) if keep_all_tops else set(graph.output_ids())
+        if outputs is not None:
+            protected = set(graph.outputs)
+        elif keep_all_tops:
+            protected = set(graph.final_ids().values())
+        else:
+            protected = set(graph.output_ids())
         fold_batchnorm(graph, protected)
     return graph
 
 
+def prune_to_outputs(graph: Graph, names: Sequence[str]) -> List[str]:
+    """Keep only the layers (and inputs) needed to compute the Caffe tops ``names``.
+
+    Sets and returns ``graph.outputs`` (their SSA ids, value after the last in-place writer).
+    Layers past the requested tops, e.g. SSD post-processing, are never lowered.
+    """
+    final = graph.final_ids()
+    unknown = [n for n in names if n not in final]
+    if unknown:
+        raise CaffeFormatError(
+            f"no top named {unknown} in this net (tops: {sorted(final)[:20]}...)",
+            file=graph.source or None,
+        )
+    ids = [final[n] for n in names]
+    producers = graph.producers()
+    needed: Set[int] = set()
+    reached: Set[str] = set()
+    stack = list(ids)
+    while stack:
+        blob_id = stack.pop()
+        if blob_id in reached:
+            continue
+        reached.add(blob_id)
+        node = producers.get(blob_id)
+        if node is not None and id(node) not in needed:
+            needed.add(id(node))
+            stack.extend(node.bottoms)
+    graph.nodes = [n for n in graph.nodes if id(n) in needed]
+    graph.inputs = {k: v for k, v in graph.inputs.items() if k in reached}
+    graph.outputs = ids
+    return ids
+
+
 __all__ = [
     "build_graph",
+    "prune_to_outputs",
     "filter_phase",
     "fold_batchnorm",
     "batchnorm_stats",

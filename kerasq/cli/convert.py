@@ -81,6 +81,12 @@ def add_conversion_arguments(p: argparse.ArgumentParser) -> None:
         help="keep BatchNorm/Scale as separate layers (default: fold into the conv)",
     )
     p.add_argument(
+        "--outputs",
+        metavar="TOP[,TOP...]",
+        help="expose these Caffe tops instead of the net outputs; layers not needed for them "
+        "(e.g. SSD PriorBox/DetectionOutput) are dropped",
+    )
+    p.add_argument(
         "--stage",
         action="append",
         default=[],
@@ -96,6 +102,8 @@ def load_options(args: argparse.Namespace) -> Dict[str, Any]:
         "fold_batchnorm": not args.no_fold_batchnorm,
         "stages": list(args.stage),
     }
+    if getattr(args, "outputs", None):
+        options["outputs"] = [t.strip() for t in args.outputs.split(",") if t.strip()]
     for key in ("mean", "scale", "swap_rb", "dynamic_spatial"):
         if getattr(args, key, None) not in (None, False):
             options[key] = parse_mean(args.mean) if key == "mean" else getattr(args, key)

@@ -156,6 +156,39 @@ def test_convert_train_test_with_input_shape(capsys, tmp_path):
     assert "output InnerProduct1: (None, 10)" in capsys.readouterr().out
 
 
+def test_convert_outputs_option(capsys, tmp_path):
+    from kerasq.cli import main
+
+    folder = shared_path("caffe-models", "yufacedetectnet-v2")
+    out = tmp_path / "heads.h5"
+    status = main(
+        [
+            "convert",
+            str(folder / "yufacedetectnet-open-v2.prototxt"),
+            str(folder / "yufacedetectnet-open-v2.caffemodel"),
+            "-o",
+            str(out),
+            "--outputs",
+            "mbox_loc,mbox_conf_flatten",
+        ]
+    )
+    assert status == 0
+    text = capsys.readouterr().out
+    assert "output mbox_loc: (None, 17680)" in text and "output mbox_conf_flatten" in text
+    status = main(
+        [
+            "convert",
+            str(folder / "yufacedetectnet-open-v2.prototxt"),
+            str(folder / "yufacedetectnet-open-v2.caffemodel"),
+            "-o",
+            str(out),
+            "--outputs",
+            "no_such_top",
+        ]
+    )
+    assert status == 2 and "no_such_top" in capsys.readouterr().err
+
+
 def test_preprocessing_is_recorded_and_exact(capsys, tmp_path):
     """--mean/--scale/--swap-rb: y = (swap(x) - mean) * scale before the net (numpy check)."""
     from kerasq._compat import keras

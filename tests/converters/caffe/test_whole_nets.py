@@ -158,3 +158,24 @@ def test_unsupported_postprocessing_layer_is_named():
     with pytest.raises(UnsupportedLayerError) as info:
         load(base / "yufacedetectnet-open-v2.prototxt", base / "yufacedetectnet-open-v2.caffemodel")
     assert "PriorBox" in str(info.value) and "priorbox" in str(info.value)
+
+
+def test_outputs_option_cuts_ssd_postprocessing():
+    """load(outputs=...) / forward(blobs=...) drop PriorBox/DetectionOutput they do not need."""
+    from kerasq.converters.caffe import forward, load
+
+    base = shared_path("caffe-models", "yufacedetectnet-v2")
+    proto = base / "yufacedetectnet-open-v2.prototxt"
+    weights = base / "yufacedetectnet-open-v2.caffemodel"
+    heads = ["mbox_loc", "mbox_conf_flatten"]
+    x = np.random.RandomState(6).uniform(0, 255, (1, 3, 120, 160)).astype(np.float32)
+    theirs = _opencv(proto, weights, {"data": x}, heads)
+    ours = forward(proto, weights, {"data": x}, blobs=heads)
+    model = load(proto, weights, outputs=heads, input_shape={"data": (1, 3, 120, 160)})
+    assert model.output_names == heads
+    kinds = {type(layer).__name__ for layer in model.layers}
+    assert "L2Normalize" in kinds  # the Normalize layers are kept, PriorBox is not needed
+    values = model(x.transpose(0, 2, 3, 1), training=False)
+    for name, value in zip(heads, values):
+        _close(ours[name], theirs[name], name)
+        _close(np.asarray(value), theirs[name], f"load:{name}")
