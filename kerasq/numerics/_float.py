@@ -86,13 +86,14 @@ def _tf_pow2(k: Any, dtype: Any) -> Any:
 def tf_ldexp(x: Any, k: Any) -> Any:
     """``x·2^k`` for float32/float64 tensors; ``k`` a Python int or an int tensor.
 
-    An int ``k`` becomes one exact constant factor (two if 2^k itself is not a normal
-    number). A tensor ``k`` is applied as two exactly built normal powers of two of the
-    same sign, so the partial products move monotonically from x to x·2^k and neither
-    over- nor underflows unless the result does; it is exact for |k| up to
-    2·(emax−1) (252 in float32), and beyond that the result is 0 or ±inf anyway
-    except for values that DFP/minifloat/pow2 round to 0. Subnormal results are
-    left to the device's flush-to-zero (TF's CPU kernels flush).
+    An int ``k`` with 2^k a normal number becomes one exact constant factor; any other
+    int ``k`` adds ``k`` to the exponent field of x (exact, and immune to XLA folding
+    constant factors into an overflowing 2^k). A tensor ``k`` is applied as two exactly
+    built normal powers of two of the same sign, so the partial products move
+    monotonically from x to x·2^k and neither over- nor underflows unless the result
+    does; it is exact for |k| up to 2·(emax−1) (252 in float32), and beyond that the
+    result is 0 or ±inf anyway except for values that DFP/minifloat/pow2 round to 0.
+    Subnormal results are left to the device's flush-to-zero (TF's CPU kernels flush).
     """
     from kerasq._compat import tf
 
@@ -102,13 +103,36 @@ def tf_ldexp(x: Any, k: Any) -> Any:
         k = int(k)
         if emin <= k <= emax:
             return x * math.ldexp(1.0, k)
-        k = min(max(k, 3 * emin), 3 * emax)
-        k1 = min(max(k, emin), emax)
-        k2 = min(max(k - k1, emin), emax)
-        return x * math.ldexp(1.0, k1) * math.ldexp(1.0, k2) * math.ldexp(1.0, k - k1 - k2)
+        return _tf_ldexp_exponent_field(x, k)
     k = tf.clip_by_value(tf.cast(k, tf.int32), 2 * emin, 2 * emax)
     k1 = tf.clip_by_value(k, emin, emax)
     return x * _tf_pow2(k1, x.dtype) * _tf_pow2(k - k1, x.dtype)
+
+
+def _tf_ldexp_exponent_field(x: Any, k: int) -> Any:
+    """x·2^k by integer addition to the exponent field: normal x -> ±inf on overflow,
+    ±0 on underflow (flush); zero and subnormal x -> ±0; inf and NaN unchanged."""
+    from kerasq._compat import tf
+
+    mant, _, mask = _EXP_BITS[np.dtype(x.dtype.as_numpy_dtype)]
+    int_dtype = tf.int32 if x.dtype == tf.float32 else tf.int64
+    k = min(max(k, -2 * mask), 2 * mask)  # beyond this every normal x over/underflows
+    bits = tf.bitcast(x, int_dtype)
+    sign = tf.bitwise.bitwise_and(bits, tf.constant(-(2 ** (mant + _width(mask))), int_dtype))
+    field = tf.bitwise.bitwise_and(
+        tf.bitwise.right_shift(bits, tf.constant(mant, int_dtype)), tf.constant(mask, int_dtype)
+    )
+    new_field = field + k
+    inf_bits = tf.bitwise.bitwise_or(sign, tf.constant(mask << mant, int_dtype))
+    moved = bits + tf.constant(k << mant, int_dtype)
+    out = tf.where(new_field >= mask, inf_bits, tf.where(new_field <= 0, sign, moved))
+    out = tf.where(field == 0, sign, out)
+    return tf.where(field == mask, x, tf.bitcast(out, x.dtype))
+
+
+def _width(mask: int) -> int:
+    """Bits of the exponent field: 8 (float32) or 11 (float64)."""
+    return mask.bit_length()
 
 
 def tf_floor_log2(a: Any) -> Any:

@@ -156,3 +156,15 @@ def test_xla_wide_minifloat_formats_with_subnormals():
     ).astype(np.float32)
     run = tf.function(lambda v: minifloat_quantize(v, 8, 5, subnormals=True), jit_compile=True)
     assert_same(run(tf.constant(x)).numpy(), minifloat_quantize(x, 8, 5, subnormals=True))
+
+
+@pytest.mark.parametrize("fl", [130, 150, -140, 300])
+def test_xla_extreme_int_frac_bits(fl):
+    """Powers of two outside float32's normal range are applied on the exponent field,
+    which XLA cannot fold into an overflowing constant."""
+    rng = np.random.default_rng(fl + 400)
+    x = np.concatenate(
+        [rng.standard_normal(100) * 10.0 ** rng.integers(-38, 38, 100), [0.0, 1e-40, 3e38, -np.inf]]
+    ).astype(np.float32)
+    run = tf.function(lambda v: dfp_quantize(v, 32, fl), jit_compile=True)
+    assert_same(run(tf.constant(x)).numpy(), dfp_quantize(x, 32, fl))
