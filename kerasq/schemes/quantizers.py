@@ -31,6 +31,8 @@ import math
 import threading
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
+import numpy as np
+
 from kerasq._compat import keras, tf, tfmot
 from kerasq.schemes import _backend
 
@@ -186,6 +188,16 @@ class DFPActivationQuantizer(_KerasqQuantizer):
         return {"min": scalar("min"), "max": scalar("max"), "frac_bits": scalar("frac_bits"),
                 "scale": scalar("scale"), "offset": scalar("offset"),
                 "count": self._add_count(name, layer)}
+
+    def export_spec(self, weights: Dict[str, tf.Variable]) -> Optional[Dict[str, Any]]:
+        """The grid for export (keys of ``kerasq.export.spec.GridSpec``); None when the
+        quantizer has no range yet or uses caffe-jacinto's non-power-of-two scales."""
+        if not (self.power2_range and not self.apply_offset) or int(weights["count"].numpy()) == 0:
+            return None
+        unsigned = bool(self.is_unsigned(weights["min"]).numpy())
+        fl = self.frac_bits if self.frac_bits is not None else int(weights["frac_bits"].numpy())
+        return {"kind": "dfp", "bitwidth": self.bitwidth, "frac_bits": int(fl),
+                "signed": not unsigned, "rounding": self.rounding}
 
     # ------------------------------------------------------------------ statistics
     def batch_range(self, x: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
@@ -465,6 +477,27 @@ class DFPWeightQuantizer(_WeightQuantizerBase):
     def update_state(self, w: tf.Tensor, weights: Dict[str, tf.Variable]) -> Any:
         return tf.group(self._assign_state(self.params(w), weights))
 
+    def export_spec(self, weights: Dict[str, tf.Variable]) -> Optional[Dict[str, Any]]:
+        """Signed DFP grid with the stored fl (per channel along ``axis``); None for
+        caffe-jacinto's non-power-of-two scales or a multi-axis channel layout."""
+        if not (self.power2_range and not self.apply_offset):
+            return None
+        fl = np.asarray(weights["frac_bits"].numpy()).astype(np.int64)
+        if self.frac_bits is not None:
+            fl = np.full(fl.shape, self.frac_bits, np.int64)
+        axis: Optional[int] = None
+        if self.channel_axes is not None:
+            axes = self.channel_axes
+            if len(axes) == 2 and fl.ndim == 2 and fl.shape[1] == 1:  # depthwise, multiplier 1
+                fl, axes = fl[:, 0], (axes[0],)
+            if len(axes) != 1:
+                return None
+            axis = axes[0]
+        spec = {"kind": "dfp", "bitwidth": self.bitwidth, "signed": True,
+                "rounding": self.rounding, "axis": axis}
+        spec["frac_bits"] = fl if axis is not None else int(fl.reshape(-1)[0])
+        return spec
+
     def train_quantize(self, w: tf.Tensor, weights: Dict[str, tf.Variable], rounding: str
                        ) -> tf.Tensor:
         params = self.params(w)
@@ -525,6 +558,10 @@ class MinifloatQuantizer(_WeightQuantizerBase):
         return {**super().get_config(), "exp_bits": self.exp_bits, "mant_bits": self.mant_bits,
                 "is_weight": self.is_weight}
 
+    def export_spec(self, weights: Dict[str, tf.Variable]) -> Dict[str, Any]:
+        """A minifloat grid has no integer form: export reads the values."""
+        return {"kind": "values", "rounding": self.rounding}
+
     def fake_quantize(self, w: tf.Tensor, weights: Dict[str, tf.Variable],
                       rounding: str) -> tf.Tensor:
         return _backend.minifloat_quantize(w, self.exp_bits, self.mant_bits, rounding=rounding)
@@ -547,6 +584,11 @@ class Pow2WeightQuantizer(_WeightQuantizerBase):
 
     def get_config(self) -> Dict[str, Any]:
         return {**super().get_config(), "exp_min": self.exp_min, "exp_max": self.exp_max}
+
+    def export_spec(self, weights: Dict[str, tf.Variable]) -> Dict[str, Any]:
+        """±2^k with k in [exp_min, exp_max]."""
+        return {"kind": "pow2", "exp_min": self.exp_min, "exp_max": self.exp_max,
+                "rounding": self.rounding}
 
     def fake_quantize(self, w: tf.Tensor, weights: Dict[str, tf.Variable],
                       rounding: str) -> tf.Tensor:

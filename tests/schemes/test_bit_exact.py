@@ -166,3 +166,27 @@ def test_stochastic_training_rounding_is_unbiased_and_inference_deterministic():
     np.testing.assert_allclose(codes.mean(0)[inside] - lo[inside], frac, atol=0.15)
     a = quantizer(weight, False, qvars).numpy()
     np.testing.assert_array_equal(a, quantizer(weight, False, qvars).numpy())
+
+
+def test_export_spec_describes_the_grid_the_quantizer_uses():
+    from kerasq.export.spec import GridSpec
+
+    model, x = _model(), _data()
+    q = kerasq.calibrate(kerasq.quantize_model(model), x)
+    layer = _wrapper(q, "conv")
+    weight, quantizer, qvars = layer._weight_vars[0]
+    spec = GridSpec(**quantizer.export_spec(qvars))
+    w = weight.numpy()
+    np.testing.assert_array_equal(spec.frac_bits, _per_channel_fl(w, (-1,), 8).reshape(-1))
+    codes = quantizer(weight, False, qvars).numpy() / spec.step
+    np.testing.assert_array_equal(codes, np.round(codes))
+    assert codes.min() >= spec.qmin and codes.max() <= spec.qmax
+    relu = _wrapper(q, "relu")
+    quantizer, qvars = relu._output_quantizers[0], relu._output_quantizer_vars
+    spec = GridSpec(**quantizer.export_spec(qvars))
+    assert not spec.signed and spec.bitwidth == 8
+    out = _tap(q, "quant_relu")(x).numpy() / spec.step
+    np.testing.assert_array_equal(out, np.round(out))
+    assert out.min() >= 0 and out.max() <= 255
+    dw_weight, dw_q, dw_vars = _wrapper(q, "dw")._weight_vars[0]
+    assert GridSpec(**dw_q.export_spec(dw_vars)).axis == -2
