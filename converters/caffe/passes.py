@@ -12,8 +12,9 @@ Passes, in order (:func:`build_graph`):
 6. ``weights``: blobs attached by layer name (k-th duplicate gets the k-th stored
    entry; ``param { name }`` sharing honoured); layers the prototxt lacks are ignored.
 7. ``fold_batchnorm`` (optional, on by default): BatchNorm (global stats) and a following
-   Scale folded into the preceding Convolution/InnerProduct/Deconvolution when the
-   intermediate blobs are not needed as outputs.
+   Scale, or a per-channel Scale alone, folded into the preceding Convolution /
+   InnerProduct / Deconvolution when the intermediate blobs are not needed as outputs;
+   other BatchNorm+Scale pairs merged into one BatchNorm node.
 
 Example:
     >>> from kerasq.converters.caffe.reader import parse_prototxt_text
@@ -290,77 +291,114 @@ def _has_bias(node: Node) -> bool:
     return bool(node.param.convolution_param.bias_term)
 
 
-def fold_batchnorm(graph: Graph, protected: Set[str]) -> int:
-    """Fold BatchNorm(+Scale) into the preceding conv/IP; return the number of folds.
+def _foldable_scale(node: Node, channels: int, source: str):
+    """(gamma, beta) of a per-channel (axis 1) one-bottom Scale with blobs, else None."""
+    p = node.param.scale_param
+    if node.type != "Scale" or len(node.bottoms) != 1 or not node.blobs:
+        return None
+    if p.axis != 1 or p.num_axes != 1:
+        return None
+    gamma = fit_blob_shape(node.blobs[0], (channels,), source, node.caffe_name, "Scale")
+    if not p.bias_term:
+        return gamma, np.zeros(channels, np.float32)
+    if len(node.blobs) < 2:
+        raise CaffeFormatError(
+            "Scale with bias_term needs 2 blobs", file=source or None, layer=node.caffe_name
+        )
+    beta = fit_blob_shape(node.blobs[1], (channels,), source, node.caffe_name, "Scale bias")
+    return gamma, beta
 
-    A fold happens only when the producer's output feeds nothing but the BatchNorm and
-    is not in ``protected`` (blobs that must stay observable), the producer has weights
-    and its output channels are axis 1 of the normalised blob.
+
+def _chain_affine(graph: Graph, first: Node, channels: int, protected: Set[str]):
+    """BatchNorm(+Scale) or Scale starting at ``first`` as (scale, shift, nodes), or None."""
+    consumers = graph.consumers()
+    if first.type == "BatchNorm":
+        if not _uses_global_stats(first) or len(first.bottoms) != 1:
+            return None
+        mean, var, eps = batchnorm_stats(first, channels, graph.source)
+        inv_std = 1.0 / np.sqrt(var.astype(np.float64) + eps)
+        scale, shift = inv_std, -mean.astype(np.float64) * inv_std
+        chain = [first]
+        nxt = consumers.get(first.tops[0], [])
+        if len(nxt) == 1 and first.tops[0] not in protected:
+            affine = _foldable_scale(nxt[0], channels, graph.source)
+            if affine is not None:
+                gamma, beta = (a.astype(np.float64) for a in affine)
+                scale, shift = scale * gamma, shift * gamma + beta
+                chain.append(nxt[0])
+        return scale, shift, chain
+    affine = _foldable_scale(first, channels, graph.source)
+    if affine is None:
+        return None
+    gamma, beta = (a.astype(np.float64) for a in affine)
+    return gamma, beta, [first]
+
+
+def fold_batchnorm(graph: Graph, protected: Set[str]) -> int:
+    """Fold BatchNorm(+Scale), or a per-channel Scale, into the preceding conv/IP.
+
+    ``conv(x)·scale + shift`` becomes one conv with ``W' = W·scale`` (per output channel) and
+    ``b' = b·scale + shift``. A fold happens only when the producer's output feeds nothing
+    but the chain and is not in ``protected`` (blobs that must stay observable), the
+    producer has weights and its output channels are axis 1 of the normalised blob.
+    Remaining BatchNorm+Scale pairs are merged into one BatchNorm node (gamma/beta appended
+    as blobs 3 and 4). Returns the number of folds and merges.
     """
     folds = 0
     i = 0
     while i < len(graph.nodes):
-        bn = graph.nodes[i]
+        first = graph.nodes[i]
         i += 1
-        if bn.type != "BatchNorm" or not _uses_global_stats(bn) or len(bn.bottoms) != 1:
+        if first.type not in ("BatchNorm", "Scale") or len(first.bottoms) != 1:
             continue
-        producers = graph.producers()
-        consumers = graph.consumers()
-        producer = producers.get(bn.bottoms[0])
+        producer = graph.producers().get(first.bottoms[0])
         if producer is None or len(producer.tops) != 1 or not producer.blobs:
+            channels = None
+        else:
+            channels = _out_channels(producer)
+        ip_axis = producer.param.inner_product_param.axis if producer is not None else 1
+        foldable = (
+            channels is not None
+            and producer.tops[0] not in protected
+            and not (producer.type == "InnerProduct" and ip_axis not in (1, -1))
+            and len(graph.consumers().get(producer.tops[0], [])) == 1
+            and not (_has_bias(producer) and len(producer.blobs) < 2)
+        )
+        if not foldable:
+            folds += _merge_batchnorm_scale(graph, first, protected)
             continue
-        channels = _out_channels(producer)
-        if channels is None or producer.tops[0] in protected:
+        found = _chain_affine(graph, first, channels, protected)
+        if found is None:
             continue
-        if producer.type == "InnerProduct" and producer.param.inner_product_param.axis not in (
-            1,
-            -1,
-        ):
-            continue
-        if len(consumers.get(producer.tops[0], [])) != 1:
-            continue
-        if _has_bias(producer) and len(producer.blobs) < 2:
-            continue
-        mean, var, eps = batchnorm_stats(bn, channels, graph.source)
-        inv_std = 1.0 / np.sqrt(var.astype(np.float64) + eps)
-        scale, shift = inv_std, -mean.astype(np.float64) * inv_std
-        removed = [bn]
-        last_top = bn.tops[0]
-        nxt = consumers.get(bn.tops[0], [])
-        if (
-            len(nxt) == 1
-            and nxt[0].type == "Scale"
-            and len(nxt[0].bottoms) == 1
-            and bn.tops[0] not in protected
-            and nxt[0].blobs
-            and nxt[0].param.scale_param.axis == 1
-            and nxt[0].param.scale_param.num_axes == 1
-        ):
-            sc = nxt[0]
-            gamma = fit_blob_shape(sc.blobs[0], (channels,), graph.source, sc.caffe_name, "Scale")
-            beta = (
-                fit_blob_shape(sc.blobs[1], (channels,), graph.source, sc.caffe_name, "Scale bias")
-                if sc.param.scale_param.bias_term
-                else np.zeros(channels, np.float32)
-            )
-            if sc.param.scale_param.bias_term and len(sc.blobs) < 2:
-                raise CaffeFormatError(
-                    "Scale with bias_term needs 2 blobs", file=graph.source, layer=sc.caffe_name
-                )
-            scale = scale * gamma
-            shift = shift * gamma + beta
-            removed.append(sc)
-            last_top = sc.tops[0]
+        scale, shift, chain = found
         _fold_into(producer, scale, shift)
+        last_top = chain[-1].tops[0]
         producer.tops = [last_top]
         producer.caffe_tops = [graph.blob_names.get(last_top, last_top)]
-        graph.nodes = [n for n in graph.nodes if all(n is not r for r in removed)]
-        log.info(
-            "folded %s into %s", " + ".join(r.caffe_name for r in removed), producer.caffe_name
-        )
+        graph.nodes = [n for n in graph.nodes if all(n is not r for r in chain)]
+        log.info("folded %s into %s", " + ".join(r.caffe_name for r in chain), producer.caffe_name)
         folds += 1
         i = 0
     return folds
+
+
+def _merge_batchnorm_scale(graph: Graph, bn: Node, protected: Set[str]) -> int:
+    """BatchNorm (global stats) + per-channel Scale -> one BatchNorm node with gamma/beta."""
+    if bn.type != "BatchNorm" or not _uses_global_stats(bn) or len(bn.blobs) != 3:
+        return 0
+    nxt = graph.consumers().get(bn.tops[0], [])
+    if len(nxt) != 1 or bn.tops[0] in protected or nxt[0].type != "Scale":
+        return 0
+    channels = int(np.asarray(bn.blobs[0]).size)
+    affine = _foldable_scale(nxt[0], channels, graph.source)
+    if affine is None:
+        return 0
+    bn.blobs = list(bn.blobs) + [affine[0].astype(np.float32), affine[1].astype(np.float32)]
+    bn.tops = list(nxt[0].tops)
+    bn.caffe_tops = [graph.blob_names.get(t, t) for t in bn.tops]
+    graph.nodes = [n for n in graph.nodes if n is not nxt[0]]
+    log.info("merged %s into %s", nxt[0].caffe_name, bn.caffe_name)
+    return 1
 
 
 # ---- the pipeline -------------------------------------------------------------------

@@ -40,11 +40,18 @@ def lower_batchnorm(ctx, node, inputs: List[Blob]) -> List[Blob]:
         out = BatchStatNormalize(axis=axis, epsilon=float(p.eps), name=ctx.name(node))(x.tensor)
         return [Blob(out, x.shape, x.perm)]
     mean, var, eps = batchnorm_stats(node, channels, ctx.source)
+    # Blobs 3 and 4 (gamma, beta) are appended by the pass merging a following Scale.
+    affine = len(node.blobs) == 5
     layer = keras.layers.BatchNormalization(
-        axis=axis, epsilon=eps, center=False, scale=False, fused=False, name=ctx.name(node)
+        axis=axis, epsilon=eps, center=affine, scale=affine, fused=False, name=ctx.name(node)
     )
     out = layer(x.tensor, training=False)
-    layer.set_weights([mean, var])
+    if affine:
+        gamma = ctx.blob(node, 3, (channels,), "merged Scale gamma")
+        beta = ctx.blob(node, 4, (channels,), "merged Scale beta")
+        layer.set_weights([gamma, beta, mean, var])
+    else:
+        layer.set_weights([mean, var])
     return [Blob(out, x.shape, x.perm)]
 
 

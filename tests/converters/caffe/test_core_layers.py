@@ -502,3 +502,50 @@ def test_phase_stage_and_level_rules(tmp_path):
     np.testing.assert_allclose(forward(path, None, {"data": x})["y"], 2 * x + 1, rtol=1e-6)
     got = forward(path, None, {"data": x}, stages=["other"])["y"]
     np.testing.assert_allclose(got, 200 * x + 5, rtol=1e-6)
+
+
+def test_scale_alone_folds_into_conv_and_bn_scale_merge_after_eltwise(tmp_path):
+    """conv -> Scale folds into the conv; Eltwise -> BN -> Scale becomes one BatchNormalization."""
+    from kerasq.converters.caffe import forward, load
+
+    nb = NetBuilder("fold_more")
+    x = nb.input("data", (2, 3, 6, 7))
+    nb.add(
+        "Convolution",
+        [x],
+        tops="c",
+        name="conv",
+        param="convolution_param { num_output: 3 kernel_size: 3 pad: 1 bias_term: false }",
+        blobs=[nb.randn(3, 3, 3, 3)],
+    )
+    nb.add(
+        "Scale",
+        ["c"],
+        tops="c",
+        name="conv_scale",
+        param="scale_param { bias_term: true }",
+        blobs=[nb.randn(3), nb.randn(3)],
+    )
+    nb.add("Eltwise", [x, "c"], tops="s", name="sum")
+    nb.add("BatchNorm", ["s"], tops="s", name="bn", blobs=_bn_blobs(nb, 3, 5.0))
+    nb.add(
+        "Scale",
+        ["s"],
+        tops="s",
+        name="bn_scale",
+        param="scale_param { bias_term: true }",
+        blobs=[nb.randn(3), nb.randn(3)],
+    )
+    proto, model = nb.write(tmp_path)
+    inputs = nb.random_inputs()
+    want = ref.run_net(nb.prototxt(), nb.params, inputs)
+    got = forward(proto, model, inputs)
+    for top in ("c", "s"):
+        assert_caffe_close(got[top], want[top], top)
+    keras_model = load(proto, model)
+    kinds = [type(layer).__name__ for layer in keras_model.layers]
+    assert "DepthwiseConv2D" not in kinds and kinds.count("BatchNormalization") == 1
+    bn = next(layer for layer in keras_model.layers if type(layer).__name__ == "BatchNormalization")
+    assert bn.center and bn.scale
+    out = np.asarray(keras_model(inputs["data"].transpose(0, 2, 3, 1), training=False))
+    assert_caffe_close(out.transpose(0, 3, 1, 2), want["s"], "loaded s")
