@@ -195,3 +195,30 @@ def test_mirrored_strategy_scope_fit_and_predict():
                           timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "replicas 2" in proc.stdout
+
+
+def test_converted_caffe_lenet_against_opencv():
+    """A real Caffe LeNet (converted by kerasq) quantizes; 16-bit DFP matches OpenCV's
+    independent Caffe forward, 8-bit keeps its decisions."""
+    import cv2
+    from sklearn.datasets import load_digits
+
+    from conftest import shared_path
+    from kerasq.converters import caffe
+
+    proto = str(shared_path("caffe-models", "lenet-mnist", "lenet.prototxt"))
+    weights = str(shared_path("caffe-models", "lenet-mnist", "lenet_iter_10000.caffemodel"))
+    digits = load_digits().images[:64] / 16.0
+    x = np.stack([cv2.resize(d, (20, 20), interpolation=cv2.INTER_LINEAR) for d in digits])
+    x = np.pad(x, ((0, 0), (4, 4), (4, 4))).astype(np.float32)  # MNIST-like 28x28 framing
+    net = cv2.dnn.readNetFromCaffe(proto, weights)
+    net.setInput(x[:, None])
+    reference = net.forward()
+    model = caffe.load(proto, weights)
+    q16 = kerasq.calibrate(kerasq.quantize_model(
+        model, QuantizationConfig(bitwidth_weights=16, bitwidth_activations=16)), x[..., None])
+    np.testing.assert_allclose(q16.predict(x[..., None], verbose=0), reference, atol=2e-3)
+    q8 = kerasq.calibrate(kerasq.quantize_model(model), x[..., None])
+    out8 = q8.predict(x[..., None], verbose=0)
+    assert np.mean(out8.argmax(-1) == reference.argmax(-1)) >= 0.95
+    assert np.mean(reference.argmax(-1) == load_digits().target[:64]) > 0.5  # sane input
