@@ -20,6 +20,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from typing import Any, Dict, List, Tuple
 
 from kerasq.errors import KerasqError, ModelFormatError, QuantizationConfigError
@@ -203,12 +204,18 @@ def _load_model(path: str) -> Any:
     if not os.path.exists(path):
         raise ModelFormatError("no such file or directory", file=path)
     try:
-        return load_model(path)
+        model = load_model(path)
     except KerasqError as err:
         raise err.with_context(file=path) from None
     except (OSError, ValueError, TypeError, ImportError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ModelFormatError(f"cannot load Keras model: {reason}", file=path) from None
+    wrapped = [layer.name for layer in model.layers
+               if type(layer).__name__.startswith(("QuantizeWrapper", "QuantizeLayer"))]
+    if wrapped:
+        raise ModelFormatError("the model is already quantized (give the float model)",
+                               file=path, layer=wrapped[0])
+    return model
 
 
 def _save(model: Any, path: str) -> None:
@@ -218,11 +225,17 @@ def _save(model: Any, path: str) -> None:
     if path.lower().endswith(".keras"):
         raise KerasqError("quantized models are saved as .h5 or SavedModel (tfmot needs "
                           "Keras 2 formats)", file=path)
-    with atomic_output(path) as tmp:
+    with atomic_output(path) as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*HDF5 file.*legacy.*")
         if h5:
             model.save(tmp, save_format="h5")
         else:
             model.save(tmp, save_format="tf")
+
+
+def _progress_verbosity() -> int:
+    """Progress bars (Keras Progbar, on stdout) only on a terminal."""
+    return 1 if sys.stdout.isatty() else 0
 
 
 # ------------------------------------------------------------------------------ convert hook
@@ -271,7 +284,7 @@ def quantize_converted(model: Any, args: argparse.Namespace) -> Any:
                           "formats)", file=output)
     qmodel = quantize_model(model, config)
     if calibration is not None:
-        calibrate(qmodel, calibration)
+        calibrate(qmodel, calibration, verbose=_progress_verbosity())
     else:
         log.warning("no --calibration data: quantization ranges are not calibrated yet")
     return qmodel
@@ -305,7 +318,8 @@ def run(args: argparse.Namespace) -> int:
 
     qmodel = quantize_model(model, config)
     if calibration is not None:
-        calibrate(qmodel, calibration, args.steps, batch_size=args.batch_size)
+        calibrate(qmodel, calibration, args.steps, batch_size=args.batch_size,
+                  verbose=_progress_verbosity())
     else:
         log.warning("no --calibration data: ranges are set during training (QAT) or from "
                     "each batch until calibrated")

@@ -138,6 +138,15 @@ def test_errors_are_one_line_exit_2_and_leave_no_file(workdir, capsys, tmp_path,
     assert not out.exists() and os.listdir(tmp_path) == ["bad.prototxt"]
 
 
+def test_quantized_input_model_is_rejected(workdir, tmp_path, capsys):
+    first = tmp_path / "q.h5"
+    assert main(["quantize", str(workdir / "model.h5"), "-o", str(first)]) == 0
+    capsys.readouterr()
+    status = main(["quantize", str(first), "-o", str(tmp_path / "qq.h5")])
+    err = capsys.readouterr().err
+    assert status == 2 and "already quantized" in err and not (tmp_path / "qq.h5").exists()
+
+
 def test_missing_model_is_a_model_format_error(tmp_path, capsys):
     status = main(["quantize", str(tmp_path / "nope.h5"), "-o", str(tmp_path / "q.h5")])
     err = capsys.readouterr().err
