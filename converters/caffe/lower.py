@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Mapping, NoReturn, Optional, Sequence, Set, 
 
 import numpy as np
 
-from kerasq._compat import keras
+from kerasq._compat import keras, tf
 from kerasq.converters.caffe import layers as _handlers  # noqa: F401  (registers handlers)
 from kerasq.converters.caffe.graph import Graph, Node
 from kerasq.converters.caffe.layers import _registry
@@ -244,6 +244,7 @@ def lower_graph(
             progress(index, total, node.caffe_name)
     ctx.node = None
     model_outputs = []
+    renamed: Set[int] = set()
     for blob_id in output_ids:
         if blob_id not in blobs:
             raise CaffeFormatError(
@@ -265,7 +266,10 @@ def lower_graph(
             and not isinstance(layer, keras.layers.InputLayer)
             and not any(tensor is t for t in model_outputs)
             and len(layer._inbound_nodes) == 1
+            and len(tf.nest.flatten(layer.output)) == 1
+            and id(layer) not in renamed
         ):
+            renamed.add(id(layer))
             layer._name = wanted  # the Caffe top names the layer producing it
             del ctx._output_names[wanted]
         else:

@@ -139,7 +139,7 @@ def read_prototxt(path: PathLike) -> caffe_pb2.NetParameter:
     data = _read_bytes(path, "prototxt")
     source = os.fspath(path)
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise CaffeFormatError(
             "not a text prototxt (binary data; is this a .caffemodel?)", file=source
