@@ -168,3 +168,21 @@ def test_xla_extreme_int_frac_bits(fl):
     ).astype(np.float32)
     run = tf.function(lambda v: dfp_quantize(v, 32, fl), jit_compile=True)
     assert_same(run(tf.constant(x)).numpy(), dfp_quantize(x, 32, fl))
+
+
+@FUZZ
+@given(
+    m=st.floats(min_value=1e-300, max_value=1e300, allow_subnormal=False),
+    bitwidth=st.integers(2, 32),
+    signed=st.booleans(),
+)
+def test_fuzz_frac_bits_is_the_tightest_power_of_two(m, bitwidth, signed):
+    """il = B − fl − s is the smallest integer with 2^il >= max_abs (exact rationals)."""
+    from fractions import Fraction
+
+    from kerasq.numerics import dfp_frac_bits
+
+    fl = dfp_frac_bits(m, bitwidth, signed=signed)
+    il = bitwidth - fl - int(signed)
+    assert Fraction(2) ** (il - 1) < Fraction(m) <= Fraction(2) ** il
+    assert dfp_frac_bits(tf.constant(m, tf.float64), bitwidth, signed=signed).numpy() == fl
