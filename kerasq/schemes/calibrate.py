@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any, Iterable, Iterator, Optional
 
@@ -29,13 +30,10 @@ def _batches(data: Any, batch_size: int) -> Iterator[Any]:
         for item in data:
             yield item[0] if isinstance(item, (tuple, list)) else item
         return
-    if isinstance(data, (np.ndarray, tf.Tensor)) or (
-            isinstance(data, (list, tuple)) and data and isinstance(data[0], np.ndarray)
-            and not isinstance(data, list)):
-        arr = data
-        n = int(arr.shape[0])
+    if isinstance(data, (np.ndarray, tf.Tensor)):
+        n = int(data.shape[0])
         for start in range(0, n, batch_size):
-            yield arr[start:start + batch_size]
+            yield data[start:start + batch_size]
         return
     if isinstance(data, dict):
         n = len(next(iter(data.values())))
@@ -67,6 +65,11 @@ def _steps_hint(data: Any, batch_size: int, steps: Optional[int]) -> Optional[in
     return None
 
 
+def _calibrating_call(qmodel: Any, x: Any) -> Any:
+    with calibration_mode():
+        return qmodel(x, training=False)
+
+
 def calibrate(qmodel: Any, data: Any, steps: Optional[int] = None, *, batch_size: int = 32,
               reset: bool = True, verbose: int = 0) -> Any:
     """Collect activation ranges over ``data`` (at most ``steps`` batches) and return ``qmodel``.
@@ -85,16 +88,23 @@ def calibrate(qmodel: Any, data: Any, steps: Optional[int] = None, *, batch_size
     total = _steps_hint(data, batch_size, steps)
     bar = keras.utils.Progbar(total, verbose=verbose, unit_name="batch") if verbose else None
 
-    with calibration_mode():
+    # A model built under a tf.distribute strategy calibrates through strategy.run, so the
+    # quantizers all-gather batch ranges across replicas and workers (each worker passes its
+    # own data; every worker must run the same number of batches).
+    strategy = getattr(qmodel, "distribute_strategy", None)
+    distributed = strategy is not None and strategy.num_replicas_in_sync > 1
+    with calibration_mode(), (strategy.scope() if distributed else contextlib.nullcontext()):
         @tf.function(reduce_retracing=True)
         def collect(x: Any) -> Any:
+            if distributed:  # replica functions may run in other threads: enter the mode there
+                return strategy.run(_calibrating_call, args=(qmodel, x))
             return qmodel(x, training=False)
 
         done = 0
         for batch in _batches(data, batch_size):
             if steps is not None and done >= steps:
                 break
-            if isinstance(batch, np.ndarray) and batch.dtype == np.float64:
+            if isinstance(batch, np.ndarray) and batch.dtype != np.float32:
                 batch = batch.astype(np.float32)
             collect(batch)
             done += 1

@@ -115,3 +115,24 @@ def test_quantization_start_delays_fake_quantization():
     assert np.max(np.abs(quantized - float_out)) > 1e-2
     np.testing.assert_array_equal(q(x, training=False).numpy(), quantized)
     assert _vars(q, "x_quantize")["x_quantize_count"] == 4
+
+
+def test_calibration_accepts_datasets_generators_and_steps():
+    from kerasq._compat import tf
+
+    x = np.concatenate(_batches())
+    y = np.zeros(len(x))
+    for data, kwargs in [
+        (tf.data.Dataset.from_tensor_slices((x, y)).batch(2), {}),
+        ((b for b in _batches()), {}),
+        (x, {"batch_size": 1, "steps": 4}),
+    ]:
+        q = kerasq.quantize_model(_dense_model())
+        kerasq.calibrate(q, data, **kwargs)
+        v = _vars(q, "x_quantize")
+        assert (v["x_quantize_min"], v["x_quantize_max"]) == (pytest.approx(-5.9),
+                                                              pytest.approx(3.2))
+    q = kerasq.quantize_model(_dense_model())
+    kerasq.calibrate(q, x, batch_size=1, steps=1)  # only the first row: max 3.2, min 0
+    assert _vars(q, "x_quantize")["x_quantize_count"] == 1
+    assert _vars(q, "x_quantize")["x_quantize_min"] == 0.0
