@@ -22,7 +22,6 @@ else changes. float64 is exact for every B in 2..32.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -189,7 +188,9 @@ def dfp_range(bitwidth: int, frac_bits: Any, *, signed: bool = True) -> tuple[An
         return _float.tf_ldexp(qmin * ones, -fl), _float.tf_ldexp(qmax * ones, -fl)
     fl = integer_array("frac_bits", frac_bits)
     if fl.ndim == 0:
-        return math.ldexp(float(qmin), -int(fl)) + 0.0, math.ldexp(float(qmax), -int(fl))
+        with np.errstate(over="ignore"):  # exact; beyond float64's range -> ±inf / 0
+            lo, hi = np.ldexp(np.float64([qmin, qmax]), -int(np.clip(fl, -(2**20), 2**20)))
+        return float(lo) + 0.0, float(hi)
     ones = np.ones(fl.shape, np.float64)
     return _float.np_ldexp(qmin * ones, -fl), _float.np_ldexp(qmax * ones, -fl)
 
