@@ -82,7 +82,12 @@ def test_ptq_8bit_is_close_and_configs_are_the_families():
 @pytest.mark.parametrize("fmt", ["h5", "savedmodel"])
 def test_save_load_round_trip_identical_outputs(tmp_path, fmt):
     model, x = _cnn(), _data()
-    q = kerasq.calibrate(kerasq.quantize_model(model, QuantizationConfig(bitwidth_weights=6)), x)
+    cfg = QuantizationConfig(bitwidth_weights=6, overrides={
+        "fc": {"precision": "minifloat", "exp_bits": 4, "mant_bits": 3},
+        "dw": {"precision": "pow2_weights"},
+        "conv1": {"bitwidth_bias": 16, "range_estimator": "ema"},
+        "add": {"power2_range": False, "apply_offset_activations": True}})
+    q = kerasq.calibrate(kerasq.quantize_model(model, cfg), x)
     path = str(tmp_path / ("q.h5" if fmt == "h5" else "q_saved"))
     q.save(path)
     again = kerasq.load_model(path)
