@@ -203,3 +203,47 @@ def test_convert_quantize_applies_the_prototxt_settings(tmp_path, capsys):
     np.testing.assert_array_equal(written.predict(x, verbose=0), reference.predict(x, verbose=0))
     rows = _bits(written)
     assert rows[("conv1", "kernel")].bits == 6 and rows[("ip2", "kernel")].bits == 6
+
+
+def test_convert_with_a_ristretto_quantize_config(tmp_path, capsys):
+    """The settings of a Ristretto-quantized LeNet (types *Ristretto, fixed bw/fl) land on
+    the layers of the converted float LeNet by Caffe layer name."""
+    import re
+
+    from conftest import shared_path
+
+    import kerasq
+
+    folder = shared_path("caffe-models", "lenet-mnist")
+    text = (folder / "lenet.prototxt").read_text()
+    params = {"conv1": (8, 8, 4, 6), "conv2": (8, 6, 3, 7), "ip1": (6, 5, 5, 8),
+              "ip2": (4, 4, 2, 5)}  # bw_params, bw_layer_out, fl_params, fl_layer_out
+
+    def ristretto(match):
+        name = match.group(1)
+        bw, bw_out, fl, fl_out = params[name]
+        kind = "ConvolutionRistretto" if name.startswith("conv") else "FcRistretto"
+        return (f'name: "{name}"\n  type: "{kind}"\n  quantization_param {{ bw_params: {bw} '
+                f"bw_layer_out: {bw_out} fl_params: {fl} fl_layer_out: {fl_out} "
+                f"bw_layer_in: 8 fl_layer_in: 0 }}")
+
+    ris = re.sub(r'name: "(conv1|conv2|ip1|ip2)"\s*type: "(?:Convolution|InnerProduct)"',
+                 ristretto, text)
+    assert ris.count("Ristretto\"") == 4
+    (tmp_path / "ristretto.prototxt").write_text(ris)
+    x = np.random.default_rng(1).uniform(0, 1, (8, 28, 28, 1)).astype("float32")
+    np.save(tmp_path / "cal.npy", x)
+    out = tmp_path / "lenet_ris.h5"
+    assert main(["convert", str(folder / "lenet.prototxt"),
+                 str(folder / "lenet_iter_10000.caffemodel"), "--quantize-config",
+                 str(tmp_path / "ristretto.prototxt"), "--calibration", str(tmp_path / "cal.npy"),
+                 "-o", str(out)]) == 0
+    capsys.readouterr()
+    rows = _bits(kerasq.load_model(out))
+    for name, (bw, bw_out, fl, fl_out) in params.items():
+        kernel = rows[(name, "kernel")]
+        assert (kernel.bits, kernel.frac_bits) == (bw, (fl, fl)), name
+        output = rows[(name, "output")]  # trimmed before the (float) ReLU, as in Ristretto
+        assert (output.bits, output.frac_bits, output.signed) == (bw_out, (fl_out, fl_out),
+                                                                  True), name
+    assert ("pool1", "output") not in rows  # not a Ristretto layer: stays float
