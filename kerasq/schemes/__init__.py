@@ -26,6 +26,13 @@ _LAZY_ATTRS = {
     "custom_objects": "kerasq.schemes.api",
     "quantize_scope": "kerasq.schemes.api",
     "KerasqQuantizeScheme": "kerasq.schemes.scheme",
+    "KerasqQuantizeRegistry": "kerasq.schemes.registry",
+    "refresh_weight_state": "kerasq.schemes.api",
+    "DFPActivationQuantizer": "kerasq.schemes.quantizers",
+    "DFPWeightQuantizer": "kerasq.schemes.quantizers",
+    "BiasQuantizer": "kerasq.schemes.quantizers",
+    "MinifloatQuantizer": "kerasq.schemes.quantizers",
+    "Pow2WeightQuantizer": "kerasq.schemes.quantizers",
     "search_bitwidths": "kerasq.schemes.search",
     "report": "kerasq.schemes.report",
 }
