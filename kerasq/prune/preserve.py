@@ -84,14 +84,20 @@ def attach_mask_constraint(weight: tf.Variable, mask: tf.Variable) -> bool:
     Returns False when ``weight`` is not a variable that carries constraints.
     """
     target = getattr(weight, "_variable", weight)  # AutoCastVariable -> its variable
-    if not hasattr(target, "_constraint"):
+    # tf.distribute variables read `constraint` from their component variables.
+    if isinstance(target, tf.distribute.DistributedValues):
+        components = [getattr(v, "_variable", v) for v in target.values]
+    else:
+        components = [target]
+    if not all(hasattr(v, "_constraint") for v in components):
         return False
-    current = target._constraint
-    if isinstance(current, MaskConstraint) and current.mask is mask:
-        return True
-    if isinstance(current, MaskConstraint):  # a stale mask from an earlier build
-        current = current.previous
-    target._constraint = MaskConstraint(mask, current)
+    for variable in components:
+        current = variable._constraint
+        if isinstance(current, MaskConstraint) and current.mask is mask:
+            continue
+        if isinstance(current, MaskConstraint):  # a stale mask from an earlier build
+            current = current.previous
+        variable._constraint = MaskConstraint(mask, current)
     return True
 
 

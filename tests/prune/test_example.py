@@ -20,7 +20,10 @@ def test_example_quick_run_prints_the_table(capsys, tmp_path):
     table = capsys.readouterr().out
     rows = [line for line in table.splitlines() if line.startswith("| ") and "%" in line]
     assert [r.split("|")[1].strip() for r in rows] == [
-        "float dense", "pruned (float)", "pruned + 8-bit QAT", "TFLite"
+        "float dense",
+        "pruned (float)",
+        "pruned + 8-bit QAT",
+        "TFLite",
     ]
     sparsity = [float(r.split("|")[3].strip().rstrip(" %")) for r in rows]
     assert sparsity[0] == 0.0 and sparsity[1] >= 69.9 and sparsity[2] >= 79.9
