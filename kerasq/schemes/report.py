@@ -187,13 +187,16 @@ def _slots(model: Any) -> List[Tuple[_Slot, Any]]:
 
 
 # ------------------------------------------------------------------------------ describing
-def _unwrap(quantizer: Any) -> Any:
-    """The quantizer that does the rounding (sparsity wrappers delegate to ``inner``)."""
+def _unwrap(quantizer: Any, variables: Dict[str, Any]) -> Tuple[Any, Dict[str, Any]]:
+    """The quantizer that does the rounding and its variables (sparsity wrappers delegate
+    to ``inner`` and keep the inner variables under ``"inner"``)."""
     seen = 0
     while hasattr(quantizer, "inner") and seen < 8:
         quantizer = quantizer.inner
+        inner_vars = variables.get("inner") if isinstance(variables, dict) else None
+        variables = inner_vars if isinstance(inner_vars, dict) else variables
         seen += 1
-    return quantizer
+    return quantizer, variables
 
 
 def _span(value: Any) -> Optional[Tuple[float, float]]:
@@ -206,8 +209,7 @@ def _span(value: Any) -> Optional[Tuple[float, float]]:
 
 
 def _describe(slot: _Slot) -> ReportRow:
-    q = _unwrap(slot.quantizer)
-    v = slot.variables
+    q, v = _unwrap(slot.quantizer, slot.variables)
     cls = type(q).__name__
     row = ReportRow(layer=slot.layer, tensor=slot.tensor, quantizer=cls, format="?")
     bits = getattr(q, "bitwidth", None)

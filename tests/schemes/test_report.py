@@ -162,3 +162,24 @@ def test_sqnr_helper_and_float_model():
 
     plain = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     assert report(plain) == [] and format_report([]) == "no quantized tensors"
+
+
+def test_sparsity_preserving_weights_are_described_by_the_inner_quantizer():
+    import kerasq
+    from kerasq._compat import keras
+    from kerasq.schemes.report import report
+
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((16,))
+    model = keras.Model(inp, keras.layers.Dense(8, name="sparse", use_bias=False)(inp))
+    w = model.get_layer("sparse").kernel.numpy()
+    w[np.abs(w) < 0.2] = 0.0
+    model.get_layer("sparse").kernel.assign(w)
+    x = np.random.default_rng(5).uniform(0, 1, (32, 16)).astype("float32")
+    qmodel = kerasq.quantize_model(model, preserve_sparsity=True)
+    kerasq.calibrate(qmodel, x)
+    row = next(r for r in report(qmodel) if r.tensor == "kernel")
+    fl = _weight_fl(w, 8)
+    assert (row.format, row.bits, row.frac_bits) == ("dfp", 8, (fl.min(), fl.max()))
+    assert (row.min, row.max) == pytest.approx((w.min(), w.max()))
+    assert row.sqnr_db == pytest.approx(_sqnr(w, _dfp(w, 8, fl)), rel=1e-9)
