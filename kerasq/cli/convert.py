@@ -121,8 +121,7 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     p.add_argument(
         "-o",
         "--output",
-        required=True,
-        help="output: model.h5, model.keras or a SavedModel directory",
+        help="output: model.h5, model.keras or a SavedModel directory (optional with --tflite)",
     )
     p.add_argument(
         "--mean",
@@ -144,6 +143,10 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     from kerasq.cli.quantize import add_convert_options
 
     add_convert_options(p)
+    # --- `--tflite` (kerasq.export.cli_hooks, engineer E) ---
+    from kerasq.export.cli_hooks import add_convert_tflite_options
+
+    add_convert_tflite_options(p)
     p.set_defaults(func=run)
 
 
@@ -178,6 +181,8 @@ def summary_lines(model: Any) -> List[str]:
 def run(args: argparse.Namespace) -> int:
     from kerasq.converters import caffe
 
+    if not args.output and not getattr(args, "tflite", None):
+        raise KerasqError("give -o/--output (Keras model) and/or --tflite (TFLite file)")
     options = load_options(args)
     bar = _progress_bar()
     if bar is not None:
@@ -187,6 +192,12 @@ def run(args: argparse.Namespace) -> int:
         from kerasq.cli.quantize import quantize_converted  # engineer F
 
         model = quantize_converted(model, args)
+    if getattr(args, "tflite", None):  # engineer E: Caffe -> TFLite in one command
+        from kerasq.export.cli_hooks import export_converted
+
+        export_converted(model, args)
+    if not args.output:
+        return 0
     try:
         save_model(model, args.output)
     except (OSError, ValueError) as err:

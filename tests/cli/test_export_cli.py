@@ -49,3 +49,20 @@ def test_verify_without_data_is_an_error(saved_qmodel, capsys):
     assert main(["export", str(saved_qmodel / "q.h5"), "-o", str(out), "--verify"]) == 2
     assert "verify" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_convert_caffe_to_tflite_in_one_command(tmp_path, capsys):
+    from kerasq.demo import build_cnn, load_digits_data
+    from kerasq.demo.caffe_writer import write_caffe
+
+    x = load_digits_data()[0][:96]
+    write_caffe(build_cnn(), tmp_path / "n.prototxt", tmp_path / "n.caffemodel")
+    np.save(tmp_path / "x.npy", x)
+    (tmp_path / "q.json").write_text("{}")
+    out = tmp_path / "n.tflite"
+    code = main(["convert", str(tmp_path / "n.prototxt"), str(tmp_path / "n.caffemodel"),
+                 "--quantize-config", str(tmp_path / "q.json"),
+                 "--calibration", str(tmp_path / "x.npy"), "--tflite", str(out), "--verify"])
+    assert code == 0 and out.stat().st_size > 0
+    text = capsys.readouterr().out
+    assert "target int8" in text and "verification:" in text
