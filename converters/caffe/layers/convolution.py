@@ -88,7 +88,8 @@ def lower_convolution(ctx, node, inputs: List[Blob]) -> List[Blob]:
         tensor = keras.layers.ZeroPadding2D(
             ((pad[0], pad[0]), (pad[1], pad[1])), name=ctx.name(node, "pad")
         )(tensor)
-    depthwise = group == cin and group > 1
+    # TF's CPU depthwise kernel needs equal strides; otherwise a grouped Conv2D is exact too.
+    depthwise = group == cin and group > 1 and stride[0] == stride[1]
     if depthwise:
         mult = cout // cin
         kernel_w = weights.reshape(cin, mult, kh, kw).transpose(2, 3, 0, 1)

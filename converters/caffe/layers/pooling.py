@@ -68,7 +68,8 @@ def _ave_correction(size: int, out: int, k: int, s: int, p: int) -> np.ndarray:
         start = i * s - p
         end = min(start + k, size + p)
         lengths.append(end - start)
-    return k / np.asarray(lengths, np.float64)
+    with np.errstate(divide="ignore"):  # empty windows (see docs/caffe.md, Limits)
+        return k / np.asarray(lengths, np.float64)
 
 
 @register(
