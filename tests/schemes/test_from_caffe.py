@@ -370,3 +370,24 @@ def test_ristretto_bias_uses_the_weights_fractional_length():
     qmodel, x, weights = _ristretto_net(use_bias=True)
     expected = _ristretto_forward(x, weights, use_bias=True)
     np.testing.assert_array_equal(qmodel.predict(x, verbose=0), expected.astype(np.float32))
+
+
+def test_text_reader_agrees_with_protobuf_on_every_shared_prototxt():
+    """The schema-less reader against protobuf's own text_format parser (BVLC schema) on the
+    real prototxts in ../shared: same layers, types, bottoms and tops, in the same order."""
+    from conftest import shared_path
+    from google.protobuf import text_format
+
+    from kerasq.converters.caffe.proto import caffe_pb2
+
+    files = sorted(shared_path().rglob("*.prototxt"))
+    assert len(files) > 20
+    for path in files:
+        mine = parse_file(path)
+        ref = text_format.Parse(path.read_text(), caffe_pb2.NetParameter(),
+                                allow_unknown_field=True)
+        got = [(m.get("name"), m.get("type"), m.getall("bottom"), m.getall("top"))
+               for m in mine.getall("layer")]
+        want = [(lay.name, lay.type, list(lay.bottom), list(lay.top)) for lay in ref.layer]
+        assert got == want, path
+        assert config_from_caffe(path).precision == "float"  # plain Caffe: no quantize: true
