@@ -1,25 +1,28 @@
 """Rounding of real values to integers: the four modes every kerasq format shares.
 
-======================  ==========================================  =========================
+======================  ==========================================  ============================
 mode                    definition (``y`` real, result integer)     where it comes from
-======================  ==========================================  =========================
+======================  ==========================================  ============================
 ``"nearest"``           nearest integer, ties away from zero         Caffe CPU ``round()``,
-                                                                    TFLite kernels
-``"nearest_even"``      nearest integer, ties to even                Caffe GPU ``rint()``,
-                                                                    IEEE default
+                                                                    TFLite reference kernels
+``"nearest_even"``      nearest integer, ties to even                Caffe GPU ``rint()``, IEEE
+                                                                    default, TFLite optimized
+                                                                    QUANTIZE kernel
 ``"half_up"``           ``floor(y + 1/2)``: ties toward +inf         arithmetic right shift with
                                                                     a rounding bit; TF
                                                                     ``FakeQuantWithMinMaxVars``
 ``"stochastic"``        ``floor(y + u)``, ``u ~ U[0, 1)``            Ristretto / caffe-jacinto
                                                                     training
-======================  ==========================================  =========================
+======================  ==========================================  ============================
 
-All modes are computed exactly: ``y − floor(y)`` and ``y − trunc(y)`` are exact in
-binary floating point, so e.g. ``half_up(0.49999997)`` is 0 in float32 (the naive
-``floor(y + 0.5)`` rounds the sum up to 1.0). Stochastic rounding is evaluated as
+All modes are computed exactly, never through a rounded sum such as the naive
+``floor(y + 0.5)``, which gives 1 for ``y = 0.49999997`` in float32. ``y − trunc(y)``
+is exact in binary floating point. ``y − floor(y)`` is exact for ``y >= 0``. For
+negative ``y`` it can round, but rounding is monotone and 1/2 is representable, so its
+comparison with 1/2 never changes. Stochastic rounding is evaluated as
 ``floor(y) + [u < y − floor(y)]``, which has the distribution of ``floor(y + u)``
-(the result is ``floor(y) + 1`` with probability ``y − floor(y)``, so ``E[q] = y``) but
-never suffers from the rounding of ``y + u``. ±inf stay ±inf and NaN stays NaN.
+(the result is ``floor(y) + 1`` with probability ``y − floor(y)``, so ``E[q] = y``
+to within 2^−24) but never suffers from the rounding of ``y + u``. ±inf stay ±inf and NaN stays NaN.
 Subnormal inputs are flushed to zero first, as TensorFlow's CPU kernels do (so the
 numpy and TF results agree bit for bit, signs of zeros included).
 
