@@ -11,6 +11,8 @@ import logging
 import pathlib
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import pytest
 
 from kerasq.errors import CaffeFormatError, QuantizationConfigError
@@ -391,3 +393,12 @@ def test_text_reader_agrees_with_protobuf_on_every_shared_prototxt():
         want = [(lay.name, lay.type, list(lay.bottom), list(lay.top)) for lay in ref.layer]
         assert got == want, path
         assert config_from_caffe(path).precision == "float"  # plain Caffe: no quantize: true
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list('ab_1:{}<>[];,#"\'\\\n .-eEx0')), max_size=60))
+def test_text_reader_never_fails_with_anything_but_caffe_format_error(text):
+    try:
+        parse(text, "fuzz.prototxt")
+    except CaffeFormatError as err:
+        assert str(err).startswith("fuzz.prototxt: line ") and "\n" not in str(err)
