@@ -122,3 +122,83 @@ def test_convolution_geometry(case):
 @given(conv_case())
 def test_convolution_geometry_long(case):
     _conv(case)
+
+
+@st.composite
+def axis_case(draw):
+    op = draw(st.sampled_from(["Softmax", "Concat", "Flatten", "InnerProduct", "Scale", "Reshape"]))
+    axis = draw(st.integers(1, 3))
+    end = draw(st.integers(axis, 3))
+    layout = draw(st.sampled_from(["conv", "reshape"]))  # NHWC or Caffe-order input
+    negative = draw(st.booleans())
+    return op, axis, end, layout, negative
+
+
+def _axis(case):
+    op, axis, end, layout, negative = case
+    shape = (2, 3, 4, 5)
+    nb = NetBuilder("axis_prop", seed=axis * 10 + end)
+    x = nb.input("data", shape)
+    if layout == "conv":
+        y = nb.add(
+            "Convolution",
+            [x],
+            name="c",
+            param="convolution_param { num_output: 3 kernel_size: 1 }",
+            blobs=[nb.randn(3, 3, 1, 1), nb.randn(3)],
+        )
+    else:
+        y = nb.add(
+            "Reshape",
+            [x],
+            name="c",
+            param="reshape_param { shape { dim: 0 dim: 3 dim: -1 dim: 5 } }",
+        )
+    a = axis - 4 if negative else axis
+    if op == "Softmax":
+        nb.add(op, [y], name="op", param=f"softmax_param {{ axis: {a} }}")
+    elif op == "Concat":
+        nb.add(op, [y, x, y], name="op", param=f"concat_param {{ axis: {a} }}")
+    elif op == "Flatten":
+        e = end - 4 if negative else end
+        nb.add(op, [y], name="op", param=f"flatten_param {{ axis: {a} end_axis: {e} }}")
+    elif op == "InnerProduct":
+        k = int(np.prod(shape[axis:]))
+        nb.add(
+            op,
+            [y],
+            name="op",
+            param=f"inner_product_param {{ num_output: 3 axis: {a} }}",
+            blobs=[nb.randn(3, k), nb.randn(3)],
+        )
+    elif op == "Scale":
+        n = end - axis + 1
+        pshape = shape[axis : axis + n]
+        nb.add(
+            op,
+            [y],
+            name="op",
+            param=f"scale_param {{ axis: {a} num_axes: {n} bias_term: true }}",
+            blobs=[nb.randn(*pshape), nb.randn(*pshape)],
+        )
+    else:
+        dims = list(shape)
+        dims[axis] = -1
+        dims[0] = 0
+        spec = " ".join(f"dim: {d}" for d in dims[: end + 1])
+        nb.add(op, [y], name="op", param=f"reshape_param {{ shape {{ {spec} }} }}")
+    with tempfile.TemporaryDirectory() as folder:
+        check_net(nb, folder)
+
+
+@FAST
+@given(axis_case())
+def test_axis_parameters_on_any_layout(case):
+    _axis(case)
+
+
+@pytest.mark.slow
+@SLOW
+@given(axis_case())
+def test_axis_parameters_on_any_layout_long(case):
+    _axis(case)
