@@ -22,7 +22,7 @@ negative ``y`` it can round, but rounding is monotone and 1/2 is representable, 
 comparison with 1/2 never changes. Stochastic rounding is evaluated as
 ``floor(y) + [u < y − floor(y)]``, which has the distribution of ``floor(y + u)``
 (the result is ``floor(y) + 1`` with probability ``y − floor(y)``, so ``E[q] = y``
-to within 2^−24) but never suffers from the rounding of ``y + u``. ±inf stay ±inf
+up to the resolution of ``u``: 2^−23 for TF float32) but never suffers from the rounding of ``y + u``. ±inf stay ±inf
 and NaN stays NaN. Subnormal inputs are flushed to zero first, as TensorFlow's CPU kernels do (so the
 numpy and TF results agree bit for bit, signs of zeros included).
 
