@@ -102,3 +102,39 @@ def test_batchnorm_folded_conv_keeps_zeros(helpers):
     assert np.all(kernel[zeros_before] == 0)
     row = {r.layer: r for r in sparsity_report(qmodel)}["conv"]
     assert row.quantized_zeros >= int(zeros_before.sum())
+
+
+@pytest.mark.parametrize(
+    "settings,remask,plain_loses_zeros",
+    [
+        ({}, False, False),  # symmetric DFP: 0 -> 0 by itself
+        ({"power2_range": False}, False, False),  # caffe-jacinto symmetric non-pow2 scale
+        ({"apply_offset_weights": True}, True, True),  # offset: 0 -> (round(o) - o)/s
+        ({"precision": "minifloat"}, False, False),  # minifloat keeps 0
+        # Ristretto maps 0 to +2^exp_min (quant-schemes §2.4); kerasq.numerics keeps 0, and the
+        # mask is re-applied anyway because the quantizer does not declare preserves_zero.
+        ({"precision": "pow2_weights"}, True, False),
+    ],
+    ids=["dfp", "dfp-nonpow2", "offset", "minifloat", "pow2"],
+)
+def test_which_configs_need_the_mask_after_quantization(
+    helpers, settings, remask, plain_loses_zeros
+):
+    x, _ = helpers.digits_images(32)
+    sparse = strip(prune_model(helpers.small_model(), ConstantSparsity(0.6, 0)))
+    config = kerasq.QuantizationConfig(**settings)
+    masked = kerasq.quantize_model(sparse, config, preserve_sparsity=True)
+    plain = kerasq.quantize_model(sparse, config, preserve_sparsity=False)
+    for model in (masked, plain):
+        kerasq.calibrate(model, x)
+    quantizers = [q for layer in masked.layers for _, q, _ in getattr(layer, "_weight_vars", [])]
+    spqs = [q for q in quantizers if hasattr(q, "reapplies_mask")]
+    assert len(spqs) == 4 and all(q.reapplies_mask == remask for q in spqs)
+    masked_rows = {r.layer: r for r in sparsity_report(masked)}
+    plain_rows = {r.layer: r for r in sparsity_report(plain)}
+    for name, row in masked_rows.items():
+        assert row.quantized_zeros >= row.zeros, (name, row)  # with the mask: always kept
+        if plain_loses_zeros:  # without the mask the zeros are destroyed (quant-schemes §6.1)
+            assert plain_rows[name].quantized_zeros < plain_rows[name].zeros, name
+        else:
+            assert plain_rows[name].quantized_zeros >= plain_rows[name].zeros, name
