@@ -382,6 +382,10 @@ def _jacinto_layer(
             continue
         out[f"quantize_{kind}"] = True
         out[f"bitwidth_{kind}"] = q.int("bitwidth", 8)
+        if kind == "weights" and len(qparams) > 1:  # 0.17: one qparam_w per blob, [1] = bias
+            bias = _Reader(qparams[1], "quantization_param.qparam_w", layer=name)
+            if bias.bool("quantize", False):
+                out["bitwidth_bias"] = bias.int("bitwidth", 8)
         if kind == "activations" and q.has("unsigned_data"):
             out["unsigned_activations"] = q.bool("unsigned_data", False)
         if power2:

@@ -402,3 +402,25 @@ def test_text_reader_never_fails_with_anything_but_caffe_format_error(text):
         parse(text, "fuzz.prototxt")
     except CaffeFormatError as err:
         assert str(err).startswith("fuzz.prototxt: line ") and "\n" not in str(err)
+
+
+def test_jacinto017_stored_qparams_per_blob(tmp_path):
+    path = _write(tmp_path, """quantize: true
+net_quantization_param { update_quantization_param: false power2_scale_weights: true
+                         power2_scale_activations: true apply_offset_weights: false }
+layer { name: "conv1" type: "Convolution"
+  quantization_param {
+    power2_scale_weights: true power2_scale_activations: true
+    qparam_w { quantize: true bitwidth: 8 fracbits: 6 }
+    qparam_w { quantize: true bitwidth: 16 fracbits: 12 }
+    qparam_out { quantize: true bitwidth: 8 fracbits: 3 unsigned_data: false }
+  }
+}
+""")
+    cfg = config_from_caffe(path)
+    assert detect_flavor(parse_file(path)) == "jacinto-0.17"
+    assert dict(cfg.overrides["conv1"]) == {
+        "power2_range": True, "quantize_weights": True, "bitwidth_weights": 8,
+        "frac_bits_weights": 6, "bitwidth_bias": 16, "quantize_activations": True,
+        "bitwidth_activations": 8, "frac_bits_activations": 3, "unsigned_activations": False,
+    }
