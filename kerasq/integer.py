@@ -1,0 +1,367 @@
+"""Run a calibrated dynamic-fixed-point model end to end in integers.
+
+:func:`run` executes a model made by :func:`kerasq.quantize_model` (and calibrated or
+trained) the way a fixed-point accelerator would: every quantized tensor is held as
+integers ``q`` with a fractional length ``fl`` (value ``q·2^−fl``); Conv2D,
+DepthwiseConv2D and Dense run on the integer kernels of :mod:`kerasq.ops` (int8/int16
+operands, exact accumulation, bias, shift requantization with the output quantizer's
+rounding and saturation); ReLU, max pooling, padding, reshapes, Add and Concatenate work
+on the integers exactly (operands aligned to the larger fractional length by left
+shifts) and are requantized by their output quantizer.
+
+The result equals the fake-quantized Keras model ``qmodel(x, training=False)`` bit for
+bit whenever the float32 simulation is itself exact (accumulators below 2^24 steps of
+the accumulator's grid, which holds for 8-bit layers with up to ~1000 inputs per output)
+and the rounding is deterministic; ``tests/test_integer.py`` checks this on calibrated
+models.
+
+Supported: power-of-two DFP quantizers (kerasq's default scheme) of up to 16 bits.
+caffe-jacinto's non-power-of-two or offset scales, minifloat and power-of-two weights
+have no integer form and raise :class:`kerasq.errors.UnsupportedLayerError`.
+
+Example:
+    >>> import kerasq  # doctest: +SKIP
+    >>> qmodel = kerasq.quantize_model(model); kerasq.calibrate(qmodel, x_cal)  # doctest: +SKIP
+    >>> y = kerasq.integer.run(qmodel, x)   # == qmodel(x, training=False)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from kerasq.errors import UnsupportedLayerError, VerificationError
+
+log = logging.getLogger("kerasq.integer")
+
+
+@dataclasses.dataclass
+class IntTensor:
+    """Exact fixed-point tensor: ``values·2^−frac`` (int64 values)."""
+
+    values: np.ndarray
+    frac: int
+
+    def to_float(self) -> np.ndarray:
+        """The represented real values as float32 (exact for up to 24 significant bits)."""
+        return np.ldexp(self.values.astype(np.float64), -self.frac).astype(np.float32)
+
+
+Value = Union[IntTensor, np.ndarray]
+
+
+# ------------------------------------------------------------------ integer helpers
+
+
+def _shift_round(values: np.ndarray, shift: int, rounding: str) -> np.ndarray:
+    """round(values / 2^shift) for shift > 0 in exact int64 arithmetic."""
+    d = np.int64(1) << np.int64(shift)
+    half = d >> np.int64(1)
+    if rounding == "half_up":
+        return (values + half) >> np.int64(shift)
+    if rounding == "nearest":
+        return np.sign(values) * ((np.abs(values) + half) >> np.int64(shift))
+    if rounding == "nearest_even":
+        q = values >> np.int64(shift)
+        rem = values - (q << np.int64(shift))
+        return q + ((rem > half) | ((rem == half) & (q % 2 == 1)))
+    raise UnsupportedLayerError(f"rounding {rounding!r} has no deterministic integer form")
+
+
+def _requantize(t: IntTensor, frac: int, bitwidth: int, signed: bool, rounding: str) -> IntTensor:
+    """Put an exact tensor on the DFP grid (bitwidth, frac): shift, round, saturate."""
+    shift = t.frac - frac
+    if shift > 0:
+        v = _shift_round(t.values, shift, rounding)
+    else:
+        v = t.values * (np.int64(1) << np.int64(-shift))
+    lo, hi = (-(2 ** (bitwidth - 1)), 2 ** (bitwidth - 1) - 1) if signed else (0, 2**bitwidth - 1)
+    return IntTensor(np.clip(v, lo, hi), frac)
+
+
+def _align(tensors: Sequence[IntTensor]) -> Tuple[List[np.ndarray], int]:
+    frac = max(t.frac for t in tensors)
+    return [t.values << np.int64(frac - t.frac) for t in tensors], frac
+
+
+def _grid(quantizer: Any, qvars: Any, where: str) -> Dict[str, Any]:
+    spec = getattr(quantizer, "export_spec", lambda v: None)(qvars)
+    if not spec or spec.get("kind") != "dfp":
+        raise UnsupportedLayerError(
+            f"{type(quantizer).__name__} is not a power-of-two DFP quantizer (or has no "
+            "calibrated range); only DFP grids have an integer form", layer=where)
+    if spec["bitwidth"] > 16:
+        raise UnsupportedLayerError(f"{spec['bitwidth']}-bit tensors exceed the int16 kernels",
+                                    layer=where)
+    return spec
+
+
+def _quantize_value(value: Value, quantizer: Any, qvars: Any, where: str) -> IntTensor:
+    spec = _grid(quantizer, qvars, where)
+    frac = int(np.asarray(spec["frac_bits"]).reshape(-1)[0])
+    rounding = spec.get("rounding", "nearest")
+    if isinstance(value, IntTensor):
+        return _requantize(value, frac, spec["bitwidth"], spec["signed"], rounding)
+    from kerasq.numerics import dfp_quantize
+
+    q = dfp_quantize(np.asarray(value, np.float32), spec["bitwidth"], frac,
+                     signed=spec["signed"], rounding=rounding)
+    return IntTensor(np.ldexp(np.asarray(q, np.float64), frac).astype(np.int64), frac)
+
+
+def _integer_weights(variable: Any, quantizer: Any, qvars: Any, where: str
+                     ) -> Tuple[np.ndarray, np.ndarray]:
+    """(integers, per-channel fractional lengths flattened) of a fake-quantized weight."""
+    inner = getattr(quantizer, "inner", quantizer)  # e.g. a sparsity-preserving wrapper
+    if not (getattr(inner, "power2_range", False) and not getattr(inner, "apply_offset", True)
+            and "frac_bits" in qvars and getattr(inner, "bitwidth", 99) <= 16):
+        raise UnsupportedLayerError(f"{type(inner).__name__} is not a power-of-two DFP weight "
+                                    "quantizer of at most 16 bits", layer=where)
+    wq = np.asarray(quantizer(variable, False, weights=qvars), np.float64)
+    fl = np.asarray(qvars["frac_bits"].numpy()).astype(np.int64).reshape(-1)
+    scale = np.ldexp(1.0, fl) if fl.size == 1 else np.ldexp(1.0, fl).reshape(
+        (1,) * (wq.ndim - 1) + (-1,)) if wq.ndim else np.ldexp(1.0, fl)
+    if fl.size > 1 and wq.ndim == 4 and qvars["frac_bits"].shape.rank == 2:  # depthwise [C, M]
+        scale = np.ldexp(1.0, fl).reshape((1, 1) + tuple(qvars["frac_bits"].shape))
+    ints = wq * scale
+    if not np.all(ints == np.round(ints)):
+        raise VerificationError("fake-quantized weights are not on their stored DFP grid",
+                                layer=where)
+    return ints.astype(np.int64), fl
+
+
+def _float_bias(b: np.ndarray, where: str) -> Tuple[np.ndarray, int]:
+    """An unquantized (float32) bias as int32 at the smallest fractional length holding it
+    exactly, or, when that does not fit int32, at the finest one that does (rounded).
+
+    The float simulation adds the bias in float32, so it is exact (and the integer run
+    equal to it) only when acc + b fits float32's 24 bits; see the module docstring.
+    """
+    b = np.asarray(b, np.float64).reshape(-1)
+    top = float(np.max(np.abs(b), initial=0.0))
+    cap = 30 - (int(np.ceil(np.log2(top))) if top > 0 else 0)
+    for frac in range(0, max(cap, 0) + 1):
+        scaled = np.ldexp(b, frac)
+        if np.all(scaled == np.round(scaled)):
+            return scaled.astype(np.int32), frac
+    log.info("%s: float bias rounded to 2^-%d (not exactly representable in int32)", where, cap)
+    return np.round(np.ldexp(b, cap)).astype(np.int32), cap
+
+
+def _int_dtype(values: np.ndarray, where: str) -> Any:
+    lo, hi = (int(values.min()), int(values.max())) if values.size else (0, 0)
+    if -128 <= lo and hi <= 127:
+        return np.int8
+    if -32768 <= lo and hi <= 32767:
+        return np.int16
+    raise UnsupportedLayerError("operand does not fit int16", layer=where)
+
+
+# ------------------------------------------------------------------ layers
+
+
+def _activation(values: np.ndarray, frac: int, activation: Any, where: str) -> np.ndarray:
+    name = getattr(activation, "__name__", str(activation))
+    if name in ("linear", "None"):
+        return values
+    if name == "relu":
+        return np.maximum(values, 0)
+    if name == "relu6":
+        return np.clip(values, 0, 6 << frac) if frac >= 0 else np.maximum(values, 0)
+    raise UnsupportedLayerError(f"activation {name!r} has no exact integer form", layer=where)
+
+
+def _linear_layer(wrapper: Any, inner: Any, x: Value, config: Any) -> IntTensor:
+    """Conv2D / DepthwiseConv2D / Dense on the integer kernels of kerasq.ops."""
+    from kerasq._compat import keras
+    from kerasq import ops
+
+    where = inner.name
+    if not isinstance(x, IntTensor):
+        raise UnsupportedLayerError("the layer input is not quantized", layer=where)
+    attrs = config._present(inner)
+    weights = dict(zip(attrs, wrapper._weight_vars))
+    kernel_attr = "depthwise_kernel" if isinstance(inner, keras.layers.DepthwiseConv2D) else "kernel"
+    if kernel_attr not in weights:
+        raise UnsupportedLayerError(f"{kernel_attr} is not quantized", layer=where)
+    w_int, w_frac = _integer_weights(*weights[kernel_attr], where)
+    bias, bias_frac = None, None
+    if "bias" in weights:
+        b_int, b_fl = _integer_weights(*weights["bias"], where)
+        bias_frac = int(b_fl.max())
+        b_int = b_int.reshape(-1) << (bias_frac - np.broadcast_to(b_fl, b_int.reshape(-1).shape))
+        if np.abs(b_int).max(initial=0) >= 2**31:
+            raise UnsupportedLayerError("bias does not fit int32 at a common fractional length",
+                                        layer=where)
+        bias = b_int.astype(np.int32)
+    elif getattr(inner, "use_bias", False):
+        bias, bias_frac = _float_bias(inner.bias.numpy(), where)
+    out_q = wrapper._output_quantizers[0] if wrapper._output_quantizers else None
+    if out_q is not None:
+        spec = _grid(out_q, wrapper._output_quantizer_vars, where)
+        out_frac = int(np.asarray(spec["frac_bits"]).reshape(-1)[0])
+        out = dict(out_frac=out_frac, out_bitwidth=spec["bitwidth"], out_signed=spec["signed"],
+                   rounding=spec.get("rounding", "nearest"))
+    else:  # keep the exact accumulator (left shifts only)
+        acc_frac = x.frac + int(w_frac.max())
+        out_frac = max(acc_frac, bias_frac if bias_frac is not None else acc_frac)
+        out = dict(out_frac=out_frac, out_bitwidth=32, out_signed=True, rounding="nearest",
+                   out_dtype=np.int32)
+    xv = x.values.astype(_int_dtype(x.values, where))
+    wv = w_int.astype(_int_dtype(w_int, where))
+    w_fl = w_frac if w_frac.size > 1 else int(w_frac[0])
+    common = dict(x_frac=x.frac, w_frac=w_fl, bias_frac=bias_frac, **out)
+    if isinstance(inner, keras.layers.Dense):
+        y = ops.dfp_matmul(xv, wv, bias, **common)
+    elif isinstance(inner, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
+        if getattr(inner, "groups", 1) != 1 or inner.data_format != "channels_last":
+            raise UnsupportedLayerError("only channels_last, ungrouped convolutions", layer=where)
+        fn = ops.dfp_depthwise_conv2d if isinstance(inner, keras.layers.DepthwiseConv2D) else ops.dfp_conv2d
+        y = fn(xv, wv, bias, strides=tuple(inner.strides), padding=inner.padding.upper(),
+               dilations=tuple(inner.dilation_rate), **common)
+    else:
+        raise UnsupportedLayerError(f"{type(inner).__name__} has no integer kernel", layer=where)
+    values = y.numpy().astype(np.int64)
+    if out_q is None and np.any(np.abs(values) >= 2**31 - 1):
+        raise UnsupportedLayerError("unquantized accumulator overflows int32", layer=where)
+    return IntTensor(_activation(values, out["out_frac"], inner.activation, where), out["out_frac"])
+
+
+def _exact_layer(layer: Any, inputs: List[Value]) -> Value:
+    """Layers that move or combine values exactly (no rounding)."""
+    from kerasq._compat import keras, tf
+
+    where = layer.name
+    if all(not isinstance(v, IntTensor) for v in inputs):  # float region: run Keras itself
+        out = layer(*[tf.constant(v) for v in inputs]) if len(inputs) == 1 else layer(
+            [tf.constant(v) for v in inputs])
+        return np.asarray(out)
+    if not all(isinstance(v, IntTensor) for v in inputs):
+        raise UnsupportedLayerError("mixes quantized and float inputs", layer=where)
+    x = inputs[0]
+    if isinstance(layer, (keras.layers.Flatten, keras.layers.Reshape)):
+        batch = x.values.shape[0]
+        shape = (batch, -1) if isinstance(layer, keras.layers.Flatten) else (batch, *layer.target_shape)
+        return IntTensor(x.values.reshape(shape), x.frac)
+    if isinstance(layer, (keras.layers.Dropout, keras.layers.Activation, keras.layers.ReLU)):
+        if isinstance(layer, keras.layers.Dropout):
+            return x
+        if isinstance(layer, keras.layers.ReLU):
+            if layer.negative_slope != 0 or layer.threshold != 0:
+                raise UnsupportedLayerError("leaky/thresholded ReLU", layer=where)
+            v = np.maximum(x.values, 0)
+            if layer.max_value is not None:
+                cap = float(layer.max_value) * 2.0**x.frac
+                if cap != int(cap):
+                    raise UnsupportedLayerError("max_value not on the grid", layer=where)
+                v = np.minimum(v, int(cap))
+            return IntTensor(v, x.frac)
+        return IntTensor(_activation(x.values, x.frac, layer.activation, where), x.frac)
+    if isinstance(layer, keras.layers.ZeroPadding2D):
+        (t, b), (left, r) = layer.padding
+        return IntTensor(np.pad(x.values, [(0, 0), (t, b), (left, r), (0, 0)]), x.frac)
+    if isinstance(layer, keras.layers.MaxPooling2D):
+        # float64 holds these integers exactly; max commutes with any monotone rounding
+        pooled = tf.nn.max_pool2d(tf.constant(x.values.astype(np.float64)), layer.pool_size,
+                                  layer.strides, layer.padding.upper())
+        return IntTensor(pooled.numpy().astype(np.int64), x.frac)
+    if isinstance(layer, keras.layers.Add):
+        values, frac = _align(inputs)
+        return IntTensor(np.sum(values, axis=0), frac)
+    if isinstance(layer, keras.layers.Concatenate):
+        values, frac = _align(inputs)
+        return IntTensor(np.concatenate(values, axis=layer.axis), frac)
+    raise UnsupportedLayerError(f"{type(layer).__name__} has no exact integer form", layer=where)
+
+
+def _graph(qmodel: Any) -> Tuple[Dict[str, List[Tuple[str, int, int]]], list, list]:
+    """(layer name -> inbound (layer, node, tensor) keys, input keys, output keys)."""
+    config = qmodel.get_config()
+    if "layers" not in config or "input_layers" not in config:
+        raise UnsupportedLayerError("not a functional model (use kerasq.quantize_model's output)",
+                                    layer=qmodel.name)
+    inbound: Dict[str, List[Tuple[str, int, int]]] = {}
+    for spec in config["layers"]:
+        nodes = spec.get("inbound_nodes") or []
+        if len(nodes) > 1:
+            raise UnsupportedLayerError("shared layers (called more than once)", layer=spec["name"])
+        keys = []
+        for entry in (nodes[0] if nodes else []):
+            if isinstance(entry, dict):  # newer serialization: {"args": ..., "kwargs": ...}
+                raise UnsupportedLayerError("unsupported model config format", layer=spec["name"])
+            keys.append((entry[0], int(entry[1]), int(entry[2])))
+        inbound[spec["name"]] = keys
+
+    def as_keys(entries):
+        if entries and not isinstance(entries[0], (list, tuple)):
+            entries = [entries]
+        return [(e[0], int(e[1]), int(e[2])) for e in entries]
+
+    return inbound, as_keys(config["input_layers"]), as_keys(config["output_layers"])
+
+
+def run(qmodel: Any, x: Any, *, return_integers: bool = False) -> Any:
+    """Execute a calibrated DFP model in integers; returns what ``qmodel`` returns.
+
+    Args:
+        qmodel: a functional/Sequential model from :func:`kerasq.quantize_model`.
+        x: input batch (numpy or tensor; a list for several inputs).
+        return_integers: return :class:`IntTensor` outputs (integers and fractional
+            length) instead of their float32 values.
+
+    Returns:
+        One output (or a list, as the model has), equal to ``qmodel(x, training=False)``
+        bit for bit under the conditions in the module docstring.
+
+    Raises:
+        UnsupportedLayerError: a layer or quantizer without an exact integer form (names
+        the layer).
+    """
+    from kerasq._compat import keras
+    from tensorflow_model_optimization.python.core.quantization.keras import (
+        quantize_layer, quantize_wrapper)
+
+    inbound, input_keys, output_keys = _graph(qmodel)
+    inputs = list(x) if isinstance(x, (list, tuple)) else [x]
+    if len(inputs) != len(input_keys):
+        raise UnsupportedLayerError(f"model has {len(input_keys)} inputs, got {len(inputs)}")
+    values: Dict[Tuple[str, int, int], Value] = {
+        k: np.asarray(v, np.float32) for k, v in zip(input_keys, inputs)}
+    for layer in qmodel.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        try:
+            args = [values[k] for k in inbound[layer.name]]
+        except KeyError as exc:
+            raise UnsupportedLayerError("input produced outside the model", layer=layer.name) from exc
+        if isinstance(layer, quantize_layer.QuantizeLayer):
+            out: Value = (_quantize_value(args[0], layer.quantizer, layer.quantizer_vars, layer.name)
+                          if layer.quantizer else args[0])
+        elif isinstance(layer, quantize_wrapper.QuantizeWrapper):
+            inner, config = layer.layer, layer.quantize_config
+            linear = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
+            if isinstance(inner, linear) and not isinstance(
+                    inner, keras.layers.Conv2DTranspose):
+                out = _linear_layer(layer, inner, args[0], config)
+            else:
+                if layer._weight_vars:
+                    raise UnsupportedLayerError(f"{type(inner).__name__} with quantized weights "
+                                                "has no integer kernel", layer=inner.name)
+                out = _exact_layer(inner, args)
+                if layer._output_quantizers:
+                    out = _quantize_value(out, layer._output_quantizers[0],
+                                          layer._output_quantizer_vars, inner.name)
+        else:
+            out = _exact_layer(layer, args)
+        values[(layer.name, 0, 0)] = out
+        log.debug("%s: %s", layer.name, f"fl={out.frac}" if isinstance(out, IntTensor) else "float")
+    results = [values[k] for k in output_keys]
+    if not return_integers:
+        results = [r.to_float() if isinstance(r, IntTensor) else r for r in results]
+    return results[0] if len(results) == 1 else results
+
+
+__all__ = ["IntTensor", "run"]
