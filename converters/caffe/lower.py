@@ -153,6 +153,11 @@ class LoweringContext:
         return [blobs[0]] + [self.to_perm(b, blobs[0].perm, node) for b in blobs[1:]]
 
 
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def _check(ctx: LoweringContext, node: Node, blob: Blob) -> None:
     """Catch shape-inference bugs early: Keras static shape vs the Caffe shape."""
     actual = tuple(blob.tensor.shape)
@@ -215,13 +220,18 @@ def lower_graph(
         except UnsupportedLayerError as err:
             raise err.with_context(file=graph.source or None, layer=node.caffe_name) from None
         inputs = [blobs[b] for b in node.bottoms]
+        if not inputs and node.type != "Silence":
+            ctx.error(node, f"{node.type} layer has no bottom", CaffeFormatError)
         try:
             results = fn(ctx, node, inputs)
         except KerasqError as err:
             raise err.with_context(file=graph.source or None, layer=node.caffe_name)
-        except (ValueError, TypeError) as err:
+        except (ValueError, TypeError, IndexError) as err:
+            # Keras/TF refusing a configuration the handler did not foresee.
             raise UnsupportedLayerError(
-                f"cannot lower {node.type}: {err}", file=graph.source or None, layer=node.caffe_name
+                f"cannot lower {node.type}: {_first_line(err)}",
+                file=graph.source or None,
+                layer=node.caffe_name,
             ) from err
         if len(results) != len(node.tops):
             ctx.error(
