@@ -271,3 +271,17 @@ def test_supported_layer_table_is_up_to_date():
         "Slice",
     ):
         assert f"| `{caffe_type}` |" in committed
+
+
+def test_verbose_logs_every_layer(capsys, caplog, tmp_path):
+    import logging
+
+    from kerasq.cli import main
+
+    _, proto, model = _golden("lenet")
+    with caplog.at_level(logging.INFO, logger="kerasq"):
+        assert main(["-v", "convert", str(proto), str(model), "-o", str(tmp_path / "m.h5")]) == 0
+    lines = [r.getMessage() for r in caplog.records if r.name == "kerasq.converters.caffe.lower"]
+    assert len(lines) == 8  # Input is not a lowered layer
+    assert lines[0].startswith("[1/8] conv1 (Convolution) -> [None, 20, 24, 24]")
+    assert lines[-1].startswith("[8/8] prob (Softmax)")
