@@ -143,7 +143,9 @@ def bias_quantizer(config: QuantizationConfig) -> Any:
                                   config.train_rounding, config.quantization_start)
     if config.bitwidth_bias >= 32:
         return None
+    # A pinned weight fl (Ristretto's fl_params) also applies to the bias, as in Ristretto.
     return BiasQuantizer(config.bitwidth_bias, config.rounding, config.train_rounding,
+                         frac_bits=config.frac_bits_weights,
                          quantization_start=config.quantization_start)
 
 

@@ -366,8 +366,6 @@ def test_ristretto_prototxt_reproduces_ristretto_forward_pass():
     np.testing.assert_array_equal(qmodel.predict(x, verbose=0), expected.astype(np.float32))
 
 
-@pytest.mark.xfail(strict=False, reason="kerasq's BiasQuantizer takes the bias fl from the bias "
-                   "range; Ristretto trims the bias with the weights' fl_params (reported)")
 def test_ristretto_bias_uses_the_weights_fractional_length():
     qmodel, x, weights = _ristretto_net(use_bias=True)
     expected = _ristretto_forward(x, weights, use_bias=True)
