@@ -151,7 +151,7 @@ def _dfp_tf(x, bitwidth, frac_bits, signed, rounding, seed):
     @tf.custom_gradient
     def quantize(xv):
         y = _float.tf_ldexp(xv, fl)
-        q = tf_round(tf.clip_by_value(y, qmin, qmax), rounding, seed)
+        q = tf_round(tf.clip_by_value(y, qmin, qmax), rounding, seed, signed_zeros=False)
         q = tf.where(q == 0, tf.constant(0, q.dtype), q)  # the integer 0 has no sign
         out = _float.tf_ldexp(q, -fl)
 

@@ -105,15 +105,24 @@ def _tf_seed(seed: Seed) -> Any:
     return tf.constant(pair, dtype=tf.int64)
 
 
-def tf_round(y: Any, rounding: str, seed: Seed = None) -> Any:
-    """TF implementation of :func:`round_values` for float32/float64 ``y``."""
+def tf_round(y: Any, rounding: str, seed: Seed = None, *, signed_zeros: bool = True) -> Any:
+    """TF implementation of :func:`round_values` for float32/float64 ``y``.
+
+    ``signed_zeros=False`` lets a zero result of ``"nearest"`` be +0 or −0 (for callers
+    that canonicalize zeros themselves); otherwise it has the sign of ``y`` like numpy.
+    """
     from kerasq._compat import tf
 
     if rounding == "nearest_even":
         return tf.math.rint(y)
     if rounding == "nearest":
-        whole = tf.where(y < 0, tf.math.ceil(y), tf.math.floor(y))
-        return tf.where(tf.abs(y - whole) >= 0.5, whole + tf.sign(y), whole)
+        # floor(|y| + c) with c the largest float below 1/2 is exact round-half-away:
+        # a tie |y| = k + 1/2 sums to k + 1 − ulp/2 and rounds up to k + 1, anything
+        # below a tie stays below k + 1, and large integers are not pushed up (a
+        # different algorithm from np_round, so the bit-identity tests check both).
+        below_half = float(np.nextafter(y.dtype.as_numpy_dtype(0.5), 0))
+        q = tf.sign(y) * tf.math.floor(tf.abs(y) + below_half)
+        return tf.where(q == 0, y * 0, q) if signed_zeros else q  # 0 with y's sign
     low = tf.math.floor(y)
     frac = y - low
     if rounding == "half_up":
