@@ -284,13 +284,17 @@ class DFPActivationQuantizer(_KerasqQuantizer):
         fl, scale, offset = params
         unsigned = self.is_unsigned(range_min)
         if self.power2_range and not self.apply_offset:
+            if rounding == "half_up" and self.bitwidth <= 16:
+                # one FakeQuant op, signedness as data (no tf.cond): TFLite-convertible
+                lo_s, hi_s = _qrange(self.bitwidth, True)
+                lo_u, hi_u = _qrange(self.bitwidth, False)
+                step = tf.pow(2.0, -tf.cast(fl, tf.float32))
+                qmin = tf.where(unsigned, lo_u, lo_s)
+                qmax = tf.where(unsigned, hi_u, hi_s)
+                return tf.quantization.fake_quant_with_min_max_vars(
+                    x, qmin * step, qmax * step, num_bits=self.bitwidth, narrow_range=False)
+
             def dfp(is_signed):
-                if rounding == "half_up" and self.bitwidth <= 16:
-                    qmin, qmax = _qrange(self.bitwidth, is_signed)
-                    step = tf.pow(2.0, -fl)
-                    return tf.quantization.fake_quant_with_min_max_vars(
-                        x, qmin * step, qmax * step, num_bits=self.bitwidth,
-                        narrow_range=False)
                 return _backend.dfp_quantize(x, self.bitwidth, fl, signed=is_signed,
                                              rounding=rounding)
             if self.signed is None:
@@ -314,8 +318,8 @@ class DFPActivationQuantizer(_KerasqQuantizer):
                 with tf.control_dependencies([count.assign_add(1)]):
                     return tf.identity(inputs)
 
-        def gated(active, quantized):
-            if self.quantization_start == 0:
+        def gated(active, quantized, force_cond=False):
+            if self.quantization_start == 0 and not force_cond:
                 return quantized()
             return _cond(active, quantized, lambda: tf.identity(inputs))
 
@@ -328,7 +332,17 @@ class DFPActivationQuantizer(_KerasqQuantizer):
                     return gated(active, lambda: self.quantize(
                         inputs, new_min, params, self._round_mode(True)))
 
+        def stored_fake_quant():
+            return self.quantize(inputs, weights["min"], (weights["frac_bits"], weights["scale"],
+                                                          weights["offset"]),
+                                 self._round_mode(False))
+
         def infer_branch():
+            if self._round_mode(False) == "half_up":
+                # export form: FakeQuant on the stored fl only (constant once frozen), so
+                # the TFLite converter makes it int8; an uncalibrated quantizer is float
+                return gated(tf.logical_and(count > 0, count >= self.quantization_start),
+                             stored_fake_quant, force_cond=True)
             # the stored range; never calibrated nor trained: this batch's min/max
             has_range = count > 0
             x = tf.cast(inputs, tf.float32)
@@ -429,6 +443,11 @@ class DFPWeightQuantizer(_WeightQuantizerBase):
         keep = {a % rank for a in self.channel_axes}
         return [a for a in range(rank) if a not in keep]
 
+    def _keepdims_shape(self, w: tf.Tensor) -> list:
+        rank = w.shape.rank
+        reduce = set(self._reduce_axes(rank))
+        return [1 if a in reduce else w.shape[a] for a in range(rank)]
+
     def _channel_shape(self, shape: Sequence[int]) -> Tuple[int, ...]:
         if self.channel_axes is None:
             return ()
@@ -506,6 +525,12 @@ class DFPWeightQuantizer(_WeightQuantizerBase):
 
     def fake_quantize(self, w: tf.Tensor, weights: Dict[str, tf.Variable],
                       rounding: str, params: Any = None) -> tf.Tensor:
+        if params is None and rounding == "half_up" and self.power2_range \
+                and not self.apply_offset and self.frac_bits is None:
+            # export form: the stored fl (refreshed by training steps, calibrate and
+            # quantize_model) is a constant once frozen, so TFLite makes int8 weights
+            stored = tf.reshape(weights["frac_bits"], self._keepdims_shape(w))
+            params = (stored, None, None, None, None)
         fl, scale, offset, _, _ = params if params is not None else self.params(w)
         if self.power2_range and not self.apply_offset:
             if rounding == "half_up" and self.bitwidth <= 16 and (
