@@ -172,3 +172,33 @@ def test_savedmodel_round_trip_keeps_masks_and_pruning_continues(helpers, tmp_pa
     )  # fmt: skip
     for row in sparsity_report(reloaded):
         assert row.sparsity >= 0.7 - 1.0 / row.count and row.quantized_zeros >= row.zeros
+
+
+def test_jacinto_schedule_continues_during_qat(helpers):
+    """caffe-jacinto's recipe on a quantized model: the channel-wise threshold schedule runs
+    while QAT trains, until the convolutions reach sparsity_target."""
+    from kerasq.prune import JacintoChannelSchedule
+    from kerasq.prune.schedules import mask_sparsity
+
+    x, y = helpers.digits_images(256)
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="conv1")(inp)
+    h = keras.layers.Conv2D(32, 3, activation="relu", name="conv2")(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    model = keras.Model(inp, keras.layers.Dense(10, name="fc")(h))
+    qmodel = kerasq.quantize_model(model, preserve_sparsity=True)
+    schedule = JacintoChannelSchedule(
+        0.6, start_factor=0.5, step_factor=0.05, step_iter=2,
+        threshold_maxratio=1.0, threshold_value_max=10.0, threshold_step_factor=1e-6,
+    )  # fmt: skip
+    qmodel.compile(
+        keras.optimizers.SGD(0.05, momentum=0.9),
+        keras.losses.CategoricalCrossentropy(from_logits=True),
+    )
+    qmodel.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[PruningCallback(schedule)])
+    slots = {s.layer_name: s for s in find_mask_slots(qmodel)}
+    assert mask_sparsity([slots["conv2"]]) >= 0.6 - 1.0 / 9  # "mid": the factor itself
+    assert (slots["fc"].weight.numpy() == 0).sum() == 0  # InnerProduct is never thresholded
+    rows = {r.layer: r for r in sparsity_report(qmodel)}
+    assert rows["conv2"].quantized_zeros >= rows["conv2"].zeros > 0
