@@ -43,7 +43,21 @@ def render() -> str:
     for entry in _registry.entries():
         module = entry.module.rsplit(".", 1)[-1]
         rows.append(f"| `{entry.caffe_type}` | `layers/{module}.py` | {entry.partial or ''} |")
-    return HEADER + "\n".join(rows) + f"\n\n{len(rows)} layer types.\n"
+    from kerasq.converters.caffe.passes import TYPE_ALIASES
+
+    aliases = "\n".join(
+        f"| `{alias}` | `{target}` |" for alias, target in sorted(TYPE_ALIASES.items())
+    )
+    return (
+        HEADER
+        + "\n".join(rows)
+        + f"\n\n{len(rows)} layer types.\n\n"
+        + "Aliases (quantized-training types read as their float layers; their quantization\n"
+        + "parameters are read by `QuantizationConfig.from_caffe`):\n\n"
+        + "| Caffe type | lowered as |\n|---|---|\n"
+        + aliases
+        + "\n"
+    )
 
 
 def main(argv=None) -> int:

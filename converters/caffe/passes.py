@@ -54,6 +54,15 @@ DATA_LAYER_TYPES = frozenset(
 )
 TRAIN_ONLY_TYPES = frozenset({"Accuracy", "Silence", "HDF5Output"})
 
+# Quantized-training layer types read as their float counterparts: the float weights are in
+# the caffemodel; the quantization parameters are read by QuantizationConfig.from_caffe.
+TYPE_ALIASES = {
+    "ConvolutionRistretto": "Convolution",
+    "DeconvolutionRistretto": "Deconvolution",
+    "FcRistretto": "InnerProduct",
+    "LRNRistretto": "LRN",
+}
+
 
 def _is_train_only(layer_type: str) -> bool:
     return layer_type in TRAIN_ONLY_TYPES or layer_type.endswith("Loss")
@@ -195,12 +204,16 @@ def _resolve_inputs(
 def _attach_weights(nodes: List[Node], table: Dict[str, List[List[np.ndarray]]]) -> None:
     seen: Dict[str, int] = {}
     by_share_name: Dict[str, np.ndarray] = {}
+    used: Set[int] = set()  # arrays already given to a node: later users get a copy
     for node in nodes:
         k = seen.get(node.caffe_name, 0)
         seen[node.caffe_name] = k + 1
         entries = table.get(node.caffe_name)
         if entries:
-            node.blobs = [b.copy() for b in entries[min(k, len(entries) - 1)]]
+            chosen = entries[min(k, len(entries) - 1)]
+            # No copy on first use: big models would otherwise hold their weights twice.
+            node.blobs = [b.copy() if id(b) in used else b for b in chosen]
+            used.update(id(b) for b in chosen)
         for i, spec in enumerate(node.param.param):
             if not spec.name:
                 continue
@@ -468,7 +481,7 @@ def build_graph(
         graph.nodes.append(
             Node(
                 name=unique,
-                type=layer.type,
+                type=TYPE_ALIASES.get(layer.type, layer.type),
                 bottoms=bottoms,
                 tops=tops,
                 caffe_tops=list(layer.top),
@@ -479,7 +492,8 @@ def build_graph(
         )  # blobs written in the prototxt: fallback
 
     if weights is not None:
-        _attach_weights(graph.nodes, weights_by_layer(weights, weights_source))
+        table = weights if isinstance(weights, dict) else weights_by_layer(weights, weights_source)
+        _attach_weights(graph.nodes, table)  # a dict: already streamed (stream_reader)
     if outputs is not None:
         prune_to_outputs(graph, outputs)
     if fold:
@@ -533,5 +547,6 @@ __all__ = [
     "fold_batchnorm",
     "batchnorm_stats",
     "DATA_LAYER_TYPES",
+    "TYPE_ALIASES",
     "TRAIN_ONLY_TYPES",
 ]

@@ -37,6 +37,31 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 _UNKNOWN_FIELD = re.compile(r'has no field named "([^"]+)"')
 
+# Fields of caffe-jacinto / Ristretto / sparsity forks: not needed to convert the float net
+# (QuantizationConfig.from_caffe reads them), so skipping them is not worth a warning.
+QUANTIZATION_FIELDS = frozenset(
+    {
+        "quantization_param",
+        "quantize",
+        "net_quantization_param",
+        "sparse_mode",
+        "sparsity_target",
+        "sparsity_step_factor",
+        "sparsity_step_iter",
+        "sparsity_start_iter",
+        "sparsity_start_factor",
+        "sparsity_threshold",
+        "sparsity_threshold_maxratio",
+        "sparsity_itr_increment_bfr_applying",
+        "sparsity_threshold_value_max",
+        "display_sparsity",
+        "insert_quantization_param",
+        "quantization_start",
+        "quantization_start_iter",
+        "display_quantization",
+    }
+)
+
 
 def _syntax_error(err: text_format.ParseError) -> str:
     """``'2:9 : '': Expected ...'`` -> ``'line 2, column 9: Expected ...'``."""
@@ -78,9 +103,18 @@ def parse_prototxt_text(text: str, source: str = "<prototxt>") -> caffe_pb2.NetP
     except text_format.ParseError as err:
         raise CaffeFormatError(_syntax_error(err), file=source) from None
     names = sorted(set(_unknown_field_names(text)))
-    log.warning(
-        "%s: skipped fields this Caffe schema does not know: %s", source, ", ".join(names) or "?"
-    )
+    unknown = [n for n in names if n not in QUANTIZATION_FIELDS]
+    if unknown or not names:
+        log.warning(
+            "%s: skipped fields this Caffe schema does not know: %s",
+            source,
+            ", ".join(unknown) or "?",
+        )
+    quant = [n for n in names if n in QUANTIZATION_FIELDS]
+    if quant:
+        log.info(
+            "%s: quantization/sparsity fields left to kerasq quantize: %s", source, ", ".join(quant)
+        )
     return net
 
 

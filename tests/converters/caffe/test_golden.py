@@ -108,3 +108,30 @@ def test_batch_and_spatial_size_other_than_declared():
     # The top-left 9x10 outputs only see the copied 17x19 region (k3 s2 p1, the window
     # of output 8 ends at row 17 = zero pad in the small image, real data in the big one).
     assert_caffe_close(got["conv"][1:2, :, :8, :9], want[:, :, :8, :9], "conv crop")
+
+
+def test_ristretto_layer_types_read_as_float_layers(tmp_path, caplog):
+    """A Ristretto-quantized prototxt (ConvolutionRistretto/FcRistretto + quantization_param)
+    with the float caffemodel computes the float net (quantization is kerasq.schemes' job)."""
+    import logging
+
+    folder = shared_path("caffe-golden", "lenet")
+    text = (folder / "deploy.prototxt").read_text()
+    text = text.replace('"Convolution"', '"ConvolutionRistretto"').replace(
+        '"InnerProduct"', '"FcRistretto"'
+    )
+    text = text.replace(
+        "convolution_param {",
+        "quantization_param { bw_params: 4 fl_params: 3 }\n  convolution_param {",
+        1,
+    )
+    assert "ConvolutionRistretto" in text and "FcRistretto" in text
+    proto = tmp_path / "ristretto.prototxt"
+    proto.write_text(text)
+    from kerasq.converters.caffe import forward
+
+    with caplog.at_level(logging.WARNING, logger="kerasq"):
+        got = forward(proto, folder / "model.caffemodel", {"data": np.load(folder / "input.npy")})
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    for dump in sorted((folder / "blobs").glob("*.npy")):
+        assert_caffe_close(got[dump.stem], np.load(dump), dump.stem)
