@@ -56,13 +56,26 @@ class VerificationReport:
         return ", ".join(parts)
 
 
+KERNELS = ("default", "reference", "builtin")
+
+
 class TFLiteRunner:
-    """A TFLite file loaded in ai-edge-litert's interpreter, with float in / float out."""
+    """A TFLite file loaded in ai-edge-litert's interpreter, with float in / float out.
 
-    def __init__(self, content: bytes, *, num_threads: int = 1) -> None:
-        from ai_edge_litert.interpreter import Interpreter
+    ``kernels``: "default" (what a device runs: the XNNPACK delegate where it applies; its
+    int8 requantization rounds ties to even), "builtin" (TFLite's optimized builtin kernels,
+    no delegate) or "reference" (TFLite's reference kernels: gemmlowp fixed-point
+    requantization, which rounds twice, half away from zero).
+    """
 
-        self.interpreter = Interpreter(model_content=content, num_threads=num_threads)
+    def __init__(self, content: bytes, *, num_threads: int = 1, kernels: str = "default") -> None:
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        resolver = {"default": OpResolverType.AUTO,
+                    "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+                    "reference": OpResolverType.BUILTIN_REF}[kernels]
+        self.interpreter = Interpreter(model_content=content, num_threads=num_threads,
+                                       experimental_op_resolver_type=resolver)
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         self._batch: Optional[int] = None
@@ -103,14 +116,16 @@ class TFLiteRunner:
 
 
 def verify_tflite(content: bytes, keras_model: Any, data: np.ndarray, *,
-                  output_step: Optional[float] = None, batch_size: int = 64) -> VerificationReport:
+                  output_step: Optional[float] = None, batch_size: int = 64,
+                  kernels: str = "default") -> VerificationReport:
     """Compare the TFLite file with ``keras_model(data, training=False)``.
 
     ``output_step``: the output grid step (default: the TFLite output scale if the file has
-    integer output, else None: errors are reported in absolute terms).
+    integer output, else None: errors are reported in absolute terms). ``kernels``: see
+    :class:`TFLiteRunner`.
     """
     data = np.asarray(data, np.float32)
-    runner = TFLiteRunner(content)
+    runner = TFLiteRunner(content, kernels=kernels)
     got = runner(data, batch_size=batch_size)
     want = np.concatenate([
         np.asarray(keras_model(data[i:i + 256], training=False), np.float32)
@@ -162,4 +177,4 @@ def op_table(content: bytes) -> List[Dict[str, Any]]:
     return rows
 
 
-__all__ = ["VerificationReport", "TFLiteRunner", "verify_tflite", "tensor_table", "op_table"]
+__all__ = ["KERNELS", "VerificationReport", "TFLiteRunner", "verify_tflite", "tensor_table", "op_table"]
