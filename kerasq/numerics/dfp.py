@@ -156,6 +156,7 @@ def _dfp_tf(x, bitwidth, frac_bits, signed, rounding, seed):
         out = _float.tf_ldexp(q, -fl)
 
         def grad(dy):
+            y = _float.tf_ldexp(xv, fl)  # recomputed: keeps no scaled copy alive until here
             inside = tf.logical_and(y >= qmin, y <= qmax)
             return tf.where(inside, dy, tf.zeros_like(dy))
 
