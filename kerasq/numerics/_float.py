@@ -6,13 +6,13 @@ All kerasq number formats are built from three exact operations:
 * ``floor_log2(a)`` for positive normal ``a`` read from the exponent bits (never ``log2``);
 * flushing of subnormal numbers to a signed zero.
 
-Why flushing: TensorFlow's CPU kernels (and its GPU kernels, built with flush-to-zero)
-run with flush-to-zero / denormals-are-zero, so a TF op never sees or makes a
-subnormal float32/float64. The numpy path flushes explicitly, which makes both
-backends agree bit for bit. The TF paths of ``round_values`` and ``pow2_quantize``
-flush their inputs explicitly too; DFP and minifloat rely on the device (one pass
-less on large activations). It only matters for grids near the dtype's smallest
-normal number (e.g. fractional lengths above ~126 in float32).
+Why flushing: TensorFlow's CPU kernels run with flush-to-zero / denormals-are-zero,
+so a TF op on the CPU never sees or makes a subnormal float32/float64. The numpy path
+flushes explicitly, which makes both backends agree bit for bit. The TF paths of
+``round_values`` and ``pow2_quantize`` flush their inputs explicitly too; DFP and
+minifloat leave it to the device (one pass less on large activations; on a device
+that keeps subnormals only grids near the dtype's smallest normal number can differ,
+e.g. fractional lengths above ~126 in float32).
 """
 
 from __future__ import annotations
