@@ -229,6 +229,18 @@ def _attach_weights(nodes: List[Node], table: Dict[str, List[List[np.ndarray]]])
 # ---- BatchNorm folding --------------------------------------------------------------
 
 
+def _normalize_nvidia_batchnorm(node: Node) -> None:
+    """NVIDIA/caffe-jacinto BatchNorm with its own scale and bias (``scale_bias: true`` or 5
+    blobs): the statistics are used as stored, the factor blob is ignored (as OpenCV does).
+    Rewritten to kerasq's form ``[mean, var, [1], gamma, beta]``."""
+    if node.type != "BatchNorm" or len(node.blobs) < 4:
+        return
+    if not (node.param.batch_norm_param.scale_bias or len(node.blobs) == 5):
+        return
+    mean, var, gamma, beta = node.blobs[0], node.blobs[1], node.blobs[-2], node.blobs[-1]
+    node.blobs = [mean, var, np.ones(1, np.float32), gamma, beta]
+
+
 def batchnorm_stats(node: Node, channels: int, source: str) -> Tuple[np.ndarray, np.ndarray, float]:
     """Return (mean, variance, eps) of a Caffe BatchNorm node: ``blob/sf`` with sf==0 -> 0."""
     if len(node.blobs) < 3:
@@ -331,6 +343,11 @@ def _chain_affine(graph: Graph, first: Node, channels: int, protected: Set[str])
         mean, var, eps = batchnorm_stats(first, channels, graph.source)
         inv_std = 1.0 / np.sqrt(var.astype(np.float64) + eps)
         scale, shift = inv_std, -mean.astype(np.float64) * inv_std
+        if len(first.blobs) == 5:  # own gamma/beta (NVIDIA form)
+            gamma = fit_blob_shape(first.blobs[3], (channels,), graph.source, first.caffe_name)
+            beta = fit_blob_shape(first.blobs[4], (channels,), graph.source, first.caffe_name)
+            scale = scale * gamma.astype(np.float64)
+            shift = shift * gamma.astype(np.float64) + beta
         chain = [first]
         nxt = consumers.get(first.tops[0], [])
         if len(nxt) == 1 and first.tops[0] not in protected:
@@ -494,6 +511,8 @@ def build_graph(
     if weights is not None:
         table = weights if isinstance(weights, dict) else weights_by_layer(weights, weights_source)
         _attach_weights(graph.nodes, table)  # a dict: already streamed (stream_reader)
+    for node in graph.nodes:
+        _normalize_nvidia_batchnorm(node)
     if outputs is not None:
         prune_to_outputs(graph, outputs)
     if fold:

@@ -549,3 +549,44 @@ def test_scale_alone_folds_into_conv_and_bn_scale_merge_after_eltwise(tmp_path):
     assert bn.center and bn.scale
     out = np.asarray(keras_model(inputs["data"].transpose(0, 2, 3, 1), training=False))
     assert_caffe_close(out.transpose(0, 3, 1, 2), want["s"], "loaded s")
+
+
+@pytest.mark.parametrize("fold", [True, False])
+def test_nvidia_batchnorm_with_scale_bias_matches_opencv(tmp_path, fold):
+    """NVIDIA Caffe / caffe-jacinto BatchNorm (scale_bias, 5 blobs, factor blob 0): statistics
+    used as stored, gamma/beta applied; OpenCV implements the same rule."""
+    cv2 = pytest.importorskip("cv2")
+    from kerasq.converters.caffe import forward
+
+    nb = NetBuilder("nvbn")
+    x = nb.input("data", (1, 3, 5, 6))
+    nb.add(
+        "Convolution",
+        [x],
+        tops="c",
+        name="conv",
+        param="convolution_param { num_output: 4 kernel_size: 3 }",
+        blobs=[nb.randn(4, 3, 3, 3), nb.randn(4)],
+    )
+    mean, var = nb.randn(4), np.abs(nb.randn(4)) + 0.5
+    gamma, beta = nb.randn(4), nb.randn(4)
+    nb.add(
+        "BatchNorm",
+        ["c"],
+        tops="c",
+        name="bn",
+        param="batch_norm_param { scale_bias: true eps: 0.0001 }",
+        blobs=[mean, var, np.zeros(1, np.float32), gamma, beta],
+    )
+    proto, model = nb.write(tmp_path)
+    inputs = nb.random_inputs()
+    got = forward(proto, model, inputs, fold_batchnorm=fold)["c"]
+    conv = ref.run_net(nb.prototxt().split('layer {\n  name: "bn"')[0], nb.params, inputs)["c"]
+    shape = (1, -1, 1, 1)
+    want = gamma.reshape(shape) * (conv - mean.reshape(shape)) / np.sqrt(
+        var.reshape(shape) + 1e-4
+    ) + beta.reshape(shape)
+    assert_caffe_close(got, want.astype(np.float32), "numpy")
+    net = cv2.dnn.readNetFromCaffe(proto, model)
+    net.setInput(inputs["data"])
+    assert_caffe_close(got, net.forward(), "opencv")
