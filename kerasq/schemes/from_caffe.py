@@ -62,7 +62,7 @@ log = logging.getLogger("kerasq.schemes.from_caffe")
 
 FLAVORS = ("jacinto-0.15", "jacinto-0.16", "jacinto-0.17", "ristretto")
 
-__all__ = ["config_from_caffe", "detect_flavor", "FLAVORS"]
+__all__ = ["config_from_caffe", "detect_flavor", "keras_layer_name", "FLAVORS"]
 
 # Enum spellings. caffe-jacinto 0.16/0.17 declare top-level enums, so their text format
 # carries a prefix; 0.15 and Ristretto nest the enums (no prefix). Numbers differ per branch.
@@ -564,6 +564,34 @@ def _ristretto(net: Message) -> Dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- entry point
+# The Caffe converter renames layers whose names Keras rejects ('conv1/3x3' -> 'conv1_3x3';
+# kerasq.converters.caffe.lower.sanitize_name, a test keeps the two in step).
+_KERAS_BAD_CHARS = re.compile(r"[^A-Za-z0-9_.\-]")
+
+
+def keras_layer_name(caffe_name: str) -> str:
+    """The Keras name the Caffe converter gives a layer called ``caffe_name``.
+
+    Example:
+        >>> keras_layer_name("conv1/3x3")
+        'conv1_3x3'
+    """
+    clean = _KERAS_BAD_CHARS.sub("_", caffe_name)
+    if not clean:
+        return "layer"
+    if not re.match(r"[A-Za-z0-9.]", clean[0]):
+        clean = "l" + clean
+    return clean
+
+
+def _with_keras_names(overrides: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """Overrides keyed by the Caffe name and, when it differs, the converted Keras name."""
+    out = dict(overrides)
+    for name, fields in overrides.items():
+        out.setdefault(keras_layer_name(name), fields)
+    return out
+
+
 def _solver_overrides(solver: Message, fields: Dict[str, Any],
                       prov: Dict[str, Tuple[str, int]]) -> None:
     """0.16+ solvers may carry quantization_start; some users keep quantization_start_iter."""
@@ -636,5 +664,5 @@ def config_from_caffe(
         except QuantizationConfigError as err:
             raise QuantizationConfigError(f"quantization_param: {err.reason}",
                                           file=net.source, layer=name) from None
-    fields["overrides"] = overrides
+    fields["overrides"] = _with_keras_names(overrides)
     return _build(fields, prov, net.source)

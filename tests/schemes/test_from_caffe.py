@@ -422,3 +422,16 @@ layer { name: "conv1" type: "Convolution"
         "frac_bits_weights": 6, "bitwidth_bias": 16, "quantize_activations": True,
         "bitwidth_activations": 8, "frac_bits_activations": 3, "unsigned_activations": False,
     }
+
+
+def test_overrides_also_reach_layers_renamed_by_the_converter(tmp_path):
+    from kerasq.converters.caffe.lower import sanitize_name
+    from kerasq.schemes.from_caffe import keras_layer_name
+
+    for name in ("conv1/3x3", "245", "a:b", "_x", "inception_3a/5x5_reduce", "", "fc-7.1"):
+        assert keras_layer_name(name) == sanitize_name(name), name
+    path = _write(tmp_path, 'layer { name: "conv1/dw" type: "ConvolutionRistretto"\n'
+                  "  quantization_param { bw_params: 6 fl_params: 5 } }\n")
+    cfg = config_from_caffe(path)
+    assert set(cfg.overrides) == {"conv1/dw", "conv1_dw"}
+    assert cfg.for_layer("conv1_dw").frac_bits_weights == 5
