@@ -30,7 +30,8 @@ from its field names (or given as ``flavor``):
 Per-layer settings become ``overrides`` keyed by the Caffe layer name. Rounding: Caffe's
 NEAREST is C ``round()`` (ties away from zero) = kerasq ``"nearest"``; caffe-jacinto rounds
 every trim stochastically in the TRAIN phase (``train_rounding="stochastic"``), Ristretto only
-the weights (``train_rounding=None``). Unknown fields are ignored (logged at debug level);
+the weights (``train_rounding=None``; Ristretto's activations are float while training, kerasq
+quantizes them in QAT too). Unknown fields are ignored (logged at debug level);
 malformed files raise :class:`~kerasq.errors.CaffeFormatError` with file and line; values
 kerasq cannot accept raise :class:`~kerasq.errors.QuantizationConfigError` naming the Caffe
 field, the file and the line.
@@ -545,7 +546,9 @@ def _ristretto(net: Message) -> Dict[str, Any]:
         # Only the *Ristretto layers are trimmed; everything else stays float.
         "precision": "float",
         "rounding": "nearest",
-        "train_rounding": None,  # weights stochastic in TRAIN, activations float in TRAIN
+        # weights stochastic in TRAIN; Ristretto's activations are float in TRAIN, kerasq's
+        # QAT quantizes them with ``rounding`` (no config field for float-in-training)
+        "train_rounding": None,
         "unsigned_activations": False,  # Ristretto's trims are always signed
         "per_channel_weights": False,
         "range_estimator": "max_abs",
