@@ -183,3 +183,20 @@ def test_sparsity_preserving_weights_are_described_by_the_inner_quantizer():
     assert (row.format, row.bits, row.frac_bits) == ("dfp", 8, (fl.min(), fl.max()))
     assert (row.min, row.max) == pytest.approx((w.min(), w.max()))
     assert row.sqnr_db == pytest.approx(_sqnr(w, _dfp(w, 8, fl)), rel=1e-9)
+
+
+def test_dataset_of_pairs_gives_the_same_rows_as_arrays(dense_model):
+    import kerasq
+    from kerasq._compat import tf
+    from kerasq.schemes.report import report
+
+    model, x = dense_model
+    qmodel = kerasq.quantize_model(model)
+    kerasq.calibrate(qmodel, x)
+    labels = np.zeros(len(x), dtype="int64")
+    dataset = tf.data.Dataset.from_tensor_slices((x, labels)).batch(32)
+    from_arrays = report(qmodel, x, batch_size=32)
+    from_dataset = report(qmodel, dataset)
+    assert [r.to_dict() for r in from_dataset] == [r.to_dict() for r in from_arrays]
+    limited = {(r.layer, r.tensor): r for r in report(qmodel, x, batch_size=32, steps=1)}
+    assert limited[("d1", "output")].elements == 32 * 12
