@@ -15,6 +15,8 @@ Passes, in order (:func:`build_graph`):
    Scale, or a per-channel Scale alone, folded into the preceding Convolution /
    InnerProduct / Deconvolution when the intermediate blobs are not needed as outputs;
    other BatchNorm+Scale pairs merged into one BatchNorm node.
+8. ``Flatten`` feeding only ``InnerProduct(axis 1)`` layers is dropped (they flatten the
+   same way, with weights reordered instead of a run-time transpose).
 
 Example:
     >>> from kerasq.converters.caffe.reader import parse_prototxt_text
@@ -515,15 +517,54 @@ def build_graph(
         _normalize_nvidia_batchnorm(node)
     if outputs is not None:
         prune_to_outputs(graph, outputs)
+    if outputs is not None:
+        protected = set(graph.outputs)
+    elif keep_all_tops:
+        protected = set(graph.final_ids().values())
+    else:
+        protected = set(graph.output_ids())
     if fold:
-        if outputs is not None:
-            protected = set(graph.outputs)
-        elif keep_all_tops:
-            protected = set(graph.final_ids().values())
-        else:
-            protected = set(graph.output_ids())
         fold_batchnorm(graph, protected)
+    drop_flatten_before_inner_product(graph, protected)
     return graph
+
+
+def drop_flatten_before_inner_product(graph: Graph, protected: Set[str]) -> int:
+    """Remove ``Flatten(axis 1)`` whose only consumers are ``InnerProduct(axis 1)`` layers.
+
+    InnerProduct with axis 1 flattens exactly like that Flatten, and its weights are then
+    reordered to the Keras layout at conversion time: no run-time transpose is left.
+    Returns the number of Flatten layers removed.
+    """
+    removed = 0
+    consumers = graph.consumers()
+    keep = []
+    for node in graph.nodes:
+        p = node.param.flatten_param
+        users = consumers.get(node.tops[0], []) if len(node.tops) == 1 else []
+        if (
+            node.type == "Flatten"
+            and p.axis == 1
+            and p.end_axis == -1
+            and len(node.bottoms) == 1
+            and node.tops[0] not in protected
+            and users
+            and all(
+                u.type == "InnerProduct" and u.param.inner_product_param.axis == 1 for u in users
+            )
+        ):
+            for user in users:
+                user.bottoms = [node.bottoms[0] if b == node.tops[0] else b for b in user.bottoms]
+            removed += 1
+            log.info(
+                "dropped %s: %s flatten themselves",
+                node.caffe_name,
+                ", ".join(u.caffe_name for u in users),
+            )
+            continue
+        keep.append(node)
+    graph.nodes = keep
+    return removed
 
 
 def prune_to_outputs(graph: Graph, names: Sequence[str]) -> List[str]:
@@ -562,6 +603,7 @@ def prune_to_outputs(graph: Graph, names: Sequence[str]) -> List[str]:
 __all__ = [
     "build_graph",
     "prune_to_outputs",
+    "drop_flatten_before_inner_product",
     "filter_phase",
     "fold_batchnorm",
     "batchnorm_stats",

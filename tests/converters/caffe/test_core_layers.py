@@ -590,3 +590,17 @@ def test_nvidia_batchnorm_with_scale_bias_matches_opencv(tmp_path, fold):
     net = cv2.dnn.readNetFromCaffe(proto, model)
     net.setInput(inputs["data"])
     assert_caffe_close(got, net.forward(), "opencv")
+
+
+def test_flatten_before_inner_product_needs_no_runtime_transpose():
+    from kerasq.converters.caffe import load
+
+    from conftest import shared_path
+
+    folder = shared_path("caffe-golden", "flatten")
+    model = load(folder / "deploy.prototxt", folder / "model.caffemodel")
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert "Permute" not in kinds and kinds.count("Dense") == 1
+    x = np.load(folder / "input.npy").transpose(0, 2, 3, 1)
+    got = np.asarray(model(x, training=False))
+    assert_caffe_close(got, np.load(folder / "blobs" / "fc.npy"), "fc")
