@@ -120,12 +120,11 @@ class _Builder:
             raise ExportError(
                 f"{spec.bitwidth}-bit activations do not fit the {bits}-bit target; "
                 f"use target {can!r}", layer=owner)
-        if bits == 16 and not spec.signed and spec.bitwidth > 15:
-            raise ExportError("16-bit unsigned activations do not fit int16; use target 'float'",
-                              layer=owner)
         if self.mode == "exact" and spec.bitwidth > 24:
             raise ExportError(f"{spec.bitwidth}-bit activations are not exact in float32 "
                               "arithmetic (24-bit significand)", layer=owner)
+        if self.mode == "plain16":  # the converter calibrates int16 activations itself
+            return x
         name = f"{owner}_{what}_q"
         layer = GridQuantize(int(spec.frac_bits), spec.qmin, spec.qmax, spec.rounding,
                              self.mode, name=name)
@@ -138,15 +137,23 @@ class _Builder:
         owner = inner.name
         quantized: Dict[int, np.ndarray] = {}
         kernel_spec: Optional[specs.GridSpec] = None
-        kind = _LINEAR_KINDS.get(type(inner).__name__)
+        # plain16: stock layers holding the quantized weights (TFLite's 16x8 calibration
+        # fails on constant-weight graphs)
+        linear_kind = _LINEAR_KINDS.get(type(inner).__name__)
+        kind = None if self.mode == "plain16" else linear_kind
         for weight, quantizer, qvars in getattr(wrapper, "_weight_vars", []):
             value = quantizer(weight, training=False, weights=qvars)
             value = np.asarray(value.numpy() if hasattr(value, "numpy") else value, np.float32)
             quantized[id(weight)] = value
-            if kind is not None and weight is _variable(wrapper, "kernel"):
-                axis_value = value.reshape(value.shape[0], value.shape[1], -1) if kind == "depthwise" else value
+            if linear_kind is not None and weight is _variable(wrapper, "kernel"):
+                axis_value = (value.reshape(value.shape[0], value.shape[1], -1)
+                              if linear_kind == "depthwise" else value)
                 kernel_spec = specs.weight_spec(quantizer, qvars, axis_value, axis=-1)
                 self.specs.setdefault(owner, []).append(("kernel", kernel_spec))
+        if self.mode == "plain16" and kernel_spec is not None and (
+                kernel_spec.kind != "dfp" or kernel_spec.bitwidth > 8):
+            raise ExportError(f"weights are {kernel_spec.describe()}; int16x8 stores 8-bit "
+                              "integer weights; use target 'float'", layer=owner)
         config = inner.get_config()
         outs = getattr(wrapper, "_output_quantizers", None) or []
         if (self.mode == "fakequant8" and type(inner).__name__ == "AveragePooling2D"

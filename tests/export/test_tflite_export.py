@@ -166,3 +166,22 @@ def test_unquantized_model_exports_as_float(trained_conv_net, digits, tmp_path):
     got = TFLiteRunner(blob)(digits[2][:50])
     np.testing.assert_allclose(got, trained_conv_net.predict(digits[2][:50], verbose=0),
                                atol=1e-5)
+
+
+def test_int16x8_has_int16_activations_and_int8_weights(digits):
+    import kerasq
+    from kerasq.demo import build_cnn
+
+    x_train, y_train, x_test, _ = digits
+    model = build_cnn()
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x_train, y_train, epochs=3, verbose=0)
+    qmodel = kerasq.quantize_model(model, kerasq.QuantizationConfig(bitwidth_activations=16))
+    kerasq.calibrate(qmodel, x_train[:256])
+    result = export_tflite(qmodel, target="int16x8", representative_data=x_train[:200],
+                           verify_data=x_test)
+    tensors = tensor_table(result.content)
+    assert any(t["dtype"] == np.int16 and len(t["shape"]) == 4 for t in tensors)
+    assert any(t["dtype"] == np.int8 and len(t["scales"]) > 1 for t in tensors)
+    # TFLite's own 16x8 calibration and per-channel weight scales (not kerasq's grids)
+    assert result.report.top1_agreement >= 0.99
