@@ -14,9 +14,9 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
 
-import kerasq  # noqa: E402
-from kerasq._compat import keras  # noqa: E402
-from accuracy import accuracy, load_digits_split, train_float  # noqa: E402
+import kerasq
+from kerasq._compat import keras
+from accuracy import accuracy, load_digits_split, train_float
 
 
 def main() -> None:

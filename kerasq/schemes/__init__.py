@@ -51,4 +51,4 @@ def __dir__() -> list:
     return sorted(set(globals()) | set(_LAZY_ATTRS))
 
 
-__all__ = ["QuantizationConfig", *_LAZY_ATTRS]
+__all__ = ["QuantizationConfig", *_LAZY_ATTRS]  # noqa: PLE0604 (keys are str)

@@ -88,7 +88,7 @@ def load_model(path: Union[str, "os.PathLike[str]"], *, compile: bool = True) ->
         try:
             return keras.models.load_model(path, compile=compile)
         except KerasqError as err:
-            raise err.with_context(file=path)
+            raise err.with_context(file=path) from None
         except (ValueError, OSError, KeyError, TypeError, AttributeError, IndexError) as err:
             raise ModelFormatError(f"cannot load Keras model: {err}", file=path) from None
 
@@ -204,7 +204,7 @@ def quantize_model(model: Any, config: Optional[Union[QuantizationConfig, Mappin
                 layer, quantize_output=not merged,
                 folded_batchnorm=transform.folded.get(layer.name, ""))
         except KerasqError as err:
-            raise err.with_context(layer=layer.name)
+            raise err.with_context(layer=layer.name) from None
         if preserve_sparsity:
             qconfig = _wrap_sparsity(qconfig)
         plan[layer.name] = qconfig

@@ -206,7 +206,8 @@ class QuantizationConfig:
             try:
                 dataclasses.replace(self, overrides={}, **dict(fields))
             except QuantizationConfigError as err:
-                raise QuantizationConfigError(f"overrides[{key!r}]: {err.reason}", layer=key)
+                raise QuantizationConfigError(f"overrides[{key!r}]: {err.reason}",
+                                              layer=key) from None
 
     def __hash__(self) -> int:
         return hash(self.to_json())

@@ -66,7 +66,7 @@ class _WeightsAndOutputConfig(_QuantizeConfig):
         if len(attrs) != len(quantize_weights):
             raise ValueError(f"{layer.name}: expected {len(attrs)} quantized weights, "
                              f"got {len(quantize_weights)}")
-        for attr, value in zip(attrs, quantize_weights):
+        for attr, value in zip(attrs, quantize_weights, strict=True):
             setattr(layer, attr, value)
 
     def set_quantize_activations(self, layer: Any, quantize_activations: List[Any]) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 import kerasq
 import kerasq.numerics as nx
-from kerasq._compat import keras, tf, tfmot
+from kerasq._compat import keras, tf
 from kerasq.schemes.config import QuantizationConfig
 
 
@@ -188,5 +188,5 @@ def test_export_spec_describes_the_grid_the_quantizer_uses():
     out = _tap(q, "quant_relu")(x).numpy() / spec.step
     np.testing.assert_array_equal(out, np.round(out))
     assert out.min() >= 0 and out.max() <= 255
-    dw_weight, dw_q, dw_vars = _wrapper(q, "dw")._weight_vars[0]
+    _, dw_q, dw_vars = _wrapper(q, "dw")._weight_vars[0]
     assert GridSpec(**dw_q.export_spec(dw_vars)).axis == -2

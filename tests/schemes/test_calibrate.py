@@ -97,7 +97,7 @@ def test_calibration_does_not_change_weights_and_reset_forgets():
     kerasq.calibrate(q, _batches())  # reset=True: the 100s are forgotten
     assert _vars(q, "x_quantize")["x_quantize_max"] == pytest.approx(3.2)
     after = [w for w in q.get_weights() if w.ndim == 2]
-    for a, b in zip(before, after):
+    for a, b in zip(before, after, strict=True):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(kerasq.KerasqError, match="empty"):
         kerasq.calibrate(q, [])
@@ -109,7 +109,7 @@ def test_quantization_start_delays_fake_quantization():
     q = kerasq.quantize_model(model, QuantizationConfig(quantization_start=3,
                                                         bitwidth_weights=3, train_rounding="nearest"))
     float_out = model(x).numpy()
-    for step in range(3):  # statistics only: exactly the float model
+    for _ in range(3):  # statistics only: exactly the float model
         np.testing.assert_array_equal(q(x, training=True).numpy(), float_out)
     quantized = q(x, training=True).numpy()  # 4th step: quantized with 3-bit weights
     assert np.max(np.abs(quantized - float_out)) > 1e-2

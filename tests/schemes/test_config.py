@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from kerasq.errors import QuantizationConfigError
@@ -71,8 +73,8 @@ def test_json_round_trip_and_immutability():
     again = QuantizationConfig.from_json(c.to_json())
     assert again == c and hash(again) == hash(c)
     assert again.ignored_layers == ("fc",)
-    with pytest.raises(Exception):
-        c.bitwidth_weights = 8  # frozen
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.bitwidth_weights = 8
     with pytest.raises(TypeError):
         c.overrides["Conv2D"]["rounding"] = "nearest"  # read-only mapping
 

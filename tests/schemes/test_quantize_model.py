@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import kerasq
-from kerasq._compat import keras, tf
+from kerasq._compat import keras
 from kerasq.errors import ModelFormatError, UnsupportedLayerError
 from kerasq.schemes.config import QuantizationConfig
 
@@ -120,7 +120,7 @@ def test_fit_trains_from_calibrated_ranges():
     assert np.all(np.isfinite(history.history["loss"]))
     assert history.history["loss"][-1] < history.history["loss"][0]
     assert not np.array_equal(_kernel(q, "fc"), kernel_before)
-    count = [v for v in q.variables if v.name.endswith("image_quantize_count:0")][0]
+    count = next(v for v in q.variables if v.name.endswith("image_quantize_count:0"))
     assert int(count.numpy()) == 4 + 8  # 4 calibration batches + 8 training steps
 
 
