@@ -171,13 +171,12 @@ class SparsityPreservingQuantizer(_Quantizer):
     def preserves_zero(self) -> bool:
         return True
 
-    @property
-    def inner_quantizer(self) -> Any:
-        """The wrapped quantizer (for exporters that look through wrappers)."""
-        return self.inner
-
     def export_spec(self, quantizer_vars: Dict[str, Any]) -> Any:
-        """The inner quantizer's export spec (masking does not change the grid), or None."""
+        """The inner quantizer's export spec (masking does not change the grid), or None.
+
+        The inner quantizer is reached only through this method (with its own variables,
+        ``quantizer_vars["inner"]``); exporters must not call it with the outer variables.
+        """
         method = getattr(self.inner, "export_spec", None)
         if not callable(method):
             return None
