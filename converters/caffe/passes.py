@@ -410,7 +410,7 @@ def fold_batchnorm(graph: Graph, protected: Set[str]) -> int:
         graph.nodes = [n for n in graph.nodes if all(n is not r for r in chain)]
         log.info("folded %s into %s", " + ".join(r.caffe_name for r in chain), producer.caffe_name)
         folds += 1
-        i = 0
+        i -= 1  # ``first`` was removed: the next node now sits at its index
     return folds
 
 
