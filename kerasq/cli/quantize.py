@@ -75,11 +75,14 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     cal.add_argument("--batch-size", type=int, default=32)
     cal.add_argument("--search", action="store_true",
                      help="Ristretto's bit-width search (needs --eval and --calibration)")
+    cal.add_argument("--search-mode", choices=("dfp", "minifloat"), default="dfp",
+                     help="dfp: smallest bit widths per part; minifloat: Ristretto's whole-net "
+                          "minifloat search (default dfp)")
     cal.add_argument("--eval", metavar="NPZ", help="evaluation data: .npz with x and labels y")
     cal.add_argument("--error-margin", type=float, default=1.0,
                      help="allowed accuracy drop in percentage points (default 1.0)")
-    cal.add_argument("--candidates", default="16,8,4,2",
-                     help="bit widths tried in order (default 16,8,4,2)")
+    cal.add_argument("--candidates",
+                     help="bit widths tried in order (default 16,8,4,2; minifloat 16,8,4)")
     cal.add_argument("--report", action="store_true",
                      help="print the per-layer quantization report (SQNR on --eval or "
                           "--calibration data)")
@@ -304,12 +307,15 @@ def run(args: argparse.Namespace) -> int:
     model = _load_model(args.model)
 
     if args.search:
-        from kerasq.schemes.search import search_bitwidths
+        from kerasq.schemes.search import search_bitwidths, search_minifloat
 
-        result = search_bitwidths(
+        minifloat = args.search_mode == "minifloat"
+        search = search_minifloat if minifloat else search_bitwidths
+        default = "16,8,4" if minifloat else "16,8,4,2"
+        result = search(
             model, accuracy_fn(eval_x, eval_y), calibration, args.error_margin,
-            candidates=_candidates(args.candidates), config=config, steps=args.steps,
-            batch_size=args.batch_size,
+            candidates=_candidates(args.candidates or default), config=config,
+            steps=args.steps, batch_size=args.batch_size,
             progress=lambda label, score: print(f"search: {label}: {score:.4f}",
                                                 file=sys.stderr, flush=True),
         )

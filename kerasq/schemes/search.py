@@ -43,7 +43,8 @@ PARTS = ("conv_weights", "dense_weights", "activations")
 DEFAULT_CANDIDATES = (16, 8, 4, 2)
 SCORE_UNITS = ("fraction", "percent")
 
-__all__ = ["search_bitwidths", "SearchResult", "SearchRow", "sweep", "PARTS"]
+__all__ = ["search_bitwidths", "search_minifloat", "minifloat_exp_bits", "SearchResult",
+           "SearchRow", "sweep", "PARTS"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +72,7 @@ class SearchResult:
     score: float
     error_margin: float
     score_unit: str = "fraction"
+    detail: str = ""
 
     def table(self) -> str:
         """The search as a fixed-width text table (Ristretto's log, condensed)."""
@@ -89,6 +91,8 @@ class SearchResult:
         )
         lines.append(row("combined", "-", self.score, chosen))
         lines.append(f"error margin {self.error_margin:g} percentage points")
+        if self.detail:
+            lines.append(self.detail)
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -269,4 +273,127 @@ def search_bitwidths(
     return SearchResult(
         baseline=baseline, rows=tuple(rows), bitwidths=chosen, config=final_config,
         score=combined, error_margin=float(error_margin), score_unit=score_unit,
+    )
+
+
+# ------------------------------------------------------------------------ minifloat mode
+def minifloat_exp_bits(max_abs_values: Sequence[float]) -> int:
+    """Ristretto's exponent width for a minifloat net (quant-schemes.md §2.6 item 5).
+
+    E = max(4, max over tensors of ceil(log2(log2(max|x|) − 1) + 1)). A tensor with
+    max|x| <= 2 makes the inner log2 undefined in Ristretto (§8 item 13); it is skipped here.
+
+    Example:
+        >>> minifloat_exp_bits([3.0, 100.0, 1e6, 0.5])
+        6
+    """
+    exp_bits = 4
+    for value in max_abs_values:
+        inner = math.log2(value) - 1.0 if value > 0 else -1.0
+        if inner > 0:
+            exp_bits = max(exp_bits, math.ceil(math.log2(inner) + 1.0))
+    return exp_bits
+
+
+def _conv_dense_max_abs(model: Any, data: Any, steps: Optional[int], batch_size: int
+                        ) -> List[float]:
+    """max|x| over ``data`` of the inputs and outputs of every conv and Dense layer."""
+    import numpy as np
+
+    from kerasq._compat import keras
+    from kerasq.schemes.report import _batches
+
+    types = _part_types(model)
+    wanted = set(types["conv_weights"]) | set(types["dense_weights"])
+    tensors: List[Any] = []
+    for layer in _all_layers(model):
+        if type(layer).__name__ not in wanted:
+            continue
+        try:
+            ins, outs = layer.input, layer.output
+        except (AttributeError, ValueError):  # shared layer: several call sites
+            log.info("search: %s is called more than once; its statistics are skipped",
+                     layer.name)
+            continue
+        tensors.extend(ins if isinstance(ins, (list, tuple)) else [ins])
+        tensors.extend(outs if isinstance(outs, (list, tuple)) else [outs])
+    if not tensors:
+        return []
+    probe = keras.Model(model.inputs, tensors)
+    maxima = [0.0] * len(tensors)
+    for batch in _batches(data, batch_size, steps):
+        values = probe(batch, training=False)
+        values = values if isinstance(values, (list, tuple)) else [values]
+        for i, v in enumerate(values):
+            maxima[i] = max(maxima[i], float(np.max(np.abs(np.asarray(v)))))
+    return maxima
+
+
+def search_minifloat(
+    model: Any,
+    eval_fn: Callable[[Any], float],
+    data: Any,
+    error_margin: float = 1.0,
+    *,
+    candidates: Sequence[int] = (16, 8, 4),
+    config: Optional[QuantizationConfig] = None,
+    steps: Optional[int] = None,
+    batch_size: int = 32,
+    score_unit: str = "fraction",
+    progress: Optional[Callable[[str, float], None]] = None,
+) -> SearchResult:
+    """Ristretto's minifloat search (``--trimming_mode=minifloat``, quant-schemes.md §2.6.5).
+
+    The exponent width E comes from the largest conv/Dense inputs and outputs on ``data``
+    (:func:`minifloat_exp_bits`); then whole-net minifloat formats of total width 16, 8, 4
+    (while width − 1 − E > 0; mantissa = width − E − 1) are scored with the same stopping
+    rule as :func:`search_bitwidths`. kerasq applies the format to every quantizer of the
+    net (Ristretto: Conv/FC weights, biases, inputs and outputs).
+
+    Example: ``search_minifloat(model, eval_fn, x_cal).config`` -> minifloat E4M3 config.
+    """
+    from kerasq.schemes import calibrate, quantize_model
+
+    base = config if config is not None else QuantizationConfig()
+    if not isinstance(error_margin, (int, float)) or error_margin < 0:
+        raise QuantizationConfigError(f"error_margin={error_margin!r}: must be a number >= 0")
+    if score_unit not in SCORE_UNITS:
+        raise QuantizationConfigError(f"score_unit={score_unit!r}: must be one of {SCORE_UNITS}")
+    exp_bits = minifloat_exp_bits(_conv_dense_max_abs(model, data, steps, batch_size))
+    widths = [bw for bw in candidates if bw - 1 - exp_bits > 0]
+    if not widths:
+        raise QuantizationConfigError(
+            f"candidates={tuple(candidates)!r}: no width leaves a mantissa bit with "
+            f"exp_bits={exp_bits}")
+
+    def format_config(bw: int) -> QuantizationConfig:
+        return base.replace(precision="minifloat", exp_bits=exp_bits,
+                            mant_bits=bw - exp_bits - 1, quantize_weights=True,
+                            quantize_activations=True)
+
+    def evaluate(bw: int) -> float:
+        qmodel = quantize_model(model, format_config(bw).replace(quantization_start=0))
+        calibrate(qmodel, data, steps, batch_size=batch_size)
+        value = float(eval_fn(qmodel))
+        label = f"minifloat {bw} bit (E{exp_bits}M{bw - exp_bits - 1})"
+        log.info("search: %s -> %.6g", label, value)
+        if progress is not None:
+            progress(label, value)
+        return value
+
+    baseline = float(eval_fn(model))
+    if progress is not None:
+        progress("float baseline", baseline)
+    chosen, rows = sweep(evaluate, baseline, widths, error_margin, score_unit=score_unit)
+    if chosen is None:
+        final, score = base.replace(precision="float"), baseline
+        detail = "no minifloat width within the margin: the model stays float"
+    else:
+        final = format_config(chosen)
+        score = next(s for bw, s, _ in rows if bw == chosen)
+        detail = f"minifloat: exp_bits {exp_bits}, mant_bits {chosen - exp_bits - 1}"
+    return SearchResult(
+        baseline=baseline, rows=tuple(SearchRow("minifloat", bw, s, ok) for bw, s, ok in rows),
+        bitwidths={"minifloat": chosen}, config=final, score=score,
+        error_margin=float(error_margin), score_unit=score_unit, detail=detail,
     )

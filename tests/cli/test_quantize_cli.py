@@ -117,6 +117,24 @@ def test_search_and_report(workdir, capsys):
     assert "accuracy: float" in text
 
 
+def test_minifloat_search(workdir, capsys):
+    from kerasq.schemes.report import report
+
+    import kerasq
+
+    out = workdir / "q_minifloat.h5"
+    status = main(["quantize", str(workdir / "model.h5"), "--search", "--search-mode",
+                   "minifloat", "--candidates", "8", "--eval", str(workdir / "val.npz"),
+                   "--calibration", str(workdir / "cal.npy"), "-o", str(out)])
+    captured = capsys.readouterr()
+    assert status == 0 and "minifloat" in captured.out and "search: minifloat 8 bit" in captured.err
+    formats = {r.format for r in report(kerasq.load_model(out))}
+    if "exp_bits 4, mant_bits 3" in captured.out:  # the 8-bit format passed the margin
+        assert formats == {"minifloat E4M3"}
+    else:
+        assert "stays float" in captured.out and formats == set()
+
+
 @pytest.mark.parametrize(
     "extra, needle",
     [

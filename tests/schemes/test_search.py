@@ -146,3 +146,48 @@ def test_search_rejects_bad_arguments(digits_model):
         kerasq.search_bitwidths(model, lambda m: 1.0, None, candidates=(64,))
     with pytest.raises(QuantizationConfigError, match="error_margin"):
         kerasq.search_bitwidths(model, lambda m: 1.0, None, error_margin=-1)
+
+
+def test_minifloat_exp_bits_by_hand():
+    from kerasq.schemes.search import minifloat_exp_bits
+
+    # 100: log2(100) - 1 = 5.64, log2(5.64) + 1 = 3.50 -> 4; 1e6: log2(18.93) + 1 = 5.24 -> 6
+    assert minifloat_exp_bits([100.0]) == 4
+    assert minifloat_exp_bits([3.0, 100.0, 1e6, 0.5]) == 6
+    assert minifloat_exp_bits([0.25, 2.0]) == 4  # log2(max) - 1 <= 0: undefined, skipped
+    assert minifloat_exp_bits([2.0 ** 33]) == 6  # log2(33 - 1) + 1 = 6 exactly: no rounding up
+
+
+def test_minifloat_search_on_digits(digits_model):
+    import kerasq
+    from kerasq._compat import keras
+    from kerasq.schemes import QuantizationConfig
+    from kerasq.schemes.search import minifloat_exp_bits
+
+    model, x_cal, x_val, y_val = digits_model
+    result = kerasq.schemes.search.search_minifloat(
+        model, lambda m: _accuracy(m, x_val, y_val), x_cal, error_margin=1.0,
+        candidates=(8, 6))
+    # exponent width from max|x| of every conv/Dense input and output, computed per layer
+    maxima = []
+    for name in ("conv1", "conv2", "fc"):
+        layer = model.get_layer(name)
+        for tensor in (layer.input, layer.output):
+            values = keras.Model(model.input, tensor).predict(x_cal, verbose=0)
+            maxima.append(float(np.abs(values).max()))
+    exp_bits = minifloat_exp_bits(maxima)
+    baseline = _accuracy(model, x_val, y_val)
+    assert result.baseline == baseline
+    for row in result.rows:
+        cfg = QuantizationConfig(precision="minifloat", exp_bits=exp_bits,
+                                 mant_bits=row.bitwidth - exp_bits - 1)
+        qmodel = kerasq.quantize_model(model, cfg)
+        kerasq.calibrate(qmodel, x_cal)
+        assert row.score == _accuracy(qmodel, x_val, y_val)
+        assert row.passed == (row.score + 0.01 >= baseline)
+    passing = [r.bitwidth for r in result.rows if r.passed]
+    assert result.bitwidths == {"minifloat": min(passing) if passing else None}
+    if passing:
+        assert (result.config.precision, result.config.exp_bits,
+                result.config.mant_bits) == ("minifloat", exp_bits, min(passing) - exp_bits - 1)
+    assert f"exp_bits {exp_bits}" in str(result) or "stays float" in str(result)
