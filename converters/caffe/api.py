@@ -130,6 +130,19 @@ def _preprocessor(options: Mapping[str, Any]):
     return apply
 
 
+STREAM_MIN_BYTES = 64 * 2**20
+
+
+def _read_weights(caffemodel: PathLike) -> Any:
+    """Big caffemodels are streamed blob by blob (weights held once, no 2 GB protobuf limit)."""
+    path = os.fspath(caffemodel)
+    if os.path.isfile(path) and os.path.getsize(path) >= STREAM_MIN_BYTES:
+        from kerasq.converters.caffe.stream_reader import read_caffemodel_table
+
+        return read_caffemodel_table(path)
+    return read_caffemodel(path)
+
+
 def _graph(
     prototxt: PathLike,
     caffemodel: Optional[PathLike],
@@ -138,7 +151,7 @@ def _graph(
     outputs: Optional[List[str]] = None,
 ) -> Graph:
     net = read_prototxt(prototxt)
-    weights = read_caffemodel(caffemodel) if caffemodel is not None else None
+    weights = _read_weights(caffemodel) if caffemodel is not None else None
     return build_graph(
         net,
         weights,

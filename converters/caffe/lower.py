@@ -105,9 +105,8 @@ class LoweringContext:
                 + ("" if node.blobs else " (no caffemodel given, or no layer of this name in it)"),
                 CaffeFormatError,
             )
-        return fit_blob_shape(node.blobs[index], shape, self.source, node.caffe_name, label).astype(
-            np.float32
-        )
+        array = fit_blob_shape(node.blobs[index], shape, self.source, node.caffe_name, label)
+        return array.astype(np.float32, copy=False)  # no copy: big models hold weights once
 
     # -- layout --------------------------------------------------------------------
     def to_perm(self, blob: Blob, perm: Sequence[int], node: Optional[Node] = None) -> Blob:
@@ -233,6 +232,7 @@ def lower_graph(
                 file=graph.source or None,
                 layer=node.caffe_name,
             ) from err
+        node.blobs = []  # the weights live in the Keras layer now (big models: memory)
         if len(results) != len(node.tops):
             ctx.error(
                 node,

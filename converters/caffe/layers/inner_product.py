@@ -13,9 +13,23 @@ from typing import List
 
 import numpy as np
 
-from kerasq._compat import keras
+from kerasq._compat import keras, tf
 from kerasq.converters.caffe.layers._registry import register
 from kerasq.converters.caffe.layout import Blob, identity
+
+
+_CHUNK_BYTES = 16 * 2**20
+
+
+def _assign_rows(variable, value: np.ndarray) -> None:
+    """``variable[:] = value`` in row blocks of ~16 MB: a big fully connected layer (VGG's
+    fc6 holds most of the model) then needs no full-size transposed or tensor copy.
+    (scatter_update writes in place; a sliced ``assign`` copies the whole variable.)"""
+    rows = max(1, _CHUNK_BYTES // max(1, value[:1].nbytes))
+    for start in range(0, value.shape[0], rows):
+        stop = min(start + rows, value.shape[0])
+        block = np.ascontiguousarray(value[start:stop])
+        variable.scatter_update(tf.IndexedSlices(block, tf.range(start, stop)))
 
 
 @register(
@@ -55,8 +69,19 @@ def lower_inner_product(ctx, node, inputs: List[Blob]) -> List[Blob]:
         else:
             lead = tuple(x.shape[p_] for p_ in x.perm[1:axis])
             tensor = keras.layers.Reshape(lead + (k,), name=ctx.name(node, "flatten"))(tensor)
-    layer = keras.layers.Dense(nout, use_bias=bias is not None, name=ctx.name(node))
+    big = w.nbytes >= _CHUNK_BYTES
+    layer = keras.layers.Dense(
+        nout,
+        use_bias=bias is not None,
+        name=ctx.name(node),
+        kernel_initializer="zeros" if big else "glorot_uniform",  # no random temporary
+    )
     tensor = layer(tensor)
-    layer.set_weights([np.ascontiguousarray(w.T)] + ([bias] if bias is not None else []))
+    if big and type(layer.kernel).__name__ == "ResourceVariable":
+        _assign_rows(layer.kernel, w.T)
+        if bias is not None:
+            layer.bias.assign(bias)
+    else:
+        layer.set_weights([np.ascontiguousarray(w.T)] + ([bias] if bias is not None else []))
     out_shape = tuple(x.shape[:axis]) + (nout,)
     return [Blob(tensor, out_shape, identity(axis + 1))]
