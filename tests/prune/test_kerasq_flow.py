@@ -202,3 +202,27 @@ def test_jacinto_schedule_continues_during_qat(helpers):
     assert (slots["fc"].weight.numpy() == 0).sum() == 0  # InnerProduct is never thresholded
     rows = {r.layer: r for r in sparsity_report(qmodel)}
     assert rows["conv2"].quantized_zeros >= rows["conv2"].zeros > 0
+
+
+def test_export_spec_is_the_inner_quantizers(helpers):
+    """The exporter asks the mask quantizer for its grid; masking does not change it."""
+    x, _ = helpers.digits_images(32)
+    sparse = strip(prune_model(helpers.small_model(), ConstantSparsity(0.5, 0)))
+    qmodel = kerasq.quantize_model(sparse)
+    kerasq.calibrate(qmodel, x)
+    checked = declared = 0
+    for layer in qmodel.layers:
+        for _, quantizer, qvars in getattr(layer, "_weight_vars", []):
+            if not hasattr(quantizer, "reapplies_mask"):
+                continue
+            inner_spec = quantizer.inner.export_spec(qvars["inner"])
+            spec = quantizer.export_spec(qvars)
+            if inner_spec is None:
+                assert spec is None, layer.name
+            else:
+                declared += 1
+                assert set(spec) == set(inner_spec), layer.name
+                for key, value in inner_spec.items():
+                    np.testing.assert_array_equal(spec[key], value, err_msg=layer.name)
+            checked += 1
+    assert checked == 4 and declared >= 2  # DFP conv/dense kernels declare a grid
