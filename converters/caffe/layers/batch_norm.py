@@ -21,7 +21,7 @@ from kerasq._compat import keras
 from kerasq.converters.caffe.keras_layers import BatchStatNormalize, BroadcastAffine
 from kerasq.converters.caffe.layers._registry import register
 from kerasq.converters.caffe.layout import NHWC, Blob
-from kerasq.converters.caffe.passes import batchnorm_stats
+from kerasq.converters.caffe.fold import batchnorm_stats
 
 
 @register(
