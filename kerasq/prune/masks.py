@@ -36,6 +36,18 @@ class MaskSlot:
     mask: tf.Variable
     ready: tf.Variable
     layer: Any  # the wrapped (inner) layer
+    quantizer: Any = None  # the SparsityPreservingQuantizer of a quantized layer
+    quantizer_vars: Any = None
+
+    def refresh_quantizer_state(self) -> None:
+        """Let the inner weight quantizer recompute stored state (fl, min/max) from the
+        masked weight, so inference and export see the new mask's range at once."""
+        inner = getattr(self.quantizer, "inner", None)
+        update = getattr(inner, "update_state", None)
+        if callable(update) and isinstance(self.quantizer_vars, dict):
+            update(
+                self.weight * tf.cast(self.mask, self.weight.dtype), self.quantizer_vars["inner"]
+            )
 
     @property
     def name(self) -> str:
@@ -116,6 +128,8 @@ def find_mask_slots(model: Any) -> List[MaskSlot]:
                             qvars["mask"],
                             qvars["mask_ready"],
                             inner,
+                            quantizer,
+                            qvars,
                         )
                     )
         elif isinstance(layer, PruneWrapper):
@@ -150,6 +164,7 @@ def set_mask(slot: MaskSlot, mask: np.ndarray) -> None:
     slot.mask.assign(new_mask.astype(slot.mask.dtype.as_numpy_dtype))
     slot.ready.assign(1)
     slot.weight.assign(slot.weight * tf.cast(slot.mask, slot.weight.dtype))
+    slot.refresh_quantizer_state()
 
 
 def apply_masks(model: Any) -> int:

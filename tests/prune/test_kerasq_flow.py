@@ -226,3 +226,20 @@ def test_export_spec_is_the_inner_quantizers(helpers):
                     np.testing.assert_array_equal(spec[key], value, err_msg=layer.name)
             checked += 1
     assert checked == 4 and declared >= 2  # DFP conv/dense kernels declare a grid
+
+
+def test_mask_update_refreshes_the_inner_quantizer_state(helpers):
+    """After a mask change the stored weight range (used by inference/export) is that of the
+    masked kernel, not of the old one."""
+    from kerasq.prune.masks import set_mask
+
+    sparse = strip(prune_model(helpers.small_model(), ConstantSparsity(0.3, 0)))
+    qmodel = kerasq.quantize_model(sparse)
+    slot = next(s for s in find_mask_slots(qmodel) if s.name == "fc/kernel")
+    w = slot.weight.numpy()
+    mask = (np.abs(w) < np.abs(w).max(axis=0, keepdims=True)).astype(np.float32)  # drop maxima
+    set_mask(slot, mask)
+    state = slot.quantizer_vars["inner"]
+    masked = w * mask
+    np.testing.assert_allclose(state["max"].numpy().reshape(-1), masked.max(axis=0))
+    np.testing.assert_allclose(state["min"].numpy().reshape(-1), masked.min(axis=0))
