@@ -375,6 +375,9 @@ def inspect_section(model: Any, data: Any = None, *, batch_size: int = 32) -> st
     return f"quantization ({len(rows)} quantized tensors; {where}):\n" + format_report(rows)
 
 
+# ``kerasq.schemes.report`` is both this module and, through the package's lazy exports, the
+# function ``report``; which one a user gets depends on import order. Both spellings work
+# either way: the module is callable and the function carries the module's public names.
 class _CallableModule(types.ModuleType):
     """Lets ``kerasq.schemes.report(qmodel, data)`` work although ``report`` is a module."""
 
@@ -383,3 +386,5 @@ class _CallableModule(types.ModuleType):
 
 
 sys.modules[__name__].__class__ = _CallableModule
+for _name in __all__:
+    setattr(report, _name, globals()[_name])

@@ -200,3 +200,16 @@ def test_dataset_of_pairs_gives_the_same_rows_as_arrays(dense_model):
     assert [r.to_dict() for r in from_dataset] == [r.to_dict() for r in from_arrays]
     limited = {(r.layer, r.tensor): r for r in report(qmodel, x, batch_size=32, steps=1)}
     assert limited[("d1", "output")].elements == 32 * 12
+
+
+@pytest.mark.parametrize("first", ["import kerasq", "import kerasq.schemes.report, kerasq"])
+def test_report_is_callable_and_has_format_report_whatever_the_import_order(first):
+    import subprocess
+    import sys
+
+    code = (f"{first}\nr = kerasq.schemes.report\n"
+            "assert callable(r) and callable(r.format_report) and callable(r.report)\n"
+            "assert r.format_report([]) == 'no quantized tensors'\nprint('ok')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
