@@ -118,7 +118,12 @@ def _tflite_layer(layer_fn, in_shape, threads: int):
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     conv.inference_input_type = tf.int8
     conv.inference_output_type = tf.int8
-    interp = Interpreter(model_content=conv.convert(), num_threads=threads)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        content = conv.convert()
+    interp = Interpreter(model_content=content, num_threads=threads)
     interp.allocate_tensors()
     detail = interp.get_input_details()[0]
     interp.set_tensor(detail["index"], rng.integers(-128, 128, in_shape).astype(np.int8))

@@ -7,6 +7,7 @@
 // HWCM (depthwise) or [K, N] (matmul) weights, as in Keras.
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -291,11 +292,19 @@ void RequantizeRows(const Requantizer& rq, const Acc* C, int64_t ldc, int64_t ro
   }
 }
 
+// max|v|, or the type's bound when that already proves int32 accumulation safe
+// (always for int8 x int8), which saves a pass over the activations.
 template <typename T>
 int64_t MaxAbs(const T* v, int64_t n) {
   int64_t m = 0;
   for (int64_t i = 0; i < n; ++i) m = std::max<int64_t>(m, v[i] < 0 ? -int64_t(v[i]) : v[i]);
   return m;
+}
+
+template <typename T>
+int64_t BoundOrMaxAbs(const T* v, int64_t n, int64_t max_other, int64_t terms) {
+  const int64_t bound = -static_cast<int64_t>(std::numeric_limits<T>::min());
+  return gemm::FitsInt32(bound, max_other, terms) ? bound : MaxAbs(v, n);
 }
 
 // GEMM-based layers (conv, matmul): fill_rows(row0, rows, A, lda) writes int16 rows of the
@@ -354,7 +363,7 @@ class DfpConv2DOp : public IntegerKernelBase {
     gemm::PackedB B;
     gemm::PackB(w.flat<TW>().data(), K, g.out_c, &B);
     const TIn* xp = x.flat<TIn>().data();
-    const int64_t max_a = MaxAbs(xp, x.NumElements());
+    const int64_t max_a = BoundOrMaxAbs(xp, x.NumElements(), B.max_abs, B.Kp);
     Requantizer rq;
     OP_REQUIRES_OK(ctx, MakeRequantizer(ctx, g.out_c, double(max_a) * B.max_abs * B.Kp, &rq));
     RunGemmLayer(ctx, B, M, max_a, rq, y->flat<Out>().data(),
@@ -403,7 +412,7 @@ class DfpMatMulOp : public IntegerKernelBase {
     gemm::PackedB B;
     gemm::PackB(w.flat<TW>().data(), K, N, &B);
     const TIn* xp = x.flat<TIn>().data();
-    const int64_t max_a = MaxAbs(xp, x.NumElements());
+    const int64_t max_a = BoundOrMaxAbs(xp, x.NumElements(), B.max_abs, B.Kp);
     Requantizer rq;
     OP_REQUIRES_OK(ctx, MakeRequantizer(ctx, N, double(max_a) * B.max_abs * B.Kp, &rq));
     RunGemmLayer(ctx, B, M, max_a, rq, y->flat<Out>().data(),
@@ -439,9 +448,9 @@ class DfpDepthwiseConv2DOp : public IntegerKernelBase {
     if (M == 0 || g.out_c == 0) return;
     const TIn* xp = x.flat<TIn>().data();
     const TW* wp = w.flat<TW>().data();
-    const int64_t max_a = MaxAbs(xp, x.NumElements());
-    const int64_t max_w = MaxAbs(wp, w.NumElements());
     const int64_t taps = g.k_h * g.k_w;
+    const int64_t max_w = MaxAbs(wp, w.NumElements());
+    const int64_t max_a = BoundOrMaxAbs(xp, x.NumElements(), max_w, taps);
     Requantizer rq;
     OP_REQUIRES_OK(ctx, MakeRequantizer(ctx, g.out_c, double(max_a) * max_w * taps, &rq));
     Out* yp = y->flat<Out>().data();
