@@ -24,7 +24,8 @@ import numpy as np
 from kerasq._compat import keras, tf
 from kerasq.errors import ExportError
 from kerasq.export import spec as specs
-from kerasq.export.layers import AffineFakeQuant, GridQuantize, QuantizedLinear
+from kerasq.export.layers import (AffineFakeQuant, GridQuantize, MinifloatQuantize,
+                                  QuantizedLinear)
 
 log = logging.getLogger("kerasq.export.graph")
 
@@ -112,8 +113,12 @@ class _Builder:
                 raise ExportError(
                     f"activations are {spec.describe()}, which has no TFLite integer type; "
                     "export with target 'float' or 'float16'", layer=owner)
-            raise ExportError(f"activations are {spec.describe()}: only fixed-point "
-                              "activation grids are exported so far", layer=owner)
+            if spec.kind == "minifloat" and spec.exp_bits <= 6:
+                return MinifloatQuantize(spec.exp_bits, spec.mant_bits, spec.subnormals,
+                                         spec.rounding, name=f"{owner}_{what}_q")(x)
+            raise ExportError(f"activations are {spec.describe()}: only fixed-point and "
+                              "minifloat (E <= 6) activation grids are exported",
+                              layer=owner)
         bits = {"fakequant8": 8, "plain16": 16}.get(self.mode)
         if bits is not None and spec.bitwidth > (bits if not spec.signed else bits):
             can = "int16x8" if spec.bitwidth <= 16 else "float"

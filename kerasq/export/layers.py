@@ -89,6 +89,42 @@ class GridQuantize(keras.layers.Layer):
 
 
 @keras.utils.register_keras_serializable(package="kerasq")
+class MinifloatQuantize(keras.layers.Layer):
+    """Ristretto minifloat (E exponent, M mantissa bits) with exact float builtins.
+
+    The binade of |x| is found with a ladder of comparisons (one per exponent, so E <= 6),
+    x·2^(M-k) is rounded with :func:`round_exact` and scaled back; saturation at ±max and
+    flush to zero below 2^-bias (or subnormals) as in :mod:`kerasq.numerics`.
+    """
+
+    def __init__(self, exp_bits: int, mant_bits: int, subnormals: bool = False,
+                 rounding: str = "nearest", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.exp_bits, self.mant_bits = int(exp_bits), int(mant_bits)
+        self.subnormals, self.rounding = bool(subnormals), rounding
+
+    def call(self, x: "tf.Tensor") -> "tf.Tensor":
+        bias = 2 ** (self.exp_bits - 1) - 1
+        k_hi = 2**self.exp_bits - 1 - bias
+        top = (2.0 - 2.0 ** -self.mant_bits) * 2.0**k_hi
+        k_min = 1 - bias if self.subnormals else -bias
+        a = tf.clip_by_value(x, -top, top)
+        mag = tf.abs(a)
+        up = tf.fill(tf.shape(a), float(2.0 ** (self.mant_bits - k_min)))
+        for k in range(k_min + 1, k_hi + 1):
+            up = tf.where(mag >= 2.0**k, float(2.0 ** (self.mant_bits - k)), up)
+        out = round_exact(a * up, self.rounding) / up
+        out = tf.clip_by_value(out, -top, top)
+        if not self.subnormals:
+            out = tf.where(mag < 2.0**k_min, tf.zeros_like(out), out)
+        return out
+
+    def get_config(self) -> Dict[str, Any]:
+        return {**super().get_config(), "exp_bits": self.exp_bits, "mant_bits": self.mant_bits,
+                "subnormals": self.subnormals, "rounding": self.rounding}
+
+
+@keras.utils.register_keras_serializable(package="kerasq")
 class AffineFakeQuant(keras.layers.Layer):
     """tfmot's affine min/max fake quantization, kept as is (the converter's own path)."""
 
@@ -177,4 +213,4 @@ class QuantizedLinear(keras.layers.Layer):
                 "fake_quant": self.fake_quant}
 
 
-__all__: List[str] = ["AffineFakeQuant", "GridQuantize", "QuantizedLinear", "round_exact"]
+__all__: List[str] = ["MinifloatQuantize", "AffineFakeQuant", "GridQuantize", "QuantizedLinear", "round_exact"]

@@ -32,7 +32,7 @@ from kerasq.errors import ExportError
 
 log = logging.getLogger("kerasq.export.spec")
 
-KINDS = ("none", "dfp", "affine", "pow2", "values")
+KINDS = ("none", "dfp", "affine", "pow2", "minifloat", "values")
 _TFMOT_AFFINE = ("LastValueQuantizer", "MovingAverageQuantizer", "AllValuesQuantizer")
 ROUNDINGS = ("nearest", "nearest_even", "half_up", "stochastic")
 
@@ -61,6 +61,9 @@ class GridSpec:
     exp_max: int = 0
     low: float = 0.0
     high: float = 0.0
+    exp_bits: int = 0
+    mant_bits: int = 0
+    subnormals: bool = False
 
     @property
     def qmin(self) -> int:
@@ -100,6 +103,8 @@ class GridSpec:
             return f"pow2 2^[{self.exp_min}..{self.exp_max}]"
         if self.kind == "values":
             return "values"
+        if self.kind == "minifloat":
+            return f"minifloat E{self.exp_bits}M{self.mant_bits}"
         if self.kind == "affine":
             return f"affine {self.bitwidth}-bit [{self.low:.4g}, {self.high:.4g}]"
         fl = np.asarray(self.frac_bits)
@@ -237,7 +242,7 @@ def activation_spec(fn: Callable[[np.ndarray], np.ndarray], *, name: str = "",
     Raises :class:`ExportError` if the quantizer is not a recognisable grid.
     """
     declared = _declared_spec(quantizer, quantizer_vars) if quantizer is not None else None
-    if declared is not None:
+    if declared is not None and declared.kind != "values":  # "values": probe it below
         return declared
     ks = np.arange(-60, 61)
     powers = np.ldexp(1.0, ks).astype(np.float32)
@@ -331,5 +336,79 @@ def _pow2_or_values(fn, pos, neg, powers, name) -> GridSpec:
             exps = np.frexp(outs)[1] - 1
             return GridSpec(kind="pow2", exp_min=int(exps.min()), exp_max=int(exps.max()),
                             signed=bool(np.any(neg < 0)))
+    spec = _minifloat_spec(fn, pos, name)
+    if spec is not None:
+        return spec
     log.info("activation quantizer %s is not a fixed-point grid; treated as 'values'", name)
     return GridSpec(kind="values", signed=bool(np.any(neg < 0)))
+
+
+def minifloat_reference(x: np.ndarray, spec: GridSpec) -> np.ndarray:
+    """Ristretto-style minifloat (kerasq.numerics semantics) in float64 numpy: saturate to
+    ±max, round the mantissa to M bits in x's binade (2^k <= |x| < 2^(k+1)), flush values
+    below 2^-bias to zero (or gradual underflow below 2^(1-bias) with subnormals)."""
+    bias = 2 ** (spec.exp_bits - 1) - 1
+    top = (2.0 - 2.0 ** -spec.mant_bits) * 2.0 ** (2**spec.exp_bits - 1 - bias)
+    a = np.clip(np.asarray(x, np.float64), -top, top)
+    mag = np.abs(a)
+    k = np.floor(np.log2(np.where(mag > 0, mag, 1.0)))
+    k_min = 1 - bias if spec.subnormals else -bias
+    k_grid = np.maximum(k, k_min) if spec.subnormals else k
+    y = np.ldexp(a, (spec.mant_bits - k_grid).astype(np.int64))
+    rounded = _round_np(y, spec.rounding)
+    out = np.clip(np.ldexp(rounded, (k_grid - spec.mant_bits).astype(np.int64)), -top, top)
+    if not spec.subnormals:
+        out = np.where(mag < 2.0**k_min, 0.0, out)
+    return np.where(mag == 0, 0.0, out)
+
+
+def _round_np(y: np.ndarray, mode: str) -> np.ndarray:
+    if mode == "nearest_even":
+        return np.round(y)
+    if mode == "half_up":
+        return np.floor(y + 0.5)
+    return np.sign(y) * np.floor(np.abs(y) + 0.5)
+
+
+def _minifloat_spec(fn: Callable[[np.ndarray], np.ndarray], pos: np.ndarray,
+                    name: str) -> Optional[GridSpec]:
+    """Find E, M, subnormals and rounding of a minifloat quantizer, then check it on a
+    log-uniform sample; None if it is not one."""
+    top = float(pos.max())
+    mant_bits = 0
+    while mant_bits < 23:
+        probe = 1.0 + 2.0 ** -(mant_bits + 1)
+        if _probe(fn, [probe])[0] != probe:
+            break
+        mant_bits += 1
+    k_hi = math.frexp(top)[1] - 1
+    if k_hi < 1 or k_hi & (k_hi - 1):
+        return None
+    exp_bits = int(math.log2(k_hi)) + 1
+    bias = 2 ** (exp_bits - 1) - 1
+    if top != (2.0 - 2.0 ** -mant_bits) * 2.0**k_hi:
+        return None
+    smallest = float(pos[pos > 0].min())
+    subnormals = smallest < 2.0**-bias
+    half = 2.0 ** -(mant_bits + 1)
+    ties = np.array([1 + half, -(1 + half), 1 + 3 * half, -(1 + 3 * half)])
+    got = _probe(fn, ties)
+    rounding = None
+    for mode in ("nearest", "half_up", "nearest_even"):
+        candidate = GridSpec(kind="minifloat", exp_bits=exp_bits, mant_bits=mant_bits,
+                             subnormals=subnormals, rounding=mode)
+        if np.array_equal(minifloat_reference(ties, candidate), got):
+            rounding = mode
+            break
+    if rounding is None:
+        return None
+    spec = GridSpec(kind="minifloat", exp_bits=exp_bits, mant_bits=mant_bits,
+                    subnormals=subnormals, rounding=rounding)
+    rng = np.random.default_rng(0)
+    sample = (rng.choice([-1.0, 1.0], 20000) *
+              np.exp2(rng.uniform(-bias - mant_bits - 2, k_hi + 2, 20000))).astype(np.float32)
+    if not np.array_equal(_probe(fn, sample), minifloat_reference(sample, spec)):
+        log.info("activation quantizer %s: minifloat E%dM%d hypothesis failed", name,
+                 exp_bits, mant_bits)
+        return None
+    return spec
