@@ -75,6 +75,14 @@ def quantize_scope() -> Iterator[None]:
         yield
 
 
+def _safe_mode() -> Any:
+    """Keras safe mode (no Python bytecode of Lambda layers) for .h5 and SavedModel too:
+    tf_keras applies it to .keras files only, and would run a .h5's marshalled lambdas."""
+    lib = getattr(getattr(getattr(keras, "src", None), "saving", None), "serialization_lib", None)
+    scope = getattr(lib, "SafeModeScope", None)
+    return scope(True) if scope is not None else contextlib.nullcontext()
+
+
 def load_model(path: Union[str, "os.PathLike[str]"], *, compile: bool = True) -> Any:
     """Load a (quantized) Keras model from .h5 or a SavedModel directory.
 
@@ -84,7 +92,7 @@ def load_model(path: Union[str, "os.PathLike[str]"], *, compile: bool = True) ->
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ModelFormatError("no such file or directory", file=path)
-    with quantize_scope():
+    with quantize_scope(), _safe_mode():
         try:
             return keras.models.load_model(path, compile=compile)
         except KerasqError as err:
