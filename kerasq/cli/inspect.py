@@ -65,7 +65,9 @@ def load_any(path: str) -> Any:
     if not os.path.exists(path):
         raise ModelFormatError("model not found", file=path)
     try:
-        with keras.utils.custom_object_scope(custom_objects()):
+        from kerasq.schemes.api import _safe_mode  # Lambda bytecode refused in .h5 too
+
+        with keras.utils.custom_object_scope(custom_objects()), _safe_mode():
             return keras.models.load_model(path, compile=False)
     except (OSError, ValueError, TypeError, KeyError, ImportError) as err:
         raise ModelFormatError(

@@ -161,3 +161,17 @@ def test_load_model_keeps_keras_safe_mode_for_every_format(tmp_path):
         c.__name__ for c in type(layer).__mro__
     ]
     np.testing.assert_array_equal(revived(np.ones((1, 2), np.float32)).numpy(), [[2.0, 2.0]])
+
+
+def test_cli_inspect_refuses_lambda_bytecode(tmp_path, capsys):
+    """``kerasq inspect`` loads models itself: same safe mode, one-line error, status 2."""
+    from kerasq._compat import keras
+    from kerasq.cli import main
+
+    inp = keras.Input((2,))
+    keras.Model(inp, keras.layers.Lambda(lambda t: t + 1.0)(inp)).save(
+        tmp_path / "lambda.h5", save_format="h5"
+    )
+    assert main(["inspect", str(tmp_path / "lambda.h5")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lambda.h5" in err[0] and "Lambda" in err[0]
