@@ -4,7 +4,7 @@ A small CNN is trained on 8x8 handwritten digits (1797 images, fixed 70/30 split
 then quantized with kerasq: post-training (quantize_model + calibrate on training
 images) and quantization-aware training for 4-bit weights. Prints a Markdown table.
 
-    python benchmarks/accuracy.py            # ~2-4 minutes on 2 CPU cores
+    python benchmarks/accuracy.py            # ~1-3 minutes on 2 CPU cores
     python benchmarks/accuracy.py --json out.json
 """
 
