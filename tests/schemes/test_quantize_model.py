@@ -227,3 +227,14 @@ def test_converted_caffe_lenet_against_opencv():
     out8 = q8.predict(x[..., None], verbose=0)
     assert np.mean(out8.argmax(-1) == reference.argmax(-1)) >= 0.95
     assert np.mean(reference.argmax(-1) == load_digits().target[:64]) > 0.5  # sane input
+
+
+def test_sequential_model_is_quantized_and_inputs_are_quantized():
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4, activation="relu"),
+                              keras.layers.Dense(3)])
+    x = np.random.RandomState(0).normal(size=(16, 5)).astype(np.float32)
+    q = kerasq.calibrate(kerasq.quantize_model(model), x)
+    assert any(type(l).__name__ == "QuantizeLayer" for l in q.layers)
+    diff = np.abs(q.predict(x, verbose=0) - model.predict(x, verbose=0)).max()
+    assert 0 < diff < 0.1
