@@ -485,7 +485,11 @@ class DfpDepthwiseConv2DOp : public IntegerKernelBase {
                 const TIn* src = xp + ((b * g.in_h + ih) * g.in_w + iw) * g.in_c;
                 const TW* wt = wp + (kh * g.k_w + kw) * g.out_c;
                 Acc* a = acc.data();
-                if (mult == 1) {
+                if (mult == 1 && sizeof(TIn) == 1 && sizeof(TW) == 1) {
+                  // int8 x int8 is exact in int16: 16-lane multiplies, widening adds
+                  for (int64_t c = 0; c < g.in_c; ++c)
+                    a[c] += Acc(static_cast<int16_t>(int16_t(src[c]) * int16_t(wt[c])));
+                } else if (mult == 1) {
                   for (int64_t c = 0; c < g.in_c; ++c) a[c] += Acc(src[c]) * Acc(wt[c]);
                 } else {
                   for (int64_t c = 0; c < g.in_c; ++c)
