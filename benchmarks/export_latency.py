@@ -18,16 +18,18 @@ def small_cnn(size: int):
     from kerasq._compat import keras
 
     keras.utils.set_random_seed(0)
-    return keras.Sequential([
-        keras.Input((size, size, 3)),
-        keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
-        keras.layers.MaxPooling2D(2),
-        keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
-        keras.layers.MaxPooling2D(2),
-        keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
-        keras.layers.Flatten(),
-        keras.layers.Dense(10),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((size, size, 3)),
+            keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10),
+        ]
+    )
 
 
 def median_latency_ms(content: bytes, x: np.ndarray, runs: int) -> float:
@@ -71,12 +73,15 @@ def main() -> None:
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([x[i:i + 1]] for i in range(128))
+    converter.representative_dataset = lambda: ([x[i : i + 1]] for i in range(128))
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     tflite_ptq_file = converter.convert()
 
-    rows = [("float", float_file), ("TFLite PTQ int8", tflite_ptq_file),
-            ("kerasq int8 (DFP, pow2 scales)", kerasq_file)]
+    rows = [
+        ("float", float_file),
+        ("TFLite PTQ int8", tflite_ptq_file),
+        ("kerasq int8 (DFP, pow2 scales)", kerasq_file),
+    ]
     results = {name: median_latency_ms(blob, x, args.runs) for name, blob in rows}
     print(f"small CNN {args.size}x{args.size}x3, 1 thread, median of {args.runs} runs")
     for name, blob in rows:
@@ -84,8 +89,10 @@ def main() -> None:
     f = results["float"]
     print(f"  ratio TFLite PTQ int8 / float   {results['TFLite PTQ int8'] / f:.2f}x")
     print(f"  ratio kerasq int8 / float       {results['kerasq int8 (DFP, pow2 scales)'] / f:.2f}x")
-    print(f"  ratio kerasq / TFLite PTQ int8  "
-          f"{results['kerasq int8 (DFP, pow2 scales)'] / results['TFLite PTQ int8']:.2f}x")
+    print(
+        f"  ratio kerasq / TFLite PTQ int8  "
+        f"{results['kerasq int8 (DFP, pow2 scales)'] / results['TFLite PTQ int8']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -8,16 +8,16 @@
 import sys
 
 import numpy as np
+from kerasq.converters.caffe import load
 
 import kerasq
-from kerasq.converters.caffe import load
 from kerasq.export import export_tflite
 
 prototxt, caffemodel, calibration, output = sys.argv[1:5]
 data = np.load(calibration).astype(np.float32)
 
-model = load(prototxt, caffemodel)               # numerically Caffe's net, NHWC
-qmodel = kerasq.quantize_model(model)            # DFP 8/8, power-of-two scales
-kerasq.calibrate(qmodel, data)                   # ranges -> fractional lengths
+model = load(prototxt, caffemodel)  # numerically Caffe's net, NHWC
+qmodel = kerasq.quantize_model(model)  # DFP 8/8, power-of-two scales
+kerasq.calibrate(qmodel, data)  # ranges -> fractional lengths
 result = export_tflite(qmodel, output, target="int8", verify_data=data, verify=True)
 print(f"wrote {output}: {result.size} bytes; {result.report.describe()}")

@@ -4,11 +4,11 @@ prune -> int8 TFLite (verified). Run: python examples/demo.py [out_dir]"""
 import sys
 
 import numpy as np
+from kerasq.converters.caffe import load
 
 import kerasq
 import kerasq.prune as kp
 from kerasq._compat import keras
-from kerasq.converters.caffe import load
 from kerasq.demo import build_cnn, load_digits_data
 from kerasq.demo.caffe_writer import write_caffe
 from kerasq.export import export_tflite

@@ -20,12 +20,18 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
             "verify it and print accuracy, sparsity, size and latency."
         ),
     )
-    p.add_argument("--epochs", type=int,
-                   default=int(os.environ.get("KERASQ_DEMO_EPOCHS", "15")),
-                   help="float training epochs (default 15, env KERASQ_DEMO_EPOCHS)")
-    p.add_argument("--qat-epochs", type=int,
-                   default=int(os.environ.get("KERASQ_DEMO_QAT_EPOCHS", "3")),
-                   help="quantization-aware training epochs (default 3)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=int(os.environ.get("KERASQ_DEMO_EPOCHS", "15")),
+        help="float training epochs (default 15, env KERASQ_DEMO_EPOCHS)",
+    )
+    p.add_argument(
+        "--qat-epochs",
+        type=int,
+        default=int(os.environ.get("KERASQ_DEMO_QAT_EPOCHS", "3")),
+        help="quantization-aware training epochs (default 3)",
+    )
     p.add_argument("--sparsity", type=float, default=0.5, help="pruned fraction (default 0.5)")
     p.add_argument("--out", help="keep the files (Caffe net, .tflite) in this directory")
     p.set_defaults(func=run)
@@ -35,10 +41,16 @@ def run(args: argparse.Namespace) -> int:
     from kerasq._compat import keras
     from kerasq.demo import STEPS, format_table, run_demo
 
-    labels = {"data": "loading digits", "train": "training the float CNN",
-              "caffe": "writing + importing the Caffe net", "float": "float TFLite",
-              "ptq": "post-training quantization", "qat": "QAT with pruning",
-              "int8": "int8 TFLite export + verification", "done": "done"}
+    labels = {
+        "data": "loading digits",
+        "train": "training the float CNN",
+        "caffe": "writing + importing the Caffe net",
+        "float": "float TFLite",
+        "ptq": "post-training quantization",
+        "qat": "QAT with pruning",
+        "int8": "int8 TFLite export + verification",
+        "done": "done",
+    }
     bar = keras.utils.Progbar(len(STEPS) - 1, unit_name="step")
 
     def progress(step: str) -> None:
@@ -47,8 +59,13 @@ def run(args: argparse.Namespace) -> int:
         bar.update(STEPS.index(step), finalize=step == "done")
 
     print("kerasq demo: real handwritten digits (scikit-learn), Caffe -> Keras -> TFLite")
-    rows = run_demo(epochs=args.epochs, qat_epochs=args.qat_epochs, sparsity=args.sparsity,
-                    out_dir=args.out, progress=progress)
+    rows = run_demo(
+        epochs=args.epochs,
+        qat_epochs=args.qat_epochs,
+        sparsity=args.sparsity,
+        out_dir=args.out,
+        progress=progress,
+    )
     print()
     print(format_table(rows))
     if args.out:

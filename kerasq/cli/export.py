@@ -25,16 +25,28 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("model", help="quantized Keras model (.h5 file or SavedModel directory)")
     p.add_argument("-o", "--output", required=True, help="output .tflite file")
     p.add_argument("--target", choices=TARGETS, default="int8", help="TFLite target (default int8)")
-    p.add_argument("--data", help=".npy array of inputs (calibration of uncovered tensors and "
-                   "verification)")
-    p.add_argument("--verify", action="store_true",
-                   help="fail (exit 2, no file) if the file disagrees with the Keras model")
+    p.add_argument(
+        "--data", help=".npy array of inputs (calibration of uncovered tensors and verification)"
+    )
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="fail (exit 2, no file) if the file disagrees with the Keras model",
+    )
     p.add_argument("--int-io", action="store_true", help="integer input/output tensors")
-    p.add_argument("--kernels", choices=("default", "builtin", "reference"), default="default",
-                   help="TFLite kernels for verification: default (XNNPACK, as on a device), "
-                   "builtin (no delegate) or reference")
-    p.add_argument("--max-error-steps", type=float, default=1.0,
-                   help="--verify tolerance in output quantization steps (default 1)")
+    p.add_argument(
+        "--kernels",
+        choices=("default", "builtin", "reference"),
+        default="default",
+        help="TFLite kernels for verification: default (XNNPACK, as on a device), "
+        "builtin (no delegate) or reference",
+    )
+    p.add_argument(
+        "--max-error-steps",
+        type=float,
+        default=1.0,
+        help="--verify tolerance in output quantization steps (default 1)",
+    )
     p.set_defaults(func=run)
 
 
@@ -66,14 +78,22 @@ def run(args: argparse.Namespace) -> int:
     except ModelFormatError:
         raise
     except Exception as err:  # Keras raises many types for unreadable files
-        raise ModelFormatError(f"cannot load the model: {str(err).splitlines()[0][:200]}",
-                               file=args.model)
+        raise ModelFormatError(
+            f"cannot load the model: {str(err).splitlines()[0][:200]}", file=args.model
+        )
     data = _load_data(args.data) if args.data else None
     try:
-        result = export_tflite(model, args.output, target=args.target,
-                               representative_data=data, int_io=args.int_io, verify_data=data,
-                               verify=args.verify, max_error_steps=args.max_error_steps,
-                               kernels=args.kernels)
+        result = export_tflite(
+            model,
+            args.output,
+            target=args.target,
+            representative_data=data,
+            int_io=args.int_io,
+            verify_data=data,
+            verify=args.verify,
+            max_error_steps=args.max_error_steps,
+            kernels=args.kernels,
+        )
     except ExportError as err:
         raise err.with_context(file=args.model)
     print(f"wrote {args.output} ({result.size} bytes, target {args.target})")

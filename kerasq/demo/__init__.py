@@ -54,15 +54,18 @@ def build_cnn() -> Any:
     """A small Caffe-writable CNN: conv-relu-pool x2, dense."""
     from kerasq._compat import keras
 
-    return keras.Sequential([
-        keras.Input((8, 8, 1)),
-        keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv1"),
-        keras.layers.MaxPooling2D(2, name="pool1"),
-        keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="conv2"),
-        keras.layers.MaxPooling2D(2, name="pool2"),
-        keras.layers.Flatten(name="flatten"),
-        keras.layers.Dense(10, name="fc"),
-    ], name="digits_cnn")
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv1"),
+            keras.layers.MaxPooling2D(2, name="pool1"),
+            keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="conv2"),
+            keras.layers.MaxPooling2D(2, name="pool2"),
+            keras.layers.Flatten(name="flatten"),
+            keras.layers.Dense(10, name="fc"),
+        ],
+        name="digits_cnn",
+    )
 
 
 def _accuracy(logits: np.ndarray, y: np.ndarray) -> float:
@@ -80,7 +83,7 @@ def tflite_latency_ms(content: bytes, x: np.ndarray, *, repeats: int = 200) -> f
     times = []
     for i in range(repeats):
         start = time.perf_counter()
-        runner(x[i % len(x):i % len(x) + 1])
+        runner(x[i % len(x) : i % len(x) + 1])
         times.append(time.perf_counter() - start)
     return 1000.0 * float(np.median(times))
 
@@ -95,9 +98,15 @@ def _kernel_sparsity(plan: Any) -> float:
     return zeros / max(total, 1)
 
 
-def run_demo(*, epochs: int = 15, qat_epochs: int = 3, sparsity: float = 0.5,
-             out_dir: Optional[str] = None, seed: int = 0,
-             progress: Optional[Callable[[str], None]] = None) -> List[DemoRow]:
+def run_demo(
+    *,
+    epochs: int = 15,
+    qat_epochs: int = 3,
+    sparsity: float = 0.5,
+    out_dir: Optional[str] = None,
+    seed: int = 0,
+    progress: Optional[Callable[[str], None]] = None,
+) -> List[DemoRow]:
     """Run the whole pipeline; returns the table rows. Files go to ``out_dir`` (or a temp
     dir that is removed afterwards)."""
     import kerasq
@@ -119,9 +128,11 @@ def run_demo(*, epochs: int = 15, qat_epochs: int = 3, sparsity: float = 0.5,
         x_train, y_train, x_test, y_test = load_digits_data(seed)
         note("train")
         model = build_cnn()
-        model.compile(optimizer=keras.optimizers.Adam(3e-3),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      metrics=["accuracy"])
+        model.compile(
+            optimizer=keras.optimizers.Adam(3e-3),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
         model.fit(x_train, y_train, epochs=epochs, batch_size=32, verbose=0)
 
         note("caffe")
@@ -133,22 +144,31 @@ def run_demo(*, epochs: int = 15, qat_epochs: int = 3, sparsity: float = 0.5,
         got = np.asarray(converted.predict(x_test, verbose=0)).reshape(ref.shape)
         caffe_error = float(np.abs(got - ref).max())
         if caffe_error > 1e-4:
-            raise VerificationError(f"the imported Caffe net differs from the Keras model by "
-                                    f"{caffe_error:.3g}", file=prototxt)
+            raise VerificationError(
+                f"the imported Caffe net differs from the Keras model by {caffe_error:.3g}",
+                file=prototxt,
+            )
         rows = []
 
         note("float")
-        float_export = export_tflite(converted, os.path.join(out_dir, "float.tflite"),
-                                     target="float")
-        rows.append(DemoRow("float (Caffe import)", _accuracy(got, y_test), 0.0,
-                            float_export.size, tflite_latency_ms(float_export.content, x_test),
-                            f"import max |diff| {caffe_error:.1e}"))
+        float_export = export_tflite(
+            converted, os.path.join(out_dir, "float.tflite"), target="float"
+        )
+        rows.append(
+            DemoRow(
+                "float (Caffe import)",
+                _accuracy(got, y_test),
+                0.0,
+                float_export.size,
+                tflite_latency_ms(float_export.content, x_test),
+                f"import max |diff| {caffe_error:.1e}",
+            )
+        )
 
         note("ptq")
         ptq = kerasq.quantize_model(converted)
         kerasq.calibrate(ptq, x_train[:512])
-        rows.append(DemoRow("PTQ DFP-8 (Keras)", _accuracy(ptq.predict(x_test, verbose=0),
-                                                           y_test)))
+        rows.append(DemoRow("PTQ DFP-8 (Keras)", _accuracy(ptq.predict(x_test, verbose=0), y_test)))
 
         note("qat")
         import kerasq.prune as kp
@@ -156,24 +176,39 @@ def run_demo(*, epochs: int = 15, qat_epochs: int = 3, sparsity: float = 0.5,
         qat = kerasq.quantize_model(converted, preserve_sparsity=True)
         kerasq.calibrate(qat, x_train[:512])
         kp.one_shot_prune(qat, kp.ConstantSparsity(sparsity, 0))
-        qat.compile(optimizer=keras.optimizers.Adam(1e-3),
-                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                    metrics=["accuracy"])
+        qat.compile(
+            optimizer=keras.optimizers.Adam(1e-3),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
         qat.fit(x_train, y_train, epochs=qat_epochs, batch_size=32, verbose=0)
         qat_logits = qat.predict(x_test, verbose=0)
 
         note("int8")
-        int8 = export_tflite(qat, os.path.join(out_dir, "digits_int8.tflite"), target="int8",
-                             verify_data=x_test)
+        int8 = export_tflite(
+            qat, os.path.join(out_dir, "digits_int8.tflite"), target="int8", verify_data=x_test
+        )
         kernel_sparsity = _kernel_sparsity(int8.plan)
-        rows.append(DemoRow(f"QAT DFP-8 + {int(100 * sparsity)}% pruning (Keras)",
-                            _accuracy(qat_logits, y_test), kernel_sparsity))
+        rows.append(
+            DemoRow(
+                f"QAT DFP-8 + {int(100 * sparsity)}% pruning (Keras)",
+                _accuracy(qat_logits, y_test),
+                kernel_sparsity,
+            )
+        )
         from kerasq.export.verify import TFLiteRunner
 
         tfl_logits = TFLiteRunner(int8.content)(x_test)
-        rows.append(DemoRow("int8 TFLite (QAT+pruned)", _accuracy(tfl_logits, y_test),
-                            kernel_sparsity, int8.size, tflite_latency_ms(int8.content, x_test),
-                            int8.report.describe() if int8.report else ""))
+        rows.append(
+            DemoRow(
+                "int8 TFLite (QAT+pruned)",
+                _accuracy(tfl_logits, y_test),
+                kernel_sparsity,
+                int8.size,
+                tflite_latency_ms(int8.content, x_test),
+                int8.report.describe() if int8.report else "",
+            )
+        )
         note("done")
         return rows
     finally:
@@ -186,17 +221,28 @@ def format_table(rows: List[DemoRow]) -> str:
     head = ("model", "accuracy", "sparsity", "size", "latency (1 thread)")
     lines = []
     for r in rows:
-        lines.append((r.name, f"{100 * r.accuracy:.2f}%",
-                      "" if r.sparsity is None else f"{100 * r.sparsity:.1f}%",
-                      "" if r.size_bytes is None else f"{r.size_bytes / 1024:.1f} KiB",
-                      "" if r.latency_ms is None else f"{1000 * r.latency_ms:.0f} us"))
+        lines.append(
+            (
+                r.name,
+                f"{100 * r.accuracy:.2f}%",
+                "" if r.sparsity is None else f"{100 * r.sparsity:.1f}%",
+                "" if r.size_bytes is None else f"{r.size_bytes / 1024:.1f} KiB",
+                "" if r.latency_ms is None else f"{1000 * r.latency_ms:.0f} us",
+            )
+        )
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
-    out = ["  ".join(h.ljust(w) for h, w in zip(head, widths)),
-           "  ".join("-" * w for w in widths)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(head, widths)), "  ".join("-" * w for w in widths)]
     out += ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines]
     notes = [f"  {r.name}: {r.note}" for r in rows if r.note]
     return "\n".join(out + (["notes:"] + notes if notes else []))
 
 
-__all__ = ["DemoRow", "run_demo", "format_table", "load_digits_data", "build_cnn",
-           "tflite_latency_ms", "STEPS"]
+__all__ = [
+    "DemoRow",
+    "run_demo",
+    "format_table",
+    "load_digits_data",
+    "build_cnn",
+    "tflite_latency_ms",
+    "STEPS",
+]

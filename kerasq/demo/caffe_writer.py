@@ -61,7 +61,9 @@ def _build(model: Any) -> Tuple[Any, Any]:
     top = "data"
     shape: Optional[Tuple[int, int, int]] = (h, w, c)  # NHWC spatial shape of `top`
     flattened_from: Optional[Tuple[int, int, int]] = None
-    for layer in model.layers[1:] if type(model.layers[0]).__name__ == "InputLayer" else model.layers:
+    for layer in (
+        model.layers[1:] if type(model.layers[0]).__name__ == "InputLayer" else model.layers
+    ):
         kind = type(layer).__name__
         cfg = layer.get_config()
         name = layer.name
@@ -70,8 +72,9 @@ def _build(model: Any) -> Tuple[Any, Any]:
             sh, sw = cfg["strides"]
             if cfg["padding"] == "same":
                 if kh % 2 == 0 or kw % 2 == 0 or (sh, sw) != (1, 1):
-                    raise UnsupportedLayerError("'same' padding is written for odd kernels "
-                                                "with stride 1 only", layer=name)
+                    raise UnsupportedLayerError(
+                        "'same' padding is written for odd kernels with stride 1 only", layer=name
+                    )
                 pad = (kh // 2, kw // 2)
             else:
                 pad = (0, 0)
@@ -91,12 +94,20 @@ def _build(model: Any) -> Tuple[Any, Any]:
             _activation_layers(pb2, deploy, name, top, cfg["activation"])
         elif kind in ("MaxPooling2D", "AveragePooling2D"):
             (ph, pw), (sh, sw) = cfg["pool_size"], cfg["strides"]
-            if cfg["padding"] != "valid" or ph != pw or (shape[0] - ph) % sh or (shape[1] - pw) % sw:
-                raise UnsupportedLayerError("pooling is written for square 'valid' windows "
-                                            "that tile the input exactly", layer=name)
+            if (
+                cfg["padding"] != "valid"
+                or ph != pw
+                or (shape[0] - ph) % sh
+                or (shape[1] - pw) % sw
+            ):
+                raise UnsupportedLayerError(
+                    "pooling is written for square 'valid' windows that tile the input exactly",
+                    layer=name,
+                )
             lp = deploy.layer.add(name=name, type="Pooling", bottom=[top], top=[name])
-            lp.pooling_param.pool = (pb2.PoolingParameter.MAX if kind == "MaxPooling2D"
-                                     else pb2.PoolingParameter.AVE)
+            lp.pooling_param.pool = (
+                pb2.PoolingParameter.MAX if kind == "MaxPooling2D" else pb2.PoolingParameter.AVE
+            )
             lp.pooling_param.kernel_size = ph
             lp.pooling_param.stride = sh
             top = name
@@ -120,8 +131,9 @@ def _build(model: Any) -> Tuple[Any, Any]:
             _activation_layers(pb2, deploy, name, top, cfg["activation"])
             shape = None
         else:
-            raise UnsupportedLayerError(f"{kind} is not written by the demo's Caffe writer",
-                                        layer=name)
+            raise UnsupportedLayerError(
+                f"{kind} is not written by the demo's Caffe writer", layer=name
+            )
         if kind == "Dense":
             layer._kerasq_flattened_from = flattened_from  # used for weight order below
             flattened_from = None
@@ -140,7 +152,9 @@ def _build(model: Any) -> Tuple[Any, Any]:
             source = getattr(layer, "_kerasq_flattened_from", None)
             if source is not None:  # Keras flattened HWC, Caffe flattens CHW
                 fh, fw, fc = source
-                kernel = kernel.reshape(fh, fw, fc, -1).transpose(2, 0, 1, 3).reshape(fh * fw * fc, -1)
+                kernel = (
+                    kernel.reshape(fh, fw, fc, -1).transpose(2, 0, 1, 3).reshape(fh * fw * fc, -1)
+                )
             blobs = [kernel.T]
         if len(values) > 1:
             blobs.append(values[1])

@@ -19,10 +19,17 @@ def add_convert_tflite_options(p: argparse.ArgumentParser) -> None:
     """Add ``--tflite``, ``--tflite-target``, ``--verify`` to ``kerasq convert``."""
     g = p.add_argument_group("TFLite export", "write the (quantized) model as TFLite too")
     g.add_argument("--tflite", metavar="FILE", help="also write this .tflite file")
-    g.add_argument("--tflite-target", choices=TARGETS, default=None,
-                   help="TFLite target (default: int8 with --quantize, else float)")
-    g.add_argument("--verify", action="store_true",
-                   help="run the .tflite on the --calibration data and fail on a mismatch")
+    g.add_argument(
+        "--tflite-target",
+        choices=TARGETS,
+        default=None,
+        help="TFLite target (default: int8 with --quantize, else float)",
+    )
+    g.add_argument(
+        "--verify",
+        action="store_true",
+        help="run the .tflite on the --calibration data and fail on a mismatch",
+    )
 
 
 def export_converted(model: Any, args: argparse.Namespace) -> None:
@@ -36,8 +43,14 @@ def export_converted(model: Any, args: argparse.Namespace) -> None:
         from kerasq.cli.quantize import load_inputs
 
         data = load_inputs(args.calibration)
-    result = export_tflite(model, args.tflite, target=target, representative_data=data,
-                           verify_data=data, verify=bool(args.verify))
+    result = export_tflite(
+        model,
+        args.tflite,
+        target=target,
+        representative_data=data,
+        verify_data=data,
+        verify=bool(args.verify),
+    )
     print(f"wrote {args.tflite} ({result.size} bytes, target {target})")
     if result.report is not None:
         print(f"  verification: {result.report.describe()}")

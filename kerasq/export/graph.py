@@ -24,8 +24,7 @@ import numpy as np
 from kerasq._compat import keras, tf
 from kerasq.errors import ExportError
 from kerasq.export import spec as specs
-from kerasq.export.layers import (AffineFakeQuant, GridQuantize, MinifloatQuantize,
-                                  QuantizedLinear)
+from kerasq.export.layers import AffineFakeQuant, GridQuantize, MinifloatQuantize, QuantizedLinear
 
 log = logging.getLogger("kerasq.export.graph")
 
@@ -97,42 +96,63 @@ class _Builder:
 
     # -- activations ---------------------------------------------------------------------
     def quantize(self, x: Any, quantizer: Any, qvars: Any, owner: str, what: str) -> Any:
-        spec = specs.activation_spec(_quantizer_fn(quantizer, qvars), name=f"{owner}/{what}",
-                                     quantizer=quantizer, quantizer_vars=qvars)
+        spec = specs.activation_spec(
+            _quantizer_fn(quantizer, qvars),
+            name=f"{owner}/{what}",
+            quantizer=quantizer,
+            quantizer_vars=qvars,
+        )
         self.specs.setdefault(owner, []).append((what, spec))
         if spec.kind == "none":
             return x
         if spec.kind == "affine":  # tfmot's own min/max quantizers (e.g. its input layer)
             if spec.bitwidth > {"plain16": 16}.get(self.mode, 8):
-                raise ExportError(f"{spec.bitwidth}-bit affine activations do not fit the "
-                                  "target", layer=owner)
-            return AffineFakeQuant(spec.low, spec.high, spec.bitwidth, spec.narrow,
-                                   name=f"{owner}_{what}_q")(x)
+                raise ExportError(
+                    f"{spec.bitwidth}-bit affine activations do not fit the target", layer=owner
+                )
+            return AffineFakeQuant(
+                spec.low, spec.high, spec.bitwidth, spec.narrow, name=f"{owner}_{what}_q"
+            )(x)
         if spec.kind != "dfp":
             if self.mode != "exact":
                 raise ExportError(
                     f"activations are {spec.describe()}, which has no TFLite integer type; "
-                    "export with target 'float' or 'float16'", layer=owner)
+                    "export with target 'float' or 'float16'",
+                    layer=owner,
+                )
             if spec.kind == "minifloat" and spec.exp_bits <= 6:
-                return MinifloatQuantize(spec.exp_bits, spec.mant_bits, spec.subnormals,
-                                         spec.rounding, name=f"{owner}_{what}_q")(x)
-            raise ExportError(f"activations are {spec.describe()}: only fixed-point and "
-                              "minifloat (E <= 6) activation grids are exported",
-                              layer=owner)
+                return MinifloatQuantize(
+                    spec.exp_bits,
+                    spec.mant_bits,
+                    spec.subnormals,
+                    spec.rounding,
+                    name=f"{owner}_{what}_q",
+                )(x)
+            raise ExportError(
+                f"activations are {spec.describe()}: only fixed-point and "
+                "minifloat (E <= 6) activation grids are exported",
+                layer=owner,
+            )
         bits = {"fakequant8": 8, "plain16": 16}.get(self.mode)
-        if bits is not None and spec.bitwidth > (bits if not spec.signed else bits):
+        if bits is not None and spec.bitwidth > bits:
             can = "int16x8" if spec.bitwidth <= 16 else "float"
             raise ExportError(
                 f"{spec.bitwidth}-bit activations do not fit the {bits}-bit target; "
-                f"use target {can!r}", layer=owner)
+                f"use target {can!r}",
+                layer=owner,
+            )
         if self.mode == "exact" and spec.bitwidth > 24:
-            raise ExportError(f"{spec.bitwidth}-bit activations are not exact in float32 "
-                              "arithmetic (24-bit significand)", layer=owner)
+            raise ExportError(
+                f"{spec.bitwidth}-bit activations are not exact in float32 "
+                "arithmetic (24-bit significand)",
+                layer=owner,
+            )
         if self.mode == "plain16":  # the converter calibrates int16 activations itself
             return x
         name = f"{owner}_{what}_q"
-        layer = GridQuantize(int(spec.frac_bits), spec.qmin, spec.qmax, spec.rounding,
-                             self.mode, name=name)
+        layer = GridQuantize(
+            int(spec.frac_bits), spec.qmin, spec.qmax, spec.rounding, self.mode, name=name
+        )
         self.activation_layers[name] = spec
         return layer(x)
 
@@ -151,18 +171,31 @@ class _Builder:
             value = np.asarray(value.numpy() if hasattr(value, "numpy") else value, np.float32)
             quantized[id(weight)] = value
             if linear_kind is not None and weight is _variable(wrapper, "kernel"):
-                axis_value = (value.reshape(value.shape[0], value.shape[1], -1)
-                              if linear_kind == "depthwise" else value)
+                axis_value = (
+                    value.reshape(value.shape[0], value.shape[1], -1)
+                    if linear_kind == "depthwise"
+                    else value
+                )
                 kernel_spec = specs.weight_spec(quantizer, qvars, axis_value, axis=-1)
                 self.specs.setdefault(owner, []).append(("kernel", kernel_spec))
-        if self.mode == "plain16" and kernel_spec is not None and (
-                kernel_spec.kind != "dfp" or kernel_spec.bitwidth > 8):
-            raise ExportError(f"weights are {kernel_spec.describe()}; int16x8 stores 8-bit "
-                              "integer weights; use target 'float'", layer=owner)
+        if (
+            self.mode == "plain16"
+            and kernel_spec is not None
+            and (kernel_spec.kind != "dfp" or kernel_spec.bitwidth > 8)
+        ):
+            raise ExportError(
+                f"weights are {kernel_spec.describe()}; int16x8 stores 8-bit "
+                "integer weights; use target 'float'",
+                layer=owner,
+            )
         config = inner.get_config()
         outs = getattr(wrapper, "_output_quantizers", None) or []
-        if (self.mode == "fakequant8" and type(inner).__name__ == "AveragePooling2D"
-                and config.get("padding") == "valid" and not isinstance(x, (list, tuple))):
+        if (
+            self.mode == "fakequant8"
+            and type(inner).__name__ == "AveragePooling2D"
+            and config.get("padding") == "valid"
+            and not isinstance(x, (list, tuple))
+        ):
             pool = tuple(config["pool_size"])
             count = pool[0] * pool[1]
             if count & (count - 1) == 0:  # 1/count is a power of two: exact as a weight
@@ -172,9 +205,16 @@ class _Builder:
                 channels = int(x.shape[-1])
                 kernel = np.full(pool + (channels, 1), 1.0 / count, np.float32)
                 fl = int(np.log2(count)) + 6  # code 64 (< 127) for the weight 1/count
-                y = QuantizedLinear("depthwise", kernel, None, strides=config["strides"],
-                                    padding="valid", weight_frac_bits=np.full(channels, fl),
-                                    fake_quant=True, name=inner.name)(x)
+                y = QuantizedLinear(
+                    "depthwise",
+                    kernel,
+                    None,
+                    strides=config["strides"],
+                    padding="valid",
+                    weight_frac_bits=np.full(channels, fl),
+                    fake_quant=True,
+                    name=inner.name,
+                )(x)
                 if outs:
                     y = self.quantize(y, outs[0], wrapper._output_quantizer_vars, owner, "output")
                 return y
@@ -186,8 +226,9 @@ class _Builder:
             raise ExportError(f"activation {activation!r} is not a Keras builtin", layer=owner)
         split = bool(pre or post)  # quantizers sit around the activation: apply it separately
         if kind is not None:
-            y = self._linear(wrapper, kind, quantized, kernel_spec, x, owner,
-                             "linear" if split else activation)
+            y = self._linear(
+                wrapper, kind, quantized, kernel_spec, x, owner, "linear" if split else activation
+            )
         else:
             changes = {}
             if "activation" in config:
@@ -196,13 +237,15 @@ class _Builder:
             y = clone(x)
             if clone.weights:
                 values = {_base(w): w.numpy() for w in inner.weights}
-                values.update({_base(w): quantized[id(w)]
-                               for w, _, _ in getattr(wrapper, "_weight_vars", [])})
+                values.update(
+                    {_base(w): quantized[id(w)] for w, _, _ in getattr(wrapper, "_weight_vars", [])}
+                )
                 try:
                     clone.set_weights([values[_base(w)] for w in clone.weights])
                 except KeyError as err:
-                    raise ExportError(f"cannot match weight {err} of the quantized layer",
-                                      layer=owner)
+                    raise ExportError(
+                        f"cannot match weight {err} of the quantized layer", layer=owner
+                    )
         if split:
             for quantizer, qvars in pre:
                 y = self.quantize(y, quantizer, qvars, owner, "pre")
@@ -224,8 +267,16 @@ class _Builder:
                 post.append((qa.quantizer, qa._post_activation_vars))
         return pre, post
 
-    def _linear(self, wrapper: Any, kind: str, quantized: Dict[int, np.ndarray],
-                kernel_spec: Optional[specs.GridSpec], x: Any, owner: str, activation: str) -> Any:
+    def _linear(
+        self,
+        wrapper: Any,
+        kind: str,
+        quantized: Dict[int, np.ndarray],
+        kernel_spec: Optional[specs.GridSpec],
+        x: Any,
+        owner: str,
+        activation: str,
+    ) -> Any:
         inner = wrapper.layer
         kernel_var = _variable(wrapper, "kernel")
         if kernel_var is None:
@@ -238,20 +289,31 @@ class _Builder:
         if self.mode != "exact":
             if kernel_spec is None:
                 kernel_spec = specs.weight_spec_from_values(
-                    kernel.reshape(kernel.shape[0], kernel.shape[1], -1) if kind == "depthwise"
-                    else kernel, axis=-1)
+                    kernel.reshape(kernel.shape[0], kernel.shape[1], -1)
+                    if kind == "depthwise"
+                    else kernel,
+                    axis=-1,
+                )
                 self.specs.setdefault(owner, []).append(("kernel", kernel_spec))
             if kernel_spec.kind != "dfp":
-                raise ExportError(f"weights are {kernel_spec.describe()}, which has no TFLite "
-                                  "integer type; export with target 'float' or 'float16'",
-                                  layer=owner)
+                raise ExportError(
+                    f"weights are {kernel_spec.describe()}, which has no TFLite "
+                    "integer type; export with target 'float' or 'float16'",
+                    layer=owner,
+                )
             if kernel_spec.bitwidth > 8:
-                raise ExportError(f"{kernel_spec.bitwidth}-bit weights do not fit int8 (TFLite "
-                                  "int8 and int16x8 store 8-bit weights); use target 'float'",
-                                  layer=owner)
+                raise ExportError(
+                    f"{kernel_spec.bitwidth}-bit weights do not fit int8 (TFLite "
+                    "int8 and int16x8 store 8-bit weights); use target 'float'",
+                    layer=owner,
+                )
             frac_bits = kernel_spec.frac_bits if fake_quant else None
-        common = dict(activation=activation, weight_frac_bits=frac_bits,
-                      fake_quant=fake_quant, name=inner.name)
+        common = dict(
+            activation=activation,
+            weight_frac_bits=frac_bits,
+            fake_quant=fake_quant,
+            name=inner.name,
+        )
         if kind == "dense":
             layer = QuantizedLinear("dense", kernel, bias, **common)
         else:
@@ -260,15 +322,22 @@ class _Builder:
                 raise ExportError("only channels_last convolutions are exported", layer=owner)
             if kind == "conv" and cfg.get("groups", 1) != 1:
                 raise ExportError("grouped Conv2D is not exported", layer=owner)
-            layer = QuantizedLinear(kind, kernel, bias, strides=cfg["strides"],
-                                    padding=cfg["padding"], dilation_rate=cfg["dilation_rate"],
-                                    **common)
+            layer = QuantizedLinear(
+                kind,
+                kernel,
+                bias,
+                strides=cfg["strides"],
+                padding=cfg["padding"],
+                dilation_rate=cfg["dilation_rate"],
+                **common,
+            )
         return layer(x)
 
     def plain(self, layer: Any, args: tuple, kwargs: dict) -> Any:
         if _is_quantize_layer(layer):
-            return self.quantize(args[0], layer.quantizer, layer.quantizer_vars,
-                                 layer.name, "input")
+            return self.quantize(
+                args[0], layer.quantizer, layer.quantizer_vars, layer.name, "input"
+            )
         if _is_wrapper(layer):
             return self.wrapped(layer, args[0])
         clone = _clone(layer)
@@ -281,10 +350,14 @@ class _Builder:
     def build(self) -> DeployPlan:
         model = self.qmodel
         if not hasattr(model, "_nodes_by_depth"):
-            raise ExportError("only Functional and Sequential Keras models can be exported "
-                              f"(got {type(model).__name__})")
-        inputs = [keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name.split(":")[0])
-                  for t in model.inputs]
+            raise ExportError(
+                "only Functional and Sequential Keras models can be exported "
+                f"(got {type(model).__name__})"
+            )
+        inputs = [
+            keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name.split(":")[0])
+            for t in model.inputs
+        ]
         usage = model._tensor_usage_count
         tensor_dict: Dict[str, list] = {}
         for ref, new in zip(model.inputs, inputs):
@@ -302,8 +375,9 @@ class _Builder:
                 for x_id, y in zip(node.flat_output_ids, tf.nest.flatten(outputs)):
                     tensor_dict[x_id] = [y] * usage[x_id]
         outputs = [tensor_dict[str(id(x))].pop() for x in model.outputs]
-        deploy = keras.Model(inputs, outputs if len(outputs) > 1 else outputs[0],
-                             name=f"{model.name}_deploy")
+        deploy = keras.Model(
+            inputs, outputs if len(outputs) > 1 else outputs[0], name=f"{model.name}_deploy"
+        )
         out_spec = self._output_spec(deploy)
         return DeployPlan(deploy, self.specs, self.activation_layers, out_spec)
 

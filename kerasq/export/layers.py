@@ -50,8 +50,15 @@ class GridQuantize(keras.layers.Layer):
         <tf.Tensor: ... numpy=array([0.25, 1.75], dtype=float32)>
     """
 
-    def __init__(self, frac_bits: int, qmin: int, qmax: int, rounding: str = "nearest",
-                 mode: str = "exact", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        frac_bits: int,
+        qmin: int,
+        qmax: int,
+        rounding: str = "nearest",
+        mode: str = "exact",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.frac_bits = int(frac_bits)
         self.qmin = int(qmin)
@@ -65,7 +72,9 @@ class GridQuantize(keras.layers.Layer):
         if self.mode == "plain":  # the converter calibrates this tensor itself
             return x
         if self.mode == "exact":
-            y = tf.clip_by_value(x * float(_pow2(-self.frac_bits)), float(self.qmin), float(self.qmax))
+            y = tf.clip_by_value(
+                x * float(_pow2(-self.frac_bits)), float(self.qmin), float(self.qmax)
+            )
             return round_exact(y, self.rounding) * scale
         bits = 8 if self.mode == "fakequant8" else 16
         if self.qmin < 0:
@@ -84,8 +93,14 @@ class GridQuantize(keras.layers.Layer):
         return y
 
     def get_config(self) -> Dict[str, Any]:
-        return {**super().get_config(), "frac_bits": self.frac_bits, "qmin": self.qmin,
-                "qmax": self.qmax, "rounding": self.rounding, "mode": self.mode}
+        return {
+            **super().get_config(),
+            "frac_bits": self.frac_bits,
+            "qmin": self.qmin,
+            "qmax": self.qmax,
+            "rounding": self.rounding,
+            "mode": self.mode,
+        }
 
 
 @keras.utils.register_keras_serializable(package="kerasq")
@@ -97,8 +112,14 @@ class MinifloatQuantize(keras.layers.Layer):
     flush to zero below 2^-bias (or subnormals) as in :mod:`kerasq.numerics`.
     """
 
-    def __init__(self, exp_bits: int, mant_bits: int, subnormals: bool = False,
-                 rounding: str = "nearest", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        exp_bits: int,
+        mant_bits: int,
+        subnormals: bool = False,
+        rounding: str = "nearest",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.exp_bits, self.mant_bits = int(exp_bits), int(mant_bits)
         self.subnormals, self.rounding = bool(subnormals), rounding
@@ -106,7 +127,7 @@ class MinifloatQuantize(keras.layers.Layer):
     def call(self, x: "tf.Tensor") -> "tf.Tensor":
         bias = 2 ** (self.exp_bits - 1) - 1
         k_hi = 2**self.exp_bits - 1 - bias
-        top = (2.0 - 2.0 ** -self.mant_bits) * 2.0**k_hi
+        top = (2.0 - 2.0**-self.mant_bits) * 2.0**k_hi
         k_min = 1 - bias if self.subnormals else -bias
         a = tf.clip_by_value(x, -top, top)
         mag = tf.abs(a)
@@ -120,27 +141,39 @@ class MinifloatQuantize(keras.layers.Layer):
         return out
 
     def get_config(self) -> Dict[str, Any]:
-        return {**super().get_config(), "exp_bits": self.exp_bits, "mant_bits": self.mant_bits,
-                "subnormals": self.subnormals, "rounding": self.rounding}
+        return {
+            **super().get_config(),
+            "exp_bits": self.exp_bits,
+            "mant_bits": self.mant_bits,
+            "subnormals": self.subnormals,
+            "rounding": self.rounding,
+        }
 
 
 @keras.utils.register_keras_serializable(package="kerasq")
 class AffineFakeQuant(keras.layers.Layer):
     """tfmot's affine min/max fake quantization, kept as is (the converter's own path)."""
 
-    def __init__(self, low: float, high: float, num_bits: int = 8, narrow_range: bool = False,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, low: float, high: float, num_bits: int = 8, narrow_range: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.low, self.high = float(low), float(high)
         self.num_bits, self.narrow_range = int(num_bits), bool(narrow_range)
 
     def call(self, x: "tf.Tensor") -> "tf.Tensor":
         return tf.quantization.fake_quant_with_min_max_args(
-            x, self.low, self.high, num_bits=self.num_bits, narrow_range=self.narrow_range)
+            x, self.low, self.high, num_bits=self.num_bits, narrow_range=self.narrow_range
+        )
 
     def get_config(self) -> Dict[str, Any]:
-        return {**super().get_config(), "low": self.low, "high": self.high,
-                "num_bits": self.num_bits, "narrow_range": self.narrow_range}
+        return {
+            **super().get_config(),
+            "low": self.low,
+            "high": self.high,
+            "num_bits": self.num_bits,
+            "narrow_range": self.narrow_range,
+        }
 
 
 @keras.utils.register_keras_serializable(package="kerasq")
@@ -153,9 +186,20 @@ class QuantizedLinear(keras.layers.Layer):
     because TFLite's converter rejects per-channel fake-quant on FULLY_CONNECTED kernels.
     """
 
-    def __init__(self, kind: str, kernel: Any, bias: Any = None, *, strides=(1, 1),
-                 padding: str = "valid", dilation_rate=(1, 1), activation: str = "linear",
-                 weight_frac_bits: Any = None, fake_quant: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        kind: str,
+        kernel: Any,
+        bias: Any = None,
+        *,
+        strides=(1, 1),
+        padding: str = "valid",
+        dilation_rate=(1, 1),
+        activation: str = "linear",
+        weight_frac_bits: Any = None,
+        fake_quant: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.kind = kind
         self.kernel_value = np.asarray(kernel, np.float32)
@@ -174,21 +218,32 @@ class QuantizedLinear(keras.layers.Layer):
         scale = _pow2(self.weight_frac_bits)
         if scale.ndim == 0:
             return tf.quantization.fake_quant_with_min_max_args(
-                kernel, float(-128 * scale), float(127 * scale), num_bits=8)
+                kernel, float(-128 * scale), float(127 * scale), num_bits=8
+            )
         return tf.quantization.fake_quant_with_min_max_vars_per_channel(
-            kernel, tf.constant(-128 * scale), tf.constant(127 * scale), num_bits=8)
+            kernel, tf.constant(-128 * scale), tf.constant(127 * scale), num_bits=8
+        )
 
     def call(self, x: "tf.Tensor") -> "tf.Tensor":
         k = tf.constant(self.kernel_value)
         if self.kind == "conv":
-            y = tf.nn.conv2d(x, self._quantized_kernel(k), self.strides, self.padding,
-                             dilations=self.dilation_rate)
+            y = tf.nn.conv2d(
+                x,
+                self._quantized_kernel(k),
+                self.strides,
+                self.padding,
+                dilations=self.dilation_rate,
+            )
         elif self.kind == "depthwise":
             kh, kw, cin, mult = self.kernel_value.shape
             flat = self._quantized_kernel(tf.reshape(k, (kh, kw, cin * mult)))
-            y = tf.nn.depthwise_conv2d(x, tf.reshape(flat, (kh, kw, cin, mult)),
-                                       (1, *self.strides, 1), self.padding,
-                                       dilations=self.dilation_rate)
+            y = tf.nn.depthwise_conv2d(
+                x,
+                tf.reshape(flat, (kh, kw, cin, mult)),
+                (1, *self.strides, 1),
+                self.padding,
+                dilations=self.dilation_rate,
+            )
         else:  # dense
             per_channel = self.fake_quant and np.ndim(self.weight_frac_bits) > 0
             if per_channel and len(x.shape) == 2:
@@ -204,13 +259,24 @@ class QuantizedLinear(keras.layers.Layer):
 
     def get_config(self) -> Dict[str, Any]:
         fl = self.weight_frac_bits
-        return {**super().get_config(), "kind": self.kind,
-                "kernel": self.kernel_value.tolist(),
-                "bias": None if self.bias_value is None else self.bias_value.tolist(),
-                "strides": list(self.strides), "padding": self.padding.lower(),
-                "dilation_rate": list(self.dilation_rate), "activation": self.activation_name,
-                "weight_frac_bits": None if fl is None else np.asarray(fl).tolist(),
-                "fake_quant": self.fake_quant}
+        return {
+            **super().get_config(),
+            "kind": self.kind,
+            "kernel": self.kernel_value.tolist(),
+            "bias": None if self.bias_value is None else self.bias_value.tolist(),
+            "strides": list(self.strides),
+            "padding": self.padding.lower(),
+            "dilation_rate": list(self.dilation_rate),
+            "activation": self.activation_name,
+            "weight_frac_bits": None if fl is None else np.asarray(fl).tolist(),
+            "fake_quant": self.fake_quant,
+        }
 
 
-__all__: List[str] = ["MinifloatQuantize", "AffineFakeQuant", "GridQuantize", "QuantizedLinear", "round_exact"]
+__all__: List[str] = [
+    "MinifloatQuantize",
+    "AffineFakeQuant",
+    "GridQuantize",
+    "QuantizedLinear",
+    "round_exact",
+]

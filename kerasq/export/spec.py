@@ -80,8 +80,11 @@ class GridSpec:
     @property
     def step(self) -> Any:
         """2^-fl (float, or float array per channel)."""
-        return np.ldexp(1.0, -np.asarray(self.frac_bits)) if np.ndim(self.frac_bits) else \
-            math.ldexp(1.0, -int(self.frac_bits))
+        return (
+            np.ldexp(1.0, -np.asarray(self.frac_bits))
+            if np.ndim(self.frac_bits)
+            else math.ldexp(1.0, -int(self.frac_bits))
+        )
 
     @property
     def min_value(self) -> Any:
@@ -133,9 +136,13 @@ def _declared_spec(quantizer: Any, quantizer_vars: Any) -> Optional[GridSpec]:
     if type(quantizer).__name__ in _TFMOT_AFFINE and isinstance(quantizer_vars, dict):
         low, high = quantizer_vars.get("min_var"), quantizer_vars.get("max_var")
         if low is not None and high is not None and np.ndim(low.numpy()) == 0:
-            return GridSpec(kind="affine", bitwidth=int(quantizer.num_bits),
-                            narrow=bool(quantizer.narrow_range), low=float(low.numpy()),
-                            high=float(high.numpy()))
+            return GridSpec(
+                kind="affine",
+                bitwidth=int(quantizer.num_bits),
+                narrow=bool(quantizer.narrow_range),
+                low=float(low.numpy()),
+                high=float(high.numpy()),
+            )
     inner = getattr(quantizer, "inner_quantizer", None) or getattr(quantizer, "quantizer", None)
     if inner is not None and inner is not quantizer:  # e.g. sparsity-preserving wrappers
         return _declared_spec(inner, quantizer_vars)
@@ -198,10 +205,17 @@ def weight_spec_from_values(
     while bitwidth < max_bitwidth and not _fits(values, fl, axis, bitwidth):
         bitwidth += 1
     if not _fits(values, fl, axis, bitwidth):
-        raise ExportError(f"quantized weights need more than {max_bitwidth} bits (code {codes_max})")
+        raise ExportError(
+            f"quantized weights need more than {max_bitwidth} bits (code {codes_max})"
+        )
     fl = fl.astype(np.int32)
-    return GridSpec(kind="dfp", bitwidth=bitwidth, frac_bits=fl if axis is not None else int(fl),
-                    signed=True, axis=axis)
+    return GridSpec(
+        kind="dfp",
+        bitwidth=bitwidth,
+        frac_bits=fl if axis is not None else int(fl),
+        signed=True,
+        axis=axis,
+    )
 
 
 def _fits(values: np.ndarray, fl: np.ndarray, axis: Optional[int], bitwidth: int) -> bool:
@@ -210,7 +224,9 @@ def _fits(values: np.ndarray, fl: np.ndarray, axis: Optional[int], bitwidth: int
         shape[axis % values.ndim] = -1
         fl = fl.reshape(shape)
     codes = np.ldexp(values, fl)
-    return bool(np.all(codes <= 2 ** (bitwidth - 1) - 1) and np.all(codes >= -(2 ** (bitwidth - 1))))
+    return bool(
+        np.all(codes <= 2 ** (bitwidth - 1) - 1) and np.all(codes >= -(2 ** (bitwidth - 1)))
+    )
 
 
 def weight_spec(
@@ -230,13 +246,18 @@ def _probe(fn: Callable[[np.ndarray], np.ndarray], x: Sequence[float]) -> np.nda
     return np.asarray(fn(arr), np.float64).reshape(arr.shape)
 
 
-def activation_spec(fn: Callable[[np.ndarray], np.ndarray], *, name: str = "",
-                    quantizer: Any = None, quantizer_vars: Any = None) -> GridSpec:
+def activation_spec(
+    fn: Callable[[np.ndarray], np.ndarray],
+    *,
+    name: str = "",
+    quantizer: Any = None,
+    quantizer_vars: Any = None,
+) -> GridSpec:
     """Find the grid of an activation quantizer ``fn`` (float32 1-D array in, same out).
 
     ``fn`` must be the quantizer in inference mode; a ``quantizer`` that states its grid
-    (``export_spec``, or a tfmot min/max quantizer) is taken at its word. Probes: ±2^k for k in [-60, 60] give
-    the saturation bounds and the step (the smallest non-zero output), the full code ramp
+    (``export_spec``, or a tfmot min/max quantizer) is taken at its word (a declared
+    ``"values"`` grid is probed). Probes: ±2^k for k in [-60, 60] give the saturation bounds and the step (the smallest non-zero output), the full code ramp
     (or a sample of it for > 2^18 codes) checks every grid point maps to itself and
     quarter-steps map to the nearest point; ties at ±2.5 and 3.5 steps give the rounding.
     Raises :class:`ExportError` if the quantizer is not a recognisable grid.
@@ -250,8 +271,10 @@ def activation_spec(fn: Callable[[np.ndarray], np.ndarray], *, name: str = "",
     pos = _probe(fn, powers)
     neg = _probe(fn, -powers)
     if zero != 0.0:
-        raise ExportError(f"activation quantizer {name} does not map 0 to 0 (offset grids "
-                          "cannot be exported with power-of-two scales)")
+        raise ExportError(
+            f"activation quantizer {name} does not map 0 to 0 (offset grids "
+            "cannot be exported with power-of-two scales)"
+        )
     if np.array_equal(pos, powers) and np.array_equal(neg, -powers):
         return GridSpec(kind="none")
     nonzero = pos[pos > 0]
@@ -260,15 +283,17 @@ def activation_spec(fn: Callable[[np.ndarray], np.ndarray], *, name: str = "",
     step = float(nonzero.min())
     fl = -math.frexp(step)[1] + 1
     if math.ldexp(1.0, -fl) != step:
-        raise ExportError(f"activation quantizer {name} has a step {step!r} that is not a "
-                          "power of two")
+        raise ExportError(
+            f"activation quantizer {name} has a step {step!r} that is not a power of two"
+        )
     top = float(pos.max())
     bottom = float(neg.min())
     qmax = top / step
     qmin = bottom / step
     if qmax != int(qmax) or qmin != int(qmin):
-        raise ExportError(f"activation quantizer {name}: range [{bottom}, {top}] is not on "
-                          f"its grid 2^{-fl}")
+        raise ExportError(
+            f"activation quantizer {name}: range [{bottom}, {top}] is not on its grid 2^{-fl}"
+        )
     qmax, qmin = int(qmax), int(qmin)
     signed = qmin < 0
     if signed:
@@ -287,9 +312,16 @@ def activation_spec(fn: Callable[[np.ndarray], np.ndarray], *, name: str = "",
         codes = np.arange(qmin, qmax + 1, dtype=np.float64)
     else:
         rng = np.random.default_rng(0)
-        codes = np.unique(np.concatenate([
-            np.arange(qmin, qmin + 512), np.arange(qmax - 511, qmax + 1), np.arange(-512, 513),
-            rng.integers(qmin, qmax, 2**16)]).astype(np.float64))
+        codes = np.unique(
+            np.concatenate(
+                [
+                    np.arange(qmin, qmin + 512),
+                    np.arange(qmax - 511, qmax + 1),
+                    np.arange(-512, 513),
+                    rng.integers(qmin, qmax, 2**16),
+                ]
+            ).astype(np.float64)
+        )
         codes = codes[(codes >= qmin) & (codes <= qmax)]
     grid = np.ldexp(codes, -fl)
     if not np.array_equal(_probe(fn, grid), grid):
@@ -308,9 +340,15 @@ def _probe_rounding(fn: Callable[[np.ndarray], np.ndarray], spec: GridSpec, name
     x = np.ldexp(ties, -int(spec.frac_bits))
     first = _probe(fn, np.repeat(x, 64))
     second = _probe(fn, np.repeat(x, 64))
-    if not np.array_equal(first, second) or len(np.unique(first.reshape(len(ties), 64), axis=1)[0]) > 1:
-        log.warning("activation quantizer %s rounds stochastically at inference; the "
-                    "export uses 'nearest' (ties away from zero)", name)
+    if (
+        not np.array_equal(first, second)
+        or len(np.unique(first.reshape(len(ties), 64), axis=1)[0]) > 1
+    ):
+        log.warning(
+            "activation quantizer %s rounds stochastically at inference; the "
+            "export uses 'nearest' (ties away from zero)",
+            name,
+        )
         return "nearest"
     got = np.ldexp(first.reshape(len(ties), 64)[:, 0], int(spec.frac_bits))
     candidates = {
@@ -334,8 +372,12 @@ def _pow2_or_values(fn, pos, neg, powers, name) -> GridSpec:
         m = np.frexp(np.abs(probe[probe != 0]))[0]
         if np.all(m == 0.5):
             exps = np.frexp(outs)[1] - 1
-            return GridSpec(kind="pow2", exp_min=int(exps.min()), exp_max=int(exps.max()),
-                            signed=bool(np.any(neg < 0)))
+            return GridSpec(
+                kind="pow2",
+                exp_min=int(exps.min()),
+                exp_max=int(exps.max()),
+                signed=bool(np.any(neg < 0)),
+            )
     spec = _minifloat_spec(fn, pos, name)
     if spec is not None:
         return spec
@@ -348,7 +390,7 @@ def minifloat_reference(x: np.ndarray, spec: GridSpec) -> np.ndarray:
     ±max, round the mantissa to M bits in x's binade (2^k <= |x| < 2^(k+1)), flush values
     below 2^-bias to zero (or gradual underflow below 2^(1-bias) with subnormals)."""
     bias = 2 ** (spec.exp_bits - 1) - 1
-    top = (2.0 - 2.0 ** -spec.mant_bits) * 2.0 ** (2**spec.exp_bits - 1 - bias)
+    top = (2.0 - 2.0**-spec.mant_bits) * 2.0 ** (2**spec.exp_bits - 1 - bias)
     a = np.clip(np.asarray(x, np.float64), -top, top)
     mag = np.abs(a)
     k = np.floor(np.log2(np.where(mag > 0, mag, 1.0)))
@@ -370,8 +412,9 @@ def _round_np(y: np.ndarray, mode: str) -> np.ndarray:
     return np.sign(y) * np.floor(np.abs(y) + 0.5)
 
 
-def _minifloat_spec(fn: Callable[[np.ndarray], np.ndarray], pos: np.ndarray,
-                    name: str) -> Optional[GridSpec]:
+def _minifloat_spec(
+    fn: Callable[[np.ndarray], np.ndarray], pos: np.ndarray, name: str
+) -> Optional[GridSpec]:
     """Find E, M, subnormals and rounding of a minifloat quantizer, then check it on a
     log-uniform sample; None if it is not one."""
     top = float(pos.max())
@@ -386,7 +429,7 @@ def _minifloat_spec(fn: Callable[[np.ndarray], np.ndarray], pos: np.ndarray,
         return None
     exp_bits = int(math.log2(k_hi)) + 1
     bias = 2 ** (exp_bits - 1) - 1
-    if top != (2.0 - 2.0 ** -mant_bits) * 2.0**k_hi:
+    if top != (2.0 - 2.0**-mant_bits) * 2.0**k_hi:
         return None
     smallest = float(pos[pos > 0].min())
     subnormals = smallest < 2.0**-bias
@@ -395,20 +438,33 @@ def _minifloat_spec(fn: Callable[[np.ndarray], np.ndarray], pos: np.ndarray,
     got = _probe(fn, ties)
     rounding = None
     for mode in ("nearest", "half_up", "nearest_even"):
-        candidate = GridSpec(kind="minifloat", exp_bits=exp_bits, mant_bits=mant_bits,
-                             subnormals=subnormals, rounding=mode)
+        candidate = GridSpec(
+            kind="minifloat",
+            exp_bits=exp_bits,
+            mant_bits=mant_bits,
+            subnormals=subnormals,
+            rounding=mode,
+        )
         if np.array_equal(minifloat_reference(ties, candidate), got):
             rounding = mode
             break
     if rounding is None:
         return None
-    spec = GridSpec(kind="minifloat", exp_bits=exp_bits, mant_bits=mant_bits,
-                    subnormals=subnormals, rounding=rounding)
+    spec = GridSpec(
+        kind="minifloat",
+        exp_bits=exp_bits,
+        mant_bits=mant_bits,
+        subnormals=subnormals,
+        rounding=rounding,
+    )
     rng = np.random.default_rng(0)
-    sample = (rng.choice([-1.0, 1.0], 20000) *
-              np.exp2(rng.uniform(-bias - mant_bits - 2, k_hi + 2, 20000))).astype(np.float32)
+    sample = (
+        rng.choice([-1.0, 1.0], 20000)
+        * np.exp2(rng.uniform(-bias - mant_bits - 2, k_hi + 2, 20000))
+    ).astype(np.float32)
     if not np.array_equal(_probe(fn, sample), minifloat_reference(sample, spec)):
-        log.info("activation quantizer %s: minifloat E%dM%d hypothesis failed", name,
-                 exp_bits, mant_bits)
+        log.info(
+            "activation quantizer %s: minifloat E%dM%d hypothesis failed", name, exp_bits, mant_bits
+        )
         return None
     return spec

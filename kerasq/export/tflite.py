@@ -30,7 +30,8 @@ import dataclasses
 import logging
 import math
 import os
-from typing import Any, Dict, Iterable, List, Optional, Union
+import warnings
+from typing import Any, Iterable, List, Optional, Union
 
 import numpy as np
 
@@ -68,7 +69,7 @@ def _representative(data: Any, limit: int = 200) -> Iterable[List[np.ndarray]]:
 
     def gen() -> Iterable[List[np.ndarray]]:
         for i in range(min(len(arr), limit)):
-            yield [arr[i:i + 1]]
+            yield [arr[i : i + 1]]
 
     return gen
 
@@ -85,12 +86,18 @@ def _check_fp16(plan: DeployPlan) -> None:
             if np.array_equal(as16, value):
                 continue
             if name == "bias_value":
-                log.warning("%s: biases are rounded to float16 (max change %.3g)", layer.name,
-                            float(np.abs(as16 - value).max()))
+                log.warning(
+                    "%s: biases are rounded to float16 (max change %.3g)",
+                    layer.name,
+                    float(np.abs(as16 - value).max()),
+                )
                 continue
-            raise ExportError("weights are not exactly representable in float16 (bit width "
-                              "or range beyond float16's 11-bit significand / exponent "
-                              "range); use target 'float'", layer=layer.name)
+            raise ExportError(
+                "weights are not exactly representable in float16 (bit width "
+                "or range beyond float16's 11-bit significand / exponent "
+                "range); use target 'float'",
+                layer=layer.name,
+            )
 
 
 def _convert(plan: DeployPlan, target: str, representative_data: Any, int_io: bool) -> bytes:
@@ -106,7 +113,8 @@ def _convert(plan: DeployPlan, target: str, representative_data: Any, int_io: bo
             io_type = tf.int8
         else:
             converter.target_spec.supported_ops = [
-                tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+                tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+            ]
             io_type = tf.int16
         if representative_data is not None:
             converter.representative_dataset = _representative(representative_data)
@@ -118,12 +126,18 @@ def _convert(plan: DeployPlan, target: str, representative_data: Any, int_io: bo
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
     try:
-        return converter.convert()
+        with warnings.catch_warnings():
+            # the input's statistics come from kerasq's own input quantizer
+            warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
+            return converter.convert()
     except Exception as err:  # the converter raises many types; report one line
         first = str(err).strip().splitlines()
         detail = next((line for line in first if "error:" in line), first[0] if first else "")
-        hint = ("" if representative_data is not None or target in ("float", "float16") else
-                " (tensors without a kerasq quantizer need representative_data)")
+        hint = (
+            ""
+            if representative_data is not None or target in ("float", "float16")
+            else " (tensors without a kerasq quantizer need representative_data)"
+        )
         raise ExportError(f"TFLite conversion to {target} failed: {detail.strip()[:300]}{hint}")
 
 
@@ -147,12 +161,19 @@ def check_integer_file(content: bytes, plan: DeployPlan, target: str) -> List[st
             problems.append(f"float operator {op['op']} left in the integer graph")
     tensors = tensor_table(content)
     for layer_name, spec in plan.activation_layers.items():
-        hits = [t for t in tensors if t["dtype"] == int_type and len(t["scales"]) == 1
-                and t["name"].split(";")[0].split("/")[-2:-1] == [layer_name]]
+        hits = [
+            t
+            for t in tensors
+            if t["dtype"] == int_type
+            and len(t["scales"]) == 1
+            and t["name"].split(";")[0].split("/")[-2:-1] == [layer_name]
+        ]
         for t in hits:
             exp = _pow2_exponent(float(t["scales"][0]))
             if exp != -int(spec.frac_bits):
-                problems.append(f"{layer_name}: scale {t['scales'][0]!r} is not 2^-{spec.frac_bits}")
+                problems.append(
+                    f"{layer_name}: scale {t['scales'][0]!r} is not 2^-{spec.frac_bits}"
+                )
     return problems
 
 
@@ -187,8 +208,10 @@ def export_tflite(
     if target in ("int8", "int16x8"):
         problems = check_integer_file(content, plan, target)
         if problems:
-            raise ExportError(f"the {target} file is not fully integer / not on kerasq's grid: "
-                              + "; ".join(problems[:5]))
+            raise ExportError(
+                f"the {target} file is not fully integer / not on kerasq's grid: "
+                + "; ".join(problems[:5])
+            )
     report = None
     if verify_data is not None:
         step = None
@@ -196,8 +219,10 @@ def export_tflite(
             step = float(plan.output_spec.step)
         report = verify_tflite(content, qmodel, verify_data, output_step=step, kernels=kernels)
         if verify and not report.ok(max_steps=max_error_steps, min_top1=min_top1):
-            raise VerificationError(f"TFLite {target} output disagrees with the Keras model: "
-                                    f"{report.describe()}", file=path)
+            raise VerificationError(
+                f"TFLite {target} output disagrees with the Keras model: {report.describe()}",
+                file=path,
+            )
     if path is not None:
         write_bytes_atomic(path, content)
     return ExportResult(content, target, plan, report)
@@ -223,10 +248,17 @@ def to_tflite(
     and only after verification passed.
 
     Example:
-        >>> blob = to_tflite(qmodel, "m.tflite", target="int8", verify_data=x, verify=True)  # doctest: +SKIP
+        >>> blob = to_tflite(qmodel, "m.tflite", verify_data=x, verify=True)  # doctest: +SKIP
     """
-    return export_tflite(qmodel, path, target=target, representative_data=representative_data,
-                         int_io=int_io, verify_data=verify_data, verify=verify).content
+    return export_tflite(
+        qmodel,
+        path,
+        target=target,
+        representative_data=representative_data,
+        int_io=int_io,
+        verify_data=verify_data,
+        verify=verify,
+    ).content
 
 
 __all__ = ["TARGETS", "ExportResult", "to_tflite", "export_tflite", "check_integer_file"]

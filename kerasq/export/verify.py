@@ -32,8 +32,9 @@ class VerificationReport:
     top1_agreement: Optional[float]
     exact_fraction: float
 
-    def ok(self, *, max_steps: float = 1.0, min_top1: float = 0.995,
-           float_tolerance: float = 1e-4) -> bool:
+    def ok(
+        self, *, max_steps: float = 1.0, min_top1: float = 0.995, float_tolerance: float = 1e-4
+    ) -> bool:
         """True if every output is within ``max_steps`` steps (or ``float_tolerance`` of the
         output range for unquantized outputs) and top-1 agrees on >= ``min_top1``."""
         if self.max_error_steps is not None:
@@ -46,8 +47,9 @@ class VerificationReport:
     def describe(self) -> str:
         parts = [f"{self.samples} samples"]
         if self.max_error_steps is not None:
-            parts.append(f"max error {self.max_error_steps:.3g} output steps "
-                         f"(step {self.output_step:.3g})")
+            parts.append(
+                f"max error {self.max_error_steps:.3g} output steps (step {self.output_step:.3g})"
+            )
         else:
             parts.append(f"max abs error {self.max_abs_error:.3g}")
         parts.append(f"{100 * self.exact_fraction:.2f}% identical")
@@ -71,11 +73,14 @@ class TFLiteRunner:
     def __init__(self, content: bytes, *, num_threads: int = 1, kernels: str = "default") -> None:
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-        resolver = {"default": OpResolverType.AUTO,
-                    "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-                    "reference": OpResolverType.BUILTIN_REF}[kernels]
-        self.interpreter = Interpreter(model_content=content, num_threads=num_threads,
-                                       experimental_op_resolver_type=resolver)
+        resolver = {
+            "default": OpResolverType.AUTO,
+            "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+            "reference": OpResolverType.BUILTIN_REF,
+        }[kernels]
+        self.interpreter = Interpreter(
+            model_content=content, num_threads=num_threads, experimental_op_resolver_type=resolver
+        )
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         self._batch: Optional[int] = None
@@ -98,7 +103,7 @@ class TFLiteRunner:
     def __call__(self, x: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
         outs: List[np.ndarray] = []
         for start in range(0, len(x), batch_size):
-            chunk = np.asarray(x[start:start + batch_size], np.float32)
+            chunk = np.asarray(x[start : start + batch_size], np.float32)
             self._resize(len(chunk))
             dtype = self.input["dtype"]
             if dtype != np.float32:
@@ -115,9 +120,15 @@ class TFLiteRunner:
         return np.concatenate(outs)
 
 
-def verify_tflite(content: bytes, keras_model: Any, data: np.ndarray, *,
-                  output_step: Optional[float] = None, batch_size: int = 64,
-                  kernels: str = "default") -> VerificationReport:
+def verify_tflite(
+    content: bytes,
+    keras_model: Any,
+    data: np.ndarray,
+    *,
+    output_step: Optional[float] = None,
+    batch_size: int = 64,
+    kernels: str = "default",
+) -> VerificationReport:
     """Compare the TFLite file with ``keras_model(data, training=False)``.
 
     ``output_step``: the output grid step (default: the TFLite output scale if the file has
@@ -127,9 +138,12 @@ def verify_tflite(content: bytes, keras_model: Any, data: np.ndarray, *,
     data = np.asarray(data, np.float32)
     runner = TFLiteRunner(content, kernels=kernels)
     got = runner(data, batch_size=batch_size)
-    want = np.concatenate([
-        np.asarray(keras_model(data[i:i + 256], training=False), np.float32)
-        for i in range(0, len(data), 256)])
+    want = np.concatenate(
+        [
+            np.asarray(keras_model(data[i : i + 256], training=False), np.float32)
+            for i in range(0, len(data), 256)
+        ]
+    )
     if got.shape != want.shape:
         got = got.reshape(want.shape)
     err = np.abs(got.astype(np.float64) - want.astype(np.float64))
@@ -138,10 +152,13 @@ def verify_tflite(content: bytes, keras_model: Any, data: np.ndarray, *,
     if want.ndim >= 2 and want.shape[-1] > 1:
         top1 = float(np.mean(np.argmax(got, -1) == np.argmax(want, -1)))
     report = VerificationReport(
-        samples=len(data), max_abs_error=float(err.max()) if err.size else 0.0,
-        output_step=step, max_error_steps=(float(err.max() / step) if step and err.size else
-                                           (0.0 if step else None)),
-        top1_agreement=top1, exact_fraction=float(np.mean(err == 0)) if err.size else 1.0)
+        samples=len(data),
+        max_abs_error=float(err.max()) if err.size else 0.0,
+        output_step=step,
+        max_error_steps=(float(err.max() / step) if step and err.size else (0.0 if step else None)),
+        top1_agreement=top1,
+        exact_fraction=float(np.mean(err == 0)) if err.size else 1.0,
+    )
     log.info("verification: %s", report.describe())
     return report
 
@@ -154,10 +171,17 @@ def tensor_table(content: bytes) -> List[Dict[str, Any]]:
     rows = []
     for t in interpreter.get_tensor_details():
         q = t["quantization_parameters"]
-        rows.append({"index": t["index"], "name": t["name"], "dtype": np.dtype(t["dtype"]),
-                     "shape": tuple(t["shape"]), "scales": np.asarray(q["scales"]),
-                     "zero_points": np.asarray(q["zero_points"]),
-                     "quantized_dimension": q["quantized_dimension"]})
+        rows.append(
+            {
+                "index": t["index"],
+                "name": t["name"],
+                "dtype": np.dtype(t["dtype"]),
+                "shape": tuple(t["shape"]),
+                "scales": np.asarray(q["scales"]),
+                "zero_points": np.asarray(q["zero_points"]),
+                "quantized_dimension": q["quantized_dimension"],
+            }
+        )
     return rows
 
 
@@ -169,12 +193,23 @@ def op_table(content: bytes) -> List[Dict[str, Any]]:
     tensors = {t["index"]: np.dtype(t["dtype"]) for t in interpreter.get_tensor_details()}
     rows = []
     for op in interpreter._get_ops_details():
-        rows.append({"op": op["op_name"],
-                     "inputs": [tensors.get(i) for i in op["inputs"] if i >= 0],
-                     "outputs": [tensors.get(i) for i in op["outputs"] if i >= 0],
-                     "input_indices": [i for i in op["inputs"] if i >= 0],
-                     "output_indices": list(op["outputs"])})
+        rows.append(
+            {
+                "op": op["op_name"],
+                "inputs": [tensors.get(i) for i in op["inputs"] if i >= 0],
+                "outputs": [tensors.get(i) for i in op["outputs"] if i >= 0],
+                "input_indices": [i for i in op["inputs"] if i >= 0],
+                "output_indices": list(op["outputs"]),
+            }
+        )
     return rows
 
 
-__all__ = ["KERNELS", "VerificationReport", "TFLiteRunner", "verify_tflite", "tensor_table", "op_table"]
+__all__ = [
+    "KERNELS",
+    "VerificationReport",
+    "TFLiteRunner",
+    "verify_tflite",
+    "tensor_table",
+    "op_table",
+]

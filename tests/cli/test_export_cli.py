@@ -24,8 +24,18 @@ def saved_qmodel(tmp_path_factory):
 
 def test_export_int8_with_verification(saved_qmodel, capsys):
     out = saved_qmodel / "m.tflite"
-    code = main(["export", str(saved_qmodel / "q.h5"), "-o", str(out), "--target", "int8",
-                 "--data", str(saved_qmodel / "x.npy")])
+    code = main(
+        [
+            "export",
+            str(saved_qmodel / "q.h5"),
+            "-o",
+            str(out),
+            "--target",
+            "int8",
+            "--data",
+            str(saved_qmodel / "x.npy"),
+        ]
+    )
     assert code == 0 and out.stat().st_size > 0
     text = capsys.readouterr().out
     assert "verification:" in text and "top-1 agreement" in text
@@ -33,8 +43,22 @@ def test_export_int8_with_verification(saved_qmodel, capsys):
 
 def test_export_float_verify(saved_qmodel):
     out = saved_qmodel / "f.tflite"
-    assert main(["export", str(saved_qmodel / "q.h5"), "-o", str(out), "--target", "float",
-                 "--data", str(saved_qmodel / "x.npy"), "--verify"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(saved_qmodel / "q.h5"),
+                "-o",
+                str(out),
+                "--target",
+                "float",
+                "--data",
+                str(saved_qmodel / "x.npy"),
+                "--verify",
+            ]
+        )
+        == 0
+    )
 
 
 def test_missing_model_is_one_line_error(tmp_path, capsys):
@@ -60,9 +84,20 @@ def test_convert_caffe_to_tflite_in_one_command(tmp_path, capsys):
     np.save(tmp_path / "x.npy", x)
     (tmp_path / "q.json").write_text("{}")
     out = tmp_path / "n.tflite"
-    code = main(["convert", str(tmp_path / "n.prototxt"), str(tmp_path / "n.caffemodel"),
-                 "--quantize-config", str(tmp_path / "q.json"),
-                 "--calibration", str(tmp_path / "x.npy"), "--tflite", str(out), "--verify"])
+    code = main(
+        [
+            "convert",
+            str(tmp_path / "n.prototxt"),
+            str(tmp_path / "n.caffemodel"),
+            "--quantize-config",
+            str(tmp_path / "q.json"),
+            "--calibration",
+            str(tmp_path / "x.npy"),
+            "--tflite",
+            str(out),
+            "--verify",
+        ]
+    )
     assert code == 0 and out.stat().st_size > 0
     text = capsys.readouterr().out
     assert "target int8" in text and "verification:" in text

@@ -21,7 +21,9 @@ def frac_bits_for(max_abs, bitwidth, signed=True):
 
 
 def dfp(x, fl, bitwidth, signed=True):
-    qmin, qmax = (-(2 ** (bitwidth - 1)), 2 ** (bitwidth - 1) - 1) if signed else (0, 2**bitwidth - 1)
+    qmin, qmax = (
+        (-(2 ** (bitwidth - 1)), 2 ** (bitwidth - 1) - 1) if signed else (0, 2**bitwidth - 1)
+    )
     s = tf.constant(np.ldexp(1.0, -np.asarray(fl)), tf.float32)
     return tf.clip_by_value(tf.floor(x / s + 0.5), qmin, qmax) * s
 
@@ -30,7 +32,12 @@ class TestDFPQuantizer(tfmot_q.quantizers.Quantizer):
     """Per-tensor activation DFP (fixed fl) or per-channel weight DFP (fl from max|w|)."""
 
     def __init__(self, bitwidth=8, signed=True, frac_bits=None, per_channel=False):
-        self.bitwidth, self.signed, self.frac_bits, self.per_channel = bitwidth, signed, frac_bits, per_channel
+        self.bitwidth, self.signed, self.frac_bits, self.per_channel = (
+            bitwidth,
+            signed,
+            frac_bits,
+            per_channel,
+        )
 
     def build(self, tensor_shape, name, layer):
         return {}
@@ -43,17 +50,28 @@ class TestDFPQuantizer(tfmot_q.quantizers.Quantizer):
         il = tf.math.ceil(tf.math.log(tf.maximum(max_abs, 2.0**-30)) / math.log(2.0)) + 1.0
         fl = self.bitwidth - il
         s = tf.pow(2.0, -fl)
-        q = tf.clip_by_value(tf.floor(inputs / s + 0.5), -(2 ** (self.bitwidth - 1)), 2 ** (self.bitwidth - 1) - 1)
+        q = tf.clip_by_value(
+            tf.floor(inputs / s + 0.5), -(2 ** (self.bitwidth - 1)), 2 ** (self.bitwidth - 1) - 1
+        )
         return q * s
 
     def get_config(self):
-        return {"bitwidth": self.bitwidth, "signed": self.signed, "frac_bits": self.frac_bits,
-                "per_channel": self.per_channel}
+        return {
+            "bitwidth": self.bitwidth,
+            "signed": self.signed,
+            "frac_bits": self.frac_bits,
+            "per_channel": self.per_channel,
+        }
 
 
 class TestLinearConfig(tfmot_q.QuantizeConfig):
     def __init__(self, act_fl, act_bits=8, act_signed=True, w_bits=8, kernel_attr="kernel"):
-        self.act_fl, self.act_bits, self.act_signed, self.w_bits = act_fl, act_bits, act_signed, w_bits
+        self.act_fl, self.act_bits, self.act_signed, self.w_bits = (
+            act_fl,
+            act_bits,
+            act_signed,
+            w_bits,
+        )
         self.kernel_attr = kernel_attr
 
     def get_weights_and_quantizers(self, layer):
@@ -72,8 +90,13 @@ class TestLinearConfig(tfmot_q.QuantizeConfig):
         return []
 
     def get_config(self):
-        return {"act_fl": self.act_fl, "act_bits": self.act_bits, "act_signed": self.act_signed,
-                "w_bits": self.w_bits, "kernel_attr": self.kernel_attr}
+        return {
+            "act_fl": self.act_fl,
+            "act_bits": self.act_bits,
+            "act_signed": self.act_signed,
+            "w_bits": self.w_bits,
+            "kernel_attr": self.kernel_attr,
+        }
 
 
 class TestOutputConfig(tfmot_q.QuantizeConfig):
@@ -104,13 +127,15 @@ def quantize_for_test(model, data, *, act_bits=8, w_bits=8, input_fl=None):
     the test DFP configs, fl chosen from the float activations on ``data``; the input is
     quantized by tfmot's affine quantizer, or by DFP with ``input_fl``. Returns the tfmot
     QAT model."""
-    extractor = keras.Model(model.inputs, [l.output for l in model.layers[1:]])
+    extractor = keras.Model(model.inputs, [lyr.output for lyr in model.layers[1:]])
     acts = extractor.predict(data, verbose=0)
     acts = acts if isinstance(acts, list) else [acts]
-    by_name = {l.name: a for l, a in zip(model.layers[1:], acts)}
+    by_name = {lyr.name: a for lyr, a in zip(model.layers[1:], acts)}
 
-    fls = {name: int(frac_bits_for(np.abs(a).max(), act_bits, bool(a.min() < 0)))
-           for name, a in by_name.items()}
+    fls = {
+        name: int(frac_bits_for(np.abs(a).max(), act_bits, bool(a.min() < 0)))
+        for name, a in by_name.items()
+    }
     # TFLite gives Concatenate / pooling inputs and output one scale (tfmot's ConcatTransform
     # does the same): the producers take the coarsest fl of the group
     changed = True
@@ -121,10 +146,10 @@ def quantize_for_test(model, data, *, act_bits=8, w_bits=8, input_fl=None):
                 continue
             inbound = layer.inbound_nodes[0].inbound_layers
             group = [layer] + (list(inbound) if isinstance(inbound, list) else [inbound])
-            low = min(fls[l.name] for l in group if l.name in fls)
-            for l in group:
-                if l.name in fls and fls[l.name] != low:
-                    fls[l.name], changed = low, True
+            low = min(fls[lyr.name] for lyr in group if lyr.name in fls)
+            for lyr in group:
+                if lyr.name in fls and fls[lyr.name] != low:
+                    fls[lyr.name], changed = low, True
 
     def annotate(layer):
         if layer.name not in by_name:
@@ -137,8 +162,14 @@ def quantize_for_test(model, data, *, act_bits=8, w_bits=8, input_fl=None):
             cfg = TestLinearConfig(fl, act_bits, signed, w_bits)
         elif kind == "DepthwiseConv2D":
             cfg = TestLinearConfig(fl, act_bits, signed, w_bits, kernel_attr="depthwise_kernel")
-        elif kind in ("Add", "Concatenate", "MaxPooling2D", "AveragePooling2D", "ReLU",
-                      "GlobalAveragePooling2D"):
+        elif kind in (
+            "Add",
+            "Concatenate",
+            "MaxPooling2D",
+            "AveragePooling2D",
+            "ReLU",
+            "GlobalAveragePooling2D",
+        ):
             cfg = TestOutputConfig(fl, act_bits, signed)
         else:
             return layer
@@ -146,9 +177,13 @@ def quantize_for_test(model, data, *, act_bits=8, w_bits=8, input_fl=None):
 
     annotated = keras.models.clone_model(model, clone_function=annotate)
     annotated.set_weights(model.get_weights())
-    with tfmot_q.quantize_scope({"TestLinearConfig": TestLinearConfig,
-                                 "TestOutputConfig": TestOutputConfig,
-                                 "TestDFPQuantizer": TestDFPQuantizer}):
+    with tfmot_q.quantize_scope(
+        {
+            "TestLinearConfig": TestLinearConfig,
+            "TestOutputConfig": TestOutputConfig,
+            "TestDFPQuantizer": TestDFPQuantizer,
+        }
+    ):
         qmodel = tfmot_q.quantize_apply(annotated)
     if input_fl is None:  # tfmot's own affine input quantizer: min/max of the data
         qmodel(np.asarray(data, np.float32), training=True)

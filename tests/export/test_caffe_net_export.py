@@ -7,8 +7,8 @@ import math
 
 import numpy as np
 import pytest
-
 from conftest import shared_path
+
 from kerasq._compat import keras
 from kerasq.export import export_tflite
 from kerasq.export.verify import tensor_table
@@ -16,18 +16,23 @@ from kerasq.export.verify import tensor_table
 
 @pytest.fixture(scope="module")
 def lenet_q():
-    import kerasq
     from kerasq.converters.caffe import load
+
+    import kerasq
     from kerasq.demo import load_digits_data
 
     folder = shared_path("caffe-models", "lenet-mnist")
-    model = load(folder / "lenet.prototxt", folder / "lenet_iter_10000.caffemodel",
-                 input_shape={"data": [1, 1, 28, 28]})
+    model = load(
+        folder / "lenet.prototxt",
+        folder / "lenet_iter_10000.caffemodel",
+        input_shape={"data": [1, 1, 28, 28]},
+    )
     x_train, _, x_test, y_test = load_digits_data()
 
     def to_mnist_size(x):  # 8x8 digits -> 24x24 -> padded 28x28, values in [0, 1]
-        return np.pad(np.kron(x, np.ones((1, 3, 3, 1), np.float32)),
-                      ((0, 0), (2, 2), (2, 2), (0, 0)))
+        return np.pad(
+            np.kron(x, np.ones((1, 3, 3, 1), np.float32)), ((0, 0), (2, 2), (2, 2), (0, 0))
+        )
 
     qmodel = kerasq.quantize_model(model)
     kerasq.calibrate(qmodel, to_mnist_size(x_train[:256]))
@@ -44,10 +49,17 @@ def test_lenet_int8_logits_within_one_step(lenet_q):
     assert result.report.top1_agreement >= 0.995
     # the file's activation scales are the powers of two kerasq's quantizers use
     tensors = tensor_table(result.content)
-    chosen = {-int(spec.frac_bits) for entries in result.plan.specs.values()
-              for what, spec in entries if what != "kernel" and spec.kind == "dfp"}
-    acts = {math.frexp(float(t["scales"][0]))[1] - 1 for t in tensors
-            if t["dtype"] == np.int8 and len(t["scales"]) == 1 and len(t["shape"]) >= 2}
+    chosen = {
+        -int(spec.frac_bits)
+        for entries in result.plan.specs.values()
+        for what, spec in entries
+        if what != "kernel" and spec.kind == "dfp"
+    }
+    acts = {
+        math.frexp(float(t["scales"][0]))[1] - 1
+        for t in tensors
+        if t["dtype"] == np.int8 and len(t["scales"]) == 1 and len(t["shape"]) >= 2
+    }
     assert acts <= chosen and len(acts) >= 3
 
 

@@ -22,13 +22,16 @@ def digits_and_model():
     return model, x_train, x_test
 
 
-@pytest.mark.parametrize("config", [
-    dict(precision="minifloat", exp_bits=4, mant_bits=3),
-    dict(precision="minifloat", exp_bits=5, mant_bits=10),
-    dict(precision="pow2_weights"),
-    dict(precision="dfp", bitwidth_weights=4, bitwidth_activations=4),
-    dict(precision="dfp", bitwidth_weights=12, bitwidth_activations=12),
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        dict(precision="minifloat", exp_bits=4, mant_bits=3),
+        dict(precision="minifloat", exp_bits=5, mant_bits=10),
+        dict(precision="pow2_weights"),
+        dict(precision="dfp", bitwidth_weights=4, bitwidth_activations=4),
+        dict(precision="dfp", bitwidth_weights=12, bitwidth_activations=12),
+    ],
+)
 def test_float_target_reproduces_kerasq_scheme(digits_and_model, config):
     import kerasq
 
@@ -44,8 +47,9 @@ def test_float_target_reproduces_kerasq_scheme(digits_and_model, config):
     assert result.report.top1_agreement >= 0.995
 
 
-@pytest.mark.parametrize("exp_bits,mant_bits,subnormals", [(4, 3, False), (5, 10, False),
-                                                          (2, 1, False), (5, 2, True)])
+@pytest.mark.parametrize(
+    "exp_bits,mant_bits,subnormals", [(4, 3, False), (5, 10, False), (2, 1, False), (5, 2, True)]
+)
 @pytest.mark.parametrize("rounding", ["nearest", "nearest_even", "half_up"])
 def test_minifloat_probe_matches_numerics(exp_bits, mant_bits, subnormals, rounding):
     from kerasq import numerics
@@ -53,8 +57,9 @@ def test_minifloat_probe_matches_numerics(exp_bits, mant_bits, subnormals, round
     from kerasq.export.layers import MinifloatQuantize
 
     def fn(x):
-        return numerics.minifloat_quantize(np.asarray(x, np.float32), exp_bits, mant_bits,
-                                           rounding=rounding, subnormals=subnormals)
+        return numerics.minifloat_quantize(
+            np.asarray(x, np.float32), exp_bits, mant_bits, rounding=rounding, subnormals=subnormals
+        )
 
     spec = activation_spec(fn)
     assert (spec.kind, spec.exp_bits, spec.mant_bits) == ("minifloat", exp_bits, mant_bits)

@@ -31,8 +31,9 @@ def ref_dfp(x, bits, fl, signed, mode):
     return np.clip(ref_round(np.asarray(x, np.float64) * 2.0**fl, mode), qmin, qmax) * 2.0**-fl
 
 
-TIES = np.array([-3.5, -2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 3.5, 1e6 + 0.5, -(2.0**22) - 0.5],
-                np.float32)
+TIES = np.array(
+    [-3.5, -2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 3.5, 1e6 + 0.5, -(2.0**22) - 0.5], np.float32
+)
 
 
 @pytest.mark.parametrize("mode", ["nearest", "half_up", "nearest_even"])
@@ -43,9 +44,17 @@ def test_round_exact_matches_reference(mode):
     np.testing.assert_array_equal(got, ref_round(y, mode))
 
 
-@pytest.mark.parametrize("bits,fl,signed,mode", [
-    (8, 4, True, "nearest"), (8, 7, False, "half_up"), (4, 1, True, "nearest_even"),
-    (12, 9, True, "nearest"), (16, -2, True, "half_up"), (2, 0, True, "nearest")])
+@pytest.mark.parametrize(
+    "bits,fl,signed,mode",
+    [
+        (8, 4, True, "nearest"),
+        (8, 7, False, "half_up"),
+        (4, 1, True, "nearest_even"),
+        (12, 9, True, "nearest"),
+        (16, -2, True, "half_up"),
+        (2, 0, True, "nearest"),
+    ],
+)
 def test_grid_quantize_exact_mode(bits, fl, signed, mode):
     rng = np.random.default_rng(1)
     x = (rng.normal(size=4000) * 2.0 ** (bits - 1 - fl) / 2).astype(np.float32)
@@ -55,9 +64,17 @@ def test_grid_quantize_exact_mode(bits, fl, signed, mode):
     np.testing.assert_array_equal(got, ref_dfp(x, bits, fl, signed, mode))
 
 
-@pytest.mark.parametrize("bits,fl,signed,mode", [
-    (8, 4, True, "nearest"), (8, 8, False, "half_up"), (5, 2, True, "nearest_even"),
-    (16, 12, True, "nearest"), (3, -1, False, "half_up"), (24, 20, True, "nearest_even")])
+@pytest.mark.parametrize(
+    "bits,fl,signed,mode",
+    [
+        (8, 4, True, "nearest"),
+        (8, 8, False, "half_up"),
+        (5, 2, True, "nearest_even"),
+        (16, 12, True, "nearest"),
+        (3, -1, False, "half_up"),
+        (24, 20, True, "nearest_even"),
+    ],
+)
 def test_activation_spec_recovers_numpy_quantizer(bits, fl, signed, mode):
     spec = activation_spec(lambda x: ref_dfp(x, bits, fl, signed, mode).astype(np.float32))
     assert (spec.kind, spec.bitwidth, spec.frac_bits, spec.signed) == ("dfp", bits, fl, signed)

@@ -8,8 +8,8 @@ import math
 
 import numpy as np
 import pytest
-
 from export.qmodels import conv_net, frac_bits_for, quantize_for_test
+
 from kerasq._compat import keras
 from kerasq.errors import ExportError, VerificationError
 from kerasq.export import export_tflite, to_tflite
@@ -45,8 +45,13 @@ def int8_result(qmodel, digits):
 def test_int8_file_is_integer_inside(int8_result):
     ops = op_table(int8_result.content)
     inner = [o for o in ops if o["op"] not in ("QUANTIZE", "DEQUANTIZE")]
-    assert {o["op"] for o in inner} >= {"CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "CONCATENATION",
-                                         "MAX_POOL_2D"}
+    assert {o["op"] for o in inner} >= {
+        "CONV_2D",
+        "DEPTHWISE_CONV_2D",
+        "ADD",
+        "CONCATENATION",
+        "MAX_POOL_2D",
+    }
     for o in inner:
         assert all(d != np.float32 for d in o["inputs"] + o["outputs"] if d is not None), o
     assert [o["op"] for o in ops].count("QUANTIZE") == 1  # only the float input
@@ -62,18 +67,33 @@ def test_int8_scales_are_the_chosen_powers_of_two(int8_result, qmodel, digits):
         fl = getattr(cfg, "act_fl", getattr(cfg, "fl", None))
         chosen[layer.layer.name] = (fl, getattr(cfg, "act_signed", getattr(cfg, "signed", True)))
     tensors = tensor_table(int8_result.content)
-    acts = [t for t in tensors if t["dtype"] == np.int8 and len(t["scales"]) == 1
-            and len(t["shape"]) >= 2 and t["shape"][0] == 1]
-    observed = {(-(math.frexp(float(t["scales"][0]))[1] - 1), int(t["zero_points"][0]))
-                for t in acts}
+    acts = [
+        t
+        for t in tensors
+        if t["dtype"] == np.int8
+        and len(t["scales"]) == 1
+        and len(t["shape"]) >= 2
+        and t["shape"][0] == 1
+    ]
+    observed = {
+        (-(math.frexp(float(t["scales"][0]))[1] - 1), int(t["zero_points"][0])) for t in acts
+    }
     for t in acts:
         assert math.frexp(float(t["scales"][0]))[0] == 0.5, t  # a power of two
     chosen["input"] = (8, False)  # quantize_for_test(..., input_fl=8) on inputs in [0, 1]
     expected = {(fl, 0 if signed else -128) for fl, signed in chosen.values() if fl is not None}
     assert observed == expected
-    out = [t for t in tensors if t["name"].startswith("model_deploy/dense/")
-           and t["dtype"] == np.int8 and len(t["scales"]) == 1][-1]
-    assert out["scales"][0] == math.ldexp(1.0, -chosen["dense"][0])
+    dense = next(
+        layer.layer.name
+        for layer in qmodel.layers
+        if type(getattr(layer, "layer", None)).__name__ == "Dense"
+    )
+    out = [
+        t
+        for t in tensors
+        if f"_deploy/{dense}/" in t["name"] and t["dtype"] == np.int8 and len(t["scales"]) == 1
+    ][-1]
+    assert out["scales"][0] == math.ldexp(1.0, -chosen[dense][0])
     # weight scales: per output channel, 2^-fl with fl = 8 - ceil(log2 max|w_c|) - 1
     model = qmodel
     for layer in model.layers:
@@ -82,8 +102,13 @@ def test_int8_scales_are_the_chosen_powers_of_two(int8_result, qmodel, digits):
             continue
         kernel = [w for w, _, _ in layer._weight_vars][0].numpy()
         expected = np.ldexp(1.0, -frac_bits_for(np.abs(kernel).max(axis=(0, 1, 2)), 8))
-        hits = [t for t in tensors if t["name"].startswith(f"model_deploy/{inner.name}/Conv2D;")
-                and len(t["scales"]) > 1]
+        hits = [
+            t
+            for t in tensors
+            if f"_deploy/{inner.name}/Conv2D;" in t["name"]
+            and len(t["scales"]) > 1
+            and t["dtype"] == np.int8
+        ]
         assert hits and np.array_equal(hits[0]["scales"], expected.astype(np.float32))
 
 
@@ -95,8 +120,13 @@ def test_int8_output_agrees_with_keras(int8_result, qmodel, digits):
     # non-negative values; one-step differences then travel through the layers.
     from kerasq.export.verify import verify_tflite
 
-    reference = verify_tflite(int8_result.content, qmodel, digits[2], kernels="reference",
-                              output_step=int8_result.report.output_step)
+    reference = verify_tflite(
+        int8_result.content,
+        qmodel,
+        digits[2],
+        kernels="reference",
+        output_step=int8_result.report.output_step,
+    )
     assert reference.max_error_steps <= 2
     assert reference.top1_agreement >= 0.995
     assert reference.exact_fraction >= 0.9
@@ -114,8 +144,9 @@ def test_float_target_equals_fake_quant_model(qmodel, digits):
 
 @pytest.mark.parametrize("act_bits,w_bits", [(4, 4), (12, 12), (16, 6)])
 def test_float_target_any_bit_width(trained_conv_net, digits, act_bits, w_bits):
-    q = quantize_for_test(trained_conv_net, digits[0][:200], act_bits=act_bits, w_bits=w_bits,
-                          input_fl=act_bits)
+    q = quantize_for_test(
+        trained_conv_net, digits[0][:200], act_bits=act_bits, w_bits=w_bits, input_fl=act_bits
+    )
     result = export_tflite(q, target="float", verify_data=digits[2][:200])
     keras_out = q.predict(digits[2][:200], verbose=0)
     tfl_out = TFLiteRunner(result.content)(digits[2][:200])
@@ -149,8 +180,9 @@ def test_16_bit_activations_to_int8_is_an_export_error(trained_conv_net, digits)
 def test_verify_failure_leaves_no_file(qmodel, digits, tmp_path):
     out = tmp_path / "m.tflite"
     with pytest.raises(VerificationError):
-        export_tflite(qmodel, out, target="int8", verify_data=digits[2], verify=True,
-                      max_error_steps=0.0)
+        export_tflite(
+            qmodel, out, target="int8", verify_data=digits[2], verify=True, max_error_steps=0.0
+        )
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
@@ -164,8 +196,7 @@ def test_unquantized_model_exports_as_float(trained_conv_net, digits, tmp_path):
     blob = to_tflite(trained_conv_net, out, target="float")
     assert out.read_bytes() == blob
     got = TFLiteRunner(blob)(digits[2][:50])
-    np.testing.assert_allclose(got, trained_conv_net.predict(digits[2][:50], verbose=0),
-                               atol=1e-5)
+    np.testing.assert_allclose(got, trained_conv_net.predict(digits[2][:50], verbose=0), atol=1e-5)
 
 
 def test_int16x8_has_int16_activations_and_int8_weights(digits):
@@ -178,8 +209,9 @@ def test_int16x8_has_int16_activations_and_int8_weights(digits):
     model.fit(x_train, y_train, epochs=3, verbose=0)
     qmodel = kerasq.quantize_model(model, kerasq.QuantizationConfig(bitwidth_activations=16))
     kerasq.calibrate(qmodel, x_train[:256])
-    result = export_tflite(qmodel, target="int16x8", representative_data=x_train[:200],
-                           verify_data=x_test)
+    result = export_tflite(
+        qmodel, target="int16x8", representative_data=x_train[:200], verify_data=x_test
+    )
     tensors = tensor_table(result.content)
     assert any(t["dtype"] == np.int16 and len(t["shape"]) == 4 for t in tensors)
     assert any(t["dtype"] == np.int8 and len(t["scales"]) > 1 for t in tensors)
