@@ -257,9 +257,12 @@ def activation_spec(
 
     ``fn`` must be the quantizer in inference mode; a ``quantizer`` that states its grid
     (``export_spec``, or a tfmot min/max quantizer) is taken at its word (a declared
-    ``"values"`` grid is probed). Probes: ±2^k for k in [-60, 60] give the saturation bounds and the step (the smallest non-zero output), the full code ramp
-    (or a sample of it for > 2^18 codes) checks every grid point maps to itself and
-    quarter-steps map to the nearest point; ties at ±2.5 and 3.5 steps give the rounding.
+    ``"values"`` grid is probed). Probes: ±2^k for k in [-60, 60] give the saturation
+    bounds and the step (the smallest non-zero output), the full code ramp (or a sample of
+    it for > 2^18 codes) checks every grid point maps to itself and quarter-steps map to
+    the nearest point; ties at ±2.5 and 3.5 steps give the rounding. Grids that are not
+    fixed point are tried as power-of-two and as minifloat (E, M, subnormals, rounding
+    probed, then checked on a log-uniform sample).
     Raises :class:`ExportError` if the quantizer is not a recognisable grid.
     """
     declared = _declared_spec(quantizer, quantizer_vars) if quantizer is not None else None
