@@ -38,7 +38,8 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kerasq._compat import keras
+    import time
+
     from kerasq.demo import STEPS, format_table, run_demo
 
     labels = {
@@ -51,12 +52,17 @@ def run(args: argparse.Namespace) -> int:
         "int8": "int8 TFLite export + verification",
         "done": "done",
     }
-    bar = keras.utils.Progbar(len(STEPS) - 1, unit_name="step")
+    started = time.perf_counter()
 
     def progress(step: str) -> None:
-        if step != "done":
-            print(f"\n[{STEPS.index(step) + 1}/{len(STEPS) - 1}] {labels[step]}", flush=True)
-        bar.update(STEPS.index(step), finalize=step == "done")
+        elapsed = time.perf_counter() - started
+        if step == "done":
+            print(f"done in {elapsed:.0f} s", flush=True)
+        else:
+            print(
+                f"[{STEPS.index(step) + 1}/{len(STEPS) - 1}] {labels[step]} (t = {elapsed:.0f} s)",
+                flush=True,
+            )
 
     print("kerasq demo: real handwritten digits (scikit-learn), Caffe -> Keras -> TFLite")
     rows = run_demo(

@@ -39,7 +39,13 @@ from kerasq._compat import tf
 from kerasq._io import write_bytes_atomic
 from kerasq.errors import ExportError, VerificationError
 from kerasq.export.graph import DeployPlan, build_deploy_model
-from kerasq.export.verify import VerificationReport, op_table, tensor_table, verify_tflite
+from kerasq.export.verify import (
+    VerificationReport,
+    op_table,
+    quiet_native_stderr,
+    tensor_table,
+    verify_tflite,
+)
 
 log = logging.getLogger("kerasq.export.tflite")
 
@@ -126,7 +132,7 @@ def _convert(plan: DeployPlan, target: str, representative_data: Any, int_io: bo
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quiet_native_stderr():
             # the input's statistics come from kerasq's own input quantizer
             warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
             return converter.convert()

@@ -12,13 +12,44 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-from typing import Any, Dict, List, Optional
+import os
+import sys
+import tempfile
+from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
 
 log = logging.getLogger("kerasq.export.verify")
+
+
+@contextlib.contextmanager
+def quiet_native_stderr() -> Iterator[None]:
+    """Hide what TFLite's C++ code prints on fd 2 (delegate notices, converter statistics)
+    unless ``KERASQ_VERBOSE_TF=1``; replayed if the block raises."""
+    if os.environ.get("KERASQ_VERBOSE_TF") == "1":
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            sink.seek(0)
+            sys.stderr.write(sink.read().decode("utf-8", "replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 @dataclasses.dataclass
@@ -78,9 +109,12 @@ class TFLiteRunner:
             "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
             "reference": OpResolverType.BUILTIN_REF,
         }[kernels]
-        self.interpreter = Interpreter(
-            model_content=content, num_threads=num_threads, experimental_op_resolver_type=resolver
-        )
+        with quiet_native_stderr():
+            self.interpreter = Interpreter(
+                model_content=content,
+                num_threads=num_threads,
+                experimental_op_resolver_type=resolver,
+            )
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         self._batch: Optional[int] = None
@@ -89,8 +123,9 @@ class TFLiteRunner:
         if self._batch != batch:
             shape = list(self.input["shape"])
             shape[0] = batch
-            self.interpreter.resize_tensor_input(self.input["index"], shape)
-            self.interpreter.allocate_tensors()
+            with quiet_native_stderr():
+                self.interpreter.resize_tensor_input(self.input["index"], shape)
+                self.interpreter.allocate_tensors()
             self.input = self.interpreter.get_input_details()[0]
             self.output = self.interpreter.get_output_details()[0]
             self._batch = batch
@@ -167,7 +202,8 @@ def tensor_table(content: bytes) -> List[Dict[str, Any]]:
     """Tensors of a TFLite file: name, dtype, scales, zero points, quantized dimension."""
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_content=content)
+    with quiet_native_stderr():
+        interpreter = Interpreter(model_content=content)
     rows = []
     for t in interpreter.get_tensor_details():
         q = t["quantization_parameters"]
@@ -189,7 +225,8 @@ def op_table(content: bytes) -> List[Dict[str, Any]]:
     """Operators of a TFLite file with the dtypes of their inputs and outputs."""
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_content=content)
+    with quiet_native_stderr():
+        interpreter = Interpreter(model_content=content)
     tensors = {t["index"]: np.dtype(t["dtype"]) for t in interpreter.get_tensor_details()}
     rows = []
     for op in interpreter._get_ops_details():
@@ -206,6 +243,7 @@ def op_table(content: bytes) -> List[Dict[str, Any]]:
 
 
 __all__ = [
+    "quiet_native_stderr",
     "KERNELS",
     "VerificationReport",
     "TFLiteRunner",
