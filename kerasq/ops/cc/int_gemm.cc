@@ -22,7 +22,7 @@ void TilePortable(const int16_t* A, int64_t lda, const PackedB& B, int64_t n0, i
     const int16_t* a = A + r * lda;
     for (int64_t kk = 0; kk < pairs; ++kk) {
       const Acc a0 = a[2 * kk], a1 = a[2 * kk + 1];
-      const int16_t* b = B.data.data() + kk * B.Np * 2 + n0 * 2;
+      const int16_t* b = Panel(B, n0) + kk * 2 * kChannelTile;
       for (int64_t n = 0; n < nw; ++n) acc[n] += a0 * Acc(b[2 * n]) + a1 * Acc(b[2 * n + 1]);
     }
     std::memcpy(C + r * ldc + n0, acc, sizeof(Acc) * nw);
@@ -36,9 +36,8 @@ __attribute__((target("avx2"))) void TileAvx2(const int16_t* A, int64_t lda, con
   __m256i acc[kRowTile][2];
   for (int r = 0; r < kRowTile; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
   const int64_t pairs = B.Kp / 2;
-  const int16_t* bp = B.data.data() + n0 * 2;
-  const int64_t bstride = B.Np * 2;
-  for (int64_t kk = 0; kk < pairs; ++kk, bp += bstride) {
+  const int16_t* bp = Panel(B, n0);
+  for (int64_t kk = 0; kk < pairs; ++kk, bp += 2 * kChannelTile) {
     const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp));
     const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + 16));
     for (int r = 0; r < kRowTile; ++r) {
@@ -63,11 +62,11 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void TileVnni(
   for (int r = 0; r < kRowTile; ++r)
     for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_si512();
   const int64_t pairs = B.Kp / 2;
-  const int16_t* bp = B.data.data() + n0 * 2;
-  const int64_t bstride = B.Np * 2;
-  for (int64_t kk = 0; kk < pairs; ++kk, bp += bstride) {
+  const int16_t* bp[NV];
+  for (int v = 0; v < NV; ++v) bp[v] = Panel(B, n0 + kChannelTile * v);
+  for (int64_t kk = 0; kk < pairs; ++kk) {
     __m512i b[NV];
-    for (int v = 0; v < NV; ++v) b[v] = _mm512_loadu_si512(bp + 32 * v);
+    for (int v = 0; v < NV; ++v) b[v] = _mm512_loadu_si512(bp[v] + kk * 2 * kChannelTile);
     for (int r = 0; r < kRowTile; ++r) {
       int32_t pair;
       std::memcpy(&pair, A + r * lda + 2 * kk, 4);

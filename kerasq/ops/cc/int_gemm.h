@@ -6,6 +6,9 @@
 // A[m][k:k+2] against a vector of B gives 8/16 channels x 2 products per instruction
 // (pmaddwd on AVX2, vpdpwssd on AVX512-VNNI). The ISA is chosen at run time, so the
 // library is correct on any x86-64 (and any other CPU through the portable loop).
+// The packed weights are stored in panels of 16 channels, [Np/16][Kp/2][16][2], so a
+// micro-tile streams one contiguous panel (a [Kp/2][Np][2] layout strides 4 KB per k pair
+// for N = 1024, which maps every load to the same L1 set).
 #ifndef KERASQ_OPS_CC_INT_GEMM_H_
 #define KERASQ_OPS_CC_INT_GEMM_H_
 
@@ -21,7 +24,7 @@ constexpr int64_t kChannelTile = 16;  // Np is a multiple of this
 inline int64_t RoundUp(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 struct PackedB {
-  std::vector<int16_t> data;  // [Kp/2][Np][2]
+  std::vector<int16_t> data;  // panels [Np/16][Kp/2][16][2]
   int64_t K = 0, Kp = 0, N = 0, Np = 0;
   int32_t max_abs = 0;
 };
@@ -39,23 +42,20 @@ void PackB(const W* w, int64_t K, int64_t N, PackedB* out) {
     const int32_t v = w[i] < 0 ? -int32_t(w[i]) : int32_t(w[i]);
     max_abs = v > max_abs ? v : max_abs;
   }
-  const int64_t Np = out->Np;
   int16_t* dst = out->data.data();
-  for (int64_t k = 0; k + 1 < K; k += 2) {
-    const W* even = w + k * N;
-    const W* odd = even + N;
-    int16_t* d = dst + (k / 2) * Np * 2;
-    for (int64_t n = 0; n < N; ++n) {
-      d[2 * n] = static_cast<int16_t>(even[n]);
-      d[2 * n + 1] = static_cast<int16_t>(odd[n]);
-    }
-  }
-  if (K & 1) {
-    const W* last = w + (K - 1) * N;
-    int16_t* d = dst + (K / 2) * Np * 2;
-    for (int64_t n = 0; n < N; ++n) d[2 * n] = static_cast<int16_t>(last[n]);
+  const int64_t panel = (out->Kp / 2) * 2 * kChannelTile;  // int16 values per panel
+  for (int64_t k = 0; k < K; ++k) {
+    const W* row = w + k * N;
+    int16_t* d = dst + (k / 2) * 2 * kChannelTile + (k & 1);
+    for (int64_t n = 0; n < N; ++n)
+      d[(n / kChannelTile) * panel + (n % kChannelTile) * 2] = static_cast<int16_t>(row[n]);
   }
   out->max_abs = max_abs;
+}
+
+// The packed panel holding channels [n0, n0 + 16), n0 a multiple of 16.
+inline const int16_t* Panel(const PackedB& B, int64_t n0) {
+  return B.data.data() + (n0 / kChannelTile) * (B.Kp / 2) * 2 * kChannelTile;
 }
 
 // True when every partial sum of a dot product of length Kp fits in int32.
