@@ -19,7 +19,7 @@ import pathlib
 import socket
 import subprocess
 import sys
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import pytest
@@ -29,14 +29,14 @@ TIMEOUT = 400  # seconds per run; the runs take ~30-60 s on a loaded 2-core mach
 RTOL, ATOL = 1e-5, 1e-6
 
 
-def _env(extra: Dict[str, str] = None) -> Dict[str, str]:
+def _env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), TF_CPP_MIN_LOG_LEVEL="2")
     env.pop("TF_CONFIG", None)
     env.update(extra or {})
     return env
 
 
-def _start(mode: str, out: pathlib.Path, env: Dict[str, str] = None) -> subprocess.Popen:
+def _start(mode: str, out: pathlib.Path, env: Optional[Dict[str, str]] = None) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, str(WORKER), mode, str(out)],
         env=_env(env),

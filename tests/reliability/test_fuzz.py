@@ -20,10 +20,10 @@ import signal
 from typing import Iterator, List
 
 import pytest
+from conftest import REPO_ROOT, shared_path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import REPO_ROOT, shared_path
 from kerasq.errors import KerasqError
 
 LONG_EXAMPLES = int(os.environ.get("KERASQ_FUZZ_EXAMPLES", "5000"))

@@ -21,8 +21,8 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import REPO_ROOT, SHARED, shared_path
+
 from kerasq.errors import CaffeFormatError
 
 MAX_RATIO = 2.5

@@ -16,11 +16,14 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import shared_path
 
 WORKER = pathlib.Path(__file__).with_name("seeded_worker.py")
-CONVERTED_CASES = ["cifar10_quick", "lrn_across", "resnet_block"]
+CONVERTED_CASES = [
+    "cifar10_quick",
+    "lrn_across",
+    pytest.param("resnet_block", marks=pytest.mark.slow),
+]
 
 
 def _golden(case: str):
@@ -55,9 +58,10 @@ def _save_all(model, tmp: pathlib.Path, formats=("h5", "savedmodel", "keras")):
 
 @pytest.mark.parametrize("case", CONVERTED_CASES)
 def test_converted_model_round_trips_bit_exact(tmp_path, case):
+    from kerasq.converters import caffe
+
     import kerasq
     from kerasq._compat import keras
-    from kerasq.converters import caffe
 
     root, x = _golden(case)
     model = caffe.load(root / "deploy.prototxt", root / "model.caffemodel")
@@ -88,8 +92,9 @@ def test_quantized_model_round_trips_bit_exact(tmp_path):
     """A converted + calibrated DFP model (tfmot wrappers): .h5 and SavedModel reload with
     identical outputs and identical quantizer state. (tfmot QAT models do not reload from
     .keras, see docs/reliability.md.)"""
-    import kerasq
     from kerasq.converters import caffe
+
+    import kerasq
 
     root, x = _golden("cifar10_quick")
     model = caffe.load(root / "deploy.prototxt", root / "model.caffemodel")

@@ -1,9 +1,10 @@
 """No unsafe loading anywhere in kerasq: no pickle, no eval/exec, no Lambda layers, numpy
 loads without pickle, Keras safe mode kept.
 
-The scan parses the Python sources of ``kerasq/`` and ``converters/`` (AST: imports, names,
-attribute ``.Lambda``, keyword arguments; words in strings, comments and attribute names
-such as ``args.eval`` do not count). A legitimate exception goes into ALLOWED with its justification.
+The scan parses the Python sources of ``kerasq/`` and ``converters/`` (AST: imports,
+names, attribute ``.Lambda``, keyword arguments; words in strings, comments and attribute
+names such as ``args.eval`` do not count). A legitimate exception goes into ALLOWED with
+its justification.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 import pytest
-
 from conftest import REPO_ROOT
 
 SCANNED = [REPO_ROOT / "kerasq", REPO_ROOT / "converters"]
@@ -92,9 +92,10 @@ def _findings(path: pathlib.Path) -> List[Tuple[int, str, str]]:
                     for kw in node.keywords
                 ):
                     found.append((node.lineno, "np.load", "np.load without allow_pickle=False"))
-            if called in ("__import__", "import_module") and node.args:
-                if not isinstance(node.args[0], ast.Constant) and called == "__import__":
-                    found.append((node.lineno, "__import__", "dynamic import of a computed name"))
+            if called == "__import__" and node.args and not isinstance(
+                node.args[0], ast.Constant
+            ):
+                found.append((node.lineno, "__import__", "dynamic import of a computed name"))
     return found
 
 
