@@ -111,30 +111,32 @@ const char* GemmIsa() {
   }
 }
 
-void GemmInt32(const int16_t* A, int64_t M, int64_t lda, const PackedB& B, int32_t* C) {
+void GemmInt32(const int16_t* A, int64_t M, int64_t lda, const PackedB& B, int32_t* C,
+               int64_t n_begin, int64_t n_end) {
   // Column blocks outside, row tiles inside: a block of packed B (Kp x 32 int16) stays in
   // L1/L2 while it meets every row tile of A.
   const Isa isa = CurrentIsa();
-  int64_t n0 = 0;
+  int64_t n0 = n_begin;
 #ifdef KERASQ_X86
   if (isa == Isa::kVnni) {
-    for (; n0 + 32 <= B.Np; n0 += 32)
+    for (; n0 + 32 <= n_end; n0 += 32)
       for (int64_t m = 0; m < M; m += kRowTile) TileVnni<2>(A + m * lda, lda, B, n0, C + m * B.Np, B.Np);
-    for (; n0 < B.Np; n0 += 16)
+    for (; n0 < n_end; n0 += 16)
       for (int64_t m = 0; m < M; m += kRowTile) TileVnni<1>(A + m * lda, lda, B, n0, C + m * B.Np, B.Np);
   } else if (isa == Isa::kAvx2) {
-    for (; n0 < B.Np; n0 += 16)
+    for (; n0 < n_end; n0 += 16)
       for (int64_t m = 0; m < M; m += kRowTile) TileAvx2(A + m * lda, lda, B, n0, C + m * B.Np, B.Np);
   }
 #endif
-  for (; n0 < B.Np; n0 += kChannelTile)
+  for (; n0 < n_end; n0 += kChannelTile)
     for (int64_t m = 0; m < M; m += kRowTile)
       TilePortable<int32_t>(A + m * lda, lda, B, n0, kChannelTile, C + m * B.Np, B.Np);
 }
 
-void GemmInt64(const int16_t* A, int64_t M, int64_t lda, const PackedB& B, int64_t* C) {
+void GemmInt64(const int16_t* A, int64_t M, int64_t lda, const PackedB& B, int64_t* C,
+               int64_t n_begin, int64_t n_end) {
   for (int64_t m = 0; m < M; m += kRowTile) {
-    for (int64_t n0 = 0; n0 < B.Np; n0 += kChannelTile)
+    for (int64_t n0 = n_begin; n0 < n_end; n0 += kChannelTile)
       TilePortable<int64_t>(A + m * lda, lda, B, n0, kChannelTile, C + m * B.Np, B.Np);
   }
 }

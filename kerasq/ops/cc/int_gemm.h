@@ -65,8 +65,11 @@ inline bool FitsInt32(int64_t max_abs_a, int64_t max_abs_b, int64_t Kp) {
 
 // A: rows [M][lda] int16, M a multiple of kRowTile, lda >= Kp even, columns >= K zero.
 // C: [M][Np]. The int32 variant requires FitsInt32(max|A|, max|B|, Kp).
-void GemmInt32(const int16_t* A, int64_t M, int64_t lda, const PackedB& B, int32_t* C);
-void GemmInt64(const int16_t* A, int64_t M, int64_t lda, const PackedB& B, int64_t* C);
+// Only the output channels [n_begin, n_end) are computed (multiples of 16; n_end <= Np).
+void GemmInt32(const int16_t* A, int64_t M, int64_t lda, const PackedB& B, int32_t* C,
+               int64_t n_begin, int64_t n_end);
+void GemmInt64(const int16_t* A, int64_t M, int64_t lda, const PackedB& B, int64_t* C,
+               int64_t n_begin, int64_t n_end);
 
 // Which micro-kernel GemmInt32 uses on this CPU: "avx512vnni", "avx2" or "portable".
 const char* GemmIsa();

@@ -250,21 +250,25 @@ class IntegerKernelBase : public OpKernel {
   Rounding rounding_ = Rounding::kNearest;
 };
 
-// Writes rows [row0, row0 + rows) of y (channels wide) from accumulators C (ldc apart).
+// Writes rows [row0, row0 + rows), columns [n_begin, n_end) of y (channels wide) from
+// accumulators C (row r at C + r * ldc, indexed by channel).
 template <typename Acc, typename Out>
 void RequantizeRows(const Requantizer& rq, const Acc* C, int64_t ldc, int64_t row0, int64_t rows,
-                    int64_t channels, Out* y) {
+                    int64_t channels, Out* y, int64_t n_begin = 0, int64_t n_end = -1) {
+  if (n_end < 0 || n_end > channels) n_end = channels;
+  if (n_begin >= n_end) return;
+  const int64_t width = n_end - n_begin;
   if constexpr (std::is_same_v<Acc, int32_t>) {
     if (rq.fast) {
-      std::vector<int32_t> row(channels);
+      std::vector<int32_t> row(width);
       for (int64_t r = 0; r < rows; ++r) {
-        Out* out = y + (row0 + r) * channels;
+        Out* out = y + (row0 + r) * channels + n_begin;
         int32_t* dst = std::is_same_v<Out, int32_t> ? reinterpret_cast<int32_t*>(out) : row.data();
-        gemm::RequantizeRowInt32(C + r * ldc, channels, rq.mul.data(), rq.bias_term.data(),
-                                 rq.shift64.data(), static_cast<int>(rq.rounding), rq.lo, rq.hi,
-                                 dst);
+        gemm::RequantizeRowInt32(C + r * ldc + n_begin, width, rq.mul.data() + n_begin,
+                                 rq.bias_term.data() + n_begin, rq.shift64.data() + n_begin,
+                                 static_cast<int>(rq.rounding), rq.lo, rq.hi, dst);
         if constexpr (!std::is_same_v<Out, int32_t>) {
-          for (int64_t n = 0; n < channels; ++n) out[n] = static_cast<Out>(dst[n]);
+          for (int64_t n = 0; n < width; ++n) out[n] = static_cast<Out>(dst[n]);
         }
       }
       return;
@@ -276,7 +280,7 @@ void RequantizeRows(const Requantizer& rq, const Acc* C, int64_t ldc, int64_t ro
       const uint64_t base = static_cast<uint64_t>(row0 + r) * channels;
       Out* out = y + (row0 + r) * channels;
       const Acc* c = C + r * ldc;
-      for (int64_t n = 0; n < channels; ++n)
+      for (int64_t n = n_begin; n < n_end; ++n)
         out[n] = static_cast<Out>(rq.Apply<R>(static_cast<int64_t>(c[n]), n, base + n));
     }
   };
@@ -312,29 +316,41 @@ int64_t BoundOrMaxAbs(const T* v, int64_t n, int64_t max_other, int64_t terms) {
 template <typename Out, typename FillRows>
 void RunGemmLayer(OpKernelContext* ctx, const gemm::PackedB& B, int64_t M, int64_t max_abs_a,
                   const Requantizer& rq, Out* y, FillRows fill_rows) {
-  constexpr int64_t kBlock = 64;  // rows of the patch matrix per task
-  const int64_t blocks = (M + kBlock - 1) / kBlock;
+  // Tasks are (block of output rows) x (group of output channels): enough tasks for every
+  // thread even when M is small (dense layers on a small batch). Channel groups are only
+  // split when the rows alone cannot feed the threads (each group redoes its im2col).
+  auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
+  const int64_t threads = std::max(1, workers->num_threads);
+  const int64_t block = std::clamp<int64_t>(
+      gemm::RoundUp((M + 2 * threads - 1) / (2 * threads), gemm::kRowTile), gemm::kRowTile, 64);
+  const int64_t row_blocks = (M + block - 1) / block;
+  int64_t groups = 1;
+  while (row_blocks * groups < 2 * threads && B.Np / (groups * 2) >= 32) groups *= 2;
+  const int64_t group_width = gemm::RoundUp((B.Np + groups - 1) / groups, 32);
+  groups = (B.Np + group_width - 1) / group_width;
   const bool use32 = gemm::FitsInt32(max_abs_a, B.max_abs, B.Kp);
   const int64_t lda = B.Kp;
-  auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
   tensorflow::Shard(
-      workers->num_threads, workers->workers, blocks, kBlock * B.Kp * B.Np,
-      [&](int64_t b0, int64_t b1) {
-        std::vector<int16_t> A(kBlock * lda);
-        std::vector<int32_t> C32(use32 ? kBlock * B.Np : 0);
-        std::vector<int64_t> C64(use32 ? 0 : kBlock * B.Np);
-        for (int64_t b = b0; b < b1; ++b) {
-          const int64_t row0 = b * kBlock;
-          const int64_t rows = std::min(kBlock, M - row0);
+      workers->num_threads, workers->workers, row_blocks * groups,
+      block * B.Kp * group_width, [&](int64_t t0, int64_t t1) {
+        std::vector<int16_t> A(block * lda);
+        std::vector<int32_t> C32(use32 ? block * B.Np : 0);
+        std::vector<int64_t> C64(use32 ? 0 : block * B.Np);
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t b = t / groups, g = t % groups;
+          const int64_t n_begin = g * group_width;
+          const int64_t n_end = std::min(B.Np, n_begin + group_width);
+          const int64_t row0 = b * block;
+          const int64_t rows = std::min(block, M - row0);
           const int64_t padded = gemm::RoundUp(rows, gemm::kRowTile);
           std::fill(A.begin(), A.begin() + padded * lda, int16_t{0});
           fill_rows(row0, rows, A.data(), lda);
           if (use32) {
-            gemm::GemmInt32(A.data(), padded, lda, B, C32.data());
-            RequantizeRows(rq, C32.data(), B.Np, row0, rows, B.N, y);
+            gemm::GemmInt32(A.data(), padded, lda, B, C32.data(), n_begin, n_end);
+            RequantizeRows(rq, C32.data(), B.Np, row0, rows, B.N, y, n_begin, n_end);
           } else {
-            gemm::GemmInt64(A.data(), padded, lda, B, C64.data());
-            RequantizeRows(rq, C64.data(), B.Np, row0, rows, B.N, y);
+            gemm::GemmInt64(A.data(), padded, lda, B, C64.data(), n_begin, n_end);
+            RequantizeRows(rq, C64.data(), B.Np, row0, rows, B.N, y, n_begin, n_end);
           }
         }
       });
