@@ -12,6 +12,7 @@
 #ifndef KERASQ_OPS_CC_INT_GEMM_H_
 #define KERASQ_OPS_CC_INT_GEMM_H_
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -29,28 +30,45 @@ struct PackedB {
   int32_t max_abs = 0;
 };
 
-// w is row-major [K][N] (Keras/TF HWIO kernels flattened to [KH*KW*Cin][Cout]).
-template <typename W>
-void PackB(const W* w, int64_t K, int64_t N, PackedB* out) {
+// Packing of w, row-major [K][N] (Keras/TF HWIO kernels flattened to [KH*KW*Cin][Cout]).
+// PackBInit sizes the buffer; PackBPanels fills panels [p0, p1) (independent, so callers
+// may run them in parallel) and returns their max|w|; PackB does everything serially.
+inline void PackBInit(int64_t K, int64_t N, PackedB* out) {
   out->K = K;
   out->N = N;
   out->Kp = RoundUp(K, 2);
   out->Np = RoundUp(N, kChannelTile);
   out->data.assign(out->Kp * out->Np, 0);
+}
+
+template <typename W>
+int32_t PackBPanels(const W* w, PackedB* out, int64_t p0, int64_t p1) {
+  const int64_t K = out->K, N = out->N, pairs = out->Kp / 2;
   int32_t max_abs = 0;
-  for (int64_t i = 0; i < K * N; ++i) {
-    const int32_t v = w[i] < 0 ? -int32_t(w[i]) : int32_t(w[i]);
-    max_abs = v > max_abs ? v : max_abs;
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t n0 = p * kChannelTile;
+    const int64_t width = std::min<int64_t>(kChannelTile, N - n0);
+    int16_t* d = out->data.data() + p * pairs * 2 * kChannelTile;
+    for (int64_t kk = 0; kk < pairs; ++kk, d += 2 * kChannelTile) {
+      const W* even = w + (2 * kk) * N + n0;
+      const W* odd = even + N;
+      const bool has_odd = 2 * kk + 1 < K;
+      for (int64_t j = 0; j < width; ++j) {
+        const int32_t e = even[j], o = has_odd ? int32_t(odd[j]) : 0;
+        d[2 * j] = static_cast<int16_t>(e);
+        d[2 * j + 1] = static_cast<int16_t>(o);
+        const int32_t m = std::max(e < 0 ? -e : e, o < 0 ? -o : o);
+        max_abs = m > max_abs ? m : max_abs;
+      }
+    }
   }
-  int16_t* dst = out->data.data();
-  const int64_t panel = (out->Kp / 2) * 2 * kChannelTile;  // int16 values per panel
-  for (int64_t k = 0; k < K; ++k) {
-    const W* row = w + k * N;
-    int16_t* d = dst + (k / 2) * 2 * kChannelTile + (k & 1);
-    for (int64_t n = 0; n < N; ++n)
-      d[(n / kChannelTile) * panel + (n % kChannelTile) * 2] = static_cast<int16_t>(row[n]);
-  }
-  out->max_abs = max_abs;
+  return max_abs;
+}
+
+template <typename W>
+void PackB(const W* w, int64_t K, int64_t N, PackedB* out) {
+  PackBInit(K, N, out);
+  out->max_abs = PackBPanels(w, out, 0, out->Np / kChannelTile);
 }
 
 // The packed panel holding channels [n0, n0 + 16), n0 a multiple of 16.

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <mutex>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -305,6 +306,23 @@ int64_t MaxAbs(const T* v, int64_t n) {
   return m;
 }
 
+// PackB on the intra-op pool (the weights are packed on every call).
+template <typename W>
+void PackWeights(OpKernelContext* ctx, const W* w, int64_t K, int64_t N, gemm::PackedB* B) {
+  gemm::PackBInit(K, N, B);
+  const int64_t panels = B->Np / gemm::kChannelTile;
+  std::mutex mu;
+  int32_t max_abs = 0;
+  auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
+  tensorflow::Shard(workers->num_threads, workers->workers, panels, B->Kp * gemm::kChannelTile * 2,
+                    [&](int64_t p0, int64_t p1) {
+                      const int32_t m = gemm::PackBPanels(w, B, p0, p1);
+                      std::lock_guard<std::mutex> lock(mu);
+                      max_abs = std::max(max_abs, m);
+                    });
+  B->max_abs = max_abs;
+}
+
 template <typename T>
 int64_t BoundOrMaxAbs(const T* v, int64_t n, int64_t max_other, int64_t terms) {
   const int64_t bound = -static_cast<int64_t>(std::numeric_limits<T>::min());
@@ -377,7 +395,7 @@ class DfpConv2DOp : public IntegerKernelBase {
     if (M == 0 || g.out_c == 0) return;
     const int64_t K = g.k_h * g.k_w * g.in_c;
     gemm::PackedB B;
-    gemm::PackB(w.flat<TW>().data(), K, g.out_c, &B);
+    PackWeights(ctx, w.flat<TW>().data(), K, g.out_c, &B);
     const TIn* xp = x.flat<TIn>().data();
     const int64_t max_a = BoundOrMaxAbs(xp, x.NumElements(), B.max_abs, B.Kp);
     Requantizer rq;
@@ -426,7 +444,7 @@ class DfpMatMulOp : public IntegerKernelBase {
     const int64_t M = K == 0 ? 0 : x.NumElements() / K;
     if (M == 0 || N == 0) return;
     gemm::PackedB B;
-    gemm::PackB(w.flat<TW>().data(), K, N, &B);
+    PackWeights(ctx, w.flat<TW>().data(), K, N, &B);
     const TIn* xp = x.flat<TIn>().data();
     const int64_t max_a = BoundOrMaxAbs(xp, x.NumElements(), B.max_abs, B.Kp);
     Requantizer rq;
