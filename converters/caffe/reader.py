@@ -203,14 +203,25 @@ def parse_caffemodel_bytes(data: bytes, source: str = "<caffemodel>") -> caffe_p
 
 
 def read_caffemodel(path: PathLike) -> caffe_pb2.NetWeights:
-    """Read a binary caffemodel (V2 ``layer`` or V1/V0 ``layers``), any size.
+    """Read a binary caffemodel (V2 ``layer`` or V1/V0 ``layers``) of up to 2 GB.
+
+    Files over protobuf's 2 GB message limit raise a clear error before being read;
+    ``stream_reader.read_caffemodel_table`` reads any size (``load``/``forward`` use it).
 
     Example:
         >>> w = read_caffemodel("lenet.caffemodel")  # doctest: +SKIP
         >>> [l.name for l in w.layer if l.blobs]     # doctest: +SKIP
         ['conv1', 'conv2', 'ip1', 'ip2']
     """
-    return parse_caffemodel_bytes(_read_bytes(path, "caffemodel"), os.fspath(path))
+    source = os.fspath(path)
+    size = os.path.getsize(source) if os.path.isfile(source) else 0
+    if size >= 2**31:
+        raise CaffeFormatError(
+            f"caffemodel is {size / 2**30:.2f} GiB, over protobuf's 2 GB message limit: "
+            "read it with stream_reader.read_caffemodel_table (caffe.load streams it)",
+            file=source,
+        )
+    return parse_caffemodel_bytes(_read_bytes(path, "caffemodel"), source)
 
 
 def blob_to_array(

@@ -192,3 +192,25 @@ def test_over_2gb_caffemodel_is_streamed(tmp_path):
     """Over protobuf's 2 GB message limit: streamed, converted and correct, not a crash."""
     report = _convert_and_check(tmp_path, 2150)
     assert report["file_bytes"] > 2**31
+
+
+def test_over_2gb_without_writing_2gb(tmp_path):
+    """A sparse 2.1 GB file (no disk used): the protobuf reader refuses it up front with a
+    clear reason instead of reading 2 GB; the streaming reader and ``caffe.load`` reject its
+    content (zeros are not a NetParameter) after reading a few bytes."""
+    from kerasq.converters import caffe
+    from kerasq.converters.caffe import reader
+    from kerasq.converters.caffe.stream_reader import read_caffemodel_table
+
+    path = tmp_path / "sparse.caffemodel"
+    with open(path, "wb") as f:
+        f.truncate(2**31 + 2**26)
+    with pytest.raises(CaffeFormatError, match="2 GB message limit") as info:
+        reader.read_caffemodel(path)
+    assert str(path) in str(info.value)
+    with pytest.raises(CaffeFormatError, match="field number 0"):
+        read_caffemodel_table(path)
+    prototxt = tmp_path / "net.prototxt"
+    prototxt.write_text(gen.prototxt_text(32))
+    with pytest.raises(CaffeFormatError, match="not a valid caffemodel"):
+        caffe.load(prototxt, path)
