@@ -17,8 +17,10 @@ import contextlib
 import os
 import pathlib
 import signal
+import tempfile
 from typing import Iterator, List
 
+import numpy as np
 import pytest
 from conftest import REPO_ROOT, shared_path
 from hypothesis import HealthCheck, given, settings
@@ -158,11 +160,43 @@ def _prototxt_pipeline(text: str) -> None:
         passes.build_graph(net, None, source="fuzz.prototxt", input_shape=None)
 
 
-def _caffemodel_pipeline(data: bytes) -> None:
+def _caffemodel_pipeline(data: bytes):
     from kerasq.converters.caffe import reader
 
     weights = reader.parse_caffemodel_bytes(data, "fuzz.caffemodel")
-    reader.weights_by_layer(weights, "fuzz.caffemodel")
+    return reader.weights_by_layer(weights, "fuzz.caffemodel")
+
+
+_STREAM_DIR = tempfile.mkdtemp(prefix="kerasq_fuzz_")
+
+
+def _stream_pipeline(data: bytes):
+    from kerasq.converters.caffe.stream_reader import read_caffemodel_table
+
+    path = os.path.join(_STREAM_DIR, "fuzz.caffemodel")
+    with open(path, "wb") as f:
+        f.write(data)
+    return read_caffemodel_table(path)
+
+
+def _text_keys(table):
+    """protobuf hands back a non-UTF-8 proto2 string as bytes; the stream reader decodes it
+    with U+FFFD replacements (neither matches a prototxt name; compare them as text)."""
+    return {
+        (k.decode("utf-8", errors="replace") if isinstance(k, bytes) else k): v
+        for k, v in table.items()
+    }
+
+
+def _same_tables(a, b) -> None:
+    a, b = _text_keys(a), _text_keys(b)
+    assert list(a) == list(b)
+    for name in a:
+        assert len(a[name]) == len(b[name])
+        for blobs_a, blobs_b in zip(a[name], b[name]):
+            assert [x.shape for x in blobs_a] == [y.shape for y in blobs_b], name
+            for x, y in zip(blobs_a, blobs_b):
+                assert np.array_equal(x, y, equal_nan=True), name
 
 
 def _run_prototxt(text: str) -> None:
@@ -170,7 +204,11 @@ def _run_prototxt(text: str) -> None:
 
 
 def _run_caffemodel(data: bytes) -> None:
-    check_clean_error(_caffemodel_pipeline, data)
+    """Both caffemodel readers (protobuf and streaming); where both accept, they agree."""
+    parsed = check_clean_error(_caffemodel_pipeline, data)
+    streamed = check_clean_error(_stream_pipeline, data)
+    if parsed is not None and streamed is not None:
+        _same_tables(parsed, streamed)
 
 
 def _run_from_caffe(tmp_dir: pathlib.Path, text: str) -> None:
