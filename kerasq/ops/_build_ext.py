@@ -61,6 +61,10 @@ HEADERS = [
 CXXFLAGS = ["-std=c++17", "-O3", "-fPIC", "-ffp-contract=off", "-fno-trapping-math",
             "-Wno-deprecated-declarations"]
 ISA_FLAGS = ["-mavx2", "-mfma"]  # only when the build CPU has them (see _isa_flags)
+# ... and, when it also has AVX-512, 512-bit element loops (the loader refuses the library
+# on a CPU without these features; KERASQ_OPS_PORTABLE=1 builds without any of them).
+AVX512_FLAGS = ["-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl",
+                "-mprefer-vector-width=512"]
 LDFLAGS = ["-shared"]
 
 
@@ -83,7 +87,11 @@ def _isa_flags() -> List[str]:
     if platform.machine() not in ("x86_64", "AMD64"):
         return []
     flags = _cpu_flags()
-    return list(ISA_FLAGS) if {"avx2", "fma"} <= flags else []
+    if not {"avx2", "fma"} <= flags:
+        return []
+    if {"avx512f", "avx512dq", "avx512bw", "avx512vl"} <= flags:
+        return list(ISA_FLAGS) + list(AVX512_FLAGS)
+    return list(ISA_FLAGS)
 
 
 def _tf_flags() -> tuple:

@@ -59,7 +59,8 @@ def _check_build_info(tf_version: str) -> Optional[str]:
     built_for = info.get("tf_version")
     if built_for != tf_version:
         return f"it was built for TensorFlow {built_for}, but TensorFlow {tf_version} is running"
-    needed = {f.removeprefix("-m").replace("-", "_") for f in info.get("isa_flags", [])}
+    needed = {f.removeprefix("-m").replace("-", "_") for f in info.get("isa_flags", [])
+              if "=" not in f}
     have = _cpu_flags()
     if needed and have and not needed <= have:
         return f"it needs CPU features {sorted(needed - have)} this CPU lacks"
