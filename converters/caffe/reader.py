@@ -314,7 +314,10 @@ def weights_by_layer(
     def add(name: str, blobs: Sequence[caffe_pb2.BlobProto]) -> None:
         if not blobs:
             return
-        arrays = [blob_to_array(b, source, name) for b in blobs]
+        if isinstance(name, bytes):  # protobuf returns a non-UTF-8 proto2 string as bytes
+            name = name.decode("utf-8", errors="replace")
+        label = name if name.isprintable() else repr(name)  # one-line error messages
+        arrays = [blob_to_array(b, source, label) for b in blobs]
         table.setdefault(name, []).append(arrays)
 
     for layer in weights.layer:

@@ -119,6 +119,13 @@ class _Wire:
         return out
 
 
+def _label(name: Optional[str]) -> Optional[str]:
+    """A layer name fit for a one-line message (corrupt files hold any bytes)."""
+    if not name:
+        return None
+    return name if name.isprintable() else repr(name)
+
+
 def _signed(value: int, bits: int = 64) -> int:
     value &= (1 << 64) - 1
     if value >= 1 << 63:
@@ -177,7 +184,7 @@ def _read_blob(w: _Wire, end: int, source: str, layer: str) -> np.ndarray:
         raise CaffeFormatError(
             f"blob declares shape {shape} ({expected} values) but holds {values.size} values",
             file=source or None,
-            layer=layer,
+            layer=_label(layer),
         )
     return values.reshape(shape)
 
@@ -242,10 +249,12 @@ def read_caffemodel_table(path: PathLike, progress: Optional[Progress] = None) -
     v1: List[Tuple[str, List[np.ndarray]]] = []
     layers_seen = 0
     name = None
+    start = 0
     try:
         with open(source, "rb", buffering=1 << 16) as f:
             w = _Wire(f, size)
             while w.tell() < size:
+                start = w.tell()
                 field, wire_type = w.key(size)
                 if field in (_NET_LAYER, _NET_LAYERS) and wire_type == 2:
                     end = w.span(size)
@@ -268,14 +277,16 @@ def read_caffemodel_table(path: PathLike, progress: Optional[Progress] = None) -
                 else:
                     w.skip(wire_type, size)
     except _Corrupt as err:
+        after = f", after layer {_label(name)}" if name else ""
         raise CaffeFormatError(
-            f"not a valid caffemodel (truncated, corrupt or not a Caffe NetParameter): {err}",
+            f"not a valid caffemodel (truncated, corrupt or not a Caffe NetParameter): {err} "
+            f"(in the field at byte {start}{after})",
             file=source,
-            layer=name,
         ) from None
     except MemoryError:
         raise CaffeFormatError(
-            "not enough memory for the weights of this caffemodel", file=source, layer=name
+            f"not enough memory for the weights of this caffemodel (at byte {start})",
+            file=source,
         ) from None
     if not layers_seen:
         raise CaffeFormatError(

@@ -322,3 +322,23 @@ def test_long_fuzz_all_readers(tmp_path):
     prototxts()
     caffemodels()
     quant_configs()
+
+
+# Inputs the long run found (fixed since): kept as fixed regression examples.
+FOUND_BY_FUZZING = [
+    # non-UTF-8 layer name + blob size mismatch: protobuf returned the name as bytes and
+    # building the error raised TypeError (reader.weights_by_layer)
+    b'\n\x05prelu\xa2\x06 \n\x04data\x12\x05Input"\x04dataP\x01\xfa\x08\x08\n\x06\n\x04\x01'
+    b'\x03\x11\x13\xa2\x06M\n\x05\x80relu\x12\x05PReLU\x1a\x04data"\x05prelu:\x13*\x0c\xc3'
+    b'\xd7\x87>\xc0_\xa9\xbd\x00\xa6~=:\x03\x1a\x01\x03P\x01\x9a\x08\x18\n\x14\n\x08gaussian'
+    b'-\x00\x00\x80>5\xcd\xccL>\x10\x00',
+    # a layer name holding a newline, then a truncated field: the stream reader's message
+    # spanned two lines
+    b'\n\x05prelu\xa2\x06 \n\x04data\x12\x05I\x00\x00\x00\x00!\x04dataP\x01\xfa\x08\x08\n'
+    b'\x06\n\x04\x01\x03\x11\x13\xa2\x06M',
+]
+
+
+@pytest.mark.parametrize("index", range(len(FOUND_BY_FUZZING)))
+def test_regressions_found_by_fuzzing(index):
+    _run_caffemodel(FOUND_BY_FUZZING[index])
