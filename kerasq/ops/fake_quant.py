@@ -34,7 +34,6 @@ def _register_gradients(lib: Any) -> None:
         return
     from kerasq._compat import tf
 
-    @tf.RegisterGradient("Kerasq>FakeQuantDfp")
     def _dfp_grad(op, dy):  # noqa: ANN001 - TF gradient signature
         dx = lib.kerasq_fake_quant_dfp_grad(
             dy, op.inputs[0], op.inputs[1],
@@ -42,7 +41,6 @@ def _register_gradients(lib: Any) -> None:
         )
         return [dx, None, None]
 
-    @tf.RegisterGradient("Kerasq>FakeQuantMinifloat")
     def _minifloat_grad(op, dy):  # noqa: ANN001
         dx = lib.kerasq_fake_quant_minifloat_grad(
             dy, op.inputs[0],
@@ -50,6 +48,12 @@ def _register_gradients(lib: Any) -> None:
         )
         return [dx, None]
 
+    for name, fn in (("Kerasq>FakeQuantDfp", _dfp_grad),
+                     ("Kerasq>FakeQuantMinifloat", _minifloat_grad)):
+        try:
+            tf.RegisterGradient(name)(fn)
+        except KeyError:  # registered already (this module imported twice, e.g. doctest)
+            pass
     _GRADIENTS_REGISTERED = True
 
 
