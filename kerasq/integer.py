@@ -134,7 +134,7 @@ def _integer_weights(variable: Any, quantizer: Any, qvars: Any, where: str
 
 
 def _float_bias(b: np.ndarray, where: str) -> Tuple[np.ndarray, int]:
-    """An unquantized (float32) bias as int32 at the smallest fractional length holding it
+    """A (fake-quantized or float32) bias as int32 at the smallest fractional length holding it
     exactly, or, when that does not fit int32, at the finest one that does (rounded).
 
     The float simulation adds the bias in float32, so it is exact (and the integer run
@@ -189,14 +189,9 @@ def _linear_layer(wrapper: Any, inner: Any, x: Value, config: Any) -> IntTensor:
         raise UnsupportedLayerError(f"{kernel_attr} is not quantized", layer=where)
     w_int, w_frac = _integer_weights(*weights[kernel_attr], where)
     bias, bias_frac = None, None
-    if "bias" in weights:
-        b_int, b_fl = _integer_weights(*weights["bias"], where)
-        bias_frac = int(b_fl.max())
-        b_int = b_int.reshape(-1) << (bias_frac - np.broadcast_to(b_fl, b_int.reshape(-1).shape))
-        if np.abs(b_int).max(initial=0) >= 2**31:
-            raise UnsupportedLayerError("bias does not fit int32 at a common fractional length",
-                                        layer=where)
-        bias = b_int.astype(np.int32)
+    if "bias" in weights:  # any quantizer (DFP, accumulator grid): use its exact values
+        variable, quantizer, qvars = weights["bias"]
+        bias, bias_frac = _float_bias(np.asarray(quantizer(variable, False, weights=qvars)), where)
     elif getattr(inner, "use_bias", False):
         bias, bias_frac = _float_bias(inner.bias.numpy(), where)
     out_q = wrapper._output_quantizers[0] if wrapper._output_quantizers else None
