@@ -13,9 +13,11 @@ The default run is bounded (~350 examples in all, well under a minute). The long
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import pathlib
+import shutil
 import signal
 import tempfile
 from typing import Iterator, List
@@ -168,6 +170,7 @@ def _caffemodel_pipeline(data: bytes):
 
 
 _STREAM_DIR = tempfile.mkdtemp(prefix="kerasq_fuzz_")
+atexit.register(shutil.rmtree, _STREAM_DIR, True)
 
 
 def _stream_pipeline(data: bytes):
