@@ -96,3 +96,15 @@ def test_minifloat_model_is_rejected_with_the_layer_name(digits):
     kerasq.calibrate(qmodel, digits[:32])
     with pytest.raises(UnsupportedLayerError, match="conv2d|input"):
         kerasq.integer.run(qmodel, digits[:8])
+
+
+def test_integer_run_with_biases_on_the_accumulator_grid(digits):
+    """TFLite-style int32 biases (kerasq.schemes.shared_grids.link_accumulator_biases)."""
+    from kerasq.schemes.shared_grids import link_accumulator_biases
+
+    qmodel = kerasq.quantize_model(_residual_cnn())
+    kerasq.calibrate(qmodel, digits[:256])
+    if not link_accumulator_biases(qmodel):
+        pytest.skip("no accumulator-grid bias quantizer in this scheme configuration")
+    x = digits[256:456]
+    np.testing.assert_array_equal(kerasq.integer.run(qmodel, x), qmodel(x, training=False).numpy())
