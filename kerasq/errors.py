@@ -21,6 +21,14 @@ from typing import Optional, Union
 PathLike = Union[str, "os.PathLike[str]"]
 
 
+def _printable(text: str) -> str:
+    """``text`` with control characters (newlines in a layer name, say) escaped, so an
+    error always prints as one readable line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
 class KerasqError(Exception):
     """Base class of all kerasq errors: a reason, optionally a file and a layer."""
 
@@ -37,8 +45,8 @@ class KerasqError(Exception):
         super().__init__(self.__str__())
 
     def __str__(self) -> str:
-        parts = [p for p in (self.file, self.layer) if p]
-        parts.append(" ".join(self.reason.split()))  # always one line
+        parts = [_printable(p) for p in (self.file, self.layer) if p]
+        parts.append(_printable(" ".join(self.reason.split())))  # always one line
         return ": ".join(parts)
 
     def with_context(

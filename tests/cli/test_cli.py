@@ -53,3 +53,10 @@ def test_kerasq_error_is_one_line_with_exit_2(capsys, monkeypatch):
 def test_error_context_is_filled_once():
     err = KerasqError("bad").with_context(file="a.caffemodel").with_context(file="b", layer="L")
     assert str(err) == "a.caffemodel: L: bad"
+
+
+def test_control_characters_in_names_stay_on_one_line():
+    err = KerasqError("bad\tvalue\n", file="a\nb.prototxt", layer="conv\x00\r1")
+    text = str(err)
+    assert "\n" not in text and "\r" not in text and "\x00" not in text
+    assert text == "a\\nb.prototxt: conv\\x00\\r1: bad value"
