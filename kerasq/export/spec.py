@@ -266,6 +266,11 @@ def activation_spec(
     Raises :class:`ExportError` if the quantizer is not a recognisable grid.
     """
     declared = _declared_spec(quantizer, quantizer_vars) if quantizer is not None else None
+    if declared is not None and declared.kind == "minifloat":
+        # a declared minifloat format is checked on samples; if it does not hold, probe
+        if _minifloat_holds(fn, declared, name):
+            return declared
+        declared = None
     if declared is not None and declared.kind != "values":  # "values": probe it below
         return declared
     ks = np.arange(-60, 61)
@@ -460,14 +465,21 @@ def _minifloat_spec(
         subnormals=subnormals,
         rounding=rounding,
     )
+    return spec if _minifloat_holds(fn, spec, name) else None
+
+
+def _minifloat_holds(fn: Callable[[np.ndarray], np.ndarray], spec: GridSpec, name: str) -> bool:
+    """True if ``fn`` equals :func:`minifloat_reference` for ``spec`` on 20 000
+    log-uniform samples spanning every binade (and beyond) of the format."""
+    bias = 2 ** (spec.exp_bits - 1) - 1
+    k_hi = bias + 1  # Ristretto: no exponent code reserved for inf/NaN
     rng = np.random.default_rng(0)
     sample = (
         rng.choice([-1.0, 1.0], 20000)
-        * np.exp2(rng.uniform(-bias - mant_bits - 2, k_hi + 2, 20000))
+        * np.exp2(rng.uniform(-bias - spec.mant_bits - 2, k_hi + 2, 20000))
     ).astype(np.float32)
     if not np.array_equal(_probe(fn, sample), minifloat_reference(sample, spec)):
-        log.info(
-            "activation quantizer %s: minifloat E%dM%d hypothesis failed", name, exp_bits, mant_bits
-        )
-        return None
-    return spec
+        log.info("activation quantizer %s: minifloat E%dM%d hypothesis failed",
+                 name, spec.exp_bits, spec.mant_bits)
+        return False
+    return True

@@ -207,6 +207,19 @@ def export_tflite(
         raise ExportError("verify=True needs verify_data (or representative_data)")
     if target == "int16x8" and representative_data is None:
         representative_data = verify_data
+    if target == "int8":
+        # the Keras model is changed to compute what the file computes:
+        # TFLite int8 gives a Concatenate's inputs and output one scale: tie their DFP
+        # grids in the Keras model first, so both round once on the same grid
+        # and put 32-bit biases on TFLite's int32 grid s_in·s_w
+        from kerasq.schemes.shared_grids import align_for_int8
+
+        aligned = align_for_int8(qmodel)
+        for names in aligned["groups"]:
+            log.info("int8 export: one grid for %s", ", ".join(names))
+        if aligned["biases"]:
+            log.info("int8 export: int32 accumulator-grid biases in %s",
+                     ", ".join(aligned["biases"]))
     plan = build_deploy_model(qmodel, _MODE[target])
     content = _convert(plan, target, representative_data, int_io)
     if target == "int16x8" and representative_data is None:

@@ -113,6 +113,9 @@ def calibrate(qmodel: Any, data: Any, steps: Optional[int] = None, *, batch_size
     if done == 0:
         raise KerasqError("calibration data is empty")
     refresh_weight_state(qmodel)
+    from kerasq.schemes.shared_grids import unify_shared_grids
+
+    unify_shared_grids(qmodel)  # Concatenate inputs/output: one fl (TFLite int8 shares scale)
     logger.info("%s: calibrated on %d batch(es)", qmodel.name, done)
     return qmodel
 

@@ -6,7 +6,10 @@ kerasq's defaults are its own: symmetric power-of-two dynamic fixed point (DFP) 
 8-bit weights (per channel) and 8-bit activations, which is exactly representable as
 TFLite int8 (scale 2^-fl, zero point 0) and maps an exact zero to an exact zero.
 
-Rounding, precisely:
+Rounding, precisely (kerasq's default ``rounding`` is ``"nearest_even"``: ties to even
+is what TFLite's default int8 kernels (XNNPACK) do when they requantize, so an exported
+int8 file and the Keras model agree bit for bit; the Ristretto / caffe-jacinto readers
+set ``"nearest"``, ties away from zero, explicitly):
   * inference (``training=False``): every quantizer uses ``rounding``;
   * training (``training=True``): weights use ``train_rounding`` or, when it is
     ``None``, ``"stochastic"`` (Ristretto and caffe-jacinto round weights stochastically
@@ -28,8 +31,8 @@ the current weights (min/max, or max|w| per channel):
 
 Example:
     >>> cfg = QuantizationConfig(bitwidth_weights=4, overrides={"Dense": {"bitwidth_weights": 8}})
-    >>> cfg.bitwidth_weights, cfg.replace(rounding="nearest_even").rounding
-    (4, 'nearest_even')
+    >>> cfg.bitwidth_weights, cfg.replace(rounding="nearest").rounding
+    (4, 'nearest')
     >>> QuantizationConfig.from_json(cfg.to_json()) == cfg
     True
 """
@@ -102,7 +105,10 @@ class QuantizationConfig:
     ``frac_bits_weights``/``frac_bits_activations`` fixed fractional lengths (Ristretto's
     ``fl_params``/``fl_layer_out``; None = derived from the ranges);
     ``quantization_start`` steps before fake quantization starts (ranges are collected
-    before); ``ignored_layers``; ``unknown_layers`` what to do with layers kerasq has no
+    before); ``quantize_inputs`` True (a DFP quantizer on every float model input;
+    caffe-jacinto never quantizes the network input: False keeps it float, then the
+    first layer's input is float and, in an int8 export, TFLite's QUANTIZE op picks
+    its own input scale); ``ignored_layers``; ``unknown_layers`` what to do with layers kerasq has no
     rule for ("float" leaves them unquantized and logs it, "quantize_outputs" fake-quantizes
     their float outputs, "error" raises); ``fold_batchnorm`` folds BatchNormalization
     into the preceding conv/dense before quantizing (caffe-jacinto ``caffe optimize``);
@@ -113,7 +119,7 @@ class QuantizationConfig:
     bitwidth_weights: int = 8
     bitwidth_activations: int = 8
     bitwidth_bias: int = 32
-    rounding: str = "nearest"
+    rounding: str = "nearest_even"
     train_rounding: Optional[str] = None
     power2_range: bool = True
     apply_offset_weights: bool = False
@@ -133,6 +139,7 @@ class QuantizationConfig:
     frac_bits_weights: Optional[int] = None
     frac_bits_activations: Optional[int] = None
     quantization_start: int = 0
+    quantize_inputs: bool = True
     ignored_layers: Tuple[str, ...] = ()
     unknown_layers: str = "float"
     fold_batchnorm: bool = True
@@ -164,7 +171,7 @@ class QuantizationConfig:
         for name in (
             "power2_range", "apply_offset_weights", "apply_offset_activations",
             "unsigned_activations", "quantize_weights", "quantize_activations",
-            "per_channel_weights", "fold_batchnorm",
+            "per_channel_weights", "fold_batchnorm", "quantize_inputs",
         ):
             if not isinstance(getattr(self, name), bool):
                 fail(name, "must be True or False")

@@ -564,6 +564,49 @@ class BiasQuantizer(DFPWeightQuantizer):
 
 
 @keras.utils.register_keras_serializable(package="kerasq")
+class AccumulatorBiasQuantizer(_WeightQuantizerBase):
+    """32-bit bias on the accumulator grid: b' = clip(round(b·2^fl), ±2^31)·2^-fl with
+    fl = fl_in + fl_w per output channel, the scale s_in·s_w of TFLite's int32 bias.
+
+    fl_in (the layer's input grid) is not visible to a weight quantizer: the ``frac_bits``
+    variable is filled by :func:`kerasq.schemes.shared_grids.link_accumulator_biases`
+    (run by the int8 export and by ``SharedGridCallback``), which also sets ``linked``.
+    Until then the bias passes through in float, as an unquantized 32-bit bias.
+    """
+
+    def __init__(self, rounding: str = "nearest", train_rounding: Optional[str] = None,
+                 quantization_start: int = 0) -> None:
+        super().__init__(rounding, train_rounding, quantization_start)
+        self.bitwidth = 32
+        self.signed = True
+        self.channel_axes = (-1,)
+
+    preserves_zero = True
+
+    def build(self, tensor_shape: Any, name: str, layer: Any) -> Dict[str, tf.Variable]:
+        def var(suffix, shape):
+            return layer.add_weight(f"{name}_{suffix}", shape=shape, dtype=tf.float32,
+                                    trainable=False, initializer=keras.initializers.Zeros(),
+                                    aggregation=_FIRST)
+        return {**super().build(tensor_shape, name, layer),
+                "frac_bits": var("frac_bits", tuple(tensor_shape)[-1:]),
+                "linked": var("linked", ())}
+
+    def export_spec(self, weights: Dict[str, tf.Variable]) -> Optional[Dict[str, Any]]:
+        """Signed 32-bit DFP along the last axis once linked, else None (float bias)."""
+        if float(weights["linked"].numpy()) <= 0:
+            return None
+        return {"kind": "dfp", "bitwidth": 32, "signed": True, "rounding": self.rounding,
+                "axis": -1, "frac_bits": np.asarray(weights["frac_bits"].numpy()).astype(np.int64)}
+
+    def fake_quantize(self, w: tf.Tensor, weights: Dict[str, tf.Variable],
+                      rounding: str) -> tf.Tensor:
+        fl = tf.cast(weights["frac_bits"], tf.int32)
+        quantized = _backend.dfp_quantize(w, 32, fl, signed=True, rounding=rounding)
+        return tf.where(weights["linked"] > 0, quantized, w)
+
+
+@keras.utils.register_keras_serializable(package="kerasq")
 class MinifloatQuantizer(_WeightQuantizerBase):
     """Ristretto minifloat: 1 sign, ``exp_bits`` exponent (bias 2^(E-1)-1), ``mant_bits``
     mantissa bits, no denormals, saturating, for weights and activations."""
@@ -584,8 +627,9 @@ class MinifloatQuantizer(_WeightQuantizerBase):
                 "is_weight": self.is_weight}
 
     def export_spec(self, weights: Dict[str, tf.Variable]) -> Dict[str, Any]:
-        """A minifloat grid has no integer form: export reads the values."""
-        return {"kind": "values", "rounding": self.rounding}
+        """Ristretto minifloat: ``exp_bits``/``mant_bits``, no subnormals (flush to zero)."""
+        return {"kind": "minifloat", "exp_bits": self.exp_bits, "mant_bits": self.mant_bits,
+                "subnormals": False, "rounding": self.rounding}
 
     def fake_quantize(self, w: tf.Tensor, weights: Dict[str, tf.Variable],
                       rounding: str) -> tf.Tensor:
@@ -596,7 +640,8 @@ class MinifloatQuantizer(_WeightQuantizerBase):
 class Pow2WeightQuantizer(_WeightQuantizerBase):
     """Ristretto integer-power-of-two weights: w' = sign(w)·2^clip(round(log2|w|), min, max).
 
-    Like Ristretto, a zero weight becomes +2^exp_min unless a sparsity mask restores it.
+    A zero weight stays exactly 0 (``kerasq.numerics.pow2_quantize`` keeps 0, for every
+    rounding mode); Ristretto itself would map it to +2^exp_min (quant-schemes §2.4).
     """
 
     def __init__(self, exp_min: int = -8, exp_max: int = -1, rounding: str = "nearest",
@@ -605,7 +650,7 @@ class Pow2WeightQuantizer(_WeightQuantizerBase):
         self.exp_min = int(exp_min)
         self.exp_max = int(exp_max)
 
-    preserves_zero = False
+    preserves_zero = True
 
     def get_config(self) -> Dict[str, Any]:
         return {**super().get_config(), "exp_min": self.exp_min, "exp_max": self.exp_max}
@@ -620,7 +665,7 @@ class Pow2WeightQuantizer(_WeightQuantizerBase):
         return _backend.pow2_quantize(w, self.exp_min, self.exp_max, rounding=rounding)
 
 
-QUANTIZERS = (DFPActivationQuantizer, DFPWeightQuantizer, BiasQuantizer, MinifloatQuantizer,
-              Pow2WeightQuantizer)
+QUANTIZERS = (DFPActivationQuantizer, DFPWeightQuantizer, BiasQuantizer,
+              AccumulatorBiasQuantizer, MinifloatQuantizer, Pow2WeightQuantizer)
 
 __all__ = [q.__name__ for q in QUANTIZERS] + ["calibration_mode"]

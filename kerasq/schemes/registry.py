@@ -22,6 +22,7 @@ from kerasq.errors import UnsupportedLayerError
 from kerasq.schemes import configs as C
 from kerasq.schemes.config import QuantizationConfig
 from kerasq.schemes.quantizers import (
+    AccumulatorBiasQuantizer,
     BiasQuantizer,
     DFPActivationQuantizer,
     DFPWeightQuantizer,
@@ -142,6 +143,12 @@ def bias_quantizer(config: QuantizationConfig) -> Any:
         return MinifloatQuantizer(config.exp_bits, config.mant_bits, config.rounding,
                                   config.train_rounding, config.quantization_start)
     if config.bitwidth_bias >= 32:
+        # float until the int8 export (or SharedGridCallback) links it to the int32 grid
+        # s_in·s_w; a Ristretto/caffe-jacinto dialect keeps 32-bit biases in float
+        if config.power2_range and not config.apply_offset_weights \
+                and config.frac_bits_weights is None:
+            return AccumulatorBiasQuantizer(config.rounding, config.train_rounding,
+                                            config.quantization_start)
         return None
     # A pinned weight fl (Ristretto's fl_params) also applies to the bias, as in Ristretto.
     return BiasQuantizer(config.bitwidth_bias, config.rounding, config.train_rounding,

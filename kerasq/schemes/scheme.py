@@ -33,7 +33,8 @@ class KerasqLayoutTransform(_keras_q.QuantizeLayoutTransform):
             self.folded.update(folded)
             for bn in folded.values():
                 layer_quantize_map.pop(bn, None)
-        model = insert_input_quantizers(model, activation_quantizer(self.config))
+        if self.config.quantize_inputs:
+            model = insert_input_quantizers(model, activation_quantizer(self.config))
         return model, layer_quantize_map
 
 

@@ -111,9 +111,9 @@ def test_batchnorm_folded_conv_keeps_zeros(helpers):
         ({"power2_range": False}, False, False),  # caffe-jacinto symmetric non-pow2 scale
         ({"apply_offset_weights": True}, True, True),  # offset: 0 -> (round(o) - o)/s
         ({"precision": "minifloat"}, False, False),  # minifloat keeps 0
-        # Ristretto maps 0 to +2^exp_min (quant-schemes §2.4); kerasq.numerics keeps 0, and the
-        # mask is re-applied anyway because the quantizer does not declare preserves_zero.
-        ({"precision": "pow2_weights"}, True, False),
+        # Ristretto maps 0 to +2^exp_min (quant-schemes §2.4); kerasq.numerics keeps 0 and the
+        # quantizer declares preserves_zero, so the mask need not be re-applied.
+        ({"precision": "pow2_weights"}, False, False),
     ],
     ids=["dfp", "dfp-nonpow2", "offset", "minifloat", "pow2"],
 )

@@ -106,8 +106,8 @@ def test_calibration_does_not_change_weights_and_reset_forgets():
 def test_quantization_start_delays_fake_quantization():
     model = _dense_model()
     x = np.random.RandomState(0).normal(0, 1, (8, 4)).astype(np.float32)
-    q = kerasq.quantize_model(model, QuantizationConfig(quantization_start=3,
-                                                        bitwidth_weights=3, train_rounding="nearest"))
+    q = kerasq.quantize_model(model, QuantizationConfig(
+        quantization_start=3, bitwidth_weights=3, rounding="nearest", train_rounding="nearest"))
     float_out = model(x).numpy()
     for _ in range(3):  # statistics only: exactly the float model
         np.testing.assert_array_equal(q(x, training=True).numpy(), float_out)

@@ -64,7 +64,17 @@ def test_defaults_are_kerasq_symmetric_pow2_dfp_8_8():
     c = QuantizationConfig()
     assert (c.precision, c.bitwidth_weights, c.bitwidth_activations) == ("dfp", 8, 8)
     assert c.power2_range and not c.apply_offset_weights and not c.apply_offset_activations
-    assert c.train_weight_rounding == "stochastic" and c.train_activation_rounding == "nearest"
+    # ties to even: TFLite's default int8 kernels (XNNPACK) requantize that way
+    assert c.rounding == "nearest_even"
+    assert c.train_weight_rounding == "stochastic" and c.train_activation_rounding == "nearest_even"
+    assert c.quantize_inputs is True
+
+
+def test_quantize_inputs_field():
+    c = QuantizationConfig(quantize_inputs=False)
+    assert QuantizationConfig.from_json(c.to_json()) == c and not c.to_dict()["quantize_inputs"]
+    with pytest.raises(QuantizationConfigError, match="quantize_inputs"):
+        QuantizationConfig(quantize_inputs="no")
 
 
 def test_json_round_trip_and_immutability():

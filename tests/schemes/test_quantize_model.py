@@ -238,3 +238,25 @@ def test_sequential_model_is_quantized_and_inputs_are_quantized():
     assert any(type(l).__name__ == "QuantizeLayer" for l in q.layers)
     diff = np.abs(q.predict(x, verbose=0) - model.predict(x, verbose=0)).max()
     assert 0 < diff < 0.1
+
+
+def test_quantize_inputs_false_keeps_the_network_input_float():
+    # caffe-jacinto never quantizes the network input
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4, activation="relu"),
+                              keras.layers.Dense(3)])
+    x = np.random.RandomState(0).normal(size=(16, 5)).astype(np.float32) / 7.0
+    q = kerasq.calibrate(kerasq.quantize_model(model, {"quantize_inputs": False}), x)
+    assert not any(type(l).__name__ == "QuantizeLayer" for l in q.layers)
+    # numpy reference: float input, DFP-8 kernels/outputs; the input x/7 is off the 2^-fl
+    # grids, so an input quantizer would change the first layer's output
+    dense = [l for l in q.layers if type(getattr(l, "layer", None)).__name__ == "Dense"][0]
+    (kw, kq, kv), = [e for e in dense._weight_vars if "kernel" in e[0].name]
+    (bw, bq, bv), = [e for e in dense._weight_vars if "bias" in e[0].name]
+    bias = bq(bw, False, bv).numpy()  # 32-bit bias: float until an int8 export links it
+    np.testing.assert_array_equal(bias, bw.numpy())
+    pre = x.astype(np.float64) @ kq(kw, False, kv).numpy().astype(np.float64) + bias
+    out_q, = dense._output_quantizers
+    want = out_q(np.maximum(pre, 0).astype(np.float32), False, dense._output_quantizer_vars)
+    got = keras.Model(q.inputs, dense.output)(x, training=False)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=0)

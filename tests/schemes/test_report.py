@@ -71,7 +71,7 @@ def test_dfp_rows_match_numpy(dense_model):
     from kerasq.schemes.report import format_report
 
     model, x = dense_model
-    qmodel = kerasq.quantize_model(model, kerasq.QuantizationConfig())
+    qmodel = kerasq.quantize_model(model, kerasq.QuantizationConfig(rounding="nearest"))  # as _dfp
     kerasq.calibrate(qmodel, x)
     rows = kerasq.schemes.report(qmodel, x, batch_size=32)  # the module is callable
     by = {(r.layer, r.tensor): r for r in rows}
