@@ -33,6 +33,11 @@ _LAZY_ATTRS = {
     "BiasQuantizer": "kerasq.schemes.quantizers",
     "MinifloatQuantizer": "kerasq.schemes.quantizers",
     "Pow2WeightQuantizer": "kerasq.schemes.quantizers",
+    "AccumulatorBiasQuantizer": "kerasq.schemes.quantizers",
+    "align_for_int8": "kerasq.schemes.shared_grids",
+    "unify_shared_grids": "kerasq.schemes.shared_grids",
+    "link_accumulator_biases": "kerasq.schemes.shared_grids",
+    "SharedGridCallback": "kerasq.schemes.shared_grids",
     "search_bitwidths": "kerasq.schemes.search",
     "report": "kerasq.schemes.report",
 }

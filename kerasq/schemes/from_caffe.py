@@ -268,6 +268,7 @@ def _jacinto_net(net: Message, flavor: str, prov: Dict[str, Tuple[str, int]]) ->
         "unsigned_activations": True,  # unsigned_data = (min >= 0)
         "per_channel_weights": False,  # Blob::min/max over the whole blob
         "range_estimator": "ema",
+        "quantize_inputs": False,  # the network input blob is never trimmed
     }
     for name, caffe in (
         ("precision", "precision"), ("rounding", "rounding_scheme"),

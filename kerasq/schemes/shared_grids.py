@@ -29,7 +29,7 @@ Example:
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -48,14 +48,14 @@ _MOVERS = frozenset({
     "ZeroPadding2D", "Cropping1D", "Cropping2D", "EdgePadding2D", "BatchReshape",
 })
 
-_Member = Tuple[Any, Any, str]  # (quantizer, its variables, "layer/what" for logging)
+_Member = tuple[Any, Any, str]  # (quantizer, its variables, "layer/what" for logging)
 
 
 def _inner(layer: Any) -> Any:
     return getattr(layer, "layer", layer)
 
 
-def _inbound(layer: Any) -> List[Any]:
+def _inbound(layer: Any) -> list[Any]:
     nodes = getattr(layer, "inbound_nodes", None) or []
     if len(nodes) != 1:
         return []
@@ -63,7 +63,7 @@ def _inbound(layer: Any) -> List[Any]:
     return list(inbound) if isinstance(inbound, (list, tuple)) else [inbound]
 
 
-def _unwrap(quantizer: Any, qvars: Any) -> Tuple[Any, Any]:
+def _unwrap(quantizer: Any, qvars: Any) -> tuple[Any, Any]:
     while hasattr(quantizer, "inner") and isinstance(qvars, dict) and "inner" in qvars:
         quantizer, qvars = quantizer.inner, qvars["inner"]
     return quantizer, qvars
@@ -76,7 +76,7 @@ def _eligible(quantizer: Any) -> bool:
             and not quantizer.apply_offset and quantizer.frac_bits is None)
 
 
-def _own_quantizer(layer: Any) -> Optional[_Member]:
+def _own_quantizer(layer: Any) -> _Member | None:
     """The quantizer on ``layer``'s output, if any (QuantizeLayer or output quantizer)."""
     if hasattr(layer, "quantizer") and hasattr(layer, "quantizer_vars"):
         q, v = _unwrap(layer.quantizer, layer.quantizer_vars)
@@ -88,7 +88,7 @@ def _own_quantizer(layer: Any) -> Optional[_Member]:
     return None
 
 
-def _producer_quantizer(layer: Any) -> Optional[_Member]:
+def _producer_quantizer(layer: Any) -> _Member | None:
     """The quantizer whose grid ``layer``'s output is on (through value-moving layers)."""
     seen = 0
     while layer is not None and seen < 64:
@@ -103,10 +103,10 @@ def _producer_quantizer(layer: Any) -> Optional[_Member]:
     return None
 
 
-def shared_grid_groups(qmodel: Any) -> List[List[_Member]]:
+def shared_grid_groups(qmodel: Any) -> list[list[_Member]]:
     """Groups of (quantizer, variables, name) that must share one grid, each of size >= 2."""
-    parent: Dict[int, int] = {}
-    members: Dict[int, _Member] = {}
+    parent: dict[int, int] = {}
+    members: dict[int, _Member] = {}
 
     def find(k: int) -> int:
         while parent[k] != k:
@@ -133,13 +133,13 @@ def shared_grid_groups(qmodel: Any) -> List[List[_Member]]:
                     or member[0].bitwidth != out[0].bitwidth:
                 continue
             parent[find(add(member))] = find(root)
-    groups: Dict[int, List[_Member]] = {}
+    groups: dict[int, list[_Member]] = {}
     for key in parent:
         groups.setdefault(find(key), []).append(members[key])
     return [g for g in groups.values() if len(g) > 1]
 
 
-def unify_shared_grids(qmodel: Any) -> List[List[str]]:
+def unify_shared_grids(qmodel: Any) -> list[list[str]]:
     """Give every group of :func:`shared_grid_groups` the union range (one fl, one sign).
 
     Quantizers that have not seen data yet (``count == 0``) are skipped. Returns the
@@ -161,7 +161,7 @@ def unify_shared_grids(qmodel: Any) -> List[List[str]]:
     return unified
 
 
-def _weight_entry(wrapper: Any, attr: str) -> Optional[Tuple[Any, Any]]:
+def _weight_entry(wrapper: Any, attr: str) -> tuple[Any, Any] | None:
     for weight, quantizer, qvars in getattr(wrapper, "_weight_vars", []):
         base = weight.name.split("/")[-1].split(":")[0]
         if base == attr:
@@ -169,7 +169,7 @@ def _weight_entry(wrapper: Any, attr: str) -> Optional[Tuple[Any, Any]]:
     return None
 
 
-def link_accumulator_biases(qmodel: Any) -> List[str]:
+def link_accumulator_biases(qmodel: Any) -> list[str]:
     """Put every 32-bit bias on its layer's int32 accumulator grid 2^-(fl_in + fl_w).
 
     For each layer with an ``AccumulatorBiasQuantizer``: fl_in is the fl of the DFP
@@ -186,7 +186,7 @@ def link_accumulator_biases(qmodel: Any) -> List[str]:
         bias = _weight_entry(layer, "bias")
         if bias is None or not isinstance(bias[0], AccumulatorBiasQuantizer):
             continue
-        bias_q, bias_vars = bias
+        _, bias_vars = bias
         kernel = _weight_entry(layer, "kernel") or _weight_entry(layer, "depthwise_kernel")
         inbound = _inbound(layer)
         producer = _producer_quantizer(inbound[0]) if len(inbound) == 1 else None
@@ -221,7 +221,7 @@ def _eligible_input(quantizer: Any) -> bool:
             and not quantizer.apply_offset)
 
 
-def align_for_int8(qmodel: Any) -> Dict[str, List[Any]]:
+def align_for_int8(qmodel: Any) -> dict[str, list[Any]]:
     """Make ``qmodel`` compute what its TFLite int8 file computes: one grid per
     scale-sharing group (:func:`unify_shared_grids`), then biases on the accumulator grid
     (:func:`link_accumulator_biases`). Returns {"groups": ..., "biases": ...}."""
@@ -245,5 +245,11 @@ class SharedGridCallback(keras.callbacks.Callback):
         align_for_int8(self.model)
 
 
-__all__ = ["shared_grid_groups", "unify_shared_grids", "link_accumulator_biases", "align_for_int8",
-           "SharedGridCallback", "SCALE_SHARING"]
+__all__ = [
+    "SCALE_SHARING",
+    "SharedGridCallback",
+    "align_for_int8",
+    "link_accumulator_biases",
+    "shared_grid_groups",
+    "unify_shared_grids",
+]
