@@ -25,9 +25,15 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
 @contextlib.contextmanager
-def _quiet_native_stderr() -> Iterator[None]:
-    """Redirect fd 2 to a temp file; replay it only if the block raises."""
-    if os.environ.get("KERASQ_VERBOSE_TF") == "1" or "tensorflow" in sys.modules:
+def quiet_native_stderr() -> Iterator[None]:
+    """Hide what native code (TF, TFLite) prints on fd 2 inside the block, unless
+    ``KERASQ_VERBOSE_TF=1``; the captured text is replayed if the block raises.
+
+    Example:
+        >>> with quiet_native_stderr():
+        ...     pass
+    """
+    if os.environ.get("KERASQ_VERBOSE_TF") == "1":
         yield
         return
     try:
@@ -50,7 +56,7 @@ def _quiet_native_stderr() -> Iterator[None]:
             os.close(saved)
 
 
-with _quiet_native_stderr():
+with contextlib.nullcontext() if "tensorflow" in sys.modules else quiet_native_stderr():
     import tensorflow as tf  # noqa: E402
 
     tf.config.list_physical_devices()  # CUDA probing logs here, once.
@@ -66,4 +72,4 @@ def tfmot():
     return _tfmot
 
 
-__all__ = ["tf", "keras", "tfmot"]
+__all__ = ["tf", "keras", "tfmot", "quiet_native_stderr"]

@@ -12,44 +12,15 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import os
-import sys
-import tempfile
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from kerasq._compat import quiet_native_stderr
+
 log = logging.getLogger("kerasq.export.verify")
-
-
-@contextlib.contextmanager
-def quiet_native_stderr() -> Iterator[None]:
-    """Hide what TFLite's C++ code prints on fd 2 (delegate notices, converter statistics)
-    unless ``KERASQ_VERBOSE_TF=1``; replayed if the block raises."""
-    if os.environ.get("KERASQ_VERBOSE_TF") == "1":
-        yield
-        return
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):
-        yield
-        return
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        except BaseException:
-            os.dup2(saved, 2)
-            sink.seek(0)
-            sys.stderr.write(sink.read().decode("utf-8", "replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
 
 
 @dataclasses.dataclass
