@@ -28,11 +28,11 @@ INSTALL_REQUIRES = [
     "protobuf>=7.35,<8",
     "absl-py>=1.2,<2",
     "scikit-learn==1.9.1",  # ships the real handwritten digits used by `kerasq demo`
+    "ai-edge-litert==2.3.0",  # the TFLite interpreter that verifies every export
 ]
 
 TEST_REQUIRES = [
     "pytest>=8",
-    "ai-edge-litert==2.3.0",
     "opencv-python-headless==4.14.0.94",
     "grpcio-tools==1.85.1",
     "hypothesis>=6.100",
