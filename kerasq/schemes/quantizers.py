@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import math
 import threading
@@ -362,9 +363,10 @@ class _WeightQuantizerBase(_KerasqQuantizer):
     def build(self, tensor_shape: Any, name: str, layer: Any) -> Dict[str, tf.Variable]:
         return {"count": self._add_count(name, layer)}
 
+    @abc.abstractmethod
     def fake_quantize(self, w: tf.Tensor, weights: Dict[str, tf.Variable],
                       rounding: str) -> tf.Tensor:
-        raise NotImplementedError
+        """Return ``w`` on this quantizer's grid, rounded with ``rounding``."""
 
     def update_state(self, w: tf.Tensor, weights: Dict[str, tf.Variable]) -> Any:
         """Refresh export-facing variables from the current weights (no-op by default)."""
