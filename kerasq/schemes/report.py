@@ -244,6 +244,9 @@ def _describe(slot: _Slot) -> ReportRow:
         if signed is None and lo is not None and "frac_bits" in v:
             signed = lo[0] < 0.0  # kerasq: unsigned iff the tracked min >= 0
         row.signed = signed
+        if "linked" in v and float(np.asarray(v["linked"].numpy())) <= 0:
+            # an accumulator-grid bias stays float until the int8 export links its fl
+            row.format, row.frac_bits = "float (acc)", None
     lo = _span(v.get("min", v.get("min_var")))
     hi = _span(v.get("max", v.get("max_var")))
     row.min = lo[0] if lo else None

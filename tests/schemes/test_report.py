@@ -213,3 +213,18 @@ def test_report_is_callable_and_has_format_report_whatever_the_import_order(firs
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
+
+
+def test_accumulator_bias_is_reported_float_until_linked():
+    import kerasq
+    from kerasq._compat import keras
+    from kerasq.schemes import align_for_int8, report
+
+    model = keras.Sequential([keras.layers.Input((6,)), keras.layers.Dense(3)])
+    x = np.random.RandomState(0).randn(16, 6).astype("float32")
+    qmodel = kerasq.calibrate(kerasq.quantize_model(model), x)
+    bias_rows = [r for r in report(qmodel) if r.tensor == "bias"]
+    assert bias_rows and all(r.format == "float (acc)" and r.frac_bits is None for r in bias_rows)
+    align_for_int8(qmodel)
+    linked = [r for r in report(qmodel) if r.tensor == "bias"]
+    assert all(r.format == "dfp" and r.frac_bits is not None for r in linked)
