@@ -34,6 +34,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from kerasq.errors import UnsupportedLayerError, VerificationError
+from kerasq.schemes import slots
 
 log = logging.getLogger("kerasq.integer")
 
@@ -174,7 +175,7 @@ def _activation(values: np.ndarray, frac: int, activation: Any, where: str) -> n
     raise UnsupportedLayerError(f"activation {name!r} has no exact integer form", layer=where)
 
 
-def _linear_layer(wrapper: Any, inner: Any, x: Value, config: Any) -> IntTensor:
+def _linear_layer(wrapper: Any, inner: Any, x: Value) -> IntTensor:
     """Conv2D / DepthwiseConv2D / Dense on the integer kernels of kerasq.ops."""
     from kerasq._compat import keras
     from kerasq import ops
@@ -182,8 +183,7 @@ def _linear_layer(wrapper: Any, inner: Any, x: Value, config: Any) -> IntTensor:
     where = inner.name
     if not isinstance(x, IntTensor):
         raise UnsupportedLayerError("the layer input is not quantized", layer=where)
-    attrs = config._present(inner)
-    weights = dict(zip(attrs, wrapper._weight_vars))
+    weights = {s.attr: (s.weight, s.quantizer, s.variables) for s in slots.weight_slots(wrapper)}
     kernel_attr = "depthwise_kernel" if isinstance(inner, keras.layers.DepthwiseConv2D) else "kernel"
     if kernel_attr not in weights:
         raise UnsupportedLayerError(f"{kernel_attr} is not quantized", layer=where)
@@ -194,9 +194,10 @@ def _linear_layer(wrapper: Any, inner: Any, x: Value, config: Any) -> IntTensor:
         bias, bias_frac = _float_bias(np.asarray(quantizer(variable, False, weights=qvars)), where)
     elif getattr(inner, "use_bias", False):
         bias, bias_frac = _float_bias(inner.bias.numpy(), where)
-    out_q = wrapper._output_quantizers[0] if wrapper._output_quantizers else None
-    if out_q is not None:
-        spec = _grid(out_q, wrapper._output_quantizer_vars, where)
+    out_slot = slots.output_slot(wrapper)
+    out_q = out_slot.quantizer if out_slot is not None else None
+    if out_slot is not None:
+        spec = _grid(out_slot.quantizer, out_slot.variables, where)
         out_frac = int(np.asarray(spec["frac_bits"]).reshape(-1)[0])
         out = dict(out_frac=out_frac, out_bitwidth=spec["bitwidth"], out_signed=spec["signed"],
                    rounding=spec.get("rounding", "nearest"))
@@ -316,8 +317,6 @@ def run(qmodel: Any, x: Any, *, return_integers: bool = False) -> Any:
         the layer).
     """
     from kerasq._compat import keras
-    from tensorflow_model_optimization.python.core.quantization.keras import (
-        quantize_layer, quantize_wrapper)
 
     inbound, input_keys, output_keys = _graph(qmodel)
     inputs = list(x) if isinstance(x, (list, tuple)) else [x]
@@ -332,23 +331,24 @@ def run(qmodel: Any, x: Any, *, return_integers: bool = False) -> Any:
             args = [values[k] for k in inbound[layer.name]]
         except KeyError as exc:
             raise UnsupportedLayerError("input produced outside the model", layer=layer.name) from exc
-        if isinstance(layer, quantize_layer.QuantizeLayer):
-            out: Value = (_quantize_value(args[0], layer.quantizer, layer.quantizer_vars, layer.name)
-                          if layer.quantizer else args[0])
-        elif isinstance(layer, quantize_wrapper.QuantizeWrapper):
-            inner, config = layer.layer, layer.quantize_config
+        if slots.is_quantize_layer(layer):
+            in_slot = slots.input_slot(layer)
+            out: Value = (_quantize_value(args[0], in_slot.quantizer, in_slot.variables,
+                                          layer.name) if in_slot is not None else args[0])
+        elif slots.is_quantize_wrapper(layer):
+            inner = slots.inner_layer(layer)
             linear = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
             if isinstance(inner, linear) and not isinstance(
                     inner, keras.layers.Conv2DTranspose):
-                out = _linear_layer(layer, inner, args[0], config)
+                out = _linear_layer(layer, inner, args[0])
             else:
-                if layer._weight_vars:
+                if slots.weight_slots(layer):
                     raise UnsupportedLayerError(f"{type(inner).__name__} with quantized weights "
                                                 "has no integer kernel", layer=inner.name)
                 out = _exact_layer(inner, args)
-                if layer._output_quantizers:
-                    out = _quantize_value(out, layer._output_quantizers[0],
-                                          layer._output_quantizer_vars, inner.name)
+                out_slot = slots.output_slot(layer)
+                if out_slot is not None:
+                    out = _quantize_value(out, out_slot.quantizer, out_slot.variables, inner.name)
         else:
             out = _exact_layer(layer, args)
         values[(layer.name, 0, 0)] = out

@@ -213,11 +213,12 @@ def _load_model(path: str) -> Any:
     except (OSError, ValueError, TypeError, ImportError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ModelFormatError(f"cannot load Keras model: {reason}", file=path) from None
-    wrapped = [layer.name for layer in model.layers
-               if type(layer).__name__.startswith(("QuantizeWrapper", "QuantizeLayer"))]
+    from kerasq.schemes.slots import is_quantized_model
+
+    wrapped = is_quantized_model(model)
     if wrapped:
         raise ModelFormatError("the model is already quantized (give the float model)",
-                               file=path, layer=wrapped[0])
+                               file=path, layer=wrapped)
     return model
 
 

@@ -19,7 +19,8 @@ from typing import Any, Iterator, List, Tuple
 
 import numpy as np
 
-from kerasq._compat import keras, tf, tfmot
+from kerasq._compat import keras, tf
+from kerasq.schemes import slots as quantized_slots
 from kerasq.prune.magnitude import CHANNELS_DEPTHWISE, CHANNELS_LAST, CHANNELS_TRANSPOSED
 from kerasq.prune.preserve import SparsityPreservingQuantizer, _short_name, attach_mask_constraint
 from kerasq.prune.wrapper import PruneWrapper
@@ -106,30 +107,25 @@ def _all_layers(model: Any) -> Iterator[Any]:
             stack.extend(reversed(layer.layers))
 
 
-def _quantize_wrapper_class() -> type:
-    return tfmot().quantization.keras.QuantizeWrapper
-
-
 def find_mask_slots(model: Any) -> List[MaskSlot]:
     """Every mask slot of ``model`` (quantized or float), in layer order."""
     slots: List[MaskSlot] = []
-    quantize_wrapper = _quantize_wrapper_class()
     for layer in _all_layers(model):
-        if isinstance(layer, quantize_wrapper):
-            for weight, quantizer, qvars in getattr(layer, "_weight_vars", []):
-                if isinstance(quantizer, SparsityPreservingQuantizer):
-                    inner = layer.layer
+        if quantized_slots.is_quantize_wrapper(layer):
+            for slot in quantized_slots.weight_slots(layer):
+                if isinstance(slot.quantizer, SparsityPreservingQuantizer):
+                    inner = slot.layer
                     slots.append(
                         MaskSlot(
                             inner.name,
                             type(inner).__name__,
-                            _short_name(weight.name),
-                            weight,
-                            qvars["mask"],
-                            qvars["mask_ready"],
+                            _short_name(slot.weight.name),
+                            slot.weight,
+                            slot.variables["mask"],
+                            slot.variables["mask_ready"],
                             inner,
-                            quantizer,
-                            qvars,
+                            slot.quantizer,
+                            slot.variables,
                         )
                     )
         elif isinstance(layer, PruneWrapper):

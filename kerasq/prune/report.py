@@ -22,7 +22,8 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from kerasq._compat import keras, tfmot
+from kerasq._compat import keras
+from kerasq.schemes import slots
 from kerasq.prune.masks import find_mask_slots
 from kerasq.prune.preserve import _short_name
 from kerasq.prune.wrapper import PRUNABLE_WEIGHT_NAMES, PruneWrapper, prunable_weight_names
@@ -64,20 +65,18 @@ def _layers(model: Any) -> List[Any]:
 
 def _quantized_kernels(wrapper: Any) -> Dict[str, np.ndarray]:
     """The fake-quantized kernels a tfmot QuantizeWrapper uses at inference."""
-    out = {}
-    for weight, quantizer, qvars in getattr(wrapper, "_weight_vars", []):
-        out[_short_name(weight.name)] = np.asarray(quantizer(weight, False, weights=qvars))
-    return out
+    return {_short_name(slot.weight.name): np.asarray(slot(slot.weight))
+            for slot in slots.weight_slots(wrapper)}
 
 
-def _prunable_weights(layer: Any, inner: Any, quantize_wrapper: type) -> List[Any]:
+def _prunable_weights(layer: Any, inner: Any) -> List[Any]:
     """(short name, variable) of the prunable kernels of a (wrapped) layer.
 
     A tfmot QuantizeWrapper replaces ``inner.kernel`` by a tensor, after which Keras no longer
-    lists the variable in ``inner.weights``; the wrapper's ``_weight_vars`` still has it.
+    lists the variable in ``inner.weights``; the wrapper's weight slots still have it.
     """
-    if isinstance(layer, quantize_wrapper):
-        found = [(_short_name(w.name), w) for w, _, _ in getattr(layer, "_weight_vars", [])]
+    if slots.is_quantize_wrapper(layer):
+        found = [(_short_name(s.weight.name), s.weight) for s in slots.weight_slots(layer)]
         found = [(n, w) for n, w in found if n in PRUNABLE_WEIGHT_NAMES]
         if found:
             return found
@@ -93,16 +92,14 @@ def sparsity_report(model: Any, *, quantized: bool = True) -> List[SparsityRow]:
         quantized: also count zeros of the fake-quantized kernels of quantized layers.
     """
     masks = {(id(s.layer), s.weight_name): s for s in find_mask_slots(model)}
-    quantize_wrapper = tfmot().quantization.keras.QuantizeWrapper
     rows: List[SparsityRow] = []
     for layer in _layers(model):
-        inner = layer.layer if isinstance(layer, (PruneWrapper, quantize_wrapper)) else layer
-        weights = _prunable_weights(layer, inner, quantize_wrapper)
+        is_wrapper = slots.is_quantize_wrapper(layer)
+        inner = layer.layer if isinstance(layer, PruneWrapper) else slots.inner_layer(layer)
+        weights = _prunable_weights(layer, inner)
         if not weights:
             continue
-        qkernels = (
-            _quantized_kernels(layer) if quantized and isinstance(layer, quantize_wrapper) else {}
-        )
+        qkernels = _quantized_kernels(layer) if quantized and is_wrapper else {}
         for name, weight in weights:
             value = weight.numpy()
             slot = masks.get((id(inner), name))

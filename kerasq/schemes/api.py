@@ -23,6 +23,8 @@ from kerasq.errors import KerasqError, ModelFormatError, QuantizationConfigError
 from kerasq.schemes import configs as _configs
 from kerasq.schemes import quantizers as _quantizers
 from kerasq.schemes.config import QuantizationConfig
+from kerasq.schemes.registry import MERGING_CONSUMERS
+from kerasq.schemes.slots import quantize_layer_class, refresh_weight_state
 
 logger = logging.getLogger("kerasq.schemes")
 
@@ -34,13 +36,6 @@ _REGISTERING_MODULES = (
     "kerasq.converters.caffe.keras_layers_extra",
     "kerasq.export.layers",
 )
-
-
-def quantize_layer_class() -> type:
-    """tfmot's ``QuantizeLayer`` (quantizes a model input)."""
-    from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer
-
-    return quantize_layer.QuantizeLayer
 
 
 def custom_objects() -> Dict[str, Any]:
@@ -129,7 +124,7 @@ def _merges_into(consumer: Any, config: QuantizationConfig) -> bool:
     if cfg.precision == "float" or not cfg.quantize_activations:
         return False
     name = type(consumer).__name__
-    if name in ("ReLU", "BatchNormalization"):
+    if name in MERGING_CONSUMERS:
         return True
     if name == "Activation":
         return consumer.get_config().get("activation") in ("relu", "relu6")
@@ -143,24 +138,6 @@ def _wrap_sparsity(qconfig: Any) -> Any:
         if attr != "bias":
             qconfig.weight_quantizers[attr] = SparsityPreservingQuantizer(q)
     return qconfig
-
-
-def _iter_weight_quantizers(qmodel: Any) -> Iterator[Any]:
-    """(weight, quantizer, quantizer variables) of every wrapped layer."""
-    wrapper_cls = tfmot().quantization.keras.QuantizeWrapper
-    for layer in qmodel.layers:
-        if isinstance(layer, wrapper_cls):
-            for weight, quantizer, qvars in getattr(layer, "_weight_vars", []):
-                while hasattr(quantizer, "inner") and isinstance(qvars, dict) and "inner" in qvars:
-                    quantizer, qvars = quantizer.inner, qvars["inner"]
-                yield weight, quantizer, qvars
-
-
-def refresh_weight_state(qmodel: Any) -> None:
-    """Recompute the stored fl/min/max of every weight quantizer from the current weights."""
-    for weight, quantizer, qvars in _iter_weight_quantizers(qmodel):
-        if hasattr(quantizer, "update_state"):
-            quantizer.update_state(weight, qvars)
 
 
 def quantize_model(model: Any, config: Optional[Union[QuantizationConfig, Mapping[str, Any]]] = None,

@@ -13,9 +13,9 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import sys
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from kerasq._compat import tfmot
 from kerasq.errors import UnsupportedLayerError
@@ -32,65 +32,101 @@ from kerasq.schemes.quantizers import (
 
 logger = logging.getLogger("kerasq.schemes.registry")
 
-# class name -> (config class, {weight attribute: kept (channel) axes})
-WEIGHTED_LAYERS: Dict[str, Tuple[type, Dict[str, Tuple[int, ...]]]] = {
-    "Conv1D": (C.ConvQuantizeConfig, {"kernel": (-1,)}),
-    "Conv2D": (C.ConvQuantizeConfig, {"kernel": (-1,)}),
-    "Conv3D": (C.ConvQuantizeConfig, {"kernel": (-1,)}),
-    "Dense": (C.DenseQuantizeConfig, {"kernel": (-1,)}),
-    "DepthwiseConv2D": (C.DepthwiseConvQuantizeConfig, {"depthwise_kernel": (-2, -1)}),
-    "DepthwiseConv1D": (C.DepthwiseConvQuantizeConfig, {"depthwise_kernel": (-2, -1)}),
-    "Conv2DTranspose": (C.ConvTransposeQuantizeConfig, {"kernel": (-2,)}),
-    "Conv3DTranspose": (C.ConvTransposeQuantizeConfig, {"kernel": (-2,)}),
-    "SeparableConv1D": (C.SeparableConvQuantizeConfig,
-                        {"depthwise_kernel": (-2, -1), "pointwise_kernel": (-1,)}),
-    "SeparableConv2D": (C.SeparableConvQuantizeConfig,
-                        {"depthwise_kernel": (-2, -1), "pointwise_kernel": (-1,)}),
+@dataclasses.dataclass(frozen=True)
+class LayerFacts:
+    """What kerasq knows about one Keras layer class.
+
+    ``role``: "weighted" (weight and output quantizers), "output" (a new real value:
+    output quantizer), "passthrough" (moves values: keeps its producer's grid) or
+    "float". ``config``: the QuantizeConfig class of a weighted layer. ``channel_axes``:
+    weight attribute -> kept (per-channel) axes of its quantizer. ``kernel_attr``: the
+    kernel attribute a BatchNorm folds into / integer kernels read. ``fold_axis``: the
+    kernel's output-channel axis for BatchNorm folding (:data:`FOLD_DEPTHWISE` for a
+    depthwise kernel (kh, kw, in, mult); None: BatchNorm is not folded into it).
+    ``folded_config``: a folded layer gets ``FoldedConvQuantizeConfig``. ``linear_kind``:
+    "conv" / "depthwise" / "dense" for layers with an integer (int8) kernel.
+    """
+
+    role: str
+    config: Optional[type] = None
+    channel_axes: Mapping[str, Tuple[int, ...]] = dataclasses.field(default_factory=dict)
+    kernel_attr: Optional[str] = None
+    fold_axis: Union[int, str, None] = None
+    folded_config: bool = False
+    linear_kind: Optional[str] = None
+
+    @property
+    def foldable(self) -> bool:
+        """True if a following BatchNormalization folds into this layer."""
+        return self.fold_axis is not None
+
+
+FOLD_DEPTHWISE = "depthwise"
+
+_KERNEL = {"kernel": (-1,)}
+_DEPTHWISE = {"depthwise_kernel": (-2, -1)}
+_SEPARABLE = {"depthwise_kernel": (-2, -1), "pointwise_kernel": (-1,)}
+
+#: Keras class name -> :class:`LayerFacts` (the whole per-layer policy of kerasq).
+LAYER_FACTS: Dict[str, LayerFacts] = {
+    "Conv1D": LayerFacts("weighted", C.ConvQuantizeConfig, _KERNEL, "kernel", -1, True),
+    "Conv2D": LayerFacts("weighted", C.ConvQuantizeConfig, _KERNEL, "kernel", -1, True, "conv"),
+    "Conv3D": LayerFacts("weighted", C.ConvQuantizeConfig, _KERNEL, "kernel"),
+    "Dense": LayerFacts("weighted", C.DenseQuantizeConfig, _KERNEL, "kernel", -1, True, "dense"),
+    "DepthwiseConv2D": LayerFacts("weighted", C.DepthwiseConvQuantizeConfig, _DEPTHWISE,
+                                  "depthwise_kernel", FOLD_DEPTHWISE, True, "depthwise"),
+    "DepthwiseConv1D": LayerFacts("weighted", C.DepthwiseConvQuantizeConfig, _DEPTHWISE,
+                                  "depthwise_kernel"),
+    "Conv2DTranspose": LayerFacts("weighted", C.ConvTransposeQuantizeConfig, {"kernel": (-2,)},
+                                  "kernel", -2),
+    "Conv3DTranspose": LayerFacts("weighted", C.ConvTransposeQuantizeConfig, {"kernel": (-2,)},
+                                  "kernel"),
+    "SeparableConv1D": LayerFacts("weighted", C.SeparableConvQuantizeConfig, _SEPARABLE,
+                                  "pointwise_kernel"),
+    "SeparableConv2D": LayerFacts("weighted", C.SeparableConvQuantizeConfig, _SEPARABLE,
+                                  "pointwise_kernel"),
+    **{name: LayerFacts("output") for name in (
+        "ReLU", "Activation", "LeakyReLU", "PReLU", "ELU", "ThresholdedReLU", "Softmax",
+        "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate",
+        "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
+        "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
+        "BatchNormalization", "LayerNormalization", "UpSampling2D", "Resizing")},
+    # output values are a subset of input values: already on the grid
+    **{name: LayerFacts("passthrough") for name in (
+        "Reshape", "Flatten", "Permute", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
+        "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D", "Cropping1D", "Cropping2D",
+        "Cropping3D", "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "GlobalMaxPooling1D",
+        "GlobalMaxPooling2D", "GlobalMaxPooling3D", "RepeatVector", "GaussianNoise",
+        "GaussianDropout", "AlphaDropout", "ActivityRegularization", "InputLayer")},
 }
 
-OUTPUT_LAYERS = frozenset({
-    "ReLU", "Activation", "LeakyReLU", "PReLU", "ELU", "ThresholdedReLU", "Softmax",
-    "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate",
-    "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
-    "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
-    "BatchNormalization", "LayerNormalization", "UpSampling2D", "Resizing",
-})
+# Views of LAYER_FACTS by role (class name -> (config class, {weight attribute: axes})).
+WEIGHTED_LAYERS: Dict[str, Tuple[type, Mapping[str, Tuple[int, ...]]]] = {
+    name: (f.config, f.channel_axes) for name, f in LAYER_FACTS.items() if f.role == "weighted"}
+OUTPUT_LAYERS = frozenset(n for n, f in LAYER_FACTS.items() if f.role == "output")
+PASSTHROUGH_LAYERS = frozenset(n for n, f in LAYER_FACTS.items() if f.role == "passthrough")
+#: Roles a custom layer class may declare in its ``quantization_role`` class attribute.
+DECLARED_ROLES = ("weighted", "output", "passthrough", "float")
 
-# Layers whose output values are a subset of their input values: already on the grid.
-PASSTHROUGH_LAYERS = frozenset({
-    "Reshape", "Flatten", "Permute", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
-    "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D", "Cropping1D", "Cropping2D",
-    "Cropping3D", "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "GlobalMaxPooling1D",
-    "GlobalMaxPooling2D", "GlobalMaxPooling3D", "RepeatVector", "GaussianNoise",
-    "GaussianDropout", "AlphaDropout", "ActivityRegularization", "InputLayer",
-})
 
-# Custom layers of the Caffe converter (kerasq.converters.caffe.keras_layers); the extra
-# layers declare theirs in keras_layers_extra.QUANTIZATION_ROLES, read when loaded.
-CONVERTER_ROLES = {
-    "EdgePadding2D": "passthrough", "BatchReshape": "passthrough",
-    "ConstantMultiply": "output", "WeightedSum": "output", "BroadcastAffine": "output",
-    "BatchStatNormalize": "output", "CaffePreprocess": "output",
-}
+def layer_facts(layer: Any) -> Optional[LayerFacts]:
+    """The :class:`LayerFacts` of a layer (instance or class) by its Keras class name."""
+    cls = layer if isinstance(layer, type) else type(layer)
+    return LAYER_FACTS.get(cls.__name__)
 
 
 def layer_role(layer: Any) -> Optional[str]:
-    """"weighted", "output", "passthrough", "float" or None (unknown) for ``layer``."""
-    name = type(layer).__name__
-    if name in WEIGHTED_LAYERS:
-        return "weighted"
-    if name in OUTPUT_LAYERS:
-        return "output"
-    if name in PASSTHROUGH_LAYERS:
-        return "passthrough"
-    role = getattr(type(layer), "quantization_role", None)
-    if role in ("output", "passthrough", "float"):
-        return role
-    extra = sys.modules.get("kerasq.converters.caffe.keras_layers_extra")
-    roles = dict(CONVERTER_ROLES, **getattr(extra, "QUANTIZATION_ROLES", {}))
-    if type(layer).__module__.startswith("kerasq.") and name in roles:
-        return roles[name]
-    return None
+    """"weighted", "output", "passthrough", "float" or None (unknown) for ``layer``.
+
+    A custom layer class declares its role as a class attribute
+    ``quantization_role = "output" | "passthrough" | "float"`` (read first); Keras layers
+    have theirs in :data:`LAYER_FACTS`.
+    """
+    declared = getattr(type(layer), "quantization_role", None)
+    if declared in ("output", "passthrough", "float"):
+        return declared
+    facts = layer_facts(layer)
+    return facts.role if facts is not None else None
 
 
 # Consumers that quantize their own output: a producer feeding only these is not
@@ -203,7 +239,7 @@ class KerasqQuantizeRegistry(tfmot().quantization.keras.QuantizeRegistry):
             bq = bias_quantizer(cfg)
             if bq is not None:
                 wq["bias"] = bq
-            if folded_batchnorm and name in ("Conv2D", "Dense", "DepthwiseConv2D", "Conv1D"):
+            if folded_batchnorm and LAYER_FACTS[name].folded_config:
                 return C.FoldedConvQuantizeConfig(wq, outputs, folded_batchnorm=folded_batchnorm)
             return config_cls(wq, outputs)
         role = layer_role(layer)
@@ -231,4 +267,6 @@ class KerasqQuantizeRegistry(tfmot().quantization.keras.QuantizeRegistry):
 
 
 __all__ = ["KerasqQuantizeRegistry", "activation_quantizer", "weight_quantizer",
-           "bias_quantizer", "WEIGHTED_LAYERS", "OUTPUT_LAYERS", "PASSTHROUGH_LAYERS"]
+           "bias_quantizer", "LayerFacts", "LAYER_FACTS", "layer_facts", "layer_role",
+           "WEIGHTED_LAYERS", "OUTPUT_LAYERS", "PASSTHROUGH_LAYERS", "MERGING_CONSUMERS",
+           "FOLD_DEPTHWISE"]

@@ -33,6 +33,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from kerasq.schemes import slots
+
 log = logging.getLogger("kerasq.schemes.report")
 
 __all__ = ["report", "format_report", "inspect_section", "ReportRow", "sqnr_db"]
@@ -120,83 +122,27 @@ class _Recorder:
         return getattr(self._inner, name)
 
 
-def _flatten_layers(model: Any) -> Iterator[Any]:
-    for layer in getattr(model, "layers", []):
-        if hasattr(layer, "layers") and getattr(layer, "layers", None) and not hasattr(
-                layer, "quantize_config"):
-            yield from _flatten_layers(layer)
-        else:
-            yield layer
-
-
-def _weight_name(weight: Any) -> str:
-    return weight.name.split(":")[0].split("/")[-1]
+_TENSOR_LABELS = {"pre": "pre_activation", "post": "post_activation"}
 
 
 def _slots(model: Any) -> List[Tuple[_Slot, Any]]:
     """(slot, patch) for every quantizer; ``patch(obj)`` installs a stand-in, returning undo."""
     found: List[Tuple[_Slot, Any]] = []
-    for layer in _flatten_layers(model):
-        inner = getattr(layer, "layer", None)  # tfmot wrappers: report the wrapped name
-        name = inner.name if inner is not None and hasattr(inner, "name") else layer.name
-        weight_vars = getattr(layer, "_weight_vars", None)
-        if isinstance(weight_vars, list):
-            for index, (weight, quantizer, qvars) in enumerate(weight_vars):
-                slot = _Slot(name, _weight_name(weight), quantizer, qvars)
-                slot.weight = weight  # type: ignore[attr-defined]
-
-                def patch(obj: Any, layer: Any = layer, index: int = index) -> Any:
-                    entry = layer._weight_vars[index]
-                    layer._weight_vars[index] = (entry[0], obj, entry[2])
-                    return lambda: layer._weight_vars.__setitem__(index, entry)
-
-                found.append((slot, patch))
-        for activation in getattr(layer, "_quantize_activations", None) or []:
-            for tensor, attr in (("pre_activation", "_pre_activation_vars"),
-                                 ("post_activation", "_post_activation_vars")):
-                if hasattr(activation, attr):
-                    slot = _Slot(name, tensor, activation.quantizer, getattr(activation, attr))
-
-                    def patch(obj: Any, activation: Any = activation) -> Any:
-                        original = activation.quantizer
-                        activation.quantizer = obj
-                        return lambda: setattr(activation, "quantizer", original)
-
-                    found.append((slot, patch))
-        output_quantizers = getattr(layer, "_output_quantizers", None)
-        if output_quantizers:
-            slot = _Slot(name, "output", output_quantizers[0],
-                         getattr(layer, "_output_quantizer_vars", {}))
-
-            def patch(obj: Any, layer: Any = layer) -> Any:
-                original = layer._output_quantizers
-                layer._output_quantizers = [obj] + list(original[1:])
-                return lambda: setattr(layer, "_output_quantizers", original)
-
-            found.append((slot, patch))
-        if type(layer).__name__ == "QuantizeLayer" and getattr(layer, "quantizer", None):
-            slot = _Slot(name, "input", layer.quantizer, getattr(layer, "quantizer_vars", {}))
-
-            def patch(obj: Any, layer: Any = layer) -> Any:
-                original = layer.quantizer
-                layer.quantizer = obj
-                return lambda: setattr(layer, "quantizer", original)
-
-            found.append((slot, patch))
+    for entry in slots.iter_slots(model):
+        name = entry.layer.name  # tfmot wrappers: report the wrapped layer's name
+        tensor = entry.attr if entry.weight is not None else _TENSOR_LABELS.get(
+            entry.role, entry.role)
+        slot = _Slot(name, tensor, entry.quantizer, entry.variables)
+        if entry.weight is not None:
+            slot.weight = entry.weight  # type: ignore[attr-defined]
+        found.append((slot, entry.replace))
     return found
 
 
 # ------------------------------------------------------------------------------ describing
 def _unwrap(quantizer: Any, variables: Dict[str, Any]) -> Tuple[Any, Dict[str, Any]]:
-    """The quantizer that does the rounding and its variables (sparsity wrappers delegate
-    to ``inner`` and keep the inner variables under ``"inner"``)."""
-    seen = 0
-    while hasattr(quantizer, "inner") and seen < 8:
-        quantizer = quantizer.inner
-        inner_vars = variables.get("inner") if isinstance(variables, dict) else None
-        variables = inner_vars if isinstance(inner_vars, dict) else variables
-        seen += 1
-    return quantizer, variables
+    """The quantizer that does the rounding and its variables (see :func:`slots.unwrap`)."""
+    return slots.unwrap(quantizer, variables)
 
 
 def _span(value: Any) -> Optional[Tuple[float, float]]:
@@ -288,18 +234,18 @@ def report(qmodel: Any, data: Any = None, *, batch_size: int = 32,
 
     Example: ``print(format_report(report(qmodel, x[:128])))``.
     """
-    slots = _slots(qmodel)
-    if not slots:
+    found = _slots(qmodel)
+    if not found:
         log.info("report: %s has no quantized tensors", getattr(qmodel, "name", "model"))
         return []
-    weight_slots = [s for s, _ in slots if hasattr(s, "weight")]
+    weight_slots = [s for s, _ in found if hasattr(s, "weight")]
     for slot in weight_slots:
         w = slot.weight  # type: ignore[attr-defined]
         slot.record(w.numpy(), slot.quantizer(w, False, slot.variables).numpy())
     if data is not None:
         undo = []
         try:
-            for slot, patch in slots:
+            for slot, patch in found:
                 if not hasattr(slot, "weight"):
                     undo.append(patch(_Recorder(slot)))
             for batch in _batches(data, batch_size, steps):
@@ -308,7 +254,7 @@ def report(qmodel: Any, data: Any = None, *, batch_size: int = 32,
             for restore in reversed(undo):
                 restore()
     rows = []
-    for slot, _ in slots:
+    for slot, _ in found:
         row = _describe(slot)
         if slot.elements:
             row.sqnr_db = _ratio_db(slot.signal, slot.noise)

@@ -22,13 +22,14 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from kerasq._compat import keras
+from kerasq.schemes.registry import FOLD_DEPTHWISE, LAYER_FACTS
 
 logger = logging.getLogger("kerasq.schemes.transforms")
 
-# class name -> kernel attribute, output-channel axis of the kernel
+# class name -> kernel attribute, output-channel axis of the kernel (None: depthwise)
 FOLDABLE = {
-    "Conv1D": ("kernel", -1), "Conv2D": ("kernel", -1), "Dense": ("kernel", -1),
-    "DepthwiseConv2D": ("depthwise_kernel", None), "Conv2DTranspose": ("kernel", -2),
+    name: (facts.kernel_attr, None if facts.fold_axis == FOLD_DEPTHWISE else facts.fold_axis)
+    for name, facts in LAYER_FACTS.items() if facts.foldable
 }
 
 
@@ -154,7 +155,7 @@ def insert_input_quantizers(model: Any, quantizer: Optional[Any]) -> Any:
     """Put a tfmot ``QuantizeLayer(quantizer)`` after every float model input."""
     if quantizer is None:
         return model
-    from kerasq.schemes.api import quantize_layer_class
+    from kerasq.schemes.slots import quantize_layer_class
 
     qlayer_cls = quantize_layer_class()
     model = as_functional(model)
