@@ -52,7 +52,7 @@ def custom_objects() -> Dict[str, Any]:
 
     objects = dict(caffe_objects())
     # --- quantized models (kerasq.schemes, engineer F): tfmot wrappers, kerasq quantizers ---
-    from kerasq.schemes.api import custom_objects as quantization_objects
+    from kerasq.serialization import custom_objects as quantization_objects
 
     objects.update(quantization_objects())
     return objects
@@ -65,7 +65,7 @@ def load_any(path: str) -> Any:
     if not os.path.exists(path):
         raise ModelFormatError("model not found", file=path)
     try:
-        from kerasq.schemes.api import _safe_mode  # Lambda bytecode refused in .h5 too
+        from kerasq.serialization import safe_mode as _safe_mode  # no Lambda bytecode in .h5
 
         with keras.utils.custom_object_scope(custom_objects()), _safe_mode():
             return keras.models.load_model(path, compile=False)

@@ -202,7 +202,7 @@ def _candidates(text: str) -> Tuple[int, ...]:
 
 
 def _load_model(path: str) -> Any:
-    from kerasq.schemes import load_model
+    from kerasq.serialization import load_model
 
     if not os.path.exists(path):
         raise ModelFormatError("no such file or directory", file=path)

@@ -1,4 +1,5 @@
-"""Public entry points: :func:`quantize_model`, :func:`load_model`, :func:`custom_objects`.
+"""Public entry points: :func:`quantize_model`; :func:`load_model`, :func:`custom_objects`
+and :func:`quantize_scope` are re-exported from :mod:`kerasq.serialization`.
 
 Example (post-training quantization is two calls)::
 
@@ -10,90 +11,21 @@ Example (post-training quantization is two calls)::
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import logging
-import os
-from typing import Any, Dict, Iterator, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Union
 
 import numpy as np
 
 from kerasq._compat import keras, tfmot
 from kerasq.errors import KerasqError, ModelFormatError, QuantizationConfigError
-from kerasq.schemes import configs as _configs
-from kerasq.schemes import quantizers as _quantizers
 from kerasq.schemes.config import QuantizationConfig
 from kerasq.schemes.registry import MERGING_CONSUMERS
+from kerasq.schemes.scheme import KerasqQuantizeScheme
 from kerasq.schemes.slots import quantize_layer_class, refresh_weight_state
+from kerasq.schemes.transforms import _consumers, as_functional
+from kerasq.serialization import custom_objects, load_model, quantize_scope
 
 logger = logging.getLogger("kerasq.schemes")
-
-# Modules that register kerasq custom Keras objects; imported (if present) before loading.
-_REGISTERING_MODULES = (
-    "kerasq.prune.preserve",
-    "kerasq.prune.wrapper",
-    "kerasq.converters.caffe.keras_layers",
-    "kerasq.converters.caffe.keras_layers_extra",
-    "kerasq.export.layers",
-)
-
-
-def custom_objects() -> Dict[str, Any]:
-    """Every custom object a kerasq model may contain: kerasq quantizers and configs,
-    tfmot's wrappers and quantizers, and the layers registered by other kerasq modules."""
-    from tensorflow_model_optimization.python.core.quantization.keras import quantize
-
-    objects: Dict[str, Any] = {}
-    for mapping in quantize.quantize_scope().custom_objects:  # tfmot's wrappers, quantizers
-        objects.update(mapping)
-    for name in _REGISTERING_MODULES:
-        try:
-            importlib.import_module(name)
-        except ImportError:  # module not present in this build
-            continue
-    objects.update(keras.utils.get_custom_objects())
-    for cls in (*_quantizers.QUANTIZERS, *_configs.QUANTIZE_CONFIGS):
-        objects[cls.__name__] = cls
-    # h5 loading deserializes nested objects in legacy mode, which looks up the bare class
-    # name (e.g. "SparsityPreservingQuantizer"), not the registered "kerasq>..." name.
-    for key, obj in list(objects.items()):
-        if key.startswith("kerasq>"):
-            objects.setdefault(key.split(">", 1)[1], obj)
-    objects["QuantizeLayer"] = quantize_layer_class()
-    return objects
-
-
-@contextlib.contextmanager
-def quantize_scope() -> Iterator[None]:
-    """``custom_object_scope`` with :func:`custom_objects` (for ``keras.models.load_model``)."""
-    with keras.utils.custom_object_scope(custom_objects()):
-        yield
-
-
-def _safe_mode() -> Any:
-    """Keras safe mode (no Python bytecode of Lambda layers) for .h5 and SavedModel too:
-    tf_keras applies it to .keras files only, and would run a .h5's marshalled lambdas."""
-    lib = getattr(getattr(getattr(keras, "src", None), "saving", None), "serialization_lib", None)
-    scope = getattr(lib, "SafeModeScope", None)
-    return scope(True) if scope is not None else contextlib.nullcontext()
-
-
-def load_model(path: Union[str, "os.PathLike[str]"], *, compile: bool = True) -> Any:
-    """Load a (quantized) Keras model from .h5 or a SavedModel directory.
-
-    Every kerasq custom object is registered; the caller lists none.
-    Example: ``qmodel = kerasq.load_model("lenet_q.h5")``.
-    """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ModelFormatError("no such file or directory", file=path)
-    with quantize_scope(), _safe_mode():
-        try:
-            return keras.models.load_model(path, compile=compile)
-        except KerasqError as err:
-            raise err.with_context(file=path) from None
-        except (ValueError, OSError, KeyError, TypeError, AttributeError, IndexError) as err:
-            raise ModelFormatError(f"cannot load Keras model: {err}", file=path) from None
 
 
 def _check_model(model: Any) -> None:
@@ -154,9 +86,6 @@ def quantize_model(model: Any, config: Optional[Union[QuantizationConfig, Mappin
 
     Example: ``qmodel = kerasq.quantize_model(model, QuantizationConfig(bitwidth_weights=4))``.
     """
-    from kerasq.schemes.scheme import KerasqQuantizeScheme
-    from kerasq.schemes.transforms import _consumers, as_functional
-
     if config is None:
         config = QuantizationConfig()
     elif isinstance(config, Mapping):

@@ -19,7 +19,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from kerasq._compat import tfmot
 from kerasq.errors import UnsupportedLayerError
-from kerasq.schemes import configs as C
+from kerasq.schemes import quantize_configs as C
 from kerasq.schemes.config import QuantizationConfig
 from kerasq.schemes.quantizers import (
     AccumulatorBiasQuantizer,

@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from kerasq._compat import keras
+from kerasq.serialization import custom_objects
 from kerasq.schemes.registry import FOLD_DEPTHWISE, LAYER_FACTS
 
 logger = logging.getLogger("kerasq.schemes.transforms")
@@ -70,8 +71,6 @@ def _consumers(config: Dict[str, Any]) -> Dict[str, List[str]]:
 
 
 def _rebuild(model: Any, config: Dict[str, Any], weights: Dict[str, List[np.ndarray]]) -> Any:
-    from kerasq.schemes.api import custom_objects
-
     objects = custom_objects()
     with keras.utils.custom_object_scope(objects):
         new = keras.Model.from_config(config, custom_objects=objects)

@@ -62,7 +62,7 @@ def test_batchnorm_folding_matches_the_float_model():
 
 
 def test_ptq_8bit_is_close_and_configs_are_the_families():
-    from kerasq.schemes import configs as C
+    from kerasq.schemes import quantize_configs as C
 
     model, x = _cnn(), _data()
     q = kerasq.calibrate(kerasq.quantize_model(model), x)

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from kerasq._compat import keras, tfmot
+from kerasq.serialization import deserialize
 
 _QuantizeConfig = tfmot().quantization.keras.QuantizeConfig
 
@@ -31,11 +32,7 @@ def _serialize(q: Any) -> Any:
 
 
 def _deserialize(d: Any) -> Any:
-    if d is None:
-        return None
-    from kerasq.schemes.api import custom_objects
-
-    return keras.utils.deserialize_keras_object(d, custom_objects=custom_objects())
+    return deserialize(d)
 
 
 class _WeightsAndOutputConfig(_QuantizeConfig):

@@ -1,0 +1,125 @@
+"""Saving and loading kerasq models: every custom object in one place.
+
+:func:`custom_objects` is what any kerasq model may contain (tfmot's wrappers and
+quantizers, kerasq's quantizers and QuantizeConfigs, pruning wrappers, the Caffe
+converter's layers, export layers); :func:`quantize_scope` puts them in scope and
+:func:`load_model` loads a .h5 / .keras / SavedModel file with them, in Keras safe mode.
+
+This is a leaf module: it imports no other kerasq package at import time. The modules
+that register custom Keras objects are imported by name on first use
+(:data:`REGISTERING_MODULES`), so every package can depend on this one.
+
+Example:
+    >>> import kerasq.serialization as ks
+    >>> "QuantizeWrapperV2" in ks.custom_objects()  # doctest: +SKIP
+    True
+    >>> qmodel = ks.load_model("q.h5")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+from typing import Any, Dict, Iterator, Union
+
+from kerasq.errors import KerasqError, ModelFormatError
+
+#: Modules that register kerasq custom Keras objects (``register_keras_serializable``);
+#: imported, if present in this build, before :func:`custom_objects` collects them.
+REGISTERING_MODULES = (
+    "kerasq.schemes.quantizers",
+    "kerasq.schemes.quantize_configs",
+    "kerasq.prune.preserve",
+    "kerasq.prune.wrapper",
+    "kerasq.converters.caffe.keras_layers",
+    "kerasq.converters.caffe.keras_layers_extra",
+    "kerasq.export.layers",
+)
+
+
+def custom_objects() -> Dict[str, Any]:
+    """Every custom object a kerasq model may contain, by registered and by bare class name.
+
+    h5 loading deserializes nested objects in legacy mode, which looks up the bare class
+    name (e.g. ``"SparsityPreservingQuantizer"``), not the registered ``"kerasq>..."`` name,
+    so both are listed.
+    """
+    from kerasq._compat import keras
+    from tensorflow_model_optimization.python.core.quantization.keras import (
+        quantize,
+        quantize_layer,
+    )
+
+    objects: Dict[str, Any] = {}
+    for mapping in quantize.quantize_scope().custom_objects:  # tfmot's wrappers, quantizers
+        objects.update(mapping)
+    for name in REGISTERING_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # module not present in this build
+            continue
+    objects.update(keras.utils.get_custom_objects())
+    for key, obj in list(objects.items()):
+        if key.startswith("kerasq>"):
+            bare = key.split(">", 1)[1]
+            if getattr(obj, "__module__", "").startswith("kerasq.schemes."):
+                objects[bare] = obj  # kerasq's quantizers and configs win over tfmot names
+            else:
+                objects.setdefault(bare, obj)
+    objects["QuantizeLayer"] = quantize_layer.QuantizeLayer
+    return objects
+
+
+@contextlib.contextmanager
+def quantize_scope() -> Iterator[None]:
+    """``custom_object_scope`` with :func:`custom_objects` (for ``keras.models.load_model``)."""
+    from kerasq._compat import keras
+
+    with keras.utils.custom_object_scope(custom_objects()):
+        yield
+
+
+def safe_mode() -> Any:
+    """Keras safe mode (no Python bytecode of Lambda layers) for .h5 and SavedModel too:
+    tf_keras applies it to .keras files only, and would run a .h5's marshalled lambdas."""
+    from kerasq._compat import keras
+
+    lib = getattr(getattr(getattr(keras, "src", None), "saving", None), "serialization_lib", None)
+    scope = getattr(lib, "SafeModeScope", None)
+    return scope(True) if scope is not None else contextlib.nullcontext()
+
+
+def deserialize(config: Any) -> Any:
+    """A Keras object (quantizer, layer...) from its serialized config; None stays None."""
+    if config is None:
+        return None
+    from kerasq._compat import keras
+
+    return keras.utils.deserialize_keras_object(config, custom_objects=custom_objects())
+
+
+def load_model(path: Union[str, "os.PathLike[str]"], *, compile: bool = True) -> Any:
+    """Load a (quantized, pruned, converted) Keras model from .h5, .keras or a SavedModel.
+
+    Every kerasq custom object is registered; the caller lists none.
+    Example: ``qmodel = kerasq.load_model("lenet_q.h5")``.
+    """
+    from kerasq._compat import keras
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ModelFormatError("no such file or directory", file=path)
+    with quantize_scope(), safe_mode():
+        try:
+            return keras.models.load_model(path, compile=compile)
+        except KerasqError as err:
+            raise err.with_context(file=path) from None
+        except (ValueError, OSError, KeyError, TypeError, AttributeError, IndexError,
+                ImportError) as err:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ModelFormatError(f"cannot load Keras model: {reason}", file=path) from None
+
+
+__all__ = ["custom_objects", "quantize_scope", "load_model", "safe_mode", "deserialize",
+           "REGISTERING_MODULES"]
