@@ -34,6 +34,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from kerasq.errors import UnsupportedLayerError, VerificationError
+from kerasq.numerics.grid import GridSpec
 from kerasq.schemes import slots
 
 log = logging.getLogger("kerasq.integer")
@@ -88,28 +89,28 @@ def _align(tensors: Sequence[IntTensor]) -> Tuple[List[np.ndarray], int]:
     return [t.values << np.int64(frac - t.frac) for t in tensors], frac
 
 
-def _grid(quantizer: Any, qvars: Any, where: str) -> Dict[str, Any]:
+def _grid(quantizer: Any, qvars: Any, where: str) -> GridSpec:
     spec = getattr(quantizer, "export_spec", lambda v: None)(qvars)
-    if not spec or spec.get("kind") != "dfp":
+    if spec is None or spec.kind != "dfp":
         raise UnsupportedLayerError(
             f"{type(quantizer).__name__} is not a power-of-two DFP quantizer (or has no "
             "calibrated range); only DFP grids have an integer form", layer=where)
-    if spec["bitwidth"] > 16:
-        raise UnsupportedLayerError(f"{spec['bitwidth']}-bit tensors exceed the int16 kernels",
+    if spec.bitwidth > 16:
+        raise UnsupportedLayerError(f"{spec.bitwidth}-bit tensors exceed the int16 kernels",
                                     layer=where)
     return spec
 
 
 def _quantize_value(value: Value, quantizer: Any, qvars: Any, where: str) -> IntTensor:
     spec = _grid(quantizer, qvars, where)
-    frac = int(np.asarray(spec["frac_bits"]).reshape(-1)[0])
-    rounding = spec.get("rounding", "nearest")
+    frac = int(np.asarray(spec.frac_bits).reshape(-1)[0])
+    rounding = spec.rounding
     if isinstance(value, IntTensor):
-        return _requantize(value, frac, spec["bitwidth"], spec["signed"], rounding)
+        return _requantize(value, frac, spec.bitwidth, spec.signed, rounding)
     from kerasq.numerics import dfp_quantize
 
-    q = dfp_quantize(np.asarray(value, np.float32), spec["bitwidth"], frac,
-                     signed=spec["signed"], rounding=rounding)
+    q = dfp_quantize(np.asarray(value, np.float32), spec.bitwidth, frac,
+                     signed=spec.signed, rounding=rounding)
     return IntTensor(np.ldexp(np.asarray(q, np.float64), frac).astype(np.int64), frac)
 
 
@@ -198,9 +199,9 @@ def _linear_layer(wrapper: Any, inner: Any, x: Value) -> IntTensor:
     out_q = out_slot.quantizer if out_slot is not None else None
     if out_slot is not None:
         spec = _grid(out_slot.quantizer, out_slot.variables, where)
-        out_frac = int(np.asarray(spec["frac_bits"]).reshape(-1)[0])
-        out = dict(out_frac=out_frac, out_bitwidth=spec["bitwidth"], out_signed=spec["signed"],
-                   rounding=spec.get("rounding", "nearest"))
+        out_frac = int(np.asarray(spec.frac_bits).reshape(-1)[0])
+        out = dict(out_frac=out_frac, out_bitwidth=spec.bitwidth, out_signed=spec.signed,
+                   rounding=spec.rounding)
     else:  # keep the exact accumulator (left shifts only)
         acc_frac = x.frac + int(w_frac.max())
         out_frac = max(acc_frac, bias_frac if bias_frac is not None else acc_frac)

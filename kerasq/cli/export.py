@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-TARGETS = ("int8", "int16x8", "float16", "float")
+from kerasq.numerics.grid import EXPORT_TARGETS as TARGETS
 
 
 def add_parser(sub: "argparse._SubParsersAction") -> None:

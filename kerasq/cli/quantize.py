@@ -24,11 +24,11 @@ import warnings
 from typing import Any, Dict, List, Tuple
 
 from kerasq.errors import KerasqError, ModelFormatError, QuantizationConfigError
+from kerasq.numerics.rounding import ROUNDING_MODES as _ROUNDINGS
 
 log = logging.getLogger("kerasq.cli.quantize")
 
 _PRECISIONS = ("dfp", "minifloat", "pow2_weights", "float")
-_ROUNDINGS = ("nearest", "nearest_even", "half_up", "stochastic")
 _ESTIMATORS = ("minmax", "max_abs", "ema", "percentile")
 
 

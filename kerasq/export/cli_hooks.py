@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-TARGETS = ("int8", "int16x8", "float16", "float")
+from kerasq.numerics.grid import EXPORT_TARGETS as TARGETS  # noqa: E402
 
 
 def add_convert_tflite_options(p: argparse.ArgumentParser) -> None:

@@ -5,8 +5,9 @@ fixed point grid ``{q·2^-fl : qmin <= q <= qmax}`` (any bit width, signed or un
 per tensor or per channel), a power-of-two grid, or "not quantized". This module obtains
 it without depending on a quantizer's private attributes:
 
-* a quantizer may describe itself through ``export_spec(quantizer_vars) -> dict``
-  (keys of :class:`GridSpec`); kerasq's own quantizers do, others are handled below;
+* a quantizer may describe itself through ``export_spec(quantizer_vars) -> GridSpec``
+  (:class:`kerasq.numerics.grid.GridSpec`; a dict of its fields is accepted too);
+  kerasq's own quantizers do, others are handled below;
 * weights: the grid is read from the already quantized values (the coarsest
   power-of-two step on which every value of a channel lies) unless the quantizer says it;
 * activations: the quantizer is *probed* in inference mode: powers of two find the step
@@ -24,95 +25,18 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import Any, Callable, Dict, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
 
 from kerasq.errors import ExportError
+from kerasq.numerics.grid import KINDS, FracBits, GridSpec  # noqa: F401 (re-exported)
+from kerasq.numerics.rounding import ROUNDING_MODES, np_round
 
 log = logging.getLogger("kerasq.export.spec")
 
-KINDS = ("none", "dfp", "affine", "pow2", "minifloat", "values")
 _TFMOT_AFFINE = ("LastValueQuantizer", "MovingAverageQuantizer", "AllValuesQuantizer")
-ROUNDINGS = ("nearest", "nearest_even", "half_up", "stochastic")
-
-FracBits = Union[int, np.ndarray]
-
-
-@dataclasses.dataclass(frozen=True)
-class GridSpec:
-    """The grid one quantizer maps its tensor onto.
-
-    ``kind``: ``"none"`` (identity), ``"dfp"`` (q·2^-fl with q in [qmin, qmax]),
-    ``"affine"`` (tfmot's min/max FakeQuant grid, range ``[low, high]``),
-    ``"pow2"`` (±2^k, k in [exp_min, exp_max], and 0) or ``"values"`` (some other grid,
-    e.g. minifloat, known only through its values). ``frac_bits`` is an int, or for
-    per-channel weights an int array along ``axis`` of the tensor.
-    """
-
-    kind: str
-    bitwidth: int = 0
-    frac_bits: Any = 0
-    signed: bool = True
-    narrow: bool = False
-    rounding: str = "nearest"
-    axis: Optional[int] = None
-    exp_min: int = 0
-    exp_max: int = 0
-    low: float = 0.0
-    high: float = 0.0
-    exp_bits: int = 0
-    mant_bits: int = 0
-    subnormals: bool = False
-
-    @property
-    def qmin(self) -> int:
-        """Smallest integer code."""
-        if not self.signed:
-            return 0
-        return -(2 ** (self.bitwidth - 1)) + (1 if self.narrow else 0)
-
-    @property
-    def qmax(self) -> int:
-        """Largest integer code."""
-        return 2 ** (self.bitwidth - 1) - 1 if self.signed else 2**self.bitwidth - 1
-
-    @property
-    def step(self) -> Any:
-        """2^-fl (float, or float array per channel)."""
-        return (
-            np.ldexp(1.0, -np.asarray(self.frac_bits))
-            if np.ndim(self.frac_bits)
-            else math.ldexp(1.0, -int(self.frac_bits))
-        )
-
-    @property
-    def min_value(self) -> Any:
-        return self.qmin * self.step
-
-    @property
-    def max_value(self) -> Any:
-        return self.qmax * self.step
-
-    @property
-    def per_channel(self) -> bool:
-        return np.ndim(self.frac_bits) > 0
-
-    def describe(self) -> str:
-        """Short human-readable form, e.g. ``dfp s8 fl=4`` or ``dfp u8 fl=[5..7]``."""
-        if self.kind == "none":
-            return "float"
-        if self.kind == "pow2":
-            return f"pow2 2^[{self.exp_min}..{self.exp_max}]"
-        if self.kind == "values":
-            return "values"
-        if self.kind == "minifloat":
-            return f"minifloat E{self.exp_bits}M{self.mant_bits}"
-        if self.kind == "affine":
-            return f"affine {self.bitwidth}-bit [{self.low:.4g}, {self.high:.4g}]"
-        fl = np.asarray(self.frac_bits)
-        fl_text = str(int(fl)) if fl.ndim == 0 else f"[{int(fl.min())}..{int(fl.max())}]"
-        return f"dfp {'s' if self.signed else 'u'}{self.bitwidth} fl={fl_text}"
+ROUNDINGS = ROUNDING_MODES
 
 
 def _from_dict(data: Dict[str, Any]) -> GridSpec:
@@ -413,11 +337,9 @@ def minifloat_reference(x: np.ndarray, spec: GridSpec) -> np.ndarray:
 
 
 def _round_np(y: np.ndarray, mode: str) -> np.ndarray:
-    if mode == "nearest_even":
-        return np.round(y)
-    if mode == "half_up":
-        return np.floor(y + 0.5)
-    return np.sign(y) * np.floor(np.abs(y) + 0.5)
+    """Exact rounding of float64 ``y`` (kerasq.numerics; no ``floor(|y| + 0.5)`` double
+    rounding, which sends 0.49999999999999994 to 1)."""
+    return np_round(np.asarray(y, np.float64), mode)
 
 
 def _minifloat_spec(

@@ -49,7 +49,7 @@ from kerasq.export.verify import (
 
 log = logging.getLogger("kerasq.export.tflite")
 
-TARGETS = ("int8", "int16x8", "float16", "float")
+from kerasq.numerics.grid import EXPORT_TARGETS as TARGETS  # noqa: E402
 _MODE = {"int8": "fakequant8", "int16x8": "plain16", "float16": "exact", "float": "exact"}
 _BOUNDARY_OPS = {"QUANTIZE", "DEQUANTIZE"}
 

@@ -8,7 +8,10 @@ numpy out (computed with numpy, TensorFlow not imported), tensor in -> tensor ou
   (B-bit integers times 2^−fl, Ristretto / caffe-jacinto).
 * :func:`minifloat_quantize`, :func:`minifloat_max`: Ristretto minifloat (E, M bits).
 * :func:`pow2_quantize`: integer power-of-two weights.
-* :func:`round_values`, :data:`ROUNDING_MODES`: the rounding modes all of them share.
+* :func:`round_values`, :data:`ROUNDING_MODES`, :data:`DEFAULT_ROUNDING`: the rounding
+  modes all of them share (default ties-to-even).
+* :class:`~kerasq.numerics.grid.GridSpec`: the typed grid description quantizers produce
+  and export consumes; :data:`~kerasq.numerics.grid.EXPORT_TARGETS`.
 
 Example:
     >>> from kerasq.numerics import dfp_quantize, dfp_frac_bits
@@ -22,9 +25,10 @@ See docs/numerics.md for the formulas and the differences from Ristretto/caffe-j
 from kerasq.numerics.dfp import dfp_frac_bits, dfp_quantize, dfp_range
 from kerasq.numerics.minifloat import minifloat_max, minifloat_quantize
 from kerasq.numerics.pow2 import pow2_quantize
-from kerasq.numerics.rounding import ROUNDING_MODES, round_values
+from kerasq.numerics.rounding import DEFAULT_ROUNDING, ROUNDING_MODES, round_values
 
 __all__ = [
+    "DEFAULT_ROUNDING",
     "ROUNDING_MODES",
     "dfp_frac_bits",
     "dfp_quantize",

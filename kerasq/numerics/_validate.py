@@ -17,7 +17,13 @@ import numpy as np
 
 from kerasq.errors import QuantizationConfigError
 
+#: The rounding modes (defined in :mod:`kerasq.numerics.rounding`; listed here, the lowest
+#: module, so the argument checks can use them).
 ROUNDING_MODES: tuple[str, ...] = ("nearest", "nearest_even", "half_up", "stochastic")
+#: The default rounding of every kerasq config, quantizer, op and numerics function: ties
+#: to even, how TFLite's default (XNNPACK / optimized) kernels round, so the int8 export
+#: computes what the Keras model computes.
+DEFAULT_ROUNDING = "nearest_even"
 
 #: A seed: None, a non-negative int, a pair of them, or (TF only) an int tensor of shape [2].
 Seed = Any

@@ -28,6 +28,7 @@ import numpy as np
 
 from kerasq.errors import QuantizationConfigError
 from kerasq.numerics import _float
+from kerasq.numerics._validate import DEFAULT_ROUNDING
 from kerasq.numerics._validate import (
     Seed,
     check_bool,
@@ -49,6 +50,13 @@ def _int_bounds(bitwidth: int, signed: bool) -> tuple[int, int]:
     if signed:
         return -(2 ** (bitwidth - 1)), 2 ** (bitwidth - 1) - 1
     return 0, 2**bitwidth - 1
+
+
+def _upper_code(qmax: int, dtype: Any) -> float:
+    """qmax in the data's float type, rounded to nearest as Ristretto's float ``max_data``
+    is: for B > 24 bits float32 holds no 2^(B−1)−1 and the bound becomes 2^(B−1)
+    (``dfp_quantize(x, 32, 20)`` saturates at 2048.0, unsigned at 4096.0)."""
+    return float(np.dtype(dtype).type(qmax))
 
 
 def _check_common(bitwidth: Any, signed: Any) -> tuple[int, bool]:
@@ -75,7 +83,7 @@ def dfp_quantize(
     frac_bits: Any,
     *,
     signed: bool = True,
-    rounding: str = "nearest",
+    rounding: str = DEFAULT_ROUNDING,
     seed: Seed = None,
 ) -> Any:
     """Quantize ``x`` to dynamic fixed point: ``clamp(round(x·2^fl), qmin, qmax)·2^−fl``.
@@ -121,7 +129,7 @@ def _dfp_np(x, bitwidth, frac_bits, signed, rounding, seed):
         )
     qmin, qmax = _int_bounds(bitwidth, signed)
     y = _float.np_ldexp(_float.np_flush(xc), fl)
-    y = np.clip(y, qmin, _float.round_toward_zero(qmax, xc.dtype)).astype(xc.dtype, copy=False)
+    y = np.clip(y, qmin, _upper_code(qmax, xc.dtype)).astype(xc.dtype, copy=False)
     q = np_round(y, rounding, seed)
     q = np.where(q == 0, np.zeros_like(q), q)  # the integer 0 has no sign: never -0.0
     return numpy_result(_float.np_ldexp(q, -fl), out_dtype)
@@ -146,7 +154,7 @@ def _dfp_tf(x, bitwidth, frac_bits, signed, rounding, seed):
     if fl.shape.rank == 0 and not is_tensor(frac_bits):
         fl = int(integer_array("frac_bits", frac_bits))  # one constant factor in tf_ldexp
     qmin, qmax = _int_bounds(bitwidth, signed)
-    qmax = _float.round_toward_zero(qmax, xc.dtype.as_numpy_dtype)
+    qmax = _upper_code(qmax, xc.dtype.as_numpy_dtype)
 
     @tf.custom_gradient
     def quantize(xv):
@@ -169,8 +177,9 @@ def dfp_range(bitwidth: int, frac_bits: Any, *, signed: bool = True) -> tuple[An
     """``(qmin·2^−fl, qmax·2^−fl)``: the smallest and largest representable DFP values.
 
     Python floats (exact) for an integer ``frac_bits``, float64 arrays for an array,
-    float32 tensors for a tensor (there the upper bound is the largest float32 not above
-    it, exactly what :func:`dfp_quantize` produces on float32 data).
+    float32 tensors for a tensor (there the upper bound is qmax rounded to the nearest
+    float32, as Ristretto's ``max_data``: what :func:`dfp_quantize` produces on float32
+    data; 2^(B−1)·2^−fl for B > 24).
 
     Example:
         >>> dfp_range(8, 4)
@@ -184,7 +193,7 @@ def dfp_range(bitwidth: int, frac_bits: Any, *, signed: bool = True) -> tuple[An
         from kerasq._compat import tf
 
         fl = _tf_frac_bits(frac_bits)
-        qmax = _float.round_toward_zero(qmax, np.float32)
+        qmax = _upper_code(qmax, np.float32)
         ones = tf.ones_like(fl, dtype=tf.float32)
         return _float.tf_ldexp(qmin * ones, -fl), _float.tf_ldexp(qmax * ones, -fl)
     fl = integer_array("frac_bits", frac_bits)

@@ -39,6 +39,7 @@ import numpy as np
 
 from kerasq.numerics import _float
 from kerasq.numerics._validate import (
+    DEFAULT_ROUNDING,
     Seed,
     check_bool,
     check_int,
@@ -88,7 +89,7 @@ def minifloat_quantize(
     exp_bits: int,
     mant_bits: int,
     *,
-    rounding: str = "nearest",
+    rounding: str = DEFAULT_ROUNDING,
     subnormals: bool = False,
     seed: Seed = None,
 ) -> Any:

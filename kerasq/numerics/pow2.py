@@ -24,6 +24,7 @@ import numpy as np
 
 from kerasq.errors import QuantizationConfigError
 from kerasq.numerics import _float
+from kerasq.numerics._validate import DEFAULT_ROUNDING
 from kerasq.numerics._validate import (
     Seed,
     check_int,
@@ -47,7 +48,7 @@ def pow2_quantize(
     exp_min: int = -8,
     exp_max: int = -1,
     *,
-    rounding: str = "nearest",
+    rounding: str = DEFAULT_ROUNDING,
     seed: Seed = None,
 ) -> Any:
     """Round ``x`` to ``sign(x)·2^k`` with integer ``k`` in ``exp_min..exp_max``; 0 stays 0.

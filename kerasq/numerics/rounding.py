@@ -41,6 +41,7 @@ import numpy as np
 
 from kerasq.numerics._float import np_flush, tf_flush, to_tf_float
 from kerasq.numerics._validate import (
+    DEFAULT_ROUNDING,
     ROUNDING_MODES,
     Seed,
     check_rounding,
@@ -134,4 +135,4 @@ def tf_round(y: Any, rounding: str, seed: Seed = None, *, signed_zeros: bool = T
     return tf.where(u < frac, low + 1, low)
 
 
-__all__ = ["ROUNDING_MODES", "round_values"]
+__all__ = ["ROUNDING_MODES", "DEFAULT_ROUNDING", "round_values", "np_round", "tf_round"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from kerasq.numerics import _validate
+from kerasq.numerics._validate import DEFAULT_ROUNDING
 from kerasq.ops._loader import library
 
 _GRADIENTS_REGISTERED = False
@@ -102,7 +103,7 @@ def fake_quant_dfp(
     frac_bits: Any,
     *,
     signed: bool = True,
-    rounding: str = "nearest",
+    rounding: str = DEFAULT_ROUNDING,
     seed: Any = None,
 ) -> Any:
     """DFP fake quantization ``y = clamp(round(x·2^fl), qmin, qmax)·2^−fl``.
@@ -149,7 +150,7 @@ def fake_quant_minifloat(
     exp_bits: int,
     mant_bits: int,
     *,
-    rounding: str = "nearest",
+    rounding: str = DEFAULT_ROUNDING,
     subnormals: bool = False,
     seed: Any = None,
 ) -> Any:

@@ -32,6 +32,7 @@ import numpy as np
 
 from kerasq.errors import QuantizationConfigError
 from kerasq.numerics import _validate
+from kerasq.numerics._validate import DEFAULT_ROUNDING
 from kerasq.ops._loader import library
 from kerasq.ops.fake_quant import seed_tensor
 
@@ -183,7 +184,7 @@ def dfp_conv2d(
     x: Any, w: Any, bias: Optional[Any] = None, *, x_frac: int, w_frac: Any, out_frac: int,
     bias_frac: Optional[int] = None, out_bitwidth: int = 8, out_signed: bool = True,
     strides: Union[int, Sequence[int]] = 1, padding: Padding = "VALID",
-    dilations: Union[int, Sequence[int]] = 1, rounding: str = "nearest", seed: Any = None,
+    dilations: Union[int, Sequence[int]] = 1, rounding: str = DEFAULT_ROUNDING, seed: Any = None,
     out_dtype: Any = None,
 ) -> Any:
     """Integer 2-D convolution, NHWC ``x`` and HWIO ``w``, requantized (see module doc).
@@ -218,7 +219,7 @@ def dfp_depthwise_conv2d(
     x: Any, w: Any, bias: Optional[Any] = None, *, x_frac: int, w_frac: Any, out_frac: int,
     bias_frac: Optional[int] = None, out_bitwidth: int = 8, out_signed: bool = True,
     strides: Union[int, Sequence[int]] = 1, padding: Padding = "VALID",
-    dilations: Union[int, Sequence[int]] = 1, rounding: str = "nearest", seed: Any = None,
+    dilations: Union[int, Sequence[int]] = 1, rounding: str = DEFAULT_ROUNDING, seed: Any = None,
     out_dtype: Any = None,
 ) -> Any:
     """Integer depthwise convolution, NHWC ``x``, ``w`` of shape [KH, KW, C, multiplier].
@@ -251,7 +252,7 @@ def dfp_depthwise_conv2d(
 def dfp_matmul(
     x: Any, w: Any, bias: Optional[Any] = None, *, x_frac: int, w_frac: Any, out_frac: int,
     bias_frac: Optional[int] = None, out_bitwidth: int = 8, out_signed: bool = True,
-    rounding: str = "nearest", seed: Any = None, out_dtype: Any = None,
+    rounding: str = DEFAULT_ROUNDING, seed: Any = None, out_dtype: Any = None,
 ) -> Any:
     """Integer dense layer ``x @ w (+ bias)`` requantized; ``x`` [..., K], ``w`` [K, N]."""
     from kerasq._compat import tf

@@ -46,9 +46,10 @@ import types
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from kerasq.errors import QuantizationConfigError
+from kerasq.numerics.rounding import DEFAULT_ROUNDING, ROUNDING_MODES
 
 PRECISIONS = ("dfp", "minifloat", "pow2_weights", "float")
-ROUNDINGS = ("nearest", "nearest_even", "half_up", "stochastic")
+ROUNDINGS = ROUNDING_MODES
 RANGE_ESTIMATORS = ("minmax", "max_abs", "ema", "percentile")
 UNKNOWN_LAYER_POLICIES = ("float", "quantize_outputs", "error")
 
@@ -119,7 +120,7 @@ class QuantizationConfig:
     bitwidth_weights: int = 8
     bitwidth_activations: int = 8
     bitwidth_bias: int = 32
-    rounding: str = "nearest_even"
+    rounding: str = DEFAULT_ROUNDING
     train_rounding: Optional[str] = None
     power2_range: bool = True
     apply_offset_weights: bool = False

@@ -35,6 +35,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from kerasq._compat import keras, tf, tfmot
+from kerasq.numerics.grid import GridSpec
+from kerasq.numerics.rounding import DEFAULT_ROUNDING
 from kerasq.schemes import _backend
 
 _Quantizer = tfmot().quantization.keras.quantizers.Quantizer
@@ -103,7 +105,7 @@ class _KerasqQuantizer(_Quantizer):
 
     is_weight_quantizer = False
 
-    def __init__(self, rounding: str = "nearest", train_rounding: Optional[str] = None,
+    def __init__(self, rounding: str = DEFAULT_ROUNDING, train_rounding: Optional[str] = None,
                  quantization_start: int = 0) -> None:
         self.rounding = rounding
         self.train_rounding = train_rounding
@@ -158,7 +160,7 @@ class DFPActivationQuantizer(_KerasqQuantizer):
     offset o = -min·s: x' = (round(clip(x·s + o)) - o)/s.
     """
 
-    def __init__(self, bitwidth: int = 8, rounding: str = "nearest",
+    def __init__(self, bitwidth: int = 8, rounding: str = DEFAULT_ROUNDING,
                  train_rounding: Optional[str] = None, signed: Optional[bool] = None,
                  power2_range: bool = True, apply_offset: bool = False,
                  range_estimator: str = "minmax", percentile: float = 99.99,
@@ -190,15 +192,15 @@ class DFPActivationQuantizer(_KerasqQuantizer):
                 "scale": scalar("scale"), "offset": scalar("offset"),
                 "count": self._add_count(name, layer)}
 
-    def export_spec(self, weights: Dict[str, tf.Variable]) -> Optional[Dict[str, Any]]:
-        """The grid for export (keys of ``kerasq.export.spec.GridSpec``); None when the
-        quantizer has no range yet or uses caffe-jacinto's non-power-of-two scales."""
+    def export_spec(self, weights: Dict[str, tf.Variable]) -> Optional[GridSpec]:
+        """The grid for export; None when the quantizer has no range yet or uses
+        caffe-jacinto's non-power-of-two scales."""
         if not (self.power2_range and not self.apply_offset) or int(weights["count"].numpy()) == 0:
             return None
         unsigned = bool(self.is_unsigned(weights["min"]).numpy())
         fl = self.frac_bits if self.frac_bits is not None else int(weights["frac_bits"].numpy())
-        return {"kind": "dfp", "bitwidth": self.bitwidth, "frac_bits": int(fl),
-                "signed": not unsigned, "rounding": self.rounding}
+        return GridSpec(kind="dfp", bitwidth=self.bitwidth, frac_bits=int(fl),
+                        signed=not unsigned, rounding=self.rounding)
 
     # ------------------------------------------------------------------ statistics
     def batch_range(self, x: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
@@ -415,7 +417,7 @@ class DFPWeightQuantizer(_WeightQuantizerBase):
     s = (2^(B-1)-1)/max|w|; ``apply_offset=True``: s = (2^B-1)/(max-min), o = -min·s.
     """
 
-    def __init__(self, bitwidth: int = 8, rounding: str = "nearest",
+    def __init__(self, bitwidth: int = 8, rounding: str = DEFAULT_ROUNDING,
                  train_rounding: Optional[str] = None,
                  channel_axes: Optional[Tuple[int, ...]] = (-1,), power2_range: bool = True,
                  apply_offset: bool = False, frac_bits: Optional[int] = None,
@@ -498,7 +500,7 @@ class DFPWeightQuantizer(_WeightQuantizerBase):
     def update_state(self, w: tf.Tensor, weights: Dict[str, tf.Variable]) -> Any:
         return tf.group(self._assign_state(self.params(w), weights))
 
-    def export_spec(self, weights: Dict[str, tf.Variable]) -> Optional[Dict[str, Any]]:
+    def export_spec(self, weights: Dict[str, tf.Variable]) -> Optional[GridSpec]:
         """Signed DFP grid with the stored fl (per channel along ``axis``); None for
         caffe-jacinto's non-power-of-two scales or a multi-axis channel layout."""
         if not (self.power2_range and not self.apply_offset):
@@ -514,10 +516,8 @@ class DFPWeightQuantizer(_WeightQuantizerBase):
             if len(axes) != 1:
                 return None
             axis = axes[0]
-        spec = {"kind": "dfp", "bitwidth": self.bitwidth, "signed": True,
-                "rounding": self.rounding, "axis": axis}
-        spec["frac_bits"] = fl if axis is not None else int(fl.reshape(-1)[0])
-        return spec
+        return GridSpec(kind="dfp", bitwidth=self.bitwidth, signed=True, rounding=self.rounding,
+                        axis=axis, frac_bits=fl if axis is not None else int(fl.reshape(-1)[0]))
 
     def train_quantize(self, w: tf.Tensor, weights: Dict[str, tf.Variable], rounding: str
                        ) -> tf.Tensor:
@@ -557,7 +557,7 @@ class DFPWeightQuantizer(_WeightQuantizerBase):
 class BiasQuantizer(DFPWeightQuantizer):
     """Per-tensor DFP for biases with ``bitwidth_bias`` bits (fl from max|b|)."""
 
-    def __init__(self, bitwidth: int = 16, rounding: str = "nearest",
+    def __init__(self, bitwidth: int = 16, rounding: str = DEFAULT_ROUNDING,
                  train_rounding: Optional[str] = None, channel_axes: Any = None,
                  power2_range: bool = True, apply_offset: bool = False,
                  frac_bits: Optional[int] = None, quantization_start: int = 0) -> None:
@@ -576,7 +576,7 @@ class AccumulatorBiasQuantizer(_WeightQuantizerBase):
     Until then the bias passes through in float, as an unquantized 32-bit bias.
     """
 
-    def __init__(self, rounding: str = "nearest", train_rounding: Optional[str] = None,
+    def __init__(self, rounding: str = DEFAULT_ROUNDING, train_rounding: Optional[str] = None,
                  quantization_start: int = 0) -> None:
         super().__init__(rounding, train_rounding, quantization_start)
         self.bitwidth = 32
@@ -594,12 +594,12 @@ class AccumulatorBiasQuantizer(_WeightQuantizerBase):
                 "frac_bits": var("frac_bits", tuple(tensor_shape)[-1:]),
                 "linked": var("linked", ())}
 
-    def export_spec(self, weights: Dict[str, tf.Variable]) -> Optional[Dict[str, Any]]:
+    def export_spec(self, weights: Dict[str, tf.Variable]) -> Optional[GridSpec]:
         """Signed 32-bit DFP along the last axis once linked, else None (float bias)."""
         if float(weights["linked"].numpy()) <= 0:
             return None
-        return {"kind": "dfp", "bitwidth": 32, "signed": True, "rounding": self.rounding,
-                "axis": -1, "frac_bits": np.asarray(weights["frac_bits"].numpy()).astype(np.int64)}
+        return GridSpec(kind="dfp", bitwidth=32, signed=True, rounding=self.rounding, axis=-1,
+                        frac_bits=np.asarray(weights["frac_bits"].numpy()).astype(np.int64))
 
     def fake_quantize(self, w: tf.Tensor, weights: Dict[str, tf.Variable],
                       rounding: str) -> tf.Tensor:
@@ -613,7 +613,7 @@ class MinifloatQuantizer(_WeightQuantizerBase):
     """Ristretto minifloat: 1 sign, ``exp_bits`` exponent (bias 2^(E-1)-1), ``mant_bits``
     mantissa bits, no denormals, saturating, for weights and activations."""
 
-    def __init__(self, exp_bits: int = 5, mant_bits: int = 10, rounding: str = "nearest",
+    def __init__(self, exp_bits: int = 5, mant_bits: int = 10, rounding: str = DEFAULT_ROUNDING,
                  train_rounding: Optional[str] = None, quantization_start: int = 0,
                  is_weight: bool = True) -> None:
         super().__init__(rounding, train_rounding, quantization_start)
@@ -628,10 +628,10 @@ class MinifloatQuantizer(_WeightQuantizerBase):
         return {**super().get_config(), "exp_bits": self.exp_bits, "mant_bits": self.mant_bits,
                 "is_weight": self.is_weight}
 
-    def export_spec(self, weights: Dict[str, tf.Variable]) -> Dict[str, Any]:
+    def export_spec(self, weights: Dict[str, tf.Variable]) -> GridSpec:
         """Ristretto minifloat: ``exp_bits``/``mant_bits``, no subnormals (flush to zero)."""
-        return {"kind": "minifloat", "exp_bits": self.exp_bits, "mant_bits": self.mant_bits,
-                "subnormals": False, "rounding": self.rounding}
+        return GridSpec(kind="minifloat", exp_bits=self.exp_bits, mant_bits=self.mant_bits,
+                        subnormals=False, rounding=self.rounding)
 
     def fake_quantize(self, w: tf.Tensor, weights: Dict[str, tf.Variable],
                       rounding: str) -> tf.Tensor:
@@ -646,7 +646,7 @@ class Pow2WeightQuantizer(_WeightQuantizerBase):
     rounding mode); Ristretto itself would map it to +2^exp_min (quant-schemes §2.4).
     """
 
-    def __init__(self, exp_min: int = -8, exp_max: int = -1, rounding: str = "nearest",
+    def __init__(self, exp_min: int = -8, exp_max: int = -1, rounding: str = DEFAULT_ROUNDING,
                  train_rounding: Optional[str] = None, quantization_start: int = 0) -> None:
         super().__init__(rounding, train_rounding, quantization_start)
         self.exp_min = int(exp_min)
@@ -657,10 +657,10 @@ class Pow2WeightQuantizer(_WeightQuantizerBase):
     def get_config(self) -> Dict[str, Any]:
         return {**super().get_config(), "exp_min": self.exp_min, "exp_max": self.exp_max}
 
-    def export_spec(self, weights: Dict[str, tf.Variable]) -> Dict[str, Any]:
+    def export_spec(self, weights: Dict[str, tf.Variable]) -> GridSpec:
         """±2^k with k in [exp_min, exp_max]."""
-        return {"kind": "pow2", "exp_min": self.exp_min, "exp_max": self.exp_max,
-                "rounding": self.rounding}
+        return GridSpec(kind="pow2", exp_min=self.exp_min, exp_max=self.exp_max,
+                        rounding=self.rounding)
 
     def fake_quantize(self, w: tf.Tensor, weights: Dict[str, tf.Variable],
                       rounding: str) -> tf.Tensor:

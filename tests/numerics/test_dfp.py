@@ -1,8 +1,9 @@
 """Dynamic fixed point against an exact rational reference written from the formula.
 
 Reference: x' = clamp(round(x·2^fl), qmin, qmax)·2^−fl computed with fractions.Fraction,
-then stored in the dtype rounding toward zero (the documented float32 rule for B > 24),
-with subnormal inputs and results counting as zero (TensorFlow's CPU convention).
+with qmax rounded to the nearest value of the dtype (Ristretto's float ``max_data``: 2^(B−1)
+for float32 and B > 24), with subnormal inputs and results counting as zero (TensorFlow's
+CPU convention).
 """
 
 from __future__ import annotations
@@ -56,14 +57,15 @@ def ref_dfp(x: float, bitwidth: int, fl: int, signed: bool, mode: str, dtype) ->
         qmin, qmax = -(2 ** (bitwidth - 1)), 2 ** (bitwidth - 1) - 1
     else:
         qmin, qmax = 0, 2**bitwidth - 1
+    top = Fraction(float(np.dtype(dtype).type(qmax)))  # nearest float, as Ristretto
     if math.isnan(x):
         return x
     if math.isinf(x):
-        q = qmax if x > 0 else qmin
+        q = top if x > 0 else qmin
     else:
         if abs(x) < np.finfo(dtype).tiny:
             x = 0.0
-        q = min(max(ref_round(Fraction(x) * Fraction(2) ** fl, mode), qmin), qmax)
+        q = min(max(ref_round(Fraction(x) * Fraction(2) ** fl, mode), qmin), top)
     return to_dtype_toward_zero(q / Fraction(2) ** fl, dtype)
 
 
@@ -151,8 +153,9 @@ def test_saturation_and_special_values():
     got = dfp_quantize(x, 8, 4)
     np.testing.assert_array_equal(got, [127 / 16, -8, 127 / 16, -8, np.nan, 0, 0])
     assert dfp_quantize(np.float32(-1.0), 8, 4, signed=False) == 0
-    # float32 with 32 bits: the top of the range is the largest float32 below 2^31 - 1
-    assert dfp_quantize(np.float32(1e30), 32, 0) == 2.0**31 - 128
+    # float32 with 32 bits: the top of the range is 2^31 - 1 rounded to float32 = 2^31,
+    # as Ristretto's float max_data (see test_ristretto_float32_saturation_above_24_bits)
+    assert dfp_quantize(np.float32(1e30), 32, 0) == 2.0**31
     assert dfp_quantize(np.float64(1e30), 32, 0) == 2.0**31 - 1
     assert dfp_quantize(np.float32(-1e30), 32, 0) == -(2.0**31)
 
@@ -279,7 +282,7 @@ def test_dfp_range_exact():
     assert dfp_range(8, -2000) == (-np.inf, np.inf)  # beyond float64
     lo, hi = dfp_range(32, tf.constant([0, 3]))
     np.testing.assert_array_equal(lo.numpy(), [-(2.0**31), -(2.0**28)])
-    np.testing.assert_array_equal(hi.numpy(), [2.0**31 - 128, (2.0**31 - 128) / 8])
+    np.testing.assert_array_equal(hi.numpy(), [2.0**31, 2.0**28])  # float32(2^31 - 1) = 2^31
 
 
 def ref_ceil_log2(m: float) -> int:
@@ -387,3 +390,37 @@ def test_gradient_reaches_a_variable_passed_as_x():
 def test_tensor_frac_bits_that_would_grow_x_rejected(fl_shape):
     with pytest.raises(QuantizationConfigError, match="does not broadcast"):
         dfp_quantize(tf.ones([1, 4]), 8, tf.zeros(fl_shape, tf.int32))
+
+
+def _ristretto_float32(x, bitwidth, fl, signed):
+    """Ristretto's Trim2FixedPoint_cpu in float32: max_data = (2^(B-1) - 1)·2^-fl (or
+    (2^B - 1)·2^-fl unsigned) evaluated in float, clamp, x/2^-fl, round, ·2^-fl."""
+    f32 = np.float32
+    step = f32(2.0**-fl)
+    if signed:
+        max_data = (f32(2.0 ** (bitwidth - 1)) - f32(1)) * step
+        min_data = f32(-(2.0 ** (bitwidth - 1))) * step
+    else:
+        max_data = (f32(2.0**bitwidth) - f32(1)) * step
+        min_data = f32(0)
+    y = (np.clip(np.asarray(x, f32), min_data, max_data) / step).astype(np.float64)
+    rounded = np.sign(y) * np.floor(np.abs(y) + 0.5)  # C round(): ties away (exact in f64)
+    return (rounded * step).astype(f32)
+
+
+@pytest.mark.parametrize("bitwidth,fl,signed,top", [(32, 20, True, 2048.0),
+                                                    (32, 20, False, 4096.0),
+                                                    (28, 10, True, 2.0**17),
+                                                    (24, 10, True, (2.0**23 - 1) / 1024)])
+def test_ristretto_float32_saturation_above_24_bits(bitwidth, fl, signed, top):
+    """For B > 24 float32 has no 2^(B-1)-1: Ristretto's max_data rounds up to 2^(B-1)."""
+    rng = np.random.default_rng(7)
+    x = np.concatenate([[1e9, 5000.0, 2047.9999, 2048.0, -1e9, 0.3],
+                        rng.uniform(-3000, 3000, 200)]).astype(np.float32)
+    want = _ristretto_float32(x, bitwidth, fl, signed)
+    assert want.max() == np.float32(top)
+    got = dfp_quantize(x, bitwidth, fl, signed=signed, rounding="nearest")
+    np.testing.assert_array_equal(got, want)
+    got_tf = dfp_quantize(tf.constant(x), bitwidth, fl, signed=signed, rounding="nearest").numpy()
+    np.testing.assert_array_equal(got_tf, want)
+    assert float(dfp_range(bitwidth, tf.constant(fl), signed=signed)[1].numpy()) == top

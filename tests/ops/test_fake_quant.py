@@ -216,3 +216,14 @@ def test_other_dtypes_and_graph_mode(ops_path):
     f = tf.function(lambda v: fake_quant_minifloat(v, 5, 2))
     v = tf.constant(special_values(np.float32))
     assert_bit_equal(f(v).numpy(), numerics.minifloat_quantize(v.numpy(), 5, 2))
+
+
+@pytest.mark.parametrize("signed,top", [(True, 2048.0), (False, 4096.0)])
+def test_dfp_32_bit_saturates_like_ristretto(ops_path, signed, top):
+    """B=32, fl=20 in float32: Ristretto's float max_data (2^31 - 1)·2^-20 rounds to 2048.0
+    (unsigned (2^32 - 1)·2^-20 to 4096.0); both op paths saturate there."""
+    x = np.array([1e9, 5000.0, top - 2.0**-12, 1.5, -1e9], np.float32)
+    got = fake_quant_dfp(tf.constant(x), 32, 20, signed=signed, rounding="nearest").numpy()
+    assert got[0] == got[1] == np.float32(top)
+    np.testing.assert_array_equal(got[2:4], x[2:4])  # on the grid: unchanged
+    assert got[4] == (-2048.0 if signed else 0.0)

@@ -221,6 +221,7 @@ def test_export_spec_is_the_inner_quantizers(helpers):
                 assert spec is None, layer.name
             else:
                 declared += 1
+                spec, inner_spec = spec.as_dict(), inner_spec.as_dict()
                 assert set(spec) == set(inner_spec), layer.name
                 for key, value in inner_spec.items():
                     np.testing.assert_array_equal(spec[key], value, err_msg=layer.name)

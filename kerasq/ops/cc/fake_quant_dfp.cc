@@ -110,7 +110,7 @@ Status MakeParams(const Tensor& frac_bits, int64_t last_dim, int bitwidth, bool 
     out->down2[c] = down.second;
   }
   out->lo = static_cast<T>(lo);
-  out->hi = FloorToT<T>(hi);
+  out->hi = static_cast<T>(hi);  // nearest T, as Ristretto's float max_data (2^31 for B=32)
   return tensorflow::OkStatus();
 }
 

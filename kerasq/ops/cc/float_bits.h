@@ -67,14 +67,6 @@ inline T Flush(T x) {
   return std::fabs(x) < std::numeric_limits<T>::min() ? x * T(0) : x;
 }
 
-// Largest T not above the integer v (numerics._float.round_toward_zero for v > 0).
-template <typename T>
-inline T FloorToT(double v) {
-  T t = static_cast<T>(v);
-  if (static_cast<double>(t) > v) t = std::nextafter(t, -std::numeric_limits<T>::infinity());
-  return t;
-}
-
 }  // namespace kerasq
 
 #endif  // KERASQ_OPS_CC_FLOAT_BITS_H_
