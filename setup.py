@@ -36,6 +36,10 @@ TEST_REQUIRES = [
     "opencv-python-headless==4.14.0.94",
     "grpcio-tools==1.85.1",
     "hypothesis>=6.100",
+    # lint steps of .ci/run (layering contract, pyflakes rules, types of numerics/ops/errors)
+    "import-linter==2.17",
+    "ruff==0.17.6",
+    "mypy==2.4.1",
 ]
 
 kerasq_packages = [p for p in find_packages(include=["kerasq", "kerasq.*"])]

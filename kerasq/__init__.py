@@ -24,7 +24,7 @@ if not os.path.isdir(os.path.join(__path__[0], "converters")) and os.path.isfile
     __path__.append(_checkout_root)  # type: ignore[name-defined]
 
 try:
-    from importlib.metadata import PackageNotFoundError, version
+    from importlib.metadata import version
 
     __version__ = version("kerasq")
 except Exception:  # running from a source tree without installation

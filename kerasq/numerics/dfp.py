@@ -193,13 +193,13 @@ def dfp_range(bitwidth: int, frac_bits: Any, *, signed: bool = True) -> tuple[An
         from kerasq._compat import tf
 
         fl = _tf_frac_bits(frac_bits)
-        qmax = _upper_code(qmax, np.float32)
+        top = _upper_code(qmax, np.float32)
         ones = tf.ones_like(fl, dtype=tf.float32)
-        return _float.tf_ldexp(qmin * ones, -fl), _float.tf_ldexp(qmax * ones, -fl)
+        return _float.tf_ldexp(qmin * ones, -fl), _float.tf_ldexp(top * ones, -fl)
     fl = integer_array("frac_bits", frac_bits)
     if fl.ndim == 0:
         with np.errstate(over="ignore"):  # exact; beyond float64's range -> ±inf / 0
-            lo, hi = np.ldexp(np.float64([qmin, qmax]), -int(np.clip(fl, -(2**20), 2**20)))
+            lo, hi = np.ldexp(np.array([qmin, qmax], np.float64), -int(np.clip(fl, -(2**20), 2**20)))
         return float(lo) + 0.0, float(hi)
     ones = np.ones(fl.shape, np.float64)
     return _float.np_ldexp(qmin * ones, -fl), _float.np_ldexp(qmax * ones, -fl)

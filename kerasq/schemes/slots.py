@@ -42,7 +42,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 #: Slot roles, in the order :func:`layer_slots` yields them.
 ROLES = ("input", "kernel", "bias", "weight", "pre", "post", "output")

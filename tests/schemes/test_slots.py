@@ -12,7 +12,6 @@ import numpy as np
 import kerasq
 from kerasq._compat import keras
 from kerasq.schemes import slots
-from kerasq.schemes.config import QuantizationConfig
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
