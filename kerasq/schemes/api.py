@@ -132,7 +132,8 @@ def quantize_model(model: Any, config: Optional[Union[QuantizationConfig, Mappin
     with quantize_scope():
         annotated = keras.models.clone_model(base, clone_function=annotate)
         annotated.set_weights(base.get_weights())
-        qmodel = kq.quantize_apply(annotated, scheme)
+        # the layout transform ran above (once): tfmot gets a scheme that does not repeat it
+        qmodel = kq.quantize_apply(annotated, KerasqQuantizeScheme(config, layout_applied=True))
     refresh_weight_state(qmodel)
     if preserve_sparsity:
         from kerasq.prune.masks import init_masks

@@ -38,13 +38,29 @@ class KerasqLayoutTransform(_keras_q.QuantizeLayoutTransform):
         return model, layer_quantize_map
 
 
+class _AppliedLayoutTransform(_keras_q.QuantizeLayoutTransform):
+    """The layout step of a model that :class:`KerasqLayoutTransform` already transformed."""
+
+    def apply(self, model: Any, layer_quantize_map: Dict[str, Any]) -> Tuple[Any, Dict[str, Any]]:
+        return model, layer_quantize_map
+
+
 class KerasqQuantizeScheme(_keras_q.QuantizeScheme):
-    """kerasq's scheme: :class:`KerasqLayoutTransform` + :class:`KerasqQuantizeRegistry`."""
+    """kerasq's scheme: :class:`KerasqLayoutTransform` + :class:`KerasqQuantizeRegistry`.
 
-    def __init__(self, config: Optional[QuantizationConfig] = None) -> None:
+    ``layout_applied=True``: the model given to ``quantize_apply`` is already transformed
+    (what :func:`kerasq.quantize_model` does, to plan each layer's config on the folded
+    graph), so tfmot does not run the transform a second time.
+    """
+
+    def __init__(self, config: Optional[QuantizationConfig] = None, *,
+                 layout_applied: bool = False) -> None:
         self.config = config or QuantizationConfig()
+        self.layout_applied = layout_applied
 
-    def get_layout_transformer(self) -> KerasqLayoutTransform:
+    def get_layout_transformer(self) -> Any:
+        if self.layout_applied:
+            return _AppliedLayoutTransform()
         return KerasqLayoutTransform(self.config)
 
     def get_quantize_registry(self) -> KerasqQuantizeRegistry:
