@@ -38,31 +38,7 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import time
-
-    from kerasq.demo import STEPS, format_table, run_demo
-
-    labels = {
-        "data": "loading digits",
-        "train": "training the float CNN",
-        "caffe": "writing + importing the Caffe net",
-        "float": "float TFLite",
-        "ptq": "post-training quantization",
-        "qat": "QAT with pruning",
-        "int8": "int8 TFLite export + verification",
-        "done": "done",
-    }
-    started = time.perf_counter()
-
-    def progress(step: str) -> None:
-        elapsed = time.perf_counter() - started
-        if step == "done":
-            print(f"done in {elapsed:.0f} s", flush=True)
-        else:
-            print(
-                f"[{STEPS.index(step) + 1}/{len(STEPS) - 1}] {labels[step]} (t = {elapsed:.0f} s)",
-                flush=True,
-            )
+    from kerasq.demo import format_table, print_progress, run_demo
 
     print("kerasq demo: real handwritten digits (scikit-learn), Caffe -> Keras -> TFLite")
     rows = run_demo(
@@ -70,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         qat_epochs=args.qat_epochs,
         sparsity=args.sparsity,
         out_dir=args.out,
-        progress=progress,
+        progress=print_progress(),
     )
     print()
     print(format_table(rows))

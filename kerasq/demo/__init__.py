@@ -24,6 +24,32 @@ import numpy as np
 log = logging.getLogger("kerasq.demo")
 
 STEPS = ("data", "train", "caffe", "float", "ptq", "qat", "int8", "done")
+#: What each step of :data:`STEPS` does, for progress lines.
+STEP_LABELS = {
+    "data": "loading digits",
+    "train": "training the float CNN",
+    "caffe": "writing + importing the Caffe net",
+    "float": "float TFLite",
+    "ptq": "post-training quantization",
+    "qat": "QAT with pruning",
+    "int8": "int8 TFLite export + verification",
+    "done": "done",
+}
+
+
+def print_progress() -> Callable[[str], None]:
+    """A ``progress`` callback for :func:`run_demo` printing ``[i/n] step (t = s)`` lines."""
+    started = time.perf_counter()
+
+    def progress(step: str) -> None:
+        elapsed = time.perf_counter() - started
+        if step == "done":
+            print(f"done in {elapsed:.0f} s", flush=True)
+        else:
+            print(f"[{STEPS.index(step) + 1}/{len(STEPS) - 1}] {STEP_LABELS[step]} "
+                  f"(t = {elapsed:.0f} s)", flush=True)
+
+    return progress
 
 
 @dataclasses.dataclass
@@ -112,7 +138,7 @@ def run_demo(
     import kerasq
     from kerasq._compat import keras
     from kerasq.converters.caffe import load as load_caffe
-    from kerasq.demo.caffe_writer import write_caffe
+    from kerasq.converters.caffe.writer import write_caffe
     from kerasq.errors import VerificationError
     from kerasq.export.tflite import export_tflite
 
@@ -245,4 +271,6 @@ __all__ = [
     "build_cnn",
     "tflite_latency_ms",
     "STEPS",
+    "STEP_LABELS",
+    "print_progress",
 ]

@@ -77,7 +77,7 @@ def test_verify_without_data_is_an_error(saved_qmodel, capsys):
 
 def test_convert_caffe_to_tflite_in_one_command(tmp_path, capsys):
     from kerasq.demo import build_cnn, load_digits_data
-    from kerasq.demo.caffe_writer import write_caffe
+    from kerasq.converters.caffe.writer import write_caffe
 
     x = load_digits_data()[0][:96]
     write_caffe(build_cnn(), tmp_path / "n.prototxt", tmp_path / "n.caffemodel")

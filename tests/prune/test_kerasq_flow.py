@@ -26,7 +26,7 @@ from kerasq.prune import (
     "offset,target", [(False, "int8"), (True, "float")], ids=["dfp8-int8", "apply_offset-float"]
 )
 def test_prune_quantize_prune_export(helpers, tmp_path, offset, target):
-    export = pytest.importorskip("kerasq.export", reason="kerasq.export (engineer E) not present")
+    export = pytest.importorskip("kerasq.export", reason="kerasq.export not present")
     x, y = helpers.digits_images(128)
     sparse = strip(prune_model(helpers.small_model(), ConstantSparsity(0.5, 0)))
     qmodel = kerasq.quantize_model(

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from kerasq._compat import keras
-from kerasq.demo.caffe_writer import write_caffe
+from kerasq.converters.caffe.writer import write_caffe
 from kerasq.errors import UnsupportedLayerError
 
 cv2 = pytest.importorskip("cv2")

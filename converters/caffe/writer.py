@@ -1,7 +1,7 @@
 """Write a small Keras CNN as a Caffe net (deploy prototxt + binary caffemodel).
 
-Used by ``kerasq demo`` so that the Caffe importer is exercised on a model kerasq made
-itself. Supported: a Sequential/linear functional model of Conv2D (stride, ``valid`` or
+The inverse of the importer, for nets kerasq makes itself (``kerasq demo`` writes its
+trained CNN with it and imports it back). Supported: a Sequential/linear functional model of Conv2D (stride, ``valid`` or
 odd-kernel ``same`` padding, optional relu), MaxPooling2D / AveragePooling2D (square,
 ``valid``, sizes divisible by the stride), ReLU, Flatten, Dense (optional relu /
 softmax), Softmax, Dropout (skipped). Layouts: Keras kernels (kh, kw, in, out) become Caffe
