@@ -32,7 +32,10 @@ Callers outside this module that still read the internals and map onto this API:
 ``layer.quantizer, layer.quantizer_vars`` -> :func:`input_slot`),
 ``kerasq/schemes/shared_grids.py`` (``_own_quantizer`` -> ``input_slot(layer) or
 output_slot(layer)`` then ``.base()``; ``_weight_entry`` -> ``find_weight_slot(wrapper,
-attr).base()``; ``_unwrap`` -> :func:`unwrap`).
+attr).base()``; ``_unwrap`` -> :func:`unwrap`); ``kerasq/schemes/calibrate.py`` and
+``shared_grids.py`` import :func:`refresh_weight_state` from ``schemes.api`` (a re-export
+of this module's: import it from here). ``tests/schemes/test_slots.py`` lists the modules
+not switched yet (``_PENDING``); empty that set once they are.
 
 Example:
     >>> for slot in iter_slots(qmodel):  # doctest: +SKIP
