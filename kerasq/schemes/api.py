@@ -21,7 +21,7 @@ from kerasq.errors import KerasqError, ModelFormatError, QuantizationConfigError
 from kerasq.schemes.config import QuantizationConfig
 from kerasq.schemes.registry import MERGING_CONSUMERS
 from kerasq.schemes.scheme import KerasqQuantizeScheme
-from kerasq.schemes.slots import quantize_layer_class, refresh_weight_state
+from kerasq.schemes.slots import KERNEL_ATTRS, quantize_layer_class, refresh_weight_state
 from kerasq.schemes.transforms import _consumers, as_functional
 from kerasq.serialization import custom_objects, load_model, quantize_scope
 
@@ -43,7 +43,7 @@ def _check_model(model: Any) -> None:
 
 def _has_exact_zero_kernels(model: Any) -> bool:
     for layer in model.layers:
-        for attr in ("kernel", "depthwise_kernel", "pointwise_kernel"):
+        for attr in sorted(KERNEL_ATTRS):
             w = getattr(layer, attr, None)
             if w is not None and hasattr(w, "numpy") and np.any(w.numpy() == 0):
                 return True
