@@ -32,6 +32,7 @@ _LOAD_OPTIONS = frozenset(
     {
         "input_shape",
         "fold_batchnorm",
+        "batchnorm",
         "mean",
         "scale",
         "swap_rb",
@@ -160,6 +161,7 @@ def _graph(
         input_shape=options.get("input_shape"),
         stages=options.get("stages", ()),
         fold=bool(options.get("fold_batchnorm", True)),
+        batchnorm=str(options.get("batchnorm", "auto")),
         keep_all_tops=keep_all_tops,
         outputs=outputs,
     )
@@ -169,7 +171,8 @@ def load(prototxt: PathLike, caffemodel: Optional[PathLike] = None, **options: A
     """Convert a Caffe net to a tf_keras functional model (NHWC, free batch dimension).
 
     Options: ``input_shape`` (dict blob -> NCHW shape; needed for data layers, may
-    override declared inputs), ``fold_batchnorm`` (True), ``mean`` (per-channel values or a
+    override declared inputs), ``fold_batchnorm`` (True), ``batchnorm`` ("auto"; "bvlc" or "jacinto" choose the
+    BatchNorm factor-blob and blob-order semantics where a file is ambiguous), ``mean`` (per-channel values or a
     ``.binaryproto`` path), ``scale`` (float), ``swap_rb`` (bool) — recorded as a leading
     ``CaffePreprocess`` layer computing ``(swap(x) - mean) * scale`` — ``dynamic_spatial``
     (False; True leaves H and W free for fully convolutional nets), ``stages``,

@@ -81,6 +81,14 @@ def add_conversion_arguments(p: argparse.ArgumentParser) -> None:
         help="keep BatchNorm/Scale as separate layers (default: fold into the conv)",
     )
     p.add_argument(
+        "--batchnorm",
+        choices=("auto", "bvlc", "jacinto"),
+        default="auto",
+        help="BatchNorm semantics where a file is ambiguous: bvlc divides the statistics by the "
+        "factor blob (0 -> 0), jacinto ignores it and reads caffe-jacinto 0.15's blob order; "
+        "auto (default) uses jacinto for nets with caffe-jacinto/NVIDIA BatchNorm",
+    )
+    p.add_argument(
         "--outputs",
         metavar="TOP[,TOP...]",
         help="expose these Caffe tops instead of the net outputs; layers not needed for them "
@@ -101,6 +109,7 @@ def load_options(args: argparse.Namespace) -> Dict[str, Any]:
         "input_shape": parse_input_shapes(args.input_shape),
         "fold_batchnorm": not args.no_fold_batchnorm,
         "stages": list(args.stage),
+        "batchnorm": getattr(args, "batchnorm", "auto") or "auto",
     }
     if getattr(args, "outputs", None):
         options["outputs"] = [t.strip() for t in args.outputs.split(",") if t.strip()]
