@@ -12,14 +12,13 @@ Example:
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any, Dict, List, Mapping, NoReturn, Optional, Sequence, Set, Tuple, Type
 
 import numpy as np
 
 from kerasq._compat import keras, tf
 from kerasq.converters.caffe import layers as _handlers  # noqa: F401  (registers handlers)
-from kerasq.converters.caffe.graph import Graph, Node
+from kerasq.converters.caffe.graph import Graph, Node, sanitize_name
 from kerasq.converters.caffe.layers import _registry
 from kerasq.converters.caffe.layout import NHWC, Blob, default_perm, identity
 from kerasq.converters.caffe.reader import fit_blob_shape
@@ -27,22 +26,6 @@ from kerasq.errors import CaffeFormatError, KerasqError, UnsupportedLayerError
 
 log = logging.getLogger("kerasq.converters.caffe.lower")
 
-_NAME_BAD = re.compile(r"[^A-Za-z0-9_.\-]")
-
-
-def sanitize_name(name: str) -> str:
-    """A valid Keras/TF layer name for a Caffe name (``'conv1/3x3'`` -> ``'conv1_3x3'``).
-
-    Example:
-        >>> sanitize_name("245"), sanitize_name("conv1/3x3:0"), sanitize_name("")
-        ('245', 'conv1_3x3_0', 'layer')
-    """
-    clean = _NAME_BAD.sub("_", name)
-    if not clean:
-        return "layer"
-    if not re.match(r"[A-Za-z0-9.]", clean[0]):
-        clean = "l" + clean
-    return clean
 
 
 class LoweringContext:

@@ -175,7 +175,7 @@ def build_config(args: argparse.Namespace) -> Any:
             except QuantizationConfigError as err:
                 raise err.with_context(file=args.config) from None
         else:
-            from kerasq.schemes.from_caffe import config_from_caffe
+            from kerasq.schemes.config import config_from_caffe
 
             config = config_from_caffe(args.config, solver=args.solver, flavor=args.flavor)
     else:
@@ -275,7 +275,7 @@ def quantize_converted(model: Any, args: argparse.Namespace) -> Any:
         except QuantizationConfigError as err:
             raise err.with_context(file=source) from None
     else:
-        from kerasq.schemes.from_caffe import config_from_caffe
+        from kerasq.schemes.config import config_from_caffe
 
         config = config_from_caffe(source, solver=getattr(args, "solver", None))
     if config.precision == "float" and not config.overrides:
