@@ -367,7 +367,11 @@ def _jacinto_net(net: Message, flavor: str, prov: Dict[str, Tuple[str, int]]) ->
 
     quantize = net.get("quantize")
     enabled = quantize is not None and _Reader(net, "net").bool("quantize", False)
-    if not enabled:
+    if not enabled and not has_quantization_settings(net):
+        log.info("%s: no quantization settings: caffe-jacinto runs this net in float, so the "
+                 "settings have precision='float'", net.source)
+        fields["precision"] = "float"
+    elif not enabled:
         log.warning("%s: `quantize: true` is absent: caffe-jacinto runs this net in float, so "
                     "the config has precision='float'", net.source)
         fields["precision"] = "float"

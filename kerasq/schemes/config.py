@@ -46,7 +46,6 @@ import types
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from kerasq.errors import QuantizationConfigError
-from kerasq.schemes import from_caffe as _from_caffe
 
 PRECISIONS = ("dfp", "minifloat", "pow2_weights", "float")
 ROUNDINGS = ("nearest", "nearest_even", "half_up", "stochastic")
@@ -323,8 +322,12 @@ class QuantizationConfig:
 
         Example: ``QuantizationConfig.from_caffe("test.prototxt", solver="solver.prototxt")``
         """
-        settings = _from_caffe.read_quantization_settings(prototxt, solver, flavor=flavor)
-        return _from_caffe.build_config(cls, settings)
+        # imported here so that this module loads without the Caffe reader (one direction:
+        # from_caffe never imports config)
+        from kerasq.schemes import from_caffe
+
+        settings = from_caffe.read_quantization_settings(prototxt, solver, flavor=flavor)
+        return from_caffe.build_config(cls, settings)
 
 
 _FIELD_NAMES = tuple(f.name for f in dataclasses.fields(QuantizationConfig))
