@@ -52,20 +52,12 @@ def custom_objects() -> Dict[str, Any]:
         >>> from kerasq._compat import keras
         >>> m = keras.models.load_model("m.h5", custom_objects=custom_objects())  # doctest: +SKIP
     """
-    from kerasq._compat import keras
-    from kerasq.converters.caffe import keras_layers, keras_layers_extra
+    from kerasq.converters.caffe.keras_layers import ALL_LAYERS
 
     objects: Dict[str, Any] = {}
-    for module in (keras_layers, keras_layers_extra):
-        for value in vars(module).values():
-            if (
-                isinstance(value, type)
-                and issubclass(value, keras.layers.Layer)
-                and value.__module__ == module.__name__
-                and not value.__name__.startswith("_")
-            ):
-                objects[value.__name__] = value
-                objects["kerasq>" + value.__name__] = value
+    for cls in ALL_LAYERS:
+        objects[cls.__name__] = cls
+        objects["kerasq>" + cls.__name__] = cls
     return objects
 
 
