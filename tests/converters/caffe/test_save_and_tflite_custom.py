@@ -1,6 +1,6 @@
 """Converted models using the extra layers survive .h5 save/reload and TFLite conversion.
 
-One net with every C2 layer type that needs a custom Keras layer (plus stock-mapped ones) is
+One net with every layer type that needs a custom Keras layer (plus stock-mapped ones) is
 loaded with ``kerasq.converters.caffe.load``; the reloaded .h5 model and the TFLite model
 (run in the ai_edge_litert interpreter, builtin ops only) must reproduce the numpy reference.
 """
