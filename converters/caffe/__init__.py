@@ -22,6 +22,8 @@ from typing import Any
 
 _LAZY_ATTRS = {
     "load": "kerasq.converters.caffe.api",
+    "convert": "kerasq.converters.caffe.api",
+    "ConvertedNet": "kerasq.converters.caffe.api",
     "forward": "kerasq.converters.caffe.api",
     "custom_objects": "kerasq.converters.caffe.api",
     "read_prototxt": "kerasq.converters.caffe.reader",
@@ -45,6 +47,8 @@ def __dir__() -> list:
 
 __all__ = [
     "load",
+    "convert",
+    "ConvertedNet",
     "forward",
     "custom_objects",
     "read_prototxt",

@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
@@ -195,6 +196,66 @@ def load(prototxt: PathLike, caffemodel: Optional[PathLike] = None, **options: A
     return model
 
 
+@dataclasses.dataclass(frozen=True)
+class CaffeLayer:
+    """Where a Keras layer of a converted model comes from: the Caffe layer's ``name`` and
+    canonical ``caffe_type``, and its own quantization settings (empty when it has none)."""
+
+    name: str
+    caffe_type: str
+    quantization: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertedNet:
+    """A converted model with its Caffe origin, joined once by Keras layer name.
+
+    ``model``: the tf_keras model; ``layers``: Keras layer name -> :class:`CaffeLayer` for every
+    layer lowered from a Caffe layer (helper layers such as ``ip1_flatten`` included);
+    ``quantization``: the net's caffe-jacinto / Ristretto settings
+    (:class:`~kerasq.converters.caffe.quantization.CaffeQuantization`; ``present`` is False for
+    a plain prototxt). Keras layer names survive ``.h5`` save and reload, so ``layers`` applies
+    to a reloaded model too; ``QuantizationConfig.from_caffe`` keys its overrides by the same
+    names.
+    """
+
+    model: Any
+    layers: Mapping[str, CaffeLayer]
+    quantization: Any
+
+
+def convert(
+    prototxt: PathLike,
+    caffemodel: Optional[PathLike] = None,
+    *,
+    solver: Optional[PathLike] = None,
+    **options: Any,
+) -> ConvertedNet:
+    """:func:`load` plus the Caffe origin and quantization settings of every Keras layer.
+
+    ``solver``: a caffe-jacinto solver with quantization fields (0.15). Options as for
+    :func:`load`.
+
+    Example:
+        >>> net = convert("test.prototxt", "w.caffemodel")           # doctest: +SKIP
+        >>> net.layers["conv1_3x3"].caffe_type, net.quantization.flavor  # doctest: +SKIP
+        ('Convolution', 'jacinto-0.16')
+    """
+    from kerasq.converters.caffe.quantization import read_quantization_settings
+
+    model = load(prototxt, caffemodel, **options)
+    settings = read_quantization_settings(prototxt, solver)
+    own = {layer.name: dict(layer.fields) for layer in settings.layers}
+    layers = {
+        layer.name: CaffeLayer(
+            layer.caffe_name, layer.caffe_type, own.get(layer.caffe_name, {})
+        )
+        for layer in model.layers
+        if isinstance(getattr(layer, "caffe_type", None), str)
+    }
+    return ConvertedNet(model, layers, settings)
+
+
 def _to_nhwc(array: np.ndarray, blob: Blob) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(array, blob.perm))
 
@@ -255,4 +316,4 @@ def forward(
     return {name: _to_nchw(np.asarray(r), table[i]) for name, i, r in zip(names, ids, results)}
 
 
-__all__ = ["load", "forward", "custom_objects"]
+__all__ = ["load", "forward", "convert", "custom_objects", "ConvertedNet", "CaffeLayer"]

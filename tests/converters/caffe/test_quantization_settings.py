@@ -91,3 +91,33 @@ def test_reading_settings_does_not_load_tensorflow():
             "assert 'tensorflow' not in sys.modules")
     subprocess.run([sys.executable, "-c", code, str(DATA / "jacinto017_test.prototxt")],
                    check=True)
+
+
+def test_convert_joins_keras_layers_with_their_caffe_layer_and_settings(tmp_path):
+    """``caffe.convert``: each Keras layer with its Caffe name, type and own settings, joined
+    by the Keras name (which survives .h5 reload); the settings as written in the file."""
+    from conftest import shared_path
+
+    from kerasq._compat import keras
+    from kerasq.converters import caffe
+
+    folder = shared_path("caffe-models", "lenet-mnist")
+    text = (folder / "lenet.prototxt").read_text().replace(
+        'name: "conv1"\n  type: "Convolution"',
+        'name: "conv1"\n  type: "ConvolutionRistretto"\n'
+        "  quantization_param { bw_params: 6 fl_params: 7 bw_layer_out: 8 fl_layer_out: 2 }")
+    assert "ConvolutionRistretto" in text
+    prototxt = tmp_path / "lenet_r.prototxt"
+    prototxt.write_text(text)
+    net = caffe.convert(prototxt, folder / "lenet_iter_10000.caffemodel")
+    assert net.quantization.flavor == "ristretto"
+    conv1 = net.layers["conv1"]
+    assert (conv1.name, conv1.caffe_type) == ("conv1", "Convolution")
+    assert (conv1.quantization["bitwidth_weights"], conv1.quantization["frac_bits_weights"],
+            conv1.quantization["frac_bits_activations"]) == (6, 7, 2)
+    assert net.layers["ip1_flatten"].name == "ip1" and net.layers["ip2"].quantization == {}
+    assert net.model.get_layer("conv1").caffe_type == "Convolution"
+    path = tmp_path / "m.h5"
+    net.model.save(path)
+    reloaded = keras.models.load_model(path, custom_objects=caffe.custom_objects())
+    assert set(net.layers) <= {layer.name for layer in reloaded.layers}
