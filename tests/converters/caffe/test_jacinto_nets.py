@@ -303,3 +303,21 @@ def test_unknown_batchnorm_option_is_a_clean_error(tmp_path):
     inputs, proto, model, _, _ = _factor_net(tmp_path, nvidia_style=False)
     with pytest.raises(CaffeFormatError, match="batchnorm='nvidia'"):
         forward(proto, model, inputs, batchnorm="nvidia")
+
+
+def test_cli_batchnorm_flag_chooses_the_semantics(tmp_path):
+    """``kerasq convert --batchnorm jacinto`` on a BVLC-looking net with factor 0: the saved
+    model computes the factor-ignored BatchNorm (numpy reference), the default BVLC's."""
+    from kerasq._compat import keras
+    from kerasq.cli import main
+    from kerasq.converters.caffe import custom_objects
+
+    inputs, proto, model, ignored, bvlc = _factor_net(tmp_path, nvidia_style=False)
+    x = inputs["data"].transpose(0, 2, 3, 1)
+    for flag, want in (("jacinto", ignored), ("auto", bvlc)):
+        out = tmp_path / f"{flag}.h5"
+        assert main(["convert", proto, model, "-o", str(out), "--batchnorm", flag,
+                     "--outputs", "b"]) == 0
+        loaded = keras.models.load_model(out, custom_objects=custom_objects())
+        got = np.asarray(loaded(x, training=False)).transpose(0, 3, 1, 2)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
