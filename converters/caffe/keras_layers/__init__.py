@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from typing import List
 
-from kerasq.converters.caffe.keras_layers._base import QUANTIZATION_ROLES
+from kerasq.converters.caffe.keras_layers._base import ROLES
 from kerasq.converters.caffe.keras_layers.affine import (
     BroadcastAddCaffe,
     BroadcastAffine,
@@ -86,5 +86,5 @@ ALL_LAYERS: List[type] = [
 ]
 
 __all__ = [cls.__name__ for cls in ALL_LAYERS] + [
-    "ALL_LAYERS", "QUANTIZATION_ROLES", "caffe_top_k", "interp_output_size",
+    "ALL_LAYERS", "ROLES", "caffe_top_k", "interp_output_size",
 ]

@@ -9,7 +9,8 @@ from kerasq._compat import keras
 # Registered as "kerasq>ClassName": the name saved in .h5/.keras/SavedModel files.
 register = keras.utils.register_keras_serializable(package="kerasq")
 
-QUANTIZATION_ROLES = ("weighted", "output", "passthrough", "float")
+# the values a layer class may give ``quantization_role`` (read by kerasq.schemes.registry)
+ROLES = ("weighted", "output", "passthrough", "float")
 
 
 class Configured(keras.layers.Layer):
@@ -30,4 +31,4 @@ class Configured(keras.layers.Layer):
         return config
 
 
-__all__ = ["register", "Configured", "QUANTIZATION_ROLES"]
+__all__ = ["register", "Configured", "ROLES"]
