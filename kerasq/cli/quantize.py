@@ -5,13 +5,17 @@ Examples::
     kerasq quantize model.h5 --bits-weights 8 --bits-activations 8 \\
         --calibration x_cal.npy -o qmodel.h5
     kerasq quantize model.h5 --config test.prototxt --calibration x_cal.npy -o qmodel.h5
+    kerasq quantize model.h5 --config test.prototxt --int8 --calibration x_cal.npy -o q.h5
     kerasq quantize model.h5 --search --eval val.npz --calibration x_cal.npy -o qmodel.h5
 
 ``--config`` takes a caffe-jacinto / Ristretto prototxt (read by
 ``QuantizationConfig.from_caffe``, optionally with ``--solver``) or a JSON file written by
 ``QuantizationConfig.to_json`` / ``--save-config``; options given on the command line
-override the file. Data files: ``.npy`` holds the model input; ``.npz`` holds ``x`` (or
-``x0``, ``x1``, ... for several inputs) and, for ``--eval``, integer or one-hot labels ``y``.
+override the file; ``--int8`` then makes the config deployable as TFLite int8
+(``kerasq.schemes.int8_deployable``: power-of-two symmetric ranges, at most 8 bits) and
+prints per layer what changed. Data files: ``.npy`` holds the model input; ``.npz`` holds
+``x`` (or ``x0``, ``x1``, ... for several inputs) and, for ``--eval``, integer or one-hot
+labels ``y``.
 """
 
 from __future__ import annotations
