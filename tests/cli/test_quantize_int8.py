@@ -101,3 +101,29 @@ def test_quantize_int8_on_a_config_that_fits_says_so(lenet, capsys):
     assert main(["quantize", str(model), "--int8", "--calibration",
                  str(lenet["root"] / "cal.npy"), "-o", str(lenet["root"] / "fits.h5")]) == 0
     assert "int8: the config already fits TFLite int8 (nothing changed)" in capsys.readouterr().err
+
+
+def test_caffe_jacinto_mobilenet_with_its_own_settings_to_bit_identical_int8(tmp_path, capsys):
+    """caffe-jacinto's MobileNet-0.5 (`quantize: true`, 12-bit weights with offsets,
+    non-power-of-two scales): `convert --quantize --int8 --tflite --verify` gives an int8 file
+    equal to the Keras model in the TFLite interpreter (0 output steps)."""
+    import subprocess
+    import sys
+
+    from conftest import shared_path
+
+    folder = shared_path("caffe-models", "jacinto", "imagenet-mobilenet0.5")
+    weights = tmp_path / "mobilenet.caffemodel"
+    subprocess.run([sys.executable, str(folder.parent / "make_weights.py"),
+                    str(folder / "deploy.prototxt"), str(weights), "5", "new"],
+                   check=True, capture_output=True)
+    x = np.random.default_rng(0).uniform(0, 255, (8, 64, 64, 3)).astype("float32")
+    np.save(tmp_path / "cal.npy", x)
+    tflite = tmp_path / "mobilenet.tflite"
+    assert main(["convert", str(folder / "deploy.prototxt"), str(weights), "--input-shape",
+                 "data:1,3,64,64", "--quantize", "--int8", "--calibration",
+                 str(tmp_path / "cal.npy"), "--tflite", str(tflite), "--verify"]) == 0
+    captured = capsys.readouterr()
+    assert "using its jacinto-0.16 quantization settings" in captured.err
+    assert "int8: net: weights 12 -> 8 bits" in captured.err
+    assert "max error 0 output steps" in captured.out and "100.00% identical" in captured.out
