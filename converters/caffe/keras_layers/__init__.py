@@ -5,9 +5,10 @@ offsets, Embed, input preprocessing), :mod:`.normalization`, :mod:`.rearrange` (
 only move values), :mod:`.reduction` (reductions, top-k with Caffe's tie order) and
 :mod:`.resize`. Every layer
 
-* is registered under the ``kerasq`` package (saved as ``kerasq>ClassName``; the names are
-  kept, so files written by earlier kerasq versions load), with a complete ``get_config`` and
-  constants as non-trainable weights (no ``Lambda``);
+* subclasses ``_base.Configured`` (the constructor arguments named in ``_fields`` are its
+  ``get_config``), keeps constants as non-trainable weights (no ``Lambda``) and is
+  registered under the ``kerasq`` package, saved as ``kerasq>ClassName`` (the names and
+  config keys are kept, so files written by earlier kerasq versions load);
 * uses only TensorFlow ops with TFLite builtins;
 * declares how ``kerasq.schemes`` quantizes it, as the class attribute ``quantization_role``:
   ``"output"`` (a new real-valued result: quantized like an activation), ``"passthrough"``

@@ -7,14 +7,14 @@ Each layer declares its ``quantization_role`` for ``kerasq.schemes`` (see
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
-from kerasq._compat import keras, tf
+from kerasq._compat import tf
 from kerasq.converters.caffe.keras_layers._base import Configured, register
 
 
 @register
-class ConstantMultiply(keras.layers.Layer):
+class ConstantMultiply(Configured):
     """Multiply by a constant tensor broadcast against the input (batch axis excluded).
 
     ``y = x * c`` with ``c`` of shape ``constant_shape`` (stored as a non-trainable
@@ -23,9 +23,10 @@ class ConstantMultiply(keras.layers.Layer):
 
     quantization_role = "output"
 
+    _fields = ("constant_shape",)
+
     def __init__(self, constant_shape: Sequence[int] = (1,), **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.constant_shape = tuple(int(d) for d in constant_shape)
+        super().__init__(constant_shape=tuple(int(d) for d in constant_shape), **kwargs)
 
     def build(self, input_shape: Any) -> None:
         self.constant = self.add_weight(
@@ -36,19 +37,18 @@ class ConstantMultiply(keras.layers.Layer):
     def call(self, inputs: tf.Tensor) -> tf.Tensor:
         return inputs * self.constant
 
-    def get_config(self) -> Dict[str, Any]:
-        return {**super().get_config(), "constant_shape": list(self.constant_shape)}
 
 
 @register
-class WeightedSum(keras.layers.Layer):
+class WeightedSum(Configured):
     """Caffe Eltwise SUM with coefficients: ``y = sum_i coeff_i * x_i``."""
 
     quantization_role = "output"
 
+    _fields = ("coefficients",)
+
     def __init__(self, coefficients: Sequence[float] = (), **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.coefficients = [float(c) for c in coefficients]
+        super().__init__(coefficients=[float(c) for c in coefficients], **kwargs)
 
     def call(self, inputs: List[tf.Tensor]) -> tf.Tensor:
         total = inputs[0] * self.coefficients[0]
@@ -59,12 +59,10 @@ class WeightedSum(keras.layers.Layer):
     def compute_output_shape(self, input_shape: Any) -> Any:
         return input_shape[0]
 
-    def get_config(self) -> Dict[str, Any]:
-        return {**super().get_config(), "coefficients": list(self.coefficients)}
 
 
 @register
-class BroadcastAffine(keras.layers.Layer):
+class BroadcastAffine(Configured):
     """Caffe Scale/Bias with learned blobs: ``y = x * gamma (+ beta)``.
 
     ``param_shape`` is the Keras-layout broadcast shape of ``gamma``/``beta`` (batch axis
@@ -74,6 +72,7 @@ class BroadcastAffine(keras.layers.Layer):
     """
 
     quantization_role = "output"
+    _fields = ("param_shape", "use_scale", "use_bias", "scale_from_input")
 
     def __init__(
         self,
@@ -83,11 +82,13 @@ class BroadcastAffine(keras.layers.Layer):
         scale_from_input: bool = False,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
-        self.param_shape = tuple(int(d) for d in param_shape)
-        self.use_scale = bool(use_scale)
-        self.use_bias = bool(use_bias)
-        self.scale_from_input = bool(scale_from_input)
+        super().__init__(
+            param_shape=tuple(int(d) for d in param_shape),
+            use_scale=bool(use_scale),
+            use_bias=bool(use_bias),
+            scale_from_input=bool(scale_from_input),
+            **kwargs,
+        )
 
     def build(self, input_shape: Any) -> None:
         if self.use_scale and not self.scale_from_input:
@@ -114,14 +115,6 @@ class BroadcastAffine(keras.layers.Layer):
     def compute_output_shape(self, input_shape: Any) -> Any:
         return input_shape[0] if self.scale_from_input else input_shape
 
-    def get_config(self) -> Dict[str, Any]:
-        return {
-            **super().get_config(),
-            "param_shape": list(self.param_shape),
-            "use_scale": self.use_scale,
-            "use_bias": self.use_bias,
-            "scale_from_input": self.scale_from_input,
-        }
 
 
 @register
@@ -169,7 +162,7 @@ class BroadcastAddCaffe(Configured):
 
 
 @register
-class CaffePreprocess(keras.layers.Layer):
+class CaffePreprocess(Configured):
     """Input preprocessing recorded in a converted model: ``y = (swap(x) - mean) * scale``.
 
     ``x`` is NHWC. ``swap`` reverses the channel order when ``swap_channels`` is true
@@ -178,6 +171,7 @@ class CaffePreprocess(keras.layers.Layer):
     """
 
     quantization_role = "output"
+    _fields = ("mean_shape", "scale", "swap_channels")
 
     def __init__(
         self,
@@ -186,10 +180,12 @@ class CaffePreprocess(keras.layers.Layer):
         swap_channels: bool = False,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
-        self.mean_shape = tuple(int(d) for d in mean_shape) if mean_shape else None
-        self.scale = float(scale)
-        self.swap_channels = bool(swap_channels)
+        super().__init__(
+            mean_shape=tuple(int(d) for d in mean_shape) if mean_shape else None,
+            scale=float(scale),
+            swap_channels=bool(swap_channels),
+            **kwargs,
+        )
 
     def build(self, input_shape: Any) -> None:
         if self.mean_shape:
@@ -206,13 +202,6 @@ class CaffePreprocess(keras.layers.Layer):
             x = x * self.scale
         return x
 
-    def get_config(self) -> Dict[str, Any]:
-        return {
-            **super().get_config(),
-            "mean_shape": list(self.mean_shape) if self.mean_shape else None,
-            "scale": self.scale,
-            "swap_channels": self.swap_channels,
-        }
 
 
 @register

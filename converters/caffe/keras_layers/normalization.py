@@ -6,14 +6,14 @@ Each layer declares its ``quantization_role`` for ``kerasq.schemes`` (see
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Optional, Sequence
 
-from kerasq._compat import keras, tf
+from kerasq._compat import tf
 from kerasq.converters.caffe.keras_layers._base import Configured, register
 
 
 @register
-class BatchStatNormalize(keras.layers.Layer):
+class BatchStatNormalize(Configured):
     """Caffe BatchNorm with ``use_global_stats: false``: normalise with this batch's statistics.
 
     ``y = (x - mean) / sqrt(var + eps)``, mean and (biased) variance over every axis
@@ -22,10 +22,10 @@ class BatchStatNormalize(keras.layers.Layer):
 
     quantization_role = "output"
 
+    _fields = ("axis", "epsilon")
+
     def __init__(self, axis: int = -1, epsilon: float = 1e-5, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.axis = int(axis)
-        self.epsilon = float(epsilon)
+        super().__init__(axis=int(axis), epsilon=float(epsilon), **kwargs)
 
     def call(self, inputs: tf.Tensor) -> tf.Tensor:
         rank = inputs.shape.rank
@@ -36,8 +36,6 @@ class BatchStatNormalize(keras.layers.Layer):
         var = tf.reduce_mean(tf.square(centered), axis=reduce_axes, keepdims=True)
         return centered / tf.sqrt(var + self.epsilon)
 
-    def get_config(self) -> Dict[str, Any]:
-        return {**super().get_config(), "axis": self.axis, "epsilon": self.epsilon}
 
 
 @register

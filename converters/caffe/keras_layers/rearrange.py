@@ -7,9 +7,9 @@ Each layer declares its ``quantization_role`` for ``kerasq.schemes`` (see
 
 from __future__ import annotations
 
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Sequence, Tuple
 
-from kerasq._compat import keras, tf
+from kerasq._compat import tf
 from kerasq.converters.caffe.keras_layers._base import Configured, register
 
 
@@ -19,7 +19,7 @@ def _pairs(padding: Sequence[Sequence[int]]) -> Tuple[Tuple[int, int], Tuple[int
 
 
 @register
-class EdgePadding2D(keras.layers.Layer):
+class EdgePadding2D(Configured):
     """Pad an NHWC tensor by replicating its border rows/columns.
 
     Used before MAX pooling: Caffe's max ignores padding, and a replicated border value
@@ -32,9 +32,10 @@ class EdgePadding2D(keras.layers.Layer):
 
     quantization_role = "passthrough"
 
+    _fields = ("padding",)
+
     def __init__(self, padding: Sequence[Sequence[int]] = ((0, 0), (0, 0)), **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.padding = _pairs(padding)
+        super().__init__(padding=_pairs(padding), **kwargs)
 
     def call(self, inputs: tf.Tensor) -> tf.Tensor:
         (top, bottom), (left, right) = self.padding
@@ -53,12 +54,10 @@ class EdgePadding2D(keras.layers.Layer):
             shape[2] += left + right
         return tf.TensorShape(shape)
 
-    def get_config(self) -> Dict[str, Any]:
-        return {**super().get_config(), "padding": [list(p) for p in self.padding]}
 
 
 @register
-class BatchReshape(keras.layers.Layer):
+class BatchReshape(Configured):
     """Reshape including the batch axis (a Caffe Reshape that mixes N with other axes).
 
     ``y = reshape(x, target_shape)`` with a fixed batch: the model only runs at the
@@ -67,9 +66,10 @@ class BatchReshape(keras.layers.Layer):
 
     quantization_role = "passthrough"
 
+    _fields = ("target_shape",)
+
     def __init__(self, target_shape: Sequence[int] = (1,), **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.target_shape = tuple(int(d) for d in target_shape)
+        super().__init__(target_shape=tuple(int(d) for d in target_shape), **kwargs)
 
     def call(self, inputs: tf.Tensor) -> tf.Tensor:
         return tf.reshape(inputs, self.target_shape)
@@ -77,8 +77,6 @@ class BatchReshape(keras.layers.Layer):
     def compute_output_shape(self, input_shape: Any) -> tf.TensorShape:
         return tf.TensorShape(self.target_shape)
 
-    def get_config(self) -> Dict[str, Any]:
-        return {**super().get_config(), "target_shape": list(self.target_shape)}
 
 
 @register
