@@ -148,11 +148,11 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
         action="store_true",
         help="leave input height/width free (fully convolutional nets)",
     )
-    # --- `--quantize` (kerasq.cli.quantize, engineer F) ---
+    # `--quantize` options (kerasq.cli.quantize)
     from kerasq.cli.quantize import add_convert_options
 
     add_convert_options(p)
-    # --- `--tflite` (kerasq.export.cli_hooks, engineer E) ---
+    # `--tflite` options (kerasq.export.cli_hooks)
     from kerasq.export.cli_hooks import add_convert_tflite_options
 
     add_convert_tflite_options(p)
@@ -198,10 +198,10 @@ def run(args: argparse.Namespace) -> int:
         options["progress"] = bar
     model = caffe.load(args.prototxt, args.caffemodel, **options)
     if getattr(args, "quantize", None) or getattr(args, "quantize_config", None):
-        from kerasq.cli.quantize import quantize_converted  # engineer F
+        from kerasq.cli.quantize import quantize_converted
 
         model = quantize_converted(model, args)
-    if getattr(args, "tflite", None):  # engineer E: Caffe -> TFLite in one command
+    if getattr(args, "tflite", None):  # Caffe -> TFLite in one command
         from kerasq.export.cli_hooks import export_converted
 
         export_converted(model, args)
