@@ -277,8 +277,9 @@ def detect_flavor(net: Message, solver: Optional[Message] = None) -> str:
 
     Ristretto layer types or ``bw_params``/``fl_params`` -> "ristretto"; 0.15 per-layer or
     solver fields -> "jacinto-0.15"; 0.17 net-level names -> "jacinto-0.17"; otherwise
-    "jacinto-0.16".
+    "jacinto-0.16". A solver holding ``net_param`` may be given as ``net``.
     """
+    net, solver = _net_and_solver(net, solver)
     layer_fields: set = set()
     for layer in _layers(net):
         if str(layer.get("type", "")) in _RISTRETTO_TYPES:

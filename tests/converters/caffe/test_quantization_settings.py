@@ -121,3 +121,13 @@ def test_convert_joins_keras_layers_with_their_caffe_layer_and_settings(tmp_path
     net.model.save(path)
     reloaded = keras.models.load_model(path, custom_objects=caffe.custom_objects())
     assert set(net.layers) <= {layer.name for layer in reloaded.layers}
+
+
+def test_detect_flavor_of_a_solver_holding_net_param():
+    from kerasq.converters.caffe.quantization import detect_flavor
+
+    solver = parse("insert_quantization_param: true\n"
+                   'net_param { layer { name: "c" type: "Convolution" } }')
+    assert detect_flavor(solver) == "jacinto-0.15"
+    assert detect_flavor(parse('net_param { layer { name: "c" type: "Convolution" } }')) \
+        == "jacinto-0.16"
