@@ -53,9 +53,31 @@ def render() -> str:
         + "\n".join(rows)
         + f"\n\n{len(rows)} layer types.\n\n"
         + "Aliases (quantized-training types read as their float layers; their quantization\n"
-        + "parameters are read by `QuantizationConfig.from_caffe`):\n\n"
+        + "settings are read by the converter, `kerasq.converters.caffe.quantization`, for\n"
+        + "`QuantizationConfig.from_caffe`):\n\n"
         + "| Caffe type | lowered as |\n|---|---|\n"
         + aliases
+        + "\n\n"
+        + _custom_layers()
+    )
+
+
+def _custom_layers() -> str:
+    """The converter's custom Keras layers with their module and quantization role."""
+    from kerasq.converters.caffe.keras_layers import ALL_LAYERS
+
+    rows = [
+        f"| `{cls.__name__}` | `keras_layers/{cls.__module__.rsplit('.', 1)[-1]}.py` | "
+        f"{cls.quantization_role} |"
+        for cls in sorted(ALL_LAYERS, key=lambda c: (c.__module__, c.__name__))
+    ]
+    return (
+        "Custom Keras layers (registered as `kerasq>Name`) where no stock layer is exact, and\n"
+        + "how `kerasq.schemes` quantizes them (their `quantization_role`: `output` = quantized\n"
+        + "like an activation, `passthrough` = values already on the input's grid, `float` =\n"
+        + "indices or flags kept in float):\n\n"
+        + "| Keras layer | module | quantization role |\n|---|---|---|\n"
+        + "\n".join(rows)
         + "\n"
     )
 

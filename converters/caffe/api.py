@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
@@ -32,6 +33,7 @@ _LOAD_OPTIONS = frozenset(
     {
         "input_shape",
         "fold_batchnorm",
+        "batchnorm",
         "mean",
         "scale",
         "swap_rb",
@@ -51,20 +53,12 @@ def custom_objects() -> Dict[str, Any]:
         >>> from kerasq._compat import keras
         >>> m = keras.models.load_model("m.h5", custom_objects=custom_objects())  # doctest: +SKIP
     """
-    from kerasq._compat import keras
-    from kerasq.converters.caffe import keras_layers, keras_layers_extra
+    from kerasq.converters.caffe.keras_layers import ALL_LAYERS
 
     objects: Dict[str, Any] = {}
-    for module in (keras_layers, keras_layers_extra):
-        for value in vars(module).values():
-            if (
-                isinstance(value, type)
-                and issubclass(value, keras.layers.Layer)
-                and value.__module__ == module.__name__
-                and not value.__name__.startswith("_")
-            ):
-                objects[value.__name__] = value
-                objects["kerasq>" + value.__name__] = value
+    for cls in ALL_LAYERS:
+        objects[cls.__name__] = cls
+        objects["kerasq>" + cls.__name__] = cls
     return objects
 
 
@@ -160,6 +154,7 @@ def _graph(
         input_shape=options.get("input_shape"),
         stages=options.get("stages", ()),
         fold=bool(options.get("fold_batchnorm", True)),
+        batchnorm=str(options.get("batchnorm", "auto")),
         keep_all_tops=keep_all_tops,
         outputs=outputs,
     )
@@ -169,7 +164,8 @@ def load(prototxt: PathLike, caffemodel: Optional[PathLike] = None, **options: A
     """Convert a Caffe net to a tf_keras functional model (NHWC, free batch dimension).
 
     Options: ``input_shape`` (dict blob -> NCHW shape; needed for data layers, may
-    override declared inputs), ``fold_batchnorm`` (True), ``mean`` (per-channel values or a
+    override declared inputs), ``fold_batchnorm`` (True), ``batchnorm`` ("auto"; "bvlc" or "jacinto" choose the
+    BatchNorm factor-blob and blob-order semantics where a file is ambiguous), ``mean`` (per-channel values or a
     ``.binaryproto`` path), ``scale`` (float), ``swap_rb`` (bool) — recorded as a leading
     ``CaffePreprocess`` layer computing ``(swap(x) - mean) * scale`` — ``dynamic_spatial``
     (False; True leaves H and W free for fully convolutional nets), ``stages``,
@@ -198,6 +194,66 @@ def load(prototxt: PathLike, caffemodel: Optional[PathLike] = None, **options: A
     )
     model, _ = lower_graph(graph, options, preprocess=_preprocessor(options))
     return model
+
+
+@dataclasses.dataclass(frozen=True)
+class CaffeLayer:
+    """Where a Keras layer of a converted model comes from: the Caffe layer's ``name`` and
+    canonical ``caffe_type``, and its own quantization settings (empty when it has none)."""
+
+    name: str
+    caffe_type: str
+    quantization: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertedNet:
+    """A converted model with its Caffe origin, joined once by Keras layer name.
+
+    ``model``: the tf_keras model; ``layers``: Keras layer name -> :class:`CaffeLayer` for every
+    layer lowered from a Caffe layer (helper layers such as ``ip1_flatten`` included);
+    ``quantization``: the net's caffe-jacinto / Ristretto settings
+    (:class:`~kerasq.converters.caffe.quantization.CaffeQuantization`; ``present`` is False for
+    a plain prototxt). Keras layer names survive ``.h5`` save and reload, so ``layers`` applies
+    to a reloaded model too; ``QuantizationConfig.from_caffe`` keys its overrides by the same
+    names.
+    """
+
+    model: Any
+    layers: Mapping[str, CaffeLayer]
+    quantization: Any
+
+
+def convert(
+    prototxt: PathLike,
+    caffemodel: Optional[PathLike] = None,
+    *,
+    solver: Optional[PathLike] = None,
+    **options: Any,
+) -> ConvertedNet:
+    """:func:`load` plus the Caffe origin and quantization settings of every Keras layer.
+
+    ``solver``: a caffe-jacinto solver with quantization fields (0.15). Options as for
+    :func:`load`.
+
+    Example:
+        >>> net = convert("test.prototxt", "w.caffemodel")           # doctest: +SKIP
+        >>> net.layers["conv1_3x3"].caffe_type, net.quantization.flavor  # doctest: +SKIP
+        ('Convolution', 'jacinto-0.16')
+    """
+    from kerasq.converters.caffe.quantization import read_quantization_settings
+
+    model = load(prototxt, caffemodel, **options)
+    settings = read_quantization_settings(prototxt, solver)
+    own = {layer.name: dict(layer.fields) for layer in settings.layers}
+    layers = {
+        layer.name: CaffeLayer(
+            layer.caffe_name, layer.caffe_type, own.get(layer.caffe_name, {})
+        )
+        for layer in model.layers
+        if isinstance(getattr(layer, "caffe_type", None), str)
+    }
+    return ConvertedNet(model, layers, settings)
 
 
 def _to_nhwc(array: np.ndarray, blob: Blob) -> np.ndarray:
@@ -260,4 +316,4 @@ def forward(
     return {name: _to_nchw(np.asarray(r), table[i]) for name, i, r in zip(names, ids, results)}
 
 
-__all__ = ["load", "forward", "custom_objects"]
+__all__ = ["load", "forward", "convert", "custom_objects", "ConvertedNet", "CaffeLayer"]

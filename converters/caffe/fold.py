@@ -5,8 +5,9 @@
   ``s``: ``mean/s``, ``var/s``, ``s == 0 -> 0``), BatchNorm+Scale and a lone per-channel
   Scale after a Convolution / Deconvolution / InnerProduct; remaining BatchNorm+Scale pairs
   merged into one BatchNorm node (gamma/beta appended as blobs 3 and 4).
-* :func:`normalize_nvidia_batchnorm`: NVIDIA Caffe / caffe-jacinto BatchNorm with its own
-  scale and bias rewritten to that same 5-blob form.
+* :func:`normalize_batchnorm_blobs`: BatchNorm blobs brought to ``[mean, var, factor]`` (+
+  gamma, beta for NVIDIA Caffe / caffe-jacinto BatchNorm with its own scale and bias, also
+  from caffe-jacinto 0.15's blob order), with BVLC or caffe-jacinto factor semantics.
 * :func:`drop_flatten_before_inner_product`: ``Flatten(axis 1)`` feeding only
   ``InnerProduct(axis 1)`` removed (the weights are reordered instead).
 
@@ -21,7 +22,7 @@ Example:
 from __future__ import annotations
 
 import logging
-from typing import Optional, Set, Tuple
+from typing import List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -32,16 +33,115 @@ from kerasq.errors import CaffeFormatError
 log = logging.getLogger("kerasq.converters.caffe.fold")
 
 
-def normalize_nvidia_batchnorm(node: Node) -> None:
-    """NVIDIA/caffe-jacinto BatchNorm with its own scale and bias (``scale_bias: true`` or 5
-    blobs): the statistics are used as stored, the factor blob is ignored (as OpenCV does).
-    Rewritten to kerasq's form ``[mean, var, [1], gamma, beta]``."""
-    if node.type != "BatchNorm" or len(node.blobs) < 4:
-        return
-    if not (node.param.batch_norm_param.scale_bias or len(node.blobs) == 5):
-        return
-    mean, var, gamma, beta = node.blobs[0], node.blobs[1], node.blobs[-2], node.blobs[-1]
-    node.blobs = [mean, var, np.ones(1, np.float32), gamma, beta]
+BATCHNORM_SEMANTICS = ("auto", "bvlc", "jacinto")
+
+
+def _is_jacinto_style(node: Node) -> bool:
+    """A BatchNorm written by NVIDIA Caffe / caffe-jacinto: its own scale and bias."""
+    p = node.param.batch_norm_param
+    return (
+        len(node.blobs) == 5
+        or p.scale_bias
+        or p.HasField("scale_filler")
+        or p.HasField("bias_filler")
+    )
+
+
+def _legacy_order(node: Node, mode: str, ambiguous: List[str]) -> bool:
+    """True if a 5-blob BatchNorm holds caffe-jacinto 0.15's order (scale, bias, mean, var,
+    reserved[1]); caffe-jacinto 0.16 recognises it by a 5th blob of count 1."""
+    if len(node.blobs) != 5 or node.blobs[4].size != 1:
+        return False
+    if node.blobs[2].size != 1:
+        return True  # only the 0.15 order fits: blob 2 is per-channel (the mean)
+    # one channel: both orders fit. caffe-jacinto's rule (5th blob of count 1) unless bvlc.
+    ambiguous.append(node.caffe_name)
+    return mode != "bvlc"
+
+
+def normalize_batchnorm_blobs(nodes: Sequence[Node], mode: str = "auto", source: str = "") -> str:
+    """Bring every BatchNorm's blobs to ``[mean, var, factor(, gamma, beta)]`` and apply the
+    factor semantics ``mode`` chooses; return the semantics used ("bvlc" or "jacinto").
+
+    * 5 blobs in caffe-jacinto 0.15 / NVIDIA Caffe 0.15 / DIGITS order (scale, bias, mean,
+      var, reserved[1]) are reordered, as caffe-jacinto 0.16's ``net.cpp`` does when the 5th
+      blob has count 1.
+    * NVIDIA / caffe-jacinto BatchNorm with its own scale and bias (``scale_bias: true`` or 5
+      blobs) uses the statistics as stored: its factor blob is ignored (set to 1), as
+      caffe-jacinto 0.16/0.17 and OpenCV do.
+    * The factor blob of a 3-blob BatchNorm: BVLC divides by it (``0 -> 0`` statistics),
+      caffe-jacinto 0.16/0.17 ignore it. ``mode="bvlc"`` or ``"jacinto"`` decides; ``"auto"``
+      takes caffe-jacinto's rule when the net has a BatchNorm with its own scale and bias
+      (a caffe-jacinto / NVIDIA Caffe file), BVLC's otherwise.
+
+    A warning names the layers whose numbers depend on the choice and the semantics used.
+
+    Example:
+        >>> normalize_batchnorm_blobs([], "auto")
+        'bvlc'
+    """
+    if mode not in BATCHNORM_SEMANTICS:
+        raise CaffeFormatError(
+            f"batchnorm={mode!r}: must be one of {', '.join(BATCHNORM_SEMANTICS)}", file=source
+        )
+    norms = [n for n in nodes if n.type == "BatchNorm" and n.blobs]
+    semantics = mode
+    if mode == "auto":
+        semantics = "jacinto" if any(_is_jacinto_style(n) for n in norms) else "bvlc"
+    ambiguous_order: List[str] = []
+    legacy: List[str] = []
+    factor_dependent: List[str] = []
+    for node in norms:
+        if _legacy_order(node, mode, ambiguous_order):
+            gamma, beta, mean, var, reserved = node.blobs
+            node.blobs = [mean, var, reserved, gamma, beta]
+            legacy.append(node.caffe_name)
+        if len(node.blobs) < 4 or not (
+            node.param.batch_norm_param.scale_bias or len(node.blobs) == 5
+        ):
+            if len(node.blobs) >= 3 and semantics == "jacinto":
+                factor = np.asarray(node.blobs[2], np.float32).reshape(-1)
+                if factor.size == 1 and factor[0] != 1.0:
+                    factor_dependent.append(node.caffe_name)
+                    node.blobs = [node.blobs[0], node.blobs[1], np.ones(1, np.float32)]
+            elif len(node.blobs) >= 3:
+                factor = np.asarray(node.blobs[2], np.float32).reshape(-1)
+                if factor.size == 1 and factor[0] != 1.0 and mode == "auto":
+                    factor_dependent.append(node.caffe_name)
+            continue
+        mean, var, gamma, beta = node.blobs[0], node.blobs[1], node.blobs[-2], node.blobs[-1]
+        node.blobs = [mean, var, np.ones(1, np.float32), gamma, beta]
+    if legacy:
+        log.warning(
+            "%s: BatchNorm blobs in caffe-jacinto 0.15 order (scale, bias, mean, var, reserved) "
+            "recognised by a 5th blob of count 1, as caffe-jacinto 0.16 does: %s",
+            source, _names(legacy),
+        )
+    if ambiguous_order:
+        used = "caffe-jacinto 0.15 order" if mode != "bvlc" else "NVIDIA Caffe 0.16 order"
+        log.warning(
+            "%s: BatchNorm with one channel fits both blob orders; used the %s "
+            "(choose with batchnorm='bvlc'|'jacinto', CLI --batchnorm): %s",
+            source, used, _names(ambiguous_order),
+        )
+    if factor_dependent:
+        how = (
+            "ignored (caffe-jacinto 0.16/0.17 semantics)"
+            if semantics == "jacinto"
+            else "applied (BVLC semantics: statistics / factor, factor 0 -> 0)"
+        )
+        chosen = "detected" if mode == "auto" else "chosen"
+        log.warning(
+            "%s: BatchNorm scale-factor blob is not 1; it is %s, %s (choose with "
+            "batchnorm='bvlc'|'jacinto', CLI --batchnorm): %s",
+            source, how, chosen, _names(factor_dependent),
+        )
+    return semantics
+
+
+def _names(names: List[str], limit: int = 5) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def batchnorm_stats(node: Node, channels: int, source: str) -> Tuple[np.ndarray, np.ndarray, float]:
@@ -275,6 +375,7 @@ def drop_flatten_before_inner_product(graph: Graph, protected: Set[str]) -> int:
 __all__ = [
     "fold_batchnorm",
     "batchnorm_stats",
-    "normalize_nvidia_batchnorm",
+    "normalize_batchnorm_blobs",
+    "BATCHNORM_SEMANTICS",
     "drop_flatten_before_inner_product",
 ]

@@ -13,11 +13,29 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from kerasq.converters.caffe.proto import caffe_pb2
+
+_NAME_BAD = re.compile(r"[^A-Za-z0-9_.\-]")
+
+
+def sanitize_name(name: str) -> str:
+    """A valid Keras/TF layer name for a Caffe name (``'conv1/3x3'`` -> ``'conv1_3x3'``).
+
+    Example:
+        >>> sanitize_name("245"), sanitize_name("conv1/3x3:0"), sanitize_name("")
+        ('245', 'conv1_3x3_0', 'layer')
+    """
+    clean = _NAME_BAD.sub("_", name)
+    if not clean:
+        return "layer"
+    if not re.match(r"[A-Za-z0-9.]", clean[0]):
+        clean = "l" + clean
+    return clean
 
 
 @dataclasses.dataclass

@@ -12,14 +12,13 @@ Example:
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any, Dict, List, Mapping, NoReturn, Optional, Sequence, Set, Tuple, Type
 
 import numpy as np
 
 from kerasq._compat import keras, tf
 from kerasq.converters.caffe import layers as _handlers  # noqa: F401  (registers handlers)
-from kerasq.converters.caffe.graph import Graph, Node
+from kerasq.converters.caffe.graph import Graph, Node, sanitize_name
 from kerasq.converters.caffe.layers import _registry
 from kerasq.converters.caffe.layout import NHWC, Blob, default_perm, identity
 from kerasq.converters.caffe.reader import fit_blob_shape
@@ -27,22 +26,6 @@ from kerasq.errors import CaffeFormatError, KerasqError, UnsupportedLayerError
 
 log = logging.getLogger("kerasq.converters.caffe.lower")
 
-_NAME_BAD = re.compile(r"[^A-Za-z0-9_.\-]")
-
-
-def sanitize_name(name: str) -> str:
-    """A valid Keras/TF layer name for a Caffe name (``'conv1/3x3'`` -> ``'conv1_3x3'``).
-
-    Example:
-        >>> sanitize_name("245"), sanitize_name("conv1/3x3:0"), sanitize_name("")
-        ('245', 'conv1_3x3_0', 'layer')
-    """
-    clean = _NAME_BAD.sub("_", name)
-    if not clean:
-        return "layer"
-    if not re.match(r"[A-Za-z0-9.]", clean[0]):
-        clean = "l" + clean
-    return clean
 
 
 class LoweringContext:
@@ -211,6 +194,7 @@ def lower_graph(
             blob = preprocess(ctx, blob_id, blob)
         blobs[blob_id] = blob
     total = len(graph.nodes)
+    origin: Dict[str, Tuple[str, str]] = {}  # Keras layer name -> (Caffe name, Caffe type)
     progress = ctx.options.get("progress")
     for index, node in enumerate(graph.nodes, 1):
         ctx.node = node
@@ -221,6 +205,7 @@ def lower_graph(
         inputs = [blobs[b] for b in node.bottoms]
         if not inputs and node.type != "Silence":
             ctx.error(node, f"{node.type} layer has no bottom", CaffeFormatError)
+        before = set(ctx._names)
         try:
             results = fn(ctx, node, inputs)
         except KerasqError as err:
@@ -233,6 +218,8 @@ def lower_graph(
                 layer=node.caffe_name,
             ) from err
         node.blobs = []  # the weights live in the Keras layer now (big models: memory)
+        for keras_name in set(ctx._names) - before:
+            origin[keras_name] = (node.caffe_name, node.type)
         if len(results) != len(node.tops):
             ctx.error(
                 node,
@@ -280,6 +267,8 @@ def lower_graph(
             and id(layer) not in renamed
         ):
             renamed.add(id(layer))
+            if layer.name in origin:
+                origin[wanted] = origin.pop(layer.name)
             layer._name = wanted  # the Caffe top names the layer producing it
             del ctx._output_names[wanted]
         else:
@@ -291,7 +280,22 @@ def lower_graph(
         model_outputs.append(tensor)
     model_name = (options or {}).get("model_name") or graph.name or "caffe_net"
     model = keras.Model(model_inputs, model_outputs, name=sanitize_name(model_name))
+    tag_caffe_layers(model, origin)
     return model, blobs
 
 
-__all__ = ["LoweringContext", "lower_graph", "sanitize_name", "make_input"]
+def tag_caffe_layers(model: Any, origin: Mapping[str, Tuple[str, str]]) -> None:
+    """Give every Keras layer lowered from a Caffe layer the attributes ``caffe_name`` and
+    ``caffe_type`` (canonical type, e.g. ``Convolution`` for ``ConvolutionRistretto``).
+
+    ``QuantizationConfig.for_layer`` and the quantize registry read ``caffe_type``, so type
+    overrides (``{"Convolution": {...}}``) reach converted layers. In memory only: a
+    reloaded .h5 model has the layers but not these attributes.
+    """
+    for layer in model.layers:
+        found = origin.get(layer.name)
+        if found is not None:
+            layer.caffe_name, layer.caffe_type = found
+
+
+__all__ = ["LoweringContext", "lower_graph", "sanitize_name", "make_input", "tag_caffe_layers"]

@@ -38,7 +38,7 @@ from kerasq.converters.caffe.fold import (  # noqa: F401  (batchnorm_stats re-ex
     batchnorm_stats,
     drop_flatten_before_inner_product,
     fold_batchnorm,
-    normalize_nvidia_batchnorm,
+    normalize_batchnorm_blobs,
 )
 from kerasq.converters.caffe.graph import Graph, Node
 from kerasq.converters.caffe.proto import caffe_pb2
@@ -246,12 +246,14 @@ def build_graph(
     input_shape: Optional[Mapping[str, Sequence[int]]] = None,
     stages: Iterable[str] = (),
     fold: bool = False,
+    batchnorm: str = "auto",
     keep_all_tops: bool = False,
     outputs: Optional[Sequence[str]] = None,
 ) -> Graph:
     """Run the normalization passes and return the graph to lower.
 
-    ``fold`` folds BatchNorm(+Scale) into convolutions; blobs that stay observable are the
+    ``fold`` folds BatchNorm(+Scale) into convolutions; ``batchnorm`` ("auto", "bvlc",
+    "jacinto") chooses the BatchNorm blob semantics (:func:`.fold.normalize_batchnorm_blobs`); blobs that stay observable are the
     net outputs, or every top's final value when ``keep_all_tops`` is true. ``outputs``
     (Caffe top names) prunes the net to what they need; they are then the observable blobs.
     """
@@ -314,8 +316,7 @@ def build_graph(
     if weights is not None:
         table = weights if isinstance(weights, dict) else weights_by_layer(weights, weights_source)
         _attach_weights(graph.nodes, table)  # a dict: already streamed (stream_reader)
-    for node in graph.nodes:
-        normalize_nvidia_batchnorm(node)
+    normalize_batchnorm_blobs(graph.nodes, batchnorm, weights_source or source)
     if outputs is not None:
         prune_to_outputs(graph, outputs)
     if outputs is not None:

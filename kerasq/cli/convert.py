@@ -81,6 +81,14 @@ def add_conversion_arguments(p: argparse.ArgumentParser) -> None:
         help="keep BatchNorm/Scale as separate layers (default: fold into the conv)",
     )
     p.add_argument(
+        "--batchnorm",
+        choices=("auto", "bvlc", "jacinto"),
+        default="auto",
+        help="BatchNorm semantics where a file is ambiguous: bvlc divides the statistics by the "
+        "factor blob (0 -> 0), jacinto ignores it and reads caffe-jacinto 0.15's blob order; "
+        "auto (default) uses jacinto for nets with caffe-jacinto/NVIDIA BatchNorm",
+    )
+    p.add_argument(
         "--outputs",
         metavar="TOP[,TOP...]",
         help="expose these Caffe tops instead of the net outputs; layers not needed for them "
@@ -101,6 +109,7 @@ def load_options(args: argparse.Namespace) -> Dict[str, Any]:
         "input_shape": parse_input_shapes(args.input_shape),
         "fold_batchnorm": not args.no_fold_batchnorm,
         "stages": list(args.stage),
+        "batchnorm": getattr(args, "batchnorm", "auto") or "auto",
     }
     if getattr(args, "outputs", None):
         options["outputs"] = [t.strip() for t in args.outputs.split(",") if t.strip()]
@@ -139,11 +148,11 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
         action="store_true",
         help="leave input height/width free (fully convolutional nets)",
     )
-    # --- `--quantize` (kerasq.cli.quantize, engineer F) ---
+    # `--quantize` options (kerasq.cli.quantize)
     from kerasq.cli.quantize import add_convert_options
 
     add_convert_options(p)
-    # --- `--tflite` (kerasq.export.cli_hooks, engineer E) ---
+    # `--tflite` options (kerasq.export.cli_hooks)
     from kerasq.export.cli_hooks import add_convert_tflite_options
 
     add_convert_tflite_options(p)
@@ -189,10 +198,10 @@ def run(args: argparse.Namespace) -> int:
         options["progress"] = bar
     model = caffe.load(args.prototxt, args.caffemodel, **options)
     if getattr(args, "quantize", None) or getattr(args, "quantize_config", None):
-        from kerasq.cli.quantize import quantize_converted  # engineer F
+        from kerasq.cli.quantize import quantize_converted
 
         model = quantize_converted(model, args)
-    if getattr(args, "tflite", None):  # engineer E: Caffe -> TFLite in one command
+    if getattr(args, "tflite", None):  # Caffe -> TFLite in one command
         from kerasq.export.cli_hooks import export_converted
 
         export_converted(model, args)

@@ -5,13 +5,17 @@ Examples::
     kerasq quantize model.h5 --bits-weights 8 --bits-activations 8 \\
         --calibration x_cal.npy -o qmodel.h5
     kerasq quantize model.h5 --config test.prototxt --calibration x_cal.npy -o qmodel.h5
+    kerasq quantize model.h5 --config test.prototxt --int8 --calibration x_cal.npy -o q.h5
     kerasq quantize model.h5 --search --eval val.npz --calibration x_cal.npy -o qmodel.h5
 
 ``--config`` takes a caffe-jacinto / Ristretto prototxt (read by
 ``QuantizationConfig.from_caffe``, optionally with ``--solver``) or a JSON file written by
 ``QuantizationConfig.to_json`` / ``--save-config``; options given on the command line
-override the file. Data files: ``.npy`` holds the model input; ``.npz`` holds ``x`` (or
-``x0``, ``x1``, ... for several inputs) and, for ``--eval``, integer or one-hot labels ``y``.
+override the file; ``--int8`` then makes the config deployable as TFLite int8
+(``kerasq.schemes.int8_deployable``: power-of-two symmetric ranges, at most 8 bits) and
+prints per layer what changed. Data files: ``.npy`` holds the model input; ``.npz`` holds
+``x`` (or ``x0``, ``x1``, ... for several inputs) and, for ``--eval``, integer or one-hot
+labels ``y``.
 """
 
 from __future__ import annotations
@@ -68,6 +72,11 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     src.add_argument("--quantization-start", type=int, metavar="STEPS")
     src.add_argument("--ignore", action="append", default=[], metavar="LAYER",
                      help="leave this layer in float (repeatable)")
+    src.add_argument("--int8", action="store_true",
+                     help="make the config deployable as TFLite int8: keep its bit widths where "
+                          "int8 holds them, switch to power-of-two symmetric ranges (8 bits at "
+                          "most, no offsets, ties-to-even rounding) and print per layer what "
+                          "changed")
     src.add_argument("--save-config", metavar="JSON", help="also write the final config as JSON")
     cal = p.add_argument_group("calibration and search")
     cal.add_argument("--calibration", metavar="DATA", help="calibration inputs (.npy or .npz)")
@@ -175,7 +184,7 @@ def build_config(args: argparse.Namespace) -> Any:
             except QuantizationConfigError as err:
                 raise err.with_context(file=args.config) from None
         else:
-            from kerasq.schemes.from_caffe import config_from_caffe
+            from kerasq.schemes.config import config_from_caffe
 
             config = config_from_caffe(args.config, solver=args.solver, flavor=args.flavor)
     else:
@@ -186,9 +195,22 @@ def build_config(args: argparse.Namespace) -> Any:
     if args.ignore:
         changes["ignored_layers"] = tuple(config.ignored_layers) + tuple(args.ignore)
     try:
-        return config.replace(**changes) if changes else config
+        config = config.replace(**changes) if changes else config
     except QuantizationConfigError as err:
         raise err.with_context(layer="command line") from None
+    return to_int8(config) if getattr(args, "int8", False) else config
+
+
+def to_int8(config: Any) -> Any:
+    """``int8_deployable(config)``, printing each change on stderr."""
+    from kerasq.schemes.deployable import int8_deployable
+
+    config, changes = int8_deployable(config)
+    for line in changes:
+        print(f"int8: {line}", file=sys.stderr)
+    if not changes:
+        print("int8: the config already fits TFLite int8 (nothing changed)", file=sys.stderr)
+    return config
 
 
 def _candidates(text: str) -> Tuple[int, ...]:
@@ -249,38 +271,61 @@ def add_convert_options(p: argparse.ArgumentParser) -> None:
         "quantization",
         "quantize the converted model with the settings written in the prototxt "
         "(caffe-jacinto `quantize: true` / net_quantization_param / per-layer "
-        "quantization_param, or Ristretto *Ristretto layers)")
+        "quantization_param, or Ristretto *Ristretto layers); a prototxt without such "
+        "settings gets kerasq's default config (int8-exact DFP 8/8)")
     g.add_argument("--quantize", action="store_true",
-                   help="quantize with the prototxt's quantization settings")
+                   help="quantize with the prototxt's quantization settings, or kerasq's "
+                        "default (DFP 8/8) when it has none")
     g.add_argument("--quantize-config", metavar="FILE",
                    help="read the settings from this .prototxt or .json instead")
     g.add_argument("--solver", help="Caffe solver.prototxt (quantization_start[_iter], 0.15 "
                                     "quantization_param)")
+    g.add_argument("--int8", action="store_true",
+                   help="make the settings deployable as TFLite int8 (as `kerasq quantize "
+                        "--int8`): power-of-two symmetric ranges, at most 8 bits")
     g.add_argument("--calibration", metavar="DATA",
                    help="calibration inputs (.npy/.npz, in the converted model's NHWC layout)")
 
 
-def quantize_converted(model: Any, args: argparse.Namespace) -> Any:
-    """The converted ``model`` quantized with ``QuantizationConfig.from_caffe`` of the net
-    prototxt (or ``--quantize-config``), calibrated on ``--calibration`` when given."""
-    from kerasq.schemes import calibrate, quantize_model
+def config_for_converted(source: str, solver: Any = None) -> Any:
+    """The config ``kerasq convert --quantize`` uses: the caffe-jacinto / Ristretto settings
+    of ``source`` (a .prototxt, or a kerasq .json), or kerasq's default (int8-exact DFP 8/8)
+    when the prototxt carries none; the choice is said on stderr."""
+    from kerasq.schemes import from_caffe
     from kerasq.schemes.config import QuantizationConfig
 
-    source = getattr(args, "quantize_config", None) or args.prototxt
     if source.lower().endswith(".json"):
         try:
             with open(source, encoding="utf-8") as handle:
-                config = QuantizationConfig.from_json(handle.read())
+                return QuantizationConfig.from_json(handle.read())
         except OSError as err:
             raise KerasqError(f"cannot read config: {err.strerror}", file=source) from None
         except QuantizationConfigError as err:
             raise err.with_context(file=source) from None
-    else:
-        from kerasq.schemes.from_caffe import config_from_caffe
-
-        config = config_from_caffe(source, solver=getattr(args, "solver", None))
+    settings = from_caffe.read_quantization_settings(source, solver)
+    if not settings.present:
+        print(f"kerasq: {source}: no caffe-jacinto or Ristretto quantization settings; "
+              "using kerasq's default config (int8-exact DFP 8/8: power-of-two scales, "
+              "8-bit weights per channel and activations)", file=sys.stderr)
+        return QuantizationConfig()
+    config = from_caffe.build_config(QuantizationConfig, settings)
+    print(f"kerasq: {source}: using its {settings.flavor} quantization settings",
+          file=sys.stderr)
     if config.precision == "float" and not config.overrides:
         log.warning("%s: the quantization settings leave every layer in float", source)
+    return config
+
+
+def quantize_converted(model: Any, args: argparse.Namespace) -> Any:
+    """The converted ``model`` quantized with the settings of the net prototxt (or
+    ``--quantize-config``; kerasq's default when it has none, see
+    :func:`config_for_converted`), calibrated on ``--calibration`` when given."""
+    from kerasq.schemes import calibrate, quantize_model
+
+    source = getattr(args, "quantize_config", None) or args.prototxt
+    config = config_for_converted(source, getattr(args, "solver", None))
+    if getattr(args, "int8", False):
+        config = to_int8(config)
     calibration = load_inputs(args.calibration) if getattr(args, "calibration", None) else None
     output = str(getattr(args, "output", "") or "")
     if output.lower().endswith(".keras"):
@@ -348,4 +393,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 __all__: List[str] = ["add_parser", "run", "build_config", "load_inputs", "accuracy_fn",
-                       "add_convert_options", "quantize_converted"]
+                       "add_convert_options", "quantize_converted", "config_for_converted", "to_int8"]

@@ -20,6 +20,7 @@ from typing import Any
 from kerasq.schemes.config import QuantizationConfig
 
 _LAZY_ATTRS = {
+    "int8_deployable": "kerasq.schemes.deployable",
     "quantize_model": "kerasq.schemes.api",
     "calibrate": "kerasq.schemes.calibrate",
     "load_model": "kerasq.serialization",

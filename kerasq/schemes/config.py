@@ -313,15 +313,34 @@ class QuantizationConfig:
         return cls.from_dict(data)
 
     @classmethod
-    def from_caffe(cls, prototxt: Any, solver: Any = None) -> "QuantizationConfig":
-        """Settings from a caffe-jacinto / Ristretto prototxt (and solver); see
-        :mod:`kerasq.schemes.from_caffe`."""
-        from kerasq.schemes import from_caffe as _from_caffe
+    def from_caffe(cls, prototxt: Any, solver: Any = None, *,
+                   flavor: Optional[str] = None) -> "QuantizationConfig":
+        """Settings from a caffe-jacinto / Ristretto prototxt (and solver, or a 0.15 solver
+        holding ``net_param`` alone), read by the Caffe converter
+        (:mod:`kerasq.converters.caffe.quantization`) and translated by
+        :mod:`kerasq.schemes.from_caffe`. ``flavor`` forces the dialect ("jacinto-0.15",
+        "jacinto-0.16", "jacinto-0.17", "ristretto"); absent fields take its defaults.
 
-        reader = getattr(_from_caffe, "config_from_caffe", None) or _from_caffe.from_caffe
-        return reader(prototxt, solver=solver)
+        Example: ``QuantizationConfig.from_caffe("test.prototxt", solver="solver.prototxt")``
+        """
+        # imported here so that this module loads without the Caffe reader (one direction:
+        # from_caffe never imports config)
+        from kerasq.schemes import from_caffe
+
+        settings = from_caffe.read_quantization_settings(prototxt, solver, flavor=flavor)
+        return from_caffe.build_config(cls, settings)
 
 
 _FIELD_NAMES = tuple(f.name for f in dataclasses.fields(QuantizationConfig))
 
-__all__ = ["QuantizationConfig", "PRECISIONS", "ROUNDINGS", "RANGE_ESTIMATORS"]
+def config_from_caffe(prototxt: Any, solver: Any = None, *,
+                      flavor: Optional[str] = None) -> QuantizationConfig:
+    """``QuantizationConfig.from_caffe`` as a function.
+
+    Example: ``config_from_caffe("test.prototxt", flavor="jacinto-0.17")``
+    """
+    return QuantizationConfig.from_caffe(prototxt, solver, flavor=flavor)
+
+
+__all__ = ["QuantizationConfig", "config_from_caffe", "PRECISIONS", "ROUNDINGS",
+           "RANGE_ESTIMATORS"]

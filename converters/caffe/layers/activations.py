@@ -3,7 +3,7 @@ Threshold, Clip, Swish, ReLU6.
 
 Element-wise maps are layout-free: the output keeps the input's layout. Stock Keras layers
 are used where they are exact (PReLU, ELU, Activation, ReLU(max_value)); the rest are the
-small layers of :mod:`kerasq.converters.caffe.keras_layers_extra`.
+small layers of :mod:`kerasq.converters.caffe.keras_layers`.
 
 Formulas (x the input):
     PReLU  max(x,0) + a_c * min(x,0)      (a per channel = Caffe axis 1, or one shared a)
@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, List
 
 import numpy as np
-from kerasq.converters.caffe import keras_layers_extra as kx
+from kerasq.converters.caffe import keras_layers as kx
 from kerasq.converters.caffe.layers._registry import register
 from kerasq.converters.caffe.layout import Blob
 

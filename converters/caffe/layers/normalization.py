@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, List
 
-from kerasq.converters.caffe import keras_layers_extra as kx
+from kerasq.converters.caffe import keras_layers as kx
 from kerasq.converters.caffe.layers._registry import register
 from kerasq.converters.caffe.layout import Blob
 

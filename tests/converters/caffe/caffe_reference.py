@@ -1,7 +1,7 @@
 """Independent numpy reference of Caffe's forward pass (test oracle).
 
 Written from the Caffe semantics (BVLC/caffe 9b89154 layer sources as described in
-/work/shared/reference/caffe-semantics.md, caffe-golden/INDEX.md, and the SSD / DeepLab /
+shared/reference/caffe-semantics.md, caffe-golden/INDEX.md, and the SSD / DeepLab /
 YOLO-caffe fork layer definitions), NOT from kerasq's converter: it shares no code with
 ``kerasq.converters.caffe`` (it even has its own tiny prototxt text parser), so agreement
 between the two is evidence, not tautology. Everything computes in float64 and returns

@@ -1,4 +1,4 @@
-"""C2 layers in fully convolutional models (``load(..., dynamic_spatial=True)``): one Keras
+"""Activation, shape, normalization and resize layers in fully convolutional models (``load(..., dynamic_spatial=True)``): one Keras
 model, run on several spatial sizes, must match the numpy reference at each size."""
 
 from __future__ import annotations

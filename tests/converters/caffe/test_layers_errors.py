@@ -1,4 +1,4 @@
-"""Bad hyper-parameters / weights of the C2 layers give one-line KerasqErrors naming the file
+"""Bad hyper-parameters / weights of the activation, shape, normalization and resize layers give one-line KerasqErrors naming the file
 and the layer (and, through the CLI, exit status 2 and no output file)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""C2 layers inside real nets, against OpenCV's independent Caffe implementation.
+"""Normalize, Permute, Flatten and other non-core layers inside real nets, against OpenCV's independent Caffe implementation.
 
 YuFaceDetectNet v2 (SSD fork: Normalize with learned per-channel scale, Permute, Flatten,
 Concat) is cut before its PriorBox / DetectionOutput post-processing, and every Normalize /

@@ -8,6 +8,7 @@ import sys as _sys
 _sys.path.insert(0, str(_pathlib.Path(__file__).resolve().parent))  # netbuilder (sibling)
 
 import logging
+import os
 import struct
 
 import numpy as np
@@ -26,13 +27,24 @@ def _shared_files(pattern):
 def test_every_shared_prototxt_parses(caplog):
     from kerasq.converters.caffe.reader import read_prototxt
 
-    files = _shared_files("*.prototxt")
+    # solver files (caffe-jacinto's nets keep theirs beside the net) are not nets
+    files = [f for f in _shared_files("*.prototxt") if not os.path.basename(f).startswith("solver")]
     assert len(files) > 60
-    with caplog.at_level(logging.WARNING, logger="kerasq"):
-        for path in files:
+    # caffe-jacinto's train/test nets carry data and evaluation layer fields of their forks
+    # (dropped with their layers in the TEST net): skipped with a warning naming them
+    fork_data_fields = {"annotated_data_param", "crop_h", "crop_w", "detection_evaluate_param",
+                        "image_label_data_param", "parser_threads", "resize_param", "threads"}
+    for path in files:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="kerasq"):
             net = read_prototxt(path)
-            assert net.layer or net.layers or net.input, path
-    assert not caplog.records, [r.getMessage() for r in caplog.records]
+        assert net.layer or net.layers or net.input, path
+        messages = [r.getMessage() for r in caplog.records]
+        if "/jacinto/" in path and messages:
+            named = messages[0].rsplit(": ", 1)[-1].split(", ")
+            assert len(messages) == 1 and set(named) <= fork_data_fields, messages
+        else:
+            assert not messages, messages
 
 
 def test_every_shared_caffemodel_parses():

@@ -1,6 +1,6 @@
 """Proves the numpy Caffe reference (caffe_reference.py) on outputs of real Caffe.
 
-Every case of /work/shared/caffe-golden (real BVLC Caffe) and the weight-free Caffe-computed
+Every case of shared/caffe-golden (real BVLC Caffe) and the weight-free Caffe-computed
 OpenCV layer oracles are re-run through the reference; every dumped top must match. Only then
 is the reference trusted as the oracle for the synthetic per-layer tests.
 """

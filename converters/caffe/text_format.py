@@ -1,9 +1,11 @@
 """A schema-less, tolerant reader for protobuf text format (Caffe prototxt files).
 
-kerasq reads the quantization settings of caffe-jacinto (0.15, 0.16, 0.17) and Ristretto
-prototxts. Their ``.proto`` files disagree with each other and with BVLC Caffe (the same
-field name has different numbers, enums differ), so a generated ``caffe_pb2`` cannot parse
-all of them. This module parses the text format without a schema:
+The converter reads the quantization settings of caffe-jacinto (0.15, 0.16, 0.17) and
+Ristretto prototxts with it (:mod:`.quantization`); the net itself is read by :mod:`.reader`
+against kerasq's ``caffe.proto``. The forks' ``.proto`` files disagree with each other and
+with BVLC Caffe (the same field name has different numbers, enums differ), so a generated
+``caffe_pb2`` cannot hold their settings, and errors must name the line of a field, which a
+protobuf message does not keep. This module parses the text format without a schema:
 
 - a message is an ordered list of ``(name, value, line)`` entries; a repeated or nested
   field is simply a name that occurs more than once;

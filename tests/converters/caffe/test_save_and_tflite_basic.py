@@ -143,7 +143,7 @@ def test_tflite_builtin_ops(converted):
 def test_quantization_roles_declared():
     from kerasq.converters.caffe import keras_layers
 
-    for cls in keras_layers.CUSTOM_LAYERS.values():
-        assert cls.quantization_role in ("output", "passthrough")
+    for cls in keras_layers.ALL_LAYERS:
+        assert cls.quantization_role in ("output", "passthrough", "float")
         layer = cls(name="probe")
         assert cls.from_config(layer.get_config()).get_config() == layer.get_config()

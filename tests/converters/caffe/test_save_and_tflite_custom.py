@@ -1,6 +1,6 @@
 """Converted models using the extra layers survive .h5 save/reload and TFLite conversion.
 
-One net with every C2 layer type that needs a custom Keras layer (plus stock-mapped ones) is
+One net with every layer type that needs a custom Keras layer (plus stock-mapped ones) is
 loaded with ``kerasq.converters.caffe.load``; the reloaded .h5 model and the TFLite model
 (run in the ai_edge_litert interpreter, builtin ops only) must reproduce the numpy reference.
 """
@@ -132,19 +132,33 @@ def test_tflite_builtin_ops(converted):
     _compare(outs, model, want)
 
 
-def test_every_extra_layer_has_a_quantization_role_and_round_trips_its_config():
-    from kerasq.converters.caffe import custom_objects
-    from kerasq.converters.caffe import keras_layers_extra as kx
+def test_every_custom_layer_has_a_quantization_role_and_round_trips_its_config():
+    import importlib
+    import pkgutil
 
-    registered = {
-        name
-        for name, obj in vars(kx).items()
-        if isinstance(obj, type)
-        and issubclass(obj, keras.layers.Layer)
-        and not name.startswith("_")
-    }
-    assert registered == {c.__name__ for c in kx.ALL_LAYERS} == set(kx.QUANTIZATION_ROLES)
-    assert set(kx.QUANTIZATION_ROLES.values()) <= {"passthrough", "output", "float"}
+    from kerasq.converters.caffe import custom_objects
+    from kerasq.converters.caffe import keras_layers as kx
+    from kerasq.schemes.registry import layer_role
+
+    registered = set()
+    for info in pkgutil.iter_modules(kx.__path__):
+        if info.name.startswith("_"):  # the shared base and decorator
+            continue
+        module = importlib.import_module(f"{kx.__name__}.{info.name}")
+        registered |= {
+            name
+            for name, obj in vars(module).items()
+            if isinstance(obj, type)
+            and issubclass(obj, keras.layers.Layer)
+            and obj.__module__ == module.__name__
+            and not name.startswith("_")
+        }
+    assert registered == {c.__name__ for c in kx.ALL_LAYERS}
+    for cls in kx.ALL_LAYERS:
+        # declared on the class itself, one of the registry's roles, and read by it
+        assert "quantization_role" in vars(cls), cls.__name__
+        assert cls.quantization_role in kx.ROLES, cls.__name__
+        assert layer_role(cls.__new__(cls)) == cls.quantization_role, cls.__name__
     objects = custom_objects()
     for cls in kx.ALL_LAYERS:
         layer = cls(name="probe")
