@@ -52,10 +52,10 @@ def custom_objects() -> Dict[str, Any]:
         >>> m = keras.models.load_model("m.h5", custom_objects=custom_objects())  # doctest: +SKIP
     """
     from kerasq._compat import keras
-    from kerasq.converters.caffe import keras_layers, keras_layers_extra
+    from kerasq.converters.caffe import detection_layers, keras_layers, keras_layers_extra
 
     objects: Dict[str, Any] = {}
-    for module in (keras_layers, keras_layers_extra):
+    for module in (keras_layers, keras_layers_extra, detection_layers):
         for value in vars(module).values():
             if (
                 isinstance(value, type)
