@@ -482,8 +482,11 @@ def test_jdetnet_ssd_matches_opencv_on_every_top(jdetnet, caplog):
     proto, weights, cv_proto = jdetnet
     x = np.random.RandomState(0).uniform(0, 255, (2, 3, 160, 384)).astype(np.float32)
     net = cv2.dnn.readNetFromCaffe(str(cv_proto), str(weights))
-    names = [n for n in net.getLayerNames() if n != "data/bias"]
     tops = _layer_tops(proto)
+    writer = {}  # top -> its last (in-place) writer: what forward() reports for the top
+    for layer, top in tops.items():
+        writer[top] = layer
+    names = [layer for top, layer in writer.items() if layer in set(net.getLayerNames())]
     net.setInput(x, "data")
     theirs = dict(zip(names, net.forward(names)))
     with caplog.at_level(logging.DEBUG, logger="kerasq.converters.caffe.layers.detection"):
@@ -505,6 +508,7 @@ def test_jdetnet_ssd_matches_opencv_on_every_top(jdetnet, caplog):
         err = float(np.abs(got.reshape(want.shape) - want).max())
         assert err <= tol, f"{top}: max|out-ref| {err} > {tol}"
     assert kinds == {"PriorBox": 5, "DetectionOutput": 1}
+    assert len(names) > 40  # every top of the net
 
 
 def test_yufacedetectnet_detections_match_opencv():
