@@ -188,6 +188,15 @@ def _opencv_all(proto, model, inputs, names):
     return dict(zip(names, net.forward(names)))
 
 
+def explicit_clip(text: str) -> str:
+    """OpenCV's PriorBox defaults clip to true, Caffe-SSD's caffe.proto to false: spell it out."""
+    return re.sub(
+        r"prior_box_param \{([^}]*)\}",
+        lambda m: m.group(0) if "clip:" in m.group(1) else f"prior_box_param {{{m.group(1)}clip: false }}",
+        text,
+    )
+
+
 def _opencv_image_size(proto: str, inputs: dict) -> dict:
     """OpenCV ignores img_size / img_h / img_w: feed those PriorBox layers an image input of
     that size instead (the prior boxes only read its height and width)."""
@@ -233,12 +242,7 @@ def _compare_net(nb: NetBuilder, tmp_path, inputs, keep_top_k: int, opencv_keep=
     text = open(proto).read()
     # OpenCV cannot run keep_top_k -1: give it a large one
     text = text.replace("keep_top_k: -1", f"keep_top_k: {opencv_keep or 100000}")
-    # OpenCV's PriorBox defaults clip to true, Caffe-SSD's caffe.proto to false
-    text = re.sub(
-        r"prior_box_param \{([^}]*)\}",
-        lambda m: m.group(0) if "clip:" in m.group(1) else f"prior_box_param {{{m.group(1)}clip: false }}",
-        text,
-    )
+    text = explicit_clip(text)
     encoded = "variance_encoded_in_target: true" in text
     if encoded:
         # OpenCV refuses priors with a variance row when the variance is in the target;
