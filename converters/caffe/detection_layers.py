@@ -24,7 +24,8 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +36,7 @@ _register = keras.utils.register_keras_serializable(package="kerasq")
 CODE_TYPES = ("CORNER", "CENTER_SIZE", "CORNER_SIZE")
 
 
-def expand_aspect_ratios(aspect_ratios: Sequence[float], flip: bool) -> List[float]:
+def expand_aspect_ratios(aspect_ratios: Sequence[float], flip: bool) -> list[float]:
     """Caffe-SSD's list: 1 first, each new ratio (|ar - r| >= 1e-6 to all kept), then 1/ar if flip.
 
     Example:
@@ -87,7 +88,7 @@ def prior_box_array(
     f32 = np.float32
     hs = (np.arange(layer_h, dtype=f32) + f32(offset)) * f32(step_h)
     ws = (np.arange(layer_w, dtype=f32) + f32(offset)) * f32(step_w)
-    sizes: List[Tuple[float, float]] = []
+    sizes: list[tuple[float, float]] = []
     for s, min_size in enumerate(min_sizes):
         sizes.append((float(f32(min_size)), float(f32(min_size))))
         if max_sizes:
@@ -173,7 +174,7 @@ class CaffePriorBox(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return tf.TensorShape(self._priors.shape)
 
-    def get_config(self) -> Dict[str, Any]:
+    def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update({f: getattr(self, f) for f in self._fields})
         return config
@@ -205,7 +206,12 @@ def decode_boxes(loc, priors, variances, code_type: str, variance_encoded_in_tar
         out = [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0]
     elif code_type == "CORNER_SIZE":
         pw, ph = pxmax - pxmin, pymax - pymin
-        out = [pxmin + v0 * l0 * pw, pymin + v1 * l1 * ph, pxmax + v2 * l2 * pw, pymax + v3 * l3 * ph]
+        out = [
+            pxmin + v0 * l0 * pw,
+            pymin + v1 * l1 * ph,
+            pxmax + v2 * l2 * pw,
+            pymax + v3 * l3 * ph,
+        ]
     else:
         raise ValueError(f"unknown code_type {code_type!r}; one of {CODE_TYPES}")
     return tf.stack(out, axis=-1)
@@ -314,10 +320,8 @@ def padded_detections(
         ranked = tf.where(valid, scores, -np.inf)
         best_scores, best = tf.math.top_k(ranked, k=keep_top_k, sorted=True)
         chosen = tf.where(best_scores > -np.inf, best, total)  # invalid ones sort last
-        size = keep_top_k
     else:
         chosen = tf.where(valid, position, total)
-        size = total
     chosen = tf.sort(chosen)  # label order, then NMS (descending score) order
     ok = chosen < total
     index = tf.where(ok, chosen, 0)
@@ -325,7 +329,6 @@ def padded_detections(
     out_boxes = tf.where(ok[:, None], tf.gather(boxes, index), 0.0)
     out_scores = tf.where(ok, tf.gather(scores, index), 0.0)
     out_labels = tf.where(ok, tf.gather(labels, index), 0)
-    del size
     return out_boxes, out_labels, out_scores, count
 
 
@@ -352,7 +355,7 @@ class CaffeDetectionOutput(keras.layers.Layer):
         num_priors: int,
         share_location: bool = True,
         background_label_id: int = 0,
-        confidence_threshold: Optional[float] = None,
+        confidence_threshold: float | None = None,
         nms_threshold: float = 0.3,
         top_k: int = -1,
         keep_top_k: int = -1,
@@ -382,7 +385,7 @@ class CaffeDetectionOutput(keras.layers.Layer):
         return 1 if self.share_location else self.num_classes
 
     @property
-    def classes(self) -> List[int]:
+    def classes(self) -> list[int]:
         """Labels that get detections (all but the background label)."""
         return [c for c in range(self.num_classes) if c != self.background_label_id]
 
@@ -413,15 +416,15 @@ class CaffeDetectionOutput(keras.layers.Layer):
             if self.confidence_threshold is None
             else self.confidence_threshold
         )
-        options = dict(
-            classes=self.classes,
-            share_location=self.share_location,
-            top_k=self.top_k,
-            keep_top_k=self.keep_top_k,
-            score_threshold=threshold,
-            iou_threshold=self.nms_threshold,
-            eta=self.eta,
-        )
+        options = {
+            "classes": self.classes,
+            "share_location": self.share_location,
+            "top_k": self.top_k,
+            "keep_top_k": self.keep_top_k,
+            "score_threshold": threshold,
+            "iou_threshold": self.nms_threshold,
+            "eta": self.eta,
+        }
         m = self.max_detections
 
         def one(args):
@@ -463,18 +466,18 @@ class CaffeDetectionOutput(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return tf.TensorShape([1, 1, None, 7])
 
-    def get_config(self) -> Dict[str, Any]:
+    def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update({f: getattr(self, f) for f in self._fields})
         return config
 
 
 __all__ = [
-    "CaffePriorBox",
-    "CaffeDetectionOutput",
-    "prior_box_array",
-    "expand_aspect_ratios",
-    "decode_boxes",
-    "padded_detections",
     "CODE_TYPES",
+    "CaffeDetectionOutput",
+    "CaffePriorBox",
+    "decode_boxes",
+    "expand_aspect_ratios",
+    "padded_detections",
+    "prior_box_array",
 ]

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -43,7 +43,7 @@ POSTPROCESS_LAYER = "kerasq_detection_postprocess"
 OUTPUT_NAMES = ("detection_boxes", "detection_classes", "detection_scores", "num_detections")
 
 
-def detection_layer(model: Any) -> Optional[Any]:
+def detection_layer(model: Any) -> Any | None:
     """The SSD DetectionOutput layer producing one of ``model``'s outputs, or None."""
     for tensor in model.outputs:
         layer = _unwrapped(tensor._keras_history.layer)
@@ -55,7 +55,9 @@ def detection_layer(model: Any) -> Optional[Any]:
 def _unwrapped(layer: Any) -> Any:
     """The layer inside a tfmot QuantizeWrapper (float role: the wrapper adds no quantizer)."""
     inner = getattr(layer, "layer", None)
-    return inner if inner is not None and type(layer).__name__.startswith("QuantizeWrapper") else layer
+    return (
+        inner if inner is not None and type(layer).__name__.startswith("QuantizeWrapper") else layer
+    )
 
 
 def _owner(model: Any, layer: Any) -> Any:
@@ -106,7 +108,7 @@ def with_postprocess(model: Any) -> Any:
     holder = _owner(model, layer)
     inputs = holder.input if isinstance(holder.input, (list, tuple)) else [holder.input]
     post = DetectionPostprocess(layer)(list(inputs))
-    outputs: Dict[str, Any] = {}
+    outputs: dict[str, Any] = {}
     for tensor in model.outputs:
         owner = tensor._keras_history.layer
         if owner is holder:
@@ -117,13 +119,13 @@ def with_postprocess(model: Any) -> Any:
     return keras.Model(model.inputs, outputs, name=model.name)
 
 
-def is_postprocess_op(output_names: List[str]) -> bool:
+def is_postprocess_op(output_names: list[str]) -> bool:
     """True if a TFLite operator (given its output tensor names) is post-processing."""
     marker = f"/{POSTPROCESS_LAYER}/"
     return any(marker in name.split(";")[0] or name in OUTPUT_NAMES for name in output_names)
 
 
-def run_tflite(content: bytes, data: np.ndarray) -> Dict[str, np.ndarray]:
+def run_tflite(content: bytes, data: np.ndarray) -> dict[str, np.ndarray]:
     """Run the file's default signature on ``data`` (NHWC float) one image at a time."""
     from ai_edge_litert.interpreter import Interpreter
 
@@ -134,7 +136,7 @@ def run_tflite(content: bytes, data: np.ndarray) -> Dict[str, np.ndarray]:
     runner = interpreter.get_signature_runner()
     (input_name,) = runner.get_input_details().keys()
     detail = runner.get_input_details()[input_name]
-    results: Dict[str, List[np.ndarray]] = {}
+    results: dict[str, list[np.ndarray]] = {}
     for image in np.asarray(data, np.float32):
         x = image[None]
         if detail["dtype"] != np.float32:
@@ -147,7 +149,7 @@ def run_tflite(content: bytes, data: np.ndarray) -> Dict[str, np.ndarray]:
     return {k: np.concatenate(v) for k, v in results.items()}
 
 
-def keras_detections(model: Any, data: np.ndarray) -> Dict[str, np.ndarray]:
+def keras_detections(model: Any, data: np.ndarray) -> dict[str, np.ndarray]:
     """The four fixed outputs of the Keras model (same computation as in the file)."""
     fixed = with_postprocess(model)
     out = fixed(np.asarray(data, np.float32), training=False)
@@ -180,7 +182,7 @@ class DetectionReport:
         )
 
 
-def _rows(out: Dict[str, np.ndarray], image: int) -> np.ndarray:
+def _rows(out: dict[str, np.ndarray], image: int) -> np.ndarray:
     n = int(out["num_detections"][image])
     return np.concatenate(
         [
@@ -193,12 +195,12 @@ def _rows(out: Dict[str, np.ndarray], image: int) -> np.ndarray:
 
 
 def compare_detections(
-    got: Dict[str, np.ndarray],
-    want: Dict[str, np.ndarray],
+    got: dict[str, np.ndarray],
+    want: dict[str, np.ndarray],
     *,
     rel: float = 1e-4,
     abs_tol: float = 1e-5,
-    score_tol: Optional[float] = None,
+    score_tol: float | None = None,
 ) -> DetectionReport:
     """Match the fixed outputs of two runs as sets per image.
 
@@ -277,7 +279,7 @@ def verify_detections(
     return report
 
 
-def head_outputs(model: Any) -> Tuple[str, ...]:
+def head_outputs(model: Any) -> tuple[str, ...]:
     """Names of the layers feeding the DetectionOutput layer (loc, conf, priors)."""
     layer = detection_layer(model)
     if layer is None:
@@ -291,12 +293,12 @@ __all__ = [
     "OUTPUT_NAMES",
     "DetectionPostprocess",
     "DetectionReport",
-    "detection_layer",
-    "with_postprocess",
-    "is_postprocess_op",
-    "run_tflite",
-    "keras_detections",
     "compare_detections",
-    "verify_detections",
+    "detection_layer",
     "head_outputs",
+    "is_postprocess_op",
+    "keras_detections",
+    "run_tflite",
+    "verify_detections",
+    "with_postprocess",
 ]

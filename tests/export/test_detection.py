@@ -17,7 +17,7 @@ cv2 = pytest.importorskip("cv2")
 
 CAFFE_TESTS = pathlib.Path(__file__).resolve().parents[1] / "converters" / "caffe"
 sys.path.insert(0, str(CAFFE_TESTS))
-from test_ssd import VARIANTS, _dense, assert_same_detections, explicit_clip, ssd_net  # noqa: E402
+from test_ssd import VARIANTS, _dense, assert_same_detections, explicit_clip, ssd_net
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_float_file_gives_opencv_detections(ssd):
     # rows past the count are zero
     n = got["num_detections"]
     for i in range(len(x)):
-        assert not got["detection_scores"][i, n[i]:].any()
+        assert not got["detection_scores"][i, n[i] :].any()
 
 
 def test_int8_file_detections_equal_the_keras_model(ssd):
@@ -96,6 +96,7 @@ def test_int8_file_detections_equal_the_keras_model(ssd):
 
 def test_eta_below_one_is_refused_for_tflite(tmp_path):
     from kerasq.converters.caffe import load
+
     from kerasq.errors import ExportError
     from kerasq.export.tflite import export_tflite
 

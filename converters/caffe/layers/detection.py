@@ -10,7 +10,7 @@ DetectionOutput  decode + per-class NMS + keep_top_k on [loc, conf, priors] givi
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, List
+from typing import TYPE_CHECKING
 
 from kerasq.converters.caffe import detection_layers as dl
 from kerasq.converters.caffe.layers._registry import register
@@ -42,7 +42,7 @@ def _pair(ctx, node, p, one: str, h: str, w: str, what: str):
 
 
 @register("PriorBox")
-def lower_prior_box(ctx: "LoweringContext", node: "Node", inputs: List[Blob]) -> List[Blob]:
+def lower_prior_box(ctx: LoweringContext, node: Node, inputs: list[Blob]) -> list[Blob]:
     """PriorBox: the Caffe-SSD prior boxes and variances of bottom[0]'s grid, as a constant."""
     if len(inputs) != 2:
         ctx.error(node, f"PriorBox needs 2 bottoms, got {len(inputs)}", cls=CaffeFormatError)
@@ -71,9 +71,7 @@ def lower_prior_box(ctx: "LoweringContext", node: "Node", inputs: List[Blob]) ->
             ctx.error(node, "each max_size must exceed its min_size", cls=CaffeFormatError)
     variance = [float(v) for v in p.variance] or [0.1]
     if len(variance) not in (1, 4):
-        ctx.error(
-            node, f"variance needs 1 or 4 values, got {len(variance)}", cls=CaffeFormatError
-        )
+        ctx.error(node, f"variance needs 1 or 4 values, got {len(variance)}", cls=CaffeFormatError)
     if any(v <= 0 for v in variance):
         ctx.error(node, f"variance must be positive, got {variance}", cls=CaffeFormatError)
     img_h, img_w = _pair(ctx, node, p, "img_size", "img_h", "img_w", "image size")
@@ -116,9 +114,7 @@ def _count(blob: Blob) -> int:
 
 
 @register("DetectionOutput", partial="batch of any size; eta < 1 is not exported to TFLite")
-def lower_detection_output(
-    ctx: "LoweringContext", node: "Node", inputs: List[Blob]
-) -> List[Blob]:
+def lower_detection_output(ctx: LoweringContext, node: Node, inputs: list[Blob]) -> list[Blob]:
     """DetectionOutput: decode, per-class NMS, keep_top_k -> [1, 1, N, 7] detections."""
     if len(inputs) != 3:
         ctx.error(

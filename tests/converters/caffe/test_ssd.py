@@ -17,11 +17,10 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import shared_path
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from netbuilder import NetBuilder  # noqa: E402
+from netbuilder import NetBuilder
 
 cv2 = pytest.importorskip("cv2")
 
@@ -96,6 +95,7 @@ def _priors_per_cell(pb: dict) -> int:
             ratios.append(ar)
             if pb.get("flip", True):
                 ratios.append(1.0 / ar)
+
     def many(v):
         return v if isinstance(v, list) else [v]
 
@@ -159,7 +159,9 @@ def ssd_net(
             y = nb.add("Flatten", [y], name=f"{what}{i}_flat", param="flatten_param { axis: 1 }")
             (locs if what == "loc" else confs).append(y)
         boxes.append(
-            nb.add("PriorBox", [f, data], name=f"prior{i}", param=_param_text("prior_box_param", pb))
+            nb.add(
+                "PriorBox", [f, data], name=f"prior{i}", param=_param_text("prior_box_param", pb)
+            )
         )
     loc = nb.add("Concat", locs, name="mbox_loc", param="concat_param { axis: 1 }")
     conf = nb.add("Concat", confs, name="mbox_conf", param="concat_param { axis: 1 }")
@@ -192,7 +194,9 @@ def explicit_clip(text: str) -> str:
     """OpenCV's PriorBox defaults clip to true, Caffe-SSD's caffe.proto to false: spell it out."""
     return re.sub(
         r"prior_box_param \{([^}]*)\}",
-        lambda m: m.group(0) if "clip:" in m.group(1) else f"prior_box_param {{{m.group(1)}clip: false }}",
+        lambda m: (
+            m.group(0) if "clip:" in m.group(1) else f"prior_box_param {{{m.group(1)}clip: false }}"
+        ),
         text,
     )
 
@@ -201,7 +205,6 @@ def _opencv_image_size(proto: str, inputs: dict) -> dict:
     """OpenCV ignores img_size / img_h / img_w: feed those PriorBox layers an image input of
     that size instead (the prior boxes only read its height and width)."""
     from google.protobuf import text_format
-
     from kerasq.converters.caffe.reader import read_prototxt
 
     net = read_prototxt(proto)
@@ -226,7 +229,7 @@ def _opencv_image_size(proto: str, inputs: dict) -> dict:
         layer.input_param.shape.add().dim.extend(inputs[name].shape)
     if extra:  # inputs first: move the new Input layers to the front
         layers = list(net.layer)
-        ordered = layers[-len(extra):] + layers[: -len(extra)]
+        ordered = layers[-len(extra) :] + layers[: -len(extra)]
         del net.layer[:]
         net.layer.extend(ordered)
     with open(proto, "w") as f:
@@ -239,7 +242,7 @@ def _compare_net(nb: NetBuilder, tmp_path, inputs, keep_top_k: int, opencv_keep=
 
     proto, model = nb.write(tmp_path)
     ours = forward(proto, model, inputs)
-    text = open(proto).read()
+    text = pathlib.Path(proto).read_text()
     # OpenCV cannot run keep_top_k -1: give it a large one
     text = text.replace("keep_top_k: -1", f"keep_top_k: {opencv_keep or 100000}")
     text = explicit_clip(text)
@@ -254,7 +257,7 @@ def _compare_net(nb: NetBuilder, tmp_path, inputs, keep_top_k: int, opencv_keep=
     opencv_lacks = "eta: 0" in text or "CORNER_SIZE" in text
     text = text.replace("CORNER_SIZE", "CORNER")
     proto = str(tmp_path / "opencv.prototxt")
-    open(proto, "w").write(text)
+    pathlib.Path(proto).write_text(text)
     inputs = _opencv_image_size(proto, inputs)
     tops = [t for (_, ltype, _, ts, _, _) in nb.layers if ltype != "Input" for t in ts]
     tops = list(dict.fromkeys(tops))
@@ -284,44 +287,108 @@ VARIANTS = {
     "flip-max-center": (
         (2, 3, 32, 48),
         [
-            {"min_size": 6.0, "max_size": 12.0, "aspect_ratio": [2.0], "variance": [0.1, 0.1, 0.2, 0.2]},
-            {"min_size": 12.0, "max_size": 24.0, "aspect_ratio": [2.0, 3.0], "variance": [0.1, 0.1, 0.2, 0.2]},
+            {
+                "min_size": 6.0,
+                "max_size": 12.0,
+                "aspect_ratio": [2.0],
+                "variance": [0.1, 0.1, 0.2, 0.2],
+            },
+            {
+                "min_size": 12.0,
+                "max_size": 24.0,
+                "aspect_ratio": [2.0, 3.0],
+                "variance": [0.1, 0.1, 0.2, 0.2],
+            },
         ],
-        {"background_label_id": 0, "nms_param": {"nms_threshold": 0.45, "top_k": 40},
-         "code_type": "CENTER_SIZE", "keep_top_k": 25, "confidence_threshold": 0.05},
+        {
+            "background_label_id": 0,
+            "nms_param": {"nms_threshold": 0.45, "top_k": 40},
+            "code_type": "CENTER_SIZE",
+            "keep_top_k": 25,
+            "confidence_threshold": 0.05,
+        },
     ),
     "noflip-clip-step-corner": (
         (1, 3, 40, 40),
         [
-            {"min_size": 8.0, "aspect_ratio": [2.0], "flip": False, "clip": True, "step": 8.0,
-             "variance": [0.1, 0.1, 0.2, 0.2]},
-            {"min_size": 16.0, "aspect_ratio": [3.0, 3.0], "flip": False, "clip": True, "step": 16.0,
-             "offset": 0.0, "variance": [0.1]},
+            {
+                "min_size": 8.0,
+                "aspect_ratio": [2.0],
+                "flip": False,
+                "clip": True,
+                "step": 8.0,
+                "variance": [0.1, 0.1, 0.2, 0.2],
+            },
+            {
+                "min_size": 16.0,
+                "aspect_ratio": [3.0, 3.0],
+                "flip": False,
+                "clip": True,
+                "step": 16.0,
+                "offset": 0.0,
+                "variance": [0.1],
+            },
         ],
-        {"nms_param": {"nms_threshold": 0.3}, "code_type": "CORNER", "keep_top_k": -1,
-         "confidence_threshold": 0.3},
+        {
+            "nms_param": {"nms_threshold": 0.3},
+            "code_type": "CORNER",
+            "keep_top_k": -1,
+            "confidence_threshold": 0.3,
+        },
     ),
     "imgsize-noshare-cornersize": (
         (2, 3, 24, 40),
         [
-            {"min_size": [5.0, 9.0], "max_size": [9.0, 14.0], "aspect_ratio": [2.0],
-             "img_h": 48, "img_w": 80, "step_h": 4.0, "step_w": 5.0, "variance": [0.2]},
-            {"min_size": 14.0, "img_size": 64, "aspect_ratio": [0.5], "variance": [0.1, 0.1, 0.2, 0.2]},
+            {
+                "min_size": [5.0, 9.0],
+                "max_size": [9.0, 14.0],
+                "aspect_ratio": [2.0],
+                "img_h": 48,
+                "img_w": 80,
+                "step_h": 4.0,
+                "step_w": 5.0,
+                "variance": [0.2],
+            },
+            {
+                "min_size": 14.0,
+                "img_size": 64,
+                "aspect_ratio": [0.5],
+                "variance": [0.1, 0.1, 0.2, 0.2],
+            },
         ],
-        {"share_location": False, "background_label_id": 2,
-         "nms_param": {"nms_threshold": 0.5, "top_k": 30},
-         "code_type": "CORNER_SIZE", "keep_top_k": 30, "confidence_threshold": 0.1},
+        {
+            "share_location": False,
+            "background_label_id": 2,
+            "nms_param": {"nms_threshold": 0.5, "top_k": 30},
+            "code_type": "CORNER_SIZE",
+            "keep_top_k": 30,
+            "confidence_threshold": 0.1,
+        },
     ),
     "encoded-variance-eta": (
         (2, 3, 32, 32),
         [
-            {"min_size": 10.0, "max_size": 20.0, "aspect_ratio": [2.0], "clip": True,
-             "variance": [0.1, 0.1, 0.2, 0.2]},
-            {"min_size": 20.0, "max_size": 30.0, "aspect_ratio": [2.0], "variance": [0.1, 0.1, 0.2, 0.2]},
+            {
+                "min_size": 10.0,
+                "max_size": 20.0,
+                "aspect_ratio": [2.0],
+                "clip": True,
+                "variance": [0.1, 0.1, 0.2, 0.2],
+            },
+            {
+                "min_size": 20.0,
+                "max_size": 30.0,
+                "aspect_ratio": [2.0],
+                "variance": [0.1, 0.1, 0.2, 0.2],
+            },
         ],
-        {"nms_param": {"nms_threshold": 0.7, "top_k": 60, "eta": 0.9},
-         "code_type": "CENTER_SIZE", "variance_encoded_in_target": True, "keep_top_k": 40,
-         "confidence_threshold": 0.05},
+        {
+            "nms_param": {"nms_threshold": 0.7, "top_k": 60, "eta": 0.9},
+            "code_type": "CENTER_SIZE",
+            "variance_encoded_in_target": True,
+            "keep_top_k": 40,
+            "confidence_threshold": 0.05,
+        },
     ),
 }
 
@@ -375,9 +442,16 @@ def test_priorbox_formula_against_numpy_loop():
                     sizes = [(mn, mn)]
                     if maxs:
                         sizes.append((np.sqrt(mn * maxs[s]),) * 2)
-                    sizes += [(mn * np.sqrt(r), mn / np.sqrt(r)) for r in ratios if abs(r - 1) >= 1e-6]
+                    sizes += [
+                        (mn * np.sqrt(r), mn / np.sqrt(r)) for r in ratios if abs(r - 1) >= 1e-6
+                    ]
                     for bw, bh in sizes:
-                        out += [(cx - bw / 2) / iw, (cy - bh / 2) / ih, (cx + bw / 2) / iw, (cy + bh / 2) / ih]
+                        out += [
+                            (cx - bw / 2) / iw,
+                            (cy - bh / 2) / ih,
+                            (cx + bw / 2) / iw,
+                            (cy + bh / 2) / ih,
+                        ]
         out = np.array(out)
         if clip:
             out = np.clip(out, 0, 1)
@@ -385,7 +459,21 @@ def test_priorbox_formula_against_numpy_loop():
         return np.stack([out, v])[None]
 
     cases = [
-        (3, 5, 30, 50, [4.0, 7.0], [6.0, 9.0], [2.0, 3.0, 2.0], True, False, [0.1, 0.1, 0.2, 0.2], 0, 0, 0.5),
+        (
+            3,
+            5,
+            30,
+            50,
+            [4.0, 7.0],
+            [6.0, 9.0],
+            [2.0, 3.0, 2.0],
+            True,
+            False,
+            [0.1, 0.1, 0.2, 0.2],
+            0,
+            0,
+            0.5,
+        ),
         (4, 4, 64, 64, [20.0], [], [2.0], False, True, [0.1], 16.0, 16.0, 0.0),
         (2, 6, 20, 70, [3.0], [8.0], [], True, True, [0.2], 10.0, 11.0, 0.3),
     ]
@@ -398,6 +486,7 @@ def test_priorbox_formula_against_numpy_loop():
 
 def test_bad_ssd_parameters_name_the_layer(tmp_path):
     from kerasq.converters.caffe import load
+
     from kerasq.errors import KerasqError
 
     shape, priors, det = VARIANTS["flip-max-center"]
@@ -419,8 +508,9 @@ def test_bad_ssd_parameters_name_the_layer(tmp_path):
 
 def test_converted_ssd_model_saves_and_reloads(tmp_path):
     """The detection layers serialize: a reloaded .h5 model gives the same detections."""
-    from kerasq._compat import keras
     from kerasq.converters.caffe import custom_objects, load
+
+    from kerasq._compat import keras
 
     shape, priors, det = VARIANTS["flip-max-center"]
     nb = ssd_net(shape, priors, det)
@@ -441,7 +531,6 @@ def opencv_prototxt(src, dst) -> None:
     """INDEX.md's edits for OpenCV: Bias -> Power shift -128, drop the net-level `quantize`
     flag and DetectionOutput's save_output_param."""
     from google.protobuf import text_format
-
     from kerasq.converters.caffe.reader import read_prototxt
 
     net = read_prototxt(src)
