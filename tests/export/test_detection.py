@@ -105,3 +105,22 @@ def test_eta_below_one_is_refused_for_tflite(tmp_path):
     with pytest.raises(ExportError) as info:
         export_tflite(load(proto, weights), target="float")
     assert "eta" in str(info.value) and "detection_out" in str(info.value)
+
+
+def test_cli_convert_to_float_tflite_verifies_detections(ssd, tmp_path):
+    """`kerasq convert ... --tflite --verify` on an SSD: one file, detections verified."""
+    import os
+    import subprocess
+
+    _, proto, weights, x, _ = ssd
+    cal = tmp_path / "cal.npy"
+    np.save(cal, x.transpose(0, 2, 3, 1))
+    out = tmp_path / "ssd.tflite"
+    env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[2]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "kerasq", "convert", proto, weights, "-o", str(tmp_path / "m.h5"),
+         "--calibration", str(cal), "--tflite", str(out), "--tflite-target", "float", "--verify"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-500:]
+    assert "0 unmatched" in proc.stdout and out.exists()
