@@ -718,3 +718,22 @@ def test_detection_output_matches_caffe_loop_reference(variant, tmp_path):
         eta=nms.get("eta", 1.0),
     )  # fmt: skip
     assert_same_detections(tops["detection_out"], want, variant, det.get("keep_top_k", -1))
+
+
+def test_priorbox_needs_fixed_sizes(tmp_path):
+    from kerasq.converters.caffe import load
+    from kerasq.errors import UnsupportedLayerError
+
+    nb = NetBuilder(name="pb")
+    data = nb.input("data", (1, 3, 16, 16))
+    conv = nb.add(
+        "Convolution", [data], name="conv",
+        param="convolution_param { num_output: 2 kernel_size: 3 stride: 2 pad: 1 }",
+        blobs=[nb.randn(2, 3, 3, 3), nb.randn(2)],
+    )  # fmt: skip
+    nb.add("PriorBox", [conv, data], name="prior0", param="prior_box_param { min_size: 4 }")
+    proto, model = nb.write(tmp_path)
+    assert load(proto, model).output_shape == (1, 2, 8 * 8 * 4)
+    with pytest.raises(UnsupportedLayerError) as info:
+        load(proto, model, dynamic_spatial=True)
+    assert "prior0" in str(info.value) and "fixed input size" in str(info.value)
