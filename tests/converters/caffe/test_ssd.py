@@ -722,6 +722,7 @@ def test_detection_output_matches_caffe_loop_reference(variant, tmp_path):
 
 def test_priorbox_needs_fixed_sizes(tmp_path):
     from kerasq.converters.caffe import load
+
     from kerasq.errors import UnsupportedLayerError
 
     nb = NetBuilder(name="pb")
