@@ -297,12 +297,17 @@ def padded_detections(
                 top_boxes, top_scores, k, score_threshold, iou_threshold, eta
             )
         else:
+            # NMS visits candidates in the top_k order (ties: lower prior first, as Caffe's
+            # stable sort) whatever its own sort does with equal scores: it gets the rank
+            # k, k-1, ..., 1 as score, and -1 for candidates at or below the threshold
+            rank = tf.cast(tf.range(k, 0, -1), tf.float32)
+            rank = tf.where(top_scores > score_threshold, rank, -1.0)
             selected, _, count = tf.raw_ops.NonMaxSuppressionV5(
                 boxes=_nms_boxes(top_boxes),
-                scores=top_scores,
+                scores=rank,
                 max_output_size=k,
                 iou_threshold=iou_threshold,
-                score_threshold=score_threshold,
+                score_threshold=0.0,
                 soft_nms_sigma=0.0,
                 pad_to_max_output_size=True,
             )
