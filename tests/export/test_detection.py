@@ -8,6 +8,7 @@ DetectionOutput directly.
 from __future__ import annotations
 
 import pathlib
+import subprocess
 import sys
 
 import numpy as np
@@ -53,7 +54,7 @@ def test_float_file_gives_opencv_detections(ssd):
     result = export_tflite(model, target="float", verify_data=x.transpose(0, 2, 3, 1), verify=True)
     assert result.report.ok and result.report.detections > 0
     got = detection.run_tflite(result.content, x.transpose(0, 2, 3, 1))
-    assert set(got) == set(detection.OUTPUT_NAMES)
+    assert set(got) == set(detection.OUTPUT_NAMES + detection.HEAD_NAMES)
     m = det["keep_top_k"]
     assert got["detection_boxes"].shape == (len(x), m, 4)
     assert got["detection_classes"].dtype == np.int32
@@ -110,7 +111,6 @@ def test_eta_below_one_is_refused_for_tflite(tmp_path):
 def test_cli_convert_to_float_tflite_verifies_detections(ssd, tmp_path):
     """`kerasq convert ... --tflite --verify` on an SSD: one file, detections verified."""
     import os
-    import subprocess
 
     _, proto, weights, x, _ = ssd
     cal = tmp_path / "cal.npy"
@@ -124,3 +124,27 @@ def test_cli_convert_to_float_tflite_verifies_detections(ssd, tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-500:]
     assert "0 unmatched" in proc.stdout and out.exists()
+
+
+def test_jdetnet_float_file_detections_equal_the_keras_model(tmp_path):
+    """The whole caffe-jacinto JDetNet SSD (seeded weights; saturated scores, many exact
+    ties at 1.0) in one float file: detections equal the Keras model's, heads too."""
+    from conftest import shared_path
+    from kerasq.converters.caffe import load
+
+    from kerasq.export.tflite import export_tflite
+
+    base = shared_path("caffe-models", "jacinto")
+    proto = base / "voc-jdetnet-ssd768x320" / "deploy.prototxt"
+    weights = tmp_path / "model.caffemodel"
+    subprocess.run(
+        [sys.executable, str(base / "make_weights.py"), str(proto), str(weights), "8", "new"],
+        check=True, capture_output=True, timeout=600,
+    )  # fmt: skip
+    model = load(proto, weights, input_shape={"data": (1, 3, 160, 384)})
+    x = np.random.RandomState(0).uniform(0, 255, (2, 160, 384, 3)).astype(np.float32)
+    result = export_tflite(model, target="float", verify_data=x, verify=True)
+    report = result.report
+    assert report.unmatched == 0 and report.count_mismatches == 0
+    assert report.detections == 400 and report.postprocess_unmatched == 0
+    assert report.head_error <= report.head_tolerance
