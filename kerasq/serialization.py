@@ -33,7 +33,6 @@ REGISTERING_MODULES = (
     "kerasq.prune.preserve",
     "kerasq.prune.wrapper",
     "kerasq.converters.caffe.keras_layers",
-    "kerasq.converters.caffe.keras_layers_extra",
     "kerasq.export.layers",
 )
 

@@ -248,8 +248,10 @@ def lower_graph(
                 f"requested output {blob_id!r} is not a blob of this net", file=graph.source or None
             )
         blob = blobs[blob_id]
-        if blob.perm != default_perm(blob.rank) and blob.perm[0] == 0:
-            # Outputs have a fixed layout: NHWC for 4-D blobs, Caffe order otherwise.
+        keep_caffe_order = getattr(blob.tensor._keras_history.layer, "caffe_order_output", False)
+        if blob.perm != default_perm(blob.rank) and blob.perm[0] == 0 and not keep_caffe_order:
+            # Outputs have a fixed layout: NHWC for 4-D blobs, Caffe order otherwise
+            # (layers whose result is a table, e.g. SSD detections, keep Caffe order).
             producer = next((n for n in graph.nodes if blob_id in n.tops), None)
             blob = blobs[blob_id] = ctx.to_perm(blob, default_perm(blob.rank), producer)
         tensor = blob.tensor

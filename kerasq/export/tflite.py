@@ -38,6 +38,7 @@ import numpy as np
 from kerasq._compat import tf
 from kerasq._io import write_bytes_atomic
 from kerasq.errors import ExportError, VerificationError
+from kerasq.export import detection
 from kerasq.export.graph import DeployPlan, build_deploy_model
 from kerasq.export.verify import (
     VerificationReport,
@@ -159,9 +160,12 @@ def check_integer_file(content: bytes, plan: DeployPlan, target: str) -> List[st
     """
     problems = []
     int_type = np.dtype(np.int8 if target == "int8" else np.int16)
+    names = {t["index"]: t["name"] for t in tensor_table(content)}
     for op in op_table(content):
         if op["op"] in _BOUNDARY_OPS:
             continue
+        if detection.is_postprocess_op([names.get(i, "") for i in op["output_indices"]]):
+            continue  # SSD decode + NMS run in float by design
         dtypes = [d for d in op["inputs"] + op["outputs"] if d is not None]
         if any(d == np.float32 for d in dtypes):
             problems.append(f"float operator {op['op']} left in the integer graph")
@@ -221,6 +225,14 @@ def export_tflite(
             log.info("int8 export: int32 accumulator-grid biases in %s",
                      ", ".join(aligned["biases"]))
     plan = build_deploy_model(qmodel, _MODE[target])
+    has_detections = detection.detection_layer(plan.model) is not None
+    if has_detections:  # SSD: fixed-size float post-processing in the same file
+        plan = dataclasses.replace(plan, model=detection.with_postprocess(plan.model))
+        if target == "int8" and representative_data is not None:
+            # calibration would quantize the post-processing too: the int8 part is all
+            # on kerasq's grids, and check_integer_file proves no other float op is left
+            log.info("int8 SSD export: representative_data not used (post-processing stays float)")
+            representative_data = None
     content = _convert(plan, target, representative_data, int_io)
     if target == "int16x8" and representative_data is None:
         raise ExportError("int16x8 needs representative_data (TFLite calibrates it)")
@@ -232,7 +244,14 @@ def export_tflite(
                 + "; ".join(problems[:5])
             )
     report = None
-    if verify_data is not None:
+    if verify_data is not None and has_detections:
+        report = detection.verify_detections(content, qmodel, verify_data)
+        if verify and not report.ok:
+            raise VerificationError(
+                f"TFLite {target} detections disagree with the Keras model: {report.describe()}",
+                file=path,
+            )
+    elif verify_data is not None:
         step = None
         if plan.output_spec is not None and plan.output_spec.kind == "dfp":
             step = float(plan.output_spec.step)

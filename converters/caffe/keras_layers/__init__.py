@@ -3,7 +3,7 @@
 Grouped by concept: :mod:`.elementwise` (neuron functions), :mod:`.affine` (scales, sums,
 offsets, Embed, input preprocessing), :mod:`.normalization`, :mod:`.rearrange` (layers that
 only move values), :mod:`.reduction` (reductions, top-k with Caffe's tie order) and
-:mod:`.resize`. Every layer
+:mod:`.resize`, :mod:`.detection` (SSD PriorBox and DetectionOutput). Every layer
 
 * subclasses ``_base.Configured`` (the constructor arguments named in ``_fields`` are its
   ``get_config``), keeps constants as non-trainable weights (no ``Lambda``) and is
@@ -39,6 +39,7 @@ from kerasq.converters.caffe.keras_layers.affine import (
     ConstantMultiply,
     WeightedSum,
 )
+from kerasq.converters.caffe.keras_layers.detection import CaffeDetectionOutput, CaffePriorBox
 from kerasq.converters.caffe.keras_layers.elementwise import (
     BNLL,
     AbsVal,
@@ -84,6 +85,7 @@ ALL_LAYERS: List[type] = [
     EdgePadding2D, BatchReshape, AxisSlice, AxisTile, FullTranspose, ChannelShuffle,
     AxisReduce, TopKAxis, ArgMaxFlat,
     InterpBilinear, NearestResize,
+    CaffePriorBox, CaffeDetectionOutput,
 ]
 
 __all__ = [cls.__name__ for cls in ALL_LAYERS] + [

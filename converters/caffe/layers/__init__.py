@@ -13,3 +13,4 @@ from kerasq.converters.caffe.layers import misc  # noqa: F401
 from kerasq.converters.caffe.layers import normalization  # noqa: F401
 from kerasq.converters.caffe.layers import resize  # noqa: F401
 from kerasq.converters.caffe.layers import shape_ops  # noqa: F401
+from kerasq.converters.caffe.layers import detection  # noqa: F401

@@ -150,16 +150,6 @@ def test_dynamic_spatial_fully_convolutional():
             _close(np.asarray(tensor).transpose(0, 3, 1, 2), want[name], name)
 
 
-def test_unsupported_postprocessing_layer_is_named():
-    from kerasq.converters.caffe import load
-    from kerasq.errors import UnsupportedLayerError
-
-    base = shared_path("caffe-models", "yufacedetectnet-v2")
-    with pytest.raises(UnsupportedLayerError) as info:
-        load(base / "yufacedetectnet-open-v2.prototxt", base / "yufacedetectnet-open-v2.caffemodel")
-    assert "PriorBox" in str(info.value) and "priorbox" in str(info.value)
-
-
 def test_outputs_option_cuts_ssd_postprocessing():
     """load(outputs=...) / forward(blobs=...) drop PriorBox/DetectionOutput they do not need."""
     from kerasq.converters.caffe import forward, load
