@@ -37,6 +37,7 @@ TEST_REQUIRES = [
     "grpcio-tools==1.85.1",
     "hypothesis>=6.100",
 ]
+REPORT_REQUIRES = ["matplotlib==3.11.2"]  # plots of `kerasq inspect --report report.html`
 
 kerasq_packages = [p for p in find_packages(include=["kerasq", "kerasq.*"])]
 converter_packages = [
@@ -64,7 +65,7 @@ setup(
     },
     include_package_data=False,
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={"report": REPORT_REQUIRES, "test": TEST_REQUIRES + REPORT_REQUIRES},
     entry_points={"console_scripts": ["kerasq=kerasq.cli:entry_point"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
