@@ -246,6 +246,22 @@ def _layer_index(model: Any) -> Dict[str, Any]:
     return index
 
 
+def _output_in(model: Any, layer: Any) -> Any:
+    """The output tensor of ``layer`` in ``model``'s graph (a layer reused by several
+    models, e.g. after pruning and stripping, has one output per model)."""
+    from kerasq._compat import keras
+
+    nodes = len(getattr(layer, "inbound_nodes", []) or [None])
+    for node in [nodes - 1] + list(range(nodes - 1)):
+        tensor = layer.get_output_at(node)
+        try:
+            keras.Model(model.inputs, tensor)
+        except ValueError:
+            continue
+        return tensor
+    return layer.output
+
+
 def _as_samples(data: Any, limit: int) -> Any:
     if isinstance(data, (list, tuple)):
         return [np.asarray(a)[:limit] for a in data]
@@ -288,7 +304,7 @@ def _activation_histograms(model: Any, rows: Sequence[Dict[str, Any]], data: Any
         names = names[:MAX_HISTOGRAMS]
     if not names:
         return []
-    probe = keras.Model(model.inputs, [index[n].output for n in names])
+    probe = keras.Model(model.inputs, [_output_in(model, index[n]) for n in names])
     outs = probe.predict(_as_samples(data, MAX_SAMPLES), batch_size=32, verbose=0)
     outs = outs if isinstance(outs, (list, tuple)) else [outs]
     result = []
