@@ -75,6 +75,12 @@ def build(directory: pathlib.Path, shared: pathlib.Path) -> Dict[str, str]:
     cnn.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     cnn.fit(x_train, y_train, epochs=4, batch_size=32, verbose=0)
     cnn.save(directory / "keras_cnn.h5")  # the docs' generic float Keras model (logits)
+    import kerasq
+
+    qmodel = kerasq.calibrate(kerasq.quantize_model(cnn), x_train[:256])
+    qmodel.save(directory / "q.h5")  # the docs' quantized model and its int8 file
+    kerasq.export.to_tflite(qmodel, str(directory / "q.tflite"), target="int8")
+    shutil.copy(directory / "q.tflite", directory / "model.tflite")
     net = keras.Sequential([keras.Input((8, 8, 3))] + cnn.layers
                            + [keras.layers.Softmax(name="prob")], name="digits")
     write_caffe(net, directory / "deploy.prototxt", directory / "weights.caffemodel")
@@ -87,6 +93,7 @@ def build(directory: pathlib.Path, shared: pathlib.Path) -> Dict[str, str]:
     np.save(directory / "x.npy", x_test[:200])
     np.save(directory / "x_nchw.npy", x_test[:200].transpose(0, 3, 1, 2))
     np.savez(directory / "val.npz", x=x_test, y=y_test)
+    np.save(directory / "y.npy", y_test[:200])
     tops = caffe.forward(str(directory / "deploy.prototxt"),
                          str(directory / "weights.caffemodel"),
                          {"data": x_test[:16].transpose(0, 3, 1, 2)})
@@ -122,6 +129,7 @@ def prelude(workdir: str, file: str) -> Dict[str, Any]:
     names["keras_cnn"] = cnn
     if file != "README.md":
         names["model"] = cnn  # the docs' generic float Keras model
+        names["qmodel"] = kerasq.load_model(os.path.join(workdir, "q.h5"))
 
     def eval_fn(qmodel: Any) -> float:
         out = qmodel.predict(x_test, batch_size=256, verbose=0)
@@ -160,6 +168,21 @@ def check(file: str, ns: Dict[str, Any], workdir: str) -> List[str]:
         expected = ns["qmodel"](ns["x"], training=False).numpy()
         if not np.array_equal(np.asarray(ns["y"]), expected):
             problems.append("kerasq.integer.run differs from qmodel(x, training=False)")
+    if file == "docs/report.md":
+        # "the same numbers as JSON": the JSON's rows are the HTML table's
+        import json
+
+        rep = json.loads(pathlib.Path(workdir, "report.json").read_text())
+        html = pathlib.Path(workdir, "report.html").read_text()
+        for row in rep["quantization"]:
+            if f'<td class="l">{row["layer"]}</td>' not in html:
+                problems.append(f"report.html lacks the row of {row['layer']}")
+        if "scores.json" in os.listdir(workdir):
+            scores = json.loads(pathlib.Path(workdir, "scores.json").read_text())
+            if scores["outputs"][0].get("agreement") is None:
+                problems.append("eval --reference wrote no agreement")
+        else:
+            problems.append("eval --json wrote no scores.json")
     if file == "docs/sparsity.md" and "qmodel" in ns:
         sparsity = _kernel_sparsity(ns["qmodel"])
         if sparsity < 0.79:
