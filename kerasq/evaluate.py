@@ -325,7 +325,7 @@ def _label_list(y: Labels, names: List[str], source: str) -> List[Optional[np.nd
         raise KerasqError(
             f"one label array for {len(names)} outputs: give one per output (in an .npz: "
             f"y_<output> for {', '.join(names)})", file=source or None)
-    return [_check_numeric(y, names[0], source)]
+    return [_check_numeric(np.asarray(y), names[0], source)]
 
 
 def _score_labels(score: OutputScore, out: np.ndarray, labels: np.ndarray, source: str) -> None:

@@ -177,8 +177,9 @@ def run_python(block: Block, namespace: Dict[str, Any], failures: List[Dict[str,
             tb = traceback.extract_tb(err.__traceback__)
             frames = [f for f in tb if f.filename == block.file]
             line = frames[-1].lineno if frames else statement.lineno
+            message = str(err).splitlines()[0] if str(err) else ""
             failures.append({"where": f"{block.file}:{line}",
-                             "error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"})
+                             "error": f"{type(err).__name__}: {message}"})
             return  # later statements of the block depend on this one
         if has_promise and _numeric(value) and not _matches(value, expected):
             failures.append({"where": where,
@@ -201,10 +202,10 @@ def run_bash(block: Block, workdir: str, failures: List[Dict[str, Any]],
     for line, command in bash_commands(block):
         if any(key in command for key in exempt):
             continue
-        shell = re.sub(r"(^|&&\s*|;\s*)kerasq\b", lambda m: f"{m.group(1)}{shlex.quote(sys.executable)} -m kerasq",
+        python = shlex.quote(sys.executable)
+        shell = re.sub(r"(^|&&\s*|;\s*)kerasq\b", lambda m: f"{m.group(1)}{python} -m kerasq",
                        command)
-        shell = re.sub(r"(^|&&\s*|;\s*)python\b", lambda m: f"{m.group(1)}{shlex.quote(sys.executable)}",
-                       shell)
+        shell = re.sub(r"(^|&&\s*|;\s*)python\b", lambda m: f"{m.group(1)}{python}", shell)
         outputs = _outputs(command)
         for out in outputs:
             path = os.path.join(workdir, out)

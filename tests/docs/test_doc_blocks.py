@@ -61,6 +61,11 @@ KNOWN_BROKEN = {
         "issue 12 item 2: the one-command path on a plain deploy prototxt",
     "--input x.npy --reference caffe_dumps/":
         "issue 12 items 2 and 7: compare given NHWC data reports a weights shape mismatch",
+    "kerasq.integer.run differs from the Keras model":
+        "issue 12 item 4: on the digits CNN one conv1 value of 13,470 outputs is one step "
+        "off (then propagates); the Keras model keeps the default config's 32-bit biases "
+        "float ('float (acc)') until export puts them on the accumulator grid, integer.run "
+        "uses the grid",
 }
 SLOW = {"README.md"}  # several trainings, a bit-width search and int8 exports: minutes
 
