@@ -63,7 +63,7 @@ KNOWN_BROKEN = {
         "issue 12 items 2 and 7: compare given NHWC data reports a weights shape mismatch",
     "kerasq.integer.run differs from the Keras model":
         "issue 12 item 4: on the digits CNN one conv1 value of 13,470 outputs is one step "
-        "off (then propagates); the Keras model keeps the default config's 32-bit biases "
+        "off (then propagates); likely cause: the Keras model keeps the default 32-bit biases "
         "float ('float (acc)') until export puts them on the accumulator grid, integer.run "
         "uses the grid",
 }
