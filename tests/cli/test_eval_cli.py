@@ -69,3 +69,28 @@ def test_eval_refuses_text_labels_and_missing_labels(files, capsys):
     assert main(["eval", str(root / "q.h5"), "--data", str(root / "x.npy")]) == 2
     err = capsys.readouterr().err
     assert "nothing to score" in err and err.count("\n") == 1
+
+
+def test_eval_names_each_output_of_a_two_output_model(tmp_path, capsys):
+    from kerasq._compat import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6,))
+    prob = keras.layers.Dense(3, activation="softmax", name="prob")(inp)
+    box = keras.layers.Dense(4, name="box")(inp)
+    model = keras.Model(inp, [prob, box])
+    model.save(tmp_path / "two.h5")
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(30, 6)).astype("float32")
+    labels, boxes = rng.integers(0, 3, 30), rng.normal(size=(30, 4)).astype("float32")
+    np.savez(tmp_path / "two.npz", x=x, y_prob=labels, y_box=boxes)
+    assert main(["eval", str(tmp_path / "two.h5"), "--data", str(tmp_path / "two.npz"),
+                 "--json", str(tmp_path / "two.json")]) == 0
+    scores = {o["name"]: o for o in json.loads((tmp_path / "two.json").read_text())["outputs"]}
+    p, b = model.predict(x, verbose=0)
+    assert scores["prob"]["kind"] == "classifier" and scores["box"]["kind"] == "regression"
+    assert scores["prob"]["accuracy"] == pytest.approx(float(np.mean(p.argmax(1) == labels)))
+    assert scores["box"]["mean_abs_error"] == pytest.approx(float(np.mean(np.abs(b - boxes))),
+                                                            rel=1e-5)
+    out = capsys.readouterr().out
+    assert "prob" in out and "box" in out
