@@ -67,7 +67,8 @@ KNOWN_BROKEN = {
         "float ('float (acc)') until export puts them on the accumulator grid, integer.run "
         "uses the grid",
 }
-SLOW = {"README.md"}  # several trainings, a bit-width search and int8 exports: minutes
+# several trainings, a bit-width search and int8 exports / 12 epochs of pruning: minutes
+SLOW = {"README.md", "docs/sparsity.md"}
 
 
 def _blocks(name):
@@ -91,13 +92,13 @@ def fixture_dir(tmp_path_factory):
 
 @pytest.mark.parametrize("name", [
     pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in MARKDOWN])
-def test_markdown_blocks_run_and_keep_their_promises(name, fixture_dir, tmp_path):
+def test_markdown_blocks_run_and_keep_their_promises(name, request, tmp_path):
     import shutil
 
     blocks = _blocks(name)
     if not blocks:
         pytest.skip(f"{name}: no runnable code block")
-    base, absent = fixture_dir
+    base, absent = request.getfixturevalue("fixture_dir")
     workdir = tmp_path / "work"
     shutil.copytree(base, workdir, symlinks=True)
     exempt = dict(EXEMPT_COMMANDS)
