@@ -41,6 +41,7 @@ TEST_REQUIRES = [
     "ruff==0.17.6",
     "mypy==2.4.1",
 ]
+REPORT_REQUIRES = ["matplotlib==3.11.2"]  # plots of `kerasq inspect --report report.html`
 
 kerasq_packages = [p for p in find_packages(include=["kerasq", "kerasq.*"])]
 converter_packages = [
@@ -68,7 +69,7 @@ setup(
     },
     include_package_data=False,
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={"report": REPORT_REQUIRES, "test": TEST_REQUIRES + REPORT_REQUIRES},
     entry_points={"console_scripts": ["kerasq=kerasq.cli:entry_point"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -22,7 +22,7 @@ import logging
 import sys
 from typing import List, Optional, Sequence
 
-COMMANDS = ("convert", "compare", "quantize", "export", "inspect", "demo")
+COMMANDS = ("convert", "compare", "quantize", "export", "inspect", "eval", "demo")
 EXIT_ERROR = 2
 
 

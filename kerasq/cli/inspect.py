@@ -117,10 +117,30 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
         help="also print exact zeros / count of every kernel and the total "
         "(caffe-jacinto display_sparsity format)",
     )
+    # --- run report (kerasq.report) ---
+    p.add_argument(
+        "--report",
+        metavar="FILE",
+        help="also write a report: report.html (one self-contained page: tables, SQNR bars, "
+        "weight and activation histograms with the quantization grid; needs matplotlib) "
+        "or report.json (the same numbers)",
+    )
+    p.add_argument(
+        "--tflite",
+        metavar="FILE",
+        help="with --report: the exported .tflite file, for its size and measured latency",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    report_path = getattr(args, "report", None)
+    if report_path:
+        from kerasq.report import check_report_path
+
+        check_report_path(report_path)
+    elif getattr(args, "tflite", None):
+        raise ModelFormatError("--tflite is used by --report only", file=args.tflite)
     model = load_any(args.model)
     print(f"model {model.name}: {args.model}")
     print(format_table(model))
@@ -139,4 +159,11 @@ def run(args: argparse.Namespace) -> int:
 
         print()
         print(format_sparsity(sparsity_report(model)))
+    # --- run report (kerasq.report) ---
+    if report_path:
+        from kerasq.report import build_report, write_report
+
+        write_report(build_report(model, data, model_path=args.model, tflite_path=args.tflite),
+                     report_path)
+        print(f"wrote {report_path}")
     return 0

@@ -90,6 +90,9 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     cal.add_argument("--eval", metavar="NPZ", help="evaluation data: .npz with x and labels y")
     cal.add_argument("--error-margin", type=float, default=1.0,
                      help="allowed accuracy drop in percentage points (default 1.0)")
+    cal.add_argument("--strict", action="store_true",
+                     help="with --search: fail (exit 2, no output file) when the combined "
+                          "result misses the error margin, instead of warning")
     cal.add_argument("--candidates",
                      help="bit widths tried in order (default 16,8,4,2; minifloat 16,8,4)")
     cal.add_argument("--report", action="store_true",
@@ -366,6 +369,10 @@ def run(args: argparse.Namespace) -> int:
                                                 file=sys.stderr, flush=True),
         )
         print(result.table())
+        if not result.within_margin:
+            if args.strict:
+                raise KerasqError(result.margin_warning(), file=args.model, layer="--search")
+            print(f"kerasq: warning: {result.margin_warning()}", file=sys.stderr)
         config = result.config
 
     qmodel = quantize_model(model, config)

@@ -10,7 +10,10 @@ than the margin below the baseline::
 The chosen bit width of a part is the smallest one in the passing prefix (float if even the
 first candidate fails). The parts are combined into one :class:`QuantizationConfig` (with
 per-layer-type overrides) and the combined model is scored once more; like Ristretto, the
-combined score may fall below the margin (fine-tune the result then).
+combined score may fall below the margin (fine-tune the result then): the result then says
+so (:attr:`SearchResult.within_margin` is False, :meth:`SearchResult.margin_warning` gives the
+one-line message, a warning is logged, and ``kerasq quantize --search`` prints it, or fails
+with ``--strict``).
 
 Parts: ``"conv_weights"`` (every convolution kernel: Conv1D/2D/3D, depthwise, separable,
 transposed), ``"dense_weights"`` (Dense kernels) and ``"activations"`` (every activation
@@ -74,6 +77,33 @@ class SearchResult:
     score_unit: str = "fraction"
     detail: str = ""
 
+    @property
+    def within_margin(self) -> bool:
+        """True if the combined score is within ``error_margin`` of the baseline.
+
+        Example: ``if not result.within_margin: print(result.margin_warning())``.
+        """
+        return not (math.isnan(self.score)
+                    or _fails(self.score, self.baseline, self.error_margin, self.score_unit))
+
+    def margin_warning(self) -> str:
+        """"" if :attr:`within_margin`, else one line: the drop, the margin and what to do.
+
+        Example: ``"combined result (conv_weights=2, ...) scores 0.9574, 3.30 points below
+        the float baseline 0.9904, more than the 1 point error margin: ..."``.
+        """
+        if self.within_margin:
+            return ""
+        scale = 100.0 if self.score_unit == "fraction" else 1.0
+        drop = (self.baseline - self.score) * scale
+        chosen = ", ".join(f"{part}={'float' if bw is None else bw}"
+                           for part, bw in self.bitwidths.items())
+        return (f"combined result ({chosen}) scores {self.score:.4f}, {drop:.2f} points below "
+                f"the float baseline {self.baseline:.4f}, more than the {self.error_margin:g} "
+                f"point error margin: the parts pass alone but not together; raise the bit "
+                f"widths (--candidates without the smallest width), fine-tune (QAT) or allow "
+                f"a larger --error-margin")
+
     def table(self) -> str:
         """The search as a fixed-width text table (Ristretto's log, condensed)."""
         scale = 100.0 if self.score_unit == "fraction" else 1.0
@@ -89,7 +119,8 @@ class SearchResult:
         chosen = ", ".join(
             f"{part}={'float' if bw is None else bw}" for part, bw in self.bitwidths.items()
         )
-        lines.append(row("combined", "-", self.score, chosen))
+        lines.append(row("combined", "-", self.score,
+                         chosen if self.within_margin else f"{chosen} (MISSES THE MARGIN)"))
         lines.append(f"error margin {self.error_margin:g} percentage points")
         if self.detail:
             lines.append(self.detail)
@@ -270,10 +301,13 @@ def search_bitwidths(
     combined = score_of(final_bits, "combined") if any(
         b is not None for b in final_bits.values()) else baseline
     final_config = _part_config(base, types, final_bits)
-    return SearchResult(
+    result = SearchResult(
         baseline=baseline, rows=tuple(rows), bitwidths=chosen, config=final_config,
         score=combined, error_margin=float(error_margin), score_unit=score_unit,
     )
+    if not result.within_margin:
+        log.warning("search: %s", result.margin_warning())
+    return result
 
 
 # ------------------------------------------------------------------------ minifloat mode

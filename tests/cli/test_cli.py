@@ -16,9 +16,9 @@ def test_help_lists_every_subcommand(capsys):
         main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for name in ("convert", "compare", "quantize", "export", "inspect", "demo"):
+    for name in ("convert", "compare", "quantize", "export", "inspect", "eval", "demo"):
         assert name in out
-    assert set(COMMANDS) == {"convert", "compare", "quantize", "export", "inspect", "demo"}
+    assert set(COMMANDS) == {"convert", "compare", "quantize", "export", "inspect", "eval", "demo"}
 
 
 def test_console_script_help_runs_as_a_process():

@@ -265,3 +265,28 @@ def test_convert_with_a_ristretto_quantize_config(tmp_path, capsys):
         assert (output.bits, output.frac_bits, output.signed) == (bw_out, (fl_out, fl_out),
                                                                   True), name
     assert ("pool1", "output") not in rows  # not a Ristretto layer: stays float
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_search_missing_its_margin_warns_or_fails_with_strict(workdir, capsys, monkeypatch,
+                                                             strict):
+    import kerasq.cli.quantize as quantize_cli
+    from kerasq.schemes.report import report
+
+    def parts_penalty_eval(qmodel):  # 0.6 points per quantized part: alone each passes
+        parts = {r.layer if r.tensor == "kernel" else "activations"
+                 for r in report(qmodel) if r.tensor != "bias"}
+        return 1.0 - 0.006 * len(parts)  # conv1a, fc, activations
+
+    monkeypatch.setattr(quantize_cli, "accuracy_fn", lambda x, y: parts_penalty_eval)
+    out = workdir / f"q_margin_{strict}.h5"
+    status = main(["quantize", str(workdir / "model.h5"), "--search", "--eval",
+                   str(workdir / "val.npz"), "--calibration", str(workdir / "cal.npy"),
+                   "--candidates", "8", "-o", str(out)] + (["--strict"] if strict else []))
+    err = capsys.readouterr().err
+    assert "points below the float baseline" in err and "error margin" in err
+    if strict:
+        assert status == 2 and not out.exists()
+        assert "kerasq: error:" in err and "--search" in err
+    else:
+        assert status == 0 and out.is_file() and "kerasq: warning:" in err

@@ -191,3 +191,53 @@ def test_minifloat_search_on_digits(digits_model):
         assert (result.config.precision, result.config.exp_bits,
                 result.config.mant_bits) == ("minifloat", exp_bits, min(passing) - exp_bits - 1)
     assert f"exp_bits {exp_bits}" in str(result) or "stays float" in str(result)
+
+
+# ------------------------------------------------------------------------ combined miss
+def parts_penalty_eval(qmodel):
+    """A score that drops 0.6 points per quantized part (conv kernels, Dense kernels,
+    activations), read from the quantization report: each part alone passes a 1-point
+    margin, two or more together do not (the additive case Ristretto warns about)."""
+    from kerasq.schemes.report import report
+
+    parts = set()
+    for row in report(qmodel):
+        if row.tensor == "kernel":
+            parts.add("dense" if row.layer.startswith("fc") else "conv")
+        elif row.tensor != "bias":
+            parts.add("activations")
+    return 1.0 - 0.006 * len(parts)
+
+
+def small_untrained_model():
+    from kerasq._compat import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(4, 3, activation="relu", name="conv1")(inp)
+    h = keras.layers.Flatten()(h)
+    return keras.Model(inp, keras.layers.Dense(10, name="fc")(h))
+
+
+def test_search_reports_a_combined_result_that_misses_the_margin(caplog):
+    import kerasq
+
+    x = np.random.default_rng(0).uniform(0, 1, (32, 8, 8, 1)).astype("float32")
+    with caplog.at_level("WARNING", logger="kerasq.schemes.search"):
+        result = kerasq.search_bitwidths(small_untrained_model(), parts_penalty_eval, x,
+                                         parts=("conv_weights", "dense_weights"),
+                                         candidates=(8,))
+    # each part alone: 1 - 0.006 = 0.994 passes; combined (conv, dense, 8-bit activations
+    # kept from the default config): 1 - 0.018 = 0.982, 1.8 points below the baseline
+    assert all(r.passed and r.score == pytest.approx(0.994) for r in result.rows)
+    assert result.score == pytest.approx(0.982)
+    assert not result.within_margin
+    message = result.margin_warning()
+    assert "1.80 points below" in message and "1 point error margin" in message
+    assert "MISSES THE MARGIN" in result.table()
+    assert any("1.80 points below" in r.getMessage() for r in caplog.records)
+    # within the margin: no message
+    relaxed = kerasq.search_bitwidths(small_untrained_model(), parts_penalty_eval, x,
+                                      error_margin=2.0, parts=("conv_weights",),
+                                      candidates=(8,))
+    assert relaxed.within_margin and relaxed.margin_warning() == ""
