@@ -42,6 +42,8 @@ class DeployPlan:
     # GridQuantize layer name -> GridSpec (to find the tensors in the TFLite file)
     activation_layers: Dict[str, specs.GridSpec]
     output_spec: Optional[specs.GridSpec]
+    # the grid of each output, in the model's output order (None: not a DFP grid)
+    output_specs: List[Optional[specs.GridSpec]] = dataclasses.field(default_factory=list)
 
 
 def _is_wrapper(layer: Any) -> bool:
@@ -358,6 +360,7 @@ class _Builder:
             keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name.split(":")[0])
             for t in model.inputs
         ]
+        self._inputs = inputs
         usage = model._tensor_usage_count
         tensor_dict: Dict[str, list] = {}
         for ref, new in zip(model.inputs, inputs):
@@ -375,15 +378,28 @@ class _Builder:
                 for x_id, y in zip(node.flat_output_ids, tf.nest.flatten(outputs)):
                     tensor_dict[x_id] = [y] * usage[x_id]
         outputs = [tensor_dict[str(id(x))].pop() for x in model.outputs]
+        out_specs = [self.activation_layers.get(y._keras_history.layer.name) for y in outputs]
+        outputs = self._name_outputs(outputs, [_output_name(x) for x in model.outputs])
         deploy = keras.Model(
             inputs, outputs if len(outputs) > 1 else outputs[0], name=f"{model.name}_deploy"
         )
-        out_spec = self._output_spec(deploy)
-        return DeployPlan(deploy, self.specs, self.activation_layers, out_spec)
+        return DeployPlan(deploy, self.specs, self.activation_layers,
+                          out_specs[0], out_specs)
 
-    def _output_spec(self, deploy: "keras.Model") -> Optional[specs.GridSpec]:
-        last = deploy.outputs[0]._keras_history.layer
-        return self.activation_layers.get(last.name)
+    def _name_outputs(self, outputs: List[Any], names: List[str]) -> List[Any]:
+        """End each output in an identity layer named after the model's output (the Caffe
+        top), so the converter's signature, and then the file's output tensors, carry it.
+        A deploy layer already holding that name is renamed ``<name>_deploy``."""
+        taken = set(names)
+        for layer in keras.Model(self._inputs, outputs).layers:
+            if layer.name in taken:
+                layer._name = f"{layer.name}_deploy"  # deploy-graph layer, renamed before use
+        return [keras.layers.Activation("linear", name=name)(y) for y, name in zip(outputs, names)]
+
+
+def _output_name(tensor: Any) -> str:
+    layer = tensor._keras_history.layer
+    return getattr(layer, "layer", layer).name
 
 
 def build_deploy_model(qmodel: "keras.Model", mode: str) -> DeployPlan:

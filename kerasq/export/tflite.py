@@ -147,6 +147,24 @@ def _convert(plan: DeployPlan, target: str, representative_data: Any, int_io: bo
         raise ExportError(f"TFLite conversion to {target} failed: {detail.strip()[:300]}{hint}")
 
 
+def name_output_tensors(content: bytes) -> bytes:
+    """The file with each output tensor renamed to its signature key (the Keras output
+    name, a Caffe top for converted nets) instead of ``StatefulPartitionedCall:k``."""
+    from ai_edge_litert.interpreter import Interpreter
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    with quiet_native_stderr():
+        signatures = Interpreter(model_content=content)._get_full_signature_list()
+    if len(signatures) != 1:
+        return content
+    outputs = next(iter(signatures.values()))["outputs"]
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
+    tensors = model.subgraphs[0].tensors
+    for key, index in outputs.items():
+        tensors[index].name = key.encode()
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
 def _pow2_exponent(scale: float) -> Optional[int]:
     mant, exp = math.frexp(scale)
     return exp - 1 if mant == 0.5 else None
@@ -221,7 +239,7 @@ def export_tflite(
             log.info("int8 export: int32 accumulator-grid biases in %s",
                      ", ".join(aligned["biases"]))
     plan = build_deploy_model(qmodel, _MODE[target])
-    content = _convert(plan, target, representative_data, int_io)
+    content = name_output_tensors(_convert(plan, target, representative_data, int_io))
     if target == "int16x8" and representative_data is None:
         raise ExportError("int16x8 needs representative_data (TFLite calibrates it)")
     if target in ("int8", "int16x8"):
@@ -233,10 +251,10 @@ def export_tflite(
             )
     report = None
     if verify_data is not None:
-        step = None
-        if plan.output_spec is not None and plan.output_spec.kind == "dfp":
-            step = float(plan.output_spec.step)
-        report = verify_tflite(content, qmodel, verify_data, output_step=step, kernels=kernels)
+        steps = [float(o.step) if o is not None and o.kind == "dfp" else None
+                 for o in plan.output_specs]
+        report = verify_tflite(content, qmodel, verify_data, output_steps=steps or None,
+                               kernels=kernels)
         if verify and not report.ok(max_steps=max_error_steps, min_top1=min_top1):
             raise VerificationError(
                 f"TFLite {target} output disagrees with the Keras model: {report.describe()}",
