@@ -29,6 +29,10 @@ from kerasq.export.layers import AffineFakeQuant, GridQuantize, MinifloatQuantiz
 log = logging.getLogger("kerasq.export.graph")
 
 MODES = ("fakequant8", "plain16", "exact")
+OUTPUT_SUFFIX = "__kerasq_output"
+# in the names of the layers of a float island (a float operator kept on purpose, between a
+# DEQUANTIZE and a QUANTIZE, where TFLite's integer kernel is not exact)
+FLOAT_ISLAND = "__float_island"
 _LINEAR_KINDS = {"Conv2D": "conv", "DepthwiseConv2D": "depthwise", "Dense": "dense"}
 
 
@@ -44,6 +48,8 @@ class DeployPlan:
     output_spec: Optional[specs.GridSpec]
     # the grid of each output, in the model's output order (None: not a DFP grid)
     output_specs: List[Optional[specs.GridSpec]] = dataclasses.field(default_factory=list)
+    # layers computed in float inside the int8 file on purpose (see FLOAT_ISLAND)
+    float_islands: List[str] = dataclasses.field(default_factory=list)
 
 
 def _is_wrapper(layer: Any) -> bool:
@@ -95,6 +101,7 @@ class _Builder:
         self.specs: Dict[str, List[Tuple[str, specs.GridSpec]]] = {}
         self.activation_layers: Dict[str, specs.GridSpec] = {}
         self.last_spec: Dict[int, Optional[specs.GridSpec]] = {}
+        self.float_islands: List[str] = []
 
     # -- activations ---------------------------------------------------------------------
     def quantize(self, x: Any, quantizer: Any, qvars: Any, owner: str, what: str) -> Any:
@@ -220,6 +227,8 @@ class _Builder:
                 if outs:
                     y = self.quantize(y, outs[0], wrapper._output_quantizer_vars, owner, "output")
                 return y
+        if self.mode == "fakequant8" and _is_softmax(inner) and not isinstance(x, (list, tuple)):
+            return self._float_softmax(inner, x, outs, wrapper, owner)
         pre, post = self._activation_quantizers(wrapper)
         qas = getattr(wrapper, "_quantize_activations", [])
         act_fn = qas[0].activation if qas else getattr(inner, "activation", None)
@@ -258,6 +267,26 @@ class _Builder:
         if outs:
             y = self.quantize(y, outs[0], wrapper._output_quantizer_vars, owner, "output")
         return y
+
+    def _float_softmax(self, inner: Any, x: Any, outs: list, wrapper: Any, owner: str) -> Any:
+        """Softmax as a float island of the int8 file: DEQUANTIZE, float SOFTMAX, rounding to
+        the output grid with exact float builtins, QUANTIZE (exact: the value is on the grid).
+
+        TFLite's int8 SOFTMAX approximates exp with a table and fixed-point arithmetic, so it
+        is a few steps off round(softmax(x)·2^fl); the float softmax differs from the Keras
+        model's by float rounding only.
+        """
+        y = _clone(inner, name=f"{owner}{FLOAT_ISLAND}_softmax")(x)
+        if not outs:
+            return y
+        quantizer, qvars = outs[0], wrapper._output_quantizer_vars
+        spec = specs.activation_spec(_quantizer_fn(quantizer, qvars), name=f"{owner}/output",
+                                     quantizer=quantizer, quantizer_vars=qvars)
+        if spec.kind == "dfp" and spec.bitwidth <= 8:
+            y = GridQuantize(int(spec.frac_bits), spec.qmin, spec.qmax, spec.rounding, "exact",
+                             name=f"{owner}{FLOAT_ISLAND}_round")(y)
+        self.float_islands.append(owner)
+        return self.quantize(y, quantizer, qvars, owner, "output")
 
     @staticmethod
     def _activation_quantizers(wrapper: Any) -> Tuple[list, list]:
@@ -384,17 +413,21 @@ class _Builder:
             inputs, outputs if len(outputs) > 1 else outputs[0], name=f"{model.name}_deploy"
         )
         return DeployPlan(deploy, self.specs, self.activation_layers,
-                          out_specs[0], out_specs)
+                          out_specs[0], out_specs, self.float_islands)
 
     def _name_outputs(self, outputs: List[Any], names: List[str]) -> List[Any]:
-        """End each output in an identity layer named after the model's output (the Caffe
-        top), so the converter's signature, and then the file's output tensors, carry it.
-        A deploy layer already holding that name is renamed ``<name>_deploy``."""
-        taken = set(names)
-        for layer in keras.Model(self._inputs, outputs).layers:
-            if layer.name in taken:
-                layer._name = f"{layer.name}_deploy"  # deploy-graph layer, renamed before use
-        return [keras.layers.Activation("linear", name=name)(y) for y, name in zip(outputs, names)]
+        """End each output in an identity layer named ``<output name>`` +
+        :data:`OUTPUT_SUFFIX`; the export strips the suffix from the file's signature and
+        output tensor names, which so carry the model's output names (the Caffe tops)."""
+        return [keras.layers.Activation("linear", name=f"{name}{OUTPUT_SUFFIX}")(y)
+                for y, name in zip(outputs, names)]
+
+
+def _is_softmax(layer: Any) -> bool:
+    if type(layer).__name__ == "Softmax":
+        return True
+    act = getattr(layer, "activation", None)
+    return type(layer).__name__ == "Activation" and getattr(act, "__name__", "") == "softmax"
 
 
 def _output_name(tensor: Any) -> str:
@@ -408,4 +441,4 @@ def build_deploy_model(qmodel: "keras.Model", mode: str) -> DeployPlan:
     return _Builder(qmodel, mode).build()
 
 
-__all__ = ["DeployPlan", "build_deploy_model", "MODES"]
+__all__ = ["FLOAT_ISLAND", "OUTPUT_SUFFIX", "DeployPlan", "build_deploy_model", "MODES"]

@@ -38,7 +38,7 @@ import numpy as np
 from kerasq._compat import tf
 from kerasq._io import write_bytes_atomic
 from kerasq.errors import ExportError, VerificationError
-from kerasq.export.graph import DeployPlan, build_deploy_model
+from kerasq.export.graph import FLOAT_ISLAND, OUTPUT_SUFFIX, DeployPlan, build_deploy_model
 from kerasq.export.verify import (
     VerificationReport,
     op_table,
@@ -114,7 +114,7 @@ def _convert(plan: DeployPlan, target: str, representative_data: Any, int_io: bo
             # the converter insists on a representative dataset for an INT8-only op set;
             # without one the fake-quant ranges alone drive it, and check_integer_file
             # then proves that no float operator was left
-            if representative_data is not None:
+            if representative_data is not None and not plan.float_islands:
                 converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             io_type = tf.int8
         else:
@@ -122,7 +122,8 @@ def _convert(plan: DeployPlan, target: str, representative_data: Any, int_io: bo
                 tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
             ]
             io_type = tf.int16
-        if representative_data is not None:
+        if representative_data is not None and not (target == "int8" and plan.float_islands):
+            # (a float island must stay float: the converter would calibrate it to int8)
             converter.representative_dataset = _representative(representative_data)
         if int_io:
             converter.inference_input_type = io_type
@@ -148,20 +149,21 @@ def _convert(plan: DeployPlan, target: str, representative_data: Any, int_io: bo
 
 
 def name_output_tensors(content: bytes) -> bytes:
-    """The file with each output tensor renamed to its signature key (the Keras output
-    name, a Caffe top for converted nets) instead of ``StatefulPartitionedCall:k``."""
-    from ai_edge_litert.interpreter import Interpreter
+    """The file with each output (signature key and tensor) named after the Keras model's
+    output (a Caffe top for converted nets) instead of ``StatefulPartitionedCall:k``."""
     from tensorflow.lite.tools import flatbuffer_utils
 
-    with quiet_native_stderr():
-        signatures = Interpreter(model_content=content)._get_full_signature_list()
-    if len(signatures) != 1:
-        return content
-    outputs = next(iter(signatures.values()))["outputs"]
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
+    if len(model.signatureDefs or []) != 1:
+        return content
     tensors = model.subgraphs[0].tensors
-    for key, index in outputs.items():
-        tensors[index].name = key.encode()
+    suffix = OUTPUT_SUFFIX.encode()
+    for output in model.signatureDefs[0].outputs:
+        name = output.name.encode() if isinstance(output.name, str) else output.name
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+        output.name = name
+        tensors[output.tensorIndex].name = name
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
@@ -181,6 +183,8 @@ def check_integer_file(content: bytes, plan: DeployPlan, target: str) -> List[st
         if op["op"] in _BOUNDARY_OPS:
             continue
         dtypes = [d for d in op["inputs"] + op["outputs"] if d is not None]
+        if any(FLOAT_ISLAND in name for name in op.get("output_names", [])):
+            continue  # a float island kept on purpose (e.g. Softmax), see build_deploy_model
         if any(d == np.float32 for d in dtypes):
             problems.append(f"float operator {op['op']} left in the integer graph")
     tensors = tensor_table(content)
@@ -199,6 +203,39 @@ def check_integer_file(content: bytes, plan: DeployPlan, target: str) -> List[st
                     f"{layer_name}: scale {t['scales'][0]!r} is not 2^-{spec.frac_bits}"
                 )
     return problems
+
+
+def _deploy_plan(qmodel: Any, target: str) -> DeployPlan:
+    """The deploy graph of ``qmodel`` for ``target``; the caller's model is left unchanged.
+
+    For int8 the grids are aligned as TFLite int8 needs them (one scale per Add/Concatenate
+    group, biases on the int32 accumulator grid, :func:`kerasq.schemes.align_for_int8`) on
+    a copy of the quantizer state, which is restored afterwards. ``kerasq.calibrate`` and
+    ``SharedGridCallback`` align the model itself, so for their models this changes nothing;
+    otherwise a warning says that the file computes the aligned numbers.
+    """
+    if target != "int8":
+        return build_deploy_model(qmodel, _MODE[target])
+    from kerasq.schemes.shared_grids import align_for_int8
+
+    variables = list(qmodel.variables)
+    before = [v.numpy() for v in variables]
+    try:
+        aligned = align_for_int8(qmodel)
+        changed = [v.name for v, old in zip(variables, before)
+                   if not np.array_equal(v.numpy(), old)]
+        if changed:
+            log.warning(
+                "the model was not aligned for int8 (%d quantizer values differ, e.g. %s): "
+                "the file computes the aligned numbers; calibrate with kerasq.calibrate or "
+                "train with kerasq.schemes.SharedGridCallback so the saved model does too",
+                len(changed), changed[0])
+        for names in aligned["groups"]:
+            log.debug("int8 export: one grid for %s", ", ".join(names))
+        return build_deploy_model(qmodel, _MODE[target])
+    finally:
+        for variable, old in zip(variables, before):
+            variable.assign(old)
 
 
 def export_tflite(
@@ -225,20 +262,7 @@ def export_tflite(
         raise ExportError("verify=True needs verify_data (or representative_data)")
     if target == "int16x8" and representative_data is None:
         representative_data = verify_data
-    if target == "int8":
-        # the Keras model is changed to compute what the file computes:
-        # TFLite int8 gives a Concatenate's inputs and output one scale: tie their DFP
-        # grids in the Keras model first, so both round once on the same grid
-        # and put 32-bit biases on TFLite's int32 grid s_in·s_w
-        from kerasq.schemes.shared_grids import align_for_int8
-
-        aligned = align_for_int8(qmodel)
-        for names in aligned["groups"]:
-            log.info("int8 export: one grid for %s", ", ".join(names))
-        if aligned["biases"]:
-            log.info("int8 export: int32 accumulator-grid biases in %s",
-                     ", ".join(aligned["biases"]))
-    plan = build_deploy_model(qmodel, _MODE[target])
+    plan = _deploy_plan(qmodel, target)
     content = name_output_tensors(_convert(plan, target, representative_data, int_io))
     if target == "int16x8" and representative_data is None:
         raise ExportError("int16x8 needs representative_data (TFLite calibrates it)")

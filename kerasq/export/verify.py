@@ -335,7 +335,9 @@ def op_table(content: bytes) -> List[Dict[str, Any]]:
 
     with quiet_native_stderr():
         interpreter = Interpreter(model_content=content)
-    tensors = {t["index"]: np.dtype(t["dtype"]) for t in interpreter.get_tensor_details()}
+    details = interpreter.get_tensor_details()
+    tensors = {t["index"]: np.dtype(t["dtype"]) for t in details}
+    names = {t["index"]: t["name"] for t in details}
     rows = []
     for op in interpreter._get_ops_details():
         rows.append(
@@ -345,6 +347,7 @@ def op_table(content: bytes) -> List[Dict[str, Any]]:
                 "outputs": [tensors.get(i) for i in op["outputs"] if i >= 0],
                 "input_indices": [i for i in op["inputs"] if i >= 0],
                 "output_indices": list(op["outputs"]),
+                "output_names": [names.get(i, "") for i in op["outputs"] if i >= 0],
             }
         )
     return rows
