@@ -227,6 +227,8 @@ class _Builder:
                 if outs:
                     y = self.quantize(y, outs[0], wrapper._output_quantizer_vars, owner, "output")
                 return y
+        if self.mode == "fakequant8" and type(inner).__name__ == "ConstantMultiply":
+            return self._constant_multiply(inner, x, outs, wrapper, owner)
         if self.mode == "fakequant8" and _is_softmax(inner) and not isinstance(x, (list, tuple)):
             return self._float_softmax(inner, x, outs, wrapper, owner)
         pre, post = self._activation_quantizers(wrapper)
@@ -277,6 +279,28 @@ class _Builder:
         model's by float rounding only.
         """
         y = _clone(inner, name=f"{owner}{FLOAT_ISLAND}_softmax")(x)
+        return self._round_island(y, outs, wrapper, owner)
+
+    def _constant_multiply(self, inner: Any, x: Any, outs: list, wrapper: Any,
+                           owner: str) -> Any:
+        """x·c with a constant c (Caffe's AVE-pool border divisor). When every c is a
+        dyadic number that int8 holds with one power-of-two scale, c is stored so (an int8
+        MUL, exact products); otherwise the product is a float island (DEQUANTIZE, MUL,
+        exact rounding to the output grid, QUANTIZE), as the converter would pick an int8
+        scale that does not hold c."""
+        constant = np.asarray(inner.get_weights()[0], np.float64)
+        fl = _dyadic_int8_frac_bits(constant)
+        if fl is not None:
+            y = _ConstMul(constant.astype(np.float32), fl, name=owner)(x)
+            if outs:
+                y = self.quantize(y, outs[0], wrapper._output_quantizer_vars, owner, "output")
+            return y
+        clone = _clone(inner, name=f"{owner}{FLOAT_ISLAND}_mul")
+        y = clone(x)
+        clone.set_weights(inner.get_weights())
+        return self._round_island(y, outs, wrapper, owner)
+
+    def _round_island(self, y: Any, outs: list, wrapper: Any, owner: str) -> Any:
         if not outs:
             return y
         quantizer, qvars = outs[0], wrapper._output_quantizer_vars
@@ -421,6 +445,38 @@ class _Builder:
         output tensor names, which so carry the model's output names (the Caffe tops)."""
         return [keras.layers.Activation("linear", name=f"{name}{OUTPUT_SUFFIX}")(y)
                 for y, name in zip(outputs, names)]
+
+
+def _dyadic_int8_frac_bits(values: np.ndarray) -> Optional[int]:
+    """The fl with which every value is q·2^-fl, |q| <= 127 (the finest such), or None."""
+    top = float(np.max(np.abs(values))) if values.size else 0.0
+    if top == 0.0:
+        return 0
+    fl = int(np.floor(np.log2(127.0 / top)))
+    codes = np.ldexp(values, fl)
+    if np.all(codes == np.round(codes)) and np.all(np.abs(codes) <= 127):
+        return fl
+    return None
+
+
+@keras.utils.register_keras_serializable(package="kerasq")
+class _ConstMul(keras.layers.Layer):
+    """x·c with c fake-quantized on the int8 grid 2^-fl (c is exactly on it)."""
+
+    def __init__(self, constant: Any, frac_bits: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.constant = np.asarray(constant, np.float32)
+        self.frac_bits = int(frac_bits)
+
+    def call(self, x: Any) -> Any:
+        step = 2.0 ** -self.frac_bits
+        c = tf.quantization.fake_quant_with_min_max_args(
+            tf.constant(self.constant), -128 * step, 127 * step)
+        return x * c
+
+    def get_config(self) -> Dict[str, Any]:
+        return {**super().get_config(), "constant": self.constant.tolist(),
+                "frac_bits": self.frac_bits}
 
 
 def _is_softmax(layer: Any) -> bool:

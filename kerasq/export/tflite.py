@@ -238,6 +238,26 @@ def _deploy_plan(qmodel: Any, target: str) -> DeployPlan:
             variable.assign(old)
 
 
+def _divergence(content: bytes, qmodel: Any, plan: DeployPlan, data: Any,
+                path: Optional[PathLike], report: VerificationReport) -> str:
+    """"; first divergence at ..." for the error, and ``<path>.divergence.json`` with the
+    per-layer rows (:mod:`kerasq.export.diagnose`) when ``path`` is given."""
+    from kerasq.export.diagnose import describe_divergence, layer_report, write_report
+
+    try:
+        rows = layer_report(content, qmodel, plan, np.asarray(data, np.float32)[:32])
+    except Exception as err:  # the diagnosis must never hide the verification error
+        log.warning("per-layer comparison failed: %s", err)
+        return ""
+    text = f"; {describe_divergence(rows)}"
+    if path is not None:
+        json_path = f"{os.fspath(path)}.divergence.json"
+        summary = {"file": os.fspath(path), "verification": report.describe()}
+        write_report(json_path, rows, summary)
+        text += f" (per-layer report: {json_path})"
+    return text
+
+
 def export_tflite(
     qmodel: Any,
     path: Optional[PathLike] = None,
@@ -280,8 +300,10 @@ def export_tflite(
         report = verify_tflite(content, qmodel, verify_data, output_steps=steps or None,
                                kernels=kernels)
         if verify and not report.ok(max_steps=max_error_steps, min_top1=min_top1):
+            where = _divergence(content, qmodel, plan, verify_data, path, report)
             raise VerificationError(
-                f"TFLite {target} output disagrees with the Keras model: {report.describe()}",
+                f"TFLite {target} output disagrees with the Keras model: {report.describe()}"
+                f"{where}",
                 file=path,
             )
     if path is not None:
