@@ -143,8 +143,8 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     from kerasq.cli.quantize import add_convert_options
 
     add_convert_options(p)
-    # --- `--tflite` (kerasq.export.cli_hooks, engineer E) ---
-    from kerasq.export.cli_hooks import add_convert_tflite_options
+    # --- `--tflite` (the export path of `kerasq export`) ---
+    from kerasq.cli.export import add_convert_tflite_options
 
     add_convert_tflite_options(p)
     p.set_defaults(func=run)
@@ -192,8 +192,8 @@ def run(args: argparse.Namespace) -> int:
         from kerasq.cli.quantize import quantize_converted  # engineer F
 
         model = quantize_converted(model, args)
-    if getattr(args, "tflite", None):  # engineer E: Caffe -> TFLite in one command
-        from kerasq.export.cli_hooks import export_converted
+    if getattr(args, "tflite", None):  # Caffe -> TFLite in one command
+        from kerasq.cli.export import export_converted
 
         export_converted(model, args)
     if not args.output:

@@ -271,12 +271,13 @@ class _Builder:
         return y
 
     def _float_softmax(self, inner: Any, x: Any, outs: list, wrapper: Any, owner: str) -> Any:
-        """Softmax as a float island of the int8 file: DEQUANTIZE, float SOFTMAX, rounding to
-        the output grid with exact float builtins, QUANTIZE (exact: the value is on the grid).
+        """Softmax (or tanh, sigmoid...) as a float island of the int8 file: DEQUANTIZE, the
+        float op, rounding to the output grid with exact float builtins, QUANTIZE (exact:
+        the value is on the grid).
 
-        TFLite's int8 SOFTMAX approximates exp with a table and fixed-point arithmetic, so it
-        is a few steps off round(softmax(x)·2^fl); the float softmax differs from the Keras
-        model's by float rounding only.
+        TFLite's int8 SOFTMAX / TANH / LOGISTIC approximate the function with tables and
+        fixed-point arithmetic, a few steps off round(f(x)·2^fl); the float op differs from
+        the Keras model's by float rounding only.
         """
         y = _clone(inner, name=f"{owner}{FLOAT_ISLAND}_softmax")(x)
         return self._round_island(y, outs, wrapper, owner)
@@ -479,11 +480,22 @@ class _ConstMul(keras.layers.Layer):
                 "frac_bits": self.frac_bits}
 
 
+# activations whose TFLite int8 kernels approximate the function (tables, fixed-point
+# polynomials), so they run as float islands in int8 files
+FLOAT_ACTIVATIONS = frozenset({
+    "softmax", "tanh", "sigmoid", "elu", "selu", "softplus", "softsign", "swish", "silu",
+    "gelu", "exponential", "log_softmax",
+})
+
+
 def _is_softmax(layer: Any) -> bool:
-    if type(layer).__name__ == "Softmax":
+    """A layer computed as a float island in int8 files: Softmax, or an Activation layer
+    whose function TFLite's int8 kernels only approximate (tanh, sigmoid, ...)."""
+    if type(layer).__name__ in ("Softmax", "ELU"):
         return True
     act = getattr(layer, "activation", None)
-    return type(layer).__name__ == "Activation" and getattr(act, "__name__", "") == "softmax"
+    return (type(layer).__name__ == "Activation"
+            and getattr(act, "__name__", "") in FLOAT_ACTIVATIONS)
 
 
 def _output_name(tensor: Any) -> str:

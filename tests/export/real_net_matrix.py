@@ -110,7 +110,9 @@ def compare_file_with_h5(tflite_path: pathlib.Path, h5_path: pathlib.Path,
     model = kerasq.load_model(str(h5_path))
     want = model(x, training=False)
     want = [np.asarray(w) for w in (want if isinstance(want, (list, tuple)) else [want])]
-    names = [t.name.split(":")[0].split("/")[0] for t in model.outputs]
+    from kerasq.export.verify import output_names
+
+    names = output_names(model)
     interp = Interpreter(model_path=str(tflite_path))
     inp = interp.get_input_details()[0]
     interp.resize_tensor_input(inp["index"], [len(x), *inp["shape"][1:]])
