@@ -102,6 +102,7 @@ class _Builder:
         self.activation_layers: Dict[str, specs.GridSpec] = {}
         self.last_spec: Dict[int, Optional[specs.GridSpec]] = {}
         self.float_islands: List[str] = []
+        self.grid_of: Dict[int, specs.GridSpec] = {}  # id(deploy tensor) -> its DFP grid
 
     # -- activations ---------------------------------------------------------------------
     def quantize(self, x: Any, quantizer: Any, qvars: Any, owner: str, what: str) -> Any:
@@ -163,7 +164,9 @@ class _Builder:
             int(spec.frac_bits), spec.qmin, spec.qmax, spec.rounding, self.mode, name=name
         )
         self.activation_layers[name] = spec
-        return layer(x)
+        y = layer(x)
+        self.grid_of[id(y)] = spec
+        return y
 
     # -- layers ----------------------------------------------------------------------------
     def wrapped(self, wrapper: Any, x: Any) -> Any:
@@ -390,6 +393,23 @@ class _Builder:
         return layer(x)
 
     def plain(self, layer: Any, args: tuple, kwargs: dict) -> Any:
+        out = self._plain(layer, args, kwargs)
+        source = args[0] if args else None
+        if (self.mode == "fakequant8" and self.float_islands and not isinstance(out, list)
+                and id(out) not in self.grid_of and not isinstance(source, (list, tuple))
+                and id(source) in self.grid_of
+                and type(getattr(layer, "layer", layer)).__name__ in _GRID_KEEPING):
+            # after a float island the converter (run without calibration data) needs the
+            # scale of every tensor: a layer that keeps its input's grid says so explicitly
+            spec = self.grid_of[id(source)]
+            name = f"{getattr(layer, 'layer', layer).name}_keep_q"
+            out = GridQuantize(int(spec.frac_bits), spec.qmin, spec.qmax, spec.rounding,
+                               self.mode, name=name)(out)
+            self.activation_layers[name] = spec
+            self.grid_of[id(out)] = spec
+        return out
+
+    def _plain(self, layer: Any, args: tuple, kwargs: dict) -> Any:
         if _is_quantize_layer(layer):
             return self.quantize(
                 args[0], layer.quantizer, layer.quantizer_vars, layer.name, "input"
@@ -446,6 +466,13 @@ class _Builder:
         output tensor names, which so carry the model's output names (the Caffe tops)."""
         return [keras.layers.Activation("linear", name=f"{name}{OUTPUT_SUFFIX}")(y)
                 for y, name in zip(outputs, names)]
+
+
+# layers whose output values lie on their input's grid
+_GRID_KEEPING = frozenset({
+    "AbsVal", "Reshape", "Flatten", "Permute", "Dropout", "MaxPooling1D", "MaxPooling2D",
+    "GlobalMaxPooling2D", "ZeroPadding2D", "Cropping2D", "ReLU",
+})
 
 
 def _dyadic_int8_frac_bits(values: np.ndarray) -> Optional[int]:
