@@ -202,13 +202,20 @@ class _Builder:
             )
         config = inner.get_config()
         outs = getattr(wrapper, "_output_quantizers", None) or []
+        global_pool = (type(inner).__name__ == "GlobalAveragePooling2D"
+                       and config.get("data_format", "channels_last") == "channels_last"
+                       and not isinstance(x, (list, tuple)) and None not in x.shape[1:3])
         if (
             self.mode == "fakequant8"
-            and type(inner).__name__ == "AveragePooling2D"
-            and config.get("padding") == "valid"
+            and (global_pool or (type(inner).__name__ == "AveragePooling2D"
+                                 and config.get("padding") == "valid"))
             and not isinstance(x, (list, tuple))
         ):
-            pool = tuple(config["pool_size"])
+            if global_pool:  # TFLite's int8 MEAN rounds differently: the same lowering
+                pool = (int(x.shape[1]), int(x.shape[2]))
+                config = {**config, "pool_size": pool, "strides": pool}
+            else:
+                pool = tuple(config["pool_size"])
             count = pool[0] * pool[1]
             if count & (count - 1) == 0:  # 1/count is a power of two: exact as a weight
                 # TFLite's int8 AVERAGE_POOL_2D rounds in the zero-point-offset domain (ties
@@ -227,6 +234,8 @@ class _Builder:
                     fake_quant=True,
                     name=inner.name,
                 )(x)
+                if global_pool and not config.get("keepdims", False):
+                    y = keras.layers.Reshape((int(x.shape[-1]),), name=f"{owner}_squeeze")(y)
                 if outs:
                     y = self.quantize(y, outs[0], wrapper._output_quantizer_vars, owner, "output")
                 return y
