@@ -239,6 +239,14 @@ class _Builder:
                 if outs:
                     y = self.quantize(y, outs[0], wrapper._output_quantizer_vars, owner, "output")
                 return y
+        if (self.mode == "fakequant8" and type(inner).__name__ == "PReLU"
+                and not getattr(wrapper, "_weight_vars", None)):
+            # the Keras model keeps the slopes float: TFLite's int8 PRELU would store them
+            # on an int8 grid of its own choosing, so PReLU is a float island
+            clone = _clone(inner, name=f"{owner}{FLOAT_ISLAND}_prelu")
+            y = clone(x)
+            clone.set_weights(inner.get_weights())
+            return self._round_island(y, outs, wrapper, owner)
         if self.mode == "fakequant8" and type(inner).__name__ == "ConstantMultiply":
             return self._constant_multiply(inner, x, outs, wrapper, owner)
         if self.mode == "fakequant8" and _is_softmax(inner) and not isinstance(x, (list, tuple)):

@@ -16,7 +16,6 @@ from conftest import shared_path
 
 # measured divergences not fixed yet (first diverging layer from kerasq.export.diagnose)
 KNOWN_DIVERGENT = {
-    "resnet20": "residual Add + ReLU: up to 5 output steps",
     "vanilla-cnn": "TanH float islands still a few steps off after the second conv",
     "mtcnn-det1": "PReLU: TFLite's int8 PRELU requantization rounds differently",
     "mtcnn-det2": "PReLU (first divergence at prelu3)",
