@@ -244,7 +244,7 @@ class _Builder:
             # the Keras model keeps the slopes float: TFLite's int8 PRELU would store them
             # on an int8 grid of its own choosing, so PReLU is a float island
             clone = _clone(inner, name=f"{owner}{FLOAT_ISLAND}_prelu")
-            y = clone(x)
+            y = clone(self._enter_island(x, owner))
             clone.set_weights(inner.get_weights())
             return self._round_island(y, outs, wrapper, owner)
         if self.mode == "fakequant8" and type(inner).__name__ == "ConstantMultiply":
@@ -299,8 +299,20 @@ class _Builder:
         fixed-point arithmetic, a few steps off round(f(x)·2^fl); the float op differs from
         the Keras model's by float rounding only.
         """
-        y = _clone(inner, name=f"{owner}{FLOAT_ISLAND}_softmax")(x)
+        x = self._enter_island(x, owner)
+        y = _clone(inner, name=f"{owner}{FLOAT_ISLAND}_op")(x)
         return self._round_island(y, outs, wrapper, owner)
+
+    def _enter_island(self, x: Any, owner: str) -> Any:
+        """The island's input as a float tensor the converter cannot quantize: the exact
+        float rounding onto its own grid (the identity on its values). Without it the
+        converter quantizes ops with a fixed output range (SOFTMAX, TANH, LOGISTIC) whose
+        input comes straight from a quantized tensor."""
+        spec = self.grid_of.get(id(x))
+        if spec is None:
+            return x
+        return GridQuantize(int(spec.frac_bits), spec.qmin, spec.qmax, spec.rounding, "exact",
+                            name=f"{owner}{FLOAT_ISLAND}_enter")(x)
 
     def _constant_multiply(self, inner: Any, x: Any, outs: list, wrapper: Any,
                            owner: str) -> Any:
@@ -317,7 +329,7 @@ class _Builder:
                 y = self.quantize(y, outs[0], wrapper._output_quantizer_vars, owner, "output")
             return y
         clone = _clone(inner, name=f"{owner}{FLOAT_ISLAND}_mul")
-        y = clone(x)
+        y = clone(self._enter_island(x, owner))
         clone.set_weights(inner.get_weights())
         return self._round_island(y, outs, wrapper, owner)
 
