@@ -431,6 +431,9 @@ class _Builder:
             # after a float island the converter (run without calibration data) needs the
             # scale of every tensor: a layer that keeps its input's grid says so explicitly
             spec = self.grid_of[id(source)]
+            if type(getattr(layer, "layer", layer)).__name__ == "AbsVal" and spec.signed:
+                # |−128·2^−fl| needs the unsigned grid of the same step
+                spec = dataclasses.replace(spec, signed=False)
             name = f"{getattr(layer, 'layer', layer).name}_keep_q"
             out = GridQuantize(int(spec.frac_bits), spec.qmin, spec.qmax, spec.rounding,
                                self.mode, name=name)(out)
