@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +36,7 @@ def _keras_tensor(qmodel: Any, owner: str, what: str) -> Any:
     return None
 
 
-def _file_tensor(details: List[Dict[str, Any]], layer_name: str) -> Optional[Dict[str, Any]]:
+def _file_tensor(details: list[dict[str, Any]], layer_name: str) -> dict[str, Any] | None:
     hits = []
     for t in details:
         parts = [p.split("/") for p in t["name"].split(";")]
@@ -45,7 +45,7 @@ def _file_tensor(details: List[Dict[str, Any]], layer_name: str) -> Optional[Dic
     return hits[-1] if hits else None
 
 
-def layer_report(content: bytes, qmodel: Any, plan: Any, data: np.ndarray) -> List[Dict[str, Any]]:
+def layer_report(content: bytes, qmodel: Any, plan: Any, data: np.ndarray) -> list[dict[str, Any]]:
     """One row per activation grid found in the file, in graph order: ``layer`` (the Keras
     layer), ``what``, ``max_error_steps``, ``exact_fraction``, ``step``."""
     from ai_edge_litert.interpreter import Interpreter
@@ -94,12 +94,12 @@ def layer_report(content: bytes, qmodel: Any, plan: Any, data: np.ndarray) -> Li
     return rows
 
 
-def first_divergence(rows: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+def first_divergence(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The first row of :func:`layer_report` whose integer output differs, or None."""
     return next((r for r in rows if r["max_error_steps"] > 0), None)
 
 
-def describe_divergence(rows: List[Dict[str, Any]]) -> str:
+def describe_divergence(rows: list[dict[str, Any]]) -> str:
     """One line for an error message: the first diverging layer and its figures."""
     row = first_divergence(rows)
     if row is None:
@@ -109,7 +109,7 @@ def describe_divergence(rows: List[Dict[str, Any]]) -> str:
             f"{100 * row['exact_fraction']:.2f}% identical")
 
 
-def write_report(path: str, rows: List[Dict[str, Any]], summary: Dict[str, Any]) -> None:
+def write_report(path: str, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
     """The per-layer rows and a summary as JSON (written atomically)."""
     from kerasq._io import write_bytes_atomic
 

@@ -15,7 +15,6 @@ import pathlib
 import subprocess
 import sys
 import tempfile
-from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -28,16 +27,16 @@ MODELS = SHARED / "caffe-models"
 class Net:
     name: str
     prototxt: str                      # relative to caffe-models/
-    caffemodel: Optional[str]          # relative to caffe-models/; None: make_weights.py
-    shape_nhwc: Tuple[int, int, int]
+    caffemodel: str | None          # relative to caffe-models/; None: make_weights.py
+    shape_nhwc: tuple[int, int, int]
     low: float
     high: float
-    extra: Tuple[str, ...] = ()        # more `kerasq convert` arguments
+    extra: tuple[str, ...] = ()        # more `kerasq convert` arguments
     seed: int = 1                      # make_weights.py seed
     slow: bool = False
 
 
-NETS: List[Net] = [
+NETS: list[Net] = [
     Net("lenet", "lenet-mnist/lenet.prototxt", "lenet-mnist/lenet_iter_10000.caffemodel",
         (28, 28, 1), 0.0, 1.0),
     Net("cifar10-quick", "cifar10-quick-v1/cifar10_quick_deploy.prototxt",
@@ -67,7 +66,7 @@ NETS: List[Net] = [
     Net("jacinto-jsegnet21v2", "jacinto/cityscapes5-jsegnet21v2/deploy.prototxt", None,
         (64, 128, 3), 0.0, 255.0, ("--input-shape", "data:1,3,64,128"), seed=6, slow=True),
 ]
-BY_NAME: Dict[str, Net] = {n.name: n for n in NETS}
+BY_NAME: dict[str, Net] = {n.name: n for n in NETS}
 
 
 @dataclasses.dataclass
@@ -83,7 +82,7 @@ class NetResult:
     ok: bool
     stage: str                         # the step that failed, or "done"
     message: str
-    outputs: List[OutputResult]
+    outputs: list[OutputResult]
 
     def line(self) -> str:
         outs = "; ".join(
@@ -101,7 +100,7 @@ def _cli(*args: str, cwd: pathlib.Path) -> subprocess.CompletedProcess:
 
 
 def compare_file_with_h5(tflite_path: pathlib.Path, h5_path: pathlib.Path,
-                         x: np.ndarray) -> List[OutputResult]:
+                         x: np.ndarray) -> list[OutputResult]:
     """Each output of the reloaded ``q.h5`` against the same-named output of the file,
     in steps of the file's output scale (1 when the output is float)."""
     from ai_edge_litert.interpreter import Interpreter
@@ -173,7 +172,7 @@ def run_net(net: Net, workdir: pathlib.Path, *, n_calib: int = 64, n_test: int =
     return NetResult(net.name, ok, "done" if ok else "compare", "", outputs)
 
 
-def main(names: List[str]) -> int:
+def main(names: list[str]) -> int:
     nets = [BY_NAME[n] for n in names] if names else NETS
     failed = 0
     for net in nets:

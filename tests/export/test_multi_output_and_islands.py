@@ -58,7 +58,7 @@ def test_two_outputs_bit_identical_and_named(two_headed):
 
 
 def test_only_island_operators_are_float(two_headed):
-    qmodel, x = two_headed
+    qmodel, _ = two_headed
     content = export_tflite(qmodel, target="int8").content
     floats = [op for op in op_table(content)
               if op["op"] not in ("QUANTIZE", "DEQUANTIZE")

@@ -10,9 +10,8 @@ Nets whose divergence is not yet fixed are expected failures with the measured f
 from __future__ import annotations
 
 import pytest
-from export import real_net_matrix as matrix
-
 from conftest import shared_path
+from export import real_net_matrix as matrix
 
 # measured divergences not fixed yet (first diverging layer from kerasq.export.diagnose)
 KNOWN_DIVERGENT = {
