@@ -282,11 +282,14 @@ def export_tflite(
         raise ExportError("verify=True needs verify_data (or representative_data)")
     if target == "int16x8" and representative_data is None:
         representative_data = verify_data
+    log.info("export %s: building the deploy graph", target)
     plan = _deploy_plan(qmodel, target)
+    log.info("export %s: converting (%d layers)", target, len(plan.model.layers))
     content = name_output_tensors(_convert(plan, target, representative_data, int_io))
     if target == "int16x8" and representative_data is None:
         raise ExportError("int16x8 needs representative_data (TFLite calibrates it)")
     if target in ("int8", "int16x8"):
+        log.info("export %s: checking the file (%d bytes)", target, len(content))
         problems = check_integer_file(content, plan, target)
         if problems:
             raise ExportError(
@@ -297,6 +300,7 @@ def export_tflite(
     if verify_data is not None:
         steps = [float(o.step) if o is not None and o.kind == "dfp" else None
                  for o in plan.output_specs]
+        log.info("export %s: verifying on %d samples", target, len(verify_data))
         report = verify_tflite(content, qmodel, verify_data, output_steps=steps or None,
                                kernels=kernels)
         if verify and not report.ok(max_steps=max_error_steps, min_top1=min_top1):
