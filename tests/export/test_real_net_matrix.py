@@ -18,7 +18,6 @@ KNOWN_DIVERGENT = {
     "vanilla-cnn": "3 output steps; first divergence at the second TanH (after AbsVal, MaxPool, "
                    "Conv2), not found yet",
     "mtcnn-det4": "3-7 output steps on its five outputs (Slice + Concat), not diagnosed yet",
-    "ultraface": "not measured since the multi-output fix",
     "yufacedetect-prefix": "not measured",
     "resnet50-stem": "not measured",
     "jacinto-jnet11v2": "grouped Conv2D is not exported",
