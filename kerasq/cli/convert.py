@@ -152,8 +152,8 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     from kerasq.cli.quantize import add_convert_options
 
     add_convert_options(p)
-    # `--tflite` options (kerasq.export.cli_hooks)
-    from kerasq.export.cli_hooks import add_convert_tflite_options
+    # --- `--tflite` (the export path of `kerasq export`) ---
+    from kerasq.cli.export import add_convert_tflite_options
 
     add_convert_tflite_options(p)
     p.set_defaults(func=run)
@@ -202,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
 
         model = quantize_converted(model, args)
     if getattr(args, "tflite", None):  # Caffe -> TFLite in one command
-        from kerasq.export.cli_hooks import export_converted
+        from kerasq.cli.export import export_converted
 
         export_converted(model, args)
     if not args.output:

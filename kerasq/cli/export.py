@@ -50,6 +50,62 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     p.set_defaults(func=run)
 
 
+def add_convert_tflite_options(p: argparse.ArgumentParser) -> None:
+    """``kerasq convert``'s ``--tflite``, ``--tflite-target``, ``--verify``."""
+    g = p.add_argument_group("TFLite export", "write the (quantized) model as TFLite too")
+    g.add_argument("--tflite", metavar="FILE", help="also write this .tflite file")
+    g.add_argument(
+        "--tflite-target",
+        choices=TARGETS,
+        default=None,
+        help="TFLite target (default: int8 with --quantize, else float)",
+    )
+    g.add_argument(
+        "--verify",
+        action="store_true",
+        help="run the .tflite on the --calibration data and fail on a mismatch",
+    )
+
+
+def export_converted(model, args: argparse.Namespace) -> None:
+    """``kerasq convert ... --tflite FILE``: export the converted (and quantized) model the
+    same way ``kerasq export`` does, verified on the ``--calibration`` data when given."""
+    quantized = bool(getattr(args, "quantize", False) or getattr(args, "quantize_config", None))
+    target = args.tflite_target or ("int8" if quantized else "float")
+    data = None
+    if getattr(args, "calibration", None):
+        from kerasq.cli.quantize import load_inputs
+
+        data = load_inputs(args.calibration)
+    export_model(model, args.tflite, target=target, data=data, verify=bool(args.verify))
+
+
+def export_model(model, output: str, *, target: str, data, verify: bool,
+                 int_io: bool = False, kernels: str = "default",
+                 max_error_steps: float = 1.0) -> None:
+    """The one export path of the command line: write ``output``, print what was written and
+    the verification figures of every output."""
+    import logging
+
+    from kerasq.export.tflite import export_tflite
+
+    logging.getLogger("kerasq.cli.export").info("exporting to %s (target %s)", output, target)
+    result = export_tflite(
+        model,
+        output,
+        target=target,
+        representative_data=data,
+        int_io=int_io,
+        verify_data=data,
+        verify=verify,
+        max_error_steps=max_error_steps,
+        kernels=kernels,
+    )
+    print(f"wrote {output} ({result.size} bytes, target {target})")
+    if result.report is not None:
+        print(f"verification: {result.report.describe()}")
+
+
 def _load_data(path: str):
     import numpy as np
 
@@ -65,8 +121,6 @@ def run(args: argparse.Namespace) -> int:
     import os
 
     from kerasq.errors import ExportError, ModelFormatError
-    from kerasq.export.tflite import export_tflite
-
     if not os.path.exists(args.model):
         raise ModelFormatError("no such file or directory", file=args.model)
     try:
@@ -83,20 +137,9 @@ def run(args: argparse.Namespace) -> int:
         )
     data = _load_data(args.data) if args.data else None
     try:
-        result = export_tflite(
-            model,
-            args.output,
-            target=args.target,
-            representative_data=data,
-            int_io=args.int_io,
-            verify_data=data,
-            verify=args.verify,
-            max_error_steps=args.max_error_steps,
-            kernels=args.kernels,
-        )
+        export_model(model, args.output, target=args.target, data=data, verify=args.verify,
+                     int_io=args.int_io, kernels=args.kernels,
+                     max_error_steps=args.max_error_steps)
     except ExportError as err:
         raise err.with_context(file=args.model)
-    print(f"wrote {args.output} ({result.size} bytes, target {args.target})")
-    if result.report is not None:
-        print(f"verification: {result.report.describe()}")
     return 0

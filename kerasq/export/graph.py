@@ -29,6 +29,10 @@ from kerasq.export.layers import AffineFakeQuant, GridQuantize, MinifloatQuantiz
 log = logging.getLogger("kerasq.export.graph")
 
 MODES = ("fakequant8", "plain16", "exact")
+OUTPUT_SUFFIX = "__kerasq_output"
+# in the names of the layers of a float island (a float operator kept on purpose, between a
+# DEQUANTIZE and a QUANTIZE, where TFLite's integer kernel is not exact)
+FLOAT_ISLAND = "__float_island"
 _LINEAR_KINDS = {"Conv2D": "conv", "DepthwiseConv2D": "depthwise", "Dense": "dense"}
 
 
@@ -42,6 +46,10 @@ class DeployPlan:
     # GridQuantize layer name -> GridSpec (to find the tensors in the TFLite file)
     activation_layers: Dict[str, specs.GridSpec]
     output_spec: Optional[specs.GridSpec]
+    # the grid of each output, in the model's output order (None: not a DFP grid)
+    output_specs: List[Optional[specs.GridSpec]] = dataclasses.field(default_factory=list)
+    # layers computed in float inside the int8 file on purpose (see FLOAT_ISLAND)
+    float_islands: List[str] = dataclasses.field(default_factory=list)
 
 
 def _is_wrapper(layer: Any) -> bool:
@@ -93,6 +101,8 @@ class _Builder:
         self.specs: Dict[str, List[Tuple[str, specs.GridSpec]]] = {}
         self.activation_layers: Dict[str, specs.GridSpec] = {}
         self.last_spec: Dict[int, Optional[specs.GridSpec]] = {}
+        self.float_islands: List[str] = []
+        self.grid_of: Dict[int, specs.GridSpec] = {}  # id(deploy tensor) -> its DFP grid
 
     # -- activations ---------------------------------------------------------------------
     def quantize(self, x: Any, quantizer: Any, qvars: Any, owner: str, what: str) -> Any:
@@ -154,7 +164,9 @@ class _Builder:
             int(spec.frac_bits), spec.qmin, spec.qmax, spec.rounding, self.mode, name=name
         )
         self.activation_layers[name] = spec
-        return layer(x)
+        y = layer(x)
+        self.grid_of[id(y)] = spec
+        return y
 
     # -- layers ----------------------------------------------------------------------------
     def wrapped(self, wrapper: Any, x: Any) -> Any:
@@ -190,13 +202,20 @@ class _Builder:
             )
         config = inner.get_config()
         outs = getattr(wrapper, "_output_quantizers", None) or []
+        global_pool = (type(inner).__name__ == "GlobalAveragePooling2D"
+                       and config.get("data_format", "channels_last") == "channels_last"
+                       and not isinstance(x, (list, tuple)) and None not in x.shape[1:3])
         if (
             self.mode == "fakequant8"
-            and type(inner).__name__ == "AveragePooling2D"
-            and config.get("padding") == "valid"
+            and (global_pool or (type(inner).__name__ == "AveragePooling2D"
+                                 and config.get("padding") == "valid"))
             and not isinstance(x, (list, tuple))
         ):
-            pool = tuple(config["pool_size"])
+            if global_pool:  # TFLite's int8 MEAN rounds differently: the same lowering
+                pool = (int(x.shape[1]), int(x.shape[2]))
+                config = {**config, "pool_size": pool, "strides": pool}
+            else:
+                pool = tuple(config["pool_size"])
             count = pool[0] * pool[1]
             if count & (count - 1) == 0:  # 1/count is a power of two: exact as a weight
                 # TFLite's int8 AVERAGE_POOL_2D rounds in the zero-point-offset domain (ties
@@ -215,9 +234,23 @@ class _Builder:
                     fake_quant=True,
                     name=inner.name,
                 )(x)
+                if global_pool and not config.get("keepdims", False):
+                    y = keras.layers.Reshape((int(x.shape[-1]),), name=f"{owner}_squeeze")(y)
                 if outs:
                     y = self.quantize(y, outs[0], wrapper._output_quantizer_vars, owner, "output")
                 return y
+        if (self.mode == "fakequant8" and type(inner).__name__ == "PReLU"
+                and not getattr(wrapper, "_weight_vars", None)):
+            # the Keras model keeps the slopes float: TFLite's int8 PRELU would store them
+            # on an int8 grid of its own choosing, so PReLU is a float island
+            clone = _clone(inner, name=f"{owner}{FLOAT_ISLAND}_prelu")
+            y = clone(self._enter_island(x, owner))
+            clone.set_weights(inner.get_weights())
+            return self._round_island(y, outs, wrapper, owner)
+        if self.mode == "fakequant8" and type(inner).__name__ == "ConstantMultiply":
+            return self._constant_multiply(inner, x, outs, wrapper, owner)
+        if self.mode == "fakequant8" and _is_softmax(inner) and not isinstance(x, (list, tuple)):
+            return self._float_softmax(inner, x, outs, wrapper, owner)
         pre, post = self._activation_quantizers(wrapper)
         qas = getattr(wrapper, "_quantize_activations", [])
         act_fn = qas[0].activation if qas else getattr(inner, "activation", None)
@@ -256,6 +289,61 @@ class _Builder:
         if outs:
             y = self.quantize(y, outs[0], wrapper._output_quantizer_vars, owner, "output")
         return y
+
+    def _float_softmax(self, inner: Any, x: Any, outs: list, wrapper: Any, owner: str) -> Any:
+        """Softmax (or tanh, sigmoid...) as a float island of the int8 file: DEQUANTIZE, the
+        float op, rounding to the output grid with exact float builtins, QUANTIZE (exact:
+        the value is on the grid).
+
+        TFLite's int8 SOFTMAX / TANH / LOGISTIC approximate the function with tables and
+        fixed-point arithmetic, a few steps off round(f(x)·2^fl); the float op differs from
+        the Keras model's by float rounding only.
+        """
+        x = self._enter_island(x, owner)
+        y = _clone(inner, name=f"{owner}{FLOAT_ISLAND}_op")(x)
+        return self._round_island(y, outs, wrapper, owner)
+
+    def _enter_island(self, x: Any, owner: str) -> Any:
+        """The island's input as a float tensor the converter cannot quantize: the exact
+        float rounding onto its own grid (the identity on its values). Without it the
+        converter quantizes ops with a fixed output range (SOFTMAX, TANH, LOGISTIC) whose
+        input comes straight from a quantized tensor."""
+        spec = self.grid_of.get(id(x))
+        if spec is None:
+            return x
+        return GridQuantize(int(spec.frac_bits), spec.qmin, spec.qmax, spec.rounding, "exact",
+                            name=f"{owner}{FLOAT_ISLAND}_enter")(x)
+
+    def _constant_multiply(self, inner: Any, x: Any, outs: list, wrapper: Any,
+                           owner: str) -> Any:
+        """x·c with a constant c (Caffe's AVE-pool border divisor). When every c is a
+        dyadic number that int8 holds with one power-of-two scale, c is stored so (an int8
+        MUL, exact products); otherwise the product is a float island (DEQUANTIZE, MUL,
+        exact rounding to the output grid, QUANTIZE), as the converter would pick an int8
+        scale that does not hold c."""
+        constant = np.asarray(inner.get_weights()[0], np.float64)
+        fl = _dyadic_int8_frac_bits(constant)
+        if fl is not None:
+            y = _ConstMul(constant.astype(np.float32), fl, name=owner)(x)
+            if outs:
+                y = self.quantize(y, outs[0], wrapper._output_quantizer_vars, owner, "output")
+            return y
+        clone = _clone(inner, name=f"{owner}{FLOAT_ISLAND}_mul")
+        y = clone(self._enter_island(x, owner))
+        clone.set_weights(inner.get_weights())
+        return self._round_island(y, outs, wrapper, owner)
+
+    def _round_island(self, y: Any, outs: list, wrapper: Any, owner: str) -> Any:
+        if not outs:
+            return y
+        quantizer, qvars = outs[0], wrapper._output_quantizer_vars
+        spec = specs.activation_spec(_quantizer_fn(quantizer, qvars), name=f"{owner}/output",
+                                     quantizer=quantizer, quantizer_vars=qvars)
+        if spec.kind == "dfp" and spec.bitwidth <= 8:
+            y = GridQuantize(int(spec.frac_bits), spec.qmin, spec.qmax, spec.rounding, "exact",
+                             name=f"{owner}{FLOAT_ISLAND}_round")(y)
+        self.float_islands.append(owner)
+        return self.quantize(y, quantizer, qvars, owner, "output")
 
     @staticmethod
     def _activation_quantizers(wrapper: Any) -> Tuple[list, list]:
@@ -334,6 +422,26 @@ class _Builder:
         return layer(x)
 
     def plain(self, layer: Any, args: tuple, kwargs: dict) -> Any:
+        out = self._plain(layer, args, kwargs)
+        source = args[0] if args else None
+        if (self.mode == "fakequant8" and self.float_islands and not isinstance(out, list)
+                and id(out) not in self.grid_of and not isinstance(source, (list, tuple))
+                and id(source) in self.grid_of
+                and type(getattr(layer, "layer", layer)).__name__ in _GRID_KEEPING):
+            # after a float island the converter (run without calibration data) needs the
+            # scale of every tensor: a layer that keeps its input's grid says so explicitly
+            spec = self.grid_of[id(source)]
+            if type(getattr(layer, "layer", layer)).__name__ == "AbsVal" and spec.signed:
+                # |−128·2^−fl| needs the unsigned grid of the same step
+                spec = dataclasses.replace(spec, signed=False)
+            name = f"{getattr(layer, 'layer', layer).name}_keep_q"
+            out = GridQuantize(int(spec.frac_bits), spec.qmin, spec.qmax, spec.rounding,
+                               self.mode, name=name)(out)
+            self.activation_layers[name] = spec
+            self.grid_of[id(out)] = spec
+        return out
+
+    def _plain(self, layer: Any, args: tuple, kwargs: dict) -> Any:
         if _is_quantize_layer(layer):
             return self.quantize(
                 args[0], layer.quantizer, layer.quantizer_vars, layer.name, "input"
@@ -358,6 +466,7 @@ class _Builder:
             keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name.split(":")[0])
             for t in model.inputs
         ]
+        self._inputs = inputs
         usage = model._tensor_usage_count
         tensor_dict: Dict[str, list] = {}
         for ref, new in zip(model.inputs, inputs):
@@ -375,15 +484,82 @@ class _Builder:
                 for x_id, y in zip(node.flat_output_ids, tf.nest.flatten(outputs)):
                     tensor_dict[x_id] = [y] * usage[x_id]
         outputs = [tensor_dict[str(id(x))].pop() for x in model.outputs]
+        out_specs = [self.activation_layers.get(y._keras_history.layer.name) for y in outputs]
+        outputs = self._name_outputs(outputs, [_output_name(x) for x in model.outputs])
         deploy = keras.Model(
             inputs, outputs if len(outputs) > 1 else outputs[0], name=f"{model.name}_deploy"
         )
-        out_spec = self._output_spec(deploy)
-        return DeployPlan(deploy, self.specs, self.activation_layers, out_spec)
+        return DeployPlan(deploy, self.specs, self.activation_layers,
+                          out_specs[0], out_specs, self.float_islands)
 
-    def _output_spec(self, deploy: "keras.Model") -> Optional[specs.GridSpec]:
-        last = deploy.outputs[0]._keras_history.layer
-        return self.activation_layers.get(last.name)
+    def _name_outputs(self, outputs: List[Any], names: List[str]) -> List[Any]:
+        """End each output in an identity layer named ``<output name>`` +
+        :data:`OUTPUT_SUFFIX`; the export strips the suffix from the file's signature and
+        output tensor names, which so carry the model's output names (the Caffe tops)."""
+        return [keras.layers.Activation("linear", name=f"{name}{OUTPUT_SUFFIX}")(y)
+                for y, name in zip(outputs, names)]
+
+
+# layers whose output values lie on their input's grid
+_GRID_KEEPING = frozenset({
+    "AbsVal", "Reshape", "Flatten", "Permute", "Dropout", "MaxPooling1D", "MaxPooling2D",
+    "GlobalMaxPooling2D", "ZeroPadding2D", "Cropping2D", "ReLU",
+})
+
+
+def _dyadic_int8_frac_bits(values: np.ndarray) -> Optional[int]:
+    """The fl with which every value is q·2^-fl, |q| <= 127 (the finest such), or None."""
+    top = float(np.max(np.abs(values))) if values.size else 0.0
+    if top == 0.0:
+        return 0
+    fl = int(np.floor(np.log2(127.0 / top)))
+    codes = np.ldexp(values, fl)
+    if np.all(codes == np.round(codes)) and np.all(np.abs(codes) <= 127):
+        return fl
+    return None
+
+
+@keras.utils.register_keras_serializable(package="kerasq")
+class _ConstMul(keras.layers.Layer):
+    """x·c with c fake-quantized on the int8 grid 2^-fl (c is exactly on it)."""
+
+    def __init__(self, constant: Any, frac_bits: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.constant = np.asarray(constant, np.float32)
+        self.frac_bits = int(frac_bits)
+
+    def call(self, x: Any) -> Any:
+        step = 2.0 ** -self.frac_bits
+        c = tf.quantization.fake_quant_with_min_max_args(
+            tf.constant(self.constant), -128 * step, 127 * step)
+        return x * c
+
+    def get_config(self) -> Dict[str, Any]:
+        return {**super().get_config(), "constant": self.constant.tolist(),
+                "frac_bits": self.frac_bits}
+
+
+# activations whose TFLite int8 kernels approximate the function (tables, fixed-point
+# polynomials), so they run as float islands in int8 files
+FLOAT_ACTIVATIONS = frozenset({
+    "softmax", "tanh", "sigmoid", "elu", "selu", "softplus", "softsign", "swish", "silu",
+    "gelu", "exponential", "log_softmax",
+})
+
+
+def _is_softmax(layer: Any) -> bool:
+    """A layer computed as a float island in int8 files: Softmax, or an Activation layer
+    whose function TFLite's int8 kernels only approximate (tanh, sigmoid, ...)."""
+    if type(layer).__name__ in ("Softmax", "ELU"):
+        return True
+    act = getattr(layer, "activation", None)
+    return (type(layer).__name__ == "Activation"
+            and getattr(act, "__name__", "") in FLOAT_ACTIVATIONS)
+
+
+def _output_name(tensor: Any) -> str:
+    layer = tensor._keras_history.layer
+    return getattr(layer, "layer", layer).name
 
 
 def build_deploy_model(qmodel: "keras.Model", mode: str) -> DeployPlan:
@@ -392,4 +568,4 @@ def build_deploy_model(qmodel: "keras.Model", mode: str) -> DeployPlan:
     return _Builder(qmodel, mode).build()
 
 
-__all__ = ["DeployPlan", "build_deploy_model", "MODES"]
+__all__ = ["FLOAT_ISLAND", "OUTPUT_SUFFIX", "DeployPlan", "build_deploy_model", "MODES"]

@@ -39,7 +39,7 @@ from kerasq._compat import tf
 from kerasq._io import write_bytes_atomic
 from kerasq.errors import ExportError, VerificationError
 from kerasq.export import detection
-from kerasq.export.graph import DeployPlan, build_deploy_model
+from kerasq.export.graph import FLOAT_ISLAND, OUTPUT_SUFFIX, DeployPlan, build_deploy_model
 from kerasq.export.verify import (
     VerificationReport,
     op_table,
@@ -115,7 +115,7 @@ def _convert(plan: DeployPlan, target: str, representative_data: Any, int_io: bo
             # the converter insists on a representative dataset for an INT8-only op set;
             # without one the fake-quant ranges alone drive it, and check_integer_file
             # then proves that no float operator was left
-            if representative_data is not None:
+            if representative_data is not None and not plan.float_islands:
                 converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             io_type = tf.int8
         else:
@@ -123,7 +123,8 @@ def _convert(plan: DeployPlan, target: str, representative_data: Any, int_io: bo
                 tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
             ]
             io_type = tf.int16
-        if representative_data is not None:
+        if representative_data is not None and not (target == "int8" and plan.float_islands):
+            # (a float island must stay float: the converter would calibrate it to int8)
             converter.representative_dataset = _representative(representative_data)
         if int_io:
             converter.inference_input_type = io_type
@@ -148,6 +149,25 @@ def _convert(plan: DeployPlan, target: str, representative_data: Any, int_io: bo
         raise ExportError(f"TFLite conversion to {target} failed: {detail.strip()[:300]}{hint}")
 
 
+def name_output_tensors(content: bytes) -> bytes:
+    """The file with each output (signature key and tensor) named after the Keras model's
+    output (a Caffe top for converted nets) instead of ``StatefulPartitionedCall:k``."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
+    if len(model.signatureDefs or []) != 1:
+        return content
+    tensors = model.subgraphs[0].tensors
+    suffix = OUTPUT_SUFFIX.encode()
+    for output in model.signatureDefs[0].outputs:
+        name = output.name.encode() if isinstance(output.name, str) else output.name
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+        output.name = name
+        tensors[output.tensorIndex].name = name
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
 def _pow2_exponent(scale: float) -> Optional[int]:
     mant, exp = math.frexp(scale)
     return exp - 1 if mant == 0.5 else None
@@ -167,6 +187,8 @@ def check_integer_file(content: bytes, plan: DeployPlan, target: str) -> List[st
         if detection.is_postprocess_op([names.get(i, "") for i in op["output_indices"]]):
             continue  # SSD decode + NMS run in float by design
         dtypes = [d for d in op["inputs"] + op["outputs"] if d is not None]
+        if any(FLOAT_ISLAND in name for name in op.get("output_names", [])):
+            continue  # a float island kept on purpose (e.g. Softmax), see build_deploy_model
         if any(d == np.float32 for d in dtypes):
             problems.append(f"float operator {op['op']} left in the integer graph")
     tensors = tensor_table(content)
@@ -185,6 +207,59 @@ def check_integer_file(content: bytes, plan: DeployPlan, target: str) -> List[st
                     f"{layer_name}: scale {t['scales'][0]!r} is not 2^-{spec.frac_bits}"
                 )
     return problems
+
+
+def _deploy_plan(qmodel: Any, target: str) -> DeployPlan:
+    """The deploy graph of ``qmodel`` for ``target``; the caller's model is left unchanged.
+
+    For int8 the grids are aligned as TFLite int8 needs them (one scale per Add/Concatenate
+    group, biases on the int32 accumulator grid, :func:`kerasq.schemes.align_for_int8`) on
+    a copy of the quantizer state, which is restored afterwards. ``kerasq.calibrate`` and
+    ``SharedGridCallback`` align the model itself, so for their models this changes nothing;
+    otherwise a warning says that the file computes the aligned numbers.
+    """
+    if target != "int8":
+        return build_deploy_model(qmodel, _MODE[target])
+    from kerasq.schemes.shared_grids import align_for_int8
+
+    variables = list(qmodel.variables)
+    before = [v.numpy() for v in variables]
+    try:
+        aligned = align_for_int8(qmodel)
+        changed = [v.name for v, old in zip(variables, before)
+                   if not np.array_equal(v.numpy(), old)]
+        if changed:
+            log.warning(
+                "the model was not aligned for int8 (%d quantizer values differ, e.g. %s): "
+                "the file computes the aligned numbers; calibrate with kerasq.calibrate or "
+                "train with kerasq.schemes.SharedGridCallback so the saved model does too",
+                len(changed), changed[0])
+        for names in aligned["groups"]:
+            log.debug("int8 export: one grid for %s", ", ".join(names))
+        return build_deploy_model(qmodel, _MODE[target])
+    finally:
+        for variable, old in zip(variables, before):
+            variable.assign(old)
+
+
+def _divergence(content: bytes, qmodel: Any, plan: DeployPlan, data: Any,
+                path: Optional[PathLike], report: VerificationReport) -> str:
+    """"; first divergence at ..." for the error, and ``<path>.divergence.json`` with the
+    per-layer rows (:mod:`kerasq.export.diagnose`) when ``path`` is given."""
+    from kerasq.export.diagnose import describe_divergence, layer_report, write_report
+
+    try:
+        rows = layer_report(content, qmodel, plan, np.asarray(data, np.float32)[:32])
+    except Exception as err:  # the diagnosis must never hide the verification error
+        log.warning("per-layer comparison failed: %s", err)
+        return ""
+    text = f"; {describe_divergence(rows)}"
+    if path is not None:
+        json_path = f"{os.fspath(path)}.divergence.json"
+        summary = {"file": os.fspath(path), "verification": report.describe()}
+        write_report(json_path, rows, summary)
+        text += f" (per-layer report: {json_path})"
+    return text
 
 
 def export_tflite(
@@ -211,20 +286,8 @@ def export_tflite(
         raise ExportError("verify=True needs verify_data (or representative_data)")
     if target == "int16x8" and representative_data is None:
         representative_data = verify_data
-    if target == "int8":
-        # the Keras model is changed to compute what the file computes:
-        # TFLite int8 gives a Concatenate's inputs and output one scale: tie their DFP
-        # grids in the Keras model first, so both round once on the same grid
-        # and put 32-bit biases on TFLite's int32 grid s_in·s_w
-        from kerasq.schemes.shared_grids import align_for_int8
-
-        aligned = align_for_int8(qmodel)
-        for names in aligned["groups"]:
-            log.info("int8 export: one grid for %s", ", ".join(names))
-        if aligned["biases"]:
-            log.info("int8 export: int32 accumulator-grid biases in %s",
-                     ", ".join(aligned["biases"]))
-    plan = build_deploy_model(qmodel, _MODE[target])
+    log.info("export %s: building the deploy graph", target)
+    plan = _deploy_plan(qmodel, target)
     has_detections = detection.detection_layer(plan.model) is not None
     if has_detections:  # SSD: fixed-size float post-processing in the same file
         plan = dataclasses.replace(plan, model=detection.with_postprocess(plan.model))
@@ -233,10 +296,14 @@ def export_tflite(
             # on kerasq's grids, and check_integer_file proves no other float op is left
             log.info("int8 SSD export: representative_data not used (post-processing stays float)")
             representative_data = None
+    log.info("export %s: converting (%d layers)", target, len(plan.model.layers))
     content = _convert(plan, target, representative_data, int_io)
+    if not has_detections:  # the SSD file names its signature outputs itself
+        content = name_output_tensors(content)
     if target == "int16x8" and representative_data is None:
         raise ExportError("int16x8 needs representative_data (TFLite calibrates it)")
     if target in ("int8", "int16x8"):
+        log.info("export %s: checking the file (%d bytes)", target, len(content))
         problems = check_integer_file(content, plan, target)
         if problems:
             raise ExportError(
@@ -245,6 +312,7 @@ def export_tflite(
             )
     report = None
     if verify_data is not None and has_detections:
+        log.info("export %s: verifying detections on %d samples", target, len(verify_data))
         report = detection.verify_detections(content, qmodel, verify_data)
         if verify and not report.ok:
             raise VerificationError(
@@ -252,13 +320,16 @@ def export_tflite(
                 file=path,
             )
     elif verify_data is not None:
-        step = None
-        if plan.output_spec is not None and plan.output_spec.kind == "dfp":
-            step = float(plan.output_spec.step)
-        report = verify_tflite(content, qmodel, verify_data, output_step=step, kernels=kernels)
+        steps = [float(o.step) if o is not None and o.kind == "dfp" else None
+                 for o in plan.output_specs]
+        log.info("export %s: verifying on %d samples", target, len(verify_data))
+        report = verify_tflite(content, qmodel, verify_data, output_steps=steps or None,
+                               kernels=kernels)
         if verify and not report.ok(max_steps=max_error_steps, min_top1=min_top1):
+            where = _divergence(content, qmodel, plan, verify_data, path, report)
             raise VerificationError(
-                f"TFLite {target} output disagrees with the Keras model: {report.describe()}",
+                f"TFLite {target} output disagrees with the Keras model: {report.describe()}"
+                f"{where}",
                 file=path,
             )
     if path is not None:

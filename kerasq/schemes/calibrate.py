@@ -19,7 +19,6 @@ import numpy as np
 
 from kerasq._compat import keras, tf
 from kerasq.errors import KerasqError
-from kerasq.schemes.api import refresh_weight_state
 from kerasq.schemes.quantizers import calibration_mode
 
 logger = logging.getLogger("kerasq.schemes.calibrate")
@@ -112,10 +111,11 @@ def calibrate(qmodel: Any, data: Any, steps: Optional[int] = None, *, batch_size
                 bar.update(done)
     if done == 0:
         raise KerasqError("calibration data is empty")
-    refresh_weight_state(qmodel)
-    from kerasq.schemes.shared_grids import unify_shared_grids
+    from kerasq.schemes.shared_grids import align_for_int8
 
-    unify_shared_grids(qmodel)  # Concatenate inputs/output: one fl (TFLite int8 shares scale)
+    # the saved model computes what its int8 file computes: one fl per Add/Concatenate/
+    # AvgPool group (TFLite int8 shares their scale) and 32-bit biases on the accumulator grid
+    align_for_int8(qmodel)
     logger.info("%s: calibrated on %d batch(es)", qmodel.name, done)
     return qmodel
 

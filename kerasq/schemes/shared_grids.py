@@ -103,6 +103,27 @@ def _producer_quantizer(layer: Any) -> _Member | None:
     return None
 
 
+_FUSABLE_ACTIVATIONS = frozenset({"ReLU", "Activation"})
+
+
+def _fused_activation_quantizer(layer: Any) -> _Member | None:
+    """For an Add without an output quantizer followed only by a ReLU (tfmot's Add+ReLU
+    pattern): the ReLU's quantizer. TFLite fuses the ReLU into the ADD, whose output is then
+    on the ReLU's grid; the ADD rounds ties upwards, so its inputs must share that grid for
+    the sum to be exact."""
+    nodes = getattr(layer, "outbound_nodes", None) or []
+    if len(nodes) != 1:
+        return None
+    consumer = nodes[0].outbound_layer
+    inner = _inner(consumer)
+    if type(inner).__name__ not in _FUSABLE_ACTIVATIONS:
+        return None
+    if type(inner).__name__ == "Activation" and \
+            getattr(getattr(inner, "activation", None), "__name__", "") != "relu":
+        return None
+    return _own_quantizer(consumer)
+
+
 def shared_grid_groups(qmodel: Any) -> list[list[_Member]]:
     """Groups of (quantizer, variables, name) that must share one grid, each of size >= 2."""
     parent: dict[int, int] = {}
@@ -123,7 +144,7 @@ def shared_grid_groups(qmodel: Any) -> list[list[_Member]]:
     for layer in qmodel.layers:
         if type(_inner(layer)).__name__ not in SCALE_SHARING:
             continue
-        out = _own_quantizer(layer)
+        out = _own_quantizer(layer) or _fused_activation_quantizer(layer)
         if out is None or not _eligible(out[0]):
             continue
         root = add(out)

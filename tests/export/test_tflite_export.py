@@ -183,7 +183,14 @@ def test_verify_failure_leaves_no_file(qmodel, digits, tmp_path):
         export_tflite(
             qmodel, out, target="int8", verify_data=digits[2], verify=True, max_error_steps=0.0
         )
-    assert not out.exists() and not list(tmp_path.iterdir())
+    # no .tflite; only the per-layer divergence report named in the error
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["m.tflite.divergence.json"]
+    import json
+
+    body = json.loads((tmp_path / "m.tflite.divergence.json").read_text())
+    assert body["layers"] and {"layer", "max_error_steps", "exact_fraction"} <= set(
+        body["layers"][0])
 
 
 def test_unknown_target(qmodel):

@@ -113,7 +113,9 @@ def test_activations_equal_numerics_after_calibration():
     float_model = keras.Model(model.input, model.get_layer("relu").output)
     fl_relu = nx.dfp_frac_bits(float(np.max(float_model(x).numpy())), 8, signed=False)
     np.testing.assert_array_equal(
-        relu_q, nx.dfp_quantize(np.maximum(relu_in.numpy(), 0), 8, fl_relu, signed=False))
+        relu_q, nx.dfp_quantize(np.maximum(relu_in.numpy(), 0), 8, fl_relu, signed=False,
+                                rounding="nearest_even"))  # the default config's rounding:
+    # calibration links the bias to the accumulator grid, so exact ties occur
     assert float(_wrapper(q, "relu").weights[-1].numpy()) >= 0  # sanity: variables exist
     stored = {v.name.split("/")[-1].split(":")[0]: v.numpy() for v in _wrapper(q, "relu").weights}
     assert stored["output_frac_bits"] == fl_relu
