@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from kerasq._compat import keras, tf
+from kerasq.schemes import slots
 
 logger = logging.getLogger("kerasq.schemes.shared_grids")
 
@@ -51,22 +52,12 @@ _MOVERS = frozenset({
 _Member = tuple[Any, Any, str]  # (quantizer, its variables, "layer/what" for logging)
 
 
-def _inner(layer: Any) -> Any:
-    return getattr(layer, "layer", layer)
-
-
 def _inbound(layer: Any) -> list[Any]:
     nodes = getattr(layer, "inbound_nodes", None) or []
     if len(nodes) != 1:
         return []
     inbound = nodes[0].inbound_layers
     return list(inbound) if isinstance(inbound, (list, tuple)) else [inbound]
-
-
-def _unwrap(quantizer: Any, qvars: Any) -> tuple[Any, Any]:
-    while hasattr(quantizer, "inner") and isinstance(qvars, dict) and "inner" in qvars:
-        quantizer, qvars = quantizer.inner, qvars["inner"]
-    return quantizer, qvars
 
 
 def _eligible(quantizer: Any) -> bool:
@@ -78,13 +69,12 @@ def _eligible(quantizer: Any) -> bool:
 
 def _own_quantizer(layer: Any) -> _Member | None:
     """The quantizer on ``layer``'s output, if any (QuantizeLayer or output quantizer)."""
-    if hasattr(layer, "quantizer") and hasattr(layer, "quantizer_vars"):
-        q, v = _unwrap(layer.quantizer, layer.quantizer_vars)
-        return (q, v, f"{layer.name}/input") if q is not None else None
-    outs = list(getattr(layer, "_output_quantizers", None) or [])
-    if outs:
-        q, v = _unwrap(outs[0], layer._output_quantizer_vars)
-        return (q, v, f"{_inner(layer).name}/output")
+    slot = slots.input_slot(layer)
+    if slot is not None:
+        return (*slot.base(), f"{layer.name}/input")
+    slot = slots.output_slot(layer)
+    if slot is not None:
+        return (*slot.base(), f"{slot.layer.name}/output")
     return None
 
 
@@ -95,7 +85,7 @@ def _producer_quantizer(layer: Any) -> _Member | None:
         member = _own_quantizer(layer)
         if member is not None:
             return member
-        if type(_inner(layer)).__name__ not in _MOVERS:
+        if type(slots.inner_layer(layer)).__name__ not in _MOVERS:
             return None
         inbound = _inbound(layer)
         layer = inbound[0] if len(inbound) == 1 else None
@@ -115,7 +105,7 @@ def _fused_activation_quantizer(layer: Any) -> _Member | None:
     if len(nodes) != 1:
         return None
     consumer = nodes[0].outbound_layer
-    inner = _inner(consumer)
+    inner = slots.inner_layer(consumer)
     if type(inner).__name__ not in _FUSABLE_ACTIVATIONS:
         return None
     if type(inner).__name__ == "Activation" and \
@@ -142,7 +132,7 @@ def shared_grid_groups(qmodel: Any) -> list[list[_Member]]:
         return key
 
     for layer in qmodel.layers:
-        if type(_inner(layer)).__name__ not in SCALE_SHARING:
+        if type(slots.inner_layer(layer)).__name__ not in SCALE_SHARING:
             continue
         out = _own_quantizer(layer) or _fused_activation_quantizer(layer)
         if out is None or not _eligible(out[0]):
@@ -183,11 +173,8 @@ def unify_shared_grids(qmodel: Any) -> list[list[str]]:
 
 
 def _weight_entry(wrapper: Any, attr: str) -> tuple[Any, Any] | None:
-    for weight, quantizer, qvars in getattr(wrapper, "_weight_vars", []):
-        base = weight.name.split("/")[-1].split(":")[0]
-        if base == attr:
-            return _unwrap(quantizer, qvars)
-    return None
+    slot = slots.find_weight_slot(wrapper, attr)
+    return slot.base() if slot is not None else None
 
 
 def link_accumulator_biases(qmodel: Any) -> list[str]:
@@ -231,7 +218,7 @@ def link_accumulator_biases(qmodel: Any) -> list[str]:
             continue
         bias_vars["frac_bits"].assign(fl_w + float(fl_in))
         bias_vars["linked"].assign(1.0)
-        linked.append(_inner(layer).name)
+        linked.append(slots.inner_layer(layer).name)
     return linked
 
 
@@ -246,9 +233,7 @@ def align_for_int8(qmodel: Any) -> dict[str, list[Any]]:
     """Make ``qmodel`` compute what its TFLite int8 file computes: one grid per
     scale-sharing group (:func:`unify_shared_grids`), then biases on the accumulator grid
     (:func:`link_accumulator_biases`). Returns {"groups": ..., "biases": ...}."""
-    from kerasq.schemes.api import refresh_weight_state
-
-    refresh_weight_state(qmodel)  # kernel fl of the current weights (after the last step)
+    slots.refresh_weight_state(qmodel)  # kernel fl of the current weights (after the last step)
     groups = unify_shared_grids(qmodel)
     return {"groups": groups, "biases": link_accumulator_biases(qmodel)}
 
