@@ -30,7 +30,7 @@ from kerasq.errors import KerasqError, ModelFormatError
 REGISTERING_MODULES = (
     "kerasq.schemes.quantizers",
     "kerasq.schemes.quantize_configs",
-    "kerasq.prune.preserve",
+    "kerasq.schemes.sparsity",
     "kerasq.prune.wrapper",
     "kerasq.converters.caffe.keras_layers",
     "kerasq.export.layers",

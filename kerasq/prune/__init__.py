@@ -21,7 +21,7 @@ import importlib
 from typing import Any
 
 _LAZY_ATTRS = {
-    "SparsityPreservingQuantizer": "kerasq.prune.preserve",
+    "SparsityPreservingQuantizer": "kerasq.schemes.sparsity",
     "PruneWrapper": "kerasq.prune.wrapper",
     "prunable_weight_names": "kerasq.prune.wrapper",
     "MaskSlot": "kerasq.prune.masks",

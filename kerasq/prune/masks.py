@@ -4,7 +4,7 @@ A *mask slot* is one prunable weight together with its saved ``mask`` and ``mask
 variables. Slots live in
 
 * tfmot ``QuantizeWrapper`` layers whose weight quantizer is a
-  :class:`kerasq.prune.preserve.SparsityPreservingQuantizer` (quantized models), and
+  :class:`kerasq.schemes.sparsity.SparsityPreservingQuantizer` (quantized models), and
 * :class:`kerasq.prune.wrapper.PruneWrapper` layers (float models from ``prune_model``).
 
 Example:
@@ -22,7 +22,7 @@ import numpy as np
 from kerasq._compat import keras, tf
 from kerasq.schemes import slots as quantized_slots
 from kerasq.prune.magnitude import CHANNELS_DEPTHWISE, CHANNELS_LAST, CHANNELS_TRANSPOSED
-from kerasq.prune.preserve import SparsityPreservingQuantizer, _short_name, attach_mask_constraint
+from kerasq.schemes.sparsity import SparsityPreservingQuantizer, _short_name, init_mask
 from kerasq.prune.wrapper import PruneWrapper
 
 
@@ -143,14 +143,8 @@ def init_masks(model: Any, *, force: bool = False) -> int:
     Returns the number of masks initialised. Call it after loading new weights into a
     freshly built model (``quantize_model`` calls it for you).
     """
-    count = 0
-    for slot in find_mask_slots(model):
-        attach_mask_constraint(slot.weight, slot.mask)
-        if force or int(slot.ready.numpy()) == 0:
-            slot.mask.assign(tf.cast(tf.not_equal(slot.weight, 0), slot.mask.dtype))
-            slot.ready.assign(1)
-            count += 1
-    return count
+    return sum(init_mask(slot.weight, slot.mask, slot.ready, force=force)
+               for slot in find_mask_slots(model))
 
 
 def set_mask(slot: MaskSlot, mask: np.ndarray) -> None:

@@ -25,7 +25,7 @@ import numpy as np
 from kerasq._compat import keras
 from kerasq.schemes import slots
 from kerasq.prune.masks import find_mask_slots
-from kerasq.prune.preserve import _short_name
+from kerasq.schemes.sparsity import _short_name
 from kerasq.prune.wrapper import PRUNABLE_WEIGHT_NAMES, PruneWrapper, prunable_weight_names
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Tuple
 
 from kerasq._compat import keras, tf
-from kerasq.prune.preserve import MASK_SUFFIX, READY_SUFFIX, _short_name, attach_mask_constraint
+from kerasq.schemes.sparsity import MASK_SUFFIX, READY_SUFFIX, _short_name, attach_mask_constraint
 
 PRUNABLE_WEIGHT_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel")
 

@@ -22,6 +22,7 @@ from kerasq.schemes.config import QuantizationConfig
 from kerasq.schemes.registry import MERGING_CONSUMERS
 from kerasq.schemes.scheme import KerasqQuantizeScheme
 from kerasq.schemes.slots import KERNEL_ATTRS, quantize_layer_class, refresh_weight_state
+from kerasq.schemes.sparsity import SparsityPreservingQuantizer, init_quantizer_masks
 from kerasq.schemes.transforms import _consumers, as_functional
 from kerasq.serialization import custom_objects, load_model, quantize_scope
 
@@ -64,8 +65,6 @@ def _merges_into(consumer: Any, config: QuantizationConfig) -> bool:
 
 
 def _wrap_sparsity(qconfig: Any) -> Any:
-    from kerasq.prune.preserve import SparsityPreservingQuantizer
-
     for attr, q in list(getattr(qconfig, "weight_quantizers", {}).items()):
         if attr != "bias":
             qconfig.weight_quantizers[attr] = SparsityPreservingQuantizer(q)
@@ -80,7 +79,7 @@ def quantize_model(model: Any, config: Optional[Union[QuantizationConfig, Mappin
     for ``config.for_layer(layer)``; BatchNorm is folded first (``fold_batchnorm``); a
     producer whose consumers all quantize their own output (ReLU, BatchNorm) is not
     quantized (caffe-jacinto's rule); model inputs are quantized. ``preserve_sparsity``
-    wraps kernel quantizers in ``kerasq.prune.SparsityPreservingQuantizer`` (None: if
+    wraps kernel quantizers in ``kerasq.schemes.sparsity.SparsityPreservingQuantizer`` (None: if
     any kernel has exact zeros). Call :func:`kerasq.calibrate` next for PTQ, or
     ``compile``/``fit`` for QAT (ranges start from calibration if done, else from the first batch).
 
@@ -136,9 +135,7 @@ def quantize_model(model: Any, config: Optional[Union[QuantizationConfig, Mappin
         qmodel = kq.quantize_apply(annotated, KerasqQuantizeScheme(config, layout_applied=True))
     refresh_weight_state(qmodel)
     if preserve_sparsity:
-        from kerasq.prune.masks import init_masks
-
-        init_masks(qmodel)
+        init_quantizer_masks(qmodel)
     logger.info("%s: quantized %d layers (%s)", model.name, len(plan), config.precision)
     return qmodel
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from kerasq._compat import keras, tf, tfmot
-from kerasq.prune.preserve import SparsityPreservingQuantizer
+from kerasq.schemes.sparsity import SparsityPreservingQuantizer
 from kerasq.prune.wrapper import prunable_weight_names
 
 tq = tfmot().quantization.keras

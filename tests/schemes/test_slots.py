@@ -110,7 +110,7 @@ def test_replace_installs_and_undo_restores():
 
 
 def test_pruned_model_slots_unwrap_the_sparsity_quantizer():
-    from kerasq.prune.preserve import SparsityPreservingQuantizer
+    from kerasq.schemes.sparsity import SparsityPreservingQuantizer
     from kerasq.schemes.quantizers import DFPWeightQuantizer
 
     model = _model()

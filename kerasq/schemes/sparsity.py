@@ -20,7 +20,8 @@ tfmot's own quantizers are known to preserve zero; any other quantizer is re-mas
 The mask is a saved, non-trainable weight of the wrapping layer (``<weight>_mask``) plus a
 flag ``<weight>_mask_ready``. It is initialised from ``w != 0``:
 
-* explicitly by :func:`kerasq.prune.init_masks` (``quantize_model`` calls it), or
+* explicitly by :func:`init_quantizer_masks` (``quantize_model`` calls it) or
+  :func:`kerasq.prune.init_masks`, or
 * lazily by the first *training* call (the flag makes this happen once, inside the graph),
   which covers flows where tfmot builds the quantizer before the weights are loaded.
 
@@ -46,8 +47,9 @@ import logging
 from typing import Any, Callable, Dict, Optional
 
 from kerasq._compat import keras, tf, tfmot
+from kerasq.schemes import slots
 
-logger = logging.getLogger("kerasq.prune.preserve")
+logger = logging.getLogger("kerasq.schemes.sparsity")
 
 _Quantizer = tfmot().quantization.keras.quantizers.Quantizer
 
@@ -266,3 +268,30 @@ __all__ = [
     "MASK_SUFFIX",
     "READY_SUFFIX",
 ]
+
+
+def init_mask(weight: tf.Variable, mask: tf.Variable, ready: tf.Variable, *,
+              force: bool = False) -> bool:
+    """Attach the ``w <- w * m`` constraint and set ``mask <- (w != 0)`` unless the mask is
+    initialised already (always if ``force``). Returns True when the mask was set."""
+    attach_mask_constraint(weight, mask)
+    if not force and int(ready.numpy()) != 0:
+        return False
+    mask.assign(tf.cast(tf.not_equal(weight, 0), mask.dtype))
+    ready.assign(1)
+    return True
+
+
+def init_quantizer_masks(qmodel: Any, *, force: bool = False) -> int:
+    """:func:`init_mask` for every :class:`SparsityPreservingQuantizer` of a quantized model;
+    returns how many masks were set. ``quantize_model`` calls it; for pruning wrappers too,
+    use :func:`kerasq.prune.init_masks`.
+
+    Example: ``init_quantizer_masks(kerasq.quantize_model(pruned_model))``.
+    """
+    count = 0
+    for slot in slots.iter_slots(qmodel):
+        if isinstance(slot.quantizer, SparsityPreservingQuantizer) and slot.weight is not None:
+            count += init_mask(slot.weight, slot.variables["mask"], slot.variables["mask_ready"],
+                               force=force)
+    return count
