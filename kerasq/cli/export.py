@@ -47,18 +47,17 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
         default=1.0,
         help="--verify tolerance in output quantization steps (default 1)",
     )
+    from kerasq.cli.quantize import add_layout_argument
+
+    add_layout_argument(p)
     p.set_defaults(func=run)
 
 
-def _load_data(path: str):
-    import numpy as np
+def _load_data(path: str, model=None, layout: str = "auto"):
+    """Checked float32 inputs (kerasq.data: regular file, size, dtype, finite, layout)."""
+    from kerasq.data import load_model_inputs
 
-    from kerasq.errors import ModelFormatError
-
-    try:
-        return np.load(path, allow_pickle=False).astype("float32")
-    except (OSError, ValueError) as err:
-        raise ModelFormatError(f"cannot read input array: {err}", file=path)
+    return load_model_inputs(path, model, layout)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
     from kerasq.errors import ExportError, ModelFormatError
     from kerasq.export.tflite import export_tflite
 
+    from kerasq._io import check_output, output_kind
+
+    check_output(args.output, output_kind(args.output, ("tflite",)))
     if not os.path.exists(args.model):
         raise ModelFormatError("no such file or directory", file=args.model)
     try:
@@ -81,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         raise ModelFormatError(
             f"cannot load the model: {str(err).splitlines()[0][:200]}", file=args.model
         )
-    data = _load_data(args.data) if args.data else None
+    data = _load_data(args.data, model, args.layout) if args.data else None
     try:
         result = export_tflite(
             model,

@@ -111,6 +111,9 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
         "the quantization table of a quantized model",
     )
     # --- sparsity report (kerasq.prune, engineer P) ---
+    from kerasq.cli.quantize import add_layout_argument
+
+    add_layout_argument(p)
     p.add_argument(
         "--sparsity",
         action="store_true",
@@ -128,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
     from kerasq.cli.quantize import load_inputs
     from kerasq.schemes.report import inspect_section
 
-    data = load_inputs(args.data) if getattr(args, "data", None) else None
+    data = (load_inputs(args.data, model, getattr(args, "layout", "auto"))
+            if getattr(args, "data", None) else None)
     section = inspect_section(model, data)
     if section:
         print()

@@ -42,7 +42,7 @@ def export_converted(model: Any, args: argparse.Namespace) -> None:
     if getattr(args, "calibration", None):
         from kerasq.cli.quantize import load_inputs
 
-        data = load_inputs(args.calibration)
+        data = load_inputs(args.calibration, model, getattr(args, "layout", "auto"))
     result = export_tflite(
         model,
         args.tflite,
