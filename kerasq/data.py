@@ -152,6 +152,52 @@ def check_finite(array: np.ndarray, name: str = "array", file: Optional[str] = N
                         file=file, layer=name)
 
 
+def check_model_finite(model: Any, file: Optional[str] = None) -> None:
+    """Raise DataError naming the first variable (weight, range, fl) of ``model`` holding
+    NaN/Inf, and its first bad index; a model passing this never hands a non-finite range
+    to a file or to the TFLite converter.
+
+    Example:
+        >>> check_model_finite(qmodel, "q.h5")  # doctest: +SKIP
+    """
+    for var in getattr(model, "variables", None) or []:
+        try:
+            value = np.asarray(var.numpy())
+        except (AttributeError, TypeError, ValueError):
+            continue
+        if value.dtype.kind == "f" and value.size and not np.all(np.isfinite(value)):
+            name = var.name.split(":")[0]
+            try:
+                check_finite(value, name, file)
+            except DataError as err:
+                raise DataError(err.reason + " (was the calibration or training data "
+                                "finite?)", file=file, layer=name) from None
+
+
+def check_data_finite(data: Any, name: str = "data", file: Optional[str] = None) -> None:
+    """:func:`check_finite` over an array, a list/tuple/dict of arrays (one per input);
+    other objects (datasets, iterators) are left to the caller.
+
+    Example:
+        >>> check_data_finite([np.zeros(3), np.array([1.0, np.nan])], "calibration data")
+        Traceback (most recent call last):
+        ...
+        kerasq.errors.DataError: calibration data[1]: holds nan at index (1,); non-finite values are refused
+    """
+    if isinstance(data, dict):
+        for key, value in data.items():
+            check_data_finite(value, f"{name}[{key!r}]", file)
+    elif isinstance(data, (list, tuple)):
+        for i, value in enumerate(data):
+            if isinstance(value, np.ndarray):
+                check_finite(value, f"{name}[{i}]", file)
+    elif isinstance(data, np.ndarray):
+        if data.dtype.hasobject or data.dtype.kind not in "biufc":
+            raise DataError(f"expected numbers, the array holds {data.dtype}", file=file,
+                            layer=name)
+        check_finite(data, name, file)
+
+
 def _as_numbers(array: np.ndarray, file: str, name: str) -> np.ndarray:
     _check_dtype(array.dtype, file, name)
     if array.size == 0:
@@ -221,6 +267,150 @@ def _load_npz(path: str, size: int) -> Dict[str, np.ndarray]:
     if not arrays:
         raise DataError("the .npz archive holds no arrays", file=path)
     return arrays
+
+
+#: Module prefixes a Keras config may name (``"module": ...``); anything else is refused
+#: before Keras could import it.
+ALLOWED_CONFIG_MODULES = ("keras", "tf_keras", "kerasq", "tensorflow_model_optimization",
+                          "tensorflow", "builtins")
+MAX_CONFIG_BYTES = 64 << 20
+MAX_CONFIG_DEPTH = 200
+
+
+def _check_config_json(text: Union[str, bytes], file: str) -> None:
+    """Parse a Keras model config; refuse deep nesting and modules outside Keras/kerasq."""
+    import json
+
+    if len(text) > MAX_CONFIG_BYTES:
+        raise DataError(f"model config of {len(text)} bytes is over the "
+                        f"{MAX_CONFIG_BYTES >> 20} MiB limit", file=file)
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > MAX_CONFIG_DEPTH:
+                raise DataError(f"model config nested more than {MAX_CONFIG_DEPTH} levels deep",
+                                file=file)
+        elif ch in "]}":
+            depth -= 1
+    try:
+        config = json.loads(text)
+    except ValueError as err:
+        raise DataError(f"model config is not valid JSON: {_first_line(err)}", file=file) from None
+    stack = [config]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            module = item.get("module")
+            if isinstance(module, str) and module and not module.split(".")[0] in \
+                    ALLOWED_CONFIG_MODULES:
+                raise DataError(f"model config names module {module!r}; only Keras and kerasq "
+                                "modules are allowed", file=file,
+                                layer=str(item.get("class_name", "")) or None)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def check_model_file(path: PathLike) -> str:
+    """Checks on a Keras model file before Keras opens it; returns ``path``.
+
+    * a regular file (``.h5``/``.keras``) or a directory (SavedModel); FIFOs and devices
+      are refused;
+    * ``.keras`` zips: member count, total uncompressed size against
+      :data:`MAX_ARRAY_BYTES` and the compression ratio (zip bombs); ``config.json``
+      nesting depth and ``"module"`` names (only Keras, kerasq, tfmot);
+    * ``.h5``: the ``model_config`` attribute the same way, and every dataset's declared
+      size against :data:`MAX_ARRAY_BYTES` and (uncompressed, contiguous) the file size.
+
+    Example:
+        >>> check_model_file("q.h5")  # doctest: +SKIP
+        'q.h5'
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return path
+    check_regular_file(path, "model file")
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        _check_keras_zip(path, size)
+    elif head.startswith(b"\x89HDF\r\n\x1a\n"):
+        _check_h5(path, size)
+    return path
+
+
+def _check_keras_zip(path: str, size: int) -> None:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            if len(infos) > 10000:
+                raise DataError(f"the .keras archive has {len(infos)} members", file=path)
+            total = sum(i.file_size for i in infos)
+            if total > MAX_ARRAY_BYTES or total > 200 * max(size, 1) + (64 << 20):
+                raise DataError(f"the .keras archive expands to {total} bytes from {size} "
+                                "(over the limit; a zip bomb?)", file=path)
+            names = {i.filename: i for i in infos}
+            if "config.json" in names:
+                if names["config.json"].file_size > MAX_CONFIG_BYTES:
+                    raise DataError("config.json is too big", file=path)
+                _check_config_json(zf.read("config.json"), path)
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError,
+            NotImplementedError) as err:
+        raise DataError(f"not a readable .keras archive: {_first_line(err)}", file=path) from None
+
+
+def _check_h5(path: str, size: int) -> None:
+    try:
+        import h5py
+    except ImportError:  # pragma: no cover - h5py ships with TensorFlow
+        return
+    try:
+        with h5py.File(path, "r") as f:
+            config = f.attrs.get("model_config")
+            if config is not None:
+                _check_config_json(config if isinstance(config, (str, bytes)) else str(config),
+                                   path)
+            found: List[Tuple[str, int, bool]] = []
+
+            def visit(name: str, obj: Any) -> None:
+                if isinstance(obj, h5py.Dataset):
+                    count = 1
+                    for d in obj.shape or ():
+                        count *= int(d)
+                    packed = obj.compression is None and obj.chunks is None
+                    found.append((name, count * obj.dtype.itemsize, packed))
+
+            f.visititems(visit)
+    except DataError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
+        raise DataError(f"not a readable HDF5 model: {_first_line(err)}", file=path) from None
+    total = 0
+    for name, nbytes, packed in found:
+        total += nbytes
+        if nbytes > MAX_ARRAY_BYTES or total > MAX_ARRAY_BYTES:
+            raise DataError(f"dataset declares {nbytes} bytes, over the "
+                            f"{MAX_ARRAY_BYTES / 2**30:.0f} GiB limit", file=path, layer=name)
+        if packed and nbytes > size:
+            raise DataError(f"dataset declares {nbytes} bytes but the file has {size} "
+                            "(truncated or corrupt)", file=path, layer=name)
 
 
 def load_inputs_and_labels(path: PathLike, need_labels: bool = False, what: str = "data"
@@ -378,5 +568,6 @@ def load_model_inputs(path: PathLike, model: Any = None, layout: str = "auto",
     return x
 
 
-__all__ = ["MAX_ARRAY_BYTES", "LAYOUTS", "check_regular_file", "check_finite", "load_arrays",
+__all__ = ["MAX_ARRAY_BYTES", "LAYOUTS", "check_regular_file", "check_finite",
+           "check_data_finite", "check_model_finite", "check_model_file", "load_arrays",
            "load_inputs_and_labels", "match_layout", "match_model_inputs", "load_model_inputs"]

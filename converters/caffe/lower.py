@@ -55,6 +55,7 @@ class LoweringContext:
         first = next(iter(graph.inputs.values()), (1,))
         self.batch_size: int = int(first[0]) if first else 1  # declared N (Reshape specs use it)
         self.source = graph.source
+        self.blobs_read: Dict[int, Set[int]] = {}  # id(node) -> blob indices read
         self._names: Set[str] = set()
         self._output_names: Dict[str, str] = {}  # reserved Keras name -> output blob id
         self.node: Optional[Node] = None  # the node being lowered
@@ -97,6 +98,7 @@ class LoweringContext:
     def blob(self, node: Node, index: int, shape: Sequence[int], what: str = "") -> np.ndarray:
         """Learned blob ``index`` of ``node`` reshaped to ``shape`` (legacy dims accepted)."""
         label = what or f"blob {index}"
+        self.blobs_read.setdefault(id(node), set()).add(index)
         if index >= len(node.blobs) or node.blobs[index] is None:
             self.error(
                 node,
@@ -225,6 +227,7 @@ def lower_graph(
             results = fn(ctx, node, inputs)
         except KerasqError as err:
             raise err.with_context(file=graph.source or None, layer=node.caffe_name)
+
         except (ValueError, TypeError, IndexError) as err:
             # Keras/TF refusing a configuration the handler did not foresee.
             raise UnsupportedLayerError(
@@ -232,6 +235,10 @@ def lower_graph(
                 file=graph.source or None,
                 layer=node.caffe_name,
             ) from err
+        read = ctx.blobs_read.pop(id(node), None)
+        if read and len(node.blobs) > max(read) + 1:  # Caffe: "Incompatible number of blobs"
+            ctx.error(node, f"the caffemodel has {len(node.blobs)} blobs for this layer, "
+                      f"{node.type} uses {max(read) + 1}", CaffeFormatError)
         node.blobs = []  # the weights live in the Keras layer now (big models: memory)
         if len(results) != len(node.tops):
             ctx.error(

@@ -75,6 +75,9 @@ def run(args: argparse.Namespace) -> int:
         from kerasq.schemes import load_model
     except ImportError as err:  # the quantization core is not installed in this build
         raise ExportError(f"kerasq.load_model is unavailable: {err}", file=args.model)
+    from kerasq.data import check_model_file
+
+    check_model_file(args.model)
     try:
         model = load_model(args.model)
     except ModelFormatError:

@@ -64,6 +64,9 @@ def load_any(path: str) -> Any:
 
     if not os.path.exists(path):
         raise ModelFormatError("model not found", file=path)
+    from kerasq.data import check_model_file
+
+    check_model_file(path)
     try:
         from kerasq.schemes.api import _safe_mode  # Lambda bytecode refused in .h5 too
 

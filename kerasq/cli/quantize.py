@@ -214,6 +214,9 @@ def _load_model(path: str) -> Any:
 
     if not os.path.exists(path):
         raise ModelFormatError("no such file or directory", file=path)
+    from kerasq.data import check_model_file
+
+    check_model_file(path)
     try:
         model = load_model(path)
     except KerasqError as err:
@@ -231,6 +234,9 @@ def _load_model(path: str) -> Any:
 
 def _save(model: Any, path: str) -> None:
     from kerasq._io import atomic_output
+    from kerasq.data import check_model_finite
+
+    check_model_finite(model, path)
 
     h5 = path.lower().endswith((".h5", ".hdf5", ".keras"))
     if path.lower().endswith(".keras"):

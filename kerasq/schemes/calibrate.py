@@ -18,6 +18,7 @@ from typing import Any, Iterable, Iterator, Optional
 import numpy as np
 
 from kerasq._compat import keras, tf
+from kerasq.data import check_data_finite, check_model_finite
 from kerasq.errors import KerasqError
 from kerasq.schemes.api import refresh_weight_state
 from kerasq.schemes.quantizers import calibration_mode
@@ -83,6 +84,9 @@ def calibrate(qmodel: Any, data: Any, steps: Optional[int] = None, *, batch_size
     if not isinstance(qmodel, keras.Model):
         raise KerasqError(f"calibrate needs the model returned by quantize_model, got "
                           f"{type(qmodel).__name__}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise KerasqError(f"batch_size={batch_size!r}: expected a positive integer")
+    check_data_finite(data, "calibration data")  # NaN/Inf would become a saved range
     if reset:
         _reset_ranges(qmodel)
     total = _steps_hint(data, batch_size, steps)
@@ -106,12 +110,16 @@ def calibrate(qmodel: Any, data: Any, steps: Optional[int] = None, *, batch_size
                 break
             if isinstance(batch, np.ndarray) and batch.dtype != np.float32:
                 batch = batch.astype(np.float32)
+            if not isinstance(data, (np.ndarray, list, tuple, dict)):
+                check_data_finite(batch if not isinstance(batch, tf.Tensor) else batch.numpy(),
+                                  f"calibration batch {done}")
             collect(batch)
             done += 1
             if bar is not None:
                 bar.update(done)
     if done == 0:
         raise KerasqError("calibration data is empty")
+    check_model_finite(qmodel)  # no non-finite range is ever kept
     refresh_weight_state(qmodel)
     from kerasq.schemes.shared_grids import unify_shared_grids
 
