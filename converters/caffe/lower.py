@@ -108,6 +108,11 @@ class LoweringContext:
                 CaffeFormatError,
             )
         array = fit_blob_shape(node.blobs[index], shape, self.source, node.caffe_name, label)
+        if not np.isfinite(array).all():
+            flat = int(np.argmax(~np.isfinite(array.reshape(-1))))
+            where = tuple(int(i) for i in np.unravel_index(flat, array.shape))
+            self.error(node, f"{label} holds {array.reshape(-1)[flat]} at index {where}; "
+                       "non-finite weights are refused", CaffeFormatError)
         return array.astype(np.float32, copy=False)  # no copy: big models hold weights once
 
     # -- layout --------------------------------------------------------------------

@@ -75,8 +75,9 @@ def run(args: argparse.Namespace) -> int:
         from kerasq.schemes import load_model
     except ImportError as err:  # the quantization core is not installed in this build
         raise ExportError(f"kerasq.load_model is unavailable: {err}", file=args.model)
-    from kerasq.data import check_model_file
+    from kerasq.data import check_model_file, load_inputs_and_labels, match_model_inputs
 
+    raw_data = load_inputs_and_labels(args.data)[0] if args.data else None  # checked early
     check_model_file(args.model)
     try:
         model = load_model(args.model)
@@ -86,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
         raise ModelFormatError(
             f"cannot load the model: {str(err).splitlines()[0][:200]}", file=args.model
         )
-    data = _load_data(args.data, model, args.layout) if args.data else None
+    data = (match_model_inputs(raw_data, model, args.layout, file=args.data)
+            if raw_data is not None else None)
     try:
         result = export_tflite(
             model,

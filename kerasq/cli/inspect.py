@@ -127,6 +127,10 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kerasq.data import load_inputs_and_labels
+
+    if getattr(args, "data", None):
+        load_inputs_and_labels(args.data)  # bad data fails before the model is loaded
     model = load_any(args.model)
     print(f"model {model.name}: {args.model}")
     print(format_table(model))
