@@ -27,7 +27,9 @@ from __future__ import annotations
 import ast
 import os
 import stat
+import struct
 import zipfile
+import zlib
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -261,8 +263,8 @@ def _load_npz(path: str, size: int) -> Dict[str, np.ndarray]:
                 arrays[name] = _as_numbers(array, path, name)
     except DataError:
         raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError,
-            NotImplementedError) as err:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, struct.error, OSError,
+            EOFError, ValueError, NotImplementedError, RuntimeError) as err:
         raise DataError(f"not a readable .npz archive: {_first_line(err)}", file=path) from None
     if not arrays:
         raise DataError("the .npz archive holds no arrays", file=path)
@@ -371,8 +373,8 @@ def _check_keras_zip(path: str, size: int) -> None:
                 _check_config_json(zf.read("config.json"), path)
     except DataError:
         raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError,
-            NotImplementedError) as err:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, struct.error, OSError,
+            EOFError, ValueError, NotImplementedError, RuntimeError) as err:
         raise DataError(f"not a readable .keras archive: {_first_line(err)}", file=path) from None
 
 

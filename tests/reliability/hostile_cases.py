@@ -345,7 +345,7 @@ def _array_cases() -> List[Case]:
             x = {"dev-zero": "/dev/zero", "missing": "{W}/missing.npy"}.get(name, "{W}/bad.npy")
             if cmd == "compare" and name in ("wrong-rank", "rank-5"):
                 continue
-            slow = cmd in ("inspect", "compare") and name not in (
+            slow = cmd in ("inspect", "compare", "convert-quantize") and name not in (
                 "object-npz", "header-3.6TiB", "strings", "wrong-shape", "dev-zero")
             cases.append(Case("array-file", f"{cmd}-data-{name}", [a.replace("{X}", x) for a in argv],
                               setup, slow=slow, root_ok=name != "unreadable"))

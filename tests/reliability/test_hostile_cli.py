@@ -125,10 +125,11 @@ def test_there_are_a_few_hundred_cases_in_every_category():
 
 
 # ------------------------------------------------------------------ subprocesses
-SUBPROCESS_CASES = ["convert-output-fifo", "model-file-fifo-as-caffemodel",
-                    "prototxt-nested-5000", "quantize-model-keras-module-this",
+SUBPROCESS_CASES = ["model-file-fifo-as-caffemodel", "quantize-model-keras-module-this",
                     "quantize-calibration-inf-0",
-                    "options-json-nested"]
+                    pytest.param("convert-output-fifo", marks=pytest.mark.slow),
+                    pytest.param("prototxt-nested-5000", marks=pytest.mark.slow),
+                    pytest.param("options-json-nested", marks=pytest.mark.slow)]
 
 
 def _subprocess_case(name: str, work: str, assets: str):
