@@ -130,8 +130,8 @@ def describe_exception(err: BaseException, args: Optional[argparse.Namespace] = 
 
 # Deep Caffe chains make Keras's functional-graph code (recursive in tf_keras) recurse once
 # per layer: commands run in a thread with a big stack and a raised recursion limit.
-_STACK_BYTES = 1 << 29
-_RECURSION_LIMIT = 60000
+_STACK_BYTES = 1 << 30
+_RECURSION_LIMIT = 250000
 
 
 def _run_with_deep_stack(func: Callable[[], int]) -> int:
