@@ -19,7 +19,7 @@ import numpy as np
 
 from kerasq._compat import keras, tf
 from kerasq.data import check_data_finite, check_model_finite
-from kerasq.errors import KerasqError
+from kerasq.errors import DataError, KerasqError
 from kerasq.schemes.api import refresh_weight_state
 from kerasq.schemes.quantizers import calibration_mode
 
@@ -113,7 +113,14 @@ def calibrate(qmodel: Any, data: Any, steps: Optional[int] = None, *, batch_size
             if not isinstance(data, (np.ndarray, list, tuple, dict)):
                 check_data_finite(batch if not isinstance(batch, tf.Tensor) else batch.numpy(),
                                   f"calibration batch {done}")
-            collect(batch)
+            try:
+                collect(batch)
+            except (ValueError, TypeError, tf.errors.InvalidArgumentError) as err:
+                # Keras refusing the data (shape, dtype): a one-line error for the caller.
+                lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+                text = (lines[-1] if lines else type(err).__name__)[:300]
+                raise DataError(f"calibration batch {done} does not fit the model: {text}",
+                                layer="calibration data") from None
             done += 1
             if bar is not None:
                 bar.update(done)
