@@ -312,19 +312,24 @@ def _check_config_json(text: Union[str, bytes], file: str) -> None:
         config = json.loads(text)
     except ValueError as err:
         raise DataError(f"model config is not valid JSON: {_first_line(err)}", file=file) from None
-    stack = [config]
+    stack: List[Tuple[Any, str, str]] = [(config, "", "")]  # (item, class, layer name)
     while stack:
-        item = stack.pop()
+        item, owner, layer = stack.pop()
         if isinstance(item, dict):
+            if isinstance(item.get("class_name"), str):
+                owner = item["class_name"]
+                conf = item.get("config")
+                if isinstance(conf, dict) and isinstance(conf.get("name"), str):
+                    layer = conf["name"]
             module = item.get("module")
-            if isinstance(module, str) and module and not module.split(".")[0] in \
-                    ALLOWED_CONFIG_MODULES:
-                raise DataError(f"model config names module {module!r}; only Keras and kerasq "
-                                "modules are allowed", file=file,
-                                layer=str(item.get("class_name", "")) or None)
-            stack.extend(item.values())
+            if isinstance(module, str) and module and \
+                    module.split(".")[0] not in ALLOWED_CONFIG_MODULES:
+                where = f" (in a {owner} config)" if owner else ""
+                raise DataError(f"model config names module {module!r}{where}; only Keras and "
+                                "kerasq modules are allowed", file=file, layer=layer or None)
+            stack.extend((v, owner, layer) for v in item.values())
         elif isinstance(item, list):
-            stack.extend(item)
+            stack.extend((v, owner, layer) for v in item)
 
 
 def check_model_file(path: PathLike) -> str:
