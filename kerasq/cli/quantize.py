@@ -314,7 +314,10 @@ def run(args: argparse.Namespace) -> int:
     from kerasq._io import check_output, output_kind
     from kerasq.schemes import calibrate, quantize_model
 
-    check_output(args.output, output_kind(args.output, ("h5", "savedmodel", "keras")))
+    if args.output.lower().endswith(".keras"):
+        raise KerasqError("quantized models are saved as .h5 or SavedModel (tfmot needs "
+                          "Keras 2 formats)", file=args.output)
+    check_output(args.output, output_kind(args.output, ("h5", "savedmodel")))
     if args.save_config:
         check_output(args.save_config, output_kind(args.save_config, ("json",)))
     config = build_config(args)
