@@ -67,8 +67,12 @@ tf.get_logger().setLevel("ERROR")
 
 def tfmot():
     """Return the ``tensorflow_model_optimization`` module (imported on first use)."""
+    limit = sys.getrecursionlimit()
     import tensorflow_model_optimization as _tfmot
 
+    # Its import pulls in keras 3 -> IPython -> jedi, which sets the interpreter's recursion
+    # limit to 3000: keep the caller's (the CLI raises it for deep nets).
+    sys.setrecursionlimit(max(limit, sys.getrecursionlimit()))
     return _tfmot
 
 

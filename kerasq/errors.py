@@ -85,6 +85,16 @@ class ModelFormatError(KerasqError):
     """A Keras model file that cannot be loaded or is not what the command expects."""
 
 
+class OutputError(KerasqError):
+    """An output path that cannot be written without destroying something, or a write that
+    failed (nothing is left behind)."""
+
+
+class DataError(KerasqError, ValueError):
+    """An input array file (calibration, verification, evaluation data) that is unreadable,
+    too big, of the wrong dtype, shape or layout, or holds NaN/Inf."""
+
+
 __all__ = [
     "KerasqError",
     "CaffeFormatError",
@@ -93,4 +103,6 @@ __all__ = [
     "ExportError",
     "VerificationError",
     "ModelFormatError",
+    "OutputError",
+    "DataError",
 ]

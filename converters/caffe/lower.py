@@ -38,6 +38,7 @@ class LoweringContext:
         first = next(iter(graph.inputs.values()), (1,))
         self.batch_size: int = int(first[0]) if first else 1  # declared N (Reshape specs use it)
         self.source = graph.source
+        self.blobs_read: Dict[int, Set[int]] = {}  # id(node) -> blob indices read
         self._names: Set[str] = set()
         self._output_names: Dict[str, str] = {}  # reserved Keras name -> output blob id
         self.node: Optional[Node] = None  # the node being lowered
@@ -80,6 +81,7 @@ class LoweringContext:
     def blob(self, node: Node, index: int, shape: Sequence[int], what: str = "") -> np.ndarray:
         """Learned blob ``index`` of ``node`` reshaped to ``shape`` (legacy dims accepted)."""
         label = what or f"blob {index}"
+        self.blobs_read.setdefault(id(node), set()).add(index)
         if index >= len(node.blobs) or node.blobs[index] is None:
             self.error(
                 node,
@@ -89,6 +91,11 @@ class LoweringContext:
                 CaffeFormatError,
             )
         array = fit_blob_shape(node.blobs[index], shape, self.source, node.caffe_name, label)
+        if not np.isfinite(array).all():
+            flat = int(np.argmax(~np.isfinite(array.reshape(-1))))
+            where = tuple(int(i) for i in np.unravel_index(flat, array.shape))
+            self.error(node, f"{label} holds {array.reshape(-1)[flat]} at index {where}; "
+                       "non-finite weights are refused", CaffeFormatError)
         return array.astype(np.float32, copy=False)  # no copy: big models hold weights once
 
     # -- layout --------------------------------------------------------------------
@@ -210,6 +217,7 @@ def lower_graph(
             results = fn(ctx, node, inputs)
         except KerasqError as err:
             raise err.with_context(file=graph.source or None, layer=node.caffe_name)
+
         except (ValueError, TypeError, IndexError) as err:
             # Keras/TF refusing a configuration the handler did not foresee.
             raise UnsupportedLayerError(
@@ -217,6 +225,10 @@ def lower_graph(
                 file=graph.source or None,
                 layer=node.caffe_name,
             ) from err
+        read = ctx.blobs_read.pop(id(node), None)
+        if read and len(node.blobs) > max(read) + 1:  # Caffe: "Incompatible number of blobs"
+            ctx.error(node, f"the caffemodel has {len(node.blobs)} blobs for this layer, "
+                      f"{node.type} uses {max(read) + 1}", CaffeFormatError)
         node.blobs = []  # the weights live in the Keras layer now (big models: memory)
         for keras_name in set(ctx._names) - before:
             origin[keras_name] = (node.caffe_name, node.type)

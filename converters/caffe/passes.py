@@ -30,7 +30,7 @@ Example:
 from __future__ import annotations
 
 import logging
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -114,6 +114,18 @@ def filter_phase(
 # ---- inputs -------------------------------------------------------------------------
 
 
+def _integer_dims(dims: Any, top: str, source: str) -> Tuple[int, ...]:
+    """``dims`` as ints; fractional, boolean or non-numeric dims are refused (no truncation)."""
+    out = []
+    for d in (dims if isinstance(dims, (list, tuple)) else [dims]):
+        if isinstance(d, bool) or not isinstance(d, (int, float, np.integer, np.floating)) or (
+                isinstance(d, (float, np.floating)) and not float(d).is_integer()):
+            raise CaffeFormatError(f"input_shape for {top!r} has a non-integer dimension {d!r}",
+                                   file=source or None)
+        out.append(int(d))
+    return tuple(out)
+
+
 def _declared_data_shape(layer: caffe_pb2.LayerParameter) -> Optional[Tuple[int, ...]]:
     if layer.type == "MemoryData":
         p = layer.memory_data_param
@@ -149,7 +161,7 @@ def _resolve_inputs(
                 )
             for i, top in enumerate(layer.top):
                 if top in input_shapes:
-                    shapes[top] = tuple(int(d) for d in input_shapes[top])
+                    shapes[top] = _integer_dims(input_shapes[top], top, source)
                     used_overrides.add(top)
                 elif declared:
                     shapes[top] = tuple(int(d) for d in declared[min(i, len(declared) - 1)].dim)
@@ -166,7 +178,7 @@ def _resolve_inputs(
                 continue
             top = layer.top[0]
             if top in input_shapes:
-                shapes[top] = tuple(int(d) for d in input_shapes[top])
+                shapes[top] = _integer_dims(input_shapes[top], top, source)
                 used_overrides.add(top)
             else:
                 declared = _declared_data_shape(layer)
@@ -297,6 +309,15 @@ def build_graph(
             unique = f"{caffe_name}_{k}"
             k += 1
         used_names.add(unique)
+        for i, top in enumerate(layer.top):
+            in_place = i < len(layer.bottom) and layer.bottom[i] == top
+            if not in_place and (top in current or top in layer.top[:i]):
+                raise CaffeFormatError(  # Caffe: "Top blob produced by multiple sources"
+                    f"top {top!r} is already produced by an earlier layer (only in-place "
+                    "writes, top = bottom, may reuse a name)",
+                    file=source,
+                    layer=caffe_name,
+                )
         tops = [define(t) for t in layer.top]
         text_blobs = [blob_to_array(b, source, caffe_name) for b in layer.blobs]
         del layer.blobs[:]  # hyper-parameters only; weights come from the caffemodel

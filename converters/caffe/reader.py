@@ -20,8 +20,10 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
+import stat
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -71,14 +73,69 @@ def _syntax_error(err: text_format.ParseError) -> str:
     return f"syntax error: {err}"
 
 
+def check_regular_file(path: PathLike, what: str) -> int:
+    """The size of ``path`` if it is a readable regular file; a FIFO, device, socket or
+    directory is refused before it is opened (a FIFO would block, ``/dev/zero`` never ends)."""
+    path = os.fspath(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise CaffeFormatError(f"{what} not found", file=path) from None
+    except OSError as err:
+        raise CaffeFormatError(f"cannot open {what}: {err.strerror}", file=path) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise CaffeFormatError(f"{what} is a directory, expected a file", file=path)
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(
+            st.st_mode) else "a device"
+        raise CaffeFormatError(f"{what} is {kind}, not a regular file", file=path)
+    return int(st.st_size)
+
+
 def _read_bytes(path: PathLike, what: str) -> bytes:
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise CaffeFormatError(f"{what} not found", file=path)
-    if os.path.isdir(path):
-        raise CaffeFormatError(f"{what} is a directory, expected a file", file=path)
-    with open(path, "rb") as f:
-        return f.read()
+    check_regular_file(path, what)
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as err:
+        raise CaffeFormatError(f"cannot read {what}: {err.strerror}", file=path) from None
+    except MemoryError:
+        raise CaffeFormatError(f"not enough memory to read the {what}", file=path) from None
+
+
+MAX_NESTING = 100  # Caffe's deepest real messages nest < 10 levels
+
+
+def check_nesting(text: str, source: str, limit: int = MAX_NESTING) -> None:
+    """Refuse text whose ``{``/``<`` blocks nest deeper than ``limit`` (outside quotes),
+    before a recursive parser sees it."""
+    depth = deepest = 0
+    quote = ""
+    escaped = comment = False
+    for ch in text:
+        if comment:
+            comment = ch != "\n"
+        elif quote:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == quote:
+                quote = ""
+        elif ch == "#":
+            comment = True
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "{<[":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > limit:
+                    raise CaffeFormatError(f"text nested more than {limit} levels deep",
+                                           file=source)
+        elif ch in "}>]":
+            depth -= 1
 
 
 def parse_prototxt_text(text: str, source: str = "<prototxt>") -> caffe_pb2.NetParameter:
@@ -89,6 +146,7 @@ def parse_prototxt_text(text: str, source: str = "<prototxt>") -> caffe_pb2.NetP
         >>> net.layer[0].type
         'Input'
     """
+    check_nesting(text, source)
     net = caffe_pb2.NetParameter()
     try:
         text_format.Parse(text, net)
@@ -214,7 +272,7 @@ def read_caffemodel(path: PathLike) -> caffe_pb2.NetWeights:
         ['conv1', 'conv2', 'ip1', 'ip2']
     """
     source = os.fspath(path)
-    size = os.path.getsize(source) if os.path.isfile(source) else 0
+    size = check_regular_file(source, "caffemodel")
     if size >= 2**31:
         raise CaffeFormatError(
             f"caffemodel is {size / 2**30:.2f} GiB, over protobuf's 2 GB message limit: "
@@ -242,7 +300,10 @@ def blob_to_array(
         shape = (blob.num, blob.channels, blob.height, blob.width)
     else:
         shape = (values.size,)
-    expected = int(np.prod(shape)) if shape else 1
+    if any(d < 0 for d in shape):
+        raise CaffeFormatError(f"blob shape {shape} has a negative dimension",
+                               file=source or None, layer=layer)
+    expected = math.prod(shape)  # Python ints: a huge product cannot wrap around
     if expected != values.size:
         raise CaffeFormatError(
             f"blob declares shape {shape} ({expected} values) but holds {values.size} values",

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 from typing import BinaryIO, Callable, Dict, List, Optional, Tuple, Union
 
@@ -179,7 +180,7 @@ def _read_blob(w: _Wire, end: int, source: str, layer: str) -> np.ndarray:
         shape = tuple(legacy)
     else:
         shape = (values.size,)
-    expected = int(np.prod(shape)) if shape else 1
+    expected = math.prod(shape)  # Python ints: a huge product cannot wrap around
     if any(d < 0 for d in shape) or expected != values.size:
         raise CaffeFormatError(
             f"blob declares shape {shape} ({expected} values) but holds {values.size} values",
@@ -237,12 +238,10 @@ def read_caffemodel_table(path: PathLike, progress: Optional[Progress] = None) -
         >>> sorted(table)                                      # doctest: +SKIP
         ['conv1', 'conv2', 'ip1', 'ip2']
     """
+    from kerasq.converters.caffe.reader import check_regular_file
+
     source = os.fspath(path)
-    if not os.path.exists(source):
-        raise CaffeFormatError("caffemodel not found", file=source)
-    if os.path.isdir(source):
-        raise CaffeFormatError("caffemodel is a directory, expected a file", file=source)
-    size = os.path.getsize(source)
+    size = check_regular_file(source, "caffemodel")
     if size == 0:
         raise CaffeFormatError("caffemodel is empty", file=source)
     v2: List[Tuple[str, List[np.ndarray]]] = []

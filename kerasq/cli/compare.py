@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -39,6 +39,9 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
         metavar="[NAME=]X.npy",
         help="NCHW input array (.npy); NAME= selects the input blob (repeatable)",
     )
+    from kerasq.cli.quantize import add_layout_argument
+
+    add_layout_argument(p)
     p.add_argument("--reference", required=True, metavar="DIR", help="folder of <top>.npy files")
     p.add_argument(
         "--atol",
@@ -66,7 +69,9 @@ def within_tolerance(
     return bool(np.all(err <= allowed)), float(err.max()) if err.size else 0.0, ratio
 
 
-def _parse_inputs(specs: Sequence[str], net_inputs: Sequence[str]) -> Dict[str, np.ndarray]:
+def _parse_inputs(specs: Sequence[str], net_inputs: Sequence[str],
+                  shapes: Optional[Dict[str, Sequence[int]]] = None,
+                  layout: str = "auto") -> Dict[str, np.ndarray]:
     arrays: Dict[str, np.ndarray] = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
@@ -78,12 +83,19 @@ def _parse_inputs(specs: Sequence[str], net_inputs: Sequence[str]) -> Dict[str, 
                     f"--input {spec!r}: the net has inputs {list(net_inputs)}; use NAME=X.npy"
                 )
             name = net_inputs[0]
-        if not os.path.exists(path):
-            raise KerasqError("input array not found", file=path)
-        try:
-            arrays[name] = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as err:
-            raise KerasqError(f"cannot read the input array: {err}", file=path) from None
+        if name not in net_inputs:
+            raise KerasqError(f"--input {spec!r}: the net has no input {name!r} (inputs: "
+                              f"{', '.join(net_inputs)})")
+        from kerasq.data import load_model_inputs, match_layout
+
+        array = load_model_inputs(path, what="input array")
+        if isinstance(array, list):
+            raise KerasqError("give one array per --input NAME=X.npy", file=path)
+        shape = (shapes or {}).get(name)
+        if shape:  # Caffe runs NCHW: NHWC data is transposed, ambiguous shapes refused
+            array = match_layout(array, (None, *tuple(shape)[1:]), layout,
+                                 expected_layout="nchw", name=name, file=path)
+        arrays[name] = array
     return arrays
 
 
@@ -99,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
     probe = build_graph(net, None, source=args.prototxt, input_shape=options["input_shape"])
     net_inputs = [probe.blob_names.get(i, i) for i in probe.inputs]
     final_names = set(probe.final_ids())
-    inputs = _parse_inputs(args.input, net_inputs)
+    shapes = {probe.blob_names.get(i, i): s for i, s in probe.inputs.items()}
+    inputs = _parse_inputs(args.input, net_inputs, shapes, args.layout)
     references: Dict[str, np.ndarray] = {}
     skipped: List[str] = []
     for entry in sorted(os.listdir(args.reference)):
@@ -107,7 +120,10 @@ def run(args: argparse.Namespace) -> int:
             continue
         name = entry[:-4]
         if name in final_names:
-            references[name] = np.load(os.path.join(args.reference, entry), allow_pickle=False)
+            from kerasq.data import load_arrays
+
+            loaded = load_arrays(os.path.join(args.reference, entry), "reference array")
+            references[name] = loaded[""]
         else:
             skipped.append(name)
     if not references:

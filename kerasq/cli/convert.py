@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -53,11 +54,25 @@ def parse_mean(value: Optional[str]) -> Any:
     if os.path.exists(value) or value.endswith(".binaryproto"):
         return value
     try:
-        return [float(v) for v in value.split(",") if v.strip()]
+        values = [float(v) for v in value.split(",") if v.strip()]
     except ValueError:
+        values = []
+    if not values or not all(math.isfinite(v) for v in values):
         raise KerasqError(
-            f"--mean {value!r}: expected comma-separated values or a .binaryproto file"
-        ) from None
+            f"--mean {value!r}: expected comma-separated finite values or a .binaryproto file"
+        )
+    return values
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (NaN and Inf are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value == 0.0:
+        raise argparse.ArgumentTypeError(f"expected a finite non-zero number, got {text!r}")
+    return value
 
 
 def add_conversion_arguments(p: argparse.ArgumentParser) -> None:
@@ -137,7 +152,7 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
         metavar="B,G,R|FILE",
         help="mean to subtract: per-channel values or a .binaryproto mean file",
     )
-    p.add_argument("--scale", type=float, default=None, help="multiply by this after the mean")
+    p.add_argument("--scale", type=finite_float, default=None, help="multiply by this after the mean")
     p.add_argument(
         "--swap-rb",
         action="store_true",
@@ -159,18 +174,21 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     p.set_defaults(func=run)
 
 
+MODEL_OUTPUT_KINDS = ("h5", "keras", "savedmodel")
+
+
 def save_model(model: Any, output: str) -> None:
     """Save atomically; format from the name (.h5 / .keras / SavedModel directory)."""
-    from kerasq._io import atomic_output
-
     import warnings
 
-    lower = output.lower()
-    with atomic_output(output) as tmp, warnings.catch_warnings():
+    from kerasq._io import atomic_output, output_kind
+
+    kind = output_kind(output, MODEL_OUTPUT_KINDS)
+    with atomic_output(output, kind=kind) as tmp, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*HDF5 file.*legacy.*")
-        if lower.endswith((".h5", ".hdf5")):
+        if kind == "h5":
             model.save(tmp, save_format="h5")
-        elif lower.endswith(".keras"):
+        elif kind == "keras":
             model.save(tmp)
         else:
             model.save(tmp, save_format="tf")
@@ -192,6 +210,12 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.output and not getattr(args, "tflite", None):
         raise KerasqError("give -o/--output (Keras model) and/or --tflite (TFLite file)")
+    from kerasq._io import check_output, output_kind
+
+    if args.output:
+        check_output(args.output, output_kind(args.output, MODEL_OUTPUT_KINDS))
+    if getattr(args, "tflite", None):
+        check_output(args.tflite, output_kind(args.tflite, ("tflite",), "--tflite"))
     options = load_options(args)
     bar = _progress_bar()
     if bar is not None:
@@ -209,6 +233,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     try:
         save_model(model, args.output)
+    except KerasqError:
+        raise
     except (OSError, ValueError) as err:
         raise CaffeFormatError(f"cannot write the model: {err}", file=args.output) from err
     print(f"wrote {args.output}")

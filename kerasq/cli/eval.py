@@ -44,28 +44,23 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
 
 
 def read_data(path: str, labels_path: Optional[str]) -> Tuple[Any, Any]:
-    """(x, labels) from the files; labels None, an array or ``{name or index: array}``."""
-    import numpy as np
+    """(x, labels) from the files, checked by :mod:`kerasq.data`; labels None, an array or
+    ``{name or index: array}``."""
+    from kerasq.data import load_arrays, load_inputs_and_labels
 
-    from kerasq.cli.quantize import _load_arrays
-
-    x, y = _load_arrays(path, need_labels=False)
+    x, y = load_inputs_and_labels(path, need_labels=False)
     if y is None and path.lower().endswith(".npz"):
-        with np.load(path, allow_pickle=False) as loaded:
-            named = {k[2:]: loaded[k] for k in loaded.files if k.startswith("y_")}
-            ordered = [loaded[f"y{i}"] for i in range(len(loaded.files))
-                       if f"y{i}" in loaded.files]
+        arrays = load_arrays(path)
+        named = {k[2:]: v for k, v in arrays.items() if k.startswith("y_")}
+        ordered = [arrays[f"y{i}"] for i in range(len(arrays)) if f"y{i}" in arrays]
         y = named or (ordered if ordered else None)
     if labels_path:
         if y is not None:
             raise KerasqError("labels given twice: in --data and in --labels", file=labels_path)
-        try:
-            y = np.load(labels_path, allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise KerasqError(f"cannot read labels: {str(err).splitlines()[0]}",
-                              file=labels_path) from None
-        if not isinstance(y, np.ndarray):
+        arrays = load_arrays(labels_path, "labels")
+        if list(arrays) != [""]:
             raise KerasqError("labels must be an .npy array", file=labels_path)
+        y = arrays[""]
     return x, y
 
 

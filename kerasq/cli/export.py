@@ -47,6 +47,9 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
         default=1.0,
         help="--verify tolerance in output quantization steps (default 1)",
     )
+    from kerasq.cli.quantize import add_layout_argument
+
+    add_layout_argument(p)
     p.set_defaults(func=run)
 
 
@@ -76,7 +79,7 @@ def export_converted(model, args: argparse.Namespace) -> None:
     if getattr(args, "calibration", None):
         from kerasq.cli.quantize import load_inputs
 
-        data = load_inputs(args.calibration)
+        data = load_inputs(args.calibration, model, getattr(args, "layout", "auto"))
     export_model(model, args.tflite, target=target, data=data, verify=bool(args.verify))
 
 
@@ -106,27 +109,23 @@ def export_model(model, output: str, *, target: str, data, verify: bool,
         print(f"verification: {result.report.describe()}")
 
 
-def _load_data(path: str):
-    import numpy as np
-
-    from kerasq.errors import ModelFormatError
-
-    try:
-        return np.load(path, allow_pickle=False).astype("float32")
-    except (OSError, ValueError) as err:
-        raise ModelFormatError(f"cannot read input array: {err}", file=path)
-
-
 def run(args: argparse.Namespace) -> int:
     import os
 
     from kerasq.errors import ExportError, ModelFormatError
+    from kerasq._io import check_output, output_kind
+
+    check_output(args.output, output_kind(args.output, ("tflite",)))
     if not os.path.exists(args.model):
         raise ModelFormatError("no such file or directory", file=args.model)
     try:
         from kerasq.schemes import load_model
     except ImportError as err:  # the quantization core is not installed in this build
         raise ExportError(f"kerasq.load_model is unavailable: {err}", file=args.model)
+    from kerasq.data import check_model_file, load_inputs_and_labels, match_model_inputs
+
+    raw_data = load_inputs_and_labels(args.data)[0] if args.data else None  # checked early
+    check_model_file(args.model)
     try:
         model = load_model(args.model)
     except ModelFormatError:
@@ -135,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
         raise ModelFormatError(
             f"cannot load the model: {str(err).splitlines()[0][:200]}", file=args.model
         )
-    data = _load_data(args.data) if args.data else None
+    data = (match_model_inputs(raw_data, model, args.layout, file=args.data)
+            if raw_data is not None else None)
     try:
         export_model(model, args.output, target=args.target, data=data, verify=args.verify,
                      int_io=args.int_io, kernels=args.kernels,

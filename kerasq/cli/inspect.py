@@ -64,6 +64,9 @@ def load_any(path: str) -> Any:
 
     if not os.path.exists(path):
         raise ModelFormatError("model not found", file=path)
+    from kerasq.data import check_model_file
+
+    check_model_file(path)
     try:
         from kerasq.serialization import safe_mode as _safe_mode  # no Lambda bytecode in .h5
 
@@ -111,6 +114,9 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
         "the quantization table of a quantized model",
     )
     # --- sparsity report (kerasq.prune, engineer P) ---
+    from kerasq.cli.quantize import add_layout_argument
+
+    add_layout_argument(p)
     p.add_argument(
         "--sparsity",
         action="store_true",
@@ -141,6 +147,10 @@ def run(args: argparse.Namespace) -> int:
         check_report_path(report_path)
     elif getattr(args, "tflite", None):
         raise ModelFormatError("--tflite is used by --report only", file=args.tflite)
+    from kerasq.data import load_inputs_and_labels
+
+    if getattr(args, "data", None):
+        load_inputs_and_labels(args.data)  # bad data fails before the model is loaded
     model = load_any(args.model)
     print(f"model {model.name}: {args.model}")
     print(format_table(model))
@@ -148,7 +158,8 @@ def run(args: argparse.Namespace) -> int:
     from kerasq.cli.quantize import load_inputs
     from kerasq.schemes.report import inspect_section
 
-    data = load_inputs(args.data) if getattr(args, "data", None) else None
+    data = (load_inputs(args.data, model, getattr(args, "layout", "auto"))
+            if getattr(args, "data", None) else None)
     section = inspect_section(model, data)
     if section:
         print()

@@ -80,8 +80,9 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     src.add_argument("--save-config", metavar="JSON", help="also write the final config as JSON")
     cal = p.add_argument_group("calibration and search")
     cal.add_argument("--calibration", metavar="DATA", help="calibration inputs (.npy or .npz)")
-    cal.add_argument("--steps", type=int, help="calibration batches (default: all)")
-    cal.add_argument("--batch-size", type=int, default=32)
+    cal.add_argument("--steps", type=positive_int, help="calibration batches (default: all)")
+    cal.add_argument("--batch-size", type=positive_int, default=32)
+    add_layout_argument(cal)
     cal.add_argument("--search", action="store_true",
                      help="Ristretto's bit-width search (needs --eval and --calibration)")
     cal.add_argument("--search-mode", choices=("dfp", "minifloat"), default="dfp",
@@ -102,37 +103,38 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
 
 
 # ------------------------------------------------------------------------------ data files
-def load_inputs(path: str) -> Any:
-    """Model inputs from ``.npy`` (one array) or ``.npz`` (``x`` or ``x0``, ``x1``...)."""
-    x, _ = _load_arrays(path, need_labels=False)
-    return x
+def load_inputs(path: str, model: Any = None, layout: str = "auto") -> Any:
+    """Model inputs from ``.npy`` (one array) or ``.npz`` (``x`` or ``x0``, ``x1``...),
+    checked by :mod:`kerasq.data` (regular file, size, dtype, finite) and, with ``model``,
+    put into its input layout (Caffe NCHW or NHWC, see ``--layout``)."""
+    from kerasq.data import load_model_inputs
+
+    return load_model_inputs(path, model, layout)
 
 
-def _load_arrays(path: str, need_labels: bool) -> Tuple[Any, Any]:
-    import numpy as np
-
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
     try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise KerasqError(f"cannot read array file: {err}", file=path) from None
-    if isinstance(loaded, np.ndarray):
-        if need_labels:
-            raise KerasqError("evaluation data must be an .npz with arrays x and y", file=path)
-        return loaded, None
-    with loaded:
-        keys = list(loaded.files)
-        if "x" in keys:
-            x: Any = loaded["x"]
-        elif "x0" in keys:
-            x = [loaded[f"x{i}"] for i in range(len(keys)) if f"x{i}" in keys]
-        elif len(keys) == 1 and not need_labels:
-            x = loaded[keys[0]]
-        else:
-            raise KerasqError(f"no array 'x' (arrays: {', '.join(keys) or 'none'})", file=path)
-        y = loaded["y"] if "y" in keys else None
-    if need_labels and y is None:
-        raise KerasqError("no label array 'y'", file=path)
-    return x, y
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def add_layout_argument(p: Any) -> None:
+    """``--layout auto|nchw|nhwc``: the layout of 4-D data files."""
+    p.add_argument("--layout", choices=("auto", "nchw", "nhwc"), default="auto",
+                   help="layout of 4-D data arrays: Caffe NCHW or the model's NHWC (default: "
+                        "recognised from the shape; needed when a shape fits both)")
+
+
+def _check_layer_names(model: Any, names: Any, option: str) -> None:
+    known = {layer.name for layer in model.layers}
+    for name in names:
+        if name not in known:
+            raise KerasqError(f"no layer named {name!r} in the model", layer=option)
 
 
 def accuracy_fn(x: Any, y: Any, batch_size: int = 256) -> Any:
@@ -231,6 +233,9 @@ def _load_model(path: str) -> Any:
 
     if not os.path.exists(path):
         raise ModelFormatError("no such file or directory", file=path)
+    from kerasq.data import check_model_file
+
+    check_model_file(path)
     try:
         model = load_model(path)
     except KerasqError as err:
@@ -249,12 +254,16 @@ def _load_model(path: str) -> Any:
 
 def _save(model: Any, path: str) -> None:
     from kerasq._io import atomic_output
+    from kerasq.data import check_model_finite
+
+    check_model_finite(model, path)
 
     h5 = path.lower().endswith((".h5", ".hdf5", ".keras"))
     if path.lower().endswith(".keras"):
         raise KerasqError("quantized models are saved as .h5 or SavedModel (tfmot needs "
                           "Keras 2 formats)", file=path)
-    with atomic_output(path) as tmp, warnings.catch_warnings():
+    with atomic_output(path, kind="h5" if h5 else "savedmodel") as tmp, \
+            warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*HDF5 file.*legacy.*")
         if h5:
             model.save(tmp, save_format="h5")
@@ -287,7 +296,8 @@ def add_convert_options(p: argparse.ArgumentParser) -> None:
                    help="make the settings deployable as TFLite int8 (as `kerasq quantize "
                         "--int8`): power-of-two symmetric ranges, at most 8 bits")
     g.add_argument("--calibration", metavar="DATA",
-                   help="calibration inputs (.npy/.npz, in the converted model's NHWC layout)")
+                   help="calibration inputs (.npy/.npz, Caffe NCHW or the model's NHWC layout)")
+    add_layout_argument(g)
 
 
 def config_for_converted(source: str, solver: Any = None) -> Any:
@@ -329,7 +339,8 @@ def quantize_converted(model: Any, args: argparse.Namespace) -> Any:
     config = config_for_converted(source, getattr(args, "solver", None))
     if getattr(args, "int8", False):
         config = to_int8(config)
-    calibration = load_inputs(args.calibration) if getattr(args, "calibration", None) else None
+    calibration = (load_inputs(args.calibration, model, getattr(args, "layout", "auto"))
+                   if getattr(args, "calibration", None) else None)
     output = str(getattr(args, "output", "") or "")
     if output.lower().endswith(".keras"):
         raise KerasqError("quantized models are saved as .h5 or SavedModel (tfmot needs Keras 2 "
@@ -343,8 +354,15 @@ def quantize_converted(model: Any, args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kerasq._io import check_output, output_kind
     from kerasq.schemes import calibrate, quantize_model
 
+    if args.output.lower().endswith(".keras"):
+        raise KerasqError("quantized models are saved as .h5 or SavedModel (tfmot needs "
+                          "Keras 2 formats)", file=args.output)
+    check_output(args.output, output_kind(args.output, ("h5", "savedmodel")))
+    if args.save_config:
+        check_output(args.save_config, output_kind(args.save_config, ("json",)))
     config = build_config(args)
     if args.search and not (args.eval and args.calibration):
         raise KerasqError("--search needs --eval (x and y) and --calibration data",
@@ -352,8 +370,18 @@ def run(args: argparse.Namespace) -> int:
     calibration = load_inputs(args.calibration) if args.calibration else None
     eval_x = eval_y = None
     if args.eval:
-        eval_x, eval_y = _load_arrays(args.eval, need_labels=True)
+        from kerasq.data import load_inputs_and_labels
+
+        eval_x, eval_y = load_inputs_and_labels(args.eval, need_labels=True)
     model = _load_model(args.model)
+    from kerasq.data import match_model_inputs
+
+    if calibration is not None:
+        calibration = match_model_inputs(calibration, model, args.layout, file=args.calibration)
+    if eval_x is not None:
+        eval_x = match_model_inputs(eval_x, model, args.layout, file=args.eval)
+    if args.ignore:
+        _check_layer_names(model, args.ignore, "--ignore")
 
     if args.search:
         from kerasq.schemes.search import search_bitwidths, search_minifloat
@@ -390,7 +418,7 @@ def run(args: argparse.Namespace) -> int:
 
         data = eval_x if eval_x is not None else calibration
         print(format_report(report(qmodel, data, batch_size=args.batch_size, steps=args.steps)))
-    _save(qmodel, args.output)
+    _save(qmodel, args.output)  # the output path was checked before the work started
     if args.save_config:
         from kerasq._io import write_bytes_atomic
 

@@ -276,6 +276,11 @@ def export_tflite(
     kernels: str = "default",
 ) -> ExportResult:
     """Like :func:`to_tflite`, returning an :class:`ExportResult` (file, plan, report)."""
+    from kerasq.data import check_data_finite, check_model_finite
+
+    check_model_finite(qmodel)  # the TFLite converter crashes on a non-finite range
+    check_data_finite(representative_data, "representative data")
+    check_data_finite(verify_data, "verification data")
     if target not in TARGETS:
         raise ExportError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     if int_io and target not in ("int8", "int16x8"):

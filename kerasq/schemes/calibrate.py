@@ -18,7 +18,8 @@ from typing import Any, Iterable, Iterator, Optional
 import numpy as np
 
 from kerasq._compat import keras, tf
-from kerasq.errors import KerasqError
+from kerasq.data import check_data_finite, check_model_finite
+from kerasq.errors import DataError, KerasqError
 from kerasq.schemes.quantizers import calibration_mode
 
 logger = logging.getLogger("kerasq.schemes.calibrate")
@@ -82,6 +83,9 @@ def calibrate(qmodel: Any, data: Any, steps: Optional[int] = None, *, batch_size
     if not isinstance(qmodel, keras.Model):
         raise KerasqError(f"calibrate needs the model returned by quantize_model, got "
                           f"{type(qmodel).__name__}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise KerasqError(f"batch_size={batch_size!r}: expected a positive integer")
+    check_data_finite(data, "calibration data")  # NaN/Inf would become a saved range
     if reset:
         _reset_ranges(qmodel)
     total = _steps_hint(data, batch_size, steps)
@@ -105,12 +109,23 @@ def calibrate(qmodel: Any, data: Any, steps: Optional[int] = None, *, batch_size
                 break
             if isinstance(batch, np.ndarray) and batch.dtype != np.float32:
                 batch = batch.astype(np.float32)
-            collect(batch)
+            if not isinstance(data, (np.ndarray, list, tuple, dict)):
+                check_data_finite(batch if not isinstance(batch, tf.Tensor) else batch.numpy(),
+                                  f"calibration batch {done}")
+            try:
+                collect(batch)
+            except (ValueError, TypeError, tf.errors.InvalidArgumentError) as err:
+                # Keras refusing the data (shape, dtype): a one-line error for the caller.
+                lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+                text = (lines[-1] if lines else type(err).__name__)[:300]
+                raise DataError(f"calibration batch {done} does not fit the model: {text}",
+                                layer="calibration data") from None
             done += 1
             if bar is not None:
                 bar.update(done)
     if done == 0:
         raise KerasqError("calibration data is empty")
+    check_model_finite(qmodel)  # no non-finite range is ever kept
     from kerasq.schemes.shared_grids import align_for_int8
 
     # the saved model computes what its int8 file computes: one fl per Add/Concatenate/

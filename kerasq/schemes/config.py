@@ -310,6 +310,8 @@ class QuantizationConfig:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             raise QuantizationConfigError(f"not valid JSON: {err}") from None
+        except RecursionError:
+            raise QuantizationConfigError("JSON nested too deeply") from None
         return cls.from_dict(data)
 
     @classmethod

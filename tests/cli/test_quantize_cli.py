@@ -141,7 +141,7 @@ def test_minifloat_search(workdir, capsys):
         (["--bits-weights", "40"], "bitwidth_weights=40"),
         (["--config", "{bad}"], "bad.prototxt: line 2: expected ':'"),
         (["--search"], "--search needs --eval"),
-        (["--calibration", "{missing}"], "cannot read array file"),
+        (["--calibration", "{missing}"], "missing.npy: data not found"),
     ],
 )
 def test_errors_are_one_line_exit_2_and_leave_no_file(workdir, capsys, tmp_path, extra, needle):

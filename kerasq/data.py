@@ -1,0 +1,580 @@
+"""Reading input arrays (calibration, verification, evaluation data) safely.
+
+Every check happens before anything big is allocated, and every failure is one line
+(:class:`~kerasq.errors.DataError` naming the file, the array and the reason):
+
+* only regular files are opened (a FIFO, device or directory is refused up front);
+* an ``.npy`` header's shape x itemsize must fit in the file (a 100-byte file cannot
+  claim 3.6 TiB); ``.npz`` members are checked the same way against their declared
+  uncompressed size, and the whole archive against :data:`MAX_ARRAY_BYTES` (zip bombs);
+* object, string and other non-numeric dtypes are refused (no pickle, ever);
+* NaN and Inf are refused, naming the array and the first bad index;
+* empty arrays are refused.
+
+:func:`match_layout` puts data given in Caffe's NCHW layout or the model's NHWC layout
+into the layout a model input expects, recognised from the shape; a shape that fits both
+is refused unless ``layout`` says which (the CLI flag ``--layout nchw|nhwc``).
+
+Example:
+    >>> import numpy as np
+    >>> x = np.zeros((2, 1, 28, 28), np.float32)            # Caffe NCHW
+    >>> match_layout(x, (None, 28, 28, 1)).shape             # model NHWC
+    (2, 28, 28, 1)
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import stat
+import struct
+import zipfile
+import zlib
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from kerasq.errors import DataError
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: Largest total array size read from one file (bytes); ``KERASQ_MAX_ARRAY_BYTES`` overrides.
+MAX_ARRAY_BYTES = int(os.environ.get("KERASQ_MAX_ARRAY_BYTES", str(16 << 30)))
+
+LAYOUTS = ("auto", "nchw", "nhwc")
+
+
+def check_regular_file(path: PathLike, what: str = "file") -> str:
+    """Return ``path`` if it is a readable regular file, else raise a one-line DataError.
+
+    Example:
+        >>> check_regular_file("/dev/null")
+        Traceback (most recent call last):
+        ...
+        kerasq.errors.DataError: /dev/null: file is a device, not a regular file
+    """
+    path = os.fspath(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise DataError(f"{what} not found", file=path) from None
+    except OSError as err:
+        raise DataError(f"cannot open {what}: {err.strerror}", file=path) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise DataError(f"{what} is a directory, expected a file", file=path)
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(
+            st.st_mode) else "a device"
+        raise DataError(f"{what} is {kind}, not a regular file", file=path)
+    if not os.access(path, os.R_OK):
+        raise DataError(f"cannot open {what}: Permission denied", file=path)
+    return path
+
+
+def _parse_npy_header(head: bytes, file: str, name: str) -> Tuple[np.dtype, Tuple[int, ...],
+                                                                      bool, int]:
+    """(dtype, shape, fortran_order, header length) of the .npy bytes ``head``."""
+    if not head.startswith(b"\x93NUMPY") or len(head) < 10:
+        raise DataError("not an .npy array (bad magic)", file=file, layer=name)
+    major = head[6]
+    if major == 1:
+        hlen = int.from_bytes(head[8:10], "little")
+        start = 10
+    elif major in (2, 3):
+        if len(head) < 12:
+            raise DataError("truncated .npy header", file=file, layer=name)
+        hlen = int.from_bytes(head[8:12], "little")
+        start = 12
+    else:
+        raise DataError(f"unsupported .npy version {major}", file=file, layer=name)
+    if hlen > 1 << 16 or start + hlen > len(head):
+        raise DataError("truncated or oversized .npy header", file=file, layer=name)
+    text = head[start:start + hlen].decode("latin1")
+    try:
+        header = ast.literal_eval(text)  # a dict literal (what numpy itself does)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        raise DataError("corrupt .npy header", file=file, layer=name) from None
+    if (not isinstance(header, dict) or not {"descr", "shape", "fortran_order"} <= set(header)
+            or not isinstance(header["shape"], tuple)
+            or not all(isinstance(d, int) and not isinstance(d, bool) for d in header["shape"])):
+        raise DataError("corrupt .npy header", file=file, layer=name)
+    if any(d < 0 for d in header["shape"]):
+        raise DataError(f"negative dimension in shape {header['shape']}", file=file, layer=name)
+    try:
+        dtype = np.dtype(np.lib.format.descr_to_dtype(header["descr"]))
+    except (TypeError, ValueError):
+        raise DataError(f"unknown dtype {header['descr']!r}", file=file, layer=name) from None
+    return dtype, header["shape"], bool(header["fortran_order"]), start + hlen
+
+
+def _check_dtype(dtype: np.dtype, file: str, name: str) -> None:
+    if dtype.hasobject:
+        raise DataError("object arrays are refused (they need pickle); save numbers",
+                        file=file, layer=name)
+    if dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
+        raise DataError(f"expected numbers, the array holds {dtype} ({dtype.kind!r} kind)",
+                        file=file, layer=name)
+
+
+def _check_npy(head: bytes, available: int, file: str, name: str) -> None:
+    dtype, shape, _, offset = _parse_npy_header(head, file, name)
+    _check_dtype(dtype, file, name)
+    count = 1
+    for d in shape:
+        count *= d
+    need = count * dtype.itemsize
+    if need > MAX_ARRAY_BYTES:
+        raise DataError(f"shape {shape} of {dtype} needs {need / 2**30:.1f} GiB, over the "
+                        f"{MAX_ARRAY_BYTES / 2**30:.0f} GiB limit (KERASQ_MAX_ARRAY_BYTES)",
+                        file=file, layer=name)
+    if need > available - offset:
+        raise DataError(f"header claims shape {shape} of {dtype} ({need} bytes) but the data "
+                        f"holds {max(available - offset, 0)} bytes (truncated or corrupt)",
+                        file=file, layer=name)
+
+
+def check_finite(array: np.ndarray, name: str = "array", file: Optional[str] = None) -> None:
+    """Raise DataError naming ``name`` and the first NaN/Inf index if ``array`` has one.
+
+    Example:
+        >>> check_finite(np.array([[1.0, np.inf]]), "x")
+        Traceback (most recent call last):
+        ...
+        kerasq.errors.DataError: x: holds inf at index (0, 1); non-finite values are refused
+    """
+    a = np.asarray(array)
+    if a.dtype.kind not in "fc" or a.size == 0:
+        return
+    bad = ~np.isfinite(a)
+    if bad.any():
+        flat = int(np.argmax(bad.reshape(-1)))
+        index = tuple(int(i) for i in np.unravel_index(flat, a.shape))
+        value = a.reshape(-1)[flat]
+        raise DataError(f"holds {value} at index {index}; non-finite values are refused",
+                        file=file, layer=name)
+
+
+def check_model_finite(model: Any, file: Optional[str] = None) -> None:
+    """Raise DataError naming the first variable (weight, range, fl) of ``model`` holding
+    NaN/Inf, and its first bad index; a model passing this never hands a non-finite range
+    to a file or to the TFLite converter.
+
+    Example:
+        >>> check_model_finite(qmodel, "q.h5")  # doctest: +SKIP
+    """
+    for var in getattr(model, "variables", None) or []:
+        try:
+            value = np.asarray(var.numpy())
+        except (AttributeError, TypeError, ValueError):
+            continue
+        if value.dtype.kind == "f" and value.size and not np.all(np.isfinite(value)):
+            name = var.name.split(":")[0]
+            try:
+                check_finite(value, name, file)
+            except DataError as err:
+                raise DataError(err.reason + " (was the calibration or training data "
+                                "finite?)", file=file, layer=name) from None
+
+
+def check_data_finite(data: Any, name: str = "data", file: Optional[str] = None) -> None:
+    """:func:`check_finite` over an array, a list/tuple/dict of arrays (one per input);
+    other objects (datasets, iterators) are left to the caller.
+
+    Example:
+        >>> check_data_finite([np.zeros(3), np.array([1.0, np.nan])], "calibration data")
+        Traceback (most recent call last):
+        ...
+        kerasq.errors.DataError: calibration data[1]: holds nan at index (1,); non-finite values are refused
+    """
+    if isinstance(data, dict):
+        for key, value in data.items():
+            check_data_finite(value, f"{name}[{key!r}]", file)
+    elif isinstance(data, (list, tuple)):
+        for i, value in enumerate(data):
+            if isinstance(value, np.ndarray):
+                check_finite(value, f"{name}[{i}]", file)
+    elif isinstance(data, np.ndarray):
+        if data.dtype.hasobject or data.dtype.kind not in "biufc":
+            raise DataError(f"expected numbers, the array holds {data.dtype}", file=file,
+                            layer=name)
+        check_finite(data, name, file)
+
+
+def _as_numbers(array: np.ndarray, file: str, name: str) -> np.ndarray:
+    _check_dtype(array.dtype, file, name)
+    if array.size == 0:
+        raise DataError(f"the array is empty (shape {tuple(array.shape)})", file=file,
+                        layer=name)
+    check_finite(array, name, file)
+    return array
+
+
+def load_arrays(path: PathLike, what: str = "data") -> Dict[str, np.ndarray]:
+    """All arrays of an ``.npy`` (key ``""``) or ``.npz`` file, checked as described above.
+
+    Example:
+        >>> load_arrays("cal.npz")["x"].shape  # doctest: +SKIP
+        (32, 28, 28, 1)
+    """
+    path = check_regular_file(path, what)
+    size = os.path.getsize(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError as err:
+        raise DataError(f"cannot read {what}: {err.strerror}", file=path) from None
+    if head.startswith(b"\x93NUMPY"):
+        _check_npy(head, size, path, "array")
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as err:
+            raise DataError(f"cannot read the array: {_first_line(err)}", file=path) from None
+        return {"": _as_numbers(array, path, "array")}
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        return _load_npz(path, size)
+    raise DataError(f"not an .npy or .npz array file ({what})", file=path)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return " ".join(text[0].split()) if text else type(err).__name__
+
+
+def _load_npz(path: str, size: int) -> Dict[str, np.ndarray]:
+    arrays: Dict[str, np.ndarray] = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            total = sum(i.file_size for i in infos)
+            if total > MAX_ARRAY_BYTES:
+                raise DataError(f"the archive expands to {total / 2**30:.1f} GiB, over the "
+                                f"{MAX_ARRAY_BYTES / 2**30:.0f} GiB limit", file=path)
+            for info in infos:
+                name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                with zf.open(info) as member:
+                    head = member.read(1 << 16)
+                _check_npy(head, info.file_size, path, name)
+                with zf.open(info) as member:
+                    try:
+                        array = np.lib.format.read_array(member, allow_pickle=False)
+                    except (OSError, ValueError, EOFError) as err:
+                        raise DataError(f"cannot read the array: {_first_line(err)}",
+                                        file=path, layer=name) from None
+                arrays[name] = _as_numbers(array, path, name)
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, struct.error, OSError,
+            EOFError, ValueError, NotImplementedError, RuntimeError) as err:
+        raise DataError(f"not a readable .npz archive: {_first_line(err)}", file=path) from None
+    if not arrays:
+        raise DataError("the .npz archive holds no arrays", file=path)
+    return arrays
+
+
+#: Module prefixes a Keras config may name (``"module": ...``); anything else is refused
+#: before Keras could import it.
+ALLOWED_CONFIG_MODULES = ("keras", "tf_keras", "kerasq", "tensorflow_model_optimization",
+                          "tensorflow", "builtins")
+MAX_CONFIG_BYTES = 64 << 20
+MAX_CONFIG_DEPTH = 200
+
+
+def _check_config_json(text: Union[str, bytes], file: str) -> None:
+    """Parse a Keras model config; refuse deep nesting and modules outside Keras/kerasq."""
+    import json
+
+    if len(text) > MAX_CONFIG_BYTES:
+        raise DataError(f"model config of {len(text)} bytes is over the "
+                        f"{MAX_CONFIG_BYTES >> 20} MiB limit", file=file)
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > MAX_CONFIG_DEPTH:
+                raise DataError(f"model config nested more than {MAX_CONFIG_DEPTH} levels deep",
+                                file=file)
+        elif ch in "]}":
+            depth -= 1
+    try:
+        config = json.loads(text)
+    except ValueError as err:
+        raise DataError(f"model config is not valid JSON: {_first_line(err)}", file=file) from None
+    stack: List[Tuple[Any, str, str]] = [(config, "", "")]  # (item, class, layer name)
+    while stack:
+        item, owner, layer = stack.pop()
+        if isinstance(item, dict):
+            if isinstance(item.get("class_name"), str):
+                owner = item["class_name"]
+                conf = item.get("config")
+                if isinstance(conf, dict) and isinstance(conf.get("name"), str):
+                    layer = conf["name"]
+            module = item.get("module")
+            if isinstance(module, str) and module and \
+                    module.split(".")[0] not in ALLOWED_CONFIG_MODULES:
+                where = f" (in a {owner} config)" if owner else ""
+                raise DataError(f"model config names module {module!r}{where}; only Keras and "
+                                "kerasq modules are allowed", file=file, layer=layer or None)
+            stack.extend((v, owner, layer) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, owner, layer) for v in item)
+
+
+def check_model_file(path: PathLike) -> str:
+    """Checks on a Keras model file before Keras opens it; returns ``path``.
+
+    * a regular file (``.h5``/``.keras``) or a directory (SavedModel); FIFOs and devices
+      are refused;
+    * ``.keras`` zips: member count, total uncompressed size against
+      :data:`MAX_ARRAY_BYTES` and the compression ratio (zip bombs); ``config.json``
+      nesting depth and ``"module"`` names (only Keras, kerasq, tfmot);
+    * ``.h5``: the ``model_config`` attribute the same way, and every dataset's declared
+      size against :data:`MAX_ARRAY_BYTES` and (uncompressed, contiguous) the file size.
+
+    Example:
+        >>> check_model_file("q.h5")  # doctest: +SKIP
+        'q.h5'
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return path
+    check_regular_file(path, "model file")
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        _check_keras_zip(path, size)
+    elif head.startswith(b"\x89HDF\r\n\x1a\n"):
+        _check_h5(path, size)
+    return path
+
+
+def _check_keras_zip(path: str, size: int) -> None:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            if len(infos) > 10000:
+                raise DataError(f"the .keras archive has {len(infos)} members", file=path)
+            total = sum(i.file_size for i in infos)
+            if total > MAX_ARRAY_BYTES or total > 200 * max(size, 1) + (64 << 20):
+                raise DataError(f"the .keras archive expands to {total} bytes from {size} "
+                                "(over the limit; a zip bomb?)", file=path)
+            names = {i.filename: i for i in infos}
+            if "config.json" in names:
+                if names["config.json"].file_size > MAX_CONFIG_BYTES:
+                    raise DataError("config.json is too big", file=path)
+                _check_config_json(zf.read("config.json"), path)
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, struct.error, OSError,
+            EOFError, ValueError, NotImplementedError, RuntimeError) as err:
+        raise DataError(f"not a readable .keras archive: {_first_line(err)}", file=path) from None
+
+
+def _check_h5(path: str, size: int) -> None:
+    try:
+        import h5py
+    except ImportError:  # pragma: no cover - h5py ships with TensorFlow
+        return
+    try:
+        with h5py.File(path, "r") as f:
+            config = f.attrs.get("model_config")
+            if config is not None:
+                _check_config_json(config if isinstance(config, (str, bytes)) else str(config),
+                                   path)
+            found: List[Tuple[str, int, bool]] = []
+
+            def visit(name: str, obj: Any) -> None:
+                if isinstance(obj, h5py.Dataset):
+                    count = 1
+                    for d in obj.shape or ():
+                        count *= int(d)
+                    packed = obj.compression is None and obj.chunks is None
+                    found.append((name, count * obj.dtype.itemsize, packed))
+
+            f.visititems(visit)
+    except DataError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
+        raise DataError(f"not a readable HDF5 model: {_first_line(err)}", file=path) from None
+    total = 0
+    for name, nbytes, packed in found:
+        total += nbytes
+        if nbytes > MAX_ARRAY_BYTES or total > MAX_ARRAY_BYTES:
+            raise DataError(f"dataset declares {nbytes} bytes, over the "
+                            f"{MAX_ARRAY_BYTES / 2**30:.0f} GiB limit", file=path, layer=name)
+        if packed and nbytes > size:
+            raise DataError(f"dataset declares {nbytes} bytes but the file has {size} "
+                            "(truncated or corrupt)", file=path, layer=name)
+
+
+def load_inputs_and_labels(path: PathLike, need_labels: bool = False, what: str = "data"
+                           ) -> Tuple[Any, Optional[np.ndarray]]:
+    """Model inputs (``x``, or ``x0``, ``x1``... for several inputs, or the only array)
+    and labels ``y`` (integer class ids or one-hot; ``None`` when absent) of a data file.
+
+    Inputs are float32. Labels must be integers (or integral floats), or one-hot rows.
+    """
+    path = os.fspath(path)
+    arrays = load_arrays(path, what)
+    if "" in arrays:
+        if need_labels:
+            raise DataError("evaluation data must be an .npz with arrays x and y", file=path)
+        return arrays[""].astype(np.float32, copy=False), None
+    keys = list(arrays)
+    if "x" in keys:
+        x: Any = arrays["x"].astype(np.float32, copy=False)
+    elif "x0" in keys:
+        x = [arrays[f"x{i}"].astype(np.float32, copy=False)
+             for i in range(len(keys)) if f"x{i}" in keys]
+    elif len(keys) == 1 and not need_labels:
+        x = arrays[keys[0]].astype(np.float32, copy=False)
+    else:
+        raise DataError(f"no array 'x' (arrays: {', '.join(keys) or 'none'})", file=path)
+    y = arrays.get("y")
+    if need_labels and y is None:
+        raise DataError("no label array 'y'", file=path)
+    if y is not None:
+        y = _check_labels(y, x, path)
+    return x, y
+
+
+def _check_labels(y: np.ndarray, x: Any, path: str) -> np.ndarray:
+    n = (x[0] if isinstance(x, list) else x).shape[0]
+    if y.ndim == 0 or y.shape[0] != n:
+        raise DataError(f"{y.shape[0] if y.ndim else 0} labels for {n} inputs", file=path,
+                        layer="y")
+    if y.ndim == 1:
+        if y.dtype.kind == "f" and not np.all(np.equal(np.floor(y), y)):
+            raise DataError("labels must be integer class ids (or one-hot rows)", file=path,
+                            layer="y")
+        if np.any(y < 0):
+            raise DataError("negative class id", file=path, layer="y")
+    elif y.ndim != 2:
+        raise DataError(f"labels of shape {y.shape}: expected (N,) ids or (N, classes) one-hot",
+                        file=path, layer="y")
+    return y
+
+
+def _fits(shape: Sequence[int], expected: Sequence[Optional[int]]) -> bool:
+    return len(shape) == len(expected) and all(
+        e is None or int(e) == int(s) for s, e in zip(shape, expected))
+
+
+def match_layout(
+    array: np.ndarray,
+    expected: Sequence[Optional[int]],
+    layout: str = "auto",
+    *,
+    expected_layout: str = "nhwc",
+    name: str = "input",
+    file: Optional[str] = None,
+) -> np.ndarray:
+    """``array`` in the layout of a model input of shape ``expected`` (batch first).
+
+    ``layout`` says what ``array`` is: ``"nchw"`` (Caffe), ``"nhwc"`` (Keras/TFLite) or
+    ``"auto"`` (recognised from the shape). 4-D only is transposed; a missing batch axis
+    is added. A shape fitting both layouts (e.g. 8x8x8 images) is refused in ``auto`` mode,
+    a shape fitting neither always, with a one-line DataError that names ``--layout``.
+
+    Example:
+        >>> match_layout(np.zeros((1, 3, 3, 3)), (None, 3, 3, 3))
+        Traceback (most recent call last):
+        ...
+        kerasq.errors.DataError: input: data shape (1, 3, 3, 3) fits both NCHW and NHWC for a model input (None, 3, 3, 3); say which with --layout nchw or --layout nhwc
+    """
+    if layout not in LAYOUTS:
+        raise DataError(f"layout {layout!r}: expected one of {', '.join(LAYOUTS)}", file=file,
+                        layer=name)
+    a = np.asarray(array)
+    expected = tuple(None if d is None or int(d) < 0 else int(d) for d in expected)
+    shown = "(" + ", ".join("None" if d is None else str(d) for d in expected) + ")"
+    if a.ndim == len(expected) - 1:
+        a = a[np.newaxis]
+    if a.ndim != len(expected):
+        raise DataError(f"data of shape {tuple(array.shape)} for a model input {shown}",
+                        file=file, layer=name)
+    if a.ndim != 4:
+        if not _fits(a.shape, expected):
+            raise DataError(f"data of shape {tuple(a.shape)} for a model input {shown}",
+                            file=file, layer=name)
+        return a
+    other = "nchw" if expected_layout == "nhwc" else "nhwc"
+    perm = (0, 2, 3, 1) if expected_layout == "nhwc" else (0, 3, 1, 2)
+    converted_shape = tuple(a.shape[i] for i in perm)
+    as_is, converted = _fits(a.shape, expected), _fits(converted_shape, expected)
+    if layout == expected_layout or (layout == "auto" and as_is and not converted):
+        if not as_is:
+            raise DataError(f"data of shape {tuple(a.shape)} is not {layout.upper()} for a "
+                            f"model input {shown}", file=file, layer=name)
+        return a
+    if layout == other or (layout == "auto" and converted and not as_is):
+        if not converted:
+            raise DataError(f"data of shape {tuple(a.shape)} is not {other.upper()} for a "
+                            f"model input {shown}", file=file, layer=name)
+        return np.ascontiguousarray(a.transpose(perm))
+    if as_is and converted:
+        if a.shape == converted_shape and a.shape[1] == 1:
+            return a  # one channel and 1-pixel rows: both readings are the same array
+        raise DataError(f"data shape {tuple(a.shape)} fits both NCHW and NHWC for a model "
+                        f"input {shown}; say which with --layout nchw or --layout nhwc",
+                        file=file, layer=name)
+    raise DataError(f"data of shape {tuple(a.shape)} fits neither NHWC nor NCHW for a model "
+                    f"input {shown}", file=file, layer=name)
+
+
+def match_model_inputs(data: Any, model: Any, layout: str = "auto",
+                       file: Optional[str] = None) -> Any:
+    """``data`` (an array or a list, one per input) put into ``model``'s input layouts.
+
+    Example:
+        >>> x = match_model_inputs(np.zeros((4, 1, 8, 8)), model)  # doctest: +SKIP
+    """
+    inputs = list(getattr(model, "inputs", None) or [])
+    if not inputs:
+        return data
+    arrays: List[np.ndarray] = list(data) if isinstance(data, (list, tuple)) else [data]
+    if len(arrays) != len(inputs):
+        raise DataError(f"{len(arrays)} input arrays for a model with {len(inputs)} inputs "
+                        "(give x0, x1, ... in an .npz)", file=file)
+    out = []
+    for i, (a, t) in enumerate(zip(arrays, inputs)):
+        shape = tuple(t.shape)
+        label = t.name.split(":")[0] if len(inputs) > 1 else "input"
+        out.append(match_layout(a, shape, layout, name=label, file=file).astype(
+            np.float32, copy=False))
+    counts = {a.shape[0] for a in out}
+    if len(counts) > 1:
+        raise DataError(f"input arrays hold different numbers of samples {sorted(counts)}",
+                        file=file)
+    return out if isinstance(data, (list, tuple)) else out[0]
+
+
+def load_model_inputs(path: PathLike, model: Any = None, layout: str = "auto",
+                      what: str = "data") -> Any:
+    """Checked float32 inputs of ``path``, in ``model``'s layout when a model is given.
+
+    Example:
+        >>> x = load_model_inputs("cal.npy", model)  # doctest: +SKIP
+    """
+    x, _ = load_inputs_and_labels(path, need_labels=False, what=what)
+    if model is not None:
+        x = match_model_inputs(x, model, layout, file=os.fspath(path))
+    return x
+
+
+__all__ = ["MAX_ARRAY_BYTES", "LAYOUTS", "check_regular_file", "check_finite",
+           "check_data_finite", "check_model_finite", "check_model_file", "load_arrays",
+           "load_inputs_and_labels", "match_layout", "match_model_inputs", "load_model_inputs"]
