@@ -106,9 +106,12 @@ def load_model(path: Union[str, "os.PathLike[str]"], *, compile: bool = True) ->
     """
     from kerasq._compat import keras
 
+    from kerasq.data import check_model_file
+
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ModelFormatError("no such file or directory", file=path)
+    check_model_file(path)  # sizes, zip members and config modules, before Keras reads it
     with quantize_scope(), safe_mode():
         try:
             return keras.models.load_model(path, compile=compile)

@@ -11,8 +11,7 @@ other features add columns there (see :func:`register_column`).
 from __future__ import annotations
 
 import argparse
-import os
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, List, Tuple
 
 from kerasq.errors import ModelFormatError
 
@@ -46,36 +45,11 @@ def register_column(header: str, fn: Callable[[Any], str]) -> None:
     COLUMNS.append((header, fn))
 
 
-def custom_objects() -> Dict[str, Any]:
-    """Every custom object kerasq models may contain."""
-    from kerasq.converters.caffe import custom_objects as caffe_objects
-
-    objects = dict(caffe_objects())
-    # --- quantized models (kerasq.schemes, engineer F): tfmot wrappers, kerasq quantizers ---
-    from kerasq.serialization import custom_objects as quantization_objects
-
-    objects.update(quantization_objects())
-    return objects
-
-
 def load_any(path: str) -> Any:
-    """Load a .h5 / .keras / SavedModel Keras model with kerasq's custom objects."""
-    from kerasq._compat import keras
+    """Load a .h5 / .keras / SavedModel Keras model (float, converted, quantized or pruned)."""
+    from kerasq.serialization import load_model
 
-    if not os.path.exists(path):
-        raise ModelFormatError("model not found", file=path)
-    from kerasq.data import check_model_file
-
-    check_model_file(path)
-    try:
-        from kerasq.serialization import safe_mode as _safe_mode  # no Lambda bytecode in .h5
-
-        with keras.utils.custom_object_scope(custom_objects()), _safe_mode():
-            return keras.models.load_model(path, compile=False)
-    except (OSError, ValueError, TypeError, KeyError, ImportError) as err:
-        raise ModelFormatError(
-            f"cannot load a Keras model: {str(err).splitlines()[0]}", file=path
-        ) from None
+    return load_model(path, compile=False)
 
 
 def table_rows(model: Any) -> List[List[str]]:
