@@ -121,7 +121,8 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     p.add_argument(
         "-o",
         "--output",
-        help="output: model.h5, model.keras or a SavedModel directory (optional with --tflite)",
+        help="output: model.h5, model.keras, net.onnx or a SavedModel directory "
+        "(optional with --tflite)",
     )
     p.add_argument(
         "--mean",
@@ -147,6 +148,9 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     from kerasq.export.cli_hooks import add_convert_tflite_options
 
     add_convert_tflite_options(p)
+    from kerasq.export.onnx_cli import add_onnx_options  # `-o net.onnx`
+
+    add_onnx_options(p)
     p.set_defaults(func=run)
 
 
@@ -197,6 +201,11 @@ def run(args: argparse.Namespace) -> int:
 
         export_converted(model, args)
     if not args.output:
+        return 0
+    from kerasq.export.onnx_cli import export_converted_onnx, is_onnx_output
+
+    if is_onnx_output(args.output):  # Caffe -> ONNX in one command
+        export_converted_onnx(model, args)
         return 0
     try:
         save_model(model, args.output)

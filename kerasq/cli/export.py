@@ -23,7 +23,7 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
         ),
     )
     p.add_argument("model", help="quantized Keras model (.h5 file or SavedModel directory)")
-    p.add_argument("-o", "--output", required=True, help="output .tflite file")
+    p.add_argument("-o", "--output", required=True, help="output .tflite or .onnx file")
     p.add_argument("--target", choices=TARGETS, default="int8", help="TFLite target (default int8)")
     p.add_argument(
         "--data", help=".npy array of inputs (calibration of uncovered tensors and verification)"
@@ -47,6 +47,9 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
         default=1.0,
         help="--verify tolerance in output quantization steps (default 1)",
     )
+    from kerasq.export.onnx_cli import add_onnx_options  # `-o model.onnx`
+
+    add_onnx_options(p)
     p.set_defaults(func=run)
 
 
@@ -82,6 +85,14 @@ def run(args: argparse.Namespace) -> int:
             f"cannot load the model: {str(err).splitlines()[0][:200]}", file=args.model
         )
     data = _load_data(args.data) if args.data else None
+    from kerasq.export.onnx_cli import export_model_onnx, is_onnx_output
+
+    if is_onnx_output(args.output):
+        export_model_onnx(
+            model, args.output, target=args.target, data=data, opset=args.opset,
+            power2_symmetric=args.power2_symmetric, verify=args.verify or data is None,
+        )  # fmt: skip
+        return 0
     try:
         result = export_tflite(
             model,
