@@ -33,12 +33,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import os
 import warnings
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -143,10 +144,35 @@ def is_quantized(model: Any) -> bool:
     )
 
 
+def _all_layers(model: Any) -> List[Any]:
+    out = []
+    for layer in getattr(model, "layers", []):
+        out.append(layer)
+        out.extend(_all_layers(layer))
+    return out
+
+
+@contextlib.contextmanager
+def _grouped_convs_inlined(model: Any) -> Iterator[None]:
+    """Keras runs a grouped Conv2D through a ``jit_compile`` tf.function (a CPU
+    workaround), which TensorFlow does not inline and tf2onnx cannot read; while tracing
+    for ONNX, call the plain convolution op (ONNX Conv has groups natively)."""
+    patched = []
+    for layer in _all_layers(model):
+        if getattr(layer, "groups", 1) > 1 and hasattr(layer, "convolution_op"):
+            layer._jit_compiled_convolution_op = layer.convolution_op
+            patched.append(layer)
+    try:
+        yield
+    finally:
+        for layer in patched:
+            del layer._jit_compiled_convolution_op
+
+
 def _convert(model: Any, opset: int) -> Any:
     tf2onnx = _tf2onnx()
     try:
-        with warnings.catch_warnings(), quiet_native_stderr():
+        with warnings.catch_warnings(), quiet_native_stderr(), _grouped_convs_inlined(model):
             warnings.simplefilter("ignore")
             logging.getLogger("tf2onnx").setLevel(logging.ERROR)
             proto, _ = tf2onnx.convert.from_keras(model, opset=opset)
