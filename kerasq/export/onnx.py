@@ -377,6 +377,14 @@ def build_onnx(
                 "target int8 needs a kerasq-quantized (calibrated or QAT) model; "
                 "use target 'float' for a float model"
             )
+        # as for TFLite int8: put 32-bit biases on the int32 grid s_in·s_w (and tie the grids
+        # of Concatenate inputs) in the Keras model, so it computes what onnxruntime's fused
+        # int8 kernels compute (they quantize a float bias to int32 at s_in·s_w)
+        from kerasq.schemes.shared_grids import align_for_int8
+
+        aligned = align_for_int8(model)
+        if aligned["biases"]:
+            log.info("int8 ONNX: int32 accumulator-grid biases in %s", ", ".join(aligned["biases"]))
         graph_model, linear, step = _deploy_int8(model)
         proto = _convert(graph_model, opset)
         problems = _qdq_activations(proto, power2_symmetric)
@@ -474,7 +482,7 @@ def compare(
     err = np.abs(got.astype(np.float64) - want.astype(np.float64))
     max_err = float(err.max()) if err.size else 0.0
     top1 = None
-    if want.ndim == 2 and want.shape[-1] > 1:
+    if want.ndim >= 2 and want.shape[-1] > 1:  # classes (or per-pixel classes) last
         top1 = float(np.mean(np.argmax(got, -1) == np.argmax(want, -1)))
     return OutputComparison(
         name=name,
