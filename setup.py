@@ -36,7 +36,13 @@ TEST_REQUIRES = [
     "opencv-python-headless==4.14.0.94",
     "grpcio-tools==1.85.1",
     "hypothesis>=6.100",
+    "onnx==1.23.2",
+    "onnxruntime==1.32.0",
+    "tf2onnx==1.17.0",
 ]
+
+# ONNX export (kerasq.export.to_onnx, `-o model.onnx`): optional, `pip install .[onnx]`
+ONNX_REQUIRES = ["tf2onnx==1.17.0", "onnx>=1.14"]
 
 kerasq_packages = [p for p in find_packages(include=["kerasq", "kerasq.*"])]
 converter_packages = [
@@ -64,7 +70,7 @@ setup(
     },
     include_package_data=False,
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "onnx": ONNX_REQUIRES},
     entry_points={"console_scripts": ["kerasq=kerasq.cli:entry_point"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

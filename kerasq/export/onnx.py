@@ -466,7 +466,11 @@ def _keras_outputs(model: Any, feed: Dict[str, np.ndarray], batch: int = 64) -> 
     for start in range(0, n, batch):
         args = [x[start : start + batch] for x in inputs]
         y = model(args if len(args) > 1 else args[0], training=False)
-        ys = list(y.values()) if isinstance(y, dict) else (y if isinstance(y, (list, tuple)) else [y])
+        if isinstance(y, dict):  # in the order of output_names (what the file is named by)
+            names = list(getattr(model, "output_names", None) or [])
+            ys = [y[k] for k in names] if set(names) == set(y) else list(y.values())
+        else:
+            ys = list(y) if isinstance(y, (list, tuple)) else [y]
         outs.append([np.asarray(v, np.float32) for v in ys])
     return [np.concatenate([o[i] for o in outs]) for i in range(len(outs[0]))]
 
