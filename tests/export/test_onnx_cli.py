@@ -1,0 +1,72 @@
+"""`-o *.onnx` on `kerasq convert` and `kerasq export`: the file runs in onnxruntime and
+matches real Caffe outputs / the Keras model; bad options give one line and no file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import shared_path
+
+from kerasq.cli import main
+
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("tf2onnx")
+
+
+def test_convert_caffe_to_onnx_matches_caffe(tmp_path, capsys):
+    folder = shared_path("caffe-golden", "lenet")
+    out = tmp_path / "net.onnx"
+    code = main(["convert", str(folder / "deploy.prototxt"), str(folder / "model.caffemodel"),
+                 "-o", str(out)])  # fmt: skip
+    assert code == 0
+    assert "verification (onnxruntime)" in capsys.readouterr().out
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = np.load(folder / "input.npy").transpose(0, 2, 3, 1)
+    (prob,) = session.run(None, {session.get_inputs()[0].name: x})
+    want = np.load(folder / "blobs" / "prob.npy").reshape(prob.shape)
+    np.testing.assert_allclose(prob, want, rtol=1e-4, atol=1e-5)
+
+
+def test_power2_symmetric_needs_int8(tmp_path, capsys):
+    folder = shared_path("caffe-golden", "lenet")
+    out = tmp_path / "net.onnx"
+    code = main(["convert", str(folder / "deploy.prototxt"), str(folder / "model.caffemodel"),
+                 "-o", str(out), "--power2-symmetric"])  # fmt: skip
+    assert code == 2 and not out.exists()
+    err = capsys.readouterr().err
+    assert err.startswith("kerasq: error: ") and "power2_symmetric" in err
+    assert "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def saved_qmodel(tmp_path_factory):
+    import kerasq
+    from kerasq.demo import build_cnn, load_digits_data
+
+    x_train, _, x_test, _ = load_digits_data()
+    qmodel = kerasq.quantize_model(build_cnn())
+    kerasq.calibrate(qmodel, x_train[:128])
+    d = tmp_path_factory.mktemp("q")
+    qmodel.save(d / "q.h5")
+    np.save(d / "x.npy", x_test[:64])
+    return d
+
+
+def test_export_int8_onnx_verified(saved_qmodel, capsys):
+    out = saved_qmodel / "q.onnx"
+    code = main(["export", str(saved_qmodel / "q.h5"), "-o", str(out), "--target", "int8",
+                 "--data", str(saved_qmodel / "x.npy"), "--verify", "--power2-symmetric"])  # fmt: skip
+    assert code == 0 and out.stat().st_size > 0
+    text = capsys.readouterr().out
+    assert "ONNX int8" in text and "top-1 agreement" in text
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+def test_export_onnx_rejects_tflite_only_target(saved_qmodel, capsys):
+    out = saved_qmodel / "h.onnx"
+    code = main(["export", str(saved_qmodel / "q.h5"), "-o", str(out), "--target", "int16x8"])
+    assert code == 2 and not out.exists()
+    assert "ONNX targets" in capsys.readouterr().err
