@@ -46,6 +46,7 @@ import numpy as np
 from kerasq._compat import quiet_native_stderr, tf
 from kerasq._io import write_bytes_atomic
 from kerasq.errors import ExportError, VerificationError
+from kerasq.export import detection
 
 log = logging.getLogger("kerasq.export.onnx")
 
@@ -251,7 +252,19 @@ def _qdq_activations(proto: Any, power2_symmetric: bool) -> List[str]:
     return problems
 
 
-def _qdq_weights(proto: Any, linear: Mapping[str, np.ndarray]) -> None:
+def _same_weight(onnx_weight: np.ndarray, entry: Tuple[np.ndarray, str, np.ndarray]) -> bool:
+    """True if the ONNX weight is the Keras kernel in one of the layouts tf2onnx writes."""
+    _, kind, k = entry
+    if kind == "depthwise":  # (kh, kw, cin, mult) -> (cin·mult, 1, kh, kw)
+        forms = [k.reshape(k.shape[0], k.shape[1], -1).transpose(2, 0, 1)[:, None]]
+    elif kind == "conv":  # HWIO -> OIHW
+        forms = [k.transpose(3, 2, 0, 1)]
+    else:  # dense: MatMul (cin, cout), Gemm transB, 1x1 Conv
+        forms = [k, k.T, k.T[:, :, None, None]]
+    return any(f.shape == onnx_weight.shape and np.array_equal(f, onnx_weight) for f in forms)
+
+
+def _qdq_weights(proto: Any, linear: Mapping[str, Tuple[np.ndarray, str, np.ndarray]]) -> None:
     """Store each quantized Conv / MatMul weight as int8 + per-channel DequantizeLinear."""
     from onnx import helper, numpy_helper
 
@@ -263,6 +276,7 @@ def _qdq_weights(proto: Any, linear: Mapping[str, np.ndarray]) -> None:
             users[name] = users.get(name, 0) + 1
     new_nodes = []
     done = set()
+    matched: set = set()
     for node in graph.node:
         if node.op_type not in ("Conv", "MatMul", "Gemm") or len(node.input) < 2:
             continue
@@ -275,22 +289,26 @@ def _qdq_weights(proto: Any, linear: Mapping[str, np.ndarray]) -> None:
             ),
             None,
         )
+        w_name = node.input[1]
+        w = numpy_helper.to_array(inits[w_name]).astype(np.float32) if w_name in inits else None
+        if layer is None and w is not None:  # folded constants lose their scope: by value
+            layer = next((name for name in linear if name not in matched
+                          and _same_weight(w, linear[name])), None)  # fmt: skip
         if layer is None:
             continue
-        w_name = node.input[1]
-        if w_name not in inits:
+        if w is None:
             raise ExportError("the weight is not a constant in the ONNX graph", layer=layer)
-        w = numpy_helper.to_array(inits[w_name]).astype(np.float32)
+        matched.add(layer)
         axis = 0 if node.op_type == "Conv" else w.ndim - 1
         if node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute):
             axis = 0
         channels = w.shape[axis]
-        fl = np.broadcast_to(np.asarray(linear[layer], np.int64).reshape(-1), (channels,))
-        if np.asarray(linear[layer]).size not in (1, channels):
+        frac_bits = np.asarray(linear[layer][0], np.int64).reshape(-1)
+        if frac_bits.size not in (1, channels):
             raise ExportError(
-                f"{np.asarray(linear[layer]).size} weight scales for {channels} channels",
-                layer=layer,
+                f"{frac_bits.size} weight scales for {channels} channels", layer=layer
             )
+        fl = np.broadcast_to(frac_bits, (channels,))
         shape = [1] * w.ndim
         shape[axis] = channels
         codes = w * np.ldexp(1.0, fl).reshape(shape)
@@ -315,10 +333,8 @@ def _qdq_weights(proto: Any, linear: Mapping[str, np.ndarray]) -> None:
         users[w_name] -= 1
         if users[w_name] == 0:
             done.add(w_name)
-    if set(linear) - {n.name.split("_weight_DequantizeLinear")[0] for _, n in new_nodes}:
-        missing = sorted(
-            set(linear) - {n.name.split("_weight_DequantizeLinear")[0] for _, n in new_nodes}
-        )
+    missing = sorted(set(linear) - matched)
+    if missing:
         raise ExportError(f"no ONNX Conv/MatMul found for the quantized layer(s) {missing}")
     kept = [t for t in graph.initializer if t.name not in done]
     del graph.initializer[:]
@@ -337,17 +353,21 @@ def _qdq_weights(proto: Any, linear: Mapping[str, np.ndarray]) -> None:
     graph.node.extend(nodes)
 
 
-def _deploy_int8(model: Any) -> Tuple[Any, Dict[str, np.ndarray], Optional[float]]:
+def _deploy_int8(model: Any) -> Tuple[Any, Dict[str, Tuple[np.ndarray, str, np.ndarray]], Optional[float]]:
     """The fakequant8 deploy graph with plain constant weights, the weight grids by layer,
     and the output step."""
     from kerasq.export.graph import build_deploy_model
     from kerasq.export.layers import QuantizedLinear
 
     plan = build_deploy_model(model, "fakequant8")
-    linear: Dict[str, np.ndarray] = {}
+    linear: Dict[str, Tuple[np.ndarray, str, np.ndarray]] = {}
     for layer in plan.model.layers:
         if isinstance(layer, QuantizedLinear) and layer.fake_quant:
-            linear[layer.name] = np.asarray(layer.weight_frac_bits)
+            linear[layer.name] = (
+                np.asarray(layer.weight_frac_bits),
+                layer.kind,
+                np.asarray(layer.kernel_value, np.float32),
+            )
             # the kernel already holds quantized values: keep them as plain constants and
             # write the int8 codes + per-channel DequantizeLinear into the ONNX graph
             layer.fake_quant = False
@@ -386,6 +406,7 @@ def build_onnx(
         if aligned["biases"]:
             log.info("int8 ONNX: int32 accumulator-grid biases in %s", ", ".join(aligned["biases"]))
         graph_model, linear, step = _deploy_int8(model)
+        graph_model = detection.with_postprocess(graph_model)
         proto = _convert(graph_model, opset)
         problems = _qdq_activations(proto, power2_symmetric)
         _qdq_weights(proto, linear)
@@ -398,6 +419,8 @@ def build_onnx(
             from kerasq.export.graph import build_deploy_model
 
             graph_model = build_deploy_model(model, "exact").model
+        # SSD: the DetectionOutput becomes the fixed-size post-processing (as for TFLite)
+        graph_model = detection.with_postprocess(graph_model)
         proto = _convert(graph_model, opset)
     proto.producer_name = "kerasq"
     _check(proto)
@@ -536,6 +559,48 @@ def verify_onnx(
     return report
 
 
+def verify_onnx_detections(content: bytes, keras_model: Any, data: Any) -> Any:
+    """SSD: the file's fixed detections against the Keras model's, as sets per image
+    (:func:`kerasq.export.detection.compare_detections`), plus the loc / conf heads and the
+    Keras post-processing run on the file's own heads (near-tied NMS outcomes).
+
+    Example:
+        >>> verify_onnx_detections(blob, ssd_model, x).ok   # doctest: +SKIP
+        True
+    """
+    from kerasq._compat import keras
+
+    runner = OnnxRunner(content)
+    data = np.asarray(data, np.float32)
+    got = runner({runner.input_names[0]: data}, batch_size=1)
+    missing = [n for n in detection.OUTPUT_NAMES + detection.HEAD_NAMES if n not in got]
+    if missing:
+        raise ExportError(f"the ONNX file has no output(s) {missing}")
+    want = detection.keras_detections(keras_model, data)
+    report = detection.compare_detections(got, want)
+    layer = detection.detection_layer(keras_model)
+    holder = detection._owner(keras_model, layer)
+    inputs = holder.input if isinstance(holder.input, (list, tuple)) else [holder.input]
+    heads = [np.asarray(h) for h in keras.Model(keras_model.inputs, list(inputs))(data)]
+    errors, tolerance = [], 0.0
+    for name, ref in zip(detection.HEAD_NAMES, heads[:2]):
+        errors.append(float(np.abs(got[name].reshape(ref.shape).astype(np.float64) - ref).max()))
+        tolerance = max(tolerance, 1.1e-4 * max(1.0, float(np.abs(ref).max())))
+    own = layer.fixed_outputs([got[detection.HEAD_NAMES[0]], got[detection.HEAD_NAMES[1]],
+                               heads[2][:1]])  # fmt: skip
+    own_report = detection.compare_detections(
+        got, {k: np.asarray(v) for k, v in zip(detection.OUTPUT_NAMES, own)}
+    )
+    report = dataclasses.replace(
+        report,
+        head_error=max(errors),
+        head_tolerance=tolerance,
+        postprocess_unmatched=own_report.unmatched + own_report.count_mismatches,
+    )
+    log.info("ONNX detection verification: %s", report.describe())
+    return report
+
+
 def first_divergence(
     content: bytes, graph_model: Any, data: Any, *, rtol: float = 1e-4, step: Optional[float] = None
 ) -> Optional[str]:
@@ -607,8 +672,15 @@ def export_onnx(
         model, target=target, opset=opset, power2_symmetric=power2_symmetric
     )
     content = proto.SerializeToString()
-    report = None
-    if verify_data is not None:
+    report: Any = None
+    if verify_data is not None and detection.detection_layer(model) is not None:
+        report = verify_onnx_detections(content, model, verify_data)
+        if verify and not report.ok:
+            raise VerificationError(
+                f"ONNX {target} detections disagree with the Keras model: {report.describe()}",
+                file=path,
+            )
+    elif verify_data is not None:
         report = verify_onnx(content, model, verify_data, output_step=step)
         if not report.ok(max_steps=max_error_steps, min_top1=min_top1, rtol=rtol):
             try:
@@ -672,6 +744,7 @@ __all__ = [
     "export_onnx",
     "to_onnx",
     "verify_onnx",
+    "verify_onnx_detections",
     "first_divergence",
     "is_quantized",
 ]

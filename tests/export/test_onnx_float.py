@@ -194,3 +194,22 @@ def test_jacinto_net_float_onnx_matches_keras(tmp_path, net, shape, seed, layout
     x = np.random.RandomState(seed).uniform(0, 255, shape).astype(np.float32)
     result = export_onnx(model, target="float", verify_data=x.transpose(0, 2, 3, 1))
     assert result.report.ok(rtol=1e-4), result.report.describe()
+
+
+@pytest.mark.slow
+def test_jdetnet_ssd_float_onnx_detections_equal_keras(tmp_path):
+    """The whole JDetNet SSD (PriorBox, DetectionOutput) as one float ONNX file: the fixed
+    detections equal the Keras model's as sets per image, the heads within tolerance."""
+    import onnx
+
+    from kerasq.converters.caffe import load
+    from kerasq.export.onnx import export_onnx
+
+    proto, weights = jacinto_net(tmp_path, "voc-jdetnet-ssd768x320", 8, "new")
+    model = load(proto, weights, input_shape={"data": [1, 3, 160, 384]})
+    x = np.random.RandomState(0).uniform(0, 255, (2, 160, 384, 3)).astype(np.float32)
+    result = export_onnx(model, target="float", verify_data=x, verify=True)
+    report = result.report
+    assert report.ok and report.detections > 0, report.describe()
+    names = [o.name for o in onnx.load_from_string(result.content).graph.output]
+    assert {"detection_boxes", "detection_scores", "num_detections"} <= set(names)
