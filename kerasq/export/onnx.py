@@ -39,11 +39,12 @@ import logging
 import math
 import os
 import warnings
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Union
 
 import numpy as np
 
-from kerasq._compat import quiet_native_stderr, tf
+from kerasq._compat import quiet_native_stderr
 from kerasq._io import write_bytes_atomic
 from kerasq.errors import ExportError, VerificationError
 from kerasq.export import detection
@@ -64,10 +65,10 @@ class OutputComparison:
     samples: int
     max_abs_error: float
     relative_error: float  # max|Δ| / max(1, max|reference|)
-    output_step: Optional[float]  # int8: the output's quantization step
-    max_error_steps: Optional[float]
+    output_step: float | None  # int8: the output's quantization step
+    max_error_steps: float | None
     exact_fraction: float
-    top1_agreement: Optional[float]
+    top1_agreement: float | None
 
     def describe(self) -> str:
         parts = [f"{self.name}:"]
@@ -86,8 +87,8 @@ class OnnxReport:
     """onnxruntime vs Keras on the same inputs, per output."""
 
     samples: int
-    outputs: List[OutputComparison]
-    first_divergence: Optional[str] = None
+    outputs: list[OutputComparison]
+    first_divergence: str | None = None
 
     def ok(
         self, *, max_steps: float = 1.0, min_top1: float = 0.995, rtol: float = 1e-4
@@ -117,7 +118,7 @@ class OnnxExportResult:
 
     content: bytes
     target: str
-    report: Optional[OnnxReport]
+    report: OnnxReport | None
 
     @property
     def size(self) -> int:
@@ -127,7 +128,7 @@ class OnnxExportResult:
 # -- conversion ------------------------------------------------------------------------------
 def _tf2onnx() -> Any:
     try:
-        import tf2onnx  # noqa: F401
+        import tf2onnx
         import tf2onnx.convert
     except ImportError as err:
         raise ExportError(
@@ -145,7 +146,7 @@ def is_quantized(model: Any) -> bool:
     )
 
 
-def _all_layers(model: Any) -> List[Any]:
+def _all_layers(model: Any) -> list[Any]:
     out = []
     for layer in getattr(model, "layers", []):
         out.append(layer)
@@ -187,12 +188,12 @@ def _scope_of(node_name: str, layer: str) -> bool:
     return f"/{layer}/" in f"/{node_name}"
 
 
-def _pow2_exponent(scale: float) -> Optional[int]:
+def _pow2_exponent(scale: float) -> int | None:
     mant, exp = math.frexp(float(scale))
     return exp - 1 if mant == 0.5 else None
 
 
-def _symmetric_grid(low: float, high: float) -> Tuple[float, Any]:
+def _symmetric_grid(low: float, high: float) -> tuple[float, Any]:
     """Smallest power-of-two, zero-point-0 grid (int8 or uint8) covering [low, high]."""
     if low >= 0:
         return 2.0 ** math.ceil(math.log2(max(high, 1e-30) / 255.0)), np.uint8
@@ -200,7 +201,7 @@ def _symmetric_grid(low: float, high: float) -> Tuple[float, Any]:
     return 2.0 ** math.ceil(math.log2(need)), np.int8
 
 
-def _qdq_activations(proto: Any, power2_symmetric: bool) -> List[str]:
+def _qdq_activations(proto: Any, power2_symmetric: bool) -> list[str]:
     """tf2onnx writes FakeQuant as uint8 QDQ with zero point 128 for signed ranges: make
     those int8 with zero point 0 (same grid). Returns problems (non power-of-two scales)."""
     from onnx import numpy_helper
@@ -208,7 +209,7 @@ def _qdq_activations(proto: Any, power2_symmetric: bool) -> List[str]:
     graph = proto.graph
     inits = {t.name: t for t in graph.initializer}
     problems = []
-    replaced: Dict[Tuple[str, str], Tuple[str, str]] = {}
+    replaced: dict[tuple[str, str], tuple[str, str]] = {}
     for node in graph.node:
         if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3:
             continue
@@ -252,7 +253,7 @@ def _qdq_activations(proto: Any, power2_symmetric: bool) -> List[str]:
     return problems
 
 
-def _same_weight(onnx_weight: np.ndarray, entry: Tuple[np.ndarray, str, np.ndarray]) -> bool:
+def _same_weight(onnx_weight: np.ndarray, entry: tuple[np.ndarray, str, np.ndarray]) -> bool:
     """True if the ONNX weight is the Keras kernel in one of the layouts tf2onnx writes."""
     _, kind, k = entry
     if kind == "depthwise":  # (kh, kw, cin, mult) -> (cin·mult, 1, kh, kw)
@@ -264,13 +265,13 @@ def _same_weight(onnx_weight: np.ndarray, entry: Tuple[np.ndarray, str, np.ndarr
     return any(f.shape == onnx_weight.shape and np.array_equal(f, onnx_weight) for f in forms)
 
 
-def _qdq_weights(proto: Any, linear: Mapping[str, Tuple[np.ndarray, str, np.ndarray]]) -> None:
+def _qdq_weights(proto: Any, linear: Mapping[str, tuple[np.ndarray, str, np.ndarray]]) -> None:
     """Store each quantized Conv / MatMul weight as int8 + per-channel DequantizeLinear."""
     from onnx import helper, numpy_helper
 
     graph = proto.graph
     inits = {t.name: t for t in graph.initializer}
-    users: Dict[str, int] = {}
+    users: dict[str, int] = {}
     for node in graph.node:
         for name in node.input:
             users[name] = users.get(name, 0) + 1
@@ -353,14 +354,14 @@ def _qdq_weights(proto: Any, linear: Mapping[str, Tuple[np.ndarray, str, np.ndar
     graph.node.extend(nodes)
 
 
-def _deploy_int8(model: Any) -> Tuple[Any, Dict[str, Tuple[np.ndarray, str, np.ndarray]], Optional[float]]:
+def _deploy_int8(model: Any) -> tuple[Any, dict[str, tuple[np.ndarray, str, np.ndarray]], float | None]:
     """The fakequant8 deploy graph with plain constant weights, the weight grids by layer,
     and the output step."""
     from kerasq.export.graph import build_deploy_model
     from kerasq.export.layers import QuantizedLinear
 
     plan = build_deploy_model(model, "fakequant8")
-    linear: Dict[str, Tuple[np.ndarray, str, np.ndarray]] = {}
+    linear: dict[str, tuple[np.ndarray, str, np.ndarray]] = {}
     for layer in plan.model.layers:
         if isinstance(layer, QuantizedLinear) and layer.fake_quant:
             linear[layer.name] = (
@@ -383,7 +384,7 @@ def build_onnx(
     target: str = "float",
     opset: int = DEFAULT_OPSET,
     power2_symmetric: bool = False,
-) -> Tuple[Any, Optional[float], Any]:
+) -> tuple[Any, float | None, Any]:
     """The ONNX ModelProto of ``model`` for ``target``, the int8 output step (or None), and
     the Keras graph it was translated from (the deploy graph for quantized models)."""
     if target not in TARGETS:
@@ -459,10 +460,10 @@ class OnnxRunner:
 
     def __call__(
         self, inputs: Mapping[str, np.ndarray], *, batch_size: int = 64, names: Any = None
-    ) -> Dict[str, np.ndarray]:
+    ) -> dict[str, np.ndarray]:
         names = list(names or self.output_names)
         n = len(next(iter(inputs.values())))
-        parts: Dict[str, List[np.ndarray]] = {k: [] for k in names}
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in names}
         dynamic = all(
             not isinstance(i.shape[0], int) for i in self.session.get_inputs() if i.shape
         )
@@ -474,7 +475,7 @@ class OnnxRunner:
         return {k: np.concatenate(v) if v and v[0].ndim else v[0] for k, v in parts.items()}
 
 
-def _feed(model: Any, data: Any, input_names: Sequence[str]) -> Dict[str, np.ndarray]:
+def _feed(model: Any, data: Any, input_names: Sequence[str]) -> dict[str, np.ndarray]:
     if isinstance(data, Mapping):
         return {k: np.asarray(v, np.float32) for k, v in data.items()}
     if len(input_names) != 1:
@@ -482,10 +483,10 @@ def _feed(model: Any, data: Any, input_names: Sequence[str]) -> Dict[str, np.nda
     return {input_names[0]: np.asarray(data, np.float32)}
 
 
-def _keras_outputs(model: Any, feed: Dict[str, np.ndarray], batch: int = 64) -> List[np.ndarray]:
+def _keras_outputs(model: Any, feed: dict[str, np.ndarray], batch: int = 64) -> list[np.ndarray]:
     inputs = [feed[k] for k in feed]
     n = len(inputs[0])
-    outs: List[List[np.ndarray]] = []
+    outs: list[list[np.ndarray]] = []
     for start in range(0, n, batch):
         args = [x[start : start + batch] for x in inputs]
         y = model(args if len(args) > 1 else args[0], training=False)
@@ -499,7 +500,7 @@ def _keras_outputs(model: Any, feed: Dict[str, np.ndarray], batch: int = 64) -> 
 
 
 def compare(
-    name: str, got: np.ndarray, want: np.ndarray, step: Optional[float]
+    name: str, got: np.ndarray, want: np.ndarray, step: float | None
 ) -> OutputComparison:
     """Compare one output (``got`` from ONNX, ``want`` from Keras)."""
     if got.shape != want.shape and got.size == want.size:
@@ -528,7 +529,7 @@ def verify_onnx(
     keras_model: Any,
     data: Any,
     *,
-    output_step: Optional[float] = None,
+    output_step: float | None = None,
     graph_model: Any = None,
     batch_size: int = 64,
 ) -> OnnxReport:
@@ -602,8 +603,8 @@ def verify_onnx_detections(content: bytes, keras_model: Any, data: Any) -> Any:
 
 
 def first_divergence(
-    content: bytes, graph_model: Any, data: Any, *, rtol: float = 1e-4, step: Optional[float] = None
-) -> Optional[str]:
+    content: bytes, graph_model: Any, data: Any, *, rtol: float = 1e-4, step: float | None = None
+) -> str | None:
     """The first layer of ``graph_model`` (in graph order) whose output in the ONNX file
     differs from Keras by more than ``rtol`` relative (or one ``step``), or None.
 
@@ -613,7 +614,7 @@ def first_divergence(
 
     proto = onnx.load_from_string(content)
     order = [n for n in proto.graph.node]
-    candidates: List[Tuple[str, str]] = []
+    candidates: list[tuple[str, str]] = []
     for layer in graph_model.layers:
         if type(layer).__name__ == "InputLayer":
             continue
@@ -654,7 +655,7 @@ def first_divergence(
 # -- public entry points -------------------------------------------------------------------
 def export_onnx(
     model: Any,
-    path: Optional[PathLike] = None,
+    path: PathLike | None = None,
     *,
     target: str = "float",
     opset: int = DEFAULT_OPSET,
@@ -703,7 +704,7 @@ def export_onnx(
 
 def to_onnx(
     model: Any,
-    path: Optional[PathLike] = None,
+    path: PathLike | None = None,
     *,
     target: str = "float",
     opset: int = DEFAULT_OPSET,
@@ -734,17 +735,17 @@ def to_onnx(
 
 
 __all__ = [
-    "TARGETS",
     "DEFAULT_OPSET",
+    "TARGETS",
     "OnnxExportResult",
     "OnnxReport",
-    "OutputComparison",
     "OnnxRunner",
+    "OutputComparison",
     "build_onnx",
     "export_onnx",
+    "first_divergence",
+    "is_quantized",
     "to_onnx",
     "verify_onnx",
     "verify_onnx_detections",
-    "first_divergence",
-    "is_quantized",
 ]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +23,7 @@ log = logging.getLogger("kerasq.export.onnx")
 ONNX_SUFFIX = ".onnx"
 
 
-def is_onnx_output(path: Optional[str]) -> bool:
+def is_onnx_output(path: str | None) -> bool:
     """True if ``path`` names an ONNX file (``.onnx``, any case)."""
     return bool(path) and str(path).lower().endswith(ONNX_SUFFIX)
 
@@ -40,7 +40,7 @@ def add_onnx_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _random_inputs(model: Any, count: int = 2) -> Optional[np.ndarray]:
+def _random_inputs(model: Any, count: int = 2) -> np.ndarray | None:
     shapes = [tuple(t.shape) for t in model.inputs]
     if len(shapes) != 1 or any(d is None for d in shapes[0][1:]):
         return None
@@ -48,7 +48,7 @@ def _random_inputs(model: Any, count: int = 2) -> Optional[np.ndarray]:
 
 
 def export_model_onnx(
-    model: Any, output: str, *, target: str, data: Any, opset: Optional[int],
+    model: Any, output: str, *, target: str, data: Any, opset: int | None,
     power2_symmetric: bool, verify: bool = True,
 ) -> None:  # fmt: skip
     """Export ``model`` to ``output`` (verified on ``data``, else on random inputs for
@@ -98,5 +98,10 @@ def export_converted_onnx(model: Any, args: argparse.Namespace) -> None:
     )
 
 
-__all__ = ["ONNX_SUFFIX", "is_onnx_output", "add_onnx_options", "export_model_onnx",
-           "export_converted_onnx"]  # fmt: skip
+__all__ = [
+    "ONNX_SUFFIX",
+    "add_onnx_options",
+    "export_converted_onnx",
+    "export_model_onnx",
+    "is_onnx_output",
+]  # fmt: skip

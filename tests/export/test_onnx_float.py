@@ -38,6 +38,7 @@ def nchw(x: np.ndarray) -> np.ndarray:
 
 def golden_case(case: str) -> None:
     from kerasq.converters.caffe import load
+
     from kerasq.export.onnx import OnnxRunner, export_onnx
 
     folder = shared_path("caffe-golden", case)
@@ -100,6 +101,7 @@ def _layer_tops(prototxt):
 def net_against_opencv(proto, weights, shape, seed=0, low=-1.0, high=1.0, cv_proto=None):
     cv2 = pytest.importorskip("cv2")
     from kerasq.converters.caffe import load
+
     from kerasq.export.onnx import OnnxRunner, export_onnx
 
     x = np.random.RandomState(seed).uniform(low, high, shape).astype(np.float32)
@@ -158,7 +160,6 @@ def opencv_prototxt(src, dst):
     """jacinto/INDEX.md's edits for OpenCV (Bias -> Power shift, no net-level quantize flag,
     no ArgMax: compare its bottom)."""
     from google.protobuf import text_format
-
     from kerasq.converters.caffe.reader import read_prototxt
 
     net = read_prototxt(src)
@@ -187,6 +188,7 @@ def test_jacinto_net_float_onnx_matches_keras(tmp_path, net, shape, seed, layout
     """The ONNX file against the Keras model the converter built (which the converter's own
     tests hold to OpenCV), on the 0..255 pixels the nets expect."""
     from kerasq.converters.caffe import load
+
     from kerasq.export.onnx import export_onnx
 
     proto, weights = jacinto_net(tmp_path, net, seed, layout)
@@ -201,8 +203,8 @@ def test_jdetnet_ssd_float_onnx_detections_equal_keras(tmp_path):
     """The whole JDetNet SSD (PriorBox, DetectionOutput) as one float ONNX file: the fixed
     detections equal the Keras model's as sets per image, the heads within tolerance."""
     import onnx
-
     from kerasq.converters.caffe import load
+
     from kerasq.export.onnx import export_onnx
 
     proto, weights = jacinto_net(tmp_path, "voc-jdetnet-ssd768x320", 8, "new")

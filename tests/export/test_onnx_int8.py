@@ -16,7 +16,7 @@ from conftest import shared_path
 pytest.importorskip("onnxruntime")
 pytest.importorskip("tf2onnx")
 
-from kerasq._compat import keras  # noqa: E402
+from kerasq._compat import keras
 
 
 def to_mnist_size(x):  # 8x8 digits -> 24x24 -> padded 28x28, values in [0, 1]
@@ -26,9 +26,9 @@ def to_mnist_size(x):  # 8x8 digits -> 24x24 -> padded 28x28, values in [0, 1]
 @pytest.fixture(scope="module")
 def lenet():
     from kerasq.converters.caffe import load
-    from kerasq.demo import load_digits_data
 
     import kerasq
+    from kerasq.demo import load_digits_data
 
     folder = shared_path("caffe-models", "lenet-mnist")
     model = load(folder / "lenet.prototxt", folder / "lenet_iter_10000.caffemodel",
