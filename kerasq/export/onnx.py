@@ -5,8 +5,8 @@ protobuf 7 and numpy 2 when the model is a ``tf_keras`` model, the only kind ker
 Targets:
 
 * ``float`` — any Keras model, converted Caffe nets included (an SSD's DetectionOutput
-  becomes ONNX ``NonMaxSuppression``). A kerasq-quantized model is first rebuilt as its
-  exact float deploy graph (:func:`~kerasq.export.graph.build_deploy_model`, mode
+  becomes the fixed-size post-processing, with ONNX ``NonMaxSuppression`` per class).
+  A kerasq-quantized model is first rebuilt as its exact float deploy graph (:func:`~kerasq.export.graph.build_deploy_model`, mode
   "exact"): weights stored on their quantized grid, activations rounded with float ops,
   so the file computes the Keras fake-quant numbers.
 * ``int8`` — a calibrated / QAT kerasq model as QDQ ONNX: every quantized activation is

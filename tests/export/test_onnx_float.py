@@ -213,5 +213,15 @@ def test_jdetnet_ssd_float_onnx_detections_equal_keras(tmp_path):
     result = export_onnx(model, target="float", verify_data=x, verify=True)
     report = result.report
     assert report.ok and report.detections > 0, report.describe()
-    names = [o.name for o in onnx.load_from_string(result.content).graph.output]
+    proto = onnx.load_from_string(result.content)
+    names = [o.name for o in proto.graph.output]
     assert {"detection_boxes", "detection_scores", "num_detections"} <= set(names)
+
+    def ops(graph):
+        for node in graph.node:
+            yield node.op_type
+            for attr in node.attribute:
+                for sub in ([attr.g] if attr.g.node else []) + list(attr.graphs):
+                    yield from ops(sub)
+
+    assert list(ops(proto.graph)).count("NonMaxSuppression") == 20  # one per VOC class
