@@ -42,7 +42,7 @@ TEST_REQUIRES = [
 ]
 
 # ONNX export (kerasq.export.to_onnx, `-o model.onnx`): optional, `pip install .[onnx]`
-ONNX_REQUIRES = ["tf2onnx==1.17.0", "onnx>=1.14"]
+ONNX_REQUIRES = ["tf2onnx==1.17.0", "onnx>=1.14", "onnxruntime>=1.17"]  # runtime: verification
 
 kerasq_packages = [p for p in find_packages(include=["kerasq", "kerasq.*"])]
 converter_packages = [

@@ -446,7 +446,12 @@ class OnnxRunner:
     """
 
     def __init__(self, content: bytes, *, threads: int = 1, optimize: bool = True) -> None:
-        import onnxruntime as ort
+        try:
+            import onnxruntime as ort
+        except ImportError as err:
+            raise ExportError(
+                f"verifying ONNX needs onnxruntime ({err}); `pip install kerasq[onnx]`"
+            )
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads

@@ -109,7 +109,10 @@ def net_against_opencv(proto, weights, shape, seed=0, low=-1.0, high=1.0, cv_pro
     names = list(net.getUnconnectedOutLayersNames())
     net.setInput(x)
     theirs = dict(zip(names, net.forward(names)))
-    model = load(proto, weights, input_shape={"data": list(shape)} if cv_proto else None)
+    from kerasq.converters.caffe import load as load_net
+
+    name = load_net(proto, weights).inputs[0].name.split(":")[0]
+    model = load(proto, weights, input_shape={name: list(shape)})
     result = export_onnx(model, target="float", verify_data=x.transpose(0, 2, 3, 1))
     runner = OnnxRunner(result.content)
     got = runner({runner.input_names[0]: x.transpose(0, 2, 3, 1)})
