@@ -159,32 +159,6 @@ def jacinto_net(tmp_path, net, seed, layout):
     return proto, weights
 
 
-def opencv_prototxt(src, dst):
-    """jacinto/INDEX.md's edits for OpenCV (Bias -> Power shift, no net-level quantize flag,
-    no ArgMax: compare its bottom)."""
-    from google.protobuf import text_format
-    from kerasq.converters.caffe.reader import read_prototxt
-
-    net = read_prototxt(src)
-    keep = []
-    for layer in net.layer:
-        if layer.type == "ArgMax":
-            continue
-        if layer.type == "Bias":
-            layer.type = "Power"
-            layer.ClearField("bias_param")
-            layer.ClearField("param")
-            layer.power_param.shift = -128.0
-        if layer.type == "DetectionOutput":
-            layer.detection_output_param.ClearField("save_output_param")
-        keep.append(layer)
-    del net.layer[:]
-    net.layer.extend(keep)
-    net.ClearField("quantize") if net.HasField("quantize") else None
-    with open(dst, "w") as f:
-        f.write(text_format.MessageToString(net))
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("net,shape,seed,layout", JACINTO, ids=[j[0] for j in JACINTO])
 def test_jacinto_net_float_onnx_matches_keras(tmp_path, net, shape, seed, layout):
