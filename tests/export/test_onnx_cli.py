@@ -70,3 +70,29 @@ def test_export_onnx_rejects_tflite_only_target(saved_qmodel, capsys):
     code = main(["export", str(saved_qmodel / "q.h5"), "-o", str(out), "--target", "int16x8"])
     assert code == 2 and not out.exists()
     assert "ONNX targets" in capsys.readouterr().err
+
+
+def test_convert_caffe_to_int8_onnx_in_one_command(tmp_path, capsys):
+    """Caffe LeNet -> kerasq default config (as JSON) -> calibrated -> int8 QDQ ONNX,
+    verified in onnxruntime on the calibration digits."""
+    from kerasq.demo import load_digits_data
+    from kerasq.schemes.config import QuantizationConfig
+
+    folder = shared_path("caffe-models", "lenet-mnist")
+    config = tmp_path / "kerasq.json"
+    config.write_text(QuantizationConfig().to_json())
+    x = load_digits_data()[0][:64]
+    x = np.pad(np.kron(x, np.ones((1, 3, 3, 1), np.float32)), ((0, 0), (2, 2), (2, 2), (0, 0)))
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "q.onnx"
+    code = main(["convert", str(folder / "lenet.prototxt"),
+                 str(folder / "lenet_iter_10000.caffemodel"), "--input-shape", "data:1,1,28,28",
+                 "--quantize", "--quantize-config", str(config), "--calibration",
+                 str(tmp_path / "x.npy"), "-o", str(out)])  # fmt: skip
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "ONNX int8" in text and "top-1 agreement 100.00%" in text
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(str(out)).graph.node]
+    assert ops.count("QuantizeLinear") >= 5
