@@ -128,8 +128,8 @@ class OnnxExportResult:
 # -- conversion ------------------------------------------------------------------------------
 def _tf2onnx() -> Any:
     try:
-        import tf2onnx
-        import tf2onnx.convert
+        import tf2onnx  # type: ignore[import-untyped]
+        import tf2onnx.convert  # type: ignore[import-untyped]
     except ImportError as err:
         raise ExportError(
             f"ONNX export needs tf2onnx and onnx ({err}); install them with "
@@ -224,6 +224,7 @@ def _qdq_activations(proto: Any, power2_symmetric: bool) -> list[str]:
                 continue
             zero = int(zp)
             low, high = (0 - zero) * scale, (255 - zero) * scale
+            dtype: Any
             if zero == 0:
                 new_scale, dtype = scale, np.uint8
             elif zero == 128:
@@ -447,7 +448,7 @@ class OnnxRunner:
 
     def __init__(self, content: bytes, *, threads: int = 1, optimize: bool = True) -> None:
         try:
-            import onnxruntime as ort
+            import onnxruntime as ort  # type: ignore[import-untyped]
         except ImportError as err:
             raise ExportError(
                 f"verifying ONNX needs onnxruntime ({err}); `pip install kerasq[onnx]`"
@@ -584,7 +585,7 @@ def verify_onnx_detections(content: bytes, keras_model: Any, data: Any) -> Any:
         raise ExportError(f"the ONNX file has no output(s) {missing}")
     want = detection.keras_detections(keras_model, data)
     report = detection.compare_detections(got, want)
-    layer = detection.detection_layer(keras_model)
+    layer: Any = detection.detection_layer(keras_model)
     holder = detection._owner(keras_model, layer)
     inputs = holder.input if isinstance(holder.input, (list, tuple)) else [holder.input]
     heads = [np.asarray(h) for h in keras.Model(keras_model.inputs, list(inputs))(data)]
