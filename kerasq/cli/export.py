@@ -91,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         export_model_onnx(
             model, args.output, target=args.target, data=data, opset=args.opset,
             power2_symmetric=args.power2_symmetric, verify=args.verify or data is None,
+            channels_first=args.nchw,
         )  # fmt: skip
         return 0
     try:

@@ -171,13 +171,23 @@ def _grouped_convs_inlined(model: Any) -> Iterator[None]:
             del layer._jit_compiled_convolution_op
 
 
-def _convert(model: Any, opset: int) -> Any:
+def _convert(model: Any, opset: int, channels_first: bool = False) -> Any:
     tf2onnx = _tf2onnx()
     try:
         with warnings.catch_warnings(), quiet_native_stderr(), _grouped_convs_inlined(model):
             warnings.simplefilter("ignore")
             logging.getLogger("tf2onnx").setLevel(logging.ERROR)
-            proto, _ = tf2onnx.convert.from_keras(model, opset=opset)
+            nchw_in = [t.name.split(":")[0] for t in model.inputs if len(t.shape) == 4]
+            nchw_out = [n for n, t in zip(model.output_names, model.outputs) if len(t.shape) == 4]
+            layout = {"inputs_as_nchw": nchw_in, "outputs_as_nchw": nchw_out}
+            proto, _ = tf2onnx.convert.from_keras(
+                model, opset=opset, **(layout if channels_first else {})
+            )
+            if channels_first:  # lets OnnxRunner(keras_layout=True) feed NHWC data
+                for key, names in (("kerasq.nchw_inputs", nchw_in),
+                                   ("kerasq.nchw_outputs", nchw_out)):  # fmt: skip
+                    entry = proto.metadata_props.add()
+                    entry.key, entry.value = key, ",".join(names)
     except Exception as err:  # tf2onnx raises many types; report one line
         lines = [line for line in str(err).strip().splitlines() if line.strip()]
         raise ExportError(f"ONNX conversion failed: {(lines[0] if lines else repr(err))[:300]}")
@@ -385,6 +395,7 @@ def build_onnx(
     target: str = "float",
     opset: int = DEFAULT_OPSET,
     power2_symmetric: bool = False,
+    channels_first: bool = False,
 ) -> tuple[Any, float | None, Any]:
     """The ONNX ModelProto of ``model`` for ``target``, the int8 output step (or None), and
     the Keras graph it was translated from (the deploy graph for quantized models)."""
@@ -409,7 +420,7 @@ def build_onnx(
             log.info("int8 ONNX: int32 accumulator-grid biases in %s", ", ".join(aligned["biases"]))
         graph_model, linear, step = _deploy_int8(model)
         graph_model = detection.with_postprocess(graph_model)
-        proto = _convert(graph_model, opset)
+        proto = _convert(graph_model, opset, channels_first)
         problems = _qdq_activations(proto, power2_symmetric)
         _qdq_weights(proto, linear)
         if problems:
@@ -423,7 +434,7 @@ def build_onnx(
             graph_model = build_deploy_model(model, "exact").model
         # SSD: the DetectionOutput becomes the fixed-size post-processing (as for TFLite)
         graph_model = detection.with_postprocess(graph_model)
-        proto = _convert(graph_model, opset)
+        proto = _convert(graph_model, opset, channels_first)
     proto.producer_name = "kerasq"
     _check(proto)
     return proto, step, graph_model
@@ -446,7 +457,14 @@ class OnnxRunner:
         >>> outs = OnnxRunner(blob)({"data": x})   # doctest: +SKIP
     """
 
-    def __init__(self, content: bytes, *, threads: int = 1, optimize: bool = True) -> None:
+    def __init__(
+        self,
+        content: bytes,
+        *,
+        threads: int = 1,
+        optimize: bool = True,
+        keras_layout: bool = False,
+    ) -> None:
         try:
             import onnxruntime as ort  # type: ignore[import-untyped]
         except ImportError as err:
@@ -463,6 +481,10 @@ class OnnxRunner:
         self.session = ort.InferenceSession(content, opts, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
+        # keras_layout: take / give NHWC for the tensors a channels_first file has as NCHW
+        meta = self.session.get_modelmeta().custom_metadata_map if keras_layout else {}
+        self.nchw_inputs = set(filter(None, meta.get("kerasq.nchw_inputs", "").split(",")))
+        self.nchw_outputs = set(filter(None, meta.get("kerasq.nchw_outputs", "").split(",")))
 
     def __call__(
         self, inputs: Mapping[str, np.ndarray], *, batch_size: int = 64, names: Any = None
@@ -476,8 +498,11 @@ class OnnxRunner:
         step = batch_size if dynamic else 1
         for start in range(0, n, step):
             feed = {k: np.asarray(v[start : start + step], np.float32) for k, v in inputs.items()}
+            feed = {k: v.transpose(0, 3, 1, 2) if k in self.nchw_inputs else v
+                    for k, v in feed.items()}  # fmt: skip
             for k, v in zip(names, self.session.run(names, feed)):
-                parts[k].append(np.asarray(v))
+                v = np.asarray(v)
+                parts[k].append(v.transpose(0, 2, 3, 1) if k in self.nchw_outputs else v)
         return {k: np.concatenate(v) if v and v[0].ndim else v[0] for k, v in parts.items()}
 
 
@@ -546,7 +571,7 @@ def verify_onnx(
     Example:
         >>> verify_onnx(blob, model, x).describe()   # doctest: +SKIP
     """
-    runner = OnnxRunner(content)
+    runner = OnnxRunner(content, keras_layout=True)
     feed = _feed(keras_model, data, runner.input_names)
     got = runner(feed, batch_size=batch_size)
     want = _keras_outputs(keras_model, feed, batch_size)
@@ -577,7 +602,7 @@ def verify_onnx_detections(content: bytes, keras_model: Any, data: Any) -> Any:
     """
     from kerasq._compat import keras
 
-    runner = OnnxRunner(content)
+    runner = OnnxRunner(content, keras_layout=True)
     data = np.asarray(data, np.float32)
     got = runner({runner.input_names[0]: data}, batch_size=1)
     missing = [n for n in detection.OUTPUT_NAMES + detection.HEAD_NAMES if n not in got]
@@ -634,7 +659,7 @@ def first_divergence(
         if tensor not in existing:
             proto.graph.output.append(onnx.ValueInfoProto(name=tensor))
             existing.add(tensor)
-    runner = OnnxRunner(proto.SerializeToString(), optimize=False)
+    runner = OnnxRunner(proto.SerializeToString(), optimize=False, keras_layout=True)
     feed = _feed(graph_model, data, runner.input_names)
     small = {k: v[:8] for k, v in feed.items()}
     got = runner(small, names=[t for _, t in candidates])
@@ -668,6 +693,7 @@ def export_onnx(
     verify_data: Any = None,
     verify: bool = True,
     power2_symmetric: bool = False,
+    channels_first: bool = False,
     max_error_steps: float = 1.0,
     min_top1: float = 0.995,
     rtol: float = 1e-4,
@@ -676,7 +702,11 @@ def export_onnx(
     if power2_symmetric and target != "int8":
         raise ExportError("power2_symmetric applies to target 'int8' only")
     proto, step, graph_model = build_onnx(
-        model, target=target, opset=opset, power2_symmetric=power2_symmetric
+        model,
+        target=target,
+        opset=opset,
+        power2_symmetric=power2_symmetric,
+        channels_first=channels_first,
     )
     content = proto.SerializeToString()
     report: Any = None
@@ -717,13 +747,16 @@ def to_onnx(
     verify_data: Any = None,
     verify: bool = True,
     power2_symmetric: bool = False,
+    channels_first: bool = False,
 ) -> bytes:
     """Export ``model`` to ONNX (``target`` "float" or "int8" QDQ) and return the bytes.
 
     int8 quantized tensors keep kerasq's scales 2^-fl (zero point 0). With ``verify_data``
     the file is run in onnxruntime and compared with the Keras model; ``verify=True`` turns
     a mismatch (> 1 output step or < 99.5 % top-1 for int8, relative error > 1e-4 for float)
-    into :class:`~kerasq.errors.VerificationError` naming the first diverging layer. The file
+    into :class:`~kerasq.errors.VerificationError` naming the first diverging layer.
+    ``channels_first=True`` gives 4-D inputs and outputs Caffe's NCHW layout (the Keras
+    model and ``verify_data`` stay NHWC). The file
     at ``path`` is written atomically, only after verification passed.
 
     Example:
@@ -737,6 +770,7 @@ def to_onnx(
         verify_data=verify_data,
         verify=verify,
         power2_symmetric=power2_symmetric,
+        channels_first=channels_first,
     ).content
 
 

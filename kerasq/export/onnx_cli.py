@@ -33,6 +33,11 @@ def add_onnx_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("ONNX export", "used when the output file ends in .onnx")
     g.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
     g.add_argument(
+        "--nchw",
+        action="store_true",
+        help="4-D inputs and outputs in Caffe's NCHW layout (default: the Keras NHWC layout)",
+    )
+    g.add_argument(
         "--power2-symmetric",
         action="store_true",
         help="int8: per-tensor symmetric power-of-two activation scales, zero point 0 "
@@ -49,7 +54,7 @@ def _random_inputs(model: Any, count: int = 2) -> np.ndarray | None:
 
 def export_model_onnx(
     model: Any, output: str, *, target: str, data: Any, opset: int | None,
-    power2_symmetric: bool, verify: bool = True,
+    power2_symmetric: bool, verify: bool = True, channels_first: bool = False,
 ) -> None:  # fmt: skip
     """Export ``model`` to ``output`` (verified on ``data``, else on random inputs for
     float) and print what was written."""
@@ -72,6 +77,7 @@ def export_model_onnx(
             verify_data=data,
             verify=verify,
             power2_symmetric=power2_symmetric,
+            channels_first=channels_first,
         )
     except ExportError as err:
         raise err.with_context(file=output)
@@ -95,6 +101,7 @@ def export_converted_onnx(model: Any, args: argparse.Namespace) -> None:
         data=data,
         opset=args.opset,
         power2_symmetric=args.power2_symmetric,
+        channels_first=args.nchw,
     )
 
 

@@ -96,3 +96,23 @@ def test_convert_caffe_to_int8_onnx_in_one_command(tmp_path, capsys):
 
     ops = [n.op_type for n in onnx.load(str(out)).graph.node]
     assert ops.count("QuantizeLinear") >= 5
+
+
+def test_convert_nchw_file_runs_in_opencv_on_caffe_layout(tmp_path):
+    """--nchw: the file takes and gives Caffe's NCHW blobs; OpenCV's ONNX importer runs it
+    on the golden input and matches real Caffe's output."""
+    cv2 = pytest.importorskip("cv2")
+    folder = shared_path("caffe-golden", "conv_group")
+    out = tmp_path / "net.onnx"
+    code = main(["convert", str(folder / "deploy.prototxt"), str(folder / "model.caffemodel"),
+                 "-o", str(out), "--nchw"])  # fmt: skip
+    assert code == 0
+    x = np.load(folder / "input.npy")
+    want = np.load(folder / "blobs" / "conv.npy")
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: x})
+    atol = 1e-5 * max(1.0, float(np.abs(want).max()))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=atol)
+    net = cv2.dnn.readNetFromONNX(str(out))
+    net.setInput(x)
+    np.testing.assert_allclose(net.forward(), want, rtol=1e-4, atol=atol)
