@@ -40,8 +40,14 @@ TEST_REQUIRES = [
     "import-linter==2.17",
     "ruff==0.17.6",
     "mypy==2.4.1",
+    "onnx==1.23.2",
+    "onnxruntime==1.32.0",
+    "tf2onnx==1.17.0",
 ]
 REPORT_REQUIRES = ["matplotlib==3.11.2"]  # plots of `kerasq inspect --report report.html`
+
+# ONNX export (kerasq.export.to_onnx, `-o model.onnx`): optional, `pip install .[onnx]`
+ONNX_REQUIRES = ["tf2onnx==1.17.0", "onnx>=1.14", "onnxruntime>=1.17"]  # runtime: verification
 
 kerasq_packages = [p for p in find_packages(include=["kerasq", "kerasq.*"])]
 converter_packages = [
@@ -70,6 +76,7 @@ setup(
     include_package_data=False,
     install_requires=INSTALL_REQUIRES,
     extras_require={"report": REPORT_REQUIRES, "test": TEST_REQUIRES + REPORT_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "onnx": ONNX_REQUIRES},
     entry_points={"console_scripts": ["kerasq=kerasq.cli:entry_point"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

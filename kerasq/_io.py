@@ -45,6 +45,7 @@ MODEL_KINDS: Dict[str, tuple] = {
     "keras": (".keras",),
     "savedmodel": ("",),
     "tflite": (".tflite",),
+    "onnx": (".onnx",),
     "json": (".json",),
     "html": (".html", ".htm"),
     "npy": (".npy",),
@@ -57,6 +58,7 @@ _MAGIC = {
     "keras": (b"PK\x03\x04", b"PK\x05\x06"),
     "npz": (b"PK\x03\x04", b"PK\x05\x06"),
     "npy": (b"\x93NUMPY",),
+    "onnx": (b"\x08",),  # ModelProto field 1 (ir_version), a varint
 }
 _SAVEDMODEL_ENTRIES = {"saved_model.pb", "saved_model.pbtxt", "variables", "assets",
                        "fingerprint.pb", "keras_metadata.pb"}

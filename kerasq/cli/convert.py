@@ -145,7 +145,8 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     p.add_argument(
         "-o",
         "--output",
-        help="output: model.h5, model.keras or a SavedModel directory (optional with --tflite)",
+        help="output: model.h5, model.keras, net.onnx or a SavedModel directory "
+        "(optional with --tflite)",
     )
     p.add_argument(
         "--mean",
@@ -171,10 +172,13 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     from kerasq.cli.export import add_convert_tflite_options
 
     add_convert_tflite_options(p)
+    from kerasq.cli.onnx import add_onnx_options  # `-o net.onnx`
+
+    add_onnx_options(p)
     p.set_defaults(func=run)
 
 
-MODEL_OUTPUT_KINDS = ("h5", "keras", "savedmodel")
+MODEL_OUTPUT_KINDS = ("h5", "keras", "savedmodel", "onnx")
 
 
 def save_model(model: Any, output: str) -> None:
@@ -230,6 +234,11 @@ def run(args: argparse.Namespace) -> int:
 
         export_converted(model, args)
     if not args.output:
+        return 0
+    from kerasq.cli.onnx import export_converted_onnx, is_onnx_output
+
+    if is_onnx_output(args.output):  # Caffe -> ONNX in one command
+        export_converted_onnx(model, args)
         return 0
     try:
         save_model(model, args.output)

@@ -23,7 +23,7 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
         ),
     )
     p.add_argument("model", help="quantized Keras model (.h5 file or SavedModel directory)")
-    p.add_argument("-o", "--output", required=True, help="output .tflite file")
+    p.add_argument("-o", "--output", required=True, help="output .tflite or .onnx file")
     p.add_argument("--target", choices=TARGETS, default="int8", help="TFLite target (default int8)")
     p.add_argument(
         "--data", help=".npy array of inputs (calibration of uncovered tensors and verification)"
@@ -50,6 +50,10 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     from kerasq.cli.quantize import add_layout_argument
 
     add_layout_argument(p)
+
+    from kerasq.cli.onnx import add_onnx_options  # `-o model.onnx`
+
+    add_onnx_options(p)
     p.set_defaults(func=run)
 
 
@@ -115,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     from kerasq.errors import ExportError, ModelFormatError
     from kerasq._io import check_output, output_kind
 
-    check_output(args.output, output_kind(args.output, ("tflite",)))
+    check_output(args.output, output_kind(args.output, ("tflite", "onnx")))
     if not os.path.exists(args.model):
         raise ModelFormatError("no such file or directory", file=args.model)
     try:
@@ -136,6 +140,15 @@ def run(args: argparse.Namespace) -> int:
         )
     data = (match_model_inputs(raw_data, model, args.layout, file=args.data)
             if raw_data is not None else None)
+    from kerasq.cli.onnx import export_model_onnx, is_onnx_output
+
+    if is_onnx_output(args.output):
+        export_model_onnx(
+            model, args.output, target=args.target, data=data, opset=args.opset,
+            power2_symmetric=args.power2_symmetric, verify=args.verify or data is None,
+            channels_first=args.nchw,
+        )  # fmt: skip
+        return 0
     try:
         export_model(model, args.output, target=args.target, data=data, verify=args.verify,
                      int_io=args.int_io, kernels=args.kernels,

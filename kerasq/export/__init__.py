@@ -1,4 +1,4 @@
-"""TFLite export of kerasq-quantized models, with built-in verification.
+"""TFLite and ONNX export of kerasq models, with built-in verification.
 
 Names are resolved on first use, so importing ``kerasq.export`` (e.g. for the CLI's option
 hooks) does not load TensorFlow.
@@ -22,6 +22,10 @@ _LAZY_ATTRS = {
     "TFLiteRunner": "kerasq.export.verify",
     "VerificationReport": "kerasq.export.verify",
     "verify_tflite": "kerasq.export.verify",
+    "to_onnx": "kerasq.export.onnx",
+    "export_onnx": "kerasq.export.onnx",
+    "verify_onnx": "kerasq.export.onnx",
+    "OnnxReport": "kerasq.export.onnx",
 }
 
 
