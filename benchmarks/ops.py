@@ -147,7 +147,8 @@ def _ms_cell(t: Timings, name: str) -> str:
 
 # Memory streams of n elements per forward + backward step ("-": a multi-op TF graph).
 # bound: fwd x->y, bwd dy->dx. Clipped straight-through kernels: the backward also reads
-# x (5), or a 1-byte clip mask written by the forward (4 + 2/8 = 4.25).
+# x (5, TF's FakeQuantWithMinMaxVars), or a 1-bit clip mask written by the forward
+# (4 + 2/32 = 4.06, kerasq's C++ ops).
 
 
 def fake_quant_variants(per_channel: int) -> Dict[str, Tuple[Callable, str]]:
@@ -158,7 +159,8 @@ def fake_quant_variants(per_channel: int) -> Dict[str, Tuple[Callable, str]]:
     one = tf.Variable(1.0)
     qmin, qmax = tf.Variable(-8.0), tf.Variable(8.0 - 1 / 16)
     fl_c = tf.constant(np.arange(per_channel) % 7 + 1, tf.int32)
-    streams = ops.fake_quant_streams() if hasattr(ops, "fake_quant_streams") else "5"
+    # kerasq's C++ forward writes a 1-bit clip mask that the backward reads instead of x.
+    streams = "4.06" if ops.custom_kernels_loaded() else "-"
     return {
         "x*1.0 (bound)": (lambda x: x * one, "4"),
         "kerasq DFP C++": (lambda x: ops.fake_quant_dfp(x, 8, 4), streams),
@@ -194,8 +196,9 @@ def bench_fake_quant(sizes: List[int], rounds: int) -> Table:
         f"(min over {rounds} interleaved rounds, median in parentheses; "
         f"C++ kernels loaded: {ops.custom_kernels_loaded()}, {_threads()} threads, {_load_note()})",
         ["variant", "streams", "floor"] + labels,
-        notes=("streams: memory streams of n floats per step (the bound: 4); floor = "
-               "streams / 4, the ratio of a purely bandwidth-bound kernel. Per-channel: "
+        notes=("streams: memory streams of n floats per step (the bound: 4; kerasq's C++ "
+               "ops: x, y, dy, dx and a 1-bit clip mask written forward and read backward); "
+               "floor = streams / 4, the ratio of a purely bandwidth-bound kernel. Per-channel: "
                f"x of shape [n/{channels}, {channels}], one fractional length per channel."))
     cells: Dict[str, List[str]] = {name: [] for name in variants}
     base = "x*1.0 (bound)"
