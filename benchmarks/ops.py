@@ -409,7 +409,8 @@ def bench_qat(rounds: int, quick: bool) -> Table:
         try:
             steps["tfmot"] = qat_step(tfmot().quantization.keras.quantize_model(factory()), x)
         except Exception as err:  # tfmot rejects layers it has no config for
-            tfmot_note = f"n/a: {str(err).splitlines()[0][:80]}"
+            reason = str(err).splitlines()[0].replace("<", "").replace(">", "")
+            tfmot_note = f"n/a ({reason[:70]})"
         t = interleaved(steps, rounds, warmup=3)
         table.add([label, _ms_cell(t, "float"), _ms_cell(t, "kerasq"),
                    tfmot_note or _ms_cell(t, "tfmot"), _ratio_cell(t, "kerasq", "float"),
