@@ -8,7 +8,7 @@ re-executes itself when they are missing)::
     python benchmarks/ops.py --markdown      # the README / docs/ops.md tables
     python benchmarks/ops.py --quick         # smoke test (tiny sizes, 3 rounds)
 
-Sections (``--only fakequant,integer,qat``):
+Sections (``--only fakequant,integer,wholenet,qat``):
 
 1. fake quantization, forward + backward, 1M/4M/16M float32 elements. Every variant,
    the bound included, runs the same step on the same input: ``x`` and the upstream
@@ -19,7 +19,9 @@ Sections (``--only fakequant,integer,qat``):
    ``streams / 4`` is the ratio a purely bandwidth-bound kernel would reach.
 2. integer conv2d / depthwise / matmul (int8, int32 accumulation, shift requantization)
    against TF float32 on the same shapes, and against the TFLite int8 interpreter
-   (ai_edge_litert, XNNPACK, same thread count) running the same layer.
+   (ai_edge_litert, XNNPACK, same thread count) running the same layer; whole nets
+   (``wholenet``): ``kerasq.integer.run`` on the nets of section 3 at batch 1 against the
+   same calibrated model's int8 TFLite file.
 3. one QAT training step at real size: caffe-jacinto MobileNet-0.5 (128x128, batch 16)
    and ResNet-20 (32x32, batch 64) converted from Caffe: float step, kerasq's default
    scheme, tfmot's default 8-bit scheme on the same model; calibration time per batch.
@@ -310,6 +312,53 @@ def bench_integer(rounds: int, quick: bool) -> Table:
     return table
 
 
+def bench_whole_nets(rounds: int, quick: bool) -> Table:
+    """kerasq.integer.run on whole converted nets against the same net's int8 TFLite file."""
+    import warnings
+
+    import kerasq
+    import kerasq.integer
+    from ai_edge_litert.interpreter import Interpreter
+
+    from kerasq.export import to_tflite
+
+    threads = _threads()
+    table = Table(
+        f"Whole nets, batch 1: `kerasq.integer.run` against the same calibrated model's int8 "
+        f"TFLite file (`kerasq.export.to_tflite`, TFLite interpreter, {threads} threads), min "
+        f"(median) over {rounds} interleaved rounds, {_load_note()}",
+        ["net", "kerasq.integer.run", "TFLite int8 file", "kerasq / TFLite"])
+    rng = np.random.default_rng(0)
+    for label, factory, shape, _ in qat_nets(quick):
+        label = label.split(",")[0]
+        x = rng.uniform(0, 255 if not quick else 1, (1,) + shape[1:]).astype(np.float32)
+        qmodel = kerasq.quantize_model(factory())
+        kerasq.calibrate(qmodel, np.concatenate([x] * 4), batch_size=4)
+        fns: Dict[str, Callable[[], object]] = {}
+        notes: Dict[str, str] = {}
+        try:
+            kerasq.integer.run(qmodel, x)
+            fns["int"] = lambda qmodel=qmodel, x=x: kerasq.integer.run(qmodel, x)
+        except Exception as err:  # an unsupported layer: report it, time the rest
+            notes["int"] = f"n/a ({str(err).splitlines()[0][:70]})"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                blob = to_tflite(qmodel, representative_data=np.concatenate([x] * 4))
+            interp = Interpreter(model_content=blob, num_threads=threads)
+            interp.allocate_tensors()
+            detail = interp.get_input_details()[0]
+            interp.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
+            fns["tflite"] = interp.invoke
+        except Exception as err:
+            notes["tflite"] = f"n/a ({str(err).splitlines()[0][:70]})"
+        t = interleaved(fns, rounds) if fns else None
+        cells = [notes.get(k) or _ms_cell(t, k) for k in ("int", "tflite")]
+        ratio = _ratio_cell(t, "int", "tflite") if len(fns) == 2 else "-"
+        table.add([label] + cells + [ratio])
+    return table
+
+
 # ---------------------------------------------------------------- 3. QAT step
 
 
@@ -421,7 +470,7 @@ def bench_qat(rounds: int, quick: bool) -> Table:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default="fakequant,integer,qat")
+    parser.add_argument("--only", default="fakequant,integer,wholenet,qat")
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: tiny sizes and 3 rounds (numbers meaningless)")
     parser.add_argument("--rounds", type=int, default=None)
@@ -433,7 +482,7 @@ def main(argv: Optional[List[str]] = None) -> int:
               "(run as a script to have them set)", file=sys.stderr)
     rounds = args.rounds or (3 if args.quick else 21)
     parts = set(args.only.split(","))
-    unknown = parts - {"fakequant", "integer", "qat"}
+    unknown = parts - {"fakequant", "integer", "wholenet", "qat"}
     if unknown:
         parser.error(f"unknown section(s) {sorted(unknown)}")
     if "fakequant" in parts:
@@ -441,6 +490,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(bench_fake_quant(sizes, rounds).render(args.markdown), flush=True)
     if "integer" in parts:
         print(bench_integer(rounds, args.quick).render(args.markdown), flush=True)
+    if "wholenet" in parts:
+        print(bench_whole_nets(rounds, args.quick).render(args.markdown), flush=True)
     if "qat" in parts:
         print(bench_qat(max(3, rounds // 2), args.quick).render(args.markdown), flush=True)
     return 0

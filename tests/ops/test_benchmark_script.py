@@ -58,6 +58,7 @@ def test_quick_run_of_all_sections(bench, capsys):
     assert bench.main(["--quick", "--markdown"]) == 0
     out = capsys.readouterr().out
     assert "Fake quantization" in out and "Integer layers" in out and "QAT training step" in out
+    assert "Whole nets" in out
     integer = [r for r in _rows(out) if r.startswith(("| conv2d", "| depthwise", "| matmul"))]
     assert len(integer) == 3
     for row in integer:
