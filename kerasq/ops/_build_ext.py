@@ -44,12 +44,14 @@ BUILD_INFO = "_kerasq_ops.json"
 
 # Paths relative to kerasq/ops/. Keep in step with BUILD (checked by tools/lint_bazel.py).
 SOURCES = [
+    "cc/clip_mask.cc",
     "cc/fake_quant_dfp.cc",
     "cc/fake_quant_minifloat.cc",
     "cc/int_gemm.cc",
     "cc/integer_ops.cc",
 ]
 HEADERS = [
+    "cc/clip_mask.h",
     "cc/counter_rng.h",
     "cc/float_bits.h",
     "cc/int_gemm.h",
@@ -166,6 +168,14 @@ class BuildKerasqOps(build_ext):
                 if os.path.basename(path) == LIBRARY and os.path.exists(info):
                     outputs.append(info)
         return outputs
+
+    def copy_extensions_to_source(self) -> None:
+        # --inplace copies the library only; its build record must travel with it (the
+        # loader checks the ISA flags in it).
+        super().copy_extensions_to_source()
+        info = os.path.join(self.build_lib, "kerasq", "ops", BUILD_INFO)
+        if os.path.exists(info):
+            shutil.copyfile(info, os.path.join(HERE, BUILD_INFO))
 
     def build_extension(self, ext: Extension) -> None:
         if ext.name != EXT_NAME:

@@ -175,3 +175,26 @@ def test_bad_arguments(ops_path):
     with pytest.raises(QuantizationConfigError, match="bias_frac"):
         dfp_matmul(np.zeros((2, 3), np.int8), np.zeros((3, 2), np.int8), np.zeros(2, np.int32),
                    x_frac=0, w_frac=[1, 2], out_frac=0)
+
+
+def test_weights_changed_in_place_between_calls_are_used(ops_path):
+    # The C++ kernels reuse packed weights while the weight bytes are unchanged: a Variable
+    # assigned in place (same buffer, same shape) must still give the new result.
+    rng = np.random.default_rng(11)
+    x = _ints(rng, (5, 64), np.int8)
+    xc = _ints(rng, (1, 6, 6, 8), np.int8)
+    w = tf.Variable(_ints(rng, (64, 24), np.int8))
+    wc = tf.Variable(_ints(rng, (3, 3, 8, 16), np.int8))
+    matmul = tf.function(lambda: dfp_matmul(x, w.read_value(), x_frac=4, w_frac=4, out_frac=2,
+                                              rounding="nearest"))
+    conv = tf.function(lambda: dfp_conv2d(xc, wc.read_value(), x_frac=4, w_frac=4, out_frac=2,
+                                          padding="SAME", rounding="nearest"))
+    for step in range(3):
+        np.testing.assert_array_equal(matmul().numpy(), ref.requantize(
+            ref.matmul_acc(x, w.numpy()), 8, 2))
+        np.testing.assert_array_equal(conv().numpy(), ref.requantize(
+            ref.conv2d_acc(xc, wc.numpy(), padding="SAME"), 8, 2))
+        flip = np.zeros(w.shape, np.int8)
+        flip[step % 64, step % 24] = 1  # one weight changes: the cache must notice
+        w.assign(np.clip(w.numpy().astype(np.int16) + flip, -127, 127).astype(np.int8))
+        wc.assign(np.clip(wc.numpy().astype(np.int16) - 1, -127, 127).astype(np.int8))

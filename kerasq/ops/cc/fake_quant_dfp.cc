@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "clip_mask.h"
 #include "counter_rng.h"
 #include "float_bits.h"
 #include "rounding.h"
@@ -46,6 +47,13 @@ Status FracBitsShape(InferenceContext* c) {
 
 }  // namespace
 
+static Status MaskedShape(InferenceContext* c) {
+  TF_RETURN_IF_ERROR(FracBitsShape(c));
+  const int64_t n = c->Value(c->NumElements(c->input(0)));
+  c->set_output(1, c->Vector(n < 0 ? InferenceContext::kUnknownDim : ClipMaskBytes(n)));
+  return tensorflow::OkStatus();
+}
+
 REGISTER_OP("Kerasq>FakeQuantDfp")
     .Input("x: T")
     .Input("frac_bits: int32")
@@ -60,6 +68,22 @@ REGISTER_OP("Kerasq>FakeQuantDfp")
 Dynamic fixed point fake quantization: y = clamp(round(x * 2^fl), lo, hi) * 2^-fl.
 frac_bits has shape [] (per tensor) or [C] with C the size of the last axis of x.
 seed is used by rounding='stochastic' only (counter-based, thread-count independent).
+)doc");
+
+REGISTER_OP("Kerasq>FakeQuantDfpMasked")
+    .Input("x: T")
+    .Input("frac_bits: int32")
+    .Input("seed: int64")
+    .Output("y: T")
+    .Output("clip_mask: uint8")
+    .Attr("T: {float, double}")
+    .Attr("bitwidth: int >= 1")
+    .Attr("signed: bool = true")
+    .Attr(kRoundingAttr)
+    .SetShapeFn(MaskedShape)
+    .Doc(R"doc(
+Kerasq>FakeQuantDfp that also writes the clip mask for Kerasq>ClipMaskGrad: bit i of
+clip_mask (byte i / 8, bit i % 8, flat index i) is 1 where lo <= x * 2^fl <= hi.
 )doc");
 
 REGISTER_OP("Kerasq>FakeQuantDfpGrad")
@@ -142,6 +166,30 @@ void DfpRange(const T* x, T* y, int64_t begin, int64_t end, const DfpParams<T>& 
   }
 }
 
+// Clip flags (1 where lo <= x * 2^fl <= hi, the gradient's condition) of [begin, end)
+// into flags[0, end - begin); begin is a multiple of the channel count.
+template <typename T>
+void DfpClipFlags(const T* x, uint8_t* flags, int64_t begin, int64_t end, const DfpParams<T>& p) {
+  const T lo = p.lo, hi = p.hi;
+  if (p.channels == 1) {
+    const T u1 = p.up1[0], u2 = p.up2[0];
+    for (int64_t i = begin; i < end; ++i) {
+      const T y = Flush(x[i]) * u1 * u2;
+      flags[i - begin] = (y >= lo) & (y <= hi);
+    }
+    return;
+  }
+  const T *u1 = p.up1.data(), *u2 = p.up2.data();
+  const int64_t nc = p.channels;
+  for (int64_t row = begin; row < end; row += nc) {
+    uint8_t* fr = flags + (row - begin);
+    for (int64_t c = 0; c < nc; ++c) {
+      const T y = Flush(x[row + c]) * u1[c] * u2[c];
+      fr[c] = (y >= lo) & (y <= hi);
+    }
+  }
+}
+
 template <typename T>
 void DfpGradRange(const T* dy, const T* x, T* dx, int64_t begin, int64_t end,
                   const DfpParams<T>& p) {
@@ -178,7 +226,7 @@ void ParallelOver(OpKernelContext* ctx, int64_t n, int64_t granule, int64_t cost
 
 }  // namespace
 
-template <typename T>
+template <typename T, bool kMasked>
 class FakeQuantDfpOp : public OpKernel {
  public:
   explicit FakeQuantDfpOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
@@ -208,11 +256,28 @@ class FakeQuantDfpOp : public OpKernel {
     T* yp = y->flat<T>().data();
     const uint64_t stream = StreamStart(seed.flat<int64_t>()(0));
     const int64_t nch = params.channels;
-    const int64_t granule = nch == 1 ? 4096 : nch * std::max<int64_t>(1, 4096 / nch);
+    uint8_t* maskp = nullptr;
+    if (kMasked) {
+      Tensor* mask = nullptr;
+      OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({ClipMaskBytes(n)}), &mask));
+      maskp = mask->flat<uint8_t>().data();
+    }
+    const int64_t granule = kMasked ? MaskGranule(nch)
+                            : nch == 1 ? 4096 : nch * std::max<int64_t>(1, 4096 / nch);
     auto run = [&](auto mode) {
       constexpr Rounding R = decltype(mode)::value;
       ParallelOver(ctx, n, granule, R == Rounding::kStochastic ? 12 : 3,
-                   [&](int64_t b, int64_t e) { DfpRange<R, T>(xp, yp, b, e, params, stream); });
+                   [&](int64_t b, int64_t e) {
+                     if (!kMasked) return DfpRange<R, T>(xp, yp, b, e, params, stream);
+                     // Chunks of one granule: the flags stay in cache between the passes.
+                     std::vector<uint8_t> flags(granule);
+                     for (int64_t cb = b; cb < e; cb += granule) {
+                       const int64_t ce = std::min(e, cb + granule);
+                       DfpRange<R, T>(xp, yp, cb, ce, params, stream);
+                       DfpClipFlags<T>(xp, flags.data(), cb, ce, params);
+                       PackClipBits(flags.data(), ce - cb, maskp + cb / 8);
+                     }
+                   });
     };
     switch (rounding_) {
       case Rounding::kNearest: run(std::integral_constant<Rounding, Rounding::kNearest>()); break;
@@ -271,7 +336,10 @@ class FakeQuantDfpGradOp : public OpKernel {
 #define KERASQ_REGISTER_DFP(T)                                                              \
   REGISTER_KERNEL_BUILDER(                                                                  \
       Name("Kerasq>FakeQuantDfp").Device(DEVICE_CPU).TypeConstraint<T>("T"),                \
-      FakeQuantDfpOp<T>);                                                                   \
+      FakeQuantDfpOp<T, false>);                                                            \
+  REGISTER_KERNEL_BUILDER(                                                                  \
+      Name("Kerasq>FakeQuantDfpMasked").Device(DEVICE_CPU).TypeConstraint<T>("T"),          \
+      FakeQuantDfpOp<T, true>);                                                             \
   REGISTER_KERNEL_BUILDER(                                                                  \
       Name("Kerasq>FakeQuantDfpGrad").Device(DEVICE_CPU).TypeConstraint<T>("T"),            \
       FakeQuantDfpGradOp<T>);

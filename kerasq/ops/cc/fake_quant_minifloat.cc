@@ -11,6 +11,7 @@
 #include <cmath>
 #include <string>
 
+#include "clip_mask.h"
 #include "counter_rng.h"
 #include "float_bits.h"
 #include "rounding.h"
@@ -43,6 +44,27 @@ REGISTER_OP("Kerasq>FakeQuantMinifloat")
       return tensorflow::OkStatus();
     })
     .Doc("Minifloat fake quantization (Ristretto Trim2MiniFloat, saturating carry).");
+
+REGISTER_OP("Kerasq>FakeQuantMinifloatMasked")
+    .Input("x: T")
+    .Input("seed: int64")
+    .Output("y: T")
+    .Output("clip_mask: uint8")
+    .Attr("T: {float, double}")
+    .Attr("exp_bits: int >= 1")
+    .Attr("mant_bits: int >= 0")
+    .Attr("subnormals: bool = false")
+    .Attr("rounding: {'nearest', 'nearest_even', 'half_up', 'stochastic'} = 'nearest'")
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->input(0));
+      const int64_t n = c->Value(c->NumElements(c->input(0)));
+      c->set_output(1, c->Vector(n < 0 ? InferenceContext::kUnknownDim : ClipMaskBytes(n)));
+      return tensorflow::OkStatus();
+    })
+    .Doc(R"doc(
+Kerasq>FakeQuantMinifloat that also writes the clip mask for Kerasq>ClipMaskGrad: bit i
+of clip_mask (byte i / 8, bit i % 8, flat index i) is 1 where |x| <= max.
+)doc");
 
 REGISTER_OP("Kerasq>FakeQuantMinifloatGrad")
     .Input("dy: T")
@@ -91,10 +113,12 @@ inline T MinifloatElement(T x, T top, int mant, int k_min, bool subnormals, uint
   return std::isnan(xs) ? xs : out;
 }
 
+constexpr int64_t kMinifloatGranule = 4096;  // a multiple of 64: shards never share a mask byte
+
 template <typename Fn>
 void ParallelElements(OpKernelContext* ctx, int64_t n, int64_t cost, Fn fn) {
   auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
-  constexpr int64_t kGranule = 4096;
+  constexpr int64_t kGranule = kMinifloatGranule;
   const int64_t units = (n + kGranule - 1) / kGranule;
   tensorflow::Shard(workers->num_threads, workers->workers, units, cost * kGranule,
                     [&](int64_t ub, int64_t ue) {
@@ -104,7 +128,7 @@ void ParallelElements(OpKernelContext* ctx, int64_t n, int64_t cost, Fn fn) {
 
 }  // namespace
 
-template <typename T>
+template <typename T, bool kMasked>
 class FakeQuantMinifloatOp : public OpKernel {
  public:
   explicit FakeQuantMinifloatOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
@@ -133,15 +157,33 @@ class FakeQuantMinifloatOp : public OpKernel {
     const T top = MinifloatTop<T>(fmt_.exp_bits, fmt_.mant_bits);
     const int mant = fmt_.mant_bits, k_min = fmt_.k_min();
     const bool sub = fmt_.subnormals;
+    uint8_t* maskp = nullptr;
+    if (kMasked) {
+      Tensor* mask = nullptr;
+      OP_REQUIRES_OK(ctx, ctx->allocate_output(
+                              1, tensorflow::TensorShape({ClipMaskBytes(n)}), &mask));
+      maskp = mask->flat<uint8_t>().data();
+    }
     auto run = [&](auto mode) {
       constexpr Rounding R = decltype(mode)::value;
-      ParallelElements(ctx, n, 8, [&](int64_t b, int64_t e) {
+      auto quantize = [&](int64_t b, int64_t e) {
         if (sub) {
           for (int64_t i = b; i < e; ++i)
             yp[i] = MinifloatElement<R, T>(xp[i], top, mant, k_min, true, stream, i);
         } else {
           for (int64_t i = b; i < e; ++i)
             yp[i] = MinifloatElement<R, T>(xp[i], top, mant, k_min, false, stream, i);
+        }
+      };
+      ParallelElements(ctx, n, 8, [&](int64_t b, int64_t e) {
+        if (!kMasked) return quantize(b, e);
+        // Chunks of one granule (a multiple of 64): the flags stay in cache.
+        uint8_t flags[kMinifloatGranule];
+        for (int64_t cb = b; cb < e; cb += kMinifloatGranule) {
+          const int64_t ce = std::min(e, cb + kMinifloatGranule);
+          quantize(cb, ce);
+          for (int64_t i = cb; i < ce; ++i) flags[i - cb] = std::fabs(xp[i]) <= top;
+          PackClipBits(flags, ce - cb, maskp + cb / 8);
         }
       });
     };
@@ -199,7 +241,10 @@ class FakeQuantMinifloatGradOp : public OpKernel {
 #define KERASQ_REGISTER_MINIFLOAT(T)                                                  \
   REGISTER_KERNEL_BUILDER(                                                            \
       Name("Kerasq>FakeQuantMinifloat").Device(DEVICE_CPU).TypeConstraint<T>("T"),    \
-      FakeQuantMinifloatOp<T>);                                                       \
+      FakeQuantMinifloatOp<T, false>);                                                \
+  REGISTER_KERNEL_BUILDER(                                                            \
+      Name("Kerasq>FakeQuantMinifloatMasked").Device(DEVICE_CPU).TypeConstraint<T>("T"), \
+      FakeQuantMinifloatOp<T, true>);                                                 \
   REGISTER_KERNEL_BUILDER(                                                            \
       Name("Kerasq>FakeQuantMinifloatGrad").Device(DEVICE_CPU).TypeConstraint<T>("T"), \
       FakeQuantMinifloatGradOp<T>);

@@ -7,6 +7,7 @@
 // HWCM (depthwise) or [K, N] (matmul) weights, as in Keras.
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <limits>
 #include <mutex>
 #include <string>
@@ -323,6 +324,37 @@ void PackWeights(OpKernelContext* ctx, const W* w, int64_t K, int64_t N, gemm::P
   B->max_abs = max_abs;
 }
 
+// The packed weights of the last call, reused while the weights are byte for byte the
+// same (layers run with constant or rarely updated weights: packing a 4096x1000 int8
+// matrix costs more than the whole GEMM of a small batch). The byte comparison keeps the
+// result exact whatever the weights are (a Variable updated in place included); it costs
+// one read of the weights and, per kernel instance, a copy of them beside the packed form.
+class PackedWeightCache {
+ public:
+  template <typename W>
+  std::shared_ptr<const gemm::PackedB> Get(OpKernelContext* ctx, const W* w, int64_t K,
+                                           int64_t N) {
+    const size_t bytes = static_cast<size_t>(K * N) * sizeof(W);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (packed_ && packed_->K == K && packed_->N == N && raw_.size() == bytes &&
+          std::memcmp(raw_.data(), w, bytes) == 0)
+        return packed_;
+    }
+    auto packed = std::make_shared<gemm::PackedB>();
+    PackWeights(ctx, w, K, N, packed.get());
+    std::lock_guard<std::mutex> lock(mu_);
+    raw_.assign(reinterpret_cast<const char*>(w), reinterpret_cast<const char*>(w) + bytes);
+    packed_ = packed;
+    return packed_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<char> raw_;
+  std::shared_ptr<const gemm::PackedB> packed_;
+};
+
 template <typename T>
 int64_t BoundOrMaxAbs(const T* v, int64_t n, int64_t max_other, int64_t terms) {
   const int64_t bound = -static_cast<int64_t>(std::numeric_limits<T>::min());
@@ -394,8 +426,9 @@ class DfpConv2DOp : public IntegerKernelBase {
     const int64_t M = g.batch * g.out_h * g.out_w;
     if (M == 0 || g.out_c == 0) return;
     const int64_t K = g.k_h * g.k_w * g.in_c;
-    gemm::PackedB B;
-    PackWeights(ctx, w.flat<TW>().data(), K, g.out_c, &B);
+    const std::shared_ptr<const gemm::PackedB> packed =
+        packed_weights_.Get(ctx, w.flat<TW>().data(), K, g.out_c);
+    const gemm::PackedB& B = *packed;
     const TIn* xp = x.flat<TIn>().data();
     const int64_t max_a = BoundOrMaxAbs(xp, x.NumElements(), B.max_abs, B.Kp);
     Requantizer rq;
@@ -422,6 +455,7 @@ class DfpConv2DOp : public IntegerKernelBase {
 
  private:
   ConvAttrs attrs_;
+  PackedWeightCache packed_weights_;
 };
 
 template <typename TIn, typename TW, typename Out>
@@ -443,8 +477,9 @@ class DfpMatMulOp : public IntegerKernelBase {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &y));
     const int64_t M = K == 0 ? 0 : x.NumElements() / K;
     if (M == 0 || N == 0) return;
-    gemm::PackedB B;
-    PackWeights(ctx, w.flat<TW>().data(), K, N, &B);
+    const std::shared_ptr<const gemm::PackedB> packed =
+        packed_weights_.Get(ctx, w.flat<TW>().data(), K, N);
+    const gemm::PackedB& B = *packed;
     const TIn* xp = x.flat<TIn>().data();
     const int64_t max_a = BoundOrMaxAbs(xp, x.NumElements(), B.max_abs, B.Kp);
     Requantizer rq;
@@ -457,6 +492,9 @@ class DfpMatMulOp : public IntegerKernelBase {
                    }
                  });
   }
+
+ private:
+  PackedWeightCache packed_weights_;
 };
 
 template <typename TIn, typename TW, typename Out>
