@@ -36,6 +36,7 @@ import numpy as np
 
 from kerasq._compat import keras, tf
 from kerasq.errors import ExportError
+from kerasq.export.graph import OUTPUT_SUFFIX
 
 log = logging.getLogger("kerasq.export.detection")
 
@@ -48,10 +49,20 @@ HEAD_NAMES = ("detection_head_loc", "detection_head_conf")
 def detection_layer(model: Any) -> Any | None:
     """The SSD DetectionOutput layer producing one of ``model``'s outputs, or None."""
     for tensor in model.outputs:
-        layer = _unwrapped(tensor._keras_history.layer)
+        layer = _unwrapped(_output_producer(tensor))
         if callable(getattr(layer, "fixed_outputs", None)) and hasattr(layer, "max_detections"):
             return layer
     return None
+
+
+def _output_producer(tensor: Any) -> Any:
+    """The layer computing a model output, looking through the identity layer that
+    :func:`kerasq.export.graph.build_deploy_model` adds to name each output."""
+    layer = tensor._keras_history.layer
+    if layer.name.endswith(OUTPUT_SUFFIX):
+        inbound = layer.inbound_nodes[0].inbound_layers
+        layer = inbound[0] if isinstance(inbound, (list, tuple)) else inbound
+    return layer
 
 
 def _unwrapped(layer: Any) -> Any:
@@ -112,7 +123,7 @@ def with_postprocess(model: Any) -> Any:
     post = DetectionPostprocess(layer)(list(inputs))
     outputs: dict[str, Any] = {}
     for tensor in model.outputs:
-        owner = tensor._keras_history.layer
+        owner = _output_producer(tensor)
         if owner is holder:
             for name, value in zip(OUTPUT_NAMES, post):
                 outputs[name] = _Named(name=name)(value)

@@ -1,6 +1,6 @@
 """The files and names the README and docs snippets use, made from a small net kerasq makes
 itself (a digits CNN trained on scikit-learn's real digits and written as a Caffe net by
-``kerasq.demo.caffe_writer``), and the checks of what the snippets promise.
+``kerasq.converters.caffe.writer``), and the checks of what the snippets promise.
 
 ``build(directory)`` writes the files once per test session; ``prelude(workdir, file)``
 gives the Python names a Markdown file's snippets assume; ``check(file, namespace,
@@ -67,7 +67,7 @@ def build(directory: pathlib.Path, shared: pathlib.Path) -> Dict[str, str]:
     """Write the fixture files; return ``{name: reason}`` for the shared ones absent."""
     from kerasq._compat import keras
     from kerasq.converters import caffe
-    from kerasq.demo.caffe_writer import write_caffe
+    from kerasq.converters.caffe.writer import write_caffe
 
     x_train, y_train, x_test, y_test = _digits()
     keras.utils.set_random_seed(0)

@@ -145,5 +145,7 @@ def test_quantization_roles_declared():
 
     for cls in keras_layers.ALL_LAYERS:
         assert cls.quantization_role in ("output", "passthrough", "float")
+        if cls.__module__.endswith(".detection"):
+            continue  # built from SSD parameters: round-tripped in test_ssd.py
         layer = cls(name="probe")
         assert cls.from_config(layer.get_config()).get_config() == layer.get_config()

@@ -161,6 +161,8 @@ def test_every_custom_layer_has_a_quantization_role_and_round_trips_its_config()
         assert layer_role(cls.__new__(cls)) == cls.quantization_role, cls.__name__
     objects = custom_objects()
     for cls in kx.ALL_LAYERS:
+        if cls.__module__.endswith(".detection"):
+            continue  # built from SSD parameters: round-tripped in test_ssd.py
         layer = cls(name="probe")
         config = layer.get_config()
         assert keras.utils.get_registered_name(cls) == f"kerasq>{cls.__name__}"
