@@ -408,8 +408,6 @@ class _Builder:
             cfg = inner.get_config()
             if cfg.get("data_format", "channels_last") != "channels_last":
                 raise ExportError("only channels_last convolutions are exported", layer=owner)
-            if kind == "conv" and cfg.get("groups", 1) != 1:
-                raise ExportError("grouped Conv2D is not exported", layer=owner)
             layer = QuantizedLinear(
                 kind,
                 kernel,

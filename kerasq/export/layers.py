@@ -182,8 +182,11 @@ class QuantizedLinear(keras.layers.Layer):
 
     ``kind`` is "conv", "depthwise" or "dense"; ``weight_frac_bits`` (per output channel
     of the TFLite kernel, or one int) set the fake-quant ranges [-128·2^-fl, 127·2^-fl]
-    when ``fake_quant`` is True. A per-channel Dense is computed as a 1x1 convolution,
-    because TFLite's converter rejects per-channel fake-quant on FULLY_CONNECTED kernels.
+    when ``fake_quant`` is True. A fake-quant Dense on 2-D inputs is computed as a 1x1
+    convolution with per-channel ranges (one fl per tensor is repeated per channel):
+    TFLite's converter rejects per-channel fake-quant on FULLY_CONNECTED kernels, and puts a
+    per-tensor one on a scale of its own (max/127), not on 2^-fl. A grouped Conv2D kernel
+    (kh, kw, cin/groups, cout) is lowered by :func:`grouped_conv2d`.
     """
 
     def __init__(
@@ -212,10 +215,14 @@ class QuantizedLinear(keras.layers.Layer):
         self.weight_frac_bits = None if weight_frac_bits is None else np.asarray(weight_frac_bits)
         self.fake_quant = bool(fake_quant)
 
-    def _quantized_kernel(self, kernel: "tf.Tensor") -> "tf.Tensor":
+    def _quantized_kernel(self, kernel: "tf.Tensor", channels: int = 0) -> "tf.Tensor":
+        """Fake quant of the kernel on [-128·2^-fl, 127·2^-fl]; ``channels`` > 0 forces
+        the per-channel form (one fl per tensor repeated)."""
         if not self.fake_quant:
             return kernel
         scale = _pow2(self.weight_frac_bits)
+        if channels and scale.ndim == 0:
+            scale = np.full(channels, scale, np.float32)
         if scale.ndim == 0:
             return tf.quantization.fake_quant_with_min_max_args(
                 kernel, float(-128 * scale), float(127 * scale), num_bits=8
@@ -245,10 +252,11 @@ class QuantizedLinear(keras.layers.Layer):
                 dilations=self.dilation_rate,
             )
         else:  # dense
-            per_channel = self.fake_quant and np.ndim(self.weight_frac_bits) > 0
-            if per_channel and len(x.shape) == 2:
+            if self.fake_quant and len(x.shape) == 2:
+                # one scale per tensor too: the converter puts a per-tensor fake-quant
+                # FULLY_CONNECTED kernel on a scale of its own (max/127), not on 2^-fl
                 cin, cout = self.kernel_value.shape
-                kq = self._quantized_kernel(tf.reshape(k, (1, 1, cin, cout)))
+                kq = self._quantized_kernel(tf.reshape(k, (1, 1, cin, cout)), cout)
                 y = tf.nn.conv2d(tf.reshape(x, (-1, 1, 1, cin)), kq, 1, "VALID")
                 y = tf.reshape(y, (-1, cout))
             else:
