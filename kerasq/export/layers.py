@@ -233,7 +233,17 @@ class QuantizedLinear(keras.layers.Layer):
 
     def call(self, x: "tf.Tensor") -> "tf.Tensor":
         k = tf.constant(self.kernel_value)
-        if self.kind == "conv":
+        if self.kind == "transpose":  # kernel (kh, kw, cout, cin), "valid", no dilation
+            kh, kw, cout, _ = self.kernel_value.shape
+            kq = tf.transpose(self._quantized_kernel(tf.transpose(k, (0, 1, 3, 2))),
+                              (0, 1, 3, 2))
+            sh, sw = self.strides
+            size = [(int(d) - 1) * s + max(kd, s) for d, s, kd in
+                    zip(x.shape[1:3], (sh, sw), (kh, kw))]
+            shape = tf.stack([tf.shape(x)[0], size[0], size[1], cout])
+            y = tf.nn.conv2d_transpose(x, kq, shape, (1, sh, sw, 1), "VALID")
+            y = tf.reshape(y, (-1, size[0], size[1], cout))
+        elif self.kind == "conv":
             y = tf.nn.conv2d(
                 x,
                 self._quantized_kernel(k),
@@ -281,7 +291,40 @@ class QuantizedLinear(keras.layers.Layer):
         }
 
 
+@keras.utils.register_keras_serializable(package="kerasq")
+class ArgMaxIndex(keras.layers.Layer):
+    """The index of the maximum along ``axis`` (kept with size 1), as int32; ties give the
+    HIGHER index (Caffe's sort order): n − 1 − argmax(reverse(x)). ``flat``: over all
+    non-batch axes of the tensor as it is laid out, output (N, 1, 1, ...) of ``out_rank``.
+
+    Example:
+        >>> ArgMaxIndex(-1)(np.float32([[1, 3, 3, 0]])).numpy()
+        array([[2]], dtype=int32)
+    """
+
+    def __init__(self, axis: int = -1, flat: bool = False, out_rank: int = 3,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.axis, self.flat, self.out_rank = int(axis), bool(flat), int(out_rank)
+
+    def call(self, x: "tf.Tensor") -> "tf.Tensor":
+        if self.flat:
+            x = tf.reshape(x, (-1, int(np.prod(x.shape[1:]))))
+        axis = (-1 if self.flat else self.axis) % len(x.shape)
+        n = int(x.shape[axis])
+        index = tf.math.argmax(tf.reverse(x, [axis]), axis=axis, output_type=tf.int32)
+        index = tf.expand_dims(tf.constant(n - 1, tf.int32) - index, axis)
+        if self.flat:
+            index = tf.reshape(index, (-1,) + (1,) * (self.out_rank - 1))
+        return index
+
+    def get_config(self) -> Dict[str, Any]:
+        return {**super().get_config(), "axis": self.axis, "flat": self.flat,
+                "out_rank": self.out_rank}
+
+
 __all__: List[str] = [
+    "ArgMaxIndex",
     "MinifloatQuantize",
     "AffineFakeQuant",
     "GridQuantize",

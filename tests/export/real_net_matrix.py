@@ -131,7 +131,7 @@ def compare_file_with_h5(tflite_path: pathlib.Path, h5_path: pathlib.Path,
             continue
         got = interp.get_tensor(d["index"]).astype(np.float64)
         scale, zero = d["quantization"]
-        if d["dtype"] != np.float32:
+        if d["dtype"] != np.float32 and scale:  # an int32 index output has no scale
             got = (got - zero) * scale
         step = scale if scale else 1.0
         got = got.reshape(w.shape)
