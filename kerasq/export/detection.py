@@ -48,10 +48,19 @@ HEAD_NAMES = ("detection_head_loc", "detection_head_conf")
 def detection_layer(model: Any) -> Any | None:
     """The SSD DetectionOutput layer producing one of ``model``'s outputs, or None."""
     for tensor in model.outputs:
-        layer = _unwrapped(tensor._keras_history.layer)
+        layer = _unwrapped(_producer(tensor))
         if callable(getattr(layer, "fixed_outputs", None)) and hasattr(layer, "max_detections"):
             return layer
     return None
+
+
+def _producer(tensor: Any) -> Any:
+    """The layer computing a model output, past the identity that names a deploy graph's
+    output (``<name>__kerasq_output``, see :data:`kerasq.export.graph.OUTPUT_SUFFIX`)."""
+    layer = tensor._keras_history.layer
+    if layer.name.endswith("__kerasq_output") and not isinstance(layer.input, (list, tuple)):
+        layer = layer.input._keras_history.layer
+    return layer
 
 
 def _unwrapped(layer: Any) -> Any:
@@ -65,7 +74,7 @@ def _unwrapped(layer: Any) -> Any:
 def _owner(model: Any, layer: Any) -> Any:
     """The model layer holding ``layer`` (itself or its QuantizeWrapper)."""
     for tensor in model.outputs:
-        owner = tensor._keras_history.layer
+        owner = _producer(tensor)
         if _unwrapped(owner) is layer:
             return owner
     return layer
@@ -112,7 +121,7 @@ def with_postprocess(model: Any) -> Any:
     post = DetectionPostprocess(layer)(list(inputs))
     outputs: dict[str, Any] = {}
     for tensor in model.outputs:
-        owner = tensor._keras_history.layer
+        owner = _producer(tensor)
         if owner is holder:
             for name, value in zip(OUTPUT_NAMES, post):
                 outputs[name] = _Named(name=name)(value)
@@ -123,11 +132,14 @@ def with_postprocess(model: Any) -> Any:
     return keras.Model(model.inputs, outputs, name=model.name)
 
 
-def is_postprocess_op(output_names: list[str]) -> bool:
-    """True if a TFLite operator (given its output tensor names) is post-processing."""
-    marker = f"/{POSTPROCESS_LAYER}/"
+def is_postprocess_op(output_names: list[str], layer_names: tuple = ()) -> bool:
+    """True if a TFLite operator (given its output tensor names) is post-processing: named
+    under the post-processing layer or under ``layer_names`` (the DetectionOutput layer,
+    whose decoding of the float priors the converter names after it)."""
+    markers = [f"/{name}/" for name in (POSTPROCESS_LAYER, *layer_names)]
     named = OUTPUT_NAMES + HEAD_NAMES
-    return any(marker in name.split(";")[0] or name in named for name in output_names)
+    return any(any(m in name.split(";")[0] for m in markers) or name in named
+               for name in output_names)
 
 
 def run_tflite(content: bytes, data: np.ndarray) -> dict[str, np.ndarray]:
