@@ -30,6 +30,7 @@ from kerasq.export.layers import (
     GridQuantize,
     MinifloatQuantize,
     QuantizedLinear,
+    ZeroInsert,
 )
 
 log = logging.getLogger("kerasq.export.graph")
@@ -407,6 +408,8 @@ class _Builder:
             cfg = inner.get_config()
             if cfg.get("data_format", "channels_last") != "channels_last":
                 raise ExportError("only channels_last convolutions are exported", layer=owner)
+            if kind == "transpose" and _is_depthwise_transpose(kernel):
+                return self._depthwise_transpose(kernel, bias, cfg, x, common)
             if kind == "transpose" and (tuple(cfg.get("dilation_rate", (1, 1))) != (1, 1)
                                         or cfg.get("padding") != "valid"
                                         or cfg.get("output_padding") is not None):
@@ -422,6 +425,25 @@ class _Builder:
                 **common,
             )
         return layer(x)
+
+    @staticmethod
+    def _depthwise_transpose(kernel: np.ndarray, bias: Any, cfg: dict, x: Any,
+                             common: dict) -> Any:
+        """A Conv2DTranspose whose kernel is diagonal (Caffe Deconvolution with group =
+        channels, e.g. bilinear upsampling) as zero insertion (PAD, RESHAPE) + a "valid"
+        DepthwiseConv2D with the spatially flipped diagonal: the same products and sums,
+        and in int8 XNNPACK's depthwise requantization (TFLite's TRANSPOSE_CONV with the
+        batch left free is not delegated, and its builtin kernel rounds ties differently)."""
+        kh, kw = kernel.shape[:2]
+        strides = tuple(cfg["strides"])
+        if kh < strides[0] or kw < strides[1]:
+            raise ExportError("Conv2DTranspose with a kernel smaller than its stride is not "
+                              "exported", layer=common["name"])
+        diag = np.einsum("hwcc->hwc", kernel)[::-1, ::-1, :, None]
+        padded = ZeroInsert(strides, (kh - 1, kw - 1), (kh - 1, kw - 1),
+                            name=f"{common['name']}_zero_insert")(x)
+        return QuantizedLinear("depthwise", np.ascontiguousarray(diag), bias, strides=(1, 1),
+                               padding="valid", **common)(padded)
 
     def plain(self, layer: Any, args: tuple, kwargs: dict) -> Any:
         out = self._plain(layer, args, kwargs)
@@ -579,6 +601,14 @@ def _per_channel_last(kernel: np.ndarray, kind: Optional[str]) -> np.ndarray:
     if kind == "transpose":
         return np.transpose(kernel, (0, 1, 3, 2))
     return kernel
+
+
+def _is_depthwise_transpose(kernel: np.ndarray) -> bool:
+    """A (kh, kw, cout, cin) transposed-convolution kernel that is diagonal in cout, cin."""
+    if kernel.ndim != 4 or kernel.shape[2] != kernel.shape[3]:
+        return False
+    off = kernel * (1.0 - np.eye(kernel.shape[2], dtype=kernel.dtype))
+    return not np.any(off)
 
 
 def _is_index_argmax(layer: Any) -> bool:

@@ -292,6 +292,50 @@ class QuantizedLinear(keras.layers.Layer):
 
 
 @keras.utils.register_keras_serializable(package="kerasq")
+class ZeroInsert(keras.layers.Layer):
+    """Stride-s zero insertion plus zero padding, with PAD and RESHAPE only (4-D tensors):
+    (N, H, W, C) -> (N, s_h·(H − 1) + 1 + before_h + after_h, ..., C), x[i, j] at
+    (before_h + s_h·i, before_w + s_w·j). A transposed convolution with stride s and a
+    k-tap kernel is this with before = after = k − 1, then a "valid" convolution with
+    the spatially flipped kernel (exact in int8: PAD fills with the zero point, i.e. 0).
+
+    Example:
+        >>> ZeroInsert((2, 1), (1, 0), (0, 0))(np.ones((1, 2, 1, 1), np.float32))[0, :, 0, 0]
+        <tf.Tensor: ... numpy=array([0., 1., 0., 1.], dtype=float32)>
+    """
+
+    def __init__(self, strides=(1, 1), before=(0, 0), after=(0, 0), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.strides = tuple(int(v) for v in strides)
+        self.before = tuple(int(v) for v in before)
+        self.after = tuple(int(v) for v in after)
+
+    def call(self, x: "tf.Tensor") -> "tf.Tensor":
+        _, h, w, c = (int(d) if d is not None else -1 for d in x.shape)
+        sh, sw = self.strides
+        if sw > 1:  # (N·H, W, 1, C) padded to (N·H, W, sw, C)
+            y = tf.reshape(x, (-1, w, 1, c))
+            y = tf.pad(y, [[0, 0], [0, 0], [0, sw - 1], [0, 0]])
+            x = tf.reshape(y, (-1, h, w * sw, c))
+            w = w * sw
+        if sh > 1:  # (N, H, 1, W·C) padded to (N, H, sh, W·C)
+            y = tf.reshape(x, (-1, h, 1, w * c))
+            y = tf.pad(y, [[0, 0], [0, 0], [0, sh - 1], [0, 0]])
+            x = tf.reshape(y, (-1, h * sh, w, c))
+        # the last (s − 1) inserted zeros count towards the padding after
+        after = [a - (s - 1) for a, s in zip(self.after, self.strides)]
+        if min(after) < 0:
+            x = x[:, : x.shape[1] + min(after[0], 0), : x.shape[2] + min(after[1], 0)]
+            after = [max(a, 0) for a in after]
+        return tf.pad(x, [[0, 0], [self.before[0], after[0]], [self.before[1], after[1]],
+                          [0, 0]])
+
+    def get_config(self) -> Dict[str, Any]:
+        return {**super().get_config(), "strides": list(self.strides),
+                "before": list(self.before), "after": list(self.after)}
+
+
+@keras.utils.register_keras_serializable(package="kerasq")
 class ArgMaxIndex(keras.layers.Layer):
     """The index of the maximum along ``axis`` (kept with size 1), as int32; ties give the
     HIGHER index (Caffe's sort order): n − 1 − argmax(reverse(x)). ``flat``: over all
@@ -325,6 +369,7 @@ class ArgMaxIndex(keras.layers.Layer):
 
 __all__: List[str] = [
     "ArgMaxIndex",
+    "ZeroInsert",
     "MinifloatQuantize",
     "AffineFakeQuant",
     "GridQuantize",
