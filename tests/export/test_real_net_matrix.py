@@ -1,5 +1,6 @@
 """Every real Caffe net through the command line: ``kerasq convert`` -> ``kerasq quantize``
-(defaults, calibration data) -> ``kerasq export --target int8 --verify``, and the .tflite
+(defaults, or a caffe-jacinto net's own settings made int8-deployable with ``--int8``;
+calibration data) -> ``kerasq export --target int8 --verify``, and the .tflite
 file, run by ai-edge-litert's default interpreter (an independent reference), equals the
 reloaded ``q.h5`` in every output, bit for bit, on held-out inputs.
 
@@ -20,9 +21,6 @@ KNOWN_DIVERGENT = {
     "mtcnn-det4": "3-7 output steps on its five outputs (Slice + Concat), not diagnosed yet",
     "yufacedetect-prefix": "not measured",
     "resnet50-stem": "not measured",
-    "jacinto-jnet11v2": "grouped Conv2D is not exported",
-    "jacinto-mobilenet0.5": "not measured",
-    "jacinto-jsegnet21v2": "grouped Conv2D / depthwise Deconvolution / ArgMax not exported",
 }
 
 
