@@ -67,8 +67,7 @@ NETS: list[Net] = [
     Net("jacinto-jnet11v2", "jacinto/cifar10-jnet11v2/deploy.prototxt", None, (32, 32, 3),
         0.0, 255.0, seed=1, config="jacinto/cifar10-jnet11v2/test.prototxt"),
     Net("jacinto-jnet11v2-v015", "jacinto/cifar10-jnet11v2-v015/deploy.prototxt", None,
-        (32, 32, 3), 0.0, 255.0, seed=2, weights_format="legacy", slow=True,
-        config="jacinto/cifar10-jnet11v2-v015/test.prototxt"),
+        (32, 32, 3), 0.0, 255.0, seed=2, weights_format="legacy", slow=True),  # no settings
     Net("jacinto-mobilenet0.5", "jacinto/imagenet-mobilenet0.5/deploy.prototxt", None,
         (64, 64, 3), 0.0, 255.0, ("--input-shape", "data:1,3,64,64"), seed=5, slow=True,
         config="jacinto/imagenet-mobilenet0.5/test.prototxt"),
