@@ -76,7 +76,7 @@ def _unwrapped(layer: Any) -> Any:
 def _owner(model: Any, layer: Any) -> Any:
     """The model layer holding ``layer`` (itself or its QuantizeWrapper)."""
     for tensor in model.outputs:
-        owner = tensor._keras_history.layer
+        owner = _producer(tensor)
         if _unwrapped(owner) is layer:
             return owner
     return layer
@@ -134,11 +134,14 @@ def with_postprocess(model: Any) -> Any:
     return keras.Model(model.inputs, outputs, name=model.name)
 
 
-def is_postprocess_op(output_names: list[str]) -> bool:
-    """True if a TFLite operator (given its output tensor names) is post-processing."""
-    marker = f"/{POSTPROCESS_LAYER}/"
+def is_postprocess_op(output_names: list[str], layer_names: tuple = ()) -> bool:
+    """True if a TFLite operator (given its output tensor names) is post-processing: named
+    under the post-processing layer or under ``layer_names`` (the DetectionOutput layer,
+    whose decoding of the float priors the converter names after it)."""
+    markers = [f"/{name}/" for name in (POSTPROCESS_LAYER, *layer_names)]
     named = OUTPUT_NAMES + HEAD_NAMES
-    return any(marker in name.split(";")[0] or name in named for name in output_names)
+    return any(any(m in name.split(";")[0] for m in markers) or name in named
+               for name in output_names)
 
 
 def run_tflite(content: bytes, data: np.ndarray) -> dict[str, np.ndarray]:

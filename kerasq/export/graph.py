@@ -24,7 +24,14 @@ import numpy as np
 from kerasq._compat import keras, tf
 from kerasq.errors import ExportError
 from kerasq.export import spec as specs
-from kerasq.export.layers import AffineFakeQuant, GridQuantize, MinifloatQuantize, QuantizedLinear
+from kerasq.export.layers import (
+    AffineFakeQuant,
+    ArgMaxIndex,
+    GridQuantize,
+    MinifloatQuantize,
+    QuantizedLinear,
+    ZeroInsert,
+)
 
 log = logging.getLogger("kerasq.export.graph")
 
@@ -33,7 +40,8 @@ OUTPUT_SUFFIX = "__kerasq_output"
 # in the names of the layers of a float island (a float operator kept on purpose, between a
 # DEQUANTIZE and a QUANTIZE, where TFLite's integer kernel is not exact)
 FLOAT_ISLAND = "__float_island"
-_LINEAR_KINDS = {"Conv2D": "conv", "DepthwiseConv2D": "depthwise", "Dense": "dense"}
+_LINEAR_KINDS = {"Conv2D": "conv", "DepthwiseConv2D": "depthwise", "Dense": "dense",
+                 "Conv2DTranspose": "transpose"}
 
 
 @dataclasses.dataclass
@@ -183,11 +191,7 @@ class _Builder:
             value = np.asarray(value.numpy() if hasattr(value, "numpy") else value, np.float32)
             quantized[id(weight)] = value
             if linear_kind is not None and weight is _variable(wrapper, "kernel"):
-                axis_value = (
-                    value.reshape(value.shape[0], value.shape[1], -1)
-                    if linear_kind == "depthwise"
-                    else value
-                )
+                axis_value = _per_channel_last(value, linear_kind)
                 kernel_spec = specs.weight_spec(quantizer, qvars, axis_value, axis=-1)
                 self.specs.setdefault(owner, []).append(("kernel", kernel_spec))
         if (
@@ -377,11 +381,7 @@ class _Builder:
         if self.mode != "exact":
             if kernel_spec is None:
                 kernel_spec = specs.weight_spec_from_values(
-                    kernel.reshape(kernel.shape[0], kernel.shape[1], -1)
-                    if kind == "depthwise"
-                    else kernel,
-                    axis=-1,
-                )
+                    _per_channel_last(kernel, kind), axis=-1)
                 self.specs.setdefault(owner, []).append(("kernel", kernel_spec))
             if kernel_spec.kind != "dfp":
                 raise ExportError(
@@ -408,8 +408,13 @@ class _Builder:
             cfg = inner.get_config()
             if cfg.get("data_format", "channels_last") != "channels_last":
                 raise ExportError("only channels_last convolutions are exported", layer=owner)
-            if kind == "conv" and cfg.get("groups", 1) != 1:
-                raise ExportError("grouped Conv2D is not exported", layer=owner)
+            if kind == "transpose" and _is_depthwise_transpose(kernel):
+                return self._depthwise_transpose(kernel, bias, cfg, x, common)
+            if kind == "transpose" and (tuple(cfg.get("dilation_rate", (1, 1))) != (1, 1)
+                                        or cfg.get("padding") != "valid"
+                                        or cfg.get("output_padding") is not None):
+                raise ExportError("only 'valid' Conv2DTranspose without dilation or "
+                                  "output_padding is exported", layer=owner)
             layer = QuantizedLinear(
                 kind,
                 kernel,
@@ -420,6 +425,25 @@ class _Builder:
                 **common,
             )
         return layer(x)
+
+    @staticmethod
+    def _depthwise_transpose(kernel: np.ndarray, bias: Any, cfg: dict, x: Any,
+                             common: dict) -> Any:
+        """A Conv2DTranspose whose kernel is diagonal (Caffe Deconvolution with group =
+        channels, e.g. bilinear upsampling) as zero insertion (PAD, RESHAPE) + a "valid"
+        DepthwiseConv2D with the spatially flipped diagonal: the same products and sums,
+        and in int8 XNNPACK's depthwise requantization (TFLite's TRANSPOSE_CONV with the
+        batch left free is not delegated, and its builtin kernel rounds ties differently)."""
+        kh, kw = kernel.shape[:2]
+        strides = tuple(cfg["strides"])
+        if kh < strides[0] or kw < strides[1]:
+            raise ExportError("Conv2DTranspose with a kernel smaller than its stride is not "
+                              "exported", layer=common["name"])
+        diag = np.einsum("hwcc->hwc", kernel)[::-1, ::-1, :, None]
+        padded = ZeroInsert(strides, (kh - 1, kw - 1), (kh - 1, kw - 1),
+                            name=f"{common['name']}_zero_insert")(x)
+        return QuantizedLinear("depthwise", np.ascontiguousarray(diag), bias, strides=(1, 1),
+                               padding="valid", **common)(padded)
 
     def plain(self, layer: Any, args: tuple, kwargs: dict) -> Any:
         out = self._plain(layer, args, kwargs)
@@ -446,6 +470,9 @@ class _Builder:
             return self.quantize(
                 args[0], layer.quantizer, layer.quantizer_vars, layer.name, "input"
             )
+        inner = getattr(layer, "layer", layer)
+        if _is_index_argmax(inner) and args and not isinstance(args[0], (list, tuple)):
+            return self._argmax(inner, args[0])
         if _is_wrapper(layer):
             return self.wrapped(layer, args[0])
         clone = _clone(layer)
@@ -453,6 +480,14 @@ class _Builder:
         if layer.weights:
             clone.set_weights(layer.get_weights())
         return out
+
+    def _argmax(self, inner: Any, x: Any) -> Any:
+        """Caffe ArgMax (top_k 1, indices) as TFLite's ARG_MAX on the (int8) tensor itself:
+        an int32 index output, exact (comparisons only); equal values give the higher index
+        as Caffe's sort does (ARG_MAX on the reversed axis)."""
+        if type(inner).__name__ == "TopKAxis":
+            return ArgMaxIndex(int(inner.axis), flat=False, name=inner.name)(x)
+        return ArgMaxIndex(-1, flat=True, out_rank=int(inner.out_rank), name=inner.name)(x)
 
     # -- graph -----------------------------------------------------------------------------
     def build(self) -> DeployPlan:
@@ -555,6 +590,31 @@ def _is_softmax(layer: Any) -> bool:
     act = getattr(layer, "activation", None)
     return (type(layer).__name__ == "Activation"
             and getattr(act, "__name__", "") in FLOAT_ACTIVATIONS)
+
+
+def _per_channel_last(kernel: np.ndarray, kind: Optional[str]) -> np.ndarray:
+    """The kernel with its output channels on the last axis (the axis of the per-channel
+    weight grids): depthwise (kh, kw, cin, mult) -> (kh, kw, cin·mult), transposed
+    convolution (kh, kw, cout, cin) -> (kh, kw, cin, cout)."""
+    if kind == "depthwise":
+        return kernel.reshape(kernel.shape[0], kernel.shape[1], -1)
+    if kind == "transpose":
+        return np.transpose(kernel, (0, 1, 3, 2))
+    return kernel
+
+
+def _is_depthwise_transpose(kernel: np.ndarray) -> bool:
+    """A (kh, kw, cout, cin) transposed-convolution kernel that is diagonal in cout, cin."""
+    if kernel.ndim != 4 or kernel.shape[2] != kernel.shape[3]:
+        return False
+    off = kernel * (1.0 - np.eye(kernel.shape[2], dtype=kernel.dtype))
+    return not np.any(off)
+
+
+def _is_index_argmax(layer: Any) -> bool:
+    """A converted Caffe ArgMax giving the top-1 index (not values): exported as ARG_MAX."""
+    return (type(layer).__name__ in ("TopKAxis", "ArgMaxFlat")
+            and int(getattr(layer, "top_k", 0)) == 1 and not getattr(layer, "out_max_val", True))
 
 
 def _output_name(tensor: Any) -> str:

@@ -182,8 +182,11 @@ class QuantizedLinear(keras.layers.Layer):
 
     ``kind`` is "conv", "depthwise" or "dense"; ``weight_frac_bits`` (per output channel
     of the TFLite kernel, or one int) set the fake-quant ranges [-128·2^-fl, 127·2^-fl]
-    when ``fake_quant`` is True. A per-channel Dense is computed as a 1x1 convolution,
-    because TFLite's converter rejects per-channel fake-quant on FULLY_CONNECTED kernels.
+    when ``fake_quant`` is True. A fake-quant Dense on 2-D inputs is computed as a 1x1
+    convolution with per-channel ranges (one fl per tensor is repeated per channel):
+    TFLite's converter rejects per-channel fake-quant on FULLY_CONNECTED kernels, and puts a
+    per-tensor one on a scale of its own (max/127), not on 2^-fl. A grouped Conv2D kernel
+    (kh, kw, cin/groups, cout) is lowered by :func:`grouped_conv2d`.
     """
 
     def __init__(
@@ -212,10 +215,14 @@ class QuantizedLinear(keras.layers.Layer):
         self.weight_frac_bits = None if weight_frac_bits is None else np.asarray(weight_frac_bits)
         self.fake_quant = bool(fake_quant)
 
-    def _quantized_kernel(self, kernel: "tf.Tensor") -> "tf.Tensor":
+    def _quantized_kernel(self, kernel: "tf.Tensor", channels: int = 0) -> "tf.Tensor":
+        """Fake quant of the kernel on [-128·2^-fl, 127·2^-fl]; ``channels`` > 0 forces
+        the per-channel form (one fl per tensor repeated)."""
         if not self.fake_quant:
             return kernel
         scale = _pow2(self.weight_frac_bits)
+        if channels and scale.ndim == 0:
+            scale = np.full(channels, scale, np.float32)
         if scale.ndim == 0:
             return tf.quantization.fake_quant_with_min_max_args(
                 kernel, float(-128 * scale), float(127 * scale), num_bits=8
@@ -226,7 +233,17 @@ class QuantizedLinear(keras.layers.Layer):
 
     def call(self, x: "tf.Tensor") -> "tf.Tensor":
         k = tf.constant(self.kernel_value)
-        if self.kind == "conv":
+        if self.kind == "transpose":  # kernel (kh, kw, cout, cin), "valid", no dilation
+            kh, kw, cout, _ = self.kernel_value.shape
+            kq = tf.transpose(self._quantized_kernel(tf.transpose(k, (0, 1, 3, 2))),
+                              (0, 1, 3, 2))
+            sh, sw = self.strides
+            size = [(int(d) - 1) * s + max(kd, s) for d, s, kd in
+                    zip(x.shape[1:3], (sh, sw), (kh, kw))]
+            shape = tf.stack([tf.shape(x)[0], size[0], size[1], cout])
+            y = tf.nn.conv2d_transpose(x, kq, shape, (1, sh, sw, 1), "VALID")
+            y = tf.reshape(y, (-1, size[0], size[1], cout))
+        elif self.kind == "conv":
             y = tf.nn.conv2d(
                 x,
                 self._quantized_kernel(k),
@@ -245,10 +262,11 @@ class QuantizedLinear(keras.layers.Layer):
                 dilations=self.dilation_rate,
             )
         else:  # dense
-            per_channel = self.fake_quant and np.ndim(self.weight_frac_bits) > 0
-            if per_channel and len(x.shape) == 2:
+            if self.fake_quant and len(x.shape) == 2:
+                # one scale per tensor too: the converter puts a per-tensor fake-quant
+                # FULLY_CONNECTED kernel on a scale of its own (max/127), not on 2^-fl
                 cin, cout = self.kernel_value.shape
-                kq = self._quantized_kernel(tf.reshape(k, (1, 1, cin, cout)))
+                kq = self._quantized_kernel(tf.reshape(k, (1, 1, cin, cout)), cout)
                 y = tf.nn.conv2d(tf.reshape(x, (-1, 1, 1, cin)), kq, 1, "VALID")
                 y = tf.reshape(y, (-1, cout))
             else:
@@ -273,7 +291,85 @@ class QuantizedLinear(keras.layers.Layer):
         }
 
 
+@keras.utils.register_keras_serializable(package="kerasq")
+class ZeroInsert(keras.layers.Layer):
+    """Stride-s zero insertion plus zero padding, with PAD and RESHAPE only (4-D tensors):
+    (N, H, W, C) -> (N, s_h·(H − 1) + 1 + before_h + after_h, ..., C), x[i, j] at
+    (before_h + s_h·i, before_w + s_w·j). A transposed convolution with stride s and a
+    k-tap kernel is this with before = after = k − 1, then a "valid" convolution with
+    the spatially flipped kernel (exact in int8: PAD fills with the zero point, i.e. 0).
+
+    Example:
+        >>> ZeroInsert((2, 1), (1, 0), (0, 0))(np.ones((1, 2, 1, 1), np.float32))[0, :, 0, 0]
+        <tf.Tensor: ... numpy=array([0., 1., 0., 1.], dtype=float32)>
+    """
+
+    def __init__(self, strides=(1, 1), before=(0, 0), after=(0, 0), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.strides = tuple(int(v) for v in strides)
+        self.before = tuple(int(v) for v in before)
+        self.after = tuple(int(v) for v in after)
+
+    def call(self, x: "tf.Tensor") -> "tf.Tensor":
+        _, h, w, c = (int(d) if d is not None else -1 for d in x.shape)
+        sh, sw = self.strides
+        if sw > 1:  # (N·H, W, 1, C) padded to (N·H, W, sw, C)
+            y = tf.reshape(x, (-1, w, 1, c))
+            y = tf.pad(y, [[0, 0], [0, 0], [0, sw - 1], [0, 0]])
+            x = tf.reshape(y, (-1, h, w * sw, c))
+            w = w * sw
+        if sh > 1:  # (N, H, 1, W·C) padded to (N, H, sh, W·C)
+            y = tf.reshape(x, (-1, h, 1, w * c))
+            y = tf.pad(y, [[0, 0], [0, 0], [0, sh - 1], [0, 0]])
+            x = tf.reshape(y, (-1, h * sh, w, c))
+        # the last (s − 1) inserted zeros count towards the padding after
+        after = [a - (s - 1) for a, s in zip(self.after, self.strides)]
+        if min(after) < 0:
+            x = x[:, : x.shape[1] + min(after[0], 0), : x.shape[2] + min(after[1], 0)]
+            after = [max(a, 0) for a in after]
+        return tf.pad(x, [[0, 0], [self.before[0], after[0]], [self.before[1], after[1]],
+                          [0, 0]])
+
+    def get_config(self) -> Dict[str, Any]:
+        return {**super().get_config(), "strides": list(self.strides),
+                "before": list(self.before), "after": list(self.after)}
+
+
+@keras.utils.register_keras_serializable(package="kerasq")
+class ArgMaxIndex(keras.layers.Layer):
+    """The index of the maximum along ``axis`` (kept with size 1), as int32; ties give the
+    HIGHER index (Caffe's sort order): n − 1 − argmax(reverse(x)). ``flat``: over all
+    non-batch axes of the tensor as it is laid out, output (N, 1, 1, ...) of ``out_rank``.
+
+    Example:
+        >>> ArgMaxIndex(-1)(np.float32([[1, 3, 3, 0]])).numpy()
+        array([[2]], dtype=int32)
+    """
+
+    def __init__(self, axis: int = -1, flat: bool = False, out_rank: int = 3,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.axis, self.flat, self.out_rank = int(axis), bool(flat), int(out_rank)
+
+    def call(self, x: "tf.Tensor") -> "tf.Tensor":
+        if self.flat:
+            x = tf.reshape(x, (-1, int(np.prod(x.shape[1:]))))
+        axis = (-1 if self.flat else self.axis) % len(x.shape)
+        n = int(x.shape[axis])
+        index = tf.math.argmax(tf.reverse(x, [axis]), axis=axis, output_type=tf.int32)
+        index = tf.expand_dims(tf.constant(n - 1, tf.int32) - index, axis)
+        if self.flat:
+            index = tf.reshape(index, (-1,) + (1,) * (self.out_rank - 1))
+        return index
+
+    def get_config(self) -> Dict[str, Any]:
+        return {**super().get_config(), "axis": self.axis, "flat": self.flat,
+                "out_rank": self.out_rank}
+
+
 __all__: List[str] = [
+    "ArgMaxIndex",
+    "ZeroInsert",
     "MinifloatQuantize",
     "AffineFakeQuant",
     "GridQuantize",

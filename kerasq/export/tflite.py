@@ -181,10 +181,13 @@ def check_integer_file(content: bytes, plan: DeployPlan, target: str) -> List[st
     problems = []
     int_type = np.dtype(np.int8 if target == "int8" else np.int16)
     names = {t["index"]: t["name"] for t in tensor_table(content)}
+    det_names = tuple(layer.detection.name for layer in plan.model.layers
+                      if isinstance(layer, detection.DetectionPostprocess))
     for op in op_table(content):
         if op["op"] in _BOUNDARY_OPS:
             continue
-        if detection.is_postprocess_op([names.get(i, "") for i in op["output_indices"]]):
+        if detection.is_postprocess_op([names.get(i, "") for i in op["output_indices"]],
+                                       det_names):
             continue  # SSD decode + NMS run in float by design
         dtypes = [d for d in op["inputs"] + op["outputs"] if d is not None]
         if any(FLOAT_ISLAND in name for name in op.get("output_names", [])):

@@ -27,7 +27,8 @@ log = logging.getLogger("kerasq.export.verify")
 class OutputCheck:
     """One output of the file against the same output of the Keras model.
 
-    ``kind`` is "classifier" (a Softmax output: judged by steps and top-1 agreement) or
+    ``kind`` is "classifier" (a Softmax output: judged by steps and top-1 agreement),
+    "index" (an ArgMax output, e.g. a segmentation map: judged by exact equality) or
     "values" (regression, logits, maps, boxes: judged by steps only).
     """
 
@@ -43,7 +44,9 @@ class OutputCheck:
            float_tolerance: float = 1e-4) -> bool:
         """Within ``max_steps`` steps (or ``float_tolerance`` absolute for a float output)
         and, for a classifier, top-1 agreement >= ``min_top1``."""
-        if self.max_error_steps is not None:
+        if self.kind == "index":
+            within = self.max_abs_error == 0
+        elif self.max_error_steps is not None:
             within = self.max_error_steps <= max_steps + 1e-6
         else:
             within = self.max_abs_error <= float_tolerance
@@ -177,8 +180,8 @@ class TFLiteRunner:
             self.interpreter.invoke()
             for k, detail in enumerate(self.outputs):
                 out = self.interpreter.get_tensor(detail["index"])
-                if detail["dtype"] != np.float32:
-                    scale, zero = detail["quantization"]
+                scale, zero = detail["quantization"]
+                if detail["dtype"] != np.float32 and scale:  # not an index output (int32)
                     out = (out.astype(np.float32) - zero) * scale
                 outs[k].append(np.array(out, np.float32))
         return [np.concatenate(o) for o in outs]
@@ -202,13 +205,16 @@ def output_names(model: Any) -> List[str]:
 
 
 def output_kinds(model: Any) -> List[str]:
-    """"classifier" for an output computed by a Softmax, else "values"."""
+    """"classifier" for an output computed by a Softmax, "index" for a Caffe ArgMax giving
+    indices, else "values"."""
     kinds = []
     for tensor in model.outputs:
         layer = _inner_layer(tensor._keras_history.layer)
         act = getattr(layer, "activation", None)
         is_softmax = type(layer).__name__ == "Softmax" or getattr(act, "__name__", "") == "softmax"
-        kinds.append("classifier" if is_softmax else "values")
+        is_index = (type(layer).__name__ in ("TopKAxis", "ArgMaxFlat")
+                    and not getattr(layer, "out_max_val", True))
+        kinds.append("classifier" if is_softmax else "index" if is_index else "values")
     return kinds
 
 

@@ -12,14 +12,14 @@ Example (post-training quantization is two calls)::
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 import numpy as np
 
 from kerasq._compat import keras, tfmot
 from kerasq.errors import KerasqError, ModelFormatError, QuantizationConfigError
 from kerasq.schemes.config import QuantizationConfig
-from kerasq.schemes.registry import MERGING_CONSUMERS
+from kerasq.schemes.registry import MERGING_CONSUMERS, float_valued_layers, layer_role
 from kerasq.schemes.scheme import KerasqQuantizeScheme
 from kerasq.schemes.slots import KERNEL_ATTRS, quantize_layer_class, refresh_weight_state
 from kerasq.schemes.sparsity import SparsityPreservingQuantizer, init_quantizer_masks
@@ -106,8 +106,17 @@ def quantize_model(model: Any, config: Optional[Union[QuantizationConfig, Mappin
     graph = base.get_config()
     consumers = _consumers(graph)
     plan: Dict[str, Any] = {}
+    producers: Dict[str, List[str]] = {}
+    for producer, users_of in consumers.items():
+        for user in users_of:
+            producers.setdefault(user, []).append(producer)
+    floats = float_valued_layers({lay.name: lay for lay in base.layers}, producers)
     for layer in base.layers:
         if isinstance(layer, (keras.layers.InputLayer, quantize_layer_class())):
+            continue
+        if layer.name in floats and layer_role(layer) != "float":
+            # a Concatenate / passthrough of float-role values (SSD priors) stays float
+            plan[layer.name] = registry.get_quantize_config(layer, quantize_output=False)
             continue
         users = [base.get_layer(n) for n in consumers.get(layer.name, []) if n != "<output>"]
         is_output = "<output>" in consumers.get(layer.name, [])

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from kerasq._compat import tfmot
 from kerasq.errors import UnsupportedLayerError
@@ -127,6 +127,33 @@ def layer_role(layer: Any) -> Optional[str]:
         return declared
     facts = layer_facts(layer)
     return facts.role if facts is not None else None
+
+
+def float_valued_layers(layers: Mapping[str, Any],
+                        producers: Mapping[str, Sequence[str]]) -> frozenset:
+    """Names of the layers whose values are float by role: "float"-role layers, and the
+    passthrough layers and Concatenates all of whose producers are float-valued (e.g. the
+    SSD priors: PriorBox constants -> Reshape -> Concatenate ``mbox_priorbox``). They get
+    no quantizer, so the values stay exact.
+
+    Example:
+        >>> float_valued_layers({}, {})
+        frozenset()
+    """
+    floats: set = set()
+    changed = True
+    while changed:
+        changed = False
+        for name, layer in layers.items():
+            if name in floats:
+                continue
+            role = layer_role(layer)
+            ins = [p for p in producers.get(name, ()) if p in layers]
+            keeps = role == "passthrough" or type(layer).__name__ == "Concatenate"
+            if role == "float" or (keeps and ins and all(p in floats for p in ins)):
+                floats.add(name)
+                changed = True
+    return frozenset(floats)
 
 
 # Consumers that quantize their own output: a producer feeding only these is not
@@ -269,4 +296,5 @@ class KerasqQuantizeRegistry(tfmot().quantization.keras.QuantizeRegistry):
 __all__ = ["KerasqQuantizeRegistry", "activation_quantizer", "weight_quantizer",
            "bias_quantizer", "LayerFacts", "LAYER_FACTS", "layer_facts", "layer_role",
            "WEIGHTED_LAYERS", "OUTPUT_LAYERS", "PASSTHROUGH_LAYERS", "MERGING_CONSUMERS",
+           "float_valued_layers",
            "FOLD_DEPTHWISE"]

@@ -34,6 +34,10 @@ class Net:
     extra: tuple[str, ...] = ()        # more `kerasq convert` arguments
     seed: int = 1                      # make_weights.py seed
     slow: bool = False
+    config: str | None = None          # quantization settings (relative to caffe-models/):
+                                       # `kerasq quantize --config C --int8`
+    weights_format: str = "new"        # make_weights.py BatchNorm blob order (new|legacy)
+    detections: bool = False           # an SSD: the file's detections against q.h5's
 
 
 NETS: list[Net] = [
@@ -59,12 +63,26 @@ NETS: list[Net] = [
     Net("yufacedetect-prefix", "yufacedetectnet-v2/deploy_prefix_generated.prototxt",
         "yufacedetectnet-v2/yufacedetectnet-open-v2.caffemodel", (240, 320, 3), -128.0, 128.0,
         slow=True),
+    # caffe-jacinto's own nets with their own settings (test.prototxt, made int8-deployable)
     Net("jacinto-jnet11v2", "jacinto/cifar10-jnet11v2/deploy.prototxt", None, (32, 32, 3),
-        0.0, 255.0, seed=1),
+        0.0, 255.0, seed=1, config="jacinto/cifar10-jnet11v2/test.prototxt"),
+    Net("jacinto-jnet11v2-v015", "jacinto/cifar10-jnet11v2-v015/deploy.prototxt", None,
+        (32, 32, 3), 0.0, 255.0, seed=2, weights_format="legacy", slow=True),  # no settings
     Net("jacinto-mobilenet0.5", "jacinto/imagenet-mobilenet0.5/deploy.prototxt", None,
-        (64, 64, 3), 0.0, 255.0, ("--input-shape", "data:1,3,64,64"), seed=5, slow=True),
+        (64, 64, 3), 0.0, 255.0, ("--input-shape", "data:1,3,64,64"), seed=5, slow=True,
+        config="jacinto/imagenet-mobilenet0.5/test.prototxt"),
+    Net("jacinto-mobilenet0.5-96", "jacinto/imagenet-mobilenet0.5/deploy.prototxt", None,
+        (96, 96, 3), 0.0, 255.0, ("--input-shape", "data:1,3,96,96"), seed=3, slow=True,
+        config="jacinto/imagenet-mobilenet0.5/test.prototxt"),
     Net("jacinto-jsegnet21v2", "jacinto/cityscapes5-jsegnet21v2/deploy.prototxt", None,
-        (64, 128, 3), 0.0, 255.0, ("--input-shape", "data:1,3,64,128"), seed=6, slow=True),
+        (64, 128, 3), 0.0, 255.0, ("--input-shape", "data:1,3,64,128"), seed=6, slow=True,
+        config="jacinto/cityscapes5-jsegnet21v2/test.prototxt"),
+    Net("jacinto-jsegnet21v2-128x256", "jacinto/cityscapes5-jsegnet21v2/deploy.prototxt", None,
+        (128, 256, 3), 0.0, 255.0, ("--input-shape", "data:1,3,128,256"), seed=7, slow=True,
+        config="jacinto/cityscapes5-jsegnet21v2/test.prototxt"),
+    Net("jacinto-jdetnet-ssd", "jacinto/voc-jdetnet-ssd768x320/deploy.prototxt", None,
+        (160, 384, 3), 0.0, 255.0, ("--input-shape", "data:1,3,160,384"), seed=8, slow=True,
+        config="jacinto/voc-jdetnet-ssd768x320/test.prototxt", detections=True),
 ]
 BY_NAME: dict[str, Net] = {n.name: n for n in NETS}
 
@@ -131,13 +149,28 @@ def compare_file_with_h5(tflite_path: pathlib.Path, h5_path: pathlib.Path,
             continue
         got = interp.get_tensor(d["index"]).astype(np.float64)
         scale, zero = d["quantization"]
-        if d["dtype"] != np.float32:
+        if d["dtype"] != np.float32 and scale:  # an int32 index output has no scale
             got = (got - zero) * scale
         step = scale if scale else 1.0
         got = got.reshape(w.shape)
         err = np.abs(got - w.astype(np.float64))
         results.append(OutputResult(name, float(err.max() / step), float(np.mean(err == 0))))
     return results
+
+
+def compare_detections_with_h5(tflite_path: pathlib.Path, h5_path: pathlib.Path,
+                               x: np.ndarray) -> list[OutputResult]:
+    """An SSD file's detections against the reloaded ``q.h5``'s, as sets per image
+    (:func:`kerasq.export.detection.compare_detections`); "steps" is 0 when they agree."""
+    import kerasq
+    from kerasq.export import detection
+
+    model = kerasq.load_model(str(h5_path))
+    content = tflite_path.read_bytes()
+    report = detection.compare_detections(detection.run_tflite(content, x),
+                                          detection.keras_detections(model, x))
+    return [OutputResult("detections", 0.0 if report.ok else float("inf"),
+                         1.0 if report.ok else 0.0)]
 
 
 def run_net(net: Net, workdir: pathlib.Path, *, n_calib: int = 64, n_test: int = 64,
@@ -147,7 +180,7 @@ def run_net(net: Net, workdir: pathlib.Path, *, n_calib: int = 64, n_test: int =
     if net.caffemodel is None:
         caffemodel = workdir / "weights.caffemodel"
         subprocess.run([sys.executable, str(MODELS / "jacinto" / "make_weights.py"),
-                        str(prototxt), str(caffemodel), str(net.seed)],
+                        str(prototxt), str(caffemodel), str(net.seed), net.weights_format],
                        check=True, capture_output=True, timeout=600)
     else:
         caffemodel = MODELS / net.caffemodel
@@ -158,7 +191,8 @@ def run_net(net: Net, workdir: pathlib.Path, *, n_calib: int = 64, n_test: int =
     np.save(workdir / "test.npy", test)
     steps = [
         ("convert", ["convert", str(prototxt), str(caffemodel), *net.extra, "-o", "model.h5"]),
-        ("quantize", ["quantize", "model.h5", "--calibration", "calib.npy", "-o", "q.h5"]),
+        ("quantize", ["quantize", "model.h5", "--calibration", "calib.npy", "-o", "q.h5"]
+         + (["--config", str(MODELS / net.config), "--int8"] if net.config else [])),
         ("export", ["export", "q.h5", "-o", "q.tflite", "--target", "int8", "--data",
                     "test.npy"] + (["--verify"] if verify else [])),
     ]
@@ -167,7 +201,10 @@ def run_net(net: Net, workdir: pathlib.Path, *, n_calib: int = 64, n_test: int =
         if proc.returncode != 0:
             msg = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
             return NetResult(net.name, False, stage, msg[:400], [])
-    outputs = compare_file_with_h5(workdir / "q.tflite", workdir / "q.h5", test)
+    if net.detections:
+        outputs = compare_detections_with_h5(workdir / "q.tflite", workdir / "q.h5", test)
+    else:
+        outputs = compare_file_with_h5(workdir / "q.tflite", workdir / "q.h5", test)
     ok = all(o.max_steps == 0 for o in outputs)
     return NetResult(net.name, ok, "done" if ok else "compare", "", outputs)
 

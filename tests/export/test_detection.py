@@ -148,3 +148,25 @@ def test_jdetnet_float_file_detections_equal_the_keras_model(tmp_path):
     assert report.unmatched == 0 and report.count_mismatches == 0
     assert report.detections == 400 and report.postprocess_unmatched == 0
     assert report.head_error <= report.head_tolerance
+
+
+def test_quantized_priors_stay_float_and_exact(ssd):
+    """The priors Concatenate (all its inputs are float-role PriorBox constants) gets no
+    output quantizer: its values in the quantized model equal the float model's exactly."""
+    import kerasq
+    from kerasq._compat import keras
+    from kerasq.schemes.slots import iter_slots
+
+    model, _, _, x, _ = ssd
+    nhwc = x.transpose(0, 2, 3, 1)
+    qmodel = kerasq.calibrate(kerasq.quantize_model(model), nhwc)
+    concat = [lay.name for lay in model.layers
+              if type(lay).__name__ == "Concatenate" and "prior" in lay.name]
+    assert concat, [lay.name for lay in model.layers]
+    quantized = {s.layer.name for s in iter_slots(qmodel) if s.role == "output"}
+    assert not set(concat) & quantized
+    name = concat[0]
+    want = keras.Model(model.inputs, model.get_layer(name).output)(nhwc)
+    inner = {getattr(lay, "layer", lay).name: lay for lay in qmodel.layers}[name]
+    got = keras.Model(qmodel.inputs, inner.output)(nhwc)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))

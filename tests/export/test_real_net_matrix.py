@@ -1,5 +1,6 @@
 """Every real Caffe net through the command line: ``kerasq convert`` -> ``kerasq quantize``
-(defaults, calibration data) -> ``kerasq export --target int8 --verify``, and the .tflite
+(defaults, or a caffe-jacinto net's own settings made int8-deployable with ``--int8``;
+calibration data) -> ``kerasq export --target int8 --verify``, and the .tflite
 file, run by ai-edge-litert's default interpreter (an independent reference), equals the
 reloaded ``q.h5`` in every output, bit for bit, on held-out inputs.
 
@@ -20,9 +21,6 @@ KNOWN_DIVERGENT = {
     "mtcnn-det4": "3-7 output steps on its five outputs (Slice + Concat), not diagnosed yet",
     "yufacedetect-prefix": "not measured",
     "resnet50-stem": "not measured",
-    "jacinto-jnet11v2": "grouped Conv2D is not exported",
-    "jacinto-mobilenet0.5": "not measured",
-    "jacinto-jsegnet21v2": "grouped Conv2D / depthwise Deconvolution / ArgMax not exported",
 }
 
 
@@ -43,3 +41,31 @@ def test_int8_file_equals_reloaded_qh5(net, tmp_path):
     assert result.outputs, result.line()
     for output in result.outputs:
         assert output.max_steps == 0 and output.exact_fraction == 1.0, result.line()
+
+
+@pytest.mark.slow
+def test_jacinto_net_in_one_command(tmp_path):
+    """`kerasq convert deploy.prototxt w.caffemodel --quantize --quantize-config test.prototxt
+    --int8 --calibration x.npy --tflite out.tflite --verify` on caffe-jacinto's JacintoNet11
+    v2: the file equals the saved q.h5 bit for bit in the interpreter."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    net = matrix.BY_NAME["jacinto-jnet11v2"]
+    shared_path("caffe-models", net.prototxt)
+    weights = tmp_path / "w.caffemodel"
+    subprocess.run([sys.executable, str(matrix.MODELS / "jacinto" / "make_weights.py"),
+                    str(matrix.MODELS / net.prototxt), str(weights), "3", "new"],
+                   check=True, capture_output=True, timeout=600)
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 255, (32, *net.shape_nhwc)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    proc = matrix._cli("convert", str(matrix.MODELS / net.prototxt), str(weights), "--quantize",
+                       "--quantize-config", str(matrix.MODELS / net.config), "--int8",
+                       "--calibration", "x.npy", "--tflite", "out.tflite", "--verify",
+                       "-o", "q.h5", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-600:]
+    outputs = matrix.compare_file_with_h5(tmp_path / "out.tflite", tmp_path / "q.h5", x)
+    assert outputs and all(o.max_steps == 0 and o.exact_fraction == 1.0 for o in outputs)

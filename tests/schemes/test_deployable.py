@@ -117,9 +117,6 @@ def test_jacinto_config_is_refused_by_int8_export_and_the_deployable_one_runs(
     assert conv and all(_power_of_two(s) for s in conv.values()), conv
 
 
-@pytest.mark.xfail(reason="the int8 export leaves per-tensor Dense kernels (per_channel_weights="
-                          "False, as caffe-jacinto's) to the TFLite converter's own scales "
-                          "(Tensordot path): not on kerasq's grid, up to 7 output steps on LeNet")
 def test_deployable_jacinto_lenet_is_bit_identical_in_int8(lenet_jacinto, tmp_path):
     from kerasq.export.tflite import export_tflite
 
