@@ -76,7 +76,7 @@ def _unwrapped(layer: Any) -> Any:
 def _owner(model: Any, layer: Any) -> Any:
     """The model layer holding ``layer`` (itself or its QuantizeWrapper)."""
     for tensor in model.outputs:
-        owner = _producer(tensor)
+        owner = _output_producer(tensor)
         if _unwrapped(owner) is layer:
             return owner
     return layer
