@@ -190,7 +190,9 @@ def check_integer_file(content: bytes, plan: DeployPlan, target: str) -> List[st
         if any(FLOAT_ISLAND in name for name in op.get("output_names", [])):
             continue  # a float island kept on purpose (e.g. Softmax), see build_deploy_model
         if any(d == np.float32 for d in dtypes):
-            problems.append(f"float operator {op['op']} left in the integer graph")
+            where = ", ".join(op.get("output_names", [])) or "?"
+            problems.append(f"float operator {op['op']} (output {where}) left in the "
+                            "integer graph")
     tensors = tensor_table(content)
     for layer_name, spec in plan.activation_layers.items():
         hits = [
