@@ -103,16 +103,21 @@ def _producer_quantizer(layer: Any) -> _Member | None:
     return None
 
 
+# layers whose output values are multiples of their input's step: the movers, AbsVal
+# (|x|; its int8 tensor has the unsigned grid of that step, see kerasq.export.graph) and
+# the converter's AxisSlice (Caffe Slice)
+_STEP_KEEPERS = _MOVERS | {"AbsVal", "AxisSlice"}
+
+
 def _step_producer(layer: Any) -> _Member | None:
     """The quantizer whose step 2^-fl ``layer``'s output values are multiples of: as
-    :func:`_producer_quantizer`, and through AbsVal too (|x| keeps the step of x; its
-    int8 tensor has the unsigned grid of that step, see kerasq.export.graph)."""
+    :func:`_producer_quantizer`, through every layer of :data:`_STEP_KEEPERS`."""
     seen = 0
     while layer is not None and seen < 64:
         member = _own_quantizer(layer)
         if member is not None:
             return member
-        if type(_inner(layer)).__name__ not in _MOVERS | {"AbsVal"}:
+        if type(_inner(layer)).__name__ not in _STEP_KEEPERS:
             return None
         inbound = _inbound(layer)
         layer = inbound[0] if len(inbound) == 1 else None

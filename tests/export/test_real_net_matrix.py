@@ -15,7 +15,6 @@ from export import real_net_matrix as matrix
 
 # measured divergences not fixed yet (first diverging layer from kerasq.export.diagnose)
 KNOWN_DIVERGENT = {
-    "mtcnn-det4": "3-7 output steps on its five outputs (Slice + Concat), not diagnosed yet",
     "yufacedetect-prefix": "not measured",
     "resnet50-stem": "not measured",
     "jacinto-jnet11v2": "grouped Conv2D is not exported",
