@@ -16,7 +16,6 @@ from export import real_net_matrix as matrix
 # measured divergences not fixed yet (first diverging layer from kerasq.export.diagnose)
 KNOWN_DIVERGENT = {
     "jacinto-jnet11v2": "grouped Conv2D is not exported",
-    "jacinto-mobilenet0.5": "not measured",
     "jacinto-jsegnet21v2": "grouped Conv2D / depthwise Deconvolution / ArgMax not exported",
 }
 
