@@ -112,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
     net_inputs = [probe.blob_names.get(i, i) for i in probe.inputs]
     final_names = set(probe.final_ids())
     shapes = {probe.blob_names.get(i, i): s for i, s in probe.inputs.items()}
+    net_outputs = [probe.blob_names.get(i, i) for i in probe.output_ids()]
     inputs = _parse_inputs(args.input, net_inputs, shapes, args.layout)
     references: Dict[str, np.ndarray] = {}
     skipped: List[str] = []
@@ -151,6 +152,12 @@ def run(args: argparse.Namespace) -> int:
         )
     if skipped:
         print(f"skipped (not a top of this net): {', '.join(skipped)}")
+    unchecked = [name for name in net_outputs if name not in references]
+    if unchecked:  # a net output without its reference is reported, never passed silently
+        print(f"net outputs not compared (no {args.reference}/<top>.npy): {', '.join(unchecked)}")
+    outputs_checked = [name for name in net_outputs if name in references]
+    if outputs_checked:
+        print(f"net outputs compared: {', '.join(outputs_checked)}")
     print(
         f"{len(references) - failures}/{len(references)} blobs match "
         f"(atol {args.atol:g}*max(1,|ref|) + rtol {args.rtol:g}*|ref|)"

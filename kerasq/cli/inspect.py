@@ -108,9 +108,45 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     p.add_argument(
         "--tflite",
         metavar="FILE",
-        help="with --report: the exported .tflite file, for its size and measured latency",
+        help="the exported .tflite file: with --data each of its outputs is compared with "
+        "the model's; with --report also its size and measured latency",
     )
     p.set_defaults(func=run)
+
+
+def outputs_section(model: Any) -> str:
+    """One line per model output: its name (the Caffe top for a converted net), shape and
+    kind ("classifier" for a Softmax output, else "values").
+
+    Example:
+        >>> print(outputs_section(model))  # doctest: +SKIP
+        outputs: conv5-2 (None, 4) values; prob1 (None, 2) classifier
+    """
+    from kerasq.export.verify import output_kinds, output_names
+
+    parts = [f"{name} {tuple(t.shape)} {kind}" for name, kind, t in
+             zip(output_names(model), output_kinds(model), model.outputs)]
+    return "outputs: " + "; ".join(parts)
+
+
+def file_outputs_section(tflite_path: str, model: Any, data: Any) -> str:
+    """Each output of an exported .tflite file against the same-named output of ``model``
+    on ``data`` (TFLite interpreter vs Keras), one line per output."""
+    from kerasq.errors import KerasqError
+    from kerasq.export.verify import verify_tflite
+
+    try:
+        with open(tflite_path, "rb") as handle:
+            content = handle.read()
+    except OSError as err:
+        raise ModelFormatError(f"cannot read the file: {err.strerror}", file=tflite_path)
+    try:
+        report = verify_tflite(content, model, data)
+    except KerasqError as err:
+        raise err.with_context(file=tflite_path)
+    lines = [f"{os.path.basename(tflite_path)} against the model ({report.samples} samples):"]
+    lines += [f"  {o.name}: {o.describe()}" for o in report.outputs]
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -119,8 +155,8 @@ def run(args: argparse.Namespace) -> int:
         from kerasq.report import check_report_path
 
         check_report_path(report_path)
-    elif getattr(args, "tflite", None):
-        raise ModelFormatError("--tflite is used by --report only", file=args.tflite)
+    elif getattr(args, "tflite", None) and not getattr(args, "data", None):
+        raise ModelFormatError("--tflite needs --report or --data", file=args.tflite)
     from kerasq.data import load_inputs_and_labels
 
     if getattr(args, "data", None):
@@ -128,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_any(args.model)
     print(f"model {model.name}: {args.model}")
     print(format_table(model))
+    print(outputs_section(model))
     # --- quantization report (kerasq.schemes.report, engineer F) ---
     from kerasq.cli.quantize import load_inputs
     from kerasq.schemes.report import inspect_section
@@ -144,6 +181,9 @@ def run(args: argparse.Namespace) -> int:
 
         print()
         print(format_sparsity(sparsity_report(model)))
+    if getattr(args, "tflite", None) and data is not None:
+        print()
+        print(file_outputs_section(args.tflite, model, data))
     # --- run report (kerasq.report) ---
     if report_path:
         from kerasq.report import build_report, write_report

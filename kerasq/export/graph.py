@@ -253,6 +253,8 @@ class _Builder:
             return self._round_island(y, outs, wrapper, owner)
         if self.mode == "fakequant8" and type(inner).__name__ == "ConstantMultiply":
             return self._constant_multiply(inner, x, outs, wrapper, owner)
+        if self.mode == "fakequant8" and type(inner).__name__ == "CaffePreprocess":
+            return self._preprocess(inner, x, outs, wrapper, owner)
         if self.mode == "fakequant8" and _is_softmax(inner) and not isinstance(x, (list, tuple)):
             return self._float_softmax(inner, x, outs, wrapper, owner)
         pre, post = self._activation_quantizers(wrapper)
@@ -336,6 +338,64 @@ class _Builder:
         y = clone(self._enter_island(x, owner))
         clone.set_weights(inner.get_weights())
         return self._round_island(y, outs, wrapper, owner)
+
+    def _preprocess(self, inner: Any, x: Any, outs: list, wrapper: Any, owner: str) -> Any:
+        """Caffe input preprocessing ``(swap(x) - mean)·scale`` in an int8 file.
+
+        Its own int8 step where that is exact: a 1x1 convolution whose kernel is ``scale``
+        times the channel permutation and whose bias is ``-scale·mean``. Exact when the
+        input is on a DFP grid 2^-fl_in, ``scale`` is a power of two (weight code 64) and
+        every mean value lies on TFLite's bias grid 2^-fl_in·scale/64 (the int32 bias is
+        then the exact mean, and the float model's subtraction and product are exact).
+        The mean is not folded into the first convolution: that convolution's zero padding
+        would pad with ``-mean`` instead of 0 at the borders.
+
+        Otherwise (a mean image, a scale such as 1/58.8, a mean off that grid) an
+        ExportError names the layer and the ways out.
+        """
+        spec_in = self.grid_of.get(id(x))
+        weights = inner.get_weights()
+        mean = np.asarray(weights[0], np.float64) if weights else None
+        scale = float(inner.scale)
+        channels = int(x.shape[-1])
+        exponent = np.log2(abs(scale)) if scale != 0 else 0.5
+        per_channel = mean is None or mean.ndim == 1
+        if spec_in is not None and per_channel and exponent == np.round(exponent):
+            weight_fl = 6 - int(exponent)  # scale = 64·2^-weight_fl
+            bias = np.zeros(channels) if mean is None else -scale * mean
+            bias_step = 2.0 ** (-int(spec_in.frac_bits) - weight_fl)
+            codes = bias / bias_step
+            top = max(abs(spec_in.qmin), abs(spec_in.qmax)) * 2.0 ** -int(spec_in.frac_bits)
+            exact = (np.all(codes == np.round(codes)) and np.all(np.abs(codes) < 2**31)
+                     and (top + (0 if mean is None else np.max(np.abs(mean))))
+                     / (bias_step / abs(scale)) < 2**24)
+            if exact:
+                order = np.arange(channels)[::-1] if inner.swap_channels else np.arange(channels)
+                kernel = np.zeros((1, 1, channels, channels), np.float32)
+                kernel[0, 0, order, np.arange(channels)] = scale
+                y = QuantizedLinear("conv", kernel, bias.astype(np.float32), padding="valid",
+                                    weight_frac_bits=weight_fl, fake_quant=True,
+                                    name=owner)(x)
+                log.info("%s: preprocessing exported as an int8 1x1 convolution", owner)
+                if outs:
+                    y = self.quantize(y, outs[0], wrapper._output_quantizer_vars, owner, "output")
+                return y
+        if spec_in is None:
+            why = "its input is not on a fixed-point grid"
+        elif not per_channel:
+            why = "a mean image is not a per-channel bias"
+        elif exponent != np.round(exponent):
+            why = f"the scale {scale:g} is not a power of two"
+        else:
+            why = (f"a mean value is not a multiple of the int8 bias step "
+                   f"2^-{int(spec_in.frac_bits)}/64 of the input grid")
+        raise ExportError(
+            f"the input preprocessing has no exact int8 form: {why}; convert with a "
+            "power-of-two --scale and per-channel --mean values on that step, or convert "
+            "without --mean/--scale/--swap-rb and preprocess in the app, or export with "
+            "--target float",
+            layer=owner,
+        )
 
     def _round_island(self, y: Any, outs: list, wrapper: Any, owner: str) -> Any:
         if not outs:

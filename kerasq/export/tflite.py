@@ -193,7 +193,9 @@ def check_integer_file(content: bytes, plan: DeployPlan, target: str) -> List[st
         if any(FLOAT_ISLAND in name for name in op.get("output_names", [])):
             continue  # a float island kept on purpose (e.g. Softmax), see build_deploy_model
         if any(d == np.float32 for d in dtypes):
-            problems.append(f"float operator {op['op']} left in the integer graph")
+            where = ", ".join(op.get("output_names", [])) or "?"
+            problems.append(f"float operator {op['op']} (output {where}) left in the "
+                            "integer graph")
     tensors = tensor_table(content)
     for layer_name, spec in plan.activation_layers.items():
         hits = [
@@ -243,6 +245,57 @@ def _deploy_plan(qmodel: Any, target: str) -> DeployPlan:
     finally:
         for variable, old in zip(variables, before):
             variable.assign(old)
+
+
+def uncalibrated_quantizers(qmodel: Any) -> List[str]:
+    """``layer/role`` of every activation / input / output quantizer that holds a stored
+    range counter which was never updated (no calibration, no training step).
+
+    Example:
+        >>> uncalibrated_quantizers(kerasq.quantize_model(model))[:1]  # doctest: +SKIP
+        ['data_quantize/input']
+    """
+    from kerasq.schemes.slots import iter_slots
+
+    found = []
+    for slot in iter_slots(qmodel):
+        if slot.role not in ("input", "pre", "post", "output"):
+            continue
+        _, qvars = slot.base()
+        count = qvars.get("count") if isinstance(qvars, dict) else None
+        if count is not None and int(np.asarray(getattr(count, "numpy", lambda: count)())) == 0:
+            found.append(f"{slot.layer.name}/{slot.role}")
+    return found
+
+
+# reasons of ExportError that say the quantization config has no form in the target's types
+_CONFIG_LIMITS = ("not a power of two", "does not map 0 to 0", "do not fit", "bits (code",
+                  "has no TFLite integer type", "only fixed-point and minifloat",
+                  "stores 8-bit integer weights")
+
+
+def _with_way_out(err: ExportError, qmodel: Any, target: str) -> ExportError:
+    """``err`` with the way out appended: how to calibrate an uncalibrated model, or, for a
+    config the target cannot hold, ``kerasq quantize --int8`` and a target that works."""
+    if target not in ("int8", "int16x8"):
+        return err
+    missing = uncalibrated_quantizers(qmodel)
+    if missing:
+        return ExportError(
+            f"the model is not calibrated ({len(missing)} activation quantizers never saw "
+            f"data, e.g. {missing[0]}): calibrate it with `kerasq quantize MODEL.h5 "
+            "--calibration x.npy -o q.h5` (or kerasq.calibrate(qmodel, x)) and export that",
+            file=err.file,
+        )
+    if any(text in err.reason for text in _CONFIG_LIMITS):
+        err.reason = (
+            f"{err.reason}; TFLite {target} cannot hold this quantization config: make it "
+            "int8-deployable with `kerasq quantize MODEL.h5 --config CONFIG --int8 "
+            "--calibration x.npy -o q.h5` (power-of-two symmetric ranges, at most 8 bits), "
+            "or export this model with --target float (float16 for half the size)"
+        )
+        err.args = (str(err),)
+    return err
 
 
 def _divergence(content: bytes, qmodel: Any, plan: DeployPlan, data: Any,
@@ -295,7 +348,10 @@ def export_tflite(
     if target == "int16x8" and representative_data is None:
         representative_data = verify_data
     log.info("export %s: building the deploy graph", target)
-    plan = _deploy_plan(qmodel, target)
+    try:
+        plan = _deploy_plan(qmodel, target)
+    except ExportError as err:
+        raise _with_way_out(err, qmodel, target)
     has_detections = detection.detection_layer(plan.model) is not None
     if has_detections:  # SSD: fixed-size float post-processing in the same file
         plan = dataclasses.replace(plan, model=detection.with_postprocess(plan.model))

@@ -93,6 +93,28 @@ def _producer_quantizer(layer: Any) -> _Member | None:
     return None
 
 
+# layers whose output values are multiples of their input's step: the movers, AbsVal
+# (|x|; its int8 tensor has the unsigned grid of that step, see kerasq.export.graph) and
+# the converter's AxisSlice (Caffe Slice)
+_STEP_KEEPERS = _MOVERS | {"AbsVal", "AxisSlice"}
+
+
+def _step_producer(layer: Any) -> _Member | None:
+    """The quantizer whose step 2^-fl ``layer``'s output values are multiples of: as
+    :func:`_producer_quantizer`, through every layer of :data:`_STEP_KEEPERS`."""
+    seen = 0
+    while layer is not None and seen < 64:
+        member = _own_quantizer(layer)
+        if member is not None:
+            return member
+        if type(_inner(layer)).__name__ not in _STEP_KEEPERS:
+            return None
+        inbound = _inbound(layer)
+        layer = inbound[0] if len(inbound) == 1 else None
+        seen += 1
+    return None
+
+
 _FUSABLE_ACTIVATIONS = frozenset({"ReLU", "Activation"})
 
 
@@ -197,7 +219,7 @@ def link_accumulator_biases(qmodel: Any) -> list[str]:
         _, bias_vars = bias
         kernel = _weight_entry(layer, "kernel") or _weight_entry(layer, "depthwise_kernel")
         inbound = _inbound(layer)
-        producer = _producer_quantizer(inbound[0]) if len(inbound) == 1 else None
+        producer = _step_producer(inbound[0]) if len(inbound) == 1 else None
         ok = (kernel is not None and isinstance(kernel[0], DFPWeightQuantizer)
               and kernel[0].power2_range and not kernel[0].apply_offset
               and producer is not None and _eligible_input(producer[0])

@@ -16,11 +16,6 @@ from export import real_net_matrix as matrix
 
 # measured divergences not fixed yet (first diverging layer from kerasq.export.diagnose)
 KNOWN_DIVERGENT = {
-    "vanilla-cnn": "3 output steps; first divergence at the second TanH (after AbsVal, MaxPool, "
-                   "Conv2), not found yet",
-    "mtcnn-det4": "3-7 output steps on its five outputs (Slice + Concat), not diagnosed yet",
-    "yufacedetect-prefix": "not measured",
-    "resnet50-stem": "not measured",
 }
 
 

@@ -136,3 +136,30 @@ def test_calibration_accepts_datasets_generators_and_steps():
     kerasq.calibrate(q, x, batch_size=1, steps=1)  # only the first row: max 3.2, min 0
     assert _vars(q, "x_quantize")["x_quantize_count"] == 1
     assert _vars(q, "x_quantize")["x_quantize_min"] == 0.0
+
+
+def test_bias_after_absval_is_linked_to_the_accumulator_grid():
+    """Conv -> tanh -> AbsVal -> MaxPool -> Conv (VanillaCNN's pattern): |x| keeps the step
+    of x, so the second bias is put on 2^-(fl_in + fl_w) with fl_in the tanh output's fl,
+    the grid TFLite's int32 bias has (hand-computed from the stored fls)."""
+    from kerasq.converters.caffe.keras_layers import AbsVal
+    from kerasq.schemes.slots import output_slot, weight_slots
+
+    inp = keras.Input((12, 12, 3))
+    y = keras.layers.Conv2D(4, 3, name="conv1")(inp)
+    y = keras.layers.Activation("tanh", name="tanh1")(y)
+    y = AbsVal(name="abs1")(y)
+    y = keras.layers.MaxPooling2D(2, name="pool1")(y)
+    y = keras.layers.Conv2D(5, 3, name="conv2")(y)
+    model = keras.Model(inp, y)
+    x = np.random.default_rng(0).uniform(-1, 1, (8, 12, 12, 3)).astype("float32")
+    qmodel = kerasq.calibrate(kerasq.quantize_model(model), x)
+    layers = {getattr(l, "layer", l).name: l for l in qmodel.layers}
+    _, tanh_vars = output_slot(layers["tanh1"]).base()
+    fl_in = float(tanh_vars["frac_bits"].numpy())
+    slots = {s.role: s.base() for s in weight_slots(layers["conv2"])}
+    fl_w = np.asarray(slots["kernel"][1]["frac_bits"].numpy()).reshape(-1)
+    bias_vars = slots["bias"][1]
+    assert float(bias_vars["linked"].numpy()) == 1.0
+    np.testing.assert_array_equal(np.asarray(bias_vars["frac_bits"].numpy()).reshape(-1),
+                                  fl_w + fl_in)
