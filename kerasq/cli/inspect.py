@@ -11,6 +11,7 @@ other features add columns there (see :func:`register_column`).
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any, Callable, List, Tuple
 
 from kerasq.errors import ModelFormatError

@@ -107,7 +107,7 @@ def _step_producer(layer: Any) -> _Member | None:
         member = _own_quantizer(layer)
         if member is not None:
             return member
-        if type(_inner(layer)).__name__ not in _STEP_KEEPERS:
+        if type(slots.inner_layer(layer)).__name__ not in _STEP_KEEPERS:
             return None
         inbound = _inbound(layer)
         layer = inbound[0] if len(inbound) == 1 else None
