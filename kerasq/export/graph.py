@@ -24,6 +24,7 @@ import numpy as np
 from kerasq._compat import keras, tf
 from kerasq.errors import ExportError
 from kerasq.export import spec as specs
+from kerasq.schemes import slots
 from kerasq.export.layers import (
     AffineFakeQuant,
     ArgMaxIndex,
@@ -60,14 +61,6 @@ class DeployPlan:
     float_islands: List[str] = dataclasses.field(default_factory=list)
 
 
-def _is_wrapper(layer: Any) -> bool:
-    return any(c.__name__.startswith("QuantizeWrapper") for c in type(layer).__mro__)
-
-
-def _is_quantize_layer(layer: Any) -> bool:
-    return type(layer).__name__ == "QuantizeLayer" and hasattr(layer, "quantizer")
-
-
 def _quantizer_fn(quantizer: Any, qvars: Any) -> Callable[[np.ndarray], np.ndarray]:
     def run(x: np.ndarray) -> np.ndarray:
         return quantizer(tf.constant(x), training=False, weights=qvars).numpy()
@@ -80,16 +73,15 @@ def _base(variable: Any) -> str:
     return variable.name.split("/")[-1].split(":")[0]
 
 
-def _variable(wrapper: Any, role: str) -> Any:
-    """The wrapped layer's variable for ``role`` ("kernel" or "bias"). tfmot replaces the
-    layer's ``kernel`` attribute by the quantized tensor (and the layer stops tracking the
-    variable), so look in the wrapper's weight list and the layer's remaining weights."""
-    candidates = [w for w, _, _ in getattr(wrapper, "_weight_vars", [])]
-    for weight in candidates + list(wrapper.layer.weights):
-        base = _base(weight)
-        if base == role or base == f"depthwise_{role}":
-            return weight
-    return None
+def _weight_entries(wrapper: Any) -> List[Tuple[Any, Any, Any]]:
+    """(float weight, quantizer, its variables) of each quantized weight of ``wrapper``."""
+    return [(s.weight, s.quantizer, s.variables) for s in slots.weight_slots(wrapper)]
+
+
+def _output_quantizers(wrapper: Any) -> List[Tuple[Any, Any]]:
+    """[(quantizer, its variables)] of ``wrapper``'s output, or [] when it has none."""
+    slot = slots.output_slot(wrapper)
+    return [(slot.quantizer, slot.variables)] if slot is not None else []
 
 
 def _clone(layer: Any, *, name: Optional[str] = None, **config_changes: Any) -> Any:
@@ -186,11 +178,11 @@ class _Builder:
         # fails on constant-weight graphs)
         linear_kind = _LINEAR_KINDS.get(type(inner).__name__)
         kind = None if self.mode == "plain16" else linear_kind
-        for weight, quantizer, qvars in getattr(wrapper, "_weight_vars", []):
+        for weight, quantizer, qvars in _weight_entries(wrapper):
             value = quantizer(weight, training=False, weights=qvars)
             value = np.asarray(value.numpy() if hasattr(value, "numpy") else value, np.float32)
             quantized[id(weight)] = value
-            if linear_kind is not None and weight is _variable(wrapper, "kernel"):
+            if linear_kind is not None and weight is slots.weight_variable(wrapper, "kernel"):
                 axis_value = _per_channel_last(value, linear_kind)
                 kernel_spec = specs.weight_spec(quantizer, qvars, axis_value, axis=-1)
                 self.specs.setdefault(owner, []).append(("kernel", kernel_spec))
@@ -205,7 +197,7 @@ class _Builder:
                 layer=owner,
             )
         config = inner.get_config()
-        outs = getattr(wrapper, "_output_quantizers", None) or []
+        outs = _output_quantizers(wrapper)
         global_pool = (type(inner).__name__ == "GlobalAveragePooling2D"
                        and config.get("data_format", "channels_last") == "channels_last"
                        and not isinstance(x, (list, tuple)) and None not in x.shape[1:3])
@@ -241,10 +233,10 @@ class _Builder:
                 if global_pool and not config.get("keepdims", False):
                     y = keras.layers.Reshape((int(x.shape[-1]),), name=f"{owner}_squeeze")(y)
                 if outs:
-                    y = self.quantize(y, outs[0], wrapper._output_quantizer_vars, owner, "output")
+                    y = self.quantize(y, *outs[0], owner, "output")
                 return y
         if (self.mode == "fakequant8" and type(inner).__name__ == "PReLU"
-                and not getattr(wrapper, "_weight_vars", None)):
+                and not slots.weight_slots(wrapper)):
             # the Keras model keeps the slopes float: TFLite's int8 PRELU would store them
             # on an int8 grid of its own choosing, so PReLU is a float island
             clone = _clone(inner, name=f"{owner}{FLOAT_ISLAND}_prelu")
@@ -258,8 +250,7 @@ class _Builder:
         if self.mode == "fakequant8" and _is_softmax(inner) and not isinstance(x, (list, tuple)):
             return self._float_softmax(inner, x, outs, wrapper, owner)
         pre, post = self._activation_quantizers(wrapper)
-        qas = getattr(wrapper, "_quantize_activations", [])
-        act_fn = qas[0].activation if qas else getattr(inner, "activation", None)
+        act_fn = slots.activation_function(wrapper)
         activation = keras.activations.serialize(act_fn) if act_fn is not None else "linear"
         if not isinstance(activation, str):
             raise ExportError(f"activation {activation!r} is not a Keras builtin", layer=owner)
@@ -277,7 +268,7 @@ class _Builder:
             if clone.weights:
                 values = {_base(w): w.numpy() for w in inner.weights}
                 values.update(
-                    {_base(w): quantized[id(w)] for w, _, _ in getattr(wrapper, "_weight_vars", [])}
+                    {_base(w): quantized[id(w)] for w, _, _ in _weight_entries(wrapper)}
                 )
                 try:
                     clone.set_weights([values[_base(w)] for w in clone.weights])
@@ -293,7 +284,7 @@ class _Builder:
             for quantizer, qvars in post:
                 y = self.quantize(y, quantizer, qvars, owner, "post")
         if outs:
-            y = self.quantize(y, outs[0], wrapper._output_quantizer_vars, owner, "output")
+            y = self.quantize(y, *outs[0], owner, "output")
         return y
 
     def _float_softmax(self, inner: Any, x: Any, outs: list, wrapper: Any, owner: str) -> Any:
@@ -332,7 +323,7 @@ class _Builder:
         if fl is not None:
             y = _ConstMul(constant.astype(np.float32), fl, name=owner)(x)
             if outs:
-                y = self.quantize(y, outs[0], wrapper._output_quantizer_vars, owner, "output")
+                y = self.quantize(y, *outs[0], owner, "output")
             return y
         clone = _clone(inner, name=f"{owner}{FLOAT_ISLAND}_mul")
         y = clone(self._enter_island(x, owner))
@@ -378,7 +369,7 @@ class _Builder:
                                     name=owner)(x)
                 log.info("%s: preprocessing exported as an int8 1x1 convolution", owner)
                 if outs:
-                    y = self.quantize(y, outs[0], wrapper._output_quantizer_vars, owner, "output")
+                    y = self.quantize(y, *outs[0], owner, "output")
                 return y
         if spec_in is None:
             why = "its input is not on a fixed-point grid"
@@ -400,7 +391,7 @@ class _Builder:
     def _round_island(self, y: Any, outs: list, wrapper: Any, owner: str) -> Any:
         if not outs:
             return y
-        quantizer, qvars = outs[0], wrapper._output_quantizer_vars
+        quantizer, qvars = outs[0]
         spec = specs.activation_spec(_quantizer_fn(quantizer, qvars), name=f"{owner}/output",
                                      quantizer=quantizer, quantizer_vars=qvars)
         if spec.kind == "dfp" and spec.bitwidth <= 8:
@@ -411,13 +402,9 @@ class _Builder:
 
     @staticmethod
     def _activation_quantizers(wrapper: Any) -> Tuple[list, list]:
-        pre, post = [], []
-        for qa in getattr(wrapper, "_quantize_activations", []):
-            if qa._should_pre_quantize():
-                pre.append((qa.quantizer, qa._pre_activation_vars))
-            if qa._should_post_quantize():
-                post.append((qa.quantizer, qa._post_activation_vars))
-        return pre, post
+        found = slots.activation_slots(wrapper)
+        return ([(s.quantizer, s.variables) for s in found if s.role == "pre"],
+                [(s.quantizer, s.variables) for s in found if s.role == "post"])
 
     def _linear(
         self,
@@ -430,11 +417,11 @@ class _Builder:
         activation: str,
     ) -> Any:
         inner = wrapper.layer
-        kernel_var = _variable(wrapper, "kernel")
+        kernel_var = slots.weight_variable(wrapper, "kernel")
         if kernel_var is None:
             raise ExportError("cannot find the layer's kernel variable", layer=owner)
         kernel = quantized.get(id(kernel_var), kernel_var.numpy())
-        bias_var = _variable(wrapper, "bias")
+        bias_var = slots.weight_variable(wrapper, "bias")
         bias = None if bias_var is None else quantized.get(id(bias_var), bias_var.numpy())
         fake_quant = self.mode == "fakequant8"
         frac_bits = None
@@ -526,14 +513,15 @@ class _Builder:
         return out
 
     def _plain(self, layer: Any, args: tuple, kwargs: dict) -> Any:
-        if _is_quantize_layer(layer):
-            return self.quantize(
-                args[0], layer.quantizer, layer.quantizer_vars, layer.name, "input"
-            )
+        if slots.is_quantize_layer(layer):
+            slot = slots.input_slot(layer)
+            if slot is None:
+                return args[0]
+            return self.quantize(args[0], slot.quantizer, slot.variables, layer.name, "input")
         inner = getattr(layer, "layer", layer)
         if _is_index_argmax(inner) and args and not isinstance(args[0], (list, tuple)):
             return self._argmax(inner, args[0])
-        if _is_wrapper(layer):
+        if slots.is_quantize_wrapper(layer):
             return self.wrapped(layer, args[0])
         clone = _clone(layer)
         out = clone(*args, **kwargs)

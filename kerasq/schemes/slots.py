@@ -23,19 +23,8 @@ sparsity wrapper ``quantizer.inner`` / ``vars["inner"]``  :func:`unwrap`, ``Slot
 replace a quantizer temporarily                        ``Slot.replace(obj) -> undo``
 =====================================================  ===========================================
 
-Callers outside this module that still read the internals and map onto this API:
-``kerasq/export/graph.py`` (``_weight_vars`` -> :func:`weight_slots`; ``_variable`` ->
-:func:`weight_variable`; ``_output_quantizers``/``_output_quantizer_vars`` ->
-:func:`output_slot`; ``_activation_quantizers`` -> :func:`activation_slots`;
-``qas[0].activation`` -> :func:`activation_function`; ``_is_wrapper`` /
-``_is_quantize_layer`` -> :func:`is_quantize_wrapper` / :func:`is_quantize_layer`;
-``layer.quantizer, layer.quantizer_vars`` -> :func:`input_slot`),
-``kerasq/schemes/shared_grids.py`` (``_own_quantizer`` -> ``input_slot(layer) or
-output_slot(layer)`` then ``.base()``; ``_weight_entry`` -> ``find_weight_slot(wrapper,
-attr).base()``; ``_unwrap`` -> :func:`unwrap`); ``kerasq/schemes/calibrate.py`` and
-``shared_grids.py`` import :func:`refresh_weight_state` from ``schemes.api`` (a re-export
-of this module's: import it from here). ``tests/schemes/test_slots.py`` lists the modules
-not switched yet (``_PENDING``); empty that set once they are.
+No other module reads these internals; ``tests/schemes/test_slots.py`` scans the package
+for them.
 
 Example:
     >>> for slot in iter_slots(qmodel):  # doctest: +SKIP
