@@ -188,10 +188,12 @@ def build_config(args: argparse.Namespace) -> Any:
                 config = QuantizationConfig.from_json(text)
             except QuantizationConfigError as err:
                 raise err.with_context(file=args.config) from None
-        else:
+        elif args.flavor:
             from kerasq.schemes.config import config_from_caffe
 
             config = config_from_caffe(args.config, solver=args.solver, flavor=args.flavor)
+        else:  # the prototxt's settings, or kerasq's default when it has none (said on stderr)
+            config = config_for_converted(args.config, args.solver)
     else:
         if args.solver:
             raise KerasqError("--solver needs --config with the net prototxt", layer="--solver")

@@ -127,3 +127,25 @@ def test_caffe_jacinto_mobilenet_with_its_own_settings_to_bit_identical_int8(tmp
     assert "using its jacinto-0.16 quantization settings" in captured.err
     assert "int8: net: weights 12 -> 8 bits" in captured.err
     assert "max error 0 output steps" in captured.out and "100.00% identical" in captured.out
+
+
+def test_quantize_config_without_settings_and_int8_uses_the_default_config(lenet, capsys):
+    """`kerasq quantize --config deploy.prototxt --int8` on a prototxt with no quantization
+    settings (caffe-jacinto 0.15 test files are like this): kerasq's default config, said on
+    stderr, and the saved model equals the API run with `QuantizationConfig()` (it stayed
+    float and failed with `quantized weights need more than 32 bits`)."""
+    import kerasq
+    from kerasq.schemes import QuantizationConfig
+
+    root = lenet["root"]
+    model, out = root / "plain.h5", root / "plain_q.h5"
+    assert main(["convert", str(lenet["prototxt"]), str(lenet["weights"]), "-o",
+                 str(model)]) == 0
+    capsys.readouterr()
+    assert main(["quantize", str(model), "--config", str(lenet["prototxt"]), "--int8",
+                 "--calibration", str(root / "cal.npy"), "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "using kerasq's default config" in err and "nothing changed" in err
+    reference = _reference(lenet["prototxt"], lenet["weights"], QuantizationConfig(), lenet["x"])
+    np.testing.assert_array_equal(kerasq.load_model(out).predict(lenet["x"], verbose=0),
+                                  reference.predict(lenet["x"], verbose=0))
