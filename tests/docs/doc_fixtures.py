@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
+import subprocess
+import sys
 from typing import Any, Dict, List
 
 import numpy as np
@@ -28,7 +30,11 @@ SUBSTITUTIONS = {
 SHARED_FILES = {
     "res20_train_test.prototxt": "caffe-models/resnet20-cifar10/res20_cifar_train_test.prototxt",
     "ResNet_20.caffemodel": "caffe-models/resnet20-cifar10/ResNet_20.caffemodel",
+    "jnet_v015.prototxt": "caffe-models/jacinto/cifar10-jnet11v2-v015/deploy.prototxt",
 }
+# (file, name in the docs) -> (prototxt name above, layout): seeded weights written by
+# ../shared's caffe-models/jacinto/make_weights.py (caffe-jacinto publishes no caffemodels)
+JACINTO_WEIGHTS = {"jnet.caffemodel": ("jnet_v015.prototxt", "legacy")}
 
 QUANT_HEADER = """quantize: true
 net_quantization_param {
@@ -109,6 +115,13 @@ def build(directory: pathlib.Path, shared: pathlib.Path) -> Dict[str, str]:
             os.symlink(source, directory / name)
         else:
             absent[name] = f"{source} absent (../shared)"
+    make_weights = shared / "caffe-models" / "jacinto" / "make_weights.py"
+    for name, (prototxt, layout) in JACINTO_WEIGHTS.items():
+        if prototxt in absent or not make_weights.exists():
+            absent[name] = f"{make_weights} or {prototxt} absent (../shared)"
+            continue
+        subprocess.run([sys.executable, str(make_weights), str(directory / prototxt),
+                        str(directory / name), "2", layout], check=True, capture_output=True)
     return absent
 
 
