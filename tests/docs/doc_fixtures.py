@@ -108,6 +108,7 @@ def build(directory: pathlib.Path, shared: pathlib.Path) -> Dict[str, str]:
         for top, value in tops.items():
             np.save(directory / dump_dir / f"{top}.npy", value)
     np.save(directory / "x16_nchw.npy", x_test[:16].transpose(0, 3, 1, 2))
+    _write_ssd(directory)
     absent = {}
     for name, rel in SHARED_FILES.items():
         source = shared / rel
@@ -123,6 +124,23 @@ def build(directory: pathlib.Path, shared: pathlib.Path) -> Dict[str, str]:
         subprocess.run([sys.executable, str(make_weights), str(directory / prototxt),
                         str(directory / name), "2", layout], check=True, capture_output=True)
     return absent
+
+
+def _write_ssd(directory: pathlib.Path) -> None:
+    """ssd.tflite (docs/export.md reads its detections by signature name): the float file
+    of the small SSD net of tests/converters/caffe/test_ssd.py ("flip-max-center")."""
+    import kerasq
+    from kerasq.converters import caffe
+
+    sys.path.insert(0, str(REPO / "tests" / "converters" / "caffe"))
+    from test_ssd import VARIANTS, ssd_net
+
+    shape, priors, det = VARIANTS["flip-max-center"]
+    ssd_dir = directory / "ssd_net"
+    ssd_dir.mkdir()
+    proto, weights = ssd_net(shape, priors, det).write(ssd_dir)
+    kerasq.export.to_tflite(caffe.load(proto, weights), str(directory / "ssd.tflite"),
+                            target="float")
 
 
 def prelude(workdir: str, file: str) -> Dict[str, Any]:
@@ -149,6 +167,16 @@ def prelude(workdir: str, file: str) -> Dict[str, Any]:
         return float(np.mean(out.argmax(-1) == y_test))
 
     names["eval_fn"] = eval_fn
+    if file == "docs/export.md":
+        # an image for ssd.tflite (NHWC without batch) and its size
+        from ai_edge_litert.interpreter import Interpreter
+
+        runner = Interpreter(model_path=os.path.join(workdir, "ssd.tflite")).get_signature_runner()
+        (detail,) = runner.get_input_details().values()
+        _, height, width, channels = detail["shape"]
+        names["image_nhwc"] = np.random.default_rng(0).uniform(
+            -1, 1, (height, width, channels)).astype(np.float32)
+        names["height"], names["width"] = int(height), int(width)
     return names
 
 
