@@ -100,10 +100,12 @@ def build(directory: pathlib.Path, shared: pathlib.Path) -> Dict[str, str]:
     np.save(directory / "x_nchw.npy", x_test[:200].transpose(0, 3, 1, 2))
     np.savez(directory / "val.npz", x=x_test, y=y_test)
     np.save(directory / "y.npy", y_test[:200])
-    tops = caffe.forward(str(directory / "deploy.prototxt"),
-                         str(directory / "weights.caffemodel"),
-                         {"data": x_test[:16].transpose(0, 3, 1, 2)})
-    for dump_dir in ("DIR", "caffe_dumps"):
+    # Caffe blob dumps of the images `kerasq compare --input` gets: DIR for x16_nchw.npy
+    # (README), caffe_dumps for x.npy (docs/caffe.md)
+    for dump_dir, images in (("DIR", x_test[:16]), ("caffe_dumps", x_test[:200])):
+        tops = caffe.forward(str(directory / "deploy.prototxt"),
+                             str(directory / "weights.caffemodel"),
+                             {"data": images.transpose(0, 3, 1, 2)})
         os.makedirs(directory / dump_dir, exist_ok=True)
         for top, value in tops.items():
             np.save(directory / dump_dir / f"{top}.npy", value)

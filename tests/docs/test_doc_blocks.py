@@ -60,8 +60,6 @@ KNOWN_BROKEN = {
     "--quantize --calibration x.npy --tflite one.tflite":
         "issue 12 item 2: the one-command path on a plain deploy prototxt ('quantized "
         "weights need more than 32 bits')",
-    "--input x.npy --reference caffe_dumps/":
-        "issue 12 items 2 and 7: compare given NHWC data reports a weights shape mismatch",
     "kerasq.integer.run differs from the Keras model":
         "issue 12 item 4: on the digits CNN one conv1 value of 13,470 outputs is one step "
         "off (then propagates); likely cause: the Keras model keeps the default 32-bit biases "
