@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
+import subprocess
+import sys
 from typing import Any, Dict, List
 
 import numpy as np
@@ -28,7 +30,11 @@ SUBSTITUTIONS = {
 SHARED_FILES = {
     "res20_train_test.prototxt": "caffe-models/resnet20-cifar10/res20_cifar_train_test.prototxt",
     "ResNet_20.caffemodel": "caffe-models/resnet20-cifar10/ResNet_20.caffemodel",
+    "jnet_v015.prototxt": "caffe-models/jacinto/cifar10-jnet11v2-v015/deploy.prototxt",
 }
+# (file, name in the docs) -> (prototxt name above, layout): seeded weights written by
+# ../shared's caffe-models/jacinto/make_weights.py (caffe-jacinto publishes no caffemodels)
+JACINTO_WEIGHTS = {"jnet.caffemodel": ("jnet_v015.prototxt", "legacy")}
 
 QUANT_HEADER = """quantize: true
 net_quantization_param {
@@ -94,14 +100,17 @@ def build(directory: pathlib.Path, shared: pathlib.Path) -> Dict[str, str]:
     np.save(directory / "x_nchw.npy", x_test[:200].transpose(0, 3, 1, 2))
     np.savez(directory / "val.npz", x=x_test, y=y_test)
     np.save(directory / "y.npy", y_test[:200])
-    tops = caffe.forward(str(directory / "deploy.prototxt"),
-                         str(directory / "weights.caffemodel"),
-                         {"data": x_test[:16].transpose(0, 3, 1, 2)})
-    for dump_dir in ("DIR", "caffe_dumps"):
+    # Caffe blob dumps of the images `kerasq compare --input` gets: DIR for x16_nchw.npy
+    # (README), caffe_dumps for x.npy (docs/caffe.md)
+    for dump_dir, images in (("DIR", x_test[:16]), ("caffe_dumps", x_test[:200])):
+        tops = caffe.forward(str(directory / "deploy.prototxt"),
+                             str(directory / "weights.caffemodel"),
+                             {"data": images.transpose(0, 3, 1, 2)})
         os.makedirs(directory / dump_dir, exist_ok=True)
         for top, value in tops.items():
             np.save(directory / dump_dir / f"{top}.npy", value)
     np.save(directory / "x16_nchw.npy", x_test[:16].transpose(0, 3, 1, 2))
+    _write_ssd(directory)
     absent = {}
     for name, rel in SHARED_FILES.items():
         source = shared / rel
@@ -109,7 +118,31 @@ def build(directory: pathlib.Path, shared: pathlib.Path) -> Dict[str, str]:
             os.symlink(source, directory / name)
         else:
             absent[name] = f"{source} absent (../shared)"
+    make_weights = shared / "caffe-models" / "jacinto" / "make_weights.py"
+    for name, (prototxt, layout) in JACINTO_WEIGHTS.items():
+        if prototxt in absent or not make_weights.exists():
+            absent[name] = f"{make_weights} or {prototxt} absent (../shared)"
+            continue
+        subprocess.run([sys.executable, str(make_weights), str(directory / prototxt),
+                        str(directory / name), "2", layout], check=True, capture_output=True)
     return absent
+
+
+def _write_ssd(directory: pathlib.Path) -> None:
+    """ssd.tflite (docs/export.md reads its detections by signature name): the float file
+    of the small SSD net of tests/converters/caffe/test_ssd.py ("flip-max-center")."""
+    import kerasq
+    from kerasq.converters import caffe
+
+    sys.path.insert(0, str(REPO / "tests" / "converters" / "caffe"))
+    from test_ssd import VARIANTS, ssd_net
+
+    shape, priors, det = VARIANTS["flip-max-center"]
+    ssd_dir = directory / "ssd_net"
+    ssd_dir.mkdir()
+    proto, weights = ssd_net(shape, priors, det).write(ssd_dir)
+    kerasq.export.to_tflite(caffe.load(proto, weights), str(directory / "ssd.tflite"),
+                            target="float")
 
 
 def prelude(workdir: str, file: str) -> Dict[str, Any]:
@@ -136,6 +169,16 @@ def prelude(workdir: str, file: str) -> Dict[str, Any]:
         return float(np.mean(out.argmax(-1) == y_test))
 
     names["eval_fn"] = eval_fn
+    if file == "docs/export.md":
+        # an image for ssd.tflite (NHWC without batch) and its size
+        from ai_edge_litert.interpreter import Interpreter
+
+        runner = Interpreter(model_path=os.path.join(workdir, "ssd.tflite")).get_signature_runner()
+        (detail,) = runner.get_input_details().values()
+        _, height, width, channels = detail["shape"]
+        names["image_nhwc"] = np.random.default_rng(0).uniform(
+            -1, 1, (height, width, channels)).astype(np.float32)
+        names["height"], names["width"] = int(height), int(width)
     return names
 
 

@@ -54,20 +54,9 @@ EXEMPT_COMMANDS = {
     "kerasq demo": "about 30 s; tests/cli/test_demo.py runs the demo",
     "ssd.prototxt": "an SSD net with weights; the converter's SSD tests cover it",
 }
-# failures that other work in progress fixes (issue 12): text in the failing command or
-# error -> reason. They make the test xfail; once they pass, the test fails until removed.
-KNOWN_BROKEN = {
-    "--quantize --calibration x.npy --tflite one.tflite":
-        "issue 12 item 2: the one-command path on a plain deploy prototxt ('quantized "
-        "weights need more than 32 bits')",
-    "--input x.npy --reference caffe_dumps/":
-        "issue 12 items 2 and 7: compare given NHWC data reports a weights shape mismatch",
-    "kerasq.integer.run differs from the Keras model":
-        "issue 12 item 4: on the digits CNN one conv1 value of 13,470 outputs is one step "
-        "off (then propagates); likely cause: the Keras model keeps the default 32-bit biases "
-        "float ('float (acc)') until export puts them on the accumulator grid, integer.run "
-        "uses the grid",
-}
+# failures that other work in progress fixes: text in the failing command or error -> reason.
+# They make the test xfail; once they pass, the test fails until removed.
+KNOWN_BROKEN: dict[str, str] = {}
 # several trainings, a bit-width search and int8 exports / 12 epochs of pruning: minutes
 SLOW = {"README.md", "docs/sparsity.md"}
 
