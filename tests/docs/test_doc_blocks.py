@@ -38,6 +38,9 @@ EXEMPT_BLOCKS = {
     ("docs/reliability.md", "MultiWorkerMirroredStrategy()"):
         "needs a multi-machine cluster; tests/reliability/test_distributed.py runs the same "
         "code with 2 worker processes on loopback",
+    ("README.md", "JDetNet SSD: PriorBox and DetectionOutput"):
+        "the real JDetNet SSD at 160x384 with its own settings takes minutes; "
+        "tests/export/test_real_net_matrix.py runs these exact commands on it (slow)",
     ("docs/ops.md", "ops.dfp_conv2d("):
         "x, x_q, w_q, b_q stand for differently shaped tensors in each call; "
         "tests/ops checks every call against a numpy reference",
