@@ -177,6 +177,11 @@ class _Builder:
         # plain16: stock layers holding the quantized weights (TFLite's 16x8 calibration
         # fails on constant-weight graphs)
         linear_kind = _LINEAR_KINDS.get(type(inner).__name__)
+        if linear_kind == "transpose" and not _is_depthwise_transpose(
+                np.asarray(slots.weight_variable(wrapper, "kernel").numpy())):
+            # only the depthwise (Caffe group = channels) form has an exact lowering; a
+            # general Conv2DTranspose keeps its stock layer with the quantized weights
+            linear_kind = None
         kind = None if self.mode == "plain16" else linear_kind
         for weight, quantizer, qvars in _weight_entries(wrapper):
             value = quantizer(weight, training=False, weights=qvars)
