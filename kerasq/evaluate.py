@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 import os
@@ -46,7 +47,7 @@ Labels = Union[None, np.ndarray, Sequence[np.ndarray], Mapping[str, np.ndarray]]
 
 
 # ------------------------------------------------------------------------------ running
-class Predictor:
+class Predictor(abc.ABC):
     """A loaded model with float in / float out: ``predict(x) -> {output name: array}``.
 
     ``names`` lists the outputs in order; ``path`` is the file (or "" for an in-memory
@@ -57,8 +58,9 @@ class Predictor:
     path: str
     kind: str
 
+    @abc.abstractmethod
     def predict(self, x: Any, batch_size: int = 64) -> Dict[str, np.ndarray]:
-        raise NotImplementedError
+        """``{output name: array}`` for the inputs ``x``."""
 
 
 def _unwrapped_name(model: Any, name: str) -> str:

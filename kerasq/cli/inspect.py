@@ -81,14 +81,14 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
         description="Show a Keras model's layers (type, output shape, parameters).",
     )
     p.add_argument("model", help="model.h5, model.keras or a SavedModel directory")
-    # --- quantization report (kerasq.schemes.report, engineer F) ---
+    # --- quantization report (kerasq.schemes.report) ---
     p.add_argument(
         "--data",
         metavar="NPY",
         help="model inputs (.npy, or .npz with x) for the SQNR of activations in "
         "the quantization table of a quantized model",
     )
-    # --- sparsity report (kerasq.prune, engineer P) ---
+    # --- sparsity report (kerasq.prune) ---
     from kerasq.cli.quantize import add_layout_argument
 
     add_layout_argument(p)
@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"model {model.name}: {args.model}")
     print(format_table(model))
     print(outputs_section(model))
-    # --- quantization report (kerasq.schemes.report, engineer F) ---
+    # --- quantization report (kerasq.schemes.report) ---
     from kerasq.cli.quantize import load_inputs
     from kerasq.schemes.report import inspect_section
 
@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     if section:
         print()
         print(section)
-    # --- sparsity report (kerasq.prune, engineer P) ---
+    # --- sparsity report (kerasq.prune) ---
     if getattr(args, "sparsity", False):
         from kerasq.prune import format_sparsity, sparsity_report
 
