@@ -42,6 +42,7 @@ _LOAD_OPTIONS = frozenset(
         "model_name",
         "progress",
         "outputs",
+        "keras",
     }
 )
 
@@ -66,6 +67,17 @@ def _check_options(options: Mapping[str, Any]) -> None:
     unknown = set(options) - _LOAD_OPTIONS
     if unknown:
         raise TypeError(f"unknown option(s) {sorted(unknown)}; known: {sorted(_LOAD_OPTIONS)}")
+    if options.get("keras", 2) not in (2, 3):
+        raise ValueError(f"keras={options['keras']!r}: 2 (tf_keras, the default) or 3 (Keras 3)")
+
+
+def _as_requested(model: Any, options: Mapping[str, Any]) -> Any:
+    """The tf_keras ``model``, or its Keras 3 rebuild when ``keras=3``."""
+    if options.get("keras", 2) != 3:
+        return model
+    from kerasq.converters.caffe.keras3 import to_keras3
+
+    return to_keras3(model)
 
 
 def _mean_array(
@@ -161,7 +173,9 @@ def _graph(
 
 
 def load(prototxt: PathLike, caffemodel: Optional[PathLike] = None, **options: Any):
-    """Convert a Caffe net to a tf_keras functional model (NHWC, free batch dimension).
+    """Convert a Caffe net to a functional Keras model (NHWC, free batch dimension): tf_keras
+    by default, Keras 3 with ``keras=3`` (the same model rebuilt by
+    :func:`kerasq.converters.caffe.keras3.to_keras3`).
 
     Options: ``input_shape`` (dict blob -> NCHW shape; needed for data layers, may
     override declared inputs), ``fold_batchnorm`` (True), ``batchnorm`` ("auto"; "bvlc" or "jacinto" choose the
@@ -193,7 +207,7 @@ def load(prototxt: PathLike, caffemodel: Optional[PathLike] = None, **options: A
         outputs=list(wanted) if wanted is not None else None,
     )
     model, _ = lower_graph(graph, options, preprocess=_preprocessor(options))
-    return model
+    return _as_requested(model, options)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,7 +224,7 @@ class CaffeLayer:
 class ConvertedNet:
     """A converted model with its Caffe origin, joined once by Keras layer name.
 
-    ``model``: the tf_keras model; ``layers``: Keras layer name -> :class:`CaffeLayer` for every
+    ``model``: the tf_keras model (Keras 3 with ``keras=3``); ``layers``: Keras layer name -> :class:`CaffeLayer` for every
     layer lowered from a Caffe layer (helper layers such as ``ip1_flatten`` included);
     ``quantization``: the net's caffe-jacinto / Ristretto settings
     (:class:`~kerasq.converters.caffe.quantization.CaffeQuantization`; ``present`` is False for
@@ -278,7 +292,8 @@ def forward(
     selects top names (default: every top named in the prototxt, inputs included; when given,
     layers not needed for them are not built); each holds the value after its last in-place
     writer, as Caffe reports it. ``options`` as
-    for :func:`load` (BatchNorm folding never hides a reported top).
+    for :func:`load` (BatchNorm folding never hides a reported top; ``keras=3`` runs the
+    Keras 3 model).
 
     Example:
         >>> out = forward("deploy.prototxt", "w.caffemodel", {"data": x})  # doctest: +SKIP
@@ -309,6 +324,7 @@ def forward(
         raise CaffeFormatError(f"no top named {unknown} in this net", file=os.fspath(prototxt))
     ids = [final[n] for n in names]
     model, table = lower_graph(graph, opts, outputs=ids, preprocess=_preprocessor(opts))
+    model = _as_requested(model, opts)
     feed = [_to_nhwc(arrays[graph.blob_names.get(i, i)], table[i]) for i in graph.inputs]
     results = model(feed if len(feed) > 1 else feed[0], training=False)
     if not isinstance(results, (list, tuple)):

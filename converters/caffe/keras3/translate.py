@@ -1,0 +1,196 @@
+"""A converted tf_keras model rebuilt as a Keras 3 model: same graph, names, configs, weights.
+
+The Caffe lowering builds tf_keras models (the quantization tools need them); the Keras 3
+output is that model translated node by node, so every Caffe-specific decision (layouts,
+padding, folding, output names) is made once. Each tf_keras layer becomes
+
+* its Keras 3 stock class of the same name, from the same config (tf_keras configs are
+  Keras 3 configs, but for the renames in :data:`CONFIG_RENAMES`, the tf_keras-only keys
+  in :data:`CONFIG_DROPS` — dropped only at the value Keras 3 implies — and
+  BatchNormalization's one-element ``axis`` list, an int in Keras 3), or
+* the Keras 3 twin of a kerasq custom layer (:mod:`.layers`), from the same config,
+
+is called on the translated inputs in the tf_keras graph's order, and receives the
+tf_keras layer's weights (same order and shapes; anything else is an error naming the
+layer). The ``caffe_name``/``caffe_type`` tags of the lowering are copied.
+
+Example:
+    >>> from kerasq.converters.caffe import load
+    >>> k3_model = to_keras3(load("deploy.prototxt", "w.caffemodel"))    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, List
+
+from kerasq._compat import keras as tf_keras
+from kerasq._compat import tf
+from kerasq.converters.caffe.keras3.layers import _TWINS, keras3, require_tensorflow_backend
+from kerasq.errors import KerasqError, UnsupportedLayerError
+
+log = logging.getLogger("kerasq.converters.caffe.keras3")
+
+# tf_keras config key -> Keras 3 key, per stock class (Keras 3 still reads the old key but warns)
+CONFIG_RENAMES: Dict[str, Dict[str, str]] = {"LeakyReLU": {"alpha": "negative_slope"}}
+# tf_keras-only config keys and the one value Keras 3's class computes with
+CONFIG_DROPS: Dict[str, Dict[str, Any]] = {
+    "DepthwiseConv2D": {"groups": 1},
+    "Conv2DTranspose": {"groups": 1},
+}
+
+
+def _plain(value: Any) -> Any:
+    """tf tracking wrappers (ListWrapper, _DictWrapper) -> plain lists and dicts."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_plain(v) for v in value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def keras3_config(layer: Any, class_name: str) -> Dict[str, Any]:
+    """The tf_keras ``layer``'s config as the Keras 3 class ``class_name`` reads it.
+
+    Example:
+        >>> "groups" in keras3_config(tf_keras.layers.DepthwiseConv2D(3), "DepthwiseConv2D")
+        False
+    """
+    config = _plain(dict(layer.get_config()))
+    for old, new in CONFIG_RENAMES.get(class_name, {}).items():
+        if old in config:
+            config[new] = config.pop(old)
+    for key, implied in CONFIG_DROPS.get(class_name, {}).items():
+        if key in config and config.pop(key) != implied:
+            raise UnsupportedLayerError(
+                f"{class_name} with {key}={layer.get_config()[key]!r} has no Keras 3 equivalent",
+                layer=layer.name,
+            )
+    if class_name == "BatchNormalization" and isinstance(config.get("axis"), list):
+        if len(config["axis"]) != 1:
+            raise UnsupportedLayerError(
+                f"BatchNormalization over axes {config['axis']} has no Keras 3 equivalent",
+                layer=layer.name,
+            )
+        config["axis"] = config["axis"][0]
+    return config
+
+
+def keras3_class(layer: Any) -> type:
+    """The Keras 3 class that rebuilds the tf_keras ``layer`` (raises if there is none)."""
+    cls = type(layer)
+    if cls in _TWINS:
+        return _TWINS[cls]
+    k3 = keras3()
+    if cls.__module__.startswith("tf_keras.") and hasattr(k3.layers, cls.__name__):
+        return getattr(k3.layers, cls.__name__)
+    raise UnsupportedLayerError(
+        f"{cls.__name__} has no Keras 3 equivalent (only stock Keras layers and the "
+        "converter's own layers are translated)",
+        layer=layer.name,
+    )
+
+
+def _keras3_layer(layer: Any) -> Any:
+    cls = keras3_class(layer)
+    config = keras3_config(layer, cls.__name__) if cls not in _TWINS.values() else _plain(
+        dict(layer.get_config())
+    )
+    try:
+        made = cls.from_config(config)
+    except (TypeError, ValueError) as err:
+        raise UnsupportedLayerError(
+            f"Keras 3 {cls.__name__} refuses the config: {str(err).splitlines()[0]}",
+            layer=layer.name,
+        ) from err
+    for tag in ("caffe_name", "caffe_type"):
+        if hasattr(layer, tag):
+            setattr(made, tag, getattr(layer, tag))
+    return made
+
+
+def _copy_weights(source: Any, target: Any) -> None:
+    weights = source.get_weights()
+    want = [tuple(w.shape) for w in target.weights]
+    have = [tuple(w.shape) for w in weights]
+    if want != have:
+        raise KerasqError(
+            f"Keras 3 {type(target).__name__} holds weights {want}, tf_keras has {have}",
+            layer=source.name,
+        )
+    target.set_weights(weights)
+
+
+def to_keras3(model: Any) -> Any:
+    """Rebuild the functional tf_keras ``model`` (a converted Caffe net) in Keras 3.
+
+    Same inputs, outputs, layer names, configs and weights; the result computes the same
+    numbers (up to float rounding of the backend kernels). Custom Caffe layers need Keras
+    3's TensorFlow backend; nets of stock layers only run on any backend.
+
+    Example:
+        >>> k3_model = to_keras3(tf_keras_model)     # doctest: +SKIP
+        >>> k3_model.save("net.keras")               # doctest: +SKIP
+    """
+    k3 = keras3()
+    if not isinstance(model, tf_keras.Model) or not getattr(model, "_is_graph_network", False):
+        raise KerasqError("to_keras3 expects a functional tf_keras model (a converted net)")
+    custom = [layer for layer in model.layers if type(layer) in _TWINS]
+    if custom:
+        require_tensorflow_backend(
+            f"layer {custom[0].name!r} ({type(custom[0]).__name__}, a converter layer)"
+        )
+    tensors: Dict[int, Any] = {}  # id(tf_keras KerasTensor) -> Keras 3 tensor
+    inputs: List[Any] = []
+    for tensor in model.inputs:
+        layer = tensor._keras_history.layer
+        made = k3.Input(
+            shape=tuple(tensor.shape[1:]), dtype=tensor.dtype.name, name=layer.name
+        )
+        tensors[id(tensor)] = made
+        inputs.append(made)
+    built: Dict[int, Any] = {}  # id(tf_keras layer) -> Keras 3 layer
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        for node in model._nodes_by_depth[depth]:
+            layer = node.layer
+            if isinstance(layer, tf_keras.layers.InputLayer):
+                continue
+            if id(layer) not in built:
+                built[id(layer)] = _keras3_layer(layer)
+            target = built[id(layer)]
+
+            def mapped(value: Any) -> Any:
+                if hasattr(value, "_keras_history"):  # a tf_keras symbolic tensor
+                    return tensors[id(value)]
+                return value
+
+            args = tf.nest.map_structure(mapped, node.call_args)
+            kwargs = tf.nest.map_structure(mapped, node.call_kwargs)
+            kwargs.pop("training", None)  # inference graph; Keras 3 passes it itself
+            try:
+                outputs = target(*args, **kwargs)
+            except KerasqError as err:
+                raise err.with_context(layer=layer.name) from None
+            except (TypeError, ValueError) as err:
+                raise UnsupportedLayerError(
+                    f"Keras 3 {type(target).__name__} cannot be called as in tf_keras: "
+                    f"{str(err).strip().splitlines()[0]}",
+                    layer=layer.name,
+                ) from err
+            for old, new in zip(tf.nest.flatten(node.outputs), tf.nest.flatten(outputs)):
+                tensors[id(old)] = new
+            if len(layer._inbound_nodes) == 1 or node is layer._inbound_nodes[0]:
+                _copy_weights(layer, target)
+            log.debug("Keras 3: %s (%s)", layer.name, type(target).__name__)
+    outputs = [tensors[id(t)] for t in model.outputs]
+    # one input / output: a bare tensor, so the model is called and returns as in tf_keras
+    return k3.Model(
+        inputs[0] if len(inputs) == 1 else inputs,
+        outputs[0] if len(outputs) == 1 else outputs,
+        name=model.name,
+    )
+
+
+__all__ = ["to_keras3", "keras3_class", "keras3_config", "CONFIG_RENAMES", "CONFIG_DROPS"]
