@@ -8,6 +8,9 @@ padding, folding, output names) is made once. Each tf_keras layer becomes
   Keras 3 configs, but for the renames in :data:`CONFIG_RENAMES`, the tf_keras-only keys
   in :data:`CONFIG_DROPS` — dropped only at the value Keras 3 implies — and
   BatchNormalization's one-element ``axis`` list, an int in Keras 3), or
+* for a LeakyReLU with a negative slope (Caffe ReLU ``negative_slope < 0``, which Keras 3's
+  LeakyReLU and ReLU refuse): a non-trainable PReLU whose one shared slope is that value
+  (``relu(x) - a·relu(-x)`` equals ``max(x, a·x)`` bit for bit), or
 * the Keras 3 twin of a kerasq custom layer (:mod:`.layers`), from the same config,
 
 is called on the translated inputs in the tf_keras graph's order, and receives the
@@ -22,7 +25,7 @@ Example:
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 from kerasq._compat import keras as tf_keras
 from kerasq._compat import tf
@@ -93,7 +96,20 @@ def keras3_class(layer: Any) -> type:
     )
 
 
-def _keras3_layer(layer: Any) -> Any:
+def _negative_leaky_relu(layer: Any, slope: float) -> Any:
+    k3 = keras3()
+    return k3.layers.PReLU(
+        alpha_initializer=k3.initializers.Constant(slope),
+        shared_axes=list(range(1, len(layer.input_shape))),
+        trainable=False,
+        name=layer.name,
+    )
+
+
+def _keras3_layer(layer: Any) -> Tuple[Any, bool]:
+    """The Keras 3 layer for ``layer`` and whether it takes ``layer``'s weights."""
+    if type(layer) is tf_keras.layers.LeakyReLU and float(layer.alpha) < 0:
+        return _negative_leaky_relu(layer, float(layer.alpha)), False
     cls = keras3_class(layer)
     config = keras3_config(layer, cls.__name__) if cls not in _TWINS.values() else _plain(
         dict(layer.get_config())
@@ -105,10 +121,7 @@ def _keras3_layer(layer: Any) -> Any:
             f"Keras 3 {cls.__name__} refuses the config: {str(err).splitlines()[0]}",
             layer=layer.name,
         ) from err
-    for tag in ("caffe_name", "caffe_type"):
-        if hasattr(layer, tag):
-            setattr(made, tag, getattr(layer, tag))
-    return made
+    return made, True
 
 
 def _copy_weights(source: Any, target: Any) -> None:
@@ -151,7 +164,7 @@ def to_keras3(model: Any) -> Any:
         )
         tensors[id(tensor)] = made
         inputs.append(made)
-    built: Dict[int, Any] = {}  # id(tf_keras layer) -> Keras 3 layer
+    built: Dict[int, Tuple[Any, bool]] = {}  # id(tf_keras layer) -> (Keras 3 layer, weights?)
     for depth in sorted(model._nodes_by_depth, reverse=True):
         for node in model._nodes_by_depth[depth]:
             layer = node.layer
@@ -159,7 +172,10 @@ def to_keras3(model: Any) -> Any:
                 continue
             if id(layer) not in built:
                 built[id(layer)] = _keras3_layer(layer)
-            target = built[id(layer)]
+                for tag in ("caffe_name", "caffe_type"):
+                    if hasattr(layer, tag):
+                        setattr(built[id(layer)][0], tag, getattr(layer, tag))
+            target, takes_weights = built[id(layer)]
 
             def mapped(value: Any) -> Any:
                 if hasattr(value, "_keras_history"):  # a tf_keras symbolic tensor
@@ -181,7 +197,7 @@ def to_keras3(model: Any) -> Any:
                 ) from err
             for old, new in zip(tf.nest.flatten(node.outputs), tf.nest.flatten(outputs)):
                 tensors[id(old)] = new
-            if len(layer._inbound_nodes) == 1 or node is layer._inbound_nodes[0]:
+            if takes_weights and node is layer._inbound_nodes[0]:
                 _copy_weights(layer, target)
             log.debug("Keras 3: %s (%s)", layer.name, type(target).__name__)
     outputs = [tensors[id(t)] for t in model.outputs]

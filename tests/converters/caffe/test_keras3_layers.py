@@ -1,0 +1,98 @@
+"""Every Caffe layer test that checks ``forward()`` against an independent reference (the
+numpy Caffe transcription ``caffe_reference.py``, OpenCV's Caffe importer, the SSD loop
+transcription), run again with ``forward(..., keras=3)``: the Keras 3 rebuild must meet
+the same references at the same tolerance.
+
+The tests are the tf_keras suite's own functions (collected here by name, not copied);
+an autouse fixture makes ``kerasq.converters.caffe.forward`` build Keras 3 models and
+checks that each test really ran a Keras 3 model.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pathlib
+import sys
+
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+MODULES = (
+    "test_layers_activations",
+    "test_layers_basic",
+    "test_layers_shape",
+    "test_layers_norm_resize",
+    "test_layers_variants",
+    "test_layers_layout_chains",
+    "test_layers_dynamic",
+    "test_ssd",
+)
+# tests of tf_keras specifics (the built layer types, .h5 files, the lowering's own
+# errors) rather than of the computed numbers
+NOT_NUMERIC = ("load(", "keras.", "raises(")
+
+
+def _forward_tests():
+    found = {}
+    for name in MODULES:
+        module = importlib.import_module(name)
+        for attr, fn in vars(module).items():
+            if not attr.startswith("test_") or not inspect.isfunction(fn):
+                continue
+            params = set(inspect.signature(fn).parameters)
+            for mark in getattr(fn, "pytestmark", []):
+                if mark.name == "parametrize":
+                    names = mark.args[0]
+                    names = names.split(",") if isinstance(names, str) else names
+                    params -= {n.strip() for n in names}
+            if params - {"tmp_path"}:
+                continue  # needs a fixture of its own module (e.g. a real net built once)
+            source = inspect.getsource(fn)
+            uses_forward = any(k in source for k in ("check_net(", "forward(", "_compare_net("))
+            if uses_forward and not any(k in source for k in NOT_NUMERIC):
+                found[f"{attr}__{name[len('test_'):]}"] = fn
+    return found
+
+
+FORWARD_TESTS = _forward_tests()
+globals().update({name.replace("test_", "test_keras3_", 1): fn for name, fn in FORWARD_TESTS.items()})
+
+
+@pytest.fixture(autouse=True)
+def keras3_forward(monkeypatch):
+    """``forward`` converts with ``keras=3``; the test must have built a Keras 3 model."""
+    from kerasq.converters import caffe
+    from kerasq.converters.caffe import api
+    from kerasq.converters.caffe.keras3 import keras3
+
+    built = []
+    real = api._as_requested
+
+    def as_requested(model, options):
+        result = real(model, options)
+        built.append(isinstance(result, keras3().Model))
+        return result
+
+    def forward_keras3(*args, **kwargs):
+        kwargs.setdefault("keras", 3)
+        return api.forward(*args, **kwargs)
+
+    monkeypatch.setattr(api, "_as_requested", as_requested)
+    monkeypatch.setattr(caffe, "forward", forward_keras3)
+    yield
+    assert built and all(built), "the test did not run a Keras 3 model"
+
+
+def test_the_forward_tests_were_found(tmp_path):
+    """The selection is not empty and covers the layer families (guards renames)."""
+    import numpy as np
+    from netbuilder import NetBuilder, check_net
+
+    modules = {name.split("__")[1] for name in FORWARD_TESTS}
+    assert modules >= {"layers_activations", "layers_shape", "layers_norm_resize", "ssd"}
+    assert len(FORWARD_TESTS) >= 40, sorted(FORWARD_TESTS)
+    nb = NetBuilder("tiny")  # and one net through the fixture's Keras 3 check
+    nb.add("AbsVal", [nb.input("data", (1, 2, 3, 3))])
+    check_net(nb, tmp_path, {"data": -np.ones((1, 2, 3, 3), np.float32)})
