@@ -7,6 +7,9 @@ Example::
 
 The output format follows the name: ``.h5`` (HDF5), ``.keras`` (Keras v3 zip), anything
 else a SavedModel directory. The file appears only when the conversion succeeded.
+``--keras 3`` builds a Keras 3 model instead of a tf_keras one and writes ``.keras`` only::
+
+    kerasq convert deploy.prototxt weights.caffemodel --keras 3 -o net.keras
 """
 
 from __future__ import annotations
@@ -153,6 +156,14 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
         metavar="B,G,R|FILE",
         help="mean to subtract: per-channel values or a .binaryproto mean file",
     )
+    p.add_argument(
+        "--keras",
+        type=int,
+        choices=(2, 3),
+        default=2,
+        help="2: a tf_keras model (default; quantize, export); 3: a Keras 3 model, written "
+        "as .keras",
+    )
     p.add_argument("--scale", type=finite_float, default=None, help="multiply by this after the mean")
     p.add_argument(
         "--swap-rb",
@@ -200,7 +211,7 @@ def save_model(model: Any, output: str) -> None:
 
 def summary_lines(model: Any) -> List[str]:
     """A short summary: layer count, parameter count, inputs and outputs."""
-    params = int(sum(int(w.shape.num_elements()) for w in model.weights))
+    params = int(sum(math.prod(int(d) for d in w.shape) for w in model.weights))
     lines = [f"layers: {len(model.layers)}  parameters: {params:,}"]
     for t in model.inputs:
         lines.append(f"input  {t.name.split(':')[0]}: {tuple(t.shape)}")
@@ -216,6 +227,8 @@ def run(args: argparse.Namespace) -> int:
         raise KerasqError("give -o/--output (Keras model) and/or --tflite (TFLite file)")
     from kerasq._io import check_output, output_kind
 
+    if getattr(args, "keras", 2) == 3:
+        _check_keras3_request(args)
     if args.output:
         check_output(args.output, output_kind(args.output, MODEL_OUTPUT_KINDS))
     if getattr(args, "tflite", None):
@@ -224,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
     bar = _progress_bar()
     if bar is not None:
         options["progress"] = bar
-    model = caffe.load(args.prototxt, args.caffemodel, **options)
+    model = caffe.load(args.prototxt, args.caffemodel, keras=getattr(args, "keras", 2), **options)
     if getattr(args, "quantize", None) or getattr(args, "quantize_config", None):
         from kerasq.cli.quantize import quantize_converted
 
@@ -250,6 +263,22 @@ def run(args: argparse.Namespace) -> int:
     for line in summary_lines(model):
         print("  " + line)
     return 0
+
+
+def _check_keras3_request(args: argparse.Namespace) -> None:
+    """``--keras 3`` writes a Keras 3 ``.keras`` file and nothing else (one-line errors)."""
+    from kerasq._io import output_kind
+
+    other = [flag for flag, given in (
+        ("--tflite", getattr(args, "tflite", None)),
+        ("--quantize", getattr(args, "quantize", None) or getattr(args, "quantize_config", None)),
+    ) if given]  # fmt: skip
+    if other:
+        raise KerasqError(f"--keras 3 converts to a float Keras 3 .keras file; {other[0]} "
+                          "works on the tf_keras model (drop --keras 3)")
+    if not args.output:
+        raise KerasqError("--keras 3 needs -o/--output NAME.keras")
+    output_kind(args.output, ("keras",), "--keras 3 output")
 
 
 def _progress_bar():
