@@ -30,19 +30,29 @@ Any other type raises `UnsupportedLayerError` naming the layer.
 Training-only layers (`*Loss`, `Accuracy`, `Silence`, `HDF5Output`) are dropped and data
 layers become model inputs before lowering.
 
-| Caffe type | handler | notes |
-|---|---|---|
+Every type also converts to Keras 3 (`load(..., keras=3)`, `kerasq convert --keras 3`, see
+docs/keras3.md). The "Keras 3" column names the converter layers a type may lower to: they
+compute with TensorFlow ops and need Keras 3's TensorFlow backend; the other layers are
+stock Keras layers and run on every backend.
+
+| Caffe type | handler | notes | Keras 3 |
+|---|---|---|---|
 """
 
 
 def render() -> str:
     """The Markdown table for the current registry."""
+    from kerasq.converters.caffe.keras3.support import converter_layers_of
     from kerasq.converters.caffe.layers import _registry
 
     rows = []
     for entry in _registry.entries():
         module = entry.module.rsplit(".", 1)[-1]
-        rows.append(f"| `{entry.caffe_type}` | `layers/{module}.py` | {entry.partial or ''} |")
+        own = converter_layers_of(entry.caffe_type)
+        keras3 = "TF backend for " + ", ".join(f"`{n}`" for n in own) if own else "any backend"
+        rows.append(
+            f"| `{entry.caffe_type}` | `layers/{module}.py` | {entry.partial or ''} | {keras3} |"
+        )
     from kerasq.converters.caffe.passes import TYPE_ALIASES
 
     aliases = "\n".join(
@@ -72,7 +82,8 @@ def _custom_layers() -> str:
         for cls in sorted(ALL_LAYERS, key=lambda c: (c.__module__, c.__name__))
     ]
     return (
-        "Custom Keras layers (registered as `kerasq>Name`) where no stock layer is exact, and\n"
+        "Custom Keras layers (registered as `kerasq>Name`; their Keras 3 twins, same names,\n"
+        + "in `kerasq.converters.caffe.keras3`) where no stock layer is exact, and\n"
         + "how `kerasq.schemes` quantizes them (their `quantization_role`: `output` = quantized\n"
         + "like an activation, `passthrough` = values already on the input's grid, `float` =\n"
         + "indices or flags kept in float):\n\n"

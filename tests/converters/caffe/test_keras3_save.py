@@ -144,6 +144,7 @@ def test_cli_keras3_refusals_are_one_line_and_write_nothing(tmp_path, capsys, ex
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_backend_rule_jax(tmp_path):
     """KERAS_BACKEND=jax: LeNet (stock layers) converts and matches Caffe; a net with a
     converter layer is refused with the backend named."""
