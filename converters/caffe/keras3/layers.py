@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import sys
 import types
 from typing import Any, Callable, Dict
 
@@ -34,10 +35,15 @@ from kerasq.errors import UnsupportedLayerError
 
 
 def keras3() -> Any:
-    """The Keras 3 package (``import keras``; ``TF_USE_LEGACY_KERAS`` redirects only
-    ``tf.keras``, so it lives beside tf_keras in one process). Imported on first use."""
-    import keras  # noqa: compat  (Keras 3 for the converter's Keras 3 output only)
+    """The Keras 3 package, imported on first use. ``TF_USE_LEGACY_KERAS`` (set by
+    ``kerasq._compat``) redirects only TensorFlow's bundled Keras, so ``import keras`` is
+    Keras 3 beside tf_keras in one process."""
+    limit = sys.getrecursionlimit()
+    import keras  # Keras 3 for the Keras 3 output only (noqa: compat)
 
+    # its import pulls in IPython -> jedi, which sets the recursion limit to 3000: keep the
+    # caller's (the CLI raises it for deep nets)
+    sys.setrecursionlimit(max(limit, sys.getrecursionlimit()))
     return keras
 
 
@@ -78,11 +84,11 @@ def _rebind_member(value: Any, owner: type) -> Any:
     if isinstance(value, (staticmethod, classmethod)):
         return type(value)(_rebind_member(value.__func__, owner))
     if isinstance(value, property):
-        return property(
-            *(None if f is None else _rebind_member(f, owner)
-              for f in (value.fget, value.fset, value.fdel)),
-            value.__doc__,
-        )  # fmt: skip
+        fget, fset, fdel = (
+            None if f is None else _rebind_member(f, owner)
+            for f in (value.fget, value.fset, value.fdel)
+        )
+        return property(fget, fset, fdel, value.__doc__)
     return value
 
 
@@ -136,7 +142,7 @@ def twin(cls: type) -> type:
     namespace = {k: v for k, v in vars(cls).items() if k not in _SKIPPED}
     namespace["__module__"] = __name__
     namespace["tf_keras_class"] = cls
-    made = type(cls.__name__, bases, namespace)
+    made: Any = type(cls.__name__, bases, namespace)
     for key, value in namespace.items():
         if key not in ("tf_keras_class", "__module__"):
             setattr(made, key, _rebind_member(value, made))

@@ -15,7 +15,7 @@ Example:
 from __future__ import annotations
 
 import types
-from typing import List, Set
+from typing import Any, List, Set
 
 from kerasq.converters.caffe.keras_layers import ALL_LAYERS
 from kerasq.converters.caffe.layers import _registry
@@ -30,7 +30,7 @@ def _codes(code: types.CodeType):
             yield from _codes(const)
 
 
-def _collect(fn: types.FunctionType, names: Set[str], seen: Set[int]) -> None:
+def _collect(fn: Any, names: Set[str], seen: Set[int]) -> None:
     if id(fn) in seen:
         return
     seen.add(id(fn))

@@ -81,7 +81,7 @@ def keras3_config(layer: Any, class_name: str) -> Dict[str, Any]:
     return config
 
 
-def keras3_class(layer: Any) -> type:
+def keras3_class(layer: Any) -> Any:
     """The Keras 3 class that rebuilds the tf_keras ``layer`` (raises if there is none)."""
     cls = type(layer)
     if cls in _TWINS:

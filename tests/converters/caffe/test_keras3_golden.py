@@ -52,3 +52,25 @@ def test_keras_option_is_checked():
     folder = shared_path("caffe-golden", "lenet")
     with pytest.raises(ValueError, match="keras=4"):
         load(folder / "deploy.prototxt", folder / "model.caffemodel", keras=4)
+
+
+def test_convert_keras3_keeps_the_caffe_origin_of_every_layer():
+    from kerasq.converters.caffe import convert
+
+    folder = shared_path("caffe-golden", "conv_combo")
+    files = (folder / "deploy.prototxt", folder / "model.caffemodel")
+    tf_net, k3_net = convert(*files), convert(*files, keras=3)
+    assert k3_net.layers == tf_net.layers and k3_net.layers
+
+
+def test_importing_keras3_keeps_the_recursion_limit():
+    """Keras 3's import lowers the interpreter's recursion limit (IPython -> jedi); the
+    CLI raises it for deep nets, so the converter's Keras 3 import must keep it."""
+    import subprocess
+
+    code = ("import sys; sys.setrecursionlimit(12345); "
+            "from kerasq.converters.caffe.keras3 import keras3; keras3(); "
+            "print(sys.getrecursionlimit())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, check=True).stdout
+    assert out.split()[-1] == "12345"

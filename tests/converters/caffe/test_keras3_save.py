@@ -68,6 +68,13 @@ def test_custom_layers_save_and_reload_with_safe_mode(tmp_path):
     model = load(proto, weights, keras=3, mean=[1.0, 2.0, 3.0], scale=0.5)
     twins = {type(layer).__name__ for layer in model.layers} & set(KERAS3_LAYERS)
     assert len(twins) >= 12, twins
+    # the supported-layer table's "Keras 3" column (converter_layers_of) foresaw them all
+    from kerasq.converters.caffe.keras3.support import converter_layers_of
+
+    types = {ltype for ltype, _ in UNARY} | {"Pooling", "LRN", "MVN", "Normalize", "Interp",
+                                              "ArgMax"}  # fmt: skip
+    foreseen = {name for t in types for name in converter_layers_of(t)} | {"CaffePreprocess"}
+    assert twins <= foreseen, twins - foreseen
     again = _save_reload(model, str(tmp_path / "customs.keras"))
     assert [type(layer) for layer in again.layers] == [type(layer) for layer in model.layers]
     feed = x.transpose(0, 2, 3, 1)
