@@ -23,7 +23,7 @@ from kerasq.converters.caffe.keras_layers import CaffePreprocess
 from kerasq.converters.caffe.layout import Blob
 from kerasq.converters.caffe.passes import build_graph
 from kerasq.converters.caffe.reader import read_binaryproto, read_caffemodel, read_prototxt
-from kerasq.errors import CaffeFormatError
+from kerasq.errors import CaffeFormatError, KerasqError
 
 log = logging.getLogger("kerasq.converters.caffe")
 
@@ -71,13 +71,16 @@ def _check_options(options: Mapping[str, Any]) -> None:
         raise ValueError(f"keras={options['keras']!r}: 2 (tf_keras, the default) or 3 (Keras 3)")
 
 
-def _as_requested(model: Any, options: Mapping[str, Any]) -> Any:
-    """The tf_keras ``model``, or its Keras 3 rebuild when ``keras=3``."""
+def _as_requested(model: Any, options: Mapping[str, Any], source: PathLike) -> Any:
+    """The tf_keras ``model``, or its Keras 3 rebuild when ``keras=3`` (errors name ``source``)."""
     if options.get("keras", 2) != 3:
         return model
     from kerasq.converters.caffe.keras3 import to_keras3
 
-    return to_keras3(model)
+    try:
+        return to_keras3(model)
+    except KerasqError as err:
+        raise err.with_context(file=os.fspath(source)) from None
 
 
 def _mean_array(
@@ -207,7 +210,7 @@ def load(prototxt: PathLike, caffemodel: Optional[PathLike] = None, **options: A
         outputs=list(wanted) if wanted is not None else None,
     )
     model, _ = lower_graph(graph, options, preprocess=_preprocessor(options))
-    return _as_requested(model, options)
+    return _as_requested(model, options, prototxt)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,7 +327,7 @@ def forward(
         raise CaffeFormatError(f"no top named {unknown} in this net", file=os.fspath(prototxt))
     ids = [final[n] for n in names]
     model, table = lower_graph(graph, opts, outputs=ids, preprocess=_preprocessor(opts))
-    model = _as_requested(model, opts)
+    model = _as_requested(model, opts, prototxt)
     feed = [_to_nhwc(arrays[graph.blob_names.get(i, i)], table[i]) for i in graph.inputs]
     results = model(feed if len(feed) > 1 else feed[0], training=False)
     if not isinstance(results, (list, tuple)):

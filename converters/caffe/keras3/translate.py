@@ -69,16 +69,21 @@ def keras3_config(layer: Any, class_name: str) -> Dict[str, Any]:
         if key in config and config.pop(key) != implied:
             raise UnsupportedLayerError(
                 f"{class_name} with {key}={layer.get_config()[key]!r} has no Keras 3 equivalent",
-                layer=layer.name,
+                layer=_caffe_name(layer),
             )
     if class_name == "BatchNormalization" and isinstance(config.get("axis"), list):
         if len(config["axis"]) != 1:
             raise UnsupportedLayerError(
                 f"BatchNormalization over axes {config['axis']} has no Keras 3 equivalent",
-                layer=layer.name,
+                layer=_caffe_name(layer),
             )
         config["axis"] = config["axis"][0]
     return config
+
+
+def _caffe_name(layer: Any) -> str:
+    """The Caffe layer a Keras layer was lowered from (errors name it), else its own name."""
+    return str(getattr(layer, "caffe_name", None) or layer.name)
 
 
 def keras3_class(layer: Any) -> Any:
@@ -92,7 +97,7 @@ def keras3_class(layer: Any) -> Any:
     raise UnsupportedLayerError(
         f"{cls.__name__} has no Keras 3 equivalent (only stock Keras layers and the "
         "converter's own layers are translated)",
-        layer=layer.name,
+        layer=_caffe_name(layer),
     )
 
 
@@ -119,7 +124,7 @@ def _keras3_layer(layer: Any) -> Tuple[Any, bool]:
     except (TypeError, ValueError) as err:
         raise UnsupportedLayerError(
             f"Keras 3 {cls.__name__} refuses the config: {str(err).splitlines()[0]}",
-            layer=layer.name,
+            layer=_caffe_name(layer),
         ) from err
     return made, True
 
@@ -131,9 +136,14 @@ def _copy_weights(source: Any, target: Any) -> None:
     if want != have:
         raise KerasqError(
             f"Keras 3 {type(target).__name__} holds weights {want}, tf_keras has {have}",
-            layer=source.name,
+            layer=_caffe_name(source),
         )
     target.set_weights(weights)
+
+
+def _mapped(tensors: Dict[int, Any], value: Any) -> Any:
+    """A tf_keras symbolic tensor's Keras 3 counterpart; other call arguments unchanged."""
+    return tensors[id(value)] if hasattr(value, "_keras_history") else value
 
 
 def to_keras3(model: Any) -> Any:
@@ -152,9 +162,10 @@ def to_keras3(model: Any) -> Any:
         raise KerasqError("to_keras3 expects a functional tf_keras model (a converted net)")
     custom = [layer for layer in model.layers if type(layer) in _TWINS]
     if custom:
-        require_tensorflow_backend(
-            f"layer {custom[0].name!r} ({type(custom[0]).__name__}, a converter layer)"
-        )
+        try:
+            require_tensorflow_backend(f"{type(custom[0]).__name__} (a converter layer)")
+        except UnsupportedLayerError as err:
+            raise err.with_context(layer=_caffe_name(custom[0])) from None
     tensors: Dict[int, Any] = {}  # id(tf_keras KerasTensor) -> Keras 3 tensor
     inputs: List[Any] = []
     for tensor in model.inputs:
@@ -170,34 +181,29 @@ def to_keras3(model: Any) -> Any:
             layer = node.layer
             if isinstance(layer, tf_keras.layers.InputLayer):
                 continue
-            if id(layer) not in built:
+            first_call = id(layer) not in built
+            if first_call:
                 built[id(layer)] = _keras3_layer(layer)
                 for tag in ("caffe_name", "caffe_type"):
                     if hasattr(layer, tag):
                         setattr(built[id(layer)][0], tag, getattr(layer, tag))
             target, takes_weights = built[id(layer)]
-
-            def mapped(value: Any) -> Any:
-                if hasattr(value, "_keras_history"):  # a tf_keras symbolic tensor
-                    return tensors[id(value)]
-                return value
-
-            args = tf.nest.map_structure(mapped, node.call_args)
-            kwargs = tf.nest.map_structure(mapped, node.call_kwargs)
+            args = tf.nest.map_structure(lambda v: _mapped(tensors, v), node.call_args)
+            kwargs = tf.nest.map_structure(lambda v: _mapped(tensors, v), node.call_kwargs)
             kwargs.pop("training", None)  # inference graph; Keras 3 passes it itself
             try:
                 outputs = target(*args, **kwargs)
             except KerasqError as err:
-                raise err.with_context(layer=layer.name) from None
+                raise err.with_context(layer=_caffe_name(layer)) from None
             except (TypeError, ValueError) as err:
                 raise UnsupportedLayerError(
                     f"Keras 3 {type(target).__name__} cannot be called as in tf_keras: "
                     f"{str(err).strip().splitlines()[0]}",
-                    layer=layer.name,
+                    layer=_caffe_name(layer),
                 ) from err
             for old, new in zip(tf.nest.flatten(node.outputs), tf.nest.flatten(outputs)):
                 tensors[id(old)] = new
-            if takes_weights and node is layer._inbound_nodes[0]:
+            if takes_weights and first_call:  # built by its first call: now it has weights
                 _copy_weights(layer, target)
             log.debug("Keras 3: %s (%s)", layer.name, type(target).__name__)
     outputs = [tensors[id(t)] for t in model.outputs]
