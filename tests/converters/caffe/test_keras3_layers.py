@@ -4,7 +4,8 @@ transcription), run again with ``forward(..., keras=3)``: the Keras 3 rebuild mu
 the same references at the same tolerance.
 
 The tests are the tf_keras suite's own functions (collected here by name, not copied);
-an autouse fixture makes ``kerasq.converters.caffe.forward`` build Keras 3 models and
+an autouse fixture makes ``kerasq.converters.caffe.forward`` (and ``load``, for the
+load-based tests listed in LOAD_TESTS) build Keras 3 models and
 checks that each test really ran a Keras 3 model.
 """
 
@@ -26,12 +27,14 @@ MODULES = (
     "test_layers_norm_resize",
     "test_layers_variants",
     "test_layers_layout_chains",
-    "test_layers_dynamic",
+    "test_layers_dynamic",  # its load()-based test is in LOAD_TESTS
     "test_ssd",
 )
 # tests of tf_keras specifics (the built layer types, .h5 files, the lowering's own
 # errors) rather than of the computed numbers
 NOT_NUMERIC = ("load(", "keras.", "raises(")
+# load()-based tests that only call the model and compare numbers
+LOAD_TESTS = {"test_layers_dynamic": {"test_spatially_dynamic_model_matches_reference_at_several_sizes"}}
 
 
 def _forward_tests():
@@ -51,7 +54,8 @@ def _forward_tests():
                 continue  # needs a fixture of its own module (e.g. a real net built once)
             source = inspect.getsource(fn)
             uses_forward = any(k in source for k in ("check_net(", "forward(", "_compare_net("))
-            if uses_forward and not any(k in source for k in NOT_NUMERIC):
+            numeric = uses_forward and not any(k in source for k in NOT_NUMERIC)
+            if numeric or attr in LOAD_TESTS.get(name, ()):
                 found[f"{attr}__{name[len('test_'):]}"] = fn
     return found
 
@@ -62,7 +66,8 @@ globals().update({name.replace("test_", "test_keras3_", 1): fn for name, fn in F
 
 @pytest.fixture(autouse=True)
 def keras3_forward(monkeypatch):
-    """``forward`` converts with ``keras=3``; the test must have built a Keras 3 model."""
+    """``forward`` and ``load`` convert with ``keras=3``; the test must have built a Keras 3
+    model."""
     from kerasq.converters import caffe
     from kerasq.converters.caffe import api
     from kerasq.converters.caffe.keras3 import keras3
@@ -75,12 +80,16 @@ def keras3_forward(monkeypatch):
         built.append(isinstance(result, keras3().Model))
         return result
 
-    def forward_keras3(*args, **kwargs):
-        kwargs.setdefault("keras", 3)
-        return api.forward(*args, **kwargs)
+    def keras3_version_of(fn):
+        def call(*args, **kwargs):
+            kwargs.setdefault("keras", 3)
+            return fn(*args, **kwargs)
+
+        return call
 
     monkeypatch.setattr(api, "_as_requested", as_requested)
-    monkeypatch.setattr(caffe, "forward", forward_keras3)
+    monkeypatch.setattr(caffe, "forward", keras3_version_of(api.forward))
+    monkeypatch.setattr(caffe, "load", keras3_version_of(api.load))
     yield
     assert built and all(built), "the test did not run a Keras 3 model"
 
