@@ -138,6 +138,8 @@ def twin(cls: type) -> type:
     k3 = keras3()
     if cls is tf_keras.layers.Layer:
         return k3.layers.Layer
+    if not cls.__module__.startswith(("kerasq.", "converters.")):
+        raise TypeError(f"{cls.__name__}: only kerasq's own layer classes have Keras 3 twins")
     bases = tuple(twin(base) for base in cls.__bases__)
     namespace = {k: v for k, v in vars(cls).items() if k not in _SKIPPED}
     namespace["__module__"] = __name__
