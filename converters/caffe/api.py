@@ -227,8 +227,9 @@ class CaffeLayer:
 class ConvertedNet:
     """A converted model with its Caffe origin, joined once by Keras layer name.
 
-    ``model``: the tf_keras model (Keras 3 with ``keras=3``); ``layers``: Keras layer name -> :class:`CaffeLayer` for every
-    layer lowered from a Caffe layer (helper layers such as ``ip1_flatten`` included);
+    ``model``: the tf_keras model (Keras 3 with ``keras=3``); ``layers``: Keras layer name ->
+    :class:`CaffeLayer` for every layer lowered from a Caffe layer (helper layers such as
+    ``ip1_flatten`` included);
     ``quantization``: the net's caffe-jacinto / Ristretto settings
     (:class:`~kerasq.converters.caffe.quantization.CaffeQuantization`; ``present`` is False for
     a plain prototxt). Keras layer names survive ``.h5`` save and reload, so ``layers`` applies

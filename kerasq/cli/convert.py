@@ -276,8 +276,6 @@ def _check_keras3_request(args: argparse.Namespace) -> None:
     if other:
         raise KerasqError(f"--keras 3 converts to a float Keras 3 .keras file; {other[0]} "
                           "works on the tf_keras model (drop --keras 3)")
-    if not args.output:
-        raise KerasqError("--keras 3 needs -o/--output NAME.keras")
     output_kind(args.output, ("keras",), "--keras 3 output")
 
 

@@ -40,7 +40,10 @@ LOAD_TESTS = {"test_layers_dynamic": {"test_spatially_dynamic_model_matches_refe
 def _forward_tests():
     found = {}
     for name in MODULES:
-        module = importlib.import_module(name)
+        try:
+            module = importlib.import_module(name)
+        except pytest.skip.Exception:  # e.g. OpenCV absent: that module's tests skip too
+            continue
         for attr, fn in vars(module).items():
             if not attr.startswith("test_") or not inspect.isfunction(fn):
                 continue
