@@ -365,9 +365,11 @@ def _qdq_weights(proto: Any, linear: Mapping[str, tuple[np.ndarray, str, np.ndar
     graph.node.extend(nodes)
 
 
-def _deploy_int8(model: Any) -> tuple[Any, dict[str, tuple[np.ndarray, str, np.ndarray]], float | None]:
+def _deploy_int8(
+    model: Any,
+) -> tuple[Any, dict[str, tuple[np.ndarray, str, np.ndarray]], list[float | None]]:
     """The fakequant8 deploy graph with plain constant weights, the weight grids by layer,
-    and the output step."""
+    and the step of each output."""
     from kerasq.export.graph import build_deploy_model
     from kerasq.export.layers import QuantizedLinear
 
@@ -383,10 +385,32 @@ def _deploy_int8(model: Any) -> tuple[Any, dict[str, tuple[np.ndarray, str, np.n
             # the kernel already holds quantized values: keep them as plain constants and
             # write the int8 codes + per-channel DequantizeLinear into the ONNX graph
             layer.fake_quant = False
-    step = None
-    if plan.output_spec is not None and plan.output_spec.kind == "dfp":
-        step = float(plan.output_spec.step)
-    return plan.model, linear, step
+    return plan.model, linear, _output_steps(plan)
+
+
+def _output_steps(plan: Any) -> list[float | None]:
+    """The DFP step of each deploy-model output. An output behind grid-keeping layers (a
+    Caffe Crop, a Reshape, a max pool...) has the step of the quantizer before them; an
+    output computed from a grid (an ArgMax index) has none."""
+    from kerasq.export.graph import _GRID_KEEPING
+
+    steps: list[float | None] = []
+    for tensor in plan.model.outputs:
+        layer = tensor._keras_history.layer
+        spec = None
+        for _ in range(len(plan.model.layers)):
+            spec = plan.activation_layers.get(layer.name)
+            nodes = getattr(layer, "_inbound_nodes", [])
+            inbound = nodes[0].inbound_layers if nodes else []
+            inbound = inbound if isinstance(inbound, (list, tuple)) else [inbound]
+            keeps = type(layer).__name__ in _GRID_KEEPING or (
+                type(layer).__name__ == "Activation" and layer.get_config().get("activation") == "linear"
+            )
+            if spec is not None or not keeps or len(inbound) != 1:
+                break
+            layer = inbound[0]
+        steps.append(float(spec.step) if spec is not None and spec.kind == "dfp" else None)
+    return steps
 
 
 def build_onnx(
@@ -396,14 +420,15 @@ def build_onnx(
     opset: int = DEFAULT_OPSET,
     power2_symmetric: bool = False,
     channels_first: bool = False,
-) -> tuple[Any, float | None, Any]:
-    """The ONNX ModelProto of ``model`` for ``target``, the int8 output step (or None), and
-    the Keras graph it was translated from (the deploy graph for quantized models)."""
+) -> tuple[Any, list[float | None], Any]:
+    """The ONNX ModelProto of ``model`` for ``target``, the int8 step of each output (None:
+    float, or not on a DFP grid), and the Keras graph it was translated from (the deploy
+    graph for quantized models)."""
     if target not in TARGETS:
         raise ExportError(f"unknown ONNX target {target!r}; choose one of {', '.join(TARGETS)}")
     if not hasattr(model, "inputs") or not hasattr(model, "layers"):
         raise ExportError(f"not a Keras model: {type(model).__name__}")
-    step = None
+    steps: list[float | None] = []
     if target == "int8":
         if not is_quantized(model):
             raise ExportError(
@@ -418,7 +443,7 @@ def build_onnx(
         aligned = align_for_int8(model)
         if aligned["biases"]:
             log.info("int8 ONNX: int32 accumulator-grid biases in %s", ", ".join(aligned["biases"]))
-        graph_model, linear, step = _deploy_int8(model)
+        graph_model, linear, steps = _deploy_int8(model)
         graph_model = detection.with_postprocess(graph_model)
         proto = _convert(graph_model, opset, channels_first)
         problems = _qdq_activations(proto, power2_symmetric)
@@ -437,7 +462,7 @@ def build_onnx(
         proto = _convert(graph_model, opset, channels_first)
     proto.producer_name = "kerasq"
     _check(proto)
-    return proto, step, graph_model
+    return proto, steps, graph_model
 
 
 def _check(proto: Any) -> None:
@@ -563,10 +588,11 @@ def verify_onnx(
     output_step: float | None = None,
     graph_model: Any = None,
     batch_size: int = 64,
+    output_steps: Sequence[float | None] | None = None,
 ) -> OnnxReport:
     """Run ``content`` in onnxruntime on ``data`` and compare with ``keras_model`` per output
-    (steps of ``output_step`` when given, else relative error). ``graph_model`` (the Keras
-    graph the file was translated from) lets a mismatch name its first diverging layer.
+    (in steps of ``output_steps[i]`` where given — ``output_step`` for a single output —
+    else relative error).
 
     Example:
         >>> verify_onnx(blob, model, x).describe()   # doctest: +SKIP
@@ -582,10 +608,9 @@ def verify_onnx(
             f"the ONNX file has {len(onnx_names)} outputs, the Keras model {len(want)}"
         )
     by_name = names if len(names) == len(want) and set(names) == set(onnx_names) else onnx_names
-    outputs = [
-        compare(n, got[n], w, output_step if len(want) == 1 or i == 0 else None)
-        for i, (n, w) in enumerate(zip(by_name, want))
-    ]
+    steps = list(output_steps) if output_steps else [output_step if len(want) == 1 else None]
+    steps += [None] * (len(want) - len(steps))
+    outputs = [compare(n, got[n], w, s) for n, w, s in zip(by_name, want, steps)]
     report = OnnxReport(samples=len(next(iter(feed.values()))), outputs=outputs)
     log.info("ONNX verification: %s", report.describe())
     return report
@@ -701,7 +726,7 @@ def export_onnx(
     """Like :func:`to_onnx`, returning an :class:`OnnxExportResult` (file and report)."""
     if power2_symmetric and target != "int8":
         raise ExportError("power2_symmetric applies to target 'int8' only")
-    proto, step, graph_model = build_onnx(
+    proto, steps, graph_model = build_onnx(
         model,
         target=target,
         opset=opset,
@@ -718,11 +743,12 @@ def export_onnx(
                 file=path,
             )
     elif verify_data is not None:
-        report = verify_onnx(content, model, verify_data, output_step=step)
+        report = verify_onnx(content, model, verify_data, output_steps=steps)
         if not report.ok(max_steps=max_error_steps, min_top1=min_top1, rtol=rtol):
             try:
                 report.first_divergence = first_divergence(
-                    content, graph_model, verify_data, rtol=rtol, step=step
+                    content, graph_model, verify_data, rtol=rtol,
+                    step=next((s for s in steps if s is not None), None),
                 )
             except Exception as err:  # the search is a diagnosis aid; never hide the failure
                 log.debug("first-divergence search failed: %s", err)

@@ -233,12 +233,53 @@ def test_jacinto_mobilenet_int8_qdq_agrees_with_keras(tmp_path):
     assert out.top1_agreement >= 0.99, out.describe()
 
 
-@pytest.mark.slow
-def test_jacinto_jsegnet_int8_is_refused_with_the_layer(tmp_path):
-    """The int8 deploy graph has no grouped Conv2D (shared with TFLite): one clear error."""
-    from kerasq.errors import ExportError
-    from kerasq.export.onnx import export_onnx
+def _int8_weight_feeds(proto):
+    """Conv node name -> (group, the int8 codes and per-channel scales of its weight)."""
+    from onnx import numpy_helper
 
-    qmodel, x = _jacinto_qmodel(tmp_path, "cityscapes5-jsegnet21v2", (1, 3, 64, 128), 6)
-    with pytest.raises(ExportError, match="grouped Conv2D"):
-        export_onnx(qmodel, target="int8", verify_data=x[:2])
+    arrays = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    dq = {n.output[0]: n for n in proto.graph.node if n.op_type == "DequantizeLinear"}
+    feeds = {}
+    for node in proto.graph.node:
+        if node.op_type == "Conv" and node.input[1] in dq:
+            w = dq[node.input[1]]
+            group = next((a.i for a in node.attribute if a.name == "group"), 1)
+            feeds[node.name] = (group, arrays.get(w.input[0]), arrays.get(w.input[1]))
+    return feeds
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", [(1, 3, 64, 128), (1, 3, 128, 256)], ids=["64x128", "128x256"])
+def test_jacinto_jsegnet_int8_qdq_agrees_with_keras(tmp_path, shape):
+    """JSegNet21 (grouped and dilated convs, depthwise bilinear Deconvolution, Crop,
+    ArgMax) as int8 QDQ: the class map equals the Keras model's, and the logits before
+    the ArgMax (a file of their own) agree to the step, in the fused kernels and in the
+    float QDQ emulation."""
+    import onnx
+
+    from kerasq.export.onnx import OnnxRunner, compare, export_onnx
+
+    qmodel, x = _jacinto_qmodel(tmp_path, "cityscapes5-jsegnet21v2", shape, 6)
+    x = x[:16]
+    result = export_onnx(qmodel, target="int8", verify_data=x, verify=True)
+    (classes,) = result.report.outputs
+    assert classes.exact_fraction == 1.0, classes.describe()  # the per-pixel class index
+    feeds = _int8_weight_feeds(onnx.load_from_string(result.content))
+    grouped = [v for v in feeds.values() if v[0] > 1]
+    assert len(grouped) >= 8  # the grouped convs and the depthwise Deconvolutions
+    for _, codes, scales in feeds.values():
+        assert codes is not None and codes.dtype == np.int8
+        assert scales.shape == (codes.shape[0],)  # per output channel
+        assert all(math.frexp(float(s))[0] == 0.5 for s in scales)
+
+    logits = keras.Model(qmodel.inputs, qmodel.layers[-1].input)
+    result = export_onnx(logits, target="int8", verify_data=x, verify=True)
+    (out,) = result.report.outputs
+    print("jsegnet21", shape, out.describe())
+    assert out.output_step is not None  # found behind the Crop
+    assert out.max_error_steps <= 1.0 and out.top1_agreement >= 0.995, out.describe()
+    assert out.exact_fraction == 1.0  # measured: bit-identical
+    runner = OnnxRunner(result.content, optimize=False, keras_layout=True)
+    got = runner({runner.input_names[0]: x})[runner.output_names[0]]
+    emulated = compare("logits", got, np.asarray(logits(x)), out.output_step)
+    assert emulated.exact_fraction == 1.0, emulated.describe()
