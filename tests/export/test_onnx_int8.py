@@ -162,6 +162,39 @@ def test_power2_symmetric_widens_affine_ranges_to_symmetric_power_of_two():
         assert arrays[node.input[2]] == 0 and arrays[node.input[2]].dtype == np.int8
 
 
+def test_power2_symmetric_file_equals_a_dfp_input_grid_export():
+    """A model with tfmot's affine input quantizer (range [-0.7, 2.3], zero point != 0):
+    with power2_symmetric every activation is per-tensor 2^-k / zero point 0, and the file
+    computes exactly what the same net with a DFP input grid 2^-5 (the smallest symmetric
+    power of two covering the range: 0.7/128, 2.3/127 <= 2^-5) exports to."""
+    import onnx
+    from export.qmodels import conv_net, quantize_for_test
+
+    from kerasq.export.onnx import OnnxRunner, export_onnx
+
+    x = np.random.RandomState(0).uniform(-0.7, 2.3, (64, 8, 8, 1)).astype(np.float32)
+    affine = quantize_for_test(conv_net(), x)
+    plain = onnx.load_from_string(export_onnx(affine, target="int8").content)
+    zeros = [_arrays(plain)[n.input[2]] for n in plain.graph.node if n.op_type == "QuantizeLinear"]
+    assert any(z != 0 for z in zeros)  # without the option the affine input stays affine
+    tidl = export_onnx(affine, target="int8", power2_symmetric=True).content
+    proto = onnx.load_from_string(tidl)
+    arrays = _arrays(proto)
+    for node in proto.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            scale, zero = arrays[node.input[1]], arrays[node.input[2]]
+            assert np.all(zero == 0) and zero.dtype in (np.int8, np.uint8), node.name
+            assert all(math.frexp(float(v))[0] == 0.5 for v in np.atleast_1d(scale)), node.name
+            if node.op_type == "QuantizeLinear":
+                assert scale.ndim == 0, node.name  # per-tensor activations
+    reference = quantize_for_test(conv_net(), x, input_fl=5)
+    want = export_onnx(reference, target="int8").content
+    ours, theirs = OnnxRunner(tidl), OnnxRunner(want)
+    got = ours({ours.input_names[0]: x})[ours.output_names[0]]
+    ref = theirs({theirs.input_names[0]: x})[theirs.output_names[0]]
+    np.testing.assert_array_equal(got, ref)
+
+
 def test_int8_needs_a_quantized_model(lenet):
     from kerasq.errors import ExportError
     from kerasq.export.onnx import export_onnx
