@@ -9,8 +9,8 @@ Forms, per net:
 * ``float``          — ``to_onnx(model)``;
 * ``QDQ``            — ``to_onnx(qmodel, target="int8")`` (what kerasq writes);
 * ``QOperator``      — the same file after onnxruntime's own QDQ fusion, saved
-  (``SessionOptions.optimized_model_filepath``): QLinearConv / MatMulIntegerToFloat /
-  QLinearAdd..., i.e. what a QOperator export with kerasq's scales would hold;
+  (``SessionOptions.optimized_model_filepath``, level "extended"): QLinearConv /
+  MatMulIntegerToFloat / QLinearAdd..., what a QOperator export with kerasq's scales holds;
 * ``ORT QOperator``  — onnxruntime's ``quantize_static`` (QOperator, per-channel int8) of the
   float file on the same calibration images: an independently written QOperator file.
 
@@ -77,6 +77,8 @@ def session(content: bytes, optimized_path: str | None = None):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    if optimized_path:  # the level without hardware-specific layout changes
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3

@@ -365,6 +365,83 @@ def _qdq_weights(proto: Any, linear: Mapping[str, tuple[np.ndarray, str, np.ndar
     graph.node.extend(nodes)
 
 
+# ops that move or select values without changing them: a tensor on a grid stays on it
+_VALUE_KEEPING = frozenset(
+    {"Transpose", "Reshape", "Pad", "Slice", "Squeeze", "Unsqueeze", "Flatten", "MaxPool",
+     "Identity"}
+)  # fmt: skip
+
+
+def _requantize_conv_inputs(proto: Any) -> list[str]:
+    """A Conv whose input reaches it from a DequantizeLinear only through value-keeping ops
+    (a zero-insertion upsampling: Pad / Reshape / Transpose) is not fused by onnxruntime,
+    which needs DequantizeLinear -> Conv. Repeat the grid right before such a Conv
+    (``QuantizeLinear -> DequantizeLinear``, same scale, zero point 0): exact, since the
+    values are already on that grid (Pad adds zeros, code 0). Returns the Convs changed."""
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+
+    def zero_pad(node: Any) -> bool:
+        mode = next((a.s for a in node.attribute if a.name == "mode"), b"constant")
+        if mode != b"constant":
+            return False
+        if len(node.input) > 2 and node.input[2]:
+            value = inits.get(node.input[2])
+            return value is not None and not numpy_helper.to_array(value).any()
+        return True
+
+    def grid_of(tensor: str) -> tuple[str, str] | None:
+        for _ in range(len(graph.node)):
+            node = producer.get(tensor)
+            if node is None:
+                return None
+            if node.op_type == "DequantizeLinear":
+                if len(node.input) < 3 or node.input[1] not in inits or node.input[2] not in inits:
+                    return None
+                scale = numpy_helper.to_array(inits[node.input[1]])
+                zero = numpy_helper.to_array(inits[node.input[2]])
+                if scale.size != 1 or zero.any():
+                    return None
+                return node.input[1], node.input[2]
+            if node.op_type not in _VALUE_KEEPING or (node.op_type == "Pad" and not zero_pad(node)):
+                return None
+            tensor = node.input[0]
+        return None
+
+    inserted: dict[int, list[Any]] = {}
+    changed = []
+    for node in graph.node:
+        if node.op_type != "Conv" or producer.get(node.input[0]) is None:
+            continue
+        if producer[node.input[0]].op_type == "DequantizeLinear":
+            continue
+        grid = grid_of(node.input[0])
+        if grid is None:
+            continue
+        base = f"{node.name}_input_regrid"
+        q = helper.make_node("QuantizeLinear", [node.input[0], *grid], [f"{base}_q"],
+                             name=f"{base}_QuantizeLinear")  # fmt: skip
+        dq = helper.make_node("DequantizeLinear", [f"{base}_q", *grid], [f"{base}_dq"],
+                              name=f"{base}_DequantizeLinear")  # fmt: skip
+        node.input[0] = dq.output[0]
+        inserted[id(node)] = [q, dq]
+        changed.append(node.name)
+    if changed:
+        ordered = []
+        for node in graph.node:
+            ordered.extend(inserted.get(id(node), []))
+            ordered.append(node)
+        nodes = [type(n)() for n in ordered]
+        for dst, src in zip(nodes, ordered):
+            dst.CopyFrom(src)
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return changed
+
+
 def _deploy_int8(
     model: Any,
 ) -> tuple[Any, dict[str, tuple[np.ndarray, str, np.ndarray]], list[float | None]]:
@@ -448,6 +525,9 @@ def build_onnx(
         proto = _convert(graph_model, opset, channels_first)
         problems = _qdq_activations(proto, power2_symmetric)
         _qdq_weights(proto, linear)
+        regridded = _requantize_conv_inputs(proto)
+        if regridded:
+            log.info("int8 ONNX: grid repeated before %s (fusable by onnxruntime)", regridded)
         if problems:
             raise ExportError("int8 ONNX scales are not kerasq's powers of two: " + "; ".join(
                 problems[:5]))

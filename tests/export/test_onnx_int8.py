@@ -297,7 +297,15 @@ def test_jacinto_jsegnet_int8_qdq_agrees_with_keras(tmp_path, shape):
     result = export_onnx(qmodel, target="int8", verify_data=x, verify=True)
     (classes,) = result.report.outputs
     assert classes.exact_fraction == 1.0, classes.describe()  # the per-pixel class index
-    feeds = _int8_weight_feeds(onnx.load_from_string(result.content))
+    proto = onnx.load_from_string(result.content)
+    producer = {out: node.op_type for node in proto.graph.node for out in node.output}
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    # the zero-insertion upsamplings (Pad / Reshape between the grid and the Conv) get the
+    # grid repeated before their Conv, so every Conv is a fusable DequantizeLinear -> Conv
+    assert all(producer[n.input[0]] == "DequantizeLinear" for n in convs)
+    assert sum("input_regrid" in n.name for n in proto.graph.node) == 2 * 4
+    feeds = _int8_weight_feeds(proto)
+    assert len(feeds) == len(convs)
     grouped = [v for v in feeds.values() if v[0] > 1]
     assert len(grouped) >= 8  # the grouped convs and the depthwise Deconvolutions
     for _, codes, scales in feeds.values():
