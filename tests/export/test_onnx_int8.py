@@ -229,8 +229,41 @@ def test_mismatch_names_first_diverging_layer(lenet):
     assert not report.ok()
     where = first_divergence(content, changed, x[:16])
     assert where is not None and where.startswith("conv2 ")
-    with pytest.raises(VerificationError):
-        raise VerificationError(report.describe())
+
+
+def test_int8_disagreement_raises_naming_the_first_tie(lenet, tmp_path):
+    """LeNet quantized with rounding "nearest" (ties away from zero) where ONNX's
+    QuantizeLinear rounds ties to even: the softmax differs by more than a step, the export
+    raises VerificationError naming the first quantized tensor that met a tie (the
+    float-emulated file and the Keras model agree up to it), and writes no file."""
+    import re
+
+    import kerasq
+    from kerasq.errors import VerificationError
+    from kerasq.export.onnx import export_onnx, first_divergence
+    from kerasq.schemes.config import QuantizationConfig
+
+    model, _, _, x = lenet
+    qmodel = kerasq.quantize_model(model, QuantizationConfig(rounding="nearest"))
+    kerasq.calibrate(qmodel, x[:256])
+    path = tmp_path / "q.onnx"
+    with pytest.raises(VerificationError) as info:
+        export_onnx(qmodel, path, target="int8", verify_data=x)
+    assert not path.exists()
+    match = re.search(r"first diverging layer: (\S+) \(max \|Δ\| ([0-9.e-]+)\)", str(info.value))
+    assert match, str(info.value)
+    # independently: the layer's own tensor differs, every layer before it matches
+    from kerasq.export.onnx import _deploy_int8
+
+    result = export_onnx(qmodel, target="int8", verify=False)
+
+    graph = _deploy_int8(qmodel)[0]
+    names = [layer.name for layer in graph.layers]
+    assert match.group(1) in names
+    # a rounding difference appears at a quantizer (a tensor rounded onto its grid)
+    assert type(graph.get_layer(match.group(1))).__name__ in ("GridQuantize", "AffineFakeQuant")
+    upto = keras.Model(graph.inputs, graph.get_layer(match.group(1)).input)
+    assert first_divergence(result.content, upto, x[:8]) is None
 
 
 # -- caffe-jacinto nets --------------------------------------------------------------------
