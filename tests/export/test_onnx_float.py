@@ -178,6 +178,7 @@ def test_real_net_matches_opencv(folder, proto, weights, shape):
 # -- caffe-jacinto nets (seeded weights from make_weights.py) ------------------------------
 JACINTO = [
     ("cifar10-jnet11v2", (2, 3, 32, 32), 1, "new"),
+    ("cifar10-jnet11v2-v015", (2, 3, 32, 32), 2, "legacy"),
     ("imagenet-mobilenet0.5", (2, 3, 64, 64), 5, "new"),
     ("cityscapes5-jsegnet21v2", (2, 3, 64, 128), 6, "new"),
 ]

@@ -216,7 +216,6 @@ def test_float_target_of_quantized_model_is_exact(lenet):
 def test_mismatch_names_first_diverging_layer(lenet):
     """A file from the float LeNet checked against a copy whose conv2 weights changed:
     verification fails and names conv2 (not conv1, not the later layers)."""
-    from kerasq.errors import VerificationError
     from kerasq.export.onnx import export_onnx, first_divergence, verify_onnx
 
     model, _, _, x = lenet
