@@ -394,6 +394,9 @@ def _requantize_conv_inputs(proto: Any) -> list[str]:
         return True
 
     def grid_of(tensor: str) -> tuple[str, str] | None:
+        # onnxruntime moves a DequantizeLinear across Transpose / Reshape / MaxPool itself;
+        # a chain needs the repeated grid only when it pads (zero insertion) or slices
+        needed = False
         for _ in range(len(graph.node)):
             node = producer.get(tensor)
             if node is None:
@@ -403,11 +406,12 @@ def _requantize_conv_inputs(proto: Any) -> list[str]:
                     return None
                 scale = numpy_helper.to_array(inits[node.input[1]])
                 zero = numpy_helper.to_array(inits[node.input[2]])
-                if scale.size != 1 or zero.any():
+                if scale.size != 1 or zero.any() or not needed:
                     return None
                 return node.input[1], node.input[2]
             if node.op_type not in _VALUE_KEEPING or (node.op_type == "Pad" and not zero_pad(node)):
                 return None
+            needed = needed or node.op_type in ("Pad", "Slice")
             tensor = node.input[0]
         return None
 
