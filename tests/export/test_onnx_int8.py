@@ -347,7 +347,7 @@ def test_jacinto_jsegnet_int8_qdq_agrees_with_keras(tmp_path, shape):
         ort.InferenceSession(result.content, opts, providers=["CPUExecutionProvider"])
         fused = [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
     # measured: every Conv but one runs as QLinearConv; onnxruntime 1.32 keeps out3a (group
-    # 2, its input DequantizeLinear shared with pool3) as a float FusedConv on the same values
+    # 2; its input blob also feeds pool3) as a float FusedConv on the same values
     assert fused.count("QLinearConv") == len(convs) - 1 and "Conv" not in fused
     feeds = _int8_weight_feeds(proto)
     assert len(feeds) == len(convs)
