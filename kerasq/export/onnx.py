@@ -676,7 +676,8 @@ def verify_onnx(
 ) -> OnnxReport:
     """Run ``content`` in onnxruntime on ``data`` and compare with ``keras_model`` per output
     (in steps of ``output_steps[i]`` where given — ``output_step`` for a single output —
-    else relative error).
+    else relative error). ``graph_model`` is not used here; :func:`first_divergence` takes
+    it to name the first diverging layer.
 
     Example:
         >>> verify_onnx(blob, model, x).describe()   # doctest: +SKIP
