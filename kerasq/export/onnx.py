@@ -365,9 +365,92 @@ def _qdq_weights(proto: Any, linear: Mapping[str, tuple[np.ndarray, str, np.ndar
     graph.node.extend(nodes)
 
 
-def _deploy_int8(model: Any) -> tuple[Any, dict[str, tuple[np.ndarray, str, np.ndarray]], float | None]:
+# ops that move or select values without changing them: a tensor on a grid stays on it
+_VALUE_KEEPING = frozenset(
+    {"Transpose", "Reshape", "Pad", "Slice", "Squeeze", "Unsqueeze", "Flatten", "MaxPool",
+     "Identity"}
+)  # fmt: skip
+
+
+def _requantize_conv_inputs(proto: Any) -> list[str]:
+    """A Conv whose input reaches it from a DequantizeLinear only through value-keeping ops
+    (a zero-insertion upsampling: Pad / Reshape / Transpose) is not fused by onnxruntime,
+    which needs DequantizeLinear -> Conv. Repeat the grid right before such a Conv
+    (``QuantizeLinear -> DequantizeLinear``, same scale, zero point 0): exact, since the
+    values are already on that grid (Pad adds zeros, code 0). Returns the Convs changed."""
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+
+    def zero_pad(node: Any) -> bool:
+        mode = next((a.s for a in node.attribute if a.name == "mode"), b"constant")
+        if mode != b"constant":
+            return False
+        if len(node.input) > 2 and node.input[2]:
+            value = inits.get(node.input[2])
+            return value is not None and not numpy_helper.to_array(value).any()
+        return True
+
+    def grid_of(tensor: str) -> tuple[str, str] | None:
+        # onnxruntime moves a DequantizeLinear across Transpose / Reshape / MaxPool itself;
+        # a chain needs the repeated grid only when it pads (zero insertion) or slices
+        needed = False
+        for _ in range(len(graph.node)):
+            node = producer.get(tensor)
+            if node is None:
+                return None
+            if node.op_type == "DequantizeLinear":
+                if len(node.input) < 3 or node.input[1] not in inits or node.input[2] not in inits:
+                    return None
+                scale = numpy_helper.to_array(inits[node.input[1]])
+                zero = numpy_helper.to_array(inits[node.input[2]])
+                if scale.size != 1 or zero.any() or not needed:
+                    return None
+                return node.input[1], node.input[2]
+            if node.op_type not in _VALUE_KEEPING or (node.op_type == "Pad" and not zero_pad(node)):
+                return None
+            needed = needed or node.op_type in ("Pad", "Slice")
+            tensor = node.input[0]
+        return None
+
+    inserted: dict[int, list[Any]] = {}
+    changed = []
+    for node in graph.node:
+        if node.op_type != "Conv" or producer.get(node.input[0]) is None:
+            continue
+        if producer[node.input[0]].op_type == "DequantizeLinear":
+            continue
+        grid = grid_of(node.input[0])
+        if grid is None:
+            continue
+        base = f"{node.name}_input_regrid"
+        q = helper.make_node("QuantizeLinear", [node.input[0], *grid], [f"{base}_q"],
+                             name=f"{base}_QuantizeLinear")  # fmt: skip
+        dq = helper.make_node("DequantizeLinear", [f"{base}_q", *grid], [f"{base}_dq"],
+                              name=f"{base}_DequantizeLinear")  # fmt: skip
+        node.input[0] = dq.output[0]
+        inserted[id(node)] = [q, dq]
+        changed.append(node.name)
+    if changed:
+        ordered = []
+        for node in graph.node:
+            ordered.extend(inserted.get(id(node), []))
+            ordered.append(node)
+        nodes = [type(n)() for n in ordered]
+        for dst, src in zip(nodes, ordered):
+            dst.CopyFrom(src)
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return changed
+
+
+def _deploy_int8(
+    model: Any,
+) -> tuple[Any, dict[str, tuple[np.ndarray, str, np.ndarray]], list[float | None]]:
     """The fakequant8 deploy graph with plain constant weights, the weight grids by layer,
-    and the output step."""
+    and the step of each output."""
     from kerasq.export.graph import build_deploy_model
     from kerasq.export.layers import QuantizedLinear
 
@@ -383,10 +466,32 @@ def _deploy_int8(model: Any) -> tuple[Any, dict[str, tuple[np.ndarray, str, np.n
             # the kernel already holds quantized values: keep them as plain constants and
             # write the int8 codes + per-channel DequantizeLinear into the ONNX graph
             layer.fake_quant = False
-    step = None
-    if plan.output_spec is not None and plan.output_spec.kind == "dfp":
-        step = float(plan.output_spec.step)
-    return plan.model, linear, step
+    return plan.model, linear, _output_steps(plan)
+
+
+def _output_steps(plan: Any) -> list[float | None]:
+    """The DFP step of each deploy-model output. An output behind grid-keeping layers (a
+    Caffe Crop, a Reshape, a max pool...) has the step of the quantizer before them; an
+    output computed from a grid (an ArgMax index) has none."""
+    from kerasq.export.graph import _GRID_KEEPING
+
+    steps: list[float | None] = []
+    for tensor in plan.model.outputs:
+        layer = tensor._keras_history.layer
+        spec = None
+        for _ in range(len(plan.model.layers)):
+            spec = plan.activation_layers.get(layer.name)
+            nodes = getattr(layer, "_inbound_nodes", [])
+            inbound = nodes[0].inbound_layers if nodes else []
+            inbound = inbound if isinstance(inbound, (list, tuple)) else [inbound]
+            keeps = type(layer).__name__ in _GRID_KEEPING or (
+                type(layer).__name__ == "Activation" and layer.get_config().get("activation") == "linear"
+            )
+            if spec is not None or not keeps or len(inbound) != 1:
+                break
+            layer = inbound[0]
+        steps.append(float(spec.step) if spec is not None and spec.kind == "dfp" else None)
+    return steps
 
 
 def build_onnx(
@@ -396,14 +501,15 @@ def build_onnx(
     opset: int = DEFAULT_OPSET,
     power2_symmetric: bool = False,
     channels_first: bool = False,
-) -> tuple[Any, float | None, Any]:
-    """The ONNX ModelProto of ``model`` for ``target``, the int8 output step (or None), and
-    the Keras graph it was translated from (the deploy graph for quantized models)."""
+) -> tuple[Any, list[float | None], Any]:
+    """The ONNX ModelProto of ``model`` for ``target``, the int8 step of each output (None:
+    float, or not on a DFP grid), and the Keras graph it was translated from (the deploy
+    graph for quantized models)."""
     if target not in TARGETS:
         raise ExportError(f"unknown ONNX target {target!r}; choose one of {', '.join(TARGETS)}")
     if not hasattr(model, "inputs") or not hasattr(model, "layers"):
         raise ExportError(f"not a Keras model: {type(model).__name__}")
-    step = None
+    steps: list[float | None] = []
     if target == "int8":
         if not is_quantized(model):
             raise ExportError(
@@ -418,11 +524,14 @@ def build_onnx(
         aligned = align_for_int8(model)
         if aligned["biases"]:
             log.info("int8 ONNX: int32 accumulator-grid biases in %s", ", ".join(aligned["biases"]))
-        graph_model, linear, step = _deploy_int8(model)
+        graph_model, linear, steps = _deploy_int8(model)
         graph_model = detection.with_postprocess(graph_model)
         proto = _convert(graph_model, opset, channels_first)
         problems = _qdq_activations(proto, power2_symmetric)
         _qdq_weights(proto, linear)
+        regridded = _requantize_conv_inputs(proto)
+        if regridded:
+            log.info("int8 ONNX: grid repeated before %s (fusable by onnxruntime)", regridded)
         if problems:
             raise ExportError("int8 ONNX scales are not kerasq's powers of two: " + "; ".join(
                 problems[:5]))
@@ -437,7 +546,7 @@ def build_onnx(
         proto = _convert(graph_model, opset, channels_first)
     proto.producer_name = "kerasq"
     _check(proto)
-    return proto, step, graph_model
+    return proto, steps, graph_model
 
 
 def _check(proto: Any) -> None:
@@ -563,10 +672,12 @@ def verify_onnx(
     output_step: float | None = None,
     graph_model: Any = None,
     batch_size: int = 64,
+    output_steps: Sequence[float | None] | None = None,
 ) -> OnnxReport:
     """Run ``content`` in onnxruntime on ``data`` and compare with ``keras_model`` per output
-    (steps of ``output_step`` when given, else relative error). ``graph_model`` (the Keras
-    graph the file was translated from) lets a mismatch name its first diverging layer.
+    (in steps of ``output_steps[i]`` where given — ``output_step`` for a single output —
+    else relative error). ``graph_model`` is not used here; :func:`first_divergence` takes
+    it to name the first diverging layer.
 
     Example:
         >>> verify_onnx(blob, model, x).describe()   # doctest: +SKIP
@@ -582,10 +693,9 @@ def verify_onnx(
             f"the ONNX file has {len(onnx_names)} outputs, the Keras model {len(want)}"
         )
     by_name = names if len(names) == len(want) and set(names) == set(onnx_names) else onnx_names
-    outputs = [
-        compare(n, got[n], w, output_step if len(want) == 1 or i == 0 else None)
-        for i, (n, w) in enumerate(zip(by_name, want))
-    ]
+    steps = list(output_steps) if output_steps else [output_step if len(want) == 1 else None]
+    steps += [None] * (len(want) - len(steps))
+    outputs = [compare(n, got[n], w, s) for n, w, s in zip(by_name, want, steps)]
     report = OnnxReport(samples=len(next(iter(feed.values()))), outputs=outputs)
     log.info("ONNX verification: %s", report.describe())
     return report
@@ -672,11 +782,13 @@ def first_divergence(
         want = np.asarray(probe([small[k] for k in small] if len(small) > 1 else
                                 next(iter(small.values())), training=False), np.float32)
         value = got[tensor]
-        if value.shape != want.shape and value.ndim == 4:
-            value = np.transpose(value, (0, 2, 3, 1))
-        if value.shape != want.shape:
+        # a tensor the converter moved to NCHW; when both layouts fit (C = H = W) the
+        # closer one is taken
+        forms = [v for v in (value, np.transpose(value, (0, 2, 3, 1)) if value.ndim == 4
+                             else value) if v.shape == want.shape]  # fmt: skip
+        if not forms:
             continue
-        err = float(np.abs(value - want).max(initial=0.0))
+        err = min(float(np.abs(v - want).max(initial=0.0)) for v in forms)
         limit = step if step is not None else rtol * max(1.0, float(np.abs(want).max(initial=0)))
         if err > limit + 1e-12:
             return f"{layer_name} (max |Δ| {err:.3g})"
@@ -701,7 +813,7 @@ def export_onnx(
     """Like :func:`to_onnx`, returning an :class:`OnnxExportResult` (file and report)."""
     if power2_symmetric and target != "int8":
         raise ExportError("power2_symmetric applies to target 'int8' only")
-    proto, step, graph_model = build_onnx(
+    proto, steps, graph_model = build_onnx(
         model,
         target=target,
         opset=opset,
@@ -718,12 +830,12 @@ def export_onnx(
                 file=path,
             )
     elif verify_data is not None:
-        report = verify_onnx(content, model, verify_data, output_step=step)
+        report = verify_onnx(content, model, verify_data, output_steps=steps)
         if not report.ok(max_steps=max_error_steps, min_top1=min_top1, rtol=rtol):
             try:
                 report.first_divergence = first_divergence(
-                    content, graph_model, verify_data, rtol=rtol, step=step
-                )
+                    content, graph_model, verify_data, rtol=rtol
+                )  # the file in float emulation computes each layer's tensor as Keras does
             except Exception as err:  # the search is a diagnosis aid; never hide the failure
                 log.debug("first-divergence search failed: %s", err)
             if verify:

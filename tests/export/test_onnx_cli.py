@@ -65,6 +65,23 @@ def test_export_int8_onnx_verified(saved_qmodel, capsys):
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
 
 
+def test_export_float_onnx_of_a_saved_model(saved_qmodel, capsys):
+    """`kerasq export MODEL -o model.onnx` (target float): the file runs in onnxruntime and
+    reproduces the reloaded quantized model's fake-quant outputs."""
+    import kerasq
+
+    out = saved_qmodel / "f.onnx"
+    code = main(["export", str(saved_qmodel / "q.h5"), "-o", str(out), "--target", "float",
+                 "--data", str(saved_qmodel / "x.npy")])  # fmt: skip
+    assert code == 0
+    assert "ONNX float" in capsys.readouterr().out
+    x = np.load(saved_qmodel / "x.npy")
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: x})
+    want = np.asarray(kerasq.load_model(str(saved_qmodel / "q.h5"))(x))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * max(1.0, np.abs(want).max()))
+
+
 def test_export_onnx_rejects_tflite_only_target(saved_qmodel, capsys):
     out = saved_qmodel / "h.onnx"
     code = main(["export", str(saved_qmodel / "q.h5"), "-o", str(out), "--target", "int16x8"])

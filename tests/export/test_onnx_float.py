@@ -73,6 +73,41 @@ def test_all_golden_cases_listed():
     assert len(CASES) == 43 and set(QUICK) <= set(CASES)
 
 
+# -- OpenCV's single-layer oracles, computed by real Caffe ----------------------------------
+LAYERS = SHARED / "caffe-models" / "opencv-layers"
+LAYER_CASES = (
+    sorted(p.stem for p in LAYERS.glob("layer_*.prototxt") if (LAYERS / f"{p.stem}.npy").exists())
+    if LAYERS.exists()
+    else []
+)
+
+
+@pytest.mark.parametrize("case", LAYER_CASES)
+def test_opencv_layer_case_matches_caffe(case):
+    """Each ``layer_*`` net as float ONNX on its input: blob ``output`` against real Caffe's."""
+    from kerasq.converters.caffe import load
+
+    from kerasq.export.onnx import OnnxRunner, export_onnx
+
+    folder = shared_path("caffe-models", "opencv-layers")
+    own_input = folder / f"{case}.input.npy"
+    x = np.load(own_input if own_input.exists() else folder / "blob.npy")
+    weights = folder / f"{case}.caffemodel"
+    model = load(folder / f"{case}.prototxt", weights if weights.exists() else None,
+                 input_shape={"input": list(x.shape)})  # fmt: skip
+    feed = x.transpose(0, 2, 3, 1) if x.ndim == 4 else x
+    result = export_onnx(model, target="float", verify_data=feed, verify=True)
+    runner = OnnxRunner(result.content)
+    got = runner({runner.input_names[0]: feed})
+    out = runner.output_names[model.output_names.index("output")]
+    assert_caffe_close(nchw(got[out]), np.load(folder / f"{case}.npy"), case)
+
+
+def test_all_opencv_layer_cases_listed():
+    shared_path("caffe-models", "opencv-layers")
+    assert len(LAYER_CASES) == 20
+
+
 # -- whole nets against OpenCV -------------------------------------------------------------
 NETS = [
     ("lenet-mnist", "lenet.prototxt", "lenet_iter_10000.caffemodel", (2, 1, 28, 28)),
@@ -81,6 +116,7 @@ NETS = [
     ("mtcnn", "det1.prototxt", "det1.caffemodel", (1, 3, 12, 12)),
     ("mtcnn", "det2.prototxt", "det2.caffemodel", (1, 3, 24, 24)),
     ("mtcnn", "det3.prototxt", "det3.caffemodel", (1, 3, 48, 48)),
+    ("mtcnn", "det4.prototxt", "det4.caffemodel", (1, 15, 24, 24)),
     ("ultraface-rfb320", "RFB-320.prototxt", "RFB-320.caffemodel", (1, 3, 240, 320)),
     ("resnet20-cifar10", "deploy_generated.prototxt", "ResNet_20.caffemodel", (2, 3, 32, 32)),
     ("vanilla-cnn", "vanilla_deploy.prototxt", "vanillaCNN.caffemodel", (1, 3, 40, 40)),
@@ -142,6 +178,7 @@ def test_real_net_matches_opencv(folder, proto, weights, shape):
 # -- caffe-jacinto nets (seeded weights from make_weights.py) ------------------------------
 JACINTO = [
     ("cifar10-jnet11v2", (2, 3, 32, 32), 1, "new"),
+    ("cifar10-jnet11v2-v015", (2, 3, 32, 32), 2, "legacy"),
     ("imagenet-mobilenet0.5", (2, 3, 64, 64), 5, "new"),
     ("cityscapes5-jsegnet21v2", (2, 3, 64, 128), 6, "new"),
 ]

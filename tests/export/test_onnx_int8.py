@@ -6,8 +6,10 @@ formula (powers of two, zero points 0, codes in int8)."""
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -162,6 +164,39 @@ def test_power2_symmetric_widens_affine_ranges_to_symmetric_power_of_two():
         assert arrays[node.input[2]] == 0 and arrays[node.input[2]].dtype == np.int8
 
 
+def test_power2_symmetric_file_equals_a_dfp_input_grid_export():
+    """A model with tfmot's affine input quantizer (range [-0.7, 2.3], zero point != 0):
+    with power2_symmetric every activation is per-tensor 2^-k / zero point 0, and the file
+    computes exactly what the same net with a DFP input grid 2^-5 (the smallest symmetric
+    power of two covering the range: 0.7/128, 2.3/127 <= 2^-5) exports to."""
+    import onnx
+    from export.qmodels import conv_net, quantize_for_test
+
+    from kerasq.export.onnx import OnnxRunner, export_onnx
+
+    x = np.random.RandomState(0).uniform(-0.7, 2.3, (64, 8, 8, 1)).astype(np.float32)
+    affine = quantize_for_test(conv_net(), x)
+    plain = onnx.load_from_string(export_onnx(affine, target="int8").content)
+    zeros = [_arrays(plain)[n.input[2]] for n in plain.graph.node if n.op_type == "QuantizeLinear"]
+    assert any(z != 0 for z in zeros)  # without the option the affine input stays affine
+    tidl = export_onnx(affine, target="int8", power2_symmetric=True).content
+    proto = onnx.load_from_string(tidl)
+    arrays = _arrays(proto)
+    for node in proto.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            scale, zero = arrays[node.input[1]], arrays[node.input[2]]
+            assert np.all(zero == 0) and zero.dtype in (np.int8, np.uint8), node.name
+            assert all(math.frexp(float(v))[0] == 0.5 for v in np.atleast_1d(scale)), node.name
+            if node.op_type == "QuantizeLinear":
+                assert scale.ndim == 0, node.name  # per-tensor activations
+    reference = quantize_for_test(conv_net(), x, input_fl=5)
+    want = export_onnx(reference, target="int8").content
+    ours, theirs = OnnxRunner(tidl), OnnxRunner(want)
+    got = ours({ours.input_names[0]: x})[ours.output_names[0]]
+    ref = theirs({theirs.input_names[0]: x})[theirs.output_names[0]]
+    np.testing.assert_array_equal(got, ref)
+
+
 def test_int8_needs_a_quantized_model(lenet):
     from kerasq.errors import ExportError
     from kerasq.export.onnx import export_onnx
@@ -183,7 +218,6 @@ def test_float_target_of_quantized_model_is_exact(lenet):
 def test_mismatch_names_first_diverging_layer(lenet):
     """A file from the float LeNet checked against a copy whose conv2 weights changed:
     verification fails and names conv2 (not conv1, not the later layers)."""
-    from kerasq.errors import VerificationError
     from kerasq.export.onnx import export_onnx, first_divergence, verify_onnx
 
     model, _, _, x = lenet
@@ -196,8 +230,41 @@ def test_mismatch_names_first_diverging_layer(lenet):
     assert not report.ok()
     where = first_divergence(content, changed, x[:16])
     assert where is not None and where.startswith("conv2 ")
-    with pytest.raises(VerificationError):
-        raise VerificationError(report.describe())
+
+
+def test_int8_disagreement_raises_naming_the_first_tie(lenet, tmp_path):
+    """LeNet quantized with rounding "nearest" (ties away from zero) where ONNX's
+    QuantizeLinear rounds ties to even: the softmax differs by more than a step, the export
+    raises VerificationError naming the first quantized tensor that met a tie (the
+    float-emulated file and the Keras model agree up to it), and writes no file."""
+    import re
+
+    import kerasq
+    from kerasq.errors import VerificationError
+    from kerasq.export.onnx import export_onnx, first_divergence
+    from kerasq.schemes.config import QuantizationConfig
+
+    model, _, _, x = lenet
+    qmodel = kerasq.quantize_model(model, QuantizationConfig(rounding="nearest"))
+    kerasq.calibrate(qmodel, x[:256])
+    path = tmp_path / "q.onnx"
+    with pytest.raises(VerificationError) as info:
+        export_onnx(qmodel, path, target="int8", verify_data=x)
+    assert not path.exists()
+    match = re.search(r"first diverging layer: (\S+) \(max \|Δ\| ([0-9.e-]+)\)", str(info.value))
+    assert match, str(info.value)
+    # independently: the layer's own tensor differs, every layer before it matches
+    from kerasq.export.onnx import _deploy_int8
+
+    result = export_onnx(qmodel, target="int8", verify=False)
+
+    graph = _deploy_int8(qmodel)[0]
+    names = [layer.name for layer in graph.layers]
+    assert match.group(1) in names
+    # a rounding difference appears at a quantizer (a tensor rounded onto its grid)
+    assert type(graph.get_layer(match.group(1))).__name__ in ("GridQuantize", "AffineFakeQuant")
+    upto = keras.Model(graph.inputs, graph.get_layer(match.group(1)).input)
+    assert first_divergence(result.content, upto, x[:8]) is None
 
 
 # -- caffe-jacinto nets --------------------------------------------------------------------
@@ -233,12 +300,72 @@ def test_jacinto_mobilenet_int8_qdq_agrees_with_keras(tmp_path):
     assert out.top1_agreement >= 0.99, out.describe()
 
 
-@pytest.mark.slow
-def test_jacinto_jsegnet_int8_is_refused_with_the_layer(tmp_path):
-    """The int8 deploy graph has no grouped Conv2D (shared with TFLite): one clear error."""
-    from kerasq.errors import ExportError
-    from kerasq.export.onnx import export_onnx
+def _int8_weight_feeds(proto):
+    """Conv node name -> (group, the int8 codes and per-channel scales of its weight)."""
+    from onnx import numpy_helper
 
-    qmodel, x = _jacinto_qmodel(tmp_path, "cityscapes5-jsegnet21v2", (1, 3, 64, 128), 6)
-    with pytest.raises(ExportError, match="grouped Conv2D"):
-        export_onnx(qmodel, target="int8", verify_data=x[:2])
+    arrays = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    dq = {n.output[0]: n for n in proto.graph.node if n.op_type == "DequantizeLinear"}
+    feeds = {}
+    for node in proto.graph.node:
+        if node.op_type == "Conv" and node.input[1] in dq:
+            w = dq[node.input[1]]
+            group = next((a.i for a in node.attribute if a.name == "group"), 1)
+            feeds[node.name] = (group, arrays.get(w.input[0]), arrays.get(w.input[1]))
+    return feeds
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", [(1, 3, 64, 128), (1, 3, 128, 256)], ids=["64x128", "128x256"])
+def test_jacinto_jsegnet_int8_qdq_agrees_with_keras(tmp_path, shape):
+    """JSegNet21 (grouped and dilated convs, depthwise bilinear Deconvolution, Crop,
+    ArgMax) as int8 QDQ: the class map equals the Keras model's, and the logits before
+    the ArgMax (a file of their own) agree to the step, in the fused kernels and in the
+    float QDQ emulation."""
+    import onnx
+
+    from kerasq.export.onnx import OnnxRunner, compare, export_onnx
+
+    qmodel, x = _jacinto_qmodel(tmp_path, "cityscapes5-jsegnet21v2", shape, 6)
+    x = x[:16]
+    result = export_onnx(qmodel, target="int8", verify_data=x, verify=True)
+    (classes,) = result.report.outputs
+    assert classes.exact_fraction == 1.0, classes.describe()  # the per-pixel class index
+    proto = onnx.load_from_string(result.content)
+    producer = {out: node.op_type for node in proto.graph.node for out in node.output}
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    # the four zero-insertion upsamplings (Pad / Reshape between the grid and the Conv) get
+    # the grid repeated before their Conv: a DequantizeLinear -> Conv onnxruntime fuses
+    regrid = [n for n in convs if "input_regrid" in n.input[0]]
+    assert len(regrid) == 4 and all(producer[n.input[0]] == "DequantizeLinear" for n in regrid)
+    with tempfile.TemporaryDirectory() as tmp:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        opts.optimized_model_filepath = os.path.join(tmp, "fused.onnx")
+        ort.InferenceSession(result.content, opts, providers=["CPUExecutionProvider"])
+        fused = [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
+    # measured: every Conv but one runs as QLinearConv; onnxruntime 1.32 keeps out3a (group
+    # 2; its input blob also feeds pool3) as a float FusedConv on the same values
+    assert fused.count("QLinearConv") == len(convs) - 1 and "Conv" not in fused
+    feeds = _int8_weight_feeds(proto)
+    assert len(feeds) == len(convs)
+    grouped = [v for v in feeds.values() if v[0] > 1]
+    assert len(grouped) >= 8  # the grouped convs and the depthwise Deconvolutions
+    for _, codes, scales in feeds.values():
+        assert codes is not None and codes.dtype == np.int8
+        assert scales.shape == (codes.shape[0],)  # per output channel
+        assert all(math.frexp(float(s))[0] == 0.5 for s in scales)
+
+    logits = keras.Model(qmodel.inputs, qmodel.layers[-1].input)
+    result = export_onnx(logits, target="int8", verify_data=x, verify=True)
+    (out,) = result.report.outputs
+    print("jsegnet21", shape, out.describe())
+    assert out.output_step is not None  # found behind the Crop
+    assert out.max_error_steps <= 1.0 and out.top1_agreement >= 0.995, out.describe()
+    assert out.exact_fraction == 1.0  # measured: bit-identical
+    runner = OnnxRunner(result.content, optimize=False, keras_layout=True)
+    got = runner({runner.input_names[0]: x})[runner.output_names[0]]
+    emulated = compare("logits", got, np.asarray(logits(x)), out.output_step)
+    assert emulated.exact_fraction == 1.0, emulated.describe()
