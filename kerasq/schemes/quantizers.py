@@ -15,9 +15,10 @@ the model (.h5 and SavedModel):
 
 Export reads ``bitwidth``, ``signed`` (None = unsigned iff ``min >= 0``), ``channel_axes``
 and the variables above: an 8-bit DFP tensor is TFLite int8 with scale 2^-fl and zero
-point 0 (signed) or -128 (unsigned). With ``rounding="half_up"`` the DFP quantizers run
-``tf.quantization.fake_quant_with_min_max_vars(_per_channel)`` with min = qmin·2^-fl and
-max = qmax·2^-fl, the op the TFLite converter turns into real int8.
+point 0 (signed) or -128 (unsigned). The quantizers' own graph is training and reference
+arithmetic (``kerasq.ops`` kernels), not a TFLite-convertible form: the int8 (and float)
+TFLite file is built by :func:`kerasq.export.to_tflite` from these grids, for every
+rounding mode.
 
 Example:
     >>> q = DFPWeightQuantizer(bitwidth=4, channel_axes=(-1,))  # doctest: +SKIP
@@ -287,16 +288,6 @@ class DFPActivationQuantizer(_KerasqQuantizer):
         fl, scale, offset = params
         unsigned = self.is_unsigned(range_min)
         if self.power2_range and not self.apply_offset:
-            if rounding == "half_up" and self.bitwidth <= 16:
-                # one FakeQuant op, signedness as data (no tf.cond): TFLite-convertible
-                lo_s, hi_s = _qrange(self.bitwidth, True)
-                lo_u, hi_u = _qrange(self.bitwidth, False)
-                step = tf.pow(2.0, -tf.cast(fl, tf.float32))
-                qmin = tf.where(unsigned, lo_u, lo_s)
-                qmax = tf.where(unsigned, hi_u, hi_s)
-                return tf.quantization.fake_quant_with_min_max_vars(
-                    x, qmin * step, qmax * step, num_bits=self.bitwidth, narrow_range=False)
-
             def dfp(is_signed):
                 return _backend.dfp_quantize(x, self.bitwidth, fl, signed=is_signed,
                                              rounding=rounding)
@@ -321,8 +312,8 @@ class DFPActivationQuantizer(_KerasqQuantizer):
                 with tf.control_dependencies([count.assign_add(1)]):
                     return tf.identity(inputs)
 
-        def gated(active, quantized, force_cond=False):
-            if self.quantization_start == 0 and not force_cond:
+        def gated(active, quantized):
+            if self.quantization_start == 0:
                 return quantized()
             return _cond(active, quantized, lambda: tf.identity(inputs))
 
@@ -335,17 +326,7 @@ class DFPActivationQuantizer(_KerasqQuantizer):
                     return gated(active, lambda: self.quantize(
                         inputs, new_min, params, self._round_mode(True)))
 
-        def stored_fake_quant():
-            return self.quantize(inputs, weights["min"], (weights["frac_bits"], weights["scale"],
-                                                          weights["offset"]),
-                                 self._round_mode(False))
-
         def infer_branch():
-            if self._round_mode(False) == "half_up":
-                # export form: FakeQuant on the stored fl only (constant once frozen), so
-                # the TFLite converter makes it int8; an uncalibrated quantizer is float
-                return gated(tf.logical_and(count > 0, count >= self.quantization_start),
-                             stored_fake_quant, force_cond=True)
             # the stored range; never calibrated nor trained: this batch's min/max
             has_range = count > 0
             x = tf.cast(inputs, tf.float32)
@@ -447,11 +428,6 @@ class DFPWeightQuantizer(_WeightQuantizerBase):
         keep = {a % rank for a in self.channel_axes}
         return [a for a in range(rank) if a not in keep]
 
-    def _keepdims_shape(self, w: tf.Tensor) -> list:
-        rank = w.shape.rank
-        reduce = set(self._reduce_axes(rank))
-        return [1 if a in reduce else w.shape[a] for a in range(rank)]
-
     def _channel_shape(self, shape: Sequence[int]) -> Tuple[int, ...]:
         if self.channel_axes is None:
             return ()
@@ -527,26 +503,11 @@ class DFPWeightQuantizer(_WeightQuantizerBase):
 
     def fake_quantize(self, w: tf.Tensor, weights: Dict[str, tf.Variable],
                       rounding: str, params: Any = None) -> tf.Tensor:
-        if params is None and rounding == "half_up" and self.power2_range \
-                and not self.apply_offset and self.frac_bits is None:
-            # export form: the stored fl (refreshed by training steps, calibrate and
-            # quantize_model) is a constant once frozen, so TFLite makes int8 weights
-            stored = tf.reshape(weights["frac_bits"], self._keepdims_shape(w))
-            params = (stored, None, None, None, None)
         fl, scale, offset, _, _ = params if params is not None else self.params(w)
         if self.power2_range and not self.apply_offset:
-            if rounding == "half_up" and self.bitwidth <= 16 and (
-                    self.channel_axes is None or self.channel_axes == (-1,)):
-                qmin, qmax = _qrange(self.bitwidth, True)
-                step = tf.pow(2.0, -fl)
-                if self.channel_axes is None:
-                    return tf.quantization.fake_quant_with_min_max_vars(
-                        w, tf.reshape(qmin * step, []), tf.reshape(qmax * step, []),
-                        num_bits=self.bitwidth, narrow_range=False)
-                return tf.quantization.fake_quant_with_min_max_vars_per_channel(
-                    w, tf.reshape(qmin * step, [-1]), tf.reshape(qmax * step, [-1]),
-                    num_bits=self.bitwidth, narrow_range=False)
-            if self.channel_axes == (-1,):
+            if self.channel_axes is None:  # a scalar fl: the C++ kernel's per-tensor form
+                fl = tf.reshape(fl, [])
+            elif self.channel_axes == (-1,):
                 fl = tf.reshape(fl, [-1])
             return _backend.dfp_quantize(w, self.bitwidth, fl, signed=True, rounding=rounding)
         qmin, qmax = _qrange(self.bitwidth, not self.apply_offset)
