@@ -206,16 +206,20 @@ class DFPActivationQuantizer(_KerasqQuantizer):
     # ------------------------------------------------------------------ statistics
     def batch_range(self, x: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
         """(min, max) statistic of one batch for this quantizer's estimator."""
-        x = tf.cast(tf.reshape(x, [-1]), tf.float32)
+        x = tf.cast(x, tf.float32)
         if self.range_estimator == "percentile":
-            s = tf.sort(x)
+            s = tf.sort(tf.reshape(x, [-1]))
             n = tf.cast(tf.size(s) - 1, tf.float32)
             hi = tf.cast(tf.round(n * self.percentile / 100.0), tf.int32)
             lo = tf.cast(tf.round(n * (100.0 - self.percentile) / 100.0), tf.int32)
             return tf.minimum(tf.gather(s, lo), 0.0), tf.gather(s, hi)
+        # two reductions over x: TF has no fused min/max kernel (nor has kerasq.ops); an
+        # XLA-fused pair measured ~17 % faster than two reductions, not worth a compile per
+        # shape and quantizer. max|x| = max(max x, -min x) needs no |x| temporary.
+        bmin, bmax = tf.reduce_min(x), tf.reduce_max(x)
         if self.range_estimator == "max_abs":
-            return tf.reduce_min(x), tf.reduce_max(tf.abs(x))
-        return tf.reduce_min(x), tf.reduce_max(x)
+            return bmin, tf.maximum(bmax, -bmin)
+        return bmin, bmax
 
     def merged_range(self, x: tf.Tensor, weights: Dict[str, tf.Variable]
                      ) -> Tuple[tf.Tensor, tf.Tensor]:
@@ -288,10 +292,15 @@ class DFPActivationQuantizer(_KerasqQuantizer):
         fl, scale, offset = params
         unsigned = self.is_unsigned(range_min)
         if self.power2_range and not self.apply_offset:
+            fl = tf.cast(fl, tf.int32)  # once, outside the branches
+
             def dfp(is_signed):
                 return _backend.dfp_quantize(x, self.bitwidth, fl, signed=is_signed,
                                              rounding=rounding)
             if self.signed is None:
+                # a cond, not tf.where-chosen bounds: kerasq.ops takes the signedness as an
+                # attribute, and clipping to data-chosen bounds before one (B+1)-bit kernel
+                # measured 2.5-4x slower than this branch (forward + backward, 4M floats)
                 return tf.cond(unsigned, lambda: dfp(False), lambda: dfp(True))
             return dfp(bool(self.signed))
         if self.apply_offset:
@@ -326,13 +335,18 @@ class DFPActivationQuantizer(_KerasqQuantizer):
                     return gated(active, lambda: self.quantize(
                         inputs, new_min, params, self._round_mode(True)))
 
-        def infer_branch():
-            # the stored range; never calibrated nor trained: this batch's min/max
-            has_range = count > 0
+        def stored_range():
+            return tf.identity(weights["min"]), tf.identity(weights["max"])
+
+        def batch_min_max():
             x = tf.cast(inputs, tf.float32)
-            batch_max = tf.reduce_max(tf.abs(x) if self.range_estimator == "max_abs" else x)
-            range_min = tf.where(has_range, weights["min"], tf.reduce_min(x))
-            range_max = tf.where(has_range, weights["max"], batch_max)
+            bmin, bmax = tf.reduce_min(x), tf.reduce_max(x)
+            return bmin, (tf.maximum(bmax, -bmin) if self.range_estimator == "max_abs" else bmax)
+
+        def infer_branch():
+            # the stored range; never calibrated nor trained: this batch's min/max (a cond,
+            # so a calibrated model does not reduce over every activation at inference)
+            range_min, range_max = _cond(count > 0, stored_range, batch_min_max)
             return gated(count >= self.quantization_start, lambda: self.quantize(
                 inputs, range_min, self.params_from_range(range_min, range_max),
                 self._round_mode(False)))
@@ -505,9 +519,20 @@ class DFPWeightQuantizer(_WeightQuantizerBase):
                       rounding: str, params: Any = None) -> tf.Tensor:
         fl, scale, offset, _, _ = params if params is not None else self.params(w)
         if self.power2_range and not self.apply_offset:
+            w = tf.convert_to_tensor(w)
+            rank = w.shape.rank
+            kept = sorted({a % rank for a in self.channel_axes or ()})
             if self.channel_axes is None:  # a scalar fl: the C++ kernel's per-tensor form
                 fl = tf.reshape(fl, [])
-            elif self.channel_axes == (-1,):
+            elif kept == list(range(rank - len(kept), rank)) and len(kept) > 1 \
+                    and w.shape.is_fully_defined():
+                # trailing channel axes (depthwise [kh, kw, C, M]): as one last axis, so the
+                # C++ kernel's per-channel form runs instead of the broadcasting fallback
+                flat = tf.reshape(w, [-1, int(np.prod(w.shape[rank - len(kept):]))])
+                q = _backend.dfp_quantize(flat, self.bitwidth, tf.reshape(fl, [-1]),
+                                          signed=True, rounding=rounding)
+                return tf.reshape(q, w.shape)
+            elif kept == [rank - 1]:
                 fl = tf.reshape(fl, [-1])
             return _backend.dfp_quantize(w, self.bitwidth, fl, signed=True, rounding=rounding)
         qmin, qmax = _qrange(self.bitwidth, not self.apply_offset)
