@@ -188,3 +188,17 @@ def test_a_second_calibrate_call_reuses_the_traced_graph():
         range_estimator="minmax")), x32, batch_size=16)
     for a, b in zip(q.get_weights(), fresh.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_calibration_cache_does_not_keep_a_model_alive():
+    import gc
+    import sys
+    import weakref
+
+    calibrate_module = sys.modules[kerasq.calibrate.__module__]
+    q = kerasq.calibrate(kerasq.quantize_model(_dense_model()), _batches())
+    assert q in calibrate_module._COLLECT_FUNCTIONS
+    ref = weakref.ref(q)
+    del q
+    gc.collect()
+    assert ref() is None
