@@ -203,3 +203,23 @@ def test_export_spec_describes_the_grid_the_quantizer_uses():
     assert out.min() >= 0 and out.max() <= 255
     _, dw_q, dw_vars = _wrapper(q, "dw")._weight_vars[0]
     assert dw_q.export_spec(dw_vars).axis == -2
+
+
+@pytest.mark.parametrize("bits", [2, 8, 16, 32])
+@pytest.mark.parametrize("signed", [True, False])
+def test_graph_frac_bits_equal_numerics_on_every_exponent(bits, signed):
+    """The quantizers' four-op fl (float32 bit pattern, inside tf.function) equals the numpy
+    reference on every power of two, its neighbours, subnormals, 0 and random values."""
+    from kerasq.schemes import _backend
+
+    one = np.float32(1.0)
+    powers = np.ldexp(one, np.arange(-149, 128)).astype(np.float32)
+    rng = np.random.RandomState(0)
+    values = np.concatenate([
+        powers, np.nextafter(powers, np.float32(np.inf)), np.nextafter(powers, np.float32(0)),
+        np.exp(rng.uniform(-87, 88, 5000)).astype(np.float32),
+        [0.0, -0.0, np.finfo(np.float32).max]]).astype(np.float32)
+    values = values[np.isfinite(values)]
+    graph = tf.function(lambda m: _backend.dfp_frac_bits(m, bits, signed=signed))
+    np.testing.assert_array_equal(graph(tf.constant(values)).numpy(),
+                                  nx.dfp_frac_bits(np.abs(values), bits, signed=signed))
