@@ -103,7 +103,7 @@ def _collect_function(qmodel: Any, strategy: Any, distributed: bool) -> Any:
 
     @tf.function(reduce_retracing=True)
     def collect(x: Any) -> Any:
-        model = model_ref()
+        model: Any = model_ref()
         if distributed:  # replica functions may run in other threads: enter the mode there
             return strategy.run(_calibrating_call, args=(model, x))
         return model(x, training=False)
