@@ -56,9 +56,25 @@ def pow2_quantize(x: tf.Tensor, exp_min: int, exp_max: int, *, rounding: str) ->
     return _numerics().pow2_quantize(x, exp_min, exp_max, rounding=rounding)
 
 
+_FLOAT32_MIN_NORMAL = 2.0 ** -126
+
+
 def dfp_frac_bits(max_abs: tf.Tensor, bitwidth: int, *, signed: bool) -> tf.Tensor:
-    """Largest fl such that max_abs fits the B-bit grid (``kerasq.numerics.dfp_frac_bits``)."""
-    return tf.cast(_numerics().dfp_frac_bits(max_abs, bitwidth, signed=signed), tf.float32)
+    """Largest fl such that max_abs fits the B-bit grid (``kerasq.numerics.dfp_frac_bits``).
+
+    fl = B − s − ceil(log2 max_abs), ceil(log2 0) := 0, subnormals count as 0. For float32
+    (every quantizer's statistics) ceil(log2 m) of a normal m is read in four ops from the
+    bit pattern: ((bits(m) + 2^23 − 1) >> 23) − 127, i.e. the exponent field, plus one when
+    any mantissa bit is set (the carry). The quantizers run this once per quantizer and step;
+    the general ``kerasq.numerics`` form (used eagerly, where it also rejects non-finite
+    values) takes about 25 ops.
+    """
+    m = tf.convert_to_tensor(max_abs)
+    if m.dtype != tf.float32 or tf.executing_eagerly():  # eager: numerics checks the value
+        return tf.cast(_numerics().dfp_frac_bits(m, bitwidth, signed=signed), tf.float32)
+    ceil_log2 = tf.bitwise.right_shift(tf.bitcast(m, tf.int32) + (2**23 - 1), 23) - 127
+    ceil_log2 = tf.where(m >= _FLOAT32_MIN_NORMAL, ceil_log2, 0)
+    return tf.cast(bitwidth - (1 if signed else 0) - ceil_log2, tf.float32)
 
 
 def _round(y: tf.Tensor, rounding: str) -> tf.Tensor:

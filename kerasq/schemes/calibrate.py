@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Iterable, Iterator, Optional
+import weakref
+from typing import Any, Iterable, Iterator, Optional, Tuple
 
 import numpy as np
 
 from kerasq._compat import keras, tf
 from kerasq.data import check_data_finite, check_model_finite
 from kerasq.errors import DataError, KerasqError
+from kerasq.schemes import slots
 from kerasq.schemes.quantizers import calibration_mode
 
 logger = logging.getLogger("kerasq.schemes.calibrate")
@@ -70,6 +72,49 @@ def _calibrating_call(qmodel: Any, x: Any) -> Any:
         return qmodel(x, training=False)
 
 
+# qmodel -> (quantizer fingerprint, distributed, traced collect function). Tracing the
+# calibration graph of a real net takes seconds; a later calibrate call on the same model
+# (same quantizers) reuses it. The function holds only a weak reference to the model, so an
+# entry goes away with its model.
+_COLLECT_FUNCTIONS: "weakref.WeakKeyDictionary[Any, Tuple[Any, bool, Any]]" = (
+    weakref.WeakKeyDictionary())
+
+
+def _quantizer_fingerprint(qmodel: Any) -> Tuple[Any, ...]:
+    """What the traced graph depends on besides variables: each quantizer and its config."""
+    return tuple((slot.layer.name, slot.role, slot.attr, id(slot.quantizer), repr(slot.quantizer))
+                 for slot in slots.iter_slots(qmodel))
+
+
+def _collect_function(qmodel: Any, strategy: Any, distributed: bool) -> Any:
+    """The (cached) ``tf.function`` running one calibration batch through ``qmodel``.
+
+    Traced under :func:`calibration_mode` by the first call, with ``reduce_retracing`` so a
+    shorter last batch generalizes the batch dimension instead of adding traces.
+    """
+    fingerprint = _quantizer_fingerprint(qmodel)
+    try:
+        cached = _COLLECT_FUNCTIONS.get(qmodel)
+    except TypeError:  # a model that cannot be weakly referenced: no cache
+        cached = None
+    if cached is not None and cached[0] == fingerprint and cached[1] == distributed:
+        return cached[2]
+    model_ref = weakref.ref(qmodel)
+
+    @tf.function(reduce_retracing=True)
+    def collect(x: Any) -> Any:
+        model: Any = model_ref()
+        if distributed:  # replica functions may run in other threads: enter the mode there
+            return strategy.run(_calibrating_call, args=(model, x))
+        return model(x, training=False)
+
+    try:
+        _COLLECT_FUNCTIONS[qmodel] = (fingerprint, distributed, collect)
+    except TypeError:
+        pass
+    return collect
+
+
 def calibrate(qmodel: Any, data: Any, steps: Optional[int] = None, *, batch_size: int = 32,
               reset: bool = True, verbose: int = 0) -> Any:
     """Collect activation ranges over ``data`` (at most ``steps`` batches) and return ``qmodel``.
@@ -97,12 +142,7 @@ def calibrate(qmodel: Any, data: Any, steps: Optional[int] = None, *, batch_size
     strategy = getattr(qmodel, "distribute_strategy", None)
     distributed = strategy is not None and strategy.num_replicas_in_sync > 1
     with calibration_mode(), (strategy.scope() if distributed else contextlib.nullcontext()):
-        @tf.function(reduce_retracing=True)
-        def collect(x: Any) -> Any:
-            if distributed:  # replica functions may run in other threads: enter the mode there
-                return strategy.run(_calibrating_call, args=(qmodel, x))
-            return qmodel(x, training=False)
-
+        collect = _collect_function(qmodel, strategy, distributed)
         done = 0
         for batch in _batches(data, batch_size):
             if steps is not None and done >= steps:

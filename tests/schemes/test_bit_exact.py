@@ -121,18 +121,26 @@ def test_activations_equal_numerics_after_calibration():
     assert stored["output_frac_bits"] == fl_relu
 
 
-def test_half_up_uses_tf_fake_quant_and_matches_numerics():
+def test_half_up_is_an_ordinary_rounding_mode_matching_numerics():
+    """half_up runs the ops backend like every mode (no FakeQuant form in the graph: the
+    int8 TFLite file comes from kerasq.export, see test_tflite_int8.py)."""
     model, x = _model(), _data()
     q = kerasq.calibrate(kerasq.quantize_model(model, QuantizationConfig(rounding="half_up")), x)
     w, wq = _quantized_weights(q, "conv")["kernel"]
     np.testing.assert_array_equal(
         wq, nx.dfp_quantize(w, 8, _per_channel_fl(w, (-1,), 8), rounding="half_up"))
+    relu_in = _tap(q, "quant_conv")(x).numpy()
+    stored = {v.name.split("/")[-1].split(":")[0]: v.numpy() for v in _wrapper(q, "relu").weights}
+    np.testing.assert_array_equal(
+        _tap(q, "quant_relu")(x).numpy(),
+        nx.dfp_quantize(np.maximum(relu_in, 0), 8, int(stored["output_frac_bits"]), signed=False,
+                        rounding="half_up"))
     concrete = tf.function(lambda t: q(t, training=False)).get_concrete_function(
         tf.TensorSpec([None, 6, 6, 2], tf.float32))
     graph_def = concrete.graph.as_graph_def()
     ops = {n.op for n in graph_def.node}
     ops |= {n.op for f in graph_def.library.function for n in f.node_def}  # cond branches
-    assert "FakeQuantWithMinMaxVarsPerChannel" in ops and "FakeQuantWithMinMaxVars" in ops
+    assert not {op for op in ops if op.startswith("FakeQuantWithMinMax")}
 
 
 def test_jacinto_non_power2_scales_follow_the_spec_formula():
@@ -195,3 +203,23 @@ def test_export_spec_describes_the_grid_the_quantizer_uses():
     assert out.min() >= 0 and out.max() <= 255
     _, dw_q, dw_vars = _wrapper(q, "dw")._weight_vars[0]
     assert dw_q.export_spec(dw_vars).axis == -2
+
+
+@pytest.mark.parametrize("bits", [2, 8, 16, 32])
+@pytest.mark.parametrize("signed", [True, False])
+def test_graph_frac_bits_equal_numerics_on_every_exponent(bits, signed):
+    """The quantizers' four-op fl (float32 bit pattern, inside tf.function) equals the numpy
+    reference on every power of two, its neighbours, subnormals, 0 and random values."""
+    from kerasq.schemes import _backend
+
+    one = np.float32(1.0)
+    powers = np.ldexp(one, np.arange(-149, 128)).astype(np.float32)
+    rng = np.random.RandomState(0)
+    values = np.concatenate([
+        powers, np.nextafter(powers, np.float32(np.inf)), np.nextafter(powers, np.float32(0)),
+        np.exp(rng.uniform(-87, 88, 5000)).astype(np.float32),
+        [0.0, -0.0, np.finfo(np.float32).max]]).astype(np.float32)
+    values = values[np.isfinite(values)]
+    graph = tf.function(lambda m: _backend.dfp_frac_bits(m, bits, signed=signed))
+    np.testing.assert_array_equal(graph(tf.constant(values)).numpy(),
+                                  nx.dfp_frac_bits(np.abs(values), bits, signed=signed))

@@ -163,3 +163,42 @@ def test_bias_after_absval_is_linked_to_the_accumulator_grid():
     assert float(bias_vars["linked"].numpy()) == 1.0
     np.testing.assert_array_equal(np.asarray(bias_vars["frac_bits"].numpy()).reshape(-1),
                                   fl_w + fl_in)
+
+
+def test_a_second_calibrate_call_reuses_the_traced_graph():
+    """The calibration graph is traced once per model: later calls (another data set, a
+    shorter last batch, reset) reuse it and still give the running min/max of their data
+    (numpy reference)."""
+    import sys
+
+    calibrate_module = sys.modules[kerasq.calibrate.__module__]  # the name is the function
+    q = kerasq.quantize_model(_dense_model(), QuantizationConfig(range_estimator="minmax"))
+    rng = np.random.RandomState(0)
+    first, second = rng.normal(0, 2, (40, 4)).astype(np.float32), rng.normal(0, 5, (70, 4))
+    kerasq.calibrate(q, first, batch_size=16)  # 16, 16, 8: the batch dimension generalizes
+    collect = calibrate_module._COLLECT_FUNCTIONS[q][2]
+    traces = collect.experimental_get_tracing_count()
+    kerasq.calibrate(q, second.astype(np.float32), batch_size=16, verbose=0)
+    assert calibrate_module._COLLECT_FUNCTIONS[q][2] is collect
+    assert collect.experimental_get_tracing_count() == traces
+    v = _vars(q, "x_quantize")
+    x32 = second.astype(np.float32)
+    assert v["x_quantize_min"] == x32.min() and v["x_quantize_max"] == x32.max()
+    fresh = kerasq.calibrate(kerasq.quantize_model(_dense_model(), QuantizationConfig(
+        range_estimator="minmax")), x32, batch_size=16)
+    for a, b in zip(q.get_weights(), fresh.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_calibration_cache_does_not_keep_a_model_alive():
+    import gc
+    import sys
+    import weakref
+
+    calibrate_module = sys.modules[kerasq.calibrate.__module__]
+    q = kerasq.calibrate(kerasq.quantize_model(_dense_model()), _batches())
+    assert q in calibrate_module._COLLECT_FUNCTIONS
+    ref = weakref.ref(q)
+    del q
+    gc.collect()
+    assert ref() is None
