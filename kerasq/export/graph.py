@@ -569,12 +569,12 @@ class _Builder:
         tensor_dict: Dict[str, list] = {}
         outside = self._outside_inputs() if self.preprocessing == "outside" else {}
         for k, (ref, new) in enumerate(zip(model.inputs, inputs)):
-            layer = outside.get(id(ref))
-            if layer is None:
+            site = outside.get(id(ref))
+            if site is None:
                 tensor_dict[str(id(ref))] = [new] * usage[str(id(ref))]
                 continue
-            inputs[k], y = self._preprocessed_input(layer)
-            tensor_dict[str(id(layer.output))] = [y] * usage[str(id(layer.output))]
+            inputs[k], y = self._preprocessed_input(site)
+            tensor_dict[str(id(site.output))] = [y] * usage[str(id(site.output))]
         for depth in sorted(model._nodes_by_depth.keys(), reverse=True):
             for node in model._nodes_by_depth[depth]:
                 if node.is_input or any(t not in tensor_dict for t in node.flat_input_ids):
@@ -601,29 +601,25 @@ class _Builder:
                           out_specs[0], out_specs, self.float_islands, self.outside)
 
     def _outside_inputs(self) -> Dict[int, Any]:
-        """id(model input) -> the preprocessing layer reading it (preprocessing="outside")."""
+        """id(model input) -> the preprocessing site reading it (preprocessing="outside")."""
         from kerasq.export.preprocessing import find_preprocessing
 
-        found = {}
-        for layer in find_preprocessing(self.qmodel):
-            source = layer._inbound_nodes[0].inbound_layers
-            if slots.is_quantize_layer(source):
-                source = source._inbound_nodes[0].inbound_layers
-            found[id(source.output)] = layer
+        found = {id(site.model_input): site for site in find_preprocessing(self.qmodel)}
         if not found:
             raise ExportError("preprocessing 'outside': the model has no input preprocessing "
                               "layer (convert with --mean/--scale/--swap-rb to record one)")
         return found
 
-    def _preprocessed_input(self, layer: Any) -> Tuple[Any, Any]:
+    def _preprocessed_input(self, site: Any) -> Tuple[Any, Any]:
         """The file's input for an input whose preprocessing stays outside: the
         preprocessed tensor, quantized onto the preprocessing layer's output grid (the
         same rounding the Keras model applies after its float preprocessing)."""
         from kerasq.export.preprocessing import describe_layer
 
-        source = layer._inbound_nodes[0].inbound_layers
+        source = site.quantize_layer
+        layer = site.layer
         grid = None
-        if slots.is_quantize_layer(source):
+        if source is not None:
             slot = slots.input_slot(source)
             if slot is not None:
                 grid = specs.activation_spec(_quantizer_fn(slot.quantizer, slot.variables),
@@ -636,9 +632,9 @@ class _Builder:
                     raise ExportError(f"the raw input grid is {grid.describe()}, which the "
                                       "preprocessing sidecar cannot describe",
                                       layer=source.name)
-        prep = describe_layer(layer, grid)
+        prep = describe_layer(site, grid)
         self.outside.append(prep)
-        new = keras.Input(batch_shape=layer.output.shape, dtype=layer.output.dtype,
+        new = keras.Input(batch_shape=site.output.shape, dtype=site.output.dtype,
                           name=prep.tensor_name)
         y = new
         outs = _output_quantizers(layer) if slots.is_quantize_wrapper(layer) else []

@@ -135,40 +135,65 @@ class Preprocessing:
         return data
 
 
-def _inbound(layer: Any) -> List[Any]:
-    nodes = getattr(layer, "_inbound_nodes", [])
-    if len(nodes) != 1:
-        return []
-    inbound = nodes[0].inbound_layers
-    return list(inbound) if isinstance(inbound, (list, tuple)) else [inbound]
+@dataclasses.dataclass(frozen=True)
+class PreprocessingSite:
+    """Where a preprocessing layer sits: ``layer`` (the (wrapped) ``CaffePreprocess``),
+    ``model_input`` (the model input tensor it reads), ``quantize_layer`` (the quantized
+    model's input ``QuantizeLayer`` in between, or None) and ``output`` (its output tensor
+    in the model)."""
+
+    layer: Any
+    model_input: Any
+    quantize_layer: Any
+    output: Any
 
 
-def find_preprocessing(model: Any) -> List[Any]:
-    """The preprocessing layers (a ``CaffePreprocess``, tfmot-wrapped or not) that read a
-    model input directly or through the quantized model's input ``QuantizeLayer``."""
+def _source(tensor: Any) -> Any:
+    """The (layer, node) that produced a Keras tensor."""
+    history = tensor._keras_history
+    return history.layer, history.layer._inbound_nodes[history.node_index]
+
+
+def find_preprocessing(model: Any) -> List[PreprocessingSite]:
+    """The preprocessing layers (a ``CaffePreprocess``, tfmot-wrapped or not) of ``model``
+    that read a model input directly or through the quantized model's input
+    ``QuantizeLayer``."""
     from kerasq.schemes import slots
 
+    inputs = {id(t): t for t in model.inputs}
     found = []
-    for layer in model.layers:
-        if type(slots.inner_layer(layer)).__name__ != "CaffePreprocess":
-            continue
-        source = _inbound(layer)
-        if len(source) == 1 and slots.is_quantize_layer(source[0]):
-            source = _inbound(source[0])
-        if len(source) == 1 and type(source[0]).__name__ == "InputLayer":
-            found.append(layer)
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        for node in model._nodes_by_depth[depth]:
+            if type(slots.inner_layer(node.layer)).__name__ != "CaffePreprocess":
+                continue
+            sources = tf_flatten(node.input_tensors)
+            if len(sources) != 1:
+                continue
+            tensor, quantize_layer = sources[0], None
+            layer, producer = _source(tensor)
+            if slots.is_quantize_layer(layer):
+                quantize_layer = layer
+                inner = tf_flatten(producer.input_tensors)
+                tensor = inner[0] if len(inner) == 1 else None
+            if tensor is not None and id(tensor) in inputs:
+                found.append(PreprocessingSite(node.layer, tensor, quantize_layer,
+                                               tf_flatten(node.outputs)[0]))
     return found
 
 
-def describe_layer(layer: Any, input_grid: Optional[GridSpec]) -> Preprocessing:
-    """The :class:`Preprocessing` of a (wrapped) ``CaffePreprocess`` layer."""
+def tf_flatten(value: Any) -> List[Any]:
+    """A node's tensors as a flat list."""
+    from kerasq._compat import tf
+
+    return list(tf.nest.flatten(value))
+
+
+def describe_layer(site: PreprocessingSite, input_grid: Optional[GridSpec]) -> Preprocessing:
+    """The :class:`Preprocessing` of a preprocessing site."""
     from kerasq.schemes import slots
 
-    inner = slots.inner_layer(layer)
-    source = _inbound(layer)
-    if source and slots.is_quantize_layer(source[0]):
-        source = _inbound(source[0])
-    input_name = source[0].name if source else "input"
+    inner = slots.inner_layer(site.layer)
+    input_name = site.model_input.name.split(":")[0]
     weights = inner.get_weights()
     mean = np.asarray(weights[0], np.float32) if weights else None
     return Preprocessing(input_name, f"{input_name}{PREPROCESSED_SUFFIX}", inner.name,
@@ -237,6 +262,7 @@ def load_preprocessing(json_path: PathLike) -> Preprocessing:
 __all__ = [
     "PREPROCESSING_MODES",
     "Preprocessing",
+    "PreprocessingSite",
     "describe_layer",
     "find_preprocessing",
     "load_preprocessing",
