@@ -281,7 +281,7 @@ _CONFIG_LIMITS = ("not a power of two", "does not map 0 to 0", "do not fit", "bi
 def _with_way_out(err: ExportError, qmodel: Any, target: str) -> ExportError:
     """``err`` with the way out appended: how to calibrate an uncalibrated model, or, for a
     config the target cannot hold, ``kerasq quantize --int8`` and a target that works."""
-    if target not in ("int8", "int16x8") or "input preprocessing" in err.reason:
+    if target not in ("int8", "int16x8"):
         return err
     missing = uncalibrated_quantizers(qmodel)
     if missing:
@@ -291,7 +291,8 @@ def _with_way_out(err: ExportError, qmodel: Any, target: str) -> ExportError:
             "--calibration x.npy -o q.h5` (or kerasq.calibrate(qmodel, x)) and export that",
             file=err.file,
         )
-    if any(text in err.reason for text in _CONFIG_LIMITS):
+    if ("input preprocessing" not in err.reason  # it names its own ways out
+            and any(text in err.reason for text in _CONFIG_LIMITS)):
         err.reason = (
             f"{err.reason}; TFLite {target} cannot hold this quantization config: make it "
             "int8-deployable with `kerasq quantize MODEL.h5 --config CONFIG --int8 "

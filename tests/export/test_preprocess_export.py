@@ -169,6 +169,10 @@ def test_lenet_non_pow2_scale_outside_is_bit_identical(tmp_path):
     assert "wrote q.tflite.preprocessing.json" in proc.stdout
     assert "100.00% identical" in proc.stdout
     _check_outside_file(tmp_path, "q.tflite", "q.h5", test)
+    proc = matrix._cli("export", "q.h5", "-o", "q.onnx", "--preprocessing", "outside",
+                       cwd=tmp_path)
+    assert proc.returncode == 2 and "applies to TFLite files" in proc.stderr
+    assert not (tmp_path / "q.onnx").exists()
 
 
 def test_cifar_mean_image_outside_in_one_convert_command(tmp_path):
