@@ -8,7 +8,8 @@ re-executes itself when they are missing)::
     python benchmarks/ops.py --markdown      # the README / docs/ops.md tables
     python benchmarks/ops.py --quick         # smoke test (tiny sizes, 3 rounds)
 
-Sections (``--only fakequant,integer,wholenet,qat``):
+Sections (``--only fakequant,integer,wholenet,qat``; ``--only numerics`` adds
+docs/numerics.md's table of the pure-TF quantizers on a 32x56x56x64 tensor):
 
 1. fake quantization, forward + backward, 1M/4M/16M float32 elements. Every variant,
    the bound included, runs the same step on the same input: ``x`` and the upstream
@@ -143,6 +144,46 @@ def _ratio_cell(t: Timings, name: str, base: str) -> str:
 
 def _ms_cell(t: Timings, name: str) -> str:
     return f"{t.min(name) * 1e3:.2f} ({t.median(name) * 1e3:.2f}) ms"
+
+
+# ---------------------------------------------------------------- 0. numerics (TF path)
+
+
+def bench_numerics(shape: Tuple[int, ...], rounds: int) -> Table:
+    """docs/numerics.md's speed table: the pure-TF quantizers of ``kerasq.numerics``
+    (forward only) in a ``tf.function`` and under ``jit_compile=True``, against TF's fused
+    ``fake_quant_with_min_max_vars`` on the same float32 tensor."""
+    from kerasq.numerics import dfp_quantize, minifloat_quantize
+
+    x = tf.Variable(tf.random.stateless_normal(shape, seed=[0, 1]))
+    lo, hi = tf.constant(-8.0), tf.constant(7.9375)
+
+    def fn(body: Callable, jit: bool = False) -> Callable:
+        compiled = tf.function(body, jit_compile=jit)
+        return lambda: compiled(x)
+
+    def dfp(v):
+        return dfp_quantize(v, 8, 4)
+
+    def minifloat(v):
+        return minifloat_quantize(v, 5, 10)
+
+    fns = {
+        "TF's fused `fake_quant_with_min_max_vars`":
+            fn(lambda v: tf.quantization.fake_quant_with_min_max_vars(v, lo, hi)),
+        "`dfp_quantize` in a `tf.function`": fn(dfp),
+        "`minifloat_quantize` in a `tf.function`": fn(minifloat),
+        "`dfp_quantize` under `jit_compile=True`": fn(dfp, True),
+        "`minifloat_quantize` under `jit_compile=True`": fn(minifloat, True),
+    }
+    t = interleaved(fns, rounds)
+    dims = "×".join(str(d) for d in shape)
+    table = Table(f"kerasq.numerics on a {dims} float32 tensor, forward, min (median) over "
+                  f"{rounds} interleaved rounds, {_threads()} threads, {_load_note()}",
+                  ["path", "time"])
+    for name in fns:
+        table.add([name, _ms_cell(t, name)])
+    return table
 
 
 # ---------------------------------------------------------------- 1. fake quant
@@ -487,9 +528,12 @@ def main(argv: Optional[List[str]] = None) -> int:
               "(run as a script to have them set)", file=sys.stderr)
     rounds = args.rounds or (3 if args.quick else 21)
     parts = set(args.only.split(","))
-    unknown = parts - {"fakequant", "integer", "wholenet", "qat"}
+    unknown = parts - {"numerics", "fakequant", "integer", "wholenet", "qat"}
     if unknown:
         parser.error(f"unknown section(s) {sorted(unknown)}")
+    if "numerics" in parts:
+        shape = (2, 8, 8, 16) if args.quick else (32, 56, 56, 64)
+        print(bench_numerics(shape, rounds).render(args.markdown), flush=True)
     if "fakequant" in parts:
         sizes = [2**16] if args.quick else [2**20, 2**22, 2**24]
         print(bench_fake_quant(sizes, rounds).render(args.markdown), flush=True)

@@ -7,6 +7,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from kerasq.numerics.grid import EXPORT_TARGETS as TARGETS
 
@@ -34,6 +35,7 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
         help="fail (exit 2, no file) if the file disagrees with the Keras model",
     )
     p.add_argument("--int-io", action="store_true", help="integer input/output tensors")
+    add_preprocessing_argument(p)
     p.add_argument(
         "--kernels",
         choices=("default", "builtin", "reference"),
@@ -57,6 +59,18 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     p.set_defaults(func=run)
 
 
+def add_preprocessing_argument(p: Any) -> None:
+    """``--preprocessing inside|outside`` (the input preprocessing of a converted net)."""
+    p.add_argument(
+        "--preprocessing",
+        choices=("inside", "outside"),
+        default="inside",
+        help="a converted net's --mean/--scale/--swap-rb: inside (default) as an exact "
+        "integer step of the file, or outside: the file takes the preprocessed tensor "
+        "(input <name>_preprocessed) and the constants go to FILE.preprocessing.json",
+    )
+
+
 def add_convert_tflite_options(p: argparse.ArgumentParser) -> None:
     """``kerasq convert``'s ``--tflite``, ``--tflite-target``, ``--verify``."""
     g = p.add_argument_group("TFLite export", "write the (quantized) model as TFLite too")
@@ -72,6 +86,7 @@ def add_convert_tflite_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="run the .tflite on the --calibration data and fail on a mismatch",
     )
+    add_preprocessing_argument(g)
 
 
 def export_converted(model, args: argparse.Namespace) -> None:
@@ -84,14 +99,16 @@ def export_converted(model, args: argparse.Namespace) -> None:
         from kerasq.cli.quantize import load_inputs
 
         data = load_inputs(args.calibration, model, getattr(args, "layout", "auto"))
-    export_model(model, args.tflite, target=target, data=data, verify=bool(args.verify))
+    export_model(model, args.tflite, target=target, data=data, verify=bool(args.verify),
+                 preprocessing=getattr(args, "preprocessing", "inside"))
 
 
 def export_model(model, output: str, *, target: str, data, verify: bool,
                  int_io: bool = False, kernels: str = "default",
-                 max_error_steps: float = 1.0) -> None:
-    """The one export path of the command line: write ``output``, print what was written and
-    the verification figures of every output."""
+                 max_error_steps: float = 1.0, preprocessing: str = "inside") -> None:
+    """The one export path of the command line: write ``output``, print what was written,
+    the preprocessing left to the device (``preprocessing="outside"``) and the verification
+    figures of every output."""
     import logging
 
     from kerasq.export.tflite import export_tflite
@@ -107,8 +124,13 @@ def export_model(model, output: str, *, target: str, data, verify: bool,
         verify=verify,
         max_error_steps=max_error_steps,
         kernels=kernels,
+        preprocessing=preprocessing,
     )
     print(f"wrote {output} ({result.size} bytes, target {target})")
+    if result.preprocessing is not None:
+        print(f"input preprocessing outside the file: {result.preprocessing.describe()}")
+        for sidecar in result.sidecars:
+            print(f"wrote {sidecar}")
     if result.report is not None:
         print(f"verification: {result.report.describe()}")
 
@@ -143,6 +165,8 @@ def run(args: argparse.Namespace) -> int:
     from kerasq.cli.onnx import export_model_onnx, is_onnx_output
 
     if is_onnx_output(args.output):
+        if args.preprocessing != "inside":
+            raise ExportError("--preprocessing outside applies to TFLite files", file=args.output)
         export_model_onnx(
             model, args.output, target=args.target, data=data, opset=args.opset,
             power2_symmetric=args.power2_symmetric, verify=args.verify or data is None,
@@ -152,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         export_model(model, args.output, target=args.target, data=data, verify=args.verify,
                      int_io=args.int_io, kernels=args.kernels,
-                     max_error_steps=args.max_error_steps)
+                     max_error_steps=args.max_error_steps, preprocessing=args.preprocessing)
     except ExportError as err:
         raise err.with_context(file=args.model)
     return 0

@@ -59,6 +59,8 @@ class DeployPlan:
     output_specs: List[Optional[specs.GridSpec]] = dataclasses.field(default_factory=list)
     # layers computed in float inside the int8 file on purpose (see FLOAT_ISLAND)
     float_islands: List[str] = dataclasses.field(default_factory=list)
+    # input preprocessing left to the device (preprocessing="outside"), one per input
+    preprocessing: List[Any] = dataclasses.field(default_factory=list)
 
 
 def _quantizer_fn(quantizer: Any, qvars: Any) -> Callable[[np.ndarray], np.ndarray]:
@@ -93,11 +95,18 @@ def _clone(layer: Any, *, name: Optional[str] = None, **config_changes: Any) -> 
 
 
 class _Builder:
-    def __init__(self, qmodel: "keras.Model", mode: str) -> None:
+    def __init__(self, qmodel: "keras.Model", mode: str, preprocessing: str = "inside") -> None:
+        from kerasq.export.preprocessing import PREPROCESSING_MODES
+
         if mode not in MODES:
             raise ExportError(f"unknown deploy mode {mode!r}")
+        if preprocessing not in PREPROCESSING_MODES:
+            raise ExportError(f"unknown preprocessing {preprocessing!r}; choose one of "
+                              f"{', '.join(PREPROCESSING_MODES)}")
         self.qmodel = qmodel
         self.mode = mode
+        self.preprocessing = preprocessing
+        self.outside: List[Any] = []  # Preprocessing records of the inputs left outside
         self.specs: Dict[str, List[Tuple[str, specs.GridSpec]]] = {}
         self.activation_layers: Dict[str, specs.GridSpec] = {}
         self.last_spec: Dict[int, Optional[specs.GridSpec]] = {}
@@ -386,10 +395,11 @@ class _Builder:
             why = (f"a mean value is not a multiple of the int8 bias step "
                    f"2^-{int(spec_in.frac_bits)}/64 of the input grid")
         raise ExportError(
-            f"the input preprocessing has no exact int8 form: {why}; convert with a "
-            "power-of-two --scale and per-channel --mean values on that step, or convert "
-            "without --mean/--scale/--swap-rb and preprocess in the app, or export with "
-            "--target float",
+            f"the input preprocessing has no exact int8 form: {why}; export with "
+            "--preprocessing outside (preprocessing='outside': the file takes the "
+            "preprocessed tensor, the constants go to <file>.preprocessing.json), or convert "
+            "with a power-of-two --scale and per-channel --mean values on that step, or "
+            "export with --target float",
             layer=owner,
         )
 
@@ -557,8 +567,14 @@ class _Builder:
         self._inputs = inputs
         usage = model._tensor_usage_count
         tensor_dict: Dict[str, list] = {}
-        for ref, new in zip(model.inputs, inputs):
-            tensor_dict[str(id(ref))] = [new] * usage[str(id(ref))]
+        outside = self._outside_inputs() if self.preprocessing == "outside" else {}
+        for k, (ref, new) in enumerate(zip(model.inputs, inputs)):
+            site = outside.get(id(ref))
+            if site is None:
+                tensor_dict[str(id(ref))] = [new] * usage[str(id(ref))]
+                continue
+            inputs[k], y = self._preprocessed_input(site)
+            tensor_dict[str(id(site.output))] = [y] * usage[str(id(site.output))]
         for depth in sorted(model._nodes_by_depth.keys(), reverse=True):
             for node in model._nodes_by_depth[depth]:
                 if node.is_input or any(t not in tensor_dict for t in node.flat_input_ids):
@@ -571,6 +587,10 @@ class _Builder:
                     raise err.with_context(layer=node.layer.name)
                 for x_id, y in zip(node.flat_output_ids, tf.nest.flatten(outputs)):
                     tensor_dict[x_id] = [y] * usage[x_id]
+        missing = [_output_name(x) for x in model.outputs if str(id(x)) not in tensor_dict]
+        if missing:
+            raise ExportError(f"output {missing[0]} does not follow from the preprocessed "
+                              "input alone; export with preprocessing 'inside'")
         outputs = [tensor_dict[str(id(x))].pop() for x in model.outputs]
         out_specs = [self.activation_layers.get(y._keras_history.layer.name) for y in outputs]
         outputs = self._name_outputs(outputs, [_output_name(x) for x in model.outputs])
@@ -578,7 +598,51 @@ class _Builder:
             inputs, outputs if len(outputs) > 1 else outputs[0], name=f"{model.name}_deploy"
         )
         return DeployPlan(deploy, self.specs, self.activation_layers,
-                          out_specs[0], out_specs, self.float_islands)
+                          out_specs[0], out_specs, self.float_islands, self.outside)
+
+    def _outside_inputs(self) -> Dict[int, Any]:
+        """id(model input) -> the preprocessing site reading it (preprocessing="outside")."""
+        from kerasq.export.preprocessing import find_preprocessing
+
+        found = {id(site.model_input): site for site in find_preprocessing(self.qmodel)}
+        if not found:
+            raise ExportError("preprocessing 'outside': the model has no input preprocessing "
+                              "layer (convert with --mean/--scale/--swap-rb to record one)")
+        return found
+
+    def _preprocessed_input(self, site: Any) -> Tuple[Any, Any]:
+        """The file's input for an input whose preprocessing stays outside: the
+        preprocessed tensor, quantized onto the preprocessing layer's output grid (the
+        same rounding the Keras model applies after its float preprocessing)."""
+        from kerasq.export.preprocessing import describe_layer
+
+        source = site.quantize_layer
+        layer = site.layer
+        grid = None
+        if source is not None:
+            slot = slots.input_slot(source)
+            if slot is not None:
+                grid = specs.activation_spec(_quantizer_fn(slot.quantizer, slot.variables),
+                                             name=f"{source.name}/input",
+                                             quantizer=slot.quantizer,
+                                             quantizer_vars=slot.variables)
+                if grid.kind == "none":
+                    grid = None
+                elif grid.kind != "dfp":
+                    raise ExportError(f"the raw input grid is {grid.describe()}, which the "
+                                      "preprocessing sidecar cannot describe",
+                                      layer=source.name)
+        prep = describe_layer(site, grid)
+        self.outside.append(prep)
+        new = keras.Input(batch_shape=site.output.shape, dtype=site.output.dtype,
+                          name=prep.tensor_name)
+        y = new
+        outs = _output_quantizers(layer) if slots.is_quantize_wrapper(layer) else []
+        if outs:
+            y = self.quantize(y, *outs[0], prep.layer, "output")
+        log.info("%s: preprocessing left outside the file (input %s)", prep.layer,
+                 prep.tensor_name)
+        return new, y
 
     def _name_outputs(self, outputs: List[Any], names: List[str]) -> List[Any]:
         """End each output in an identity layer named ``<output name>`` +
@@ -675,10 +739,13 @@ def _output_name(tensor: Any) -> str:
     return getattr(layer, "layer", layer).name
 
 
-def build_deploy_model(qmodel: "keras.Model", mode: str) -> DeployPlan:
+def build_deploy_model(qmodel: "keras.Model", mode: str,
+                       preprocessing: str = "inside") -> DeployPlan:
     """Deploy graph of ``qmodel`` for ``mode``: "fakequant8" (int8 with kerasq's scales),
-    "plain16" (TFLite's 16x8 calibration of the quantized weights) or "exact" (float)."""
-    return _Builder(qmodel, mode).build()
+    "plain16" (TFLite's 16x8 calibration of the quantized weights) or "exact" (float).
+    ``preprocessing="outside"``: the graph starts after the input preprocessing layer
+    (:mod:`kerasq.export.preprocessing`), whose records are ``plan.preprocessing``."""
+    return _Builder(qmodel, mode, preprocessing).build()
 
 
 __all__ = ["FLOAT_ISLAND", "OUTPUT_SUFFIX", "DeployPlan", "build_deploy_model", "MODES"]

@@ -65,6 +65,10 @@ class ExportResult:
     target: str
     plan: DeployPlan
     report: Optional[VerificationReport]
+    # preprocessing="outside": what the device computes before the file, and the sidecar
+    # files written next to it
+    preprocessing: Optional[Any] = None
+    sidecars: List[str] = dataclasses.field(default_factory=list)
 
     @property
     def size(self) -> int:
@@ -214,7 +218,7 @@ def check_integer_file(content: bytes, plan: DeployPlan, target: str) -> List[st
     return problems
 
 
-def _deploy_plan(qmodel: Any, target: str) -> DeployPlan:
+def _deploy_plan(qmodel: Any, target: str, preprocessing: str = "inside") -> DeployPlan:
     """The deploy graph of ``qmodel`` for ``target``; the caller's model is left unchanged.
 
     For int8 the grids are aligned as TFLite int8 needs them (one scale per Add/Concatenate
@@ -224,7 +228,7 @@ def _deploy_plan(qmodel: Any, target: str) -> DeployPlan:
     otherwise a warning says that the file computes the aligned numbers.
     """
     if target != "int8":
-        return build_deploy_model(qmodel, _MODE[target])
+        return build_deploy_model(qmodel, _MODE[target], preprocessing)
     from kerasq.schemes.shared_grids import align_for_int8
 
     variables = list(qmodel.variables)
@@ -241,7 +245,7 @@ def _deploy_plan(qmodel: Any, target: str) -> DeployPlan:
                 len(changed), changed[0])
         for names in aligned["groups"]:
             log.debug("int8 export: one grid for %s", ", ".join(names))
-        return build_deploy_model(qmodel, _MODE[target])
+        return build_deploy_model(qmodel, _MODE[target], preprocessing)
     finally:
         for variable, old in zip(variables, before):
             variable.assign(old)
@@ -287,7 +291,8 @@ def _with_way_out(err: ExportError, qmodel: Any, target: str) -> ExportError:
             "--calibration x.npy -o q.h5` (or kerasq.calibrate(qmodel, x)) and export that",
             file=err.file,
         )
-    if any(text in err.reason for text in _CONFIG_LIMITS):
+    if ("input preprocessing" not in err.reason  # it names its own ways out
+            and any(text in err.reason for text in _CONFIG_LIMITS)):
         err.reason = (
             f"{err.reason}; TFLite {target} cannot hold this quantization config: make it "
             "int8-deployable with `kerasq quantize MODEL.h5 --config CONFIG --int8 "
@@ -330,8 +335,15 @@ def export_tflite(
     max_error_steps: float = 1.0,
     min_top1: float = 0.995,
     kernels: str = "default",
+    preprocessing: str = "inside",
 ) -> ExportResult:
-    """Like :func:`to_tflite`, returning an :class:`ExportResult` (file, plan, report)."""
+    """Like :func:`to_tflite`, returning an :class:`ExportResult` (file, plan, report).
+
+    ``preprocessing``: "inside" (default: a converted net's input preprocessing is an
+    exact integer step of the file, or an ExportError says why it cannot be) or "outside"
+    (the file takes the preprocessed tensor; :mod:`kerasq.export.preprocessing` writes the
+    constants to ``<path>.preprocessing.json``; ``representative_data`` and
+    ``verify_data`` stay raw inputs, preprocessed in numpy for the file)."""
     from kerasq.data import check_data_finite, check_model_finite
 
     check_model_finite(qmodel)  # the TFLite converter crashes on a non-finite range
@@ -349,10 +361,21 @@ def export_tflite(
         representative_data = verify_data
     log.info("export %s: building the deploy graph", target)
     try:
-        plan = _deploy_plan(qmodel, target)
+        plan = _deploy_plan(qmodel, target, preprocessing)
     except ExportError as err:
         raise _with_way_out(err, qmodel, target)
+    prep = None
+    if plan.preprocessing:
+        if len(qmodel.inputs) != 1:
+            raise ExportError("preprocessing 'outside' is exported for single-input models")
+        prep = plan.preprocessing[0]
     has_detections = detection.detection_layer(plan.model) is not None
+    if prep is not None and has_detections:
+        raise ExportError("preprocessing 'outside' is not exported for SSD files; export "
+                          "with preprocessing 'inside' or --target float")
+    file_representative = (prep.apply(representative_data)
+                           if prep is not None and representative_data is not None
+                           else representative_data)
     if has_detections:  # SSD: fixed-size float post-processing in the same file
         plan = dataclasses.replace(plan, model=detection.with_postprocess(plan.model))
         if target == "int8" and representative_data is not None:
@@ -361,7 +384,7 @@ def export_tflite(
             log.info("int8 SSD export: representative_data not used (post-processing stays float)")
             representative_data = None
     log.info("export %s: converting (%d layers)", target, len(plan.model.layers))
-    content = _convert(plan, target, representative_data, int_io)
+    content = _convert(plan, target, file_representative, int_io)
     if not has_detections:  # the SSD file names its signature outputs itself
         content = name_output_tensors(content)
     if target == "int16x8" and representative_data is None:
@@ -388,17 +411,24 @@ def export_tflite(
                  for o in plan.output_specs]
         log.info("export %s: verifying on %d samples", target, len(verify_data))
         report = verify_tflite(content, qmodel, verify_data, output_steps=steps or None,
-                               kernels=kernels)
+                               kernels=kernels,
+                               file_data=None if prep is None else prep.apply(verify_data))
         if verify and not report.ok(max_steps=max_error_steps, min_top1=min_top1):
-            where = _divergence(content, qmodel, plan, verify_data, path, report)
+            where = ("" if prep is not None
+                     else _divergence(content, qmodel, plan, verify_data, path, report))
             raise VerificationError(
                 f"TFLite {target} output disagrees with the Keras model: {report.describe()}"
                 f"{where}",
                 file=path,
             )
+    sidecars: List[str] = []
     if path is not None:
+        if prep is not None:
+            from kerasq.export.preprocessing import write_sidecar
+
+            sidecars = write_sidecar(path, prep)
         write_bytes_atomic(path, content)
-    return ExportResult(content, target, plan, report)
+    return ExportResult(content, target, plan, report, prep, sidecars)
 
 
 def to_tflite(
@@ -410,6 +440,7 @@ def to_tflite(
     int_io: bool = False,
     verify_data: Any = None,
     verify: bool = False,
+    preprocessing: str = "inside",
 ) -> bytes:
     """Export ``qmodel`` (from :func:`kerasq.quantize_model`) to a TFLite flatbuffer.
 
@@ -418,7 +449,10 @@ def to_tflite(
     runs the file in the TFLite interpreter and logs the max error (in output steps) and
     top-1 agreement; ``verify=True`` turns a disagreement (> 1 step, < 99.5 % top-1) into
     :class:`~kerasq.errors.VerificationError`. The file at ``path`` is written atomically
-    and only after verification passed.
+    and only after verification passed. ``preprocessing="outside"`` leaves a converted
+    net's input preprocessing (``--mean/--scale/--swap-rb``) to the device: the file takes
+    the preprocessed tensor and the constants are written to ``<path>.preprocessing.json``
+    (see :mod:`kerasq.export.preprocessing`).
 
     Example:
         >>> blob = to_tflite(qmodel, "m.tflite", verify_data=x, verify=True)  # doctest: +SKIP
@@ -431,6 +465,7 @@ def to_tflite(
         int_io=int_io,
         verify_data=verify_data,
         verify=verify,
+        preprocessing=preprocessing,
     ).content
 
 

@@ -272,8 +272,12 @@ def verify_tflite(
     output_steps: Optional[List[Optional[float]]] = None,
     batch_size: int = 64,
     kernels: str = "default",
+    file_data: Optional[np.ndarray] = None,
 ) -> VerificationReport:
     """Compare every output of the TFLite file with ``keras_model(data, training=False)``.
+
+    ``file_data``: what the file is fed instead of ``data`` (the preprocessed inputs of a
+    file exported with ``preprocessing="outside"``); the Keras model always gets ``data``.
 
     Outputs are matched by name (the file's output tensors carry the model's output names).
     ``output_steps``: the grid step of each output (default: the file output's scale when it
@@ -282,7 +286,8 @@ def verify_tflite(
     """
     data = np.asarray(data, np.float32)
     runner = TFLiteRunner(content, kernels=kernels)
-    got_all = runner.run_all(data, batch_size=batch_size)
+    fed = data if file_data is None else np.asarray(file_data, np.float32)
+    got_all = runner.run_all(fed, batch_size=batch_size)
     want_all = keras_outputs(keras_model, data)
     names = output_names(keras_model)
     kinds = output_kinds(keras_model)
