@@ -128,12 +128,20 @@ def calibrate(qmodel: Any, data: Any, steps: Optional[int] = None, *, batch_size
 def align(qmodel: Any) -> Any:
     """Share one grid per Add/Concatenate group and link accumulator biases (the twin's
     ``align_for_int8``), after QAT; export does it too."""
+    export_twin(qmodel)
+    return qmodel
+
+
+def export_twin(qmodel: Any) -> Any:
+    """The twin to export: aligned for int8 (:func:`align`, as the tf_keras export does to its
+    model) with the aligned state copied back, so the Keras 3 model computes what the file
+    computes."""
     from kerasq.schemes.shared_grids import align_for_int8
 
     tfq = tf_keras_twin(qmodel)
     align_for_int8(tfq)
     _twin.pull(tfq, qmodel)
-    return qmodel
+    return tfq
 
 
 class SharedGridCallback(keras.callbacks.Callback):
@@ -148,21 +156,6 @@ class SharedGridCallback(keras.callbacks.Callback):
 
     def on_train_end(self, logs: Any = None) -> None:
         align(self.model)
-
-
-def is_keras3_file(path: str) -> bool:
-    """True for a .keras zip written by Keras 3 (``metadata.json`` keras_version 3.x)."""
-    import json
-    import zipfile
-
-    if not str(path).endswith(".keras") or not zipfile.is_zipfile(path):
-        return False
-    try:
-        with zipfile.ZipFile(path) as archive:
-            meta = json.loads(archive.read("metadata.json"))
-    except (KeyError, ValueError, OSError):
-        return False
-    return str(meta.get("keras_version", "")).startswith("3.")
 
 
 def load_model(path: Union[str, "os.PathLike[str]"], *, compile: bool = True) -> Any:
@@ -182,5 +175,5 @@ def load_model(path: Union[str, "os.PathLike[str]"], *, compile: bool = True) ->
         raise ModelFormatError(f"cannot load Keras 3 model: {reason}", file=path) from None
 
 
-__all__ = ["quantize_model", "calibrate", "align", "tf_keras_twin", "load_model",
-           "is_quantized", "is_keras3_file", "SharedGridCallback"]
+__all__ = ["quantize_model", "calibrate", "align", "tf_keras_twin", "export_twin", "load_model",
+           "is_quantized", "SharedGridCallback"]
