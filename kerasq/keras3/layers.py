@@ -153,13 +153,13 @@ class QuantizedLayer(keras.layers.Layer):
         training = bool(training)
         weights: Dict[str, Any] = {}
         for (attr, q), qvars in zip(self.weight_quantizers, self._weight_vars):
-            weights[attr] = q(layer_variable(self.layer, attr), training, qvars,
+            weights[attr] = q(layer_variable(self.layer, attr).value, training, qvars,
                               self.seed_generator)
         for var in self.layer.weights:  # unquantized weights (e.g. a float bias)
             attr = var.name
             if attr == "kernel" and "depthwise_kernel" in weights:
                 continue
-            weights.setdefault(attr, var)
+            weights.setdefault(attr, var.value)
         y = self._op(inputs, weights)
         if self.pre_quantizer is not None:
             y = self.pre_quantizer(y, training, self._act_vars["pre"], self.seed_generator)

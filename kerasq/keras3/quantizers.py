@@ -35,6 +35,11 @@ ops = keras.ops
 _register = keras.saving.register_keras_serializable(package="kerasq")
 
 
+def _val(x: Any) -> Any:
+    """The current value of a Keras variable (JAX's ops refuse Variable objects)."""
+    return x.value if hasattr(x, "assign") and hasattr(x, "value") else x
+
+
 def _scalar(layer: Any, name: str, dtype: str = "float32", shape: Tuple[int, ...] = ()) -> Any:
     return layer.add_weight(name=name, shape=shape, dtype=dtype, initializer="zeros",
                             trainable=False)
@@ -70,7 +75,7 @@ class _Quantizer:
         return cls(**config)
 
     def build(self, layer: Any, name: str, shape: Tuple[int, ...]) -> Dict[str, Any]:
-        return {"count": _scalar(layer, f"{name}_count", "int64")}
+        return {"count": _scalar(layer, f"{name}_count", "int32")}
 
     def _gate(self, count: Any, x: Any, quantized: Any, extra: Any = None) -> Any:
         active = count >= self.quantization_start
@@ -133,13 +138,13 @@ class DFPActivationQuantizer(_Quantizer):
 
     def merged_range(self, x: Any, v: Dict[str, Any]) -> Tuple[Any, Any]:
         bmin, bmax = self.batch_range(x)
-        first = v["count"] == 0
+        first = _val(v["count"]) == 0
         if self.range_estimator == "ema":
             e, b = self.range_expansion, self.ema_update_factor
-            return (ops.where(first, e * bmin, (1.0 - b) * v["min"] + b * e * bmin),
-                    ops.where(first, e * bmax, (1.0 - b) * v["max"] + b * e * bmax))
-        return (ops.where(first, bmin, ops.minimum(v["min"], bmin)),
-                ops.where(first, bmax, ops.maximum(v["max"], bmax)))
+            return (ops.where(first, e * bmin, (1.0 - b) * _val(v["min"]) + b * e * bmin),
+                    ops.where(first, e * bmax, (1.0 - b) * _val(v["max"]) + b * e * bmax))
+        return (ops.where(first, bmin, ops.minimum(_val(v["min"]), bmin)),
+                ops.where(first, bmax, ops.maximum(_val(v["max"]), bmax)))
 
     def is_unsigned(self, range_min: Any) -> Any:
         if self.signed is None:
@@ -194,7 +199,7 @@ class DFPActivationQuantizer(_Quantizer):
                                     seed=seed)
 
     def __call__(self, x: Any, training: bool, v: Dict[str, Any], seed: Any = None) -> Any:
-        count = v["count"]
+        count = _val(v["count"])
         if training:
             new_min, new_max = self.merged_range(x, v)
             params = self.params_from_range(new_min, new_max)
@@ -203,18 +208,18 @@ class DFPActivationQuantizer(_Quantizer):
             for key, value in zip(("min", "max", "frac_bits", "scale", "offset"),
                                   (new_min, new_max) + tuple(params)):
                 v[key].assign(ops.cast(value, "float32"))
-            count.assign(count + 1)
+            v["count"].assign(count + 1)
             return out
         rounding = self.round_mode(False)
         if rounding == "half_up":
-            stored = self.quantize(x, v["min"], (v["frac_bits"], v["scale"], v["offset"]),
-                                   rounding, seed)
+            stored = self.quantize(x, _val(v["min"]), (_val(v["frac_bits"]), _val(v["scale"]),
+                                                       _val(v["offset"])), rounding, seed)
             return self._gate(count, x, stored, extra=count > 0)
         xf = ops.cast(x, "float32")
         has_range = count > 0
         bmax = ops.max(ops.abs(xf) if self.range_estimator == "max_abs" else xf)
-        rmin = ops.where(has_range, v["min"], ops.min(xf))
-        rmax = ops.where(has_range, v["max"], bmax)
+        rmin = ops.where(has_range, _val(v["min"]), ops.min(xf))
+        rmax = ops.where(has_range, _val(v["max"]), bmax)
         return self._gate(count, x, self.quantize(x, rmin, self.params_from_range(rmin, rmax),
                                                   rounding, seed))
 
@@ -236,12 +241,12 @@ class _WeightQuantizer(_Quantizer):
         """Refresh the stored state from the current weights (no-op by default)."""
 
     def __call__(self, w: Any, training: bool, v: Dict[str, Any], seed: Any = None) -> Any:
-        count = v["count"]
+        count = _val(v["count"])
         if training:
             self.refresh(w, v)
             out = self._gate(count, w, self.fake_quantize(w, v, self.round_mode(True), seed,
                                                           fresh=True))
-            count.assign(count + 1)
+            v["count"].assign(count + 1)
             return out
         return self._gate(count, w, self.fake_quantize(w, v, self.round_mode(False), seed))
 
@@ -323,7 +328,7 @@ class DFPWeightQuantizer(_WeightQuantizer):
                 and not self.apply_offset and self.frac_bits is None:
             reduce = set(self._reduce_axes(rank))
             keep = [1 if a in reduce else w.shape[a] for a in range(rank)]
-            params = (ops.reshape(v["frac_bits"], keep), None, None, None, None)
+            params = (ops.reshape(_val(v["frac_bits"]), keep), None, None, None, None)
         fl, scale, offset, _, _ = params if params is not None else self.params(w)
         if self.power2_range and not self.apply_offset:
             if rounding == "half_up" and self.bitwidth <= 16 and (
@@ -363,8 +368,9 @@ class AccumulatorBiasQuantizer(_WeightQuantizer):
 
     def fake_quantize(self, w: Any, v: Dict[str, Any], rounding: str, seed: Any,
                       fresh: bool = False) -> Any:
-        q = qops.dfp_quantize(w, 32, v["frac_bits"], signed=True, rounding=rounding, seed=seed)
-        return ops.where(v["linked"] > 0, q, w)
+        q = qops.dfp_quantize(w, 32, _val(v["frac_bits"]), signed=True, rounding=rounding,
+                              seed=seed)
+        return ops.where(_val(v["linked"]) > 0, q, w)
 
 
 @_register
@@ -448,12 +454,12 @@ class SparsityPreservingQuantizer(_Quantizer):
 
     def __call__(self, w: Any, training: bool, v: Dict[str, Any], seed: Any = None) -> Any:
         w = ops.convert_to_tensor(w)
-        m = ops.cast(v["mask"], w.dtype)
+        m = ops.cast(_val(v["mask"]), w.dtype)
         if training:
             fresh = ops.cast(ops.not_equal(w, 0), w.dtype)
-            m = ops.where(v["mask_ready"] <= 0, fresh, m)
+            m = ops.where(_val(v["mask_ready"]) <= 0, fresh, m)
             v["mask"].assign(m)
-            v["mask_ready"].assign(ops.ones_like(v["mask_ready"]))
+            v["mask_ready"].assign(ops.ones_like(_val(v["mask_ready"])))
         w_masked = w * ops.stop_gradient(m)
         q = self.inner(w_masked, training, v["inner"], seed)
         if self.reapplies_mask:
