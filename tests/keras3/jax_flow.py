@@ -18,6 +18,34 @@ from kerasq.demo import load_digits_data
 keras = keras3()
 
 
+def _parity(model, x, y, xt, yt) -> dict:
+    """PTQ / QAT accuracy (percent) of the JAX model and of its tf_keras copy, trained the
+    same way (SGD, no shuffling, deterministic rounding)."""
+    from kerasq._compat import keras as tf_keras
+    from kerasq.keras3 import twin as k3twin
+    from kerasq.schemes.api import quantize_model as tf_keras_quantize
+    from kerasq.schemes.calibrate import calibrate as tf_keras_calibrate
+
+    config = {"train_rounding": "nearest"}
+    q3 = kerasq.quantize_model(model, config)
+    kerasq.calibrate(q3, x[:256])
+    q2 = tf_keras_quantize(k3twin.to_tf_keras(model), config)
+    tf_keras_calibrate(q2, x[:256])
+
+    def acc(out):
+        return 100.0 * float(np.mean(np.asarray(out).argmax(-1) == yt))
+
+    found = {"parity_ptq_jax": acc(keras.ops.convert_to_numpy(q3(xt))),
+             "parity_ptq_tf_keras": acc(q2(xt, training=False).numpy())}
+    q3.compile(keras.optimizers.SGD(0.01), "sparse_categorical_crossentropy")
+    q2.compile(tf_keras.optimizers.SGD(0.01), "sparse_categorical_crossentropy")
+    q3.fit(x, y, epochs=2, batch_size=64, shuffle=False, verbose=0)
+    q2.fit(x, y, epochs=2, batch_size=64, shuffle=False, verbose=0)
+    found["parity_qat_jax"] = acc(keras.ops.convert_to_numpy(q3(xt)))
+    found["parity_qat_tf_keras"] = acc(q2(xt, training=False).numpy())
+    return found
+
+
 def main(out_dir: str) -> None:
     assert keras.backend.backend() == "jax", keras.backend.backend()
     x, y, xt, yt = load_digits_data()
@@ -54,7 +82,8 @@ def main(out_dir: str) -> None:
                                    verify_data=xt[:64], verify=True)
     after_export = predict(qmodel, xt)
     np.savez(os.path.join(out_dir, "outputs.npz"), ptq=ptq, twin=twin_out, qat=after_export)
-    result = {
+    parity = _parity(model, x, y, xt, yt)
+    result = {**parity,
         "backend": keras.backend.backend(),
         "float_acc": float(np.mean(predict(model, xt).argmax(-1) == yt)),
         "ptq_acc": float(np.mean(ptq.argmax(-1) == yt)),

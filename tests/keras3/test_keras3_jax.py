@@ -37,6 +37,12 @@ def test_jax_calibration_and_qat(jax_run):
     assert result["qat_acc"] >= result["ptq_acc"] - 0.02
 
 
+def test_jax_accuracy_matches_tf_keras_twin(jax_run):
+    _, result = jax_run
+    assert abs(result["parity_ptq_jax"] - result["parity_ptq_tf_keras"]) <= 0.2, result
+    assert abs(result["parity_qat_jax"] - result["parity_qat_tf_keras"]) <= 0.2, result
+
+
 def test_jax_trained_model_reloads_on_tensorflow_and_matches_its_int8_file(jax_run, digits, k3):
     from ai_edge_litert.interpreter import Interpreter
 
