@@ -93,6 +93,9 @@ class QuantizedLayer(keras.layers.Layer):
         self.quantization_config = quantization_config
         self.preserve_sparsity = bool(preserve_sparsity)
         self.seed_generator = keras.random.SeedGenerator(0)
+        # compile(jit_compile="auto") then skips XLA on TensorFlow: the XLA-compiled QAT step
+        # measured ~2x slower than the plain tf.function on CPU (benchmarks/keras3.py)
+        self.supports_jit = keras.backend.backend() != "tensorflow"
         self._weight_vars: List[Dict[str, Any]] = []
         self._act_vars: Dict[str, Dict[str, Any]] = {}
 
