@@ -23,6 +23,8 @@ _LAZY_ATTRS = {
     "SharedGridCallback": "kerasq.keras3.api",
     "QuantizedLayer": "kerasq.keras3.layers",
     "InputQuantizer": "kerasq.keras3.layers",
+    "prune_model": "kerasq.keras3.prune",
+    "PruningCallback": "kerasq.keras3.prune",
 }
 
 

@@ -145,6 +145,38 @@ def test_pruned_model_keeps_zeros_through_qat_and_export(digits, k3):
     assert _kernel_sparsity(result.plan) > 0.3
 
 
+def test_pruning_continues_during_qat_and_masks_are_saved(digits, k3, tmp_path):
+    x, y, xt, _ = digits
+    model = k3.train(k3.sequential(), x, y, epochs=2)
+    assert abs(kerasq.keras3.prune_model(model, 0.3, layers=["conv2", "fc"]) - 0.3) < 0.02
+    qmodel = kerasq.quantize_model(model)
+    kerasq.calibrate(qmodel, x[:128])
+    qmodel.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+    callback = kerasq.keras3.PruningCallback(0.7, begin_step=0, end_step=30, frequency=5,
+                                             layers=["conv2", "fc"])
+    qmodel.fit(x, y, epochs=2, batch_size=64, verbose=0, callbacks=[callback])
+    from kerasq.keras3.prune import mask_slots
+
+    masks = {layer.name: np.array(qv["mask"]) for layer, _, qv in mask_slots(qmodel)}
+    assert np.all(masks.pop("quant_conv1") == 1)  # masked (exact zeros kept), not pruned
+    assert set(masks) == {"quant_conv2", "quant_fc"}
+    for mask in masks.values():
+        assert abs(np.mean(mask == 0) - 0.7) < 0.02
+    qmodel.save(tmp_path / "p.keras")
+    loaded = kerasq.load_model(tmp_path / "p.keras")
+    for layer, kernel, qv in mask_slots(loaded):
+        if layer.name in masks:
+            np.testing.assert_array_equal(np.array(qv["mask"]), masks[layer.name])
+    twin = kerasq.keras3.tf_keras_twin(loaded)
+    from kerasq.schemes import slots
+
+    for slot in slots.iter_slots(twin):
+        if slot.role == "kernel" and slot.layer.name in ("conv2", "fc"):
+            q = slot(slot.weight).numpy()
+            assert np.all(q[masks["quant_" + slot.layer.name] == 0] == 0)
+    kerasq.export.to_tflite(loaded, target="int8", verify_data=xt[:64], verify=True)
+
+
 def test_bad_models_are_refused_clearly():
     class Sub(keras.Model):
         def call(self, x):
