@@ -94,10 +94,26 @@ def qrange(bitwidth: int, signed: bool) -> tuple:
     return 0.0, 2.0 ** bitwidth - 1.0
 
 
+def _tf_kernel() -> Any:
+    """kerasq's fake-quantization kernels (C++ ops, else TF) when the backend is TensorFlow."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    from kerasq.schemes import _backend
+
+    return _backend
+
+
 def dfp_quantize(x: Any, bitwidth: int, frac_bits: Any, *, signed: Any, rounding: str,
                  seed: Optional[Any] = None) -> Any:
-    """x' = clip(round(x·2^fl), qmin, qmax)·2^-fl; ``signed`` may be a boolean tensor."""
+    """x' = clip(round(x·2^fl), qmin, qmax)·2^-fl; ``signed`` may be a boolean tensor.
+
+    On the TensorFlow backend a Python-bool ``signed`` runs kerasq's DFP kernel (the C++ op
+    the tf_keras path uses; same values, the stochastic mode draws from its own stream)."""
     x = ops.cast(x, "float32")
+    kernel = _tf_kernel() if isinstance(signed, bool) else None
+    if kernel is not None:
+        return kernel.dfp_quantize(x, bitwidth, ops.cast(frac_bits, "int32"), signed=signed,
+                                   rounding=rounding)
     lo_s, hi_s = qrange(bitwidth, True)
     lo_u, hi_u = qrange(bitwidth, False)
     if isinstance(signed, bool):
