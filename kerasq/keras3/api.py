@@ -63,7 +63,6 @@ def quantize_model(model: Any, config: Optional[Union[QuantizationConfig, Mappin
 
     Example: ``qmodel = kerasq.quantize_model(keras3_model, QuantizationConfig(bitwidth_weights=4))``.
     """
-    from kerasq.schemes.api import _has_exact_zero_kernels  # noqa: F401  (same rule)
     from kerasq.schemes.api import quantize_model as quantize_tf_keras
 
     config = _as_config(config)
@@ -73,7 +72,7 @@ def quantize_model(model: Any, config: Optional[Union[QuantizationConfig, Mappin
     if is_quantized(model):
         raise ModelFormatError("the model is already quantized", layer=model.name)
     float_twin = _twin.to_tf_keras(model)
-    if preserve_sparsity is None:
+    if preserve_sparsity is None:  # the tf_keras path's rule: any kernel with exact zeros
         preserve_sparsity = any(
             np.any(np.asarray(w) == 0) for layer in model.layers for w in layer.get_weights()
             if np.asarray(w).ndim >= 2)

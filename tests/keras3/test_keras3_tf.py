@@ -190,3 +190,18 @@ def test_bad_models_are_refused_clearly():
     odd = keras.Model(inp, keras.layers.RMSNormalization(name="rms")(inp))
     with pytest.raises(UnsupportedLayerError, match="RMSNormalization"):
         kerasq.quantize_model(odd)
+
+
+def test_load_model_refuses_code_in_a_keras3_file(tmp_path):
+    from kerasq.errors import KerasqError
+
+    inp = keras.Input((4,))
+    model = keras.Model(inp, keras.layers.Lambda(lambda t: t * 2.0, name="code")(inp))
+    path = tmp_path / "lambda.keras"
+    model.save(path)
+    with pytest.raises(KerasqError):
+        kerasq.load_model(path)
+    from kerasq.keras3.dispatch import is_keras3_file
+
+    assert is_keras3_file(path)
+    assert not is_keras3_file(tmp_path / "missing.keras")
