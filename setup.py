@@ -43,6 +43,7 @@ TEST_REQUIRES = [
     "onnx==1.23.2",
     "onnxruntime==1.32.0",
     "tf2onnx==1.17.0",
+    "jax==0.10.2",  # tests/keras3 runs the Keras 3 path on the JAX backend too
 ]
 REPORT_REQUIRES = ["matplotlib==3.11.2"]  # plots of `kerasq inspect --report report.html`
 

@@ -49,14 +49,15 @@ _LAZY = {
     "export": "kerasq.export",
     "integer": "kerasq.integer",
     "converters": "kerasq.converters",
+    "keras3": "kerasq.keras3",
 }
 # public functions/classes re-exported from submodules: name -> module
 _LAZY_ATTRS = {
     "QuantizationConfig": "kerasq.schemes",
-    "quantize_model": "kerasq.schemes",
-    "calibrate": "kerasq.schemes",
+    "quantize_model": "kerasq.keras3.dispatch",  # tf_keras or Keras 3, by the model
+    "calibrate": "kerasq.keras3.dispatch",
     "search_bitwidths": "kerasq.schemes",
-    "load_model": "kerasq.schemes",
+    "load_model": "kerasq.keras3.dispatch",
 }
 
 

@@ -16,7 +16,7 @@ import contextlib
 import os
 import sys
 import tempfile
-from typing import Iterator
+from typing import Any, Iterator
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -76,4 +76,35 @@ def tfmot():
     return _tfmot
 
 
-__all__ = ["tf", "keras", "tfmot", "quiet_native_stderr"]
+def keras3() -> Any:
+    """Return Keras 3 (the ``keras`` package), imported on first use.
+
+    ``TF_USE_LEGACY_KERAS`` only redirects ``tf.keras``: ``import keras`` is Keras 3 in the
+    same process as ``tf_keras``. Its backend comes from ``KERAS_BACKEND`` (default
+    ``tensorflow``); kerasq's Keras 3 path (``kerasq.keras3``) runs on TensorFlow and JAX.
+    """
+    limit = sys.getrecursionlimit()
+    import keras as _keras3
+
+    # its import pulls in IPython -> jedi, which lowers the recursion limit to 3000: keep the
+    # caller's (the CLI raises it for deep nets)
+    sys.setrecursionlimit(max(limit, sys.getrecursionlimit()))
+    return _keras3
+
+
+def is_keras3_model(obj: Any) -> bool:
+    """True for a Keras 3 ``Model`` (tf_keras models and anything else: False).
+
+    The one test that chooses between the tf_keras path and the Keras 3 path; it never
+    imports Keras 3 unless Keras 3 is already loaded.
+    """
+    module = type(obj).__module__ or ""
+    if not (module == "keras" or module.startswith("keras.")) and not any(
+            (c.__module__ or "").startswith("keras.src.") for c in type(obj).__mro__):
+        return False
+    if "keras" not in sys.modules:
+        return False
+    return isinstance(obj, sys.modules["keras"].Model)
+
+
+__all__ = ["tf", "keras", "tfmot", "quiet_native_stderr", "keras3", "is_keras3_model"]

@@ -344,7 +344,13 @@ def export_tflite(
     (the file takes the preprocessed tensor; :mod:`kerasq.export.preprocessing` writes the
     constants to ``<path>.preprocessing.json``; ``representative_data`` and
     ``verify_data`` stay raw inputs, preprocessed in numpy for the file)."""
+    from kerasq._compat import is_keras3_model
     from kerasq.data import check_data_finite, check_model_finite
+
+    if is_keras3_model(qmodel):  # its tf_keras twin, holding the same state, is exported
+        from kerasq.keras3.api import export_twin
+
+        qmodel = export_twin(qmodel)
 
     check_model_finite(qmodel)  # the TFLite converter crashes on a non-finite range
     check_data_finite(representative_data, "representative data")
@@ -443,6 +449,9 @@ def to_tflite(
     preprocessing: str = "inside",
 ) -> bytes:
     """Export ``qmodel`` (from :func:`kerasq.quantize_model`) to a TFLite flatbuffer.
+
+    A Keras 3 ``qmodel`` (TensorFlow or JAX backend) is exported through its tf_keras twin
+    (:func:`kerasq.keras3.api.tf_keras_twin`), which holds the same weights and state.
 
     Each DFP tensor x_q = q·2^-fl keeps its power-of-two scale 2^-fl in the file.
     ``representative_data`` calibrates tensors no kerasq quantizer covers; ``verify_data``

@@ -23,28 +23,20 @@ Example:
 from __future__ import annotations
 
 import functools
-import sys
 import types
 from typing import Any, Callable, Dict
 
 from kerasq._compat import keras as tf_keras
 from kerasq._compat import tf
+from kerasq._compat import keras3 as _compat_keras3
 from kerasq.converters.caffe.keras_layers import ALL_LAYERS
 from kerasq.converters.caffe.keras_layers._base import Configured
 from kerasq.errors import UnsupportedLayerError
 
 
 def keras3() -> Any:
-    """The Keras 3 package, imported on first use. ``TF_USE_LEGACY_KERAS`` (set by
-    ``kerasq._compat``) redirects only TensorFlow's bundled Keras, so ``import keras`` is
-    Keras 3 beside tf_keras in one process."""
-    limit = sys.getrecursionlimit()
-    import keras  # Keras 3 for the Keras 3 output only (noqa: compat)
-
-    # its import pulls in IPython -> jedi, which sets the recursion limit to 3000: keep the
-    # caller's (the CLI raises it for deep nets)
-    sys.setrecursionlimit(max(limit, sys.getrecursionlimit()))
-    return keras
+    """The Keras 3 package (:func:`kerasq._compat.keras3`, the one place it is imported)."""
+    return _compat_keras3()
 
 
 def require_tensorflow_backend(what: str) -> None:

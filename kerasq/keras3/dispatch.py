@@ -1,0 +1,78 @@
+"""The one place where kerasq's public entry points choose the tf_keras or the Keras 3 path.
+
+``kerasq.quantize_model``, ``kerasq.calibrate`` and ``kerasq.load_model`` are these
+functions: a Keras 3 model (:func:`kerasq._compat.is_keras3_model`) or a .keras file written
+by Keras 3 goes to :mod:`kerasq.keras3.api`, anything else to the tf_keras path
+(:mod:`kerasq.schemes`). Keras 3 is imported only when a Keras 3 model or file is seen.
+(``kerasq.export.to_tflite`` makes the same test on its argument.)
+
+Example:
+    >>> qmodel = kerasq.quantize_model(model)  # tf_keras or Keras 3  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from typing import Any, Mapping, Optional, Union
+
+from kerasq._compat import is_keras3_model
+
+
+def is_keras3_file(path: Union[str, "os.PathLike[str]"]) -> bool:
+    """True for a .keras zip written by Keras 3 (``metadata.json``: keras_version 3.x)."""
+    path = os.fspath(path)
+    if not path.endswith(".keras") or not os.path.isfile(path) or not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            meta = json.loads(archive.read("metadata.json"))
+    except (KeyError, ValueError, OSError):
+        return False
+    return str(meta.get("keras_version", "")).startswith("3.")
+
+
+def quantize_model(model: Any, config: Optional[Union[Any, Mapping[str, Any]]] = None, *,
+                   preserve_sparsity: Optional[bool] = None) -> Any:
+    """:func:`kerasq.schemes.api.quantize_model` (tf_keras) or
+    :func:`kerasq.keras3.api.quantize_model` (Keras 3), by the model's class."""
+    if is_keras3_model(model):
+        from kerasq.keras3.api import quantize_model as quantize_keras3
+
+        return quantize_keras3(model, config, preserve_sparsity=preserve_sparsity)
+    from kerasq.schemes.api import quantize_model as quantize_tf_keras
+
+    return quantize_tf_keras(model, config, preserve_sparsity=preserve_sparsity)
+
+
+def calibrate(qmodel: Any, data: Any, steps: Optional[int] = None, *, batch_size: int = 32,
+              reset: bool = True, verbose: int = 0) -> Any:
+    """:func:`kerasq.schemes.calibrate.calibrate` or its Keras 3 form, by the model's class."""
+    if is_keras3_model(qmodel):
+        from kerasq.keras3.api import calibrate as calibrate_keras3
+
+        return calibrate_keras3(qmodel, data, steps, batch_size=batch_size, reset=reset,
+                                verbose=verbose)
+    from kerasq.schemes.calibrate import calibrate as calibrate_tf_keras
+
+    return calibrate_tf_keras(qmodel, data, steps, batch_size=batch_size, reset=reset,
+                              verbose=verbose)
+
+
+def load_model(path: Union[str, "os.PathLike[str]"], *, compile: bool = True) -> Any:
+    """Load a kerasq model file: a Keras 3 .keras file as a Keras 3 model, anything else
+    (.h5, tf_keras .keras, SavedModel) with :func:`kerasq.serialization.load_model`."""
+    from kerasq.data import check_model_file
+
+    if is_keras3_file(path):
+        from kerasq.keras3.api import load_model as load_keras3
+
+        check_model_file(os.fspath(path))  # sizes, members, config modules first
+        return load_keras3(path, compile=compile)
+    from kerasq.serialization import load_model as load_tf_keras
+
+    return load_tf_keras(path, compile=compile)
+
+
+__all__ = ["quantize_model", "calibrate", "load_model", "is_keras3_file"]
