@@ -660,6 +660,9 @@ def match_layout(
         raise DataError(f"layout {layout!r}: expected one of {', '.join(LAYOUTS)}", file=file,
                         layer=name)
     a = np.asarray(array)
+    if a.dtype.hasobject or a.dtype.kind not in "biuf" or a.ndim == 0:
+        raise DataError(f"expected an array of numbers, got {_shown(array)} of {a.dtype}",
+                        file=file, layer=name)
     expected = tuple(None if d is None or int(d) < 0 else int(d) for d in expected)
     shown = "(" + ", ".join("None" if d is None else str(d) for d in expected) + ")"
     if a.ndim == len(expected) - 1:
@@ -848,13 +851,29 @@ def check_names(names: Any, arg: str, known: Optional[Iterable[str]] = None,
     return items
 
 
-def _path_arg(path: Any, arg: str) -> str:
+def check_path(path: Any, arg: str, *, optional: bool = False) -> Optional[str]:
+    """``path`` as a str if it is a path (not None, bytes, a number, or file contents).
+
+    Example:
+        >>> check_path('name: "net"\\nlayer { }', "prototxt")
+        Traceback (most recent call last):
+        ...
+        kerasq.errors.ArgumentError: prototxt: expected a file path, got text of 2 lines (give the path of a file holding it)
+    """
+    if path is None and optional:
+        return None
     if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
         raise ArgumentError(f"expected a file path, got {_shown(path)}", layer=arg)
     text = os.fspath(path)
     if not isinstance(text, str) or not text.strip() or "\x00" in text:
         raise ArgumentError(f"expected a file path, got {_shown(text)}", layer=arg)
+    if "\n" in text:
+        raise ArgumentError(f"expected a file path, got text of {len(text.splitlines())} lines "
+                            "(give the path of a file holding it)", layer=arg)
     return text
+
+
+_path_arg = check_path
 
 
 def check_input_file(path: Any, arg: str, what: str = "file", *,
@@ -942,8 +961,11 @@ def check_keras_model(model: Any, arg: str = "model", *, quantized: Optional[boo
     return model
 
 
-def _is_stream(value: Any) -> bool:
-    """A dataset, generator or other iterable of batches (checked batch by batch later)."""
+def _is_stream(value: Any, lists: bool = False) -> bool:
+    """A dataset, generator or other iterable of batches (checked batch by batch later);
+    with ``lists``, a list or tuple (of batches) too."""
+    if lists and isinstance(value, (list, tuple)):
+        return True
     if isinstance(value, (np.ndarray, list, tuple, dict, str, bytes)) or value is None:
         return False
     if hasattr(value, "numpy") and hasattr(value, "shape") and hasattr(value, "dtype"):
@@ -973,7 +995,8 @@ def check_array(value: Any, arg: str, *, model: Any = None, optional: bool = Fal
     """Check array data given to a function: numbers, not empty, finite, and (with
     ``model``) one array per model input of the input's rank and fixed sizes (batch
     first, the model's layout; see :func:`match_layout` for Caffe NCHW data).
-    ``streams``: datasets and iterables of batches are accepted as they are.
+    ``streams``: datasets and iterables of batches (lists included) are accepted as they
+    are (the caller checks each batch).
     Returns ``value`` unchanged.
 
     Example:
@@ -989,7 +1012,7 @@ def check_array(value: Any, arg: str, *, model: Any = None, optional: bool = Fal
     if isinstance(value, (str, bytes, os.PathLike)):
         raise DataError(f"expected an array of samples, got the path {_shown(os.fspath(value))} "
                         "(load it with kerasq.data.load_arrays)", layer=arg)
-    if _is_stream(value):
+    if _is_stream(value, lists=streams):
         if streams:
             return value
         raise DataError(f"expected an array (or a list of arrays), got {_shown(value)}",
@@ -1034,6 +1057,28 @@ def check_array(value: Any, arg: str, *, model: Any = None, optional: bool = Fal
     return value
 
 
+def check_calibration_args(qmodel: Any, data: Any, steps: Any, batch_size: Any) -> None:
+    """The arguments of :func:`kerasq.calibrate`: a quantized model, finite numeric data of
+    the model's input shape (or a dataset / iterable of batches), ``steps`` None or >= 1,
+    ``batch_size`` >= 1.
+
+    Example:
+        >>> check_calibration_args(qmodel, x, None, 0)  # doctest: +SKIP
+        kerasq.errors.ArgumentError: batch_size: expected an integer >= 1, got 0
+    """
+    check_keras_model(qmodel, "qmodel", quantized=True)
+    check_int(batch_size, "batch_size")
+    check_int(steps, "steps", optional=True)
+    check_array(data, "data", model=qmodel, streams=True)
+
+
+def check_callable(value: Any, arg: str) -> Any:
+    """``value`` if it can be called (a function, a lambda, a callable object)."""
+    if not callable(value):
+        raise ArgumentError(f"expected a function, got {_shown(value)}", layer=arg)
+    return value
+
+
 def check_mapping(value: Any, arg: str, *, optional: bool = True) -> Any:
     """``value`` if it is a dict (or None when ``optional``)."""
     if value is None and optional:
@@ -1048,4 +1093,4 @@ __all__ = ["MAX_ARRAY_BYTES", "MAX_LAYER_PARAMS", "LAYOUTS", "check_regular_file
            "load_inputs_and_labels", "match_layout", "match_model_inputs", "load_model_inputs",
            "check_int", "check_number", "check_bool", "check_choice", "check_names",
            "check_input_file", "check_output_path", "check_keras_model", "check_array",
-           "check_mapping"]
+           "check_mapping", "check_path", "check_callable", "check_calibration_args"]
