@@ -60,6 +60,8 @@ _MAGIC = {
     "npy": (b"\x93NUMPY",),
     "onnx": (b"\x08",),  # ModelProto field 1 (ir_version), a varint
 }
+# First non-blank bytes of an existing text output that may be replaced (lower-cased).
+_TEXT_START = {"json": (b"{", b"["), "html": (b"<",)}
 _SAVEDMODEL_ENTRIES = {"saved_model.pb", "saved_model.pbtxt", "variables", "assets",
                        "fingerprint.pb", "keras_metadata.pb"}
 
@@ -178,6 +180,16 @@ def check_output(path: PathLike, kind: Optional[str] = None) -> str:
                 raise OutputError(f"cannot read the existing file: {err.strerror}",
                                   file=raw) from None
             if not head.startswith(_MAGIC[kind]):
+                raise OutputError(f"exists and is not a {kind} file; refusing to replace it",
+                                  file=raw)
+        elif kind in _TEXT_START and st.st_size > 0:
+            try:
+                with open(raw, "rb") as f:
+                    head = f.read(512).lstrip()
+            except OSError as err:
+                raise OutputError(f"cannot read the existing file: {err.strerror}",
+                                  file=raw) from None
+            if head and not head.lower().startswith(_TEXT_START[kind]):
                 raise OutputError(f"exists and is not a {kind} file; refusing to replace it",
                                   file=raw)
         elif kind == "tflite" and st.st_size > 0:

@@ -53,11 +53,7 @@ def check_regular_file(path: PathLike, what: str = "file") -> str:
         ...
         kerasq.errors.DataError: /dev/null: file is a device, not a regular file
     """
-    if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
-        raise ArgumentError(f"expected a file path, got {_shown(path)}", layer=what)
-    path = os.fspath(path)
-    if not path or "\x00" in path:
-        raise ArgumentError(f"expected a file path, got {path!r}", layer=what)
+    path = check_path(path, what)
     try:
         st = os.stat(path)
     except FileNotFoundError:

@@ -79,6 +79,9 @@ def _check_options(options: Mapping[str, Any]) -> None:
     check_names(options.get("outputs"), "outputs", what="top")
     if options.get("scale") is not None:
         check_number(options["scale"], "scale", positive=True)
+    mean = options.get("mean")
+    if mean is not None and not isinstance(mean, (str, os.PathLike)):
+        check_array(mean if isinstance(mean, (list, tuple, np.ndarray)) else [mean], "mean")
     if options.get("swap_rb") is not None:
         check_bool(options["swap_rb"], "swap_rb")
 

@@ -66,14 +66,15 @@ def env(tmp_path_factory):
     d = str(tmp_path_factory.mktemp("api_bad"))
     hc.make_assets(d)
     os.mkfifo(os.path.join(d, "fifo"))
-    os.mkfifo(os.path.join(d, "fifo.tflite"))
+    for ext in (".tflite", ".onnx", ".json"):
+        os.mkfifo(os.path.join(d, "fifo" + ext))
     os.makedirs(os.path.join(d, "dir", "inside"))
     with open(os.path.join(d, "dir", "keep.txt"), "w") as f:
         f.write("keep")
     os.makedirs(os.path.join(d, "empty_dir"))
     with open(os.path.join(d, "text.txt"), "w") as f:
         f.write("just text\n")
-    for name in ("text.h5", "text.tflite", "text.npy", "text.keras"):
+    for name in ("text.h5", "text.tflite", "text.npy", "text.keras", "text.onnx", "text.json"):
         with open(os.path.join(d, name), "w") as f:
             f.write("just text\n")
     np.save(os.path.join(d, "strings.npy"), np.array([["a", "b"]] * 4))
@@ -386,12 +387,16 @@ for _hazard, (_make, _error, _names) in INPUT_HAZARDS.items():
                   "dev-zero": lambda e: "/dev/zero"}
         _make = _paths[_hazard]
         _names = {"fifo": "fifo.tflite", "text": "text.tflite"}.get(_hazard, _names)
+    if _hazard in ("none", "int"):  # not a path: refused as a model of the wrong type
+        _error = ModelFormatError
+    if _hazard == "bytes":  # bytes are TFLite file contents
+        _error, _names = ModelFormatError, "TFLite"
     _err = _error or KerasqError
-    row(f"evaluate-model-path-{_hazard}", _err if _error else KerasqError,
-        _names.replace("{arg}", "model"))(lambda e, m=_make: _evaluate(e, model=m(e)))
-    row(f"evaluate-reference-path-{_hazard}", _err if _error else KerasqError,
-        _names.replace("{arg}", "model"))(
-        lambda e, m=_make: _evaluate(e, y=None, reference=m(e)))
+    row(f"evaluate-model-path-{_hazard}", _err, _names.replace("{arg}", "model"))(
+        lambda e, m=_make: _evaluate(e, model=m(e)))
+    if _hazard != "none":  # reference=None: no reference (a valid call)
+        row(f"evaluate-reference-path-{_hazard}", _err, _names.replace("{arg}", "reference"))(
+            lambda e, m=_make: _evaluate(e, y=None, reference=m(e)))
 
 
 # ------------------------------------------------------------------ converters.caffe
@@ -445,8 +450,9 @@ for _label, _scale in [("nan", math.nan), ("zero", 0.0), ("negative", -1.0), ("s
 row("caffe.load-swap_rb-string", ArgumentError, "swap_rb")(lambda e: _load(e, swap_rb="yes"))
 row("caffe.load-mean-missing-file", CaffeFormatError, "missing.binaryproto")(
     lambda e: _load(e, mean=e.__getattr__("missing.binaryproto")))
-row("caffe.load-mean-nan", CaffeFormatError, "mean")(lambda e: _load(e, mean=[math.nan]))
+row("caffe.load-mean-nan", DataError, "mean")(lambda e: _load(e, mean=[math.nan]))
 row("caffe.load-mean-wrong-count", CaffeFormatError, "mean")(lambda e: _load(e, mean=[1, 2, 3]))
+row("caffe.load-mean-strings", DataError, "mean")(lambda e: _load(e, mean=["blue"]))
 row("caffe.forward-inputs-none", ArgumentError, "inputs")(lambda e: _forward(e, None))
 row("caffe.forward-inputs-array", ArgumentError, "inputs")(
     lambda e: _forward(e, np.zeros((1, 1, 8, 8), "f4")))
@@ -576,7 +582,8 @@ rows("report.build_report-batch_size", ArgumentError, "batch_size",
 for _hazard, (_make, _error, _names) in INPUT_HAZARDS.items():
     if _hazard == "none":
         continue  # no TFLite file: a valid call
-    row(f"report.build_report-tflite_path-{_hazard}", _error or DataError,
+    row(f"report.build_report-tflite_path-{_hazard}",
+        _error or (KerasqError if _hazard == "text" else DataError),
         _names.replace("{arg}", "tflite_path"))(
         lambda e, m=_make: _build(e, tflite_path=m(e)))
 row("report.write_report-report-none", KerasqError, "report")(
