@@ -340,8 +340,7 @@ def export_tflite(
     check_bool(int_io, "int_io")
     check_bool(verify, "verify")
     check_array(verify_data, "verify_data", model=qmodel, optional=True)
-    check_array(representative_data, "representative_data", model=qmodel, optional=True,
-                streams=True)
+    check_array(representative_data, "representative_data", model=qmodel, optional=True)
     check_model_finite(qmodel)  # the TFLite converter crashes on a non-finite range
     check_data_finite(representative_data, "representative_data")
     check_data_finite(verify_data, "verify_data")
