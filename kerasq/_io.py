@@ -328,6 +328,30 @@ def atomic_output(path: PathLike, *, suffix: str = "", kind: Optional[str] = Non
                 _live_temps.discard(leftover)
 
 
+def save_h5(model: object, path: str) -> None:
+    """Save a Keras ``model`` as HDF5 at ``path`` (a temporary of :func:`atomic_output`).
+
+    The file is built in memory (h5py's ``core`` driver) and written with one plain
+    write: HDF5's own writer, after a failed write (a file-size limit, ``EFBIG``), left
+    the process to crash in h5py's object cleanup (SIGSEGV), so the file system only ever
+    sees a write that fails with an ``OSError`` (turned into one-line
+    :class:`OutputError` by :func:`atomic_output`).
+
+    Example:
+        >>> with atomic_output("m.h5", kind="h5") as tmp:  # doctest: +SKIP
+        ...     save_h5(model, tmp)
+    """
+    import h5py
+
+    with h5py.File(f"kerasq-{uuid.uuid4().hex}.h5", "w", driver="core",
+                   backing_store=False) as f:
+        model.save(f, save_format="h5")  # type: ignore[attr-defined]
+        f.flush()
+        image = f.id.get_file_image()
+    with open(path, "wb") as out:
+        out.write(image)
+
+
 def write_bytes_atomic(path: PathLike, data: bytes, kind: Optional[str] = None) -> None:
     """Write ``data`` to ``path`` atomically (checked by :func:`check_output`; the kind is
     taken from a known file extension when not given)."""

@@ -53,7 +53,7 @@ def check_regular_file(path: PathLike, what: str = "file") -> str:
         ...
         kerasq.errors.DataError: /dev/null: file is a device, not a regular file
     """
-    path = check_path(path, what)
+    path = _path_arg(path, what)
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -858,6 +858,10 @@ def check_path(path: Any, arg: str, *, optional: bool = False) -> Optional[str]:
     """
     if path is None and optional:
         return None
+    return _path_arg(path, arg)
+
+
+def _path_arg(path: Any, arg: str) -> str:
     if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
         raise ArgumentError(f"expected a file path, got {_shown(path)}", layer=arg)
     text = os.fspath(path)
@@ -867,9 +871,6 @@ def check_path(path: Any, arg: str, *, optional: bool = False) -> Optional[str]:
         raise ArgumentError(f"expected a file path, got text of {len(text.splitlines())} lines "
                             "(give the path of a file holding it)", layer=arg)
     return text
-
-
-_path_arg = check_path
 
 
 def check_input_file(path: Any, arg: str, what: str = "file", *,
