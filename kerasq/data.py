@@ -932,7 +932,7 @@ def _is_quantized(model: Any) -> bool:
 
 def check_keras_model(model: Any, arg: str = "model", *, quantized: Optional[bool] = None
                       ) -> Any:
-    """``model`` if it is a built tf_keras Model (quantized by :func:`kerasq.quantize_model`
+    """``model`` if it is a tf_keras Model (quantized by :func:`kerasq.quantize_model`
     when ``quantized`` is True, not quantized when False).
 
     Example:
@@ -945,9 +945,6 @@ def check_keras_model(model: Any, arg: str = "model", *, quantized: Optional[boo
         hint = " (load a file with kerasq.load_model)" if isinstance(
             model, (str, os.PathLike)) else ""
         raise ModelFormatError(f"expected a tf_keras Model, got {_shown(model)}{hint}",
-                               layer=arg)
-    if not model.built:
-        raise ModelFormatError("the model is not built; call model.build(input_shape) first",
                                layer=arg)
     if quantized is True and not _is_quantized(model):
         raise ModelFormatError(f"{model.name} is a float model; give the model returned by "
