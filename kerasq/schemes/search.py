@@ -249,10 +249,6 @@ def search_bitwidths(
 
     check_keras_model(model, "model", quantized=False)
     check_callable(eval_fn, "eval_fn")
-    check_array(data, "data", model=model, streams=True)
-    check_number(error_margin, "error_margin", minimum=0)
-    check_int(batch_size, "batch_size")
-    check_int(steps, "steps", optional=True)
     base = config if config is not None else QuantizationConfig()
     if not isinstance(base, QuantizationConfig):
         raise QuantizationConfigError(f"config={base!r}: must be a QuantizationConfig")
@@ -266,6 +262,10 @@ def search_bitwidths(
         raise QuantizationConfigError(f"candidates={tuple(candidates)!r}: integers in 2..32")
     if not isinstance(error_margin, (int, float)) or error_margin < 0:
         raise QuantizationConfigError(f"error_margin={error_margin!r}: must be a number >= 0")
+    check_number(error_margin, "error_margin", minimum=0)
+    check_int(batch_size, "batch_size")
+    check_int(steps, "steps", optional=True)
+    check_array(data, "data", model=model, streams=True)
 
     run_base = base.replace(quantization_start=0)
     types = _part_types(model)

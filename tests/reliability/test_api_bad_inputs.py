@@ -512,8 +512,11 @@ for _label, _fn in [("none", None), ("string", "accuracy"), ("number", 0.9)]:
         lambda e, f=_fn: _search(e, eval_fn=f))
 rows("search_bitwidths-data", DataError, "data", lambda e, v: _search(e, data=v),
      {k: v for k, v in BAD_ARRAYS.items() if k != "ragged-list"})
-for _label, _margin in [("nan", math.nan), ("negative", -1.0), ("string", "1%"), ("inf", math.inf)]:
-    row(f"search_bitwidths-error_margin-{_label}", ArgumentError, "error_margin")(
+for _label, _margin, _error in [("nan", math.nan, ArgumentError),
+                                ("inf", math.inf, ArgumentError),
+                                ("negative", -1.0, QuantizationConfigError),
+                                ("string", "1%", QuantizationConfigError)]:
+    row(f"search_bitwidths-error_margin-{_label}", _error, "error_margin")(
         lambda e, m=_margin: _search(e, error_margin=m))
 row("search_bitwidths-candidates-empty", QuantizationConfigError, "candidates")(
     lambda e: _search(e, candidates=[]))
