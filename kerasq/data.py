@@ -450,10 +450,9 @@ def _layer_params(cls: str, conf: Dict[str, Any], channels_in: Optional[int]
                   ) -> Tuple[int, Optional[int], str]:
     """(lower bound of the parameter count, output channels, what it is) of one layer
     config; the lower bound never exceeds what Keras allocates when it builds the layer."""
-    if conf.get("layer") and isinstance(conf["layer"], dict):  # tfmot / prune wrappers
-        inner = conf["layer"]
-        return _layer_params(str(inner.get("class_name")), inner.get("config") or {},
-                             channels_in)
+    inner = conf.get("layer")
+    if isinstance(inner, dict) and isinstance(inner.get("config"), dict):  # tfmot / prune
+        return _layer_params(str(inner.get("class_name")), inner["config"], channels_in)
     known_in = channels_in or 1
     if cls == "Dense":
         units = _positive(conf.get("units")) or 1

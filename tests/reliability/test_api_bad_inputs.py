@@ -642,3 +642,36 @@ def test_every_category_and_public_function_is_in_the_table() -> None:
                  "directory", "fifo", "dev-zero", "zero", "negative", "unknown"):
         assert any(word in n for n in NAMES), word
     assert len(ROWS) >= 300
+
+
+def test_config_size_estimate_accepts_real_models_and_names_the_forged_layer(tmp_path) -> None:
+    """The parameter estimate is a lower bound: real saved models (a 3M-parameter Dense,
+    a conv net, a quantized one, channels-first) pass; the forged 7 KB files are refused
+    with one line naming the file and the layer, before Keras builds anything."""
+    import kerasq
+    from kerasq._compat import keras
+    from kerasq.data import check_model_file
+
+    inp = keras.Input((3000,))
+    wide = keras.Model(inp, keras.layers.Dense(1000, name="wide")(inp))
+    img = keras.Input((3, 16, 16))
+    conv = keras.layers.Conv2D(64, 3, data_format="channels_first", name="cf")(img)
+    cf = keras.Model(img, conv)
+    qin = keras.Input((8, 8, 1))
+    q = kerasq.quantize_model(keras.Model(qin, keras.layers.Conv2D(300, 3, name="c")(qin)))
+    for name, model in (("wide", wide), ("cf", cf), ("q", q)):
+        for ext in (".h5", ".keras") if name != "q" else (".h5",):
+            path = str(tmp_path / (name + ext))
+            model.save(path)
+            assert check_model_file(path) == path
+    for setup, path, layer in ((hc.h5_forged_layer("f.h5", hc.DENSE_40000), "f.h5", "huge_dense"),
+                               (hc.keras_forged_layer("f.keras", hc.DENSE_40000), "f.keras",
+                                "huge_dense"),
+                               (hc.h5_forged_layer("c.h5", hc.CONV_1E9, inputs=1), "c.h5",
+                                "huge_conv")):
+        setup(str(tmp_path))
+        full = str(tmp_path / path)
+        assert os.path.getsize(full) < 12_000
+        with pytest.raises(DataError) as info:
+            check_model_file(full)
+        assert str(info.value).startswith(f"{full}: {layer}: config claims ")
