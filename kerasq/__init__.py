@@ -31,10 +31,13 @@ except Exception:  # running from a source tree without installation
     __version__ = "0.1.0"
 
 from kerasq.errors import (  # noqa: E402  (errors never import TensorFlow)
+    ArgumentError,
     CaffeFormatError,
+    DataError,
     ExportError,
     KerasqError,
     ModelFormatError,
+    OutputError,
     QuantizationConfigError,
     UnsupportedLayerError,
     VerificationError,
@@ -86,6 +89,9 @@ __all__ = [
     "ExportError",
     "VerificationError",
     "ModelFormatError",
+    "ArgumentError",
+    "DataError",
+    "OutputError",
     *_LAZY,
     *_LAZY_ATTRS,
 ]

@@ -60,6 +60,8 @@ _MAGIC = {
     "npy": (b"\x93NUMPY",),
     "onnx": (b"\x08",),  # ModelProto field 1 (ir_version), a varint
 }
+# First non-blank bytes of an existing text output that may be replaced (lower-cased).
+_TEXT_START = {"json": (b"{", b"["), "html": (b"<",)}
 _SAVEDMODEL_ENTRIES = {"saved_model.pb", "saved_model.pbtxt", "variables", "assets",
                        "fingerprint.pb", "keras_metadata.pb"}
 
@@ -178,6 +180,16 @@ def check_output(path: PathLike, kind: Optional[str] = None) -> str:
                 raise OutputError(f"cannot read the existing file: {err.strerror}",
                                   file=raw) from None
             if not head.startswith(_MAGIC[kind]):
+                raise OutputError(f"exists and is not a {kind} file; refusing to replace it",
+                                  file=raw)
+        elif kind in _TEXT_START and st.st_size > 0:
+            try:
+                with open(raw, "rb") as f:
+                    head = f.read(512).lstrip()
+            except OSError as err:
+                raise OutputError(f"cannot read the existing file: {err.strerror}",
+                                  file=raw) from None
+            if head and not head.lower().startswith(_TEXT_START[kind]):
                 raise OutputError(f"exists and is not a {kind} file; refusing to replace it",
                                   file=raw)
         elif kind == "tflite" and st.st_size > 0:
@@ -314,6 +326,30 @@ def atomic_output(path: PathLike, *, suffix: str = "", kind: Optional[str] = Non
                 if os.path.lexists(leftover):
                     _remove(leftover)
                 _live_temps.discard(leftover)
+
+
+def save_h5(model: object, path: str) -> None:
+    """Save a Keras ``model`` as HDF5 at ``path`` (a temporary of :func:`atomic_output`).
+
+    The file is built in memory (h5py's ``core`` driver) and written with one plain
+    write: HDF5's own writer, after a failed write (a file-size limit, ``EFBIG``), left
+    the process to crash in h5py's object cleanup (SIGSEGV), so the file system only ever
+    sees a write that fails with an ``OSError`` (turned into one-line
+    :class:`OutputError` by :func:`atomic_output`).
+
+    Example:
+        >>> with atomic_output("m.h5", kind="h5") as tmp:  # doctest: +SKIP
+        ...     save_h5(model, tmp)
+    """
+    import h5py
+
+    with h5py.File(f"kerasq-{uuid.uuid4().hex}.h5", "w", driver="core",
+                   backing_store=False) as f:
+        model.save(f, save_format="h5")  # type: ignore[attr-defined]
+        f.flush()
+        image = f.id.get_file_image()
+    with open(path, "wb") as out:
+        out.write(image)
 
 
 def write_bytes_atomic(path: PathLike, data: bytes, kind: Optional[str] = None) -> None:

@@ -30,11 +30,11 @@ import stat
 import struct
 import zipfile
 import zlib
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from kerasq.errors import DataError
+from kerasq.errors import ArgumentError, DataError, ModelFormatError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -53,7 +53,7 @@ def check_regular_file(path: PathLike, what: str = "file") -> str:
         ...
         kerasq.errors.DataError: /dev/null: file is a device, not a regular file
     """
-    path = os.fspath(path)
+    path = _path_arg(path, what)
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -279,7 +279,7 @@ MAX_CONFIG_BYTES = 64 << 20
 MAX_CONFIG_DEPTH = 200
 
 
-def _check_config_json(text: Union[str, bytes], file: str) -> None:
+def _check_config_json(text: Union[str, bytes], file: str) -> Any:
     """Parse a Keras model config; refuse deep nesting and modules outside Keras/kerasq."""
     import json
 
@@ -330,6 +330,7 @@ def _check_config_json(text: Union[str, bytes], file: str) -> None:
             stack.extend((v, owner, layer) for v in item.values())
         elif isinstance(item, list):
             stack.extend((v, owner, layer) for v in item)
+    return config
 
 
 def check_model_file(path: PathLike) -> str:
@@ -375,7 +376,12 @@ def _check_keras_zip(path: str, size: int) -> None:
             if "config.json" in names:
                 if names["config.json"].file_size > MAX_CONFIG_BYTES:
                     raise DataError("config.json is too big", file=path)
-                _check_config_json(zf.read("config.json"), path)
+                config = _check_config_json(zf.read("config.json"), path)
+                weights = names.get("model.weights.h5")
+                present = None
+                if weights is not None:  # >= 1 byte per stored value: a generous bound
+                    present = {n: weights.file_size for n, _, _ in _claimed_params(config)}
+                _check_claimed_params(config, path, present, "the weights file holds")
     except DataError:
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, struct.error, OSError,
@@ -392,8 +398,10 @@ def _check_h5(path: str, size: int) -> None:
         with h5py.File(path, "r") as f:
             config = f.attrs.get("model_config")
             if config is not None:
-                _check_config_json(config if isinstance(config, (str, bytes)) else str(config),
-                                   path)
+                parsed = _check_config_json(
+                    config if isinstance(config, (str, bytes)) else str(config), path)
+                _check_claimed_params(parsed, path, _h5_values_per_layer(f, h5py),
+                                      "the file holds")
             found: List[Tuple[str, int, bool]] = []
 
             def visit(name: str, obj: Any) -> None:
@@ -418,6 +426,154 @@ def _check_h5(path: str, size: int) -> None:
         if packed and nbytes > size:
             raise DataError(f"dataset declares {nbytes} bytes but the file has {size} "
                             "(truncated or corrupt)", file=path, layer=name)
+
+
+#: Largest number of parameters a model config may claim for one layer before Keras would
+#: allocate them (``KERASQ_MAX_LAYER_PARAMS`` overrides); 1e9 float32 values are 4 GB.
+MAX_LAYER_PARAMS = int(os.environ.get("KERASQ_MAX_LAYER_PARAMS", str(1 << 30)))
+
+_CONV_CLASSES = {"Conv1D", "Conv2D", "Conv3D", "Conv2DTranspose", "Conv3DTranspose",
+                 "Conv1DTranspose", "Convolution1D", "Convolution2D", "Convolution3D"}
+_PASSTHROUGH = {"Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax", "Dropout",
+                "BatchNormalization", "LayerNormalization", "MaxPooling2D", "AveragePooling2D",
+                "MaxPooling1D", "AveragePooling1D", "ZeroPadding2D", "Cropping2D",
+                "UpSampling2D", "GaussianNoise", "SpatialDropout2D", "Add", "Multiply",
+                "Maximum", "Minimum", "Average", "Subtract"}
+
+
+def _positive(value: Any) -> Optional[int]:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 \
+        else None
+
+
+def _layer_params(cls: str, conf: Dict[str, Any], channels_in: Optional[int]
+                  ) -> Tuple[int, Optional[int], str]:
+    """(lower bound of the parameter count, output channels, what it is) of one layer
+    config; the lower bound never exceeds what Keras allocates when it builds the layer."""
+    inner = conf.get("layer")
+    if isinstance(inner, dict) and isinstance(inner.get("config"), dict):  # tfmot / prune
+        return _layer_params(str(inner.get("class_name")), inner["config"], channels_in)
+    known_in = channels_in or 1
+    if cls == "Dense":
+        units = _positive(conf.get("units")) or 1
+        return units * known_in, units, f"Dense units={units} on {channels_in or '?'} inputs"
+    if cls in _CONV_CLASSES or cls in ("DepthwiseConv2D", "SeparableConv2D"):
+        kernel = conf.get("kernel_size")
+        kernel = kernel if isinstance(kernel, (list, tuple)) else [kernel]
+        taps = 1
+        for k in kernel:
+            taps *= _positive(k) or 1
+        groups = _positive(conf.get("groups")) or 1
+        if cls == "DepthwiseConv2D":
+            mult = _positive(conf.get("depth_multiplier")) or 1
+            return taps * known_in * mult, (channels_in * mult if channels_in else None), \
+                f"DepthwiseConv2D kernel {kernel} x depth_multiplier {mult}"
+        filters = _positive(conf.get("filters")) or 1
+        per_group = max(known_in // groups, 1)
+        return taps * per_group * filters, filters, \
+            f"{cls} filters={filters} kernel {kernel} on {channels_in or '?'} channels"
+    if cls == "Embedding":
+        n = (_positive(conf.get("input_dim")) or 1) * (_positive(conf.get("output_dim")) or 1)
+        return n, _positive(conf.get("output_dim")), "Embedding"
+    if cls == "InputLayer":
+        shape = conf.get("batch_input_shape") or conf.get("batch_shape")
+        last = _positive(shape[-1]) if isinstance(shape, list) and shape else None
+        return 0, last, "input"
+    if cls in _PASSTHROUGH:
+        return 0, channels_in, cls
+    return 0, None, cls
+
+
+def _config_layers(config: Any) -> List[Tuple[str, str, Dict[str, Any], List[str]]]:
+    """(name, class, config, inbound layer names) of a Sequential/functional model config,
+    in order; nested models are not entered."""
+    if not isinstance(config, dict):
+        return []
+    conf = config.get("config")
+    layers = conf.get("layers") if isinstance(conf, dict) else None
+    if not isinstance(layers, list):
+        return []
+    out = []
+    previous: List[str] = []
+    sequential = config.get("class_name") == "Sequential"
+    for item in layers:
+        if not isinstance(item, dict) or not isinstance(item.get("config"), dict):
+            continue
+        lconf = item["config"]
+        name = str(item.get("name") or lconf.get("name") or "")
+        inbound: List[str] = []
+        nodes = item.get("inbound_nodes")
+        if sequential:
+            inbound = previous
+        elif isinstance(nodes, list):
+            for node in nodes:
+                if isinstance(node, list):
+                    inbound += [e[0] for e in node if isinstance(e, list) and e
+                                and isinstance(e[0], str)]
+        build = item.get("build_config")
+        if isinstance(build, dict) and isinstance(build.get("input_shape"), list):
+            lconf = dict(lconf, _input_shape=build["input_shape"])
+        out.append((name, str(item.get("class_name")), lconf, inbound))
+        previous = [name]
+    return out
+
+
+def _claimed_params(config: Any) -> List[Tuple[str, int, str]]:
+    """(layer name, parameter lower bound, description) for every layer of a model config."""
+    channels: Dict[str, Optional[int]] = {}
+    found = []
+    for name, cls, conf, inbound in _config_layers(config):
+        channels_in = None
+        shape = conf.get("_input_shape")
+        if isinstance(shape, list) and shape and isinstance(shape[-1], int):
+            channels_in = _positive(shape[1] if conf.get("data_format") == "channels_first"
+                                    and len(shape) > 2 else shape[-1])
+        elif len(inbound) == 1 and conf.get("data_format") != "channels_first":
+            channels_in = channels.get(inbound[0])  # the last axis of the producer
+        count, channels[name], what = _layer_params(cls, conf, channels_in)
+        found.append((name, count, what))
+    return found
+
+
+def _check_claimed_params(config: Any, file: str,
+                          present: Optional[Dict[str, int]], holds: str) -> None:
+    """Refuse a layer whose config alone asks Keras to allocate more than
+    :data:`MAX_LAYER_PARAMS` values, or more values than the file holds for it
+    (``present``: layer name -> values stored; None: unknown)."""
+    for name, count, what in _claimed_params(config):
+        if count > MAX_LAYER_PARAMS:
+            raise DataError(f"config claims {count} parameters ({what}), over the "
+                            f"{MAX_LAYER_PARAMS} limit (KERASQ_MAX_LAYER_PARAMS)",
+                            file=file, layer=name or None)
+        if present is not None and count > 1024 and count > present.get(name, 0):
+            raise DataError(f"config claims {count} parameters ({what}) but {holds} "
+                            f"{present.get(name, 0)} values for this layer (corrupt or forged)",
+                            file=file, layer=name or None)
+
+
+def _h5_values_per_layer(f: Any, h5py: Any) -> Optional[Dict[str, int]]:
+    """Layer name -> number of stored weight values under ``model_weights`` (None when the
+    file has no weights group)."""
+    group = f.get("model_weights")
+    if group is None or not isinstance(group, h5py.Group):
+        return None
+    counts: Dict[str, int] = {}
+    for name in group:
+        total = 0
+
+        def add(_: str, obj: Any) -> None:
+            nonlocal total
+            if isinstance(obj, h5py.Dataset):
+                n = 1
+                for d in obj.shape or ():
+                    n *= int(d)
+                total += n
+
+        item = group[name]
+        if isinstance(item, h5py.Group):
+            item.visititems(add)
+        counts[name] = total
+    return counts
 
 
 def load_inputs_and_labels(path: PathLike, need_labels: bool = False, what: str = "data"
@@ -499,6 +655,9 @@ def match_layout(
         raise DataError(f"layout {layout!r}: expected one of {', '.join(LAYOUTS)}", file=file,
                         layer=name)
     a = np.asarray(array)
+    if a.dtype.hasobject or a.dtype.kind not in "biuf" or a.ndim == 0:
+        raise DataError(f"expected an array of numbers, got {_shown(array)} of {a.dtype}",
+                        file=file, layer=name)
     expected = tuple(None if d is None or int(d) < 0 else int(d) for d in expected)
     shown = "(" + ", ".join("None" if d is None else str(d) for d in expected) + ")"
     if a.ndim == len(expected) - 1:
@@ -575,6 +734,356 @@ def load_model_inputs(path: PathLike, model: Any = None, layout: str = "auto",
     return x
 
 
-__all__ = ["MAX_ARRAY_BYTES", "LAYOUTS", "check_regular_file", "check_finite",
+# ------------------------------------------------------------------ function arguments
+# The public functions check their arguments at the entry with the helpers below, so a bad
+# argument is a one-line KerasqError naming it (``batch_size: expected an integer >= 1,
+# got 0``) instead of a TypeError deep inside TensorFlow. Each check is O(1) except the
+# NaN/Inf scan of array data (one pass).
+
+
+def _shown(value: Any) -> str:
+    if value is None or isinstance(value, (bool, int, float, str, bytes)):
+        text = repr(value)
+        return text if len(text) <= 60 else text[:57] + "..."
+    return f"a {type(value).__name__}"
+
+
+def check_int(value: Any, arg: str, *, minimum: int = 1, optional: bool = False
+              ) -> Optional[int]:
+    """``value`` as an int >= ``minimum`` (``None`` allowed if ``optional``).
+
+    Example:
+        >>> check_int(0, "batch_size")
+        Traceback (most recent call last):
+        ...
+        kerasq.errors.ArgumentError: batch_size: expected an integer >= 1, got 0
+    """
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ArgumentError(f"expected an integer >= {minimum}, got {_shown(value)}", layer=arg)
+    return int(value)
+
+
+def check_number(value: Any, arg: str, *, minimum: Optional[float] = None,
+                 positive: bool = False) -> float:
+    """``value`` as a finite float (>= ``minimum``; > 0 if ``positive``).
+
+    Example:
+        >>> check_number(float("nan"), "error_margin")
+        Traceback (most recent call last):
+        ...
+        kerasq.errors.ArgumentError: error_margin: expected a finite number, got nan
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(value):
+        raise ArgumentError(f"expected a finite number, got {_shown(value)}", layer=arg)
+    if minimum is not None and value < minimum:
+        raise ArgumentError(f"expected a number >= {minimum}, got {_shown(value)}", layer=arg)
+    if positive and value <= 0:
+        raise ArgumentError(f"expected a number > 0, got {_shown(value)}", layer=arg)
+    return float(value)
+
+
+def check_bool(value: Any, arg: str) -> bool:
+    """``value`` if it is True or False (a string such as ``"no"`` is refused)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ArgumentError(f"expected True or False, got {_shown(value)}", layer=arg)
+    return bool(value)
+
+
+def check_choice(value: Any, arg: str, choices: Sequence[Any]) -> Any:
+    """``value`` if it is one of ``choices``.
+
+    Example:
+        >>> check_choice("int4", "target", ("int8", "float"))
+        Traceback (most recent call last):
+        ...
+        kerasq.errors.ArgumentError: target: 'int4' is not one of 'int8', 'float'
+    """
+    try:
+        ok = value in choices
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ArgumentError(f"{_shown(value)} is not one of {', '.join(map(repr, choices))}",
+                            layer=arg)
+    return value
+
+
+def check_names(names: Any, arg: str, known: Optional[Iterable[str]] = None,
+                what: str = "layer", optional: bool = True) -> Optional[List[str]]:
+    """``names`` as a list of strings, each in ``known`` when given (a bare string is
+    refused: ``layers="conv1"`` would otherwise mean the names c, o, n, v, 1).
+
+    Example:
+        >>> check_names(["conv9"], "ignored_layers", ["conv1", "ip1"])
+        Traceback (most recent call last):
+        ...
+        kerasq.errors.ArgumentError: ignored_layers: no layer named 'conv9' (the model has conv1, ip1)
+    """
+    if names is None and optional:
+        return None
+    if isinstance(names, (str, bytes)):
+        raise ArgumentError(f"expected a list of {what} names, got the string {_shown(names)} "
+                            f"(write [{names!r}])", layer=arg)
+    try:
+        items = list(names)
+    except TypeError:
+        raise ArgumentError(f"expected a list of {what} names, got {_shown(names)}",
+                            layer=arg) from None
+    for item in items:
+        if not isinstance(item, str):
+            raise ArgumentError(f"expected {what} names (strings), got {_shown(item)}",
+                                layer=arg)
+    if known is not None:
+        known = list(known)
+        unknown = [n for n in items if n not in known]
+        if unknown:
+            listed = ", ".join(known[:12]) + (", ..." if len(known) > 12 else "")
+            raise ArgumentError(f"no {what} named {', '.join(map(repr, unknown[:5]))} "
+                                f"(the model has {listed})", layer=arg)
+    return items
+
+
+def check_path(path: Any, arg: str, *, optional: bool = False) -> Optional[str]:
+    """``path`` as a str if it is a path (not None, bytes, a number, or file contents).
+
+    Example:
+        >>> check_path('name: "net"\\nlayer { }', "prototxt")
+        Traceback (most recent call last):
+        ...
+        kerasq.errors.ArgumentError: prototxt: expected a file path, got text of 2 lines (give the path of a file holding it)
+    """
+    if path is None and optional:
+        return None
+    return _path_arg(path, arg)
+
+
+def _path_arg(path: Any, arg: str) -> str:
+    if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
+        raise ArgumentError(f"expected a file path, got {_shown(path)}", layer=arg)
+    text = os.fspath(path)
+    if not isinstance(text, str) or not text.strip() or "\x00" in text:
+        raise ArgumentError(f"expected a file path, got {_shown(text)}", layer=arg)
+    if "\n" in text:
+        raise ArgumentError(f"expected a file path, got text of {len(text.splitlines())} lines "
+                            "(give the path of a file holding it)", layer=arg)
+    return text
+
+
+def check_input_file(path: Any, arg: str, what: str = "file", *,
+                     directory_ok: bool = False) -> str:
+    """``path`` if it names a readable regular file (or, with ``directory_ok``, a
+    directory: a SavedModel); a FIFO, device, missing path or non-path is refused.
+
+    Example:
+        >>> check_input_file("/dev/zero", "prototxt", "prototxt")
+        Traceback (most recent call last):
+        ...
+        kerasq.errors.DataError: /dev/zero: prototxt: prototxt is a device, not a regular file
+    """
+    text = _path_arg(path, arg)
+    if directory_ok and os.path.isdir(text):
+        return text
+    try:
+        return check_regular_file(text, what)
+    except DataError as err:
+        raise err.with_context(layer=arg) from None
+
+
+def check_output_path(path: Any, arg: str, kinds: Iterable[str], *, optional: bool = True
+                      ) -> Optional[str]:
+    """``path`` if it can be written as one of ``kinds`` (keys of ``kerasq._io.MODEL_KINDS``)
+    without destroying anything (:func:`kerasq._io.check_output`); checked before any work.
+
+    Example:
+        >>> check_output_path("m.h5", "path", ["tflite"])
+        Traceback (most recent call last):
+        ...
+        kerasq.errors.OutputError: m.h5: path: unsupported output extension '.h5'; supported: .tflite
+    """
+    from kerasq._io import check_output, output_kind
+
+    if path is None and optional:
+        return None
+    text = _path_arg(path, arg)
+    try:
+        return check_output(text, output_kind(text, kinds))
+    except DataError:
+        raise
+    except Exception as err:
+        if hasattr(err, "with_context"):
+            raise err.with_context(layer=arg) from None  # type: ignore[attr-defined]
+        raise
+
+
+def _is_keras_model(value: Any) -> bool:
+    from kerasq._compat import keras
+
+    return isinstance(value, keras.Model)
+
+
+def _is_quantized(model: Any) -> bool:
+    names = {type(layer).__name__ for layer in getattr(model, "layers", ())}
+    return bool(names & {"QuantizeWrapperV2", "QuantizeWrapper", "QuantizeLayer"})
+
+
+def check_keras_model(model: Any, arg: str = "model", *, quantized: Optional[bool] = None
+                      ) -> Any:
+    """``model`` if it is a tf_keras Model (quantized by :func:`kerasq.quantize_model`
+    when ``quantized`` is True, not quantized when False).
+
+    Example:
+        >>> check_keras_model(None, "qmodel")
+        Traceback (most recent call last):
+        ...
+        kerasq.errors.ModelFormatError: qmodel: expected a tf_keras Model, got None
+    """
+    if not _is_keras_model(model):
+        hint = " (load a file with kerasq.load_model)" if isinstance(
+            model, (str, os.PathLike)) else ""
+        raise ModelFormatError(f"expected a tf_keras Model, got {_shown(model)}{hint}",
+                               layer=arg)
+    if quantized is True and not _is_quantized(model):
+        raise ModelFormatError(f"{model.name} is a float model; give the model returned by "
+                               "kerasq.quantize_model", layer=arg)
+    if quantized is False and _is_quantized(model):
+        raise ModelFormatError(f"{model.name} is already quantized; give the float model",
+                               layer=arg)
+    return model
+
+
+def _is_stream(value: Any, lists: bool = False) -> bool:
+    """A dataset, generator or other iterable of batches (checked batch by batch later);
+    with ``lists``, a list or tuple (of batches) too."""
+    if lists and isinstance(value, (list, tuple)):
+        return True
+    if isinstance(value, (np.ndarray, list, tuple, dict, str, bytes)) or value is None:
+        return False
+    if hasattr(value, "numpy") and hasattr(value, "shape") and hasattr(value, "dtype"):
+        return False  # a tensor
+    return hasattr(value, "__iter__") or hasattr(value, "__next__")
+
+
+def _array_of(value: Any, arg: str) -> np.ndarray:
+    if hasattr(value, "numpy") and hasattr(value, "shape") and not isinstance(value, np.ndarray):
+        value = value.numpy()
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as err:  # ragged nested lists
+        raise DataError(f"not an array: {_first_line(err)}", layer=arg) from None
+    if array.dtype.hasobject or array.dtype.kind not in "biuf":
+        raise DataError(f"expected numbers, the array holds {array.dtype}", layer=arg)
+    if array.ndim == 0:
+        raise DataError(f"expected a batch of samples, got a scalar {_shown(value)}", layer=arg)
+    if array.size == 0:
+        raise DataError(f"the array is empty (shape {tuple(array.shape)})", layer=arg)
+    check_finite(array, arg)
+    return array
+
+
+def check_array(value: Any, arg: str, *, model: Any = None, optional: bool = False,
+                streams: bool = False) -> Any:
+    """Check array data given to a function: numbers, not empty, finite, and (with
+    ``model``) one array per model input of the input's rank and fixed sizes (batch
+    first, the model's layout; see :func:`match_layout` for Caffe NCHW data).
+    ``streams``: datasets and iterables of batches (lists included) are accepted as they
+    are (the caller checks each batch).
+    Returns ``value`` unchanged.
+
+    Example:
+        >>> check_array(np.zeros((0, 8)), "x")
+        Traceback (most recent call last):
+        ...
+        kerasq.errors.DataError: x: the array is empty (shape (0, 8))
+    """
+    if value is None:
+        if optional:
+            return None
+        raise DataError("expected an array of samples, got None", layer=arg)
+    if isinstance(value, (str, bytes, os.PathLike)):
+        raise DataError(f"expected an array of samples, got the path {_shown(os.fspath(value))} "
+                        "(load it with kerasq.data.load_arrays)", layer=arg)
+    if _is_stream(value, lists=streams):
+        if streams:
+            return value
+        raise DataError(f"expected an array (or a list of arrays), got {_shown(value)}",
+                        layer=arg)
+    inputs = list(getattr(model, "inputs", None) or []) if model is not None else []
+    if isinstance(value, dict):
+        arrays = [(f"{arg}[{k!r}]", _array_of(v, f"{arg}[{k!r}]")) for k, v in value.items()]
+        if inputs and len(arrays) != len(inputs):
+            raise DataError(f"{len(arrays)} input arrays for a model with {len(inputs)} inputs",
+                            layer=arg)
+        return value
+    several = isinstance(value, (list, tuple)) and (
+        len(inputs) > 1 or any(isinstance(v, np.ndarray) or hasattr(v, "numpy")
+                               for v in value))
+    if several:
+        if not value:
+            raise DataError("an empty list of input arrays", layer=arg)
+        arrays = [(f"{arg}[{i}]", _array_of(v, f"{arg}[{i}]")) for i, v in enumerate(value)]
+    else:
+        arrays = [(arg, _array_of(value, arg))]
+    if inputs:
+        if len(arrays) != len(inputs):
+            raise DataError(f"{len(arrays)} input array(s) for a model with {len(inputs)} inputs "
+                            "(give a list, one array per input)", layer=arg)
+        counts = {a.shape[0] for _, a in arrays}
+        if len(counts) > 1:
+            raise DataError(f"input arrays hold different numbers of samples {sorted(counts)}",
+                            layer=arg)
+        for (name, a), t in zip(arrays, inputs):
+            try:
+                expected = tuple(None if d is None else int(d) for d in t.shape)
+            except (TypeError, ValueError):
+                continue
+            if not _fits(a.shape, expected):
+                shown = "(" + ", ".join("None" if d is None else str(d) for d in expected) + ")"
+                hint = ""
+                if a.ndim == 4 and len(expected) == 4 and _fits(
+                        tuple(a.shape[i] for i in (0, 2, 3, 1)), expected):
+                    hint = " (NCHW data? convert it with kerasq.data.match_layout)"
+                raise DataError(f"data of shape {tuple(a.shape)} for a model input {shown}{hint}",
+                                layer=name)
+    return value
+
+
+def check_calibration_args(qmodel: Any, data: Any, steps: Any, batch_size: Any) -> None:
+    """The arguments of :func:`kerasq.calibrate`: a quantized model, finite numeric data of
+    the model's input shape (or a dataset / iterable of batches), ``steps`` None or >= 1,
+    ``batch_size`` >= 1.
+
+    Example:
+        >>> check_calibration_args(qmodel, x, None, 0)  # doctest: +SKIP
+        kerasq.errors.ArgumentError: batch_size: expected an integer >= 1, got 0
+    """
+    check_keras_model(qmodel, "qmodel", quantized=True)
+    check_int(batch_size, "batch_size")
+    check_int(steps, "steps", optional=True)
+    check_array(data, "data", model=qmodel, streams=True)
+
+
+def check_callable(value: Any, arg: str) -> Any:
+    """``value`` if it can be called (a function, a lambda, a callable object)."""
+    if not callable(value):
+        raise ArgumentError(f"expected a function, got {_shown(value)}", layer=arg)
+    return value
+
+
+def check_mapping(value: Any, arg: str, *, optional: bool = True) -> Any:
+    """``value`` if it is a dict (or None when ``optional``)."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, dict):
+        raise ArgumentError(f"expected a dict, got {_shown(value)}", layer=arg)
+    return value
+
+
+__all__ = ["MAX_ARRAY_BYTES", "MAX_LAYER_PARAMS", "LAYOUTS", "check_regular_file", "check_finite",
            "check_data_finite", "check_model_finite", "check_model_file", "load_arrays",
-           "load_inputs_and_labels", "match_layout", "match_model_inputs", "load_model_inputs"]
+           "load_inputs_and_labels", "match_layout", "match_model_inputs", "load_model_inputs",
+           "check_int", "check_number", "check_bool", "check_choice", "check_names",
+           "check_input_file", "check_output_path", "check_keras_model", "check_array",
+           "check_mapping", "check_path", "check_callable", "check_calibration_args"]

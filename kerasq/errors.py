@@ -90,6 +90,12 @@ class OutputError(KerasqError):
     failed (nothing is left behind)."""
 
 
+class ArgumentError(KerasqError, ValueError, TypeError):
+    """A bad argument to a kerasq function: None or the wrong type, a number out of range
+    (``batch_size=0``), an unknown choice or layer name. The message names the argument.
+    Also a ``ValueError`` and a ``TypeError``, so callers catching those keep working."""
+
+
 class DataError(KerasqError, ValueError):
     """An input array file (calibration, verification, evaluation data) that is unreadable,
     too big, of the wrong dtype, shape or layout, or holds NaN/Inf."""
@@ -104,5 +110,6 @@ __all__ = [
     "VerificationError",
     "ModelFormatError",
     "OutputError",
+    "ArgumentError",
     "DataError",
 ]

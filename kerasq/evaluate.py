@@ -37,6 +37,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from kerasq.data import check_array, check_input_file, check_int, check_mapping, check_path
 from kerasq.errors import KerasqError, ModelFormatError
 
 __all__ = ["evaluate", "load_predictor", "Predictor", "OutputScore", "EvalResult",
@@ -184,7 +185,7 @@ class TFLitePredictor(Predictor):
         return {name: np.concatenate(p) for name, p in parts.items()}
 
 
-def load_predictor(model: Any) -> Predictor:
+def load_predictor(model: Any, arg: str = "model") -> Predictor:
     """A :class:`Predictor` for a path (.tflite, .h5, .keras, SavedModel dir), a tf_keras
     model, TFLite bytes, or an existing predictor.
 
@@ -195,10 +196,11 @@ def load_predictor(model: Any) -> Predictor:
     if isinstance(model, (bytes, bytearray)):
         return TFLitePredictor(bytes(model))
     if isinstance(model, (str, os.PathLike)):
-        path = os.fspath(model)
+        path = check_path(model, arg)
         if not os.path.exists(path):
             raise ModelFormatError("no such file or directory", file=path)
         if path.lower().endswith(".tflite"):
+            check_input_file(path, arg, "TFLite file")
             with open(path, "rb") as f:
                 return TFLitePredictor(f.read(), path)
         from kerasq.schemes.api import load_model
@@ -207,7 +209,7 @@ def load_predictor(model: Any) -> Predictor:
     if hasattr(model, "predict") and hasattr(model, "layers"):
         return KerasPredictor(model)
     raise ModelFormatError(f"cannot evaluate a {type(model).__name__}: give a path, a "
-                           f"tf_keras model or TFLite bytes")
+                           f"tf_keras model or TFLite bytes", layer=arg)
 
 
 # ------------------------------------------------------------------------------ scoring
@@ -386,7 +388,11 @@ def evaluate(model: Any, x: Any, y: Labels = None, *, reference: Any = None,
     """
     if y is None and reference is None:
         raise KerasqError("nothing to score: give labels y or a reference model")
+    check_int(batch_size, "batch_size")
+    check_mapping(kinds, "kinds")
+    check_array(x, "x")
     predictor = load_predictor(model)
+    check_array(x, "x", model=getattr(predictor, "model", None))
     source = predictor.path
     n = len(x[0]) if isinstance(x, (list, tuple)) else len(x)
     if n == 0:
@@ -403,7 +409,7 @@ def evaluate(model: Any, x: Any, y: Labels = None, *, reference: Any = None,
     ref_for: List[Optional[str]] = [None] * len(predictor.names)
     ref_pred: Optional[Predictor] = None
     if reference is not None:
-        ref_pred = load_predictor(reference)
+        ref_pred = load_predictor(reference, "reference")
         refs = ref_pred.predict(x, batch_size=batch_size)
         ref_for = list(_match(predictor.names, ref_pred.names, outs, refs))
     scores = []

@@ -318,7 +318,11 @@ def run(qmodel: Any, x: Any, *, return_integers: bool = False) -> Any:
         the layer).
     """
     from kerasq._compat import keras
+    from kerasq.data import check_array, check_bool, check_keras_model
 
+    check_keras_model(qmodel, "qmodel", quantized=True)
+    check_array(x, "x", model=qmodel)
+    check_bool(return_integers, "return_integers")
     inbound, input_keys, output_keys = _graph(qmodel)
     inputs = list(x) if isinstance(x, (list, tuple)) else [x]
     if len(inputs) != len(input_keys):

@@ -106,9 +106,10 @@ def load_model(path: Union[str, "os.PathLike[str]"], *, compile: bool = True) ->
     """
     from kerasq._compat import keras
 
-    from kerasq.data import check_model_file
+    from kerasq.data import check_bool, check_model_file, check_path
 
-    path = os.fspath(path)
+    path = check_path(path, "path")
+    check_bool(compile, "compile")
     if not os.path.exists(path):
         raise ModelFormatError("no such file or directory", file=path)
     check_model_file(path)  # sizes, zip members and config modules, before Keras reads it

@@ -23,7 +23,15 @@ from kerasq.converters.caffe.keras_layers import CaffePreprocess
 from kerasq.converters.caffe.layout import Blob
 from kerasq.converters.caffe.passes import build_graph
 from kerasq.converters.caffe.reader import read_binaryproto, read_caffemodel, read_prototxt
-from kerasq.errors import CaffeFormatError, KerasqError
+from kerasq.data import (
+    check_array,
+    check_bool,
+    check_mapping,
+    check_names,
+    check_number,
+    check_path,
+)
+from kerasq.errors import ArgumentError, CaffeFormatError, KerasqError
 
 log = logging.getLogger("kerasq.converters.caffe")
 
@@ -66,9 +74,20 @@ def custom_objects() -> Dict[str, Any]:
 def _check_options(options: Mapping[str, Any]) -> None:
     unknown = set(options) - _LOAD_OPTIONS
     if unknown:
-        raise TypeError(f"unknown option(s) {sorted(unknown)}; known: {sorted(_LOAD_OPTIONS)}")
+        raise ArgumentError(f"unknown option(s) {sorted(unknown)}; known: "
+                            f"{', '.join(sorted(_LOAD_OPTIONS))}", layer=sorted(unknown)[0])
+    check_mapping(options.get("input_shape"), "input_shape")
+    check_names(options.get("outputs"), "outputs", what="top")
+    if options.get("scale") is not None:
+        check_number(options["scale"], "scale", positive=True)
+    mean = options.get("mean")
+    if mean is not None and not isinstance(mean, (str, os.PathLike)):
+        check_array(mean if isinstance(mean, (list, tuple, np.ndarray)) else [mean], "mean")
+    if options.get("swap_rb") is not None:
+        check_bool(options["swap_rb"], "swap_rb")
     if options.get("keras", 2) not in (2, 3):
-        raise ValueError(f"keras={options['keras']!r}: 2 (tf_keras, the default) or 3 (Keras 3)")
+        raise ArgumentError(f"keras={options['keras']!r}: 2 (tf_keras, the default) or 3 (Keras 3)",
+                            layer="keras")
 
 
 def _as_requested(model: Any, options: Mapping[str, Any], source: PathLike) -> Any:
@@ -200,6 +219,8 @@ def load(prototxt: PathLike, caffemodel: Optional[PathLike] = None, **options: A
     """
     from kerasq.converters.caffe.lower import lower_graph
 
+    check_path(prototxt, "prototxt")
+    check_path(caffemodel, "caffemodel", optional=True)
     _check_options(options)
     wanted = options.get("outputs")
     graph = _graph(
@@ -304,6 +325,12 @@ def forward(
     """
     from kerasq.converters.caffe.lower import lower_graph
 
+    check_path(prototxt, "prototxt")
+    check_path(caffemodel, "caffemodel", optional=True)
+    check_mapping(inputs, "inputs", optional=False)
+    for key, value in inputs.items():
+        check_array(value, f"inputs[{key!r}]")
+    check_names(blobs, "blobs", what="top")
     _check_options(options)
     arrays = {k: np.asarray(v, dtype=np.float32) for k, v in inputs.items()}
     opts = dict(options)

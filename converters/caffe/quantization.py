@@ -69,6 +69,7 @@ import types
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from kerasq.converters.caffe.graph import sanitize_name
+from kerasq.converters.caffe.reader import check_regular_file
 from kerasq.converters.caffe.text_format import Identifier, Message, parse_file
 from kerasq.errors import CaffeFormatError, QuantizationConfigError
 
@@ -246,6 +247,7 @@ def _load(source: Source, what: str) -> Message:
         return source
     if not isinstance(source, (str, os.PathLike)):
         raise CaffeFormatError(f"{what} must be a path or a parsed Message, got {type(source)}")
+    check_regular_file(source, what)  # a FIFO would block, /dev/zero never ends
     return parse_file(source)
 
 

@@ -196,13 +196,13 @@ def save_model(model: Any, output: str) -> None:
     """Save atomically; format from the name (.h5 / .keras / SavedModel directory)."""
     import warnings
 
-    from kerasq._io import atomic_output, output_kind
+    from kerasq._io import atomic_output, output_kind, save_h5
 
     kind = output_kind(output, MODEL_OUTPUT_KINDS)
     with atomic_output(output, kind=kind) as tmp, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*HDF5 file.*legacy.*")
         if kind == "h5":
-            model.save(tmp, save_format="h5")
+            save_h5(model, tmp)  # never HDF5's own writes to disk (see kerasq._io.save_h5)
         elif kind == "keras":
             model.save(tmp)
         else:

@@ -255,7 +255,7 @@ def _load_model(path: str) -> Any:
 
 
 def _save(model: Any, path: str) -> None:
-    from kerasq._io import atomic_output
+    from kerasq._io import atomic_output, save_h5
     from kerasq.data import check_model_finite
 
     check_model_finite(model, path)
@@ -268,7 +268,7 @@ def _save(model: Any, path: str) -> None:
             warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*HDF5 file.*legacy.*")
         if h5:
-            model.save(tmp, save_format="h5")
+            save_h5(model, tmp)  # never HDF5's own writes to disk (see kerasq._io.save_h5)
         else:
             model.save(tmp, save_format="tf")
 

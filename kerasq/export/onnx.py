@@ -811,6 +811,12 @@ def export_onnx(
     rtol: float = 1e-4,
 ) -> OnnxExportResult:
     """Like :func:`to_onnx`, returning an :class:`OnnxExportResult` (file and report)."""
+    from kerasq.data import check_array, check_int, check_keras_model, check_output_path
+
+    check_keras_model(model, "model")
+    check_output_path(path, "path", ["onnx"])
+    check_int(opset, "opset", minimum=7)
+    check_array(verify_data, "verify_data", model=model, optional=True)
     if power2_symmetric and target != "int8":
         raise ExportError("power2_symmetric applies to target 'int8' only")
     proto, steps, graph_model = build_onnx(

@@ -345,18 +345,26 @@ def export_tflite(
     constants to ``<path>.preprocessing.json``; ``representative_data`` and
     ``verify_data`` stay raw inputs, preprocessed in numpy for the file)."""
     from kerasq._compat import is_keras3_model
-    from kerasq.data import check_data_finite, check_model_finite
+    from kerasq.data import (check_array, check_bool, check_data_finite, check_keras_model,
+                             check_model_finite, check_output_path)
 
     if is_keras3_model(qmodel):  # its tf_keras twin, holding the same state, is exported
         from kerasq.keras3.api import export_twin
 
         qmodel = export_twin(qmodel)
 
+    check_keras_model(qmodel, "qmodel")
+    check_output_path(path, "path", ["tflite"])
+    check_bool(int_io, "int_io")
+    check_bool(verify, "verify")
+    check_array(verify_data, "verify_data", model=qmodel, optional=True)
+    check_array(representative_data, "representative_data", model=qmodel, optional=True)
     check_model_finite(qmodel)  # the TFLite converter crashes on a non-finite range
-    check_data_finite(representative_data, "representative data")
-    check_data_finite(verify_data, "verification data")
+    check_data_finite(representative_data, "representative_data")
+    check_data_finite(verify_data, "verify_data")
     if target not in TARGETS:
-        raise ExportError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+        raise ExportError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}",
+                          layer="target")
     if int_io and target not in ("int8", "int16x8"):
         raise ExportError(f"int_io needs an integer target, not {target!r}")
     if verify and verify_data is None:

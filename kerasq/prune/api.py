@@ -20,6 +20,7 @@ import logging
 from typing import Any, Iterable, Optional
 
 from kerasq._compat import keras
+from kerasq.data import check_keras_model, check_names
 from kerasq.errors import ModelFormatError
 from kerasq.prune.magnitude import magnitude_mask
 from kerasq.prune.masks import apply_masks, find_mask_slots, init_masks, set_mask
@@ -30,6 +31,7 @@ logger = logging.getLogger("kerasq.prune.api")
 
 
 def _check_model(model: Any) -> None:
+    check_keras_model(model, "model")
     if not isinstance(model, keras.Model):
         raise ModelFormatError(f"expected a Keras model, got {type(model).__name__}", layer="model")
     if not (isinstance(model, keras.Sequential) or getattr(model, "_is_graph_network", False)):
@@ -56,6 +58,7 @@ def one_shot_prune(model: Any, schedule: Any) -> float:
     from ``start_factor`` by ``step_factor`` until the convolutions reach ``target`` or the
     factor passes ``min(target + 0.15, 0.95)`` (what ``ThresholdNet`` does over training).
     """
+    _check_model(model)
     slots = find_mask_slots(model)
     init_masks(model)
     if isinstance(schedule, PruningSchedule):
@@ -94,6 +97,7 @@ def prune_model(model: Any, schedule: Any = None, *, layers: Optional[Iterable[s
         ModelFormatError: subclassed model, or a name in ``layers`` that is not in the model.
     """
     _check_model(model)
+    layers = check_names(layers, "layers", [layer.name for layer in model.layers])
     wanted = set(layers) if layers is not None else None
     if wanted is not None:
         missing = wanted - {layer.name for layer in model.layers}

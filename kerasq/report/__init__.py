@@ -327,9 +327,16 @@ def build_report(model: Any, data: Any = None, *, model_path: Optional[str] = No
 
     Example: ``build_report(qmodel, x, tflite_path="q.tflite").summary["lowest_sqnr_db"]``.
     """
+    from kerasq.data import check_array, check_input_file, check_int, check_keras_model
     from kerasq.prune import sparsity_report
     from kerasq.schemes.report import report as quantization_report
 
+    check_keras_model(model, "model")
+    check_array(data, "data", model=model, optional=True)
+    check_int(latency_runs, "latency_runs")
+    check_int(batch_size, "batch_size")
+    if tflite_path is not None:
+        check_input_file(tflite_path, "tflite_path", "TFLite file")
     notes: List[str] = []
     rows = [r.to_dict() for r in quantization_report(model, data, batch_size=batch_size)]
     sparsity = [r.to_dict() for r in sparsity_report(model)]
@@ -385,8 +392,12 @@ def write_report(report: RunReport, path: str) -> None:
     Example: ``write_report(build_report(qmodel, x), "report.html")``.
     """
     from kerasq._io import write_bytes_atomic
+    from kerasq.data import check_path
 
-    check_report_path(path)
+    if not isinstance(report, RunReport):
+        raise KerasqError(f"expected a RunReport (from build_report), got "
+                          f"{type(report).__name__}", layer="report")
+    check_report_path(check_path(path, "path"))
     if path.lower().endswith(".json"):
         text = json.dumps(report.to_dict(), indent=1, allow_nan=False) + "\n"
     else:

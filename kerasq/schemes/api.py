@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 import numpy as np
 
 from kerasq._compat import keras, tfmot
+from kerasq.data import check_bool, check_keras_model
 from kerasq.errors import KerasqError, ModelFormatError, QuantizationConfigError
 from kerasq.schemes.config import QuantizationConfig
 from kerasq.schemes.registry import MERGING_CONSUMERS, float_valued_layers, layer_role
@@ -91,7 +92,11 @@ def quantize_model(model: Any, config: Optional[Union[QuantizationConfig, Mappin
         config = QuantizationConfig.from_dict(config)
     elif not isinstance(config, QuantizationConfig):
         raise QuantizationConfigError(
-            f"config must be a QuantizationConfig or a dict, got {type(config).__name__}")
+            f"expected a QuantizationConfig or a dict, got {type(config).__name__}",
+            layer="config")
+    check_keras_model(model, "model", quantized=False)
+    if preserve_sparsity is not None:
+        check_bool(preserve_sparsity, "preserve_sparsity")
     _check_model(model)
     if preserve_sparsity is None:
         preserve_sparsity = _has_exact_zero_kernels(model)

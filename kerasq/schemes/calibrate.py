@@ -19,7 +19,7 @@ from typing import Any, Iterable, Iterator, Optional, Tuple
 import numpy as np
 
 from kerasq._compat import keras, tf
-from kerasq.data import check_data_finite, check_model_finite
+from kerasq.data import check_calibration_args, check_data_finite, check_model_finite
 from kerasq.errors import DataError, KerasqError
 from kerasq.schemes import slots
 from kerasq.schemes.quantizers import calibration_mode
@@ -125,6 +125,7 @@ def calibrate(qmodel: Any, data: Any, steps: Optional[int] = None, *, batch_size
     (minmax: running min/max; max_abs: Ristretto's running max|x|; ema: caffe-jacinto's
     EMA; percentile), fl = B − il with il = ceil(log2 max|x|) (+1 if signed).
     """
+    check_calibration_args(qmodel, data, steps, batch_size)
     if not isinstance(qmodel, keras.Model):
         raise KerasqError(f"calibrate needs the model returned by quantize_model, got "
                           f"{type(qmodel).__name__}")

@@ -234,6 +234,12 @@ def report(qmodel: Any, data: Any = None, *, batch_size: int = 32,
 
     Example: ``print(format_report(report(qmodel, x[:128])))``.
     """
+    from kerasq.data import check_array, check_int, check_keras_model
+
+    check_keras_model(qmodel, "qmodel")
+    check_array(data, "data", model=qmodel, optional=True, streams=True)
+    check_int(batch_size, "batch_size")
+    check_int(steps, "steps", optional=True)
     found = _slots(qmodel)
     if not found:
         log.info("report: %s has no quantized tensors", getattr(qmodel, "name", "model"))

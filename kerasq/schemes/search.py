@@ -243,8 +243,12 @@ def search_bitwidths(
     Example: ``search_bitwidths(model, eval_fn, x_cal, error_margin=1.0).bitwidths``
     -> ``{"conv_weights": 4, "dense_weights": 8, "activations": 8}``.
     """
+    from kerasq.data import check_array, check_callable, check_int, check_keras_model
+    from kerasq.data import check_number
     from kerasq.schemes import calibrate, quantize_model
 
+    check_keras_model(model, "model", quantized=False)
+    check_callable(eval_fn, "eval_fn")
     base = config if config is not None else QuantizationConfig()
     if not isinstance(base, QuantizationConfig):
         raise QuantizationConfigError(f"config={base!r}: must be a QuantizationConfig")
@@ -258,6 +262,10 @@ def search_bitwidths(
         raise QuantizationConfigError(f"candidates={tuple(candidates)!r}: integers in 2..32")
     if not isinstance(error_margin, (int, float)) or error_margin < 0:
         raise QuantizationConfigError(f"error_margin={error_margin!r}: must be a number >= 0")
+    check_number(error_margin, "error_margin", minimum=0)
+    check_int(batch_size, "batch_size")
+    check_int(steps, "steps", optional=True)
+    check_array(data, "data", model=model, streams=True)
 
     run_base = base.replace(quantization_start=0)
     types = _part_types(model)

@@ -192,6 +192,45 @@ def h5_claiming(name: str, shape: Sequence[int]) -> Setup:
     return setup
 
 
+def h5_forged_layer(name: str, layer: Dict[str, object], inputs: int = 40000) -> Setup:
+    """A small .h5 whose model_config claims a huge layer (no weights of that size):
+    Keras would allocate the layer when it builds the model, before reading weights."""
+    def setup(w: str) -> None:
+        import h5py
+
+        config = {"class_name": "Sequential", "config": {"name": "s", "layers": [
+            {"class_name": "InputLayer", "config": {"batch_input_shape": [None, 8, 8, inputs],
+                                                    "dtype": "float32", "name": "in"}},
+            layer]}}
+        with h5py.File(os.path.join(w, name), "w") as f:
+            f.attrs["model_config"] = json.dumps(config)
+            f.attrs["keras_version"] = "2.15.0"
+            f.attrs["backend"] = "tensorflow"
+            g = f.create_group("model_weights")
+            g.attrs["layer_names"] = [layer["config"]["name"].encode()]  # type: ignore[index]
+            g.create_group(layer["config"]["name"])  # type: ignore[index]
+    return setup
+
+
+DENSE_40000 = {"class_name": "Dense", "config": {"name": "huge_dense", "units": 40000}}
+CONV_1E9 = {"class_name": "Conv2D", "config": {"name": "huge_conv", "filters": 10 ** 9,
+                                               "kernel_size": [3, 3]}}
+
+
+def keras_forged_layer(name: str, layer: Dict[str, object], inputs: int = 40000) -> Setup:
+    """A small .keras whose config.json claims a huge layer and whose weights file is tiny."""
+    def setup(w: str) -> None:
+        config = {"module": "keras", "class_name": "Sequential", "config": {"name": "s",
+                  "layers": [{"module": "keras.layers", "class_name": "InputLayer", "config": {
+                      "batch_input_shape": [None, inputs], "name": "in"}},
+                      dict(layer, module="keras.layers")]}}
+        with zipfile.ZipFile(os.path.join(w, name), "w") as zf:
+            zf.writestr("metadata.json", json.dumps({"keras_version": "2.15.0"}))
+            zf.writestr("config.json", json.dumps(config))
+            zf.writestr("model.weights.h5", b"\x89HDF\r\n\x1a\n" + b"\x00" * 4000)
+    return setup
+
+
 def nested_text(depth: int, open_: str = "a {", close: str = "}") -> bytes:
     return ((open_ + " ") * depth + close * depth).encode()
 
@@ -544,6 +583,9 @@ def _model_cases() -> List[Case]:
         "keras-nested-5000": lambda w: zipfile.ZipFile(os.path.join(w, "m.keras"), "w").writestr(
             "config.json", "[" * 5000 + "]" * 5000),
         "keras-not-zip": write("m.keras", b"PK\x03\x04garbage"),
+        "h5-config-dense-40000x40000": h5_forged_layer("m.h5", DENSE_40000),
+        "h5-config-conv-1e9-filters": h5_forged_layer("m.h5", CONV_1E9, inputs=1),
+        "keras-config-dense-40000x40000": keras_forged_layer("m.keras", DENSE_40000),
     }
     cases = []
     for name, setup in models.items():
@@ -551,7 +593,8 @@ def _model_cases() -> List[Case]:
         if name == "dev-zero":
             path = "/dev/zero"
         slow_cmd = name not in ("keras-module-this", "h5-40000x40000", "fifo", "keras-zip-bomb",
-                                "random-bytes.h5")
+                                "random-bytes.h5", "h5-config-dense-40000x40000",
+                                "keras-config-dense-40000x40000")
         for cmd, argv in {
             "quantize": ["quantize", path, "-o", "{W}/q.h5"],
             "export": ["export", path, "-o", "{W}/x.tflite"],

@@ -334,3 +334,90 @@ def test_nchw_and_nhwc_data_give_the_same_quantized_model(assets, tmp_path):
     assert main(["export", f"{assets}/q.h5", "--target", "float", "--data",
                  f"{assets}/cal_nchw.npy", "--verify", "-o", tfl]) == 0
     assert os.path.getsize(tfl) > 0
+
+
+# ------------------------------------------------------------------ write errors
+def _mount_tmpfs(path: str, options: str) -> None:
+    os.makedirs(path, exist_ok=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", path],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip() or 'mount failed'}): "
+                    "the read-only / full-disk cases need mount (root with CAP_SYS_ADMIN)")
+
+
+def _fill(folder: str) -> None:
+    """Fill the file system of ``folder`` to the last byte."""
+    with open(os.path.join(folder, "filler"), "wb", buffering=0) as f:
+        chunk = b"\0" * 4096
+        try:
+            while True:
+                f.write(chunk)
+        except OSError:
+            pass
+        try:
+            while True:
+                f.write(b"\0")
+        except OSError:
+            pass
+
+
+def _limit_file_size() -> None:
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (512, 512))
+
+
+WRITE_COMMANDS = {
+    "convert": (["convert", "{A}/net.prototxt", "{A}/net.caffemodel", "-o"], "m.h5"),
+    "convert-keras": (["convert", "{A}/net.prototxt", "{A}/net.caffemodel", "-o"], "m.keras"),
+    "quantize": (["quantize", "{A}/model.h5", "--calibration", "{A}/cal.npy", "-o"], "q.h5"),
+    "export": (["export", "{A}/q.h5", "--data", "{A}/cal.npy", "-o"], "m.tflite"),
+    "export-onnx": (["export", "{A}/model.h5", "-o"], "m.onnx"),
+}
+WRITE_CASES = [(cmd, how) for how in ("read-only", "full-disk", "file-size-limit")
+               for cmd in WRITE_COMMANDS]
+DEFAULT_WRITE_CASES = {("convert", "read-only"), ("quantize", "full-disk"),
+                       ("export", "file-size-limit"), ("convert", "file-size-limit")}
+
+
+@pytest.mark.parametrize("cmd,how", [
+    pytest.param(c, h, marks=() if (c, h) in DEFAULT_WRITE_CASES else pytest.mark.slow)
+    for c, h in WRITE_CASES], ids=[f"{c}-{h}" for c, h in WRITE_CASES])
+def test_write_error_is_one_line_and_leaves_nothing(cmd, how, assets, tmp_path):
+    """A read-only file system, a full disk (a tiny tmpfs filled to the last byte) and a
+    file-size limit (RLIMIT_FSIZE with SIGXFSZ ignored: writes fail with EFBIG): exit 2,
+    one ``kerasq: error:`` line, no partial output, no temporary left behind."""
+    out_dir = str(tmp_path / "out")
+    preexec = None
+    mounted = False
+    if how == "read-only":
+        _mount_tmpfs(out_dir, "ro,size=1m")
+        mounted = True
+    elif how == "full-disk":
+        _mount_tmpfs(out_dir, "size=64k")
+        mounted = True
+        _fill(out_dir)
+    else:
+        os.makedirs(out_dir)
+        preexec = _limit_file_size
+    try:
+        before = hc.snapshot(out_dir)
+        argv, name = WRITE_COMMANDS[cmd]
+        args = [a.replace("{A}", assets) for a in argv] + [os.path.join(out_dir, name)]
+        env = dict(_env(), PYTHONDONTWRITEBYTECODE="1")
+        proc = subprocess.run([sys.executable, "-m", "kerasq", *args], capture_output=True,
+                              text=True, timeout=300, env=env, cwd=str(tmp_path),
+                              preexec_fn=preexec)
+        after = hc.snapshot(out_dir)
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", out_dir], capture_output=True)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("kerasq: error:")]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(errors) == 1 and errors == lines[-1:], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert name in errors[0], errors[0]
+    assert after == before, sorted(set(after) ^ set(before))
