@@ -283,13 +283,8 @@ def _probe_rounding(fn: Callable[[np.ndarray], np.ndarray], spec: GridSpec, name
         )
         return "nearest"
     got = np.ldexp(first.reshape(len(ties), 64)[:, 0], int(spec.frac_bits))
-    candidates = {
-        "nearest": np.sign(ties) * np.floor(np.abs(ties) + 0.5),
-        "half_up": np.floor(ties + 0.5),
-        "nearest_even": np.round(ties),
-    }
-    for mode, expected in candidates.items():
-        if np.array_equal(got, np.clip(expected, spec.qmin, spec.qmax)):
+    for mode in ("nearest", "half_up", "nearest_even"):
+        if np.array_equal(got, np.clip(np_round(ties, mode), spec.qmin, spec.qmax)):
             return mode
     raise ExportError(f"activation quantizer {name}: unrecognised rounding of ties {got}")
 
@@ -329,17 +324,11 @@ def minifloat_reference(x: np.ndarray, spec: GridSpec) -> np.ndarray:
     k_min = 1 - bias if spec.subnormals else -bias
     k_grid = np.maximum(k, k_min) if spec.subnormals else k
     y = np.ldexp(a, (spec.mant_bits - k_grid).astype(np.int64))
-    rounded = _round_np(y, spec.rounding)
+    rounded = np_round(y, spec.rounding)
     out = np.clip(np.ldexp(rounded, (k_grid - spec.mant_bits).astype(np.int64)), -top, top)
     if not spec.subnormals:
         out = np.where(mag < 2.0**k_min, 0.0, out)
     return np.where(mag == 0, 0.0, out)
-
-
-def _round_np(y: np.ndarray, mode: str) -> np.ndarray:
-    """Exact rounding of float64 ``y`` (kerasq.numerics; no ``floor(|y| + 0.5)`` double
-    rounding, which sends 0.49999999999999994 to 1)."""
-    return np_round(np.asarray(y, np.float64), mode)
 
 
 def _minifloat_spec(
