@@ -50,13 +50,15 @@ _LAZY = {
     "integer": "kerasq.integer",
     "converters": "kerasq.converters",
 }
-# public functions/classes re-exported from submodules: name -> module
+# public functions/classes re-exported from submodules: name -> the module defining it
+# (not the package: importing kerasq.schemes.calibrate rebinds kerasq.schemes.calibrate to
+# the module, so the package attribute is not always the function)
 _LAZY_ATTRS = {
-    "QuantizationConfig": "kerasq.schemes",
-    "quantize_model": "kerasq.schemes",
-    "calibrate": "kerasq.schemes",
-    "search_bitwidths": "kerasq.schemes",
-    "load_model": "kerasq.schemes",
+    "QuantizationConfig": "kerasq.schemes.config",
+    "quantize_model": "kerasq.schemes.api",
+    "calibrate": "kerasq.schemes.calibrate",
+    "search_bitwidths": "kerasq.schemes.search",
+    "load_model": "kerasq.serialization",
 }
 
 
