@@ -57,7 +57,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from kerasq._compat import keras, tf, tfmot  # noqa: E402
 
-SHARED_MODELS = os.environ.get("KERASQ_SHARED_MODELS", "/work/shared/caffe-models")
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_MODELS = os.environ.get("KERASQ_SHARED_MODELS", os.path.join(
+    os.environ.get("KERASQ_SHARED", os.path.join(os.path.dirname(_REPO), "shared")),
+    "caffe-models"))
 
 
 class Timings:

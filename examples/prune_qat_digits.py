@@ -34,6 +34,7 @@ import numpy as np
 import kerasq
 import kerasq.prune as kp
 from kerasq._compat import keras, tf
+from kerasq.schemes import slots
 
 log = logging.getLogger("kerasq.examples.prune_qat_digits")
 
@@ -118,9 +119,9 @@ def fallback_tflite(qmodel: Any, x_rep: np.ndarray) -> bytes:
     float_model = build_model()
     quantized = {}
     for layer in qmodel.layers:
-        for weight, quantizer, qvars in getattr(layer, "_weight_vars", []):
-            quantized[(layer.layer.name, weight.name.split("/")[-1].split(":")[0])] = np.asarray(
-                quantizer(weight, False, weights=qvars)
+        for slot in slots.weight_slots(layer):
+            quantized[(slot.layer.name, slot.attr)] = np.asarray(
+                slot.quantizer(slot.weight, False, weights=slot.variables)
             )
     for layer in float_model.layers:
         if not layer.weights:

@@ -54,12 +54,14 @@ _LAZY = {
     "converters": "kerasq.converters",
     "keras3": "kerasq.keras3",
 }
-# public functions/classes re-exported from submodules: name -> module
+# public functions/classes re-exported from submodules: name -> the module defining it
+# (not the package: importing kerasq.schemes.calibrate rebinds kerasq.schemes.calibrate to
+# the module, so the package attribute is not always the function)
 _LAZY_ATTRS = {
-    "QuantizationConfig": "kerasq.schemes",
+    "QuantizationConfig": "kerasq.schemes.config",
     "quantize_model": "kerasq.keras3.dispatch",  # tf_keras or Keras 3, by the model
     "calibrate": "kerasq.keras3.dispatch",
-    "search_bitwidths": "kerasq.schemes",
+    "search_bitwidths": "kerasq.schemes.search",
     "load_model": "kerasq.keras3.dispatch",
 }
 

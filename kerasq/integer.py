@@ -35,6 +35,7 @@ import numpy as np
 
 from kerasq.errors import UnsupportedLayerError, VerificationError
 from kerasq.numerics.grid import GridSpec
+from kerasq.numerics.rounding import DEFAULT_ROUNDING, np_shift_round
 from kerasq.schemes import slots
 
 log = logging.getLogger("kerasq.integer")
@@ -60,17 +61,9 @@ Value = Union[IntTensor, np.ndarray]
 
 def _shift_round(values: np.ndarray, shift: int, rounding: str) -> np.ndarray:
     """round(values / 2^shift) for shift > 0 in exact int64 arithmetic."""
-    d = np.int64(1) << np.int64(shift)
-    half = d >> np.int64(1)
-    if rounding == "half_up":
-        return (values + half) >> np.int64(shift)
-    if rounding == "nearest":
-        return np.sign(values) * ((np.abs(values) + half) >> np.int64(shift))
-    if rounding == "nearest_even":
-        q = values >> np.int64(shift)
-        rem = values - (q << np.int64(shift))
-        return q + ((rem > half) | ((rem == half) & (q % 2 == 1)))
-    raise UnsupportedLayerError(f"rounding {rounding!r} has no deterministic integer form")
+    if rounding == "stochastic":
+        raise UnsupportedLayerError(f"rounding {rounding!r} has no deterministic integer form")
+    return np_shift_round(values, shift, rounding)
 
 
 def _requantize(t: IntTensor, frac: int, bitwidth: int, signed: bool, rounding: str) -> IntTensor:
@@ -205,8 +198,8 @@ def _linear_layer(wrapper: Any, inner: Any, x: Value) -> IntTensor:
     else:  # keep the exact accumulator (left shifts only)
         acc_frac = x.frac + int(w_frac.max())
         out_frac = max(acc_frac, bias_frac if bias_frac is not None else acc_frac)
-        out = dict(out_frac=out_frac, out_bitwidth=32, out_signed=True, rounding="nearest",
-                   out_dtype=np.int32)
+        out = dict(out_frac=out_frac, out_bitwidth=32, out_signed=True,
+                   rounding=DEFAULT_ROUNDING, out_dtype=np.int32)  # unused: no right shift
     xv = x.values.astype(_int_dtype(x.values, where))
     wv = w_int.astype(_int_dtype(w_int, where))
     w_fl = w_frac if w_frac.size > 1 else int(w_frac[0])

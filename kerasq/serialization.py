@@ -4,6 +4,8 @@
 quantizers, kerasq's quantizers and QuantizeConfigs, pruning wrappers, the Caffe
 converter's layers, export layers); :func:`quantize_scope` puts them in scope and
 :func:`load_model` loads a .h5 / .keras / SavedModel file with them, in Keras safe mode.
+:func:`tag_layers` gives layers an attribute (the converter's ``caffe_type``) that is saved
+in the model config and restored by :func:`load_model`.
 
 This is a leaf module: it imports no other kerasq package at import time. The modules
 that register custom Keras objects are imported by name on first use
@@ -20,8 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import os
-from typing import Any, Dict, Iterator, Union
+import zipfile
+from typing import Any, Dict, Iterator, Mapping, Optional, Union
 
 from kerasq.errors import KerasqError, ModelFormatError
 
@@ -98,6 +102,61 @@ def deserialize(config: Any) -> Any:
     return keras.utils.deserialize_keras_object(config, custom_objects=custom_objects())
 
 
+#: Key of a model's config holding layer tags, ``{attribute: {layer name: value}}``; Keras
+#: ignores unknown top-level keys when it rebuilds a functional model, so a tagged model
+#: still loads with plain ``keras.models.load_model`` (without the tags).
+LAYER_TAGS_KEY = "kerasq_layer_tags"
+#: The tag attributes :func:`load_model` restores (a file never sets any other attribute).
+RESTORED_TAGS = ("caffe_type",)
+
+
+def tag_layers(model: Any, attr: str, tags: Mapping[str, str]) -> None:
+    """Set ``layer.<attr> = tags[layer.name]`` and keep the tags in ``model.get_config()``.
+
+    A .h5 or .keras file saved from ``model`` then carries them under
+    :data:`LAYER_TAGS_KEY`, and :func:`load_model` sets the attributes again (SavedModel
+    directories do not keep them). Keras layer configs have no room for extra fields, so the
+    tags live in the model's config, keyed by layer name (names survive save and load).
+
+    Example: ``tag_layers(model, "caffe_type", {"conv1": "Convolution"})``.
+    """
+    by_attr = getattr(model.get_config, "layer_tags", None)
+    if by_attr is None:
+        by_attr = {}
+        plain_get_config = model.get_config
+
+        def get_config() -> Dict[str, Any]:
+            config = plain_get_config()
+            config[LAYER_TAGS_KEY] = {a: dict(t) for a, t in by_attr.items()}
+            return config
+
+        get_config.layer_tags = by_attr  # type: ignore[attr-defined]
+        model.get_config = get_config
+    by_attr.setdefault(attr, {}).update(tags)
+    for layer in model.layers:
+        if layer.name in tags:
+            setattr(layer, attr, tags[layer.name])
+
+
+def _saved_layer_tags(path: str) -> Optional[Mapping[str, Any]]:
+    """The :data:`LAYER_TAGS_KEY` entry of a .h5 / .keras model config, if any."""
+    text: Any = None
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            if "config.json" in zf.namelist():
+                text = zf.read("config.json")
+    elif os.path.isfile(path):
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            text = f.attrs.get("model_config")
+    if text is None:
+        return None
+    config = json.loads(text).get("config", {})
+    tags = config.get(LAYER_TAGS_KEY) if isinstance(config, dict) else None
+    return tags if isinstance(tags, dict) else None
+
+
 def load_model(path: Union[str, "os.PathLike[str]"], *, compile: bool = True) -> Any:
     """Load a (quantized, pruned, converted) Keras model from .h5, .keras or a SavedModel.
 
@@ -115,14 +174,19 @@ def load_model(path: Union[str, "os.PathLike[str]"], *, compile: bool = True) ->
     check_model_file(path)  # sizes, zip members and config modules, before Keras reads it
     with quantize_scope(), safe_mode():
         try:
-            return keras.models.load_model(path, compile=compile)
+            model = keras.models.load_model(path, compile=compile)
+            saved = _saved_layer_tags(path)
         except KerasqError as err:
             raise err.with_context(file=path) from None
         except (ValueError, OSError, KeyError, TypeError, AttributeError, IndexError,
                 ImportError) as err:
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise ModelFormatError(f"cannot load Keras model: {reason}", file=path) from None
+    for attr, tags in (saved or {}).items():
+        if attr in RESTORED_TAGS and isinstance(tags, dict):
+            tag_layers(model, attr, {str(k): str(v) for k, v in tags.items()})
+    return model
 
 
 __all__ = ["custom_objects", "quantize_scope", "load_model", "safe_mode", "deserialize",
-           "REGISTERING_MODULES"]
+           "tag_layers", "LAYER_TAGS_KEY", "RESTORED_TAGS", "REGISTERING_MODULES"]

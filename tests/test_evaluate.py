@@ -14,31 +14,11 @@ import pytest
 from kerasq.errors import KerasqError
 
 
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    from sklearn.datasets import load_digits
-
-    import kerasq
-    from kerasq._compat import keras
-
-    root = tmp_path_factory.mktemp("evaluate")
-    data = load_digits()
-    x = (data.images / 16.0).astype("float32")[..., None]
-    y = data.target.astype("int64")
-    keras.utils.set_random_seed(3)
-    inp = keras.Input((8, 8, 1))
-    h = keras.layers.Conv2D(6, 3, activation="relu", name="conv")(inp)
-    h = keras.layers.Flatten(name="flat")(h)
-    out = keras.layers.Dense(10, activation="softmax", name="prob")(h)
-    model = keras.Model(inp, out)
-    model.compile("adam", "sparse_categorical_crossentropy")
-    model.fit(x[:1200], y[:1200], epochs=4, batch_size=64, verbose=0)
-    model.save(root / "model.h5")
-    qmodel = kerasq.calibrate(kerasq.quantize_model(model), x[:256])
-    qmodel.save(root / "q.h5")
-    kerasq.export.to_tflite(qmodel, str(root / "q.tflite"), target="int8",
-                            representative_data=x[:256])
-    return root, x[1200:], y[1200:]
+@pytest.fixture
+def digits(digits_models):
+    """The digits files of tests/conftest.py and the held-out samples."""
+    root, x, y, _ = digits_models
+    return root, x, y
 
 
 def _interpreter_outputs(path, x):

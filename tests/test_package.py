@@ -57,3 +57,18 @@ def test_compat_sets_legacy_keras_before_tensorflow():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
     assert "cuda" not in proc.stderr.lower(), "TF start-up lines must be quiet: " + proc.stderr
+
+
+def test_top_level_functions_stay_functions_after_their_submodules_are_imported():
+    """Importing kerasq.schemes.calibrate binds the package attribute ``calibrate`` to the
+    module; ``kerasq.calibrate`` must still be the function."""
+    code = (
+        "import kerasq.schemes.calibrate, kerasq.schemes.search, kerasq; "
+        "from kerasq.schemes.calibrate import calibrate; "
+        "assert kerasq.calibrate is calibrate, kerasq.calibrate; "
+        "assert all(callable(getattr(kerasq, n)) for n in "
+        "('calibrate', 'quantize_model', 'search_bitwidths', 'load_model', "
+        "'QuantizationConfig')); print('ok')"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]

@@ -23,6 +23,7 @@ from kerasq.converters.caffe.layers import _registry
 from kerasq.converters.caffe.layout import NHWC, Blob, default_perm, identity
 from kerasq.converters.caffe.reader import fit_blob_shape
 from kerasq.errors import CaffeFormatError, KerasqError, UnsupportedLayerError
+from kerasq.serialization import tag_layers
 
 log = logging.getLogger("kerasq.converters.caffe.lower")
 
@@ -303,13 +304,16 @@ def tag_caffe_layers(model: Any, origin: Mapping[str, Tuple[str, str]]) -> None:
     ``caffe_type`` (canonical type, e.g. ``Convolution`` for ``ConvolutionRistretto``).
 
     ``QuantizationConfig.for_layer`` and the quantize registry read ``caffe_type``, so type
-    overrides (``{"Convolution": {...}}``) reach converted layers. In memory only: a
-    reloaded .h5 model has the layers but not these attributes.
+    overrides (``{"Convolution": {...}}``) reach converted layers. ``caffe_type`` is saved in
+    the model config (:func:`kerasq.serialization.tag_layers`): a .h5 / .keras file reloaded
+    with ``kerasq.load_model`` has it again. ``caffe_name`` is in memory only.
     """
+    caffe_types = {}
     for layer in model.layers:
         found = origin.get(layer.name)
         if found is not None:
-            layer.caffe_name, layer.caffe_type = found
+            layer.caffe_name, caffe_types[layer.name] = found
+    tag_layers(model, "caffe_type", caffe_types)
 
 
 __all__ = ["LoweringContext", "lower_graph", "sanitize_name", "make_input", "tag_caffe_layers"]

@@ -6,8 +6,9 @@ registered and fully configurable like every kerasq layer.
 * :class:`GridQuantize` puts a tensor on a DFP grid. ``mode="fakequant8"``
   uses ``FakeQuantWithMinMaxVars`` with the power-of-two range (the TFLite converter turns
   it into int8 / int16 tensors of scale 2^-fl); ``mode="exact"`` uses only float builtins
-  (MUL by 2^fl, MINIMUM/MAXIMUM, FLOOR/ROUND, SELECT), each exact in float32, so a float
-  TFLite file computes the same numbers as the Keras fake-quant model.
+  (MUL by 2^fl, MINIMUM/MAXIMUM, and the rounding of :func:`kerasq.numerics.rounding.tf_round`:
+  FLOOR/ROUND/SIGN/SELECT), each exact in float32, so a float TFLite file computes the same
+  numbers as the Keras fake-quant model.
 * :class:`QuantizedLinear` is Conv2D / DepthwiseConv2D / Dense with constant, already
   quantized weights, fake-quantized per channel with power-of-two ranges for int targets.
 """
@@ -19,26 +20,11 @@ from typing import Any, Dict, List
 import numpy as np
 
 from kerasq._compat import keras, tf
+from kerasq.numerics.rounding import DEFAULT_ROUNDING, tf_round
 
 
 def _pow2(fl: Any) -> np.ndarray:
     return np.ldexp(np.float32(1.0), -np.asarray(fl, np.int32)).astype(np.float32)
-
-
-def round_exact(y: "tf.Tensor", rounding: str) -> "tf.Tensor":
-    """Round with float32 builtins only, exactly (no ``y + 0.5`` double rounding).
-
-    nearest: ties away from zero; half_up: floor(y + 0.5); nearest_even: banker's.
-    """
-    if rounding == "nearest_even":
-        return tf.round(y)
-    low = tf.floor(y)
-    frac = y - low  # exact for |y| < 2^24
-    if rounding == "half_up":
-        up = frac >= 0.5
-    else:  # nearest: ties away from zero
-        up = tf.logical_or(frac > 0.5, tf.logical_and(tf.equal(frac, 0.5), y > 0))
-    return tf.where(up, low + 1.0, low)
 
 
 @keras.utils.register_keras_serializable(package="kerasq")
@@ -55,7 +41,7 @@ class GridQuantize(keras.layers.Layer):
         frac_bits: int,
         qmin: int,
         qmax: int,
-        rounding: str = "nearest",
+        rounding: str = DEFAULT_ROUNDING,
         mode: str = "exact",
         **kwargs: Any,
     ) -> None:
@@ -75,7 +61,7 @@ class GridQuantize(keras.layers.Layer):
             y = tf.clip_by_value(
                 x * float(_pow2(-self.frac_bits)), float(self.qmin), float(self.qmax)
             )
-            return round_exact(y, self.rounding) * scale
+            return tf_round(y, self.rounding, signed_zeros=False) * scale
         bits = 8 if self.mode == "fakequant8" else 16
         if self.qmin < 0:
             full_lo = -(2 ** (bits - 1)) * scale
@@ -108,8 +94,8 @@ class MinifloatQuantize(keras.layers.Layer):
     """Ristretto minifloat (E exponent, M mantissa bits) with exact float builtins.
 
     The binade of |x| is found with a ladder of comparisons (one per exponent, so E <= 6),
-    x·2^(M-k) is rounded with :func:`round_exact` and scaled back; saturation at ±max and
-    flush to zero below 2^-bias (or subnormals) as in :mod:`kerasq.numerics`.
+    x·2^(M-k) is rounded with :func:`kerasq.numerics.rounding.tf_round` and scaled back;
+    saturation at ±max and flush to zero below 2^-bias (or subnormals) as in :mod:`kerasq.numerics`.
     """
 
     def __init__(
@@ -117,7 +103,7 @@ class MinifloatQuantize(keras.layers.Layer):
         exp_bits: int,
         mant_bits: int,
         subnormals: bool = False,
-        rounding: str = "nearest",
+        rounding: str = DEFAULT_ROUNDING,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -134,7 +120,7 @@ class MinifloatQuantize(keras.layers.Layer):
         up = tf.fill(tf.shape(a), float(2.0 ** (self.mant_bits - k_min)))
         for k in range(k_min + 1, k_hi + 1):
             up = tf.where(mag >= 2.0**k, float(2.0 ** (self.mant_bits - k)), up)
-        out = round_exact(a * up, self.rounding) / up
+        out = tf_round(a * up, self.rounding, signed_zeros=False) / up
         out = tf.clip_by_value(out, -top, top)
         if not self.subnormals:
             out = tf.where(mag < 2.0**k_min, tf.zeros_like(out), out)
@@ -374,5 +360,4 @@ __all__: List[str] = [
     "AffineFakeQuant",
     "GridQuantize",
     "QuantizedLinear",
-    "round_exact",
 ]

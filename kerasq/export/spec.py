@@ -31,6 +31,7 @@ import numpy as np
 
 from kerasq.errors import ExportError
 from kerasq.numerics.grid import KINDS, FracBits, GridSpec  # noqa: F401 (re-exported)
+from kerasq.numerics.minifloat import minifloat_quantize
 from kerasq.numerics.rounding import ROUNDING_MODES, np_round
 
 log = logging.getLogger("kerasq.export.spec")
@@ -283,13 +284,8 @@ def _probe_rounding(fn: Callable[[np.ndarray], np.ndarray], spec: GridSpec, name
         )
         return "nearest"
     got = np.ldexp(first.reshape(len(ties), 64)[:, 0], int(spec.frac_bits))
-    candidates = {
-        "nearest": np.sign(ties) * np.floor(np.abs(ties) + 0.5),
-        "half_up": np.floor(ties + 0.5),
-        "nearest_even": np.round(ties),
-    }
-    for mode, expected in candidates.items():
-        if np.array_equal(got, np.clip(expected, spec.qmin, spec.qmax)):
+    for mode in ("nearest", "half_up", "nearest_even"):
+        if np.array_equal(got, np.clip(np_round(ties, mode), spec.qmin, spec.qmax)):
             return mode
     raise ExportError(f"activation quantizer {name}: unrecognised rounding of ties {got}")
 
@@ -318,28 +314,12 @@ def _pow2_or_values(fn, pos, neg, powers, name) -> GridSpec:
 
 
 def minifloat_reference(x: np.ndarray, spec: GridSpec) -> np.ndarray:
-    """Ristretto-style minifloat (kerasq.numerics semantics) in float64 numpy: saturate to
-    ±max, round the mantissa to M bits in x's binade (2^k <= |x| < 2^(k+1)), flush values
-    below 2^-bias to zero (or gradual underflow below 2^(1-bias) with subnormals)."""
-    bias = 2 ** (spec.exp_bits - 1) - 1
-    top = (2.0 - 2.0**-spec.mant_bits) * 2.0 ** (2**spec.exp_bits - 1 - bias)
-    a = np.clip(np.asarray(x, np.float64), -top, top)
-    mag = np.abs(a)
-    k = np.floor(np.log2(np.where(mag > 0, mag, 1.0)))
-    k_min = 1 - bias if spec.subnormals else -bias
-    k_grid = np.maximum(k, k_min) if spec.subnormals else k
-    y = np.ldexp(a, (spec.mant_bits - k_grid).astype(np.int64))
-    rounded = _round_np(y, spec.rounding)
-    out = np.clip(np.ldexp(rounded, (k_grid - spec.mant_bits).astype(np.int64)), -top, top)
-    if not spec.subnormals:
-        out = np.where(mag < 2.0**k_min, 0.0, out)
-    return np.where(mag == 0, 0.0, out)
-
-
-def _round_np(y: np.ndarray, mode: str) -> np.ndarray:
-    """Exact rounding of float64 ``y`` (kerasq.numerics; no ``floor(|y| + 0.5)`` double
-    rounding, which sends 0.49999999999999994 to 1)."""
-    return np_round(np.asarray(y, np.float64), mode)
+    """The minifloat grid of ``spec`` applied to ``x`` in float64 numpy: saturate to ±max,
+    round the mantissa to M bits in x's binade (2^k <= |x| < 2^(k+1)), flush values below
+    2^-bias to zero (or gradual underflow below 2^(1-bias) with subnormals); this is
+    :func:`kerasq.numerics.minifloat_quantize`."""
+    return minifloat_quantize(np.asarray(x, np.float64), spec.exp_bits, spec.mant_bits,
+                              subnormals=spec.subnormals, rounding=spec.rounding)
 
 
 def _minifloat_spec(

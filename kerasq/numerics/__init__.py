@@ -9,7 +9,9 @@ numpy out (computed with numpy, TensorFlow not imported), tensor in -> tensor ou
 * :func:`minifloat_quantize`, :func:`minifloat_max`: Ristretto minifloat (E, M bits).
 * :func:`pow2_quantize`: integer power-of-two weights.
 * :func:`round_values`, :data:`ROUNDING_MODES`, :data:`DEFAULT_ROUNDING`: the rounding
-  modes all of them share (default ties-to-even).
+  modes all of them share (default ties-to-even); :mod:`kerasq.numerics.rounding` holds the
+  one numpy and one TF implementation every kerasq module rounds with (floats and integer
+  right shifts).
 * :class:`~kerasq.numerics.grid.GridSpec`: the typed grid description quantizers produce
   and export consumes; :data:`~kerasq.numerics.grid.EXPORT_TARGETS`.
 

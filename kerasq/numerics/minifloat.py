@@ -49,7 +49,7 @@ from kerasq.numerics._validate import (
     numpy_result,
     to_numpy_float,
 )
-from kerasq.numerics.rounding import _tf_seed, np_round, tf_round
+from kerasq.numerics.rounding import _tf_seed, np_round, tf_round, tf_shift_round
 
 MAX_EXP_BITS = 10  # the largest value stays finite in float64
 MAX_MANT_BITS = 52
@@ -167,20 +167,17 @@ def _minifloat_tf(x, exp_bits, mant_bits, k_min, rounding, seed):
         # NaN patterns are above top: clamp them so the addend cannot overflow
         mag = tf.minimum(tf.bitwise.bitwise_and(bits, const(magnitude_bits)), const(top_pattern))
         if drop > 0:
-            half = 1 << (drop - 1)
-            if rounding == "nearest":
-                addend = const(half)
-            elif rounding == "half_up":  # ties toward +inf: down in magnitude when negative
-                addend = tf.where(sign != 0, const(half - 1), const(half))
-            elif rounding == "nearest_even" and mant_bits == 0:
-                # the scaled significand of the lower neighbour is 1 (odd): ties go up
-                addend = const(half)
-            elif rounding == "nearest_even":
-                lsb = tf.bitwise.bitwise_and(tf.bitwise.right_shift(mag, const(drop)), const(1))
-                addend = const(half - 1) + lsb
-            else:
-                addend = _tf_random_ints(tf.shape(mag), drop, seed, int_dtype)
-            mag_q = tf.bitwise.bitwise_and(mag + addend, const(-(1 << drop)))
+            # round the signed pattern by `drop` bits (numerics' integer shift rounding); with
+            # M = 0 the bit above `drop` is the exponent's, and the significand 1 is odd: a
+            # tie goes up in magnitude, which is "nearest"
+            mode = "nearest" if rounding == "nearest_even" and mant_bits == 0 else rounding
+            negative = sign != 0
+            random_bits = None
+            if rounding == "stochastic":  # the same draw rounds |x| up for either sign
+                draw = _tf_random_ints(tf.shape(mag), drop, seed, int_dtype)
+                random_bits = tf.where(negative, const((1 << drop) - 1) - draw, draw)
+            q = tf_shift_round(tf.where(negative, -mag, mag), drop, mode, random_bits)
+            mag_q = tf.bitwise.left_shift(tf.abs(q), const(drop))
             mag_q = tf.minimum(mag_q, const(top_pattern))  # carry out of the top binade
         else:
             mag_q = mag

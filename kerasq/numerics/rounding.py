@@ -31,6 +31,13 @@ Random numbers: numpy uses ``np.random.default_rng(seed)``; TensorFlow uses
 of shape [2]), and a fresh stateful draw when ``seed`` is None. The two streams differ,
 so numpy and TF agree bit for bit in the deterministic modes only; in the stochastic
 mode they agree in distribution.
+
+Integers: :func:`np_shift_round` and :func:`tf_shift_round` round ``t / 2^s`` for integer
+``t`` and ``s >= 1`` in exact integer arithmetic (the requantizing right shift of fixed-point
+hardware), in the same modes and with the same tie rules as the float functions.
+
+The TF functions use only ops the TFLite converter lowers to float or integer builtins
+(FLOOR, ROUND, SIGN, SELECT, shifts), apart from the random draw of ``"stochastic"``.
 """
 
 from __future__ import annotations
@@ -135,4 +142,70 @@ def tf_round(y: Any, rounding: str, seed: Seed = None, *, signed_zeros: bool = T
     return tf.where(u < frac, low + 1, low)
 
 
-__all__ = ["ROUNDING_MODES", "DEFAULT_ROUNDING", "round_values", "np_round", "tf_round"]
+def np_shift_round(values: np.ndarray, shift: Any, rounding: str) -> np.ndarray:
+    """Exact ``round(values / 2^shift)`` of int64 ``values`` for ``shift >= 1``.
+
+    Deterministic modes only (a stochastic shift needs random bits: :func:`tf_shift_round`).
+
+    Example:
+        >>> np_shift_round(np.array([6, 10, -6, -10]), 2, "nearest")  # 1.5, 2.5, -1.5, -2.5
+        array([ 2,  3, -2, -3])
+        >>> np_shift_round(np.array([6, 10, -6, -10]), 2, "nearest_even")
+        array([ 2,  2, -2, -2])
+    """
+    s = np.asarray(shift, np.int64)
+    half = np.int64(1) << (s - 1)
+    if rounding == "half_up":
+        return (values + half) >> s
+    if rounding == "nearest":
+        return np.sign(values) * ((np.abs(values) + half) >> s)
+    if rounding == "nearest_even":
+        q = values >> s
+        rem = values - (q << s)
+        return q + ((rem > half) | ((rem == half) & (q % 2 == 1)))
+    raise ValueError(f"rounding {rounding!r} has no deterministic integer shift")
+
+
+def tf_shift_round(t: Any, shift: Any, rounding: str, random_bits: Any = None) -> Any:
+    """TF form of :func:`np_shift_round` for an integer tensor ``t`` (``shift >= 1``,
+    broadcast to ``t``'s shape, same dtype).
+
+    ``"stochastic"`` needs ``random_bits``: uniform non-negative integers of ``t``'s shape,
+    whose low ``shift`` bits are added before the floor shift, so the result is
+    ``floor(t / 2^s) + 1`` with probability ``frac(t / 2^s)``.
+
+    Example:
+        >>> from kerasq._compat import tf
+        >>> tf_shift_round(tf.constant([6, 10, -6, -10]), 2, "nearest").numpy().tolist()
+        [2, 3, -2, -3]
+    """
+    from kerasq._compat import tf
+
+    sp = tf.cast(shift, t.dtype) + tf.zeros_like(t)
+    one = tf.ones_like(t)
+    half = tf.bitwise.left_shift(one, sp - 1)
+    if rounding == "nearest":
+        return tf.where(t >= 0, tf.bitwise.right_shift(t + half, sp),
+                        -tf.bitwise.right_shift(-t + half, sp))
+    if rounding == "half_up":
+        return tf.bitwise.right_shift(t + half, sp)
+    if rounding == "nearest_even":
+        q = tf.bitwise.right_shift(t, sp)
+        rem = t - tf.bitwise.left_shift(q, sp)
+        odd = tf.equal(tf.bitwise.bitwise_and(q, 1), 1)
+        return q + tf.cast((rem > half) | ((rem == half) & odd), t.dtype)
+    if random_bits is None:
+        raise ValueError("stochastic shift rounding needs random_bits")
+    mask = tf.bitwise.left_shift(one, sp) - 1
+    return tf.bitwise.right_shift(t + tf.bitwise.bitwise_and(random_bits, mask), sp)
+
+
+__all__ = [
+    "ROUNDING_MODES",
+    "DEFAULT_ROUNDING",
+    "round_values",
+    "np_round",
+    "tf_round",
+    "np_shift_round",
+    "tf_shift_round",
+]

@@ -33,6 +33,7 @@ import numpy as np
 from kerasq.errors import QuantizationConfigError
 from kerasq.numerics import _validate
 from kerasq.numerics._validate import DEFAULT_ROUNDING
+from kerasq.numerics.rounding import tf_shift_round
 from kerasq.ops._loader import library
 from kerasq.ops.fake_quant import seed_tensor
 
@@ -138,19 +139,9 @@ def requantize_reference(acc: Any, p: dict) -> Any:
     s = big - p["out_frac"]
     s = s + tf.zeros_like(t)  # broadcast per-channel shifts to t's shape
     sp = tf.maximum(s, 1)
-    half = tf.bitwise.left_shift(tf.ones_like(t), sp - 1)
     rounding = p["rounding"]
-    if rounding == "nearest":
-        down = tf.where(t >= 0, tf.bitwise.right_shift(t + half, sp),
-                        -tf.bitwise.right_shift(-t + half, sp))
-    elif rounding == "half_up":
-        down = tf.bitwise.right_shift(t + half, sp)
-    elif rounding == "nearest_even":
-        q = tf.bitwise.right_shift(t, sp)
-        rem = t - tf.bitwise.left_shift(q, sp)
-        odd = tf.equal(tf.bitwise.bitwise_and(q, 1), 1)
-        down = q + tf.cast((rem > half) | ((rem == half) & odd), tf.int64)
-    else:
+    bits = None
+    if rounding == "stochastic":
         seed = p["seed"]
         shape = tf.shape(t)
         if seed is None:
@@ -158,8 +149,7 @@ def requantize_reference(acc: Any, p: dict) -> Any:
         else:
             pair = tf.stack([seed_tensor(seed, "stochastic"), tf.constant(1, tf.int64)])
             bits = tf.random.stateless_uniform(shape, pair, 0, _INT64_MAX, dtype=tf.int64)
-        mask = tf.bitwise.left_shift(tf.ones_like(t), sp) - 1
-        down = tf.bitwise.right_shift(t + tf.bitwise.bitwise_and(bits, mask), sp)
+    down = tf_shift_round(t, sp, rounding, bits)
     left = tf.maximum(-s, 0)
     lim = tf.bitwise.right_shift(tf.fill(tf.shape(t), tf.constant(_INT64_MAX, tf.int64)),
                                  tf.minimum(left, 62))

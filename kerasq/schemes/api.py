@@ -107,6 +107,12 @@ def quantize_model(model: Any, config: Optional[Union[QuantizationConfig, Mappin
     transform = scheme.get_layout_transformer()
     with quantize_scope():
         base, _ = transform.apply(as_functional(model), {})
+    # the transform rebuilds the layers from their configs: carry the converter's tags over
+    caffe_types = {lay.name: lay.caffe_type for lay in model.layers
+                   if isinstance(getattr(lay, "caffe_type", None), str)}
+    for layer in base.layers:
+        if layer.name in caffe_types:
+            layer.caffe_type = caffe_types[layer.name]
     registry = scheme.get_quantize_registry()
     graph = base.get_config()
     consumers = _consumers(graph)

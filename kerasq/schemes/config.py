@@ -54,8 +54,10 @@ RANGE_ESTIMATORS = ("minmax", "max_abs", "ema", "percentile")
 UNKNOWN_LAYER_POLICIES = ("float", "quantize_outputs", "error")
 
 
-# Caffe layer type of the stock Keras layers the Caffe converter emits, so that
-# ``overrides={"Convolution": {...}}`` applies to converted models.
+#: Caffe type keys for plain Keras models only: a Keras layer without a ``caffe_type`` tag
+#: (a model not made by the Caffe converter) also answers to the Caffe type of its class, so
+#: ``overrides={"Convolution": {...}}`` reaches its Conv2D layers. Layers the converter made
+#: carry their exact Caffe type as ``caffe_type`` (saved with the model) and never use this.
 CAFFE_TYPE_OF_KERAS_CLASS = {
     "Conv2D": "Convolution", "DepthwiseConv2D": "Convolution", "Dense": "InnerProduct",
     "Conv2DTranspose": "Deconvolution", "ReLU": "ReLU", "PReLU": "PReLU", "ELU": "ELU",
@@ -250,22 +252,20 @@ class QuantizationConfig:
         """The config that applies to ``layer``: overrides by type, then by name.
 
         ``layer`` is a Keras layer or a layer name. A layer's types are its Keras class
-        name, the Caffe type the converter lowers to that class (Conv2D -> Convolution,
-        Dense -> InnerProduct, ...), a ``caffe_type`` attribute if the layer has one, and
-        ``layer_type`` if given; later ones win, the layer name wins over all.
+        name, its Caffe type, and ``layer_type`` if given; later ones win, the layer name
+        wins over all. The Caffe type is the ``caffe_type`` tag the converter gives every
+        layer it builds, or for an untagged layer the Caffe type of its Keras class
+        (:data:`CAFFE_TYPE_OF_KERAS_CLASS`: Conv2D -> Convolution, Dense -> InnerProduct...).
         An ignored layer gets ``precision="float"``.
         """
         if isinstance(layer, str):
             name, types_ = layer, [layer_type]
         else:
             name = getattr(layer, "name", None)
-            types_ = [
-                type(layer).__name__,
-                CAFFE_TYPE_OF_KERAS_CLASS.get(type(layer).__name__),
-                getattr(layer, "caffe_type", None),
-                getattr(layer, "_kerasq_caffe_type", None),
-                layer_type,
-            ]
+            caffe_type = getattr(layer, "caffe_type", None)
+            if not isinstance(caffe_type, str):
+                caffe_type = CAFFE_TYPE_OF_KERAS_CLASS.get(type(layer).__name__)
+            types_ = [type(layer).__name__, caffe_type, layer_type]
         merged: Dict[str, Any] = {}
         for t in types_:
             if t and t in self.overrides:

@@ -226,16 +226,6 @@ def _is_probability(layer: Any) -> bool:
     return name == "Activation" and layer.get_config().get("activation") in ("softmax", "sigmoid")
 
 
-def layer_types(layer: Any) -> Tuple[str, ...]:
-    """Keras class name plus the Caffe type a converted layer carries, if any."""
-    names = [type(layer).__name__]
-    for attr in ("caffe_type", "_kerasq_caffe_type"):
-        value = getattr(layer, attr, None)
-        if isinstance(value, str):
-            names.append(value)
-    return tuple(names)
-
-
 class KerasqQuantizeRegistry(tfmot().quantization.keras.QuantizeRegistry):
     """Maps a layer to its kerasq ``QuantizeConfig`` under a ``QuantizationConfig``."""
 

@@ -1,7 +1,7 @@
 """``kerasq eval``: the CLI over :func:`kerasq.evaluate.evaluate`, .h5 and .tflite alike.
 
-The reference numbers are computed here with Keras ``predict`` and numpy on a small model
-trained on scikit-learn's real digits.
+The reference numbers are computed with Keras ``predict`` and numpy on a small CNN trained on
+scikit-learn's real digits (the ``digits_models`` fixture of tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -14,35 +14,11 @@ import pytest
 from kerasq.cli import main
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    from sklearn.datasets import load_digits
-
-    import kerasq
-    from kerasq._compat import keras
-
-    root = tmp_path_factory.mktemp("eval_cli")
-    data = load_digits()
-    x = (data.images / 16.0).astype("float32")[..., None]
-    y = data.target.astype("int64")
-    keras.utils.set_random_seed(5)
-    inp = keras.Input((8, 8, 1))
-    h = keras.layers.Flatten(name="flat")(inp)
-    out = keras.layers.Dense(10, activation="softmax", name="prob")(h)
-    model = keras.Model(inp, out)
-    model.compile("adam", "sparse_categorical_crossentropy")
-    model.fit(x[:1200], y[:1200], epochs=3, batch_size=64, verbose=0)
-    model.save(root / "model.h5")
-    qmodel = kerasq.calibrate(kerasq.quantize_model(model), x[:256])
-    qmodel.save(root / "q.h5")
-    kerasq.export.to_tflite(qmodel, str(root / "q.tflite"), target="int8",
-                            representative_data=x[:256])
-    np.savez(root / "val.npz", x=x[1200:], y=y[1200:])
-    np.save(root / "x.npy", x[1200:])
-    np.save(root / "y.npy", y[1200:])
-    np.save(root / "text.npy", np.array([str(v) for v in y[1200:]]))
-    expected = float(np.mean(model.predict(x[1200:], verbose=0).argmax(1) == y[1200:]))
-    return root, expected
+@pytest.fixture
+def files(digits_models):
+    """The digits files of tests/conftest.py and the float model's accuracy."""
+    root, _, _, accuracy = digits_models
+    return root, accuracy
 
 
 def test_eval_h5_and_tflite_and_json(files, capsys):

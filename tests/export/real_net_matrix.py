@@ -4,7 +4,7 @@ in ai-edge-litert's default interpreter and compared, output by output, with the
 ``q.h5`` on held-out inputs (the independent check; the CLI's own ``--verify`` runs too).
 
 Run as a script to print one line per net:
-    KERASQ_SHARED=/work/shared python tests/export/real_net_matrix.py [NAME ...]
+    python tests/export/real_net_matrix.py [NAME ...]   (nets from $KERASQ_SHARED or ../shared)
 """
 
 from __future__ import annotations

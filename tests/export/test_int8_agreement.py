@@ -16,6 +16,7 @@ import kerasq
 from kerasq._compat import keras
 from kerasq.export import export_tflite
 from kerasq.export.verify import op_table, tensor_table, verify_tflite
+from kerasq.schemes import slots
 from kerasq.schemes.shared_grids import SharedGridCallback, shared_grid_groups
 
 
@@ -107,8 +108,8 @@ def test_biases_on_the_int32_accumulator_grid(exported):
     tensors = tensor_table(result.content)
     checked = 0
     for layer in qmodel.layers:
-        weights = {w.name.split("/")[-1].split(":")[0]: (w, q, v)
-                   for w, q, v in getattr(layer, "_weight_vars", [])}
+        weights = {s.attr: (s.weight, s.quantizer, s.variables)
+                   for s in slots.weight_slots(layer)}
         if "bias" not in weights:
             continue
         kernel = weights.get("kernel") or weights.get("depthwise_kernel")

@@ -9,8 +9,9 @@ import pytest
 
 from kerasq._compat import tf
 from kerasq.errors import ExportError
-from kerasq.export.layers import GridQuantize, round_exact
+from kerasq.export.layers import GridQuantize
 from kerasq.export.spec import activation_spec, weight_spec_from_values
+from kerasq.numerics.rounding import tf_round
 
 
 def ref_round(y, mode):
@@ -31,16 +32,20 @@ def ref_dfp(x, bits, fl, signed, mode):
     return np.clip(ref_round(np.asarray(x, np.float64) * 2.0**fl, mode), qmin, qmax) * 2.0**-fl
 
 
+BELOW_HALF = float(np.nextafter(np.float32(0.5), np.float32(0)))  # y − floor(y) rounds for y < 0
 TIES = np.array(
-    [-3.5, -2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 3.5, 1e6 + 0.5, -(2.0**22) - 0.5], np.float32
+    [-3.5, -2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 3.5, 1e6 + 0.5, -(2.0**22) - 0.5,
+     BELOW_HALF, -BELOW_HALF, -1 - BELOW_HALF],
+    np.float32,
 )
 
 
 @pytest.mark.parametrize("mode", ["nearest", "half_up", "nearest_even"])
-def test_round_exact_matches_reference(mode):
+def test_export_rounding_matches_reference(mode):
+    """The export layers round through numerics' tf_round, in the form they call it."""
     rng = np.random.default_rng(0)
     y = np.concatenate([TIES, rng.normal(scale=100, size=1000).astype(np.float32)])
-    got = round_exact(tf.constant(y), mode).numpy()
+    got = tf_round(tf.constant(y), mode, signed_zeros=False).numpy()
     np.testing.assert_array_equal(got, ref_round(y, mode))
 
 
@@ -59,6 +64,7 @@ def test_grid_quantize_exact_mode(bits, fl, signed, mode):
     rng = np.random.default_rng(1)
     x = (rng.normal(size=4000) * 2.0 ** (bits - 1 - fl) / 2).astype(np.float32)
     x[:50] = (np.arange(50) - 25 + 0.5) * 2.0**-fl  # exact ties
+    x[50:53] = np.float32([-BELOW_HALF, BELOW_HALF, -1 - BELOW_HALF]) * np.float32(2.0**-fl)
     qmin, qmax = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
     got = GridQuantize(fl, qmin, qmax, mode, "exact")(x).numpy()
     np.testing.assert_array_equal(got, ref_dfp(x, bits, fl, signed, mode))

@@ -14,6 +14,7 @@ from kerasq._compat import keras
 from kerasq.errors import ExportError, VerificationError
 from kerasq.export import export_tflite, to_tflite
 from kerasq.export.verify import TFLiteRunner, op_table, tensor_table
+from kerasq.schemes import slots
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +101,7 @@ def test_int8_scales_are_the_chosen_powers_of_two(int8_result, qmodel, digits):
         inner = getattr(layer, "layer", None)
         if type(inner).__name__ != "Conv2D":
             continue
-        kernel = [w for w, _, _ in layer._weight_vars][0].numpy()
+        kernel = slots.find_weight_slot(layer, "kernel").weight.numpy()
         expected = np.ldexp(1.0, -frac_bits_for(np.abs(kernel).max(axis=(0, 1, 2)), 8))
         hits = [
             t

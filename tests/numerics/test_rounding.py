@@ -175,3 +175,34 @@ def test_unknown_rounding_rejected(bad):
 def test_bad_seed_rejected(bad):
     with pytest.raises(QuantizationConfigError, match="seed"):
         round_values([1.0], "stochastic", seed=bad)
+
+
+@pytest.mark.parametrize("mode", DETERMINISTIC)
+@pytest.mark.parametrize("shift", [1, 2, 5, 17])
+def test_integer_shift_rounding_matches_exact_rationals(mode, shift):
+    """np_shift_round and tf_shift_round (int32 and int64) against round(t / 2^s) written
+    with fractions, ties and their neighbours included."""
+    from kerasq.numerics.rounding import np_shift_round, tf_shift_round
+
+    step = 2**shift
+    ties = np.arange(-4, 5) * step + step // 2
+    t = np.concatenate([ties, ties - 1, ties + 1, np.arange(-3 * step, 3 * step + 1),
+                        np.random.default_rng(shift).integers(-(2**40), 2**40, 500)])
+    want = np.array([ref_round(Fraction(int(v), step), mode) for v in t], np.int64)
+    np.testing.assert_array_equal(np_shift_round(t.astype(np.int64), shift, mode), want)
+    got = tf_shift_round(tf.constant(t, tf.int64), shift, mode).numpy()
+    np.testing.assert_array_equal(got, want)
+    small = np.abs(t) < 2**30
+    got32 = tf_shift_round(tf.constant(t[small], tf.int32), shift, mode).numpy()
+    np.testing.assert_array_equal(got32, want[small])
+
+
+def test_stochastic_shift_rounding_rounds_up_with_the_fraction():
+    """floor(t / 2^s) + 1 with probability frac(t / 2^s), from uniform random bits."""
+    from kerasq.numerics.rounding import tf_shift_round
+
+    t = tf.constant([5] * 20000 + [-5] * 20000, tf.int64)  # ±5/8: frac 5/8 and 3/8
+    bits = tf.random.stateless_uniform(t.shape, [1, 2], 0, 2**62, dtype=tf.int64)
+    q = tf_shift_round(t, 3, "stochastic", bits).numpy()
+    assert set(q[:20000]) == {0, 1} and set(q[20000:]) == {-1, 0}
+    assert abs(q[:20000].mean() - 5 / 8) < 0.015 and abs(q[20000:].mean() + 5 / 8) < 0.015

@@ -69,3 +69,29 @@ def test_tflite_quantize_kernels_round_like_numerics(fl):
         np.testing.assert_array_equal(q.astype(np.float64) * step, want, err_msg=mode)
         other = "nearest_even" if mode == "nearest" else "nearest"
         assert not np.array_equal(q * step, dfp_quantize(x, 8, fl, rounding=other))
+
+
+@pytest.mark.parametrize("mode", ["nearest", "nearest_even", "half_up"])
+def test_tf_round_lowers_to_tflite_builtins_and_rounds_the_same(mode):
+    """The export's exact float path rounds with tf_round: it must convert with TFLite
+    builtins only and compute in the interpreter what numpy computes."""
+    from kerasq.numerics.rounding import np_round, tf_round
+
+    @tf.function(input_signature=[tf.TensorSpec([N], tf.float32)])
+    def graph(x):
+        return tf_round(x, mode, signed_zeros=False)
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [graph.get_concrete_function()], graph
+    )
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    interpreter = litert.Interpreter(model_content=converter.convert())
+    interpreter.allocate_tensors()
+    below_half = np.nextafter(np.float32(0.5), np.float32(0))
+    ties = np.float32([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, below_half, -below_half, 2**23 + 1])
+    rng = np.random.default_rng(3)
+    x = np.concatenate([ties, rng.normal(scale=50, size=N - ties.size)]).astype(np.float32)
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+    interpreter.invoke()
+    got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    np.testing.assert_array_equal(got, np_round(x.astype(np.float64), mode))

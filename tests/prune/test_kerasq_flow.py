@@ -20,6 +20,7 @@ from kerasq.prune import (
     sparsity_report,
     strip,
 )
+from kerasq.schemes.slots import weight_slots
 
 
 @pytest.mark.parametrize(
@@ -127,7 +128,7 @@ def test_which_configs_need_the_mask_after_quantization(
     plain = kerasq.quantize_model(sparse, config, preserve_sparsity=False)
     for model in (masked, plain):
         kerasq.calibrate(model, x)
-    quantizers = [q for layer in masked.layers for _, q, _ in getattr(layer, "_weight_vars", [])]
+    quantizers = [s.quantizer for layer in masked.layers for s in weight_slots(layer)]
     spqs = [q for q in quantizers if hasattr(q, "reapplies_mask")]
     assert len(spqs) == 4 and all(q.reapplies_mask == remask for q in spqs)
     masked_rows = {r.layer: r for r in sparsity_report(masked)}
