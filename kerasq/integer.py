@@ -84,6 +84,37 @@ def _requantize(t: IntTensor, frac: int, bitwidth: int, signed: bool, rounding: 
     return IntTensor(np.clip(v, lo, hi), frac)
 
 
+def _divide_round(num: np.ndarray, den: int, rounding: str) -> np.ndarray:
+    """round(num / den) for an integer den > 0 in exact int64 arithmetic."""
+    num = np.asarray(num, np.int64)
+    d = np.int64(den)
+    if rounding == "half_up":
+        return (2 * num + d) // (2 * d)
+    if rounding == "nearest":
+        return np.sign(num) * ((2 * np.abs(num) + d) // (2 * d))
+    if rounding == "nearest_even":
+        q, r = np.divmod(num, d)
+        return q + ((2 * r > d) | ((2 * r == d) & (q % 2 == 1)))
+    raise UnsupportedLayerError(f"rounding {rounding!r} has no deterministic integer form")
+
+
+def _mean_requantize(sums: np.ndarray, count: int, frac: int, spec: GridSpec) -> IntTensor:
+    """The DFP grid value of ``sums·2^−frac / count``: one exact rounding of the quotient.
+
+    The float simulation divides in float32 first; both agree unless the exact quotient
+    lies within float32's relative error (2^−24) of a rounding tie without being one,
+    impossible while ``count·2^max(frac − out_frac, 0)·2^bitwidth < 2^23``.
+    """
+    out_frac = int(np.asarray(spec.frac_bits).reshape(-1)[0])
+    shift = out_frac - frac
+    num = sums << np.int64(max(shift, 0))
+    den = count << max(-shift, 0)
+    v = _divide_round(num, den, spec.rounding)
+    lo, hi = ((-(2 ** (spec.bitwidth - 1)), 2 ** (spec.bitwidth - 1) - 1) if spec.signed
+              else (0, 2**spec.bitwidth - 1))
+    return IntTensor(np.clip(v, lo, hi), out_frac)
+
+
 def _align(tensors: Sequence[IntTensor]) -> Tuple[List[np.ndarray], int]:
     frac = max(t.frac for t in tensors)
     return [t.values << np.int64(frac - t.frac) for t in tensors], frac
@@ -202,29 +233,61 @@ def _linear_layer(wrapper: Any, inner: Any, x: Value) -> IntTensor:
         out_frac = int(np.asarray(spec.frac_bits).reshape(-1)[0])
         out = dict(out_frac=out_frac, out_bitwidth=spec.bitwidth, out_signed=spec.signed,
                    rounding=spec.rounding)
-    else:  # keep the exact accumulator (left shifts only)
-        acc_frac = x.frac + int(w_frac.max())
-        out_frac = max(acc_frac, bias_frac if bias_frac is not None else acc_frac)
-        out = dict(out_frac=out_frac, out_bitwidth=32, out_signed=True, rounding="nearest",
+    else:
+        # Keep the exact accumulator: the kernel returns the raw sums of products (int32,
+        # no shift, no bias); the per-channel alignment to F = max(fl_x + fl_w[n], fl_b)
+        # and the bias are applied here in int64. Aligned in the kernel, they would not
+        # fit int32 (ResNet-20's first convolution on 0..255 pixels, per-channel fl_w).
+        fan_in = w_int.size // max(int(w_int.shape[-1]) * (
+            int(w_int.shape[-2]) if isinstance(inner, keras.layers.DepthwiseConv2D) else 1), 1)
+        bound = int(np.abs(x.values).max(initial=0)) * int(np.abs(w_int).max(initial=0)) * fan_in
+        if bound >= 2**31:
+            raise UnsupportedLayerError(
+                f"unquantized accumulator may reach {bound} (> int32); give the layer an "
+                "output quantizer", layer=where)
+        out = dict(out_frac=0, out_bitwidth=32, out_signed=True, rounding="nearest",
                    out_dtype=np.int32)
     xv = x.values.astype(_int_dtype(x.values, where))
     wv = w_int.astype(_int_dtype(w_int, where))
     w_fl = w_frac if w_frac.size > 1 else int(w_frac[0])
-    common = dict(x_frac=x.frac, w_frac=w_fl, bias_frac=bias_frac, **out)
+    op_bias = bias if out_q is not None else None
+    if out_q is None:
+        common = dict(x_frac=0, w_frac=0, **out)
+    else:
+        common = dict(x_frac=x.frac, w_frac=w_fl, bias_frac=bias_frac, **out)
     if isinstance(inner, keras.layers.Dense):
-        y = ops.dfp_matmul(xv, wv, bias, **common)
+        y = ops.dfp_matmul(xv, wv, op_bias, **common)
     elif isinstance(inner, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
         if getattr(inner, "groups", 1) != 1 or inner.data_format != "channels_last":
             raise UnsupportedLayerError("only channels_last, ungrouped convolutions", layer=where)
         fn = ops.dfp_depthwise_conv2d if isinstance(inner, keras.layers.DepthwiseConv2D) else ops.dfp_conv2d
-        y = fn(xv, wv, bias, strides=tuple(inner.strides), padding=inner.padding.upper(),
+        y = fn(xv, wv, op_bias, strides=tuple(inner.strides), padding=inner.padding.upper(),
                dilations=tuple(inner.dilation_rate), **common)
     else:
         raise UnsupportedLayerError(f"{type(inner).__name__} has no integer kernel", layer=where)
-    values = y.numpy().astype(np.int64)
-    if out_q is None and np.any(np.abs(values) >= 2**31 - 1):
-        raise UnsupportedLayerError("unquantized accumulator overflows int32", layer=where)
-    return IntTensor(_activation(values, out["out_frac"], inner.activation, where), out["out_frac"])
+    values, frac = y.numpy().astype(np.int64), out["out_frac"]
+    if out_q is None:
+        values, frac = _exact_accumulator(values, x.frac + w_frac, bias, bias_frac, where)
+    return IntTensor(_activation(values, frac, inner.activation, where), frac)
+
+
+def _exact_accumulator(acc: np.ndarray, acc_frac: np.ndarray, bias: Any, bias_frac: Any,
+                       where: str) -> Tuple[np.ndarray, int]:
+    """Raw sums of products (channels last, at 2^-acc_frac[n]) plus bias, exactly in int64
+    at the common grid F = max(acc_frac, bias_frac)."""
+    acc_frac = np.asarray(acc_frac, np.int64).reshape(-1)
+    frac = int(max(acc_frac.max(), bias_frac if bias is not None else acc_frac.max()))
+    lshift = frac - acc_frac
+    top = int(np.abs(acc).max(initial=0)) << int(lshift.max())
+    if bias is not None:
+        top += int(np.abs(np.asarray(bias, np.int64)).max(initial=0)) << (frac - bias_frac)
+    if top >= 2**62:
+        raise UnsupportedLayerError("accumulator and bias grids are too far apart for int64",
+                                    layer=where)
+    values = acc << lshift  # broadcasts over the channel axis (one entry: all channels)
+    if bias is not None:
+        values = values + (np.asarray(bias, np.int64) << np.int64(frac - bias_frac))
+    return values, frac
 
 
 def _exact_layer(layer: Any, inputs: List[Value]) -> Value:
@@ -239,6 +302,8 @@ def _exact_layer(layer: Any, inputs: List[Value]) -> Value:
     if not all(isinstance(v, IntTensor) for v in inputs):
         raise UnsupportedLayerError("mixes quantized and float inputs", layer=where)
     x = inputs[0]
+    if _is_float_tail(layer):  # the model's own float op on the exact dequantized values
+        return np.asarray(layer(tf.constant(x.to_float())))
     if isinstance(layer, (keras.layers.Flatten, keras.layers.Reshape)):
         batch = x.values.shape[0]
         shape = (batch, -1) if isinstance(layer, keras.layers.Flatten) else (batch, *layer.target_shape)
@@ -265,6 +330,10 @@ def _exact_layer(layer: Any, inputs: List[Value]) -> Value:
         pooled = tf.nn.max_pool2d(tf.constant(x.values.astype(np.float64)), layer.pool_size,
                                   layer.strides, layer.padding.upper())
         return IntTensor(pooled.numpy().astype(np.int64), x.frac)
+    if type(layer).__name__ == "ConstantBias":  # Caffe Bias with a stored constant (jacinto)
+        bias, bias_frac = _float_bias(layer.bias.numpy(), where)
+        values, frac = _align([x, IntTensor(bias.astype(np.int64), bias_frac)])
+        return IntTensor(values[0] + values[1], frac)
     if isinstance(layer, keras.layers.Add):
         values, frac = _align(inputs)
         return IntTensor(np.sum(values, axis=0), frac)
@@ -272,6 +341,31 @@ def _exact_layer(layer: Any, inputs: List[Value]) -> Value:
         values, frac = _align(inputs)
         return IntTensor(np.concatenate(values, axis=layer.axis), frac)
     raise UnsupportedLayerError(f"{type(layer).__name__} has no exact integer form", layer=where)
+
+
+def _is_float_tail(layer: Any) -> bool:
+    """Softmax: no integer form; it runs in float32 on the dequantized integers, exactly as
+    the fake-quant model runs it (the same float32 inputs through the same layer)."""
+    from kerasq._compat import keras
+
+    if isinstance(layer, keras.layers.Softmax):
+        return True
+    return isinstance(layer, keras.layers.Activation) and getattr(
+        layer.activation, "__name__", "") == "softmax"
+
+
+def _is_mean_pool(layer: Any) -> bool:
+    from kerasq._compat import keras
+
+    return isinstance(layer, keras.layers.GlobalAveragePooling2D) and (
+        layer.data_format == "channels_last")
+
+
+def _mean_pool(layer: Any, x: IntTensor, out_slot: Any) -> IntTensor:
+    """Global average pooling: the exact sum over H, W, one rounding of sum / (H·W)."""
+    spec = _grid(out_slot.quantizer, out_slot.variables, layer.name)
+    sums = x.values.sum(axis=(1, 2), keepdims=bool(getattr(layer, "keepdims", False)))
+    return _mean_requantize(sums, int(x.values.shape[1] * x.values.shape[2]), x.frac, spec)
 
 
 def _graph(qmodel: Any) -> Tuple[Dict[str, List[Tuple[str, int, int]]], list, list]:
@@ -342,6 +436,9 @@ def run(qmodel: Any, x: Any, *, return_integers: bool = False) -> Any:
             if isinstance(inner, linear) and not isinstance(
                     inner, keras.layers.Conv2DTranspose):
                 out = _linear_layer(layer, inner, args[0])
+            elif _is_mean_pool(inner) and isinstance(args[0], IntTensor) and (
+                    slots.output_slot(layer) is not None):
+                out = _mean_pool(inner, args[0], slots.output_slot(layer))
             else:
                 if slots.weight_slots(layer):
                     raise UnsupportedLayerError(f"{type(inner).__name__} with quantized weights "
