@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Dict, List, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -133,7 +133,11 @@ def _grid(quantizer: Any, qvars: Any, where: str) -> GridSpec:
 
 
 def _quantize_value(value: Value, quantizer: Any, qvars: Any, where: str) -> IntTensor:
-    spec = _grid(quantizer, qvars, where)
+    return _quantize_to(value, _grid(quantizer, qvars, where))
+
+
+def _quantize_to(value: Value, spec: GridSpec) -> IntTensor:
+    """``value`` (exact integers or float) put on the DFP grid ``spec``."""
     frac = int(np.asarray(spec.frac_bits).reshape(-1)[0])
     rounding = spec.rounding
     if isinstance(value, IntTensor):
@@ -207,14 +211,13 @@ def _activation(values: np.ndarray, frac: int, activation: Any, where: str) -> n
     raise UnsupportedLayerError(f"activation {name!r} has no exact integer form", layer=where)
 
 
-def _linear_layer(wrapper: Any, inner: Any, x: Value) -> IntTensor:
-    """Conv2D / DepthwiseConv2D / Dense on the integer kernels of kerasq.ops."""
-    from kerasq._compat import keras
+def _linear_layer(wrapper: Any, inner: Any) -> Callable[[Value], IntTensor]:
+    """Conv2D / DepthwiseConv2D / Dense on the integer kernels of kerasq.ops: the weights,
+    bias and grids are read once; the returned function runs the layer on a batch."""
+    from kerasq._compat import keras, tf
     from kerasq import ops
 
     where = inner.name
-    if not isinstance(x, IntTensor):
-        raise UnsupportedLayerError("the layer input is not quantized", layer=where)
     weights = {s.attr: (s.weight, s.quantizer, s.variables) for s in slots.weight_slots(wrapper)}
     kernel_attr = "depthwise_kernel" if isinstance(inner, keras.layers.DepthwiseConv2D) else "kernel"
     if kernel_attr not in weights:
@@ -228,6 +231,7 @@ def _linear_layer(wrapper: Any, inner: Any, x: Value) -> IntTensor:
         bias, bias_frac = _float_bias(inner.bias.numpy(), where)
     out_slot = slots.output_slot(wrapper)
     out_q = out_slot.quantizer if out_slot is not None else None
+    fan_in = 0
     if out_slot is not None:
         spec = _grid(out_slot.quantizer, out_slot.variables, where)
         out_frac = int(np.asarray(spec.frac_bits).reshape(-1)[0])
@@ -240,35 +244,47 @@ def _linear_layer(wrapper: Any, inner: Any, x: Value) -> IntTensor:
         # fit int32 (ResNet-20's first convolution on 0..255 pixels, per-channel fl_w).
         fan_in = w_int.size // max(int(w_int.shape[-1]) * (
             int(w_int.shape[-2]) if isinstance(inner, keras.layers.DepthwiseConv2D) else 1), 1)
-        bound = int(np.abs(x.values).max(initial=0)) * int(np.abs(w_int).max(initial=0)) * fan_in
-        if bound >= 2**31:
-            raise UnsupportedLayerError(
-                f"unquantized accumulator may reach {bound} (> int32); give the layer an "
-                "output quantizer", layer=where)
         out = dict(out_frac=0, out_bitwidth=32, out_signed=True, rounding="nearest",
                    out_dtype=np.int32)
-    xv = x.values.astype(_int_dtype(x.values, where))
-    wv = w_int.astype(_int_dtype(w_int, where))
+    wv = tf.constant(w_int.astype(_int_dtype(w_int, where)))
+    w_max = int(np.abs(w_int).max(initial=0))
     w_fl = w_frac if w_frac.size > 1 else int(w_frac[0])
-    op_bias = bias if out_q is not None else None
+    op_bias = tf.constant(bias, tf.int32) if out_q is not None and bias is not None else None
     if out_q is None:
         common = dict(x_frac=0, w_frac=0, **out)
     else:
-        common = dict(x_frac=x.frac, w_frac=w_fl, bias_frac=bias_frac, **out)
+        common = dict(x_frac=None, w_frac=w_fl, bias_frac=bias_frac, **out)
     if isinstance(inner, keras.layers.Dense):
-        y = ops.dfp_matmul(xv, wv, op_bias, **common)
+        op, geometry = ops.dfp_matmul, {}
     elif isinstance(inner, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
         if getattr(inner, "groups", 1) != 1 or inner.data_format != "channels_last":
             raise UnsupportedLayerError("only channels_last, ungrouped convolutions", layer=where)
-        fn = ops.dfp_depthwise_conv2d if isinstance(inner, keras.layers.DepthwiseConv2D) else ops.dfp_conv2d
-        y = fn(xv, wv, op_bias, strides=tuple(inner.strides), padding=inner.padding.upper(),
-               dilations=tuple(inner.dilation_rate), **common)
+        op = (ops.dfp_depthwise_conv2d if isinstance(inner, keras.layers.DepthwiseConv2D)
+              else ops.dfp_conv2d)
+        geometry = dict(strides=tuple(inner.strides), padding=inner.padding.upper(),
+                        dilations=tuple(inner.dilation_rate))
     else:
         raise UnsupportedLayerError(f"{type(inner).__name__} has no integer kernel", layer=where)
-    values, frac = y.numpy().astype(np.int64), out["out_frac"]
-    if out_q is None:
-        values, frac = _exact_accumulator(values, x.frac + w_frac, bias, bias_frac, where)
-    return IntTensor(_activation(values, frac, inner.activation, where), frac)
+
+    def apply(x: Value) -> IntTensor:
+        if not isinstance(x, IntTensor):
+            raise UnsupportedLayerError("the layer input is not quantized", layer=where)
+        kwargs = dict(common, **geometry)
+        if out_q is None:
+            bound = int(np.abs(x.values).max(initial=0)) * w_max * fan_in
+            if bound >= 2**31:
+                raise UnsupportedLayerError(
+                    f"unquantized accumulator may reach {bound} (> int32); give the layer an "
+                    "output quantizer", layer=where)
+        else:
+            kwargs["x_frac"] = x.frac
+        y = op(x.values.astype(_int_dtype(x.values, where)), wv, op_bias, **kwargs)
+        values, frac = y.numpy().astype(np.int64), out["out_frac"]
+        if out_q is None:
+            values, frac = _exact_accumulator(values, x.frac + w_frac, bias, bias_frac, where)
+        return IntTensor(_activation(values, frac, inner.activation, where), frac)
+
+    return apply
 
 
 def _exact_accumulator(acc: np.ndarray, acc_frac: np.ndarray, bias: Any, bias_frac: Any,
@@ -361,9 +377,8 @@ def _is_mean_pool(layer: Any) -> bool:
         layer.data_format == "channels_last")
 
 
-def _mean_pool(layer: Any, x: IntTensor, out_slot: Any) -> IntTensor:
+def _mean_pool(layer: Any, x: IntTensor, spec: GridSpec) -> IntTensor:
     """Global average pooling: the exact sum over H, W, one rounding of sum / (H·W)."""
-    spec = _grid(out_slot.quantizer, out_slot.variables, layer.name)
     sums = x.values.sum(axis=(1, 2), keepdims=bool(getattr(layer, "keepdims", False)))
     return _mean_requantize(sums, int(x.values.shape[1] * x.values.shape[2]), x.frac, spec)
 
@@ -394,6 +409,103 @@ def _graph(qmodel: Any) -> Tuple[Dict[str, List[Tuple[str, int, int]]], list, li
     return inbound, as_keys(config["input_layers"]), as_keys(config["output_layers"])
 
 
+Step = Callable[[List[Value]], Value]
+
+
+def _layer_step(layer: Any) -> Step:
+    """The function computing ``layer``'s output from its inputs, grids and weights read
+    now (the static part of the layer)."""
+    from kerasq._compat import keras
+
+    if slots.is_quantize_layer(layer):
+        in_slot = slots.input_slot(layer)
+        if in_slot is None:
+            return lambda args: args[0]
+        spec = _grid(in_slot.quantizer, in_slot.variables, layer.name)
+        return lambda args: _quantize_to(args[0], spec)
+    if not slots.is_quantize_wrapper(layer):
+        return lambda args: _exact_layer(layer, args)
+    inner = slots.inner_layer(layer)
+    linear = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
+    if isinstance(inner, linear) and not isinstance(inner, keras.layers.Conv2DTranspose):
+        apply = _linear_layer(layer, inner)
+        return lambda args: apply(args[0])
+    if slots.weight_slots(layer):
+        raise UnsupportedLayerError(f"{type(inner).__name__} with quantized weights "
+                                    "has no integer kernel", layer=inner.name)
+    out_slot = slots.output_slot(layer)
+    out_spec = (_grid(out_slot.quantizer, out_slot.variables, inner.name)
+                if out_slot is not None else None)
+
+    def step(args: List[Value]) -> Value:
+        if out_spec is not None and _is_mean_pool(inner) and isinstance(args[0], IntTensor):
+            return _mean_pool(inner, args[0], out_spec)
+        out = _exact_layer(inner, args)
+        return _quantize_to(out, out_spec) if out_spec is not None else out
+
+    return step
+
+
+class IntegerProgram:
+    """A calibrated DFP model lowered once to integer layers (see :func:`prepare`).
+
+    It holds the integer weights, biases and grids read when it was made: prepare it
+    again after the model's weights or ranges change.
+
+    Example:
+        >>> program = kerasq.integer.prepare(qmodel)  # doctest: +SKIP
+        >>> y = program(x)   # == kerasq.integer.run(qmodel, x)  # doctest: +SKIP
+    """
+
+    def __init__(self, qmodel: Any):
+        from kerasq._compat import keras
+
+        inbound, self.input_keys, self.output_keys = _graph(qmodel)
+        self.steps: List[Tuple[str, List[Tuple[str, int, int]], Step]] = []
+        for layer in qmodel.layers:
+            if isinstance(layer, keras.layers.InputLayer):
+                continue
+            self.steps.append((layer.name, inbound[layer.name], _layer_step(layer)))
+
+    def __call__(self, x: Any, *, return_integers: bool = False) -> Any:
+        """Run the program on a batch; arguments and result as in :func:`run`."""
+        inputs = list(x) if isinstance(x, (list, tuple)) else [x]
+        if len(inputs) != len(self.input_keys):
+            raise UnsupportedLayerError(
+                f"model has {len(self.input_keys)} inputs, got {len(inputs)}")
+        values: Dict[Tuple[str, int, int], Value] = {
+            k: np.asarray(v, np.float32) for k, v in zip(self.input_keys, inputs)}
+        for name, keys, step in self.steps:
+            try:
+                args = [values[k] for k in keys]
+            except KeyError as exc:
+                raise UnsupportedLayerError("input produced outside the model", layer=name) from exc
+            out = step(args)
+            values[(name, 0, 0)] = out
+            log.debug("%s: %s", name, f"fl={out.frac}" if isinstance(out, IntTensor) else "float")
+        results = [values[k] for k in self.output_keys]
+        if not return_integers:
+            results = [r.to_float() if isinstance(r, IntTensor) else r for r in results]
+        return results[0] if len(results) == 1 else results
+
+
+def prepare(qmodel: Any) -> IntegerProgram:
+    """Lower a calibrated DFP model to integer layers once, for repeated runs.
+
+    Reading the integer weights and grids from the quantizers is most of the cost of
+    :func:`run` on small batches; a prepared program pays it once.
+
+    Raises:
+        UnsupportedLayerError: a layer or quantizer without an exact integer form (names
+        the layer).
+
+    Example:
+        >>> program = kerasq.integer.prepare(qmodel)  # doctest: +SKIP
+        >>> ys = [program(batch) for batch in batches]  # doctest: +SKIP
+    """
+    return IntegerProgram(qmodel)
+
+
 def run(qmodel: Any, x: Any, *, return_integers: bool = False) -> Any:
     """Execute a calibrated DFP model in integers; returns what ``qmodel`` returns.
 
@@ -410,51 +522,11 @@ def run(qmodel: Any, x: Any, *, return_integers: bool = False) -> Any:
     Raises:
         UnsupportedLayerError: a layer or quantizer without an exact integer form (names
         the layer).
+
+    Example:
+        >>> y = kerasq.integer.run(qmodel, x)  # doctest: +SKIP
     """
-    from kerasq._compat import keras
-
-    inbound, input_keys, output_keys = _graph(qmodel)
-    inputs = list(x) if isinstance(x, (list, tuple)) else [x]
-    if len(inputs) != len(input_keys):
-        raise UnsupportedLayerError(f"model has {len(input_keys)} inputs, got {len(inputs)}")
-    values: Dict[Tuple[str, int, int], Value] = {
-        k: np.asarray(v, np.float32) for k, v in zip(input_keys, inputs)}
-    for layer in qmodel.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        try:
-            args = [values[k] for k in inbound[layer.name]]
-        except KeyError as exc:
-            raise UnsupportedLayerError("input produced outside the model", layer=layer.name) from exc
-        if slots.is_quantize_layer(layer):
-            in_slot = slots.input_slot(layer)
-            out: Value = (_quantize_value(args[0], in_slot.quantizer, in_slot.variables,
-                                          layer.name) if in_slot is not None else args[0])
-        elif slots.is_quantize_wrapper(layer):
-            inner = slots.inner_layer(layer)
-            linear = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
-            if isinstance(inner, linear) and not isinstance(
-                    inner, keras.layers.Conv2DTranspose):
-                out = _linear_layer(layer, inner, args[0])
-            elif _is_mean_pool(inner) and isinstance(args[0], IntTensor) and (
-                    slots.output_slot(layer) is not None):
-                out = _mean_pool(inner, args[0], slots.output_slot(layer))
-            else:
-                if slots.weight_slots(layer):
-                    raise UnsupportedLayerError(f"{type(inner).__name__} with quantized weights "
-                                                "has no integer kernel", layer=inner.name)
-                out = _exact_layer(inner, args)
-                out_slot = slots.output_slot(layer)
-                if out_slot is not None:
-                    out = _quantize_value(out, out_slot.quantizer, out_slot.variables, inner.name)
-        else:
-            out = _exact_layer(layer, args)
-        values[(layer.name, 0, 0)] = out
-        log.debug("%s: %s", layer.name, f"fl={out.frac}" if isinstance(out, IntTensor) else "float")
-    results = [values[k] for k in output_keys]
-    if not return_integers:
-        results = [r.to_float() if isinstance(r, IntTensor) else r for r in results]
-    return results[0] if len(results) == 1 else results
+    return prepare(qmodel)(x, return_integers=return_integers)
 
 
-__all__ = ["IntTensor", "run"]
+__all__ = ["IntTensor", "IntegerProgram", "prepare", "run"]
