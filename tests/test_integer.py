@@ -228,3 +228,13 @@ def test_integer_run_on_converted_caffe_nets(ops_mode, real_net):
     actual = kerasq.integer.run(qmodel, x)
     np.testing.assert_array_equal(actual, expected, err_msg=name)
     assert len(np.unique(actual)) > 5, name  # real outputs, not one saturated value
+
+
+def test_prepared_program_equals_the_model_on_every_batch(digits):
+    qmodel = kerasq.quantize_model(_residual_cnn())
+    kerasq.calibrate(qmodel, digits[:256])
+    program = kerasq.integer.prepare(qmodel)
+    for batch in (digits[256:300], digits[300:301], digits[301:500]):
+        np.testing.assert_array_equal(program(batch), qmodel(batch, training=False).numpy())
+    ints = program(digits[:16], return_integers=True)
+    np.testing.assert_array_equal(ints.to_float(), kerasq.integer.run(qmodel, digits[:16]))

@@ -346,35 +346,63 @@ void PackWeights(OpKernelContext* ctx, const int8_t* w, int64_t K, int64_t N, ge
   B->max_abs = max_abs;
 }
 
-// The packed weights of the last call, reused while the weights are byte for byte the
-// same (layers run with constant or rarely updated weights: packing a 4096x1000 int8
-// matrix costs more than the whole GEMM of a small batch). The byte comparison keeps the
-// result exact whatever the weights are (a Variable updated in place included); it costs
-// one read of the weights and, per kernel instance, a copy of them beside the packed form.
+// Packed weights reused across calls while the weight bytes are unchanged (layers run with
+// constant or rarely updated weights: packing a 4096x1000 int8 matrix costs more than the
+// whole GEMM of a small batch). Eager TF shares one kernel instance between all calls
+// with equal attributes, i.e. between the layers of a net, so several weight tensors are
+// kept, found by buffer address and confirmed byte for byte: the result stays exact
+// whatever the weights are (a Variable updated in place included). Cost per call: one
+// read of the weights; memory: a copy of them beside the packed form.
 template <typename Packed>
 class PackedWeightCache {
  public:
   template <typename W>
   std::shared_ptr<const Packed> Get(OpKernelContext* ctx, const W* w, int64_t K, int64_t N) {
     const size_t bytes = static_cast<size_t>(K * N) * sizeof(W);
+    const void* key = w;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (packed_ && packed_->K == K && packed_->N == N && raw_.size() == bytes &&
-          std::memcmp(raw_.data(), w, bytes) == 0)
-        return packed_;
+      for (Entry& e : entries_) {
+        if (e.key == key && e.packed->K == K && e.packed->N == N && e.raw.size() == bytes &&
+            std::memcmp(e.raw.data(), w, bytes) == 0) {
+          e.last_use = ++clock_;
+          return e.packed;
+        }
+      }
     }
     auto packed = std::make_shared<Packed>();
     PackWeights(ctx, w, K, N, packed.get());
     std::lock_guard<std::mutex> lock(mu_);
-    raw_.assign(reinterpret_cast<const char*>(w), reinterpret_cast<const char*>(w) + bytes);
-    packed_ = packed;
-    return packed_;
+    Entry* slot = nullptr;
+    for (Entry& e : entries_)
+      if (e.key == key) slot = &e;  // the same buffer with new contents
+    if (slot == nullptr && entries_.size() < kEntries) {
+      entries_.emplace_back();
+      slot = &entries_.back();
+    }
+    if (slot == nullptr) {  // evict the least recently used
+      slot = &entries_.front();
+      for (Entry& e : entries_)
+        if (e.last_use < slot->last_use) slot = &e;
+    }
+    slot->key = key;
+    slot->raw.assign(reinterpret_cast<const char*>(w), reinterpret_cast<const char*>(w) + bytes);
+    slot->packed = packed;
+    slot->last_use = ++clock_;
+    return packed;
   }
 
  private:
+  static constexpr size_t kEntries = 64;
+  struct Entry {
+    const void* key = nullptr;
+    std::vector<char> raw;
+    std::shared_ptr<const Packed> packed;
+    uint64_t last_use = 0;
+  };
   std::mutex mu_;
-  std::vector<char> raw_;
-  std::shared_ptr<const Packed> packed_;
+  std::vector<Entry> entries_;
+  uint64_t clock_ = 0;
 };
 
 template <typename T>
