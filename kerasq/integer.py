@@ -15,6 +15,12 @@ the accumulator's grid, which holds for 8-bit layers with up to ~1000 inputs per
 and the rounding is deterministic; ``tests/test_integer.py`` checks this on calibrated
 models.
 
+Layers without an output quantizer keep their exact accumulator (raw int32 sums from the
+kernel, per-channel alignment and bias in int64). Caffe's constant ``Bias``
+(``ConstantBias``) is an exact integer add, global average pooling one exact rounding of
+``sum / (H·W)``, Softmax runs in float32 on the dequantized integers (as the model does).
+:func:`prepare` reads the weights and grids once and returns a program for many batches.
+
 Supported: power-of-two DFP quantizers (kerasq's default scheme) of up to 16 bits.
 caffe-jacinto's non-power-of-two or offset scales, minifloat and power-of-two weights
 have no integer form and raise :class:`kerasq.errors.UnsupportedLayerError`.
@@ -279,7 +285,7 @@ def _linear_layer(wrapper: Any, inner: Any) -> Callable[[Value], IntTensor]:
         else:
             kwargs["x_frac"] = x.frac
         y = op(x.values.astype(_int_dtype(x.values, where)), wv, op_bias, **kwargs)
-        values, frac = y.numpy().astype(np.int64), out["out_frac"]
+        values, frac = y.numpy().astype(np.int64), int(out["out_frac"])  # type: ignore[call-overload]
         if out_q is None:
             values, frac = _exact_accumulator(values, x.frac + w_frac, bias, bias_frac, where)
         return IntTensor(_activation(values, frac, inner.activation, where), frac)
