@@ -22,6 +22,10 @@
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/util/work_sharder.h"
 
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
+
 namespace kerasq {
 
 using tensorflow::DEVICE_CPU;
@@ -658,6 +662,61 @@ class DfpMatMulOp : public IntegerKernelBase {
   PackedWeightCache<gemm::PackedB8> packed_weights8_;
 };
 
+#if defined(__x86_64__) || defined(_M_X64)
+// One output row of an int8 depthwise convolution (multiplier 1) with AVX-512: per pixel
+// and block of 32 channels the taps accumulate in registers (int8 -> int16 products, exact,
+// widened to two int32 vectors); acc_row receives the out_w x C exact sums. w16 holds the
+// weights widened to int16, [taps][Cp] with Cp = C rounded up to 32 (zeros beyond C).
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void DepthwiseRowAvx512(
+    const ConvGeom& g, const int8_t* xp, const int16_t* w16, int64_t Cp, int64_t b, int64_t oh,
+    int32_t* acc_row) {
+  const int64_t C = g.in_c;
+  const int8_t* src[64];
+  const int16_t* wt[64];
+  for (int64_t ow = 0; ow < g.out_w; ++ow) {
+    int taps = 0;
+    for (int64_t kh = 0; kh < g.k_h; ++kh) {
+      const int64_t ih = oh * g.s_h - g.pad_top + kh * g.d_h;
+      if (ih < 0 || ih >= g.in_h) continue;
+      for (int64_t kw = 0; kw < g.k_w; ++kw) {
+        const int64_t iw = ow * g.s_w - g.pad_left + kw * g.d_w;
+        if (iw < 0 || iw >= g.in_w) continue;
+        src[taps] = xp + ((b * g.in_h + ih) * g.in_w + iw) * C;
+        wt[taps] = w16 + (kh * g.k_w + kw) * Cp;
+        ++taps;
+      }
+    }
+    int32_t* out = acc_row + ow * C;
+    for (int64_t c0 = 0; c0 < C; c0 += 32) {
+      const int64_t width = std::min<int64_t>(32, C - c0);
+      const __mmask32 m = width == 32 ? ~__mmask32{0} : ((__mmask32{1} << width) - 1);
+      __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
+      for (int t = 0; t < taps; ++t) {
+        const __m512i x16 = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(m, src[t] + c0));
+        const __m512i p = _mm512_mullo_epi16(x16, _mm512_loadu_si512(wt[t] + c0));
+        lo = _mm512_add_epi32(lo, _mm512_cvtepi16_epi32(_mm512_castsi512_si256(p)));
+        hi = _mm512_add_epi32(hi, _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(p, 1)));
+      }
+      const __mmask16 mlo = width >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << width) - 1);
+      const __mmask16 mhi = width <= 16 ? __mmask16(0)
+                                        : (width == 32 ? __mmask16(0xFFFF)
+                                                       : __mmask16((1u << (width - 16)) - 1));
+      _mm512_mask_storeu_epi32(out + c0, mlo, lo);
+      _mm512_mask_storeu_epi32(out + c0 + 16, mhi, hi);
+    }
+  }
+}
+
+bool HasAvx512Bw() {
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+  return has;
+}
+#else
+bool HasAvx512Bw() { return false; }
+void DepthwiseRowAvx512(const ConvGeom&, const int8_t*, const int16_t*, int64_t, int64_t,
+                        int64_t, int32_t*) {}
+#endif
+
 template <typename TIn, typename TW, typename Out>
 class DfpDepthwiseConv2DOp : public IntegerKernelBase {
  public:
@@ -751,6 +810,24 @@ class DfpDepthwiseConv2DOp : public IntegerKernelBase {
                    const Requantizer& rq, Out* yp) {
     auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
     const int64_t C = g.in_c;
+    if (HasAvx512Bw() && g.k_h * g.k_w <= 64) {
+      const int64_t Cp = gemm::RoundUp(C, 32);
+      std::vector<int16_t> w16(g.k_h * g.k_w * Cp, 0);
+      for (int64_t t = 0; t < g.k_h * g.k_w; ++t)
+        for (int64_t c = 0; c < C; ++c) w16[t * Cp + c] = wp[t * C + c];
+      tensorflow::Shard(
+          workers->num_threads, workers->workers, g.batch * g.out_h,
+          g.out_w * g.k_h * g.k_w * C, [&](int64_t r0, int64_t r1) {
+            thread_local std::vector<int32_t> acc;
+            acc.resize(g.out_w * C);
+            for (int64_t row = r0; row < r1; ++row) {
+              DepthwiseRowAvx512(g, xp, w16.data(), Cp, row / g.out_h, row % g.out_h,
+                                 acc.data());
+              RequantizeRows(rq, acc.data(), C, row * g.out_w, g.out_w, C, yp);
+            }
+          });
+      return;
+    }
     tensorflow::Shard(
         workers->num_threads, workers->workers, g.batch * g.out_h,
         g.out_w * g.k_h * g.k_w * C * 2, [&](int64_t r0, int64_t r1) {
