@@ -467,12 +467,18 @@ void RunGemmLayerU8(OpKernelContext* ctx, const gemm::PackedB8& B, int64_t M,
                     const Requantizer& rq, Out* y, FillRows fill_rows) {
   auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
   const int64_t threads = std::max(1, workers->num_threads);
-  const int64_t block = std::clamp<int64_t>(
-      gemm::RoundUp((M + 2 * threads - 1) / (2 * threads), gemm::kRowTile), gemm::kRowTile, 64);
+  // Every row block streams all the packed weights of its channel group: when they do not
+  // fit in L2 (a 4096x1000 dense layer), rows go in blocks of up to 64 and the threads
+  // share the channels instead, so the weights are read once per 64 rows.
+  const bool big_weights = B.Kp * B.Np > (int64_t{1} << 19);
+  const int64_t block = big_weights
+      ? std::min<int64_t>(64, gemm::RoundUp(M, gemm::kRowTile))
+      : std::clamp<int64_t>(gemm::RoundUp((M + 2 * threads - 1) / (2 * threads), gemm::kRowTile),
+                            gemm::kRowTile, 64);
   const int64_t row_blocks = (M + block - 1) / block;
   int64_t groups = 1;
-  while (row_blocks * groups < 2 * threads && B.Np / (groups * 2) >= 48) groups *= 2;
-  const int64_t group_width = gemm::RoundUp((B.Np + groups - 1) / groups, 16);
+  while (row_blocks * groups < 2 * threads && B.Np / (groups * 2) >= 32) groups *= 2;
+  const int64_t group_width = gemm::RoundUp((B.Np + groups - 1) / groups, 32);
   groups = (B.Np + group_width - 1) / group_width;
   const int64_t lda = B.Kp;
   tensorflow::Shard(
