@@ -19,7 +19,9 @@ Layers without an output quantizer keep their exact accumulator (raw int32 sums 
 kernel, per-channel alignment and bias in int64). Caffe's constant ``Bias``
 (``ConstantBias``) is an exact integer add, global average pooling one exact rounding of
 ``sum / (H·W)``, Softmax runs in float32 on the dequantized integers (as the model does).
-:func:`prepare` reads the weights and grids once and returns a program for many batches.
+:func:`prepare` reads the weights and grids once and returns a program for many batches;
+it runs a linear layer without output quantizer together with the quantized ReLU that
+alone consumes it as one kernel call (exact: rounding commutes with ReLU).
 
 Supported: power-of-two DFP quantizers (kerasq's default scheme) of up to 16 bits.
 caffe-jacinto's non-power-of-two or offset scales, minifloat and power-of-two weights
@@ -35,7 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Callable, Dict, List, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -217,9 +219,16 @@ def _activation(values: np.ndarray, frac: int, activation: Any, where: str) -> n
     raise UnsupportedLayerError(f"activation {name!r} has no exact integer form", layer=where)
 
 
-def _linear_layer(wrapper: Any, inner: Any) -> Callable[[Value], IntTensor]:
+def _linear_layer(wrapper: Any, inner: Any, relu_spec: Optional[GridSpec] = None
+                  ) -> Callable[[Value], IntTensor]:
     """Conv2D / DepthwiseConv2D / Dense on the integer kernels of kerasq.ops: the weights,
-    bias and grids are read once; the returned function runs the layer on a batch."""
+    bias and grids are read once; the returned function runs the layer on a batch.
+
+    ``relu_spec``: the grid of a quantized ReLU that alone consumes this layer (which has
+    no output quantizer); the layer then returns that ReLU's output, requantized in the
+    kernel: rounding commutes with ReLU (monotone, 0 -> 0), so this equals the exact
+    accumulator followed by ReLU and its quantizer.
+    """
     from kerasq._compat import keras, tf
     from kerasq import ops
 
@@ -272,9 +281,28 @@ def _linear_layer(wrapper: Any, inner: Any) -> Callable[[Value], IntTensor]:
     else:
         raise UnsupportedLayerError(f"{type(inner).__name__} has no integer kernel", layer=where)
 
+    fused = None
+    if relu_spec is not None and out_q is None:
+        fused = dict(out_frac=int(np.asarray(relu_spec.frac_bits).reshape(-1)[0]),
+                     out_bitwidth=relu_spec.bitwidth, out_signed=relu_spec.signed,
+                     rounding=relu_spec.rounding, w_frac=w_fl, bias_frac=bias_frac)
+        fused_bias = tf.constant(bias, tf.int32) if bias is not None else None
+
     def apply(x: Value) -> IntTensor:
         if not isinstance(x, IntTensor):
             raise UnsupportedLayerError("the layer input is not quantized", layer=where)
+        if fused is not None:
+            try:
+                y = op(x.values.astype(_int_dtype(x.values, where)), wv, fused_bias,
+                       x_frac=x.frac, **fused, **geometry)
+                return IntTensor(np.maximum(y.numpy().astype(np.int64), 0), fused["out_frac"])
+            except tf.errors.InvalidArgumentError:  # grids too far apart for the kernel
+                pass
+            exact = raw(x)
+            return _quantize_to(IntTensor(np.maximum(exact.values, 0), exact.frac), relu_spec)
+        return raw(x)
+
+    def raw(x: IntTensor) -> IntTensor:
         kwargs = dict(common, **geometry)
         if out_q is None:
             bound = int(np.abs(x.values).max(initial=0)) * w_max * fan_in
@@ -418,9 +446,9 @@ def _graph(qmodel: Any) -> Tuple[Dict[str, List[Tuple[str, int, int]]], list, li
 Step = Callable[[List[Value]], Value]
 
 
-def _layer_step(layer: Any) -> Step:
+def _layer_step(layer: Any, relu_spec: Optional[GridSpec] = None) -> Step:
     """The function computing ``layer``'s output from its inputs, grids and weights read
-    now (the static part of the layer)."""
+    now (the static part of the layer); ``relu_spec`` as in :func:`_linear_layer`."""
     from kerasq._compat import keras
 
     if slots.is_quantize_layer(layer):
@@ -434,7 +462,7 @@ def _layer_step(layer: Any) -> Step:
     inner = slots.inner_layer(layer)
     linear = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
     if isinstance(inner, linear) and not isinstance(inner, keras.layers.Conv2DTranspose):
-        apply = _linear_layer(layer, inner)
+        apply = _linear_layer(layer, inner, relu_spec)
         return lambda args: apply(args[0])
     if slots.weight_slots(layer):
         raise UnsupportedLayerError(f"{type(inner).__name__} with quantized weights "
@@ -450,6 +478,55 @@ def _layer_step(layer: Any) -> Step:
         return _quantize_to(out, out_spec) if out_spec is not None else out
 
     return step
+
+
+def _relu_grid(layer: Any) -> Optional[GridSpec]:
+    """The output grid of a quantized plain ReLU wrapper (deterministic rounding), else None."""
+    from kerasq._compat import keras
+
+    if not slots.is_quantize_wrapper(layer) or slots.weight_slots(layer):
+        return None
+    inner = slots.inner_layer(layer)
+    plain = (isinstance(inner, keras.layers.ReLU) and not inner.negative_slope
+             and not inner.threshold and inner.max_value is None) or (
+        isinstance(inner, keras.layers.Activation)
+        and getattr(inner.activation, "__name__", "") == "relu")
+    out_slot = slots.output_slot(layer)
+    if not plain or out_slot is None:
+        return None
+    spec = getattr(out_slot.quantizer, "export_spec", lambda v: None)(out_slot.variables)
+    if spec is None or spec.kind != "dfp" or spec.bitwidth > 16 or spec.rounding not in (
+            "nearest", "nearest_even", "half_up"):
+        return None
+    return spec
+
+
+def _relu_fusions(qmodel: Any, inbound: Dict[str, List[Tuple[str, int, int]]],
+                  output_keys: list) -> Dict[str, str]:
+    """Linear layer name -> the quantized ReLU layer that alone consumes its (unquantized,
+    linear-activation) output."""
+    from kerasq._compat import keras
+
+    consumers: Dict[str, List[str]] = {}
+    for name, keys in inbound.items():
+        for key in keys:
+            consumers.setdefault(key[0], []).append(name)
+    outputs = {k[0] for k in output_keys}
+    linear = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
+    fusions = {}
+    for layer in qmodel.layers:
+        if not slots.is_quantize_wrapper(layer) or slots.output_slot(layer) is not None:
+            continue
+        inner = slots.inner_layer(layer)
+        if not isinstance(inner, linear) or isinstance(inner, keras.layers.Conv2DTranspose):
+            continue
+        if getattr(inner.activation, "__name__", "") != "linear" or layer.name in outputs:
+            continue
+        users = consumers.get(layer.name, [])
+        if len(users) == 1 and len(inbound[users[0]]) == 1 and _relu_grid(
+                qmodel.get_layer(users[0])) is not None:
+            fusions[layer.name] = users[0]
+    return fusions
 
 
 class IntegerProgram:
@@ -468,10 +545,16 @@ class IntegerProgram:
 
         inbound, self.input_keys, self.output_keys = _graph(qmodel)
         self.steps: List[Tuple[str, List[Tuple[str, int, int]], Step]] = []
+        fused = _relu_fusions(qmodel, inbound, self.output_keys)
         for layer in qmodel.layers:
             if isinstance(layer, keras.layers.InputLayer):
                 continue
-            self.steps.append((layer.name, inbound[layer.name], _layer_step(layer)))
+            if layer.name in fused.values():  # computed by the layer before it
+                step: Step = lambda args: args[0]  # noqa: E731
+            else:
+                relu = fused.get(layer.name)
+                step = _layer_step(layer, _relu_grid(qmodel.get_layer(relu)) if relu else None)
+            self.steps.append((layer.name, inbound[layer.name], step))
 
     def __call__(self, x: Any, *, return_integers: bool = False) -> Any:
         """Run the program on a batch; arguments and result as in :func:`run`."""

@@ -238,3 +238,22 @@ def test_prepared_program_equals_the_model_on_every_batch(digits):
         np.testing.assert_array_equal(program(batch), qmodel(batch, training=False).numpy())
     ints = program(digits[:16], return_integers=True)
     np.testing.assert_array_equal(ints.to_float(), kerasq.integer.run(qmodel, digits[:16]))
+
+
+def test_convolution_fused_with_the_relu_quantizer_that_follows(ops_mode, digits):
+    """Conv2D (no output quantizer) -> quantized ReLU runs as one kernel call, same integers."""
+    from kerasq.integer import _graph, _relu_fusions
+
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((8, 8, 1))
+    x = keras.layers.ReLU()(keras.layers.Conv2D(8, 3, padding="same")(inp))
+    x = keras.layers.ReLU()(keras.layers.Conv2D(8, 3, strides=2)(x))
+    model = keras.Model(inp, keras.layers.Dense(10)(keras.layers.Flatten()(x)))
+    for rounding in ("nearest", "nearest_even", "half_up"):
+        qmodel = kerasq.quantize_model(model, {"rounding": rounding})
+        kerasq.calibrate(qmodel, digits[:128])
+        inbound, _, outputs = _graph(qmodel)
+        assert len(_relu_fusions(qmodel, inbound, outputs)) == 2
+        batch = digits[128:328]
+        np.testing.assert_array_equal(kerasq.integer.run(qmodel, batch),
+                                      qmodel(batch, training=False).numpy())
