@@ -15,6 +15,14 @@ the accumulator's grid, which holds for 8-bit layers with up to ~1000 inputs per
 and the rounding is deterministic; ``tests/test_integer.py`` checks this on calibrated
 models.
 
+Layers without an output quantizer keep their exact accumulator (raw int32 sums from the
+kernel, per-channel alignment and bias in int64). Caffe's constant ``Bias``
+(``ConstantBias``) is an exact integer add, global average pooling one exact rounding of
+``sum / (H·W)``, Softmax runs in float32 on the dequantized integers (as the model does).
+:func:`prepare` reads the weights and grids once and returns a program for many batches;
+it runs a linear layer without output quantizer together with the quantized ReLU that
+alone consumes it as one kernel call (exact: rounding commutes with ReLU).
+
 Supported: power-of-two DFP quantizers (kerasq's default scheme) of up to 16 bits.
 caffe-jacinto's non-power-of-two or offset scales, minifloat and power-of-two weights
 have no integer form and raise :class:`kerasq.errors.UnsupportedLayerError`.
@@ -29,7 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Dict, List, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -77,6 +85,37 @@ def _requantize(t: IntTensor, frac: int, bitwidth: int, signed: bool, rounding: 
     return IntTensor(np.clip(v, lo, hi), frac)
 
 
+def _divide_round(num: np.ndarray, den: int, rounding: str) -> np.ndarray:
+    """round(num / den) for an integer den > 0 in exact int64 arithmetic."""
+    num = np.asarray(num, np.int64)
+    d = np.int64(den)
+    if rounding == "half_up":
+        return (2 * num + d) // (2 * d)
+    if rounding == "nearest":
+        return np.sign(num) * ((2 * np.abs(num) + d) // (2 * d))
+    if rounding == "nearest_even":
+        q, r = np.divmod(num, d)
+        return q + ((2 * r > d) | ((2 * r == d) & (q % 2 == 1)))
+    raise UnsupportedLayerError(f"rounding {rounding!r} has no deterministic integer form")
+
+
+def _mean_requantize(sums: np.ndarray, count: int, frac: int, spec: GridSpec) -> IntTensor:
+    """The DFP grid value of ``sums·2^−frac / count``: one exact rounding of the quotient.
+
+    The float simulation divides in float32 first; both agree unless the exact quotient
+    lies within float32's relative error (2^−24) of a rounding tie without being one,
+    impossible while ``count·2^max(frac − out_frac, 0)·2^bitwidth < 2^23``.
+    """
+    out_frac = int(np.asarray(spec.frac_bits).reshape(-1)[0])
+    shift = out_frac - frac
+    num = sums << np.int64(max(shift, 0))
+    den = count << max(-shift, 0)
+    v = _divide_round(num, den, spec.rounding)
+    lo, hi = ((-(2 ** (spec.bitwidth - 1)), 2 ** (spec.bitwidth - 1) - 1) if spec.signed
+              else (0, 2**spec.bitwidth - 1))
+    return IntTensor(np.clip(v, lo, hi), out_frac)
+
+
 def _align(tensors: Sequence[IntTensor]) -> Tuple[List[np.ndarray], int]:
     frac = max(t.frac for t in tensors)
     return [t.values << np.int64(frac - t.frac) for t in tensors], frac
@@ -95,7 +134,11 @@ def _grid(quantizer: Any, qvars: Any, where: str) -> GridSpec:
 
 
 def _quantize_value(value: Value, quantizer: Any, qvars: Any, where: str) -> IntTensor:
-    spec = _grid(quantizer, qvars, where)
+    return _quantize_to(value, _grid(quantizer, qvars, where))
+
+
+def _quantize_to(value: Value, spec: GridSpec) -> IntTensor:
+    """``value`` (exact integers or float) put on the DFP grid ``spec``."""
     frac = int(np.asarray(spec.frac_bits).reshape(-1)[0])
     rounding = spec.rounding
     if isinstance(value, IntTensor):
@@ -169,14 +212,20 @@ def _activation(values: np.ndarray, frac: int, activation: Any, where: str) -> n
     raise UnsupportedLayerError(f"activation {name!r} has no exact integer form", layer=where)
 
 
-def _linear_layer(wrapper: Any, inner: Any, x: Value) -> IntTensor:
-    """Conv2D / DepthwiseConv2D / Dense on the integer kernels of kerasq.ops."""
-    from kerasq._compat import keras
+def _linear_layer(wrapper: Any, inner: Any, relu_spec: Optional[GridSpec] = None
+                  ) -> Callable[[Value], IntTensor]:
+    """Conv2D / DepthwiseConv2D / Dense on the integer kernels of kerasq.ops: the weights,
+    bias and grids are read once; the returned function runs the layer on a batch.
+
+    ``relu_spec``: the grid of a quantized ReLU that alone consumes this layer (which has
+    no output quantizer); the layer then returns that ReLU's output, requantized in the
+    kernel: rounding commutes with ReLU (monotone, 0 -> 0), so this equals the exact
+    accumulator followed by ReLU and its quantizer.
+    """
+    from kerasq._compat import keras, tf
     from kerasq import ops
 
     where = inner.name
-    if not isinstance(x, IntTensor):
-        raise UnsupportedLayerError("the layer input is not quantized", layer=where)
     weights = {s.attr: (s.weight, s.quantizer, s.variables) for s in slots.weight_slots(wrapper)}
     kernel_attr = "depthwise_kernel" if isinstance(inner, keras.layers.DepthwiseConv2D) else "kernel"
     if kernel_attr not in weights:
@@ -190,34 +239,98 @@ def _linear_layer(wrapper: Any, inner: Any, x: Value) -> IntTensor:
         bias, bias_frac = _float_bias(inner.bias.numpy(), where)
     out_slot = slots.output_slot(wrapper)
     out_q = out_slot.quantizer if out_slot is not None else None
+    fan_in = 0
     if out_slot is not None:
         spec = _grid(out_slot.quantizer, out_slot.variables, where)
         out_frac = int(np.asarray(spec.frac_bits).reshape(-1)[0])
         out = dict(out_frac=out_frac, out_bitwidth=spec.bitwidth, out_signed=spec.signed,
                    rounding=spec.rounding)
-    else:  # keep the exact accumulator (left shifts only)
-        acc_frac = x.frac + int(w_frac.max())
-        out_frac = max(acc_frac, bias_frac if bias_frac is not None else acc_frac)
-        out = dict(out_frac=out_frac, out_bitwidth=32, out_signed=True,
-                   rounding=DEFAULT_ROUNDING, out_dtype=np.int32)  # unused: no right shift
-    xv = x.values.astype(_int_dtype(x.values, where))
-    wv = w_int.astype(_int_dtype(w_int, where))
+    else:
+        # Keep the exact accumulator: the kernel returns the raw sums of products (int32,
+        # no shift, no bias); the per-channel alignment to F = max(fl_x + fl_w[n], fl_b)
+        # and the bias are applied here in int64. Aligned in the kernel, they would not
+        # fit int32 (ResNet-20's first convolution on 0..255 pixels, per-channel fl_w).
+        fan_in = w_int.size // max(int(w_int.shape[-1]) * (
+            int(w_int.shape[-2]) if isinstance(inner, keras.layers.DepthwiseConv2D) else 1), 1)
+        out = dict(out_frac=0, out_bitwidth=32, out_signed=True, rounding=DEFAULT_ROUNDING,
+                   out_dtype=np.int32)
+    wv = tf.constant(w_int.astype(_int_dtype(w_int, where)))
+    w_max = int(np.abs(w_int).max(initial=0))
     w_fl = w_frac if w_frac.size > 1 else int(w_frac[0])
-    common = dict(x_frac=x.frac, w_frac=w_fl, bias_frac=bias_frac, **out)
+    op_bias = tf.constant(bias, tf.int32) if out_q is not None and bias is not None else None
+    if out_q is None:
+        common = dict(x_frac=0, w_frac=0, **out)
+    else:
+        common = dict(x_frac=None, w_frac=w_fl, bias_frac=bias_frac, **out)
     if isinstance(inner, keras.layers.Dense):
-        y = ops.dfp_matmul(xv, wv, bias, **common)
+        op, geometry = ops.dfp_matmul, {}
     elif isinstance(inner, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
         if getattr(inner, "groups", 1) != 1 or inner.data_format != "channels_last":
             raise UnsupportedLayerError("only channels_last, ungrouped convolutions", layer=where)
-        fn = ops.dfp_depthwise_conv2d if isinstance(inner, keras.layers.DepthwiseConv2D) else ops.dfp_conv2d
-        y = fn(xv, wv, bias, strides=tuple(inner.strides), padding=inner.padding.upper(),
-               dilations=tuple(inner.dilation_rate), **common)
+        op = (ops.dfp_depthwise_conv2d if isinstance(inner, keras.layers.DepthwiseConv2D)
+              else ops.dfp_conv2d)
+        geometry = dict(strides=tuple(inner.strides), padding=inner.padding.upper(),
+                        dilations=tuple(inner.dilation_rate))
     else:
         raise UnsupportedLayerError(f"{type(inner).__name__} has no integer kernel", layer=where)
-    values = y.numpy().astype(np.int64)
-    if out_q is None and np.any(np.abs(values) >= 2**31 - 1):
-        raise UnsupportedLayerError("unquantized accumulator overflows int32", layer=where)
-    return IntTensor(_activation(values, out["out_frac"], inner.activation, where), out["out_frac"])
+
+    fused = None
+    if relu_spec is not None and out_q is None:
+        fused = dict(out_frac=int(np.asarray(relu_spec.frac_bits).reshape(-1)[0]),
+                     out_bitwidth=relu_spec.bitwidth, out_signed=relu_spec.signed,
+                     rounding=relu_spec.rounding, w_frac=w_fl, bias_frac=bias_frac)
+        fused_bias = tf.constant(bias, tf.int32) if bias is not None else None
+
+    def apply(x: Value) -> IntTensor:
+        if not isinstance(x, IntTensor):
+            raise UnsupportedLayerError("the layer input is not quantized", layer=where)
+        if fused is not None:
+            try:
+                y = op(x.values.astype(_int_dtype(x.values, where)), wv, fused_bias,
+                       x_frac=x.frac, **fused, **geometry)
+                return IntTensor(np.maximum(y.numpy().astype(np.int64), 0), fused["out_frac"])
+            except tf.errors.InvalidArgumentError:  # grids too far apart for the kernel
+                pass
+            exact = raw(x)
+            return _quantize_to(IntTensor(np.maximum(exact.values, 0), exact.frac), relu_spec)
+        return raw(x)
+
+    def raw(x: IntTensor) -> IntTensor:
+        kwargs = dict(common, **geometry)
+        if out_q is None:
+            bound = int(np.abs(x.values).max(initial=0)) * w_max * fan_in
+            if bound >= 2**31:
+                raise UnsupportedLayerError(
+                    f"unquantized accumulator may reach {bound} (> int32); give the layer an "
+                    "output quantizer", layer=where)
+        else:
+            kwargs["x_frac"] = x.frac
+        y = op(x.values.astype(_int_dtype(x.values, where)), wv, op_bias, **kwargs)
+        values, frac = y.numpy().astype(np.int64), int(out["out_frac"])  # type: ignore[call-overload]
+        if out_q is None:
+            values, frac = _exact_accumulator(values, x.frac + w_frac, bias, bias_frac, where)
+        return IntTensor(_activation(values, frac, inner.activation, where), frac)
+
+    return apply
+
+
+def _exact_accumulator(acc: np.ndarray, acc_frac: np.ndarray, bias: Any, bias_frac: Any,
+                       where: str) -> Tuple[np.ndarray, int]:
+    """Raw sums of products (channels last, at 2^-acc_frac[n]) plus bias, exactly in int64
+    at the common grid F = max(acc_frac, bias_frac)."""
+    acc_frac = np.asarray(acc_frac, np.int64).reshape(-1)
+    frac = int(max(acc_frac.max(), bias_frac if bias is not None else acc_frac.max()))
+    lshift = frac - acc_frac
+    top = int(np.abs(acc).max(initial=0)) << int(lshift.max())
+    if bias is not None:
+        top += int(np.abs(np.asarray(bias, np.int64)).max(initial=0)) << (frac - bias_frac)
+    if top >= 2**62:
+        raise UnsupportedLayerError("accumulator and bias grids are too far apart for int64",
+                                    layer=where)
+    values = acc << lshift  # broadcasts over the channel axis (one entry: all channels)
+    if bias is not None:
+        values = values + (np.asarray(bias, np.int64) << np.int64(frac - bias_frac))
+    return values, frac
 
 
 def _exact_layer(layer: Any, inputs: List[Value]) -> Value:
@@ -232,6 +345,8 @@ def _exact_layer(layer: Any, inputs: List[Value]) -> Value:
     if not all(isinstance(v, IntTensor) for v in inputs):
         raise UnsupportedLayerError("mixes quantized and float inputs", layer=where)
     x = inputs[0]
+    if _is_float_tail(layer):  # the model's own float op on the exact dequantized values
+        return np.asarray(layer(tf.constant(x.to_float())))
     if isinstance(layer, (keras.layers.Flatten, keras.layers.Reshape)):
         batch = x.values.shape[0]
         shape = (batch, -1) if isinstance(layer, keras.layers.Flatten) else (batch, *layer.target_shape)
@@ -258,6 +373,10 @@ def _exact_layer(layer: Any, inputs: List[Value]) -> Value:
         pooled = tf.nn.max_pool2d(tf.constant(x.values.astype(np.float64)), layer.pool_size,
                                   layer.strides, layer.padding.upper())
         return IntTensor(pooled.numpy().astype(np.int64), x.frac)
+    if type(layer).__name__ == "ConstantBias":  # Caffe Bias with a stored constant (jacinto)
+        bias, bias_frac = _float_bias(layer.bias.numpy(), where)
+        values, frac = _align([x, IntTensor(bias.astype(np.int64), bias_frac)])
+        return IntTensor(values[0] + values[1], frac)
     if isinstance(layer, keras.layers.Add):
         values, frac = _align(inputs)
         return IntTensor(np.sum(values, axis=0), frac)
@@ -265,6 +384,30 @@ def _exact_layer(layer: Any, inputs: List[Value]) -> Value:
         values, frac = _align(inputs)
         return IntTensor(np.concatenate(values, axis=layer.axis), frac)
     raise UnsupportedLayerError(f"{type(layer).__name__} has no exact integer form", layer=where)
+
+
+def _is_float_tail(layer: Any) -> bool:
+    """Softmax: no integer form; it runs in float32 on the dequantized integers, exactly as
+    the fake-quant model runs it (the same float32 inputs through the same layer)."""
+    from kerasq._compat import keras
+
+    if isinstance(layer, keras.layers.Softmax):
+        return True
+    return isinstance(layer, keras.layers.Activation) and getattr(
+        layer.activation, "__name__", "") == "softmax"
+
+
+def _is_mean_pool(layer: Any) -> bool:
+    from kerasq._compat import keras
+
+    return isinstance(layer, keras.layers.GlobalAveragePooling2D) and (
+        layer.data_format == "channels_last")
+
+
+def _mean_pool(layer: Any, x: IntTensor, spec: GridSpec) -> IntTensor:
+    """Global average pooling: the exact sum over H, W, one rounding of sum / (H·W)."""
+    sums = x.values.sum(axis=(1, 2), keepdims=bool(getattr(layer, "keepdims", False)))
+    return _mean_requantize(sums, int(x.values.shape[1] * x.values.shape[2]), x.frac, spec)
 
 
 def _graph(qmodel: Any) -> Tuple[Dict[str, List[Tuple[str, int, int]]], list, list]:
@@ -293,6 +436,161 @@ def _graph(qmodel: Any) -> Tuple[Dict[str, List[Tuple[str, int, int]]], list, li
     return inbound, as_keys(config["input_layers"]), as_keys(config["output_layers"])
 
 
+Step = Callable[[List[Value]], Value]
+
+
+def _layer_step(layer: Any, relu_spec: Optional[GridSpec] = None) -> Step:
+    """The function computing ``layer``'s output from its inputs, grids and weights read
+    now (the static part of the layer); ``relu_spec`` as in :func:`_linear_layer`."""
+    from kerasq._compat import keras
+
+    if slots.is_quantize_layer(layer):
+        in_slot = slots.input_slot(layer)
+        if in_slot is None:
+            return lambda args: args[0]
+        spec = _grid(in_slot.quantizer, in_slot.variables, layer.name)
+        return lambda args: _quantize_to(args[0], spec)
+    if not slots.is_quantize_wrapper(layer):
+        return lambda args: _exact_layer(layer, args)
+    inner = slots.inner_layer(layer)
+    linear = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
+    if isinstance(inner, linear) and not isinstance(inner, keras.layers.Conv2DTranspose):
+        apply = _linear_layer(layer, inner, relu_spec)
+        return lambda args: apply(args[0])
+    if slots.weight_slots(layer):
+        raise UnsupportedLayerError(f"{type(inner).__name__} with quantized weights "
+                                    "has no integer kernel", layer=inner.name)
+    out_slot = slots.output_slot(layer)
+    out_spec = (_grid(out_slot.quantizer, out_slot.variables, inner.name)
+                if out_slot is not None else None)
+
+    def step(args: List[Value]) -> Value:
+        if out_spec is not None and _is_mean_pool(inner) and isinstance(args[0], IntTensor):
+            return _mean_pool(inner, args[0], out_spec)
+        out = _exact_layer(inner, args)
+        return _quantize_to(out, out_spec) if out_spec is not None else out
+
+    return step
+
+
+def _relu_grid(layer: Any) -> Optional[GridSpec]:
+    """The output grid of a quantized plain ReLU wrapper (deterministic rounding), else None."""
+    from kerasq._compat import keras
+
+    if not slots.is_quantize_wrapper(layer) or slots.weight_slots(layer):
+        return None
+    inner = slots.inner_layer(layer)
+    plain = (isinstance(inner, keras.layers.ReLU) and not inner.negative_slope
+             and not inner.threshold and inner.max_value is None) or (
+        isinstance(inner, keras.layers.Activation)
+        and getattr(inner.activation, "__name__", "") == "relu")
+    out_slot = slots.output_slot(layer)
+    if not plain or out_slot is None:
+        return None
+    spec = getattr(out_slot.quantizer, "export_spec", lambda v: None)(out_slot.variables)
+    if spec is None or spec.kind != "dfp" or spec.bitwidth > 16 or spec.rounding not in (
+            "nearest", "nearest_even", "half_up"):
+        return None
+    return spec
+
+
+def _relu_fusions(qmodel: Any, inbound: Dict[str, List[Tuple[str, int, int]]],
+                  output_keys: list) -> Dict[str, str]:
+    """Linear layer name -> the quantized ReLU layer that alone consumes its (unquantized,
+    linear-activation) output."""
+    from kerasq._compat import keras
+
+    consumers: Dict[str, List[str]] = {}
+    for name, keys in inbound.items():
+        for key in keys:
+            consumers.setdefault(key[0], []).append(name)
+    outputs = {k[0] for k in output_keys}
+    linear = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
+    fusions = {}
+    for layer in qmodel.layers:
+        if not slots.is_quantize_wrapper(layer) or slots.output_slot(layer) is not None:
+            continue
+        inner = slots.inner_layer(layer)
+        if not isinstance(inner, linear) or isinstance(inner, keras.layers.Conv2DTranspose):
+            continue
+        if getattr(inner.activation, "__name__", "") != "linear" or layer.name in outputs:
+            continue
+        users = consumers.get(layer.name, [])
+        if len(users) == 1 and len(inbound[users[0]]) == 1 and _relu_grid(
+                qmodel.get_layer(users[0])) is not None:
+            fusions[layer.name] = users[0]
+    return fusions
+
+
+class IntegerProgram:
+    """A calibrated DFP model lowered once to integer layers (see :func:`prepare`).
+
+    It holds the integer weights, biases and grids read when it was made: prepare it
+    again after the model's weights or ranges change.
+
+    Example:
+        >>> program = kerasq.integer.prepare(qmodel)  # doctest: +SKIP
+        >>> y = program(x)   # == kerasq.integer.run(qmodel, x)  # doctest: +SKIP
+    """
+
+    def __init__(self, qmodel: Any):
+        from kerasq._compat import keras
+
+        inbound, self.input_keys, self.output_keys = _graph(qmodel)
+        self.steps: List[Tuple[str, List[Tuple[str, int, int]], Step]] = []
+        fused = _relu_fusions(qmodel, inbound, self.output_keys)
+        for layer in qmodel.layers:
+            if isinstance(layer, keras.layers.InputLayer):
+                continue
+            if layer.name in fused.values():  # computed by the layer before it
+                step: Step = lambda args: args[0]  # noqa: E731
+            else:
+                relu = fused.get(layer.name)
+                step = _layer_step(layer, _relu_grid(qmodel.get_layer(relu)) if relu else None)
+            self.steps.append((layer.name, inbound[layer.name], step))
+
+    def __call__(self, x: Any, *, return_integers: bool = False) -> Any:
+        """Run the program on a batch; arguments and result as in :func:`run`."""
+        inputs = list(x) if isinstance(x, (list, tuple)) else [x]
+        if len(inputs) != len(self.input_keys):
+            raise UnsupportedLayerError(
+                f"model has {len(self.input_keys)} inputs, got {len(inputs)}")
+        values: Dict[Tuple[str, int, int], Value] = {
+            k: np.asarray(v, np.float32) for k, v in zip(self.input_keys, inputs)}
+        for name, keys, step in self.steps:
+            try:
+                args = [values[k] for k in keys]
+            except KeyError as exc:
+                raise UnsupportedLayerError("input produced outside the model", layer=name) from exc
+            out = step(args)
+            values[(name, 0, 0)] = out
+            log.debug("%s: %s", name, f"fl={out.frac}" if isinstance(out, IntTensor) else "float")
+        results = [values[k] for k in self.output_keys]
+        if not return_integers:
+            results = [r.to_float() if isinstance(r, IntTensor) else r for r in results]
+        return results[0] if len(results) == 1 else results
+
+
+def prepare(qmodel: Any) -> IntegerProgram:
+    """Lower a calibrated DFP model to integer layers once, for repeated runs.
+
+    Reading the integer weights and grids from the quantizers is most of the cost of
+    :func:`run` on small batches; a prepared program pays it once.
+
+    Raises:
+        UnsupportedLayerError: a layer or quantizer without an exact integer form (names
+        the layer).
+
+    Example:
+        >>> program = kerasq.integer.prepare(qmodel)  # doctest: +SKIP
+        >>> ys = [program(batch) for batch in batches]  # doctest: +SKIP
+    """
+    from kerasq.data import check_keras_model
+
+    check_keras_model(qmodel, "qmodel", quantized=True)
+    return IntegerProgram(qmodel)
+
+
 def run(qmodel: Any, x: Any, *, return_integers: bool = False) -> Any:
     """Execute a calibrated DFP model in integers; returns what ``qmodel`` returns.
 
@@ -309,52 +607,16 @@ def run(qmodel: Any, x: Any, *, return_integers: bool = False) -> Any:
     Raises:
         UnsupportedLayerError: a layer or quantizer without an exact integer form (names
         the layer).
+
+    Example:
+        >>> y = kerasq.integer.run(qmodel, x)  # doctest: +SKIP
     """
-    from kerasq._compat import keras
     from kerasq.data import check_array, check_bool, check_keras_model
 
     check_keras_model(qmodel, "qmodel", quantized=True)
     check_array(x, "x", model=qmodel)
     check_bool(return_integers, "return_integers")
-    inbound, input_keys, output_keys = _graph(qmodel)
-    inputs = list(x) if isinstance(x, (list, tuple)) else [x]
-    if len(inputs) != len(input_keys):
-        raise UnsupportedLayerError(f"model has {len(input_keys)} inputs, got {len(inputs)}")
-    values: Dict[Tuple[str, int, int], Value] = {
-        k: np.asarray(v, np.float32) for k, v in zip(input_keys, inputs)}
-    for layer in qmodel.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        try:
-            args = [values[k] for k in inbound[layer.name]]
-        except KeyError as exc:
-            raise UnsupportedLayerError("input produced outside the model", layer=layer.name) from exc
-        if slots.is_quantize_layer(layer):
-            in_slot = slots.input_slot(layer)
-            out: Value = (_quantize_value(args[0], in_slot.quantizer, in_slot.variables,
-                                          layer.name) if in_slot is not None else args[0])
-        elif slots.is_quantize_wrapper(layer):
-            inner = slots.inner_layer(layer)
-            linear = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
-            if isinstance(inner, linear) and not isinstance(
-                    inner, keras.layers.Conv2DTranspose):
-                out = _linear_layer(layer, inner, args[0])
-            else:
-                if slots.weight_slots(layer):
-                    raise UnsupportedLayerError(f"{type(inner).__name__} with quantized weights "
-                                                "has no integer kernel", layer=inner.name)
-                out = _exact_layer(inner, args)
-                out_slot = slots.output_slot(layer)
-                if out_slot is not None:
-                    out = _quantize_value(out, out_slot.quantizer, out_slot.variables, inner.name)
-        else:
-            out = _exact_layer(layer, args)
-        values[(layer.name, 0, 0)] = out
-        log.debug("%s: %s", layer.name, f"fl={out.frac}" if isinstance(out, IntTensor) else "float")
-    results = [values[k] for k in output_keys]
-    if not return_integers:
-        results = [r.to_float() if isinstance(r, IntTensor) else r for r in results]
-    return results[0] if len(results) == 1 else results
+    return prepare(qmodel)(x, return_integers=return_integers)
 
 
-__all__ = ["IntTensor", "run"]
+__all__ = ["IntTensor", "IntegerProgram", "prepare", "run"]

@@ -108,3 +108,152 @@ def test_integer_run_with_biases_on_the_accumulator_grid(digits):
         pytest.skip("no accumulator-grid bias quantizer in this scheme configuration")
     x = digits[256:456]
     np.testing.assert_array_equal(kerasq.integer.run(qmodel, x), qmodel(x, training=False).numpy())
+
+
+# ------------------------------------------------------------------ layers of converted Caffe nets
+
+
+def _pooled_cnn():
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(10, 3, padding="same", activation="relu")(inp)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dense(10)(x)
+    return keras.Model(inp, keras.layers.Softmax()(x))
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "nearest_even", "half_up"])
+def test_global_average_pooling_and_softmax(ops_mode, digits, rounding):
+    qmodel = kerasq.quantize_model(_pooled_cnn(), {"rounding": rounding})
+    kerasq.calibrate(qmodel, digits[:256])
+    x = digits[256:556]
+    np.testing.assert_array_equal(kerasq.integer.run(qmodel, x), qmodel(x, training=False).numpy())
+
+
+def test_mean_requantize_matches_a_fraction_reference():
+    """One rounding of sum·2^-frac / count onto the output grid, against Python fractions."""
+    from fractions import Fraction
+
+    from kerasq.integer import _mean_requantize
+    from kerasq.numerics.grid import GridSpec
+
+    rng = np.random.default_rng(0)
+    sums = rng.integers(-5000, 5000, 400).astype(np.int64)
+    sums[:6] = [49, -49, 147, -147, 0, 98]  # 49/98 = 0.5: ties at count 49, frac = out_frac
+    for rounding in ("nearest", "nearest_even", "half_up"):
+        for frac, out_frac in ((3, 3), (5, 2), (1, 4)):
+            spec = GridSpec(kind="dfp", bitwidth=8, frac_bits=out_frac, signed=True,
+                            rounding=rounding)
+            got = _mean_requantize(sums, 98, frac, spec)
+            assert got.frac == out_frac
+            for s, g in zip(sums.tolist(), got.values.tolist()):
+                q = Fraction(s, 98) * Fraction(2) ** (out_frac - frac)
+                low = q.numerator // q.denominator
+                rest = q - low
+                if rest > Fraction(1, 2):
+                    want = low + 1
+                elif rest < Fraction(1, 2):
+                    want = low
+                elif rounding == "half_up":
+                    want = low + 1
+                elif rounding == "nearest_even":
+                    want = low + (low % 2)
+                else:
+                    want = low + 1 if q > 0 else low
+                assert g == min(max(want, -128), 127), (s, frac, out_frac, rounding)
+
+
+def test_constant_bias_layer(ops_mode, digits):
+    from kerasq.converters.caffe.keras_layers.affine import ConstantBias
+
+    keras.utils.set_random_seed(4)
+    inp = keras.Input((8, 8, 1))
+    biased = ConstantBias(bias_shape=(1, 1, 1, 1), name="data_bias")
+    x = biased(inp)
+    x = keras.layers.Conv2D(6, 3, activation="relu")(x)
+    model = keras.Model(inp, keras.layers.Dense(4)(keras.layers.Flatten()(x)))
+    biased.set_weights([np.full((1, 1, 1, 1), -0.5, np.float32)])
+    qmodel = kerasq.quantize_model(model)
+    kerasq.calibrate(qmodel, digits[:256])
+    x = digits[256:456]
+    np.testing.assert_array_equal(kerasq.integer.run(qmodel, x), qmodel(x, training=False).numpy())
+
+
+# ------------------------------------------------------------------ real converted nets
+
+
+def _mobilenet(tmp_path_factory):
+    import subprocess
+    import sys
+
+    from conftest import shared_path
+    from kerasq.converters import caffe
+
+    net = shared_path("caffe-models", "jacinto", "imagenet-mobilenet0.5")
+    weights = tmp_path_factory.mktemp("mobilenet") / "mobilenet0.5.caffemodel"
+    subprocess.run([sys.executable, str(net.parent / "make_weights.py"),
+                    str(net / "deploy.prototxt"), str(weights), "5", "new"],
+                   check=True, capture_output=True)
+    return caffe.load(str(net / "deploy.prototxt"), str(weights),
+                      input_shape={"data": [1, 3, 64, 64]}), (64, 64, 3)
+
+
+def _resnet20(tmp_path_factory):
+    from conftest import shared_path
+    from kerasq.converters import caffe
+
+    net = shared_path("caffe-models", "resnet20-cifar10")
+    return caffe.load(str(net / "deploy_generated.prototxt"), str(net / "ResNet_20.caffemodel"),
+                      input_shape={"Data1": [1, 3, 32, 32]}), (32, 32, 3)
+
+
+@pytest.fixture(scope="module", params=["mobilenet0.5", "resnet20"])
+def real_net(request, tmp_path_factory):
+    """A converted Caffe net, quantized with kerasq's default scheme and calibrated on
+    0..255 pixels; calibration on 4 copies of one image (the whole-net benchmark's setup)
+    for ResNet-20 gives first-layer weight grids whose aligned accumulator exceeds int32."""
+    build = _mobilenet if request.param == "mobilenet0.5" else _resnet20
+    model, shape = build(tmp_path_factory)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (3,) + shape).astype(np.float32)
+    qmodel = kerasq.quantize_model(model)
+    kerasq.calibrate(qmodel, np.concatenate([x[:1]] * 4), batch_size=4)
+    return request.param, qmodel, x
+
+
+@pytest.mark.slow
+def test_integer_run_on_converted_caffe_nets(ops_mode, real_net):
+    name, qmodel, x = real_net
+    expected = qmodel(x, training=False).numpy()
+    actual = kerasq.integer.run(qmodel, x)
+    np.testing.assert_array_equal(actual, expected, err_msg=name)
+    assert len(np.unique(actual)) > 5, name  # real outputs, not one saturated value
+
+
+def test_prepared_program_equals_the_model_on_every_batch(digits):
+    qmodel = kerasq.quantize_model(_residual_cnn())
+    kerasq.calibrate(qmodel, digits[:256])
+    program = kerasq.integer.prepare(qmodel)
+    for batch in (digits[256:300], digits[300:301], digits[301:500]):
+        np.testing.assert_array_equal(program(batch), qmodel(batch, training=False).numpy())
+    ints = program(digits[:16], return_integers=True)
+    np.testing.assert_array_equal(ints.to_float(), kerasq.integer.run(qmodel, digits[:16]))
+
+
+def test_convolution_fused_with_the_relu_quantizer_that_follows(ops_mode, digits):
+    """Conv2D (no output quantizer) -> quantized ReLU runs as one kernel call, same integers."""
+    from kerasq.integer import _graph, _relu_fusions
+
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((8, 8, 1))
+    x = keras.layers.ReLU()(keras.layers.Conv2D(8, 3, padding="same")(inp))
+    x = keras.layers.ReLU()(keras.layers.Conv2D(8, 3, strides=2)(x))
+    model = keras.Model(inp, keras.layers.Dense(10)(keras.layers.Flatten()(x)))
+    for rounding in ("nearest", "nearest_even", "half_up"):
+        qmodel = kerasq.quantize_model(model, {"rounding": rounding})
+        kerasq.calibrate(qmodel, digits[:128])
+        inbound, _, outputs = _graph(qmodel)
+        assert len(_relu_fusions(qmodel, inbound, outputs)) == 2
+        batch = digits[128:328]
+        np.testing.assert_array_equal(kerasq.integer.run(qmodel, batch),
+                                      qmodel(batch, training=False).numpy())

@@ -198,3 +198,70 @@ def test_weights_changed_in_place_between_calls_are_used(ops_path):
         flip[step % 64, step % 24] = 1  # one weight changes: the cache must notice
         w.assign(np.clip(w.numpy().astype(np.int16) + flip, -127, 127).astype(np.int8))
         wc.assign(np.clip(wc.numpy().astype(np.int16) - 1, -127, 127).astype(np.int8))
+
+
+# ------------------------------------------------- int8 x int8 kernels (u8·s8 GEMM, int32 output
+# stage): every channel tail (16/32-channel tiles), K not a multiple of 4, rows not a multiple
+# of 8, several tasks, full-range values (-128 included), shifts on both sides of the
+# int32 output stage's bounds; the numpy reference is independent of both paths.
+
+INT8_CONV_SHAPES = [
+    # x (NHWC), w (HWIO), strides, padding
+    ((1, 7, 9, 3), (3, 3, 3, 1), 1, "SAME"),
+    ((2, 11, 10, 5), (3, 3, 5, 17), 2, "SAME"),
+    ((1, 9, 9, 13), (3, 3, 13, 33), 1, [[2, 0], [1, 3]]),
+    ((1, 14, 14, 64), (3, 3, 64, 47), 1, "SAME"),
+    ((3, 8, 8, 24), (1, 1, 24, 100), 1, "VALID"),
+    ((1, 12, 12, 31), (5, 5, 31, 16), 2, "VALID"),
+]
+
+
+@pytest.mark.parametrize("out_frac,bias_frac", [(4, 11), (4, 15), (-2, 6), (12, 11)])
+@pytest.mark.parametrize("shape", range(len(INT8_CONV_SHAPES)))
+def test_int8_conv_all_tiles_and_output_stages(ops_path, shape, out_frac, bias_frac):
+    xs, ws, stride, pad = INT8_CONV_SHAPES[shape]
+    rng = np.random.default_rng(1000 + shape)
+    x, w = _ints(rng, xs, np.int8), _ints(rng, ws, np.int8)
+    x.flat[:7] = -128  # the extreme products
+    w.flat[:5] = -128
+    bias = rng.integers(-40000, 40000, ws[3]).astype(np.int32)
+    for rounding in DETERMINISTIC:
+        kw = dict(x_frac=5, w_frac=6, bias_frac=bias_frac, out_frac=out_frac, strides=stride,
+                  padding=pad, rounding=rounding)
+        y = dfp_conv2d(x, w, bias, **kw)
+        acc = ref.conv2d_acc(x, w, (stride, stride), (1, 1), pad)
+        np.testing.assert_array_equal(y.numpy(), ref.requantize(
+            acc, 11, out_frac, 8, True, rounding, bias=bias, bias_frac=bias_frac))
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 3, 1), (9, 4, 15), (8, 1027, 33), (200, 96, 64),
+                                   (31, 4096, 49)])
+def test_int8_matmul_all_tiles(ops_path, m, k, n):
+    rng = np.random.default_rng(m + k + n)
+    x, w = _ints(rng, (m, k), np.int8), _ints(rng, (k, n), np.int8)
+    x[0, :] = -128
+    w[:, 0] = -128  # a column sum of -128·K: the largest offset correction
+    w_frac = rng.integers(3, 9, n)
+    for rounding in DETERMINISTIC:
+        y = dfp_matmul(x, w, x_frac=2, w_frac=w_frac, out_frac=-4, out_bitwidth=16,
+                       rounding=rounding)
+        np.testing.assert_array_equal(y.numpy(), ref.requantize(
+            ref.matmul_acc(x, w), 2 + w_frac, -4, 16, True, rounding))
+
+
+@pytest.mark.parametrize("xs,stride,pad,mult", [
+    ((1, 10, 9, 19), 1, "SAME", 1), ((2, 9, 12, 40), 2, "SAME", 1),
+    ((1, 8, 8, 130), 1, "VALID", 1), ((1, 7, 7, 5), 2, [[1, 0], [0, 2]], 3)])
+def test_int8_depthwise_3x3(ops_path, xs, stride, pad, mult):
+    rng = np.random.default_rng(xs[3])
+    x, w = _ints(rng, xs, np.int8), _ints(rng, (3, 3, xs[3], mult), np.int8)
+    x.flat[:3] = -128
+    w.flat[:3] = -128
+    n = xs[3] * mult
+    bias = rng.integers(-3000, 3000, n).astype(np.int32)
+    for rounding in DETERMINISTIC:
+        y = dfp_depthwise_conv2d(x, w, bias, x_frac=4, w_frac=5, bias_frac=9, out_frac=2,
+                                 strides=stride, padding=pad, rounding=rounding)
+        acc = ref.depthwise_acc(x, w, (stride, stride), (1, 1), pad)
+        np.testing.assert_array_equal(y.numpy(), ref.requantize(
+            acc, 9, 2, 8, True, rounding, bias=bias, bias_frac=9))

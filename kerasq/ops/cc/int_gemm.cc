@@ -79,6 +79,71 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void TileVnni(
       _mm512_storeu_si512(C + r * ldc + n0 + 16 * v, acc[r][v]);
 }
 
+// u8·s8 VNNI: 8 rows x 32 (TileU8S8x2) or 16 (TileU8S8x1) channels, vpdpbusd; the offset
+// is removed at the store. Accumulators are named variables, not an array: GCC keeps an
+// array of __m512i in memory across the loop (a store and reload per instruction).
+#define KERASQ_U8_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void TileU8S8x2(
+    const uint8_t* A, int64_t lda, const PackedB8& B, int64_t n0, int32_t* C, int64_t ldc) {
+  const int64_t quads = B.Kp / kU8Group;
+  const int64_t panel = quads * kU8Group * kChannelTile;
+  const int8_t* b0p = B.data.data() + (n0 / kChannelTile) * panel;
+  const int8_t* b1p = b0p + panel;
+#define KERASQ_DECL(r) __m512i c##r##0 = _mm512_setzero_si512(), c##r##1 = _mm512_setzero_si512();
+  KERASQ_U8_ROWS(KERASQ_DECL)
+#undef KERASQ_DECL
+  for (int64_t q = 0; q < quads; ++q) {
+    const __m512i b0 = _mm512_loadu_si512(b0p + q * kU8Group * kChannelTile);
+    const __m512i b1 = _mm512_loadu_si512(b1p + q * kU8Group * kChannelTile);
+    const uint8_t* a = A + q * kU8Group;
+#define KERASQ_STEP(r)                                                   \
+  {                                                                      \
+    int32_t quad;                                                        \
+    std::memcpy(&quad, a + r * lda, 4);                                  \
+    const __m512i av = _mm512_set1_epi32(quad);                          \
+    c##r##0 = _mm512_dpbusd_epi32(c##r##0, av, b0);                      \
+    c##r##1 = _mm512_dpbusd_epi32(c##r##1, av, b1);                      \
+  }
+    KERASQ_U8_ROWS(KERASQ_STEP)
+#undef KERASQ_STEP
+  }
+  const __m512i k0 = _mm512_loadu_si512(B.comp.data() + n0);
+  const __m512i k1 = _mm512_loadu_si512(B.comp.data() + n0 + 16);
+#define KERASQ_STORE(r)                                                                  \
+  _mm512_storeu_si512(C + r * ldc + n0, _mm512_sub_epi32(c##r##0, k0));                  \
+  _mm512_storeu_si512(C + r * ldc + n0 + 16, _mm512_sub_epi32(c##r##1, k1));
+  KERASQ_U8_ROWS(KERASQ_STORE)
+#undef KERASQ_STORE
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void TileU8S8x1(
+    const uint8_t* A, int64_t lda, const PackedB8& B, int64_t n0, int32_t* C, int64_t ldc) {
+  const int64_t quads = B.Kp / kU8Group;
+  const int64_t panel = quads * kU8Group * kChannelTile;
+  const int8_t* b0p = B.data.data() + (n0 / kChannelTile) * panel;
+#define KERASQ_DECL(r) __m512i c##r = _mm512_setzero_si512();
+  KERASQ_U8_ROWS(KERASQ_DECL)
+#undef KERASQ_DECL
+  for (int64_t q = 0; q < quads; ++q) {
+    const __m512i b0 = _mm512_loadu_si512(b0p + q * kU8Group * kChannelTile);
+    const uint8_t* a = A + q * kU8Group;
+#define KERASQ_STEP(r)                                                   \
+  {                                                                      \
+    int32_t quad;                                                        \
+    std::memcpy(&quad, a + r * lda, 4);                                  \
+    c##r = _mm512_dpbusd_epi32(c##r, _mm512_set1_epi32(quad), b0);       \
+  }
+    KERASQ_U8_ROWS(KERASQ_STEP)
+#undef KERASQ_STEP
+  }
+  const __m512i k0 = _mm512_loadu_si512(B.comp.data() + n0);
+#define KERASQ_STORE(r) _mm512_storeu_si512(C + r * ldc + n0, _mm512_sub_epi32(c##r, k0));
+  KERASQ_U8_ROWS(KERASQ_STORE)
+#undef KERASQ_STORE
+}
+#undef KERASQ_U8_ROWS
+
 enum class Isa { kPortable, kAvx2, kVnni };
 
 Isa DetectIsa() {
@@ -131,6 +196,29 @@ void GemmInt32(const int16_t* A, int64_t M, int64_t lda, const PackedB& B, int32
   for (; n0 < n_end; n0 += kChannelTile)
     for (int64_t m = 0; m < M; m += kRowTile)
       TilePortable<int32_t>(A + m * lda, lda, B, n0, kChannelTile, C + m * B.Np, B.Np);
+}
+
+bool HasU8S8() {
+#ifdef KERASQ_X86
+  return CurrentIsa() == Isa::kVnni;
+#else
+  return false;
+#endif
+}
+
+void GemmU8S8(const uint8_t* A, int64_t M, int64_t lda, const PackedB8& B, int32_t* C,
+              int64_t n_begin, int64_t n_end) {
+#ifdef KERASQ_X86
+  int64_t n0 = n_begin;
+  for (; n0 + 32 <= n_end; n0 += 32)
+    for (int64_t m = 0; m < M; m += kRowTile)
+      TileU8S8x2(A + m * lda, lda, B, n0, C + m * B.Np, B.Np);
+  for (; n0 < n_end; n0 += 16)
+    for (int64_t m = 0; m < M; m += kRowTile)
+      TileU8S8x1(A + m * lda, lda, B, n0, C + m * B.Np, B.Np);
+#else
+  (void)A; (void)M; (void)lda; (void)B; (void)C; (void)n_begin; (void)n_end;
+#endif
 }
 
 void GemmInt64(const int16_t* A, int64_t M, int64_t lda, const PackedB& B, int64_t* C,

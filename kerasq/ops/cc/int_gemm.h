@@ -92,6 +92,65 @@ void GemmInt64(const int16_t* A, int64_t M, int64_t lda, const PackedB& B, int64
 // Which micro-kernel GemmInt32 uses on this CPU: "avx512vnni", "avx2" or "portable".
 const char* GemmIsa();
 
+// ---- int8 x int8 through u8·s8 dot products (vpdpbusd: 4 products per 32-bit lane).
+//
+// The activations are offset to unsigned bytes, a = x + 128 (x ^ 0x80), and the offset
+// is taken back per output channel:  sum_k x[k] w[k][n] = sum_k a[k] w[k][n] - comp[n],
+// comp[n] = 128 * sum_k w[k][n]. vpdpbusd adds the 4 products of a lane to int32 without
+// intermediate saturation, so both sums are exact while Kp * 255 * 128 < 2^31
+// (U8S8Fits). Weights are packed in panels of 16 channels, [Np/16][Kp/4][16][4].
+struct PackedB8 {
+  std::vector<int8_t> data;
+  std::vector<int32_t> comp;  // [Np]
+  int64_t K = 0, Kp = 0, N = 0, Np = 0;
+  int32_t max_abs = 0;
+};
+
+constexpr int64_t kU8Group = 4;  // Kp is a multiple of this
+
+// True when the CPU has the u8·s8 kernel (AVX512-VNNI).
+bool HasU8S8();
+inline bool U8S8Fits(int64_t Kp) { return Kp * 255 * 128 < int64_t{2147483647}; }
+
+inline void PackB8Init(int64_t K, int64_t N, PackedB8* out) {
+  out->K = K;
+  out->N = N;
+  out->Kp = RoundUp(K, kU8Group);
+  out->Np = RoundUp(N, kChannelTile);
+  out->data.assign(out->Kp * out->Np, 0);
+  out->comp.assign(out->Np, 0);
+}
+
+// Fills panels [p0, p1) and their compensation terms; returns their max|w|.
+inline int32_t PackB8Panels(const int8_t* w, PackedB8* out, int64_t p0, int64_t p1) {
+  const int64_t K = out->K, N = out->N, quads = out->Kp / kU8Group;
+  int32_t max_abs = 0;
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t n0 = p * kChannelTile;
+    const int64_t width = std::min<int64_t>(kChannelTile, N - n0);
+    int8_t* d = out->data.data() + p * quads * kU8Group * kChannelTile;
+    for (int64_t j = 0; j < width; ++j) {
+      int32_t sum = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        const int32_t v = w[k * N + n0 + j];
+        d[(k / kU8Group) * kU8Group * kChannelTile + j * kU8Group + k % kU8Group] =
+            static_cast<int8_t>(v);
+        sum += v;
+        max_abs = std::max(max_abs, v < 0 ? -v : v);
+      }
+      out->comp[n0 + j] = 128 * sum;
+    }
+  }
+  return max_abs;
+}
+
+// A: rows [M][lda] of offset activations (uint8), M a multiple of kRowTile, lda >= Kp a
+// multiple of 4 (columns >= K: any value, their weights are 0). C: [M][Np] exact int32
+// sums of x*w for the channels [n_begin, n_end) (multiples of 16). Requires HasU8S8()
+// and U8S8Fits(Kp).
+void GemmU8S8(const uint8_t* A, int64_t M, int64_t lda, const PackedB8& B, int32_t* C,
+              int64_t n_begin, int64_t n_end);
+
 }  // namespace gemm
 }  // namespace kerasq
 

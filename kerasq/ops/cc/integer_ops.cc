@@ -22,6 +22,10 @@
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/util/work_sharder.h"
 
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
+
 namespace kerasq {
 
 using tensorflow::DEVICE_CPU;
@@ -261,8 +265,14 @@ void RequantizeRows(const Requantizer& rq, const Acc* C, int64_t ldc, int64_t ro
   if (n_begin >= n_end) return;
   const int64_t width = n_end - n_begin;
   if constexpr (std::is_same_v<Acc, int32_t>) {
+    if (rq.fast32) {
+      for (int64_t r = 0; r < rows; ++r)
+        rq.Row32(C + r * ldc, n_begin, n_end, y + (row0 + r) * channels);
+      return;
+    }
     if (rq.fast) {
-      std::vector<int32_t> row(width);
+      thread_local std::vector<int32_t> row;
+      row.resize(width);
       for (int64_t r = 0; r < rows; ++r) {
         Out* out = y + (row0 + r) * channels + n_begin;
         int32_t* dst = std::is_same_v<Out, int32_t> ? reinterpret_cast<int32_t*>(out) : row.data();
@@ -324,35 +334,79 @@ void PackWeights(OpKernelContext* ctx, const W* w, int64_t K, int64_t N, gemm::P
   B->max_abs = max_abs;
 }
 
-// The packed weights of the last call, reused while the weights are byte for byte the
-// same (layers run with constant or rarely updated weights: packing a 4096x1000 int8
-// matrix costs more than the whole GEMM of a small batch). The byte comparison keeps the
-// result exact whatever the weights are (a Variable updated in place included); it costs
-// one read of the weights and, per kernel instance, a copy of them beside the packed form.
+// PackB8 on the intra-op pool.
+void PackWeights(OpKernelContext* ctx, const int8_t* w, int64_t K, int64_t N, gemm::PackedB8* B) {
+  gemm::PackB8Init(K, N, B);
+  const int64_t panels = B->Np / gemm::kChannelTile;
+  std::mutex mu;
+  int32_t max_abs = 0;
+  auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
+  tensorflow::Shard(workers->num_threads, workers->workers, panels, B->Kp * gemm::kChannelTile * 2,
+                    [&](int64_t p0, int64_t p1) {
+                      const int32_t m = gemm::PackB8Panels(w, B, p0, p1);
+                      std::lock_guard<std::mutex> lock(mu);
+                      max_abs = std::max(max_abs, m);
+                    });
+  B->max_abs = max_abs;
+}
+
+// Packed weights reused across calls while the weight bytes are unchanged (layers run with
+// constant or rarely updated weights: packing a 4096x1000 int8 matrix costs more than the
+// whole GEMM of a small batch). Eager TF shares one kernel instance between all calls
+// with equal attributes, i.e. between the layers of a net, so several weight tensors are
+// kept, found by buffer address and confirmed byte for byte: the result stays exact
+// whatever the weights are (a Variable updated in place included). Cost per call: one
+// read of the weights; memory: a copy of them beside the packed form.
+template <typename Packed>
 class PackedWeightCache {
  public:
   template <typename W>
-  std::shared_ptr<const gemm::PackedB> Get(OpKernelContext* ctx, const W* w, int64_t K,
-                                           int64_t N) {
+  std::shared_ptr<const Packed> Get(OpKernelContext* ctx, const W* w, int64_t K, int64_t N) {
     const size_t bytes = static_cast<size_t>(K * N) * sizeof(W);
+    const void* key = w;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (packed_ && packed_->K == K && packed_->N == N && raw_.size() == bytes &&
-          std::memcmp(raw_.data(), w, bytes) == 0)
-        return packed_;
+      for (Entry& e : entries_) {
+        if (e.key == key && e.packed->K == K && e.packed->N == N && e.raw.size() == bytes &&
+            std::memcmp(e.raw.data(), w, bytes) == 0) {
+          e.last_use = ++clock_;
+          return e.packed;
+        }
+      }
     }
-    auto packed = std::make_shared<gemm::PackedB>();
+    auto packed = std::make_shared<Packed>();
     PackWeights(ctx, w, K, N, packed.get());
     std::lock_guard<std::mutex> lock(mu_);
-    raw_.assign(reinterpret_cast<const char*>(w), reinterpret_cast<const char*>(w) + bytes);
-    packed_ = packed;
-    return packed_;
+    Entry* slot = nullptr;
+    for (Entry& e : entries_)
+      if (e.key == key) slot = &e;  // the same buffer with new contents
+    if (slot == nullptr && entries_.size() < kEntries) {
+      entries_.emplace_back();
+      slot = &entries_.back();
+    }
+    if (slot == nullptr) {  // evict the least recently used
+      slot = &entries_.front();
+      for (Entry& e : entries_)
+        if (e.last_use < slot->last_use) slot = &e;
+    }
+    slot->key = key;
+    slot->raw.assign(reinterpret_cast<const char*>(w), reinterpret_cast<const char*>(w) + bytes);
+    slot->packed = packed;
+    slot->last_use = ++clock_;
+    return packed;
   }
 
  private:
+  static constexpr size_t kEntries = 64;
+  struct Entry {
+    const void* key = nullptr;
+    std::vector<char> raw;
+    std::shared_ptr<const Packed> packed;
+    uint64_t last_use = 0;
+  };
   std::mutex mu_;
-  std::vector<char> raw_;
-  std::shared_ptr<const gemm::PackedB> packed_;
+  std::vector<Entry> entries_;
+  uint64_t clock_ = 0;
 };
 
 template <typename T>
@@ -406,6 +460,89 @@ void RunGemmLayer(OpKernelContext* ctx, const gemm::PackedB& B, int64_t M, int64
       });
 }
 
+// The u8·s8 form of RunGemmLayer (int8 x int8 on AVX512-VNNI): fill_rows(row0, rows, A,
+// lda) writes offset activations x + 128 into rows pre-filled with 128 (x = 0).
+template <typename Out, typename FillRows>
+void RunGemmLayerU8(OpKernelContext* ctx, const gemm::PackedB8& B, int64_t M,
+                    const Requantizer& rq, Out* y, FillRows fill_rows) {
+  auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
+  const int64_t threads = std::max(1, workers->num_threads);
+  // Every row block streams all the packed weights of its channel group: when they do not
+  // fit in L2 (a 4096x1000 dense layer), rows go in blocks of up to 64 and the threads
+  // share the channels instead, so the weights are read once per 64 rows.
+  const bool big_weights = B.Kp * B.Np > (int64_t{1} << 19);
+  const int64_t block = big_weights
+      ? std::min<int64_t>(64, gemm::RoundUp(M, gemm::kRowTile))
+      : std::clamp<int64_t>(gemm::RoundUp((M + 2 * threads - 1) / (2 * threads), gemm::kRowTile),
+                            gemm::kRowTile, 64);
+  const int64_t row_blocks = (M + block - 1) / block;
+  int64_t groups = 1;
+  while (row_blocks * groups < 2 * threads && B.Np / (groups * 2) >= 32) groups *= 2;
+  const int64_t group_width = gemm::RoundUp((B.Np + groups - 1) / groups, 32);
+  groups = (B.Np + group_width - 1) / group_width;
+  const int64_t lda = B.Kp;
+  tensorflow::Shard(
+      workers->num_threads, workers->workers, row_blocks * groups,
+      block * B.Kp * group_width / 2, [&](int64_t t0, int64_t t1) {
+        thread_local std::vector<uint8_t> A;
+        thread_local std::vector<int32_t> C;
+        A.resize(block * lda);
+        C.resize(block * B.Np);
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t b = t / groups, g = t % groups;
+          const int64_t n_begin = g * group_width;
+          const int64_t n_end = std::min(B.Np, n_begin + group_width);
+          const int64_t row0 = b * block;
+          const int64_t rows = std::min(block, M - row0);
+          const int64_t padded = gemm::RoundUp(rows, gemm::kRowTile);
+          std::fill(A.begin(), A.begin() + padded * lda, uint8_t{128});
+          fill_rows(row0, rows, A.data(), lda);
+          gemm::GemmU8S8(A.data(), padded, lda, B, C.data(), n_begin, n_end);
+          RequantizeRows(rq, C.data(), B.Np, row0, rows, B.N, y, n_begin, n_end);
+        }
+      });
+}
+
+// Rows [row0, row0 + rows) of the offset patch matrix (x ^ 0x80 = x + 128 as uint8) of an
+// NHWC int8 input; out-of-image taps keep the pre-filled 128 (x = 0).
+inline void Im2colU8(const ConvGeom& g, const int8_t* xp, int64_t row0, int64_t rows,
+                     uint8_t* A, int64_t lda) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t m = row0 + r;
+    const int64_t ow = m % g.out_w, oh = (m / g.out_w) % g.out_h, b = m / (g.out_w * g.out_h);
+    uint8_t* a = A + r * lda;
+    for (int64_t kh = 0; kh < g.k_h; ++kh) {
+      const int64_t ih = oh * g.s_h - g.pad_top + kh * g.d_h;
+      if (ih < 0 || ih >= g.in_h) {
+        a += g.k_w * g.in_c;
+        continue;
+      }
+      const int8_t* line = xp + (b * g.in_h + ih) * g.in_w * g.in_c;
+      const int64_t iw0 = ow * g.s_w - g.pad_left;
+      if (g.d_w == 1 && iw0 >= 0 && iw0 + g.k_w <= g.in_w) {  // the whole row is inside
+        const uint8_t* src = reinterpret_cast<const uint8_t*>(line + iw0 * g.in_c);
+        const int64_t n = g.k_w * g.in_c;
+        for (int64_t c = 0; c < n; ++c) a[c] = src[c] ^ 0x80;
+        a += n;
+        continue;
+      }
+      for (int64_t kw = 0; kw < g.k_w; ++kw, a += g.in_c) {
+        const int64_t iw = iw0 + kw * g.d_w;
+        if (iw < 0 || iw >= g.in_w) continue;
+        const uint8_t* src = reinterpret_cast<const uint8_t*>(line + iw * g.in_c);
+        for (int64_t c = 0; c < g.in_c; ++c) a[c] = src[c] ^ 0x80;
+      }
+    }
+  }
+}
+
+// True when the int8 x int8 u8·s8 GEMM applies (int8 operands, VNNI CPU, K small enough).
+template <typename TIn, typename TW>
+bool UseU8S8(int64_t K) {
+  return std::is_same_v<TIn, int8_t> && std::is_same_v<TW, int8_t> && gemm::HasU8S8() &&
+         gemm::U8S8Fits(gemm::RoundUp(K, gemm::kU8Group));
+}
+
 template <typename TIn, typename TW, typename Out>
 class DfpConv2DOp : public IntegerKernelBase {
  public:
@@ -426,6 +563,20 @@ class DfpConv2DOp : public IntegerKernelBase {
     const int64_t M = g.batch * g.out_h * g.out_w;
     if (M == 0 || g.out_c == 0) return;
     const int64_t K = g.k_h * g.k_w * g.in_c;
+    if constexpr (std::is_same_v<TIn, int8_t> && std::is_same_v<TW, int8_t>) {
+      if (UseU8S8<TIn, TW>(K)) {
+        const auto packed8 = packed_weights8_.Get(ctx, w.flat<TW>().data(), K, g.out_c);
+        const gemm::PackedB8& B = *packed8;
+        const int8_t* xp = x.flat<int8_t>().data();
+        Requantizer rq;
+        OP_REQUIRES_OK(ctx, MakeRequantizer(ctx, g.out_c, 128.0 * B.max_abs * B.Kp, &rq));
+        RunGemmLayerU8(ctx, B, M, rq, y->flat<Out>().data(),
+                       [&](int64_t row0, int64_t rows, uint8_t* A, int64_t lda) {
+                         Im2colU8(g, xp, row0, rows, A, lda);
+                       });
+        return;
+      }
+    }
     const std::shared_ptr<const gemm::PackedB> packed =
         packed_weights_.Get(ctx, w.flat<TW>().data(), K, g.out_c);
     const gemm::PackedB& B = *packed;
@@ -455,7 +606,8 @@ class DfpConv2DOp : public IntegerKernelBase {
 
  private:
   ConvAttrs attrs_;
-  PackedWeightCache packed_weights_;
+  PackedWeightCache<gemm::PackedB> packed_weights_;
+  PackedWeightCache<gemm::PackedB8> packed_weights8_;
 };
 
 template <typename TIn, typename TW, typename Out>
@@ -477,6 +629,24 @@ class DfpMatMulOp : public IntegerKernelBase {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &y));
     const int64_t M = K == 0 ? 0 : x.NumElements() / K;
     if (M == 0 || N == 0) return;
+    if constexpr (std::is_same_v<TIn, int8_t> && std::is_same_v<TW, int8_t>) {
+      if (UseU8S8<TIn, TW>(K)) {
+        const auto packed8 = packed_weights8_.Get(ctx, w.flat<TW>().data(), K, N);
+        const gemm::PackedB8& B = *packed8;
+        const uint8_t* xp = reinterpret_cast<const uint8_t*>(x.flat<int8_t>().data());
+        Requantizer rq;
+        OP_REQUIRES_OK(ctx, MakeRequantizer(ctx, N, 128.0 * B.max_abs * B.Kp, &rq));
+        RunGemmLayerU8(ctx, B, M, rq, y->flat<Out>().data(),
+                       [&](int64_t row0, int64_t rows, uint8_t* A, int64_t lda) {
+                         for (int64_t r = 0; r < rows; ++r) {
+                           const uint8_t* src = xp + (row0 + r) * K;
+                           uint8_t* a = A + r * lda;
+                           for (int64_t k = 0; k < K; ++k) a[k] = src[k] ^ 0x80;
+                         }
+                       });
+        return;
+      }
+    }
     const std::shared_ptr<const gemm::PackedB> packed =
         packed_weights_.Get(ctx, w.flat<TW>().data(), K, N);
     const gemm::PackedB& B = *packed;
@@ -494,8 +664,64 @@ class DfpMatMulOp : public IntegerKernelBase {
   }
 
  private:
-  PackedWeightCache packed_weights_;
+  PackedWeightCache<gemm::PackedB> packed_weights_;
+  PackedWeightCache<gemm::PackedB8> packed_weights8_;
 };
+
+#if defined(__x86_64__) || defined(_M_X64)
+// One output row of an int8 depthwise convolution (multiplier 1) with AVX-512: per pixel
+// and block of 32 channels the taps accumulate in registers (int8 -> int16 products, exact,
+// widened to two int32 vectors); acc_row receives the out_w x C exact sums. w16 holds the
+// weights widened to int16, [taps][Cp] with Cp = C rounded up to 32 (zeros beyond C).
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void DepthwiseRowAvx512(
+    const ConvGeom& g, const int8_t* xp, const int16_t* w16, int64_t Cp, int64_t b, int64_t oh,
+    int32_t* acc_row) {
+  const int64_t C = g.in_c;
+  const int8_t* src[64];
+  const int16_t* wt[64];
+  for (int64_t ow = 0; ow < g.out_w; ++ow) {
+    int taps = 0;
+    for (int64_t kh = 0; kh < g.k_h; ++kh) {
+      const int64_t ih = oh * g.s_h - g.pad_top + kh * g.d_h;
+      if (ih < 0 || ih >= g.in_h) continue;
+      for (int64_t kw = 0; kw < g.k_w; ++kw) {
+        const int64_t iw = ow * g.s_w - g.pad_left + kw * g.d_w;
+        if (iw < 0 || iw >= g.in_w) continue;
+        src[taps] = xp + ((b * g.in_h + ih) * g.in_w + iw) * C;
+        wt[taps] = w16 + (kh * g.k_w + kw) * Cp;
+        ++taps;
+      }
+    }
+    int32_t* out = acc_row + ow * C;
+    for (int64_t c0 = 0; c0 < C; c0 += 32) {
+      const int64_t width = std::min<int64_t>(32, C - c0);
+      const __mmask32 m = width == 32 ? ~__mmask32{0} : ((__mmask32{1} << width) - 1);
+      __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
+      for (int t = 0; t < taps; ++t) {
+        const __m512i x16 = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(m, src[t] + c0));
+        const __m512i p = _mm512_mullo_epi16(x16, _mm512_loadu_si512(wt[t] + c0));
+        lo = _mm512_add_epi32(lo, _mm512_cvtepi16_epi32(_mm512_castsi512_si256(p)));
+        hi = _mm512_add_epi32(hi, _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(p, 1)));
+      }
+      const __mmask16 mlo = width >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << width) - 1);
+      const __mmask16 mhi = width <= 16 ? __mmask16(0)
+                                        : (width == 32 ? __mmask16(0xFFFF)
+                                                       : __mmask16((1u << (width - 16)) - 1));
+      _mm512_mask_storeu_epi32(out + c0, mlo, lo);
+      _mm512_mask_storeu_epi32(out + c0 + 16, mhi, hi);
+    }
+  }
+}
+
+bool HasAvx512Bw() {
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+  return has;
+}
+#else
+bool HasAvx512Bw() { return false; }
+void DepthwiseRowAvx512(const ConvGeom&, const int8_t*, const int16_t*, int64_t, int64_t,
+                        int64_t, int32_t*) {}
+#endif
 
 template <typename TIn, typename TW, typename Out>
 class DfpDepthwiseConv2DOp : public IntegerKernelBase {
@@ -539,6 +765,13 @@ class DfpDepthwiseConv2DOp : public IntegerKernelBase {
            const Requantizer& rq, Out* yp) {
     const int64_t M = g.batch * g.out_h * g.out_w;
     auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
+    if constexpr (std::is_same_v<Acc, int32_t> && std::is_same_v<TIn, int8_t> &&
+                  std::is_same_v<TW, int8_t>) {
+      if (mult == 1) {
+        RunInt8Rows(ctx, g, xp, wp, rq, yp);
+        return;
+      }
+    }
     tensorflow::Shard(
         workers->num_threads, workers->workers, M, g.k_h * g.k_w * g.out_c * 2,
         [&](int64_t m0, int64_t m1) {
@@ -571,6 +804,64 @@ class DfpDepthwiseConv2DOp : public IntegerKernelBase {
               }
             }
             RequantizeRows(rq, acc.data(), g.out_c, m, 1, g.out_c, yp);
+          }
+        });
+  }
+
+  // int8 x int8, one output channel per input channel: one output row at a time. Each
+  // tap adds its products (exact in int16: |-128·-128| = 2^14) to the row's int32
+  // accumulators over the range of columns where it is inside the image, so the channel
+  // loop runs without bounds checks; the row is then requantized in one call.
+  void RunInt8Rows(OpKernelContext* ctx, const ConvGeom& g, const int8_t* xp, const int8_t* wp,
+                   const Requantizer& rq, Out* yp) {
+    auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
+    const int64_t C = g.in_c;
+    if (HasAvx512Bw() && g.k_h * g.k_w <= 64) {
+      const int64_t Cp = gemm::RoundUp(C, 32);
+      std::vector<int16_t> w16(g.k_h * g.k_w * Cp, 0);
+      for (int64_t t = 0; t < g.k_h * g.k_w; ++t)
+        for (int64_t c = 0; c < C; ++c) w16[t * Cp + c] = wp[t * C + c];
+      tensorflow::Shard(
+          workers->num_threads, workers->workers, g.batch * g.out_h,
+          g.out_w * g.k_h * g.k_w * C, [&](int64_t r0, int64_t r1) {
+            thread_local std::vector<int32_t> acc;
+            acc.resize(g.out_w * C);
+            for (int64_t row = r0; row < r1; ++row) {
+              DepthwiseRowAvx512(g, xp, w16.data(), Cp, row / g.out_h, row % g.out_h,
+                                 acc.data());
+              RequantizeRows(rq, acc.data(), C, row * g.out_w, g.out_w, C, yp);
+            }
+          });
+      return;
+    }
+    tensorflow::Shard(
+        workers->num_threads, workers->workers, g.batch * g.out_h,
+        g.out_w * g.k_h * g.k_w * C * 2, [&](int64_t r0, int64_t r1) {
+          thread_local std::vector<int32_t> acc;
+          acc.resize(g.out_w * C);
+          for (int64_t row = r0; row < r1; ++row) {
+            const int64_t b = row / g.out_h, oh = row % g.out_h;
+            std::fill(acc.begin(), acc.end(), 0);
+            for (int64_t kh = 0; kh < g.k_h; ++kh) {
+              const int64_t ih = oh * g.s_h - g.pad_top + kh * g.d_h;
+              if (ih < 0 || ih >= g.in_h) continue;
+              const int8_t* line = xp + (b * g.in_h + ih) * g.in_w * C;
+              for (int64_t kw = 0; kw < g.k_w; ++kw) {
+                const int8_t* wt = wp + (kh * g.k_w + kw) * C;
+                const int64_t off = kw * g.d_w - g.pad_left;  // iw = ow * s_w + off
+                // columns with 0 <= ow * s_w + off < in_w
+                const int64_t ow0 = off >= 0 ? 0 : (-off + g.s_w - 1) / g.s_w;
+                const int64_t ow1 = std::min<int64_t>(
+                    g.out_w, g.in_w - off <= 0 ? 0 : (g.in_w - off + g.s_w - 1) / g.s_w);
+                for (int64_t ow = ow0; ow < ow1; ++ow) {
+                  const int8_t* src = line + (ow * g.s_w + off) * C;
+                  int32_t* a = acc.data() + ow * C;
+                  for (int64_t c = 0; c < C; ++c)
+                    a[c] += static_cast<int16_t>(int16_t(src[c]) * int16_t(wt[c]));
+                }
+              }
+            }
+            RequantizeRows(rq, acc.data(), C, row * g.out_w, g.out_w, C, yp);
           }
         });
   }

@@ -10,6 +10,7 @@
 #define KERASQ_OPS_CC_REQUANTIZE_H_
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <string>
@@ -35,6 +36,7 @@ struct Requantizer {
     bias_term.resize(channels);
     rshift.resize(channels);
     if (out_bitwidth < 1 || out_bitwidth > 32) return "out_bitwidth must be in [1, 32]";
+    acc_max = acc_bound;
     lo = out_signed ? -(int64_t{1} << (out_bitwidth - 1)) : 0;
     hi = out_signed ? (int64_t{1} << (out_bitwidth - 1)) - 1 : (int64_t{1} << out_bitwidth) - 1;
     for (int64_t n = 0; n < channels; ++n) {
@@ -61,7 +63,27 @@ struct Requantizer {
   std::vector<int64_t> mul, shift64;  // mul holds the left shift of the accumulator
   bool fast = false;  // deterministic mode and every shift in [1, 62]
 
+  // The int32 path (RequantizeRow32): no accumulator left shift, right shifts in [1, 31]
+  // and every t = acc + bias (+ 2^(s-1)) provably inside int32, so 16 lanes per vector.
+  std::vector<int32_t> bias32, half32, shift32;
+  bool fast32 = false;
+  double acc_max = 0;
+
   void PrepareFast() {
+    fast32 = rounding != Rounding::kStochastic;
+    bias32.resize(rshift.size());
+    half32.resize(rshift.size());
+    shift32.resize(rshift.size());
+    for (size_t n = 0; n < rshift.size() && fast32; ++n) {
+      const int s = rshift[n];
+      const double top = acc_max + std::abs(static_cast<double>(bias_term[n])) +
+                         (s >= 1 && s <= 31 ? std::ldexp(1.0, s - 1) : 0.0) + 1;
+      fast32 = acc_lshift[n] == 0 && s >= 1 && s <= 31 && top < 2147483647.0;
+      if (!fast32) break;
+      bias32[n] = static_cast<int32_t>(bias_term[n]);
+      half32[n] = int32_t{1} << (s - 1);
+      shift32[n] = s;
+    }
     fast = rounding != Rounding::kStochastic;
     mul.resize(rshift.size());
     shift64.resize(rshift.size());
@@ -69,6 +91,34 @@ struct Requantizer {
       fast = fast && rshift[n] >= 1 && rshift[n] <= 62;
       mul[n] = acc_lshift[n];
       shift64[n] = rshift[n];
+    }
+  }
+
+  // Requantizes channels [n0, n1) of one row of int32 accumulators (fast32 only).
+  template <typename Out>
+  void Row32(const int32_t* acc, int64_t n0, int64_t n1, Out* out) const {
+    const int32_t* b = bias32.data();
+    const int32_t* h = half32.data();
+    const int32_t* sh = shift32.data();
+    const int32_t l = static_cast<int32_t>(lo), u = static_cast<int32_t>(hi);
+    if (rounding == Rounding::kNearest) {
+      for (int64_t n = n0; n < n1; ++n) {
+        const int32_t t = acc[n] + b[n];
+        const int32_t v = (t + h[n] + (t >> 31)) >> sh[n];
+        out[n] = static_cast<Out>(v < l ? l : (v > u ? u : v));
+      }
+    } else if (rounding == Rounding::kNearestEven) {
+      for (int64_t n = n0; n < n1; ++n) {
+        const int32_t t = acc[n] + b[n];
+        const int32_t v = (t + h[n] - 1 + ((t >> sh[n]) & 1)) >> sh[n];
+        out[n] = static_cast<Out>(v < l ? l : (v > u ? u : v));
+      }
+    } else {
+      for (int64_t n = n0; n < n1; ++n) {
+        const int32_t t = acc[n] + b[n];
+        const int32_t v = (t + h[n]) >> sh[n];
+        out[n] = static_cast<Out>(v < l ? l : (v > u ? u : v));
+      }
     }
   }
 
