@@ -39,6 +39,7 @@ import numpy as np
 
 from kerasq.data import check_array, check_input_file, check_int, check_mapping, check_path
 from kerasq.errors import KerasqError, ModelFormatError
+from kerasq.export.tensor_io import from_tensor, to_tensor
 
 __all__ = ["evaluate", "load_predictor", "Predictor", "OutputScore", "EvalResult",
            "output_kind"]
@@ -140,27 +141,6 @@ class TFLitePredictor(Predictor):
             self.interpreter.allocate_tensors()
         self._batch = batch
 
-    @staticmethod
-    def _to_input(chunk: np.ndarray, detail: Dict[str, Any]) -> np.ndarray:
-        dtype = detail["dtype"]
-        if dtype == np.float32:
-            return np.asarray(chunk, np.float32)
-        scale, zero = detail["quantization"]
-        if not scale:
-            return np.asarray(chunk).astype(dtype)
-        info = np.iinfo(dtype)
-        return np.clip(np.round(np.asarray(chunk, np.float64) / scale) + zero,
-                       info.min, info.max).astype(dtype)
-
-    @staticmethod
-    def _from_output(out: np.ndarray, detail: Dict[str, Any]) -> np.ndarray:
-        if detail["dtype"] == np.float32:
-            return np.array(out, np.float32)
-        scale, zero = detail["quantization"]
-        if not scale:
-            return np.array(out)
-        return ((out.astype(np.float64) - zero) * scale).astype(np.float32)
-
     def predict(self, x: Any, batch_size: int = 64) -> Dict[str, np.ndarray]:
         xs = list(x) if isinstance(x, (list, tuple)) else [x]
         if len(xs) != len(self._inputs):
@@ -177,10 +157,10 @@ class TFLitePredictor(Predictor):
                     raise KerasqError(
                         f"input shape {tuple(chunk.shape[1:])} does not match the model's "
                         f"{expected}", file=self.path or None, layer=detail["name"])
-                self.interpreter.set_tensor(detail["index"], self._to_input(chunk, detail))
+                self.interpreter.set_tensor(detail["index"], to_tensor(chunk, detail))
             self.interpreter.invoke()
             for name, detail in zip(self.names, self._outputs):
-                parts[name].append(self._from_output(
+                parts[name].append(from_tensor(
                     self.interpreter.get_tensor(detail["index"]), detail))
         return {name: np.concatenate(p) for name, p in parts.items()}
 

@@ -37,6 +37,7 @@ import numpy as np
 from kerasq._compat import keras, tf
 from kerasq.errors import ExportError
 from kerasq.export.graph import OUTPUT_SUFFIX
+from kerasq.export.tensor_io import to_tensor
 
 log = logging.getLogger("kerasq.export.detection")
 
@@ -157,12 +158,7 @@ def run_tflite(content: bytes, data: np.ndarray) -> dict[str, np.ndarray]:
     detail = runner.get_input_details()[input_name]
     results: dict[str, list[np.ndarray]] = {}
     for image in np.asarray(data, np.float32):
-        x = image[None]
-        if detail["dtype"] != np.float32:
-            scale, zero = detail["quantization"]
-            info = np.iinfo(detail["dtype"])
-            x = np.clip(np.round(x / scale) + zero, info.min, info.max).astype(detail["dtype"])
-        out = runner(**{input_name: x})
+        out = runner(**{input_name: to_tensor(image[None], detail)})
         for name, value in out.items():
             results.setdefault(name, []).append(np.asarray(value))
     return {k: np.concatenate(v) for k, v in results.items()}

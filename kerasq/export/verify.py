@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from kerasq._compat import quiet_native_stderr
+from kerasq.export.tensor_io import from_tensor, to_tensor
 
 log = logging.getLogger("kerasq.export.verify")
 
@@ -171,19 +172,11 @@ class TFLiteRunner:
         for start in range(0, len(x), batch_size):
             chunk = np.asarray(x[start : start + batch_size], np.float32)
             self._resize(len(chunk))
-            dtype = self.input["dtype"]
-            if dtype != np.float32:
-                scale, zero = self.input["quantization"]
-                info = np.iinfo(dtype)
-                chunk = np.clip(np.round(chunk / scale) + zero, info.min, info.max).astype(dtype)
-            self.interpreter.set_tensor(self.input["index"], chunk)
+            self.interpreter.set_tensor(self.input["index"], to_tensor(chunk, self.input))
             self.interpreter.invoke()
             for k, detail in enumerate(self.outputs):
-                out = self.interpreter.get_tensor(detail["index"])
-                scale, zero = detail["quantization"]
-                if detail["dtype"] != np.float32 and scale:  # not an index output (int32)
-                    out = (out.astype(np.float32) - zero) * scale
-                outs[k].append(np.array(out, np.float32))
+                out = from_tensor(self.interpreter.get_tensor(detail["index"]), detail)
+                outs[k].append(np.asarray(out, np.float32))
         return [np.concatenate(o) for o in outs]
 
     def __call__(self, x: np.ndarray, *, batch_size: int = 64) -> np.ndarray:

@@ -42,6 +42,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from kerasq.errors import KerasqError
+from kerasq.export.tensor_io import to_tensor
 
 __all__ = ["build_report", "write_report", "RunReport", "file_sizes", "tflite_latency",
            "grid_of", "check_report_path", "REPORT_FORMATS"]
@@ -158,12 +159,7 @@ def tflite_latency(path: str, sample: Optional[np.ndarray] = None, *, runs: int 
     for detail in interpreter.get_input_details():
         value = np.zeros(detail["shape"], detail["dtype"])
         if sample is not None and len(details) == 1 and sample.size == value.size:
-            x = np.asarray(sample, np.float64).reshape(value.shape)
-            scale, zero = detail["quantization"]
-            if detail["dtype"] != np.float32 and scale:
-                info = np.iinfo(detail["dtype"])
-                x = np.clip(np.round(x / scale) + zero, info.min, info.max)
-            value = x.astype(detail["dtype"])
+            value = to_tensor(np.asarray(sample, np.float64).reshape(value.shape), detail)
         interpreter.set_tensor(detail["index"], value)
     for _ in range(warmup):
         interpreter.invoke()

@@ -10,8 +10,9 @@ minifloat, pow2 or any tfmot quantizer). For a kernel ``w`` with mask ``m`` (1 =
 
 Why the second mask is conditional: symmetric quantizers (kerasq DFP without offset, every
 ``tf.quantization.fake_quant_*`` op, which nudges zero onto the integer grid) map 0 to exactly
-0, so re-masking is a no-op there; it is skipped so the TFLite converter still sees the plain
-``const -> FakeQuant -> Conv`` pattern it turns into int8 weights. Quantizers with a
+0, so re-masking is a no-op there and is skipped (for tfmot's quantizers this also keeps the
+``const -> FakeQuant -> Conv`` pattern the TFLite converter turns into int8 weights; kerasq's
+own quantizers go through kerasq's export rebuild). Quantizers with a
 non-integer offset (caffe-jacinto ``apply_offset_weights``) and Ristretto power-of-two
 weights turn 0 into a small non-zero value (quant-schemes.md §6.1); for them the output is
 re-masked. The inner quantizer states which case holds through a ``preserves_zero`` attribute;
