@@ -55,8 +55,8 @@ _LAZY = {
     "keras3": "kerasq.keras3",
 }
 # public functions/classes re-exported from submodules: name -> the module defining it
-# (not the package: importing kerasq.schemes.calibrate rebinds kerasq.schemes.calibrate to
-# the module, so the package attribute is not always the function)
+# (not the package, whose attribute of the same name as a submodule would be rebound to
+# that submodule when it is imported)
 _LAZY_ATTRS = {
     "QuantizationConfig": "kerasq.schemes.config",
     "quantize_model": "kerasq.keras3.dispatch",  # tf_keras or Keras 3, by the model

@@ -70,12 +70,20 @@ def test_compat_sets_legacy_keras_before_tensorflow():
 
 
 def test_top_level_functions_stay_functions_after_their_submodules_are_imported():
-    """Importing kerasq.schemes.calibrate binds the package attribute ``calibrate`` to the
-    module; ``kerasq.calibrate`` must still be the function (the tf_keras / Keras 3 dispatch)."""
+    """Importing a submodule binds the package attribute of its name to the module: a lazily
+    exported function must not share a submodule's name, or ``from kerasq.schemes import f``
+    would return the module once something imported it (``kerasq.schemes.report`` is a
+    callable module on purpose)."""
     code = (
-        "import kerasq.schemes.calibrate, kerasq.schemes.search, kerasq; "
+        "import importlib, pkgutil, kerasq, kerasq.schemes as s; "
+        "[importlib.import_module('kerasq.schemes.' + m.name) "
+        " for m in pkgutil.iter_modules(s.__path__)]; "
         "from kerasq.keras3.dispatch import calibrate; "
         "assert kerasq.calibrate is calibrate, kerasq.calibrate; "
+        "bad = [n for n in s._LAZY_ATTRS if not callable(getattr(s, n))]; "
+        "assert not bad, bad; "
+        "from kerasq.schemes import calibrate as c; "
+        "from kerasq.schemes.calibration import calibrate as c2; assert c is c2; "
         "assert all(callable(getattr(kerasq, n)) for n in "
         "('calibrate', 'quantize_model', 'search_bitwidths', 'load_model', "
         "'QuantizationConfig')); print('ok')"

@@ -115,7 +115,7 @@ def calibrate(qmodel: Any, data: Any, steps: Optional[int] = None, *, batch_size
     """:func:`kerasq.calibrate` for a Keras 3 quantized model (any backend): the ranges are
     collected by the tf_keras twin (same estimators, same Add/Concatenate grid alignment
     and accumulator-bias linking) and stored in the Keras 3 model's variables."""
-    from kerasq.schemes.calibrate import calibrate as calibrate_tf_keras
+    from kerasq.schemes.calibration import calibrate as calibrate_tf_keras
 
     tfq = tf_keras_twin(qmodel)
     calibrate_tf_keras(tfq, _numpy_data(data), steps, batch_size=batch_size, reset=reset,

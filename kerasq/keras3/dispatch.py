@@ -48,13 +48,13 @@ def quantize_model(model: Any, config: Optional[Union[Any, Mapping[str, Any]]] =
 
 def calibrate(qmodel: Any, data: Any, steps: Optional[int] = None, *, batch_size: int = 32,
               reset: bool = True, verbose: int = 0) -> Any:
-    """:func:`kerasq.schemes.calibrate.calibrate` or its Keras 3 form, by the model's class."""
+    """:func:`kerasq.schemes.calibration.calibrate` or its Keras 3 form, by the model's class."""
     if is_keras3_model(qmodel):
         from kerasq.keras3.api import calibrate as calibrate_keras3
 
         return calibrate_keras3(qmodel, data, steps, batch_size=batch_size, reset=reset,
                                 verbose=verbose)
-    from kerasq.schemes.calibrate import calibrate as calibrate_tf_keras
+    from kerasq.schemes.calibration import calibrate as calibrate_tf_keras
 
     return calibrate_tf_keras(qmodel, data, steps, batch_size=batch_size, reset=reset,
                               verbose=verbose)

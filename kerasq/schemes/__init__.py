@@ -22,7 +22,7 @@ from kerasq.schemes.config import QuantizationConfig
 _LAZY_ATTRS = {
     "int8_deployable": "kerasq.schemes.deployable",
     "quantize_model": "kerasq.schemes.api",
-    "calibrate": "kerasq.schemes.calibrate",
+    "calibrate": "kerasq.schemes.calibration",
     "load_model": "kerasq.serialization",
     "custom_objects": "kerasq.serialization",
     "quantize_scope": "kerasq.serialization",

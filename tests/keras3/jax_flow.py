@@ -24,7 +24,7 @@ def _parity(model, x, y, xt, yt) -> dict:
     from kerasq._compat import keras as tf_keras
     from kerasq.keras3 import twin as k3twin
     from kerasq.schemes.api import quantize_model as tf_keras_quantize
-    from kerasq.schemes.calibrate import calibrate as tf_keras_calibrate
+    from kerasq.schemes.calibration import calibrate as tf_keras_calibrate
 
     config = {"train_rounding": "nearest"}
     q3 = kerasq.quantize_model(model, config)

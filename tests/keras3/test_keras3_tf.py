@@ -10,7 +10,7 @@ from kerasq.errors import ModelFormatError, UnsupportedLayerError
 from kerasq.keras3 import twin as k3twin
 from kerasq.keras3.layers import QuantizedLayer
 from kerasq.schemes.api import quantize_model as tf_keras_quantize
-from kerasq.schemes.calibrate import calibrate as tf_keras_calibrate
+from kerasq.schemes.calibration import calibrate as tf_keras_calibrate
 
 keras = keras3()
 

@@ -24,7 +24,7 @@ from kerasq.errors import DataError, KerasqError
 from kerasq.schemes import slots
 from kerasq.schemes.quantizers import calibration_mode
 
-logger = logging.getLogger("kerasq.schemes.calibrate")
+logger = logging.getLogger("kerasq.schemes.calibration")
 
 
 def _batches(data: Any, batch_size: int) -> Iterator[Any]:
