@@ -22,8 +22,10 @@ from kerasq._compat import is_keras3_model
 
 def is_keras3_file(path: Union[str, "os.PathLike[str]"]) -> bool:
     """True for a .keras zip written by Keras 3 (``metadata.json``: keras_version 3.x)."""
+    if not isinstance(path, (str, os.PathLike)):
+        return False  # not a path: the tf_keras loader's argument check names it
     path = os.fspath(path)
-    if not path.endswith(".keras") or not os.path.isfile(path) or not zipfile.is_zipfile(path):
+    if not isinstance(path, str) or not path.endswith(".keras") or not os.path.isfile(path) or not zipfile.is_zipfile(path):
         return False
     try:
         with zipfile.ZipFile(path) as archive:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from kerasq._compat import keras, tf
-from kerasq.errors import KerasqError, ModelFormatError
+from kerasq.errors import ArgumentError, KerasqError, ModelFormatError
 from kerasq.prune import (
     ConstantSparsity,
     JacintoChannelSchedule,
@@ -211,7 +211,7 @@ def test_errors_name_the_problem():
 
     with pytest.raises(ModelFormatError, match="subclassed"):
         prune_model(Sub())
-    with pytest.raises(ModelFormatError, match="nope"):
+    with pytest.raises(ArgumentError, match="nope"):
         prune_model(_conv_model(4), layers=["nope"])
     with pytest.raises(KerasqError, match="schedule"):
         PruningCallback(0.5)
