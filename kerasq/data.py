@@ -350,6 +350,7 @@ def check_model_file(path: PathLike) -> str:
     """
     path = os.fspath(path)
     if os.path.isdir(path):
+        _check_saved_model(path)
         return path
     check_regular_file(path, "model file")
     size = os.path.getsize(path)
@@ -360,6 +361,69 @@ def check_model_file(path: PathLike) -> str:
     elif head.startswith(b"\x89HDF\r\n\x1a\n"):
         _check_h5(path, size)
     return path
+
+
+#: The files a SavedModel directory must hold (besides optional ``assets/``,
+#: ``fingerprint.pb``): the graph, Keras' metadata and the variables' index.
+_SAVED_MODEL_FILES = ("saved_model.pb", "keras_metadata.pb")
+
+
+def _check_saved_model(path: str) -> None:
+    """A SavedModel directory as Keras (tf_keras) writes it, checked before TF loads it:
+    ``saved_model.pb`` and ``keras_metadata.pb`` regular files, and ``variables/``: every
+    tensor the index declares (shape x dtype size) under :data:`MAX_ARRAY_BYTES`, and
+    all together no more than the data shards hold (a truncated shard is refused here,
+    a huge claimed shape before anything is allocated). Only the index is read."""
+    if os.path.splitext(path)[1].lower() in (".h5", ".hdf5", ".keras"):
+        raise ModelFormatError(f"a directory, not a {os.path.splitext(path)[1]} file", file=path)
+    for name in _SAVED_MODEL_FILES:
+        member = os.path.join(path, name)
+        if not os.path.exists(member):
+            raise ModelFormatError(f"not a Keras SavedModel directory (no {name})", file=path)
+        check_regular_file(member, "SavedModel file")
+    variables = os.path.join(path, "variables")
+    index = os.path.join(variables, "variables.index")
+    if not os.path.isdir(variables) or not os.path.exists(index):
+        raise ModelFormatError("not a Keras SavedModel directory (no variables/variables.index)",
+                               file=path)
+    check_regular_file(index, "SavedModel variables index")
+    shards = []
+    for name in sorted(os.listdir(variables)):
+        if name.startswith("variables.data-"):
+            check_regular_file(os.path.join(variables, name), "SavedModel variables data")
+            shards.append(os.path.getsize(os.path.join(variables, name)))
+    try:
+        import tensorflow as tf
+        from tensorflow.python.training import py_checkpoint_reader
+    except ImportError:  # pragma: no cover - TensorFlow is a dependency
+        return
+    try:
+        reader = py_checkpoint_reader.NewCheckpointReader(os.path.join(variables, "variables"))
+        shapes = reader.get_variable_to_shape_map()
+        dtypes = reader.get_variable_to_dtype_map()
+    except (tf.errors.OpError, ValueError, RuntimeError, TypeError) as err:
+        raise ModelFormatError(f"unreadable SavedModel variables: {_first_line(err)}",
+                               file=index) from None
+    total = 0
+    for name in sorted(shapes):
+        dtype = dtypes.get(name)
+        if dtype is None or dtype == tf.string or dtype == tf.resource or dtype == tf.variant:
+            continue
+        count = 1
+        for d in shapes[name] or ():
+            count *= max(int(d), 0)
+        nbytes = count * dtype.size
+        total += nbytes
+        if nbytes > MAX_ARRAY_BYTES:
+            raise DataError(f"variable declares {nbytes} bytes (shape {list(shapes[name])}), "
+                            f"over the {MAX_ARRAY_BYTES / 2**30:.0f} GiB limit "
+                            "(KERASQ_MAX_ARRAY_BYTES)", file=index, layer=name)
+        if nbytes > sum(shards):
+            raise DataError(f"variable declares {nbytes} bytes but the data files hold "
+                            f"{sum(shards)} (truncated or corrupt)", file=index, layer=name)
+    if total > sum(shards):
+        raise DataError(f"the variables declare {total} bytes but the data files hold "
+                        f"{sum(shards)} (truncated or corrupt)", file=index)
 
 
 def _check_keras_zip(path: str, size: int) -> None:
