@@ -619,7 +619,8 @@ def _truncated_copy(w: str) -> None:
 
 def all_cases() -> List[Case]:
     cases = (_output_cases() + _nonfinite_cases() + _array_cases() + _caffe_cases()
-             + _option_cases() + _model_cases() + _savedmodel_cases())
+             + _option_cases() + _model_cases() + _savedmodel_cases()
+             + _path_cases())
     names = [c.name for c in cases]
     assert len(names) == len(set(names)), "duplicate case names"
     return cases
@@ -773,4 +774,110 @@ def _savedmodel_cases() -> List[Case]:
                           "inspect": ["inspect", f"{{W}}/{target}"]}.items():
             cases.append(Case("model-file", f"{cmd}-savedmodel-{name}", argv, setup,
                               slow=cmd != "quantize"))
+    return cases
+
+
+# ------------------------------------------------------------------ paths, encodings, cuts
+def symlink(name: str, target: str) -> Setup:
+    """``name`` -> ``target`` (``{A}`` in target: the shared assets)."""
+    def setup(w: str) -> None:
+        dest = target.replace("{A}", os.environ.get("KERASQ_HOSTILE_ASSETS", ""))
+        os.symlink(dest if os.path.isabs(dest) else dest, os.path.join(w, name))
+    return setup
+
+
+def bytes_named(name: bytes, data: bytes) -> Setup:
+    """A file whose name is not UTF-8 (``name`` in bytes)."""
+    def setup(w: str) -> None:
+        with open(os.path.join(os.fsencode(w), name), "wb") as f:
+            f.write(data)
+    return setup
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+LONG = "n" * 300  # over NAME_MAX (255): ENAMETOOLONG
+NON_UTF8 = os.fsdecode(b"cal\xff\xfe")  # surrogate-escaped in argv, as the shell passes it
+
+
+def _path_cases() -> List[Case]:
+    nan = np.full((4, 8, 8, 1), np.nan, "f4")
+    cases = [
+        Case("output", "convert-output-symlink-loop", CONVERT + ["-o", "{W}/loop.h5"],
+             symlink("loop.h5", "loop.h5")),
+        Case("output", "quantize-output-symlink-to-input", QUANTIZE + ["-o", "{W}/link.h5"],
+             symlink("link.h5", "{A}/model.h5")),
+        Case("output", "export-output-symlink-to-input", EXPORT + ["-o", "{W}/link.tflite"],
+             symlink("link.tflite", "{A}/q.h5")),
+        Case("output", "convert-output-symlink-to-prototxt",
+             CONVERT + ["-o", "{W}/link.h5"], symlink("link.h5", "{A}/net.prototxt")),
+        Case("output", "quantize-output-dir-symlink-to-assets",
+             QUANTIZE + ["-o", "{W}/adir/model.h5"], symlink("adir", "{A}")),
+        Case("output", "convert-output-name-too-long", CONVERT + ["-o", f"{{W}}/{LONG}.h5"]),
+        Case("output", "export-output-name-too-long", EXPORT + ["-o", f"{{W}}/{LONG}.tflite"]),
+        Case("output", "quantize-output-dir-too-long",
+             QUANTIZE + ["-o", f"{{W}}/{LONG}/q.h5"]),
+        Case("array-file", "quantize-calibration-symlink-loop",
+             ["quantize", "{A}/model.h5", "--calibration", "{W}/loop.npy", "-o", "{W}/q.h5"],
+             symlink("loop.npy", "loop.npy")),
+        Case("array-file", "quantize-calibration-name-too-long",
+             ["quantize", "{A}/model.h5", "--calibration", f"{{W}}/{LONG}.npy", "-o", "{W}/q.h5"]),
+        Case("array-file", "quantize-calibration-non-utf8-name-nan",
+             ["quantize", "{A}/model.h5", "--calibration", f"{{W}}/{NON_UTF8}.npy",
+              "-o", "{W}/q.h5"], bytes_named(b"cal\xff\xfe.npy", _npy_bytes(nan))),
+        Case("array-file", "quantize-calibration-non-utf8-name-missing",
+             ["quantize", "{A}/model.h5", "--calibration", f"{{W}}/{NON_UTF8}.npy",
+              "-o", "{W}/q.h5"]),
+        Case("array-file", "export-data-non-utf8-name-strings",
+             ["export", "{A}/q.h5", "--data", f"{{W}}/{NON_UTF8}.npy", "-o", "{W}/x.tflite"],
+             bytes_named(b"cal\xff\xfe.npy", _npy_bytes(np.array(["a", "b"])))),
+        Case("model-file", "quantize-model-symlink-loop", ["quantize", "{W}/m.h5", "-o", "{W}/q.h5"],
+             symlink("m.h5", "m.h5")),
+        Case("model-file", "quantize-model-name-too-long",
+             ["quantize", f"{{W}}/{LONG}.h5", "-o", "{W}/q.h5"]),
+        Case("model-file", "quantize-model-non-utf8-name-text",
+             ["quantize", f"{{W}}/{NON_UTF8}.h5", "-o", "{W}/q.h5"],
+             bytes_named(b"cal\xff\xfe.h5", b"not a model")),
+        Case("caffe", "convert-prototxt-symlink-loop",
+             ["convert", "{W}/loop.prototxt", "{A}/net.caffemodel", "-o", "{W}/m.h5"],
+             symlink("loop.prototxt", "loop.prototxt")),
+        Case("caffe", "convert-prototxt-non-utf8-name-nested",
+             ["convert", f"{{W}}/{NON_UTF8}.prototxt", "-o", "{W}/m.h5"],
+             bytes_named(b"cal\xff\xfe.prototxt", nested_text(5000, "layer {"))),
+        Case("caffe", "convert-prototxt-nul-bytes",
+             ["convert", "{W}/n.prototxt", "{A}/net.caffemodel", "-o", "{W}/m.h5"],
+             write("n.prototxt", NET_PROTOTXT.replace("conv1", "conv\x001", 1).encode())),
+        Case("caffe", "convert-prototxt-bom-and-nul",
+             ["convert", "{W}/n.prototxt", "-o", "{W}/m.h5"],
+             write("n.prototxt", b"\xef\xbb\xbf" + NET_PROTOTXT.encode() + b"\x00\x00")),
+        Case("caffe", "convert-prototxt-utf16",
+             ["convert", "{W}/n.prototxt", "-o", "{W}/m.h5"],
+             write("n.prototxt", NET_PROTOTXT.encode("utf-16"))),
+    ]
+    good = caffemodel_bytes(net_weights(np.random.RandomState(0)))
+    for eighth in range(1, 8):
+        cut = len(good) * eighth // 8
+        cases.append(Case("caffe", f"convert-caffemodel-cut-at-{eighth}-8",
+                          ["convert", "{A}/net.prototxt", "{W}/cut.caffemodel", "-o", "{W}/m.h5"],
+                          write("cut.caffemodel", good[:cut]), slow=eighth % 2 == 0))
+    cal = ["quantize", "{A}/model.h5", "--calibration", "{W}/c.npy", "-o", "{W}/q.h5"]
+    for name, array in {
+        "float16-inf": np.full((4, 8, 8, 1), np.float16(7e4) * np.float16(2), np.float16),
+        "float16-nan": np.full((4, 8, 8, 1), np.nan, np.float16),
+        "bool": np.ones((4, 8, 8, 1), bool),
+        "float64-beyond-float32": np.full((4, 8, 8, 1), 1e39, np.float64),
+        "float64-one-beyond-float32": np.pad(np.full((1, 8, 8, 1), -3.5e38), ((3, 0), (0, 0),
+                                                                               (0, 0), (0, 0))),
+    }.items():
+        cases.append(Case("non-finite" if "float16" in name else "array-file",
+                          f"quantize-calibration-{name}", cal, npy("c.npy", array)))
+    for value in ("1" + "0" * 30, str(1 << 63), "1e9", "0x10"):
+        cases.append(Case("options", f"quantize-batch-size-{value[:12]}",
+                          QUANTIZE + ["--batch-size", value, "-o", "{W}/q.h5"]))
     return cases
