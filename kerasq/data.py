@@ -154,6 +154,33 @@ def check_finite(array: np.ndarray, name: str = "array", file: Optional[str] = N
                         file=file, layer=name)
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_input_values(array: np.ndarray, name: str = "input", file: Optional[str] = None
+                       ) -> None:
+    """Model input data must be numbers a float32 model input holds: no bool arrays (True/
+    False are no pixel values; a mask saved by mistake), no value beyond the float32 range
+    (float64 1e39 would become inf inside the model).
+
+    Example:
+        >>> check_input_values(np.array([1e39]), "x")
+        Traceback (most recent call last):
+        ...
+        kerasq.errors.DataError: x: value 1e+39 at index (0,) is beyond the float32 range of the model input
+    """
+    if array.dtype.kind == "b":
+        raise DataError("bool data for a model input; expected numbers (pixel or feature "
+                        "values)", file=file, layer=name)
+    if array.dtype.kind == "f" and array.dtype.itemsize > 4 and array.size:
+        big = np.abs(array) > _FLOAT32_MAX
+        if big.any():
+            flat = int(np.argmax(big.reshape(-1)))
+            index = tuple(int(i) for i in np.unravel_index(flat, array.shape))
+            raise DataError(f"value {array.reshape(-1)[flat]:g} at index {index} is beyond the "
+                            "float32 range of the model input", file=file, layer=name)
+
+
 def check_model_finite(model: Any, file: Optional[str] = None) -> None:
     """Raise DataError naming the first variable (weight, range, fl) of ``model`` holding
     NaN/Inf, and its first bad index; a model passing this never hands a non-finite range
@@ -350,6 +377,7 @@ def check_model_file(path: PathLike) -> str:
     """
     path = os.fspath(path)
     if os.path.isdir(path):
+        _check_saved_model(path)
         return path
     check_regular_file(path, "model file")
     size = os.path.getsize(path)
@@ -359,7 +387,73 @@ def check_model_file(path: PathLike) -> str:
         _check_keras_zip(path, size)
     elif head.startswith(b"\x89HDF\r\n\x1a\n"):
         _check_h5(path, size)
+    else:
+        raise ModelFormatError("not a Keras model file (neither an HDF5 .h5 nor a .keras zip; "
+                               "a SavedModel is a directory)", file=path)
     return path
+
+
+#: The files a SavedModel directory must hold (besides optional ``assets/``,
+#: ``fingerprint.pb``): the graph, Keras' metadata and the variables' index.
+_SAVED_MODEL_FILES = ("saved_model.pb", "keras_metadata.pb")
+
+
+def _check_saved_model(path: str) -> None:
+    """A SavedModel directory as Keras (tf_keras) writes it, checked before TF loads it:
+    ``saved_model.pb`` and ``keras_metadata.pb`` regular files, and ``variables/``: every
+    tensor the index declares (shape x dtype size) under :data:`MAX_ARRAY_BYTES`, and
+    all together no more than the data shards hold (a truncated shard is refused here,
+    a huge claimed shape before anything is allocated). Only the index is read."""
+    if os.path.splitext(path)[1].lower() in (".h5", ".hdf5", ".keras"):
+        raise ModelFormatError(f"a directory, not a {os.path.splitext(path)[1]} file", file=path)
+    for name in _SAVED_MODEL_FILES:
+        member = os.path.join(path, name)
+        if not os.path.exists(member):
+            raise ModelFormatError(f"not a Keras SavedModel directory (no {name})", file=path)
+        check_regular_file(member, "SavedModel file")
+    variables = os.path.join(path, "variables")
+    index = os.path.join(variables, "variables.index")
+    if not os.path.isdir(variables) or not os.path.exists(index):
+        raise ModelFormatError("not a Keras SavedModel directory (no variables/variables.index)",
+                               file=path)
+    check_regular_file(index, "SavedModel variables index")
+    shards = []
+    for name in sorted(os.listdir(variables)):
+        if name.startswith("variables.data-"):
+            check_regular_file(os.path.join(variables, name), "SavedModel variables data")
+            shards.append(os.path.getsize(os.path.join(variables, name)))
+    try:
+        import tensorflow as tf
+        from tensorflow.python.training import py_checkpoint_reader
+    except ImportError:  # pragma: no cover - TensorFlow is a dependency
+        return
+    try:
+        reader = py_checkpoint_reader.NewCheckpointReader(os.path.join(variables, "variables"))
+        shapes = reader.get_variable_to_shape_map()
+        dtypes = reader.get_variable_to_dtype_map()
+    except (tf.errors.OpError, ValueError, RuntimeError, TypeError) as err:
+        raise ModelFormatError(f"unreadable SavedModel variables: {_first_line(err)}",
+                               file=index) from None
+    total = 0
+    for name in sorted(shapes):
+        dtype = dtypes.get(name)
+        if dtype is None or dtype == tf.string or dtype == tf.resource or dtype == tf.variant:
+            continue
+        count = 1
+        for d in shapes[name] or ():
+            count *= max(int(d), 0)
+        nbytes = count * dtype.size
+        total += nbytes
+        if nbytes > MAX_ARRAY_BYTES:
+            raise DataError(f"variable declares {nbytes} bytes (shape {list(shapes[name])}), "
+                            f"over the {MAX_ARRAY_BYTES / 2**30:.0f} GiB limit "
+                            "(KERASQ_MAX_ARRAY_BYTES)", file=index, layer=name)
+        if nbytes > sum(shards):
+            raise DataError(f"variable declares {nbytes} bytes but the data files hold "
+                            f"{sum(shards)} (truncated or corrupt)", file=index, layer=name)
+    if total > sum(shards):
+        raise DataError(f"the variables declare {total} bytes but the data files hold "
+                        f"{sum(shards)} (truncated or corrupt)", file=index)
 
 
 def _check_keras_zip(path: str, size: int) -> None:
@@ -585,18 +679,22 @@ def load_inputs_and_labels(path: PathLike, need_labels: bool = False, what: str 
     """
     path = os.fspath(path)
     arrays = load_arrays(path, what)
+
+    def inputs(key: str) -> np.ndarray:
+        check_input_values(arrays[key], key or "array", path)
+        return arrays[key].astype(np.float32, copy=False)
+
     if "" in arrays:
         if need_labels:
             raise DataError("evaluation data must be an .npz with arrays x and y", file=path)
-        return arrays[""].astype(np.float32, copy=False), None
+        return inputs(""), None
     keys = list(arrays)
     if "x" in keys:
-        x: Any = arrays["x"].astype(np.float32, copy=False)
+        x: Any = inputs("x")
     elif "x0" in keys:
-        x = [arrays[f"x{i}"].astype(np.float32, copy=False)
-             for i in range(len(keys)) if f"x{i}" in keys]
+        x = [inputs(f"x{i}") for i in range(len(keys)) if f"x{i}" in keys]
     elif len(keys) == 1 and not need_labels:
-        x = arrays[keys[0]].astype(np.float32, copy=False)
+        x = inputs(keys[0])
     else:
         raise DataError(f"no array 'x' (arrays: {', '.join(keys) or 'none'})", file=path)
     y = arrays.get("y")
@@ -658,6 +756,7 @@ def match_layout(
     if a.dtype.hasobject or a.dtype.kind not in "biuf" or a.ndim == 0:
         raise DataError(f"expected an array of numbers, got {_shown(array)} of {a.dtype}",
                         file=file, layer=name)
+    check_input_values(a, name, file)
     expected = tuple(None if d is None or int(d) < 0 else int(d) for d in expected)
     shown = "(" + ", ".join("None" if d is None else str(d) for d in expected) + ")"
     if a.ndim == len(expected) - 1:
@@ -980,6 +1079,7 @@ def _array_of(value: Any, arg: str) -> np.ndarray:
     if array.size == 0:
         raise DataError(f"the array is empty (shape {tuple(array.shape)})", layer=arg)
     check_finite(array, arg)
+    check_input_values(array, arg)
     return array
 
 

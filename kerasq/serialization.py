@@ -107,7 +107,7 @@ def deserialize(config: Any) -> Any:
 #: still loads with plain ``keras.models.load_model`` (without the tags).
 LAYER_TAGS_KEY = "kerasq_layer_tags"
 #: The tag attributes :func:`load_model` restores (a file never sets any other attribute).
-RESTORED_TAGS = ("caffe_type",)
+RESTORED_TAGS = ("caffe_type", "caffe_name", "caffe_folded")
 
 
 def tag_layers(model: Any, attr: str, tags: Mapping[str, str]) -> None:

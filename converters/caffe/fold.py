@@ -305,6 +305,7 @@ def fold_batchnorm(graph: Graph, protected: Set[str]) -> int:
             continue
         scale, shift, chain = found
         _fold_into(producer, scale, shift)
+        producer.folded += [n for r in chain for n in (r.caffe_name, *r.folded)]
         last_top = chain[-1].tops[0]
         producer.tops = [last_top]
         producer.caffe_tops = [graph.blob_names.get(last_top, last_top)]
@@ -328,6 +329,7 @@ def _merge_batchnorm_scale(graph: Graph, bn: Node, protected: Set[str]) -> int:
         return 0
     bn.blobs = list(bn.blobs) + [affine[0].astype(np.float32), affine[1].astype(np.float32)]
     bn.tops = list(nxt[0].tops)
+    bn.folded += [nxt[0].caffe_name, *nxt[0].folded]
     bn.caffe_tops = [graph.blob_names.get(t, t) for t in bn.tops]
     graph.nodes = [n for n in graph.nodes if n is not nxt[0]]
     log.info("merged %s into %s", nxt[0].caffe_name, bn.caffe_name)

@@ -50,6 +50,7 @@ class Node:
     param: caffe_pb2.LayerParameter  # hyper-parameters (from the prototxt)
     blobs: List[np.ndarray] = dataclasses.field(default_factory=list)  # float32, Caffe layout
     caffe_name: str = ""  # the layer name as written (may repeat)
+    folded: List[str] = dataclasses.field(default_factory=list)  # Caffe layers folded in here
 
     def __post_init__(self) -> None:
         if not self.caffe_name:

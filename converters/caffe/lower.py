@@ -203,6 +203,7 @@ def lower_graph(
         blobs[blob_id] = blob
     total = len(graph.nodes)
     origin: Dict[str, Tuple[str, str]] = {}  # Keras layer name -> (Caffe name, Caffe type)
+    folded: Dict[str, str] = {}  # Keras layer name -> Caffe layers folded into it, comma-joined
     progress = ctx.options.get("progress")
     for index, node in enumerate(graph.nodes, 1):
         ctx.node = node
@@ -233,6 +234,8 @@ def lower_graph(
         node.blobs = []  # the weights live in the Keras layer now (big models: memory)
         for keras_name in set(ctx._names) - before:
             origin[keras_name] = (node.caffe_name, node.type)
+            if node.folded:
+                folded[keras_name] = ",".join(node.folded)
         if len(results) != len(node.tops):
             ctx.error(
                 node,
@@ -284,6 +287,8 @@ def lower_graph(
             renamed.add(id(layer))
             if layer.name in origin:
                 origin[wanted] = origin.pop(layer.name)
+            if layer.name in folded:
+                folded[wanted] = folded.pop(layer.name)
             layer._name = wanted  # the Caffe top names the layer producing it
             del ctx._output_names[wanted]
         else:
@@ -295,25 +300,34 @@ def lower_graph(
         model_outputs.append(tensor)
     model_name = (options or {}).get("model_name") or graph.name or "caffe_net"
     model = keras.Model(model_inputs, model_outputs, name=sanitize_name(model_name))
-    tag_caffe_layers(model, origin)
+    tag_caffe_layers(model, origin, folded)
     return model, blobs
 
 
-def tag_caffe_layers(model: Any, origin: Mapping[str, Tuple[str, str]]) -> None:
+def tag_caffe_layers(model: Any, origin: Mapping[str, Tuple[str, str]],
+                     folded: Optional[Mapping[str, str]] = None) -> None:
     """Give every Keras layer lowered from a Caffe layer the attributes ``caffe_name`` and
     ``caffe_type`` (canonical type, e.g. ``Convolution`` for ``ConvolutionRistretto``).
 
     ``QuantizationConfig.for_layer`` and the quantize registry read ``caffe_type``, so type
     overrides (``{"Convolution": {...}}``) reach converted layers. ``caffe_type`` is saved in
     the model config (:func:`kerasq.serialization.tag_layers`): a .h5 / .keras file reloaded
-    with ``kerasq.load_model`` has it again. ``caffe_name`` is in memory only.
+    with ``kerasq.load_model`` has it again, and so are ``caffe_name`` and ``caffe_folded``
+    (the comma-joined names of the Caffe layers folded into the layer, e.g. its BatchNorm
+    and Scale), by which ``QuantizationConfig.check_layer_names`` recognises the layer
+    names of a config read from the net's prototxt.
     """
-    caffe_types = {}
+    caffe_types, caffe_names = {}, {}
     for layer in model.layers:
         found = origin.get(layer.name)
         if found is not None:
             layer.caffe_name, caffe_types[layer.name] = found
+            caffe_names[layer.name] = found[0]
     tag_layers(model, "caffe_type", caffe_types)
+    tag_layers(model, "caffe_name", caffe_names)
+    if folded:
+        tag_layers(model, "caffe_folded", {k: v for k, v in folded.items()
+                                           if k in {lay.name for lay in model.layers}})
 
 
 __all__ = ["LoweringContext", "lower_graph", "sanitize_name", "make_input", "tag_caffe_layers"]

@@ -113,13 +113,16 @@ def load_inputs(path: str, model: Any = None, layout: str = "auto") -> Any:
 
 
 def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
+    """argparse type: an integer in 1..2^31-1 (TensorFlow's batch and step counters)."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    if value > 2**31 - 1:
+        raise argparse.ArgumentTypeError(f"{text[:20]}{'...' if len(text) > 20 else ''} is "
+                                         f"too large (at most {2**31 - 1})")
     return value
 
 

@@ -95,6 +95,7 @@ def quantize_model(model: Any, config: Optional[Union[QuantizationConfig, Mappin
             f"expected a QuantizationConfig or a dict, got {type(config).__name__}",
             layer="config")
     check_keras_model(model, "model", quantized=False)
+    config.check_layer_names(model)
     if preserve_sparsity is not None:
         check_bool(preserve_sparsity, "preserve_sparsity")
     _check_model(model)

@@ -40,6 +40,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import types
@@ -278,6 +279,37 @@ class QuantizationConfig:
             return self
         return dataclasses.replace(self, overrides={}, ignored_layers=(), **merged)
 
+    def check_layer_names(self, model: Any) -> None:
+        """Refuse ``ignored_layers`` entries and ``overrides`` keys that name nothing in ``model``.
+
+        A name is known when it is a layer of ``model`` (nested models included), the Caffe
+        name of a converted layer (its ``caffe_name`` tag) or of a Caffe layer the converter
+        folded into one (``caffe_folded``: a BatchNorm or Scale folded into its conv); an
+        ``overrides`` key may also be a layer type: a Keras layer class name or a Caffe type.
+        The error names the key and lists close matches (a config read from the prototxt of
+        another net fails on its first layer name).
+
+        Example:
+            >>> QuantizationConfig(ignored_layers=("conv9",)).check_layer_names(model)  # doctest: +SKIP
+            Traceback (most recent call last):
+            kerasq.errors.QuantizationConfigError: ignored_layers: no layer named 'conv9' ...
+        """
+        names = _model_layer_names(model)
+        if not self.ignored_layers and not self.overrides:
+            return
+        types_ = _known_layer_types(model)
+        for key, what in ([(n, "ignored_layers") for n in self.ignored_layers]
+                          + [(k, "overrides") for k in self.overrides]):
+            if key in names or (what == "overrides" and key in types_):
+                continue
+            pool = sorted(names | types_) if what == "overrides" else sorted(names)
+            close = difflib.get_close_matches(key, pool, n=3)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            kind = "layer or layer type" if what == "overrides" else "layer"
+            raise QuantizationConfigError(
+                f"no {kind} named {key!r} in model {getattr(model, 'name', '?')!r}{hint}",
+                layer=what)
+
     # -------------------------------------------------------------- serialization
     def to_dict(self) -> Dict[str, Any]:
         """Plain-Python dict of every field (JSON-compatible)."""
@@ -334,6 +366,51 @@ class QuantizationConfig:
 
 
 _FIELD_NAMES = tuple(f.name for f in dataclasses.fields(QuantizationConfig))
+
+
+def _model_layer_names(model: Any) -> set:
+    """Layer names of ``model`` and its nested models, with the converter's Caffe names."""
+    names: set = set()
+    caffe: set = set()
+    stack = list(getattr(model, "layers", []))
+    while stack:
+        layer = stack.pop()
+        names.add(layer.name)
+        for attr in ("caffe_name", "caffe_folded"):
+            tag = getattr(layer, attr, None)
+            if isinstance(tag, str) and tag:
+                caffe.update(tag.split(",") if attr == "caffe_folded" else [tag])
+        stack.extend(getattr(layer, "layers", []) or [])
+    if caffe:  # configs read from a prototxt also key layers by their Keras-safe names
+        from kerasq.converters.caffe.graph import sanitize_name
+
+        names.update(caffe, map(sanitize_name, caffe))
+    return names
+
+
+def _known_layer_types(model: Any) -> set:
+    """Keras layer class names, the Caffe types the converter lowers, and the types of
+    ``model``'s own layers (custom classes, ``caffe_type`` tags)."""
+    from kerasq._compat import keras
+
+    found = {n for n in dir(keras.layers) if n[:1].isupper()}
+    found.update(CAFFE_TYPE_OF_KERAS_CLASS.values())
+    try:
+        from kerasq.converters.caffe.layers import _registry
+
+        found.update(_registry.supported_types())
+    except (ImportError, AttributeError):  # converter absent from this build
+        pass
+    stack = list(getattr(model, "layers", []))
+    while stack:
+        layer = stack.pop()
+        found.add(type(layer).__name__)
+        tag = getattr(layer, "caffe_type", None)
+        if isinstance(tag, str):
+            found.add(tag)
+        stack.extend(getattr(layer, "layers", []) or [])
+    return found
+
 
 def config_from_caffe(prototxt: Any, solver: Any = None, *,
                       flavor: Optional[str] = None) -> QuantizationConfig:

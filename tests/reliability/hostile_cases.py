@@ -619,7 +619,8 @@ def _truncated_copy(w: str) -> None:
 
 def all_cases() -> List[Case]:
     cases = (_output_cases() + _nonfinite_cases() + _array_cases() + _caffe_cases()
-             + _option_cases() + _model_cases())
+             + _option_cases() + _model_cases() + _savedmodel_cases()
+             + _path_cases())
     names = [c.name for c in cases]
     assert len(names) == len(set(names)), "duplicate case names"
     return cases
@@ -643,3 +644,240 @@ def snapshot(folder: str) -> Dict[str, object]:
             except PermissionError:
                 out[os.path.relpath(path, folder)] = f"unreadable {st.st_size} {st.st_mtime_ns}"
     return out
+
+
+# ------------------------------------------------------------------ SavedModel directories
+_CRC32C_TABLE: List[int] = []
+
+
+def _crc32c_update(crc: int, data: bytes) -> int:
+    if not _CRC32C_TABLE:
+        for i in range(256):
+            c = i
+            for _ in range(8):
+                c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+            _CRC32C_TABLE.append(c)
+    crc ^= 0xFFFFFFFF
+    for byte in data:
+        crc = _CRC32C_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def _masked(crc: int) -> int:  # LevelDB/TF table block checksum
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def patch_table_block(data: bytes, old: bytes, new: bytes) -> bytes:
+    """``data`` (a TF table file such as ``variables.index``) with ``old`` replaced by the
+    same-length ``new`` inside the first data block, its checksum recomputed (TF checks it)."""
+    assert len(old) == len(new) and data.count(old) == 1
+    pos = data.index(old)
+    for end in range(pos + len(old), len(data) - 4):  # block = [0, end) + type byte + crc
+        stored = struct.unpack("<I", data[end + 1:end + 5])[0]
+        if _masked(_crc32c_update(0, data[:end + 1])) == stored:
+            patched = data[:pos] + new + data[pos + len(old):]
+            crc = struct.pack("<I", _masked(_crc32c_update(0, patched[:end + 1])))
+            return patched[:end + 1] + crc + patched[end + 5:]
+    raise AssertionError("no table block around the patch")
+
+
+_SAVED_MODEL: Dict[str, str] = {}
+
+
+def saved_model(name: str, mutate: Optional[Callable[[str], None]] = None) -> Setup:
+    """A real Keras SavedModel (a 1x1 Conv2D, 128 -> 128 channels) copied to ``name``, then
+    ``mutate(path)``. Saved once per process."""
+    def setup(w: str) -> None:
+        import shutil
+        import tempfile
+
+        if "path" not in _SAVED_MODEL:
+            from kerasq._compat import keras
+
+            folder = tempfile.mkdtemp(prefix="kerasq-hostile-savedmodel-")
+            inp = keras.Input((4, 4, 128), name="x")
+            model = keras.Model(inp, keras.layers.Conv2D(128, 1, name="conv")(inp))
+            model.save(os.path.join(folder, "sm"))
+            _SAVED_MODEL["path"] = os.path.join(folder, "sm")
+        target = os.path.join(w, name)
+        shutil.copytree(_SAVED_MODEL["path"], target)
+        if mutate is not None:
+            mutate(target)
+    return setup
+
+
+def _data_file(sm: str) -> str:
+    variables = os.path.join(sm, "variables")
+    return os.path.join(variables, next(n for n in sorted(os.listdir(variables))
+                                        if n.startswith("variables.data-")))
+
+
+def _truncate_data(sm: str) -> None:
+    path = _data_file(sm)
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.truncate(size // 2)
+
+
+def _claim_huge_kernel(sm: str) -> None:
+    """The index claims the kernel is 127x127x16383x16383 float32 (17 TB)."""
+    path = os.path.join(sm, "variables", "variables.index")
+    with open(path, "rb") as f:
+        data = f.read()
+    old = b"\x12\x02\x08\x01\x12\x02\x08\x01\x12\x03\x08\x80\x01\x12\x03\x08\x80\x01"
+    new = b"\x12\x02\x08\x7f\x12\x02\x08\x7f\x12\x03\x08\xff\x7f\x12\x03\x08\xff\x7f"
+    with open(path, "wb") as f:
+        f.write(patch_table_block(data, old, new))
+
+
+def _remove(*parts: str) -> Callable[[str], None]:
+    def mutate(sm: str) -> None:
+        import shutil
+
+        path = os.path.join(sm, *parts)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    return mutate
+
+
+def _replace_with(parts: Sequence[str], data: Optional[bytes]) -> Callable[[str], None]:
+    """The file ``parts`` replaced by ``data`` (None: a FIFO)."""
+    def mutate(sm: str) -> None:
+        path = os.path.join(sm, *parts)
+        os.remove(path)
+        if data is None:
+            os.mkfifo(path)
+        else:
+            with open(path, "wb") as f:
+                f.write(data)
+    return mutate
+
+
+def _savedmodel_cases() -> List[Case]:
+    hazards = {
+        "truncated-variables-data": ("sm", _truncate_data),
+        "empty-variables-data": ("sm", lambda sm: open(_data_file(sm), "wb").close()),
+        "index-claims-17TB-kernel": ("sm", _claim_huge_kernel),
+        "index-garbage": ("sm", _replace_with(("variables", "variables.index"), b"garbage" * 9)),
+        "index-fifo": ("sm", _replace_with(("variables", "variables.index"), None)),
+        "no-variables": ("sm", _remove("variables")),
+        "no-keras-metadata": ("sm", _remove("keras_metadata.pb")),
+        "no-saved-model-pb": ("sm", _remove("saved_model.pb")),
+        "saved-model-pb-fifo": ("sm", _replace_with(("saved_model.pb",), None)),
+        "savedmodel-dir-named.h5": ("m.h5", None),
+        "savedmodel-dir-named.keras": ("m.keras", None),
+    }
+    cases = []
+    for name, (target, mutate) in hazards.items():
+        setup = saved_model(target, mutate)
+        for cmd, argv in {"quantize": ["quantize", f"{{W}}/{target}", "-o", "{W}/q.h5"],
+                          "export": ["export", f"{{W}}/{target}", "-o", "{W}/x.tflite"],
+                          "inspect": ["inspect", f"{{W}}/{target}"]}.items():
+            cases.append(Case("model-file", f"{cmd}-savedmodel-{name}", argv, setup,
+                              slow=cmd != "quantize"))
+    return cases
+
+
+# ------------------------------------------------------------------ paths, encodings, cuts
+def symlink(name: str, target: str) -> Setup:
+    """``name`` -> ``target`` (``{A}`` in target: the shared assets)."""
+    def setup(w: str) -> None:
+        dest = target.replace("{A}", os.environ.get("KERASQ_HOSTILE_ASSETS", ""))
+        os.symlink(dest if os.path.isabs(dest) else dest, os.path.join(w, name))
+    return setup
+
+
+def bytes_named(name: bytes, data: bytes) -> Setup:
+    """A file whose name is not UTF-8 (``name`` in bytes)."""
+    def setup(w: str) -> None:
+        with open(os.path.join(os.fsencode(w), name), "wb") as f:
+            f.write(data)
+    return setup
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+LONG = "n" * 300  # over NAME_MAX (255): ENAMETOOLONG
+NON_UTF8 = os.fsdecode(b"cal\xff\xfe")  # surrogate-escaped in argv, as the shell passes it
+
+
+def _path_cases() -> List[Case]:
+    nan = np.full((4, 8, 8, 1), np.nan, "f4")
+    cases = [
+        Case("output", "convert-output-symlink-loop", CONVERT + ["-o", "{W}/loop.h5"],
+             symlink("loop.h5", "loop.h5")),
+        Case("output", "quantize-output-symlink-to-input", QUANTIZE + ["-o", "{W}/link.h5"],
+             symlink("link.h5", "{A}/model.h5")),
+        Case("output", "export-output-symlink-to-input", EXPORT + ["-o", "{W}/link.tflite"],
+             symlink("link.tflite", "{A}/q.h5")),
+        Case("output", "convert-output-symlink-to-prototxt",
+             CONVERT + ["-o", "{W}/link.h5"], symlink("link.h5", "{A}/net.prototxt")),
+        Case("output", "quantize-output-dir-symlink-to-assets",
+             QUANTIZE + ["-o", "{W}/adir/model.h5"], symlink("adir", "{A}")),
+        Case("output", "convert-output-name-too-long", CONVERT + ["-o", f"{{W}}/{LONG}.h5"]),
+        Case("output", "export-output-name-too-long", EXPORT + ["-o", f"{{W}}/{LONG}.tflite"]),
+        Case("output", "quantize-output-dir-too-long",
+             QUANTIZE + ["-o", f"{{W}}/{LONG}/q.h5"]),
+        Case("array-file", "quantize-calibration-symlink-loop",
+             ["quantize", "{A}/model.h5", "--calibration", "{W}/loop.npy", "-o", "{W}/q.h5"],
+             symlink("loop.npy", "loop.npy")),
+        Case("array-file", "quantize-calibration-name-too-long",
+             ["quantize", "{A}/model.h5", "--calibration", f"{{W}}/{LONG}.npy", "-o", "{W}/q.h5"]),
+        Case("array-file", "quantize-calibration-non-utf8-name-nan",
+             ["quantize", "{A}/model.h5", "--calibration", f"{{W}}/{NON_UTF8}.npy",
+              "-o", "{W}/q.h5"], bytes_named(b"cal\xff\xfe.npy", _npy_bytes(nan))),
+        Case("array-file", "quantize-calibration-non-utf8-name-missing",
+             ["quantize", "{A}/model.h5", "--calibration", f"{{W}}/{NON_UTF8}.npy",
+              "-o", "{W}/q.h5"]),
+        Case("array-file", "export-data-non-utf8-name-strings",
+             ["export", "{A}/q.h5", "--data", f"{{W}}/{NON_UTF8}.npy", "-o", "{W}/x.tflite"],
+             bytes_named(b"cal\xff\xfe.npy", _npy_bytes(np.array(["a", "b"])))),
+        Case("model-file", "quantize-model-symlink-loop", ["quantize", "{W}/m.h5", "-o", "{W}/q.h5"],
+             symlink("m.h5", "m.h5")),
+        Case("model-file", "quantize-model-name-too-long",
+             ["quantize", f"{{W}}/{LONG}.h5", "-o", "{W}/q.h5"]),
+        Case("model-file", "quantize-model-non-utf8-name-text",
+             ["quantize", f"{{W}}/{NON_UTF8}.h5", "-o", "{W}/q.h5"],
+             bytes_named(b"cal\xff\xfe.h5", b"not a model")),
+        Case("caffe", "convert-prototxt-symlink-loop",
+             ["convert", "{W}/loop.prototxt", "{A}/net.caffemodel", "-o", "{W}/m.h5"],
+             symlink("loop.prototxt", "loop.prototxt")),
+        Case("caffe", "convert-prototxt-non-utf8-name-nested",
+             ["convert", f"{{W}}/{NON_UTF8}.prototxt", "-o", "{W}/m.h5"],
+             bytes_named(b"cal\xff\xfe.prototxt", nested_text(5000, "layer {"))),
+        Case("caffe", "convert-prototxt-nul-bytes",
+             ["convert", "{W}/n.prototxt", "{A}/net.caffemodel", "-o", "{W}/m.h5"],
+             write("n.prototxt", NET_PROTOTXT.replace("conv1", "conv\x001", 1).encode())),
+        Case("caffe", "convert-prototxt-bom-and-nul",
+             ["convert", "{W}/n.prototxt", "-o", "{W}/m.h5"],
+             write("n.prototxt", b"\xef\xbb\xbf" + NET_PROTOTXT.encode() + b"\x00\x00")),
+        Case("caffe", "convert-prototxt-utf16",
+             ["convert", "{W}/n.prototxt", "-o", "{W}/m.h5"],
+             write("n.prototxt", NET_PROTOTXT.encode("utf-16"))),
+    ]
+    good = caffemodel_bytes(net_weights(np.random.RandomState(0)))
+    for eighth in range(1, 8):
+        cut = len(good) * eighth // 8
+        cases.append(Case("caffe", f"convert-caffemodel-cut-at-{eighth}-8",
+                          ["convert", "{A}/net.prototxt", "{W}/cut.caffemodel", "-o", "{W}/m.h5"],
+                          write("cut.caffemodel", good[:cut]), slow=eighth % 2 == 0))
+    cal = ["quantize", "{A}/model.h5", "--calibration", "{W}/c.npy", "-o", "{W}/q.h5"]
+    for name, array in {
+        "float16-inf": np.full((4, 8, 8, 1), np.inf, np.float16),
+        "float16-nan": np.full((4, 8, 8, 1), np.nan, np.float16),
+        "bool": np.ones((4, 8, 8, 1), bool),
+        "float64-beyond-float32": np.full((4, 8, 8, 1), 1e39, np.float64),
+        "float64-one-beyond-float32": np.pad(np.full((1, 8, 8, 1), -3.5e38), ((3, 0), (0, 0),
+                                                                               (0, 0), (0, 0))),
+    }.items():
+        cases.append(Case("non-finite" if "float16" in name else "array-file",
+                          f"quantize-calibration-{name}", cal, npy("c.npy", array)))
+    for value in ("1" + "0" * 30, str(1 << 63), "1e9", "0x10"):
+        cases.append(Case("options", f"quantize-batch-size-{value[:12]}",
+                          QUANTIZE + ["--batch-size", value, "-o", "{W}/q.h5"]))
+    return cases

@@ -218,6 +218,10 @@ for _label, _config, _field in [
     ("bool-string", {"per_channel_weights": "yes"}, "per_channel_weights"),
     ("override-bad", {"overrides": {"conv1": {"bitwidth_weights": 1}}}, "conv1"),
     ("override-unknown-field", {"overrides": {"conv1": {"bits": 4}}}, "bits"),
+    ("ignored-unknown-name", {"ignored_layers": ["conv9"]}, "conv9"),
+    ("override-unknown-name", {"overrides": {"conv_9": {"bitwidth_weights": 4}}}, "conv_9"),
+    ("override-unknown-type", {"overrides": {"Convolutoin": {"bitwidth_weights": 4}}},
+     "Convolutoin"),
 ]:
     row(f"quantize_model-config-{_label}", QuantizationConfigError, _field)(
         lambda e, c=_config: _quantize(e, config=c))
@@ -493,6 +497,26 @@ row("load_model-h5-config-conv-1e9-filters", DataError, "huge_conv")(
     lambda e: _load_model(e, e.__getattr__("forged_conv.h5")))
 row("load_model-keras-config-dense-40000x40000", DataError, "huge_dense")(
     lambda e: _load_model(e, e.__getattr__("forged.keras")))
+
+
+def _saved_model(name: str, mutate: Any) -> str:
+    """A hostile SavedModel of ``hostile_cases`` in a folder of its own (outside ``env.d``)."""
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="kerasq-api-savedmodel-")
+    hc.saved_model(name, mutate)(folder)
+    return os.path.join(folder, name)
+
+
+for _label, _name, _mutate, _error, _text in [
+    ("truncated-variables", "sm", hc._truncate_data, DataError, "truncated"),
+    ("index-claims-17TB", "sm", hc._claim_huge_kernel, DataError, "16 GiB limit"),
+    ("no-keras-metadata", "sm", hc._remove("keras_metadata.pb"), ModelFormatError,
+     "keras_metadata.pb"),
+    ("dir-named.h5", "m.h5", None, ModelFormatError, "directory"),
+]:
+    row(f"load_model-savedmodel-{_label}", _error, _text)(
+        lambda e, n=_name, m=_mutate: _load_model(e, _saved_model(n, m)))
 rows("load_model-compile", ArgumentError, "compile",
      lambda e, v: _load_model(e, e.__getattr__("q.h5"), compile=v), BAD_BOOLS)
 
