@@ -237,15 +237,18 @@ class _WeightQuantizer(_Quantizer):
     def fake_quantize(self, w: Any, v: Dict[str, Any], rounding: str, seed: Any) -> Any:
         raise NotImplementedError
 
-    def refresh(self, w: Any, v: Dict[str, Any]) -> None:
-        """Refresh the stored state from the current weights (no-op by default)."""
+    def refresh(self, w: Any, v: Dict[str, Any]) -> Any:
+        """Refresh the stored state from the current weights; returns what
+        ``fake_quantize`` may reuse as ``fresh`` (None by default)."""
+        return None
 
     def __call__(self, w: Any, training: bool, v: Dict[str, Any], seed: Any = None) -> Any:
         count = _val(v["count"])
         if training:
-            self.refresh(w, v)
+            fresh = self.refresh(w, v)
             out = self._gate(count, w, self.fake_quantize(w, v, self.round_mode(True), seed,
-                                                          fresh=True))
+                                                          fresh=fresh if fresh is not None
+                                                          else True))
             v["count"].assign(count + 1)
             return out
         return self._gate(count, w, self.fake_quantize(w, v, self.round_mode(False), seed))
@@ -314,17 +317,21 @@ class DFPWeightQuantizer(_WeightQuantizer):
         a = ops.maximum(a, 1e-30)
         return zero, (2.0 ** (b - 1) - 1.0) / a, zero, wmin, wmax
 
-    def refresh(self, w: Any, v: Dict[str, Any]) -> None:
-        fl, _, _, wmin, wmax = self.params(ops.convert_to_tensor(w))
+    def refresh(self, w: Any, v: Dict[str, Any]) -> Any:
+        params = self.params(ops.convert_to_tensor(w))
+        fl, _, _, wmin, wmax = params
         for key, value in (("frac_bits", fl), ("min", wmin), ("max", wmax)):
             v[key].assign(ops.reshape(value, v[key].shape))
+        return params  # fake_quantize uses them: the statistics are computed once per step
 
     def fake_quantize(self, w: Any, v: Dict[str, Any], rounding: str, seed: Any,
-                      fresh: bool = False) -> Any:
+                      fresh: Any = False) -> Any:
+        """``fresh``: True (compute the parameters from ``w``), or the parameters
+        ``refresh`` just computed, or False (the stored fl where it is the grid)."""
         w = ops.convert_to_tensor(w)
         rank = len(w.shape)
-        params = None
-        if not fresh and rounding == "half_up" and self.power2_range \
+        params = fresh if isinstance(fresh, tuple) else None
+        if fresh is False and rounding == "half_up" and self.power2_range \
                 and not self.apply_offset and self.frac_bits is None:
             reduce = set(self._reduce_axes(rank))
             keep = [1 if a in reduce else w.shape[a] for a in range(rank)]
