@@ -75,4 +75,35 @@ def load_model(path: Union[str, "os.PathLike[str]"], *, compile: bool = True) ->
     return load_tf_keras(path, compile=compile)
 
 
-__all__ = ["quantize_model", "calibrate", "load_model", "is_keras3_file"]
+def save_keras3(model: Any, path: Union[str, "os.PathLike[str]"]) -> bool:
+    """Save a Keras 3 model as a .keras file, atomically (the CLI's writer); False, with
+    nothing written, for a tf_keras model (the caller saves it)."""
+    from kerasq.errors import OutputError
+
+    if not is_keras3_model(model):
+        return False
+    path = os.fspath(path)
+    if not path.lower().endswith(".keras"):
+        raise OutputError("a Keras 3 model is saved as .keras", file=path)
+    from kerasq._io import atomic_output
+
+    with atomic_output(path, kind="keras") as tmp:
+        model.save(tmp)
+    return True
+
+
+def check_cli_options(model: Any, path: str, *, search: bool = False,
+                      report: bool = False) -> None:
+    """Refuse the ``kerasq quantize`` options the Keras 3 path does not have yet."""
+    from kerasq.errors import KerasqError
+
+    if not is_keras3_model(model):
+        return
+    for option, given in (("--search", search), ("--report", report)):
+        if given:
+            raise KerasqError(f"{option} is not available for Keras 3 models yet", file=path,
+                              layer=option)
+
+
+__all__ = ["quantize_model", "calibrate", "load_model", "is_keras3_file", "save_keras3",
+           "check_cli_options"]
