@@ -160,4 +160,4 @@ def check_cli_options(model: Any, path: str, *, search: bool = False,
 
 
 __all__ = ["quantize_model", "calibrate", "load_model", "is_keras3_file", "save_keras3",
-           "check_cli_options", "prune_model", "PruningCallback"]  # noqa: PLE0605
+           "check_cli_options", "prune_model", "PruningCallback"]  # noqa: F822
