@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple
 
+import numpy as np
+
 from kerasq._compat import keras3
 from kerasq.keras3 import qops
 from kerasq.numerics.rounding import DEFAULT_ROUNDING
@@ -342,6 +344,20 @@ class DFPWeightQuantizer(_WeightQuantizer):
                     self.channel_axes is None or self.channel_axes == (-1,)):
                 fl = ops.reshape(fl, (-1,)) if self.channel_axes else ops.reshape(fl, ())
                 return qops.fake_quant_dfp(w, self.bitwidth, fl, unsigned=False)
+            # fl as a scalar or one last axis (the tf_keras quantizer's shapes): the C++
+            # kernel's per-tensor / per-channel forms, not its broadcasting fallback
+            kept = sorted({a % rank for a in self.channel_axes or ()})
+            if self.channel_axes is None:
+                fl = ops.reshape(fl, ())
+            elif kept == [rank - 1]:
+                fl = ops.reshape(fl, (-1,))
+            elif kept == list(range(rank - len(kept), rank)) and len(kept) > 1 \
+                    and all(isinstance(d, int) for d in w.shape):
+                last = int(np.prod(w.shape[rank - len(kept):]))
+                q = qops.dfp_quantize(ops.reshape(w, (-1, last)), self.bitwidth,
+                                      ops.reshape(fl, (-1,)), signed=True, rounding=rounding,
+                                      seed=seed)
+                return ops.reshape(q, w.shape)
             return qops.dfp_quantize(w, self.bitwidth, fl, signed=True, rounding=rounding,
                                      seed=seed)
         qmin, qmax = qops.qrange(self.bitwidth, not self.apply_offset)
