@@ -234,7 +234,7 @@ def _candidates(text: str) -> Tuple[int, ...]:
 
 
 def _load_model(path: str) -> Any:
-    from kerasq.serialization import load_model
+    from kerasq.keras3.dispatch import load_model  # a Keras 3 .keras file: a Keras 3 model
 
     if not os.path.exists(path):
         raise ModelFormatError("no such file or directory", file=path)
@@ -263,6 +263,10 @@ def _save(model: Any, path: str) -> None:
 
     check_model_finite(model, path)
 
+    from kerasq.keras3.dispatch import save_keras3
+
+    if save_keras3(model, path):
+        return
     h5 = path.lower().endswith((".h5", ".hdf5", ".keras"))
     if path.lower().endswith(".keras"):
         raise KerasqError("quantized models are saved as .h5 or SavedModel (tfmot needs "
@@ -360,12 +364,15 @@ def quantize_converted(model: Any, args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from kerasq._io import check_output, output_kind
-    from kerasq.schemes import calibrate, quantize_model
+    from kerasq.keras3.dispatch import calibrate, is_keras3_file, quantize_model
 
-    if args.output.lower().endswith(".keras"):
+    if is_keras3_file(args.model):  # the Keras 3 path: a .keras file in, a .keras file out
+        check_output(args.output, output_kind(args.output, ("keras",)))
+    elif args.output.lower().endswith(".keras"):
         raise KerasqError("quantized models are saved as .h5 or SavedModel (tfmot needs "
                           "Keras 2 formats)", file=args.output)
-    check_output(args.output, output_kind(args.output, ("h5", "savedmodel")))
+    else:
+        check_output(args.output, output_kind(args.output, ("h5", "savedmodel")))
     if args.save_config:
         check_output(args.save_config, output_kind(args.save_config, ("json",)))
     config = build_config(args)
@@ -379,6 +386,9 @@ def run(args: argparse.Namespace) -> int:
 
         eval_x, eval_y = load_inputs_and_labels(args.eval, need_labels=True)
     model = _load_model(args.model)
+    from kerasq.keras3.dispatch import check_cli_options
+
+    check_cli_options(model, args.model, search=args.search, report=args.report)
     from kerasq.data import match_model_inputs
 
     if calibration is not None:

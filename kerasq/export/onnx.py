@@ -810,9 +810,15 @@ def export_onnx(
     min_top1: float = 0.995,
     rtol: float = 1e-4,
 ) -> OnnxExportResult:
-    """Like :func:`to_onnx`, returning an :class:`OnnxExportResult` (file and report)."""
+    """Like :func:`to_onnx`, returning an :class:`OnnxExportResult` (file and report).
+    A Keras 3 ``model`` is exported through its tf_keras twin (same weights and state)."""
+    from kerasq._compat import is_keras3_model
     from kerasq.data import check_array, check_int, check_keras_model, check_output_path
 
+    if is_keras3_model(model):
+        from kerasq.keras3.api import tf_keras_for_export
+
+        model = tf_keras_for_export(model)
     check_keras_model(model, "model")
     check_output_path(path, "path", ["onnx"])
     check_int(opset, "opset", minimum=7)

@@ -143,6 +143,15 @@ def export_twin(qmodel: Any) -> Any:
     return tfq
 
 
+def tf_keras_for_export(model: Any) -> Any:
+    """The tf_keras model an exporter runs for a Keras 3 model: the aligned twin of a
+    quantized model (:func:`export_twin`), the float tf_keras copy of a float one
+    (:func:`kerasq.keras3.twin.to_tf_keras`, same names and weights)."""
+    if is_quantized(model):
+        return export_twin(model)
+    return _twin.to_tf_keras(model)
+
+
 class SharedGridCallback(keras.callbacks.Callback):
     """Keras 3 ``SharedGridCallback``: aligns shared grids (see :func:`align`) at the end
     of every epoch and of training.
@@ -174,5 +183,6 @@ def load_model(path: Union[str, "os.PathLike[str]"], *, compile: bool = True) ->
         raise ModelFormatError(f"cannot load Keras 3 model: {reason}", file=path) from None
 
 
-__all__ = ["quantize_model", "calibrate", "align", "tf_keras_twin", "export_twin", "load_model",
+__all__ = ["quantize_model", "calibrate", "align", "tf_keras_twin", "export_twin", "tf_keras_for_export",
+           "load_model",
            "is_quantized", "SharedGridCallback"]

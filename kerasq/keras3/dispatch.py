@@ -77,4 +77,89 @@ def load_model(path: Union[str, "os.PathLike[str]"], *, compile: bool = True) ->
     return load_tf_keras(path, compile=compile)
 
 
-__all__ = ["quantize_model", "calibrate", "load_model", "is_keras3_file"]
+def prune_model(model: Any, schedule: Any = None, *, layers: Any = None) -> Any:
+    """``kerasq.prune.prune_model``: :func:`kerasq.prune.api.prune_model` (tf_keras: a model
+    with saved masks) or :func:`kerasq.keras3.prune.prune_with_schedule` (Keras 3: the
+    kernels pruned in place to the schedule's final sparsity), by the model's class."""
+    if is_keras3_model(model):
+        from kerasq.keras3.prune import prune_with_schedule
+
+        return prune_with_schedule(model, schedule, layers=layers)
+    from kerasq.prune.api import prune_model as prune_tf_keras
+
+    return prune_tf_keras(model, schedule, layers=layers)
+
+
+def _pruning_callback_class() -> Any:
+    from kerasq.prune.callbacks import PruningCallback as TfKerasPruningCallback
+
+    class PruningCallback(TfKerasPruningCallback):  # type: ignore[misc, valid-type]
+        """``kerasq.prune.PruningCallback(schedule)``: the tf_keras callback, and on a
+        Keras 3 model (fit of Keras 3 calls it too) the same tfmot schedule applied to the
+        quantized model's masks (:class:`kerasq.keras3.prune.ScheduledPruning`)."""
+
+        _keras3: Any = None
+
+        def on_train_begin(self, logs: Any = None) -> None:
+            if not is_keras3_model(self.model):
+                self._keras3 = None
+                return super().on_train_begin(logs)
+            from kerasq.keras3.prune import ScheduledPruning
+
+            self._keras3 = ScheduledPruning(self.schedule)
+            self._keras3.begin(self.model)
+
+        def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
+            if self._keras3 is not None:
+                self._keras3.step(self.model)
+            else:
+                super().on_train_batch_begin(batch, logs)
+
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            if self._keras3 is None:
+                super().on_train_batch_end(batch, logs)
+
+    PruningCallback.__module__ = __name__
+    return PruningCallback
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PruningCallback":  # built on first use: it subclasses the tf_keras callback
+        value = _pruning_callback_class()
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def save_keras3(model: Any, path: Union[str, "os.PathLike[str]"]) -> bool:
+    """Save a Keras 3 model as a .keras file, atomically (the CLI's writer); False, with
+    nothing written, for a tf_keras model (the caller saves it)."""
+    from kerasq.errors import OutputError
+
+    if not is_keras3_model(model):
+        return False
+    path = os.fspath(path)
+    if not path.lower().endswith(".keras"):
+        raise OutputError("a Keras 3 model is saved as .keras", file=path)
+    from kerasq._io import atomic_output
+
+    with atomic_output(path, kind="keras") as tmp:
+        model.save(tmp)
+    return True
+
+
+def check_cli_options(model: Any, path: str, *, search: bool = False,
+                      report: bool = False) -> None:
+    """Refuse the ``kerasq quantize`` options the Keras 3 path does not have yet."""
+    from kerasq.errors import KerasqError
+
+    if not is_keras3_model(model):
+        return
+    for option, given in (("--search", search), ("--report", report)):
+        if given:
+            raise KerasqError(f"{option} is not available for Keras 3 models yet", file=path,
+                              layer=option)
+
+
+__all__ = ["quantize_model", "calibrate", "load_model", "is_keras3_file", "save_keras3",
+           "check_cli_options", "prune_model", "PruningCallback"]  # noqa: F822

@@ -58,7 +58,11 @@ def floor_log2(a: Any) -> Any:
 
 def dfp_frac_bits(max_abs: Any, bitwidth: int, *, signed: bool) -> Any:
     """fl = B - s - ceil(log2 max_abs) (ceil(log2 0) := 0), as float32; see
-    ``kerasq.numerics.dfp_frac_bits``."""
+    ``kerasq.numerics.dfp_frac_bits``. On TensorFlow the tf_keras path's bit-pattern form
+    (``kerasq.schemes._backend.dfp_frac_bits``, four ops in a graph) gives the same value."""
+    kernel = _tf_kernel()
+    if kernel is not None:
+        return kernel.dfp_frac_bits(ops.cast(max_abs, "float32"), bitwidth, signed=signed)
     m = ops.cast(max_abs, "float32")
     m = ops.where(ops.abs(m) < _TINY, ops.zeros_like(m), m)
     k = floor_log2(m)
@@ -107,13 +111,21 @@ def dfp_quantize(x: Any, bitwidth: int, frac_bits: Any, *, signed: Any, rounding
                  seed: Optional[Any] = None) -> Any:
     """x' = clip(round(x·2^fl), qmin, qmax)·2^-fl; ``signed`` may be a boolean tensor.
 
-    On the TensorFlow backend a Python-bool ``signed`` runs kerasq's DFP kernel (the C++ op
-    the tf_keras path uses; same values, the stochastic mode draws from its own stream)."""
+    On the TensorFlow backend this runs kerasq's DFP kernel (the C++ op the tf_keras path
+    uses; same values, the stochastic mode draws from its own stream), under a cond when
+    ``signed`` is a tensor."""
     x = ops.cast(x, "float32")
-    kernel = _tf_kernel() if isinstance(signed, bool) else None
+    kernel = _tf_kernel()
     if kernel is not None:
-        return kernel.dfp_quantize(x, bitwidth, ops.cast(frac_bits, "int32"), signed=signed,
-                                   rounding=rounding)
+        fl = ops.cast(frac_bits, "int32")
+        if isinstance(signed, bool):
+            return kernel.dfp_quantize(x, bitwidth, fl, signed=signed, rounding=rounding)
+        # the kernel takes the signedness as an attribute: a cond, as the tf_keras quantizer
+        return ops.cond(signed,
+                        lambda: kernel.dfp_quantize(x, bitwidth, fl, signed=True,
+                                                    rounding=rounding),
+                        lambda: kernel.dfp_quantize(x, bitwidth, fl, signed=False,
+                                                    rounding=rounding))
     lo_s, hi_s = qrange(bitwidth, True)
     lo_u, hi_u = qrange(bitwidth, False)
     if isinstance(signed, bool):

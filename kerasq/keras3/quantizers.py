@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple
 
+import numpy as np
+
 from kerasq._compat import keras3
 from kerasq.keras3 import qops
 from kerasq.numerics.rounding import DEFAULT_ROUNDING
@@ -237,15 +239,18 @@ class _WeightQuantizer(_Quantizer):
     def fake_quantize(self, w: Any, v: Dict[str, Any], rounding: str, seed: Any) -> Any:
         raise NotImplementedError
 
-    def refresh(self, w: Any, v: Dict[str, Any]) -> None:
-        """Refresh the stored state from the current weights (no-op by default)."""
+    def refresh(self, w: Any, v: Dict[str, Any]) -> Any:
+        """Refresh the stored state from the current weights; returns what
+        ``fake_quantize`` may reuse as ``fresh`` (None by default)."""
+        return None
 
     def __call__(self, w: Any, training: bool, v: Dict[str, Any], seed: Any = None) -> Any:
         count = _val(v["count"])
         if training:
-            self.refresh(w, v)
+            fresh = self.refresh(w, v)
             out = self._gate(count, w, self.fake_quantize(w, v, self.round_mode(True), seed,
-                                                          fresh=True))
+                                                          fresh=fresh if fresh is not None
+                                                          else True))
             v["count"].assign(count + 1)
             return out
         return self._gate(count, w, self.fake_quantize(w, v, self.round_mode(False), seed))
@@ -314,17 +319,21 @@ class DFPWeightQuantizer(_WeightQuantizer):
         a = ops.maximum(a, 1e-30)
         return zero, (2.0 ** (b - 1) - 1.0) / a, zero, wmin, wmax
 
-    def refresh(self, w: Any, v: Dict[str, Any]) -> None:
-        fl, _, _, wmin, wmax = self.params(ops.convert_to_tensor(w))
+    def refresh(self, w: Any, v: Dict[str, Any]) -> Any:
+        params = self.params(ops.convert_to_tensor(w))
+        fl, _, _, wmin, wmax = params
         for key, value in (("frac_bits", fl), ("min", wmin), ("max", wmax)):
             v[key].assign(ops.reshape(value, v[key].shape))
+        return params  # fake_quantize uses them: the statistics are computed once per step
 
     def fake_quantize(self, w: Any, v: Dict[str, Any], rounding: str, seed: Any,
-                      fresh: bool = False) -> Any:
+                      fresh: Any = False) -> Any:
+        """``fresh``: True (compute the parameters from ``w``), or the parameters
+        ``refresh`` just computed, or False (the stored fl where it is the grid)."""
         w = ops.convert_to_tensor(w)
         rank = len(w.shape)
-        params = None
-        if not fresh and rounding == "half_up" and self.power2_range \
+        params = fresh if isinstance(fresh, tuple) else None
+        if fresh is False and rounding == "half_up" and self.power2_range \
                 and not self.apply_offset and self.frac_bits is None:
             reduce = set(self._reduce_axes(rank))
             keep = [1 if a in reduce else w.shape[a] for a in range(rank)]
@@ -335,6 +344,20 @@ class DFPWeightQuantizer(_WeightQuantizer):
                     self.channel_axes is None or self.channel_axes == (-1,)):
                 fl = ops.reshape(fl, (-1,)) if self.channel_axes else ops.reshape(fl, ())
                 return qops.fake_quant_dfp(w, self.bitwidth, fl, unsigned=False)
+            # fl as a scalar or one last axis (the tf_keras quantizer's shapes): the C++
+            # kernel's per-tensor / per-channel forms, not its broadcasting fallback
+            kept = sorted({a % rank for a in self.channel_axes or ()})
+            if self.channel_axes is None:
+                fl = ops.reshape(fl, ())
+            elif kept == [rank - 1]:
+                fl = ops.reshape(fl, (-1,))
+            elif kept == list(range(rank - len(kept), rank)) and len(kept) > 1 \
+                    and all(isinstance(d, int) for d in w.shape):
+                last = int(np.prod(w.shape[rank - len(kept):]))
+                q = qops.dfp_quantize(ops.reshape(w, (-1, last)), self.bitwidth,
+                                      ops.reshape(fl, (-1,)), signed=True, rounding=rounding,
+                                      seed=seed)
+                return ops.reshape(q, w.shape)
             return qops.dfp_quantize(w, self.bitwidth, fl, signed=True, rounding=rounding,
                                      seed=seed)
         qmin, qmax = qops.qrange(self.bitwidth, not self.apply_offset)
