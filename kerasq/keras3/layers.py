@@ -96,16 +96,16 @@ class QuantizedLayer(keras.layers.Layer):
         # compile(jit_compile="auto") then skips XLA on TensorFlow: the XLA-compiled QAT step
         # measured ~2x slower than the plain tf.function on CPU (benchmarks/keras3.py)
         self.supports_jit = keras.backend.backend() != "tensorflow"
-        self._weight_vars: List[Dict[str, Any]] = []
+        self.weight_quantizer_vars: List[Dict[str, Any]] = []
         self._act_vars: Dict[str, Dict[str, Any]] = {}
 
     def build(self, input_shape: Any) -> None:
         if not self.layer.built:
             self.layer.build(input_shape)
-        self._weight_vars = []
+        self.weight_quantizer_vars = []
         for attr, q in self.weight_quantizers:
             var = layer_variable(self.layer, attr)
-            self._weight_vars.append(q.build(self, attr, tuple(var.shape)))
+            self.weight_quantizer_vars.append(q.build(self, attr, tuple(var.shape)))
         for role, q in (("pre", self.pre_quantizer), ("post", self.post_quantizer),
                         ("output", self.output_quantizer)):
             if q is not None:
@@ -115,7 +115,7 @@ class QuantizedLayer(keras.layers.Layer):
     def slot_variables(self) -> List[Tuple[str, str, Any, List[Any]]]:
         """(role, attr, quantizer, flat variables) per slot, in the tf_keras slot order."""
         found = []
-        for (attr, q), qvars in zip(self.weight_quantizers, self._weight_vars):
+        for (attr, q), qvars in zip(self.weight_quantizers, self.weight_quantizer_vars):
             found.append(("weight", attr, q, _flatten(qvars)))
         for role, q in (("pre", self.pre_quantizer), ("post", self.post_quantizer),
                         ("output", self.output_quantizer)):
@@ -155,7 +155,7 @@ class QuantizedLayer(keras.layers.Layer):
     def call(self, inputs: Any, training: Any = None) -> Any:
         training = bool(training)
         weights: Dict[str, Any] = {}
-        for (attr, q), qvars in zip(self.weight_quantizers, self._weight_vars):
+        for (attr, q), qvars in zip(self.weight_quantizers, self.weight_quantizer_vars):
             weights[attr] = q(layer_variable(self.layer, attr).value, training, qvars,
                               self.seed_generator)
         for var in self.layer.weights:  # unquantized weights (e.g. a float bias)

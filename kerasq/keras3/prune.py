@@ -57,7 +57,7 @@ def mask_slots(qmodel: Any) -> Iterator[Tuple[Any, Any, dict]]:
     for layer in qmodel.layers:
         if not isinstance(layer, QuantizedLayer):
             continue
-        for (attr, quantizer), qvars in zip(layer.weight_quantizers, layer._weight_vars):
+        for (attr, quantizer), qvars in zip(layer.weight_quantizers, layer.weight_quantizer_vars):
             if isinstance(quantizer, SparsityPreservingQuantizer):
                 yield layer, layer_variable(layer.layer, attr), qvars
 

@@ -169,9 +169,8 @@ def test_a_second_calibrate_call_reuses_the_traced_graph():
     """The calibration graph is traced once per model: later calls (another data set, a
     shorter last batch, reset) reuse it and still give the running min/max of their data
     (numpy reference)."""
-    import sys
 
-    calibrate_module = sys.modules[kerasq.calibrate.__module__]  # the name is the function
+    from kerasq.schemes import calibration as calibrate_module
     q = kerasq.quantize_model(_dense_model(), QuantizationConfig(range_estimator="minmax"))
     rng = np.random.RandomState(0)
     first, second = rng.normal(0, 2, (40, 4)).astype(np.float32), rng.normal(0, 5, (70, 4))
@@ -192,10 +191,9 @@ def test_a_second_calibrate_call_reuses_the_traced_graph():
 
 def test_the_calibration_cache_does_not_keep_a_model_alive():
     import gc
-    import sys
     import weakref
 
-    calibrate_module = sys.modules[kerasq.calibrate.__module__]
+    from kerasq.schemes import calibration as calibrate_module
     q = kerasq.calibrate(kerasq.quantize_model(_dense_model()), _batches())
     assert q in calibrate_module._COLLECT_FUNCTIONS
     ref = weakref.ref(q)

@@ -275,7 +275,7 @@ def test_invalid_layer_value_names_layer(tmp_path):
 
 
 def test_missing_file_and_unknown_flavor(tmp_path):
-    with pytest.raises(CaffeFormatError, match="cannot read file"):
+    with pytest.raises(CaffeFormatError, match="prototxt not found"):
         config_from_caffe(tmp_path / "absent.prototxt")
     with pytest.raises(QuantizationConfigError, match="flavor"):
         config_from_caffe(DATA / "jacinto016_defaults.prototxt", flavor="caffe-2")
