@@ -257,3 +257,24 @@ def test_convolution_fused_with_the_relu_quantizer_that_follows(ops_mode, digits
         batch = digits[128:328]
         np.testing.assert_array_equal(kerasq.integer.run(qmodel, batch),
                                       qmodel(batch, training=False).numpy())
+
+
+def _grouped_cnn():
+    """Grouped convolutions as caffe-jacinto's JacintoNet uses them (Caffe ``group``)."""
+    keras.utils.set_random_seed(6)
+    inp = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inp)
+    x = keras.layers.Conv2D(12, 3, padding="same", groups=4, activation="relu")(x)
+    x = keras.layers.ReLU()(keras.layers.Conv2D(8, 3, strides=2, groups=2)(x))
+    x = keras.layers.Conv2D(6, 1, groups=2)(x)
+    return keras.Model(inp, keras.layers.Dense(10)(keras.layers.Flatten()(x)))
+
+
+@pytest.mark.parametrize("config", [{}, {"bitwidth_weights": 6, "rounding": "half_up", "per_channel_weights": False}])
+def test_grouped_convolutions_run_per_group_exactly(ops_mode, digits, config):
+    qmodel = kerasq.quantize_model(_grouped_cnn(), config)
+    kerasq.calibrate(qmodel, digits[:256])
+    x = digits[256:456]
+    expected = qmodel(x, training=False).numpy()
+    np.testing.assert_array_equal(kerasq.integer.run(qmodel, x), expected)
+    assert len(np.unique(expected)) > 20
