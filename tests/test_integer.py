@@ -198,6 +198,23 @@ def _mobilenet(tmp_path_factory):
                       input_shape={"data": [1, 3, 64, 64]}), (64, 64, 3)
 
 
+def _jacintonet11(tmp_path_factory):
+    """caffe-jacinto's JacintoNet11 (CIFAR-10): Bias, grouped (4) convolutions, BatchNorm."""
+    import subprocess
+    import sys
+
+    from conftest import shared_path
+    from kerasq.converters import caffe
+
+    net = shared_path("caffe-models", "jacinto", "cifar10-jnet11v2")
+    weights = tmp_path_factory.mktemp("jnet11") / "jacintonet11.caffemodel"
+    subprocess.run([sys.executable, str(net.parent / "make_weights.py"),
+                    str(net / "deploy.prototxt"), str(weights), "1", "new"],
+                   check=True, capture_output=True)
+    return caffe.load(str(net / "deploy.prototxt"), str(weights),
+                      input_shape={"data": [1, 3, 32, 32]}), (32, 32, 3)
+
+
 def _resnet20(tmp_path_factory):
     from conftest import shared_path
     from kerasq.converters import caffe
@@ -207,12 +224,13 @@ def _resnet20(tmp_path_factory):
                       input_shape={"Data1": [1, 3, 32, 32]}), (32, 32, 3)
 
 
-@pytest.fixture(scope="module", params=["mobilenet0.5", "resnet20"])
+@pytest.fixture(scope="module", params=["mobilenet0.5", "resnet20", "jacintonet11"])
 def real_net(request, tmp_path_factory):
     """A converted Caffe net, quantized with kerasq's default scheme and calibrated on
     0..255 pixels; calibration on 4 copies of one image (the whole-net benchmark's setup)
     for ResNet-20 gives first-layer weight grids whose aligned accumulator exceeds int32."""
-    build = _mobilenet if request.param == "mobilenet0.5" else _resnet20
+    build = {"mobilenet0.5": _mobilenet, "resnet20": _resnet20,
+             "jacintonet11": _jacintonet11}[request.param]
     model, shape = build(tmp_path_factory)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (3,) + shape).astype(np.float32)
