@@ -23,6 +23,8 @@ kernel, per-channel alignment and bias in int64). Caffe's constant ``Bias``
 it runs a linear layer without output quantizer together with the quantized ReLU that
 alone consumes it as one kernel call (exact: rounding commutes with ReLU).
 
+Grouped convolutions run as one kernel call per group.
+
 Supported: power-of-two DFP quantizers (kerasq's default scheme) of up to 16 bits.
 caffe-jacinto's non-power-of-two or offset scales, minifloat and power-of-two weights
 have no integer form and raise :class:`kerasq.errors.UnsupportedLayerError`.
@@ -265,10 +267,13 @@ def _linear_layer(wrapper: Any, inner: Any, relu_spec: Optional[GridSpec] = None
     if isinstance(inner, keras.layers.Dense):
         op, geometry = ops.dfp_matmul, {}
     elif isinstance(inner, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
-        if getattr(inner, "groups", 1) != 1 or inner.data_format != "channels_last":
-            raise UnsupportedLayerError("only channels_last, ungrouped convolutions", layer=where)
+        if inner.data_format != "channels_last":
+            raise UnsupportedLayerError("only channels_last convolutions", layer=where)
         op = (ops.dfp_depthwise_conv2d if isinstance(inner, keras.layers.DepthwiseConv2D)
               else ops.dfp_conv2d)
+        groups = int(getattr(inner, "groups", 1) or 1)
+        if groups > 1 and not isinstance(inner, keras.layers.DepthwiseConv2D):
+            op = _grouped_conv(op, wv, groups)
         geometry = dict(strides=tuple(inner.strides), padding=inner.padding.upper(),
                         dilations=tuple(inner.dilation_rate))
     else:
@@ -312,6 +317,36 @@ def _linear_layer(wrapper: Any, inner: Any, relu_spec: Optional[GridSpec] = None
         return IntTensor(_activation(values, frac, inner.activation, where), frac)
 
     return apply
+
+
+def _grouped_conv(op: Callable[..., Any], kernel: Any, groups: int) -> Callable[..., Any]:
+    """A grouped convolution (Caffe's ``group``, Keras ``groups``) as one integer
+    convolution per group: input channels ``[g·Cin/G, (g+1)·Cin/G)`` with output channels
+    ``[g·Cout/G, (g+1)·Cout/G)``, the outputs concatenated in group order. Every output
+    sums exactly the products of its own group, so each group's integers are those of the
+    grouped layer; per-channel weight grids and biases are split alongside.
+
+    The per-group kernels are split once here (stable buffers for the kernels' packing
+    cache); the returned function takes the same arguments as ``op``.
+    """
+    from kerasq._compat import tf
+
+    parts = tf.split(kernel, groups, axis=-1)
+    width = int(kernel.shape[-1]) // groups
+
+    def per_channel(value: Any, g: int) -> Any:
+        if value is None or np.ndim(value) == 0 or np.size(value) == 1:
+            return value
+        return value[g * width:(g + 1) * width]
+
+    def call(x: np.ndarray, _kernel: Any, bias: Any, *, w_frac: Any, **kwargs: Any) -> Any:
+        cin = int(x.shape[-1]) // groups
+        outs = [op(np.ascontiguousarray(x[..., g * cin:(g + 1) * cin]), parts[g],
+                   per_channel(bias, g), w_frac=per_channel(w_frac, g), **kwargs)
+                for g in range(groups)]
+        return tf.concat(outs, axis=-1)
+
+    return call
 
 
 def _exact_accumulator(acc: np.ndarray, acc_frac: np.ndarray, bias: Any, bias_frac: Any,

@@ -198,6 +198,23 @@ def _mobilenet(tmp_path_factory):
                       input_shape={"data": [1, 3, 64, 64]}), (64, 64, 3)
 
 
+def _jacintonet11(tmp_path_factory):
+    """caffe-jacinto's JacintoNet11 (CIFAR-10): Bias, grouped (4) convolutions, BatchNorm."""
+    import subprocess
+    import sys
+
+    from conftest import shared_path
+    from kerasq.converters import caffe
+
+    net = shared_path("caffe-models", "jacinto", "cifar10-jnet11v2")
+    weights = tmp_path_factory.mktemp("jnet11") / "jacintonet11.caffemodel"
+    subprocess.run([sys.executable, str(net.parent / "make_weights.py"),
+                    str(net / "deploy.prototxt"), str(weights), "1", "new"],
+                   check=True, capture_output=True)
+    return caffe.load(str(net / "deploy.prototxt"), str(weights),
+                      input_shape={"data": [1, 3, 32, 32]}), (32, 32, 3)
+
+
 def _resnet20(tmp_path_factory):
     from conftest import shared_path
     from kerasq.converters import caffe
@@ -207,12 +224,13 @@ def _resnet20(tmp_path_factory):
                       input_shape={"Data1": [1, 3, 32, 32]}), (32, 32, 3)
 
 
-@pytest.fixture(scope="module", params=["mobilenet0.5", "resnet20"])
+@pytest.fixture(scope="module", params=["mobilenet0.5", "resnet20", "jacintonet11"])
 def real_net(request, tmp_path_factory):
     """A converted Caffe net, quantized with kerasq's default scheme and calibrated on
     0..255 pixels; calibration on 4 copies of one image (the whole-net benchmark's setup)
     for ResNet-20 gives first-layer weight grids whose aligned accumulator exceeds int32."""
-    build = _mobilenet if request.param == "mobilenet0.5" else _resnet20
+    build = {"mobilenet0.5": _mobilenet, "resnet20": _resnet20,
+             "jacintonet11": _jacintonet11}[request.param]
     model, shape = build(tmp_path_factory)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (3,) + shape).astype(np.float32)
@@ -257,3 +275,24 @@ def test_convolution_fused_with_the_relu_quantizer_that_follows(ops_mode, digits
         batch = digits[128:328]
         np.testing.assert_array_equal(kerasq.integer.run(qmodel, batch),
                                       qmodel(batch, training=False).numpy())
+
+
+def _grouped_cnn():
+    """Grouped convolutions as caffe-jacinto's JacintoNet uses them (Caffe ``group``)."""
+    keras.utils.set_random_seed(6)
+    inp = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inp)
+    x = keras.layers.Conv2D(12, 3, padding="same", groups=4, activation="relu")(x)
+    x = keras.layers.ReLU()(keras.layers.Conv2D(8, 3, strides=2, groups=2)(x))
+    x = keras.layers.Conv2D(6, 1, groups=2)(x)
+    return keras.Model(inp, keras.layers.Dense(10)(keras.layers.Flatten()(x)))
+
+
+@pytest.mark.parametrize("config", [{}, {"bitwidth_weights": 6, "rounding": "half_up", "per_channel_weights": False}])
+def test_grouped_convolutions_run_per_group_exactly(ops_mode, digits, config):
+    qmodel = kerasq.quantize_model(_grouped_cnn(), config)
+    kerasq.calibrate(qmodel, digits[:256])
+    x = digits[256:456]
+    expected = qmodel(x, training=False).numpy()
+    np.testing.assert_array_equal(kerasq.integer.run(qmodel, x), expected)
+    assert len(np.unique(expected)) > 20

@@ -213,6 +213,7 @@ INT8_CONV_SHAPES = [
     ((1, 14, 14, 64), (3, 3, 64, 47), 1, "SAME"),
     ((3, 8, 8, 24), (1, 1, 24, 100), 1, "VALID"),
     ((1, 12, 12, 31), (5, 5, 31, 16), 2, "VALID"),
+    ((1, 40, 40, 64), (3, 3, 64, 64), 1, "SAME"),  # above the single-thread work threshold
 ]
 
 
@@ -235,7 +236,7 @@ def test_int8_conv_all_tiles_and_output_stages(ops_path, shape, out_frac, bias_f
 
 
 @pytest.mark.parametrize("m,k,n", [(1, 3, 1), (9, 4, 15), (8, 1027, 33), (200, 96, 64),
-                                   (31, 4096, 49)])
+                                   (31, 4096, 49), (300, 1100, 130)])  # last: thread pool
 def test_int8_matmul_all_tiles(ops_path, m, k, n):
     rng = np.random.default_rng(m + k + n)
     x, w = _ints(rng, (m, k), np.int8), _ints(rng, (k, n), np.int8)
@@ -251,7 +252,8 @@ def test_int8_matmul_all_tiles(ops_path, m, k, n):
 
 @pytest.mark.parametrize("xs,stride,pad,mult", [
     ((1, 10, 9, 19), 1, "SAME", 1), ((2, 9, 12, 40), 2, "SAME", 1),
-    ((1, 8, 8, 130), 1, "VALID", 1), ((1, 7, 7, 5), 2, [[1, 0], [0, 2]], 3)])
+    ((1, 8, 8, 130), 1, "VALID", 1), ((1, 7, 7, 5), 2, [[1, 0], [0, 2]], 3),
+    ((2, 64, 64, 130), 1, "SAME", 1)])  # above the single-thread work threshold
 def test_int8_depthwise_3x3(ops_path, xs, stride, pad, mult):
     rng = np.random.default_rng(xs[3])
     x, w = _ints(rng, xs, np.int8), _ints(rng, (3, 3, xs[3], mult), np.int8)

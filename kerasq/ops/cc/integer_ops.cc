@@ -256,6 +256,25 @@ class IntegerKernelBase : public OpKernel {
   Rounding rounding_ = Rounding::kNearest;
 };
 
+// Calls below kInlineWork (multiply-accumulates, weighted by the kernel's cost per
+// product) run on the calling thread: waking the intra-op pool costs tens of microseconds,
+// and on a busy machine one preempted worker delays the whole call, more than a second
+// thread saves on a layer this small (measured: a 3x3 int8 depthwise layer on 56x56x128
+// and a 1x1 conv on 56x56x64 -> 64 run faster on one thread; a 3x3 conv of that size
+// does not).
+constexpr int64_t kInlineWork = int64_t{1} << 25;
+
+template <typename Fn>
+void RunTasks(OpKernelContext* ctx, bool run_inline, int64_t tasks, int64_t cost_per_task,
+              const Fn& fn) {
+  if (run_inline || tasks <= 1) {
+    if (tasks > 0) fn(int64_t{0}, tasks);
+    return;
+  }
+  auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
+  tensorflow::Shard(workers->num_threads, workers->workers, tasks, cost_per_task, fn);
+}
+
 // Writes rows [row0, row0 + rows), columns [n_begin, n_end) of y (channels wide) from
 // accumulators C (row r at C + r * ldc, indexed by channel).
 template <typename Acc, typename Out>
@@ -424,7 +443,8 @@ void RunGemmLayer(OpKernelContext* ctx, const gemm::PackedB& B, int64_t M, int64
   // thread even when M is small (dense layers on a small batch). Channel groups are only
   // split when the rows alone cannot feed the threads (each group redoes its im2col).
   auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
-  const int64_t threads = std::max(1, workers->num_threads);
+  const bool run_inline = M * B.Kp * B.Np * 2 < kInlineWork;
+  const int64_t threads = run_inline ? 1 : std::max(1, workers->num_threads);
   const int64_t block = std::clamp<int64_t>(
       gemm::RoundUp((M + 2 * threads - 1) / (2 * threads), gemm::kRowTile), gemm::kRowTile, 64);
   const int64_t row_blocks = (M + block - 1) / block;
@@ -434,8 +454,8 @@ void RunGemmLayer(OpKernelContext* ctx, const gemm::PackedB& B, int64_t M, int64
   groups = (B.Np + group_width - 1) / group_width;
   const bool use32 = gemm::FitsInt32(max_abs_a, B.max_abs, B.Kp);
   const int64_t lda = B.Kp;
-  tensorflow::Shard(
-      workers->num_threads, workers->workers, row_blocks * groups,
+  RunTasks(
+      ctx, run_inline, row_blocks * groups,
       block * B.Kp * group_width, [&](int64_t t0, int64_t t1) {
         std::vector<int16_t> A(block * lda);
         std::vector<int32_t> C32(use32 ? block * B.Np : 0);
@@ -466,7 +486,8 @@ template <typename Out, typename FillRows>
 void RunGemmLayerU8(OpKernelContext* ctx, const gemm::PackedB8& B, int64_t M,
                     const Requantizer& rq, Out* y, FillRows fill_rows) {
   auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
-  const int64_t threads = std::max(1, workers->num_threads);
+  const bool run_inline = M * B.Kp * B.Np < kInlineWork;
+  const int64_t threads = run_inline ? 1 : std::max(1, workers->num_threads);
   // Every row block streams all the packed weights of its channel group: when they do not
   // fit in L2 (a 4096x1000 dense layer), rows go in blocks of up to 64 and the threads
   // share the channels instead, so the weights are read once per 64 rows.
@@ -481,8 +502,8 @@ void RunGemmLayerU8(OpKernelContext* ctx, const gemm::PackedB8& B, int64_t M,
   const int64_t group_width = gemm::RoundUp((B.Np + groups - 1) / groups, 32);
   groups = (B.Np + group_width - 1) / group_width;
   const int64_t lda = B.Kp;
-  tensorflow::Shard(
-      workers->num_threads, workers->workers, row_blocks * groups,
+  RunTasks(
+      ctx, run_inline, row_blocks * groups,
       block * B.Kp * group_width / 2, [&](int64_t t0, int64_t t1) {
         thread_local std::vector<uint8_t> A;
         thread_local std::vector<int32_t> C;
@@ -670,15 +691,22 @@ class DfpMatMulOp : public IntegerKernelBase {
 
 #if defined(__x86_64__) || defined(_M_X64)
 // One output row of an int8 depthwise convolution (multiplier 1) with AVX-512: per pixel
-// and block of 32 channels the taps accumulate in registers (int8 -> int16 products, exact,
-// widened to two int32 vectors); acc_row receives the out_w x C exact sums. w16 holds the
-// weights widened to int16, [taps][Cp] with Cp = C rounded up to 32 (zeros beyond C).
+// and block of 32 channels the taps accumulate in registers. The int8 inputs are widened
+// to int16 and multiplied by vpmaddwd against two weight vectors that hold only the even
+// (w_even) or only the odd (w_odd) channels' weights, zeros elsewhere: each int32 lane then
+// receives exactly one product (|x·w| <= 2^14), the even channels in one accumulator and
+// the odd ones in the other, without widening shuffles per tap; the two are interleaved
+// back into channel order once per pixel. acc_row receives the out_w x C exact sums.
+// w16 holds [taps][2][Cp] int16 (even, odd), Cp = C rounded up to 32 (zeros beyond C).
 __attribute__((target("avx512f,avx512bw,avx512vl"))) void DepthwiseRowAvx512(
     const ConvGeom& g, const int8_t* xp, const int16_t* w16, int64_t Cp, int64_t b, int64_t oh,
     int32_t* acc_row) {
   const int64_t C = g.in_c;
   const int8_t* src[64];
   const int16_t* wt[64];
+  const __m512i lo_idx = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i hi_idx =
+      _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
   for (int64_t ow = 0; ow < g.out_w; ++ow) {
     int taps = 0;
     for (int64_t kh = 0; kh < g.k_h; ++kh) {
@@ -688,7 +716,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void DepthwiseRowAvx512(
         const int64_t iw = ow * g.s_w - g.pad_left + kw * g.d_w;
         if (iw < 0 || iw >= g.in_w) continue;
         src[taps] = xp + ((b * g.in_h + ih) * g.in_w + iw) * C;
-        wt[taps] = w16 + (kh * g.k_w + kw) * Cp;
+        wt[taps] = w16 + (kh * g.k_w + kw) * 2 * Cp;
         ++taps;
       }
     }
@@ -696,13 +724,14 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void DepthwiseRowAvx512(
     for (int64_t c0 = 0; c0 < C; c0 += 32) {
       const int64_t width = std::min<int64_t>(32, C - c0);
       const __mmask32 m = width == 32 ? ~__mmask32{0} : ((__mmask32{1} << width) - 1);
-      __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
+      __m512i even = _mm512_setzero_si512(), odd = _mm512_setzero_si512();
       for (int t = 0; t < taps; ++t) {
         const __m512i x16 = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(m, src[t] + c0));
-        const __m512i p = _mm512_mullo_epi16(x16, _mm512_loadu_si512(wt[t] + c0));
-        lo = _mm512_add_epi32(lo, _mm512_cvtepi16_epi32(_mm512_castsi512_si256(p)));
-        hi = _mm512_add_epi32(hi, _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(p, 1)));
+        even = _mm512_add_epi32(even, _mm512_madd_epi16(x16, _mm512_loadu_si512(wt[t] + c0)));
+        odd = _mm512_add_epi32(odd, _mm512_madd_epi16(x16, _mm512_loadu_si512(wt[t] + Cp + c0)));
       }
+      const __m512i lo = _mm512_permutex2var_epi32(even, lo_idx, odd);
+      const __m512i hi = _mm512_permutex2var_epi32(even, hi_idx, odd);
       const __mmask16 mlo = width >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << width) - 1);
       const __mmask16 mhi = width <= 16 ? __mmask16(0)
                                         : (width == 32 ? __mmask16(0xFFFF)
@@ -764,7 +793,6 @@ class DfpDepthwiseConv2DOp : public IntegerKernelBase {
   void Run(OpKernelContext* ctx, const ConvGeom& g, int64_t mult, const TIn* xp, const TW* wp,
            const Requantizer& rq, Out* yp) {
     const int64_t M = g.batch * g.out_h * g.out_w;
-    auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
     if constexpr (std::is_same_v<Acc, int32_t> && std::is_same_v<TIn, int8_t> &&
                   std::is_same_v<TW, int8_t>) {
       if (mult == 1) {
@@ -772,8 +800,8 @@ class DfpDepthwiseConv2DOp : public IntegerKernelBase {
         return;
       }
     }
-    tensorflow::Shard(
-        workers->num_threads, workers->workers, M, g.k_h * g.k_w * g.out_c * 2,
+    RunTasks(
+        ctx, M * g.k_h * g.k_w * g.out_c * 8 < kInlineWork, M, g.k_h * g.k_w * g.out_c * 2,
         [&](int64_t m0, int64_t m1) {
           std::vector<Acc> acc(g.out_c);
           std::vector<Acc> xw(g.in_c);
@@ -814,15 +842,15 @@ class DfpDepthwiseConv2DOp : public IntegerKernelBase {
   // loop runs without bounds checks; the row is then requantized in one call.
   void RunInt8Rows(OpKernelContext* ctx, const ConvGeom& g, const int8_t* xp, const int8_t* wp,
                    const Requantizer& rq, Out* yp) {
-    auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
     const int64_t C = g.in_c;
+    const bool run_inline = g.batch * g.out_h * g.out_w * g.k_h * g.k_w * C * 4 < kInlineWork;
     if (HasAvx512Bw() && g.k_h * g.k_w <= 64) {
       const int64_t Cp = gemm::RoundUp(C, 32);
-      std::vector<int16_t> w16(g.k_h * g.k_w * Cp, 0);
+      std::vector<int16_t> w16(g.k_h * g.k_w * 2 * Cp, 0);  // [tap][even, odd][Cp]
       for (int64_t t = 0; t < g.k_h * g.k_w; ++t)
-        for (int64_t c = 0; c < C; ++c) w16[t * Cp + c] = wp[t * C + c];
-      tensorflow::Shard(
-          workers->num_threads, workers->workers, g.batch * g.out_h,
+        for (int64_t c = 0; c < C; ++c) w16[(t * 2 + c % 2) * Cp + c] = wp[t * C + c];
+      RunTasks(
+          ctx, run_inline, g.batch * g.out_h,
           g.out_w * g.k_h * g.k_w * C, [&](int64_t r0, int64_t r1) {
             thread_local std::vector<int32_t> acc;
             acc.resize(g.out_w * C);
@@ -834,8 +862,8 @@ class DfpDepthwiseConv2DOp : public IntegerKernelBase {
           });
       return;
     }
-    tensorflow::Shard(
-        workers->num_threads, workers->workers, g.batch * g.out_h,
+    RunTasks(
+        ctx, run_inline, g.batch * g.out_h,
         g.out_w * g.k_h * g.k_w * C * 2, [&](int64_t r0, int64_t r1) {
           thread_local std::vector<int32_t> acc;
           acc.resize(g.out_w * C);
