@@ -25,7 +25,9 @@ def is_keras3_file(path: Union[str, "os.PathLike[str]"]) -> bool:
     if not isinstance(path, (str, os.PathLike)):
         return False  # not a path: the tf_keras loader's argument check names it
     path = os.fspath(path)
-    if not isinstance(path, str) or not path.endswith(".keras") or not os.path.isfile(path) or not zipfile.is_zipfile(path):
+    if not isinstance(path, str) or not path.endswith(".keras"):
+        return False
+    if not os.path.isfile(path) or not zipfile.is_zipfile(path):
         return False
     try:
         with zipfile.ZipFile(path) as archive:
