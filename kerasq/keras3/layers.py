@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from kerasq._compat import keras3
 from kerasq.keras3.quantizers import _Quantizer
+from kerasq.errors import UnsupportedLayerError
 
 keras = keras3()
 ops = keras.ops
@@ -143,7 +144,8 @@ class QuantizedLayer(keras.layers.Layer):
         elif name in ("Conv1D", "Conv2D", "Conv3D"):
             y = layer.convolution_op(x, kernel)
         else:
-            raise NotImplementedError(f"{self.name}: {name} with quantized weights")
+            raise UnsupportedLayerError(f"{name} with quantized weights has no Keras 3 form",
+                                        layer=self.name)
         bias = w.get("bias")
         if bias is not None:
             if name != "Dense" and getattr(layer, "data_format", "channels_last") \

@@ -24,6 +24,8 @@ Example:
 
 from __future__ import annotations
 
+import abc
+
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
@@ -232,12 +234,13 @@ def _ceil_log2(v: Any) -> Any:
     return ops.where(qops.pow2(e) == v, e, e + 1.0)
 
 
-class _WeightQuantizer(_Quantizer):
+class _WeightQuantizer(_Quantizer, abc.ABC):
     is_weight_quantizer = True
     preserves_zero = True
 
+    @abc.abstractmethod
     def fake_quantize(self, w: Any, v: Dict[str, Any], rounding: str, seed: Any) -> Any:
-        raise NotImplementedError
+        """The fake-quantized weights ``w`` (``v``: this quantizer's state variables)."""
 
     def refresh(self, w: Any, v: Dict[str, Any]) -> Any:
         """Refresh the stored state from the current weights; returns what
