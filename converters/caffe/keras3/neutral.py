@@ -283,8 +283,10 @@ def caffe_top_k(x: Any, k: int) -> Any:
     """top_k along the last axis with Caffe's tie order (equal values: higher index first).
 
     ``ops.top_k`` (TensorFlow and JAX alike) puts the lower index first, so it runs on the
-    reversed axis and the indices map back: ``i = n - 1 - i_reversed``.
+    reversed axis and the indices map back: ``i = n - 1 - i_reversed``. -0 becomes +0 first:
+    Caffe's ``std::greater`` (and TensorFlow) find them equal, XLA's top_k orders -0 < +0.
     """
+    x = ops.where(ops.equal(x, 0.0), ops.zeros_like(x), x)
     values, reversed_indices = ops.top_k(ops.flip(x, axis=-1), k, sorted=True)
     return values, (_dims(x)[-1] - 1) - reversed_indices
 
