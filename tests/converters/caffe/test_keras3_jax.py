@@ -1,0 +1,82 @@
+"""Caffe to Keras 3 on the JAX backend: one subprocess with ``KERAS_BACKEND=jax`` runs
+
+* test_keras3_golden.py: the 43 real-Caffe golden cases through ``forward(..., keras=3)``,
+  every dumped top at the tf_keras tolerance (atol 1e-5·max(1, max|ref|) + rtol 1e-4);
+* test_keras3_layers.py: the layer tests against OpenCV, the numpy Caffe transcription and
+  the SSD loop reference, at their own tolerances (the DetectionOutput nets: the refusal);
+* keras3_jax_checks.py: safe-mode ``.keras`` reloads, jit-compiled ``predict``, the SSD nets
+  up to DetectionOutput against OpenCV, the CLI's one-line refusal.
+
+The cases run in one process (one Keras/JAX start-up); its JUnit report is read here.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+import xml.etree.ElementTree as ElementTree
+
+import pytest
+
+HERE = pathlib.Path(__file__).resolve().parent
+REPO = HERE.parent.parent.parent
+sys.path.insert(0, str(HERE))
+from test_golden import CASES  # noqa: E402
+
+FILES = ("test_keras3_golden.py", "test_keras3_layers.py", "keras3_jax_checks.py")
+
+
+@pytest.fixture(scope="module")
+def jax_report(tmp_path_factory):
+    pytest.importorskip("jax")
+    report = tmp_path_factory.mktemp("jax") / "report.xml"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env.update(KERAS_BACKEND="jax", JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]))
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+            f"--junitxml={report}", "-k", "not recursion_limit",
+            *(str(HERE / name) for name in FILES)]  # fmt: skip
+    proc = subprocess.run(args, cwd=str(REPO), env=env, capture_output=True, text=True,
+                          timeout=3000)  # fmt: skip
+    assert report.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    outcomes = {}
+    for case in ElementTree.parse(report).getroot().iter("testcase"):
+        tags = [child.tag for child in case if child.tag in ("failure", "error", "skipped")]
+        outcomes[f"{case.get('classname')}::{case.get('name')}"] = tags[0] if tags else "passed"
+    return outcomes
+
+
+def _passed(report, module: str, prefix: str = "test_"):
+    return [n for n, o in report.items() if module in n and n.split("::")[-1].startswith(prefix)
+            and o == "passed"]  # fmt: skip
+
+
+def test_no_case_fails_on_jax(jax_report):
+    bad = {name: outcome for name, outcome in jax_report.items()
+           if outcome in ("failure", "error")}  # fmt: skip
+    assert not bad, bad
+
+
+def test_every_golden_case_runs_on_jax(jax_report):
+    if not CASES:
+        pytest.skip("shared/caffe-golden is absent")
+    passed = _passed(jax_report, "test_keras3_golden", "test_golden_case_keras3[")
+    assert len(passed) == len(CASES) == 43, sorted(set(CASES) - {p.split("[")[-1][:-1]
+                                                             for p in passed})  # fmt: skip
+
+
+def test_the_layer_tests_run_on_jax(jax_report):
+    passed = _passed(jax_report, "test_keras3_layers")
+    assert len(passed) >= 200, len(passed)
+    assert any("opencv" in name for name in passed)
+    assert any("detection_output_matches_caffe_loop_reference" in name for name in passed)
+
+
+def test_the_jax_checks_ran(jax_report):
+    passed = _passed(jax_report, "keras3_jax_checks")
+    assert any("the_backend_is_jax" in n for n in passed)
+    assert any("saves_reloads_and_jit_compiles" in n for n in passed)
+    assert len(passed) >= 9, passed
