@@ -11,6 +11,7 @@ conversion (itself checked against Caffe and OpenCV) and the model before saving
 
 from __future__ import annotations
 
+import os
 import pathlib
 import re
 import sys
@@ -78,11 +79,13 @@ def test_custom_layer_net_on_jax_saves_reloads_and_jit_compiles(tmp_path):
 
 
 def test_golden_pooling_net_reloads_in_safe_mode_and_matches_caffe(tmp_path):
+    """Its file is kept in ``KERASQ_JAX_OUT`` (when set) for a reload on TensorFlow."""
     from kerasq.converters.caffe import load
 
     folder = shared_path("caffe-golden", "pool_max_k3s2p1")  # EdgePadding2D
     model = load(folder / "deploy.prototxt", folder / "model.caffemodel", keras=3)
-    again = _save_reload(model, str(tmp_path / "pool.keras"))
+    out = pathlib.Path(os.environ.get("KERASQ_JAX_OUT") or tmp_path)
+    again = _save_reload(model, str(out / "pool.keras"))
     x = np.load(folder / "input.npy").transpose(0, 2, 3, 1)
     got = _outputs(again, x)[0].transpose(0, 3, 1, 2)
     assert_caffe_close(got, np.load(folder / "blobs" / "pool.npy"), "pool")

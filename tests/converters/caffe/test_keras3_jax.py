@@ -31,9 +31,10 @@ FILES = ("test_keras3_golden.py", "test_keras3_layers.py", "keras3_jax_checks.py
 @pytest.fixture(scope="module")
 def jax_report(tmp_path_factory):
     pytest.importorskip("jax")
-    report = tmp_path_factory.mktemp("jax") / "report.xml"
+    out = tmp_path_factory.mktemp("jax")
+    report = out / "report.xml"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    env.update(KERAS_BACKEND="jax", JAX_PLATFORMS="cpu",
+    env.update(KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", KERASQ_JAX_OUT=str(out),
                PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]))
     args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
             f"--junitxml={report}", "-k", "not recursion_limit",
@@ -46,7 +47,7 @@ def jax_report(tmp_path_factory):
     for case in ElementTree.parse(report).getroot().iter("testcase"):
         tags = [child.tag for child in case if child.tag in ("failure", "error", "skipped")]
         outcomes[f"{case.get('classname')}::{case.get('name')}"] = tags[0] if tags else "passed"
-    return outcomes
+    return outcomes, out
 
 
 def _passed(report, module: str, prefix: str = "test_"):
@@ -55,12 +56,14 @@ def _passed(report, module: str, prefix: str = "test_"):
 
 
 def test_no_case_fails_on_jax(jax_report):
+    jax_report, _ = jax_report
     bad = {name: outcome for name, outcome in jax_report.items()
            if outcome in ("failure", "error")}  # fmt: skip
     assert not bad, bad
 
 
 def test_every_golden_case_runs_on_jax(jax_report):
+    jax_report, _ = jax_report
     if not CASES:
         pytest.skip("shared/caffe-golden is absent")
     passed = _passed(jax_report, "test_keras3_golden", "test_golden_case_keras3[")
@@ -69,6 +72,7 @@ def test_every_golden_case_runs_on_jax(jax_report):
 
 
 def test_the_layer_tests_run_on_jax(jax_report):
+    jax_report, _ = jax_report
     passed = _passed(jax_report, "test_keras3_layers")
     assert len(passed) >= 200, len(passed)
     assert any("opencv" in name for name in passed)
@@ -76,7 +80,26 @@ def test_the_layer_tests_run_on_jax(jax_report):
 
 
 def test_the_jax_checks_ran(jax_report):
+    jax_report, _ = jax_report
     passed = _passed(jax_report, "keras3_jax_checks")
     assert any("the_backend_is_jax" in n for n in passed)
     assert any("saves_reloads_and_jit_compiles" in n for n in passed)
     assert len(passed) >= 9, passed
+
+
+def test_a_file_saved_on_jax_reloads_on_tensorflow_and_matches_caffe(jax_report):
+    """The JAX run's ``.keras`` (a net with EdgePadding2D), reloaded here on Keras 3's
+    TensorFlow backend in safe mode, gives Caffe's top."""
+    import numpy as np
+
+    from conftest import shared_path
+    from kerasq.converters.caffe.keras3 import keras3
+    from test_golden import assert_caffe_close
+
+    _, out = jax_report
+    folder = shared_path("caffe-golden", "pool_max_k3s2p1")
+    assert keras3().backend.backend() == "tensorflow"
+    model = keras3().saving.load_model(str(out / "pool.keras"), safe_mode=True, compile=False)
+    x = np.load(folder / "input.npy").transpose(0, 2, 3, 1)
+    got = np.asarray(model(x)).transpose(0, 3, 1, 2)
+    assert_caffe_close(got, np.load(folder / "blobs" / "pool.npy"), "pool")
