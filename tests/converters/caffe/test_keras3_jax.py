@@ -4,6 +4,8 @@
   every dumped top at the tf_keras tolerance (atol 1e-5·max(1, max|ref|) + rtol 1e-4);
 * test_keras3_layers.py: the layer tests against OpenCV, the numpy Caffe transcription and
   the SSD loop reference, at their own tolerances (the DetectionOutput nets: the refusal);
+* test_keras3_nets.py: LeNet, MTCNN det1 (fixed and free input size), ResNet-20 and a
+  JacintoNet against their tf_keras conversion (itself checked against OpenCV);
 * keras3_jax_checks.py: safe-mode ``.keras`` reloads, jit-compiled ``predict``, the SSD nets
   up to DetectionOutput against OpenCV, the CLI's one-line refusal.
 
@@ -25,7 +27,8 @@ REPO = HERE.parent.parent.parent
 sys.path.insert(0, str(HERE))
 from test_golden import CASES  # noqa: E402
 
-FILES = ("test_keras3_golden.py", "test_keras3_layers.py", "keras3_jax_checks.py")
+FILES = ("test_keras3_golden.py", "test_keras3_layers.py", "test_keras3_nets.py",
+         "keras3_jax_checks.py")
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +80,12 @@ def test_the_layer_tests_run_on_jax(jax_report):
     assert len(passed) >= 200, len(passed)
     assert any("opencv" in name for name in passed)
     assert any("detection_output_matches_caffe_loop_reference" in name for name in passed)
+
+
+def test_the_real_nets_run_on_jax(jax_report):
+    jax_report, _ = jax_report
+    passed = _passed(jax_report, "test_keras3_nets")
+    assert any("det1" in name for name in passed) and len(passed) >= 5, passed
 
 
 def test_the_jax_checks_ran(jax_report):
