@@ -2,10 +2,13 @@
 
 For every class in :data:`kerasq.converters.caffe.keras_layers.ALL_LAYERS`, :func:`twin`
 builds a class of the same name whose base is Keras 3's ``keras.layers.Layer`` and whose
-methods (``__init__``, ``build``, ``call``, ``get_config``, properties...) are the tf_keras
-class's functions, re-bound so that ``super()`` resolves in the new class. The layer math
-is written once, in TensorFlow ops: the twins run on Keras 3's TensorFlow backend
-(:func:`require_tensorflow_backend` refuses the others with a clear error).
+methods (``__init__``, ``build``, ``get_config``, properties...) are the tf_keras class's
+functions, re-bound so that ``super()`` resolves in the new class. Its ``call`` is the
+backend-neutral ``keras.ops`` form of the same formula (:mod:`.neutral`), so the twins run
+on every Keras 3 backend (TensorFlow, JAX). The classes in
+:data:`.neutral.TENSORFLOW_ONLY` keep the tf_keras ``call`` (TensorFlow ops); their
+``tensorflow_only_reason`` says why, and on another backend their ``call`` raises
+(:func:`require_tensorflow_backend`) naming the layer, its type and that reason.
 
 The twins are registered with Keras 3 as ``kerasq>ClassName`` (the same names as the
 tf_keras classes), keep the same config keys and the same weight order, so a tf_keras
@@ -30,6 +33,7 @@ from kerasq._compat import keras as tf_keras
 from kerasq._compat import tf
 from kerasq._compat import keras3 as _compat_keras3
 from kerasq.converters.caffe.keras_layers import ALL_LAYERS
+from kerasq.converters.caffe.keras3.neutral import NEUTRAL_CALLS, TENSORFLOW_ONLY
 from kerasq.converters.caffe.keras_layers._base import Configured
 from kerasq.errors import UnsupportedLayerError
 
@@ -39,16 +43,18 @@ def keras3() -> Any:
     return _compat_keras3()
 
 
-def require_tensorflow_backend(what: str) -> None:
+def require_tensorflow_backend(what: str, reason: str = "") -> None:
     """Raise :class:`UnsupportedLayerError` unless Keras 3 runs on TensorFlow.
 
-    The custom layers compute with TensorFlow ops; stock Keras layers run on any backend.
+    For the twins without a backend-neutral form (``tensorflow_only_reason`` set): they
+    compute with TensorFlow ops; ``reason`` says why no ``keras.ops`` form exists.
     """
     backend = keras3().backend.backend()
     if backend != "tensorflow":
+        why = f": {reason}" if reason else ""
         raise UnsupportedLayerError(
             f"{what} computes with TensorFlow ops and needs the TensorFlow backend of Keras 3 "
-            f"(KERAS_BACKEND={backend}); set KERAS_BACKEND=tensorflow"
+            f"(KERAS_BACKEND={backend}; set KERAS_BACKEND=tensorflow){why}"
         )
 
 
@@ -108,7 +114,9 @@ def _shape_tuples(fn: Callable) -> Callable:
 def _guarded_call(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def call(self: Any, *args: Any, **kwargs: Any) -> Any:
-        require_tensorflow_backend(f"layer {self.name!r} ({type(self).__name__})")
+        require_tensorflow_backend(
+            f"layer {self.name!r} ({type(self).__name__})", self.tensorflow_only_reason
+        )
         return fn(self, *args, **kwargs)
 
     return call
@@ -122,8 +130,11 @@ def twin(cls: type) -> type:
     """The Keras 3 class of the tf_keras layer class ``cls`` (built once, then cached).
 
     Its bases are the twins of ``cls``'s bases (tf_keras ``Layer`` -> Keras 3 ``Layer``);
-    its members are ``cls``'s own, re-bound; ``compute_output_shape`` returns tuples and
-    ``call`` checks the backend. ``tf_keras_class`` points back to ``cls``.
+    its members are ``cls``'s own, re-bound; ``compute_output_shape`` returns tuples;
+    ``call`` is the ``keras.ops`` one of :data:`.neutral.NEUTRAL_CALLS` (any backend), or,
+    for the classes of :data:`.neutral.TENSORFLOW_ONLY`, ``cls``'s own behind a backend
+    check. ``tf_keras_class`` points back to ``cls``; ``tensorflow_only_reason`` is None
+    (every backend) or why only TensorFlow runs it.
     """
     if cls in _TWINS:
         return _TWINS[cls]
@@ -142,7 +153,13 @@ def twin(cls: type) -> type:
             setattr(made, key, _rebind_member(value, made))
     if "compute_output_shape" in namespace:
         made.compute_output_shape = _shape_tuples(made.compute_output_shape)
-    if "call" in namespace:
+    made.tensorflow_only_reason = None
+    if cls.__name__ in NEUTRAL_CALLS:
+        made.call = NEUTRAL_CALLS[cls.__name__]
+    elif "call" in namespace:
+        made.tensorflow_only_reason = TENSORFLOW_ONLY.get(
+            cls.__name__, "no keras.ops form is written for it"
+        )
         made.call = _guarded_call(made.call)
     if cls is not Configured:  # the base is abstract: only concrete layers are registered
         made = k3.saving.register_keras_serializable(package="kerasq")(made)

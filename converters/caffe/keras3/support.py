@@ -1,15 +1,18 @@
-"""Which Caffe types may lower to the converter's own layers (Keras 3: TensorFlow backend).
+"""Which Caffe types may lower to the converter's own layers (and so to their Keras 3 twins).
 
-Stock Keras layers run on every Keras 3 backend; the converter's layers compute with
-TensorFlow ops. :func:`converter_layers_of` reads, from the lowering functions' code, the
-converter layer classes a Caffe type's handler can build (following the helper functions
-of the converter it calls), for the supported-layer table in ``docs/caffe_layers.md``.
+Stock Keras layers run on every Keras 3 backend; so do the twins, but for those with a
+``tensorflow_only_reason`` (Keras 3's TensorFlow backend only). :func:`converter_layers_of`
+reads, from the lowering functions' code, the converter layer classes a Caffe type's handler
+can build (following the helper functions of the converter it calls), for the
+supported-layer table in ``docs/caffe_layers.md``; :func:`caffe_types_using` inverts it.
 
 Example:
     >>> converter_layers_of("AbsVal")                 # doctest: +SKIP
     ['AbsVal']
     >>> converter_layers_of("Convolution")            # doctest: +SKIP
     []
+    >>> caffe_types_using("CaffeDetectionOutput")     # doctest: +SKIP
+    ['DetectionOutput']
 """
 
 from __future__ import annotations
@@ -55,4 +58,15 @@ def converter_layers_of(caffe_type: str) -> List[str]:
     return sorted(names)
 
 
-__all__ = ["converter_layers_of"]
+def caffe_types_using(layer_name: str) -> List[str]:
+    """The registered Caffe types whose lowering may build the converter layer ``layer_name``."""
+    import kerasq.converters.caffe.lower  # noqa: F401  (registers the handlers)
+
+    return sorted(
+        entry.caffe_type
+        for entry in _registry.entries()
+        if layer_name in converter_layers_of(entry.caffe_type)
+    )
+
+
+__all__ = ["converter_layers_of", "caffe_types_using"]

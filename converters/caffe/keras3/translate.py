@@ -150,8 +150,10 @@ def to_keras3(model: Any) -> Any:
     """Rebuild the functional tf_keras ``model`` (a converted Caffe net) in Keras 3.
 
     Same inputs, outputs, layer names, configs and weights; the result computes the same
-    numbers (up to float rounding of the backend kernels). Custom Caffe layers need Keras
-    3's TensorFlow backend; nets of stock layers only run on any backend.
+    numbers (up to float rounding of the backend kernels), on every Keras 3 backend but for
+    the converter layers without a ``keras.ops`` form (``tensorflow_only_reason``: SSD's
+    DetectionOutput), which need Keras 3's TensorFlow backend (refused here otherwise,
+    naming the Caffe layer).
 
     Example:
         >>> k3_model = to_keras3(tf_keras_model)     # doctest: +SKIP
@@ -160,12 +162,18 @@ def to_keras3(model: Any) -> Any:
     k3 = keras3()
     if not isinstance(model, tf_keras.Model) or not getattr(model, "_is_graph_network", False):
         raise KerasqError("to_keras3 expects a functional tf_keras model (a converted net)")
-    custom = [layer for layer in model.layers if type(layer) in _TWINS]
-    if custom:
+    tf_only = [
+        layer for layer in model.layers
+        if type(layer) in _TWINS and _TWINS[type(layer)].tensorflow_only_reason
+    ]  # fmt: skip
+    if tf_only:
+        cls = _TWINS[type(tf_only[0])]
         try:
-            require_tensorflow_backend(f"{type(custom[0]).__name__} (a converter layer)")
+            require_tensorflow_backend(
+                f"{cls.__name__} (a converter layer)", cls.tensorflow_only_reason
+            )
         except UnsupportedLayerError as err:
-            raise err.with_context(layer=_caffe_name(custom[0])) from None
+            raise err.with_context(layer=_caffe_name(tf_only[0])) from None
     tensors: Dict[int, Any] = {}  # id(tf_keras KerasTensor) -> Keras 3 tensor
     inputs: List[Any] = []
     for tensor in model.inputs:

@@ -256,6 +256,8 @@ def test_supported_layer_table_is_up_to_date():
     spec.loader.exec_module(gen)
     committed = (repo / "docs" / "caffe_layers.md").read_text(encoding="utf-8")
     assert committed == gen.render(), "run: python tools/gen_caffe_support.py"
+    keras3_doc = (repo / "docs" / "keras3.md").read_text(encoding="utf-8")
+    assert keras3_doc == gen.keras3_doc(keras3_doc), "run: python tools/gen_caffe_support.py"
     for caffe_type in (
         "Convolution",
         "Deconvolution",

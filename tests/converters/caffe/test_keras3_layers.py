@@ -7,16 +7,24 @@ The tests are the tf_keras suite's own functions (collected here by name, not co
 an autouse fixture makes ``kerasq.converters.caffe.forward`` (and ``load``, for the
 load-based tests listed in LOAD_TESTS) build Keras 3 models and
 checks that each test really ran a Keras 3 model.
+
+The same tests run on Keras 3's JAX backend (``KERAS_BACKEND=jax``, in one subprocess
+started by ``test_keras3_jax.py``); there the tests whose net ends in SSD's
+DetectionOutput (TensorFlow only, see ``tensorflow_only_reason``) check its refusal
+instead, and ``keras3_jax_checks.py`` compares the rest of those nets with OpenCV.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import pathlib
 import sys
 
 import pytest
+
+from kerasq._compat import keras3 as _keras3
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
@@ -64,7 +72,35 @@ def _forward_tests():
 
 
 FORWARD_TESTS = _forward_tests()
-globals().update({name.replace("test_", "test_keras3_", 1): fn for name, fn in FORWARD_TESTS.items()})
+# the tests whose nets hold a TensorFlow-only converter layer (SSD's DetectionOutput)
+TENSORFLOW_ONLY_TESTS = {
+    "test_small_ssd_matches_opencv_on_every_top__ssd",
+    "test_no_detection_gives_caffe_placeholder_rows__ssd",
+    "test_yufacedetectnet_detections_match_opencv__ssd",
+    "test_detection_output_matches_caffe_loop_reference__ssd",
+}
+ON_JAX = _keras3().backend.backend() == "jax"
+
+
+def _refused_on_jax(fn):
+    """On JAX: ``fn``'s net must be refused, naming DetectionOutput, the backend and why."""
+
+    @functools.wraps(fn)
+    def test(*args, **kwargs):
+        from kerasq.errors import UnsupportedLayerError
+
+        with pytest.raises(UnsupportedLayerError, match=r"CaffeDetectionOutput.*"
+                           r"KERAS_BACKEND=jax.*data-dependent shape"):  # fmt: skip
+            fn(*args, **kwargs)
+
+    return test
+
+
+globals().update({
+    name.replace("test_", "test_keras3_", 1):
+        _refused_on_jax(fn) if ON_JAX and name in TENSORFLOW_ONLY_TESTS else fn
+    for name, fn in FORWARD_TESTS.items()
+})  # fmt: skip
 
 
 @pytest.fixture(autouse=True)
@@ -79,7 +115,11 @@ def keras3_forward(monkeypatch):
     real = api._as_requested
 
     def as_requested(model, *args):
-        result = real(model, *args)
+        try:
+            result = real(model, *args)
+        except Exception:
+            built.append(ON_JAX)  # on JAX: the refusal _refused_on_jax checks
+            raise
         built.append(isinstance(result, keras3().Model))
         return result
 
@@ -105,6 +145,7 @@ def test_the_forward_tests_were_found(tmp_path):
     modules = {name.split("__")[1] for name in FORWARD_TESTS}
     assert modules >= {"layers_activations", "layers_shape", "layers_norm_resize", "ssd"}
     assert len(FORWARD_TESTS) >= 40, sorted(FORWARD_TESTS)
+    assert TENSORFLOW_ONLY_TESTS <= set(FORWARD_TESTS)
     nb = NetBuilder("tiny")  # and one net through the fixture's Keras 3 check
     nb.add("AbsVal", [nb.input("data", (1, 2, 3, 3))])
     check_net(nb, tmp_path, {"data": -np.ones((1, 2, 3, 3), np.float32)})

@@ -1,14 +1,13 @@
 """Keras 3 conversions saved as ``.keras`` and reloaded with ``safe_mode=True`` (in this
-process and in a fresh one), ``kerasq convert --keras 3``, and the backend rule (converter
-layers need Keras 3's TensorFlow backend; stock-layer nets also run on JAX).
+process and in a fresh one) and ``kerasq convert --keras 3`` (the same on the JAX backend:
+keras3_jax_checks.py, run by test_keras3_jax.py).
 
-References: the real-Caffe golden tops for the CLI and JAX runs; for reloads, the model
-before saving (bit-equal outputs).
+References: the real-Caffe golden tops for the CLI runs; for reloads, the model before
+saving (bit-equal outputs).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import subprocess
@@ -149,34 +148,3 @@ def test_cli_keras3_refusals_are_one_line_and_write_nothing(tmp_path, capsys, ex
     err = capsys.readouterr().err.strip()
     assert err.startswith("kerasq: error:") and message in err and "\n" not in err
     assert list(tmp_path.iterdir()) == []
-
-
-@pytest.mark.slow
-def test_backend_rule_jax(tmp_path):
-    """KERAS_BACKEND=jax: LeNet (stock layers) converts and matches Caffe; a net with a
-    converter layer is refused with the backend named."""
-    pytest.importorskip("jax")
-    lenet = shared_path("caffe-golden", "lenet")
-    pool = shared_path("caffe-golden", "pool_max_k3s2p1")
-    result = tmp_path / "prob.npy"
-    out = _run_python(
-        "import json, numpy as np, keras\n"
-        "from kerasq.converters.caffe import load\n"
-        "from kerasq.errors import UnsupportedLayerError\n"
-        f"m = load({str(lenet / 'deploy.prototxt')!r}, {str(lenet / 'model.caffemodel')!r},"
-        " keras=3)\n"
-        f"x = np.load({str(lenet / 'input.npy')!r}).transpose(0, 2, 3, 1)\n"
-        f"np.save({str(result)!r}, np.asarray(m(x)))\n"
-        "try:\n"
-        f"    load({str(pool / 'deploy.prototxt')!r}, {str(pool / 'model.caffemodel')!r},"
-        " keras=3)\n"
-        "    err = ''\n"
-        "except UnsupportedLayerError as e:\n"
-        "    err = str(e)\n"
-        "print(json.dumps([keras.backend.backend(), err]))\n",
-        {"KERAS_BACKEND": "jax"},
-    )
-    backend, err = json.loads(out.strip().splitlines()[-1])
-    assert backend == "jax"
-    assert_caffe_close(np.load(result), np.load(lenet / "blobs" / "prob.npy"), "prob")
-    assert "EdgePadding2D" in err and "TensorFlow backend" in err and "jax" in err

@@ -60,3 +60,18 @@ def test_twins_are_registered_under_kerasq_and_point_back():
         assert made.tf_keras_class is cls and issubclass(made, k3.layers.Layer)
         assert k3.saving.get_registered_name(made) == f"kerasq>{cls.__name__}"
         assert k3.saving.get_registered_object(f"kerasq>{cls.__name__}") is made
+
+
+def test_every_twin_has_a_keras_ops_call_or_a_reason_to_need_tensorflow():
+    """Each converter layer is in exactly one of NEUTRAL_CALLS / TENSORFLOW_ONLY, and its
+    twin's ``call`` and ``tensorflow_only_reason`` follow (the docs tables read the latter)."""
+    from kerasq.converters.caffe.keras3 import KERAS3_LAYERS, NEUTRAL_CALLS, TENSORFLOW_ONLY
+
+    assert set(NEUTRAL_CALLS) | set(TENSORFLOW_ONLY) == set(KERAS3_LAYERS)
+    assert not set(NEUTRAL_CALLS) & set(TENSORFLOW_ONLY)
+    for name, cls in KERAS3_LAYERS.items():
+        if name in NEUTRAL_CALLS:
+            assert cls.call is NEUTRAL_CALLS[name] and cls.tensorflow_only_reason is None
+        else:
+            assert cls.tensorflow_only_reason == TENSORFLOW_ONLY[name]
+            assert cls.call is not cls.tf_keras_class.call  # behind the backend check
