@@ -211,19 +211,6 @@ std::vector<int32_t> EpilogueConstants(const Requantizer& rq, int64_t C) {
 
 enum Mode { kFusedNearest = 0, kFusedNearestEven = 1, kFusedHalfUp = 2, kUnfused = 3 };
 
-template <bool kVnni>
-__attribute__((target("avx512f,avx512bw,avx512vl"), always_inline)) inline __m512i Dot(
-    __m512i acc, __m512i x, __m512i w) {
-  if constexpr (kVnni) {
-    // vpdpwssd (AVX512-VNNI) is vpmaddwd + vpaddd in one instruction; inline assembly so
-    // the function needs no VNNI target (it only runs where the CPU has it).
-    __asm__("vpdpwssd %2, %1, %0" : "+v"(acc) : "v"(x), "vm"(w));
-    return acc;
-  } else {
-    return _mm512_add_epi32(acc, _mm512_madd_epi16(x, w));
-  }
-}
-
 // Requantizer::Row32 on 16 lanes: t = acc + bias; y = clamp((t + add [+ rounding term]) >> s).
 template <int kMode>
 __attribute__((target("avx512f,avx512bw,avx512vl"), always_inline)) inline __m512i Requantize(
@@ -238,13 +225,13 @@ __attribute__((target("avx512f,avx512bw,avx512vl"), always_inline)) inline __m51
   return _mm512_min_epi32(_mm512_max_epi32(_mm512_srav_epi32(u, sh), lo), hi);
 }
 
-// P output pixels [ow, ow + P) x the 32-channel block at c0 of one row: every tap's 32 int8
-// inputs are widened to int16 and multiplied against two weight vectors holding only the
+// (AVX-512 without VNNI) P output pixels [ow, ow + P) x the 32-channel block at c0 of one
+// row: every tap's 32 int8 inputs are widened to int16 and multiplied against two weight vectors holding only the
 // even (odd) channels' weights, zeros elsewhere, so each int32 lane receives exactly one
 // product per tap (|x·w| <= 2^14): even channels in one accumulator, odd in the other,
 // without shuffles per tap. The epilogue requantizes both and interleaves them back into
 // channel order (or writes the int32 sums to acc for the unfused requantization).
-template <int P, bool kVnni, int kMode, typename Out>
+template <int P, int kMode, typename Out>
 __attribute__((target("avx512f,avx512bw,avx512vl"), always_inline)) inline void PixelBlock(
     const int8_t* const* ptrs, int64_t T, int64_t ow, int64_t C, int64_t c0, __mmask32 m,
     const int16_t* wb, const int32_t* qb, __m512i lo, __m512i hi, Out* y, int32_t* acc) {
@@ -256,8 +243,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl"), always_inline)) inline void 
     const __m512i wo = _mm512_loadu_si512(wb + t * 2 * kBlock + kBlock);
     for (int p = 0; p < P; ++p) {
       const __m512i x16 = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(m, pp[p * T + t] + c0));
-      even[p] = Dot<kVnni>(even[p], x16, we);
-      odd[p] = Dot<kVnni>(odd[p], x16, wo);
+      even[p] = _mm512_add_epi32(even[p], _mm512_madd_epi16(x16, we));
+      odd[p] = _mm512_add_epi32(odd[p], _mm512_madd_epi16(x16, wo));
     }
   }
   if constexpr (kMode == kUnfused) {
@@ -303,7 +290,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"), always_inline)) inline void 
 }
 
 // One output row (its tap pointers in ptrs), all channel blocks.
-template <bool kVnni, int kMode, typename Out>
+template <int kMode, typename Out>
 __attribute__((target("avx512f,avx512bw,avx512vl"))) void RowAvx512(
     const int8_t* const* ptrs, int64_t T, int64_t out_w, int64_t C, const int16_t* w16,
     const int32_t* q, int32_t lo32, int32_t hi32, Out* y, int32_t* acc) {
@@ -315,15 +302,16 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void RowAvx512(
     const int32_t* qb = q + (c0 / kBlock) * 96;
     int64_t ow = 0;
     for (; ow + 4 <= out_w; ow += 4)
-      PixelBlock<4, kVnni, kMode>(ptrs, T, ow, C, c0, m, wb, qb, lo, hi, y, acc);
+      PixelBlock<4, kMode>(ptrs, T, ow, C, c0, m, wb, qb, lo, hi, y, acc);
     for (; ow < out_w; ++ow)
-      PixelBlock<1, kVnni, kMode>(ptrs, T, ow, C, c0, m, wb, qb, lo, hi, y, acc);
+      PixelBlock<1, kMode>(ptrs, T, ow, C, c0, m, wb, qb, lo, hi, y, acc);
   }
 }
 
-bool HasVnni() {
-  static const bool has = __builtin_cpu_supports("avx512vnni");
-  return has;
+// The u8·s8 kernel runs on AVX512-VNNI CPUs for kernels of up to 64 rows.
+bool UseVnni(int64_t k_h) {
+  static const bool has = HasAvx512Bw() && __builtin_cpu_supports("avx512vnni");
+  return has && k_h <= 64;
 }
 
 template <typename Out>
@@ -338,12 +326,9 @@ void RunInt8Avx512(const Geometry& g, const int8_t* xp, const PackedInt8& packed
       mode == kUnfused ? std::vector<int32_t>() : EpilogueConstants(rq, C);
   using RowFn = void (*)(const int8_t* const*, int64_t, int64_t, int64_t, const int16_t*,
                          const int32_t*, int32_t, int32_t, Out*, int32_t*);
-  static constexpr RowFn kRows[2][4] = {
-      {RowAvx512<false, 0, Out>, RowAvx512<false, 1, Out>, RowAvx512<false, 2, Out>,
-       RowAvx512<false, 3, Out>},
-      {RowAvx512<true, 0, Out>, RowAvx512<true, 1, Out>, RowAvx512<true, 2, Out>,
-       RowAvx512<true, 3, Out>}};
-  const RowFn row_fn = kRows[HasVnni() ? 1 : 0][mode];
+  static constexpr RowFn kRows[4] = {RowAvx512<0, Out>, RowAvx512<1, Out>, RowAvx512<2, Out>,
+                                      RowAvx512<3, Out>};
+  const RowFn row_fn = kRows[mode];
   const int64_t macs = g.batch * g.out_h * g.out_w * T * C;
   const int32_t lo = static_cast<int32_t>(std::max<int64_t>(rq.lo, INT32_MIN));
   const int32_t hi = static_cast<int32_t>(std::min<int64_t>(rq.hi, INT32_MAX));
@@ -365,22 +350,251 @@ void RunInt8Avx512(const Geometry& g, const int8_t* xp, const PackedInt8& packed
             }
           });
 }
+
+// ---- AVX512-VNNI: u8·s8 quads of 4 kernel rows (see int_depthwise.h).
+
+constexpr int64_t kBlock8 = 64;  // channels per vector of bytes
+
+// Position of channel j (0..63 in its block) in the accumulators: vector j % 16 / 4,
+// lane 4 * (j / 16) + j % 4, flattened as vector * 16 + lane.
+inline int64_t QuadSlot(int64_t j) { return (j % 16 / 4) * 16 + 4 * (j / 16) + j % 4; }
+
+// Epilogue constants per block of 64 channels in accumulator order: [bias - comp][add]
+// [shift][comp] x 64 int32 (add as in EpilogueConstants).
+std::vector<int32_t> EpilogueConstantsU8(const Requantizer& rq, const PackedInt8& pk,
+                                         bool fused) {
+  const int64_t C = pk.channels, blocks = (C + kBlock8 - 1) / kBlock8;
+  std::vector<int32_t> q(blocks * 4 * kBlock8, 0);
+  for (int64_t c = 0; c < blocks * kBlock8; ++c) {
+    int32_t* base = q.data() + (c / kBlock8) * 4 * kBlock8 + QuadSlot(c % kBlock8);
+    base[128] = 1;
+    if (c >= C) continue;
+    base[192] = pk.comp[c];
+    if (!fused) continue;
+    base[0] = rq.bias32[c] - pk.comp[c];
+    base[64] = rq.half32[c] - (rq.rounding == Rounding::kNearestEven ? 1 : 0);
+    base[128] = rq.shift32[c];
+  }
+  return q;
+}
+
+#define KERASQ_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+
+// The 4 accumulators of one pixel (channels in QuadSlot order) to y or, unfused, their
+// exact int32 sums (u8 sums - comp) in channel order to acc.
+template <int kMode, typename Out>
+KERASQ_VNNI __attribute__((always_inline)) inline void EpilogueU8(
+    const __m512i* a, const int32_t* qb, __m512i lo, __m512i hi, __mmask64 m, Out* y,
+    int32_t* acc) {
+  if constexpr (kMode == kUnfused) {
+    __m512i t[4];
+    for (int j = 0; j < 4; ++j) t[j] = _mm512_sub_epi32(a[j], _mm512_loadu_si512(qb + 192 + 16 * j));
+    // 4x4 transpose of 128-bit lanes: output vector k = lane k of t[0..3]
+    const __m512i t01l = _mm512_shuffle_i32x4(t[0], t[1], 0x44);
+    const __m512i t23l = _mm512_shuffle_i32x4(t[2], t[3], 0x44);
+    const __m512i t01h = _mm512_shuffle_i32x4(t[0], t[1], 0xEE);
+    const __m512i t23h = _mm512_shuffle_i32x4(t[2], t[3], 0xEE);
+    const __m512i o[4] = {_mm512_shuffle_i32x4(t01l, t23l, 0x88),
+                          _mm512_shuffle_i32x4(t01l, t23l, 0xDD),
+                          _mm512_shuffle_i32x4(t01h, t23h, 0x88),
+                          _mm512_shuffle_i32x4(t01h, t23h, 0xDD)};
+    for (int k = 0; k < 4; ++k)
+      _mm512_mask_storeu_epi32(acc + 16 * k, static_cast<__mmask16>(m >> (16 * k)), o[k]);
+  } else {
+    __m512i v[4];
+    for (int j = 0; j < 4; ++j)
+      v[j] = Requantize<kMode>(a[j], _mm512_loadu_si512(qb + 16 * j),
+                               _mm512_loadu_si512(qb + 64 + 16 * j),
+                               _mm512_loadu_si512(qb + 128 + 16 * j), lo, hi);
+    // lane L of p01 (p23): channels 16L..16L+7 (16L+8..16L+15) as int16 (values already
+    // inside the output type's range, so the saturation of the packs never acts)
+    const __m512i p01 = _mm512_packs_epi32(v[0], v[1]);
+    const __m512i p23 = _mm512_packs_epi32(v[2], v[3]);
+    if constexpr (sizeof(Out) == 1) {
+      _mm512_mask_storeu_epi8(y, m, _mm512_packs_epi16(p01, p23));
+    } else {
+      const __m512i idx0 = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
+      const __m512i idx1 = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
+      _mm512_mask_storeu_epi16(y, static_cast<__mmask32>(m),
+                               _mm512_permutex2var_epi64(p01, idx0, p23));
+      _mm512_mask_storeu_epi16(y + 32, static_cast<__mmask32>(m >> 32),
+                               _mm512_permutex2var_epi64(p01, idx1, p23));
+    }
+  }
+}
+
+// P pixels from ow: acc[p][j] += sum over kernel columns and row groups of the column
+// quads times the weights. k3: k_w = 3, one row group (weights held in registers).
+template <int P, bool k3, int kMode, typename Out>
+KERASQ_VNNI __attribute__((always_inline)) inline void PixelsU8(
+    const __m512i* cols, int64_t ncols, int64_t G, int64_t KW, int64_t s_w, int64_t d_w,
+    int64_t ow, const __m512i* wreg, const int8_t* wb, const int32_t* qb, __m512i lo,
+    __m512i hi, __mmask64 m, int64_t C, Out* y, int32_t* acc) {
+  __m512i a[P][4];
+  for (int p = 0; p < P; ++p)
+    for (int j = 0; j < 4; ++j) a[p][j] = _mm512_setzero_si512();
+  if constexpr (k3) {
+    for (int kw = 0; kw < 3; ++kw)
+      for (int p = 0; p < P; ++p) {
+        const __m512i* col = cols + ((ow + p) * s_w + kw * d_w) * 4;
+        for (int j = 0; j < 4; ++j)
+          a[p][j] = _mm512_dpbusd_epi32(a[p][j], _mm512_loadu_si512(col + j), wreg[kw * 4 + j]);
+      }
+  } else {
+    for (int64_t gr = 0; gr < G; ++gr)
+      for (int64_t kw = 0; kw < KW; ++kw) {
+        const int8_t* wv = wb + (gr * KW + kw) * 4 * kBlock8;
+        for (int p = 0; p < P; ++p) {
+          const __m512i* col = cols + (gr * ncols + (ow + p) * s_w + kw * d_w) * 4;
+          for (int j = 0; j < 4; ++j)
+            a[p][j] = _mm512_dpbusd_epi32(a[p][j], _mm512_loadu_si512(col + j),
+                                          _mm512_loadu_si512(wv + j * kBlock8));
+        }
+      }
+  }
+  for (int p = 0; p < P; ++p)
+    EpilogueU8<kMode>(a[p], qb, lo, hi, m, y + (ow + p) * C, acc + (ow + p) * C);
+}
+
+// One output row (b, oh), all channel blocks. cols: scratch of G * ncols * 4 vectors.
+template <bool k3, int kMode, typename Out>
+KERASQ_VNNI void RowVnni(const Geometry& g, const int8_t* xp, int64_t b, int64_t oh,
+                         const PackedInt8& pk, const int32_t* q, int32_t lo32, int32_t hi32,
+                         Out* y, int32_t* acc, __m512i* cols) {
+  const int64_t C = g.channels, KW = g.k_w, G = (g.k_h + 3) / 4;
+  const int64_t ncols = (g.out_w - 1) * g.s_w + (KW - 1) * g.d_w + 1;
+  const __m512i lo = _mm512_set1_epi32(lo32), hi = _mm512_set1_epi32(hi32);
+  const __m512i offset = _mm512_set1_epi8(static_cast<char>(0x80));
+  const int8_t* rows[4 * 16];
+  for (int64_t kh = 0; kh < 4 * G; ++kh) {
+    const int64_t ih = oh * g.s_h - g.pad_top + kh * g.d_h;
+    rows[kh] = kh < g.k_h && ih >= 0 && ih < g.in_h ? xp + (b * g.in_h + ih) * g.in_w * C
+                                                    : nullptr;
+  }
+  for (int64_t c0 = 0; c0 < C; c0 += kBlock8) {
+    const int64_t width = std::min<int64_t>(kBlock8, C - c0);
+    const __mmask64 m = width == kBlock8 ? ~__mmask64{0} : ((__mmask64{1} << width) - 1);
+    // column quads: byte r of lane 4L+i of vector j = x[row r][column][c0+16L+4j+i] + 128
+    for (int64_t gr = 0; gr < G; ++gr) {
+      const int8_t* const* rg = rows + 4 * gr;
+      __m512i* out = cols + gr * ncols * 4;
+      for (int64_t ci = 0; ci < ncols; ++ci, out += 4) {
+        const int64_t iw = ci - g.pad_left;
+        if (iw < 0 || iw >= g.in_w) {
+          for (int j = 0; j < 4; ++j) _mm512_storeu_si512(out + j, offset);
+          continue;
+        }
+        __m512i r[4];
+        for (int k = 0; k < 4; ++k)
+          r[k] = rg[k] ? _mm512_maskz_loadu_epi8(m, rg[k] + iw * C + c0) : _mm512_setzero_si512();
+        const __m512i ab_lo = _mm512_unpacklo_epi8(r[0], r[1]);
+        const __m512i ab_hi = _mm512_unpackhi_epi8(r[0], r[1]);
+        const __m512i cd_lo = _mm512_unpacklo_epi8(r[2], r[3]);
+        const __m512i cd_hi = _mm512_unpackhi_epi8(r[2], r[3]);
+        _mm512_storeu_si512(out + 0, _mm512_xor_si512(_mm512_unpacklo_epi16(ab_lo, cd_lo), offset));
+        _mm512_storeu_si512(out + 1, _mm512_xor_si512(_mm512_unpackhi_epi16(ab_lo, cd_lo), offset));
+        _mm512_storeu_si512(out + 2, _mm512_xor_si512(_mm512_unpacklo_epi16(ab_hi, cd_hi), offset));
+        _mm512_storeu_si512(out + 3, _mm512_xor_si512(_mm512_unpackhi_epi16(ab_hi, cd_hi), offset));
+      }
+    }
+    const int8_t* wb = pk.w8.data() + (c0 / kBlock8) * G * KW * 4 * kBlock8;
+    const int32_t* qb = q + (c0 / kBlock8) * 4 * kBlock8;
+    __m512i wreg[k3 ? 12 : 1];
+    if constexpr (k3) {
+      for (int k = 0; k < 12; ++k) wreg[k] = _mm512_loadu_si512(wb + k * kBlock8);
+    }
+    Out* yb = y + c0;
+    int32_t* ab = acc + c0;
+    int64_t ow = 0;
+    for (; ow + 4 <= g.out_w; ow += 4)
+      PixelsU8<4, k3, kMode>(cols, ncols, G, KW, g.s_w, g.d_w, ow, wreg, wb, qb, lo, hi, m, C,
+                             yb, ab);
+    for (; ow < g.out_w; ++ow)
+      PixelsU8<1, k3, kMode>(cols, ncols, G, KW, g.s_w, g.d_w, ow, wreg, wb, qb, lo, hi, m, C,
+                             yb, ab);
+  }
+}
+
+template <typename Out>
+void RunInt8Vnni(const Geometry& g, const int8_t* xp, const PackedInt8& packed,
+                 const Requantizer& rq, Out* yp, const ParallelFor& parallel) {
+  const int64_t C = g.channels, G = (g.k_h + 3) / 4;
+  const int64_t ncols = (g.out_w - 1) * g.s_w + (g.k_w - 1) * g.d_w + 1;
+  // fused only where the packs' saturation cannot act (the output type holds [lo, hi])
+  const int64_t type_min = std::numeric_limits<Out>::min(), type_max = std::numeric_limits<Out>::max();
+  const bool fused = rq.fast32 && sizeof(Out) <= 2 && rq.lo >= type_min && rq.hi <= type_max;
+  const int mode = !fused ? kUnfused
+                   : rq.rounding == Rounding::kNearest     ? kFusedNearest
+                   : rq.rounding == Rounding::kNearestEven ? kFusedNearestEven
+                                                           : kFusedHalfUp;
+  const std::vector<int32_t> q = EpilogueConstantsU8(rq, packed, fused);
+  const bool k3 = g.k_w == 3 && G == 1;
+  using RowFn = void (*)(const Geometry&, const int8_t*, int64_t, int64_t, const PackedInt8&,
+                         const int32_t*, int32_t, int32_t, Out*, int32_t*, __m512i*);
+  RowFn row_fn;
+  if constexpr (sizeof(Out) <= 2) {
+    static constexpr RowFn kRows[2][4] = {
+        {RowVnni<false, 0, Out>, RowVnni<false, 1, Out>, RowVnni<false, 2, Out>,
+         RowVnni<false, 3, Out>},
+        {RowVnni<true, 0, Out>, RowVnni<true, 1, Out>, RowVnni<true, 2, Out>,
+         RowVnni<true, 3, Out>}};
+    row_fn = kRows[k3 ? 1 : 0][mode];
+  } else {
+    row_fn = k3 ? RowVnni<true, kUnfused, Out> : RowVnni<false, kUnfused, Out>;
+  }
+  const int64_t macs = g.batch * g.out_h * g.out_w * g.taps() * C;
+  const int32_t lo = static_cast<int32_t>(std::max<int64_t>(rq.lo, INT32_MIN));
+  const int32_t hi = static_cast<int32_t>(std::min<int64_t>(rq.hi, INT32_MAX));
+  RunRows(parallel, macs < kParallelMacs, g.batch * g.out_h, g.out_w * g.taps() * C,
+          [&](int64_t r0, int64_t r1) {
+            thread_local std::vector<int8_t> scratch;
+            thread_local std::vector<int32_t> acc;
+            const size_t bytes = static_cast<size_t>(G * ncols * 4 * 64 + 64);
+            if (scratch.size() < bytes) scratch.resize(bytes);
+            const uintptr_t base = reinterpret_cast<uintptr_t>(scratch.data());
+            __m512i* cols = reinterpret_cast<__m512i*>((base + 63) & ~uintptr_t{63});
+            if (mode == kUnfused) acc.resize(g.out_w * C);
+            for (int64_t row = r0; row < r1; ++row) {
+              const int64_t m0 = row * g.out_w;
+              row_fn(g, xp, row / g.out_h, row % g.out_h, packed, q.data(), lo, hi, yp + m0 * C,
+                     acc.data(), cols);
+              if (mode == kUnfused) RequantizePixels(rq, acc.data(), g.out_w, C, m0, yp + m0 * C);
+            }
+          });
+}
 #endif  // KERASQ_DW_X86
 
-void PackInt8(const int8_t* w, int64_t taps, int64_t C, PackedInt8* out) {
-  const int64_t blocks = (C + kBlock - 1) / kBlock;
-  out->taps = taps;
+void PackInt8(const int8_t* w, int64_t k_h, int64_t k_w, int64_t C, PackedInt8* out) {
+  const int64_t taps = k_h * k_w;
+  out->k_h = k_h;
+  out->k_w = k_w;
   out->channels = C;
-  out->w16.assign(blocks * taps * 2 * kBlock, 0);
   int64_t max_abs = 0;
+  for (int64_t i = 0; i < taps * C; ++i) max_abs = std::max(max_abs, Abs64(w[i]));
+  out->max_abs = max_abs;
+#ifdef KERASQ_DW_X86
+  if (UseVnni(k_h)) {
+    const int64_t G = (k_h + 3) / 4, blocks = (C + kBlock8 - 1) / kBlock8;
+    out->w8.assign(blocks * G * k_w * 4 * kBlock8, 0);
+    out->comp.assign(C, 0);
+    for (int64_t kh = 0; kh < k_h; ++kh)
+      for (int64_t kw = 0; kw < k_w; ++kw)
+        for (int64_t c = 0; c < C; ++c) {
+          const int64_t blk = c / kBlock8, slot = QuadSlot(c % kBlock8);
+          const int8_t v = w[(kh * k_w + kw) * C + c];
+          out->w8[(((blk * G + kh / 4) * k_w + kw) * kBlock8 + slot) * 4 + kh % 4] = v;
+          out->comp[c] += 128 * v;
+        }
+    return;
+  }
+#endif
+  const int64_t blocks = (C + kBlock - 1) / kBlock;
+  out->w16.assign(blocks * taps * 2 * kBlock, 0);
   for (int64_t t = 0; t < taps; ++t)
     for (int64_t c = 0; c < C; ++c) {
       const int64_t blk = c / kBlock, j = c % kBlock;
-      const int8_t v = w[t * C + c];
-      out->w16[((blk * taps + t) * 2 + j % 2) * kBlock + j] = v;
-      max_abs = std::max(max_abs, Abs64(v));
+      out->w16[((blk * taps + t) * 2 + j % 2) * kBlock + j] = w[t * C + c];
     }
-  out->max_abs = max_abs;
 }
 
 }  // namespace
@@ -395,14 +609,15 @@ bool HasAvx512Bw() {
 #endif
 }
 
-std::shared_ptr<const PackedInt8> PackedInt8Cache::Get(const int8_t* w, int64_t taps,
-                                                       int64_t channels) {
+std::shared_ptr<const PackedInt8> PackedInt8Cache::Get(const int8_t* w, int64_t k_h,
+                                                       int64_t k_w, int64_t channels) {
   constexpr size_t kEntries = 64;
-  const size_t bytes = static_cast<size_t>(taps * channels);
+  const size_t bytes = static_cast<size_t>(k_h * k_w * channels);
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (Entry& e : entries_) {
-      if (e.key == w && e.packed->taps == taps && e.packed->channels == channels &&
+      if (e.key == w && e.packed->k_h == k_h && e.packed->k_w == k_w &&
+          e.packed->channels == channels &&
           e.raw.size() == bytes && std::memcmp(e.raw.data(), w, bytes) == 0) {
         e.last_use = ++clock_;
         return e.packed;
@@ -410,7 +625,7 @@ std::shared_ptr<const PackedInt8> PackedInt8Cache::Get(const int8_t* w, int64_t 
     }
   }
   auto packed = std::make_shared<PackedInt8>();
-  PackInt8(w, taps, channels, packed.get());
+  PackInt8(w, k_h, k_w, channels, packed.get());
   std::lock_guard<std::mutex> lock(mu_);
   Entry* slot = nullptr;
   for (Entry& e : entries_)
@@ -468,10 +683,14 @@ void DepthwiseConv(const Geometry& g, const TIn* x, const TW* w, const PackedInt
       if (HasAvx512Bw()) {
         PackedInt8 local;
         if (packed == nullptr) {
-          PackInt8(w, g.taps(), g.channels, &local);
+          PackInt8(w, g.k_h, g.k_w, g.channels, &local);
           packed = &local;
         }
-        RunInt8Avx512(g, x, *packed, rq, y, parallel);
+        if (UseVnni(g.k_h)) {
+          RunInt8Vnni(g, x, *packed, rq, y, parallel);
+        } else {
+          RunInt8Avx512(g, x, *packed, rq, y, parallel);
+        }
         return;
       }
 #endif

@@ -5,12 +5,16 @@
 // add nothing), NHWC x, HWCM w (Keras layout, M = depth multiplier), exact int32 or int64
 // accumulation, and the requantization of requantize.h.
 //
-// int8 x int8 with M = 1 (the MobileNet layer) has its own kernel: an indirection table of
-// tap pointers per output row (out-of-image taps point to a zero row, so there is no padded
-// copy of the input and no bounds test in the inner loop), 32 channels per 512-bit vector
-// with the weights pre-packed per channel block and cached across calls, int16 products
-// accumulated in int32 by vpmaddwd (vpdpwssd on AVX512-VNNI), and the requantization fused
-// into the epilogue. Other CPUs and type combinations use portable loops.
+// int8 x int8 with M = 1 (the MobileNet layer) has its own kernels, without a padded copy
+// of the input (out-of-image taps read zeros) and with the requantization fused into the
+// epilogue. With AVX512-VNNI (as XNNPACK's int8 depthwise): per output row and block of 64
+// channels, the bytes of 4 kernel rows are interleaved once per input column into u8
+// quads (x + 128), shared by every output pixel that reads that column, and vpdpbusd adds
+// 4 products per 32-bit lane; the +128 offset is taken back through the bias (128 * the
+// sum of the channel's weights). AVX-512 without VNNI: a table of tap pointers per output
+// row, int16 products accumulated in int32 by vpmaddwd, 32 channels per vector. Weights
+// are pre-packed per channel block and cached across calls. Other CPUs and type
+// combinations use portable loops.
 #ifndef KERASQ_OPS_CC_INT_DEPTHWISE_H_
 #define KERASQ_OPS_CC_INT_DEPTHWISE_H_
 
@@ -41,12 +45,18 @@ using ParallelFor = std::function<void(int64_t tasks, int64_t cost_per_task,
 // True when the running CPU has AVX-512 F and BW (the int8 kernel's vector path).
 bool HasAvx512Bw();
 
-// int8 depthwise weights (M = 1) in the vector kernel's layout: per block of 32 channels
-// and per tap, the even channels' weights (odd lanes zero) then the odd channels', as
-// int16: [Cp/32][taps][2][32], Cp = channels rounded up to 32 (zeros beyond).
+// int8 depthwise weights (M = 1) in the vector kernels' layouts.
+// AVX512-VNNI (u8·s8 dot products of 4 kernel rows): per block of 64 channels, group of 4
+// kernel rows and kernel column, 4 vectors whose 32-bit lane 4L+i of vector j holds the
+// weights of kernel rows 4g..4g+3 (zero beyond k_h) of channel 16L+4j+i:
+// w8 [Cp/64][groups][k_w][4][64]; comp[c] = 128 * sum of channel c's weights.
+// AVX-512 without VNNI (int16 vpmaddwd): per block of 32 channels and per tap, the even
+// channels' weights (odd lanes zero) then the odd channels': w16 [Cp/32][taps][2][32].
 struct PackedInt8 {
+  std::vector<int8_t> w8;
+  std::vector<int32_t> comp;
   std::vector<int16_t> w16;
-  int64_t taps = 0, channels = 0, max_abs = 0;
+  int64_t k_h = 0, k_w = 0, channels = 0, max_abs = 0;
 };
 
 // Packed weights reused across calls while the weight bytes are unchanged: found by
@@ -54,7 +64,8 @@ struct PackedInt8 {
 // weights are (a variable updated in place included).
 class PackedInt8Cache {
  public:
-  std::shared_ptr<const PackedInt8> Get(const int8_t* w, int64_t taps, int64_t channels);
+  std::shared_ptr<const PackedInt8> Get(const int8_t* w, int64_t k_h, int64_t k_w,
+                                        int64_t channels);
 
  private:
   struct Entry {

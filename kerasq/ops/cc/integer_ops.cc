@@ -718,7 +718,7 @@ class DfpDepthwiseConv2DOp : public IntegerKernelBase {
     const TW* wp = w.flat<TW>().data();
     std::shared_ptr<const dw::PackedInt8> packed;  // int8 weights, multiplier 1
     if constexpr (std::is_same_v<TIn, int8_t> && std::is_same_v<TW, int8_t>) {
-      if (mult == 1) packed = packed_weights_.Get(wp, dg.taps(), g.in_c);
+      if (mult == 1) packed = packed_weights_.Get(wp, g.k_h, g.k_w, g.in_c);
     }
     const int64_t max_w = packed ? packed->max_abs : dw::MaxAbs(wp, w.NumElements());
     const dw::Bounds bounds = dw::AccumulatorBounds(dg, xp, wp, max_w);
