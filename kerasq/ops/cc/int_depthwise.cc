@@ -212,7 +212,8 @@ std::vector<int32_t> EpilogueConstants(const Requantizer& rq, int64_t C) {
 enum Mode { kFusedNearest = 0, kFusedNearestEven = 1, kFusedHalfUp = 2, kUnfused = 3 };
 
 // Requantizer::Row32 on 16 lanes: t = acc + bias; y = clamp((t + add [+ rounding term]) >> s).
-template <int kMode>
+// kClamp = false: the caller's saturating packs clamp to [lo, hi] exactly.
+template <int kMode, bool kClamp = true>
 __attribute__((target("avx512f,avx512bw,avx512vl"), always_inline)) inline __m512i Requantize(
     __m512i acc, __m512i bias, __m512i add, __m512i sh, __m512i lo, __m512i hi) {
   const __m512i t = _mm512_add_epi32(acc, bias);
@@ -222,7 +223,9 @@ __attribute__((target("avx512f,avx512bw,avx512vl"), always_inline)) inline __m51
   } else if constexpr (kMode == kFusedNearestEven) {
     u = _mm512_add_epi32(u, _mm512_and_si512(_mm512_srav_epi32(t, sh), _mm512_set1_epi32(1)));
   }
-  return _mm512_min_epi32(_mm512_max_epi32(_mm512_srav_epi32(u, sh), lo), hi);
+  const __m512i v = _mm512_srav_epi32(u, sh);
+  if constexpr (kClamp) return _mm512_min_epi32(_mm512_max_epi32(v, lo), hi);
+  return v;
 }
 
 // (AVX-512 without VNNI) P output pixels [ow, ow + P) x the 32-channel block at c0 of one
@@ -380,84 +383,101 @@ std::vector<int32_t> EpilogueConstantsU8(const Requantizer& rq, const PackedInt8
 
 #define KERASQ_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 
-// The 4 accumulators of one pixel (channels in QuadSlot order) to y or, unfused, their
-// exact int32 sums (u8 sums - comp) in channel order to acc.
-template <int kMode, typename Out>
-KERASQ_VNNI __attribute__((always_inline)) inline void EpilogueU8(
-    const __m512i* a, const int32_t* qb, __m512i lo, __m512i hi, __mmask64 m, Out* y,
-    int32_t* acc) {
-  if constexpr (kMode == kUnfused) {
-    __m512i t[4];
-    for (int j = 0; j < 4; ++j) t[j] = _mm512_sub_epi32(a[j], _mm512_loadu_si512(qb + 192 + 16 * j));
-    // 4x4 transpose of 128-bit lanes: output vector k = lane k of t[0..3]
-    const __m512i t01l = _mm512_shuffle_i32x4(t[0], t[1], 0x44);
-    const __m512i t23l = _mm512_shuffle_i32x4(t[2], t[3], 0x44);
-    const __m512i t01h = _mm512_shuffle_i32x4(t[0], t[1], 0xEE);
-    const __m512i t23h = _mm512_shuffle_i32x4(t[2], t[3], 0xEE);
-    const __m512i o[4] = {_mm512_shuffle_i32x4(t01l, t23l, 0x88),
-                          _mm512_shuffle_i32x4(t01l, t23l, 0xDD),
-                          _mm512_shuffle_i32x4(t01h, t23h, 0x88),
-                          _mm512_shuffle_i32x4(t01h, t23h, 0xDD)};
-    for (int k = 0; k < 4; ++k)
-      _mm512_mask_storeu_epi32(acc + 16 * k, static_cast<__mmask16>(m >> (16 * k)), o[k]);
+enum Kind { kAnyShape = 0, k3x3Stride1 = 1, k3x3Stride2 = 2 };
+
+// P pixels from ow (4 accumulators each, channels in QuadSlot order): acc[p][j] = the sum
+// over kernel columns and row groups of column quads times weights. The 3x3 kinds (one row
+// group, unit dilation along the row) load each column's quads once for the P pixels.
+// Then the epilogue: requantized into y or, unfused, the exact int32 sums (u8 sums - comp)
+// in channel order into acc.
+template <int P, int kKind, int kMode, bool kClamp, typename Out>
+KERASQ_VNNI __attribute__((always_inline)) inline void PixelsU8(
+    const __m512i* cols, int64_t ncols, int64_t G, int64_t KW, int64_t s_w, int64_t d_w,
+    int64_t ow, const int8_t* wb, const int32_t* qb, __m512i lo, __m512i hi, __mmask64 m,
+    int64_t C, Out* y, int32_t* acc) {
+  __m512i a[P][4];
+  for (int p = 0; p < P; ++p)
+    for (int j = 0; j < 4; ++j) a[p][j] = _mm512_setzero_si512();
+  if constexpr (kKind == kAnyShape) {
+    for (int64_t gr = 0; gr < G; ++gr)
+      for (int64_t kw = 0; kw < KW; ++kw)
+        for (int j = 0; j < 4; ++j) {
+          const __m512i wv = _mm512_loadu_si512(wb + ((gr * KW + kw) * 4 + j) * kBlock8);
+          for (int p = 0; p < P; ++p) {
+            const __m512i* col = cols + (gr * ncols + (ow + p) * s_w + kw * d_w) * 4;
+            a[p][j] = _mm512_dpbusd_epi32(a[p][j], _mm512_loadu_si512(col + j), wv);
+          }
+        }
   } else {
-    __m512i v[4];
-    for (int j = 0; j < 4; ++j)
-      v[j] = Requantize<kMode>(a[j], _mm512_loadu_si512(qb + 16 * j),
-                               _mm512_loadu_si512(qb + 64 + 16 * j),
-                               _mm512_loadu_si512(qb + 128 + 16 * j), lo, hi);
-    // lane L of p01 (p23): channels 16L..16L+7 (16L+8..16L+15) as int16 (values already
-    // inside the output type's range, so the saturation of the packs never acts)
-    const __m512i p01 = _mm512_packs_epi32(v[0], v[1]);
-    const __m512i p23 = _mm512_packs_epi32(v[2], v[3]);
-    if constexpr (sizeof(Out) == 1) {
-      _mm512_mask_storeu_epi8(y, m, _mm512_packs_epi16(p01, p23));
-    } else {
-      const __m512i idx0 = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
-      const __m512i idx1 = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
-      _mm512_mask_storeu_epi16(y, static_cast<__mmask32>(m),
-                               _mm512_permutex2var_epi64(p01, idx0, p23));
-      _mm512_mask_storeu_epi16(y + 32, static_cast<__mmask32>(m >> 32),
-                               _mm512_permutex2var_epi64(p01, idx1, p23));
+    constexpr int S = kKind == k3x3Stride1 ? 1 : 2;
+    constexpr int kCols = (P - 1) * S + 3;
+    const __m512i* base = cols + ow * S * 4;
+#pragma GCC unroll 16
+    for (int c = 0; c < kCols; ++c) {
+      __m512i q[4];
+      for (int j = 0; j < 4; ++j) q[j] = _mm512_loadu_si512(base + c * 4 + j);
+#pragma GCC unroll 4
+      for (int p = 0; p < P; ++p) {
+        const int kw = c - p * S;
+        if (kw < 0 || kw >= 3) continue;
+        for (int j = 0; j < 4; ++j)
+          a[p][j] = _mm512_dpbusd_epi32(
+              a[p][j], q[j], _mm512_loadu_si512(wb + (kw * 4 + j) * kBlock8));
+      }
+    }
+  }
+  if constexpr (kMode == kUnfused) {
+    __m512i comp[4];
+    for (int j = 0; j < 4; ++j) comp[j] = _mm512_loadu_si512(qb + 192 + 16 * j);
+    for (int p = 0; p < P; ++p) {
+      __m512i t[4];
+      for (int j = 0; j < 4; ++j) t[j] = _mm512_sub_epi32(a[p][j], comp[j]);
+      // 4x4 transpose of 128-bit lanes: output vector k = lane k of t[0..3]
+      const __m512i t01l = _mm512_shuffle_i32x4(t[0], t[1], 0x44);
+      const __m512i t23l = _mm512_shuffle_i32x4(t[2], t[3], 0x44);
+      const __m512i t01h = _mm512_shuffle_i32x4(t[0], t[1], 0xEE);
+      const __m512i t23h = _mm512_shuffle_i32x4(t[2], t[3], 0xEE);
+      const __m512i o[4] = {_mm512_shuffle_i32x4(t01l, t23l, 0x88),
+                            _mm512_shuffle_i32x4(t01l, t23l, 0xDD),
+                            _mm512_shuffle_i32x4(t01h, t23h, 0x88),
+                            _mm512_shuffle_i32x4(t01h, t23h, 0xDD)};
+      int32_t* out = acc + (ow + p) * C;
+      for (int k = 0; k < 4; ++k)
+        _mm512_mask_storeu_epi32(out + 16 * k, static_cast<__mmask16>(m >> (16 * k)), o[k]);
+    }
+  } else {
+    __m512i bias[4], add[4], sh[4];  // loaded before any store (int8 stores alias all)
+    for (int j = 0; j < 4; ++j) {
+      bias[j] = _mm512_loadu_si512(qb + 16 * j);
+      add[j] = _mm512_loadu_si512(qb + 64 + 16 * j);
+      sh[j] = _mm512_loadu_si512(qb + 128 + 16 * j);
+    }
+    for (int p = 0; p < P; ++p) {
+      __m512i v[4];
+      for (int j = 0; j < 4; ++j)
+        v[j] = Requantize<kMode, kClamp>(a[p][j], bias[j], add[j], sh[j], lo, hi);
+      // lane L of p01 (p23): channels 16L..16L+7 (16L+8..16L+15) as int16; the values
+      // are inside the output type's range (or kClamp is off because the packs'
+      // saturation is exactly the clamp)
+      const __m512i p01 = _mm512_packs_epi32(v[0], v[1]);
+      const __m512i p23 = _mm512_packs_epi32(v[2], v[3]);
+      Out* out = y + (ow + p) * C;
+      if constexpr (sizeof(Out) == 1) {
+        _mm512_mask_storeu_epi8(out, m, _mm512_packs_epi16(p01, p23));
+      } else {
+        const __m512i idx0 = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
+        const __m512i idx1 = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
+        _mm512_mask_storeu_epi16(out, static_cast<__mmask32>(m),
+                                 _mm512_permutex2var_epi64(p01, idx0, p23));
+        _mm512_mask_storeu_epi16(out + 32, static_cast<__mmask32>(m >> 32),
+                                 _mm512_permutex2var_epi64(p01, idx1, p23));
+      }
     }
   }
 }
 
-// P pixels from ow: acc[p][j] += sum over kernel columns and row groups of the column
-// quads times the weights. k3: k_w = 3, one row group (weights held in registers).
-template <int P, bool k3, int kMode, typename Out>
-KERASQ_VNNI __attribute__((always_inline)) inline void PixelsU8(
-    const __m512i* cols, int64_t ncols, int64_t G, int64_t KW, int64_t s_w, int64_t d_w,
-    int64_t ow, const __m512i* wreg, const int8_t* wb, const int32_t* qb, __m512i lo,
-    __m512i hi, __mmask64 m, int64_t C, Out* y, int32_t* acc) {
-  __m512i a[P][4];
-  for (int p = 0; p < P; ++p)
-    for (int j = 0; j < 4; ++j) a[p][j] = _mm512_setzero_si512();
-  if constexpr (k3) {
-    for (int kw = 0; kw < 3; ++kw)
-      for (int p = 0; p < P; ++p) {
-        const __m512i* col = cols + ((ow + p) * s_w + kw * d_w) * 4;
-        for (int j = 0; j < 4; ++j)
-          a[p][j] = _mm512_dpbusd_epi32(a[p][j], _mm512_loadu_si512(col + j), wreg[kw * 4 + j]);
-      }
-  } else {
-    for (int64_t gr = 0; gr < G; ++gr)
-      for (int64_t kw = 0; kw < KW; ++kw) {
-        const int8_t* wv = wb + (gr * KW + kw) * 4 * kBlock8;
-        for (int p = 0; p < P; ++p) {
-          const __m512i* col = cols + (gr * ncols + (ow + p) * s_w + kw * d_w) * 4;
-          for (int j = 0; j < 4; ++j)
-            a[p][j] = _mm512_dpbusd_epi32(a[p][j], _mm512_loadu_si512(col + j),
-                                          _mm512_loadu_si512(wv + j * kBlock8));
-        }
-      }
-  }
-  for (int p = 0; p < P; ++p)
-    EpilogueU8<kMode>(a[p], qb, lo, hi, m, y + (ow + p) * C, acc + (ow + p) * C);
-}
-
 // One output row (b, oh), all channel blocks. cols: scratch of G * ncols * 4 vectors.
-template <bool k3, int kMode, typename Out>
+template <int kKind, int kMode, bool kClamp, typename Out>
 KERASQ_VNNI void RowVnni(const Geometry& g, const int8_t* xp, int64_t b, int64_t oh,
                          const PackedInt8& pk, const int32_t* q, int32_t lo32, int32_t hi32,
                          Out* y, int32_t* acc, __m512i* cols) {
@@ -465,7 +485,7 @@ KERASQ_VNNI void RowVnni(const Geometry& g, const int8_t* xp, int64_t b, int64_t
   const int64_t ncols = (g.out_w - 1) * g.s_w + (KW - 1) * g.d_w + 1;
   const __m512i lo = _mm512_set1_epi32(lo32), hi = _mm512_set1_epi32(hi32);
   const __m512i offset = _mm512_set1_epi8(static_cast<char>(0x80));
-  const int8_t* rows[4 * 16];
+  const int8_t* rows[4 * 16];  // nullptr: a kernel row outside the image or beyond k_h
   for (int64_t kh = 0; kh < 4 * G; ++kh) {
     const int64_t ih = oh * g.s_h - g.pad_top + kh * g.d_h;
     rows[kh] = kh < g.k_h && ih >= 0 && ih < g.in_h ? xp + (b * g.in_h + ih) * g.in_w * C
@@ -499,20 +519,37 @@ KERASQ_VNNI void RowVnni(const Geometry& g, const int8_t* xp, int64_t b, int64_t
     }
     const int8_t* wb = pk.w8.data() + (c0 / kBlock8) * G * KW * 4 * kBlock8;
     const int32_t* qb = q + (c0 / kBlock8) * 4 * kBlock8;
-    __m512i wreg[k3 ? 12 : 1];
-    if constexpr (k3) {
-      for (int k = 0; k < 12; ++k) wreg[k] = _mm512_loadu_si512(wb + k * kBlock8);
-    }
     Out* yb = y + c0;
     int32_t* ab = acc + c0;
     int64_t ow = 0;
     for (; ow + 4 <= g.out_w; ow += 4)
-      PixelsU8<4, k3, kMode>(cols, ncols, G, KW, g.s_w, g.d_w, ow, wreg, wb, qb, lo, hi, m, C,
-                             yb, ab);
+      PixelsU8<4, kKind, kMode, kClamp>(cols, ncols, G, KW, g.s_w, g.d_w, ow, wb, qb, lo, hi,
+                                        m, C, yb, ab);
     for (; ow < g.out_w; ++ow)
-      PixelsU8<1, k3, kMode>(cols, ncols, G, KW, g.s_w, g.d_w, ow, wreg, wb, qb, lo, hi, m, C,
-                             yb, ab);
+      PixelsU8<1, kKind, kMode, kClamp>(cols, ncols, G, KW, g.s_w, g.d_w, ow, wb, qb, lo, hi,
+                                        m, C, yb, ab);
   }
+}
+
+template <typename Out>
+using RowVnniFn = void (*)(const Geometry&, const int8_t*, int64_t, int64_t, const PackedInt8&,
+                           const int32_t*, int32_t, int32_t, Out*, int32_t*, __m512i*);
+
+// The row kernel for a kind, requantization mode and clamp.
+template <int kKind, typename Out>
+RowVnniFn<Out> PickRowVnni(int mode, bool clamp) {
+  if constexpr (sizeof(Out) <= 2) {
+    switch (mode * 2 + (clamp ? 1 : 0)) {
+      case 0: return RowVnni<kKind, 0, false, Out>;
+      case 1: return RowVnni<kKind, 0, true, Out>;
+      case 2: return RowVnni<kKind, 1, false, Out>;
+      case 3: return RowVnni<kKind, 1, true, Out>;
+      case 4: return RowVnni<kKind, 2, false, Out>;
+      case 5: return RowVnni<kKind, 2, true, Out>;
+      default: break;
+    }
+  }
+  return RowVnni<kKind, kUnfused, true, Out>;
 }
 
 template <typename Out>
@@ -528,20 +565,13 @@ void RunInt8Vnni(const Geometry& g, const int8_t* xp, const PackedInt8& packed,
                    : rq.rounding == Rounding::kNearestEven ? kFusedNearestEven
                                                            : kFusedHalfUp;
   const std::vector<int32_t> q = EpilogueConstantsU8(rq, packed, fused);
-  const bool k3 = g.k_w == 3 && G == 1;
-  using RowFn = void (*)(const Geometry&, const int8_t*, int64_t, int64_t, const PackedInt8&,
-                         const int32_t*, int32_t, int32_t, Out*, int32_t*, __m512i*);
-  RowFn row_fn;
-  if constexpr (sizeof(Out) <= 2) {
-    static constexpr RowFn kRows[2][4] = {
-        {RowVnni<false, 0, Out>, RowVnni<false, 1, Out>, RowVnni<false, 2, Out>,
-         RowVnni<false, 3, Out>},
-        {RowVnni<true, 0, Out>, RowVnni<true, 1, Out>, RowVnni<true, 2, Out>,
-         RowVnni<true, 3, Out>}};
-    row_fn = kRows[k3 ? 1 : 0][mode];
-  } else {
-    row_fn = k3 ? RowVnni<true, kUnfused, Out> : RowVnni<false, kUnfused, Out>;
-  }
+  // the packs saturate to the output type's range: that is the clamp when [lo, hi] is it
+  const bool clamp = rq.lo != type_min || rq.hi != type_max;
+  const bool k3 = g.k_w == 3 && G == 1 && g.d_w == 1;
+  const RowVnniFn<Out> row_fn =
+      k3 && g.s_w == 1   ? PickRowVnni<k3x3Stride1, Out>(mode, clamp)
+      : k3 && g.s_w == 2 ? PickRowVnni<k3x3Stride2, Out>(mode, clamp)
+                         : PickRowVnni<kAnyShape, Out>(mode, clamp);
   const int64_t macs = g.batch * g.out_h * g.out_w * g.taps() * C;
   const int32_t lo = static_cast<int32_t>(std::max<int64_t>(rq.lo, INT32_MIN));
   const int32_t hi = static_cast<int32_t>(std::min<int64_t>(rq.hi, INT32_MAX));
