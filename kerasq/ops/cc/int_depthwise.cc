@@ -316,10 +316,11 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void RowAvx512(
   }
 }
 
-// The u8·s8 kernel runs on AVX512-VNNI CPUs for kernels of up to 64 rows.
-bool UseVnni(int64_t k_h) {
+// The u8·s8 kernel runs on AVX512-VNNI CPUs for kernels of up to 64 rows whose unsigned
+// sums (at most 255 * 128 per product, 4 per row group and column) fit int32.
+bool UseVnni(int64_t k_h, int64_t k_w) {
   static const bool has = HasAvx512Bw() && __builtin_cpu_supports("avx512vnni");
-  return has && k_h <= 64;
+  return has && k_h <= 64 && (k_h + 3) / 4 * 4 * k_w * 255 * 128 < int64_t{2147483647};
 }
 
 template <typename Out>
@@ -608,7 +609,7 @@ void PackInt8(const int8_t* w, int64_t k_h, int64_t k_w, int64_t C, PackedInt8* 
   for (int64_t i = 0; i < taps * C; ++i) max_abs = std::max(max_abs, Abs64(w[i]));
   out->max_abs = max_abs;
 #ifdef KERASQ_DW_X86
-  if (UseVnni(k_h)) {
+  if (UseVnni(k_h, k_w)) {
     const int64_t G = (k_h + 3) / 4, blocks = (C + kBlock8 - 1) / kBlock8;
     out->w8.assign(blocks * G * k_w * 4 * kBlock8, 0);
     out->comp.assign(C, 0);
@@ -721,7 +722,7 @@ void DepthwiseConv(const Geometry& g, const TIn* x, const TW* w, const PackedInt
           PackInt8(w, g.k_h, g.k_w, g.channels, &local);
           packed = &local;
         }
-        if (UseVnni(g.k_h)) {
+        if (UseVnni(g.k_h, g.k_w)) {
           RunInt8Vnni(g, x, *packed, rq, y, parallel);
         } else {
           RunInt8Avx512(g, x, *packed, rq, y, parallel);
