@@ -296,3 +296,32 @@ def test_int8_depthwise_multiplier1_kernels_and_outputs(ops_path, xs, k, stride,
                                   out.get("out_signed", True), rounding, bias=bias, bias_frac=10)
         assert y.dtype.name == out.get("out_dtype", y.dtype.name)
         np.testing.assert_array_equal(y.numpy(), expected.astype(y.dtype.as_numpy_dtype))
+
+
+@pytest.mark.parametrize("kernel", ["avx512", "portable"])
+@pytest.mark.parametrize("xs,k,stride,pad,out", [
+    ((1, 10, 9, 70), (3, 3), 1, "SAME", {}),
+    ((2, 9, 12, 40), (3, 3), 2, "SAME", dict(out_bitwidth=16)),
+    ((1, 9, 11, 33), (5, 3), 1, [[1, 2], [0, 3]], dict(out_dtype="int32")),
+])
+def test_int8_depthwise_lower_kernels(monkeypatch, kernel, xs, k, stride, pad, out):
+    # The int8 kernels this CPU does not pick by itself (KERASQ_DEPTHWISE_KERNEL selects
+    # a lower one: vpmaddwd without VNNI, or the portable loops) against the numpy reference.
+    import kerasq.ops
+
+    monkeypatch.delenv("KERASQ_PY_OPS", raising=False)
+    if not kerasq.ops.custom_kernels_loaded():
+        pytest.skip(f"C++ ops not available: {kerasq.ops.fallback_reason()}")
+    monkeypatch.setenv("KERASQ_DEPTHWISE_KERNEL", kernel)
+    rng = np.random.default_rng(xs[3] + k[0] + stride)
+    x, w = _ints(rng, xs, np.int8), _ints(rng, k + (xs[3], 1), np.int8)
+    x.flat[:3] = -128
+    w.flat[:3] = -128
+    bias = rng.integers(-3000, 3000, xs[3]).astype(np.int32)
+    for rounding in DETERMINISTIC:
+        y = dfp_depthwise_conv2d(x, w, bias, x_frac=4, w_frac=5, bias_frac=9, out_frac=2,
+                                 strides=stride, padding=pad, rounding=rounding, **out)
+        acc = ref.depthwise_acc(x, w, (stride, stride), (1, 1), pad)
+        expected = ref.requantize(acc, 9, 2, out.get("out_bitwidth", 8), True, rounding,
+                                  bias=bias, bias_frac=9)
+        np.testing.assert_array_equal(y.numpy(), expected.astype(y.dtype.as_numpy_dtype))

@@ -2,6 +2,7 @@
 #include "int_depthwise.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <type_traits>
@@ -43,6 +44,37 @@ void RunRows(const ParallelFor& parallel, bool run_inline, int64_t tasks, int64_
   } else {
     parallel(tasks, cost, fn);
   }
+}
+
+// The u8·s8 kernel takes kernels of up to 64 rows whose unsigned sums (at most 255 * 128
+// per product, 4 per row group and column) fit int32.
+bool VnniFits(int64_t k_h, int64_t k_w) {
+  return k_h <= 64 && (k_h + 3) / 4 * 4 * k_w * 255 * 128 < int64_t{2147483647};
+}
+
+bool CpuHasVnni() {
+#ifdef KERASQ_DW_X86
+  static const bool has = HasAvx512Bw() && __builtin_cpu_supports("avx512vnni");
+  return has;
+#else
+  return false;
+#endif
+}
+
+enum Int8Kernel { kPortableKernel = 0, kMaddKernel = 1, kVnniKernel = 2 };
+
+// The int8 multiplier-1 kernel for a k_h x k_w kernel on this CPU. The environment
+// variable KERASQ_DEPTHWISE_KERNEL=avx512 or =portable selects a lower one (so the tests
+// cover every kernel on one machine); it never selects one the CPU lacks.
+Int8Kernel ChooseInt8Kernel(int64_t k_h, int64_t k_w) {
+  Int8Kernel best = CpuHasVnni() && VnniFits(k_h, k_w) ? kVnniKernel
+                    : HasAvx512Bw()                    ? kMaddKernel
+                                                       : kPortableKernel;
+  if (const char* env = std::getenv("KERASQ_DEPTHWISE_KERNEL")) {
+    if (std::strcmp(env, "portable") == 0) best = kPortableKernel;
+    if (std::strcmp(env, "avx512") == 0 && best == kVnniKernel) best = kMaddKernel;
+  }
+  return best;
 }
 
 // Requantizes `pixels` rows of `channels` accumulators (acc) into y; the first row is
@@ -316,12 +348,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void RowAvx512(
   }
 }
 
-// The u8·s8 kernel runs on AVX512-VNNI CPUs for kernels of up to 64 rows whose unsigned
-// sums (at most 255 * 128 per product, 4 per row group and column) fit int32.
-bool UseVnni(int64_t k_h, int64_t k_w) {
-  static const bool has = HasAvx512Bw() && __builtin_cpu_supports("avx512vnni");
-  return has && k_h <= 64 && (k_h + 3) / 4 * 4 * k_w * 255 * 128 < int64_t{2147483647};
-}
+
 
 template <typename Out>
 void RunInt8Avx512(const Geometry& g, const int8_t* xp, const PackedInt8& packed,
@@ -609,7 +636,7 @@ void PackInt8(const int8_t* w, int64_t k_h, int64_t k_w, int64_t C, PackedInt8* 
   for (int64_t i = 0; i < taps * C; ++i) max_abs = std::max(max_abs, Abs64(w[i]));
   out->max_abs = max_abs;
 #ifdef KERASQ_DW_X86
-  if (UseVnni(k_h, k_w)) {
+  if (CpuHasVnni() && VnniFits(k_h, k_w)) {
     const int64_t G = (k_h + 3) / 4, blocks = (C + kBlock8 - 1) / kBlock8;
     out->w8.assign(blocks * G * k_w * 4 * kBlock8, 0);
     out->comp.assign(C, 0);
@@ -621,7 +648,6 @@ void PackInt8(const int8_t* w, int64_t k_h, int64_t k_w, int64_t C, PackedInt8* 
           out->w8[(((blk * G + kh / 4) * k_w + kw) * kBlock8 + slot) * 4 + kh % 4] = v;
           out->comp[c] += 128 * v;
         }
-    return;
   }
 #endif
   const int64_t blocks = (C + kBlock - 1) / kBlock;
@@ -716,13 +742,14 @@ void DepthwiseConv(const Geometry& g, const TIn* x, const TW* w, const PackedInt
   if constexpr (std::is_same_v<TIn, int8_t> && std::is_same_v<TW, int8_t>) {
     if (g.multiplier == 1) {
 #ifdef KERASQ_DW_X86
-      if (HasAvx512Bw()) {
+      const Int8Kernel kernel = ChooseInt8Kernel(g.k_h, g.k_w);
+      if (kernel != kPortableKernel) {
         PackedInt8 local;
         if (packed == nullptr) {
           PackInt8(w, g.k_h, g.k_w, g.channels, &local);
           packed = &local;
         }
-        if (UseVnni(g.k_h, g.k_w)) {
+        if (kernel == kVnniKernel) {
           RunInt8Vnni(g, x, *packed, rq, y, parallel);
         } else {
           RunInt8Avx512(g, x, *packed, rq, y, parallel);

@@ -14,7 +14,8 @@
 // sum of the channel's weights). AVX-512 without VNNI: a table of tap pointers per output
 // row, int16 products accumulated in int32 by vpmaddwd, 32 channels per vector. Weights
 // are pre-packed per channel block and cached across calls. Other CPUs and type
-// combinations use portable loops.
+// combinations use portable loops. KERASQ_DEPTHWISE_KERNEL=avx512 or =portable in the
+// environment selects a lower int8 kernel than the CPU's best (tests cover all three).
 #ifndef KERASQ_OPS_CC_INT_DEPTHWISE_H_
 #define KERASQ_OPS_CC_INT_DEPTHWISE_H_
 
@@ -50,8 +51,9 @@ bool HasAvx512Bw();
 // kernel rows and kernel column, 4 vectors whose 32-bit lane 4L+i of vector j holds the
 // weights of kernel rows 4g..4g+3 (zero beyond k_h) of channel 16L+4j+i:
 // w8 [Cp/64][groups][k_w][4][64]; comp[c] = 128 * sum of channel c's weights.
-// AVX-512 without VNNI (int16 vpmaddwd): per block of 32 channels and per tap, the even
-// channels' weights (odd lanes zero) then the odd channels': w16 [Cp/32][taps][2][32].
+// (Packed on VNNI CPUs only.) For the vpmaddwd kernel (always packed): per block of 32
+// channels and per tap, the even channels' weights (odd lanes zero) then the odd
+// channels': w16 [Cp/32][taps][2][32].
 struct PackedInt8 {
   std::vector<int8_t> w8;
   std::vector<int32_t> comp;
