@@ -47,6 +47,7 @@ SOURCES = [
     "cc/clip_mask.cc",
     "cc/fake_quant_dfp.cc",
     "cc/fake_quant_minifloat.cc",
+    "cc/int_depthwise.cc",
     "cc/int_gemm.cc",
     "cc/integer_ops.cc",
 ]
@@ -54,6 +55,7 @@ HEADERS = [
     "cc/clip_mask.h",
     "cc/counter_rng.h",
     "cc/float_bits.h",
+    "cc/int_depthwise.h",
     "cc/int_gemm.h",
     "cc/requantize.h",
     "cc/rounding.h",

@@ -267,3 +267,61 @@ def test_int8_depthwise_3x3(ops_path, xs, stride, pad, mult):
         acc = ref.depthwise_acc(x, w, (stride, stride), (1, 1), pad)
         np.testing.assert_array_equal(y.numpy(), ref.requantize(
             acc, 9, 2, 8, True, rounding, bias=bias, bias_frac=9))
+
+
+@pytest.mark.parametrize("xs,k,stride,dil,pad,out", [
+    ((1, 9, 11, 70), (5, 3), (1, 2), (2, 1), "SAME", dict(out_bitwidth=16)),  # int16, fused
+    ((2, 12, 10, 64), (7, 7), (2, 1), (1, 1), "SAME", dict(out_bitwidth=4, out_signed=False)),
+    ((1, 6, 7, 33), (1, 1), (1, 1), (1, 1), "VALID", dict(out_dtype="int32")),
+    ((1, 8, 9, 96), (3, 3), (1, 1), (1, 2), [[2, 0], [1, 3]],  # wraps like a C cast
+     dict(out_bitwidth=8, out_signed=False, out_dtype="int8")),
+    ((1, 5, 6, 200), (2, 4), (3, 1), (1, 1), "VALID", dict(out_bitwidth=12, out_dtype="int16")),
+])
+def test_int8_depthwise_multiplier1_kernels_and_outputs(ops_path, xs, k, stride, dil, pad, out):
+    # int8 x int8 with multiplier 1 has its own vector kernels: every kernel size, stride,
+    # dilation and padding, and outputs the fused epilogue does not cover (unsigned,
+    # narrow, int32, a range that wraps in the output type) against the numpy reference.
+    rng = np.random.default_rng(xs[3] + k[0])
+    x, w = _ints(rng, xs, np.int8), _ints(rng, k + (xs[3], 1), np.int8)
+    x.flat[:5] = -128
+    w.flat[:5] = -128
+    bias = rng.integers(-3000, 3000, xs[3]).astype(np.int32)
+    w_frac = rng.integers(3, 7, xs[3])
+    for rounding in DETERMINISTIC:
+        y = dfp_depthwise_conv2d(x, w, bias, x_frac=4, w_frac=w_frac, bias_frac=10, out_frac=3,
+                                 strides=stride, dilations=dil, padding=pad, rounding=rounding,
+                                 **out)
+        acc = ref.depthwise_acc(x, w, stride, dil, pad)
+        expected = ref.requantize(acc, 4 + w_frac, 3, out.get("out_bitwidth", 8),
+                                  out.get("out_signed", True), rounding, bias=bias, bias_frac=10)
+        assert y.dtype.name == out.get("out_dtype", y.dtype.name)
+        np.testing.assert_array_equal(y.numpy(), expected.astype(y.dtype.as_numpy_dtype))
+
+
+@pytest.mark.parametrize("kernel", ["avx512", "portable"])
+@pytest.mark.parametrize("xs,k,stride,pad,out", [
+    ((1, 10, 9, 70), (3, 3), 1, "SAME", {}),
+    ((2, 9, 12, 40), (3, 3), 2, "SAME", dict(out_bitwidth=16)),
+    ((1, 9, 11, 33), (5, 3), 1, [[1, 2], [0, 3]], dict(out_dtype="int32")),
+])
+def test_int8_depthwise_lower_kernels(monkeypatch, kernel, xs, k, stride, pad, out):
+    # The int8 kernels this CPU does not pick by itself (KERASQ_DEPTHWISE_KERNEL selects
+    # a lower one: vpmaddwd without VNNI, or the portable loops) against the numpy reference.
+    import kerasq.ops
+
+    monkeypatch.delenv("KERASQ_PY_OPS", raising=False)
+    if not kerasq.ops.custom_kernels_loaded():
+        pytest.skip(f"C++ ops not available: {kerasq.ops.fallback_reason()}")
+    monkeypatch.setenv("KERASQ_DEPTHWISE_KERNEL", kernel)
+    rng = np.random.default_rng(xs[3] + k[0] + stride)
+    x, w = _ints(rng, xs, np.int8), _ints(rng, k + (xs[3], 1), np.int8)
+    x.flat[:3] = -128
+    w.flat[:3] = -128
+    bias = rng.integers(-3000, 3000, xs[3]).astype(np.int32)
+    for rounding in DETERMINISTIC:
+        y = dfp_depthwise_conv2d(x, w, bias, x_frac=4, w_frac=5, bias_frac=9, out_frac=2,
+                                 strides=stride, padding=pad, rounding=rounding, **out)
+        acc = ref.depthwise_acc(x, w, (stride, stride), (1, 1), pad)
+        expected = ref.requantize(acc, 9, 2, out.get("out_bitwidth", 8), True, rounding,
+                                  bias=bias, bias_frac=9)
+        np.testing.assert_array_equal(y.numpy(), expected.astype(y.dtype.as_numpy_dtype))

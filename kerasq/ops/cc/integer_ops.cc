@@ -7,6 +7,7 @@
 // HWCM (depthwise) or [K, N] (matmul) weights, as in Keras.
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <limits>
 #include <mutex>
@@ -14,6 +15,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "int_depthwise.h"
 #include "int_gemm.h"
 #include "requantize.h"
 #include "rounding.h"
@@ -689,69 +691,7 @@ class DfpMatMulOp : public IntegerKernelBase {
   PackedWeightCache<gemm::PackedB8> packed_weights8_;
 };
 
-#if defined(__x86_64__) || defined(_M_X64)
-// One output row of an int8 depthwise convolution (multiplier 1) with AVX-512: per pixel
-// and block of 32 channels the taps accumulate in registers. The int8 inputs are widened
-// to int16 and multiplied by vpmaddwd against two weight vectors that hold only the even
-// (w_even) or only the odd (w_odd) channels' weights, zeros elsewhere: each int32 lane then
-// receives exactly one product (|x·w| <= 2^14), the even channels in one accumulator and
-// the odd ones in the other, without widening shuffles per tap; the two are interleaved
-// back into channel order once per pixel. acc_row receives the out_w x C exact sums.
-// w16 holds [taps][2][Cp] int16 (even, odd), Cp = C rounded up to 32 (zeros beyond C).
-__attribute__((target("avx512f,avx512bw,avx512vl"))) void DepthwiseRowAvx512(
-    const ConvGeom& g, const int8_t* xp, const int16_t* w16, int64_t Cp, int64_t b, int64_t oh,
-    int32_t* acc_row) {
-  const int64_t C = g.in_c;
-  const int8_t* src[64];
-  const int16_t* wt[64];
-  const __m512i lo_idx = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-  const __m512i hi_idx =
-      _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-  for (int64_t ow = 0; ow < g.out_w; ++ow) {
-    int taps = 0;
-    for (int64_t kh = 0; kh < g.k_h; ++kh) {
-      const int64_t ih = oh * g.s_h - g.pad_top + kh * g.d_h;
-      if (ih < 0 || ih >= g.in_h) continue;
-      for (int64_t kw = 0; kw < g.k_w; ++kw) {
-        const int64_t iw = ow * g.s_w - g.pad_left + kw * g.d_w;
-        if (iw < 0 || iw >= g.in_w) continue;
-        src[taps] = xp + ((b * g.in_h + ih) * g.in_w + iw) * C;
-        wt[taps] = w16 + (kh * g.k_w + kw) * 2 * Cp;
-        ++taps;
-      }
-    }
-    int32_t* out = acc_row + ow * C;
-    for (int64_t c0 = 0; c0 < C; c0 += 32) {
-      const int64_t width = std::min<int64_t>(32, C - c0);
-      const __mmask32 m = width == 32 ? ~__mmask32{0} : ((__mmask32{1} << width) - 1);
-      __m512i even = _mm512_setzero_si512(), odd = _mm512_setzero_si512();
-      for (int t = 0; t < taps; ++t) {
-        const __m512i x16 = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(m, src[t] + c0));
-        even = _mm512_add_epi32(even, _mm512_madd_epi16(x16, _mm512_loadu_si512(wt[t] + c0)));
-        odd = _mm512_add_epi32(odd, _mm512_madd_epi16(x16, _mm512_loadu_si512(wt[t] + Cp + c0)));
-      }
-      const __m512i lo = _mm512_permutex2var_epi32(even, lo_idx, odd);
-      const __m512i hi = _mm512_permutex2var_epi32(even, hi_idx, odd);
-      const __mmask16 mlo = width >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << width) - 1);
-      const __mmask16 mhi = width <= 16 ? __mmask16(0)
-                                        : (width == 32 ? __mmask16(0xFFFF)
-                                                       : __mmask16((1u << (width - 16)) - 1));
-      _mm512_mask_storeu_epi32(out + c0, mlo, lo);
-      _mm512_mask_storeu_epi32(out + c0 + 16, mhi, hi);
-    }
-  }
-}
-
-bool HasAvx512Bw() {
-  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
-  return has;
-}
-#else
-bool HasAvx512Bw() { return false; }
-void DepthwiseRowAvx512(const ConvGeom&, const int8_t*, const int16_t*, int64_t, int64_t,
-                        int64_t, int32_t*) {}
-#endif
-
+// The computation is in int_depthwise.cc; this class reads the attributes and inputs.
 template <typename TIn, typename TW, typename Out>
 class DfpDepthwiseConv2DOp : public IntegerKernelBase {
  public:
@@ -771,130 +711,30 @@ class DfpDepthwiseConv2DOp : public IntegerKernelBase {
                 InvalidArgument("w has ", w.dim_size(2), " channels, x has ", g.in_c));
     Tensor* y = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({g.batch, g.out_h, g.out_w, g.out_c}), &y));
-    const int64_t M = g.batch * g.out_h * g.out_w;
-    if (M == 0 || g.out_c == 0) return;
+    if (g.batch * g.out_h * g.out_w == 0 || g.out_c == 0) return;
+    const dw::Geometry dg{g.batch, g.in_h, g.in_w, g.in_c, mult, g.k_h, g.k_w, g.out_h,
+                          g.out_w, g.s_h, g.s_w, g.d_h, g.d_w, g.pad_top, g.pad_left};
     const TIn* xp = x.flat<TIn>().data();
     const TW* wp = w.flat<TW>().data();
-    const int64_t taps = g.k_h * g.k_w;
-    const int64_t max_w = MaxAbs(wp, w.NumElements());
-    const int64_t max_a = BoundOrMaxAbs(xp, x.NumElements(), max_w, taps);
-    Requantizer rq;
-    OP_REQUIRES_OK(ctx, MakeRequantizer(ctx, g.out_c, double(max_a) * max_w * taps, &rq));
-    Out* yp = y->flat<Out>().data();
-    if (gemm::FitsInt32(max_a, max_w, taps)) {
-      Run<int32_t>(ctx, g, mult, xp, wp, rq, yp);
-    } else {
-      Run<int64_t>(ctx, g, mult, xp, wp, rq, yp);
+    std::shared_ptr<const dw::PackedInt8> packed;  // int8 weights, multiplier 1
+    if constexpr (std::is_same_v<TIn, int8_t> && std::is_same_v<TW, int8_t>) {
+      if (mult == 1) packed = packed_weights_.Get(wp, g.k_h, g.k_w, g.in_c);
     }
+    const int64_t max_w = packed ? packed->max_abs : dw::MaxAbs(wp, w.NumElements());
+    const dw::Bounds bounds = dw::AccumulatorBounds(dg, xp, wp, max_w);
+    Requantizer rq;
+    OP_REQUIRES_OK(ctx, MakeRequantizer(ctx, g.out_c, bounds.acc_bound, &rq));
+    // the kernel decides what runs inline; this only hands it the intra-op pool
+    dw::DepthwiseConv(dg, xp, wp, packed.get(), bounds, rq, y->flat<Out>().data(),
+                      [&](int64_t tasks, int64_t cost,
+                          const std::function<void(int64_t, int64_t)>& fn) {
+                        RunTasks(ctx, false, tasks, cost, fn);
+                      });
   }
 
  private:
-  template <typename Acc>
-  void Run(OpKernelContext* ctx, const ConvGeom& g, int64_t mult, const TIn* xp, const TW* wp,
-           const Requantizer& rq, Out* yp) {
-    const int64_t M = g.batch * g.out_h * g.out_w;
-    if constexpr (std::is_same_v<Acc, int32_t> && std::is_same_v<TIn, int8_t> &&
-                  std::is_same_v<TW, int8_t>) {
-      if (mult == 1) {
-        RunInt8Rows(ctx, g, xp, wp, rq, yp);
-        return;
-      }
-    }
-    RunTasks(
-        ctx, M * g.k_h * g.k_w * g.out_c * 8 < kInlineWork, M, g.k_h * g.k_w * g.out_c * 2,
-        [&](int64_t m0, int64_t m1) {
-          std::vector<Acc> acc(g.out_c);
-          std::vector<Acc> xw(g.in_c);
-          for (int64_t m = m0; m < m1; ++m) {
-            const int64_t ow = m % g.out_w, oh = (m / g.out_w) % g.out_h,
-                          b = m / (g.out_w * g.out_h);
-            std::fill(acc.begin(), acc.end(), Acc{0});
-            for (int64_t kh = 0; kh < g.k_h; ++kh) {
-              const int64_t ih = oh * g.s_h - g.pad_top + kh * g.d_h;
-              if (ih < 0 || ih >= g.in_h) continue;
-              for (int64_t kw = 0; kw < g.k_w; ++kw) {
-                const int64_t iw = ow * g.s_w - g.pad_left + kw * g.d_w;
-                if (iw < 0 || iw >= g.in_w) continue;
-                const TIn* src = xp + ((b * g.in_h + ih) * g.in_w + iw) * g.in_c;
-                const TW* wt = wp + (kh * g.k_w + kw) * g.out_c;
-                Acc* a = acc.data();
-                if (mult == 1 && sizeof(TIn) == 1 && sizeof(TW) == 1) {
-                  // int8 x int8 is exact in int16: 16-lane multiplies, widening adds
-                  for (int64_t c = 0; c < g.in_c; ++c)
-                    a[c] += Acc(static_cast<int16_t>(int16_t(src[c]) * int16_t(wt[c])));
-                } else if (mult == 1) {
-                  for (int64_t c = 0; c < g.in_c; ++c) a[c] += Acc(src[c]) * Acc(wt[c]);
-                } else {
-                  for (int64_t c = 0; c < g.in_c; ++c)
-                    for (int64_t j = 0; j < mult; ++j)
-                      a[c * mult + j] += Acc(src[c]) * Acc(wt[c * mult + j]);
-                }
-              }
-            }
-            RequantizeRows(rq, acc.data(), g.out_c, m, 1, g.out_c, yp);
-          }
-        });
-  }
-
-  // int8 x int8, one output channel per input channel: one output row at a time. Each
-  // tap adds its products (exact in int16: |-128·-128| = 2^14) to the row's int32
-  // accumulators over the range of columns where it is inside the image, so the channel
-  // loop runs without bounds checks; the row is then requantized in one call.
-  void RunInt8Rows(OpKernelContext* ctx, const ConvGeom& g, const int8_t* xp, const int8_t* wp,
-                   const Requantizer& rq, Out* yp) {
-    const int64_t C = g.in_c;
-    const bool run_inline = g.batch * g.out_h * g.out_w * g.k_h * g.k_w * C * 4 < kInlineWork;
-    if (HasAvx512Bw() && g.k_h * g.k_w <= 64) {
-      const int64_t Cp = gemm::RoundUp(C, 32);
-      std::vector<int16_t> w16(g.k_h * g.k_w * 2 * Cp, 0);  // [tap][even, odd][Cp]
-      for (int64_t t = 0; t < g.k_h * g.k_w; ++t)
-        for (int64_t c = 0; c < C; ++c) w16[(t * 2 + c % 2) * Cp + c] = wp[t * C + c];
-      RunTasks(
-          ctx, run_inline, g.batch * g.out_h,
-          g.out_w * g.k_h * g.k_w * C, [&](int64_t r0, int64_t r1) {
-            thread_local std::vector<int32_t> acc;
-            acc.resize(g.out_w * C);
-            for (int64_t row = r0; row < r1; ++row) {
-              DepthwiseRowAvx512(g, xp, w16.data(), Cp, row / g.out_h, row % g.out_h,
-                                 acc.data());
-              RequantizeRows(rq, acc.data(), C, row * g.out_w, g.out_w, C, yp);
-            }
-          });
-      return;
-    }
-    RunTasks(
-        ctx, run_inline, g.batch * g.out_h,
-        g.out_w * g.k_h * g.k_w * C * 2, [&](int64_t r0, int64_t r1) {
-          thread_local std::vector<int32_t> acc;
-          acc.resize(g.out_w * C);
-          for (int64_t row = r0; row < r1; ++row) {
-            const int64_t b = row / g.out_h, oh = row % g.out_h;
-            std::fill(acc.begin(), acc.end(), 0);
-            for (int64_t kh = 0; kh < g.k_h; ++kh) {
-              const int64_t ih = oh * g.s_h - g.pad_top + kh * g.d_h;
-              if (ih < 0 || ih >= g.in_h) continue;
-              const int8_t* line = xp + (b * g.in_h + ih) * g.in_w * C;
-              for (int64_t kw = 0; kw < g.k_w; ++kw) {
-                const int8_t* wt = wp + (kh * g.k_w + kw) * C;
-                const int64_t off = kw * g.d_w - g.pad_left;  // iw = ow * s_w + off
-                // columns with 0 <= ow * s_w + off < in_w
-                const int64_t ow0 = off >= 0 ? 0 : (-off + g.s_w - 1) / g.s_w;
-                const int64_t ow1 = std::min<int64_t>(
-                    g.out_w, g.in_w - off <= 0 ? 0 : (g.in_w - off + g.s_w - 1) / g.s_w);
-                for (int64_t ow = ow0; ow < ow1; ++ow) {
-                  const int8_t* src = line + (ow * g.s_w + off) * C;
-                  int32_t* a = acc.data() + ow * C;
-                  for (int64_t c = 0; c < C; ++c)
-                    a[c] += static_cast<int16_t>(int16_t(src[c]) * int16_t(wt[c]));
-                }
-              }
-            }
-            RequantizeRows(rq, acc.data(), C, row * g.out_w, g.out_w, C, yp);
-          }
-        });
-  }
-
   ConvAttrs attrs_;
+  dw::PackedInt8Cache packed_weights_;
 };
 
 }  // namespace
