@@ -186,10 +186,11 @@ class _Builder:
         # plain16: stock layers holding the quantized weights (TFLite's 16x8 calibration
         # fails on constant-weight graphs)
         linear_kind = _LINEAR_KINDS.get(type(inner).__name__)
-        if linear_kind == "transpose" and not _is_depthwise_transpose(
-                np.asarray(slots.weight_variable(wrapper, "kernel").numpy())):
-            # only the depthwise (Caffe group = channels) form has an exact lowering; a
-            # general Conv2DTranspose keeps its stock layer with the quantized weights
+        if (linear_kind == "transpose" and self.mode != "fakequant8"
+                and not _is_depthwise_transpose(
+                    np.asarray(slots.weight_variable(wrapper, "kernel").numpy()))):
+            # float targets: a general Conv2DTranspose keeps its stock layer with the
+            # quantized weights (int8 lowers it, see _transpose)
             linear_kind = None
         kind = None if self.mode == "plain16" else linear_kind
         for weight, quantizer, qvars in _weight_entries(wrapper):
@@ -470,13 +471,8 @@ class _Builder:
             cfg = inner.get_config()
             if cfg.get("data_format", "channels_last") != "channels_last":
                 raise ExportError("only channels_last convolutions are exported", layer=owner)
-            if kind == "transpose" and _is_depthwise_transpose(kernel):
-                return self._depthwise_transpose(kernel, bias, cfg, x, common)
-            if kind == "transpose" and (tuple(cfg.get("dilation_rate", (1, 1))) != (1, 1)
-                                        or cfg.get("padding") != "valid"
-                                        or cfg.get("output_padding") is not None):
-                raise ExportError("only 'valid' Conv2DTranspose without dilation or "
-                                  "output_padding is exported", layer=owner)
+            if kind == "transpose":
+                return self._transpose(inner, kernel, bias, cfg, x, common)
             layer = QuantizedLinear(
                 kind,
                 kernel,
@@ -489,23 +485,55 @@ class _Builder:
         return layer(x)
 
     @staticmethod
-    def _depthwise_transpose(kernel: np.ndarray, bias: Any, cfg: dict, x: Any,
-                             common: dict) -> Any:
-        """A Conv2DTranspose whose kernel is diagonal (Caffe Deconvolution with group =
-        channels, e.g. bilinear upsampling) as zero insertion (PAD, RESHAPE) + a "valid"
-        DepthwiseConv2D with the spatially flipped diagonal: the same products and sums,
-        and in int8 XNNPACK's depthwise requantization (TFLite's TRANSPOSE_CONV with the
-        batch left free is not delegated, and its builtin kernel rounds ties differently)."""
-        kh, kw = kernel.shape[:2]
-        strides = tuple(cfg["strides"])
-        if kh < strides[0] or kw < strides[1]:
-            raise ExportError("Conv2DTranspose with a kernel smaller than its stride is not "
-                              "exported", layer=common["name"])
-        diag = np.einsum("hwcc->hwc", kernel)[::-1, ::-1, :, None]
-        padded = ZeroInsert(strides, (kh - 1, kw - 1), (kh - 1, kw - 1),
-                            name=f"{common['name']}_zero_insert")(x)
-        return QuantizedLinear("depthwise", np.ascontiguousarray(diag), bias, strides=(1, 1),
-                               padding="valid", **common)(padded)
+    def _transpose(inner: Any, kernel: np.ndarray, bias: Any, cfg: dict, x: Any,
+                   common: dict) -> Any:
+        """A Conv2DTranspose as zero insertion (RESHAPE + PAD, exact in int8: PAD fills with
+        the zero point) and a "valid" convolution with the spatially flipped kernel: the
+        same products and int32 sums, requantized by the same CONV_2D / DEPTHWISE_CONV_2D
+        kernels as every other convolution of the file. TFLite's TRANSPOSE_CONV is not
+        used: with the batch left free it is not delegated to XNNPACK, and its builtin int8
+        kernel rounds ties differently (up to a step per layer, more downstream).
+
+        With ``full[j] = Σ_{s·i + t = j} x[i]·w[t]`` (j < s·(n − 1) + k) the layer's output
+        is ``out[o] = full[o + p]``, p = 0 for "valid" and TF's ⌊max(s·(n − 1) + k − O, 0)/2⌋
+        for "same" (O the output length, output_padding included). The zero-inserted input
+        gets k − 1 − p zeros before and O + p − s·(n − 1) − 1 after; a kernel whose
+        (cout, cin) part is diagonal (Caffe Deconvolution with group = channels) becomes a
+        depthwise convolution, any other (group = 1, or grouped as a block-diagonal
+        kernel) a CONV_2D with the (kh, kw, cin, cout) kernel."""
+        name = common["name"]
+        strides = tuple(int(v) for v in cfg["strides"])
+        dilation = tuple(int(v) for v in cfg.get("dilation_rate", (1, 1)))
+        if dilation != (1, 1):  # the dilated kernel, zeros between the taps (exact in int8)
+            kh, kw = kernel.shape[:2]
+            dilated = np.zeros(((kh - 1) * dilation[0] + 1, (kw - 1) * dilation[1] + 1)
+                               + kernel.shape[2:], kernel.dtype)
+            dilated[::dilation[0], ::dilation[1]] = kernel
+            kernel = dilated
+        sizes = [int(d) for d in x.shape[1:3]] if None not in x.shape[1:3] else None
+        out_shape = inner.compute_output_shape(x.shape)
+        if sizes is None or None in tuple(out_shape)[1:3]:
+            raise ExportError("Conv2DTranspose with a free spatial input size is not exported "
+                              "to int8; give the model input a fixed height and width",
+                              layer=name)
+        before, after = [], []
+        for n, s, k, o in zip(sizes, strides, kernel.shape[:2], tuple(out_shape)[1:3]):
+            full = s * (n - 1) + k
+            p = max(full - int(o), 0) // 2 if cfg.get("padding") == "same" else 0
+            before.append(k - 1 - p)
+            after.append(int(o) + p - s * (n - 1) - 1)
+        if min(before) < 0:
+            raise ExportError(f"Conv2DTranspose crops more than its kernel ({before}); "
+                              "not exported", layer=name)
+        flipped = kernel[::-1, ::-1]
+        padded = ZeroInsert(strides, before, after, name=f"{name}_zero_insert")(x)
+        if _is_depthwise_transpose(kernel):
+            diag = np.einsum("hwcc->hwc", flipped)[:, :, :, None]
+            return QuantizedLinear("depthwise", np.ascontiguousarray(diag), bias,
+                                   strides=(1, 1), padding="valid", **common)(padded)
+        forward = np.ascontiguousarray(np.transpose(flipped, (0, 1, 3, 2)))
+        return QuantizedLinear("conv", forward, bias, strides=(1, 1), padding="valid",
+                               **common)(padded)
 
     def plain(self, layer: Any, args: tuple, kwargs: dict) -> Any:
         out = self._plain(layer, args, kwargs)
