@@ -211,3 +211,31 @@ def test_divergence_report_names_the_first_diverging_layer():
     rows = layer_report(result.content, qmodel, result.plan, data[:32])
     row = first_divergence(rows)
     assert row is not None and row["layer"] == "up" and row["max_error_steps"] >= 1, rows
+
+
+def test_free_spatial_size_is_refused_in_one_line():
+    from kerasq.errors import ExportError
+
+    inp = keras.Input((None, None, 3))
+    model = keras.Model(inp, keras.layers.Conv2DTranspose(4, 3, strides=2, padding="same",
+                                                          name="up")(inp))
+    x = np.random.default_rng(0).uniform(-1, 1, (16, 5, 6, 3)).astype(np.float32)
+    qmodel = kerasq.calibrate(kerasq.quantize_model(model), x)
+    with pytest.raises(ExportError) as err:
+        export_tflite(qmodel, target="int8", representative_data=x)
+    text = str(err.value)
+    assert "up" in text and "free spatial input size" in text and "\n" not in text, text
+
+
+@pytest.mark.parametrize("case", [CASES[1], CASES[6], CASES[9]], ids=_case_id)
+def test_general_transpose_int8_onnx_is_bit_identical(case):
+    """The same deploy graph written as int8 QDQ ONNX, run by onnxruntime's int8 kernels
+    (a stride-3 kernel-2 layer used to fail there: ConvTranspose pads < 0)."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("tf2onnx")
+    from kerasq.export.onnx import export_onnx
+
+    qmodel, data = _quantized(case)
+    result = export_onnx(qmodel, target="int8", verify_data=data[48:], verify=True)
+    (check,) = result.report.outputs
+    assert check.max_error_steps == 0 and check.exact_fraction == 1.0, result.report.describe()
