@@ -30,6 +30,7 @@ from kerasq.export.layers import (
     ArgMaxIndex,
     GridQuantize,
     MinifloatQuantize,
+    PhaseInterleave,
     QuantizedLinear,
     ZeroInsert,
 )
@@ -500,7 +501,9 @@ class _Builder:
         gets k − 1 − p zeros before and O + p − s·(n − 1) − 1 after; a kernel whose
         (cout, cin) part is diagonal (Caffe Deconvolution with group = channels) becomes a
         depthwise convolution, any other (group = 1, or grouped as a block-diagonal
-        kernel) a CONV_2D with the (kh, kw, cin, cout) kernel."""
+        kernel) a CONV_2D with the (kh, kw, cin, cout) kernel. A dense kernel with equal
+        strides s > 1 uses the sub-pixel form instead (:meth:`_subpixel_transpose`), which
+        skips the s² − 1 of s² products with inserted zeros."""
         name = common["name"]
         strides = tuple(int(v) for v in cfg["strides"])
         dilation = tuple(int(v) for v in cfg.get("dilation_rate", (1, 1)))
@@ -525,6 +528,11 @@ class _Builder:
         if min(before) < 0:
             raise ExportError(f"Conv2DTranspose crops more than its kernel ({before}); "
                               "not exported", layer=name)
+        if strides[0] == strides[1] > 1 and not _is_depthwise_transpose(kernel):
+            crops = [k - 1 - b for k, b in zip(kernel.shape[:2], before)]  # p of each axis
+            return _Builder._subpixel_transpose(kernel, bias, strides[0], sizes, crops,
+                                                [int(o) for o in tuple(out_shape)[1:3]], x,
+                                                common)
         flipped = kernel[::-1, ::-1]
         padded = ZeroInsert(strides, before, after, name=f"{name}_zero_insert")(x)
         if _is_depthwise_transpose(kernel):
@@ -534,6 +542,39 @@ class _Builder:
         forward = np.ascontiguousarray(np.transpose(flipped, (0, 1, 3, 2)))
         return QuantizedLinear("conv", forward, bias, strides=(1, 1), padding="valid",
                                **common)(padded)
+
+    @staticmethod
+    def _subpixel_transpose(kernel: np.ndarray, bias: Any, s: int, sizes: List[int],
+                            crops: List[int], out_hw: List[int], x: Any,
+                            common: dict) -> Any:
+        """A stride-s (s > 1 on both axes) transposed convolution in sub-pixel form: one
+        "valid" CONV_2D with s²·cout output channels over the input padded by M − 1 zeros
+        (M = ⌈k/s⌉), then DEPTH_TO_SPACE and the crop: the output at s·a + r (phase r) is
+        Σ_m x[a − m]·w[r + s·m], so channel block r of the CONV_2D holds the taps
+        w[r + s·(M − 1 − u)] at u. The same products and int32 sums as the layer, s² fewer
+        multiplications than the zero-insertion form."""
+        kh, kw, cout, cin = kernel.shape
+        m_h, m_w = -(-kh // s), -(-kw // s)
+        padded = np.zeros((m_h * s, m_w * s, cout, cin), kernel.dtype)
+        padded[:kh, :kw] = kernel
+        # taps[u_h, r_h, u_w, r_w] = w[r + s·(M − 1 − u)] per axis
+        taps = padded.reshape(m_h, s, m_w, s, cout, cin)[::-1, :, ::-1]
+        forward = np.transpose(taps, (0, 2, 5, 1, 3, 4)).reshape(m_h, m_w, cin, s * s * cout)
+        # the CONV_2D output a covers phases s·a .. s·a + s − 1; rows up to o + p are needed
+        need = [(o - 1 + p) // s + 1 for o, p in zip(out_hw, crops)]
+        after = [max(a - n, 0) for a, n in zip(need, sizes)]
+        before = [m_h - 1, m_w - 1]
+        pad = keras.layers.ZeroPadding2D(((before[0], after[0]), (before[1], after[1])),
+                                         name=f"{common['name']}_pad")(x)
+        frac_bits = common["weight_frac_bits"]
+        if frac_bits is not None and np.ndim(frac_bits) > 0:
+            frac_bits = np.tile(np.asarray(frac_bits), s * s)
+        conv = QuantizedLinear(
+            "conv", np.ascontiguousarray(forward),
+            None if bias is None else np.tile(np.asarray(bias), s * s),
+            strides=(1, 1), padding="valid", **{**common, "weight_frac_bits": frac_bits,
+                                                "name": f"{common['name']}_phases"})(pad)
+        return PhaseInterleave(s, crops, out_hw, name=common["name"])(conv)
 
     def plain(self, layer: Any, args: tuple, kwargs: dict) -> Any:
         out = self._plain(layer, args, kwargs)

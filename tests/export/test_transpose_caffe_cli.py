@@ -1,5 +1,5 @@
-"""Caffe Deconvolution with dense kernels (group 1, and group 3 stored block-diagonal)
-through the CLI: convert, quantize, `export --target int8 --verify --max-error-steps 0`.
+"""Caffe Deconvolution with dense kernels (group 1 with strides 2x3 and 2x2, and group 3
+stored block-diagonal) through the CLI: convert, quantize, `export --target int8 --verify --max-error-steps 0`.
 References: the TFLite interpreter against the Keras model (the CLI's verification, bit for
 bit), a numpy transposed convolution of the grid values, and the float outputs of real Caffe
 (group 3, shared/caffe-models/opencv-layers) and of OpenCV's cv2.dnn (group 1, weights from
@@ -18,14 +18,15 @@ from export.test_transpose_int8 import _on_grid, transpose_conv_reference
 from kerasq.cli import main
 
 
-def _group1_net(tmp_path, folder):
-    """The group 3 layer as group 1 (15 x 12 dense kernel), seeded weights written by
-    make_weights.py, its float output computed by OpenCV."""
+def _group1_net(tmp_path, folder, stride_w):
+    """The group 3 layer as group 1 (15 x 12 dense kernel) with stride 2 x ``stride_w``,
+    seeded weights written by make_weights.py, its float output computed by OpenCV."""
     cv2 = pytest.importorskip("cv2")
     maker = shared_path("caffe-models", "jacinto", "make_weights.py")
     prototxt = tmp_path / "deconv_g1.prototxt"
     prototxt.write_text((folder / "layer_deconvolution.prototxt").read_text()
-                        .replace("group: 3", "group: 1"))
+                        .replace("group: 3", "group: 1")
+                        .replace("stride_w: 3", f"stride_w: {stride_w}"))
     weights = tmp_path / "deconv_g1.caffemodel"
     subprocess.run([sys.executable, str(maker), str(prototxt), str(weights), "3"], check=True,
                    capture_output=True)
@@ -35,8 +36,9 @@ def _group1_net(tmp_path, folder):
     return prototxt, weights, x, net.forward()
 
 
-@pytest.mark.parametrize("group", [3, 1])
-def test_caffe_deconvolution_to_verified_int8_through_the_cli(tmp_path, capsys, group):
+@pytest.mark.parametrize("group, stride_w", [(3, 3), (1, 3), (1, 2)])
+def test_caffe_deconvolution_to_verified_int8_through_the_cli(tmp_path, capsys, group,
+                                                              stride_w):
     import kerasq
     from kerasq.export.graph import build_deploy_model
     from kerasq.export.verify import TFLiteRunner, op_table
@@ -49,7 +51,7 @@ def test_caffe_deconvolution_to_verified_int8_through_the_cli(tmp_path, capsys, 
         x = np.load(folder / "layer_deconvolution.input.npy")
         float_out = np.load(folder / "layer_deconvolution.npy")  # real Caffe's output
     else:
-        prototxt, weights, x, float_out = _group1_net(tmp_path, folder)
+        prototxt, weights, x, float_out = _group1_net(tmp_path, folder, stride_w)
     rng = np.random.default_rng(0)
     calibration = np.concatenate([x, rng.uniform(x.min(), x.max(), (14, *x.shape[1:]))])
     np.save(tmp_path / "cal.npy", calibration.astype(np.float32))
@@ -70,6 +72,7 @@ def test_caffe_deconvolution_to_verified_int8_through_the_cli(tmp_path, capsys, 
     content = out.read_bytes()
     ops = [op["op"] for op in op_table(content)]
     assert "TRANSPOSE_CONV" not in ops and "CONV_2D" in ops, ops
+    assert ("DEPTH_TO_SPACE" in ops) == (stride_w == 2), ops  # sub-pixel form: square strides
 
     # numpy: the input grid, the Keras quantizers' kernel and bias, the Caffe pad crop
     qmodel = kerasq.load_model(str(q5))

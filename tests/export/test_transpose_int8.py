@@ -124,6 +124,8 @@ def test_general_transpose_int8_is_bit_identical_and_matches_numpy(case):
     ops = [op["op"] for op in op_table(result.content)]
     assert "TRANSPOSE_CONV" not in ops and "CONV_2D" in ops, ops
     assert "DEQUANTIZE" not in ops[1:-1], ops  # integer from QUANTIZE to DEQUANTIZE
+    # square strides > 1: the sub-pixel form; otherwise zero insertion
+    assert ("DEPTH_TO_SPACE" in ops) == (strides[0] == strides[1] > 1), ops
 
     # numpy: the input on its grid, the Keras quantizers' kernel and bias, float64 sums,
     # the output grid's round-half-even
