@@ -187,11 +187,12 @@ class _Builder:
         # plain16: stock layers holding the quantized weights (TFLite's 16x8 calibration
         # fails on constant-weight graphs)
         linear_kind = _LINEAR_KINDS.get(type(inner).__name__)
-        if (linear_kind == "transpose" and self.mode != "fakequant8"
-                and not _is_depthwise_transpose(
-                    np.asarray(slots.weight_variable(wrapper, "kernel").numpy()))):
-            # float targets: a general Conv2DTranspose keeps its stock layer with the
-            # quantized weights (int8 lowers it, see _transpose)
+        if linear_kind == "transpose" and self.mode != "fakequant8" and (
+                not _is_depthwise_transpose(
+                    np.asarray(slots.weight_variable(wrapper, "kernel").numpy()))
+                or isinstance(x, (list, tuple)) or None in tuple(x.shape)[1:3]):
+            # float targets: a general Conv2DTranspose (or one on a free input size) keeps
+            # its stock layer with the quantized weights (int8 lowers it, see _transpose)
             linear_kind = None
         kind = None if self.mode == "plain16" else linear_kind
         for weight, quantizer, qvars in _weight_entries(wrapper):

@@ -241,3 +241,28 @@ def test_general_transpose_int8_onnx_is_bit_identical(case):
     result = export_onnx(qmodel, target="int8", verify_data=data[48:], verify=True)
     (check,) = result.report.outputs
     assert check.max_error_steps == 0 and check.exact_fraction == 1.0, result.report.describe()
+
+
+def test_free_spatial_size_still_exports_to_float():
+    """The float target keeps the stock Conv2DTranspose (also a depthwise one) on a free
+    input size; the file equals the Keras model up to float summation order."""
+    inp = keras.Input((None, None, 3))
+    layer = keras.layers.Conv2DTranspose(3, 4, strides=2, use_bias=False, name="up")
+    model = keras.Model(inp, layer(inp))
+    kernel = np.zeros((4, 4, 3, 3), np.float32)
+    for c in range(3):  # diagonal: the depthwise (Caffe group = channels) form
+        kernel[:, :, c, c] = np.random.default_rng(c).normal(0, 0.5, (4, 4))
+    layer.set_weights([kernel])
+    x = np.random.default_rng(0).uniform(-1, 1, (16, 5, 6, 3)).astype(np.float32)
+    qmodel = kerasq.calibrate(kerasq.quantize_model(model), x)
+    result = export_tflite(qmodel, target="float", representative_data=x)
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=result.content)
+    inp_detail = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(inp_detail["index"], x[:2].shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(inp_detail["index"], x[:2])
+    interpreter.invoke()
+    got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    np.testing.assert_allclose(got, np.asarray(qmodel(x[:2])), atol=1e-5)
