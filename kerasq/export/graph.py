@@ -474,7 +474,9 @@ class _Builder:
             if cfg.get("data_format", "channels_last") != "channels_last":
                 raise ExportError("only channels_last convolutions are exported", layer=owner)
             if kind == "transpose":
-                return self._transpose(inner, kernel, bias, cfg, x, common)
+                # the sub-pixel form needs a grid right after the layer (see _transpose)
+                gridded = bool(_output_quantizers(wrapper) or slots.activation_slots(wrapper))
+                return self._transpose(inner, kernel, bias, cfg, x, common, gridded)
             layer = QuantizedLinear(
                 kind,
                 kernel,
@@ -488,7 +490,7 @@ class _Builder:
 
     @staticmethod
     def _transpose(inner: Any, kernel: np.ndarray, bias: Any, cfg: dict, x: Any,
-                   common: dict) -> Any:
+                   common: dict, gridded: bool = True) -> Any:
         """A Conv2DTranspose as zero insertion (RESHAPE + PAD, exact in int8: PAD fills with
         the zero point) and a "valid" convolution with the spatially flipped kernel: the
         same products and int32 sums, requantized by the same CONV_2D / DEPTHWISE_CONV_2D
@@ -504,7 +506,11 @@ class _Builder:
         depthwise convolution, any other (group = 1, or grouped as a block-diagonal
         kernel) a CONV_2D with the (kh, kw, cin, cout) kernel. A dense kernel with equal
         strides s > 1 uses the sub-pixel form instead (:meth:`_subpixel_transpose`), which
-        skips the s² − 1 of s² products with inserted zeros."""
+        skips the s² − 1 of s² products with inserted zeros, when the layer's output has a
+        grid of its own (``gridded``: an output or activation quantizer follows it; the
+        converter carries that scale back through DEPTH_TO_SPACE and the crop). Without
+        one (a ReLU / BatchNorm layer after it quantizes), the CONV_2D must be last so
+        that the converter fuses the next ReLU into it and requantizes onto its grid."""
         name = common["name"]
         strides = tuple(int(v) for v in cfg["strides"])
         dilation = tuple(int(v) for v in cfg.get("dilation_rate", (1, 1)))
@@ -529,7 +535,7 @@ class _Builder:
         if min(before) < 0:
             raise ExportError(f"Conv2DTranspose crops more than its kernel ({before}); "
                               "not exported", layer=name)
-        if strides[0] == strides[1] > 1 and not _is_depthwise_transpose(kernel):
+        if gridded and strides[0] == strides[1] > 1 and not _is_depthwise_transpose(kernel):
             crops = [k - 1 - b for k, b in zip(kernel.shape[:2], before)]  # p of each axis
             return _Builder._subpixel_transpose(kernel, bias, strides[0], sizes, crops,
                                                 [int(o) for o in tuple(out_shape)[1:3]], x,

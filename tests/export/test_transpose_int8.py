@@ -266,3 +266,38 @@ def test_free_spatial_size_still_exports_to_float():
     interpreter.invoke()
     got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
     np.testing.assert_allclose(got, np.asarray(qmodel(x[:2])), atol=1e-5)
+
+
+@pytest.mark.parametrize("after", ["relu_layer", "batchnorm_relu", "crop_relu", "add"])
+def test_transpose_followed_by_layers_that_quantize(after):
+    """A ReLU (or BatchNorm + ReLU) layer after the transposed convolution quantizes its
+    output and the layer has no grid of its own (caffe-jacinto's merge rule): the CONV_2D
+    must be the last op so the converter fuses the ReLU into it (zero-insertion form). A
+    Caffe Deconvolution's Cropping2D before the ReLU, or an Add, leave the layer its own
+    grid (sub-pixel form)."""
+    rng = np.random.default_rng(0)
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((5, 6, 3))
+    y = keras.layers.Conv2DTranspose(4, 4, strides=2, padding="same" if after != "crop_relu"
+                                     else "valid", name="up")(inp)
+    if after == "add":
+        z = keras.layers.Conv2DTranspose(4, 2, strides=2, name="up2")(inp)
+        y = keras.layers.Add(name="add")([y, z])
+    else:
+        if after == "batchnorm_relu":
+            y = keras.layers.BatchNormalization(name="bn")(y)
+        if after == "crop_relu":
+            y = keras.layers.Cropping2D(1, name="crop")(y)
+        y = keras.layers.ReLU(name="relu")(y)
+    model = keras.Model(inp, y)
+    x = rng.uniform(-1, 1, (64, 5, 6, 3)).astype(np.float32)
+    if after == "batchnorm_relu":  # moving statistics that are not the identity
+        model.compile("adam", "mse")
+        model.fit(x, rng.normal(size=(64, *model.output_shape[1:])), epochs=1, verbose=0)
+    qmodel = kerasq.calibrate(kerasq.quantize_model(model), x[:32])
+    result = export_tflite(qmodel, target="int8", representative_data=x[:32],
+                           verify_data=x[32:], verify=True, max_error_steps=0)
+    assert result.report.exact_fraction == 1.0, result.report.describe()
+    ops = [op["op"] for op in op_table(result.content)]
+    assert "TRANSPOSE_CONV" not in ops and "DEQUANTIZE" not in ops[1:-1], ops
+    assert ("DEPTH_TO_SPACE" in ops) == (after in ("crop_relu", "add")), ops
