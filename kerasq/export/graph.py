@@ -5,8 +5,10 @@ The deploy graph has the same topology as the quantized model; every tfmot
 (:class:`~kerasq.export.layers.QuantizedLinear` for Conv2D / DepthwiseConv2D / Dense, a
 clone with the quantized weights for other layers) followed by
 :class:`~kerasq.export.layers.GridQuantize` for each activation / output quantizer, on the
-grid read by :mod:`kerasq.export.spec`. ``QuantizeLayer`` (input quantization) becomes a
-``GridQuantize``; every other layer is cloned with its weights.
+grid read by :mod:`kerasq.export.spec`. In int8, a Conv2DTranspose becomes convolutions
+with the same sums (sub-pixel or zero-insertion form, see ``_Builder._transpose``).
+``QuantizeLayer`` (input quantization) becomes a ``GridQuantize``; every other layer is
+cloned with its weights.
 
 Example:
     >>> plan = build_deploy_model(qmodel, mode="fakequant8")   # doctest: +SKIP

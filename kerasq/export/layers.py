@@ -219,17 +219,7 @@ class QuantizedLinear(keras.layers.Layer):
 
     def call(self, x: "tf.Tensor") -> "tf.Tensor":
         k = tf.constant(self.kernel_value)
-        if self.kind == "transpose":  # kernel (kh, kw, cout, cin), "valid", no dilation
-            kh, kw, cout, _ = self.kernel_value.shape
-            kq = tf.transpose(self._quantized_kernel(tf.transpose(k, (0, 1, 3, 2))),
-                              (0, 1, 3, 2))
-            sh, sw = self.strides
-            size = [(int(d) - 1) * s + max(kd, s) for d, s, kd in
-                    zip(x.shape[1:3], (sh, sw), (kh, kw))]
-            shape = tf.stack([tf.shape(x)[0], size[0], size[1], cout])
-            y = tf.nn.conv2d_transpose(x, kq, shape, (1, sh, sw, 1), "VALID")
-            y = tf.reshape(y, (-1, size[0], size[1], cout))
-        elif self.kind == "conv":
+        if self.kind == "conv":
             y = tf.nn.conv2d(
                 x,
                 self._quantized_kernel(k),
