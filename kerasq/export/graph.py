@@ -463,6 +463,8 @@ class _Builder:
                     layer=owner,
                 )
             frac_bits = kernel_spec.frac_bits if fake_quant else None
+            if fake_quant and bias is not None:
+                self._warn_off_accumulator_grid(bias, kernel_spec, x, owner)
         common = dict(
             activation=activation,
             weight_frac_bits=frac_bits,
@@ -489,6 +491,27 @@ class _Builder:
                 **common,
             )
         return layer(x)
+
+    def _warn_off_accumulator_grid(self, bias: np.ndarray, kernel_spec: specs.GridSpec,
+                                   x: Any, owner: str) -> None:
+        """One warning line when a bias is not on TFLite's int32 bias grid s_in·s_w =
+        2^-(fl_in + fl_w) (e.g. caffe-jacinto 0.17's 16-bit bias with more fractional bits
+        than the accumulator): the converter rounds it there, so the file can differ from
+        the Keras model by an output step. Skipped when the input grid is not known here."""
+        spec_in = self.grid_of.get(id(x))
+        if spec_in is None or spec_in.frac_bits is None or kernel_spec.frac_bits is None:
+            return
+        bias = np.asarray(bias, np.float64).reshape(-1)
+        fl_acc = int(spec_in.frac_bits) + np.asarray(kernel_spec.frac_bits, np.int64).reshape(-1)
+        if fl_acc.size not in (1, bias.size):
+            return
+        codes = np.ldexp(bias, np.broadcast_to(fl_acc, bias.shape))
+        if np.all(codes == np.round(codes)):
+            return
+        log.warning("%s: the bias is not on TFLite's int32 bias grid s_in*s_w = 2^-%d (its "
+                    "own grid is finer, e.g. a bitwidth_bias < 32); the int8 file rounds it "
+                    "and can differ by an output step; quantize with bitwidth_bias=32 for a "
+                    "bit-identical file", owner, int(np.min(fl_acc)))
 
     @staticmethod
     def _transpose(inner: Any, kernel: np.ndarray, bias: Any, cfg: dict, x: Any,

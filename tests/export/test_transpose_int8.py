@@ -301,3 +301,25 @@ def test_transpose_followed_by_layers_that_quantize(after):
     ops = [op["op"] for op in op_table(result.content)]
     assert "TRANSPOSE_CONV" not in ops and "DEQUANTIZE" not in ops[1:-1], ops
     assert ("DEPTH_TO_SPACE" in ops) == (after in ("crop_relu", "add")), ops
+
+
+def test_bias_finer_than_the_accumulator_grid_warns_in_one_line(caplog):
+    """caffe-jacinto 0.17's 16-bit biases: a bias with more fractional bits than
+    s_in·s_w = 2^-(fl_in + fl_w) cannot be held by TFLite's int32 bias; the export says so
+    for that layer, and the file is then within one step of the Keras model."""
+    import logging
+
+    CONFIGS["bias16"] = lambda: kerasq.QuantizationConfig(bitwidth_bias=16,
+                                                         per_channel_weights=False)
+    try:
+        qmodel, data = _quantized(((2, 2), (4, 4), "same", None, (1, 1), True, None, "bias16"))
+    finally:
+        del CONFIGS["bias16"]
+    with caplog.at_level(logging.WARNING, logger="kerasq.export.graph"):
+        result = export_tflite(qmodel, target="int8", representative_data=data[:48],
+                               verify_data=data[48:])
+    lines = [r.getMessage() for r in caplog.records if "int32 bias grid" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("up: ") and "\n" not in lines[0], lines
+    assert result.report.max_error_steps <= 1, result.report.describe()
+    # measured: 1 step here; the default 32-bit bias is linked to the grid and exact
+    assert result.report.max_error_steps == 1, result.report.describe()
