@@ -26,22 +26,46 @@ from kerasq._compat import keras, quiet_native_stderr
 log = logging.getLogger("kerasq.export.diagnose")
 
 
-def _keras_tensor(qmodel: Any, owner: str, what: str) -> Any:
+def _model_outputs(qmodel: Any) -> dict[int, Any]:
+    """id(layer) -> its output tensor in ``qmodel``'s own graph.
+
+    ``layer.output`` is the output of the layer's FIRST call, which can belong to another
+    graph: tfmot's quantize_apply calls the input ``QuantizeLayer`` (and kerasq's passes
+    may call a wrapper) while building intermediate models, so a probe model built from it
+    failed with "Graph disconnected"."""
+    found: dict[int, Any] = {}
+    for nodes in getattr(qmodel, "_nodes_by_depth", {}).values():
+        for node in nodes:
+            if not node.is_input:
+                outputs = node.outputs
+                found.setdefault(id(node.layer), outputs)
+    return found
+
+
+def _keras_tensor(qmodel: Any, owner: str, what: str, outputs: dict[int, Any] | None = None) -> Any:
+    outputs = _model_outputs(qmodel) if outputs is None else outputs
     for layer in qmodel.layers:
         inner = getattr(layer, "layer", layer)
-        if what == "input" and layer.name == owner:
-            return layer.output
-        if inner.name == owner and what in ("output", "post"):
-            return layer.output
+        if (what == "input" and layer.name == owner) or (
+                inner.name == owner and what in ("output", "post")):
+            return outputs.get(id(layer), layer.output)
     return None
 
 
-def _file_tensor(details: list[dict[str, Any]], layer_name: str) -> dict[str, Any] | None:
-    hits = []
-    for t in details:
-        parts = [p.split("/") for p in t["name"].split(";")]
-        if any(layer_name in p for p in parts) and t["dtype"] in (np.int8, np.int16):
-            hits.append(t)
+def _file_tensor(details: list[dict[str, Any]], layer_name: str, owner: str = "",
+                 shape: tuple[int, ...] | None = None) -> dict[str, Any] | None:
+    """The int8/int16 tensor of the quantizer layer ``layer_name``; else (``owner`` and
+    ``shape`` given) the last activation of that shape named after the layer ``owner``: the
+    converter names a convolution's output after the ops it fused (conv, add, ReLU), not
+    after the fake quant that set its scale."""
+    def named(name: str) -> list[dict[str, Any]]:
+        return [t for t in details
+                if any(name in p.split("/") for p in t["name"].split(";"))
+                and t["dtype"] in (np.int8, np.int16)]
+
+    hits = named(layer_name)
+    if not hits and owner and shape is not None:
+        hits = [t for t in named(owner) if tuple(int(d) for d in t["shape"]) == shape]
     return hits[-1] if hits else None
 
 
@@ -60,10 +84,14 @@ def layer_report(content: bytes, qmodel: Any, plan: Any, data: np.ndarray) -> li
     interpreter.invoke()
     details = interpreter.get_tensor_details()
     wanted = []
+    outputs = _model_outputs(qmodel)
     for name, spec in plan.activation_layers.items():
         owner, _, what = name[: -len("_q")].rpartition("_")
-        tensor = _keras_tensor(qmodel, owner, what)
-        found = _file_tensor(details, name)
+        tensor = _keras_tensor(qmodel, owner, what, outputs)
+        shape = None
+        if tensor is not None and what == "output" and None not in tuple(tensor.shape)[1:]:
+            shape = (len(data), *(int(d) for d in tuple(tensor.shape)[1:]))
+        found = _file_tensor(details, name, owner, shape)
         if tensor is not None and found is not None:
             wanted.append((owner, what, spec, tensor, found))
     if not wanted:

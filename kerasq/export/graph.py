@@ -5,8 +5,10 @@ The deploy graph has the same topology as the quantized model; every tfmot
 (:class:`~kerasq.export.layers.QuantizedLinear` for Conv2D / DepthwiseConv2D / Dense, a
 clone with the quantized weights for other layers) followed by
 :class:`~kerasq.export.layers.GridQuantize` for each activation / output quantizer, on the
-grid read by :mod:`kerasq.export.spec`. ``QuantizeLayer`` (input quantization) becomes a
-``GridQuantize``; every other layer is cloned with its weights.
+grid read by :mod:`kerasq.export.spec`. In int8, a Conv2DTranspose becomes convolutions
+with the same sums (sub-pixel or zero-insertion form, see ``_Builder._transpose``).
+``QuantizeLayer`` (input quantization) becomes a ``GridQuantize``; every other layer is
+cloned with its weights.
 
 Example:
     >>> plan = build_deploy_model(qmodel, mode="fakequant8")   # doctest: +SKIP
@@ -30,6 +32,7 @@ from kerasq.export.layers import (
     ArgMaxIndex,
     GridQuantize,
     MinifloatQuantize,
+    PhaseInterleave,
     QuantizedLinear,
     ZeroInsert,
 )
@@ -186,10 +189,12 @@ class _Builder:
         # plain16: stock layers holding the quantized weights (TFLite's 16x8 calibration
         # fails on constant-weight graphs)
         linear_kind = _LINEAR_KINDS.get(type(inner).__name__)
-        if linear_kind == "transpose" and not _is_depthwise_transpose(
-                np.asarray(slots.weight_variable(wrapper, "kernel").numpy())):
-            # only the depthwise (Caffe group = channels) form has an exact lowering; a
-            # general Conv2DTranspose keeps its stock layer with the quantized weights
+        if linear_kind == "transpose" and self.mode != "fakequant8" and (
+                not _is_depthwise_transpose(
+                    np.asarray(slots.weight_variable(wrapper, "kernel").numpy()))
+                or isinstance(x, (list, tuple)) or None in tuple(x.shape)[1:3]):
+            # float targets: a general Conv2DTranspose (or one on a free input size) keeps
+            # its stock layer with the quantized weights (int8 lowers it, see _transpose)
             linear_kind = None
         kind = None if self.mode == "plain16" else linear_kind
         for weight, quantizer, qvars in _weight_entries(wrapper):
@@ -458,6 +463,8 @@ class _Builder:
                     layer=owner,
                 )
             frac_bits = kernel_spec.frac_bits if fake_quant else None
+            if fake_quant and bias is not None:
+                self._warn_off_accumulator_grid(bias, kernel_spec, x, owner)
         common = dict(
             activation=activation,
             weight_frac_bits=frac_bits,
@@ -470,13 +477,10 @@ class _Builder:
             cfg = inner.get_config()
             if cfg.get("data_format", "channels_last") != "channels_last":
                 raise ExportError("only channels_last convolutions are exported", layer=owner)
-            if kind == "transpose" and _is_depthwise_transpose(kernel):
-                return self._depthwise_transpose(kernel, bias, cfg, x, common)
-            if kind == "transpose" and (tuple(cfg.get("dilation_rate", (1, 1))) != (1, 1)
-                                        or cfg.get("padding") != "valid"
-                                        or cfg.get("output_padding") is not None):
-                raise ExportError("only 'valid' Conv2DTranspose without dilation or "
-                                  "output_padding is exported", layer=owner)
+            if kind == "transpose":
+                # the sub-pixel form needs a grid right after the layer (see _transpose)
+                gridded = bool(_output_quantizers(wrapper) or slots.activation_slots(wrapper))
+                return self._transpose(inner, kernel, bias, cfg, x, common, gridded)
             layer = QuantizedLinear(
                 kind,
                 kernel,
@@ -488,24 +492,121 @@ class _Builder:
             )
         return layer(x)
 
+    def _warn_off_accumulator_grid(self, bias: np.ndarray, kernel_spec: specs.GridSpec,
+                                   x: Any, owner: str) -> None:
+        """One warning line when a bias is not on TFLite's int32 bias grid s_in·s_w =
+        2^-(fl_in + fl_w) (e.g. caffe-jacinto 0.17's 16-bit bias with more fractional bits
+        than the accumulator): the converter rounds it there, so the file can differ from
+        the Keras model by an output step. Skipped when the input grid is not known here."""
+        spec_in = self.grid_of.get(id(x))
+        if spec_in is None or spec_in.frac_bits is None or kernel_spec.frac_bits is None:
+            return
+        bias = np.asarray(bias, np.float64).reshape(-1)
+        fl_acc = int(spec_in.frac_bits) + np.asarray(kernel_spec.frac_bits, np.int64).reshape(-1)
+        if fl_acc.size not in (1, bias.size):
+            return
+        codes = np.ldexp(bias, np.broadcast_to(fl_acc, bias.shape))
+        if np.all(codes == np.round(codes)):
+            return
+        log.warning("%s: the bias is not on TFLite's int32 bias grid s_in*s_w = 2^-%d (its "
+                    "own grid is finer, e.g. a bitwidth_bias < 32); the int8 file rounds it "
+                    "and can differ by an output step; quantize with bitwidth_bias=32 for a "
+                    "bit-identical file", owner, int(np.min(fl_acc)))
+
     @staticmethod
-    def _depthwise_transpose(kernel: np.ndarray, bias: Any, cfg: dict, x: Any,
-                             common: dict) -> Any:
-        """A Conv2DTranspose whose kernel is diagonal (Caffe Deconvolution with group =
-        channels, e.g. bilinear upsampling) as zero insertion (PAD, RESHAPE) + a "valid"
-        DepthwiseConv2D with the spatially flipped diagonal: the same products and sums,
-        and in int8 XNNPACK's depthwise requantization (TFLite's TRANSPOSE_CONV with the
-        batch left free is not delegated, and its builtin kernel rounds ties differently)."""
-        kh, kw = kernel.shape[:2]
-        strides = tuple(cfg["strides"])
-        if kh < strides[0] or kw < strides[1]:
-            raise ExportError("Conv2DTranspose with a kernel smaller than its stride is not "
-                              "exported", layer=common["name"])
-        diag = np.einsum("hwcc->hwc", kernel)[::-1, ::-1, :, None]
-        padded = ZeroInsert(strides, (kh - 1, kw - 1), (kh - 1, kw - 1),
-                            name=f"{common['name']}_zero_insert")(x)
-        return QuantizedLinear("depthwise", np.ascontiguousarray(diag), bias, strides=(1, 1),
-                               padding="valid", **common)(padded)
+    def _transpose(inner: Any, kernel: np.ndarray, bias: Any, cfg: dict, x: Any,
+                   common: dict, gridded: bool = True) -> Any:
+        """A Conv2DTranspose as zero insertion (RESHAPE + PAD, exact in int8: PAD fills with
+        the zero point) and a "valid" convolution with the spatially flipped kernel: the
+        same products and int32 sums, requantized by the same CONV_2D / DEPTHWISE_CONV_2D
+        kernels as every other convolution of the file. TFLite's TRANSPOSE_CONV is not
+        used: with the batch left free it is not delegated to XNNPACK, and its builtin int8
+        kernel rounds ties differently (up to a step per layer, more downstream).
+
+        With ``full[j] = Σ_{s·i + t = j} x[i]·w[t]`` (j < s·(n − 1) + k) the layer's output
+        is ``out[o] = full[o + p]``, p = 0 for "valid" and TF's ⌊max(s·(n − 1) + k − O, 0)/2⌋
+        for "same" (O the output length, output_padding included). The zero-inserted input
+        gets k − 1 − p zeros before and O + p − s·(n − 1) − 1 after; a kernel whose
+        (cout, cin) part is diagonal (Caffe Deconvolution with group = channels) becomes a
+        depthwise convolution, any other (group = 1, or grouped as a block-diagonal
+        kernel) a CONV_2D with the (kh, kw, cin, cout) kernel. A dense kernel with equal
+        strides s > 1 uses the sub-pixel form instead (:meth:`_subpixel_transpose`), which
+        skips the s² − 1 of s² products with inserted zeros, when the layer's output has a
+        grid of its own (``gridded``: an output or activation quantizer follows it; the
+        converter carries that scale back through DEPTH_TO_SPACE and the crop). Without
+        one (a ReLU / BatchNorm layer after it quantizes), the CONV_2D must be last so
+        that the converter fuses the next ReLU into it and requantizes onto its grid."""
+        name = common["name"]
+        strides = tuple(int(v) for v in cfg["strides"])
+        dilation = tuple(int(v) for v in cfg.get("dilation_rate", (1, 1)))
+        if dilation != (1, 1):  # the dilated kernel, zeros between the taps (exact in int8)
+            kh, kw = kernel.shape[:2]
+            dilated = np.zeros(((kh - 1) * dilation[0] + 1, (kw - 1) * dilation[1] + 1)
+                               + kernel.shape[2:], kernel.dtype)
+            dilated[::dilation[0], ::dilation[1]] = kernel
+            kernel = dilated
+        sizes = [int(d) for d in x.shape[1:3]] if None not in x.shape[1:3] else None
+        out_shape = inner.compute_output_shape(x.shape)
+        if sizes is None or None in tuple(out_shape)[1:3]:
+            raise ExportError("Conv2DTranspose with a free spatial input size is not exported "
+                              "to int8; give the model input a fixed height and width",
+                              layer=name)
+        before, after = [], []
+        for n, s, k, o in zip(sizes, strides, kernel.shape[:2], tuple(out_shape)[1:3]):
+            full = s * (n - 1) + k
+            p = max(full - int(o), 0) // 2 if cfg.get("padding") == "same" else 0
+            before.append(k - 1 - p)
+            after.append(int(o) + p - s * (n - 1) - 1)
+        if min(before) < 0:
+            raise ExportError(f"Conv2DTranspose crops more than its kernel ({before}); "
+                              "not exported", layer=name)
+        if gridded and strides[0] == strides[1] > 1 and not _is_depthwise_transpose(kernel):
+            crops = [k - 1 - b for k, b in zip(kernel.shape[:2], before)]  # p of each axis
+            return _Builder._subpixel_transpose(kernel, bias, strides[0], sizes, crops,
+                                                [int(o) for o in tuple(out_shape)[1:3]], x,
+                                                common)
+        flipped = kernel[::-1, ::-1]
+        padded = ZeroInsert(strides, before, after, name=f"{name}_zero_insert")(x)
+        if _is_depthwise_transpose(kernel):
+            diag = np.einsum("hwcc->hwc", flipped)[:, :, :, None]
+            return QuantizedLinear("depthwise", np.ascontiguousarray(diag), bias,
+                                   strides=(1, 1), padding="valid", **common)(padded)
+        forward = np.ascontiguousarray(np.transpose(flipped, (0, 1, 3, 2)))
+        return QuantizedLinear("conv", forward, bias, strides=(1, 1), padding="valid",
+                               **common)(padded)
+
+    @staticmethod
+    def _subpixel_transpose(kernel: np.ndarray, bias: Any, s: int, sizes: List[int],
+                            crops: List[int], out_hw: List[int], x: Any,
+                            common: dict) -> Any:
+        """A stride-s (s > 1 on both axes) transposed convolution in sub-pixel form: one
+        "valid" CONV_2D with s²·cout output channels over the input padded by M − 1 zeros
+        (M = ⌈k/s⌉), then DEPTH_TO_SPACE and the crop: the output at s·a + r (phase r) is
+        Σ_m x[a − m]·w[r + s·m], so channel block r of the CONV_2D holds the taps
+        w[r + s·(M − 1 − u)] at u. The same products and int32 sums as the layer, s² fewer
+        multiplications than the zero-insertion form."""
+        kh, kw, cout, cin = kernel.shape
+        m_h, m_w = -(-kh // s), -(-kw // s)
+        padded = np.zeros((m_h * s, m_w * s, cout, cin), kernel.dtype)
+        padded[:kh, :kw] = kernel
+        # taps[u_h, r_h, u_w, r_w] = w[r + s·(M − 1 − u)] per axis
+        taps = padded.reshape(m_h, s, m_w, s, cout, cin)[::-1, :, ::-1]
+        forward = np.transpose(taps, (0, 2, 5, 1, 3, 4)).reshape(m_h, m_w, cin, s * s * cout)
+        # the CONV_2D output a covers phases s·a .. s·a + s − 1; rows up to o + p are needed
+        need = [(o - 1 + p) // s + 1 for o, p in zip(out_hw, crops)]
+        after = [max(a - n, 0) for a, n in zip(need, sizes)]
+        before = [m_h - 1, m_w - 1]
+        pad = keras.layers.ZeroPadding2D(((before[0], after[0]), (before[1], after[1])),
+                                         name=f"{common['name']}_pad")(x)
+        frac_bits = common["weight_frac_bits"]
+        if frac_bits is not None and np.ndim(frac_bits) > 0:
+            frac_bits = np.tile(np.asarray(frac_bits), s * s)
+        conv = QuantizedLinear(
+            "conv", np.ascontiguousarray(forward),
+            None if bias is None else np.tile(np.asarray(bias), s * s),
+            strides=(1, 1), padding="valid", **{**common, "weight_frac_bits": frac_bits,
+                                                "name": f"{common['name']}_phases"})(pad)
+        return PhaseInterleave(s, crops, out_hw, name=common["name"])(conv)
 
     def plain(self, layer: Any, args: tuple, kwargs: dict) -> Any:
         out = self._plain(layer, args, kwargs)

@@ -219,17 +219,7 @@ class QuantizedLinear(keras.layers.Layer):
 
     def call(self, x: "tf.Tensor") -> "tf.Tensor":
         k = tf.constant(self.kernel_value)
-        if self.kind == "transpose":  # kernel (kh, kw, cout, cin), "valid", no dilation
-            kh, kw, cout, _ = self.kernel_value.shape
-            kq = tf.transpose(self._quantized_kernel(tf.transpose(k, (0, 1, 3, 2))),
-                              (0, 1, 3, 2))
-            sh, sw = self.strides
-            size = [(int(d) - 1) * s + max(kd, s) for d, s, kd in
-                    zip(x.shape[1:3], (sh, sw), (kh, kw))]
-            shape = tf.stack([tf.shape(x)[0], size[0], size[1], cout])
-            y = tf.nn.conv2d_transpose(x, kq, shape, (1, sh, sw, 1), "VALID")
-            y = tf.reshape(y, (-1, size[0], size[1], cout))
-        elif self.kind == "conv":
+        if self.kind == "conv":
             y = tf.nn.conv2d(
                 x,
                 self._quantized_kernel(k),
@@ -322,6 +312,39 @@ class ZeroInsert(keras.layers.Layer):
 
 
 @keras.utils.register_keras_serializable(package="kerasq")
+class PhaseInterleave(keras.layers.Layer):
+    """DEPTH_TO_SPACE with block ``s`` then a crop: (N, H, W, s²·C) -> (N, s·H, s·W, C) with
+    y[s·h + a, s·w + b, c] = x[h, w, (a·s + b)·C + c], keeping rows ``start[0]`` ..
+    ``start[0] + size[0] − 1`` and columns likewise (exact in int8: data movement only).
+    The sub-pixel form of a stride-s transposed convolution writes phase (a, b) of the
+    output to channel block a·s + b.
+
+    Example:
+        >>> x = np.arange(8, dtype=np.float32).reshape(1, 1, 2, 4)
+        >>> PhaseInterleave(2, (0, 1), (2, 2))(x)[0, :, :, 0].numpy()
+        array([[1., 4.],
+               [3., 6.]], dtype=float32)
+    """
+
+    def __init__(self, block: int, start=(0, 0), size=(1, 1), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.block = int(block)
+        self.start = tuple(int(v) for v in start)
+        self.size = tuple(int(v) for v in size)
+
+    def call(self, x: "tf.Tensor") -> "tf.Tensor":
+        y = tf.nn.depth_to_space(x, self.block)
+        (h0, w0), (h, w) = self.start, self.size
+        if (h0, w0) == (0, 0) and (h, w) == tuple(int(d) for d in y.shape[1:3]):
+            return y
+        return y[:, h0:h0 + h, w0:w0 + w]
+
+    def get_config(self) -> Dict[str, Any]:
+        return {**super().get_config(), "block": self.block, "start": list(self.start),
+                "size": list(self.size)}
+
+
+@keras.utils.register_keras_serializable(package="kerasq")
 class ArgMaxIndex(keras.layers.Layer):
     """The index of the maximum along ``axis`` (kept with size 1), as int32; ties give the
     HIGHER index (Caffe's sort order): n − 1 − argmax(reverse(x)). ``flat``: over all
@@ -355,6 +378,7 @@ class ArgMaxIndex(keras.layers.Layer):
 
 __all__: List[str] = [
     "ArgMaxIndex",
+    "PhaseInterleave",
     "ZeroInsert",
     "MinifloatQuantize",
     "AffineFakeQuant",
