@@ -37,8 +37,10 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
+import weakref
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -1108,7 +1110,54 @@ def run(qmodel: Any, x: Any, *, return_integers: bool = False) -> Any:
     check_keras_model(qmodel, "qmodel", quantized=True)
     check_array(x, "x", model=qmodel)
     check_bool(return_integers, "return_integers")
-    return prepare(qmodel)(x, return_integers=return_integers)
+    return _cached_program(qmodel)(x, return_integers=return_integers)
+
+
+class _Snapshot:
+    """The values of every variable of a model when its program was prepared; ``same()``
+    compares them with the current values in one graph call (one flat vector per dtype).
+    Floats compare by value: -0.0 equals 0.0 (the same integers), a NaN never matches
+    (the program is prepared again)."""
+
+    def __init__(self, qmodel: Any):
+        from kerasq._compat import tf
+
+        groups: Dict[Any, List[Any]] = {}
+        for v in qmodel.variables:
+            groups.setdefault(v.dtype.base_dtype, []).append(v)
+
+        def flat(variables: List[Any]) -> Any:
+            return tf.concat([tf.reshape(v, [-1]) for v in variables], 0)
+
+        saved = {dtype: tf.constant(flat(vs).numpy()) for dtype, vs in groups.items()}
+
+        def same() -> Any:
+            return tf.reduce_all(tf.stack([tf.constant(True)] + [
+                tf.reduce_all(tf.equal(flat(vs), saved[dtype])) for dtype, vs in groups.items()]))
+
+        self.same = tf.function(same, autograph=False).get_concrete_function()
+
+
+_RUN_CACHE: "collections.OrderedDict[int, Tuple[Any, _Snapshot, IntegerProgram]]" = (
+    collections.OrderedDict())
+_RUN_CACHE_SIZE = 4
+
+
+def _cached_program(qmodel: Any) -> IntegerProgram:
+    """The program :func:`run` last prepared for ``qmodel`` while none of the model's
+    variables (weights, quantizer ranges) has changed since; else a new one. The few most
+    recently run models are kept."""
+    key = id(qmodel)
+    entry = _RUN_CACHE.get(key)
+    if entry is not None and entry[0]() is qmodel and bool(entry[1].same()):
+        _RUN_CACHE.move_to_end(key)
+        return entry[2]
+    program = IntegerProgram(qmodel)
+    _RUN_CACHE[key] = (weakref.ref(qmodel), _Snapshot(qmodel), program)
+    _RUN_CACHE.move_to_end(key)
+    while len(_RUN_CACHE) > _RUN_CACHE_SIZE:
+        _RUN_CACHE.popitem(last=False)
+    return program
 
 
 __all__ = ["IntTensor", "IntegerProgram", "prepare", "run"]
