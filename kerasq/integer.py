@@ -218,6 +218,9 @@ class _GInt:
     frac: int
     lo: int
     hi: int
+    # set by ZeroPadding2D: (the unpadded tensor, (top, bottom, left, right)), so that a
+    # VALID convolution consuming it pads in the kernel (the Pad op is then left unused)
+    padded_from: Optional[Tuple["_GInt", Tuple[int, int, int, int]]] = None
 
 
 GValue = Union[_GInt, Any]  # Any: a float32 tf.Tensor (a float region of the model)
@@ -309,12 +312,19 @@ def _g_quantize(value: GValue, spec: GridSpec, where: str) -> _GInt:
     """:func:`_quantize_to` on a symbolic tensor (integers or float32)."""
     from kerasq._compat import tf
     from kerasq.numerics import dfp_quantize
+    from kerasq.numerics.rounding import tf_round
 
     if isinstance(value, _GInt):
         return _g_requantize(value, spec, where)
     frac, qlo, qhi = _grid_bounds(spec)
-    q = dfp_quantize(tf.cast(value, tf.float32), spec.bitwidth, frac, signed=spec.signed,
-                     rounding=spec.rounding)
+    x = tf.cast(value, tf.float32)
+    if abs(frac) < 100 and spec.rounding in ("nearest", "nearest_even", "half_up"):
+        # dfp_quantize's integers directly: x·2^fl is exact (a power of two, no overflow
+        # for fl < 100 that the clip does not absorb, and inputs small enough to be
+        # flushed round to 0 anyway); clip; round; no float result to rebuild
+        y = tf.clip_by_value(x * tf.constant(2.0**frac, tf.float32), float(qlo), float(qhi))
+        return _g_int(tf_round(y, spec.rounding, signed_zeros=False), frac, qlo, qhi, where)
+    q = dfp_quantize(x, spec.bitwidth, frac, signed=spec.signed, rounding=spec.rounding)
     ints = tf.cast(q, tf.float64) * tf.constant(2.0**frac, tf.float64)  # exact: a power of two
     return _g_int(tf.cast(ints, tf.int64), frac, qlo, qhi, where)
 
@@ -507,19 +517,24 @@ def _linear_layer(wrapper: Any, inner: Any, relu_spec: Optional[GridSpec] = None
     def graph_apply(x: GValue) -> _GInt:
         if not isinstance(x, _GInt):
             raise UnsupportedLayerError("the layer input is not quantized", layer=where)
+        geo = geometry
+        if x.padded_from is not None and geometry.get("padding") == "VALID":
+            # ZeroPadding2D before a VALID convolution: the kernel pads (zeros) itself
+            x, pads = x.padded_from
+            geo = dict(geometry, padding=[list(pads[:2]), list(pads[2:])])
         xt = _g_kernel_operand(x, where)
         if fused is not None:
             def fused_call(operand: Any) -> Any:
-                return op(operand, wv, fused_bias, x_frac=x.frac, **fused, **geometry)
+                return op(operand, wv, fused_bias, x_frac=x.frac, **fused, **geo)
 
             if _kernel_accepts(fused_call, x, xt):
                 frac, qlo, qhi = _grid_bounds(relu_spec)
                 return _g_relu(_g_int(fused_call(xt), frac, qlo, qhi, where))
-            return _g_requantize(_g_relu(graph_raw(x, xt)), relu_spec, where)
-        return graph_raw(x, xt)
+            return _g_requantize(_g_relu(graph_raw(x, xt, geo)), relu_spec, where)
+        return graph_raw(x, xt, geo)
 
-    def graph_raw(x: _GInt, xt: Any) -> _GInt:
-        kwargs = dict(common, **geometry)
+    def graph_raw(x: _GInt, xt: Any, geo: Dict[str, Any]) -> _GInt:
+        kwargs = dict(common, **geo)
         acc_bound = 0
         if out_q is None:
             per_x = w_max * fan_in
@@ -724,7 +739,8 @@ def _g_exact_layer(layer: Any, inputs: List[GValue]) -> GValue:
     if isinstance(layer, keras.layers.ZeroPadding2D):
         (t, b), (left, r) = layer.padding
         padded = tf.pad(x.t, [[0, 0], [t, b], [left, r], [0, 0]])
-        return _GInt(padded, x.frac, min(x.lo, 0), max(x.hi, 0))
+        return _GInt(padded, x.frac, min(x.lo, 0), max(x.hi, 0),
+                     padded_from=(x, (t, b, left, r)))
     if isinstance(layer, keras.layers.MaxPooling2D):
         pooled = tf.nn.max_pool2d(x.t, layer.pool_size, layer.strides, layer.padding.upper())
         return _GInt(pooled, x.frac, x.lo, x.hi)
