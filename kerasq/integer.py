@@ -19,9 +19,19 @@ Layers without an output quantizer keep their exact accumulator (raw int32 sums 
 kernel, per-channel alignment and bias in int64). Caffe's constant ``Bias``
 (``ConstantBias``) is an exact integer add, global average pooling one exact rounding of
 ``sum / (H·W)``, Softmax runs in float32 on the dequantized integers (as the model does).
-:func:`prepare` reads the weights and grids once and returns a program for many batches;
-it runs a linear layer without output quantizer together with the quantized ReLU that
-alone consumes it as one kernel call (exact: rounding commutes with ReLU).
+:func:`prepare` reads the weights and grids once and returns an :class:`IntegerProgram`:
+calling it runs one ``tf.function`` graph, traced once per input shape (any batch size),
+with the integer weights, biases and grids as constants; integer tensors flow between
+the kernels in the narrowest dtype their static bounds allow (int8 for signed 8-bit
+grids, int16 for unsigned ones); requantization, ReLU, Add, pooling and padding are graph
+ops on those integers, and no Python runs per layer. A linear layer without output
+quantizer runs together with the quantized ReLU that alone consumes it as one kernel
+call (exact: rounding commutes with ReLU); a ZeroPadding2D before a VALID convolution
+becomes the kernel's own zero padding. :meth:`IntegerProgram.run_eager` runs the same
+layers one by one on numpy int64 values, the reference the graph is tested against.
+:func:`run` keeps the program it prepared for a model (the last few models) and
+reuses it while none of the model's variables has changed: each call compares them with
+the values the program was read from (one graph call) and prepares again otherwise.
 
 Grouped convolutions run as one kernel call per group.
 
@@ -33,6 +43,8 @@ Example:
     >>> import kerasq  # doctest: +SKIP
     >>> qmodel = kerasq.quantize_model(model); kerasq.calibrate(qmodel, x_cal)  # doctest: +SKIP
     >>> y = kerasq.integer.run(qmodel, x)   # == qmodel(x, training=False)  # doctest: +SKIP
+    >>> program = kerasq.integer.prepare(qmodel)  # doctest: +SKIP
+    >>> y = program(x)                      # the compiled graph, same integers  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -286,7 +298,6 @@ def _grid_bounds(spec: GridSpec) -> Tuple[int, int, int]:
 
 def _g_requantize(g: _GInt, spec: GridSpec, where: str) -> _GInt:
     """:func:`_requantize` on a symbolic tensor: shift, round, saturate."""
-    from kerasq._compat import tf
     from kerasq.numerics.rounding import tf_shift_round
 
     frac, qlo, qhi = _grid_bounds(spec)
@@ -377,7 +388,6 @@ def _g_kernel_operand(x: _GInt, where: str) -> Any:
 
 def _g_activation(g: _GInt, activation: Any, where: str) -> _GInt:
     """:func:`_activation` on a symbolic tensor."""
-    from kerasq._compat import tf
 
     name = getattr(activation, "__name__", str(activation))
     if name in ("linear", "None"):
@@ -1084,8 +1094,9 @@ def _runtime_error(exc: Exception) -> Exception:
 def prepare(qmodel: Any) -> IntegerProgram:
     """Lower a calibrated DFP model to integer layers once, for repeated runs.
 
-    Reading the integer weights and grids from the quantizers is most of the cost of
-    :func:`run` on small batches; a prepared program pays it once.
+    The program holds the integer weights and grids read now; calling it runs the
+    compiled graph (traced on the first call for each input shape). This is the fast
+    path: :func:`run` adds a check of the model's variables to every call.
 
     Raises:
         UnsupportedLayerError: a layer or quantizer without an exact integer form (names
@@ -1103,6 +1114,10 @@ def prepare(qmodel: Any) -> IntegerProgram:
 
 def run(qmodel: Any, x: Any, *, return_integers: bool = False) -> Any:
     """Execute a calibrated DFP model in integers; returns what ``qmodel`` returns.
+
+    The first call prepares and compiles the model's program (:func:`prepare`); later
+    calls reuse it as long as every variable of the model (weights, quantizer ranges)
+    still holds the value it was read from, checked on each call.
 
     Args:
         qmodel: a functional/Sequential model from :func:`kerasq.quantize_model`.
