@@ -358,17 +358,22 @@ def _g_align(tensors: Sequence[_GInt], where: str) -> Tuple[List[_GInt], int]:
             for t in shifted], frac
 
 
-def _g_checked(t: Any, bound: int, limit: int, message: str, where: str) -> Any:
-    """``t`` unchanged when its static bound is below ``limit``, else ``t`` guarded by a
-    run-time check that its largest magnitude is (the eager path checks the data too)."""
+def _g_checked(t: Any, lo: int, hi: int, allowed: Tuple[int, int], message: str,
+               where: str) -> Any:
+    """``t`` (static bounds lo..hi) unchanged when its bounds lie in ``allowed``, else
+    ``t`` guarded by a run-time check that its values do (the eager path checks the data
+    too)."""
     from kerasq._compat import tf
 
-    if bound < limit:
+    if allowed[0] <= lo and hi <= allowed[1]:
         return t
-    top = tf.reduce_max(tf.abs(tf.cast(t, tf.int64)))
-    check = tf.debugging.assert_less(top, tf.constant(limit, tf.int64),
-                                     message=f"{_RUNTIME_ERROR}{where}: {message}")
-    with tf.control_dependencies([check]):
+    wide = tf.cast(t, tf.int64)
+    text = f"{_RUNTIME_ERROR}{where}: {message}"
+    checks = [tf.debugging.assert_greater_equal(tf.reduce_min(wide), tf.constant(
+                  allowed[0], tf.int64), message=text),
+              tf.debugging.assert_less_equal(tf.reduce_max(wide), tf.constant(
+                  allowed[1], tf.int64), message=text)]
+    with tf.control_dependencies(checks):
         return tf.identity(t)
 
 
@@ -381,8 +386,7 @@ def _g_kernel_operand(x: _GInt, where: str) -> Any:
 
     if x.t.dtype in (tf.int8, tf.int16):
         return x.t
-    bound = max(abs(x.lo), abs(x.hi))
-    t = _g_checked(x.t, bound, 32768, "operand does not fit int16", where)
+    t = _g_checked(x.t, x.lo, x.hi, (-32768, 32767), "operand does not fit int16", where)
     return tf.cast(t, tf.int16)
 
 
@@ -549,8 +553,9 @@ def _linear_layer(wrapper: Any, inner: Any, relu_spec: Optional[GridSpec] = None
         if out_q is None:
             per_x = w_max * fan_in
             top_x = max(abs(x.lo), abs(x.hi))
-            if per_x:
-                xt = _g_checked(xt, top_x, -(-(2**31) // per_x), "unquantized accumulator may "
+            if per_x:  # the eager path's condition max|x|·max|w|·fan_in < 2^31
+                limit = -(-(2**31) // per_x) - 1
+                xt = _g_checked(xt, x.lo, x.hi, (-limit, limit), "unquantized accumulator may "
                                 "exceed int32; give the layer an output quantizer", where)
             acc_bound = min(top_x * per_x, 2**31 - 1)
         else:
@@ -1087,7 +1092,9 @@ def _runtime_error(exc: Exception) -> Exception:
     text = str(getattr(exc, "message", exc))
     if _RUNTIME_ERROR not in text:
         return exc
-    where, _, reason = text.split(_RUNTIME_ERROR, 1)[1].splitlines()[0].partition(": ")
+    # the assertion's text is "... [<message>] [Condition ...]"
+    message = text.split(_RUNTIME_ERROR, 1)[1].splitlines()[0].split("]", 1)[0]
+    where, _, reason = message.partition(": ")
     return UnsupportedLayerError(reason, layer=where)
 
 

@@ -365,3 +365,23 @@ def test_run_reuses_its_program_until_a_variable_changes(digits):
     assert not np.array_equal(first, changed)
     kerasq.calibrate(qmodel, digits[:64] * 0.25)  # new ranges: the grids change
     np.testing.assert_array_equal(kerasq.integer.run(qmodel, x), qmodel(x, training=False).numpy())
+
+
+def test_compiled_run_time_check_raises_the_eager_paths_error():
+    """An operand whose static bounds exceed int16 reaches a kernel through a run-time
+    range check in the graph: in range it passes unchanged (the int16 extremes included),
+    out of range the program raises UnsupportedLayerError naming the layer, as the eager
+    path does for the same data."""
+    from kerasq._compat import tf
+    from kerasq.integer import _GInt, _g_kernel_operand, _runtime_error
+
+    operand = tf.function(lambda t: _g_kernel_operand(_GInt(t, 0, -70000, 70000), "conv_x"),
+                          input_signature=[tf.TensorSpec([None], tf.int32)])
+    np.testing.assert_array_equal(operand(tf.constant([1, -32768, 32767])).numpy(),
+                                  [1, -32768, 32767])
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        operand(tf.constant([1, 40000]))
+    err = _runtime_error(info.value)
+    assert isinstance(err, UnsupportedLayerError)
+    assert "conv_x" in str(err) and "operand does not fit int16" in str(err)
+    assert "Condition" not in str(err)
