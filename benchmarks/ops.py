@@ -386,11 +386,15 @@ def bench_whole_nets(rounds: int, quick: bool) -> Table:
         f"Whole nets, batch 1: `kerasq.integer.run` against the same calibrated model's int8 "
         f"TFLite file (`kerasq.export.to_tflite`, TFLite interpreter, {threads} threads), min "
         f"(median) over {rounds} interleaved rounds, {_load_note()}",
-        ["net", "kerasq.integer.run", "integer.prepare(...)(x)", "TFLite int8 file",
-         "run / TFLite", "prepared / TFLite"],
-        notes=("`kerasq.integer.run` reads the integer weights and grids from the quantizers "
-               "on every call; `kerasq.integer.prepare(qmodel)` does that once and the "
-               "program it returns runs the batch (same results, bit for bit)."))
+        ["net", "kerasq.integer.run", "integer.prepare(...)(x)", "program.run_eager(x)",
+         "TFLite int8 file", "run / TFLite", "prepared / TFLite"],
+        notes=("`kerasq.integer.prepare(qmodel)` reads the integer weights and grids once; "
+               "calling the program runs one `tf.function` graph traced once per input shape "
+               "(integer tensors between the kernels, no Python per layer). "
+               "`kerasq.integer.run` reuses the program it prepared for the model and "
+               "compares the model's variables with the values it was prepared from on every "
+               "call. `program.run_eager(x)` runs the same layers one by one on numpy int64 "
+               "values (the reference path). All three give the same results, bit for bit."))
     rng = np.random.default_rng(0)
     for label, factory, shape, _ in qat_nets(quick):
         label = label.split(",")[0]
@@ -401,12 +405,16 @@ def bench_whole_nets(rounds: int, quick: bool) -> Table:
         notes: Dict[str, str] = {}
         try:
             program = kerasq.integer.prepare(qmodel)
-            if not np.array_equal(program(x), kerasq.integer.run(qmodel, x)):
-                raise RuntimeError("prepared program differs from integer.run")
+            y = program(x)
+            if not (np.array_equal(y, kerasq.integer.run(qmodel, x))
+                    and np.array_equal(y, program.run_eager(x))):
+                raise RuntimeError("compiled program, integer.run and run_eager differ")
             fns["int"] = lambda qmodel=qmodel, x=x: kerasq.integer.run(qmodel, x)
             fns["prepared"] = lambda program=program, x=x: program(x)
+            fns["eager"] = lambda program=program, x=x: program.run_eager(x)
         except Exception as err:  # an unsupported layer: report it, time the rest
-            notes["int"] = notes["prepared"] = f"n/a ({str(err).splitlines()[0][:70]})"
+            notes["int"] = notes["prepared"] = notes["eager"] = (
+                f"n/a ({str(err).splitlines()[0][:70]})")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -419,7 +427,7 @@ def bench_whole_nets(rounds: int, quick: bool) -> Table:
         except Exception as err:
             notes["tflite"] = f"n/a ({str(err).splitlines()[0][:70]})"
         t = interleaved(fns, rounds) if fns else None
-        cells = [notes.get(k) or _ms_cell(t, k) for k in ("int", "prepared", "tflite")]
+        cells = [notes.get(k) or _ms_cell(t, k) for k in ("int", "prepared", "eager", "tflite")]
         ratios = [_ratio_cell(t, k, "tflite") if k in fns and "tflite" in fns else "-"
                   for k in ("int", "prepared")]
         table.add([label] + cells + ratios)

@@ -19,9 +19,19 @@ Layers without an output quantizer keep their exact accumulator (raw int32 sums 
 kernel, per-channel alignment and bias in int64). Caffe's constant ``Bias``
 (``ConstantBias``) is an exact integer add, global average pooling one exact rounding of
 ``sum / (H·W)``, Softmax runs in float32 on the dequantized integers (as the model does).
-:func:`prepare` reads the weights and grids once and returns a program for many batches;
-it runs a linear layer without output quantizer together with the quantized ReLU that
-alone consumes it as one kernel call (exact: rounding commutes with ReLU).
+:func:`prepare` reads the weights and grids once and returns an :class:`IntegerProgram`:
+calling it runs one ``tf.function`` graph, traced once per input shape (any batch size),
+with the integer weights, biases and grids as constants; integer tensors flow between
+the kernels in the narrowest dtype their static bounds allow (int8 for signed 8-bit
+grids, int16 for unsigned ones); requantization, ReLU, Add, pooling and padding are graph
+ops on those integers, and no Python runs per layer. A linear layer without output
+quantizer runs together with the quantized ReLU that alone consumes it as one kernel
+call (exact: rounding commutes with ReLU); a ZeroPadding2D before a VALID convolution
+becomes the kernel's own zero padding. :meth:`IntegerProgram.run_eager` runs the same
+layers one by one on numpy int64 values, the reference the graph is tested against.
+:func:`run` keeps the program it prepared for a model (the last few models) and
+reuses it while none of the model's variables has changed: each call compares them with
+the values the program was read from (one graph call) and prepares again otherwise.
 
 Grouped convolutions run as one kernel call per group.
 
@@ -33,12 +43,16 @@ Example:
     >>> import kerasq  # doctest: +SKIP
     >>> qmodel = kerasq.quantize_model(model); kerasq.calibrate(qmodel, x_cal)  # doctest: +SKIP
     >>> y = kerasq.integer.run(qmodel, x)   # == qmodel(x, training=False)  # doctest: +SKIP
+    >>> program = kerasq.integer.prepare(qmodel)  # doctest: +SKIP
+    >>> y = program(x)                      # the compiled graph, same integers  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
+import weakref
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -200,6 +214,203 @@ def _int_dtype(values: np.ndarray, where: str) -> Any:
     raise UnsupportedLayerError("operand does not fit int16", layer=where)
 
 
+# ------------------------------------------------------------------ the compiled form
+#
+# The compiled program traces the same layers on symbolic tensors once per input shape.
+# Every integer tensor carries static bounds [lo, hi] (from the grids, the weights and
+# the layer arithmetic), which fix its dtype: the smallest of int8/int16/int32/int64
+# holding them, so 8-bit activations flow as int8 (unsigned 8-bit ones as int16).
+
+
+@dataclasses.dataclass
+class _GInt:
+    """A symbolic integer tensor ``t·2^−frac`` of the compiled program; ``lo <= t <= hi``."""
+
+    t: Any
+    frac: int
+    lo: int
+    hi: int
+    # set by ZeroPadding2D: (the unpadded tensor, (top, bottom, left, right)), so that a
+    # VALID convolution consuming it pads in the kernel (the Pad op is then left unused)
+    padded_from: Optional[Tuple["_GInt", Tuple[int, int, int, int]]] = None
+
+
+GValue = Union[_GInt, Any]  # Any: a float32 tf.Tensor (a float region of the model)
+_INT64_LIMIT = 2**63 - 1
+
+
+def _g_dtype(lo: int, hi: int, where: str = "") -> Any:
+    """The smallest TF integer dtype holding [lo, hi]."""
+    from kerasq._compat import tf
+
+    for dtype, bits in ((tf.int8, 8), (tf.int16, 16), (tf.int32, 32), (tf.int64, 64)):
+        if -(1 << (bits - 1)) <= lo and hi < (1 << (bits - 1)):
+            return dtype
+    raise UnsupportedLayerError("integer values may exceed int64", layer=where)
+
+
+def _g_int(t: Any, frac: int, lo: int, hi: int, where: str = "") -> _GInt:
+    """``t`` cast to the dtype of its bounds."""
+    from kerasq._compat import tf
+
+    dtype = _g_dtype(lo, hi, where)
+    return _GInt(t if t.dtype == dtype else tf.cast(t, dtype), frac, int(lo), int(hi))
+
+
+def _g_wide(g: _GInt, lo: int, hi: int, where: str) -> Any:
+    """``g.t`` in a dtype holding both its bounds and [lo, hi] (at least int32)."""
+    from kerasq._compat import tf
+
+    dtype = _g_dtype(min(g.lo, lo, -(2**31)), max(g.hi, hi, 2**31 - 1), where)
+    return g.t if g.t.dtype == dtype else tf.cast(g.t, dtype)
+
+
+def _g_shift_left(g: _GInt, shift: int, where: str) -> _GInt:
+    """``g`` at fractional length ``g.frac + shift`` (exact left shift, shift >= 0)."""
+    from kerasq._compat import tf
+
+    if shift == 0:
+        return g
+    lo, hi = g.lo << shift, g.hi << shift
+    t = _g_wide(g, lo, hi, where)
+    return _g_int(tf.bitwise.left_shift(t, tf.constant(shift, t.dtype)), g.frac + shift, lo, hi,
+                  where)
+
+
+def _g_clip(t: Any, lo: int, hi: int, qlo: int, qhi: int, frac: int, where: str) -> _GInt:
+    """``t`` (bounds lo..hi) saturated to [qlo, qhi]."""
+    from kerasq._compat import tf
+
+    if lo < qlo or hi > qhi:
+        dtype = _g_dtype(min(lo, qlo), max(hi, qhi), where)
+        t = tf.cast(t, dtype) if t.dtype != dtype else t
+        t = tf.clip_by_value(t, tf.constant(qlo, dtype), tf.constant(qhi, dtype))
+    return _g_int(t, frac, min(max(lo, qlo), qhi), max(min(hi, qhi), qlo), where)
+
+
+def _grid_bounds(spec: GridSpec) -> Tuple[int, int, int]:
+    """(frac, qmin, qmax) of a DFP grid."""
+    frac = int(np.asarray(spec.frac_bits).reshape(-1)[0])
+    lo, hi = ((-(2 ** (spec.bitwidth - 1)), 2 ** (spec.bitwidth - 1) - 1) if spec.signed
+              else (0, 2**spec.bitwidth - 1))
+    return frac, lo, hi
+
+
+def _g_requantize(g: _GInt, spec: GridSpec, where: str) -> _GInt:
+    """:func:`_requantize` on a symbolic tensor: shift, round, saturate."""
+    from kerasq.numerics.rounding import tf_shift_round
+
+    frac, qlo, qhi = _grid_bounds(spec)
+    shift = g.frac - frac
+    if shift <= 0:
+        if g.lo << -shift >= qlo and g.hi << -shift <= qhi:
+            return _g_shift_left(g, -shift, where)
+        # saturate before shifting: the shifted values may not fit any dtype
+        lo_in, hi_in = -((-qlo) >> -shift) - 1, (qhi >> -shift) + 1
+        pre = _g_clip(g.t, g.lo, g.hi, lo_in, hi_in, g.frac, where)
+        shifted = _g_shift_left(pre, -shift, where)
+        return _g_clip(shifted.t, shifted.lo, shifted.hi, qlo, qhi, frac, where)
+    if spec.rounding not in ("nearest", "nearest_even", "half_up"):
+        raise UnsupportedLayerError(f"rounding {spec.rounding!r} has no deterministic integer "
+                                    "form", layer=where)
+    half = 1 << (shift - 1)
+    t = _g_wide(g, g.lo - half, g.hi + half, where)
+    v = tf_shift_round(t, shift, spec.rounding)
+    return _g_clip(v, (g.lo >> shift) - 1, (g.hi >> shift) + 1, qlo, qhi, frac, where)
+
+
+def _g_quantize(value: GValue, spec: GridSpec, where: str) -> _GInt:
+    """:func:`_quantize_to` on a symbolic tensor (integers or float32)."""
+    from kerasq._compat import tf
+    from kerasq.numerics import dfp_quantize
+    from kerasq.numerics.rounding import tf_round
+
+    if isinstance(value, _GInt):
+        return _g_requantize(value, spec, where)
+    frac, qlo, qhi = _grid_bounds(spec)
+    x = tf.cast(value, tf.float32)
+    if abs(frac) < 100 and spec.rounding in ("nearest", "nearest_even", "half_up"):
+        # dfp_quantize's integers directly: x·2^fl is exact (a power of two, no overflow
+        # for fl < 100 that the clip does not absorb, and inputs small enough to be
+        # flushed round to 0 anyway); clip; round; no float result to rebuild
+        y = tf.clip_by_value(x * tf.constant(2.0**frac, tf.float32), float(qlo), float(qhi))
+        return _g_int(tf_round(y, spec.rounding, signed_zeros=False), frac, qlo, qhi, where)
+    q = dfp_quantize(x, spec.bitwidth, frac, signed=spec.signed, rounding=spec.rounding)
+    ints = tf.cast(q, tf.float64) * tf.constant(2.0**frac, tf.float64)  # exact: a power of two
+    return _g_int(tf.cast(ints, tf.int64), frac, qlo, qhi, where)
+
+
+def _g_to_float(g: _GInt) -> Any:
+    """The represented values as float32 (as :meth:`IntTensor.to_float`)."""
+    from kerasq._compat import tf
+
+    return tf.cast(tf.cast(g.t, tf.float64) * tf.constant(2.0**-g.frac, tf.float64), tf.float32)
+
+
+def _g_align(tensors: Sequence[_GInt], where: str) -> Tuple[List[_GInt], int]:
+    """The operands at the largest fractional length, in one common dtype."""
+    from kerasq._compat import tf
+
+    frac = max(t.frac for t in tensors)
+    shifted = [_g_shift_left(t, frac - t.frac, where) for t in tensors]
+    dtype = _g_dtype(min(t.lo for t in shifted), max(t.hi for t in shifted), where)
+    return [_GInt(t.t if t.t.dtype == dtype else tf.cast(t.t, dtype), t.frac, t.lo, t.hi)
+            for t in shifted], frac
+
+
+def _g_checked(t: Any, lo: int, hi: int, allowed: Tuple[int, int], message: str,
+               where: str) -> Any:
+    """``t`` (static bounds lo..hi) unchanged when its bounds lie in ``allowed``, else
+    ``t`` guarded by a run-time check that its values do (the eager path checks the data
+    too)."""
+    from kerasq._compat import tf
+
+    if allowed[0] <= lo and hi <= allowed[1]:
+        return t
+    wide = tf.cast(t, tf.int64)
+    text = f"{_RUNTIME_ERROR}{where}: {message}"
+    checks = [tf.debugging.assert_greater_equal(tf.reduce_min(wide), tf.constant(
+                  allowed[0], tf.int64), message=text),
+              tf.debugging.assert_less_equal(tf.reduce_max(wide), tf.constant(
+                  allowed[1], tf.int64), message=text)]
+    with tf.control_dependencies(checks):
+        return tf.identity(t)
+
+
+_RUNTIME_ERROR = "kerasq.integer: "
+
+
+def _g_kernel_operand(x: _GInt, where: str) -> Any:
+    """``x`` as the int8/int16 operand of an integer kernel."""
+    from kerasq._compat import tf
+
+    if x.t.dtype in (tf.int8, tf.int16):
+        return x.t
+    t = _g_checked(x.t, x.lo, x.hi, (-32768, 32767), "operand does not fit int16", where)
+    return tf.cast(t, tf.int16)
+
+
+def _g_activation(g: _GInt, activation: Any, where: str) -> _GInt:
+    """:func:`_activation` on a symbolic tensor."""
+
+    name = getattr(activation, "__name__", str(activation))
+    if name in ("linear", "None"):
+        return g
+    if name == "relu" or (name == "relu6" and g.frac < 0):
+        return _g_relu(g)
+    if name == "relu6":
+        return _g_clip(g.t, g.lo, g.hi, 0, 6 << g.frac, g.frac, where)
+    raise UnsupportedLayerError(f"activation {name!r} has no exact integer form", layer=where)
+
+
+def _g_relu(g: _GInt) -> _GInt:
+    from kerasq._compat import tf
+
+    if g.lo >= 0:
+        return g
+    return _GInt(tf.maximum(g.t, tf.constant(0, g.t.dtype)), g.frac, 0, max(g.hi, 0))
+
+
 # ------------------------------------------------------------------ layers
 
 
@@ -215,9 +426,10 @@ def _activation(values: np.ndarray, frac: int, activation: Any, where: str) -> n
 
 
 def _linear_layer(wrapper: Any, inner: Any, relu_spec: Optional[GridSpec] = None
-                  ) -> Callable[[Value], IntTensor]:
+                  ) -> "_Step":
     """Conv2D / DepthwiseConv2D / Dense on the integer kernels of kerasq.ops: the weights,
-    bias and grids are read once; the returned function runs the layer on a batch.
+    bias and grids are read once; the returned step runs the layer on a batch (eagerly, or
+    traced into the compiled program).
 
     ``relu_spec``: the grid of a quantized ReLU that alone consumes this layer (which has
     no output quantizer); the layer then returns that ReLU's output, requantized in the
@@ -316,7 +528,92 @@ def _linear_layer(wrapper: Any, inner: Any, relu_spec: Optional[GridSpec] = None
             values, frac = _exact_accumulator(values, x.frac + w_frac, bias, bias_frac, where)
         return IntTensor(_activation(values, frac, inner.activation, where), frac)
 
-    return apply
+    def graph_apply(x: GValue) -> _GInt:
+        if not isinstance(x, _GInt):
+            raise UnsupportedLayerError("the layer input is not quantized", layer=where)
+        geo = geometry
+        if x.padded_from is not None and geometry.get("padding") == "VALID":
+            # ZeroPadding2D before a VALID convolution: the kernel pads (zeros) itself
+            x, pads = x.padded_from
+            geo = dict(geometry, padding=[list(pads[:2]), list(pads[2:])])
+        xt = _g_kernel_operand(x, where)
+        if fused is not None:
+            def fused_call(operand: Any) -> Any:
+                return op(operand, wv, fused_bias, x_frac=x.frac, **fused, **geo)
+
+            if _kernel_accepts(fused_call, x, xt):
+                frac, qlo, qhi = _grid_bounds(relu_spec)
+                return _g_relu(_g_int(fused_call(xt), frac, qlo, qhi, where))
+            return _g_requantize(_g_relu(graph_raw(x, xt, geo)), relu_spec, where)
+        return graph_raw(x, xt, geo)
+
+    def graph_raw(x: _GInt, xt: Any, geo: Dict[str, Any]) -> _GInt:
+        kwargs = dict(common, **geo)
+        acc_bound = 0
+        if out_q is None:
+            per_x = w_max * fan_in
+            top_x = max(abs(x.lo), abs(x.hi))
+            if per_x:  # the eager path's condition max|x|·max|w|·fan_in < 2^31
+                limit = -(-(2**31) // per_x) - 1
+                xt = _g_checked(xt, x.lo, x.hi, (-limit, limit), "unquantized accumulator may "
+                                "exceed int32; give the layer an output quantizer", where)
+            acc_bound = min(top_x * per_x, 2**31 - 1)
+        else:
+            kwargs["x_frac"] = x.frac
+        y = op(xt, wv, op_bias, **kwargs)
+        if out_q is None:
+            g = _g_exact_accumulator(y, acc_bound, x.frac + w_frac, bias, bias_frac, where)
+        else:
+            frac, qlo, qhi = _grid_bounds(spec)
+            g = _g_int(y, frac, qlo, qhi, where)
+        return _g_activation(g, inner.activation, where)
+
+    return _Step(lambda args: apply(args[0]), lambda args: graph_apply(args[0]))
+
+
+def _kernel_accepts(call: Callable[[Any], Any], x: _GInt, operand: Any) -> bool:
+    """Whether the kernel accepts its grids for every input within ``x``'s bounds: one
+    call, outside the traced graph, on a one-image batch of the largest-magnitude value
+    (the kernels check the accumulator bound from the operand's dtype or its values)."""
+    from kerasq._compat import tf
+
+    shape = operand.shape
+    if shape.rank is None or not shape[1:].is_fully_defined():
+        return False
+    info = np.iinfo(operand.dtype.as_numpy_dtype)
+    worst = x.hi if abs(x.hi) >= abs(x.lo) else x.lo
+    worst = min(max(worst, int(info.min)), int(info.max))
+    with tf.init_scope():
+        probe = tf.fill([1] + shape[1:].as_list(), tf.constant(worst, operand.dtype))
+        try:
+            call(probe)
+        except tf.errors.InvalidArgumentError:  # grids too far apart for the kernel
+            return False
+    return True
+
+
+def _g_exact_accumulator(acc: Any, acc_bound: int, acc_frac: np.ndarray, bias: Any,
+                         bias_frac: Any, where: str) -> _GInt:
+    """:func:`_exact_accumulator` on a symbolic tensor of raw int32 sums (|acc| <= acc_bound)."""
+    from kerasq._compat import tf
+
+    acc_frac = np.asarray(acc_frac, np.int64).reshape(-1)
+    frac = int(max(acc_frac.max(), bias_frac if bias is not None else acc_frac.max()))
+    lshift = frac - acc_frac
+    top = acc_bound << int(lshift.max())
+    if bias is not None:
+        top += int(np.abs(np.asarray(bias, np.int64)).max(initial=0)) << (frac - bias_frac)
+    if top >= 2**62:
+        raise UnsupportedLayerError("accumulator and bias grids are too far apart for int64",
+                                    layer=where)
+    dtype = _g_dtype(-top, top, where)
+    t = tf.cast(acc, dtype) if acc.dtype != dtype else acc
+    if lshift.any():
+        t = tf.bitwise.left_shift(t, tf.constant(lshift if lshift.size > 1 else lshift[0],
+                                                 dtype))
+    if bias is not None:
+        t = t + tf.constant(np.asarray(bias, np.int64) << np.int64(frac - bias_frac), dtype)
+    return _GInt(t, frac, -top, top)
 
 
 def _grouped_conv(op: Callable[..., Any], kernel: Any, groups: int) -> Callable[..., Any]:
@@ -341,7 +638,9 @@ def _grouped_conv(op: Callable[..., Any], kernel: Any, groups: int) -> Callable[
 
     def call(x: np.ndarray, _kernel: Any, bias: Any, *, w_frac: Any, **kwargs: Any) -> Any:
         cin = int(x.shape[-1]) // groups
-        outs = [op(np.ascontiguousarray(x[..., g * cin:(g + 1) * cin]), parts[g],
+        part = (lambda g: np.ascontiguousarray(x[..., g * cin:(g + 1) * cin])) if isinstance(
+            x, np.ndarray) else (lambda g: x[..., g * cin:(g + 1) * cin])
+        outs = [op(part(g), parts[g],
                    per_channel(bias, g), w_frac=per_channel(w_frac, g), **kwargs)
                 for g in range(groups)]
         return tf.concat(outs, axis=-1)
@@ -421,6 +720,107 @@ def _exact_layer(layer: Any, inputs: List[Value]) -> Value:
     raise UnsupportedLayerError(f"{type(layer).__name__} has no exact integer form", layer=where)
 
 
+def _g_exact_layer(layer: Any, inputs: List[GValue]) -> GValue:
+    """:func:`_exact_layer` on symbolic tensors."""
+    from kerasq._compat import keras, tf
+
+    where = layer.name
+    if all(not isinstance(v, _GInt) for v in inputs):  # float region: run Keras itself
+        return layer(inputs[0]) if len(inputs) == 1 else layer(list(inputs))
+    if not all(isinstance(v, _GInt) for v in inputs):
+        raise UnsupportedLayerError("mixes quantized and float inputs", layer=where)
+    x = inputs[0]
+    if _is_float_tail(layer):
+        return layer(_g_to_float(x))
+    if isinstance(layer, (keras.layers.Flatten, keras.layers.Reshape)):
+        batch = tf.shape(x.t)[:1]
+        rest = [-1] if isinstance(layer, keras.layers.Flatten) else list(layer.target_shape)
+        t = tf.reshape(x.t, tf.concat([batch, tf.constant(rest, tf.int32)], 0))
+        return _GInt(t, x.frac, x.lo, x.hi)
+    if isinstance(layer, (keras.layers.Dropout, keras.layers.Activation, keras.layers.ReLU)):
+        if isinstance(layer, keras.layers.Dropout):
+            return x
+        if isinstance(layer, keras.layers.ReLU):
+            if layer.negative_slope != 0 or layer.threshold != 0:
+                raise UnsupportedLayerError("leaky/thresholded ReLU", layer=where)
+            g = _g_relu(x)
+            if layer.max_value is not None:
+                cap = float(layer.max_value) * 2.0**x.frac
+                if cap != int(cap):
+                    raise UnsupportedLayerError("max_value not on the grid", layer=where)
+                g = _g_clip(g.t, g.lo, g.hi, g.lo, min(g.hi, int(cap)), g.frac, where)
+            return g
+        return _g_activation(x, layer.activation, where)
+    if isinstance(layer, keras.layers.ZeroPadding2D):
+        (t, b), (left, r) = layer.padding
+        padded = tf.pad(x.t, [[0, 0], [t, b], [left, r], [0, 0]])
+        return _GInt(padded, x.frac, min(x.lo, 0), max(x.hi, 0),
+                     padded_from=(x, (t, b, left, r)))
+    if isinstance(layer, keras.layers.MaxPooling2D):
+        pooled = tf.nn.max_pool2d(x.t, layer.pool_size, layer.strides, layer.padding.upper())
+        return _GInt(pooled, x.frac, x.lo, x.hi)
+    if type(layer).__name__ == "ConstantBias":
+        with tf.init_scope():  # the stored constant, read once when the graph is traced
+            bias, bias_frac = _float_bias(layer.bias.numpy(), where)
+        const = _GInt(tf.constant(bias), bias_frac, int(bias.min(initial=0)),
+                      int(bias.max(initial=0)))
+        values, frac = _g_align([x, const], where)
+        return _g_sum(values, frac, where)
+    if isinstance(layer, keras.layers.Add):
+        values, frac = _g_align(inputs, where)
+        return _g_sum(values, frac, where)
+    if isinstance(layer, keras.layers.Concatenate):
+        values, frac = _g_align(inputs, where)
+        return _GInt(tf.concat([v.t for v in values], axis=layer.axis), frac,
+                     min(v.lo for v in values), max(v.hi for v in values))
+    raise UnsupportedLayerError(f"{type(layer).__name__} has no exact integer form", layer=where)
+
+
+def _g_sum(values: List[_GInt], frac: int, where: str) -> _GInt:
+    """The exact sum of aligned operands, in a dtype holding it."""
+    from kerasq._compat import tf
+
+    lo, hi = sum(v.lo for v in values), sum(v.hi for v in values)
+    dtype = _g_dtype(lo, hi, where)
+    total = None
+    for v in values:  # broadcasting adds (tf.add_n does not broadcast a bias vector)
+        t = v.t if v.t.dtype == dtype else tf.cast(v.t, dtype)
+        total = t if total is None else total + t
+    return _GInt(total, frac, lo, hi)
+
+
+def _g_mean_pool(layer: Any, x: _GInt, spec: GridSpec) -> _GInt:
+    """:func:`_mean_pool` on a symbolic tensor: exact sum, one rounding of sum / (H·W)."""
+    from kerasq._compat import tf
+
+    where = layer.name
+    height, width = int(x.t.shape[1]), int(x.t.shape[2])
+    count = height * width
+    out_frac, qlo, qhi = _grid_bounds(spec)
+    shift = out_frac - x.frac
+    num_top = max(abs(x.lo), abs(x.hi)) * count << max(shift, 0)
+    den = count << max(-shift, 0)
+    if 2 * num_top + 2 * den >= 2**63:
+        raise UnsupportedLayerError("average pooling sum exceeds int64", layer=where)
+    sums = tf.reduce_sum(tf.cast(x.t, tf.int64), axis=(1, 2),
+                         keepdims=bool(getattr(layer, "keepdims", False)))
+    num = tf.bitwise.left_shift(sums, tf.constant(max(shift, 0), tf.int64)) if shift > 0 else sums
+    d = tf.constant(den, tf.int64)
+    if spec.rounding == "half_up":
+        v = tf.math.floordiv(2 * num + d, 2 * d)
+    elif spec.rounding == "nearest":
+        v = tf.sign(num) * tf.math.floordiv(2 * tf.abs(num) + d, 2 * d)
+    elif spec.rounding == "nearest_even":
+        q, r = tf.math.floordiv(num, d), tf.math.floormod(num, d)
+        odd = tf.equal(tf.math.floormod(q, 2), 1)
+        v = q + tf.cast((2 * r > d) | ((2 * r == d) & odd), tf.int64)
+    else:
+        raise UnsupportedLayerError(f"rounding {spec.rounding!r} has no deterministic integer "
+                                    "form", layer=where)
+    top = num_top // den + 1
+    return _g_clip(v, -top, top, qlo, qhi, out_frac, where)
+
+
 def _is_float_tail(layer: Any) -> bool:
     """Softmax: no integer form; it runs in float32 on the dequantized integers, exactly as
     the fake-quant model runs it (the same float32 inputs through the same layer)."""
@@ -471,27 +871,37 @@ def _graph(qmodel: Any) -> Tuple[Dict[str, List[Tuple[str, int, int]]], list, li
     return inbound, as_keys(config["input_layers"]), as_keys(config["output_layers"])
 
 
-Step = Callable[[List[Value]], Value]
+@dataclasses.dataclass
+class _Step:
+    """One layer of a program: ``eager`` on numpy :class:`IntTensor` values (the
+    layer-by-layer reference), ``graph`` on the symbolic tensors of the compiled program."""
+
+    eager: Callable[[List[Value]], Value]
+    graph: Callable[[List[GValue]], GValue]
 
 
-def _layer_step(layer: Any, relu_spec: Optional[GridSpec] = None) -> Step:
-    """The function computing ``layer``'s output from its inputs, grids and weights read
-    now (the static part of the layer); ``relu_spec`` as in :func:`_linear_layer`."""
+_PASS = _Step(lambda args: args[0], lambda args: args[0])
+
+
+def _layer_step(layer: Any, relu_spec: Optional[GridSpec] = None) -> _Step:
+    """The step computing ``layer``'s output from its inputs, grids and weights read now
+    (the static part of the layer); ``relu_spec`` as in :func:`_linear_layer`."""
     from kerasq._compat import keras
 
     if slots.is_quantize_layer(layer):
         in_slot = slots.input_slot(layer)
         if in_slot is None:
-            return lambda args: args[0]
+            return _PASS
         spec = _grid(in_slot.quantizer, in_slot.variables, layer.name)
-        return lambda args: _quantize_to(args[0], spec)
+        return _Step(lambda args: _quantize_to(args[0], spec),
+                     lambda args: _g_quantize(args[0], spec, layer.name))
     if not slots.is_quantize_wrapper(layer):
-        return lambda args: _exact_layer(layer, args)
+        return _Step(lambda args: _exact_layer(layer, args),
+                     lambda args: _g_exact_layer(layer, args))
     inner = slots.inner_layer(layer)
     linear = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
     if isinstance(inner, linear) and not isinstance(inner, keras.layers.Conv2DTranspose):
-        apply = _linear_layer(layer, inner, relu_spec)
-        return lambda args: apply(args[0])
+        return _linear_layer(layer, inner, relu_spec)
     if slots.weight_slots(layer):
         raise UnsupportedLayerError(f"{type(inner).__name__} with quantized weights "
                                     "has no integer kernel", layer=inner.name)
@@ -505,7 +915,13 @@ def _layer_step(layer: Any, relu_spec: Optional[GridSpec] = None) -> Step:
         out = _exact_layer(inner, args)
         return _quantize_to(out, out_spec) if out_spec is not None else out
 
-    return step
+    def graph(args: List[GValue]) -> GValue:
+        if out_spec is not None and _is_mean_pool(inner) and isinstance(args[0], _GInt):
+            return _g_mean_pool(inner, args[0], out_spec)
+        out = _g_exact_layer(inner, args)
+        return _g_quantize(out, out_spec, inner.name) if out_spec is not None else out
+
+    return _Step(step, graph)
 
 
 def _relu_grid(layer: Any) -> Optional[GridSpec]:
@@ -561,7 +977,12 @@ class IntegerProgram:
     """A calibrated DFP model lowered once to integer layers (see :func:`prepare`).
 
     It holds the integer weights, biases and grids read when it was made: prepare it
-    again after the model's weights or ranges change.
+    again after the model's weights or ranges change. Calling it runs the compiled
+    program: the layers traced once per input shape (any batch size) into one
+    ``tf.function`` graph with the weights and grids as constants, integer tensors of
+    the narrowest dtype their grid allows between the integer kernels, no Python per
+    layer. :meth:`run_eager` runs the same layers one by one on numpy ``int64`` values
+    (the reference the compiled graph is tested against).
 
     Example:
         >>> program = kerasq.integer.prepare(qmodel)  # doctest: +SKIP
@@ -572,45 +993,117 @@ class IntegerProgram:
         from kerasq._compat import keras
 
         inbound, self.input_keys, self.output_keys = _graph(qmodel)
-        self.steps: List[Tuple[str, List[Tuple[str, int, int]], Step]] = []
+        self.steps: List[Tuple[str, List[Tuple[str, int, int]], _Step]] = []
         fused = _relu_fusions(qmodel, inbound, self.output_keys)
         for layer in qmodel.layers:
             if isinstance(layer, keras.layers.InputLayer):
                 continue
             if layer.name in fused.values():  # computed by the layer before it
-                step: Step = lambda args: args[0]  # noqa: E731
+                step = _PASS
             else:
                 relu = fused.get(layer.name)
                 step = _layer_step(layer, _relu_grid(qmodel.get_layer(relu)) if relu else None)
             self.steps.append((layer.name, inbound[layer.name], step))
+        self._compiled: Dict[Any, Tuple[Any, List[Optional[int]]]] = {}
 
-    def __call__(self, x: Any, *, return_integers: bool = False) -> Any:
-        """Run the program on a batch; arguments and result as in :func:`run`."""
+    def _inputs(self, x: Any) -> List[np.ndarray]:
         inputs = list(x) if isinstance(x, (list, tuple)) else [x]
         if len(inputs) != len(self.input_keys):
             raise UnsupportedLayerError(
                 f"model has {len(self.input_keys)} inputs, got {len(inputs)}")
-        values: Dict[Tuple[str, int, int], Value] = {
-            k: np.asarray(v, np.float32) for k, v in zip(self.input_keys, inputs)}
+        return [np.asarray(v, np.float32) for v in inputs]
+
+    def _walk(self, values: Dict[Tuple[str, int, int], Any], eager: bool) -> List[Any]:
         for name, keys, step in self.steps:
             try:
                 args = [values[k] for k in keys]
             except KeyError as exc:
                 raise UnsupportedLayerError("input produced outside the model", layer=name) from exc
-            out = step(args)
+            out = step.eager(args) if eager else step.graph(args)
             values[(name, 0, 0)] = out
-            log.debug("%s: %s", name, f"fl={out.frac}" if isinstance(out, IntTensor) else "float")
-        results = [values[k] for k in self.output_keys]
+            if eager:
+                log.debug("%s: %s", name,
+                          f"fl={out.frac}" if isinstance(out, IntTensor) else "float")
+        return [values[k] for k in self.output_keys]
+
+    def run_eager(self, x: Any, *, return_integers: bool = False) -> Any:
+        """Run the layers one by one on numpy ``int64`` values (no graph); same results as
+        calling the program, much slower. Arguments and result as in :func:`run`."""
+        values: Dict[Tuple[str, int, int], Any] = dict(zip(self.input_keys, self._inputs(x)))
+        results = self._walk(values, eager=True)
         if not return_integers:
             results = [r.to_float() if isinstance(r, IntTensor) else r for r in results]
         return results[0] if len(results) == 1 else results
+
+    def compiled(self, shapes: Sequence[Tuple[int, ...]]) -> Any:
+        """The traced graph for inputs of shapes ``[batch, *shape]`` (any batch), a
+        ``ConcreteFunction`` returning, per model output, its float32 values and its
+        integers (a float output: the float values twice). Traced on first use, cached."""
+        from kerasq._compat import tf
+        from kerasq.ops import custom_kernels_loaded
+
+        key = (tuple(tuple(s) for s in shapes), custom_kernels_loaded())
+        if key not in self._compiled:
+            fracs: List[Optional[int]] = []
+
+            def body(*xs: Any) -> List[Any]:
+                fracs.clear()
+                flat = []
+                for r in self._walk(dict(zip(self.input_keys, xs)), eager=False):
+                    if isinstance(r, _GInt):
+                        fracs.append(r.frac)
+                        flat += [_g_to_float(r), r.t]
+                    else:
+                        fracs.append(None)
+                        flat += [r, r]
+                return flat
+
+            signature = [tf.TensorSpec((None,) + tuple(s), tf.float32) for s in key[0]]
+            function = tf.function(body, input_signature=signature, autograph=False)
+            self._compiled[key] = (function.get_concrete_function(), fracs)
+            log.debug("integer program traced for input shapes %s", key[0])
+        return self._compiled[key][0]
+
+    def __call__(self, x: Any, *, return_integers: bool = False) -> Any:
+        """Run the compiled program on a batch; arguments and result as in :func:`run`."""
+        from kerasq._compat import tf
+        from kerasq.ops import custom_kernels_loaded
+
+        inputs = self._inputs(x)
+        shapes = [v.shape[1:] for v in inputs]
+        function = self.compiled(shapes)
+        fracs = self._compiled[(tuple(tuple(s) for s in shapes), custom_kernels_loaded())][1]
+        try:
+            flat = function(*[tf.constant(v) for v in inputs])
+        except tf.errors.InvalidArgumentError as exc:
+            raise _runtime_error(exc) from None
+        results = []
+        for n, frac in enumerate(fracs):
+            floats, ints = flat[2 * n], flat[2 * n + 1]
+            if return_integers and frac is not None:
+                results.append(IntTensor(ints.numpy().astype(np.int64), frac))
+            else:
+                results.append(floats.numpy())
+        return results[0] if len(results) == 1 else results
+
+
+def _runtime_error(exc: Exception) -> Exception:
+    """A failed run-time check of the compiled program as the eager path's error."""
+    text = str(getattr(exc, "message", exc))
+    if _RUNTIME_ERROR not in text:
+        return exc
+    # the assertion's text is "... [<message>] [Condition ...]"
+    message = text.split(_RUNTIME_ERROR, 1)[1].splitlines()[0].split("]", 1)[0]
+    where, _, reason = message.partition(": ")
+    return UnsupportedLayerError(reason, layer=where)
 
 
 def prepare(qmodel: Any) -> IntegerProgram:
     """Lower a calibrated DFP model to integer layers once, for repeated runs.
 
-    Reading the integer weights and grids from the quantizers is most of the cost of
-    :func:`run` on small batches; a prepared program pays it once.
+    The program holds the integer weights and grids read now; calling it runs the
+    compiled graph (traced on the first call for each input shape). This is the fast
+    path: :func:`run` adds a check of the model's variables to every call.
 
     Raises:
         UnsupportedLayerError: a layer or quantizer without an exact integer form (names
@@ -628,6 +1121,10 @@ def prepare(qmodel: Any) -> IntegerProgram:
 
 def run(qmodel: Any, x: Any, *, return_integers: bool = False) -> Any:
     """Execute a calibrated DFP model in integers; returns what ``qmodel`` returns.
+
+    The first call prepares and compiles the model's program (:func:`prepare`); later
+    calls reuse it as long as every variable of the model (weights, quantizer ranges)
+    still holds the value it was read from, checked on each call.
 
     Args:
         qmodel: a functional/Sequential model from :func:`kerasq.quantize_model`.
@@ -651,7 +1148,54 @@ def run(qmodel: Any, x: Any, *, return_integers: bool = False) -> Any:
     check_keras_model(qmodel, "qmodel", quantized=True)
     check_array(x, "x", model=qmodel)
     check_bool(return_integers, "return_integers")
-    return prepare(qmodel)(x, return_integers=return_integers)
+    return _cached_program(qmodel)(x, return_integers=return_integers)
+
+
+class _Snapshot:
+    """The values of every variable of a model when its program was prepared; ``same()``
+    compares them with the current values in one graph call (one flat vector per dtype).
+    Floats compare by value: -0.0 equals 0.0 (the same integers), a NaN never matches
+    (the program is prepared again)."""
+
+    def __init__(self, qmodel: Any):
+        from kerasq._compat import tf
+
+        groups: Dict[Any, List[Any]] = {}
+        for v in qmodel.variables:
+            groups.setdefault(v.dtype.base_dtype, []).append(v)
+
+        def flat(variables: List[Any]) -> Any:
+            return tf.concat([tf.reshape(v, [-1]) for v in variables], 0)
+
+        saved = {dtype: tf.constant(flat(vs).numpy()) for dtype, vs in groups.items()}
+
+        def same() -> Any:
+            return tf.reduce_all(tf.stack([tf.constant(True)] + [
+                tf.reduce_all(tf.equal(flat(vs), saved[dtype])) for dtype, vs in groups.items()]))
+
+        self.same = tf.function(same, autograph=False).get_concrete_function()
+
+
+_RUN_CACHE: "collections.OrderedDict[int, Tuple[Any, _Snapshot, IntegerProgram]]" = (
+    collections.OrderedDict())
+_RUN_CACHE_SIZE = 4
+
+
+def _cached_program(qmodel: Any) -> IntegerProgram:
+    """The program :func:`run` last prepared for ``qmodel`` while none of the model's
+    variables (weights, quantizer ranges) has changed since; else a new one. The few most
+    recently run models are kept."""
+    key = id(qmodel)
+    entry = _RUN_CACHE.get(key)
+    if entry is not None and entry[0]() is qmodel and bool(entry[1].same()):
+        _RUN_CACHE.move_to_end(key)
+        return entry[2]
+    program = IntegerProgram(qmodel)
+    _RUN_CACHE[key] = (weakref.ref(qmodel), _Snapshot(qmodel), program)
+    _RUN_CACHE.move_to_end(key)
+    while len(_RUN_CACHE) > _RUN_CACHE_SIZE:
+        _RUN_CACHE.popitem(last=False)
+    return program
 
 
 __all__ = ["IntTensor", "IntegerProgram", "prepare", "run"]

@@ -296,3 +296,90 @@ def test_grouped_convolutions_run_per_group_exactly(ops_mode, digits, config):
     expected = qmodel(x, training=False).numpy()
     np.testing.assert_array_equal(kerasq.integer.run(qmodel, x), expected)
     assert len(np.unique(expected)) > 20
+
+
+# ------------------------------------------------------------------ the compiled program
+
+
+@pytest.mark.parametrize("build", [_sequential_cnn, _residual_cnn, _pooled_cnn, _grouped_cnn])
+def test_compiled_program_equals_the_eager_path_and_the_model(ops_mode, digits, build):
+    """One traced graph for every batch size; integers, fractional lengths and floats equal
+    the layer-by-layer numpy path and the fake-quant Keras model."""
+    qmodel = kerasq.quantize_model(build())
+    kerasq.calibrate(qmodel, digits[:256])
+    program = kerasq.integer.prepare(qmodel)
+    for batch in (digits[256:257], digits[257:400], digits[400:403]):
+        compiled = program(batch, return_integers=True)
+        eager = program.run_eager(batch, return_integers=True)
+        if isinstance(eager, kerasq.integer.IntTensor):
+            assert compiled.frac == eager.frac
+            assert compiled.values.dtype == np.int64
+            np.testing.assert_array_equal(compiled.values, eager.values)
+        np.testing.assert_array_equal(program(batch), program.run_eager(batch))
+        np.testing.assert_array_equal(program(batch), qmodel(batch, training=False).numpy())
+    assert len(program._compiled) == 1  # traced once, for any batch size
+
+
+def test_compiled_program_against_the_int8_tflite_file(digits):
+    """The TFLite interpreter running the model's int8 file (an independent integer
+    runtime; the default scheme is made so that its default XNNPACK kernels compute what
+    the model computes) gives the compiled program's values bit for bit."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from kerasq.export import export_tflite
+    from kerasq.export.tensor_io import from_tensor, to_tensor
+
+    qmodel = kerasq.quantize_model(_residual_cnn())
+    kerasq.calibrate(qmodel, digits[:256])
+    x = digits[256:656]
+    ours = kerasq.integer.prepare(qmodel)(x, return_integers=True)
+    np.testing.assert_array_equal(ours.to_float(), qmodel(x, training=False).numpy())
+    result = export_tflite(qmodel, target="int8", representative_data=digits[:256])
+    interp = Interpreter(model_content=result.content)
+    interp.allocate_tensors()
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    got = []
+    for sample in x:
+        interp.set_tensor(inp["index"], to_tensor(sample[None], inp))
+        interp.invoke()
+        got.append(from_tensor(interp.get_tensor(out["index"]), out))
+    got = np.concatenate(got)
+    np.testing.assert_array_equal(got, ours.to_float())
+    assert len(np.unique(got)) > 20  # real logits, not one saturated value
+
+
+def test_run_reuses_its_program_until_a_variable_changes(digits):
+    qmodel = kerasq.quantize_model(_residual_cnn())
+    kerasq.calibrate(qmodel, digits[:256])
+    x = digits[256:300]
+    first = kerasq.integer.run(qmodel, x)
+    program = kerasq.integer._cached_program(qmodel)
+    assert kerasq.integer._cached_program(qmodel) is program
+    kernel = next(v for v in qmodel.trainable_variables if "kernel" in v.name)
+    kernel.assign(kernel * -1.0)
+    assert kerasq.integer._cached_program(qmodel) is not program
+    changed = kerasq.integer.run(qmodel, x)
+    np.testing.assert_array_equal(changed, qmodel(x, training=False).numpy())
+    assert not np.array_equal(first, changed)
+    kerasq.calibrate(qmodel, digits[:64] * 0.25)  # new ranges: the grids change
+    np.testing.assert_array_equal(kerasq.integer.run(qmodel, x), qmodel(x, training=False).numpy())
+
+
+def test_compiled_run_time_check_raises_the_eager_paths_error():
+    """An operand whose static bounds exceed int16 reaches a kernel through a run-time
+    range check in the graph: in range it passes unchanged (the int16 extremes included),
+    out of range the program raises UnsupportedLayerError naming the layer, as the eager
+    path does for the same data."""
+    from kerasq._compat import tf
+    from kerasq.integer import _GInt, _g_kernel_operand, _runtime_error
+
+    operand = tf.function(lambda t: _g_kernel_operand(_GInt(t, 0, -70000, 70000), "conv_x"),
+                          input_signature=[tf.TensorSpec([None], tf.int32)])
+    np.testing.assert_array_equal(operand(tf.constant([1, -32768, 32767])).numpy(),
+                                  [1, -32768, 32767])
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        operand(tf.constant([1, 40000]))
+    err = _runtime_error(info.value)
+    assert isinstance(err, UnsupportedLayerError)
+    assert "conv_x" in str(err) and "operand does not fit int16" in str(err)
+    assert "Condition" not in str(err)
