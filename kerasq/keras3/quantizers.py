@@ -44,9 +44,13 @@ def _val(x: Any) -> Any:
     return x.value if hasattr(x, "assign") and hasattr(x, "value") else x
 
 
-def _scalar(layer: Any, name: str, dtype: str = "float32", shape: Tuple[int, ...] = ()) -> Any:
+def _scalar(layer: Any, name: str, dtype: str = "float32", shape: Tuple[int, ...] = (),
+            aggregation: str = "none") -> Any:
+    """A state variable. ``aggregation`` is the tf_keras namesake's, for tf.distribute:
+    "mean" for ranges and grids (every replica's update averaged, the copies stay equal),
+    "only_first_replica" for counters and linked grids."""
     return layer.add_weight(name=name, shape=shape, dtype=dtype, initializer="zeros",
-                            trainable=False)
+                            trainable=False, aggregation=aggregation)
 
 
 class _Quantizer:
@@ -79,7 +83,8 @@ class _Quantizer:
         return cls(**config)
 
     def build(self, layer: Any, name: str, shape: Tuple[int, ...]) -> Dict[str, Any]:
-        return {"count": _scalar(layer, f"{name}_count", "int32")}
+        return {"count": _scalar(layer, f"{name}_count", "int32",
+                                 aggregation="only_first_replica")}
 
     def _gate(self, count: Any, x: Any, quantized: Any, extra: Any = None) -> Any:
         active = count >= self.quantization_start
@@ -123,10 +128,12 @@ class DFPActivationQuantizer(_Quantizer):
                 "range_expansion": self.range_expansion, "frac_bits": self.frac_bits}
 
     def build(self, layer: Any, name: str, shape: Tuple[int, ...]) -> Dict[str, Any]:
-        return {"min": _scalar(layer, f"{name}_min"), "max": _scalar(layer, f"{name}_max"),
-                "frac_bits": _scalar(layer, f"{name}_frac_bits"),
-                "scale": _scalar(layer, f"{name}_scale"),
-                "offset": _scalar(layer, f"{name}_offset"), **super().build(layer, name, shape)}
+        def mean(suffix: str) -> Any:
+            return _scalar(layer, f"{name}_{suffix}", aggregation="mean")
+
+        return {"min": mean("min"), "max": mean("max"), "frac_bits": mean("frac_bits"),
+                "scale": mean("scale"), "offset": mean("offset"),
+                **super().build(layer, name, shape)}
 
     def batch_range(self, x: Any) -> Tuple[Any, Any]:
         x = ops.reshape(ops.cast(x, "float32"), (-1,))
@@ -297,9 +304,10 @@ class DFPWeightQuantizer(_WeightQuantizer):
     def build(self, layer: Any, name: str, shape: Tuple[int, ...]) -> Dict[str, Any]:
         cshape = self._channel_shape(tuple(shape))
         return {**super().build(layer, name, shape),
-                "frac_bits": _scalar(layer, f"{name}_frac_bits", shape=cshape),
-                "min": _scalar(layer, f"{name}_min", shape=cshape),
-                "max": _scalar(layer, f"{name}_max", shape=cshape)}
+                "frac_bits": _scalar(layer, f"{name}_frac_bits", shape=cshape,
+                                     aggregation="mean"),
+                "min": _scalar(layer, f"{name}_min", shape=cshape, aggregation="mean"),
+                "max": _scalar(layer, f"{name}_max", shape=cshape, aggregation="mean")}
 
     def params(self, w: Any) -> Tuple[Any, Any, Any, Any, Any]:
         axes = tuple(self._reduce_axes(len(w.shape)))
@@ -389,8 +397,9 @@ class AccumulatorBiasQuantizer(_WeightQuantizer):
 
     def build(self, layer: Any, name: str, shape: Tuple[int, ...]) -> Dict[str, Any]:
         return {**super().build(layer, name, shape),
-                "frac_bits": _scalar(layer, f"{name}_frac_bits", shape=tuple(shape)[-1:]),
-                "linked": _scalar(layer, f"{name}_linked")}
+                "frac_bits": _scalar(layer, f"{name}_frac_bits", shape=tuple(shape)[-1:],
+                                     aggregation="only_first_replica"),
+                "linked": _scalar(layer, f"{name}_linked", aggregation="only_first_replica")}
 
     def fake_quantize(self, w: Any, v: Dict[str, Any], rounding: str, seed: Any,
                       fresh: bool = False) -> Any:
