@@ -124,3 +124,22 @@ def test_cli_report_on_a_keras3_file_prints_the_tf_keras_table(trained, pair, di
     printed = capsys.readouterr().out
     assert format_report(tf_keras_report(ref, x[:256])) in printed
     assert out.exists()
+
+
+def test_cli_search_on_a_keras3_file_chooses_what_the_tf_keras_search_chooses(
+        trained, digits, tmp_path, capsys):
+    from kerasq.cli.quantize import accuracy_fn
+
+    x, _, xt, yt = digits
+    float_path = tmp_path / "f3.keras"
+    trained.save(float_path)
+    np.save(tmp_path / "cal.npy", x[:256])
+    np.savez(tmp_path / "eval.npz", x=xt[:300], y=yt[:300])
+    out = tmp_path / "q3.keras"
+    assert main(["quantize", str(float_path), "-o", str(out), "--search",
+                 "--candidates", "8,4", "--calibration", str(tmp_path / "cal.npy"),
+                 "--eval", str(tmp_path / "eval.npz")]) == 0
+    printed = capsys.readouterr().out
+    want = tf_keras_search(k3twin.to_tf_keras(trained), accuracy_fn(xt[:300], yt[:300]),
+                           x[:256], 1.0, candidates=(8, 4))
+    assert want.table() in printed and out.exists()
