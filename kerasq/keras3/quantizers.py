@@ -53,6 +53,18 @@ def _scalar(layer: Any, name: str, dtype: str = "float32", shape: Tuple[int, ...
                             trainable=False, aggregation=aggregation)
 
 
+def _across_replicas(bmin: Any, bmax: Any) -> Tuple[Any, Any]:
+    """(min, max) over every ``tf.distribute`` replica on the TensorFlow backend: the
+    tf_keras quantizer's reduction (``kerasq.schemes.quantizers._across_replicas``), so
+    every replica stores the range of the whole batch, not the mean of the replicas'
+    ranges; identity on one replica and on other backends."""
+    if keras.backend.backend() != "tensorflow":
+        return bmin, bmax
+    from kerasq.schemes.quantizers import _across_replicas as tf_across_replicas
+
+    return tf_across_replicas(bmin, bmax)
+
+
 class _Quantizer:
     """Common parts: rounding per phase, the ``count`` variable, config."""
 
@@ -148,7 +160,7 @@ class DFPActivationQuantizer(_Quantizer):
         return ops.min(x), ops.max(x)
 
     def merged_range(self, x: Any, v: Dict[str, Any]) -> Tuple[Any, Any]:
-        bmin, bmax = self.batch_range(x)
+        bmin, bmax = _across_replicas(*self.batch_range(x))
         first = _val(v["count"]) == 0
         if self.range_estimator == "ema":
             e, b = self.range_expansion, self.ema_update_factor

@@ -1,7 +1,8 @@
 """Keras 3 quantized models under ``tf.distribute.MirroredStrategy`` (TensorFlow backend):
 quantize, calibrate and compile inside the strategy's scope, QAT with ``fit``, int8 export.
 References: the same steps without a strategy (bit for bit on one device), the TFLite
-interpreter (export's verification), the replicas' copies of every variable (equal)."""
+interpreter (export's verification), the replicas' copies of every variable (equal), the
+range of the whole batch (numpy) in the input quantizer after a step on two replicas."""
 
 from __future__ import annotations
 
@@ -81,6 +82,18 @@ def test_mirrored_strategy_two_replicas_keeps_replicas_equal_and_exports(tmp_pat
             divergent += not all(np.array_equal(arrays[0], a) for a in arrays[1:])
         assert mirrored == len(q.weights) and divergent == 0, (mirrored, divergent)
         blob = kerasq.export.to_tflite(q, target="int8", verify_data=xt[:32], verify=True)
+        # each replica gets half of a batch; the stored range is the whole batch's (as on
+        # tf_keras), not the mean of the halves' ranges
+        with strategy.scope():
+            fresh = kerasq.quantize_model(model)
+            fresh.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        batch = x[:64].copy()
+        batch[:32] *= 4.0
+        fresh.fit(batch, y[:64], batch_size=64, epochs=1, shuffle=False, verbose=0)
+        (inq,) = [l for l in fresh.layers if type(l).__name__ == "InputQuantizer"]
+        stored = {v.path.rsplit("_", 1)[-1]: float(np.asarray(v)) for v in inq.weights
+                  if v.path.endswith(("_min", "_max"))}
+        assert stored == {"min": float(batch.min()), "max": float(batch.max())}, stored
         print("replicas", strategy.num_replicas_in_sync, "variables", mirrored)
     """)
     env = dict(os.environ, KERAS_BACKEND="tensorflow")
