@@ -32,6 +32,7 @@ import numpy as np
 
 from kerasq._compat import keras3
 from kerasq.keras3 import qops
+from kerasq.numerics.grid import channel_shape, integer_range, reduce_axes
 from kerasq.numerics.rounding import DEFAULT_ROUNDING
 
 keras = keras3()
@@ -212,8 +213,8 @@ class DFPActivationQuantizer(_Quantizer):
             signed = bool(self.signed) if self.signed is not None else ops.logical_not(unsigned)
             return qops.dfp_quantize(x, self.bitwidth, fl, signed=signed, rounding=rounding,
                                      seed=seed)
-        lo_s, hi_s = qops.qrange(self.bitwidth, True)
-        lo_u, hi_u = qops.qrange(self.bitwidth, False)
+        lo_s, hi_s = integer_range(self.bitwidth, True)
+        lo_u, hi_u = integer_range(self.bitwidth, False)
         if self.apply_offset:
             return qops.affine_quantize(x, scale, offset, lo_u, hi_u, rounding=rounding,
                                         seed=seed)
@@ -302,16 +303,10 @@ class DFPWeightQuantizer(_WeightQuantizer):
                 "frac_bits": self.frac_bits}
 
     def _reduce_axes(self, rank: int) -> list:
-        if self.channel_axes is None:
-            return list(range(rank))
-        keep = {a % rank for a in self.channel_axes}
-        return [a for a in range(rank) if a not in keep]
+        return reduce_axes(rank, self.channel_axes)
 
     def _channel_shape(self, shape: Tuple[int, ...]) -> Tuple[int, ...]:
-        if self.channel_axes is None:
-            return ()
-        rank = len(shape)
-        return tuple(shape[a % rank] for a in sorted(a % rank for a in self.channel_axes))
+        return channel_shape(shape, self.channel_axes)
 
     def build(self, layer: Any, name: str, shape: Tuple[int, ...]) -> Dict[str, Any]:
         cshape = self._channel_shape(tuple(shape))
@@ -383,7 +378,7 @@ class DFPWeightQuantizer(_WeightQuantizer):
                 return ops.reshape(q, w.shape)
             return qops.dfp_quantize(w, self.bitwidth, fl, signed=True, rounding=rounding,
                                      seed=seed)
-        qmin, qmax = qops.qrange(self.bitwidth, not self.apply_offset)
+        qmin, qmax = integer_range(self.bitwidth, not self.apply_offset)
         return qops.affine_quantize(w, scale, offset, qmin, qmax, rounding=rounding, seed=seed)
 
 
