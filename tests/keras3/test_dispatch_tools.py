@@ -143,3 +143,25 @@ def test_cli_search_on_a_keras3_file_chooses_what_the_tf_keras_search_chooses(
     want = tf_keras_search(k3twin.to_tf_keras(trained), accuracy_fn(xt[:300], yt[:300]),
                            x[:256], 1.0, candidates=(8, 4))
     assert want.table() in printed and out.exists()
+
+
+def test_cli_inspect_report_on_a_keras3_file_equals_the_tf_keras_report(pair, digits,
+                                                                        tmp_path, capsys):
+    import json
+
+    from kerasq.report import build_report
+
+    _, _, xt, _ = digits
+    q3, ref = pair
+    path = tmp_path / "q3.keras"
+    q3.save(path)
+    np.save(tmp_path / "x.npy", xt[:64])
+    report = tmp_path / "r.json"
+    assert main(["inspect", str(path), "--data", str(tmp_path / "x.npy"), "--report",
+                 str(report)]) == 0
+    printed = capsys.readouterr().out
+    assert format_report(tf_keras_report(ref, xt[:64])) in printed
+    got = json.loads(report.read_text())
+    want = build_report(ref, xt[:64], latency_runs=1).to_dict()
+    for key in ("quantization", "sparsity", "weight_histograms", "activation_histograms"):
+        assert got[key] == json.loads(json.dumps(want[key])), key
