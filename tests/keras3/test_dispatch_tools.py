@@ -165,3 +165,12 @@ def test_cli_inspect_report_on_a_keras3_file_equals_the_tf_keras_report(pair, di
     want = build_report(ref, xt[:64], latency_runs=1).to_dict()
     for key in ("quantization", "sparsity", "weight_histograms", "activation_histograms"):
         assert got[key] == json.loads(json.dumps(want[key])), key
+
+
+def test_tf_keras_only_functions_name_the_keras3_entry_points(pair, digits):
+    _, _, xt, _ = digits
+    q3, _ = pair
+    with pytest.raises(kerasq.errors.ModelFormatError, match="kerasq.run_integer"):
+        kerasq.integer.run(q3, xt[:2])
+    with pytest.raises(kerasq.errors.ModelFormatError, match="Keras 3 model"):
+        tf_keras_report(q3, xt[:2])
