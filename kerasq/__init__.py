@@ -53,16 +53,19 @@ _LAZY = {
     "integer": "kerasq.integer",
     "converters": "kerasq.converters",
     "keras3": "kerasq.keras3",
+    "dispatch": "kerasq.dispatch",
 }
 # public functions/classes re-exported from submodules: name -> the module defining it
 # (not the package, whose attribute of the same name as a submodule would be rebound to
 # that submodule when it is imported)
 _LAZY_ATTRS = {
     "QuantizationConfig": "kerasq.schemes.config",
-    "quantize_model": "kerasq.keras3.dispatch",  # tf_keras or Keras 3, by the model
-    "calibrate": "kerasq.keras3.dispatch",
-    "search_bitwidths": "kerasq.schemes.search",
-    "load_model": "kerasq.keras3.dispatch",
+    "quantize_model": "kerasq.dispatch",  # tf_keras or Keras 3, by the model
+    "calibrate": "kerasq.dispatch",
+    "search_bitwidths": "kerasq.dispatch",
+    "load_model": "kerasq.dispatch",
+    "run_integer": "kerasq.dispatch",  # kerasq.integer.run, Keras 3 models too
+    "prepare_integer": "kerasq.dispatch",
 }
 
 

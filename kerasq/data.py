@@ -1040,8 +1040,13 @@ def check_keras_model(model: Any, arg: str = "model", *, quantized: Optional[boo
         kerasq.errors.ModelFormatError: qmodel: expected a tf_keras Model, got None
     """
     if not _is_keras_model(model):
+        from kerasq._compat import is_keras3_model
+
         hint = " (load a file with kerasq.load_model)" if isinstance(
             model, (str, os.PathLike)) else ""
+        if is_keras3_model(model):  # the top-level entry points run its tf_keras twin
+            hint = (" (a Keras 3 model: use kerasq.run_integer / prepare_integer, "
+                    "kerasq.search_bitwidths or kerasq.dispatch.quantization_report)")
         raise ModelFormatError(f"expected a tf_keras Model, got {_shown(model)}{hint}",
                                layer=arg)
     if quantized is True and not _is_quantized(model):

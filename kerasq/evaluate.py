@@ -183,7 +183,7 @@ def load_predictor(model: Any, arg: str = "model") -> Predictor:
             check_input_file(path, arg, "TFLite file")
             with open(path, "rb") as f:
                 return TFLitePredictor(f.read(), path)
-        from kerasq.keras3.dispatch import load_model  # tf_keras or Keras 3, by the file
+        from kerasq.dispatch import load_model  # tf_keras or Keras 3, by the file
 
         return KerasPredictor(load_model(path, compile=False), path)
     if hasattr(model, "predict") and hasattr(model, "layers"):

@@ -3,6 +3,9 @@
 * The module import graph of ``kerasq`` and ``converters`` (``converters`` is installed as
   ``kerasq.converters``), built from every import statement, those inside functions
   included, has no cycle. import-linter checks cycles between sibling packages only.
+* No module names a module of a higher layer (the layers contract in pyproject.toml) in a
+  string either: lazy export tables (``_LAZY_ATTRS = {"f": "kerasq.x.y"}``) and
+  ``importlib.import_module("kerasq.x")`` load modules that import-linter does not see.
 * Code, tests and docs name no machine paths and tell no development history.
 """
 
@@ -11,7 +14,8 @@ from __future__ import annotations
 import ast
 import pathlib
 import re
-from typing import Dict, List, Optional, Set
+import tomllib
+from typing import Dict, List, Optional, Set, Tuple
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 PACKAGES = {"kerasq": REPO / "kerasq", "kerasq.converters": REPO / "converters"}
@@ -121,6 +125,72 @@ def test_module_import_graph_is_acyclic():
     assert sum(len(v) for v in graph.values()) > 200  # the scan sees the real imports
     cycle = _find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def _layers() -> List[Set[str]]:
+    """The packages of each layer of pyproject's layers contract, highest layer first."""
+    config = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    (contract,) = [c for c in config["tool"]["importlinter"]["contracts"]
+                   if c["type"] == "layers"]
+    return [{p.strip() for p in re.split(r"[|:]", layer)} for layer in contract["layers"]]
+
+
+def _layer_of(module: str, layers: List[Set[str]]) -> Optional[int]:
+    """Index of the layer holding ``module`` (0 = highest), None outside the layers."""
+    for index, packages in enumerate(layers):
+        if any(module == p or module.startswith(p + ".") for p in packages):
+            return index
+    return None
+
+
+def _module_strings(path: pathlib.Path, known: Set[str]) -> Set[str]:
+    """Known module names written as whole string constants anywhere in ``path`` (lazy
+    export tables, ``importlib.import_module`` arguments, ...)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            name = _absolute(node.value.strip())
+            if name in known:
+                found.add(name)
+    return found
+
+
+def _upward_string_refs(files: Dict[str, pathlib.Path], layers: List[Set[str]]
+                        ) -> List[Tuple[str, str]]:
+    known = set(files) | set().union(*layers)
+    offenders = []
+    for module, path in sorted(files.items()):
+        own = _layer_of(module, layers)
+        if own is None:
+            continue
+        for name in sorted(_module_strings(path, known)):
+            other = _layer_of(name, layers)
+            if other is not None and other < own:
+                offenders.append((module, name))
+    return offenders
+
+
+def test_upward_string_finder_finds_a_lazy_export_and_an_import_module(tmp_path):
+    lower = tmp_path / "lower.py"
+    lower.write_text('"""Docs name kerasq.top freely."""\n'
+                     '_LAZY_ATTRS = {"f": "kerasq.top.impl", "g": "kerasq.low.other"}\n')
+    other = tmp_path / "other.py"
+    other.write_text('import importlib\ndef f():\n    importlib.import_module("kerasq.top")\n')
+    layers = [{"kerasq.top"}, {"kerasq.low"}]
+    files = {"kerasq.low.lower": lower, "kerasq.low.other": other, "kerasq.top.impl": other}
+    assert _upward_string_refs(files, layers) == [
+        ("kerasq.low.lower", "kerasq.top.impl"), ("kerasq.low.other", "kerasq.top")]
+
+
+def test_no_lower_layer_names_a_higher_one_in_a_string():
+    files = _module_files()
+    layers = _layers()
+    assert {"kerasq.prune", "kerasq.dispatch", "kerasq.keras3"} <= set().union(*layers)
+    strings = {m: _module_strings(p, set(files)) for m, p in files.items()}
+    assert "kerasq.prune.api" in strings["kerasq.prune"]  # the scan reads the lazy tables
+    offenders = _upward_string_refs(files, layers)
+    assert not offenders, "lower layer names a higher one: " + ", ".join(
+        f"{m} -> {n}" for m, n in offenders)
 
 
 # Text that tells who worked on what, or where a machine keeps files: built from pieces so

@@ -78,7 +78,7 @@ def test_top_level_functions_stay_functions_after_their_submodules_are_imported(
         "import importlib, pkgutil, kerasq, kerasq.schemes as s; "
         "[importlib.import_module('kerasq.schemes.' + m.name) "
         " for m in pkgutil.iter_modules(s.__path__)]; "
-        "from kerasq.keras3.dispatch import calibrate; "
+        "from kerasq.dispatch import calibrate; "
         "assert kerasq.calibrate is calibrate, kerasq.calibrate; "
         "bad = [n for n in s._LAZY_ATTRS if not callable(getattr(s, n))]; "
         "assert not bad, bad; "

@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     if not os.path.exists(args.model):
         raise ModelFormatError("no such file or directory", file=args.model)
     try:
-        from kerasq.keras3.dispatch import load_model  # tf_keras or Keras 3, by the file
+        from kerasq.dispatch import load_model  # tf_keras or Keras 3, by the file
     except ImportError as err:  # the quantization core is not installed in this build
         raise ExportError(f"kerasq.load_model is unavailable: {err}", file=args.model)
     from kerasq.data import check_model_file, load_inputs_and_labels, match_model_inputs

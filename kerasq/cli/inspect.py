@@ -47,10 +47,12 @@ def register_column(header: str, fn: Callable[[Any], str]) -> None:
 
 
 def load_any(path: str) -> Any:
-    """Load a .h5 / .keras / SavedModel Keras model (float, converted, quantized or pruned)."""
-    from kerasq.serialization import load_model
+    """Load a .h5 / .keras / SavedModel Keras model (float, converted, quantized or pruned).
+    A .keras file written by Keras 3 is shown as its tf_keras twin (same layers, weights and
+    quantizer state: :func:`kerasq.dispatch.as_tf_keras`)."""
+    from kerasq.dispatch import as_tf_keras, load_model
 
-    return load_model(path, compile=False)
+    return as_tf_keras(load_model(path, compile=False))
 
 
 def table_rows(model: Any) -> List[List[str]]:

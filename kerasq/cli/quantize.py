@@ -234,7 +234,7 @@ def _candidates(text: str) -> Tuple[int, ...]:
 
 
 def _load_model(path: str) -> Any:
-    from kerasq.keras3.dispatch import load_model  # a Keras 3 .keras file: a Keras 3 model
+    from kerasq.dispatch import load_model  # a Keras 3 .keras file: a Keras 3 model
 
     if not os.path.exists(path):
         raise ModelFormatError("no such file or directory", file=path)
@@ -263,7 +263,7 @@ def _save(model: Any, path: str) -> None:
 
     check_model_finite(model, path)
 
-    from kerasq.keras3.dispatch import save_keras3
+    from kerasq.dispatch import save_keras3
 
     if save_keras3(model, path):
         return
@@ -364,7 +364,7 @@ def quantize_converted(model: Any, args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from kerasq._io import check_output, output_kind
-    from kerasq.keras3.dispatch import calibrate, is_keras3_file, quantize_model
+    from kerasq.dispatch import calibrate, is_keras3_file, quantize_model
 
     if is_keras3_file(args.model):  # the Keras 3 path: a .keras file in, a .keras file out
         check_output(args.output, output_kind(args.output, ("keras",)))
@@ -386,9 +386,6 @@ def run(args: argparse.Namespace) -> int:
 
         eval_x, eval_y = load_inputs_and_labels(args.eval, need_labels=True)
     model = _load_model(args.model)
-    from kerasq.keras3.dispatch import check_cli_options
-
-    check_cli_options(model, args.model, search=args.search, report=args.report)
     from kerasq.data import match_model_inputs
 
     if calibration is not None:
@@ -399,7 +396,7 @@ def run(args: argparse.Namespace) -> int:
         _check_layer_names(model, args.ignore, "--ignore")
 
     if args.search:
-        from kerasq.schemes.search import search_bitwidths, search_minifloat
+        from kerasq.dispatch import search_bitwidths, search_minifloat  # tf_keras or Keras 3
 
         minifloat = args.search_mode == "minifloat"
         search = search_minifloat if minifloat else search_bitwidths
@@ -429,10 +426,12 @@ def run(args: argparse.Namespace) -> int:
         evaluate = accuracy_fn(eval_x, eval_y)
         print(f"accuracy: float {evaluate(model):.4f}  quantized {evaluate(qmodel):.4f}")
     if args.report:
-        from kerasq.schemes.report import format_report, report
+        from kerasq.dispatch import quantization_report
+        from kerasq.schemes.report import format_report
 
         data = eval_x if eval_x is not None else calibration
-        print(format_report(report(qmodel, data, batch_size=args.batch_size, steps=args.steps)))
+        print(format_report(quantization_report(qmodel, data, batch_size=args.batch_size,
+                                                steps=args.steps)))
     _save(qmodel, args.output)  # the output path was checked before the work started
     if args.save_config:
         from kerasq._io import write_bytes_atomic

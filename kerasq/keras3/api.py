@@ -2,7 +2,7 @@
 
 ``kerasq.quantize_model``, ``kerasq.calibrate``, ``kerasq.load_model`` and
 ``kerasq.export.to_tflite`` send a Keras 3 model here (:func:`kerasq._compat.is_keras3_model`
-decides, in :mod:`kerasq.keras3.dispatch`). The quantized Keras 3 model runs on
+decides). The quantized Keras 3 model runs on
 ``keras.ops`` (TensorFlow or JAX backend, QAT with ``fit``); decisions, calibration's range
 alignment and export are the tf_keras path's, run on the model's tf_keras twin
 (:mod:`kerasq.keras3.twin`) with the state copied in and out.

@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Tuple
 
 from kerasq._compat import keras3
-from kerasq.keras3.quantizers import _Quantizer
+from kerasq.keras3.quantizers import SparsityPreservingQuantizer, _Quantizer
 from kerasq.errors import UnsupportedLayerError
 
 keras = keras3()
@@ -123,6 +123,13 @@ class QuantizedLayer(keras.layers.Layer):
             if q is not None:
                 found.append((role, role, q, _flatten(self._act_vars[role])))
         return found
+
+    def pruning_masks(self) -> List[Tuple[Any, Dict[str, Any]]]:
+        """(kernel variable, {"mask", "mask_ready", ...} variables) of every weight with a
+        saved pruning mask (what :mod:`kerasq.prune.keras3` reads and updates)."""
+        return [(layer_variable(self.layer, attr), qvars)
+                for (attr, q), qvars in zip(self.weight_quantizers, self.weight_quantizer_vars)
+                if isinstance(q, SparsityPreservingQuantizer)]
 
     def _op(self, x: Any, w: Dict[str, Any]) -> Any:
         layer = self.layer

@@ -29,6 +29,7 @@ from typing import Any, Optional
 import numpy as np
 
 from kerasq._compat import keras3
+from kerasq.numerics.grid import integer_range
 
 keras = keras3()
 ops = keras.ops
@@ -92,12 +93,6 @@ def _ste(x: Any, q: Any, inside: Any) -> Any:
     return ops.stop_gradient(q) + inside * (x - ops.stop_gradient(x))
 
 
-def qrange(bitwidth: int, signed: bool) -> tuple:
-    if signed:
-        return -(2.0 ** (bitwidth - 1)), 2.0 ** (bitwidth - 1) - 1.0
-    return 0.0, 2.0 ** bitwidth - 1.0
-
-
 def _tf_kernel() -> Any:
     """kerasq's fake-quantization kernels (C++ ops, else TF) when the backend is TensorFlow."""
     if keras.backend.backend() != "tensorflow":
@@ -126,8 +121,8 @@ def dfp_quantize(x: Any, bitwidth: int, frac_bits: Any, *, signed: Any, rounding
                                                     rounding=rounding),
                         lambda: kernel.dfp_quantize(x, bitwidth, fl, signed=False,
                                                     rounding=rounding))
-    lo_s, hi_s = qrange(bitwidth, True)
-    lo_u, hi_u = qrange(bitwidth, False)
+    lo_s, hi_s = integer_range(bitwidth, True)
+    lo_u, hi_u = integer_range(bitwidth, False)
     if isinstance(signed, bool):
         qmin, qmax = (lo_s, hi_s) if signed else (lo_u, hi_u)
     else:
@@ -145,8 +140,8 @@ def fake_quant_dfp(x: Any, bitwidth: int, frac_bits: Any, *, unsigned: Any = Fal
     """TF's FakeQuantWithMinMaxVars(x, qmin·2^-fl, qmax·2^-fl, num_bits=B), per tensor or
     per last-axis channel (``frac_bits`` of shape [C]); ``unsigned`` may be a tensor."""
     x = ops.cast(x, "float32")
-    lo_s, hi_s = qrange(bitwidth, True)
-    lo_u, hi_u = qrange(bitwidth, False)
+    lo_s, hi_s = integer_range(bitwidth, True)
+    lo_u, hi_u = integer_range(bitwidth, False)
     qmin = ops.where(unsigned, lo_u, lo_s)
     qmax = ops.where(unsigned, hi_u, hi_s)
     scale = pow2(-frac_bits)
@@ -205,4 +200,4 @@ def pow2_quantize(x: Any, exp_min: int, exp_max: int, *, rounding: str,
 
 
 __all__ = ["pow2", "floor_log2", "dfp_frac_bits", "round_values", "dfp_quantize",
-           "fake_quant_dfp", "affine_quantize", "minifloat_quantize", "pow2_quantize", "qrange"]
+           "fake_quant_dfp", "affine_quantize", "minifloat_quantize", "pow2_quantize"]

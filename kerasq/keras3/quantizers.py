@@ -32,6 +32,7 @@ import numpy as np
 
 from kerasq._compat import keras3
 from kerasq.keras3 import qops
+from kerasq.numerics.grid import channel_shape, integer_range, reduce_axes
 from kerasq.numerics.rounding import DEFAULT_ROUNDING
 
 keras = keras3()
@@ -44,9 +45,25 @@ def _val(x: Any) -> Any:
     return x.value if hasattr(x, "assign") and hasattr(x, "value") else x
 
 
-def _scalar(layer: Any, name: str, dtype: str = "float32", shape: Tuple[int, ...] = ()) -> Any:
+def _scalar(layer: Any, name: str, dtype: str = "float32", shape: Tuple[int, ...] = (),
+            aggregation: str = "none") -> Any:
+    """A state variable. ``aggregation`` is the tf_keras namesake's, for tf.distribute:
+    "mean" for ranges and grids (every replica's update averaged, the copies stay equal),
+    "only_first_replica" for counters and linked grids."""
     return layer.add_weight(name=name, shape=shape, dtype=dtype, initializer="zeros",
-                            trainable=False)
+                            trainable=False, aggregation=aggregation)
+
+
+def _across_replicas(bmin: Any, bmax: Any) -> Tuple[Any, Any]:
+    """(min, max) over every ``tf.distribute`` replica on the TensorFlow backend: the
+    tf_keras quantizer's reduction (``kerasq.schemes.quantizers._across_replicas``), so
+    every replica stores the range of the whole batch, not the mean of the replicas'
+    ranges; identity on one replica and on other backends."""
+    if keras.backend.backend() != "tensorflow":
+        return bmin, bmax
+    from kerasq.schemes.quantizers import _across_replicas as tf_across_replicas
+
+    return tf_across_replicas(bmin, bmax)
 
 
 class _Quantizer:
@@ -79,7 +96,8 @@ class _Quantizer:
         return cls(**config)
 
     def build(self, layer: Any, name: str, shape: Tuple[int, ...]) -> Dict[str, Any]:
-        return {"count": _scalar(layer, f"{name}_count", "int32")}
+        return {"count": _scalar(layer, f"{name}_count", "int32",
+                                 aggregation="only_first_replica")}
 
     def _gate(self, count: Any, x: Any, quantized: Any, extra: Any = None) -> Any:
         active = count >= self.quantization_start
@@ -123,10 +141,12 @@ class DFPActivationQuantizer(_Quantizer):
                 "range_expansion": self.range_expansion, "frac_bits": self.frac_bits}
 
     def build(self, layer: Any, name: str, shape: Tuple[int, ...]) -> Dict[str, Any]:
-        return {"min": _scalar(layer, f"{name}_min"), "max": _scalar(layer, f"{name}_max"),
-                "frac_bits": _scalar(layer, f"{name}_frac_bits"),
-                "scale": _scalar(layer, f"{name}_scale"),
-                "offset": _scalar(layer, f"{name}_offset"), **super().build(layer, name, shape)}
+        def mean(suffix: str) -> Any:
+            return _scalar(layer, f"{name}_{suffix}", aggregation="mean")
+
+        return {"min": mean("min"), "max": mean("max"), "frac_bits": mean("frac_bits"),
+                "scale": mean("scale"), "offset": mean("offset"),
+                **super().build(layer, name, shape)}
 
     def batch_range(self, x: Any) -> Tuple[Any, Any]:
         x = ops.reshape(ops.cast(x, "float32"), (-1,))
@@ -141,7 +161,7 @@ class DFPActivationQuantizer(_Quantizer):
         return ops.min(x), ops.max(x)
 
     def merged_range(self, x: Any, v: Dict[str, Any]) -> Tuple[Any, Any]:
-        bmin, bmax = self.batch_range(x)
+        bmin, bmax = _across_replicas(*self.batch_range(x))
         first = _val(v["count"]) == 0
         if self.range_estimator == "ema":
             e, b = self.range_expansion, self.ema_update_factor
@@ -193,8 +213,8 @@ class DFPActivationQuantizer(_Quantizer):
             signed = bool(self.signed) if self.signed is not None else ops.logical_not(unsigned)
             return qops.dfp_quantize(x, self.bitwidth, fl, signed=signed, rounding=rounding,
                                      seed=seed)
-        lo_s, hi_s = qops.qrange(self.bitwidth, True)
-        lo_u, hi_u = qops.qrange(self.bitwidth, False)
+        lo_s, hi_s = integer_range(self.bitwidth, True)
+        lo_u, hi_u = integer_range(self.bitwidth, False)
         if self.apply_offset:
             return qops.affine_quantize(x, scale, offset, lo_u, hi_u, rounding=rounding,
                                         seed=seed)
@@ -283,23 +303,18 @@ class DFPWeightQuantizer(_WeightQuantizer):
                 "frac_bits": self.frac_bits}
 
     def _reduce_axes(self, rank: int) -> list:
-        if self.channel_axes is None:
-            return list(range(rank))
-        keep = {a % rank for a in self.channel_axes}
-        return [a for a in range(rank) if a not in keep]
+        return reduce_axes(rank, self.channel_axes)
 
     def _channel_shape(self, shape: Tuple[int, ...]) -> Tuple[int, ...]:
-        if self.channel_axes is None:
-            return ()
-        rank = len(shape)
-        return tuple(shape[a % rank] for a in sorted(a % rank for a in self.channel_axes))
+        return channel_shape(shape, self.channel_axes)
 
     def build(self, layer: Any, name: str, shape: Tuple[int, ...]) -> Dict[str, Any]:
         cshape = self._channel_shape(tuple(shape))
         return {**super().build(layer, name, shape),
-                "frac_bits": _scalar(layer, f"{name}_frac_bits", shape=cshape),
-                "min": _scalar(layer, f"{name}_min", shape=cshape),
-                "max": _scalar(layer, f"{name}_max", shape=cshape)}
+                "frac_bits": _scalar(layer, f"{name}_frac_bits", shape=cshape,
+                                     aggregation="mean"),
+                "min": _scalar(layer, f"{name}_min", shape=cshape, aggregation="mean"),
+                "max": _scalar(layer, f"{name}_max", shape=cshape, aggregation="mean")}
 
     def params(self, w: Any) -> Tuple[Any, Any, Any, Any, Any]:
         axes = tuple(self._reduce_axes(len(w.shape)))
@@ -363,7 +378,7 @@ class DFPWeightQuantizer(_WeightQuantizer):
                 return ops.reshape(q, w.shape)
             return qops.dfp_quantize(w, self.bitwidth, fl, signed=True, rounding=rounding,
                                      seed=seed)
-        qmin, qmax = qops.qrange(self.bitwidth, not self.apply_offset)
+        qmin, qmax = integer_range(self.bitwidth, not self.apply_offset)
         return qops.affine_quantize(w, scale, offset, qmin, qmax, rounding=rounding, seed=seed)
 
 
@@ -389,8 +404,9 @@ class AccumulatorBiasQuantizer(_WeightQuantizer):
 
     def build(self, layer: Any, name: str, shape: Tuple[int, ...]) -> Dict[str, Any]:
         return {**super().build(layer, name, shape),
-                "frac_bits": _scalar(layer, f"{name}_frac_bits", shape=tuple(shape)[-1:]),
-                "linked": _scalar(layer, f"{name}_linked")}
+                "frac_bits": _scalar(layer, f"{name}_frac_bits", shape=tuple(shape)[-1:],
+                                     aggregation="only_first_replica"),
+                "linked": _scalar(layer, f"{name}_linked", aggregation="only_first_replica")}
 
     def fake_quantize(self, w: Any, v: Dict[str, Any], rounding: str, seed: Any,
                       fresh: bool = False) -> Any:

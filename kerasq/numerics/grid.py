@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -110,4 +110,47 @@ class GridSpec:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
-__all__ = ["GridSpec", "KINDS", "EXPORT_TARGETS", "FracBits"]
+def integer_range(bitwidth: int, signed: bool) -> Tuple[float, float]:
+    """(qmin, qmax) of a ``bitwidth``-bit integer: [-2^(b-1), 2^(b-1)-1] signed,
+    [0, 2^b-1] unsigned (as floats: the quantizers clip float tensors with them).
+
+    Example:
+        >>> integer_range(8, True), integer_range(8, False)
+        ((-128.0, 127.0), (0.0, 255.0))
+    """
+    if signed:
+        return -(2.0 ** (bitwidth - 1)), 2.0 ** (bitwidth - 1) - 1.0
+    return 0.0, 2.0 ** bitwidth - 1.0
+
+
+def reduce_axes(rank: int, channel_axes: Optional[Sequence[int]]) -> List[int]:
+    """The axes a per-channel statistic reduces over: every axis of a rank-``rank`` tensor
+    but ``channel_axes`` (negative axes count from the end); all axes when None.
+
+    Example:
+        >>> reduce_axes(4, (-1,)), reduce_axes(4, (2, 3)), reduce_axes(2, None)
+        ([0, 1, 2], [0, 1], [0, 1])
+    """
+    if channel_axes is None:
+        return list(range(rank))
+    keep = {a % rank for a in channel_axes}
+    return [a for a in range(rank) if a not in keep]
+
+
+def channel_shape(shape: Sequence[int], channel_axes: Optional[Sequence[int]]
+                  ) -> Tuple[int, ...]:
+    """The shape of per-channel state (fl, min, max) for a tensor of ``shape``: its sizes
+    along ``channel_axes`` in axis order; ``()`` (one value) when None.
+
+    Example:
+        >>> channel_shape((3, 3, 8, 2), (-2, -1)), channel_shape((3, 3, 16), None)
+        ((8, 2), ())
+    """
+    if channel_axes is None:
+        return ()
+    rank = len(shape)
+    return tuple(shape[a % rank] for a in sorted(a % rank for a in channel_axes))
+
+
+__all__ = ["GridSpec", "KINDS", "EXPORT_TARGETS", "FracBits", "integer_range", "reduce_axes",
+           "channel_shape"]

@@ -34,9 +34,9 @@ _LAZY_ATTRS = {
     "ConstantSparsity": "kerasq.prune.schedules",
     "PolynomialDecay": "kerasq.prune.schedules",
     "JacintoChannelSchedule": "kerasq.prune.schedules",
-    "PruningCallback": "kerasq.keras3.dispatch",  # tf_keras or Keras 3 models
+    "PruningCallback": "kerasq.prune.callbacks",  # tf_keras or Keras 3 models
     "SparsityReportCallback": "kerasq.prune.callbacks",
-    "prune_model": "kerasq.keras3.dispatch",  # tf_keras or Keras 3 models
+    "prune_model": "kerasq.prune.api",  # tf_keras or Keras 3 models
     "strip": "kerasq.prune.api",
     "one_shot_prune": "kerasq.prune.api",
     "sparsity_report": "kerasq.prune.report",

@@ -24,7 +24,8 @@ from kerasq.data import check_keras_model, check_names
 from kerasq.errors import ModelFormatError
 from kerasq.prune.magnitude import magnitude_mask
 from kerasq.prune.masks import apply_masks, find_mask_slots, init_masks, set_mask
-from kerasq.prune.schedules import JacintoChannelSchedule, PruningSchedule, mask_sparsity
+from kerasq.prune.schedules import (JacintoChannelSchedule, PruningSchedule, final_sparsity,
+                                     mask_sparsity)
 from kerasq.prune.wrapper import PruneWrapper, prunable_weight_names
 
 logger = logging.getLogger("kerasq.prune.api")
@@ -41,15 +42,6 @@ def _check_model(model: Any) -> None:
         )
 
 
-def _final_sparsity(schedule: Any) -> float:
-    for attr in ("final_sparsity", "target_sparsity"):
-        if hasattr(schedule, attr):
-            return float(getattr(schedule, attr))
-    raise ModelFormatError(
-        f"cannot read the final sparsity of {type(schedule).__name__}", layer="schedule"
-    )
-
-
 def one_shot_prune(model: Any, schedule: Any) -> float:
     """Set the masks of ``model`` once to the schedule's final sparsity; returns the sparsity.
 
@@ -62,7 +54,7 @@ def one_shot_prune(model: Any, schedule: Any) -> float:
     slots = find_mask_slots(model)
     init_masks(model)
     if isinstance(schedule, PruningSchedule):
-        sparsity = _final_sparsity(schedule)
+        sparsity = final_sparsity(schedule)
         for slot in slots:
             set_mask(slot, magnitude_mask(slot.weight.numpy() * slot.mask.numpy(), sparsity))
         return mask_sparsity(slots)
@@ -93,9 +85,19 @@ def prune_model(model: Any, schedule: Any = None, *, layers: Optional[Iterable[s
         schedule: optional tfmot ``PruningSchedule`` or :class:`JacintoChannelSchedule`.
         layers: names of the layers to prune (default: every layer with a kernel).
 
+    A Keras 3 model is pruned in place instead, to the schedule's final sparsity (a tfmot
+    ``PruningSchedule`` or a number), and returned (:func:`kerasq.prune.keras3.prune_with_schedule`);
+    ``kerasq.quantize_model`` then keeps its zeros.
+
     Raises:
         ModelFormatError: subclassed model, or a name in ``layers`` that is not in the model.
     """
+    from kerasq._compat import is_keras3_model
+
+    if is_keras3_model(model):
+        from kerasq.prune.keras3 import prune_with_schedule
+
+        return prune_with_schedule(model, schedule, layers=layers)
     _check_model(model)
     layers = check_names(layers, "layers", [layer.name for layer in model.layers])
     wanted = set(layers) if layers is not None else None

@@ -34,10 +34,16 @@ class PruningCallback(keras.callbacks.Callback):
         schedule: a tfmot ``PruningSchedule`` (``ConstantSparsity``, ``PolynomialDecay``) or a
             :class:`JacintoChannelSchedule`.
 
+    On a quantized Keras 3 model (Keras 3's ``fit`` calls this callback too) a tfmot
+    schedule is applied to the model's saved masks at the optimizer's step
+    (:class:`kerasq.prune.keras3.ScheduledPruning`).
+
     Raises:
         KerasqError: at train start, if the model has no masks (use ``prune_model`` or
             ``quantize_model(..., preserve_sparsity=True)`` first).
     """
+
+    _keras3: Any = None
 
     def __init__(self, schedule: Any) -> None:
         super().__init__()
@@ -54,6 +60,15 @@ class PruningCallback(keras.callbacks.Callback):
         return int(self.model.optimizer.iterations.numpy())
 
     def on_train_begin(self, logs: Optional[dict] = None) -> None:
+        from kerasq._compat import is_keras3_model
+
+        self._keras3 = None
+        if is_keras3_model(self.model):
+            from kerasq.prune.keras3 import ScheduledPruning
+
+            self._keras3 = ScheduledPruning(self.schedule)
+            self._keras3.begin(self.model)
+            return
         self._slots = find_mask_slots(self.model)
         if not self._slots:
             raise KerasqError(
@@ -64,11 +79,13 @@ class PruningCallback(keras.callbacks.Callback):
         init_masks(self.model)
 
     def on_train_batch_begin(self, batch: int, logs: Optional[dict] = None) -> None:
-        if isinstance(self.schedule, PruningSchedule):
+        if self._keras3 is not None:
+            self._keras3.step(self.model)
+        elif isinstance(self.schedule, PruningSchedule):
             apply_tfmot_schedule(self.schedule, self._step(), self._slots)
 
     def on_train_batch_end(self, batch: int, logs: Optional[dict] = None) -> None:
-        if isinstance(self.schedule, JacintoChannelSchedule):
+        if self._keras3 is None and isinstance(self.schedule, JacintoChannelSchedule):
             self.schedule(self._step(), self._slots)
 
 

@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Sequence
 import numpy as np
 
 from kerasq._compat import tfmot
-from kerasq.errors import KerasqError
+from kerasq.errors import KerasqError, ModelFormatError
 from kerasq.prune.magnitude import jacinto_channel_mask, magnitude_mask
 from kerasq.prune.masks import MaskSlot, set_mask
 
@@ -202,6 +202,19 @@ class JacintoChannelSchedule:
         }
 
 
+def final_sparsity(schedule: Any) -> float:
+    """The sparsity a tfmot schedule ends at (``final_sparsity`` / ``target_sparsity``).
+
+    Example: ``final_sparsity(ConstantSparsity(0.5, 0))`` -> 0.5.
+    """
+    for attr in ("final_sparsity", "target_sparsity"):
+        if hasattr(schedule, attr):
+            return float(getattr(schedule, attr))
+    raise ModelFormatError(
+        f"cannot read the final sparsity of {type(schedule).__name__}", layer="schedule"
+    )
+
+
 __all__ = [
     "ConstantSparsity",
     "PolynomialDecay",
@@ -209,4 +222,5 @@ __all__ = [
     "JacintoChannelSchedule",
     "apply_tfmot_schedule",
     "mask_sparsity",
+    "final_sparsity",
 ]

@@ -321,12 +321,17 @@ def build_report(model: Any, data: Any = None, *, model_path: Optional[str] = No
     histograms); ``model_path``/``tflite_path``: files whose sizes are listed (the TFLite
     file is also timed).
 
+    A Keras 3 model is reported through its tf_keras twin (:func:`kerasq.dispatch.as_tf_keras`:
+    the same layers, weights and quantizer state, the same outputs).
+
     Example: ``build_report(qmodel, x, tflite_path="q.tflite").summary["lowest_sqnr_db"]``.
     """
     from kerasq.data import check_array, check_input_file, check_int, check_keras_model
+    from kerasq.dispatch import as_tf_keras
     from kerasq.prune import sparsity_report
     from kerasq.schemes.report import report as quantization_report
 
+    model = as_tf_keras(model)
     check_keras_model(model, "model")
     check_array(data, "data", model=model, optional=True)
     check_int(latency_runs, "latency_runs")

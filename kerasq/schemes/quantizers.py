@@ -36,7 +36,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from kerasq._compat import keras, tf, tfmot
-from kerasq.numerics.grid import GridSpec
+from kerasq.numerics.grid import GridSpec, channel_shape, integer_range, reduce_axes
 from kerasq.numerics.rounding import DEFAULT_ROUNDING
 from kerasq.schemes import _backend
 
@@ -84,12 +84,6 @@ def _across_replicas(bmin: tf.Tensor, bmax: tf.Tensor) -> Tuple[tf.Tensor, tf.Te
     pair = tf.reshape(tf.stack([-tf.cast(bmin, tf.float32), tf.cast(bmax, tf.float32)]), [1, 2])
     extremes = tf.reduce_max(ctx.all_gather(pair, axis=0), axis=0)
     return -extremes[0], extremes[1]
-
-
-def _qrange(bitwidth: int, signed: bool) -> Tuple[float, float]:
-    if signed:
-        return -(2.0 ** (bitwidth - 1)), 2.0 ** (bitwidth - 1) - 1.0
-    return 0.0, 2.0 ** bitwidth - 1.0
 
 
 def _ceil_log2(v: tf.Tensor) -> tf.Tensor:
@@ -304,10 +298,10 @@ class DFPActivationQuantizer(_KerasqQuantizer):
                 return tf.cond(unsigned, lambda: dfp(False), lambda: dfp(True))
             return dfp(bool(self.signed))
         if self.apply_offset:
-            qmin, qmax = _qrange(self.bitwidth, False)
+            qmin, qmax = integer_range(self.bitwidth, False)
             return _backend.affine_quantize(x, scale, offset, qmin, qmax, rounding=rounding)
-        lo_s, hi_s = _qrange(self.bitwidth, True)
-        lo_u, hi_u = _qrange(self.bitwidth, False)
+        lo_s, hi_s = integer_range(self.bitwidth, True)
+        lo_u, hi_u = integer_range(self.bitwidth, False)
         qmin = tf.where(unsigned, lo_u, lo_s)
         qmax = tf.where(unsigned, hi_u, hi_s)
         return _backend.affine_quantize(x, scale, offset, qmin, qmax, rounding=rounding)
@@ -437,16 +431,10 @@ class DFPWeightQuantizer(_WeightQuantizerBase):
         return not self.apply_offset
 
     def _reduce_axes(self, rank: int) -> list:
-        if self.channel_axes is None:
-            return list(range(rank))
-        keep = {a % rank for a in self.channel_axes}
-        return [a for a in range(rank) if a not in keep]
+        return reduce_axes(rank, self.channel_axes)
 
     def _channel_shape(self, shape: Sequence[int]) -> Tuple[int, ...]:
-        if self.channel_axes is None:
-            return ()
-        rank = len(shape)
-        return tuple(shape[a % rank] for a in sorted(a % rank for a in self.channel_axes))
+        return channel_shape(shape, self.channel_axes)
 
     def build(self, tensor_shape: Any, name: str, layer: Any) -> Dict[str, tf.Variable]:
         shape = self._channel_shape(list(tensor_shape))
@@ -535,7 +523,7 @@ class DFPWeightQuantizer(_WeightQuantizerBase):
             elif kept == [rank - 1]:
                 fl = tf.reshape(fl, [-1])
             return _backend.dfp_quantize(w, self.bitwidth, fl, signed=True, rounding=rounding)
-        qmin, qmax = _qrange(self.bitwidth, not self.apply_offset)
+        qmin, qmax = integer_range(self.bitwidth, not self.apply_offset)
         return _backend.affine_quantize(w, scale, offset, qmin, qmax, rounding=rounding)
 
 

@@ -230,6 +230,7 @@ def search_bitwidths(
     batch_size: int = 32,
     score_unit: str = "fraction",
     progress: Optional[Callable[[str, float], None]] = None,
+    make_candidate: Optional[Callable[[QuantizationConfig], Any]] = None,
 ) -> SearchResult:
     """Ristretto's DFP bit-width search over ``parts`` of a float Keras ``model``.
 
@@ -239,6 +240,8 @@ def search_bitwidths(
     (default: kerasq's DFP defaults); the search evaluates with ``quantization_start=0``
     and the returned config keeps ``config.quantization_start``. ``progress(label, score)``
     is called after every evaluation (the CLI prints it); logging also reports each one.
+    ``make_candidate(cfg)``, if given, makes the calibrated candidate model instead
+    (``kerasq.search_bitwidths`` uses it for a Keras 3 model, searched on its tf_keras twin).
 
     Example: ``search_bitwidths(model, eval_fn, x_cal, error_margin=1.0).bitwidths``
     -> ``{"conv_weights": 4, "dense_weights": 8, "activations": 8}``.
@@ -272,8 +275,11 @@ def search_bitwidths(
 
     def score_of(bits: Dict[str, Optional[int]], label: str) -> float:
         cfg = _part_config(run_base, types, bits)
-        qmodel = quantize_model(model, cfg)
-        calibrate(qmodel, data, steps, batch_size=batch_size)
+        if make_candidate is not None:
+            qmodel = make_candidate(cfg)
+        else:
+            qmodel = quantize_model(model, cfg)
+            calibrate(qmodel, data, steps, batch_size=batch_size)
         value = float(eval_fn(qmodel))
         log.info("search: %s -> %.6g", label, value)
         if progress is not None:
@@ -383,6 +389,7 @@ def search_minifloat(
     batch_size: int = 32,
     score_unit: str = "fraction",
     progress: Optional[Callable[[str, float], None]] = None,
+    make_candidate: Optional[Callable[[QuantizationConfig], Any]] = None,
 ) -> SearchResult:
     """Ristretto's minifloat search (``--trimming_mode=minifloat``, quant-schemes.md §2.6.5).
 
@@ -390,7 +397,8 @@ def search_minifloat(
     (:func:`minifloat_exp_bits`); then whole-net minifloat formats of total width 16, 8, 4
     (while width − 1 − E > 0; mantissa = width − E − 1) are scored with the same stopping
     rule as :func:`search_bitwidths`. kerasq applies the format to every quantizer of the
-    net (Ristretto: Conv/FC weights, biases, inputs and outputs).
+    net (Ristretto: Conv/FC weights, biases, inputs and outputs). ``make_candidate`` as in
+    :func:`search_bitwidths`.
 
     Example: ``search_minifloat(model, eval_fn, x_cal).config`` -> minifloat E4M3 config.
     """
@@ -414,8 +422,12 @@ def search_minifloat(
                             quantize_activations=True)
 
     def evaluate(bw: int) -> float:
-        qmodel = quantize_model(model, format_config(bw).replace(quantization_start=0))
-        calibrate(qmodel, data, steps, batch_size=batch_size)
+        cfg = format_config(bw).replace(quantization_start=0)
+        if make_candidate is not None:
+            qmodel = make_candidate(cfg)
+        else:
+            qmodel = quantize_model(model, cfg)
+            calibrate(qmodel, data, steps, batch_size=batch_size)
         value = float(eval_fn(qmodel))
         label = f"minifloat {bw} bit (E{exp_bits}M{bw - exp_bits - 1})"
         log.info("search: %s -> %.6g", label, value)

@@ -128,9 +128,3 @@ def test_cli_keras3_refusals(trained, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("kerasq: error: ") and ".keras" in err and "Traceback" not in err
     assert not out.exists()
-    out = tmp_path / "q3.keras"
-    np.save(tmp_path / "cal.npy", np.zeros((4, 8, 8, 1), np.float32))
-    assert main(["quantize", str(float_path), "-o", str(out), "--report",
-                 "--calibration", str(tmp_path / "cal.npy")]) == 2
-    err = capsys.readouterr().err
-    assert "--report" in err and "Keras 3" in err and not out.exists()

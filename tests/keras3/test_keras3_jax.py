@@ -1,7 +1,8 @@
 """The Keras 3 path on the JAX backend (a subprocess with KERAS_BACKEND=jax runs
 jax_flow.py): calibration bit-identical to the tf_keras twin, QAT with fit, int8 export of
 the JAX-trained model; its .keras file reloads on the TensorFlow backend here and matches
-both the JAX model and the int8 file."""
+both the JAX model and the int8 file. The search, report and integer runner on the JAX
+models equal the tf_keras path's on a tf_keras copy of the model."""
 
 import json
 import os
@@ -35,6 +36,14 @@ def test_jax_calibration_and_qat(jax_run):
     assert result["ptq_equals_twin"], result
     assert result["ptq_acc"] >= result["float_acc"] - 0.03
     assert result["qat_acc"] >= result["ptq_acc"] - 0.02
+
+
+def test_jax_search_report_and_integer_runner_equal_the_tf_keras_path(jax_run):
+    _, result = jax_run
+    assert result["integer_equals_model"] and result["integer_equals_tf_keras"], result
+    assert result["report_rows"] >= 8 and result["report_equals_tf_keras"], result
+    assert result["search_rows"] == result["search_rows_tf_keras"], result
+    assert len(result["search_rows"]) >= 1 and result["search_config_equal"], result
 
 
 def test_jax_accuracy_matches_tf_keras_twin(jax_run):

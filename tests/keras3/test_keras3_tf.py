@@ -202,7 +202,7 @@ def test_load_model_refuses_code_in_a_keras3_file(tmp_path):
     model.save(path)
     with pytest.raises(KerasqError):
         kerasq.load_model(path)
-    from kerasq.keras3.dispatch import is_keras3_file
+    from kerasq.dispatch import is_keras3_file
 
     assert is_keras3_file(path)
     assert not is_keras3_file(tmp_path / "missing.keras")

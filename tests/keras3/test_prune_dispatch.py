@@ -1,5 +1,5 @@
 """``kerasq.prune.prune_model`` and ``kerasq.prune.PruningCallback`` on Keras 3 models (the
-dispatch in kerasq/keras3/dispatch.py). References: the tf_keras path's masks on the twin
+Keras 3 branch of kerasq/prune/api.py and kerasq/prune/callbacks.py, kerasq/prune/keras3.py). References: the tf_keras path's masks on the twin
 (same weights, same schedule), numpy counts of the zeros, tfmot's schedule values."""
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ import pytest
 
 from kerasq import numerics
 from kerasq.keras3 import qops
+from kerasq.numerics.grid import integer_range
 
 keras = qops.keras
 ops = keras.ops
@@ -38,7 +39,7 @@ def test_fake_quant_matches_tf_fake_quant(bitwidth, fl, unsigned):
     from kerasq._compat import tf
 
     x = _values(1)
-    qmin, qmax = qops.qrange(bitwidth, not unsigned)
+    qmin, qmax = integer_range(bitwidth, not unsigned)
     want = tf.quantization.fake_quant_with_min_max_vars(
         x, qmin * 2.0 ** -fl, qmax * 2.0 ** -fl, num_bits=bitwidth).numpy()
     got = _np(qops.fake_quant_dfp(ops.convert_to_tensor(x), bitwidth, float(fl),
