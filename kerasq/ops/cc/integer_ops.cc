@@ -480,81 +480,194 @@ void RunGemmLayer(OpKernelContext* ctx, const gemm::PackedB& B, int64_t M, int64
       });
 }
 
-// The u8·s8 form of RunGemmLayer (int8 x int8 on AVX512-VNNI): fill_rows(row0, rows, A,
-// lda) writes offset activations x + 128 into rows pre-filled with 128 (x = 0).
-template <typename Out, typename FillRows>
-void RunGemmLayerU8(OpKernelContext* ctx, const gemm::PackedB8& B, int64_t M,
-                    const Requantizer& rq, Out* y, FillRows fill_rows) {
+// The output stage of the indirect u8·s8 GEMM for one call: the requantization runs in
+// the kernel's epilogue when the int32 path applies (rq.fast32); otherwise the kernel
+// writes exact int32 sums that RequantizeRows finishes.
+struct U8S8Stage {
+  std::vector<int32_t> init, half, shift;
+  gemm::U8S8Output out;
+  bool fused = false;
+};
+
+template <typename Out>
+void MakeU8S8Stage(const Requantizer& rq, const gemm::PackedB8& B, Out* y, U8S8Stage* s) {
+  s->fused = rq.fast32;
+  s->init.assign(B.Np, 0);
+  s->half.assign(B.Np, 0);
+  s->shift.assign(B.Np, 0);
+  for (int64_t n = 0; n < B.N; ++n) {
+    // bias - comp, wrapping: the kernel's final sum is exact modulo 2^32 and inside int32
+    const uint32_t bias = s->fused ? static_cast<uint32_t>(rq.bias32[n]) : 0u;
+    s->init[n] = static_cast<int32_t>(bias - static_cast<uint32_t>(B.comp[n]));
+    if (s->fused) {
+      s->half[n] = rq.half32[n];
+      s->shift[n] = rq.shift32[n];
+    }
+  }
+  gemm::U8S8Output& o = s->out;
+  o.init = s->init.data();
+  o.half = s->half.data();
+  o.shift = s->shift.data();
+  o.lo = static_cast<int32_t>(rq.lo);
+  o.hi = static_cast<int32_t>(rq.hi);
+  static_assert(int(Rounding::kNearest) == gemm::U8S8Output::kNearest &&
+                int(Rounding::kNearestEven) == gemm::U8S8Output::kNearestEven &&
+                int(Rounding::kHalfUp) == gemm::U8S8Output::kHalfUp, "rounding codes");
+  o.mode = s->fused ? static_cast<int>(rq.rounding) : gemm::U8S8Output::kRaw;
+  o.out_bytes = s->fused ? static_cast<int>(sizeof(Out)) : 4;
+  o.out = y;
+  o.ldo = B.N;
+  o.n_valid = B.N;
+}
+
+// The int8 x int8 GEMM layers on AVX512-VNNI (conv, matmul) through the indirect kernel.
+// row_pointers(m0, rows, ptrs, scratch) fills the pointer table of rows [m0, m0 + rows)
+// (ceil(rows / 8) tiles x taps x 8, see gemm::IndirectGemmU8S8; the last tile's unused
+// rows repeat a valid pointer), gathering rows into the thread's scratch buffer when they
+// cannot be read in place. The work is split into one task per thread, by rows or by
+// 32-channel panels, whichever leaves the smaller largest task (channels on a tie when
+// the packed weights are beyond L2: each thread then streams only its half of them).
+template <typename Out, typename RowPointers>
+void RunIndirectU8(OpKernelContext* ctx, const gemm::PackedB8& B, int64_t M, int64_t taps,
+                   int64_t seg_len, const Requantizer& rq, Out* y, RowPointers row_pointers) {
+  U8S8Stage stage;
+  MakeU8S8Stage(rq, B, y, &stage);
   auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
   const bool run_inline = M * B.Kp * B.Np < kInlineWork;
   const int64_t threads = run_inline ? 1 : std::max(1, workers->num_threads);
-  // Every row block streams all the packed weights of its channel group: when they do not
-  // fit in L2 (a 4096x1000 dense layer), rows go in blocks of up to 64 and the threads
-  // share the channels instead, so the weights are read once per 64 rows.
+  constexpr int64_t kTile = gemm::kIndirectRows;
+  const int64_t row_tiles = (M + kTile - 1) / kTile;
+  const int64_t panels = (B.Np + 31) / 32;
   const bool big_weights = B.Kp * B.Np > (int64_t{1} << 19);
-  const int64_t block = big_weights
-      ? std::min<int64_t>(64, gemm::RoundUp(M, gemm::kRowTile))
-      : std::clamp<int64_t>(gemm::RoundUp((M + 2 * threads - 1) / (2 * threads), gemm::kRowTile),
-                            gemm::kRowTile, 64);
-  const int64_t row_blocks = (M + block - 1) / block;
-  int64_t groups = 1;
-  while (row_blocks * groups < 2 * threads && B.Np / (groups * 2) >= 32) groups *= 2;
-  const int64_t group_width = gemm::RoundUp((B.Np + groups - 1) / groups, 32);
-  groups = (B.Np + group_width - 1) / group_width;
-  const int64_t lda = B.Kp;
-  RunTasks(
-      ctx, run_inline, row_blocks * groups,
-      block * B.Kp * group_width / 2, [&](int64_t t0, int64_t t1) {
-        thread_local std::vector<uint8_t> A;
-        thread_local std::vector<int32_t> C;
-        A.resize(block * lda);
-        C.resize(block * B.Np);
-        for (int64_t t = t0; t < t1; ++t) {
-          const int64_t b = t / groups, g = t % groups;
-          const int64_t n_begin = g * group_width;
-          const int64_t n_end = std::min(B.Np, n_begin + group_width);
-          const int64_t row0 = b * block;
-          const int64_t rows = std::min(block, M - row0);
-          const int64_t padded = gemm::RoundUp(rows, gemm::kRowTile);
-          std::fill(A.begin(), A.begin() + padded * lda, uint8_t{128});
-          fill_rows(row0, rows, A.data(), lda);
-          gemm::GemmU8S8(A.data(), padded, lda, B, C.data(), n_begin, n_end);
-          RequantizeRows(rq, C.data(), B.Np, row0, rows, B.N, y, n_begin, n_end);
+  int64_t row_tasks = 1, panel_tasks = 1;
+  if (threads > 1) {
+    const int64_t by_rows = (row_tiles + threads - 1) / threads * panels;
+    const int64_t by_panels = (panels + threads - 1) / threads * row_tiles;
+    if (by_panels < by_rows || (by_panels == by_rows && big_weights)) {
+      panel_tasks = std::min(threads, panels);
+    } else {
+      row_tasks = std::min(threads, row_tiles);
+    }
+  }
+  // Rows per kernel call: the rows' activations (and, unfused, their int32 sums) stay
+  // in L2 while every weight panel meets them.
+  int64_t block = (int64_t{1} << 18) / B.Kp;
+  if (!stage.fused) block = std::min(block, (int64_t{1} << 18) / (4 * B.Np));
+  block = std::clamp<int64_t>(block / kTile * kTile, kTile, 256);
+  auto task = [&](int64_t t0, int64_t t1) {
+    thread_local std::vector<const int8_t*> ptrs;
+    thread_local std::vector<int8_t> scratch;
+    thread_local std::vector<int32_t> acc;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t rt = t / panel_tasks, pt = t % panel_tasks;
+      const int64_t r_begin = std::min(M, rt * row_tiles / row_tasks * kTile);
+      const int64_t r_end = std::min(M, (rt + 1) * row_tiles / row_tasks * kTile);
+      const int64_t n_begin = pt * panels / panel_tasks * 32;
+      const int64_t n_end = std::min(B.Np, (pt + 1) * panels / panel_tasks * 32);
+      for (int64_t m0 = r_begin; m0 < r_end; m0 += block) {
+        const int64_t rows = std::min(block, r_end - m0);
+        ptrs.resize((rows + kTile - 1) / kTile * taps * kTile);
+        row_pointers(m0, rows, ptrs.data(), scratch);
+        gemm::U8S8Output o = stage.out;
+        if (stage.fused) {
+          o.out = y + m0 * B.N;
+        } else {
+          acc.resize(rows * B.Np);
+          o.out = acc.data();
+          o.ldo = B.Np;
+          o.n_valid = B.Np;
         }
-      });
+        gemm::IndirectGemmU8S8(ptrs.data(), taps, seg_len, rows, B, n_begin, n_end, big_weights,
+                               o);
+        if (!stage.fused) RequantizeRows(rq, acc.data(), B.Np, m0, rows, B.N, y, n_begin, n_end);
+      }
+    }
+  };
+  const int64_t tasks = row_tasks * panel_tasks;
+  if (tasks <= 1) {
+    task(0, 1);
+  } else {
+    workers->workers->ParallelFor(
+        tasks, tsl::thread::ThreadPool::SchedulingParams::Fixed(1), task);
+  }
 }
 
-// Rows [row0, row0 + rows) of the offset patch matrix (x ^ 0x80 = x + 128 as uint8) of an
-// NHWC int8 input; out-of-image taps keep the pre-filled 128 (x = 0).
-inline void Im2colU8(const ConvGeom& g, const int8_t* xp, int64_t row0, int64_t rows,
-                     uint8_t* A, int64_t lda) {
+// The last tile of a pointer table: its rows past `rows` repeat row 0's pointers.
+inline void PadPointerTile(const int8_t** ptrs, int64_t rows, int64_t taps) {
+  constexpr int64_t kTile = gemm::kIndirectRows;
+  if (rows % kTile == 0) return;
+  const int8_t** tile = ptrs + rows / kTile * taps * kTile;
+  for (int64_t t = 0; t < taps; ++t)
+    for (int64_t r = rows % kTile; r < kTile; ++r) tile[t * kTile + r] = tile[t * kTile];
+}
+
+// Pointer table of rows whose K values are contiguous (x + m * ld), taps = 1.
+inline void DenseRowPointers(const int8_t* x, int64_t ld, int64_t m0, int64_t rows,
+                             const int8_t** ptrs) {
+  for (int64_t r = 0; r < rows; ++r) ptrs[r] = x + (m0 + r) * ld;
+  PadPointerTile(ptrs, rows, 1);
+}
+
+// Rows [row0, row0 + rows) of the patch matrix of an NHWC int8 input, gathered into
+// A (lda >= Kp; out-of-image taps and the columns past K are 0).
+inline void Im2colI8(const ConvGeom& g, const int8_t* xp, int64_t row0, int64_t rows,
+                     int8_t* A, int64_t lda) {
+  std::memset(A, 0, rows * lda);
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t m = row0 + r;
     const int64_t ow = m % g.out_w, oh = (m / g.out_w) % g.out_h, b = m / (g.out_w * g.out_h);
-    uint8_t* a = A + r * lda;
+    int8_t* a = A + r * lda;
     for (int64_t kh = 0; kh < g.k_h; ++kh) {
       const int64_t ih = oh * g.s_h - g.pad_top + kh * g.d_h;
-      if (ih < 0 || ih >= g.in_h) {
-        a += g.k_w * g.in_c;
-        continue;
-      }
-      const int8_t* line = xp + (b * g.in_h + ih) * g.in_w * g.in_c;
-      const int64_t iw0 = ow * g.s_w - g.pad_left;
-      if (g.d_w == 1 && iw0 >= 0 && iw0 + g.k_w <= g.in_w) {  // the whole row is inside
-        const uint8_t* src = reinterpret_cast<const uint8_t*>(line + iw0 * g.in_c);
-        const int64_t n = g.k_w * g.in_c;
-        for (int64_t c = 0; c < n; ++c) a[c] = src[c] ^ 0x80;
-        a += n;
-        continue;
-      }
       for (int64_t kw = 0; kw < g.k_w; ++kw, a += g.in_c) {
-        const int64_t iw = iw0 + kw * g.d_w;
-        if (iw < 0 || iw >= g.in_w) continue;
-        const uint8_t* src = reinterpret_cast<const uint8_t*>(line + iw * g.in_c);
-        for (int64_t c = 0; c < g.in_c; ++c) a[c] = src[c] ^ 0x80;
+        const int64_t iw = ow * g.s_w - g.pad_left + kw * g.d_w;
+        if (ih < 0 || ih >= g.in_h || iw < 0 || iw >= g.in_w) continue;
+        std::memcpy(a, xp + ((b * g.in_h + ih) * g.in_w + iw) * g.in_c, g.in_c);
       }
     }
   }
+}
+
+// The indirect int8 conv2d: with in_c a multiple of 4 every tap of a patch row is read in
+// place (segments of in_c values; out-of-image taps read `zeros`), else the patch rows are
+// gathered (Im2colI8) and read as one segment of Kp values.
+template <typename Out>
+void RunConvU8(OpKernelContext* ctx, const ConvGeom& g, const gemm::PackedB8& B,
+               const int8_t* xp, const Requantizer& rq, Out* y) {
+  const int64_t M = g.batch * g.out_h * g.out_w;
+  constexpr int64_t kTile = gemm::kIndirectRows;
+  if (g.in_c % gemm::kU8Group != 0) {
+    RunIndirectU8(ctx, B, M, 1, B.Kp, rq, y,
+                  [&](int64_t m0, int64_t rows, const int8_t** ptrs, std::vector<int8_t>& buf) {
+                    buf.resize(rows * B.Kp);
+                    Im2colI8(g, xp, m0, rows, buf.data(), B.Kp);
+                    DenseRowPointers(buf.data(), B.Kp, 0, rows, ptrs);
+                  });
+    return;
+  }
+  const int64_t taps = g.k_h * g.k_w;
+  const std::vector<int8_t> zeros(g.in_c, 0);
+  RunIndirectU8(ctx, B, M, taps, g.in_c, rq, y,
+                [&](int64_t m0, int64_t rows, const int8_t** ptrs, std::vector<int8_t>&) {
+                  for (int64_t r = 0; r < rows; ++r) {
+                    const int64_t m = m0 + r;
+                    const int64_t ow = m % g.out_w, oh = (m / g.out_w) % g.out_h,
+                                  b = m / (g.out_w * g.out_h);
+                    const int8_t** p = ptrs + r / kTile * taps * kTile + r % kTile;
+                    for (int64_t kh = 0; kh < g.k_h; ++kh) {
+                      const int64_t ih = oh * g.s_h - g.pad_top + kh * g.d_h;
+                      const bool row_in = ih >= 0 && ih < g.in_h;
+                      const int8_t* line =
+                          row_in ? xp + (b * g.in_h + ih) * g.in_w * g.in_c : nullptr;
+                      for (int64_t kw = 0; kw < g.k_w; ++kw, p += kTile) {
+                        const int64_t iw = ow * g.s_w - g.pad_left + kw * g.d_w;
+                        *p = row_in && iw >= 0 && iw < g.in_w ? line + iw * g.in_c
+                                                              : zeros.data();
+                      }
+                    }
+                  }
+                  PadPointerTile(ptrs, rows, taps);
+                });
 }
 
 // True when the int8 x int8 u8·s8 GEMM applies (int8 operands, VNNI CPU, K small enough).
@@ -591,10 +704,7 @@ class DfpConv2DOp : public IntegerKernelBase {
         const int8_t* xp = x.flat<int8_t>().data();
         Requantizer rq;
         OP_REQUIRES_OK(ctx, MakeRequantizer(ctx, g.out_c, 128.0 * B.max_abs * B.Kp, &rq));
-        RunGemmLayerU8(ctx, B, M, rq, y->flat<Out>().data(),
-                       [&](int64_t row0, int64_t rows, uint8_t* A, int64_t lda) {
-                         Im2colU8(g, xp, row0, rows, A, lda);
-                       });
+        RunConvU8(ctx, g, B, xp, rq, y->flat<Out>().data());
         return;
       }
     }
@@ -654,17 +764,25 @@ class DfpMatMulOp : public IntegerKernelBase {
       if (UseU8S8<TIn, TW>(K)) {
         const auto packed8 = packed_weights8_.Get(ctx, w.flat<TW>().data(), K, N);
         const gemm::PackedB8& B = *packed8;
-        const uint8_t* xp = reinterpret_cast<const uint8_t*>(x.flat<int8_t>().data());
+        const int8_t* xp = x.flat<int8_t>().data();
         Requantizer rq;
         OP_REQUIRES_OK(ctx, MakeRequantizer(ctx, N, 128.0 * B.max_abs * B.Kp, &rq));
-        RunGemmLayerU8(ctx, B, M, rq, y->flat<Out>().data(),
-                       [&](int64_t row0, int64_t rows, uint8_t* A, int64_t lda) {
-                         for (int64_t r = 0; r < rows; ++r) {
-                           const uint8_t* src = xp + (row0 + r) * K;
-                           uint8_t* a = A + r * lda;
-                           for (int64_t k = 0; k < K; ++k) a[k] = src[k] ^ 0x80;
-                         }
-                       });
+        Out* yp = y->flat<Out>().data();
+        if (K % gemm::kU8Group == 0) {
+          RunIndirectU8(ctx, B, M, 1, K, rq, yp,
+                        [&](int64_t m0, int64_t rows, const int8_t** ptrs, std::vector<int8_t>&) {
+                          DenseRowPointers(xp, K, m0, rows, ptrs);
+                        });
+        } else {  // rows copied to a stride of Kp, zero-padded
+          RunIndirectU8(ctx, B, M, 1, B.Kp, rq, yp,
+                        [&](int64_t m0, int64_t rows, const int8_t** ptrs,
+                            std::vector<int8_t>& buf) {
+                          buf.assign(rows * B.Kp, 0);
+                          for (int64_t r = 0; r < rows; ++r)
+                            std::memcpy(buf.data() + r * B.Kp, xp + (m0 + r) * K, K);
+                          DenseRowPointers(buf.data(), B.Kp, 0, rows, ptrs);
+                        });
+        }
         return;
       }
     }
