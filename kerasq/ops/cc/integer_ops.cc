@@ -6,7 +6,10 @@
 // multithreaded over TF's intra-op pool; layouts are NHWC activations and HWIO (conv),
 // HWCM (depthwise) or [K, N] (matmul) weights, as in Keras.
 #include <algorithm>
+#include <atomic>
+#include <condition_variable>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <limits>
 #include <mutex>
@@ -275,6 +278,44 @@ void RunTasks(OpKernelContext* ctx, bool run_inline, int64_t tasks, int64_t cost
   tensorflow::Shard(workers->num_threads, workers->workers, tasks, cost_per_task, fn);
 }
 
+// Runs fn(i) for every i in [0, chunks) on the calling thread and up to threads - 1 pool
+// threads, which take chunks in order as they come: a helper that wakes late (or is
+// preempted on a busy machine) finds less work, and the call returns once every chunk is
+// done without waiting for helpers that never started (they then find nothing to do;
+// the state they share with the caller is reference-counted).
+template <typename Fn>
+void ParallelChunks(OpKernelContext* ctx, int64_t threads, int64_t chunks, const Fn& fn) {
+  const int64_t helpers = std::min(threads, chunks) - 1;
+  if (helpers <= 0) {
+    for (int64_t i = 0; i < chunks; ++i) fn(i);
+    return;
+  }
+  struct State {
+    std::atomic<int64_t> next{0}, done{0};
+    int64_t chunks = 0;
+    std::function<void(int64_t)> fn;  // called only for chunks taken before the last is done
+    std::mutex mu;
+    std::condition_variable all_done;
+    void Run() {
+      for (int64_t i; (i = next.fetch_add(1)) < chunks;) {
+        fn(i);
+        if (done.fetch_add(1) + 1 == chunks) {
+          std::lock_guard<std::mutex> lock(mu);
+          all_done.notify_all();
+        }
+      }
+    }
+  };
+  auto state = std::make_shared<State>();
+  state->chunks = chunks;
+  state->fn = [&fn](int64_t i) { fn(i); };
+  auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+  for (int64_t h = 0; h < helpers; ++h) pool->Schedule([state] { state->Run(); });
+  state->Run();
+  std::unique_lock<std::mutex> lock(state->mu);
+  state->all_done.wait(lock, [&] { return state->done.load() == chunks; });
+}
+
 // Writes rows [row0, row0 + rows), columns [n_begin, n_end) of y (channels wide) from
 // accumulators C (row r at C + r * ldc, indexed by channel).
 template <typename Acc, typename Out>
@@ -379,26 +420,38 @@ void PackWeights(OpKernelContext* ctx, const int8_t* w, int64_t K, int64_t N, ge
 template <typename Packed>
 class PackedWeightCache {
  public:
+  // An entry found by address and shape: packed was made from the bytes raw, which the
+  // caller still has to compare with the weights.
+  struct Candidate {
+    std::shared_ptr<const Packed> packed;
+    std::shared_ptr<const std::vector<char>> raw;
+  };
+
   template <typename W>
-  std::shared_ptr<const Packed> Get(OpKernelContext* ctx, const W* w, int64_t K, int64_t N) {
+  Candidate Find(const W* w, int64_t K, int64_t N) {
     const size_t bytes = static_cast<size_t>(K * N) * sizeof(W);
-    const void* key = w;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      for (Entry& e : entries_) {
-        if (e.key == key && e.packed->K == K && e.packed->N == N && e.raw.size() == bytes &&
-            std::memcmp(e.raw.data(), w, bytes) == 0) {
-          e.last_use = ++clock_;
-          return e.packed;
-        }
+    std::lock_guard<std::mutex> lock(mu_);
+    for (Entry& e : entries_) {
+      if (e.key == w && e.packed->K == K && e.packed->N == N && e.raw->size() == bytes) {
+        e.last_use = ++clock_;
+        return {e.packed, e.raw};
       }
     }
+    return {};
+  }
+
+  // Packs w and keeps it, in place of the entry of the same buffer if there is one.
+  template <typename W>
+  std::shared_ptr<const Packed> Put(OpKernelContext* ctx, const W* w, int64_t K, int64_t N) {
+    const size_t bytes = static_cast<size_t>(K * N) * sizeof(W);
     auto packed = std::make_shared<Packed>();
     PackWeights(ctx, w, K, N, packed.get());
+    auto raw = std::make_shared<const std::vector<char>>(reinterpret_cast<const char*>(w),
+                                                         reinterpret_cast<const char*>(w) + bytes);
     std::lock_guard<std::mutex> lock(mu_);
     Entry* slot = nullptr;
     for (Entry& e : entries_)
-      if (e.key == key) slot = &e;  // the same buffer with new contents
+      if (e.key == w) slot = &e;  // the same buffer with new contents
     if (slot == nullptr && entries_.size() < kEntries) {
       entries_.emplace_back();
       slot = &entries_.back();
@@ -408,18 +461,26 @@ class PackedWeightCache {
       for (Entry& e : entries_)
         if (e.last_use < slot->last_use) slot = &e;
     }
-    slot->key = key;
-    slot->raw.assign(reinterpret_cast<const char*>(w), reinterpret_cast<const char*>(w) + bytes);
+    slot->key = w;
+    slot->raw = std::move(raw);
     slot->packed = packed;
     slot->last_use = ++clock_;
     return packed;
+  }
+
+  // The packed form of w, confirmed (or made) now.
+  template <typename W>
+  std::shared_ptr<const Packed> Get(OpKernelContext* ctx, const W* w, int64_t K, int64_t N) {
+    const Candidate c = Find(w, K, N);
+    if (c.packed && std::memcmp(c.raw->data(), w, c.raw->size()) == 0) return c.packed;
+    return Put(ctx, w, K, N);
   }
 
  private:
   static constexpr size_t kEntries = 64;
   struct Entry {
     const void* key = nullptr;
-    std::vector<char> raw;
+    std::shared_ptr<const std::vector<char>> raw;
     std::shared_ptr<const Packed> packed;
     uint64_t last_use = 0;
   };
@@ -524,72 +585,97 @@ void MakeU8S8Stage(const Requantizer& rq, const gemm::PackedB8& B, Out* y, U8S8S
 // row_pointers(m0, rows, ptrs, scratch) fills the pointer table of rows [m0, m0 + rows)
 // (ceil(rows / 8) tiles x taps x 8, see gemm::IndirectGemmU8S8; the last tile's unused
 // rows repeat a valid pointer), gathering rows into the thread's scratch buffer when they
-// cannot be read in place. The work is split into one task per thread, by rows or by
-// 32-channel panels, whichever leaves the smaller largest task (channels on a tie when
-// the packed weights are beyond L2: each thread then streams only its half of them).
+// cannot be read in place. The work goes in chunks of rows (all channels) or, when the
+// packed weights are beyond L2 or the rows few, of 32-channel panels (all rows: each
+// thread then streams only its share of the weights), handed out by ParallelChunks.
+// With `raw` given, B is a cache candidate: the chunks also compare raw with the weight
+// bytes w, a slice each, and false is returned (y incomplete) when they differ.
 template <typename Out, typename RowPointers>
-void RunIndirectU8(OpKernelContext* ctx, const gemm::PackedB8& B, int64_t M, int64_t taps,
-                   int64_t seg_len, const Requantizer& rq, Out* y, RowPointers row_pointers) {
+bool RunIndirectU8(OpKernelContext* ctx, const gemm::PackedB8& B, int64_t M, int64_t taps,
+                   int64_t seg_len, const Requantizer& rq, Out* y, const std::vector<char>* raw,
+                   const void* w, RowPointers row_pointers) {
   U8S8Stage stage;
   MakeU8S8Stage(rq, B, y, &stage);
   auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
   const bool run_inline = M * B.Kp * B.Np < kInlineWork;
   const int64_t threads = run_inline ? 1 : std::max(1, workers->num_threads);
   constexpr int64_t kTile = gemm::kIndirectRows;
-  const int64_t row_tiles = (M + kTile - 1) / kTile;
   const int64_t panels = (B.Np + 31) / 32;
   const bool big_weights = B.Kp * B.Np > (int64_t{1} << 19);
-  int64_t row_tasks = 1, panel_tasks = 1;
-  if (threads > 1) {
-    const int64_t by_rows = (row_tiles + threads - 1) / threads * panels;
-    const int64_t by_panels = (panels + threads - 1) / threads * row_tiles;
-    if (by_panels < by_rows || (by_panels == by_rows && big_weights)) {
-      panel_tasks = std::min(threads, panels);
-    } else {
-      row_tasks = std::min(threads, row_tiles);
-    }
-  }
   // Rows per kernel call: the rows' activations (and, unfused, their int32 sums) stay
   // in L2 while every weight panel meets them.
   int64_t block = (int64_t{1} << 18) / B.Kp;
   if (!stage.fused) block = std::min(block, (int64_t{1} << 18) / (4 * B.Np));
   block = std::clamp<int64_t>(block / kTile * kTile, kTile, 256);
-  auto task = [&](int64_t t0, int64_t t1) {
+  const bool by_panels = threads > 1 && panels > 1 && (big_weights || M < 64 * threads);
+  int64_t chunk_rows = M, chunks = 1;
+  if (by_panels) {
+    chunks = panels;
+  } else if (threads > 1) {
+    chunk_rows = std::min(block, gemm::RoundUp((M + 4 * threads - 1) / (4 * threads), kTile));
+    chunks = (M + chunk_rows - 1) / chunk_rows;
+  }
+  std::atomic<bool> differs{false};
+  ParallelChunks(ctx, threads, chunks, [&](int64_t i) {
+    if (raw != nullptr) {
+      const size_t begin = raw->size() * i / chunks, end = raw->size() * (i + 1) / chunks;
+      if (std::memcmp(raw->data() + begin, static_cast<const char*>(w) + begin, end - begin) != 0)
+        differs = true;
+    }
+    if (differs) return;
     thread_local std::vector<const int8_t*> ptrs;
     thread_local std::vector<int8_t> scratch;
     thread_local std::vector<int32_t> acc;
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t rt = t / panel_tasks, pt = t % panel_tasks;
-      const int64_t r_begin = std::min(M, rt * row_tiles / row_tasks * kTile);
-      const int64_t r_end = std::min(M, (rt + 1) * row_tiles / row_tasks * kTile);
-      const int64_t n_begin = pt * panels / panel_tasks * 32;
-      const int64_t n_end = std::min(B.Np, (pt + 1) * panels / panel_tasks * 32);
-      for (int64_t m0 = r_begin; m0 < r_end; m0 += block) {
-        const int64_t rows = std::min(block, r_end - m0);
-        ptrs.resize((rows + kTile - 1) / kTile * taps * kTile);
-        row_pointers(m0, rows, ptrs.data(), scratch);
-        gemm::U8S8Output o = stage.out;
-        if (stage.fused) {
-          o.out = y + m0 * B.N;
-        } else {
-          acc.resize(rows * B.Np);
-          o.out = acc.data();
-          o.ldo = B.Np;
-          o.n_valid = B.Np;
-        }
-        gemm::IndirectGemmU8S8(ptrs.data(), taps, seg_len, rows, B, n_begin, n_end, big_weights,
-                               o);
-        if (!stage.fused) RequantizeRows(rq, acc.data(), B.Np, m0, rows, B.N, y, n_begin, n_end);
+    const int64_t r_begin = by_panels ? 0 : i * chunk_rows;
+    const int64_t r_end = by_panels ? M : std::min(M, r_begin + chunk_rows);
+    const int64_t n_begin = by_panels ? i * 32 : 0;
+    const int64_t n_end = by_panels ? std::min(B.Np, n_begin + 32) : B.Np;
+    for (int64_t m0 = r_begin; m0 < r_end; m0 += block) {
+      const int64_t rows = std::min(block, r_end - m0);
+      ptrs.resize((rows + kTile - 1) / kTile * taps * kTile);
+      row_pointers(m0, rows, ptrs.data(), scratch);
+      gemm::U8S8Output o = stage.out;
+      if (stage.fused) {
+        o.out = y + m0 * B.N;
+      } else {
+        acc.resize(rows * B.Np);
+        o.out = acc.data();
+        o.ldo = B.Np;
+        o.n_valid = B.Np;
       }
+      gemm::IndirectGemmU8S8(ptrs.data(), taps, seg_len, rows, B, n_begin, n_end, big_weights, o);
+      if (!stage.fused) RequantizeRows(rq, acc.data(), B.Np, m0, rows, B.N, y, n_begin, n_end);
     }
-  };
-  const int64_t tasks = row_tasks * panel_tasks;
-  if (tasks <= 1) {
-    task(0, 1);
-  } else {
-    workers->workers->ParallelFor(
-        tasks, tsl::thread::ThreadPool::SchedulingParams::Fixed(1), task);
+  });
+  return !differs;
+}
+
+// An int8 layer through the packed-weight cache: run(B, raw) computes the output with the
+// packed weights B, confirming on the way that raw (unless null) holds the weight bytes,
+// and returns false when it does not; the weights are then packed again and run once more.
+template <typename Run>
+void WithPackedWeights8(OpKernelContext* ctx, PackedWeightCache<gemm::PackedB8>* cache,
+                        const int8_t* w, int64_t K, int64_t N, Run run) {
+  const auto candidate = cache->Find(w, K, N);
+  if (candidate.packed && run(*candidate.packed, candidate.raw.get())) return;
+  run(*cache->Put(ctx, w, K, N), nullptr);
+}
+
+// Whether to go on after making the requantizer of an int8 layer from packed weights
+// that may be an unconfirmed cache candidate (raw != null): an error then stands only
+// once raw is confirmed to hold the weight bytes w (it may come from stale weights).
+// Returns false with *stale set when raw differs (pack again), false after reporting the
+// error, true when the requantizer is ready.
+inline bool RequantizerReady(OpKernelContext* ctx, const Status& status,
+                             const std::vector<char>* raw, const void* w, bool* stale) {
+  *stale = false;
+  if (status.ok()) return true;
+  if (raw != nullptr && std::memcmp(raw->data(), w, raw->size()) != 0) {
+    *stale = true;
+    return false;
   }
+  ctx->SetStatus(status);
+  return false;
 }
 
 // The last tile of a pointer table: its rows past `rows` repeat row 0's pointers.
@@ -632,37 +718,53 @@ inline void Im2colI8(const ConvGeom& g, const int8_t* xp, int64_t row0, int64_t 
 // place (segments of in_c values; out-of-image taps read `zeros`), else the patch rows are
 // gathered (Im2colI8) and read as one segment of Kp values.
 template <typename Out>
-void RunConvU8(OpKernelContext* ctx, const ConvGeom& g, const gemm::PackedB8& B,
-               const int8_t* xp, const Requantizer& rq, Out* y) {
+bool RunConvU8(OpKernelContext* ctx, const ConvGeom& g, const gemm::PackedB8& B,
+               const int8_t* xp, const Requantizer& rq, Out* y, const std::vector<char>* raw,
+               const int8_t* w) {
   const int64_t M = g.batch * g.out_h * g.out_w;
   constexpr int64_t kTile = gemm::kIndirectRows;
   if (g.in_c % gemm::kU8Group != 0) {
-    RunIndirectU8(ctx, B, M, 1, B.Kp, rq, y,
-                  [&](int64_t m0, int64_t rows, const int8_t** ptrs, std::vector<int8_t>& buf) {
-                    buf.resize(rows * B.Kp);
-                    Im2colI8(g, xp, m0, rows, buf.data(), B.Kp);
-                    DenseRowPointers(buf.data(), B.Kp, 0, rows, ptrs);
-                  });
-    return;
+    return RunIndirectU8(
+        ctx, B, M, 1, B.Kp, rq, y, raw, w,
+        [&](int64_t m0, int64_t rows, const int8_t** ptrs, std::vector<int8_t>& buf) {
+          buf.resize(rows * B.Kp);
+          Im2colI8(g, xp, m0, rows, buf.data(), B.Kp);
+          DenseRowPointers(buf.data(), B.Kp, 0, rows, ptrs);
+        });
   }
   const int64_t taps = g.k_h * g.k_w;
   const std::vector<int8_t> zeros(g.in_c, 0);
-  RunIndirectU8(ctx, B, M, taps, g.in_c, rq, y,
+  std::vector<int64_t> tap_offset(taps);  // of each tap from the window's corner, in bytes
+  for (int64_t kh = 0; kh < g.k_h; ++kh)
+    for (int64_t kw = 0; kw < g.k_w; ++kw)
+      tap_offset[kh * g.k_w + kw] = (kh * g.d_h * g.in_w + kw * g.d_w) * g.in_c;
+  const int64_t span_h = (g.k_h - 1) * g.d_h, span_w = (g.k_w - 1) * g.d_w;
+  return RunIndirectU8(ctx, B, M, taps, g.in_c, rq, y, raw, w,
                 [&](int64_t m0, int64_t rows, const int8_t** ptrs, std::vector<int8_t>&) {
+                  int64_t ow = m0 % g.out_w, oh = (m0 / g.out_w) % g.out_h,
+                          b = m0 / (g.out_w * g.out_h);
                   for (int64_t r = 0; r < rows; ++r) {
-                    const int64_t m = m0 + r;
-                    const int64_t ow = m % g.out_w, oh = (m / g.out_w) % g.out_h,
-                                  b = m / (g.out_w * g.out_h);
                     const int8_t** p = ptrs + r / kTile * taps * kTile + r % kTile;
-                    for (int64_t kh = 0; kh < g.k_h; ++kh) {
-                      const int64_t ih = oh * g.s_h - g.pad_top + kh * g.d_h;
-                      const bool row_in = ih >= 0 && ih < g.in_h;
-                      const int8_t* line =
-                          row_in ? xp + (b * g.in_h + ih) * g.in_w * g.in_c : nullptr;
-                      for (int64_t kw = 0; kw < g.k_w; ++kw, p += kTile) {
-                        const int64_t iw = ow * g.s_w - g.pad_left + kw * g.d_w;
-                        *p = row_in && iw >= 0 && iw < g.in_w ? line + iw * g.in_c
-                                                              : zeros.data();
+                    const int64_t ih0 = oh * g.s_h - g.pad_top, iw0 = ow * g.s_w - g.pad_left;
+                    if (ih0 >= 0 && iw0 >= 0 && ih0 + span_h < g.in_h && iw0 + span_w < g.in_w) {
+                      const int8_t* corner = xp + ((b * g.in_h + ih0) * g.in_w + iw0) * g.in_c;
+                      for (int64_t t = 0; t < taps; ++t) p[t * kTile] = corner + tap_offset[t];
+                    } else {  // a window over the border: out-of-image taps read zeros
+                      for (int64_t kh = 0; kh < g.k_h; ++kh) {
+                        const int64_t ih = ih0 + kh * g.d_h;
+                        for (int64_t kw = 0; kw < g.k_w; ++kw, p += kTile) {
+                          const int64_t iw = iw0 + kw * g.d_w;
+                          *p = ih >= 0 && ih < g.in_h && iw >= 0 && iw < g.in_w
+                                   ? xp + ((b * g.in_h + ih) * g.in_w + iw) * g.in_c
+                                   : zeros.data();
+                        }
+                      }
+                    }
+                    if (++ow == g.out_w) {
+                      ow = 0;
+                      if (++oh == g.out_h) {
+                        oh = 0;
+                        ++b;
                       }
                     }
                   }
@@ -699,12 +801,19 @@ class DfpConv2DOp : public IntegerKernelBase {
     const int64_t K = g.k_h * g.k_w * g.in_c;
     if constexpr (std::is_same_v<TIn, int8_t> && std::is_same_v<TW, int8_t>) {
       if (UseU8S8<TIn, TW>(K)) {
-        const auto packed8 = packed_weights8_.Get(ctx, w.flat<TW>().data(), K, g.out_c);
-        const gemm::PackedB8& B = *packed8;
         const int8_t* xp = x.flat<int8_t>().data();
-        Requantizer rq;
-        OP_REQUIRES_OK(ctx, MakeRequantizer(ctx, g.out_c, 128.0 * B.max_abs * B.Kp, &rq));
-        RunConvU8(ctx, g, B, xp, rq, y->flat<Out>().data());
+        const int8_t* wp = w.flat<int8_t>().data();
+        Out* yp = y->flat<Out>().data();
+        WithPackedWeights8(ctx, &packed_weights8_, wp, K, g.out_c,
+                           [&](const gemm::PackedB8& B, const std::vector<char>* raw) {
+                             Requantizer rq;
+                             bool stale;
+                             if (!RequantizerReady(ctx, MakeRequantizer(ctx, g.out_c,
+                                                                        128.0 * B.max_abs * B.Kp, &rq),
+                                                   raw, wp, &stale))
+                               return !stale;
+                             return RunConvU8(ctx, g, B, xp, rq, yp, raw, wp);
+                           });
         return;
       }
     }
@@ -762,27 +871,33 @@ class DfpMatMulOp : public IntegerKernelBase {
     if (M == 0 || N == 0) return;
     if constexpr (std::is_same_v<TIn, int8_t> && std::is_same_v<TW, int8_t>) {
       if (UseU8S8<TIn, TW>(K)) {
-        const auto packed8 = packed_weights8_.Get(ctx, w.flat<TW>().data(), K, N);
-        const gemm::PackedB8& B = *packed8;
         const int8_t* xp = x.flat<int8_t>().data();
-        Requantizer rq;
-        OP_REQUIRES_OK(ctx, MakeRequantizer(ctx, N, 128.0 * B.max_abs * B.Kp, &rq));
+        const int8_t* wp = w.flat<int8_t>().data();
         Out* yp = y->flat<Out>().data();
-        if (K % gemm::kU8Group == 0) {
-          RunIndirectU8(ctx, B, M, 1, K, rq, yp,
-                        [&](int64_t m0, int64_t rows, const int8_t** ptrs, std::vector<int8_t>&) {
-                          DenseRowPointers(xp, K, m0, rows, ptrs);
-                        });
-        } else {  // rows copied to a stride of Kp, zero-padded
-          RunIndirectU8(ctx, B, M, 1, B.Kp, rq, yp,
-                        [&](int64_t m0, int64_t rows, const int8_t** ptrs,
-                            std::vector<int8_t>& buf) {
-                          buf.assign(rows * B.Kp, 0);
-                          for (int64_t r = 0; r < rows; ++r)
-                            std::memcpy(buf.data() + r * B.Kp, xp + (m0 + r) * K, K);
-                          DenseRowPointers(buf.data(), B.Kp, 0, rows, ptrs);
-                        });
-        }
+        WithPackedWeights8(
+            ctx, &packed_weights8_, wp, K, N,
+            [&](const gemm::PackedB8& B, const std::vector<char>* raw) {
+              Requantizer rq;
+              bool stale;
+              if (!RequantizerReady(ctx, MakeRequantizer(ctx, N, 128.0 * B.max_abs * B.Kp, &rq),
+                                    raw, wp, &stale))
+                return !stale;
+              if (K % gemm::kU8Group == 0) {
+                return RunIndirectU8(
+                    ctx, B, M, 1, K, rq, yp, raw, wp,
+                    [&](int64_t m0, int64_t rows, const int8_t** ptrs, std::vector<int8_t>&) {
+                      DenseRowPointers(xp, K, m0, rows, ptrs);
+                    });
+              }
+              return RunIndirectU8(  // rows copied to a stride of Kp, zero-padded
+                  ctx, B, M, 1, B.Kp, rq, yp, raw, wp,
+                  [&](int64_t m0, int64_t rows, const int8_t** ptrs, std::vector<int8_t>& buf) {
+                    buf.assign(rows * B.Kp, 0);
+                    for (int64_t r = 0; r < rows; ++r)
+                      std::memcpy(buf.data() + r * B.Kp, xp + (m0 + r) * K, K);
+                    DenseRowPointers(buf.data(), B.Kp, 0, rows, ptrs);
+                  });
+            });
         return;
       }
     }
