@@ -586,8 +586,8 @@ void MakeU8S8Stage(const Requantizer& rq, const gemm::PackedB8& B, Out* y, U8S8S
 // (ceil(rows / 8) tiles x taps x 8, see gemm::IndirectGemmU8S8; the last tile's unused
 // rows repeat a valid pointer), gathering rows into the thread's scratch buffer when they
 // cannot be read in place. The work goes in chunks of rows (all channels) or, when the
-// packed weights are beyond L2 or the rows few, of 32-channel panels (all rows: each
-// thread then streams only its share of the weights), handed out by ParallelChunks.
+// packed weights are beyond L2 or the rows few, of 32-channel panels (each thread then
+// streams only its share of the weights) times row ranges, handed out by ParallelChunks.
 // With `raw` given, B is a cache candidate: the chunks also compare raw with the weight
 // bytes w, a slice each, and false is returned (y incomplete) when they differ.
 template <typename Out, typename RowPointers>
@@ -607,14 +607,16 @@ bool RunIndirectU8(OpKernelContext* ctx, const gemm::PackedB8& B, int64_t M, int
   int64_t block = (int64_t{1} << 18) / B.Kp;
   if (!stage.fused) block = std::min(block, (int64_t{1} << 18) / (4 * B.Np));
   block = std::clamp<int64_t>(block / kTile * kTile, kTile, 256);
+  // About 8 chunks per thread (fewer when the rows run out), so that a helper that starts
+  // late costs at most a small chunk at the end.
   const bool by_panels = threads > 1 && panels > 1 && (big_weights || M < 64 * threads);
-  int64_t chunk_rows = M, chunks = 1;
-  if (by_panels) {
-    chunks = panels;
-  } else if (threads > 1) {
-    chunk_rows = std::min(block, gemm::RoundUp((M + 4 * threads - 1) / (4 * threads), kTile));
-    chunks = (M + chunk_rows - 1) / chunk_rows;
+  const int64_t panel_chunks = by_panels ? panels : 1;
+  int64_t chunk_rows = M;
+  if (threads > 1) {
+    const int64_t row_chunks = (8 * threads + panel_chunks - 1) / panel_chunks;
+    chunk_rows = gemm::RoundUp((M + row_chunks - 1) / row_chunks, kTile);
   }
+  const int64_t chunks = (M + chunk_rows - 1) / chunk_rows * panel_chunks;
   std::atomic<bool> differs{false};
   ParallelChunks(ctx, threads, chunks, [&](int64_t i) {
     if (raw != nullptr) {
@@ -626,9 +628,9 @@ bool RunIndirectU8(OpKernelContext* ctx, const gemm::PackedB8& B, int64_t M, int
     thread_local std::vector<const int8_t*> ptrs;
     thread_local std::vector<int8_t> scratch;
     thread_local std::vector<int32_t> acc;
-    const int64_t r_begin = by_panels ? 0 : i * chunk_rows;
-    const int64_t r_end = by_panels ? M : std::min(M, r_begin + chunk_rows);
-    const int64_t n_begin = by_panels ? i * 32 : 0;
+    const int64_t r_begin = i / panel_chunks * chunk_rows;
+    const int64_t r_end = std::min(M, r_begin + chunk_rows);
+    const int64_t n_begin = by_panels ? i % panel_chunks * 32 : 0;
     const int64_t n_end = by_panels ? std::min(B.Np, n_begin + 32) : B.Np;
     for (int64_t m0 = r_begin; m0 < r_end; m0 += block) {
       const int64_t rows = std::min(block, r_end - m0);
