@@ -79,8 +79,10 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void TileVnni(
       _mm512_storeu_si512(C + r * ldc + n0 + 16 * v, acc[r][v]);
 }
 
-// The indirect u8·s8 tile (see IndirectGemmU8S8): 8 rows x 16 * NV channels, the output
-// stage in the epilogue. Mode and OutBytes are U8S8Output's mode and out_bytes.
+// The indirect u8·s8 tile (see IndirectGemmU8S8): 8 rows x 16 * NV channels, vpdpbusd,
+// the output stage in the epilogue. Mode and OutBytes are U8S8Output's mode and
+// out_bytes. Accumulators are named variables, not an array: GCC keeps an array of
+// __m512i in memory across the loop (a store and reload per instruction).
 template <int Mode, int OutBytes>
 __attribute__((target("avx512f,avx512bw,avx512vnni"), always_inline)) inline void StoreOutput(
     __m512i t, __m512i half, __m512i shift, __m512i lo, __m512i hi, char* dst, __mmask16 mask) {
