@@ -325,3 +325,25 @@ def test_int8_depthwise_lower_kernels(monkeypatch, kernel, xs, k, stride, pad, o
         expected = ref.requantize(acc, 9, 2, out.get("out_bitwidth", 8), True, rounding,
                                   bias=bias, bias_frac=9)
         np.testing.assert_array_equal(y.numpy(), expected.astype(y.dtype.as_numpy_dtype))
+
+
+# The int8 x int8 kernel's fused output stage stores int8, int16 or int32; conv windows
+# read in place (in_c a multiple of 4) or gathered (other in_c), with dilation, strides,
+# several images and a batch of rows not a multiple of the 8-row tile.
+@pytest.mark.parametrize("in_c", [8, 6])
+@pytest.mark.parametrize("out_bits,out_signed", [(8, True), (12, True), (24, True), (7, False)])
+def test_int8_conv_output_types_dilation_and_batches(ops_path, in_c, out_bits, out_signed):
+    rng = np.random.default_rng(in_c * 100 + out_bits)
+    x, w = _ints(rng, (3, 11, 13, in_c), np.int8), _ints(rng, (3, 3, in_c, 21), np.int8)
+    x.flat[:5] = -128
+    w.flat[:5] = -128
+    bias = rng.integers(-20000, 20000, 21).astype(np.int32)
+    for strides, dilations, pad in [((1, 1), (2, 2), "SAME"), ((2, 1), (1, 3), "VALID"),
+                                    ((1, 2), (1, 1), [[0, 2], [3, 1]])]:
+        for rounding in DETERMINISTIC:
+            y = dfp_conv2d(x, w, bias, x_frac=3, w_frac=5, bias_frac=9, out_frac=1,
+                           out_bitwidth=out_bits, out_signed=out_signed, strides=strides,
+                           dilations=dilations, padding=pad, rounding=rounding)
+            acc = ref.conv2d_acc(x, w, strides, dilations, pad)
+            np.testing.assert_array_equal(y.numpy(), ref.requantize(
+                acc, 8, 1, out_bits, out_signed, rounding, bias=bias, bias_frac=9))

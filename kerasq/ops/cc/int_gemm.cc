@@ -79,70 +79,115 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void TileVnni(
       _mm512_storeu_si512(C + r * ldc + n0 + 16 * v, acc[r][v]);
 }
 
-// u8·s8 VNNI: 8 rows x 32 (TileU8S8x2) or 16 (TileU8S8x1) channels, vpdpbusd; the offset
-// is removed at the store. Accumulators are named variables, not an array: GCC keeps an
-// array of __m512i in memory across the loop (a store and reload per instruction).
-#define KERASQ_U8_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
-
-__attribute__((target("avx512f,avx512bw,avx512vnni"))) void TileU8S8x2(
-    const uint8_t* A, int64_t lda, const PackedB8& B, int64_t n0, int32_t* C, int64_t ldc) {
-  const int64_t quads = B.Kp / kU8Group;
-  const int64_t panel = quads * kU8Group * kChannelTile;
-  const int8_t* b0p = B.data.data() + (n0 / kChannelTile) * panel;
-  const int8_t* b1p = b0p + panel;
-#define KERASQ_DECL(r) __m512i c##r##0 = _mm512_setzero_si512(), c##r##1 = _mm512_setzero_si512();
-  KERASQ_U8_ROWS(KERASQ_DECL)
-#undef KERASQ_DECL
-  for (int64_t q = 0; q < quads; ++q) {
-    const __m512i b0 = _mm512_loadu_si512(b0p + q * kU8Group * kChannelTile);
-    const __m512i b1 = _mm512_loadu_si512(b1p + q * kU8Group * kChannelTile);
-    const uint8_t* a = A + q * kU8Group;
-#define KERASQ_STEP(r)                                                   \
-  {                                                                      \
-    int32_t quad;                                                        \
-    std::memcpy(&quad, a + r * lda, 4);                                  \
-    const __m512i av = _mm512_set1_epi32(quad);                          \
-    c##r##0 = _mm512_dpbusd_epi32(c##r##0, av, b0);                      \
-    c##r##1 = _mm512_dpbusd_epi32(c##r##1, av, b1);                      \
+// The indirect u8·s8 tile (see IndirectGemmU8S8): 8 rows x 16 * NV channels, vpdpbusd,
+// the output stage in the epilogue. Mode and OutBytes are U8S8Output's mode and
+// out_bytes. Accumulators are named variables, not an array: GCC keeps an array of
+// __m512i in memory across the loop (a store and reload per instruction).
+template <int Mode, int OutBytes>
+__attribute__((target("avx512f,avx512bw,avx512vnni"), always_inline)) inline void StoreOutput(
+    __m512i t, __m512i half, __m512i shift, __m512i lo, __m512i hi, char* dst, __mmask16 mask) {
+  if constexpr (Mode == U8S8Output::kRaw) {
+    _mm512_mask_storeu_epi32(dst, mask, t);
+  } else {
+    __m512i v;
+    if constexpr (Mode == U8S8Output::kNearest) {
+      v = _mm512_add_epi32(_mm512_add_epi32(t, half), _mm512_srai_epi32(t, 31));
+    } else if constexpr (Mode == U8S8Output::kNearestEven) {  // half holds h - 1 here
+      v = _mm512_add_epi32(_mm512_add_epi32(t, half),
+                           _mm512_and_si512(_mm512_srav_epi32(t, shift), _mm512_set1_epi32(1)));
+    } else {
+      v = _mm512_add_epi32(t, half);
+    }
+    v = _mm512_max_epi32(_mm512_min_epi32(_mm512_srav_epi32(v, shift), hi), lo);
+    if constexpr (OutBytes == 1) {
+      _mm512_mask_cvtepi32_storeu_epi8(dst, mask, v);
+    } else if constexpr (OutBytes == 2) {
+      _mm512_mask_cvtepi32_storeu_epi16(dst, mask, v);
+    } else {
+      _mm512_mask_storeu_epi32(dst, mask, v);
+    }
   }
-    KERASQ_U8_ROWS(KERASQ_STEP)
-#undef KERASQ_STEP
-  }
-  const __m512i k0 = _mm512_loadu_si512(B.comp.data() + n0);
-  const __m512i k1 = _mm512_loadu_si512(B.comp.data() + n0 + 16);
-#define KERASQ_STORE(r)                                                                  \
-  _mm512_storeu_si512(C + r * ldc + n0, _mm512_sub_epi32(c##r##0, k0));                  \
-  _mm512_storeu_si512(C + r * ldc + n0 + 16, _mm512_sub_epi32(c##r##1, k1));
-  KERASQ_U8_ROWS(KERASQ_STORE)
-#undef KERASQ_STORE
 }
 
-__attribute__((target("avx512f,avx512bw,avx512vnni"))) void TileU8S8x1(
-    const uint8_t* A, int64_t lda, const PackedB8& B, int64_t n0, int32_t* C, int64_t ldc) {
-  const int64_t quads = B.Kp / kU8Group;
-  const int64_t panel = quads * kU8Group * kChannelTile;
-  const int8_t* b0p = B.data.data() + (n0 / kChannelTile) * panel;
-#define KERASQ_DECL(r) __m512i c##r = _mm512_setzero_si512();
+inline __mmask16 ChannelMask(int64_t valid) {
+  return valid >= 16 ? __mmask16(0xFFFF) : valid <= 0 ? __mmask16(0) : __mmask16((1u << valid) - 1);
+}
+
+using IndirectTileFn = void (*)(const int8_t* const*, int64_t, int64_t, const int8_t*, int64_t,
+                                int64_t, int64_t, int64_t, const U8S8Output&);
+
+#define KERASQ_U8_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+
+template <int NV, int Mode, int OutBytes>
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void IndirectTile(
+    const int8_t* const* a, int64_t taps, int64_t seg_quads, const int8_t* bp, int64_t panel,
+    int64_t n0, int64_t m, int64_t rows, const U8S8Output& o) {
+  const __m512i flip = _mm512_set1_epi32(static_cast<int32_t>(0x80808080u));
+  const __m512i init0 = _mm512_loadu_si512(o.init + n0);
+  const __m512i init1 = NV == 2 ? _mm512_loadu_si512(o.init + n0 + 16) : init0;
+#define KERASQ_DECL(r) __m512i c##r##0 = init0, c##r##1 = init1;
   KERASQ_U8_ROWS(KERASQ_DECL)
 #undef KERASQ_DECL
-  for (int64_t q = 0; q < quads; ++q) {
-    const __m512i b0 = _mm512_loadu_si512(b0p + q * kU8Group * kChannelTile);
-    const uint8_t* a = A + q * kU8Group;
-#define KERASQ_STEP(r)                                                   \
-  {                                                                      \
-    int32_t quad;                                                        \
-    std::memcpy(&quad, a + r * lda, 4);                                  \
-    c##r = _mm512_dpbusd_epi32(c##r, _mm512_set1_epi32(quad), b0);       \
+  for (int64_t t = 0; t < taps; ++t, a += kIndirectRows) {
+#define KERASQ_PTR(r) const int8_t* a##r = a[r];
+    KERASQ_U8_ROWS(KERASQ_PTR)
+#undef KERASQ_PTR
+    for (int64_t q = 0; q < seg_quads; ++q, bp += kU8Group * kChannelTile) {
+      const __m512i b0 = _mm512_loadu_si512(bp);
+      const __m512i b1 = NV == 2 ? _mm512_loadu_si512(bp + panel) : b0;
+#define KERASQ_STEP(r)                                                     \
+  {                                                                        \
+    int32_t quad;                                                          \
+    std::memcpy(&quad, a##r + q * kU8Group, 4);                            \
+    const __m512i av = _mm512_xor_si512(_mm512_set1_epi32(quad), flip);    \
+    c##r##0 = _mm512_dpbusd_epi32(c##r##0, av, b0);                        \
+    if (NV == 2) c##r##1 = _mm512_dpbusd_epi32(c##r##1, av, b1);           \
   }
-    KERASQ_U8_ROWS(KERASQ_STEP)
+      KERASQ_U8_ROWS(KERASQ_STEP)
 #undef KERASQ_STEP
+    }
   }
-  const __m512i k0 = _mm512_loadu_si512(B.comp.data() + n0);
-#define KERASQ_STORE(r) _mm512_storeu_si512(C + r * ldc + n0, _mm512_sub_epi32(c##r, k0));
+  __m512i h0 = _mm512_setzero_si512(), h1 = h0, s0 = h0, s1 = h0;
+  if constexpr (Mode != U8S8Output::kRaw) {
+    h0 = _mm512_loadu_si512(o.half + n0);
+    s0 = _mm512_loadu_si512(o.shift + n0);
+    if constexpr (NV == 2) {
+      h1 = _mm512_loadu_si512(o.half + n0 + 16);
+      s1 = _mm512_loadu_si512(o.shift + n0 + 16);
+    }
+    if constexpr (Mode == U8S8Output::kNearestEven) {
+      h0 = _mm512_sub_epi32(h0, _mm512_set1_epi32(1));
+      h1 = _mm512_sub_epi32(h1, _mm512_set1_epi32(1));
+    }
+  }
+  const __m512i lo = _mm512_set1_epi32(o.lo), hi = _mm512_set1_epi32(o.hi);
+  const __mmask16 k0 = ChannelMask(o.n_valid - n0), k1 = ChannelMask(o.n_valid - n0 - 16);
+  char* base = static_cast<char*>(o.out) + (m * o.ldo + n0) * OutBytes;
+#define KERASQ_STORE(r)                                                                    \
+  if (r < rows) {                                                                          \
+    char* dst = base + r * o.ldo * OutBytes;                                               \
+    StoreOutput<Mode, OutBytes>(c##r##0, h0, s0, lo, hi, dst, k0);                         \
+    if (NV == 2) StoreOutput<Mode, OutBytes>(c##r##1, h1, s1, lo, hi, dst + 16 * OutBytes, k1); \
+  }
   KERASQ_U8_ROWS(KERASQ_STORE)
 #undef KERASQ_STORE
 }
 #undef KERASQ_U8_ROWS
+
+template <int NV>
+IndirectTileFn PickIndirectTile(int mode, int out_bytes) {
+#define KERASQ_PICK(M)                                               \
+  if (mode == M) {                                                   \
+    if (out_bytes == 1) return IndirectTile<NV, M, 1>;               \
+    if (out_bytes == 2) return IndirectTile<NV, M, 2>;               \
+    return IndirectTile<NV, M, 4>;                                   \
+  }
+  KERASQ_PICK(U8S8Output::kNearest)
+  KERASQ_PICK(U8S8Output::kNearestEven)
+  KERASQ_PICK(U8S8Output::kHalfUp)
+#undef KERASQ_PICK
+  return IndirectTile<NV, U8S8Output::kRaw, 4>;
+}
 
 enum class Isa { kPortable, kAvx2, kVnni };
 
@@ -206,18 +251,40 @@ bool HasU8S8() {
 #endif
 }
 
-void GemmU8S8(const uint8_t* A, int64_t M, int64_t lda, const PackedB8& B, int32_t* C,
-              int64_t n_begin, int64_t n_end) {
+void IndirectGemmU8S8(const int8_t* const* a, int64_t taps, int64_t seg_len, int64_t rows,
+                      const PackedB8& B, int64_t n_begin, int64_t n_end, bool channels_outer,
+                      const U8S8Output& out) {
 #ifdef KERASQ_X86
-  int64_t n0 = n_begin;
-  for (; n0 + 32 <= n_end; n0 += 32)
-    for (int64_t m = 0; m < M; m += kRowTile)
-      TileU8S8x2(A + m * lda, lda, B, n0, C + m * B.Np, B.Np);
-  for (; n0 < n_end; n0 += 16)
-    for (int64_t m = 0; m < M; m += kRowTile)
-      TileU8S8x1(A + m * lda, lda, B, n0, C + m * B.Np, B.Np);
+  const int mode = out.mode >= U8S8Output::kNearest && out.mode <= U8S8Output::kHalfUp
+                       ? out.mode : U8S8Output::kRaw;
+  const int bytes = mode == U8S8Output::kRaw ? 4 : out.out_bytes;
+  const IndirectTileFn two = PickIndirectTile<2>(mode, bytes);
+  const IndirectTileFn one = PickIndirectTile<1>(mode, bytes);
+  const int64_t panel = B.Kp * kChannelTile;
+  const int64_t seg_quads = seg_len / kU8Group;
+  const int64_t tiles = (rows + kIndirectRows - 1) / kIndirectRows;
+  auto tile = [&](int64_t i, int64_t n0, IndirectTileFn fn) {
+    const int64_t m = i * kIndirectRows;
+    fn(a + i * taps * kIndirectRows, taps, seg_quads,
+       B.data.data() + (n0 / kChannelTile) * panel, panel, n0, m,
+       std::min<int64_t>(kIndirectRows, rows - m), out);
+  };
+  if (channels_outer) {
+    int64_t n0 = n_begin;
+    for (; n0 + 32 <= n_end; n0 += 32)
+      for (int64_t i = 0; i < tiles; ++i) tile(i, n0, two);
+    for (; n0 < n_end; n0 += 16)
+      for (int64_t i = 0; i < tiles; ++i) tile(i, n0, one);
+  } else {
+    for (int64_t i = 0; i < tiles; ++i) {
+      int64_t n0 = n_begin;
+      for (; n0 + 32 <= n_end; n0 += 32) tile(i, n0, two);
+      for (; n0 < n_end; n0 += 16) tile(i, n0, one);
+    }
+  }
 #else
-  (void)A; (void)M; (void)lda; (void)B; (void)C; (void)n_begin; (void)n_end;
+  (void)a; (void)taps; (void)seg_len; (void)rows; (void)B; (void)n_begin;
+  (void)n_end; (void)channels_outer; (void)out;
 #endif
 }
 

@@ -144,12 +144,45 @@ inline int32_t PackB8Panels(const int8_t* w, PackedB8* out, int64_t p0, int64_t 
   return max_abs;
 }
 
-// A: rows [M][lda] of offset activations (uint8), M a multiple of kRowTile, lda >= Kp a
-// multiple of 4 (columns >= K: any value, their weights are 0). C: [M][Np] exact int32
-// sums of x*w for the channels [n_begin, n_end) (multiples of 16). Requires HasU8S8()
-// and U8S8Fits(Kp).
-void GemmU8S8(const uint8_t* A, int64_t M, int64_t lda, const PackedB8& B, int32_t* C,
-              int64_t n_begin, int64_t n_end);
+// ---- The u8·s8 GEMM with indirect rows and the requantization in its epilogue.
+//
+// Row m of A is not stored: it is the concatenation of `taps` segments of seg_len int8
+// values (seg_len a multiple of 4, taps * seg_len = Kp), given by pointers, so a 3x3
+// convolution reads its 9 taps straight from the NHWC input (out-of-image taps point at
+// zeros) and a dense layer its input rows: no im2col copy. The kernel offsets the bytes
+// itself (x ^ 0x80 = x + 128 as uint8; init holds -comp).
+// The 8 x 32 register tile is finished in registers: t = sum + init[n] (init = bias[n] -
+// comp[n], or -comp[n] for raw sums; int32 wrap-around is harmless because the final t is
+// within int32), then for the rounding modes (shift s[n] in [1, 31], h = 2^(s-1))
+//   nearest       (t + h + (t >> 31)) >> s        (ties away from zero)
+//   nearest_even  (t + h - 1 + ((t >> s) & 1)) >> s
+//   half_up       (t + h) >> s
+// clamped to [lo, hi] and stored as int8/int16/int32; kRaw stores t as int32.
+struct U8S8Output {
+  enum Mode { kNearest = 0, kNearestEven = 1, kHalfUp = 2, kRaw = 3 };
+  const int32_t* init = nullptr;   // [Np]
+  const int32_t* half = nullptr;   // [Np] (not read by kRaw)
+  const int32_t* shift = nullptr;  // [Np] (not read by kRaw)
+  int32_t lo = 0, hi = 0;
+  int mode = kRaw;
+  int out_bytes = 4;  // 1, 2 or 4 (kRaw: 4)
+  void* out = nullptr;  // row m, channel n at out + m * ldo + n (elements of out_bytes)
+  int64_t ldo = 0;
+  int64_t n_valid = 0;  // channels >= n_valid are not stored
+};
+
+constexpr int64_t kIndirectRows = 8;  // rows per tile of the indirect kernel
+
+// A block of `rows` rows in tiles of 8: tile i's row r reads segment t at
+// a[(i * taps + t) * 8 + r] (rows past `rows` in the last tile: any readable pointer,
+// never stored); out.out points at the block's first row. Channels [n_begin, n_end)
+// (multiples of 16, n_end <= Np). channels_outer: loop over 32-channel panels outside
+// the row tiles (one weight panel stays in cache while all rows pass, for weights
+// beyond L2), else row tiles outside. Requires HasU8S8(), U8S8Fits(Kp), taps * seg_len
+// == Kp.
+void IndirectGemmU8S8(const int8_t* const* a, int64_t taps, int64_t seg_len, int64_t rows,
+                      const PackedB8& B, int64_t n_begin, int64_t n_end, bool channels_outer,
+                      const U8S8Output& out);
 
 }  // namespace gemm
 }  // namespace kerasq

@@ -6,6 +6,8 @@
 // multithreaded over TF's intra-op pool; layouts are NHWC activations and HWIO (conv),
 // HWCM (depthwise) or [K, N] (matmul) weights, as in Keras.
 #include <algorithm>
+#include <atomic>
+#include <condition_variable>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -277,6 +279,44 @@ void RunTasks(OpKernelContext* ctx, bool run_inline, int64_t tasks, int64_t cost
   tensorflow::Shard(workers->num_threads, workers->workers, tasks, cost_per_task, fn);
 }
 
+// Runs fn(i) for every i in [0, chunks) on the calling thread and up to threads - 1 pool
+// threads, which take chunks in order as they come: a helper that wakes late (or is
+// preempted on a busy machine) finds less work, and the call returns once every chunk is
+// done without waiting for helpers that never started (they then find nothing to do;
+// the state they share with the caller is reference-counted).
+template <typename Fn>
+void ParallelChunks(OpKernelContext* ctx, int64_t threads, int64_t chunks, const Fn& fn) {
+  const int64_t helpers = std::min(threads, chunks) - 1;
+  if (helpers <= 0) {
+    for (int64_t i = 0; i < chunks; ++i) fn(i);
+    return;
+  }
+  struct State {
+    std::atomic<int64_t> next{0}, done{0};
+    int64_t chunks = 0;
+    std::function<void(int64_t)> fn;  // called only for chunks taken before the last is done
+    std::mutex mu;
+    std::condition_variable all_done;
+    void Run() {
+      for (int64_t i; (i = next.fetch_add(1)) < chunks;) {
+        fn(i);
+        if (done.fetch_add(1) + 1 == chunks) {
+          std::lock_guard<std::mutex> lock(mu);
+          all_done.notify_all();
+        }
+      }
+    }
+  };
+  auto state = std::make_shared<State>();
+  state->chunks = chunks;
+  state->fn = [&fn](int64_t i) { fn(i); };
+  auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+  for (int64_t h = 0; h < helpers; ++h) pool->Schedule([state] { state->Run(); });
+  state->Run();
+  std::unique_lock<std::mutex> lock(state->mu);
+  state->all_done.wait(lock, [&] { return state->done.load() == chunks; });
+}
+
 // Writes rows [row0, row0 + rows), columns [n_begin, n_end) of y (channels wide) from
 // accumulators C (row r at C + r * ldc, indexed by channel).
 template <typename Acc, typename Out>
@@ -381,26 +421,38 @@ void PackWeights(OpKernelContext* ctx, const int8_t* w, int64_t K, int64_t N, ge
 template <typename Packed>
 class PackedWeightCache {
  public:
+  // An entry found by address and shape: packed was made from the bytes raw, which the
+  // caller still has to compare with the weights.
+  struct Candidate {
+    std::shared_ptr<const Packed> packed;
+    std::shared_ptr<const std::vector<char>> raw;
+  };
+
   template <typename W>
-  std::shared_ptr<const Packed> Get(OpKernelContext* ctx, const W* w, int64_t K, int64_t N) {
+  Candidate Find(const W* w, int64_t K, int64_t N) {
     const size_t bytes = static_cast<size_t>(K * N) * sizeof(W);
-    const void* key = w;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      for (Entry& e : entries_) {
-        if (e.key == key && e.packed->K == K && e.packed->N == N && e.raw.size() == bytes &&
-            std::memcmp(e.raw.data(), w, bytes) == 0) {
-          e.last_use = ++clock_;
-          return e.packed;
-        }
+    std::lock_guard<std::mutex> lock(mu_);
+    for (Entry& e : entries_) {
+      if (e.key == w && e.packed->K == K && e.packed->N == N && e.raw->size() == bytes) {
+        e.last_use = ++clock_;
+        return {e.packed, e.raw};
       }
     }
+    return {};
+  }
+
+  // Packs w and keeps it, in place of the entry of the same buffer if there is one.
+  template <typename W>
+  std::shared_ptr<const Packed> Put(OpKernelContext* ctx, const W* w, int64_t K, int64_t N) {
+    const size_t bytes = static_cast<size_t>(K * N) * sizeof(W);
     auto packed = std::make_shared<Packed>();
     PackWeights(ctx, w, K, N, packed.get());
+    auto raw = std::make_shared<const std::vector<char>>(reinterpret_cast<const char*>(w),
+                                                         reinterpret_cast<const char*>(w) + bytes);
     std::lock_guard<std::mutex> lock(mu_);
     Entry* slot = nullptr;
     for (Entry& e : entries_)
-      if (e.key == key) slot = &e;  // the same buffer with new contents
+      if (e.key == w) slot = &e;  // the same buffer with new contents
     if (slot == nullptr && entries_.size() < kEntries) {
       entries_.emplace_back();
       slot = &entries_.back();
@@ -410,18 +462,26 @@ class PackedWeightCache {
       for (Entry& e : entries_)
         if (e.last_use < slot->last_use) slot = &e;
     }
-    slot->key = key;
-    slot->raw.assign(reinterpret_cast<const char*>(w), reinterpret_cast<const char*>(w) + bytes);
+    slot->key = w;
+    slot->raw = std::move(raw);
     slot->packed = packed;
     slot->last_use = ++clock_;
     return packed;
+  }
+
+  // The packed form of w, confirmed (or made) now.
+  template <typename W>
+  std::shared_ptr<const Packed> Get(OpKernelContext* ctx, const W* w, int64_t K, int64_t N) {
+    const Candidate c = Find(w, K, N);
+    if (c.packed && std::memcmp(c.raw->data(), w, c.raw->size()) == 0) return c.packed;
+    return Put(ctx, w, K, N);
   }
 
  private:
   static constexpr size_t kEntries = 64;
   struct Entry {
     const void* key = nullptr;
-    std::vector<char> raw;
+    std::shared_ptr<const std::vector<char>> raw;
     std::shared_ptr<const Packed> packed;
     uint64_t last_use = 0;
   };
@@ -482,81 +542,237 @@ void RunGemmLayer(OpKernelContext* ctx, const gemm::PackedB& B, int64_t M, int64
       });
 }
 
-// The u8·s8 form of RunGemmLayer (int8 x int8 on AVX512-VNNI): fill_rows(row0, rows, A,
-// lda) writes offset activations x + 128 into rows pre-filled with 128 (x = 0).
-template <typename Out, typename FillRows>
-void RunGemmLayerU8(OpKernelContext* ctx, const gemm::PackedB8& B, int64_t M,
-                    const Requantizer& rq, Out* y, FillRows fill_rows) {
+// The output stage of the indirect u8·s8 GEMM for one call: the requantization runs in
+// the kernel's epilogue when the int32 path applies (rq.fast32); otherwise the kernel
+// writes exact int32 sums that RequantizeRows finishes.
+struct U8S8Stage {
+  std::vector<int32_t> init, half, shift;
+  gemm::U8S8Output out;
+  bool fused = false;
+};
+
+template <typename Out>
+void MakeU8S8Stage(const Requantizer& rq, const gemm::PackedB8& B, Out* y, U8S8Stage* s) {
+  s->fused = rq.fast32;
+  s->init.assign(B.Np, 0);
+  s->half.assign(B.Np, 0);
+  s->shift.assign(B.Np, 0);
+  for (int64_t n = 0; n < B.N; ++n) {
+    // bias - comp, wrapping: the kernel's final sum is exact modulo 2^32 and inside int32
+    const uint32_t bias = s->fused ? static_cast<uint32_t>(rq.bias32[n]) : 0u;
+    s->init[n] = static_cast<int32_t>(bias - static_cast<uint32_t>(B.comp[n]));
+    if (s->fused) {
+      s->half[n] = rq.half32[n];
+      s->shift[n] = rq.shift32[n];
+    }
+  }
+  gemm::U8S8Output& o = s->out;
+  o.init = s->init.data();
+  o.half = s->half.data();
+  o.shift = s->shift.data();
+  o.lo = static_cast<int32_t>(rq.lo);
+  o.hi = static_cast<int32_t>(rq.hi);
+  static_assert(int(Rounding::kNearest) == gemm::U8S8Output::kNearest &&
+                int(Rounding::kNearestEven) == gemm::U8S8Output::kNearestEven &&
+                int(Rounding::kHalfUp) == gemm::U8S8Output::kHalfUp, "rounding codes");
+  o.mode = s->fused ? static_cast<int>(rq.rounding) : gemm::U8S8Output::kRaw;
+  o.out_bytes = s->fused ? static_cast<int>(sizeof(Out)) : 4;
+  o.out = y;
+  o.ldo = B.N;
+  o.n_valid = B.N;
+}
+
+// The int8 x int8 GEMM layers on AVX512-VNNI (conv, matmul) through the indirect kernel.
+// row_pointers(m0, rows, ptrs, scratch) fills the pointer table of rows [m0, m0 + rows)
+// (ceil(rows / 8) tiles x taps x 8, see gemm::IndirectGemmU8S8; the last tile's unused
+// rows repeat a valid pointer), gathering rows into the thread's scratch buffer when they
+// cannot be read in place. The work goes in chunks of rows (all channels) or, when the
+// packed weights are beyond L2 or the rows few, of 32-channel panels (each thread then
+// streams only its share of the weights) times row ranges, handed out by ParallelChunks.
+// With `raw` given, B is a cache candidate: the chunks also compare raw with the weight
+// bytes w, a slice each, and false is returned (y incomplete) when they differ.
+template <typename Out, typename RowPointers>
+bool RunIndirectU8(OpKernelContext* ctx, const gemm::PackedB8& B, int64_t M, int64_t taps,
+                   int64_t seg_len, const Requantizer& rq, Out* y, const std::vector<char>* raw,
+                   const void* w, RowPointers row_pointers) {
+  U8S8Stage stage;
+  MakeU8S8Stage(rq, B, y, &stage);
   auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
   const bool run_inline = M * B.Kp * B.Np < kInlineWork;
   const int64_t threads = run_inline ? 1 : std::max(1, workers->num_threads);
-  // Every row block streams all the packed weights of its channel group: when they do not
-  // fit in L2 (a 4096x1000 dense layer), rows go in blocks of up to 64 and the threads
-  // share the channels instead, so the weights are read once per 64 rows.
+  constexpr int64_t kTile = gemm::kIndirectRows;
+  const int64_t panels = (B.Np + 31) / 32;
   const bool big_weights = B.Kp * B.Np > (int64_t{1} << 19);
-  const int64_t block = big_weights
-      ? std::min<int64_t>(64, gemm::RoundUp(M, gemm::kRowTile))
-      : std::clamp<int64_t>(gemm::RoundUp((M + 2 * threads - 1) / (2 * threads), gemm::kRowTile),
-                            gemm::kRowTile, 64);
-  const int64_t row_blocks = (M + block - 1) / block;
-  int64_t groups = 1;
-  while (row_blocks * groups < 2 * threads && B.Np / (groups * 2) >= 32) groups *= 2;
-  const int64_t group_width = gemm::RoundUp((B.Np + groups - 1) / groups, 32);
-  groups = (B.Np + group_width - 1) / group_width;
-  const int64_t lda = B.Kp;
-  RunTasks(
-      ctx, run_inline, row_blocks * groups,
-      block * B.Kp * group_width / 2, [&](int64_t t0, int64_t t1) {
-        thread_local std::vector<uint8_t> A;
-        thread_local std::vector<int32_t> C;
-        A.resize(block * lda);
-        C.resize(block * B.Np);
-        for (int64_t t = t0; t < t1; ++t) {
-          const int64_t b = t / groups, g = t % groups;
-          const int64_t n_begin = g * group_width;
-          const int64_t n_end = std::min(B.Np, n_begin + group_width);
-          const int64_t row0 = b * block;
-          const int64_t rows = std::min(block, M - row0);
-          const int64_t padded = gemm::RoundUp(rows, gemm::kRowTile);
-          std::fill(A.begin(), A.begin() + padded * lda, uint8_t{128});
-          fill_rows(row0, rows, A.data(), lda);
-          gemm::GemmU8S8(A.data(), padded, lda, B, C.data(), n_begin, n_end);
-          RequantizeRows(rq, C.data(), B.Np, row0, rows, B.N, y, n_begin, n_end);
-        }
-      });
+  // Rows per kernel call: the rows' activations (and, unfused, their int32 sums) stay
+  // in L2 while every weight panel meets them.
+  int64_t block = (int64_t{1} << 18) / B.Kp;
+  if (!stage.fused) block = std::min(block, (int64_t{1} << 18) / (4 * B.Np));
+  block = std::clamp<int64_t>(block / kTile * kTile, kTile, 256);
+  // About 8 chunks per thread (fewer when the rows run out), so that a helper that starts
+  // late costs at most a small chunk at the end.
+  const bool by_panels = threads > 1 && panels > 1 && (big_weights || M < 64 * threads);
+  const int64_t panel_chunks = by_panels ? panels : 1;
+  int64_t chunk_rows = M;
+  if (threads > 1) {
+    const int64_t row_chunks = (8 * threads + panel_chunks - 1) / panel_chunks;
+    chunk_rows = gemm::RoundUp((M + row_chunks - 1) / row_chunks, kTile);
+  }
+  const int64_t chunks = (M + chunk_rows - 1) / chunk_rows * panel_chunks;
+  std::atomic<bool> differs{false};
+  ParallelChunks(ctx, threads, chunks, [&](int64_t i) {
+    if (raw != nullptr) {
+      const size_t begin = raw->size() * i / chunks, end = raw->size() * (i + 1) / chunks;
+      if (std::memcmp(raw->data() + begin, static_cast<const char*>(w) + begin, end - begin) != 0)
+        differs = true;
+    }
+    if (differs) return;
+    thread_local std::vector<const int8_t*> ptrs;
+    thread_local std::vector<int8_t> scratch;
+    thread_local std::vector<int32_t> acc;
+    const int64_t r_begin = i / panel_chunks * chunk_rows;
+    const int64_t r_end = std::min(M, r_begin + chunk_rows);
+    const int64_t n_begin = by_panels ? i % panel_chunks * 32 : 0;
+    const int64_t n_end = by_panels ? std::min(B.Np, n_begin + 32) : B.Np;
+    for (int64_t m0 = r_begin; m0 < r_end; m0 += block) {
+      const int64_t rows = std::min(block, r_end - m0);
+      ptrs.resize((rows + kTile - 1) / kTile * taps * kTile);
+      row_pointers(m0, rows, ptrs.data(), scratch);
+      gemm::U8S8Output o = stage.out;
+      if (stage.fused) {
+        o.out = y + m0 * B.N;
+      } else {
+        acc.resize(rows * B.Np);
+        o.out = acc.data();
+        o.ldo = B.Np;
+        o.n_valid = B.Np;
+      }
+      gemm::IndirectGemmU8S8(ptrs.data(), taps, seg_len, rows, B, n_begin, n_end, big_weights, o);
+      if (!stage.fused) RequantizeRows(rq, acc.data(), B.Np, m0, rows, B.N, y, n_begin, n_end);
+    }
+  });
+  return !differs;
 }
 
-// Rows [row0, row0 + rows) of the offset patch matrix (x ^ 0x80 = x + 128 as uint8) of an
-// NHWC int8 input; out-of-image taps keep the pre-filled 128 (x = 0).
-inline void Im2colU8(const ConvGeom& g, const int8_t* xp, int64_t row0, int64_t rows,
-                     uint8_t* A, int64_t lda) {
+// An int8 layer through the packed-weight cache: run(B, raw) computes the output with the
+// packed weights B, confirming on the way that raw (unless null) holds the weight bytes,
+// and returns false when it does not; the weights are then packed again and run once more.
+template <typename Run>
+void WithPackedWeights8(OpKernelContext* ctx, PackedWeightCache<gemm::PackedB8>* cache,
+                        const int8_t* w, int64_t K, int64_t N, Run run) {
+  const auto candidate = cache->Find(w, K, N);
+  if (candidate.packed && run(*candidate.packed, candidate.raw.get())) return;
+  run(*cache->Put(ctx, w, K, N), nullptr);
+}
+
+// Whether to go on after making the requantizer of an int8 layer from packed weights
+// that may be an unconfirmed cache candidate (raw != null): an error then stands only
+// once raw is confirmed to hold the weight bytes w (it may come from stale weights).
+// Returns false with *stale set when raw differs (pack again), false after reporting the
+// error, true when the requantizer is ready.
+inline bool RequantizerReady(OpKernelContext* ctx, const Status& status,
+                             const std::vector<char>* raw, const void* w, bool* stale) {
+  *stale = false;
+  if (status.ok()) return true;
+  if (raw != nullptr && std::memcmp(raw->data(), w, raw->size()) != 0) {
+    *stale = true;
+    return false;
+  }
+  ctx->SetStatus(status);
+  return false;
+}
+
+// The last tile of a pointer table: its rows past `rows` repeat row 0's pointers.
+inline void PadPointerTile(const int8_t** ptrs, int64_t rows, int64_t taps) {
+  constexpr int64_t kTile = gemm::kIndirectRows;
+  if (rows % kTile == 0) return;
+  const int8_t** tile = ptrs + rows / kTile * taps * kTile;
+  for (int64_t t = 0; t < taps; ++t)
+    for (int64_t r = rows % kTile; r < kTile; ++r) tile[t * kTile + r] = tile[t * kTile];
+}
+
+// Pointer table of rows whose K values are contiguous (x + m * ld), taps = 1.
+inline void DenseRowPointers(const int8_t* x, int64_t ld, int64_t m0, int64_t rows,
+                             const int8_t** ptrs) {
+  for (int64_t r = 0; r < rows; ++r) ptrs[r] = x + (m0 + r) * ld;
+  PadPointerTile(ptrs, rows, 1);
+}
+
+// Rows [row0, row0 + rows) of the patch matrix of an NHWC int8 input, gathered into
+// A (lda >= Kp; out-of-image taps and the columns past K are 0).
+inline void Im2colI8(const ConvGeom& g, const int8_t* xp, int64_t row0, int64_t rows,
+                     int8_t* A, int64_t lda) {
+  std::memset(A, 0, rows * lda);
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t m = row0 + r;
     const int64_t ow = m % g.out_w, oh = (m / g.out_w) % g.out_h, b = m / (g.out_w * g.out_h);
-    uint8_t* a = A + r * lda;
+    int8_t* a = A + r * lda;
     for (int64_t kh = 0; kh < g.k_h; ++kh) {
       const int64_t ih = oh * g.s_h - g.pad_top + kh * g.d_h;
-      if (ih < 0 || ih >= g.in_h) {
-        a += g.k_w * g.in_c;
-        continue;
-      }
-      const int8_t* line = xp + (b * g.in_h + ih) * g.in_w * g.in_c;
-      const int64_t iw0 = ow * g.s_w - g.pad_left;
-      if (g.d_w == 1 && iw0 >= 0 && iw0 + g.k_w <= g.in_w) {  // the whole row is inside
-        const uint8_t* src = reinterpret_cast<const uint8_t*>(line + iw0 * g.in_c);
-        const int64_t n = g.k_w * g.in_c;
-        for (int64_t c = 0; c < n; ++c) a[c] = src[c] ^ 0x80;
-        a += n;
-        continue;
-      }
       for (int64_t kw = 0; kw < g.k_w; ++kw, a += g.in_c) {
-        const int64_t iw = iw0 + kw * g.d_w;
-        if (iw < 0 || iw >= g.in_w) continue;
-        const uint8_t* src = reinterpret_cast<const uint8_t*>(line + iw * g.in_c);
-        for (int64_t c = 0; c < g.in_c; ++c) a[c] = src[c] ^ 0x80;
+        const int64_t iw = ow * g.s_w - g.pad_left + kw * g.d_w;
+        if (ih < 0 || ih >= g.in_h || iw < 0 || iw >= g.in_w) continue;
+        std::memcpy(a, xp + ((b * g.in_h + ih) * g.in_w + iw) * g.in_c, g.in_c);
       }
     }
   }
+}
+
+// The indirect int8 conv2d: with in_c a multiple of 4 every tap of a patch row is read in
+// place (segments of in_c values; out-of-image taps read `zeros`), else the patch rows are
+// gathered (Im2colI8) and read as one segment of Kp values.
+template <typename Out>
+bool RunConvU8(OpKernelContext* ctx, const ConvGeom& g, const gemm::PackedB8& B,
+               const int8_t* xp, const Requantizer& rq, Out* y, const std::vector<char>* raw,
+               const int8_t* w) {
+  const int64_t M = g.batch * g.out_h * g.out_w;
+  constexpr int64_t kTile = gemm::kIndirectRows;
+  if (g.in_c % gemm::kU8Group != 0) {
+    return RunIndirectU8(
+        ctx, B, M, 1, B.Kp, rq, y, raw, w,
+        [&](int64_t m0, int64_t rows, const int8_t** ptrs, std::vector<int8_t>& buf) {
+          buf.resize(rows * B.Kp);
+          Im2colI8(g, xp, m0, rows, buf.data(), B.Kp);
+          DenseRowPointers(buf.data(), B.Kp, 0, rows, ptrs);
+        });
+  }
+  const int64_t taps = g.k_h * g.k_w;
+  const std::vector<int8_t> zeros(g.in_c, 0);
+  std::vector<int64_t> tap_offset(taps);  // of each tap from the window's corner, in bytes
+  for (int64_t kh = 0; kh < g.k_h; ++kh)
+    for (int64_t kw = 0; kw < g.k_w; ++kw)
+      tap_offset[kh * g.k_w + kw] = (kh * g.d_h * g.in_w + kw * g.d_w) * g.in_c;
+  const int64_t span_h = (g.k_h - 1) * g.d_h, span_w = (g.k_w - 1) * g.d_w;
+  return RunIndirectU8(ctx, B, M, taps, g.in_c, rq, y, raw, w,
+                [&](int64_t m0, int64_t rows, const int8_t** ptrs, std::vector<int8_t>&) {
+                  int64_t ow = m0 % g.out_w, oh = (m0 / g.out_w) % g.out_h,
+                          b = m0 / (g.out_w * g.out_h);
+                  for (int64_t r = 0; r < rows; ++r) {
+                    const int8_t** p = ptrs + r / kTile * taps * kTile + r % kTile;
+                    const int64_t ih0 = oh * g.s_h - g.pad_top, iw0 = ow * g.s_w - g.pad_left;
+                    if (ih0 >= 0 && iw0 >= 0 && ih0 + span_h < g.in_h && iw0 + span_w < g.in_w) {
+                      const int8_t* corner = xp + ((b * g.in_h + ih0) * g.in_w + iw0) * g.in_c;
+                      for (int64_t t = 0; t < taps; ++t) p[t * kTile] = corner + tap_offset[t];
+                    } else {  // a window over the border: out-of-image taps read zeros
+                      for (int64_t kh = 0; kh < g.k_h; ++kh) {
+                        const int64_t ih = ih0 + kh * g.d_h;
+                        for (int64_t kw = 0; kw < g.k_w; ++kw, p += kTile) {
+                          const int64_t iw = iw0 + kw * g.d_w;
+                          *p = ih >= 0 && ih < g.in_h && iw >= 0 && iw < g.in_w
+                                   ? xp + ((b * g.in_h + ih) * g.in_w + iw) * g.in_c
+                                   : zeros.data();
+                        }
+                      }
+                    }
+                    if (++ow == g.out_w) {
+                      ow = 0;
+                      if (++oh == g.out_h) {
+                        oh = 0;
+                        ++b;
+                      }
+                    }
+                  }
+                  PadPointerTile(ptrs, rows, taps);
+                });
 }
 
 // True when the int8 x int8 u8·s8 GEMM applies (int8 operands, VNNI CPU, K small enough).
@@ -588,15 +804,19 @@ class DfpConv2DOp : public IntegerKernelBase {
     const int64_t K = g.k_h * g.k_w * g.in_c;
     if constexpr (std::is_same_v<TIn, int8_t> && std::is_same_v<TW, int8_t>) {
       if (UseU8S8<TIn, TW>(K)) {
-        const auto packed8 = packed_weights8_.Get(ctx, w.flat<TW>().data(), K, g.out_c);
-        const gemm::PackedB8& B = *packed8;
         const int8_t* xp = x.flat<int8_t>().data();
-        Requantizer rq;
-        OP_REQUIRES_OK(ctx, MakeRequantizer(ctx, g.out_c, 128.0 * B.max_abs * B.Kp, &rq));
-        RunGemmLayerU8(ctx, B, M, rq, y->flat<Out>().data(),
-                       [&](int64_t row0, int64_t rows, uint8_t* A, int64_t lda) {
-                         Im2colU8(g, xp, row0, rows, A, lda);
-                       });
+        const int8_t* wp = w.flat<int8_t>().data();
+        Out* yp = y->flat<Out>().data();
+        WithPackedWeights8(ctx, &packed_weights8_, wp, K, g.out_c,
+                           [&](const gemm::PackedB8& B, const std::vector<char>* raw) {
+                             Requantizer rq;
+                             bool stale;
+                             if (!RequantizerReady(ctx, MakeRequantizer(ctx, g.out_c,
+                                                                        128.0 * B.max_abs * B.Kp, &rq),
+                                                   raw, wp, &stale))
+                               return !stale;
+                             return RunConvU8(ctx, g, B, xp, rq, yp, raw, wp);
+                           });
         return;
       }
     }
@@ -654,19 +874,33 @@ class DfpMatMulOp : public IntegerKernelBase {
     if (M == 0 || N == 0) return;
     if constexpr (std::is_same_v<TIn, int8_t> && std::is_same_v<TW, int8_t>) {
       if (UseU8S8<TIn, TW>(K)) {
-        const auto packed8 = packed_weights8_.Get(ctx, w.flat<TW>().data(), K, N);
-        const gemm::PackedB8& B = *packed8;
-        const uint8_t* xp = reinterpret_cast<const uint8_t*>(x.flat<int8_t>().data());
-        Requantizer rq;
-        OP_REQUIRES_OK(ctx, MakeRequantizer(ctx, N, 128.0 * B.max_abs * B.Kp, &rq));
-        RunGemmLayerU8(ctx, B, M, rq, y->flat<Out>().data(),
-                       [&](int64_t row0, int64_t rows, uint8_t* A, int64_t lda) {
-                         for (int64_t r = 0; r < rows; ++r) {
-                           const uint8_t* src = xp + (row0 + r) * K;
-                           uint8_t* a = A + r * lda;
-                           for (int64_t k = 0; k < K; ++k) a[k] = src[k] ^ 0x80;
-                         }
-                       });
+        const int8_t* xp = x.flat<int8_t>().data();
+        const int8_t* wp = w.flat<int8_t>().data();
+        Out* yp = y->flat<Out>().data();
+        WithPackedWeights8(
+            ctx, &packed_weights8_, wp, K, N,
+            [&](const gemm::PackedB8& B, const std::vector<char>* raw) {
+              Requantizer rq;
+              bool stale;
+              if (!RequantizerReady(ctx, MakeRequantizer(ctx, N, 128.0 * B.max_abs * B.Kp, &rq),
+                                    raw, wp, &stale))
+                return !stale;
+              if (K % gemm::kU8Group == 0) {
+                return RunIndirectU8(
+                    ctx, B, M, 1, K, rq, yp, raw, wp,
+                    [&](int64_t m0, int64_t rows, const int8_t** ptrs, std::vector<int8_t>&) {
+                      DenseRowPointers(xp, K, m0, rows, ptrs);
+                    });
+              }
+              return RunIndirectU8(  // rows copied to a stride of Kp, zero-padded
+                  ctx, B, M, 1, B.Kp, rq, yp, raw, wp,
+                  [&](int64_t m0, int64_t rows, const int8_t** ptrs, std::vector<int8_t>& buf) {
+                    buf.assign(rows * B.Kp, 0);
+                    for (int64_t r = 0; r < rows; ++r)
+                      std::memcpy(buf.data() + r * B.Kp, xp + (m0 + r) * K, K);
+                    DenseRowPointers(buf.data(), B.Kp, 0, rows, ptrs);
+                  });
+            });
         return;
       }
     }
