@@ -23,7 +23,8 @@ kernel, per-channel alignment and bias in int64). Caffe's constant ``Bias``
 calling it runs one ``tf.function`` graph, traced once per input shape (any batch size),
 with the integer weights, biases and grids as constants; integer tensors flow between
 the kernels in the narrowest dtype their static bounds allow (int8 for signed 8-bit
-grids, int16 for unsigned ones); requantization, ReLU, Add, pooling and padding are graph
+grids, uint8 for unsigned ones such as ReLU outputs, which the u8·s8 kernels read
+directly); requantization, ReLU, Add, pooling and padding are graph
 ops on those integers, and no Python runs per layer. A linear layer without output
 quantizer runs together with the quantized ReLU that alone consumes it as one kernel
 call (exact: rounding commutes with ReLU); a ZeroPadding2D before a VALID convolution
@@ -218,8 +219,8 @@ def _int_dtype(values: np.ndarray, where: str) -> Any:
 #
 # The compiled program traces the same layers on symbolic tensors once per input shape.
 # Every integer tensor carries static bounds [lo, hi] (from the grids, the weights and
-# the layer arithmetic), which fix its dtype: the smallest of int8/int16/int32/int64
-# holding them, so 8-bit activations flow as int8 (unsigned 8-bit ones as int16).
+# the layer arithmetic), which fix its dtype: the smallest of int8/uint8/int16/int32/int64
+# holding them, so 8-bit activations flow as int8 (unsigned 8-bit ones as uint8).
 
 
 @dataclasses.dataclass
@@ -240,9 +241,14 @@ _INT64_LIMIT = 2**63 - 1
 
 
 def _g_dtype(lo: int, hi: int, where: str = "") -> Any:
-    """The smallest TF integer dtype holding [lo, hi]."""
+    """The smallest TF integer dtype holding [lo, hi]: int8, uint8 (non-negative values up to
+    255, the integer kernels' native u8 operand), int16, int32 or int64."""
     from kerasq._compat import tf
 
+    if -128 <= lo and hi <= 127:
+        return tf.int8
+    if 0 <= lo and hi <= 255:
+        return tf.uint8
     for dtype, bits in ((tf.int8, 8), (tf.int16, 16), (tf.int32, 32), (tf.int64, 64)):
         if -(1 << (bits - 1)) <= lo and hi < (1 << (bits - 1)):
             return dtype
@@ -381,10 +387,10 @@ _RUNTIME_ERROR = "kerasq.integer: "
 
 
 def _g_kernel_operand(x: _GInt, where: str) -> Any:
-    """``x`` as the int8/int16 operand of an integer kernel."""
+    """``x`` as the int8/uint8/int16 operand of an integer kernel."""
     from kerasq._compat import tf
 
-    if x.t.dtype in (tf.int8, tf.int16):
+    if x.t.dtype in (tf.int8, tf.uint8, tf.int16):
         return x.t
     t = _g_checked(x.t, x.lo, x.hi, (-32768, 32767), "operand does not fit int16", where)
     return tf.cast(t, tf.int16)
@@ -538,11 +544,13 @@ def _linear_layer(wrapper: Any, inner: Any, relu_spec: Optional[GridSpec] = None
             geo = dict(geometry, padding=[list(pads[:2]), list(pads[2:])])
         xt = _g_kernel_operand(x, where)
         if fused is not None:
-            def fused_call(operand: Any) -> Any:
-                return op(operand, wv, fused_bias, x_frac=x.frac, **fused, **geo)
+            frac, qlo, qhi = _grid_bounds(relu_spec)
+
+            def fused_call(operand: Any) -> Any:  # output in the dtype of the ReLU's grid
+                return op(operand, wv, fused_bias, x_frac=x.frac, out_dtype=_g_dtype(qlo, qhi),
+                          **fused, **geo)
 
             if _kernel_accepts(fused_call, x, xt):
-                frac, qlo, qhi = _grid_bounds(relu_spec)
                 return _g_relu(_g_int(fused_call(xt), frac, qlo, qhi, where))
             return _g_requantize(_g_relu(graph_raw(x, xt, geo)), relu_spec, where)
         return graph_raw(x, xt, geo)
@@ -560,6 +568,7 @@ def _linear_layer(wrapper: Any, inner: Any, relu_spec: Optional[GridSpec] = None
             acc_bound = min(top_x * per_x, 2**31 - 1)
         else:
             kwargs["x_frac"] = x.frac
+            kwargs["out_dtype"] = _g_dtype(*_grid_bounds(spec)[1:])  # no cast after the kernel
         y = op(xt, wv, op_bias, **kwargs)
         if out_q is None:
             g = _g_exact_accumulator(y, acc_bound, x.frac + w_frac, bias, bias_frac, where)
