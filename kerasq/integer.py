@@ -31,8 +31,9 @@ call (exact: rounding commutes with ReLU); a ZeroPadding2D before a VALID convol
 becomes the kernel's own zero padding. :meth:`IntegerProgram.run_eager` runs the same
 layers one by one on numpy int64 values, the reference the graph is tested against.
 :func:`run` keeps the program it prepared for a model (the last few models) and
-reuses it while none of the model's variables has changed: each call compares them with
-the values the program was read from (one graph call) and prepares again otherwise.
+reuses it while none of the model's variables has changed: each call compares their bytes
+with those the program was read from (one graph call, one op with the C++ library) and
+prepares again otherwise.
 
 Grouped convolutions run as one kernel call per group.
 
@@ -1160,32 +1161,7 @@ def run(qmodel: Any, x: Any, *, return_integers: bool = False) -> Any:
     return _cached_program(qmodel)(x, return_integers=return_integers)
 
 
-class _Snapshot:
-    """The values of every variable of a model when its program was prepared; ``same()``
-    compares them with the current values in one graph call (one flat vector per dtype).
-    Floats compare by value: -0.0 equals 0.0 (the same integers), a NaN never matches
-    (the program is prepared again)."""
-
-    def __init__(self, qmodel: Any):
-        from kerasq._compat import tf
-
-        groups: Dict[Any, List[Any]] = {}
-        for v in qmodel.variables:
-            groups.setdefault(v.dtype.base_dtype, []).append(v)
-
-        def flat(variables: List[Any]) -> Any:
-            return tf.concat([tf.reshape(v, [-1]) for v in variables], 0)
-
-        saved = {dtype: tf.constant(flat(vs).numpy()) for dtype, vs in groups.items()}
-
-        def same() -> Any:
-            return tf.reduce_all(tf.stack([tf.constant(True)] + [
-                tf.reduce_all(tf.equal(flat(vs), saved[dtype])) for dtype, vs in groups.items()]))
-
-        self.same = tf.function(same, autograph=False).get_concrete_function()
-
-
-_RUN_CACHE: "collections.OrderedDict[int, Tuple[Any, _Snapshot, IntegerProgram]]" = (
+_RUN_CACHE: "collections.OrderedDict[int, Tuple[Any, Any, IntegerProgram]]" = (
     collections.OrderedDict())
 _RUN_CACHE_SIZE = 4
 
@@ -1196,11 +1172,15 @@ def _cached_program(qmodel: Any) -> IntegerProgram:
     recently run models are kept."""
     key = id(qmodel)
     entry = _RUN_CACHE.get(key)
-    if entry is not None and entry[0]() is qmodel and bool(entry[1].same()):
+    if entry is not None and entry[0]() is qmodel and entry[1].unchanged():
         _RUN_CACHE.move_to_end(key)
         return entry[2]
+    from kerasq.ops.variables import VariableSnapshot
+
     program = IntegerProgram(qmodel)
-    _RUN_CACHE[key] = (weakref.ref(qmodel), _Snapshot(qmodel), program)
+    # one op per check: the bytes of every variable (weights, quantizer ranges) compared
+    # with their copy; a value written back unchanged keeps the program
+    _RUN_CACHE[key] = (weakref.ref(qmodel), VariableSnapshot(qmodel.variables), program)
     _RUN_CACHE.move_to_end(key)
     while len(_RUN_CACHE) > _RUN_CACHE_SIZE:
         _RUN_CACHE.popitem(last=False)
