@@ -256,12 +256,29 @@ def _g_dtype(lo: int, hi: int, where: str = "") -> Any:
     raise UnsupportedLayerError("integer values may exceed int64", layer=where)
 
 
+def _holds(dtype: Any, lo: int, hi: int) -> bool:
+    """Whether the integer dtype holds every value in [lo, hi]."""
+    return bool(dtype.is_integer) and int(dtype.min) <= lo and hi <= int(dtype.max)
+
+
 def _g_int(t: Any, frac: int, lo: int, hi: int, where: str = "") -> _GInt:
-    """``t`` cast to the dtype of its bounds."""
+    """``t`` with bounds [lo, hi], kept in its dtype while that holds them (else cast to the
+    narrowest that does): tensors narrow only where a kernel needs it
+    (:func:`_g_kernel_operand`), so saturating an int16 sum to an 8-bit grid and using it
+    both as a kernel operand and in the next sum costs no cast there and back."""
     from kerasq._compat import tf
 
-    dtype = _g_dtype(lo, hi, where)
-    return _GInt(t if t.dtype == dtype else tf.cast(t, dtype), frac, int(lo), int(hi))
+    if _holds(t.dtype, lo, hi):
+        return _GInt(t, frac, int(lo), int(hi))
+    return _GInt(tf.cast(t, _g_dtype(lo, hi, where)), frac, int(lo), int(hi))
+
+
+def _g_narrow(g: _GInt, where: str) -> Any:
+    """``g.t`` in the narrowest dtype holding its bounds."""
+    from kerasq._compat import tf
+
+    dtype = _g_dtype(g.lo, g.hi, where)
+    return g.t if g.t.dtype == dtype else tf.cast(g.t, dtype)
 
 
 def _g_wide(g: _GInt, lo: int, hi: int, where: str) -> Any:
@@ -289,10 +306,31 @@ def _g_clip(t: Any, lo: int, hi: int, qlo: int, qhi: int, frac: int, where: str)
     from kerasq._compat import tf
 
     if lo < qlo or hi > qhi:
-        dtype = _g_dtype(min(lo, qlo), max(hi, qhi), where)
-        t = tf.cast(t, dtype) if t.dtype != dtype else t
-        t = tf.clip_by_value(t, tf.constant(qlo, dtype), tf.constant(qhi, dtype))
+        if not _holds(t.dtype, min(lo, qlo), max(hi, qhi)):
+            t = tf.cast(t, _g_dtype(min(lo, qlo), max(hi, qhi), where))
+        if lo < qlo:  # only the sides the bounds can cross
+            t, bound = _merged_bound(t, "Maximum", qlo, max)
+            t = tf.maximum(t, tf.constant(bound, t.dtype))
+        if hi > qhi:
+            t, bound = _merged_bound(t, "Minimum", qhi, min)
+            t = tf.minimum(t, tf.constant(bound, t.dtype))
     return _g_int(t, frac, min(max(lo, qlo), qhi), max(min(hi, qhi), qlo), where)
+
+
+def _merged_bound(t: Any, op_type: str, bound: int, pick: Callable[[int, int], int]
+                  ) -> Tuple[Any, int]:
+    """(operand, bound) for ``op_type(t, bound)``: when ``t`` is itself ``op_type(u, c)`` with
+    a constant scalar ``c`` (one quantizer saturating right after another),
+    ``op_type(u, pick(c, bound))``, the same values with one op fewer."""
+    from kerasq._compat import tf
+
+    op = getattr(t, "op", None)
+    if op is None or op.type != op_type or len(op.inputs) != 2:
+        return t, bound
+    c = tf.get_static_value(op.inputs[1])
+    if c is None or np.ndim(c) != 0 or op.inputs[0].dtype != t.dtype:
+        return t, bound
+    return op.inputs[0], pick(int(c), bound)
 
 
 def _grid_bounds(spec: GridSpec) -> Tuple[int, int, int]:
@@ -341,10 +379,11 @@ def _g_quantize(value: GValue, spec: GridSpec, where: str) -> _GInt:
         # for fl < 100 that the clip does not absorb, and inputs small enough to be
         # flushed round to 0 anyway); clip; round; no float result to rebuild
         y = tf.clip_by_value(x * tf.constant(2.0**frac, tf.float32), float(qlo), float(qhi))
-        return _g_int(tf_round(y, spec.rounding, signed_zeros=False), frac, qlo, qhi, where)
+        ints = tf_round(y, spec.rounding, signed_zeros=False)
+        return _GInt(tf.cast(ints, _g_dtype(qlo, qhi, where)), frac, qlo, qhi)
     q = dfp_quantize(x, spec.bitwidth, frac, signed=spec.signed, rounding=spec.rounding)
     ints = tf.cast(q, tf.float64) * tf.constant(2.0**frac, tf.float64)  # exact: a power of two
-    return _g_int(tf.cast(ints, tf.int64), frac, qlo, qhi, where)
+    return _GInt(tf.cast(ints, _g_dtype(qlo, qhi, where)), frac, qlo, qhi)
 
 
 def _g_to_float(g: _GInt) -> Any:
@@ -360,7 +399,10 @@ def _g_align(tensors: Sequence[_GInt], where: str) -> Tuple[List[_GInt], int]:
 
     frac = max(t.frac for t in tensors)
     shifted = [_g_shift_left(t, frac - t.frac, where) for t in tensors]
-    dtype = _g_dtype(min(t.lo for t in shifted), max(t.hi for t in shifted), where)
+    lo, hi = min(t.lo for t in shifted), max(t.hi for t in shifted)
+    # an operand's dtype holding every bound (the fewest casts), else the narrowest
+    held = [t.t.dtype for t in shifted if _holds(t.t.dtype, lo, hi)]
+    dtype = max(held, key=held.count) if held else _g_dtype(lo, hi, where)
     return [_GInt(t.t if t.t.dtype == dtype else tf.cast(t.t, dtype), t.frac, t.lo, t.hi)
             for t in shifted], frac
 
@@ -391,8 +433,8 @@ def _g_kernel_operand(x: _GInt, where: str) -> Any:
     """``x`` as the int8/uint8/int16 operand of an integer kernel."""
     from kerasq._compat import tf
 
-    if x.t.dtype in (tf.int8, tf.uint8, tf.int16):
-        return x.t
+    if _g_dtype(x.lo, x.hi, where) in (tf.int8, tf.uint8, tf.int16):
+        return _g_narrow(x, where)
     t = _g_checked(x.t, x.lo, x.hi, (-32768, 32767), "operand does not fit int16", where)
     return tf.cast(t, tf.int16)
 
@@ -791,7 +833,8 @@ def _g_sum(values: List[_GInt], frac: int, where: str) -> _GInt:
     from kerasq._compat import tf
 
     lo, hi = sum(v.lo for v in values), sum(v.hi for v in values)
-    dtype = _g_dtype(lo, hi, where)
+    held = [v.t.dtype for v in values if _holds(v.t.dtype, lo, hi)]
+    dtype = max(held, key=held.count) if held else _g_dtype(lo, hi, where)
     total = None
     for v in values:  # broadcasting adds (tf.add_n does not broadcast a bias vector)
         t = v.t if v.t.dtype == dtype else tf.cast(v.t, dtype)
@@ -1062,7 +1105,7 @@ class IntegerProgram:
                 for r in self._walk(dict(zip(self.input_keys, xs)), eager=False):
                     if isinstance(r, _GInt):
                         fracs.append(r.frac)
-                        flat += [_g_to_float(r), r.t]
+                        flat += [_g_to_float(r), _g_narrow(r, "output")]
                     else:
                         fracs.append(None)
                         flat += [r, r]
