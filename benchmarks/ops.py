@@ -436,8 +436,8 @@ def bench_whole_nets(rounds: int, quick: bool) -> Table:
                "calling the program runs one `tf.function` graph traced once per input shape "
                "(integer tensors between the kernels, no Python per layer). "
                "`kerasq.integer.run` reuses the program it prepared for the model and "
-               "compares the model's variables with the values it was prepared from on every "
-               "call. `program.run_eager(x)` runs the same layers one by one on numpy int64 "
+               "compares the bytes of the model's variables with those it was prepared from "
+               "on every call (one op). `program.run_eager(x)` runs the same layers one by one on numpy int64 "
                "values (the reference path). All three give the same results, bit for bit."))
     rng = np.random.default_rng(0)
     for label, factory, shape, _ in qat_nets(quick):

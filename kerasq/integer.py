@@ -23,15 +23,17 @@ kernel, per-channel alignment and bias in int64). Caffe's constant ``Bias``
 calling it runs one ``tf.function`` graph, traced once per input shape (any batch size),
 with the integer weights, biases and grids as constants; integer tensors flow between
 the kernels in the narrowest dtype their static bounds allow (int8 for signed 8-bit
-grids, int16 for unsigned ones); requantization, ReLU, Add, pooling and padding are graph
+grids, uint8 for unsigned ones such as ReLU outputs, which the u8·s8 kernels read
+directly); requantization, ReLU, Add, pooling and padding are graph
 ops on those integers, and no Python runs per layer. A linear layer without output
 quantizer runs together with the quantized ReLU that alone consumes it as one kernel
 call (exact: rounding commutes with ReLU); a ZeroPadding2D before a VALID convolution
 becomes the kernel's own zero padding. :meth:`IntegerProgram.run_eager` runs the same
 layers one by one on numpy int64 values, the reference the graph is tested against.
 :func:`run` keeps the program it prepared for a model (the last few models) and
-reuses it while none of the model's variables has changed: each call compares them with
-the values the program was read from (one graph call) and prepares again otherwise.
+reuses it while none of the model's variables has changed: each call compares their bytes
+with those the program was read from (one graph call, one op with the C++ library) and
+prepares again otherwise.
 
 Grouped convolutions run as one kernel call per group.
 
@@ -218,8 +220,8 @@ def _int_dtype(values: np.ndarray, where: str) -> Any:
 #
 # The compiled program traces the same layers on symbolic tensors once per input shape.
 # Every integer tensor carries static bounds [lo, hi] (from the grids, the weights and
-# the layer arithmetic), which fix its dtype: the smallest of int8/int16/int32/int64
-# holding them, so 8-bit activations flow as int8 (unsigned 8-bit ones as int16).
+# the layer arithmetic), which fix its dtype: the smallest of int8/uint8/int16/int32/int64
+# holding them, so 8-bit activations flow as int8 (unsigned 8-bit ones as uint8).
 
 
 @dataclasses.dataclass
@@ -240,21 +242,43 @@ _INT64_LIMIT = 2**63 - 1
 
 
 def _g_dtype(lo: int, hi: int, where: str = "") -> Any:
-    """The smallest TF integer dtype holding [lo, hi]."""
+    """The smallest TF integer dtype holding [lo, hi]: int8, uint8 (non-negative values up to
+    255, the integer kernels' native u8 operand), int16, int32 or int64."""
     from kerasq._compat import tf
 
+    if -128 <= lo and hi <= 127:
+        return tf.int8
+    if 0 <= lo and hi <= 255:
+        return tf.uint8
     for dtype, bits in ((tf.int8, 8), (tf.int16, 16), (tf.int32, 32), (tf.int64, 64)):
         if -(1 << (bits - 1)) <= lo and hi < (1 << (bits - 1)):
             return dtype
     raise UnsupportedLayerError("integer values may exceed int64", layer=where)
 
 
+def _holds(dtype: Any, lo: int, hi: int) -> bool:
+    """Whether the integer dtype holds every value in [lo, hi]."""
+    return bool(dtype.is_integer) and int(dtype.min) <= lo and hi <= int(dtype.max)
+
+
 def _g_int(t: Any, frac: int, lo: int, hi: int, where: str = "") -> _GInt:
-    """``t`` cast to the dtype of its bounds."""
+    """``t`` with bounds [lo, hi], kept in its dtype while that holds them (else cast to the
+    narrowest that does): tensors narrow only where a kernel needs it
+    (:func:`_g_kernel_operand`), so saturating an int16 sum to an 8-bit grid and using it
+    both as a kernel operand and in the next sum costs no cast there and back."""
     from kerasq._compat import tf
 
-    dtype = _g_dtype(lo, hi, where)
-    return _GInt(t if t.dtype == dtype else tf.cast(t, dtype), frac, int(lo), int(hi))
+    if _holds(t.dtype, lo, hi):
+        return _GInt(t, frac, int(lo), int(hi))
+    return _GInt(tf.cast(t, _g_dtype(lo, hi, where)), frac, int(lo), int(hi))
+
+
+def _g_narrow(g: _GInt, where: str) -> Any:
+    """``g.t`` in the narrowest dtype holding its bounds."""
+    from kerasq._compat import tf
+
+    dtype = _g_dtype(g.lo, g.hi, where)
+    return g.t if g.t.dtype == dtype else tf.cast(g.t, dtype)
 
 
 def _g_wide(g: _GInt, lo: int, hi: int, where: str) -> Any:
@@ -282,10 +306,31 @@ def _g_clip(t: Any, lo: int, hi: int, qlo: int, qhi: int, frac: int, where: str)
     from kerasq._compat import tf
 
     if lo < qlo or hi > qhi:
-        dtype = _g_dtype(min(lo, qlo), max(hi, qhi), where)
-        t = tf.cast(t, dtype) if t.dtype != dtype else t
-        t = tf.clip_by_value(t, tf.constant(qlo, dtype), tf.constant(qhi, dtype))
+        if not _holds(t.dtype, min(lo, qlo), max(hi, qhi)):
+            t = tf.cast(t, _g_dtype(min(lo, qlo), max(hi, qhi), where))
+        if lo < qlo:  # only the sides the bounds can cross
+            t, bound = _merged_bound(t, "Maximum", qlo, max)
+            t = tf.maximum(t, tf.constant(bound, t.dtype))
+        if hi > qhi:
+            t, bound = _merged_bound(t, "Minimum", qhi, min)
+            t = tf.minimum(t, tf.constant(bound, t.dtype))
     return _g_int(t, frac, min(max(lo, qlo), qhi), max(min(hi, qhi), qlo), where)
+
+
+def _merged_bound(t: Any, op_type: str, bound: int, pick: Callable[[int, int], int]
+                  ) -> Tuple[Any, int]:
+    """(operand, bound) for ``op_type(t, bound)``: when ``t`` is itself ``op_type(u, c)`` with
+    a constant scalar ``c`` (one quantizer saturating right after another),
+    ``op_type(u, pick(c, bound))``, the same values with one op fewer."""
+    from kerasq._compat import tf
+
+    op = getattr(t, "op", None)
+    if op is None or op.type != op_type or len(op.inputs) != 2:
+        return t, bound
+    c = tf.get_static_value(op.inputs[1])
+    if c is None or np.ndim(c) != 0 or op.inputs[0].dtype != t.dtype:
+        return t, bound
+    return op.inputs[0], pick(int(c), bound)
 
 
 def _grid_bounds(spec: GridSpec) -> Tuple[int, int, int]:
@@ -334,10 +379,11 @@ def _g_quantize(value: GValue, spec: GridSpec, where: str) -> _GInt:
         # for fl < 100 that the clip does not absorb, and inputs small enough to be
         # flushed round to 0 anyway); clip; round; no float result to rebuild
         y = tf.clip_by_value(x * tf.constant(2.0**frac, tf.float32), float(qlo), float(qhi))
-        return _g_int(tf_round(y, spec.rounding, signed_zeros=False), frac, qlo, qhi, where)
+        ints = tf_round(y, spec.rounding, signed_zeros=False)
+        return _GInt(tf.cast(ints, _g_dtype(qlo, qhi, where)), frac, qlo, qhi)
     q = dfp_quantize(x, spec.bitwidth, frac, signed=spec.signed, rounding=spec.rounding)
     ints = tf.cast(q, tf.float64) * tf.constant(2.0**frac, tf.float64)  # exact: a power of two
-    return _g_int(tf.cast(ints, tf.int64), frac, qlo, qhi, where)
+    return _GInt(tf.cast(ints, _g_dtype(qlo, qhi, where)), frac, qlo, qhi)
 
 
 def _g_to_float(g: _GInt) -> Any:
@@ -353,7 +399,10 @@ def _g_align(tensors: Sequence[_GInt], where: str) -> Tuple[List[_GInt], int]:
 
     frac = max(t.frac for t in tensors)
     shifted = [_g_shift_left(t, frac - t.frac, where) for t in tensors]
-    dtype = _g_dtype(min(t.lo for t in shifted), max(t.hi for t in shifted), where)
+    lo, hi = min(t.lo for t in shifted), max(t.hi for t in shifted)
+    # an operand's dtype holding every bound (the fewest casts), else the narrowest
+    held = [t.t.dtype for t in shifted if _holds(t.t.dtype, lo, hi)]
+    dtype = max(held, key=held.count) if held else _g_dtype(lo, hi, where)
     return [_GInt(t.t if t.t.dtype == dtype else tf.cast(t.t, dtype), t.frac, t.lo, t.hi)
             for t in shifted], frac
 
@@ -381,11 +430,11 @@ _RUNTIME_ERROR = "kerasq.integer: "
 
 
 def _g_kernel_operand(x: _GInt, where: str) -> Any:
-    """``x`` as the int8/int16 operand of an integer kernel."""
+    """``x`` as the int8/uint8/int16 operand of an integer kernel."""
     from kerasq._compat import tf
 
-    if x.t.dtype in (tf.int8, tf.int16):
-        return x.t
+    if _g_dtype(x.lo, x.hi, where) in (tf.int8, tf.uint8, tf.int16):
+        return _g_narrow(x, where)
     t = _g_checked(x.t, x.lo, x.hi, (-32768, 32767), "operand does not fit int16", where)
     return tf.cast(t, tf.int16)
 
@@ -538,11 +587,13 @@ def _linear_layer(wrapper: Any, inner: Any, relu_spec: Optional[GridSpec] = None
             geo = dict(geometry, padding=[list(pads[:2]), list(pads[2:])])
         xt = _g_kernel_operand(x, where)
         if fused is not None:
-            def fused_call(operand: Any) -> Any:
-                return op(operand, wv, fused_bias, x_frac=x.frac, **fused, **geo)
+            frac, qlo, qhi = _grid_bounds(relu_spec)
+
+            def fused_call(operand: Any) -> Any:  # output in the dtype of the ReLU's grid
+                return op(operand, wv, fused_bias, x_frac=x.frac, out_dtype=_g_dtype(qlo, qhi),
+                          **fused, **geo)
 
             if _kernel_accepts(fused_call, x, xt):
-                frac, qlo, qhi = _grid_bounds(relu_spec)
                 return _g_relu(_g_int(fused_call(xt), frac, qlo, qhi, where))
             return _g_requantize(_g_relu(graph_raw(x, xt, geo)), relu_spec, where)
         return graph_raw(x, xt, geo)
@@ -560,6 +611,7 @@ def _linear_layer(wrapper: Any, inner: Any, relu_spec: Optional[GridSpec] = None
             acc_bound = min(top_x * per_x, 2**31 - 1)
         else:
             kwargs["x_frac"] = x.frac
+            kwargs["out_dtype"] = _g_dtype(*_grid_bounds(spec)[1:])  # no cast after the kernel
         y = op(xt, wv, op_bias, **kwargs)
         if out_q is None:
             g = _g_exact_accumulator(y, acc_bound, x.frac + w_frac, bias, bias_frac, where)
@@ -781,7 +833,8 @@ def _g_sum(values: List[_GInt], frac: int, where: str) -> _GInt:
     from kerasq._compat import tf
 
     lo, hi = sum(v.lo for v in values), sum(v.hi for v in values)
-    dtype = _g_dtype(lo, hi, where)
+    held = [v.t.dtype for v in values if _holds(v.t.dtype, lo, hi)]
+    dtype = max(held, key=held.count) if held else _g_dtype(lo, hi, where)
     total = None
     for v in values:  # broadcasting adds (tf.add_n does not broadcast a bias vector)
         t = v.t if v.t.dtype == dtype else tf.cast(v.t, dtype)
@@ -1052,7 +1105,7 @@ class IntegerProgram:
                 for r in self._walk(dict(zip(self.input_keys, xs)), eager=False):
                     if isinstance(r, _GInt):
                         fracs.append(r.frac)
-                        flat += [_g_to_float(r), r.t]
+                        flat += [_g_to_float(r), _g_narrow(r, "output")]
                     else:
                         fracs.append(None)
                         flat += [r, r]
@@ -1151,32 +1204,7 @@ def run(qmodel: Any, x: Any, *, return_integers: bool = False) -> Any:
     return _cached_program(qmodel)(x, return_integers=return_integers)
 
 
-class _Snapshot:
-    """The values of every variable of a model when its program was prepared; ``same()``
-    compares them with the current values in one graph call (one flat vector per dtype).
-    Floats compare by value: -0.0 equals 0.0 (the same integers), a NaN never matches
-    (the program is prepared again)."""
-
-    def __init__(self, qmodel: Any):
-        from kerasq._compat import tf
-
-        groups: Dict[Any, List[Any]] = {}
-        for v in qmodel.variables:
-            groups.setdefault(v.dtype.base_dtype, []).append(v)
-
-        def flat(variables: List[Any]) -> Any:
-            return tf.concat([tf.reshape(v, [-1]) for v in variables], 0)
-
-        saved = {dtype: tf.constant(flat(vs).numpy()) for dtype, vs in groups.items()}
-
-        def same() -> Any:
-            return tf.reduce_all(tf.stack([tf.constant(True)] + [
-                tf.reduce_all(tf.equal(flat(vs), saved[dtype])) for dtype, vs in groups.items()]))
-
-        self.same = tf.function(same, autograph=False).get_concrete_function()
-
-
-_RUN_CACHE: "collections.OrderedDict[int, Tuple[Any, _Snapshot, IntegerProgram]]" = (
+_RUN_CACHE: "collections.OrderedDict[int, Tuple[Any, Any, IntegerProgram]]" = (
     collections.OrderedDict())
 _RUN_CACHE_SIZE = 4
 
@@ -1187,11 +1215,15 @@ def _cached_program(qmodel: Any) -> IntegerProgram:
     recently run models are kept."""
     key = id(qmodel)
     entry = _RUN_CACHE.get(key)
-    if entry is not None and entry[0]() is qmodel and bool(entry[1].same()):
+    if entry is not None and entry[0]() is qmodel and entry[1].unchanged():
         _RUN_CACHE.move_to_end(key)
         return entry[2]
+    from kerasq.ops.variables import VariableSnapshot
+
     program = IntegerProgram(qmodel)
-    _RUN_CACHE[key] = (weakref.ref(qmodel), _Snapshot(qmodel), program)
+    # one op per check: the bytes of every variable (weights, quantizer ranges) compared
+    # with their copy; a value written back unchanged keeps the program
+    _RUN_CACHE[key] = (weakref.ref(qmodel), VariableSnapshot(qmodel.variables), program)
     _RUN_CACHE.move_to_end(key)
     while len(_RUN_CACHE) > _RUN_CACHE_SIZE:
         _RUN_CACHE.popitem(last=False)

@@ -8,8 +8,10 @@ runs.
 
 * :func:`fake_quant_dfp`, :func:`fake_quant_minifloat`: QAT fake quantization with
   clipped straight-through gradients (= :mod:`kerasq.numerics`, faster).
-* :func:`dfp_conv2d`, :func:`dfp_depthwise_conv2d`, :func:`dfp_matmul`: int8/int16
+* :func:`dfp_conv2d`, :func:`dfp_depthwise_conv2d`, :func:`dfp_matmul`: int8/uint8/int16
   layers with exact accumulation and shift requantization.
+* :class:`kerasq.ops.variables.VariableSnapshot`: whether any of many variables changed,
+  in one op.
 
 Example:
     >>> from kerasq._compat import tf

@@ -50,6 +50,7 @@ SOURCES = [
     "cc/int_depthwise.cc",
     "cc/int_gemm.cc",
     "cc/integer_ops.cc",
+    "cc/variable_snapshot.cc",
 ]
 HEADERS = [
     "cc/clip_mask.h",

@@ -1,6 +1,6 @@
 """Bit-exact fixed-point layers in integers: conv2d, depthwise conv2d, matmul.
 
-The arithmetic of a fixed-point accelerator. Inputs ``x`` (int8/int16, value
+The arithmetic of a fixed-point accelerator. Inputs ``x`` (int8/uint8/int16, value
 ``x·2^−fl_x``) and weights ``w`` (int8/int16, ``w·2^−fl_w``, fl_w per tensor or per output
 channel) are multiplied and accumulated exactly (int32, or int64 when the operand
 ranges could overflow int32); the int32 ``bias`` (``b·2^−fl_b``) is added at the common
@@ -78,12 +78,14 @@ def _out_dtype(out_bitwidth: int, out_signed: bool, out_dtype: Any) -> Any:
     return tf.int8 if bits <= 8 else tf.int16 if bits <= 16 else tf.int32
 
 
-def _int_input(name: str, value: Any) -> Any:
+def _int_input(name: str, value: Any, unsigned_ok: bool = False) -> Any:
     from kerasq._compat import tf
 
     t = tf.convert_to_tensor(value)
-    if t.dtype not in (tf.int8, tf.int16):
-        raise QuantizationConfigError(f"{name} must be int8 or int16, got {t.dtype.name}")
+    allowed = (tf.int8, tf.uint8, tf.int16) if unsigned_ok else (tf.int8, tf.int16)
+    if t.dtype not in allowed:
+        names = "int8, uint8 or int16" if unsigned_ok else "int8 or int16"
+        raise QuantizationConfigError(f"{name} must be {names}, got {t.dtype.name}")
     return t
 
 
@@ -91,7 +93,7 @@ def _prepare(x, w, bias, x_frac, w_frac, bias_frac, out_frac, out_bitwidth, out_
              rounding, seed, out_dtype, out_channels_of_w):
     from kerasq._compat import tf
 
-    x = _int_input("x", x)
+    x = _int_input("x", x, unsigned_ok=True)  # uint8: e.g. ReLU outputs on 8 unsigned bits
     w = _int_input("w", w)
     rounding = _validate.check_rounding(rounding)
     seed = _validate.check_seed(seed)
@@ -115,8 +117,11 @@ def _prepare(x, w, bias, x_frac, w_frac, bias_frac, out_frac, out_bitwidth, out_
             bias_frac = int(acc_frac)
         bias_frac = _validate.check_int("bias_frac", bias_frac)
     dtype = _out_dtype(out_bitwidth, out_signed, out_dtype)
-    if dtype not in (tf.int8, tf.int16, tf.int32):
-        raise QuantizationConfigError(f"out_dtype must be int8, int16 or int32, got {dtype.name}")
+    if dtype not in (tf.int8, tf.uint8, tf.int16, tf.int32):
+        raise QuantizationConfigError(
+            f"out_dtype must be int8, uint8, int16 or int32, got {dtype.name}")
+    if dtype == tf.uint8 and (out_signed or out_bitwidth > 8):
+        raise QuantizationConfigError("out_dtype uint8 holds unsigned outputs of at most 8 bits")
     return dict(x=x, w=w, bias=bias_t, acc_frac=tf.constant(acc_frac, tf.int32),
                 bias_frac=bias_frac, out_frac=out_frac, out_bitwidth=out_bitwidth,
                 out_signed=out_signed, rounding=rounding, seed=seed, out_dtype=dtype,

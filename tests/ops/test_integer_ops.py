@@ -347,3 +347,106 @@ def test_int8_conv_output_types_dilation_and_batches(ops_path, in_c, out_bits, o
             acc = ref.conv2d_acc(x, w, strides, dilations, pad)
             np.testing.assert_array_equal(y.numpy(), ref.requantize(
                 acc, 8, 1, out_bits, out_signed, rounding, bias=bias, bias_frac=9))
+
+
+# ------------------------------------------------- uint8 activations (unsigned 8-bit grids, e.g.
+# ReLU outputs 0..255): the u8·s8 kernels read them without the +128 offset; uint8 outputs
+# (out_dtype="uint8") from the fused output stages. Full-range values (255 and -128 weights),
+# borders (zero padding is 0, not the offset), every tile tail, against the numpy reference.
+
+@pytest.mark.parametrize("shape", range(len(INT8_CONV_SHAPES)))
+def test_uint8_conv_inputs_and_outputs(ops_path, shape):
+    xs, ws, stride, pad = INT8_CONV_SHAPES[shape]
+    rng = np.random.default_rng(2000 + shape)
+    x, w = _ints(rng, xs, np.uint8), _ints(rng, ws, np.int8)
+    x.flat[:7] = 255
+    w.flat[:5] = -128
+    bias = rng.integers(-40000, 40000, ws[3]).astype(np.int32)
+    acc = ref.conv2d_acc(x, w, (stride, stride), (1, 1), pad)
+    for rounding in DETERMINISTIC:
+        for out in (dict(out_bitwidth=8), dict(out_bitwidth=8, out_signed=False,
+                                                out_dtype="uint8"),
+                    dict(out_bitwidth=16), dict(out_bitwidth=32, out_dtype="int32")):
+            kw = dict(x_frac=5, w_frac=6, bias_frac=11, out_frac=4, strides=stride,
+                      padding=pad, rounding=rounding, **out)
+            y = dfp_conv2d(x, w, bias, **kw)
+            expected = ref.requantize(acc, 11, 4, out["out_bitwidth"],
+                                      out.get("out_signed", True), rounding, bias=bias,
+                                      bias_frac=11)
+            assert y.dtype.name == out.get("out_dtype", y.dtype.name)
+            np.testing.assert_array_equal(y.numpy(), expected)
+    # raw sums (no bias, no shift): the exact accumulator
+    y = dfp_conv2d(x, w, x_frac=0, w_frac=0, out_frac=0, out_bitwidth=32, out_dtype="int32",
+                   strides=stride, padding=pad)
+    np.testing.assert_array_equal(y.numpy(), acc)
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 3, 1), (9, 4, 15), (8, 1027, 33), (300, 1100, 130)])
+def test_uint8_matmul(ops_path, m, k, n):
+    rng = np.random.default_rng(m + k + n + 7)
+    x, w = _ints(rng, (m, k), np.uint8), _ints(rng, (k, n), np.int8)
+    x[0, :] = 255
+    w[:, 0] = -128
+    w_frac = rng.integers(3, 9, n)
+    for rounding in DETERMINISTIC:
+        for out_bits, signed, dtype in ((16, True, None), (8, False, "uint8")):
+            y = dfp_matmul(x, w, x_frac=2, w_frac=w_frac, out_frac=-4, out_bitwidth=out_bits,
+                           out_signed=signed, out_dtype=dtype, rounding=rounding)
+            np.testing.assert_array_equal(y.numpy(), ref.requantize(
+                ref.matmul_acc(x, w), 2 + w_frac, -4, out_bits, signed, rounding))
+
+
+@pytest.mark.parametrize("kernel", ["best", "avx512", "portable"])
+@pytest.mark.parametrize("xs,k,stride,dil,pad,mult", [
+    ((1, 10, 9, 70), (3, 3), 1, 1, "SAME", 1), ((2, 9, 12, 40), (3, 3), 2, 1, "SAME", 1),
+    ((1, 9, 11, 33), (5, 3), 1, 2, [[1, 2], [0, 3]], 1), ((1, 7, 7, 5), (3, 3), 2, 1, "SAME", 3),
+    ((2, 64, 64, 130), (3, 3), 1, 1, "SAME", 1)])  # above the single-thread work threshold
+def test_uint8_depthwise(ops_path, monkeypatch, kernel, xs, k, stride, dil, pad, mult):
+    if kernel != "best":
+        if ops_path != "custom":
+            pytest.skip("KERASQ_DEPTHWISE_KERNEL selects a C++ kernel")
+        monkeypatch.setenv("KERASQ_DEPTHWISE_KERNEL", kernel)
+    rng = np.random.default_rng(xs[3] + k[0] + stride + mult)
+    x, w = _ints(rng, xs, np.uint8), _ints(rng, k + (xs[3], mult), np.int8)
+    x.flat[:5] = 255
+    w.flat[:5] = -128
+    n = xs[3] * mult
+    bias = rng.integers(-3000, 3000, n).astype(np.int32)
+    acc = ref.depthwise_acc(x, w, (stride, stride), (dil, dil), pad)
+    for rounding in DETERMINISTIC:
+        for out in (dict(out_bitwidth=8), dict(out_bitwidth=8, out_signed=False,
+                                                out_dtype="uint8"),
+                    dict(out_bitwidth=6, out_signed=False, out_dtype="uint8"),
+                    dict(out_bitwidth=16), dict(out_bitwidth=32, out_dtype="int32")):
+            y = dfp_depthwise_conv2d(x, w, bias, x_frac=4, w_frac=5, bias_frac=9, out_frac=2,
+                                     strides=stride, dilations=dil, padding=pad,
+                                     rounding=rounding, **out)
+            expected = ref.requantize(acc, 9, 2, out["out_bitwidth"], out.get("out_signed", True),
+                                      rounding, bias=bias, bias_frac=9)
+            assert y.dtype.name == out.get("out_dtype", y.dtype.name)
+            np.testing.assert_array_equal(y.numpy(), expected)
+
+
+def test_int8_depthwise_uint8_outputs(ops_path):
+    # int8 inputs, unsigned 8-bit outputs stored as uint8 by the fused epilogues
+    rng = np.random.default_rng(11)
+    x, w = _ints(rng, (1, 12, 10, 96), np.int8), _ints(rng, (3, 3, 96, 1), np.int8)
+    bias = rng.integers(-3000, 3000, 96).astype(np.int32)
+    acc = ref.depthwise_acc(x, w, (1, 1), (1, 1), "SAME")
+    for rounding in DETERMINISTIC:
+        y = dfp_depthwise_conv2d(x, w, bias, x_frac=4, w_frac=5, bias_frac=9, out_frac=1,
+                                 out_signed=False, out_dtype="uint8", padding="SAME",
+                                 rounding=rounding)
+        np.testing.assert_array_equal(y.numpy(), ref.requantize(
+            acc, 9, 1, 8, False, rounding, bias=bias, bias_frac=9))
+
+
+def test_uint8_output_needs_unsigned_8_bits(ops_path):
+    x, w = np.ones((1, 4), np.uint8), np.ones((4, 2), np.int8)
+    with pytest.raises(QuantizationConfigError, match="uint8"):
+        dfp_matmul(x, w, x_frac=0, w_frac=0, out_frac=0, out_dtype="uint8")  # signed
+    with pytest.raises(QuantizationConfigError, match="uint8"):
+        dfp_matmul(x, w, x_frac=0, w_frac=0, out_frac=0, out_bitwidth=9, out_signed=False,
+                   out_dtype="uint8")
+    with pytest.raises(QuantizationConfigError, match="int8, uint8 or int16"):
+        dfp_matmul(np.ones((1, 4), np.uint16), w, x_frac=0, w_frac=0, out_frac=0)

@@ -396,18 +396,20 @@ constexpr int64_t kBlock8 = 64;  // channels per vector of bytes
 inline int64_t QuadSlot(int64_t j) { return (j % 16 / 4) * 16 + 4 * (j / 16) + j % 4; }
 
 // Epilogue constants per block of 64 channels in accumulator order: [bias - comp][add]
-// [shift][comp] x 64 int32 (add as in EpilogueConstants).
+// [shift][comp] x 64 int32 (add as in EpilogueConstants); comp is 0 for uint8 inputs
+// (unsigned_x: read without the +128 offset).
 std::vector<int32_t> EpilogueConstantsU8(const Requantizer& rq, const PackedInt8& pk,
-                                         bool fused) {
+                                         bool fused, bool unsigned_x) {
   const int64_t C = pk.channels, blocks = (C + kBlock8 - 1) / kBlock8;
   std::vector<int32_t> q(blocks * 4 * kBlock8, 0);
   for (int64_t c = 0; c < blocks * kBlock8; ++c) {
     int32_t* base = q.data() + (c / kBlock8) * 4 * kBlock8 + QuadSlot(c % kBlock8);
     base[128] = 1;
     if (c >= C) continue;
-    base[192] = pk.comp[c];
+    const int32_t comp = unsigned_x ? 0 : pk.comp[c];
+    base[192] = comp;
     if (!fused) continue;
-    base[0] = rq.bias32[c] - pk.comp[c];
+    base[0] = rq.bias32[c] - comp;
     base[64] = rq.half32[c] - (rq.rounding == Rounding::kNearestEven ? 1 : 0);
     base[128] = rq.shift32[c];
   }
@@ -495,7 +497,9 @@ KERASQ_VNNI __attribute__((always_inline)) inline void PixelsU8(
       const __m512i p01 = _mm512_packs_epi32(v[0], v[1]);
       const __m512i p23 = _mm512_packs_epi32(v[2], v[3]);
       Out* out = y + (ow + p) * C;
-      if constexpr (sizeof(Out) == 1) {
+      if constexpr (std::is_same_v<Out, uint8_t>) {
+        _mm512_mask_storeu_epi8(out, m, _mm512_packus_epi16(p01, p23));
+      } else if constexpr (sizeof(Out) == 1) {
         _mm512_mask_storeu_epi8(out, m, _mm512_packs_epi16(p01, p23));
       } else {
         const __m512i idx0 = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
@@ -510,14 +514,16 @@ KERASQ_VNNI __attribute__((always_inline)) inline void PixelsU8(
 }
 
 // One output row (b, oh), all channel blocks. cols: scratch of G * ncols * 4 vectors.
+// offset: the byte added to every input (0x80 for int8, 0 for uint8 inputs), the value
+// of an out-of-image tap.
 template <int kKind, int kMode, bool kClamp, typename Out>
 KERASQ_VNNI void RowVnni(const Geometry& g, const int8_t* xp, int64_t b, int64_t oh,
                          const PackedInt8& pk, const int32_t* q, int32_t lo32, int32_t hi32,
-                         Out* y, int32_t* acc, __m512i* cols) {
+                         Out* y, int32_t* acc, __m512i* cols, int8_t offset_byte) {
   const int64_t C = g.channels, KW = g.k_w, G = (g.k_h + 3) / 4;
   const int64_t ncols = (g.out_w - 1) * g.s_w + (KW - 1) * g.d_w + 1;
   const __m512i lo = _mm512_set1_epi32(lo32), hi = _mm512_set1_epi32(hi32);
-  const __m512i offset = _mm512_set1_epi8(static_cast<char>(0x80));
+  const __m512i offset = _mm512_set1_epi8(static_cast<char>(offset_byte));
   const int8_t* rows[4 * 16];  // nullptr: a kernel row outside the image or beyond k_h
   for (int64_t kh = 0; kh < 4 * G; ++kh) {
     const int64_t ih = oh * g.s_h - g.pad_top + kh * g.d_h;
@@ -566,7 +572,7 @@ KERASQ_VNNI void RowVnni(const Geometry& g, const int8_t* xp, int64_t b, int64_t
 
 template <typename Out>
 using RowVnniFn = void (*)(const Geometry&, const int8_t*, int64_t, int64_t, const PackedInt8&,
-                           const int32_t*, int32_t, int32_t, Out*, int32_t*, __m512i*);
+                           const int32_t*, int32_t, int32_t, Out*, int32_t*, __m512i*, int8_t);
 
 // The row kernel for a kind, requantization mode and clamp.
 template <int kKind, typename Out>
@@ -585,8 +591,9 @@ RowVnniFn<Out> PickRowVnni(int mode, bool clamp) {
   return RowVnni<kKind, kUnfused, true, Out>;
 }
 
+// xp: int8 inputs, or uint8 ones (unsigned_x) as bytes.
 template <typename Out>
-void RunInt8Vnni(const Geometry& g, const int8_t* xp, const PackedInt8& packed,
+void RunInt8Vnni(const Geometry& g, const int8_t* xp, bool unsigned_x, const PackedInt8& packed,
                  const Requantizer& rq, Out* yp, const ParallelFor& parallel) {
   const int64_t C = g.channels, G = (g.k_h + 3) / 4;
   const int64_t ncols = (g.out_w - 1) * g.s_w + (g.k_w - 1) * g.d_w + 1;
@@ -597,7 +604,8 @@ void RunInt8Vnni(const Geometry& g, const int8_t* xp, const PackedInt8& packed,
                    : rq.rounding == Rounding::kNearest     ? kFusedNearest
                    : rq.rounding == Rounding::kNearestEven ? kFusedNearestEven
                                                            : kFusedHalfUp;
-  const std::vector<int32_t> q = EpilogueConstantsU8(rq, packed, fused);
+  const std::vector<int32_t> q = EpilogueConstantsU8(rq, packed, fused, unsigned_x);
+  const int8_t offset_byte = unsigned_x ? int8_t{0} : static_cast<int8_t>(0x80);
   // the packs saturate to the output type's range: that is the clamp when [lo, hi] is it
   const bool clamp = rq.lo != type_min || rq.hi != type_max;
   const bool k3 = g.k_w == 3 && G == 1 && g.d_w == 1;
@@ -620,7 +628,7 @@ void RunInt8Vnni(const Geometry& g, const int8_t* xp, const PackedInt8& packed,
             for (int64_t row = r0; row < r1; ++row) {
               const int64_t m0 = row * g.out_w;
               row_fn(g, xp, row / g.out_h, row % g.out_h, packed, q.data(), lo, hi, yp + m0 * C,
-                     acc.data(), cols);
+                     acc.data(), cols, offset_byte);
               if (mode == kUnfused) RequantizePixels(rq, acc.data(), g.out_w, C, m0, yp + m0 * C);
             }
           });
@@ -720,7 +728,8 @@ Bounds AccumulatorBounds(const Geometry& g, const TIn* x, const TW* w, int64_t m
   (void)w;
   const int64_t taps = g.taps();
   // max|x| is only read when the type's bound does not already prove int32 safe
-  const int64_t type_bound = -static_cast<int64_t>(std::numeric_limits<TIn>::min());
+  const int64_t type_bound = std::max(-static_cast<int64_t>(std::numeric_limits<TIn>::min()),
+                                      static_cast<int64_t>(std::numeric_limits<TIn>::max()));
   const int64_t max_x = gemm::FitsInt32(type_bound, max_abs_w, taps)
                             ? type_bound
                             : MaxAbs(x, g.batch * g.in_h * g.in_w * g.channels);
@@ -750,7 +759,7 @@ void DepthwiseConv(const Geometry& g, const TIn* x, const TW* w, const PackedInt
           packed = &local;
         }
         if (kernel == kVnniKernel) {
-          RunInt8Vnni(g, x, *packed, rq, y, parallel);
+          RunInt8Vnni(g, x, false, *packed, rq, y, parallel);
         } else {
           RunInt8Avx512(g, x, *packed, rq, y, parallel);
         }
@@ -761,6 +770,21 @@ void DepthwiseConv(const Geometry& g, const TIn* x, const TW* w, const PackedInt
       return;
     }
   }
+#ifdef KERASQ_DW_X86
+  // uint8 inputs (ReLU outputs) are the u8·s8 kernel's native operand; other CPUs (and a
+  // lower kernel chosen by KERASQ_DEPTHWISE_KERNEL) run the generic loops
+  if constexpr (std::is_same_v<TIn, uint8_t> && std::is_same_v<TW, int8_t>) {
+    if (g.multiplier == 1 && ChooseInt8Kernel(g.k_h, g.k_w) == kVnniKernel) {
+      PackedInt8 local;
+      if (packed == nullptr) {
+        PackInt8(w, g.k_h, g.k_w, g.channels, &local);
+        packed = &local;
+      }
+      RunInt8Vnni(g, reinterpret_cast<const int8_t*>(x), true, *packed, rq, y, parallel);
+      return;
+    }
+  }
+#endif
   RunGeneric<int32_t>(g, x, w, rq, y, parallel);
 }
 
@@ -771,11 +795,14 @@ void DepthwiseConv(const Geometry& g, const TIn* x, const TW* w, const PackedInt
 #define KERASQ_DW_INSTANTIATE(TIN, TW)                                                       \
   template Bounds AccumulatorBounds<TIN, TW>(const Geometry&, const TIN*, const TW*, int64_t); \
   KERASQ_DW_INSTANTIATE_OUT(TIN, TW, int8_t)                                                 \
+  KERASQ_DW_INSTANTIATE_OUT(TIN, TW, uint8_t)                                                \
   KERASQ_DW_INSTANTIATE_OUT(TIN, TW, int16_t)                                                \
   KERASQ_DW_INSTANTIATE_OUT(TIN, TW, int32_t)
 
 KERASQ_DW_INSTANTIATE(int8_t, int8_t)
 KERASQ_DW_INSTANTIATE(int8_t, int16_t)
+KERASQ_DW_INSTANTIATE(uint8_t, int8_t)
+KERASQ_DW_INSTANTIATE(uint8_t, int16_t)
 KERASQ_DW_INSTANTIATE(int16_t, int8_t)
 KERASQ_DW_INSTANTIATE(int16_t, int16_t)
 template int64_t MaxAbs<int8_t>(const int8_t*, int64_t);

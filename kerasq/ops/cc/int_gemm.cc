@@ -122,7 +122,7 @@ template <int NV, int Mode, int OutBytes>
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) void IndirectTile(
     const int8_t* const* a, int64_t taps, int64_t seg_quads, const int8_t* bp, int64_t panel,
     int64_t n0, int64_t m, int64_t rows, const U8S8Output& o) {
-  const __m512i flip = _mm512_set1_epi32(static_cast<int32_t>(0x80808080u));
+  const __m512i flip = _mm512_set1_epi32(o.unsigned_a ? 0 : static_cast<int32_t>(0x80808080u));
   const __m512i init0 = _mm512_loadu_si512(o.init + n0);
   const __m512i init1 = NV == 2 ? _mm512_loadu_si512(o.init + n0 + 16) : init0;
 #define KERASQ_DECL(r) __m512i c##r##0 = init0, c##r##1 = init1;

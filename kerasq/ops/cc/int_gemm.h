@@ -149,8 +149,9 @@ inline int32_t PackB8Panels(const int8_t* w, PackedB8* out, int64_t p0, int64_t 
 // Row m of A is not stored: it is the concatenation of `taps` segments of seg_len int8
 // values (seg_len a multiple of 4, taps * seg_len = Kp), given by pointers, so a 3x3
 // convolution reads its 9 taps straight from the NHWC input (out-of-image taps point at
-// zeros) and a dense layer its input rows: no im2col copy. The kernel offsets the bytes
-// itself (x ^ 0x80 = x + 128 as uint8; init holds -comp).
+// zeros) and a dense layer its input rows: no im2col copy. The kernel offsets int8 bytes
+// itself (x ^ 0x80 = x + 128 as uint8; init holds -comp); uint8 activations
+// (unsigned_a) are read as they are (init without comp).
 // The 8 x 32 register tile is finished in registers: t = sum + init[n] (init = bias[n] -
 // comp[n], or -comp[n] for raw sums; int32 wrap-around is harmless because the final t is
 // within int32), then for the rounding modes (shift s[n] in [1, 31], h = 2^(s-1))
@@ -169,6 +170,7 @@ struct U8S8Output {
   void* out = nullptr;  // row m, channel n at out + m * ldo + n (elements of out_bytes)
   int64_t ldo = 0;
   int64_t n_valid = 0;  // channels >= n_valid are not stored
+  bool unsigned_a = false;  // the row bytes are uint8 values (no +128 offset)
 };
 
 constexpr int64_t kIndirectRows = 8;  // rows per tile of the indirect kernel

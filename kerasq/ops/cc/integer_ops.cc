@@ -146,9 +146,9 @@ Status ConvShape(InferenceContext* c, bool depthwise) {
 }
 
 #define KERASQ_INTEGER_COMMON_ATTRS                                                  \
-  Attr("Tin: {int8, int16}")                                                         \
+  Attr("Tin: {int8, uint8, int16}")                                                  \
       .Attr("Tw: {int8, int16}")                                                     \
-      .Attr("out_type: {int8, int16, int32} = DT_INT8")                              \
+      .Attr("out_type: {int8, uint8, int16, int32} = DT_INT8")                       \
       .Attr("bias_frac: int = 0")                                                    \
       .Attr("out_frac: int")                                                         \
       .Attr("out_bitwidth: int = 8")                                                 \
@@ -230,6 +230,10 @@ class IntegerKernelBase : public OpKernel {
                 InvalidArgument("unknown rounding ", rounding));
     OP_REQUIRES(ctx, out_bitwidth_ >= 1 && out_bitwidth_ <= 32,
                 InvalidArgument("out_bitwidth must be in [1, 32]"));
+    tensorflow::DataType out_type;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("out_type", &out_type));
+    OP_REQUIRES(ctx, out_type != tensorflow::DT_UINT8 || (!out_signed_ && out_bitwidth_ <= 8),
+                InvalidArgument("out_type uint8 holds unsigned outputs of at most 8 bits"));
   }
 
  protected:
@@ -492,7 +496,8 @@ class PackedWeightCache {
 
 template <typename T>
 int64_t BoundOrMaxAbs(const T* v, int64_t n, int64_t max_other, int64_t terms) {
-  const int64_t bound = -static_cast<int64_t>(std::numeric_limits<T>::min());
+  const int64_t bound = std::max(-static_cast<int64_t>(std::numeric_limits<T>::min()),
+                                 static_cast<int64_t>(std::numeric_limits<T>::max()));
   return gemm::FitsInt32(bound, max_other, terms) ? bound : MaxAbs(v, n);
 }
 
@@ -544,7 +549,8 @@ void RunGemmLayer(OpKernelContext* ctx, const gemm::PackedB& B, int64_t M, int64
 
 // The output stage of the indirect u8·s8 GEMM for one call: the requantization runs in
 // the kernel's epilogue when the int32 path applies (rq.fast32); otherwise the kernel
-// writes exact int32 sums that RequantizeRows finishes.
+// writes exact int32 sums that RequantizeRows finishes. unsigned_a: uint8 activations,
+// read without the +128 offset, so no compensation term.
 struct U8S8Stage {
   std::vector<int32_t> init, half, shift;
   gemm::U8S8Output out;
@@ -552,7 +558,8 @@ struct U8S8Stage {
 };
 
 template <typename Out>
-void MakeU8S8Stage(const Requantizer& rq, const gemm::PackedB8& B, Out* y, U8S8Stage* s) {
+void MakeU8S8Stage(const Requantizer& rq, const gemm::PackedB8& B, Out* y, bool unsigned_a,
+                   U8S8Stage* s) {
   s->fused = rq.fast32;
   s->init.assign(B.Np, 0);
   s->half.assign(B.Np, 0);
@@ -560,7 +567,7 @@ void MakeU8S8Stage(const Requantizer& rq, const gemm::PackedB8& B, Out* y, U8S8S
   for (int64_t n = 0; n < B.N; ++n) {
     // bias - comp, wrapping: the kernel's final sum is exact modulo 2^32 and inside int32
     const uint32_t bias = s->fused ? static_cast<uint32_t>(rq.bias32[n]) : 0u;
-    s->init[n] = static_cast<int32_t>(bias - static_cast<uint32_t>(B.comp[n]));
+    s->init[n] = static_cast<int32_t>(bias - (unsigned_a ? 0u : static_cast<uint32_t>(B.comp[n])));
     if (s->fused) {
       s->half[n] = rq.half32[n];
       s->shift[n] = rq.shift32[n];
@@ -580,6 +587,7 @@ void MakeU8S8Stage(const Requantizer& rq, const gemm::PackedB8& B, Out* y, U8S8S
   o.out = y;
   o.ldo = B.N;
   o.n_valid = B.N;
+  o.unsigned_a = unsigned_a;
 }
 
 // The int8 x int8 GEMM layers on AVX512-VNNI (conv, matmul) through the indirect kernel.
@@ -594,9 +602,9 @@ void MakeU8S8Stage(const Requantizer& rq, const gemm::PackedB8& B, Out* y, U8S8S
 template <typename Out, typename RowPointers>
 bool RunIndirectU8(OpKernelContext* ctx, const gemm::PackedB8& B, int64_t M, int64_t taps,
                    int64_t seg_len, const Requantizer& rq, Out* y, const std::vector<char>* raw,
-                   const void* w, RowPointers row_pointers) {
+                   const void* w, bool unsigned_a, RowPointers row_pointers) {
   U8S8Stage stage;
-  MakeU8S8Stage(rq, B, y, &stage);
+  MakeU8S8Stage(rq, B, y, unsigned_a, &stage);
   auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
   const bool run_inline = M * B.Kp * B.Np < kInlineWork;
   const int64_t threads = run_inline ? 1 : std::max(1, workers->num_threads);
@@ -722,13 +730,13 @@ inline void Im2colI8(const ConvGeom& g, const int8_t* xp, int64_t row0, int64_t 
 // gathered (Im2colI8) and read as one segment of Kp values.
 template <typename Out>
 bool RunConvU8(OpKernelContext* ctx, const ConvGeom& g, const gemm::PackedB8& B,
-               const int8_t* xp, const Requantizer& rq, Out* y, const std::vector<char>* raw,
-               const int8_t* w) {
+               const int8_t* xp, bool unsigned_x, const Requantizer& rq, Out* y,
+               const std::vector<char>* raw, const int8_t* w) {
   const int64_t M = g.batch * g.out_h * g.out_w;
   constexpr int64_t kTile = gemm::kIndirectRows;
   if (g.in_c % gemm::kU8Group != 0) {
     return RunIndirectU8(
-        ctx, B, M, 1, B.Kp, rq, y, raw, w,
+        ctx, B, M, 1, B.Kp, rq, y, raw, w, unsigned_x,
         [&](int64_t m0, int64_t rows, const int8_t** ptrs, std::vector<int8_t>& buf) {
           buf.resize(rows * B.Kp);
           Im2colI8(g, xp, m0, rows, buf.data(), B.Kp);
@@ -742,7 +750,7 @@ bool RunConvU8(OpKernelContext* ctx, const ConvGeom& g, const gemm::PackedB8& B,
     for (int64_t kw = 0; kw < g.k_w; ++kw)
       tap_offset[kh * g.k_w + kw] = (kh * g.d_h * g.in_w + kw * g.d_w) * g.in_c;
   const int64_t span_h = (g.k_h - 1) * g.d_h, span_w = (g.k_w - 1) * g.d_w;
-  return RunIndirectU8(ctx, B, M, taps, g.in_c, rq, y, raw, w,
+  return RunIndirectU8(ctx, B, M, taps, g.in_c, rq, y, raw, w, unsigned_x,
                 [&](int64_t m0, int64_t rows, const int8_t** ptrs, std::vector<int8_t>&) {
                   int64_t ow = m0 % g.out_w, oh = (m0 / g.out_w) % g.out_h,
                           b = m0 / (g.out_w * g.out_h);
@@ -775,10 +783,11 @@ bool RunConvU8(OpKernelContext* ctx, const ConvGeom& g, const gemm::PackedB8& B,
                 });
 }
 
-// True when the int8 x int8 u8·s8 GEMM applies (int8 operands, VNNI CPU, K small enough).
+// True when the u8·s8 GEMM applies (int8 or uint8 activations, int8 weights, VNNI CPU,
+// K small enough). uint8 activations are its native operand; int8 ones are offset by 128.
 template <typename TIn, typename TW>
 bool UseU8S8(int64_t K) {
-  return std::is_same_v<TIn, int8_t> && std::is_same_v<TW, int8_t> && gemm::HasU8S8() &&
+  return sizeof(TIn) == 1 && std::is_same_v<TW, int8_t> && gemm::HasU8S8() &&
          gemm::U8S8Fits(gemm::RoundUp(K, gemm::kU8Group));
 }
 
@@ -802,20 +811,22 @@ class DfpConv2DOp : public IntegerKernelBase {
     const int64_t M = g.batch * g.out_h * g.out_w;
     if (M == 0 || g.out_c == 0) return;
     const int64_t K = g.k_h * g.k_w * g.in_c;
-    if constexpr (std::is_same_v<TIn, int8_t> && std::is_same_v<TW, int8_t>) {
+    if constexpr (sizeof(TIn) == 1 && std::is_same_v<TW, int8_t>) {
       if (UseU8S8<TIn, TW>(K)) {
-        const int8_t* xp = x.flat<int8_t>().data();
+        constexpr bool kUnsigned = std::is_same_v<TIn, uint8_t>;
+        const int8_t* xp = reinterpret_cast<const int8_t*>(x.flat<TIn>().data());
         const int8_t* wp = w.flat<int8_t>().data();
         Out* yp = y->flat<Out>().data();
         WithPackedWeights8(ctx, &packed_weights8_, wp, K, g.out_c,
                            [&](const gemm::PackedB8& B, const std::vector<char>* raw) {
                              Requantizer rq;
                              bool stale;
+                             const double max_x = kUnsigned ? 255.0 : 128.0;
                              if (!RequantizerReady(ctx, MakeRequantizer(ctx, g.out_c,
-                                                                        128.0 * B.max_abs * B.Kp, &rq),
+                                                                        max_x * B.max_abs * B.Kp, &rq),
                                                    raw, wp, &stale))
                                return !stale;
-                             return RunConvU8(ctx, g, B, xp, rq, yp, raw, wp);
+                             return RunConvU8(ctx, g, B, xp, kUnsigned, rq, yp, raw, wp);
                            });
         return;
       }
@@ -872,9 +883,10 @@ class DfpMatMulOp : public IntegerKernelBase {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &y));
     const int64_t M = K == 0 ? 0 : x.NumElements() / K;
     if (M == 0 || N == 0) return;
-    if constexpr (std::is_same_v<TIn, int8_t> && std::is_same_v<TW, int8_t>) {
+    if constexpr (sizeof(TIn) == 1 && std::is_same_v<TW, int8_t>) {
       if (UseU8S8<TIn, TW>(K)) {
-        const int8_t* xp = x.flat<int8_t>().data();
+        constexpr bool kUnsigned = std::is_same_v<TIn, uint8_t>;
+        const int8_t* xp = reinterpret_cast<const int8_t*>(x.flat<TIn>().data());
         const int8_t* wp = w.flat<int8_t>().data();
         Out* yp = y->flat<Out>().data();
         WithPackedWeights8(
@@ -882,18 +894,19 @@ class DfpMatMulOp : public IntegerKernelBase {
             [&](const gemm::PackedB8& B, const std::vector<char>* raw) {
               Requantizer rq;
               bool stale;
-              if (!RequantizerReady(ctx, MakeRequantizer(ctx, N, 128.0 * B.max_abs * B.Kp, &rq),
+              const double max_x = kUnsigned ? 255.0 : 128.0;
+              if (!RequantizerReady(ctx, MakeRequantizer(ctx, N, max_x * B.max_abs * B.Kp, &rq),
                                     raw, wp, &stale))
                 return !stale;
               if (K % gemm::kU8Group == 0) {
                 return RunIndirectU8(
-                    ctx, B, M, 1, K, rq, yp, raw, wp,
+                    ctx, B, M, 1, K, rq, yp, raw, wp, kUnsigned,
                     [&](int64_t m0, int64_t rows, const int8_t** ptrs, std::vector<int8_t>&) {
                       DenseRowPointers(xp, K, m0, rows, ptrs);
                     });
               }
               return RunIndirectU8(  // rows copied to a stride of Kp, zero-padded
-                  ctx, B, M, 1, B.Kp, rq, yp, raw, wp,
+                  ctx, B, M, 1, B.Kp, rq, yp, raw, wp, kUnsigned,
                   [&](int64_t m0, int64_t rows, const int8_t** ptrs, std::vector<int8_t>& buf) {
                     buf.assign(rows * B.Kp, 0);
                     for (int64_t r = 0; r < rows; ++r)
@@ -951,7 +964,7 @@ class DfpDepthwiseConv2DOp : public IntegerKernelBase {
     const TIn* xp = x.flat<TIn>().data();
     const TW* wp = w.flat<TW>().data();
     std::shared_ptr<const dw::PackedInt8> packed;  // int8 weights, multiplier 1
-    if constexpr (std::is_same_v<TIn, int8_t> && std::is_same_v<TW, int8_t>) {
+    if constexpr (sizeof(TIn) == 1 && std::is_same_v<TW, int8_t>) {  // int8 or uint8 x
       if (mult == 1) packed = packed_weights_.Get(wp, g.k_h, g.k_w, g.in_c);
     }
     const int64_t max_w = packed ? packed->max_abs : dw::MaxAbs(wp, w.NumElements());
@@ -982,11 +995,14 @@ class DfpDepthwiseConv2DOp : public IntegerKernelBase {
                           KERNEL<TIN, TW, OUT>);
 #define KERASQ_REGISTER_OUTS(OP, KERNEL, TIN, TW)  \
   KERASQ_REGISTER_INT(OP, KERNEL, TIN, TW, int8_t) \
+  KERASQ_REGISTER_INT(OP, KERNEL, TIN, TW, uint8_t) \
   KERASQ_REGISTER_INT(OP, KERNEL, TIN, TW, int16_t) \
   KERASQ_REGISTER_INT(OP, KERNEL, TIN, TW, int32_t)
 #define KERASQ_REGISTER_ALL(OP, KERNEL)                \
   KERASQ_REGISTER_OUTS(OP, KERNEL, int8_t, int8_t)     \
   KERASQ_REGISTER_OUTS(OP, KERNEL, int8_t, int16_t)    \
+  KERASQ_REGISTER_OUTS(OP, KERNEL, uint8_t, int8_t)    \
+  KERASQ_REGISTER_OUTS(OP, KERNEL, uint8_t, int16_t)   \
   KERASQ_REGISTER_OUTS(OP, KERNEL, int16_t, int8_t)    \
   KERASQ_REGISTER_OUTS(OP, KERNEL, int16_t, int16_t)
 
