@@ -220,15 +220,20 @@ class DFPActivationQuantizer(_KerasqQuantizer):
         """The stored range with one more batch folded in (minmax/max_abs/percentile:
         running min and max; ema: caffe-jacinto r <- (1-b)·r + b·e·batch, first batch
         r = e·batch)."""
-        bmin, bmax = _across_replicas(*self.batch_range(x))
         first = tf.equal(weights["count"], 0)
-        if self.range_estimator == "ema":
-            e, b = self.range_expansion, self.ema_update_factor
-            new_min = tf.where(first, e * bmin, (1.0 - b) * weights["min"] + b * e * bmin)
-            new_max = tf.where(first, e * bmax, (1.0 - b) * weights["max"] + b * e * bmax)
-        else:
-            new_min = tf.where(first, bmin, tf.minimum(weights["min"], bmin))
-            new_max = tf.where(first, bmax, tf.maximum(weights["max"], bmax))
+        if self.range_estimator != "ema":
+            # min(stored, batch), with ±inf standing in for "no range yet". Computed from
+            # the variables alone, so it runs beside the reductions over x and leaves one
+            # op per bound after them; tf.minimum/maximum propagate NaN, so the values are
+            # those of where(first, batch, min(stored, batch)) for every input.
+            lo = tf.where(first, math.inf, weights["min"])
+            hi = tf.where(first, -math.inf, weights["max"])
+            bmin, bmax = _across_replicas(*self.batch_range(x))
+            return tf.minimum(lo, bmin), tf.maximum(hi, bmax)
+        bmin, bmax = _across_replicas(*self.batch_range(x))
+        e, b = self.range_expansion, self.ema_update_factor
+        new_min = tf.where(first, e * bmin, (1.0 - b) * weights["min"] + b * e * bmin)
+        new_max = tf.where(first, e * bmax, (1.0 - b) * weights["max"] + b * e * bmax)
         return new_min, new_max
 
     def _store(self, weights: Dict[str, tf.Variable], new_min: tf.Tensor, new_max: tf.Tensor,
@@ -324,10 +329,13 @@ class DFPActivationQuantizer(_KerasqQuantizer):
             active = count >= self.quantization_start
             new_min, new_max = self.merged_range(inputs, weights)
             params = self.params_from_range(new_min, new_max)
-            with tf.control_dependencies(self._store(weights, new_min, new_max, params)):
-                with tf.control_dependencies([count.assign_add(1)]):
-                    return gated(active, lambda: self.quantize(
-                        inputs, new_min, params, self._round_mode(True)))
+            # The quantized value reads new_min/params, not the variables: the state writes
+            # need no control edge to it (tf.function and cond branches run every stateful
+            # op), so the kernel starts without waiting for six assignments.
+            self._store(weights, new_min, new_max, params)
+            count.assign_add(1)
+            return gated(active, lambda: self.quantize(
+                inputs, new_min, params, self._round_mode(True)))
 
         def stored_range():
             return tf.identity(weights["min"]), tf.identity(weights["max"])
@@ -385,9 +393,9 @@ class _WeightQuantizerBase(_KerasqQuantizer):
 
         def train_branch():
             active = count >= self.quantization_start
-            with tf.control_dependencies([count.assign_add(1)]):
-                return gated(active, lambda: self.train_quantize(
-                    inputs, weights, self._round_mode(True)))
+            count.assign_add(1)  # no control edge needed: nothing here reads count after it
+            return gated(active, lambda: self.train_quantize(
+                inputs, weights, self._round_mode(True)))
 
         def infer_branch():
             return gated(count >= self.quantization_start, lambda: self.fake_quantize(
@@ -500,8 +508,8 @@ class DFPWeightQuantizer(_WeightQuantizerBase):
     def train_quantize(self, w: tf.Tensor, weights: Dict[str, tf.Variable], rounding: str
                        ) -> tf.Tensor:
         params = self.params(w)
-        with tf.control_dependencies(self._assign_state(params, weights)):
-            return self.fake_quantize(w, weights, rounding, params=params)
+        self._assign_state(params, weights)  # fake_quantize reads params, not the variables
+        return self.fake_quantize(w, weights, rounding, params=params)
 
     def fake_quantize(self, w: tf.Tensor, weights: Dict[str, tf.Variable],
                       rounding: str, params: Any = None) -> tf.Tensor:

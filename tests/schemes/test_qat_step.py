@@ -1,0 +1,108 @@
+"""A QAT step updates every quantizer's state exactly as the numpy reference says, however
+the step is run: eagerly, in a ``tf.function`` with ``training=True``, or with a tensor
+``training`` flag (tfmot's ``smart_cond``: the quantizers run inside ``tf.cond`` branches).
+
+The quantizers write their state (range, fractional lengths, ``count``) with no control
+edge to the quantized value, so these tests are what shows the writes still run, read the
+pre-step values and land once per step. Reference: running min/max of the batches the input
+quantizer saw, fl = B - s - ceil(log2 max|.|) (quant-schemes.md), per-channel weight ranges
+of the kernel before each SGD update, all in numpy.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import kerasq
+from kerasq._compat import keras, tf
+
+
+def _model():
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((6,), name="x")
+    hidden = keras.layers.Dense(5, name="fc1")(inp)
+    out = keras.layers.Dense(3, name="fc2")(keras.layers.ReLU(name="relu")(hidden))
+    return keras.Model(inp, out)
+
+
+def _vars(qmodel, layer_name):
+    return {v.name.split("/")[-1].split(":")[0]: v.numpy()
+            for v in qmodel.get_layer(layer_name).weights}
+
+
+def _fl(max_abs, bits, signed):
+    """fl = B - s - ceil(log2 max|.|); ceil(log2 0) := 0."""
+    il = np.array([math.ceil(math.log2(a)) if a > 0 else 0 for a in np.ravel(max_abs)])
+    return (bits - int(signed) - il).reshape(np.shape(max_abs)).astype(np.float32)
+
+
+def _batches():
+    rng = np.random.default_rng(11)
+    # the second batch widens the range (fl changes), the third is inside it, the fourth
+    # is non-negative (the input stays signed: its running min is negative)
+    scales = [(0.5, 0.0), (3.0, 0.0), (1.0, 0.0), (1.0, 2.0)]
+    return [(rng.normal(0, s, (4, 6)) + shift).astype(np.float32) for s, shift in scales]
+
+
+@pytest.mark.parametrize("mode", ["eager", "function", "function_tensor_flag"])
+def test_qat_steps_update_the_state_like_the_numpy_reference(mode):
+    qmodel = kerasq.quantize_model(_model())
+    opt = keras.optimizers.SGD(0.05)
+    target = tf.zeros((4, 3))
+
+    def step(x, training):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(qmodel(x, training=training) - target))
+        grads = tape.gradient(loss, qmodel.trainable_variables)
+        opt.apply_gradients(zip(grads, qmodel.trainable_variables))
+        return loss
+
+    if mode == "eager":
+        run = lambda x: step(x, True)  # noqa: E731
+    elif mode == "function":
+        compiled = tf.function(lambda x: step(x, True))
+        run = compiled
+    else:
+        compiled = tf.function(step)
+        run = lambda x: compiled(x, tf.constant(True))  # noqa: E731
+
+    seen_min, seen_max = math.inf, -math.inf
+    for n, batch in enumerate(_batches(), start=1):
+        kernel = qmodel.get_layer("quant_fc1").weights[0].numpy()  # before this step's update
+        run(tf.constant(batch))
+        seen_min, seen_max = min(seen_min, batch.min()), max(seen_max, batch.max())
+        x_state = _vars(qmodel, "x_quantize")
+        assert x_state["x_quantize_count"] == n
+        assert x_state["x_quantize_min"] == np.float32(seen_min)
+        assert x_state["x_quantize_max"] == np.float32(seen_max)
+        signed = seen_min < 0
+        expected_fl = _fl(max(abs(seen_min), abs(seen_max)), 8, signed)
+        assert x_state["x_quantize_frac_bits"] == expected_fl
+        assert x_state["x_quantize_scale"] == np.float32(2.0 ** expected_fl)
+        assert x_state["x_quantize_offset"] == 0.0
+
+        w_state = _vars(qmodel, "quant_fc1")
+        np.testing.assert_array_equal(w_state["kernel_min"], kernel.min(axis=0))
+        np.testing.assert_array_equal(w_state["kernel_max"], kernel.max(axis=0))
+        np.testing.assert_array_equal(
+            w_state["kernel_frac_bits"],
+            _fl(np.maximum(np.abs(kernel.min(axis=0)), np.abs(kernel.max(axis=0))), 8, True))
+        assert w_state["kernel_count"] == n
+
+
+def test_a_step_quantizes_with_the_range_that_includes_its_own_batch():
+    """The quantized value of a step uses the merged range of that step (not the stored one
+    from before it), with the inference-time rounding for activations."""
+    qmodel = kerasq.quantize_model(_model())
+    layer = qmodel.get_layer("x_quantize")
+    small, wide = _batches()[0], _batches()[1]
+    layer.quantizer(tf.constant(small), True, layer.quantizer_vars)  # stored range: small
+    step = tf.function(lambda x: layer.quantizer(x, True, layer.quantizer_vars))
+    out = step(tf.constant(wide)).numpy()
+    a = max(abs(min(small.min(), wide.min())), abs(max(small.max(), wide.max())))
+    fl = float(_fl(a, 8, True))
+    reference = np.clip(np.round(wide * 2.0 ** fl), -128, 127) / 2.0 ** fl  # ties to even
+    np.testing.assert_array_equal(out, reference.astype(np.float32))
