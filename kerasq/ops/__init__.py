@@ -10,6 +10,7 @@ runs.
   clipped straight-through gradients (= :mod:`kerasq.numerics`, faster).
 * :func:`dfp_conv2d`, :func:`dfp_depthwise_conv2d`, :func:`dfp_matmul`: int8/uint8/int16
   layers with exact accumulation and shift requantization.
+* :func:`range_min_max`: ``(reduce_min(x), reduce_max(x))`` in one pass over x.
 * :class:`kerasq.ops.variables.VariableSnapshot`: whether any of many variables changed,
   in one op.
 
@@ -23,6 +24,7 @@ Example:
 from kerasq.ops._loader import custom_kernels_loaded, fallback_reason
 from kerasq.ops.fake_quant import fake_quant_dfp, fake_quant_minifloat
 from kerasq.ops.integer_ops import dfp_conv2d, dfp_depthwise_conv2d, dfp_matmul
+from kerasq.ops.ranges import range_min_max
 
 __all__ = [
     "custom_kernels_loaded",
@@ -32,4 +34,5 @@ __all__ = [
     "dfp_conv2d",
     "dfp_depthwise_conv2d",
     "dfp_matmul",
+    "range_min_max",
 ]

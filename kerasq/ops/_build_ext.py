@@ -50,6 +50,7 @@ SOURCES = [
     "cc/int_depthwise.cc",
     "cc/int_gemm.cc",
     "cc/integer_ops.cc",
+    "cc/range_minmax.cc",
     "cc/variable_snapshot.cc",
 ]
 HEADERS = [

@@ -1,0 +1,79 @@
+"""Range statistics: min and max of a tensor in one pass (C++), with a pure-TF fallback.
+
+:func:`range_min_max` returns ``(tf.reduce_min(x), tf.reduce_max(x))``. The C++ kernel
+``Kerasq>RangeMinMax`` reads x once instead of twice: a NaN anywhere gives NaN for both,
+an empty tensor gives ``(+inf, -inf)``, as TF's reductions. Between the zeros it orders
+-0.0 < +0.0 (IEEE 754-2019 ``minimum``/``maximum``), so the result does not depend on the
+thread count; TF's reductions return whichever zero their summation order meets last
+(the two agree on every value, ``-0.0 == 0.0``). The gradient is TF's gradient of
+reduce_min/reduce_max: dy split evenly over the elements equal to the extreme.
+
+Example:
+    >>> from kerasq._compat import tf
+    >>> from kerasq.ops import range_min_max
+    >>> [float(v) for v in range_min_max(tf.constant([[0.5, -2.0], [3.0, 1.0]]))]
+    [-2.0, 3.0]
+"""
+
+from __future__ import annotations
+
+from typing import Any, Tuple
+
+from kerasq.ops._loader import library
+
+_GRADIENT_REGISTERED = False
+
+
+def _extreme_grad(x: Any, extreme: Any, dy: Any) -> Any:
+    # TF's _MinOrMaxGrad for a full reduction: dy/k on each of the k elements equal to it.
+    from kerasq._compat import tf
+
+    indicators = tf.cast(tf.equal(extreme, x), dy.dtype)
+    return tf.divide(indicators, tf.reduce_sum(indicators)) * dy
+
+
+def _register_gradient() -> None:
+    global _GRADIENT_REGISTERED
+    if _GRADIENT_REGISTERED:
+        return
+    from kerasq._compat import tf
+
+    def _grad(op, dmin, dmax):  # noqa: ANN001 - TF gradient signature
+        x = op.inputs[0]
+        grads = [_extreme_grad(x, op.outputs[i], dy)
+                 for i, dy in enumerate((dmin, dmax)) if dy is not None]
+        if not grads:
+            return [None]
+        return [grads[0] if len(grads) == 1 else grads[0] + grads[1]]
+
+    try:
+        tf.RegisterGradient("Kerasq>RangeMinMax")(_grad)
+    except KeyError:  # registered already (this module imported twice, e.g. doctest)
+        pass
+    _GRADIENT_REGISTERED = True
+
+
+def range_min_max(x: Any) -> Tuple[Any, Any]:
+    """``(min(x), max(x))`` over all elements, as two float scalars.
+
+    Args:
+        x: a tensor; float32 runs the one-pass C++ kernel, other dtypes the fallback
+            ``(tf.reduce_min(x), tf.reduce_max(x))``.
+
+    Returns:
+        Two scalar tensors of x's dtype: NaN if x holds a NaN, ``(+inf, -inf)`` if empty.
+
+    Example:
+        >>> from kerasq._compat import tf
+        >>> [float(v) for v in range_min_max(tf.constant([1.0, -0.5, 4.0]))]
+        [-0.5, 4.0]
+    """
+    from kerasq._compat import tf
+
+    x = tf.convert_to_tensor(x)
+    lib = library() if x.dtype == tf.float32 else None
+    if lib is None:
+        return tf.reduce_min(x), tf.reduce_max(x)
+    _register_gradient()
+    lo, hi = lib.kerasq_range_min_max(x)
+    return lo, hi
