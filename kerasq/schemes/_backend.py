@@ -43,6 +43,14 @@ def dfp_quantize(x: tf.Tensor, bitwidth: int, frac_bits: Any, *, signed: bool,
     return _numerics().dfp_quantize(x, bitwidth, frac_bits, signed=signed, rounding=rounding)
 
 
+def range_min_max(x: tf.Tensor) -> Any:
+    """(reduce_min(x), reduce_max(x)) in one pass over x (``kerasq.ops.range_min_max``)."""
+    ops = _ops()
+    if ops is not None and hasattr(ops, "range_min_max"):
+        return ops.range_min_max(x)
+    return tf.reduce_min(x), tf.reduce_max(x)
+
+
 def minifloat_quantize(x: tf.Tensor, exp_bits: int, mant_bits: int, *, rounding: str) -> tf.Tensor:
     """Ristretto minifloat trim (see ``kerasq.numerics.minifloat_quantize``)."""
     ops = _ops()
