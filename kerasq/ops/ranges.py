@@ -17,7 +17,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Tuple
+from typing import Any, Optional, Tuple
 
 from kerasq.ops._loader import library
 
@@ -48,6 +48,7 @@ def _register_gradient() -> None:
 
     try:
         tf.RegisterGradient("Kerasq>RangeMinMax")(_grad)
+        tf.no_gradient("Kerasq>DfpRangeUpdate")
     except KeyError:  # registered already (this module imported twice, e.g. doctest)
         pass
     _GRADIENT_REGISTERED = True
@@ -77,3 +78,42 @@ def range_min_max(x: Any) -> Tuple[Any, Any]:
     _register_gradient()
     lo, hi = lib.kerasq_range_min_max(x)
     return lo, hi
+
+
+def dfp_range_update(x: Any, count: Any, stored_min: Any, stored_max: Any, *, bitwidth: int,
+                     signed: Optional[bool] = None, max_abs: bool = False
+                     ) -> Optional[Tuple[Any, Any, Any, Any]]:
+    """One op for a power-of-two DFP activation quantizer's range step, or None without
+    the C++ library (the caller then runs its TF ops, the reference of this kernel).
+
+    ``(bmin, bmax) = range_min_max(x)`` (``bmax = max(bmax, -bmin)`` if ``max_abs``);
+    ``new = (bmin, bmax)`` if ``count == 0`` else ``(min(stored_min, bmin), max(stored_max,
+    bmax))``; ``A = max(|new_min|, new_max)`` if ``max_abs`` else ``max(|new_min|,
+    |new_max|)``; ``fl = B - ceil(log2 A)`` (0 for ``ceil(log2 A)`` below the smallest
+    normal), minus 1 on a signed grid (``signed=None``: signed iff ``new_min < 0`` or
+    NaN; never with ``max_abs``); ``scale = 2^fl`` (0 below 2^-126, as TF's ``pow``
+    with denormals flushed). NaN propagates as in ``tf.minimum``/``tf.maximum``. The
+    outputs carry no gradient.
+
+    Returns:
+        ``(new_min, new_max, frac_bits, scale)``, float32 scalars, or None.
+
+    Example:
+        >>> from kerasq._compat import tf
+        >>> out = dfp_range_update(tf.constant([-0.3, 1.7]), tf.constant(0, tf.int64),
+        ...                        tf.constant(0.0), tf.constant(0.0), bitwidth=8)
+        >>> out is None or [round(float(v), 4) for v in out] == [-0.3, 1.7, 6.0, 64.0]
+        True
+    """
+    from kerasq._compat import tf
+
+    x = tf.convert_to_tensor(x)
+    lib = library() if x.dtype == tf.float32 else None
+    if lib is None:
+        return None
+    _register_gradient()
+    signedness = "data" if signed is None else ("signed" if signed else "unsigned")
+    return tuple(lib.kerasq_dfp_range_update(
+        x, tf.cast(count, tf.int64), tf.cast(stored_min, tf.float32),
+        tf.cast(stored_max, tf.float32), bitwidth=int(bitwidth), signedness=signedness,
+        max_abs=bool(max_abs)))

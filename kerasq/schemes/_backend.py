@@ -51,6 +51,19 @@ def range_min_max(x: tf.Tensor) -> Any:
     return tf.reduce_min(x), tf.reduce_max(x)
 
 
+def dfp_range_update(x: tf.Tensor, count: Any, stored_min: Any, stored_max: Any, *,
+                     bitwidth: int, signed: Any, max_abs: bool) -> Any:
+    """``kerasq.ops.ranges.dfp_range_update`` (new_min, new_max, fl, 2^fl), or None when
+    the C++ op is not available."""
+    ops = _ops()
+    if ops is None or not hasattr(ops, "range_min_max"):
+        return None
+    from kerasq.ops.ranges import dfp_range_update as update
+
+    return update(x, count, stored_min, stored_max, bitwidth=bitwidth, signed=signed,
+                  max_abs=max_abs)
+
+
 def minifloat_quantize(x: tf.Tensor, exp_bits: int, mant_bits: int, *, rounding: str) -> tf.Tensor:
     """Ristretto minifloat trim (see ``kerasq.numerics.minifloat_quantize``)."""
     ops = _ops()

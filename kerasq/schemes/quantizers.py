@@ -235,6 +235,35 @@ class DFPActivationQuantizer(_KerasqQuantizer):
         new_max = tf.where(first, e * bmax, (1.0 - b) * weights["max"] + b * e * bmax)
         return new_min, new_max
 
+    def fused_range_update(self, x: tf.Tensor, weights: Dict[str, tf.Variable]) -> Any:
+        """(new_min, new_max, (fl, scale, offset)) from one C++ op, or None where it does not
+        apply: eager (numerics checks the values there), EMA/percentile estimators,
+        non-power-of-two or fixed fl, several replicas (the range is all-gathered between
+        the reduction and the merge) or no C++ library. Same values as
+        ``merged_range`` + ``params_from_range``, which are the op's reference; in graph
+        mode it replaces their ~20 scalar ops between the batch and the kernel."""
+        if (tf.executing_eagerly() or self.range_estimator not in ("minmax", "max_abs")
+                or not self.power2_range or self.apply_offset or self.frac_bits is not None):
+            return None
+        ctx = tf.distribute.get_replica_context()
+        if ctx is not None and ctx.num_replicas_in_sync != 1:
+            return None
+        out = _backend.dfp_range_update(
+            tf.cast(x, tf.float32), weights["count"], weights["min"], weights["max"],
+            bitwidth=self.bitwidth, signed=self.signed,
+            max_abs=self.range_estimator == "max_abs")
+        if out is None:
+            return None
+        new_min, new_max, fl, scale = out
+        return new_min, new_max, (fl, scale, tf.constant(0.0))
+
+    def _range_step(self, x: tf.Tensor, weights: Dict[str, tf.Variable]) -> Any:
+        fused = self.fused_range_update(x, weights)
+        if fused is not None:
+            return fused
+        new_min, new_max = self.merged_range(x, weights)
+        return new_min, new_max, self.params_from_range(new_min, new_max)
+
     def _store(self, weights: Dict[str, tf.Variable], new_min: tf.Tensor, new_max: tf.Tensor,
                params: Sequence[tf.Tensor]) -> List[Any]:
         return [weights["min"].assign(new_min), weights["max"].assign(new_max),
@@ -243,9 +272,8 @@ class DFPActivationQuantizer(_KerasqQuantizer):
 
     def update_range(self, x: tf.Tensor, weights: Dict[str, tf.Variable]) -> tf.Operation:
         """Fold one batch into the stored range and store the derived fl/scale/offset."""
-        new_min, new_max = self.merged_range(x, weights)
-        return tf.group(self._store(weights, new_min, new_max,
-                                    self.params_from_range(new_min, new_max)))
+        new_min, new_max, params = self._range_step(x, weights)
+        return tf.group(self._store(weights, new_min, new_max, params))
 
     def is_unsigned(self, range_min: tf.Tensor) -> tf.Tensor:
         if self.signed is None:
@@ -326,8 +354,7 @@ class DFPActivationQuantizer(_KerasqQuantizer):
 
         def train_branch():
             active = count >= self.quantization_start
-            new_min, new_max = self.merged_range(inputs, weights)
-            params = self.params_from_range(new_min, new_max)
+            new_min, new_max, params = self._range_step(inputs, weights)
             # The quantized value reads new_min/params, not the variables: the state writes
             # need no control edge to it (tf.function and cond branches run every stateful
             # op), so the kernel starts without waiting for six assignments.

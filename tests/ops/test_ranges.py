@@ -107,3 +107,12 @@ def test_gradient_is_tf_reduction_gradient(ops_path):
     np.testing.assert_array_equal(g, tape.gradient(y_ref, x).numpy())
     np.testing.assert_array_equal(g, [0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0])
     np.testing.assert_array_equal(tape.gradient(only_hi, x).numpy(), [0, 1, 0, 1, 0, 0, 0])
+
+
+def test_subnormals_count_as_zeros_like_tf(ops_path):
+    # TF's kernels run with denormals flushed: reduce_min/max of subnormals give zeros
+    x = np.array([1e-40, -3e-39, 5e-39] * 30, np.float32)
+    lo, hi = _pair(x)
+    assert lo == tf.reduce_min(x).numpy() == 0.0 and hi == tf.reduce_max(x).numpy() == 0.0
+    x[17] = -2.0
+    assert _pair(x) == (np.float32(-2.0), np.float32(0.0))
