@@ -97,17 +97,22 @@ def test_fused_range_step_equals_tf_ops_and_numpy(estimator, signed, bits):
                                              estimator == "max_abs"), (name, count, smin, smax)
 
 
+def _op_types(quantizer, weights, x):
+    def update(t):
+        quantizer.update_range(t, weights)
+
+    graph = tf.function(update).get_concrete_function(x).graph
+    return {op.type for op in graph.get_operations()}
+
+
 def test_quantizer_uses_the_op_only_in_graph_mode_on_one_replica():
     q = DFPActivationQuantizer()
     weights = {"count": tf.Variable(0, dtype=tf.int64),
                **{k: tf.Variable(0.0) for k in ("min", "max", "frac_bits", "scale", "offset")}}
     x = tf.constant([1.0, -2.0])
     assert q.fused_range_update(x, weights) is None  # eager: numerics' checked path
-    graph = tf.function(lambda t: q.update_range(t, weights)).get_concrete_function(x).graph
-    assert "Kerasq>DfpRangeUpdate" in {op.type for op in graph.get_operations()}
+    assert "Kerasq>DfpRangeUpdate" in _op_types(q, weights, x)
     for other in (DFPActivationQuantizer(range_estimator="ema"),
                   DFPActivationQuantizer(power2_range=False),
                   DFPActivationQuantizer(frac_bits=5)):
-        graph = tf.function(lambda t, o=other: o.update_range(t, weights)
-                            ).get_concrete_function(x).graph
-        assert "Kerasq>DfpRangeUpdate" not in {op.type for op in graph.get_operations()}
+        assert "Kerasq>DfpRangeUpdate" not in _op_types(other, weights, x)
