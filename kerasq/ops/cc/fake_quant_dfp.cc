@@ -166,19 +166,25 @@ void DfpRange(const T* x, T* y, int64_t begin, int64_t end, const DfpParams<T>& 
   }
 }
 
-// Clip flags (1 where lo <= x * 2^fl <= hi, the gradient's condition) of [begin, end)
-// into flags[0, end - begin); begin is a multiple of the channel count.
+// One element of the masked forward: the output, and in *flag the clip flag (1 where
+// lo <= x * 2^fl <= hi, the gradient's condition; 0 for NaN), from the same scaled value,
+// so x is read once.
+template <Rounding R, typename T>
+inline T DfpElementFlag(T x, T up1, T up2, T down1, T down2, T lo, T hi, uint64_t stream,
+                        uint64_t index, uint8_t* flag) {
+  const T s = Flush(x) * up1 * up2;
+  *flag = (s >= lo) & (s <= hi);
+  const T q = RoundFloat<R, T>(std::min(std::max(s, lo), hi), stream, index) + T(0);
+  return Flush(q * down1 * down2);
+}
+
+// Clip flags of whole rows [begin, end) of a per-channel op into flags[0, end - begin).
+// (A separate pass over the in-cache chunk: fused into the row loop of DfpRange, GCC does
+// not vectorize it.)
 template <typename T>
-void DfpClipFlags(const T* x, uint8_t* flags, int64_t begin, int64_t end, const DfpParams<T>& p) {
+void DfpClipFlagRows(const T* x, uint8_t* flags, int64_t begin, int64_t end,
+                     const DfpParams<T>& p) {
   const T lo = p.lo, hi = p.hi;
-  if (p.channels == 1) {
-    const T u1 = p.up1[0], u2 = p.up2[0];
-    for (int64_t i = begin; i < end; ++i) {
-      const T y = Flush(x[i]) * u1 * u2;
-      flags[i - begin] = (y >= lo) & (y <= hi);
-    }
-    return;
-  }
   const T *u1 = p.up1.data(), *u2 = p.up2.data();
   const int64_t nc = p.channels;
   for (int64_t row = begin; row < end; row += nc) {
@@ -187,6 +193,31 @@ void DfpClipFlags(const T* x, uint8_t* flags, int64_t begin, int64_t end, const 
       const T y = Flush(x[row + c]) * u1[c] * u2[c];
       fr[c] = (y >= lo) & (y <= hi);
     }
+  }
+}
+
+// Per-tensor masked forward over [begin, end), begin a multiple of 64: blocks of kBlock
+// elements whose flags stay in registers/L1 and are packed right away.
+template <Rounding R, typename T>
+void DfpMaskedFlat(const T* x, T* y, uint8_t* mask, int64_t begin, int64_t end,
+                   const DfpParams<T>& p, uint64_t stream) {
+  constexpr int64_t kBlock = 256;
+  const T lo = p.lo, hi = p.hi;
+  const T u1 = p.up1[0], u2 = p.up2[0], d1 = p.down1[0], d2 = p.down2[0];
+  alignas(64) uint8_t flags[kBlock];
+  int64_t b = begin;
+  for (; b + kBlock <= end; b += kBlock) {
+    for (int64_t j = 0; j < kBlock; ++j)
+      y[b + j] = DfpElementFlag<R, T>(x[b + j], u1, u2, d1, d2, lo, hi, stream, b + j,
+                                      flags + j);
+    PackClipBits(flags, kBlock, mask + b / 8);
+  }
+  if (b < end) {
+    const int64_t m = end - b;
+    for (int64_t j = 0; j < m; ++j)
+      y[b + j] = DfpElementFlag<R, T>(x[b + j], u1, u2, d1, d2, lo, hi, stream, b + j,
+                                      flags + j);
+    PackClipBits(flags, m, mask + b / 8);
   }
 }
 
@@ -269,12 +300,13 @@ class FakeQuantDfpOp : public OpKernel {
       ParallelOver(ctx, n, granule, R == Rounding::kStochastic ? 12 : 3,
                    [&](int64_t b, int64_t e) {
                      if (!kMasked) return DfpRange<R, T>(xp, yp, b, e, params, stream);
-                     // Chunks of one granule: the flags stay in cache between the passes.
+                     if (nch == 1) return DfpMaskedFlat<R, T>(xp, yp, maskp, b, e, params, stream);
+                     // Chunks of one granule: the flags stay in cache until packed.
                      std::vector<uint8_t> flags(granule);
                      for (int64_t cb = b; cb < e; cb += granule) {
                        const int64_t ce = std::min(e, cb + granule);
                        DfpRange<R, T>(xp, yp, cb, ce, params, stream);
-                       DfpClipFlags<T>(xp, flags.data(), cb, ce, params);
+                       DfpClipFlagRows<T>(xp, flags.data(), cb, ce, params);
                        PackClipBits(flags.data(), ce - cb, maskp + cb / 8);
                      }
                    });
