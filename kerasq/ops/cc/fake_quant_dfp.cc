@@ -8,6 +8,8 @@
 // lo <= x * 2^fl <= hi, else 0.
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <type_traits>
 #include <string>
 #include <vector>
 
@@ -20,6 +22,10 @@
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/util/work_sharder.h"
+
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+#include <immintrin.h>
+#endif
 
 namespace kerasq {
 
@@ -221,6 +227,105 @@ void DfpMaskedFlat(const T* x, T* y, uint8_t* mask, int64_t begin, int64_t end,
   }
 }
 
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+// The per-tensor float32 masked forward with AVX-512, 16 elements per step: the clip
+// flags come straight from the compare mask (16 mask bits per step, no byte flags), and
+// stochastic rounding draws the 16 counter values with 64-bit lane arithmetic. Every
+// operation is the scalar DfpElementFlag's, in the same order, so the results are the
+// same bits:
+//   Flush(v)        |v| < FLT_MIN ? v * 0 : v               (NaN passes through)
+//   max(s, lo)      (s < lo) ? lo : s  == vmaxps(lo, s)      (vmaxps returns its second
+//   min(m, hi)      (hi < m) ? hi : m  == vminps(hi, m)       operand for NaN, as the std)
+namespace avx512 {
+
+inline __m512 Flush(__m512 v) {
+  const __m512 a = _mm512_abs_ps(v);
+  const __mmask16 tiny = _mm512_cmp_ps_mask(a, _mm512_set1_ps(std::numeric_limits<float>::min()),
+                                            _CMP_LT_OQ);
+  return _mm512_mask_mul_ps(v, tiny, v, _mm512_setzero_ps());
+}
+
+// SplitMix64Finalize on 8 lanes.
+inline __m512i Finalize(__m512i z) {
+  z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 30)),
+                         _mm512_set1_epi64(static_cast<int64_t>(0xBF58476D1CE4E5B9ULL)));
+  z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 27)),
+                         _mm512_set1_epi64(static_cast<int64_t>(0x94D049BB133111EBULL)));
+  return _mm512_xor_si512(z, _mm512_srli_epi64(z, 31));
+}
+
+// CounterUniform<float> of the 16 counters whose SplitMix64 inputs are z_lo (elements
+// 0..7) and z_hi (8..15): (bits >> 40) < 2^24 converts to float exactly.
+inline __m512 Uniform16(__m512i z_lo, __m512i z_hi) {
+  const __m256i a = _mm512_cvtepi64_epi32(_mm512_srli_epi64(Finalize(z_lo), 40));
+  const __m256i b = _mm512_cvtepi64_epi32(_mm512_srli_epi64(Finalize(z_hi), 40));
+  const __m512i ab = _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
+  return _mm512_mul_ps(_mm512_cvtepi32_ps(ab), _mm512_set1_ps(1.0f / 16777216.0f));
+}
+
+template <Rounding R>
+void DfpMaskedFlatF32(const float* x, float* y, uint8_t* mask, int64_t begin, int64_t end,
+                      const DfpParams<float>& p, uint64_t stream) {
+  const __m512 u1 = _mm512_set1_ps(p.up1[0]), u2 = _mm512_set1_ps(p.up2[0]);
+  const __m512 d1 = _mm512_set1_ps(p.down1[0]), d2 = _mm512_set1_ps(p.down2[0]);
+  const __m512 lo = _mm512_set1_ps(p.lo), hi = _mm512_set1_ps(p.hi);
+  const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f),
+               half = _mm512_set1_ps(0.5f);
+  // SplitMix64 inputs start + (i + 1) * gamma of elements begin .. begin + 15, advanced by
+  // 16 * gamma per step (the same values mod 2^64).
+  const uint64_t gamma = 0x9E3779B97F4A7C15ULL;
+  __m512i z_lo = _mm512_setzero_si512(), z_hi = z_lo, step = z_lo;
+  if constexpr (R == Rounding::kStochastic) {
+    const __m512i lane = _mm512_set_epi64(8, 7, 6, 5, 4, 3, 2, 1);
+    const __m512i g = _mm512_set1_epi64(static_cast<int64_t>(gamma));
+    const __m512i base = _mm512_set1_epi64(static_cast<int64_t>(stream + begin * gamma));
+    z_lo = _mm512_add_epi64(base, _mm512_mullo_epi64(lane, g));
+    z_hi = _mm512_add_epi64(z_lo, _mm512_set1_epi64(static_cast<int64_t>(8 * gamma)));
+    step = _mm512_set1_epi64(static_cast<int64_t>(16 * gamma));
+  }
+  for (int64_t i = begin; i < end; i += 16) {
+    const int64_t m = std::min<int64_t>(16, end - i);
+    const __mmask16 live = m == 16 ? __mmask16(0xFFFF) : __mmask16((1u << m) - 1);
+    const __m512 v = _mm512_maskz_loadu_ps(live, x + i);
+    const __m512 s = _mm512_mul_ps(_mm512_mul_ps(Flush(v), u1), u2);
+    const __mmask16 in = _mm512_cmp_ps_mask(s, lo, _CMP_GE_OQ) &
+                         _mm512_cmp_ps_mask(s, hi, _CMP_LE_OQ) & live;
+    const __m512 c = _mm512_min_ps(hi, _mm512_max_ps(lo, s));
+    __m512 q;
+    if constexpr (R == Rounding::kNearestEven) {
+      q = _mm512_roundscale_ps(c, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    } else if constexpr (R == Rounding::kNearest) {
+      const __m512 r = _mm512_roundscale_ps(c, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+      const __m512 d = _mm512_sub_ps(c, r);
+      const __mmask16 away = _mm512_cmp_ps_mask(_mm512_abs_ps(d), half, _CMP_GE_OQ);
+      const __m512 sign_one = _mm512_or_ps(
+          _mm512_and_ps(c, _mm512_castsi512_ps(_mm512_set1_epi32(int32_t(0x80000000u)))), one);
+      q = _mm512_mask_add_ps(r, away, r, sign_one);
+    } else if constexpr (R == Rounding::kHalfUp) {
+      const __m512 low = _mm512_roundscale_ps(c, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+      const __mmask16 up = _mm512_cmp_ps_mask(_mm512_sub_ps(c, low), half, _CMP_GE_OQ);
+      q = _mm512_mask_add_ps(low, up, low, one);
+    } else {
+      const __m512 low = _mm512_roundscale_ps(c, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+      const __m512 u = Uniform16(z_lo, z_hi);
+      const __mmask16 up = _mm512_cmp_ps_mask(u, _mm512_sub_ps(c, low), _CMP_LT_OQ);
+      q = _mm512_mask_add_ps(low, up, low, one);
+      z_lo = _mm512_add_epi64(z_lo, step);
+      z_hi = _mm512_add_epi64(z_hi, step);
+    }
+    q = _mm512_add_ps(q, zero);  // the integer 0 has no sign
+    _mm512_mask_storeu_ps(y + i, live, Flush(_mm512_mul_ps(_mm512_mul_ps(q, d1), d2)));
+    // i is a multiple of 8 (begin is a multiple of 64): whole mask bytes, a partial last
+    // byte zero-padded.
+    const uint16_t bits = in;
+    mask[i / 8] = static_cast<uint8_t>(bits);
+    if (m > 8) mask[i / 8 + 1] = static_cast<uint8_t>(bits >> 8);
+  }
+}
+
+}  // namespace avx512
+#endif
+
 template <typename T>
 void DfpGradRange(const T* dy, const T* x, T* dx, int64_t begin, int64_t end,
                   const DfpParams<T>& p) {
@@ -300,7 +405,13 @@ class FakeQuantDfpOp : public OpKernel {
       ParallelOver(ctx, n, granule, R == Rounding::kStochastic ? 12 : 3,
                    [&](int64_t b, int64_t e) {
                      if (!kMasked) return DfpRange<R, T>(xp, yp, b, e, params, stream);
-                     if (nch == 1) return DfpMaskedFlat<R, T>(xp, yp, maskp, b, e, params, stream);
+                     if (nch == 1) {
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+                       if constexpr (std::is_same_v<T, float>)
+                         return avx512::DfpMaskedFlatF32<R>(xp, yp, maskp, b, e, params, stream);
+#endif
+                       return DfpMaskedFlat<R, T>(xp, yp, maskp, b, e, params, stream);
+                     }
                      // Chunks of one granule: the flags stay in cache until packed.
                      std::vector<uint8_t> flags(granule);
                      for (int64_t cb = b; cb < e; cb += granule) {
