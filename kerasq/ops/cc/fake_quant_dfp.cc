@@ -350,13 +350,15 @@ void DfpGradRange(const T* dy, const T* x, T* dx, int64_t begin, int64_t end,
   }
 }
 
-// Runs fn(begin, end) over [0, n) in `granule`-aligned pieces on TF's intra-op pool.
+// Runs fn(begin, end) over [0, n) in `granule`-aligned pieces on TF's intra-op pool, at
+// least min_elements per piece (see kMinShardElements).
 template <typename Fn>
-void ParallelOver(OpKernelContext* ctx, int64_t n, int64_t granule, int64_t cost_per_element,
+void ParallelOver(OpKernelContext* ctx, int64_t n, int64_t granule, int64_t min_elements,
                   Fn fn) {
   auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
   const int64_t units = (n + granule - 1) / granule;
-  tensorflow::Shard(workers->num_threads, workers->workers, units, cost_per_element * granule,
+  tensorflow::Shard(workers->num_threads, workers->workers, units,
+                    ShardUnitCost(granule, min_elements),
                     [&](int64_t ub, int64_t ue) { fn(ub * granule, std::min(n, ue * granule)); });
 }
 
@@ -402,7 +404,8 @@ class FakeQuantDfpOp : public OpKernel {
                             : nch == 1 ? 4096 : nch * std::max<int64_t>(1, 4096 / nch);
     auto run = [&](auto mode) {
       constexpr Rounding R = decltype(mode)::value;
-      ParallelOver(ctx, n, granule, R == Rounding::kStochastic ? 12 : 3,
+      ParallelOver(ctx, n, granule,
+                   R == Rounding::kStochastic ? kMinShardElements / 4 : kMinShardElements,
                    [&](int64_t b, int64_t e) {
                      if (!kMasked) return DfpRange<R, T>(xp, yp, b, e, params, stream);
                      if (nch == 1) {
@@ -466,7 +469,7 @@ class FakeQuantDfpGradOp : public OpKernel {
     T* dxp = dx->flat<T>().data();
     const int64_t nch = params.channels;
     const int64_t granule = nch == 1 ? 4096 : nch * std::max<int64_t>(1, 4096 / nch);
-    ParallelOver(ctx, n, granule, 2, [&](int64_t b, int64_t e) {
+    ParallelOver(ctx, n, granule, kMinShardElements, [&](int64_t b, int64_t e) {
       DfpGradRange<T>(dyp, xp, dxp, b, e, params);
     });
   }
