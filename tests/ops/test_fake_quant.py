@@ -249,6 +249,24 @@ def test_dfp_block_tails(ops_path, rounding, n):
     assert_bit_equal(actual.numpy(), expected)
 
 
+@pytest.mark.parametrize("rounding", DETERMINISTIC)
+@pytest.mark.parametrize("shape", [(1, 16), (5, 32), (3000, 48), (2, 7, 40)])
+def test_dfp_per_channel_special_values(ops_path, rounding, shape):
+    # Channel counts that are multiples of 16 (the C++ AVX-512 per-channel loop) and one
+    # that is not; inf/nan/subnormals/ties in the first and the last row.
+    rng = np.random.default_rng(shape[-1])
+    x = rng.normal(0, 4, shape).astype(np.float32).reshape(-1, shape[-1])
+    edge = np.array([np.nan, np.inf, -np.inf, 1e-40, -1e-40, 0.5 / 16, -1.5 / 16, -0.0,
+                     7.96875, 8.5, -8.03125, 2.5, -2.5, 300.0, -300.0, 0.0], np.float32)
+    x[0, :16] = edge
+    x[-1, -16:] = edge[::-1]
+    x = x.reshape(shape)
+    fl = (np.arange(shape[-1]) % 9 - 2).astype(np.int32)
+    expected = numerics.dfp_quantize(x, 8, fl, rounding=rounding)
+    actual = fake_quant_dfp(tf.constant(x), 8, tf.constant(fl), rounding=rounding)
+    assert_bit_equal(actual.numpy(), expected)
+
+
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -268,16 +286,16 @@ def _counter_uniform_f32(seed: int, n: int) -> np.ndarray:
     return (bits >> np.uint64(40)).astype(np.float32) * np.float32(2.0**-24)
 
 
+@pytest.mark.parametrize("channels", [24, 32])
 @pytest.mark.parametrize("per_channel", [False, True])
 @pytest.mark.parametrize("n_rows", [1, 3, 97, 4001])
-def test_dfp_stochastic_matches_counter_reference(ops_path, per_channel, n_rows):
+def test_dfp_stochastic_matches_counter_reference(ops_path, per_channel, n_rows, channels):
     # Bit for bit: floor(y) + [u(seed, i) < y - floor(y)], y = clamp(x * 2^fl), with u from
     # the SplitMix64 counter stream evaluated in numpy. Normal-range data, so the power-of-
     # two scalings are exact in float32. (The fallback draws from TF's Philox stream: it
     # agrees in distribution only, see test_stochastic_matches_numerics_in_distribution.)
     if ops_path == "fallback":
         pytest.skip("the counter stream is the C++ kernels' generator")
-    channels = 24
     rng = np.random.default_rng(n_rows)
     x = rng.normal(0, 2, (n_rows, channels)).astype(np.float32)
     x[0, :3] = [np.nan, 100.0, -100.0]

@@ -228,7 +228,8 @@ void DfpMaskedFlat(const T* x, T* y, uint8_t* mask, int64_t begin, int64_t end,
 }
 
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
-// The per-tensor float32 masked forward with AVX-512, 16 elements per step: the clip
+// The float32 masked forward with AVX-512 (per tensor, or per channel with a channel count
+// that is a multiple of 16), 16 elements per step: the clip
 // flags come straight from the compare mask (16 mask bits per step, no byte flags), and
 // stochastic rounding draws the 16 counter values with 64-bit lane arithmetic. Every
 // operation is the scalar DfpElementFlag's, in the same order, so the results are the
@@ -263,63 +264,96 @@ inline __m512 Uniform16(__m512i z_lo, __m512i z_hi) {
   return _mm512_mul_ps(_mm512_cvtepi32_ps(ab), _mm512_set1_ps(1.0f / 16777216.0f));
 }
 
+// The SplitMix64 inputs start + (i + 1) * gamma of the 16 elements from flat index i,
+// advanced by 16 * gamma per step of 16 elements (the same values mod 2^64).
+struct Counters16 {
+  __m512i lo, hi, step;
+  Counters16(uint64_t stream, int64_t i) {
+    const uint64_t gamma = 0x9E3779B97F4A7C15ULL;
+    const __m512i lane = _mm512_set_epi64(8, 7, 6, 5, 4, 3, 2, 1);
+    const __m512i base =
+        _mm512_set1_epi64(static_cast<int64_t>(stream + static_cast<uint64_t>(i) * gamma));
+    lo = _mm512_add_epi64(base, _mm512_mullo_epi64(lane, _mm512_set1_epi64(int64_t(gamma))));
+    hi = _mm512_add_epi64(lo, _mm512_set1_epi64(static_cast<int64_t>(8 * gamma)));
+    step = _mm512_set1_epi64(static_cast<int64_t>(16 * gamma));
+  }
+  void Advance() {
+    lo = _mm512_add_epi64(lo, step);
+    hi = _mm512_add_epi64(hi, step);
+  }
+};
+
+// 16 elements from x + i (the `live` ones), i a multiple of 8: y and the mask bits.
+template <Rounding R>
+inline void Step16(const float* x, float* y, uint8_t* mask, int64_t i, __mmask16 live,
+                   __m512 u1, __m512 u2, __m512 d1, __m512 d2, __m512 lo, __m512 hi,
+                   const Counters16* ctr) {
+  const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f),
+               half = _mm512_set1_ps(0.5f);
+  const __m512 v = _mm512_maskz_loadu_ps(live, x + i);
+  const __m512 s = _mm512_mul_ps(_mm512_mul_ps(Flush(v), u1), u2);
+  const __mmask16 in = _mm512_cmp_ps_mask(s, lo, _CMP_GE_OQ) &
+                       _mm512_cmp_ps_mask(s, hi, _CMP_LE_OQ) & live;
+  const __m512 c = _mm512_min_ps(hi, _mm512_max_ps(lo, s));
+  __m512 q;
+  if constexpr (R == Rounding::kNearestEven) {
+    q = _mm512_roundscale_ps(c, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  } else if constexpr (R == Rounding::kNearest) {
+    const __m512 r = _mm512_roundscale_ps(c, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m512 d = _mm512_sub_ps(c, r);
+    const __mmask16 away = _mm512_cmp_ps_mask(_mm512_abs_ps(d), half, _CMP_GE_OQ);
+    const __m512 sign_one = _mm512_or_ps(
+        _mm512_and_ps(c, _mm512_castsi512_ps(_mm512_set1_epi32(int32_t(0x80000000u)))), one);
+    q = _mm512_mask_add_ps(r, away, r, sign_one);
+  } else if constexpr (R == Rounding::kHalfUp) {
+    const __m512 low = _mm512_roundscale_ps(c, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    const __mmask16 up = _mm512_cmp_ps_mask(_mm512_sub_ps(c, low), half, _CMP_GE_OQ);
+    q = _mm512_mask_add_ps(low, up, low, one);
+  } else {
+    const __m512 low = _mm512_roundscale_ps(c, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    const __m512 u = Uniform16(ctr->lo, ctr->hi);
+    const __mmask16 up = _mm512_cmp_ps_mask(u, _mm512_sub_ps(c, low), _CMP_LT_OQ);
+    q = _mm512_mask_add_ps(low, up, low, one);
+  }
+  q = _mm512_add_ps(q, zero);  // the integer 0 has no sign
+  _mm512_mask_storeu_ps(y + i, live, Flush(_mm512_mul_ps(_mm512_mul_ps(q, d1), d2)));
+  // Whole mask bytes; a partial last byte zero-padded (bits of dead lanes are 0).
+  const uint16_t bits = in;
+  mask[i / 8] = static_cast<uint8_t>(bits);
+  if (live > 0xFF) mask[i / 8 + 1] = static_cast<uint8_t>(bits >> 8);
+}
+
+// Per tensor over [begin, end), begin a multiple of 64.
 template <Rounding R>
 void DfpMaskedFlatF32(const float* x, float* y, uint8_t* mask, int64_t begin, int64_t end,
                       const DfpParams<float>& p, uint64_t stream) {
   const __m512 u1 = _mm512_set1_ps(p.up1[0]), u2 = _mm512_set1_ps(p.up2[0]);
   const __m512 d1 = _mm512_set1_ps(p.down1[0]), d2 = _mm512_set1_ps(p.down2[0]);
   const __m512 lo = _mm512_set1_ps(p.lo), hi = _mm512_set1_ps(p.hi);
-  const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f),
-               half = _mm512_set1_ps(0.5f);
-  // SplitMix64 inputs start + (i + 1) * gamma of elements begin .. begin + 15, advanced by
-  // 16 * gamma per step (the same values mod 2^64).
-  const uint64_t gamma = 0x9E3779B97F4A7C15ULL;
-  __m512i z_lo = _mm512_setzero_si512(), z_hi = z_lo, step = z_lo;
-  if constexpr (R == Rounding::kStochastic) {
-    const __m512i lane = _mm512_set_epi64(8, 7, 6, 5, 4, 3, 2, 1);
-    const __m512i g = _mm512_set1_epi64(static_cast<int64_t>(gamma));
-    const __m512i base = _mm512_set1_epi64(static_cast<int64_t>(stream + begin * gamma));
-    z_lo = _mm512_add_epi64(base, _mm512_mullo_epi64(lane, g));
-    z_hi = _mm512_add_epi64(z_lo, _mm512_set1_epi64(static_cast<int64_t>(8 * gamma)));
-    step = _mm512_set1_epi64(static_cast<int64_t>(16 * gamma));
-  }
+  Counters16 ctr(stream, begin);
   for (int64_t i = begin; i < end; i += 16) {
     const int64_t m = std::min<int64_t>(16, end - i);
     const __mmask16 live = m == 16 ? __mmask16(0xFFFF) : __mmask16((1u << m) - 1);
-    const __m512 v = _mm512_maskz_loadu_ps(live, x + i);
-    const __m512 s = _mm512_mul_ps(_mm512_mul_ps(Flush(v), u1), u2);
-    const __mmask16 in = _mm512_cmp_ps_mask(s, lo, _CMP_GE_OQ) &
-                         _mm512_cmp_ps_mask(s, hi, _CMP_LE_OQ) & live;
-    const __m512 c = _mm512_min_ps(hi, _mm512_max_ps(lo, s));
-    __m512 q;
-    if constexpr (R == Rounding::kNearestEven) {
-      q = _mm512_roundscale_ps(c, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    } else if constexpr (R == Rounding::kNearest) {
-      const __m512 r = _mm512_roundscale_ps(c, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-      const __m512 d = _mm512_sub_ps(c, r);
-      const __mmask16 away = _mm512_cmp_ps_mask(_mm512_abs_ps(d), half, _CMP_GE_OQ);
-      const __m512 sign_one = _mm512_or_ps(
-          _mm512_and_ps(c, _mm512_castsi512_ps(_mm512_set1_epi32(int32_t(0x80000000u)))), one);
-      q = _mm512_mask_add_ps(r, away, r, sign_one);
-    } else if constexpr (R == Rounding::kHalfUp) {
-      const __m512 low = _mm512_roundscale_ps(c, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-      const __mmask16 up = _mm512_cmp_ps_mask(_mm512_sub_ps(c, low), half, _CMP_GE_OQ);
-      q = _mm512_mask_add_ps(low, up, low, one);
-    } else {
-      const __m512 low = _mm512_roundscale_ps(c, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-      const __m512 u = Uniform16(z_lo, z_hi);
-      const __mmask16 up = _mm512_cmp_ps_mask(u, _mm512_sub_ps(c, low), _CMP_LT_OQ);
-      q = _mm512_mask_add_ps(low, up, low, one);
-      z_lo = _mm512_add_epi64(z_lo, step);
-      z_hi = _mm512_add_epi64(z_hi, step);
+    Step16<R>(x, y, mask, i, live, u1, u2, d1, d2, lo, hi, &ctr);
+    if constexpr (R == Rounding::kStochastic) ctr.Advance();
+  }
+}
+
+// Per channel, channel count a multiple of 16, over whole rows [begin, end), begin a
+// multiple of 64.
+template <Rounding R>
+void DfpMaskedRowsF32(const float* x, float* y, uint8_t* mask, int64_t begin, int64_t end,
+                      const DfpParams<float>& p, uint64_t stream) {
+  const __m512 lo = _mm512_set1_ps(p.lo), hi = _mm512_set1_ps(p.hi);
+  const int64_t nc = p.channels;
+  Counters16 ctr(stream, begin);
+  for (int64_t row = begin; row < end; row += nc) {
+    for (int64_t c = 0; c < nc; c += 16) {
+      Step16<R>(x, y, mask, row + c, __mmask16(0xFFFF), _mm512_loadu_ps(p.up1.data() + c),
+                _mm512_loadu_ps(p.up2.data() + c), _mm512_loadu_ps(p.down1.data() + c),
+                _mm512_loadu_ps(p.down2.data() + c), lo, hi, &ctr);
+      if constexpr (R == Rounding::kStochastic) ctr.Advance();
     }
-    q = _mm512_add_ps(q, zero);  // the integer 0 has no sign
-    _mm512_mask_storeu_ps(y + i, live, Flush(_mm512_mul_ps(_mm512_mul_ps(q, d1), d2)));
-    // i is a multiple of 8 (begin is a multiple of 64): whole mask bytes, a partial last
-    // byte zero-padded.
-    const uint16_t bits = in;
-    mask[i / 8] = static_cast<uint8_t>(bits);
-    if (m > 8) mask[i / 8 + 1] = static_cast<uint8_t>(bits >> 8);
   }
 }
 
@@ -415,6 +449,12 @@ class FakeQuantDfpOp : public OpKernel {
 #endif
                        return DfpMaskedFlat<R, T>(xp, yp, maskp, b, e, params, stream);
                      }
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+                     if constexpr (std::is_same_v<T, float>) {
+                       if (nch % 16 == 0)
+                         return avx512::DfpMaskedRowsF32<R>(xp, yp, maskp, b, e, params, stream);
+                     }
+#endif
                      // Chunks of one granule: the flags stay in cache until packed.
                      std::vector<uint8_t> flags(granule);
                      for (int64_t cb = b; cb < e; cb += granule) {
