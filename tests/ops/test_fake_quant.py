@@ -227,3 +227,86 @@ def test_dfp_32_bit_saturates_like_ristretto(ops_path, signed, top):
     assert got[0] == got[1] == np.float32(top)
     np.testing.assert_array_equal(got[2:4], x[2:4])  # on the grid: unchanged
     assert got[4] == (-2048.0 if signed else 0.0)
+
+
+# ------------------------------------------------- block tails and the counter generator
+
+
+@pytest.mark.parametrize("rounding", DETERMINISTIC)
+@pytest.mark.parametrize("n", [1, 63, 64, 255, 256, 257, 511, 4095, 4097, 100_003])
+def test_dfp_block_tails(ops_path, rounding, n):
+    # Sizes around the C++ loop's 64/256-element blocks and 4096-element shards, with
+    # inf/nan/subnormals/ties at the start and at the end (the tail block).
+    rng = np.random.default_rng(n)
+    x = (rng.normal(0, 6, n)).astype(np.float32)
+    edge = np.array([np.nan, np.inf, -np.inf, 1e-40, -1e-40, 0.5 / 16, -1.5 / 16, -0.0,
+                     7.96875, 8.5, -8.03125], np.float32)
+    k = min(n, edge.size)
+    x[:k] = edge[:k]
+    x[n - k:] = edge[:k]
+    expected = numerics.dfp_quantize(x, 8, 4, rounding=rounding)
+    actual = fake_quant_dfp(tf.constant(x), 8, 4, rounding=rounding)
+    assert_bit_equal(actual.numpy(), expected)
+
+
+@pytest.mark.parametrize("rounding", DETERMINISTIC)
+@pytest.mark.parametrize("shape", [(1, 16), (5, 32), (3000, 48), (2, 7, 40)])
+def test_dfp_per_channel_special_values(ops_path, rounding, shape):
+    # Channel counts that are multiples of 16 (the C++ AVX-512 per-channel loop) and one
+    # that is not; inf/nan/subnormals/ties in the first and the last row.
+    rng = np.random.default_rng(shape[-1])
+    x = rng.normal(0, 4, shape).astype(np.float32).reshape(-1, shape[-1])
+    edge = np.array([np.nan, np.inf, -np.inf, 1e-40, -1e-40, 0.5 / 16, -1.5 / 16, -0.0,
+                     7.96875, 8.5, -8.03125, 2.5, -2.5, 300.0, -300.0, 0.0], np.float32)
+    x[0, :16] = edge
+    x[-1, -16:] = edge[::-1]
+    x = x.reshape(shape)
+    fl = (np.arange(shape[-1]) % 9 - 2).astype(np.int32)
+    expected = numerics.dfp_quantize(x, 8, fl, rounding=rounding)
+    actual = fake_quant_dfp(tf.constant(x), 8, tf.constant(fl), rounding=rounding)
+    assert_bit_equal(actual.numpy(), expected)
+
+
+_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _splitmix64_finalize(z: np.ndarray) -> np.ndarray:
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def _counter_uniform_f32(seed: int, n: int) -> np.ndarray:
+    """u(seed, i) of the C++ counter generator (docs/ops.md), float32, numpy uint64 math."""
+    with np.errstate(over="ignore"):
+        start = _splitmix64_finalize(np.array([seed % 2**64], np.uint64)
+                                     ^ np.uint64(0x6A09E667F3BCC909))
+        index = np.arange(n, dtype=np.uint64)
+        bits = _splitmix64_finalize(start + (index + np.uint64(1)) * _GAMMA)
+    return (bits >> np.uint64(40)).astype(np.float32) * np.float32(2.0**-24)
+
+
+@pytest.mark.parametrize("channels", [24, 32])
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("n_rows", [1, 3, 97, 4001])
+def test_dfp_stochastic_matches_counter_reference(ops_path, per_channel, n_rows, channels):
+    # Bit for bit: floor(y) + [u(seed, i) < y - floor(y)], y = clamp(x * 2^fl), with u from
+    # the SplitMix64 counter stream evaluated in numpy. Normal-range data, so the power-of-
+    # two scalings are exact in float32. (The fallback draws from TF's Philox stream: it
+    # agrees in distribution only, see test_stochastic_matches_numerics_in_distribution.)
+    if ops_path == "fallback":
+        pytest.skip("the counter stream is the C++ kernels' generator")
+    rng = np.random.default_rng(n_rows)
+    x = rng.normal(0, 2, (n_rows, channels)).astype(np.float32)
+    x[0, :3] = [np.nan, 100.0, -100.0]
+    fl = (np.arange(channels) % 5 + 2).astype(np.int32) if per_channel else np.int32(4)
+    seed = 987_654_321_123
+    scale = np.exp2(np.broadcast_to(fl, x.shape)).astype(np.float32)
+    y = np.clip(x * scale, np.float32(-128), np.float32(127))
+    low = np.floor(y)
+    u = _counter_uniform_f32(seed, x.size).reshape(x.shape)
+    q = np.where(u < y - low, low + np.float32(1), low) + np.float32(0)
+    expected = (q / scale).astype(np.float32)
+    actual = fake_quant_dfp(tf.constant(x), 8, tf.constant(fl), rounding="stochastic",
+                            seed=seed)
+    assert_bit_equal(actual.numpy(), expected)

@@ -45,7 +45,7 @@ class ClipMaskGradOp : public OpKernel {
     const T* dyp = dy.flat<T>().data();
     const uint8_t* mp = mask.flat<uint8_t>().data();
     T* dxp = dx->flat<T>().data();
-    ParallelMaskAligned(ctx, n, 4096, 1, [&](int64_t b, int64_t e) {
+    ParallelMaskAligned(ctx, n, 4096, kMinShardElements, [&](int64_t b, int64_t e) {
       ClipMaskGradRange<T>(dyp, mp, dxp, b, e);
     });
   }

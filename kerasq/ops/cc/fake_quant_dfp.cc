@@ -8,6 +8,8 @@
 // lo <= x * 2^fl <= hi, else 0.
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <type_traits>
 #include <string>
 #include <vector>
 
@@ -20,6 +22,10 @@
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/util/work_sharder.h"
+
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+#include <immintrin.h>
+#endif
 
 namespace kerasq {
 
@@ -166,19 +172,25 @@ void DfpRange(const T* x, T* y, int64_t begin, int64_t end, const DfpParams<T>& 
   }
 }
 
-// Clip flags (1 where lo <= x * 2^fl <= hi, the gradient's condition) of [begin, end)
-// into flags[0, end - begin); begin is a multiple of the channel count.
+// One element of the masked forward: the output, and in *flag the clip flag (1 where
+// lo <= x * 2^fl <= hi, the gradient's condition; 0 for NaN), from the same scaled value,
+// so x is read once.
+template <Rounding R, typename T>
+inline T DfpElementFlag(T x, T up1, T up2, T down1, T down2, T lo, T hi, uint64_t stream,
+                        uint64_t index, uint8_t* flag) {
+  const T s = Flush(x) * up1 * up2;
+  *flag = (s >= lo) & (s <= hi);
+  const T q = RoundFloat<R, T>(std::min(std::max(s, lo), hi), stream, index) + T(0);
+  return Flush(q * down1 * down2);
+}
+
+// Clip flags of whole rows [begin, end) of a per-channel op into flags[0, end - begin).
+// (A separate pass over the in-cache chunk: fused into the row loop of DfpRange, GCC does
+// not vectorize it.)
 template <typename T>
-void DfpClipFlags(const T* x, uint8_t* flags, int64_t begin, int64_t end, const DfpParams<T>& p) {
+void DfpClipFlagRows(const T* x, uint8_t* flags, int64_t begin, int64_t end,
+                     const DfpParams<T>& p) {
   const T lo = p.lo, hi = p.hi;
-  if (p.channels == 1) {
-    const T u1 = p.up1[0], u2 = p.up2[0];
-    for (int64_t i = begin; i < end; ++i) {
-      const T y = Flush(x[i]) * u1 * u2;
-      flags[i - begin] = (y >= lo) & (y <= hi);
-    }
-    return;
-  }
   const T *u1 = p.up1.data(), *u2 = p.up2.data();
   const int64_t nc = p.channels;
   for (int64_t row = begin; row < end; row += nc) {
@@ -189,6 +201,164 @@ void DfpClipFlags(const T* x, uint8_t* flags, int64_t begin, int64_t end, const 
     }
   }
 }
+
+// Per-tensor masked forward over [begin, end), begin a multiple of 64: blocks of kBlock
+// elements whose flags stay in registers/L1 and are packed right away.
+template <Rounding R, typename T>
+void DfpMaskedFlat(const T* x, T* y, uint8_t* mask, int64_t begin, int64_t end,
+                   const DfpParams<T>& p, uint64_t stream) {
+  constexpr int64_t kBlock = 256;
+  const T lo = p.lo, hi = p.hi;
+  const T u1 = p.up1[0], u2 = p.up2[0], d1 = p.down1[0], d2 = p.down2[0];
+  alignas(64) uint8_t flags[kBlock];
+  int64_t b = begin;
+  for (; b + kBlock <= end; b += kBlock) {
+    for (int64_t j = 0; j < kBlock; ++j)
+      y[b + j] = DfpElementFlag<R, T>(x[b + j], u1, u2, d1, d2, lo, hi, stream, b + j,
+                                      flags + j);
+    PackClipBits(flags, kBlock, mask + b / 8);
+  }
+  if (b < end) {
+    const int64_t m = end - b;
+    for (int64_t j = 0; j < m; ++j)
+      y[b + j] = DfpElementFlag<R, T>(x[b + j], u1, u2, d1, d2, lo, hi, stream, b + j,
+                                      flags + j);
+    PackClipBits(flags, m, mask + b / 8);
+  }
+}
+
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+// The float32 masked forward with AVX-512 (per tensor, or per channel with a channel count
+// that is a multiple of 16), 16 elements per step: the clip
+// flags come straight from the compare mask (16 mask bits per step, no byte flags), and
+// stochastic rounding draws the 16 counter values with 64-bit lane arithmetic. Every
+// operation is the scalar DfpElementFlag's, in the same order, so the results are the
+// same bits:
+//   Flush(v)        |v| < FLT_MIN ? v * 0 : v               (NaN passes through)
+//   max(s, lo)      (s < lo) ? lo : s  == vmaxps(lo, s)      (vmaxps returns its second
+//   min(m, hi)      (hi < m) ? hi : m  == vminps(hi, m)       operand for NaN, as the std)
+namespace avx512 {
+
+inline __m512 Flush(__m512 v) {
+  const __m512 a = _mm512_abs_ps(v);
+  const __mmask16 tiny = _mm512_cmp_ps_mask(a, _mm512_set1_ps(std::numeric_limits<float>::min()),
+                                            _CMP_LT_OQ);
+  return _mm512_mask_mul_ps(v, tiny, v, _mm512_setzero_ps());
+}
+
+// SplitMix64Finalize on 8 lanes.
+inline __m512i Finalize(__m512i z) {
+  z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 30)),
+                         _mm512_set1_epi64(static_cast<int64_t>(0xBF58476D1CE4E5B9ULL)));
+  z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 27)),
+                         _mm512_set1_epi64(static_cast<int64_t>(0x94D049BB133111EBULL)));
+  return _mm512_xor_si512(z, _mm512_srli_epi64(z, 31));
+}
+
+// CounterUniform<float> of the 16 counters whose SplitMix64 inputs are z_lo (elements
+// 0..7) and z_hi (8..15): (bits >> 40) < 2^24 converts to float exactly.
+inline __m512 Uniform16(__m512i z_lo, __m512i z_hi) {
+  const __m256i a = _mm512_cvtepi64_epi32(_mm512_srli_epi64(Finalize(z_lo), 40));
+  const __m256i b = _mm512_cvtepi64_epi32(_mm512_srli_epi64(Finalize(z_hi), 40));
+  const __m512i ab = _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
+  return _mm512_mul_ps(_mm512_cvtepi32_ps(ab), _mm512_set1_ps(1.0f / 16777216.0f));
+}
+
+// The SplitMix64 inputs start + (i + 1) * gamma of the 16 elements from flat index i,
+// advanced by 16 * gamma per step of 16 elements (the same values mod 2^64).
+struct Counters16 {
+  __m512i lo, hi, step;
+  Counters16(uint64_t stream, int64_t i) {
+    const uint64_t gamma = 0x9E3779B97F4A7C15ULL;
+    const __m512i lane = _mm512_set_epi64(8, 7, 6, 5, 4, 3, 2, 1);
+    const __m512i base =
+        _mm512_set1_epi64(static_cast<int64_t>(stream + static_cast<uint64_t>(i) * gamma));
+    lo = _mm512_add_epi64(base, _mm512_mullo_epi64(lane, _mm512_set1_epi64(int64_t(gamma))));
+    hi = _mm512_add_epi64(lo, _mm512_set1_epi64(static_cast<int64_t>(8 * gamma)));
+    step = _mm512_set1_epi64(static_cast<int64_t>(16 * gamma));
+  }
+  void Advance() {
+    lo = _mm512_add_epi64(lo, step);
+    hi = _mm512_add_epi64(hi, step);
+  }
+};
+
+// 16 elements from x + i (the `live` ones), i a multiple of 8: y and the mask bits.
+template <Rounding R>
+inline void Step16(const float* x, float* y, uint8_t* mask, int64_t i, __mmask16 live,
+                   __m512 u1, __m512 u2, __m512 d1, __m512 d2, __m512 lo, __m512 hi,
+                   const Counters16* ctr) {
+  const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f),
+               half = _mm512_set1_ps(0.5f);
+  const __m512 v = _mm512_maskz_loadu_ps(live, x + i);
+  const __m512 s = _mm512_mul_ps(_mm512_mul_ps(Flush(v), u1), u2);
+  const __mmask16 in = _mm512_cmp_ps_mask(s, lo, _CMP_GE_OQ) &
+                       _mm512_cmp_ps_mask(s, hi, _CMP_LE_OQ) & live;
+  const __m512 c = _mm512_min_ps(hi, _mm512_max_ps(lo, s));
+  __m512 q;
+  if constexpr (R == Rounding::kNearestEven) {
+    q = _mm512_roundscale_ps(c, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  } else if constexpr (R == Rounding::kNearest) {
+    const __m512 r = _mm512_roundscale_ps(c, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m512 d = _mm512_sub_ps(c, r);
+    const __mmask16 away = _mm512_cmp_ps_mask(_mm512_abs_ps(d), half, _CMP_GE_OQ);
+    const __m512 sign_one = _mm512_or_ps(
+        _mm512_and_ps(c, _mm512_castsi512_ps(_mm512_set1_epi32(int32_t(0x80000000u)))), one);
+    q = _mm512_mask_add_ps(r, away, r, sign_one);
+  } else if constexpr (R == Rounding::kHalfUp) {
+    const __m512 low = _mm512_roundscale_ps(c, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    const __mmask16 up = _mm512_cmp_ps_mask(_mm512_sub_ps(c, low), half, _CMP_GE_OQ);
+    q = _mm512_mask_add_ps(low, up, low, one);
+  } else {
+    const __m512 low = _mm512_roundscale_ps(c, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    const __m512 u = Uniform16(ctr->lo, ctr->hi);
+    const __mmask16 up = _mm512_cmp_ps_mask(u, _mm512_sub_ps(c, low), _CMP_LT_OQ);
+    q = _mm512_mask_add_ps(low, up, low, one);
+  }
+  q = _mm512_add_ps(q, zero);  // the integer 0 has no sign
+  _mm512_mask_storeu_ps(y + i, live, Flush(_mm512_mul_ps(_mm512_mul_ps(q, d1), d2)));
+  // Whole mask bytes; a partial last byte zero-padded (bits of dead lanes are 0).
+  const uint16_t bits = in;
+  mask[i / 8] = static_cast<uint8_t>(bits);
+  if (live > 0xFF) mask[i / 8 + 1] = static_cast<uint8_t>(bits >> 8);
+}
+
+// Per tensor over [begin, end), begin a multiple of 64.
+template <Rounding R>
+void DfpMaskedFlatF32(const float* x, float* y, uint8_t* mask, int64_t begin, int64_t end,
+                      const DfpParams<float>& p, uint64_t stream) {
+  const __m512 u1 = _mm512_set1_ps(p.up1[0]), u2 = _mm512_set1_ps(p.up2[0]);
+  const __m512 d1 = _mm512_set1_ps(p.down1[0]), d2 = _mm512_set1_ps(p.down2[0]);
+  const __m512 lo = _mm512_set1_ps(p.lo), hi = _mm512_set1_ps(p.hi);
+  Counters16 ctr(stream, begin);
+  for (int64_t i = begin; i < end; i += 16) {
+    const int64_t m = std::min<int64_t>(16, end - i);
+    const __mmask16 live = m == 16 ? __mmask16(0xFFFF) : __mmask16((1u << m) - 1);
+    Step16<R>(x, y, mask, i, live, u1, u2, d1, d2, lo, hi, &ctr);
+    if constexpr (R == Rounding::kStochastic) ctr.Advance();
+  }
+}
+
+// Per channel, channel count a multiple of 16, over whole rows [begin, end), begin a
+// multiple of 64.
+template <Rounding R>
+void DfpMaskedRowsF32(const float* x, float* y, uint8_t* mask, int64_t begin, int64_t end,
+                      const DfpParams<float>& p, uint64_t stream) {
+  const __m512 lo = _mm512_set1_ps(p.lo), hi = _mm512_set1_ps(p.hi);
+  const int64_t nc = p.channels;
+  Counters16 ctr(stream, begin);
+  for (int64_t row = begin; row < end; row += nc) {
+    for (int64_t c = 0; c < nc; c += 16) {
+      Step16<R>(x, y, mask, row + c, __mmask16(0xFFFF), _mm512_loadu_ps(p.up1.data() + c),
+                _mm512_loadu_ps(p.up2.data() + c), _mm512_loadu_ps(p.down1.data() + c),
+                _mm512_loadu_ps(p.down2.data() + c), lo, hi, &ctr);
+      if constexpr (R == Rounding::kStochastic) ctr.Advance();
+    }
+  }
+}
+
+}  // namespace avx512
+#endif
 
 template <typename T>
 void DfpGradRange(const T* dy, const T* x, T* dx, int64_t begin, int64_t end,
@@ -214,13 +384,15 @@ void DfpGradRange(const T* dy, const T* x, T* dx, int64_t begin, int64_t end,
   }
 }
 
-// Runs fn(begin, end) over [0, n) in `granule`-aligned pieces on TF's intra-op pool.
+// Runs fn(begin, end) over [0, n) in `granule`-aligned pieces on TF's intra-op pool, at
+// least min_elements per piece (see kMinShardElements).
 template <typename Fn>
-void ParallelOver(OpKernelContext* ctx, int64_t n, int64_t granule, int64_t cost_per_element,
+void ParallelOver(OpKernelContext* ctx, int64_t n, int64_t granule, int64_t min_elements,
                   Fn fn) {
   auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
   const int64_t units = (n + granule - 1) / granule;
-  tensorflow::Shard(workers->num_threads, workers->workers, units, cost_per_element * granule,
+  tensorflow::Shard(workers->num_threads, workers->workers, units,
+                    ShardUnitCost(granule, min_elements),
                     [&](int64_t ub, int64_t ue) { fn(ub * granule, std::min(n, ue * granule)); });
 }
 
@@ -266,15 +438,29 @@ class FakeQuantDfpOp : public OpKernel {
                             : nch == 1 ? 4096 : nch * std::max<int64_t>(1, 4096 / nch);
     auto run = [&](auto mode) {
       constexpr Rounding R = decltype(mode)::value;
-      ParallelOver(ctx, n, granule, R == Rounding::kStochastic ? 12 : 3,
+      ParallelOver(ctx, n, granule,
+                   R == Rounding::kStochastic ? kMinShardElements / 4 : kMinShardElements,
                    [&](int64_t b, int64_t e) {
                      if (!kMasked) return DfpRange<R, T>(xp, yp, b, e, params, stream);
-                     // Chunks of one granule: the flags stay in cache between the passes.
+                     if (nch == 1) {
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+                       if constexpr (std::is_same_v<T, float>)
+                         return avx512::DfpMaskedFlatF32<R>(xp, yp, maskp, b, e, params, stream);
+#endif
+                       return DfpMaskedFlat<R, T>(xp, yp, maskp, b, e, params, stream);
+                     }
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+                     if constexpr (std::is_same_v<T, float>) {
+                       if (nch % 16 == 0)
+                         return avx512::DfpMaskedRowsF32<R>(xp, yp, maskp, b, e, params, stream);
+                     }
+#endif
+                     // Chunks of one granule: the flags stay in cache until packed.
                      std::vector<uint8_t> flags(granule);
                      for (int64_t cb = b; cb < e; cb += granule) {
                        const int64_t ce = std::min(e, cb + granule);
                        DfpRange<R, T>(xp, yp, cb, ce, params, stream);
-                       DfpClipFlags<T>(xp, flags.data(), cb, ce, params);
+                       DfpClipFlagRows<T>(xp, flags.data(), cb, ce, params);
                        PackClipBits(flags.data(), ce - cb, maskp + cb / 8);
                      }
                    });
@@ -323,7 +509,7 @@ class FakeQuantDfpGradOp : public OpKernel {
     T* dxp = dx->flat<T>().data();
     const int64_t nch = params.channels;
     const int64_t granule = nch == 1 ? 4096 : nch * std::max<int64_t>(1, 4096 / nch);
-    ParallelOver(ctx, n, granule, 2, [&](int64_t b, int64_t e) {
+    ParallelOver(ctx, n, granule, kMinShardElements, [&](int64_t b, int64_t e) {
       DfpGradRange<T>(dyp, xp, dxp, b, e, params);
     });
   }
