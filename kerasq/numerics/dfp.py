@@ -158,13 +158,17 @@ def _dfp_tf(x, bitwidth, frac_bits, signed, rounding, seed):
 
     @tf.custom_gradient
     def quantize(xv):
-        y = _float.tf_ldexp(xv, fl)
+        # The gradient function uses tensors made here, not the input or fl themselves: it
+        # may be built in a tf.cond branch's gradient graph (nested conds, as under a tensor
+        # `training` flag), which can only capture tensors of the branch it differentiates.
+        xv, flv = tf.identity(xv), tf.identity(fl) if is_tensor(fl) else fl
+        y = _float.tf_ldexp(xv, flv)
         q = tf_round(tf.clip_by_value(y, qmin, qmax), rounding, seed, signed_zeros=False)
         q = tf.where(q == 0, tf.constant(0, q.dtype), q)  # the integer 0 has no sign
-        out = _float.tf_ldexp(q, -fl)
+        out = _float.tf_ldexp(q, -flv)
 
         def grad(dy):
-            y = _float.tf_ldexp(xv, fl)  # recomputed: keeps no scaled copy alive until here
+            y = _float.tf_ldexp(xv, flv)  # recomputed: keeps no scaled copy alive until here
             inside = tf.logical_and(y >= qmin, y <= qmax)
             return tf.where(inside, dy, tf.zeros_like(dy))
 

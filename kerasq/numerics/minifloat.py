@@ -161,6 +161,7 @@ def _minifloat_tf(x, exp_bits, mant_bits, k_min, rounding, seed):
 
     @tf.custom_gradient
     def quantize(xv):
+        xv = tf.identity(xv)  # the gradient closes over a tensor of this graph (see dfp)
         xs = tf.clip_by_value(xv, -top, top)  # ±inf -> ±top; NaN stays NaN
         bits = tf.bitcast(xs, int_dtype)
         sign = tf.bitwise.bitwise_and(bits, const(sign_bit))
