@@ -59,6 +59,7 @@ HEADERS = [
     "cc/float_bits.h",
     "cc/int_depthwise.h",
     "cc/int_gemm.h",
+    "cc/lru_slot.h",
     "cc/requantize.h",
     "cc/rounding.h",
 ]

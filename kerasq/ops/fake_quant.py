@@ -44,6 +44,7 @@ def _register_gradients(lib: Any) -> None:
         dx = lib.kerasq_fake_quant_dfp_grad(
             dy, op.inputs[0], op.inputs[1],
             bitwidth=op.get_attr("bitwidth"), signed=op.get_attr("signed"),
+            relu=op.get_attr("relu"),
         )
         return [dx, None, None]
 
@@ -116,6 +117,7 @@ def fake_quant_dfp(
     signed: bool = True,
     rounding: str = DEFAULT_ROUNDING,
     seed: Any = None,
+    relu: bool = False,
 ) -> Any:
     """DFP fake quantization ``y = clamp(round(x·2^fl), qmin, qmax)·2^−fl``.
 
@@ -126,6 +128,9 @@ def fake_quant_dfp(
         frac_bits: fl: an int, or an int tensor/array of shape [] or [C] (per channel
             along the last axis of ``x``).
         signed, rounding, seed: as in :func:`kerasq.numerics.dfp_quantize`.
+        relu: quantize ``max(x, 0)`` (a ReLU fused in front, one pass instead of two):
+            the result and the gradient are those of ``fake_quant_dfp(tf.nn.relu(x))``,
+            i.e. the gradient is 1 where ``x > 0`` and ``x·2^fl <= qmax``.
 
     Returns:
         A tensor like ``x``; gradient 1 where ``qmin <= x·2^fl <= qmax``, else 0.
@@ -149,10 +154,13 @@ def fake_quant_dfp(
         fl.shape.rank == 1 and x.shape.rank is not None and x.shape.rank >= 1
         and x.shape[-1] is not None and fl.shape[0] == x.shape[-1]
     )
+    relu = _validate.check_bool("relu", relu)
     if lib is None or x.dtype not in (tf.float32, tf.float64) or not per_channel_ok:
-        return dfp_quantize(x, bitwidth, fl, signed=signed, rounding=rounding, seed=seed)
+        return dfp_quantize(tf.nn.relu(x) if relu else x, bitwidth, fl, signed=signed,
+                            rounding=rounding, seed=seed)
     y, _ = lib.kerasq_fake_quant_dfp_masked(
-        x, fl, seed_tensor(seed, rounding), bitwidth=bitwidth, signed=signed, rounding=rounding
+        x, fl, seed_tensor(seed, rounding), bitwidth=bitwidth, signed=signed, rounding=rounding,
+        relu=relu,
     )
     return y
 

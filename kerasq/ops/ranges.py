@@ -81,8 +81,8 @@ def range_min_max(x: Any) -> Tuple[Any, Any]:
 
 
 def dfp_range_update(x: Any, count: Any, stored_min: Any, stored_max: Any, *, bitwidth: int,
-                     signed: Optional[bool] = None, max_abs: bool = False
-                     ) -> Optional[Tuple[Any, Any, Any, Any]]:
+                     signed: Optional[bool] = None, max_abs: bool = False,
+                     relu: bool = False) -> Optional[Tuple[Any, Any, Any, Any]]:
     """One op for a power-of-two DFP activation quantizer's range step, or None without
     the C++ library (the caller then runs its TF ops, the reference of this kernel).
 
@@ -93,7 +93,8 @@ def dfp_range_update(x: Any, count: Any, stored_min: Any, stored_max: Any, *, bi
     normal), minus 1 on a signed grid (``signed=None``: signed iff ``new_min < 0`` or
     NaN; never with ``max_abs``); ``scale = 2^fl`` (0 below 2^-126, as TF's ``pow``
     with denormals flushed). NaN propagates as in ``tf.minimum``/``tf.maximum``. The
-    outputs carry no gradient.
+    outputs carry no gradient. ``relu=True``: the same for ``max(x, 0)`` (``bmin, bmax``
+    clamped below at 0 for a non-empty x), the range of a ReLU fused in front.
 
     Returns:
         ``(new_min, new_max, frac_bits, scale)``, float32 scalars, or None.
@@ -116,4 +117,4 @@ def dfp_range_update(x: Any, count: Any, stored_min: Any, stored_max: Any, *, bi
     return tuple(lib.kerasq_dfp_range_update(
         x, tf.cast(count, tf.int64), tf.cast(stored_min, tf.float32),
         tf.cast(stored_max, tf.float32), bitwidth=int(bitwidth), signedness=signedness,
-        max_abs=bool(max_abs)))
+        max_abs=bool(max_abs), relu=bool(relu)))

@@ -33,14 +33,17 @@ def _ops() -> Any:
 
 
 def dfp_quantize(x: tf.Tensor, bitwidth: int, frac_bits: Any, *, signed: bool,
-                 rounding: str) -> tf.Tensor:
-    """x' = clip(round(x·2^fl), qmin, qmax)·2^-fl (see ``kerasq.numerics.dfp_quantize``)."""
+                 rounding: str, relu: bool = False) -> tf.Tensor:
+    """x' = clip(round(x·2^fl), qmin, qmax)·2^-fl (see ``kerasq.numerics.dfp_quantize``);
+    ``relu``: of max(x, 0), value and gradient (``kerasq.ops.fake_quant_dfp``)."""
     if tf.is_tensor(frac_bits) and not frac_bits.dtype.is_integer:
         frac_bits = tf.cast(frac_bits, tf.int32)
     ops = _ops()
     if ops is not None:
-        return ops.fake_quant_dfp(x, bitwidth, frac_bits, signed=signed, rounding=rounding)
-    return _numerics().dfp_quantize(x, bitwidth, frac_bits, signed=signed, rounding=rounding)
+        return ops.fake_quant_dfp(x, bitwidth, frac_bits, signed=signed, rounding=rounding,
+                                  relu=relu)
+    return _numerics().dfp_quantize(tf.nn.relu(x) if relu else x, bitwidth, frac_bits,
+                                    signed=signed, rounding=rounding)
 
 
 def range_min_max(x: tf.Tensor) -> Any:
@@ -52,16 +55,23 @@ def range_min_max(x: tf.Tensor) -> Any:
 
 
 def dfp_range_update(x: tf.Tensor, count: Any, stored_min: Any, stored_max: Any, *,
-                     bitwidth: int, signed: Any, max_abs: bool) -> Any:
-    """``kerasq.ops.ranges.dfp_range_update`` (new_min, new_max, fl, 2^fl), or None when
-    the C++ op is not available."""
+                     bitwidth: int, signed: Any, max_abs: bool, relu: bool = False) -> Any:
+    """``kerasq.ops.ranges.dfp_range_update`` (new_min, new_max, fl, 2^fl) of x (``relu``:
+    of max(x, 0)), or None when the C++ op is not available."""
     ops = _ops()
     if ops is None or not hasattr(ops, "range_min_max"):
         return None
     from kerasq.ops.ranges import dfp_range_update as update
 
     return update(x, count, stored_min, stored_max, bitwidth=bitwidth, signed=signed,
-                  max_abs=max_abs)
+                  max_abs=max_abs, relu=relu)
+
+
+def fuses_relu() -> bool:
+    """Whether the C++ kernels run, which quantize max(x, 0) and its range in one pass
+    (``relu=True`` of :func:`dfp_quantize` and :func:`dfp_range_update`)."""
+    ops = _ops()
+    return ops is not None and hasattr(ops, "range_min_max") and ops.custom_kernels_loaded()
 
 
 def minifloat_quantize(x: tf.Tensor, exp_bits: int, mant_bits: int, *, rounding: str) -> tf.Tensor:

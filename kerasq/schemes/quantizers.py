@@ -235,34 +235,61 @@ class DFPActivationQuantizer(_KerasqQuantizer):
         new_max = tf.where(first, e * bmax, (1.0 - b) * weights["max"] + b * e * bmax)
         return new_min, new_max
 
-    def fused_range_update(self, x: tf.Tensor, weights: Dict[str, tf.Variable]) -> Any:
+    def _fused_range_applies(self) -> bool:
+        # eager: numerics checks the values there; several replicas: the range is
+        # all-gathered between the reduction and the merge.
+        if (tf.executing_eagerly() or self.range_estimator not in ("minmax", "max_abs")
+                or not self.power2_range or self.apply_offset or self.frac_bits is not None):
+            return False
+        ctx = tf.distribute.get_replica_context()
+        return ctx is None or ctx.num_replicas_in_sync == 1
+
+    def fused_range_update(self, x: tf.Tensor, weights: Dict[str, tf.Variable],
+                           relu: bool = False) -> Any:
         """(new_min, new_max, (fl, scale, offset)) from one C++ op, or None where it does not
         apply: eager (numerics checks the values there), EMA/percentile estimators,
         non-power-of-two or fixed fl, several replicas (the range is all-gathered between
         the reduction and the merge) or no C++ library. Same values as
         ``merged_range`` + ``params_from_range``, which are the op's reference; in graph
-        mode it replaces their ~20 scalar ops between the batch and the kernel."""
-        if (tf.executing_eagerly() or self.range_estimator not in ("minmax", "max_abs")
-                or not self.power2_range or self.apply_offset or self.frac_bits is not None):
-            return None
-        ctx = tf.distribute.get_replica_context()
-        if ctx is not None and ctx.num_replicas_in_sync != 1:
+        mode it replaces their ~20 scalar ops between the batch and the kernel.
+        ``relu``: the range of max(x, 0)."""
+        if not self._fused_range_applies():
             return None
         out = _backend.dfp_range_update(
             tf.cast(x, tf.float32), weights["count"], weights["min"], weights["max"],
             bitwidth=self.bitwidth, signed=self.signed,
-            max_abs=self.range_estimator == "max_abs")
+            max_abs=self.range_estimator == "max_abs", relu=relu)
         if out is None:
             return None
         new_min, new_max, fl, scale = out
         return new_min, new_max, (fl, scale, tf.constant(0.0))
 
-    def _range_step(self, x: tf.Tensor, weights: Dict[str, tf.Variable]) -> Any:
-        fused = self.fused_range_update(x, weights)
+    def _range_step(self, x: tf.Tensor, weights: Dict[str, tf.Variable],
+                    relu: bool = False) -> Any:
+        fused = self.fused_range_update(x, weights, relu=relu)
         if fused is not None:
             return fused
+        if relu:  # pragma: no cover - relu_input() returns a tensor only where fused applies
+            raise AssertionError("a fused ReLU needs the fused range update")
         new_min, new_max = self.merged_range(x, weights)
         return new_min, new_max, self.params_from_range(new_min, new_max)
+
+    def relu_input(self, inputs: tf.Tensor) -> Optional[tf.Tensor]:
+        """t where ``inputs`` is ``tf.nn.relu(t)`` in a graph and this quantizer can take
+        the ReLU into its kernels, else None.
+
+        quantize(relu(t)) == quantize(t, relu=True) in value and gradient (the kernel
+        clamps at 0 and passes dy where t > 0, as ReluGrad), and so is the range
+        (max(min t, 0), max(max t, 0)). Reading t instead of relu(t) leaves the Relu op
+        and its gradient without consumers, so the step skips two passes over the tensor.
+        Graph mode only (an eager tensor has no producing op); power-of-two DFP with the
+        fused range update and the C++ kernels.
+        """
+        op = getattr(inputs, "op", None)
+        if (op is None or op.type != "Relu" or inputs.dtype != tf.float32
+                or not self._fused_range_applies() or not _backend.fuses_relu()):
+            return None
+        return op.inputs[0]
 
     def _store(self, weights: Dict[str, tf.Variable], new_min: tf.Tensor, new_max: tf.Tensor,
                params: Sequence[tf.Tensor]) -> List[Any]:
@@ -313,8 +340,9 @@ class DFPActivationQuantizer(_KerasqQuantizer):
 
     # ------------------------------------------------------------------- forward
     def quantize(self, x: tf.Tensor, range_min: tf.Tensor, params: Sequence[tf.Tensor],
-                 rounding: str) -> tf.Tensor:
-        """Fake-quantize ``x`` with a given range minimum and (frac_bits, scale, offset)."""
+                 rounding: str, relu: bool = False) -> tf.Tensor:
+        """Fake-quantize ``x`` (``relu``: max(x, 0), power-of-two DFP only) with a given
+        range minimum and (frac_bits, scale, offset)."""
         fl, scale, offset = params
         unsigned = self.is_unsigned(range_min)
         if self.power2_range and not self.apply_offset:
@@ -322,7 +350,7 @@ class DFPActivationQuantizer(_KerasqQuantizer):
 
             def dfp(is_signed):
                 return _backend.dfp_quantize(x, self.bitwidth, fl, signed=is_signed,
-                                             rounding=rounding)
+                                             rounding=rounding, relu=relu)
             if self.signed is None:
                 # a cond, not tf.where-chosen bounds: kerasq.ops takes the signedness as an
                 # attribute, and clipping to data-chosen bounds before one (B+1)-bit kernel
@@ -352,16 +380,19 @@ class DFPActivationQuantizer(_KerasqQuantizer):
                 return quantized()
             return _cond(active, quantized, lambda: tf.identity(inputs))
 
+        pre_relu = self.relu_input(inputs)
+        x, relu = (inputs, False) if pre_relu is None else (pre_relu, True)
+
         def train_branch():
             active = count >= self.quantization_start
-            new_min, new_max, params = self._range_step(inputs, weights)
+            new_min, new_max, params = self._range_step(x, weights, relu=relu)
             # The quantized value reads new_min/params, not the variables: the state writes
             # need no control edge to it (tf.function and cond branches run every stateful
             # op), so the kernel starts without waiting for six assignments.
             self._store(weights, new_min, new_max, params)
             count.assign_add(1)
             return gated(active, lambda: self.quantize(
-                inputs, new_min, params, self._round_mode(True)))
+                x, new_min, params, self._round_mode(True), relu=relu))
 
         def stored_range():
             return tf.identity(weights["min"]), tf.identity(weights["max"])
@@ -376,8 +407,8 @@ class DFPActivationQuantizer(_KerasqQuantizer):
             # so a calibrated model does not reduce over every activation at inference)
             range_min, range_max = _cond(count > 0, stored_range, batch_min_max)
             return gated(count >= self.quantization_start, lambda: self.quantize(
-                inputs, range_min, self.params_from_range(range_min, range_max),
-                self._round_mode(False)))
+                x, range_min, self.params_from_range(range_min, range_max),
+                self._round_mode(False), relu=relu))
 
         return _cond(training, train_branch, infer_branch)
 

@@ -310,3 +310,68 @@ def test_dfp_stochastic_matches_counter_reference(ops_path, per_channel, n_rows,
     actual = fake_quant_dfp(tf.constant(x), 8, tf.constant(fl), rounding="stochastic",
                             seed=seed)
     assert_bit_equal(actual.numpy(), expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rounding", DETERMINISTIC)
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("channels", [None, 8, 24, 32])
+def test_dfp_relu_is_the_quantized_relu(ops_path, dtype, rounding, signed, channels):
+    """relu=True: value = numerics.dfp_quantize(max(x, 0)), bit for bit; gradient = TF's
+    ReluGrad times the numerics' clipped straight-through gradient (equal values: a cut
+    gradient is +0.0, where ReluGrad's dy·0 keeps dy's sign). channels None (one fl), 32
+    (the vector per-channel path) and 8/24 (the generic per-channel path)."""
+    x = special_values(dtype)
+    width = channels or 8
+    x = x[: x.size // width * width].reshape(-1, width)
+    fl = np.arange(width, dtype=np.int32) % 7 - 1 if channels else np.int32(3)
+    relu_x = np.where(np.isnan(x), x, np.maximum(x, 0)).astype(dtype)
+    got = fake_quant_dfp(tf.constant(x), 6, tf.constant(fl), signed=signed, rounding=rounding,
+                         relu=True)
+    want = numerics.dfp_quantize(relu_x, 6, fl, signed=signed, rounding=rounding)
+    assert_bit_equal(got.numpy(), want)
+
+    finite = x[np.isfinite(x).all(axis=1)]
+    dy = np.random.default_rng(5).normal(size=finite.shape).astype(dtype)
+    xt = tf.constant(finite)
+    grads = []
+    for fused in (True, False):
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            if fused:
+                y = fake_quant_dfp(xt, 6, tf.constant(fl), signed=signed, relu=True)
+            else:
+                y = numerics.dfp_quantize(tf.nn.relu(xt), 6, tf.constant(fl), signed=signed)
+        grads.append(tape.gradient(y, xt, output_gradients=tf.constant(dy)).numpy())
+    np.testing.assert_array_equal(grads[0], grads[1])
+    assert (finite == 0).any() and not grads[0][finite == 0].any()  # ReluGrad at exactly 0
+
+
+@pytest.mark.parametrize("channels", [None, 24, 32])
+@pytest.mark.parametrize("relu", [False, True])
+def test_dfp_writes_over_a_temporary_input_correctly(ops_path, channels, relu):
+    """Inside a graph the ops may write y over x and dx over dy when nothing else reads
+    them (here ``2·v`` and ``3·g`` feed only the op): results as from fresh buffers."""
+    width = channels or 16
+    v = tf.Variable(special_values(np.float32)[:4000 // width * width].reshape(-1, width))
+    g = tf.Variable(np.random.default_rng(2).normal(size=v.shape).astype(np.float32))
+    fl = tf.constant(np.arange(width, dtype=np.int32) % 5 if channels else np.int32(2))
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            x = v * 2.0
+            tape.watch(x)
+            y = fake_quant_dfp(x, 8, fl, signed=False, relu=relu)
+        return y, tape.gradient(y, x, output_gradients=g * 3.0)
+
+    y, dx = step()
+    x = v.numpy() * 2
+    ref_in = np.where(np.isnan(x), x, np.maximum(x, 0)) if relu else x
+    assert_bit_equal(y.numpy(), numerics.dfp_quantize(ref_in, 8, fl.numpy(), signed=False))
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        ref = numerics.dfp_quantize(tf.nn.relu(xt) if relu else xt, 8, fl, signed=False)
+    want = tape.gradient(ref, xt, output_gradients=tf.constant(g.numpy() * 3)).numpy()
+    np.testing.assert_array_equal(dx.numpy(), want)

@@ -117,3 +117,72 @@ def test_a_step_quantizes_with_the_range_that_includes_its_own_batch():
     fl = float(_fl(a, 8, True))
     reference = np.clip(np.round(wide * 2.0 ** fl), -128, 127) / 2.0 ** fl  # ties to even
     np.testing.assert_array_equal(out, reference.astype(np.float32))
+
+
+def _relu_model():
+    """Conv -> ReLU layer, and a Dense with a built-in ReLU: both feed an activation
+    quantizer with a Relu op. The zero bias and the all-zero rows of the batch give
+    pre-activations that are exactly 0, where ReluGrad passes nothing."""
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((6, 6, 2), name="x")
+    conv = keras.layers.Conv2D(4, 3, padding="same", bias_initializer="zeros", name="conv")(inp)
+    dense = keras.layers.Dense(5, activation="relu", name="fc1")(
+        keras.layers.Flatten(name="flat")(keras.layers.ReLU(name="relu")(conv)))
+    return keras.Model(inp, keras.layers.Dense(3, name="fc2")(dense))
+
+
+def _relu_batch(seed):
+    x = np.random.default_rng(seed).normal(0, 2, (4, 6, 6, 2)).astype(np.float32)
+    x[1] = 0.0
+    x[2, :3] = 0.0
+    return x
+
+
+def _train_steps(qmodel, batches):
+    opt = keras.optimizers.SGD(0.05)
+
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            out = qmodel(x, training=True)
+            loss = tf.reduce_mean(tf.square(out - 1.0))
+        grads = tape.gradient(loss, qmodel.trainable_variables)
+        opt.apply_gradients(zip(grads, qmodel.trainable_variables))
+        return out, grads
+
+    results = [[t.numpy() for t in [o] + g] for o, g in (step(tf.constant(b)) for b in batches)]
+    return step, results, [v.numpy() for v in qmodel.weights]
+
+
+def test_relu_fused_into_the_quantizer_gives_the_same_step(monkeypatch):
+    """A quantizer after a Relu op quantizes the ReLU's input with the kernels' relu mode:
+    the outputs, gradients, weights and quantizer states of several steps equal, bit for
+    bit, those of the same steps with the Relu op and its gradient in the graph."""
+    import kerasq.ops
+    from kerasq.schemes.quantizers import DFPActivationQuantizer
+
+    if not kerasq.ops.custom_kernels_loaded():
+        pytest.skip(f"C++ ops not available: {kerasq.ops.fallback_reason()}")
+    batches = [_relu_batch(seed) for seed in (1, 2, 3)]
+    config = {"train_rounding": "nearest"}  # deterministic weights: the runs are comparable
+
+    fused_model = kerasq.quantize_model(_relu_model(), config)
+    step, fused, fused_state = _train_steps(fused_model, batches)
+    graph = step.get_concrete_function(tf.constant(batches[0])).graph
+    bodies = graph.as_graph_def().library.function
+    relu_kernels = [n for f in bodies for n in f.node_def
+                    if n.op == "Kerasq>FakeQuantDfpMasked" and n.attr["relu"].b]
+    assert len(relu_kernels) >= 2  # both quantizers after a Relu (inside the signedness cond)
+    assert not any(n.op == "ReluGrad" for f in bodies for n in f.node_def)
+    assert "ReluGrad" not in {op.type for op in graph.get_operations()}
+
+    monkeypatch.setattr(DFPActivationQuantizer, "relu_input", lambda self, inputs: None)
+    plain_model = kerasq.quantize_model(_relu_model(), config)
+    _, plain, plain_state = _train_steps(plain_model, batches)
+
+    for got, want in zip(fused, plain):
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+    assert any((g == 0).any() for g in fused[0][1:])  # the masks cut something
+    for a, b in zip(fused_state, plain_state):
+        np.testing.assert_array_equal(a, b)

@@ -116,3 +116,24 @@ def test_quantizer_uses_the_op_only_in_graph_mode_on_one_replica():
                   DFPActivationQuantizer(power2_range=False),
                   DFPActivationQuantizer(frac_bits=5)):
         assert "Kerasq>DfpRangeUpdate" not in _op_types(other, weights, x)
+
+
+@pytest.mark.parametrize("estimator", ["minmax", "max_abs"])
+@pytest.mark.parametrize("signed", [None, True, False])
+def test_fused_relu_range_is_the_range_of_max_x_0(estimator, signed):
+    """relu=True: the op's outputs on x are the numpy reference's on max(x, 0) (NaN kept;
+    an empty batch stays empty)."""
+    q = DFPActivationQuantizer(bitwidth=8, signed=signed, range_estimator=estimator)
+    weights = {"count": tf.Variable(0, dtype=tf.int64), "min": tf.Variable(0.0),
+               "max": tf.Variable(0.0)}
+    fused_relu = tf.function(lambda x: q.fused_range_update(x, weights, relu=True))
+    for name, x in _BATCHES.items():
+        relu_x = np.where(np.isnan(x), x, np.maximum(x, np.float32(0.0))).astype(np.float32)
+        for count, smin, smax in _STORED:
+            weights["count"].assign(count)
+            weights["min"].assign(smin)
+            weights["max"].assign(smax)
+            new_min, new_max, (fl, scale, _) = fused_relu(tf.constant(x))
+            got = [_ordered(v.numpy()) for v in (new_min, new_max, fl, scale)]
+            assert got == _numpy_reference(relu_x, count, smin, smax, 8, signed,
+                                           estimator == "max_abs"), (name, count, smin, smax)

@@ -40,7 +40,8 @@ class ClipMaskGradOp : public OpKernel {
                 InvalidArgument("mask must have shape [", ClipMaskBytes(n), "] for ", n,
                                 " elements, got ", mask.shape().DebugString()));
     Tensor* dx = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, dy.shape(), &dx));
+    // dx in dy's buffer when nothing else holds dy (element-wise: read, then written)
+    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0, dy.shape(), &dx));
     if (n == 0) return;
     const T* dyp = dy.flat<T>().data();
     const uint8_t* mp = mask.flat<uint8_t>().data();

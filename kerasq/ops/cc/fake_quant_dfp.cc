@@ -6,6 +6,11 @@
 // largest T not above it (float32, B > 24), subnormal inputs/outputs flushed, exactly as
 // kerasq.numerics.dfp_quantize (a zero result is +0). Gradient (clipped straight-through): dx = dy where
 // lo <= x * 2^fl <= hi, else 0.
+//
+// relu=true fuses a ReLU in front: the ops compute the quantization of max(x, 0) and the
+// gradient of both, exactly: lo becomes 0 (clamp(max(x, 0) * 2^fl, lo, hi) ==
+// clamp(x * 2^fl, 0, hi) for 2^fl > 0), and the gradient's condition becomes
+// x > 0 and x * 2^fl <= hi (TF's ReluGrad passes dy where x > 0).
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -69,11 +74,13 @@ REGISTER_OP("Kerasq>FakeQuantDfp")
     .Attr("bitwidth: int >= 1")
     .Attr("signed: bool = true")
     .Attr(kRoundingAttr)
+    .Attr("relu: bool = false")
     .SetShapeFn(FracBitsShape)
     .Doc(R"doc(
 Dynamic fixed point fake quantization: y = clamp(round(x * 2^fl), lo, hi) * 2^-fl.
 frac_bits has shape [] (per tensor) or [C] with C the size of the last axis of x.
 seed is used by rounding='stochastic' only (counter-based, thread-count independent).
+relu: quantize max(x, 0) instead of x (a ReLU fused in front).
 )doc");
 
 REGISTER_OP("Kerasq>FakeQuantDfpMasked")
@@ -86,10 +93,12 @@ REGISTER_OP("Kerasq>FakeQuantDfpMasked")
     .Attr("bitwidth: int >= 1")
     .Attr("signed: bool = true")
     .Attr(kRoundingAttr)
+    .Attr("relu: bool = false")
     .SetShapeFn(MaskedShape)
     .Doc(R"doc(
 Kerasq>FakeQuantDfp that also writes the clip mask for Kerasq>ClipMaskGrad: bit i of
-clip_mask (byte i / 8, bit i % 8, flat index i) is 1 where lo <= x * 2^fl <= hi.
+clip_mask (byte i / 8, bit i % 8, flat index i) is 1 where lo <= x * 2^fl <= hi (relu:
+where x > 0 and x * 2^fl <= hi, the gradient of the fused ReLU and quantization).
 )doc");
 
 REGISTER_OP("Kerasq>FakeQuantDfpGrad")
@@ -100,6 +109,7 @@ REGISTER_OP("Kerasq>FakeQuantDfpGrad")
     .Attr("T: {float, double}")
     .Attr("bitwidth: int >= 1")
     .Attr("signed: bool = true")
+    .Attr("relu: bool = false")
     .SetShapeFn([](InferenceContext* c) {
       c->set_output(0, c->input(0));
       return tensorflow::OkStatus();
@@ -110,24 +120,31 @@ namespace {
 
 // Per-channel constants (structure of arrays, so the channel loop vectorizes): exact
 // power-of-two factor pairs, x * 2^fl = x * up1 * up2 and q * 2^-fl = q * down1 * down2,
-// and the integer clip range.
+// and the integer clip range. relu: lo is 0 and the gradient's lower condition is x > 0.
 template <typename T>
 struct DfpParams {
   std::vector<T> up1, up2, down1, down2;
   T lo = 0, hi = 0;
+  bool relu = false;
   int64_t channels = 1;
 };
 
+// The gradient's condition for one element, fx = Flush(x) and s = fx * 2^fl.
+template <typename T>
+inline bool InsideClip(T fx, T s, T lo, T hi, bool relu) {
+  return (relu ? fx > T(0) : s >= lo) & (s <= hi);
+}
+
 template <typename T>
 Status MakeParams(const Tensor& frac_bits, int64_t last_dim, int bitwidth, bool is_signed,
-                  DfpParams<T>* out) {
+                  bool relu, DfpParams<T>* out) {
   if (frac_bits.dims() > 1) return InvalidArgument("frac_bits must have shape [] or [C]");
   const int64_t channels = frac_bits.dims() == 0 ? 1 : frac_bits.dim_size(0);
   if (frac_bits.dims() == 1 && channels != last_dim) {
     return InvalidArgument("per-channel frac_bits has ", channels,
                            " entries but the last axis of x has ", last_dim);
   }
-  const double lo = is_signed ? -std::ldexp(1.0, bitwidth - 1) : 0.0;
+  const double lo = is_signed && !relu ? -std::ldexp(1.0, bitwidth - 1) : 0.0;
   const double hi = is_signed ? std::ldexp(1.0, bitwidth - 1) - 1.0 : std::ldexp(1.0, bitwidth) - 1.0;
   auto fl = frac_bits.flat<int32_t>();
   out->channels = channels;
@@ -141,6 +158,7 @@ Status MakeParams(const Tensor& frac_bits, int64_t last_dim, int bitwidth, bool 
   }
   out->lo = static_cast<T>(lo);
   out->hi = static_cast<T>(hi);  // nearest T, as Ristretto's float max_data (2^31 for B=32)
+  out->relu = relu;
   return tensorflow::OkStatus();
 }
 
@@ -173,13 +191,14 @@ void DfpRange(const T* x, T* y, int64_t begin, int64_t end, const DfpParams<T>& 
 }
 
 // One element of the masked forward: the output, and in *flag the clip flag (1 where
-// lo <= x * 2^fl <= hi, the gradient's condition; 0 for NaN), from the same scaled value,
-// so x is read once.
+// lo <= x * 2^fl <= hi, the gradient's condition, see InsideClip; 0 for NaN), from the
+// same scaled value, so x is read once.
 template <Rounding R, typename T>
-inline T DfpElementFlag(T x, T up1, T up2, T down1, T down2, T lo, T hi, uint64_t stream,
-                        uint64_t index, uint8_t* flag) {
-  const T s = Flush(x) * up1 * up2;
-  *flag = (s >= lo) & (s <= hi);
+inline T DfpElementFlag(T x, T up1, T up2, T down1, T down2, T lo, T hi, bool relu,
+                        uint64_t stream, uint64_t index, uint8_t* flag) {
+  const T fx = Flush(x);
+  const T s = fx * up1 * up2;
+  *flag = InsideClip(fx, s, lo, hi, relu);
   const T q = RoundFloat<R, T>(std::min(std::max(s, lo), hi), stream, index) + T(0);
   return Flush(q * down1 * down2);
 }
@@ -193,11 +212,12 @@ void DfpClipFlagRows(const T* x, uint8_t* flags, int64_t begin, int64_t end,
   const T lo = p.lo, hi = p.hi;
   const T *u1 = p.up1.data(), *u2 = p.up2.data();
   const int64_t nc = p.channels;
+  const bool relu = p.relu;
   for (int64_t row = begin; row < end; row += nc) {
     uint8_t* fr = flags + (row - begin);
     for (int64_t c = 0; c < nc; ++c) {
-      const T y = Flush(x[row + c]) * u1[c] * u2[c];
-      fr[c] = (y >= lo) & (y <= hi);
+      const T fx = Flush(x[row + c]);
+      fr[c] = InsideClip(fx, fx * u1[c] * u2[c], lo, hi, relu);
     }
   }
 }
@@ -214,15 +234,15 @@ void DfpMaskedFlat(const T* x, T* y, uint8_t* mask, int64_t begin, int64_t end,
   int64_t b = begin;
   for (; b + kBlock <= end; b += kBlock) {
     for (int64_t j = 0; j < kBlock; ++j)
-      y[b + j] = DfpElementFlag<R, T>(x[b + j], u1, u2, d1, d2, lo, hi, stream, b + j,
-                                      flags + j);
+      y[b + j] = DfpElementFlag<R, T>(x[b + j], u1, u2, d1, d2, lo, hi, p.relu, stream,
+                                      b + j, flags + j);
     PackClipBits(flags, kBlock, mask + b / 8);
   }
   if (b < end) {
     const int64_t m = end - b;
     for (int64_t j = 0; j < m; ++j)
-      y[b + j] = DfpElementFlag<R, T>(x[b + j], u1, u2, d1, d2, lo, hi, stream, b + j,
-                                      flags + j);
+      y[b + j] = DfpElementFlag<R, T>(x[b + j], u1, u2, d1, d2, lo, hi, p.relu, stream,
+                                      b + j, flags + j);
     PackClipBits(flags, m, mask + b / 8);
   }
 }
@@ -287,13 +307,15 @@ struct Counters16 {
 template <Rounding R>
 inline void Step16(const float* x, float* y, uint8_t* mask, int64_t i, __mmask16 live,
                    __m512 u1, __m512 u2, __m512 d1, __m512 d2, __m512 lo, __m512 hi,
-                   const Counters16* ctr) {
+                   bool relu, const Counters16* ctr) {
   const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f),
                half = _mm512_set1_ps(0.5f);
   const __m512 v = _mm512_maskz_loadu_ps(live, x + i);
-  const __m512 s = _mm512_mul_ps(_mm512_mul_ps(Flush(v), u1), u2);
-  const __mmask16 in = _mm512_cmp_ps_mask(s, lo, _CMP_GE_OQ) &
-                       _mm512_cmp_ps_mask(s, hi, _CMP_LE_OQ) & live;
+  const __m512 fv = Flush(v);
+  const __m512 s = _mm512_mul_ps(_mm512_mul_ps(fv, u1), u2);
+  const __mmask16 above = relu ? _mm512_cmp_ps_mask(fv, zero, _CMP_GT_OQ)
+                               : _mm512_cmp_ps_mask(s, lo, _CMP_GE_OQ);
+  const __mmask16 in = above & _mm512_cmp_ps_mask(s, hi, _CMP_LE_OQ) & live;
   const __m512 c = _mm512_min_ps(hi, _mm512_max_ps(lo, s));
   __m512 q;
   if constexpr (R == Rounding::kNearestEven) {
@@ -334,7 +356,7 @@ void DfpMaskedFlatF32(const float* x, float* y, uint8_t* mask, int64_t begin, in
   for (int64_t i = begin; i < end; i += 16) {
     const int64_t m = std::min<int64_t>(16, end - i);
     const __mmask16 live = m == 16 ? __mmask16(0xFFFF) : __mmask16((1u << m) - 1);
-    Step16<R>(x, y, mask, i, live, u1, u2, d1, d2, lo, hi, &ctr);
+    Step16<R>(x, y, mask, i, live, u1, u2, d1, d2, lo, hi, p.relu, &ctr);
     if constexpr (R == Rounding::kStochastic) ctr.Advance();
   }
 }
@@ -351,7 +373,7 @@ void DfpMaskedRowsF32(const float* x, float* y, uint8_t* mask, int64_t begin, in
     for (int64_t c = 0; c < nc; c += 16) {
       Step16<R>(x, y, mask, row + c, __mmask16(0xFFFF), _mm512_loadu_ps(p.up1.data() + c),
                 _mm512_loadu_ps(p.up2.data() + c), _mm512_loadu_ps(p.down1.data() + c),
-                _mm512_loadu_ps(p.down2.data() + c), lo, hi, &ctr);
+                _mm512_loadu_ps(p.down2.data() + c), lo, hi, p.relu, &ctr);
       if constexpr (R == Rounding::kStochastic) ctr.Advance();
     }
   }
@@ -364,12 +386,13 @@ template <typename T>
 void DfpGradRange(const T* dy, const T* x, T* dx, int64_t begin, int64_t end,
                   const DfpParams<T>& p) {
   const T lo = p.lo, hi = p.hi;
+  const bool relu = p.relu;
   if (p.channels == 1) {
     const T u1 = p.up1[0], u2 = p.up2[0];
     for (int64_t i = begin; i < end; ++i) {
-      const T y = Flush(x[i]) * u1 * u2;
+      const T fx = Flush(x[i]);
       const T d = dy[i];
-      dx[i] = (y >= lo && y <= hi) ? d : T(0);
+      dx[i] = InsideClip(fx, fx * u1 * u2, lo, hi, relu) ? d : T(0);
     }
     return;
   }
@@ -377,9 +400,9 @@ void DfpGradRange(const T* dy, const T* x, T* dx, int64_t begin, int64_t end,
   const int64_t nc = p.channels;
   for (int64_t row = begin; row < end; row += nc) {
     for (int64_t c = 0; c < nc; ++c) {
-      const T y = Flush(x[row + c]) * u1[c] * u2[c];
+      const T fx = Flush(x[row + c]);
       const T d = dy[row + c];
-      dx[row + c] = (y >= lo && y <= hi) ? d : T(0);
+      dx[row + c] = InsideClip(fx, fx * u1[c] * u2[c], lo, hi, relu) ? d : T(0);
     }
   }
 }
@@ -404,6 +427,7 @@ class FakeQuantDfpOp : public OpKernel {
   explicit FakeQuantDfpOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("bitwidth", &bitwidth_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("signed", &signed_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("relu", &relu_));
     std::string rounding;
     OP_REQUIRES_OK(ctx, ctx->GetAttr("rounding", &rounding));
     OP_REQUIRES(ctx, ParseRounding(rounding, &rounding_),
@@ -419,9 +443,12 @@ class FakeQuantDfpOp : public OpKernel {
     OP_REQUIRES(ctx, seed.NumElements() == 1, InvalidArgument("seed must be a scalar"));
     const int64_t last_dim = x.dims() == 0 ? 1 : x.dim_size(x.dims() - 1);
     DfpParams<T> params;
-    OP_REQUIRES_OK(ctx, MakeParams<T>(frac_bits, last_dim, bitwidth_, signed_, &params));
+    OP_REQUIRES_OK(ctx, MakeParams<T>(frac_bits, last_dim, bitwidth_, signed_, relu_, &params));
     Tensor* y = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &y));
+    // y in x's buffer when nothing else holds x (an activation whose only reader is this
+    // op): the lines just read are written back, with no second buffer to fetch. Every
+    // path reads an element before it writes it.
+    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0, x.shape(), &y));
     const int64_t n = x.NumElements();
     if (n == 0) return;
     const T* xp = x.flat<T>().data();
@@ -459,8 +486,9 @@ class FakeQuantDfpOp : public OpKernel {
                      std::vector<uint8_t> flags(granule);
                      for (int64_t cb = b; cb < e; cb += granule) {
                        const int64_t ce = std::min(e, cb + granule);
-                       DfpRange<R, T>(xp, yp, cb, ce, params, stream);
+                       // flags first: y may overwrite x
                        DfpClipFlagRows<T>(xp, flags.data(), cb, ce, params);
+                       DfpRange<R, T>(xp, yp, cb, ce, params, stream);
                        PackClipBits(flags.data(), ce - cb, maskp + cb / 8);
                      }
                    });
@@ -480,6 +508,7 @@ class FakeQuantDfpOp : public OpKernel {
  private:
   int bitwidth_ = 8;
   bool signed_ = true;
+  bool relu_ = false;
   Rounding rounding_ = Rounding::kNearest;
 };
 
@@ -489,6 +518,7 @@ class FakeQuantDfpGradOp : public OpKernel {
   explicit FakeQuantDfpGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("bitwidth", &bitwidth_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("signed", &signed_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("relu", &relu_));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -499,9 +529,9 @@ class FakeQuantDfpGradOp : public OpKernel {
                 InvalidArgument("dy and x must have the same shape"));
     const int64_t last_dim = x.dims() == 0 ? 1 : x.dim_size(x.dims() - 1);
     DfpParams<T> params;
-    OP_REQUIRES_OK(ctx, MakeParams<T>(frac_bits, last_dim, bitwidth_, signed_, &params));
+    OP_REQUIRES_OK(ctx, MakeParams<T>(frac_bits, last_dim, bitwidth_, signed_, relu_, &params));
     Tensor* dx = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &dx));
+    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0, x.shape(), &dx));  // dy's
     const int64_t n = x.NumElements();
     if (n == 0) return;
     const T* xp = x.flat<T>().data();
@@ -517,6 +547,7 @@ class FakeQuantDfpGradOp : public OpKernel {
  private:
   int bitwidth_ = 8;
   bool signed_ = true;
+  bool relu_ = false;
 };
 
 #define KERASQ_REGISTER_DFP(T)                                                              \

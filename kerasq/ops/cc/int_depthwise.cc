@@ -8,6 +8,7 @@
 #include <type_traits>
 
 #include "int_gemm.h"
+#include "lru_slot.h"
 #include "rounding.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -697,18 +698,7 @@ std::shared_ptr<const PackedInt8> PackedInt8Cache::Get(const int8_t* w, int64_t 
   auto packed = std::make_shared<PackedInt8>();
   PackInt8(w, k_h, k_w, channels, packed.get());
   std::lock_guard<std::mutex> lock(mu_);
-  Entry* slot = nullptr;
-  for (Entry& e : entries_)
-    if (e.key == w) slot = &e;  // the same buffer with new contents
-  if (slot == nullptr && entries_.size() < kEntries) {
-    entries_.emplace_back();
-    slot = &entries_.back();
-  }
-  if (slot == nullptr) {  // evict the least recently used
-    slot = &entries_.front();
-    for (Entry& e : entries_)
-      if (e.last_use < slot->last_use) slot = &e;
-  }
+  Entry* slot = PickLruSlot(&entries_, w, kEntries);
   slot->key = w;
   slot->raw.assign(w, w + bytes);
   slot->packed = packed;

@@ -19,6 +19,7 @@
 
 #include "int_depthwise.h"
 #include "int_gemm.h"
+#include "lru_slot.h"
 #include "requantize.h"
 #include "rounding.h"
 #include "tensorflow/core/framework/op.h"
@@ -454,18 +455,7 @@ class PackedWeightCache {
     auto raw = std::make_shared<const std::vector<char>>(reinterpret_cast<const char*>(w),
                                                          reinterpret_cast<const char*>(w) + bytes);
     std::lock_guard<std::mutex> lock(mu_);
-    Entry* slot = nullptr;
-    for (Entry& e : entries_)
-      if (e.key == w) slot = &e;  // the same buffer with new contents
-    if (slot == nullptr && entries_.size() < kEntries) {
-      entries_.emplace_back();
-      slot = &entries_.back();
-    }
-    if (slot == nullptr) {  // evict the least recently used
-      slot = &entries_.front();
-      for (Entry& e : entries_)
-        if (e.last_use < slot->last_use) slot = &e;
-    }
+    Entry* slot = PickLruSlot(&entries_, w, kEntries);
     slot->key = w;
     slot->raw = std::move(raw);
     slot->packed = packed;

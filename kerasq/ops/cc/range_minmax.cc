@@ -66,6 +66,7 @@ REGISTER_OP("Kerasq>DfpRangeUpdate")
     .Attr("bitwidth: int >= 1")
     .Attr("signedness: {'data', 'signed', 'unsigned'} = 'data'")
     .Attr("max_abs: bool = false")
+    .Attr("relu: bool = false")
     .SetShapeFn([](InferenceContext* c) {
       for (int i = 0; i < 4; ++i) c->set_output(i, c->Scalar());
       return tensorflow::OkStatus();
@@ -77,6 +78,8 @@ count == 0, else (min(stored_min, bmin), max(stored_max, bmax)); A = max(|new_mi
 if max_abs else max(|new_min|, |new_max|); fl = B - ceil(log2 A) (ceil(log2 A) := 0 below
 the smallest normal float), minus 1 when signed (signedness 'data': signed iff new_min < 0
 or NaN; never with max_abs). tf.minimum/tf.maximum semantics: NaN propagates.
+relu: the range of max(x, 0), i.e. (bmin, bmax) = (max(min x, 0), max(max x, 0)) for a
+non-empty x (a ReLU fused in front, see Kerasq>FakeQuantDfpMasked's relu).
 )doc");
 
 namespace {
@@ -215,11 +218,16 @@ class DfpRangeUpdateOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("bitwidth", &bitwidth_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("signedness", &signedness_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("max_abs", &max_abs_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("relu", &relu_));
   }
 
   void Compute(OpKernelContext* ctx) override {
     float bmin, bmax;
     MinMax(ctx, ctx->input(0), &bmin, &bmax);
+    if (relu_ && ctx->input(0).NumElements() > 0) {  // the extremes of max(x, 0)
+      bmin = MaximumNan(bmin, 0.0f);
+      bmax = MaximumNan(bmax, 0.0f);
+    }
     if (max_abs_) bmax = MaximumNan(bmax, -bmin);
     const bool first = ctx->input(1).scalar<int64_t>()() == 0;
     const float inf = std::numeric_limits<float>::infinity();
@@ -265,6 +273,7 @@ class DfpRangeUpdateOp : public OpKernel {
   int bitwidth_;
   std::string signedness_;
   bool max_abs_;
+  bool relu_;
 };
 
 REGISTER_KERNEL_BUILDER(Name("Kerasq>DfpRangeUpdate").Device(DEVICE_CPU), DfpRangeUpdateOp);
