@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from kerasq.errors import QuantizationConfigError
 from kerasq.numerics import _validate
 from kerasq.numerics._validate import DEFAULT_ROUNDING
 from kerasq.ops._loader import library
@@ -62,6 +63,7 @@ def _register_gradients(lib: Any) -> None:
     for name, fn in (("Kerasq>FakeQuantDfp", _dfp_grad),
                      ("Kerasq>FakeQuantMinifloat", _minifloat_grad),
                      ("Kerasq>FakeQuantDfpMasked", _masked_grad),
+                     ("Kerasq>FakeQuantDfpMaskedDynamicSign", _masked_grad),
                      ("Kerasq>FakeQuantMinifloatMasked", _masked_grad)):
         try:
             tf.RegisterGradient(name)(fn)
@@ -114,7 +116,7 @@ def fake_quant_dfp(
     bitwidth: int,
     frac_bits: Any,
     *,
-    signed: bool = True,
+    signed: Any = True,
     rounding: str = DEFAULT_ROUNDING,
     seed: Any = None,
     relu: bool = False,
@@ -127,7 +129,9 @@ def fake_quant_dfp(
             ``[0, 2^B−1]``.
         frac_bits: fl: an int, or an int tensor/array of shape [] or [C] (per channel
             along the last axis of ``x``).
-        signed, rounding, seed: as in :func:`kerasq.numerics.dfp_quantize`.
+        signed, rounding, seed: as in :func:`kerasq.numerics.dfp_quantize`; ``signed`` may
+            also be a scalar bool tensor, read when the op runs (one kernel in place of a
+            ``tf.cond`` between the two grids).
         relu: quantize ``max(x, 0)`` (a ReLU fused in front, one pass instead of two):
             the result and the gradient are those of ``fake_quant_dfp(tf.nn.relu(x))``,
             i.e. the gradient is 1 where ``x > 0`` and ``x·2^fl <= qmax``.
@@ -144,7 +148,16 @@ def fake_quant_dfp(
     from kerasq.numerics import dfp_quantize
     from kerasq.numerics.dfp import _check_common, _tf_frac_bits
 
-    bitwidth, signed = _check_common(bitwidth, signed)
+    dynamic_sign = _validate.is_tensor(signed)
+    if dynamic_sign:
+        is_signed = tf.convert_to_tensor(signed)
+        if is_signed.dtype != tf.bool or is_signed.shape.rank != 0:
+            raise QuantizationConfigError(
+                f"a tensor `signed` must be a bool scalar, got {is_signed.dtype.name} "
+                f"of shape {is_signed.shape}")
+        bitwidth, _ = _check_common(bitwidth, True)
+    else:
+        bitwidth, signed = _check_common(bitwidth, signed)
     rounding = _validate.check_rounding(rounding)
     seed = _validate.check_seed(seed)
     lib = _custom_library()
@@ -156,8 +169,19 @@ def fake_quant_dfp(
     )
     relu = _validate.check_bool("relu", relu)
     if lib is None or x.dtype not in (tf.float32, tf.float64) or not per_channel_ok:
-        return dfp_quantize(tf.nn.relu(x) if relu else x, bitwidth, fl, signed=signed,
-                            rounding=rounding, seed=seed)
+        source = tf.nn.relu(x) if relu else x
+
+        def grid(is_signed_grid: bool) -> Any:
+            return dfp_quantize(source, bitwidth, fl, signed=is_signed_grid, rounding=rounding,
+                                seed=seed)
+        if dynamic_sign:
+            return tf.cond(is_signed, lambda: grid(True), lambda: grid(False))
+        return grid(signed)
+    if dynamic_sign:
+        y, _ = lib.kerasq_fake_quant_dfp_masked_dynamic_sign(
+            x, fl, seed_tensor(seed, rounding), is_signed, bitwidth=bitwidth, rounding=rounding,
+            relu=relu)
+        return y
     y, _ = lib.kerasq_fake_quant_dfp_masked(
         x, fl, seed_tensor(seed, rounding), bitwidth=bitwidth, signed=signed, rounding=rounding,
         relu=relu,

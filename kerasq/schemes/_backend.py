@@ -32,18 +32,25 @@ def _ops() -> Any:
     return None
 
 
-def dfp_quantize(x: tf.Tensor, bitwidth: int, frac_bits: Any, *, signed: bool,
+def dfp_quantize(x: tf.Tensor, bitwidth: int, frac_bits: Any, *, signed: Any,
                  rounding: str, relu: bool = False) -> tf.Tensor:
     """x' = clip(round(x·2^fl), qmin, qmax)·2^-fl (see ``kerasq.numerics.dfp_quantize``);
-    ``relu``: of max(x, 0), value and gradient (``kerasq.ops.fake_quant_dfp``)."""
+    ``relu``: of max(x, 0), value and gradient; ``signed`` a bool or a bool scalar tensor
+    (``kerasq.ops.fake_quant_dfp``)."""
     if tf.is_tensor(frac_bits) and not frac_bits.dtype.is_integer:
         frac_bits = tf.cast(frac_bits, tf.int32)
     ops = _ops()
     if ops is not None:
         return ops.fake_quant_dfp(x, bitwidth, frac_bits, signed=signed, rounding=rounding,
                                   relu=relu)
-    return _numerics().dfp_quantize(tf.nn.relu(x) if relu else x, bitwidth, frac_bits,
-                                    signed=signed, rounding=rounding)
+    source = tf.nn.relu(x) if relu else x
+
+    def grid(is_signed: bool) -> tf.Tensor:
+        return _numerics().dfp_quantize(source, bitwidth, frac_bits, signed=is_signed,
+                                        rounding=rounding)
+    if tf.is_tensor(signed):
+        return tf.cond(signed, lambda: grid(True), lambda: grid(False))
+    return grid(signed)
 
 
 def range_min_max(x: tf.Tensor) -> Any:

@@ -352,10 +352,9 @@ class DFPActivationQuantizer(_KerasqQuantizer):
                 return _backend.dfp_quantize(x, self.bitwidth, fl, signed=is_signed,
                                              rounding=rounding, relu=relu)
             if self.signed is None:
-                # a cond, not tf.where-chosen bounds: kerasq.ops takes the signedness as an
-                # attribute, and clipping to data-chosen bounds before one (B+1)-bit kernel
-                # measured 2.5-4x slower than this branch (forward + backward, 4M floats)
-                return tf.cond(unsigned, lambda: dfp(False), lambda: dfp(True))
+                # the signedness as data: one kernel that reads it (the fallback: a cond
+                # between the two grids). NaN range: signed, as the cond's predicate.
+                return dfp(tf.logical_not(unsigned))
             return dfp(bool(self.signed))
         if self.apply_offset:
             qmin, qmax = integer_range(self.bitwidth, False)

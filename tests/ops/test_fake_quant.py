@@ -375,3 +375,32 @@ def test_dfp_writes_over_a_temporary_input_correctly(ops_path, channels, relu):
         ref = numerics.dfp_quantize(tf.nn.relu(xt) if relu else xt, 8, fl, signed=False)
     want = tape.gradient(ref, xt, output_gradients=tf.constant(g.numpy() * 3)).numpy()
     np.testing.assert_array_equal(dx.numpy(), want)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("channels", [None, 24, 32])
+def test_dfp_signedness_as_a_tensor(ops_path, relu, channels):
+    """``signed`` as a bool scalar tensor, read at run time (one kernel, no cond): the same
+    values and gradients as the bool attribute, for both grids, eagerly and in a graph."""
+    width = channels or 16
+    x = special_values(np.float32)[:4000 // width * width].reshape(-1, width)
+    x = x[np.isfinite(x).all(axis=1)]
+    fl = tf.constant(np.arange(width, dtype=np.int32) % 5 if channels else np.int32(2))
+    dy = tf.constant(np.random.default_rng(8).normal(size=x.shape).astype(np.float32))
+    xt = tf.constant(x)
+
+    def run(signed):
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            y = fake_quant_dfp(xt, 5, fl, signed=signed, rounding="nearest_even", relu=relu)
+        return y, tape.gradient(y, xt, output_gradients=dy)
+
+    compiled = tf.function(run)
+    for is_signed in (True, False):
+        want = [t.numpy() for t in run(is_signed)]
+        for fn in (run, compiled):
+            got = [t.numpy() for t in fn(tf.constant(is_signed))]
+            assert_bit_equal(got[0], want[0])
+            assert_bit_equal(got[1], want[1])
+    with pytest.raises(QuantizationConfigError, match="bool scalar"):
+        fake_quant_dfp(xt, 5, fl, signed=tf.constant([True, False]))

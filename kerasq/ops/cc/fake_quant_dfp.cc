@@ -101,6 +101,28 @@ clip_mask (byte i / 8, bit i % 8, flat index i) is 1 where lo <= x * 2^fl <= hi 
 where x > 0 and x * 2^fl <= hi, the gradient of the fused ReLU and quantization).
 )doc");
 
+REGISTER_OP("Kerasq>FakeQuantDfpMaskedDynamicSign")
+    .Input("x: T")
+    .Input("frac_bits: int32")
+    .Input("seed: int64")
+    .Input("is_signed: bool")
+    .Output("y: T")
+    .Output("clip_mask: uint8")
+    .Attr("T: {float, double}")
+    .Attr("bitwidth: int >= 1")
+    .Attr(kRoundingAttr)
+    .Attr("relu: bool = false")
+    .SetShapeFn([](InferenceContext* c) {
+      tensorflow::shape_inference::ShapeHandle flag;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 0, &flag));
+      return MaskedShape(c);
+    })
+    .Doc(R"doc(
+Kerasq>FakeQuantDfpMasked with the grid's signedness read from the scalar is_signed at run
+time instead of an attribute (an activation quantizer whose grid is unsigned while its
+range stays non-negative): one op where a cond between two ops would be.
+)doc");
+
 REGISTER_OP("Kerasq>FakeQuantDfpGrad")
     .Input("dy: T")
     .Input("x: T")
@@ -421,12 +443,13 @@ void ParallelOver(OpKernelContext* ctx, int64_t n, int64_t granule, int64_t min_
 
 }  // namespace
 
-template <typename T, bool kMasked>
+// kDynamicSign: the signedness is input 3 (a bool scalar), not the `signed` attribute.
+template <typename T, bool kMasked, bool kDynamicSign = false>
 class FakeQuantDfpOp : public OpKernel {
  public:
   explicit FakeQuantDfpOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("bitwidth", &bitwidth_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("signed", &signed_));
+    if (!kDynamicSign) OP_REQUIRES_OK(ctx, ctx->GetAttr("signed", &signed_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("relu", &relu_));
     std::string rounding;
     OP_REQUIRES_OK(ctx, ctx->GetAttr("rounding", &rounding));
@@ -441,9 +464,15 @@ class FakeQuantDfpOp : public OpKernel {
     const Tensor& frac_bits = ctx->input(1);
     const Tensor& seed = ctx->input(2);
     OP_REQUIRES(ctx, seed.NumElements() == 1, InvalidArgument("seed must be a scalar"));
+    bool is_signed = signed_;
+    if (kDynamicSign) {
+      const Tensor& flag = ctx->input(3);
+      OP_REQUIRES(ctx, flag.NumElements() == 1, InvalidArgument("is_signed must be a scalar"));
+      is_signed = flag.flat<bool>()(0);
+    }
     const int64_t last_dim = x.dims() == 0 ? 1 : x.dim_size(x.dims() - 1);
     DfpParams<T> params;
-    OP_REQUIRES_OK(ctx, MakeParams<T>(frac_bits, last_dim, bitwidth_, signed_, relu_, &params));
+    OP_REQUIRES_OK(ctx, MakeParams<T>(frac_bits, last_dim, bitwidth_, is_signed, relu_, &params));
     Tensor* y = nullptr;
     // y in x's buffer when nothing else holds x (an activation whose only reader is this
     // op): the lines just read are written back, with no second buffer to fetch. Every
@@ -557,6 +586,9 @@ class FakeQuantDfpGradOp : public OpKernel {
   REGISTER_KERNEL_BUILDER(                                                                  \
       Name("Kerasq>FakeQuantDfpMasked").Device(DEVICE_CPU).TypeConstraint<T>("T"),          \
       FakeQuantDfpOp<T, true>);                                                             \
+  REGISTER_KERNEL_BUILDER(                                                                  \
+      Name("Kerasq>FakeQuantDfpMaskedDynamicSign").Device(DEVICE_CPU).TypeConstraint<T>("T"), \
+      FakeQuantDfpOp<T, true, true>);                                                       \
   REGISTER_KERNEL_BUILDER(                                                                  \
       Name("Kerasq>FakeQuantDfpGrad").Device(DEVICE_CPU).TypeConstraint<T>("T"),            \
       FakeQuantDfpGradOp<T>);
