@@ -143,11 +143,14 @@ namespace {
 // Per-channel constants (structure of arrays, so the channel loop vectorizes): exact
 // power-of-two factor pairs, x * 2^fl = x * up1 * up2 and q * 2^-fl = q * down1 * down2,
 // and the integer clip range. relu: lo is 0 and the gradient's lower condition is x > 0.
+// single_factor: every |fl| <= 126, so 2^fl and 2^-fl are normal floats and up / down hold
+// them (x * 2^fl in one multiply, the same value as the pair; q * 2^-fl is 0 or normal).
 template <typename T>
 struct DfpParams {
-  std::vector<T> up1, up2, down1, down2;
+  std::vector<T> up1, up2, down1, down2, up, down;
   T lo = 0, hi = 0;
   bool relu = false;
+  bool single_factor = true;
   int64_t channels = 1;
 };
 
@@ -170,13 +173,20 @@ Status MakeParams(const Tensor& frac_bits, int64_t last_dim, int bitwidth, bool 
   const double hi = is_signed ? std::ldexp(1.0, bitwidth - 1) - 1.0 : std::ldexp(1.0, bitwidth) - 1.0;
   auto fl = frac_bits.flat<int32_t>();
   out->channels = channels;
-  for (auto* v : {&out->up1, &out->up2, &out->down1, &out->down2}) v->resize(channels);
+  for (auto* v : {&out->up1, &out->up2, &out->down1, &out->down2, &out->up, &out->down})
+    v->resize(channels);
   for (int64_t c = 0; c < channels; ++c) {
     const Pow2Pair<T> up(fl(c)), down(-fl(c));
     out->up1[c] = up.first;
     out->up2[c] = up.second;
     out->down1[c] = down.first;
     out->down2[c] = down.second;
+    if (fl(c) < -126 || fl(c) > 126) {
+      out->single_factor = false;
+    } else {
+      out->up[c] = Pow2<T>(fl(c));
+      out->down[c] = Pow2<T>(-fl(c));
+    }
   }
   out->lo = static_cast<T>(lo);
   out->hi = static_cast<T>(hi);  // nearest T, as Ristretto's float max_data (2^31 for B=32)
@@ -325,16 +335,24 @@ struct Counters16 {
   }
 };
 
+// Whether this thread reads subnormal inputs as zero (MXCSR.DAZ, set with FTZ on TF's
+// executor and intra-op threads): then the hardware does the input Flush.
+inline bool DenormalsAreZero() { return (_mm_getcsr() & 0x0040u) != 0; }
+
 // 16 elements from x + i (the `live` ones), i a multiple of 8: y and the mask bits.
-template <Rounding R>
+// kLean (DAZ on and DfpParams::single_factor; u1 = 2^fl, d1 = 2^-fl, u2/d2 unused): no
+// Flush of the input (DAZ reads a subnormal as the zero of its sign, in the multiply and
+// the compares alike) nor of the output (q * 2^-fl is 0 or at least 2^-126), one multiply
+// each way; the same values as the full form.
+template <Rounding R, bool kLean = false>
 inline void Step16(const float* x, float* y, uint8_t* mask, int64_t i, __mmask16 live,
                    __m512 u1, __m512 u2, __m512 d1, __m512 d2, __m512 lo, __m512 hi,
                    bool relu, const Counters16* ctr) {
   const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f),
                half = _mm512_set1_ps(0.5f);
   const __m512 v = _mm512_maskz_loadu_ps(live, x + i);
-  const __m512 fv = Flush(v);
-  const __m512 s = _mm512_mul_ps(_mm512_mul_ps(fv, u1), u2);
+  const __m512 fv = kLean ? v : Flush(v);
+  const __m512 s = kLean ? _mm512_mul_ps(v, u1) : _mm512_mul_ps(_mm512_mul_ps(fv, u1), u2);
   const __mmask16 above = relu ? _mm512_cmp_ps_mask(fv, zero, _CMP_GT_OQ)
                                : _mm512_cmp_ps_mask(s, lo, _CMP_GE_OQ);
   const __mmask16 in = above & _mm512_cmp_ps_mask(s, hi, _CMP_LE_OQ) & live;
@@ -360,7 +378,8 @@ inline void Step16(const float* x, float* y, uint8_t* mask, int64_t i, __mmask16
     q = _mm512_mask_add_ps(low, up, low, one);
   }
   q = _mm512_add_ps(q, zero);  // the integer 0 has no sign
-  _mm512_mask_storeu_ps(y + i, live, Flush(_mm512_mul_ps(_mm512_mul_ps(q, d1), d2)));
+  _mm512_mask_storeu_ps(y + i, live, kLean ? _mm512_mul_ps(q, d1)
+                                           : Flush(_mm512_mul_ps(_mm512_mul_ps(q, d1), d2)));
   // Whole mask bytes; a partial last byte zero-padded (bits of dead lanes are 0).
   const uint16_t bits = in;
   mask[i / 8] = static_cast<uint8_t>(bits);
@@ -368,37 +387,56 @@ inline void Step16(const float* x, float* y, uint8_t* mask, int64_t i, __mmask16
 }
 
 // Per tensor over [begin, end), begin a multiple of 64.
-template <Rounding R>
-void DfpMaskedFlatF32(const float* x, float* y, uint8_t* mask, int64_t begin, int64_t end,
-                      const DfpParams<float>& p, uint64_t stream) {
-  const __m512 u1 = _mm512_set1_ps(p.up1[0]), u2 = _mm512_set1_ps(p.up2[0]);
-  const __m512 d1 = _mm512_set1_ps(p.down1[0]), d2 = _mm512_set1_ps(p.down2[0]);
+template <Rounding R, bool kLean>
+void DfpMaskedFlatF32Loop(const float* x, float* y, uint8_t* mask, int64_t begin, int64_t end,
+                          const DfpParams<float>& p, uint64_t stream) {
+  const __m512 u1 = _mm512_set1_ps(kLean ? p.up[0] : p.up1[0]), u2 = _mm512_set1_ps(p.up2[0]);
+  const __m512 d1 = _mm512_set1_ps(kLean ? p.down[0] : p.down1[0]);
+  const __m512 d2 = _mm512_set1_ps(p.down2[0]);
   const __m512 lo = _mm512_set1_ps(p.lo), hi = _mm512_set1_ps(p.hi);
   Counters16 ctr(stream, begin);
   for (int64_t i = begin; i < end; i += 16) {
     const int64_t m = std::min<int64_t>(16, end - i);
     const __mmask16 live = m == 16 ? __mmask16(0xFFFF) : __mmask16((1u << m) - 1);
-    Step16<R>(x, y, mask, i, live, u1, u2, d1, d2, lo, hi, p.relu, &ctr);
+    Step16<R, kLean>(x, y, mask, i, live, u1, u2, d1, d2, lo, hi, p.relu, &ctr);
     if constexpr (R == Rounding::kStochastic) ctr.Advance();
   }
 }
 
+template <Rounding R>
+void DfpMaskedFlatF32(const float* x, float* y, uint8_t* mask, int64_t begin, int64_t end,
+                      const DfpParams<float>& p, uint64_t stream) {
+  if (p.single_factor && DenormalsAreZero())
+    return DfpMaskedFlatF32Loop<R, true>(x, y, mask, begin, end, p, stream);
+  DfpMaskedFlatF32Loop<R, false>(x, y, mask, begin, end, p, stream);
+}
+
 // Per channel, channel count a multiple of 16, over whole rows [begin, end), begin a
 // multiple of 64.
-template <Rounding R>
-void DfpMaskedRowsF32(const float* x, float* y, uint8_t* mask, int64_t begin, int64_t end,
-                      const DfpParams<float>& p, uint64_t stream) {
+template <Rounding R, bool kLean>
+void DfpMaskedRowsF32Loop(const float* x, float* y, uint8_t* mask, int64_t begin, int64_t end,
+                          const DfpParams<float>& p, uint64_t stream) {
   const __m512 lo = _mm512_set1_ps(p.lo), hi = _mm512_set1_ps(p.hi);
+  const float* up = kLean ? p.up.data() : p.up1.data();
+  const float* down = kLean ? p.down.data() : p.down1.data();
   const int64_t nc = p.channels;
   Counters16 ctr(stream, begin);
   for (int64_t row = begin; row < end; row += nc) {
     for (int64_t c = 0; c < nc; c += 16) {
-      Step16<R>(x, y, mask, row + c, __mmask16(0xFFFF), _mm512_loadu_ps(p.up1.data() + c),
-                _mm512_loadu_ps(p.up2.data() + c), _mm512_loadu_ps(p.down1.data() + c),
-                _mm512_loadu_ps(p.down2.data() + c), lo, hi, p.relu, &ctr);
+      Step16<R, kLean>(x, y, mask, row + c, __mmask16(0xFFFF), _mm512_loadu_ps(up + c),
+                       _mm512_loadu_ps(p.up2.data() + c), _mm512_loadu_ps(down + c),
+                       _mm512_loadu_ps(p.down2.data() + c), lo, hi, p.relu, &ctr);
       if constexpr (R == Rounding::kStochastic) ctr.Advance();
     }
   }
+}
+
+template <Rounding R>
+void DfpMaskedRowsF32(const float* x, float* y, uint8_t* mask, int64_t begin, int64_t end,
+                      const DfpParams<float>& p, uint64_t stream) {
+  if (p.single_factor && DenormalsAreZero())
+    return DfpMaskedRowsF32Loop<R, true>(x, y, mask, begin, end, p, stream);
+  DfpMaskedRowsF32Loop<R, false>(x, y, mask, begin, end, p, stream);
 }
 
 }  // namespace avx512
