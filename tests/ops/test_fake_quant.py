@@ -404,3 +404,20 @@ def test_dfp_signedness_as_a_tensor(ops_path, relu, channels):
             assert_bit_equal(got[1], want[1])
     with pytest.raises(QuantizationConfigError, match="bool scalar"):
         fake_quant_dfp(xt, 5, fl, signed=tf.constant([True, False]))
+
+
+@pytest.mark.parametrize("rounding", DETERMINISTIC)
+@pytest.mark.parametrize("extreme", [-130, 140])
+def test_dfp_per_channel_with_a_fl_beyond_the_single_factor_range(ops_path, rounding, extreme):
+    """One channel's |fl| above 126 (2^fl not a normal float): the C++ kernels switch to
+    the two-factor form with flushes for the whole tensor; values as numerics'."""
+    x = special_values(np.float32)[:3200].reshape(-1, 32)
+    fl = (np.arange(32) % 9 - 2).astype(np.int32)
+    fl[5] = extreme
+    for relu in (False, True):
+        expected = numerics.dfp_quantize(
+            np.where(np.isnan(x), x, np.maximum(x, 0)).astype(np.float32) if relu else x, 8,
+            fl, signed=False, rounding=rounding)
+        actual = fake_quant_dfp(tf.constant(x), 8, tf.constant(fl), signed=False,
+                                rounding=rounding, relu=relu)
+        assert_bit_equal(actual.numpy(), expected)
