@@ -7,7 +7,8 @@ else an equivalent pure-TF fallback (bit-identical in every deterministic mode; 
 runs.
 
 * :func:`fake_quant_dfp`, :func:`fake_quant_minifloat`: QAT fake quantization with
-  clipped straight-through gradients (= :mod:`kerasq.numerics`, faster).
+  clipped straight-through gradients (= :mod:`kerasq.numerics`, faster);
+  :func:`fake_quant_dfp_weights`: the same for weights with fl from their own range.
 * :func:`dfp_conv2d`, :func:`dfp_depthwise_conv2d`, :func:`dfp_matmul`: int8/uint8/int16
   layers with exact accumulation and shift requantization.
 * :func:`range_min_max`: ``(reduce_min(x), reduce_max(x))`` in one pass over x.
@@ -22,7 +23,7 @@ Example:
 """
 
 from kerasq.ops._loader import custom_kernels_loaded, fallback_reason
-from kerasq.ops.fake_quant import fake_quant_dfp, fake_quant_minifloat
+from kerasq.ops.fake_quant import fake_quant_dfp, fake_quant_dfp_weights, fake_quant_minifloat
 from kerasq.ops.integer_ops import dfp_conv2d, dfp_depthwise_conv2d, dfp_matmul
 from kerasq.ops.ranges import range_min_max
 
@@ -30,6 +31,7 @@ __all__ = [
     "custom_kernels_loaded",
     "fallback_reason",
     "fake_quant_dfp",
+    "fake_quant_dfp_weights",
     "fake_quant_minifloat",
     "dfp_conv2d",
     "dfp_depthwise_conv2d",

@@ -56,7 +56,7 @@ def _register_gradients(lib: Any) -> None:
         )
         return [dx, None]
 
-    def _masked_grad(op, dy, _dmask):  # noqa: ANN001
+    def _masked_grad(op, dy, *_unused):  # noqa: ANN001
         # The forward's clip mask replaces x: the backward reads dy and n/8 bytes.
         return [lib.kerasq_clip_mask_grad(dy, op.outputs[1])] + [None] * (len(op.inputs) - 1)
 
@@ -64,6 +64,7 @@ def _register_gradients(lib: Any) -> None:
                      ("Kerasq>FakeQuantMinifloat", _minifloat_grad),
                      ("Kerasq>FakeQuantDfpMasked", _masked_grad),
                      ("Kerasq>FakeQuantDfpMaskedDynamicSign", _masked_grad),
+                     ("Kerasq>DfpWeightQuantize", _masked_grad),
                      ("Kerasq>FakeQuantMinifloatMasked", _masked_grad)):
         try:
             tf.RegisterGradient(name)(fn)
@@ -189,6 +190,68 @@ def fake_quant_dfp(
     return y
 
 
+def fake_quant_dfp_weights(
+    w: Any,
+    bitwidth: int,
+    *,
+    per_channel: bool = True,
+    rounding: str = DEFAULT_ROUNDING,
+    seed: Any = None,
+) -> Any:
+    """Signed DFP fake quantization of weights with fl from their own range, in one op.
+
+    Per channel along the last axis (or per tensor): ``w_min``, ``w_max`` of the channel,
+    ``fl = B − 1 − ceil(log2 max(|w_min|, |w_max|))`` (ceil(log2 a) := 0 below the smallest
+    normal float), ``y = fake_quant_dfp(w, B, fl, signed=True)``.
+
+    Args:
+        w: float32 tensor (rank >= 1 when ``per_channel``).
+        bitwidth: B in 2..32.
+        per_channel: one fl per entry of the last axis, else one for the tensor.
+        rounding, seed: as in :func:`fake_quant_dfp`.
+
+    Returns:
+        ``(y, frac_bits, w_min, w_max)``: y like w (clipped straight-through gradient);
+        the other three float32 of shape ``[C]`` (per channel) or ``[]``, no gradient.
+
+    Example:
+        >>> from kerasq._compat import tf
+        >>> y, fl, lo, hi = fake_quant_dfp_weights(tf.constant([[0.3, -1.5], [0.1, 0.2]]), 8)
+        >>> fl.numpy().tolist(), y.numpy()[0].tolist()
+        ([8.0, 6.0], [0.30078125, -1.5])
+    """
+    from kerasq._compat import tf
+    from kerasq.numerics.dfp import _check_common
+
+    bitwidth, _ = _check_common(bitwidth, True)
+    rounding = _validate.check_rounding(rounding)
+    seed = _validate.check_seed(seed)
+    per_channel = _validate.check_bool("per_channel", per_channel)
+    w = _float_tensor(w)
+    if per_channel and (w.shape.rank is None or w.shape.rank < 1):
+        raise QuantizationConfigError(
+            f"per-channel weights need a rank >= 1 tensor, got shape {w.shape}")
+    lib = _custom_library()
+    if lib is not None and w.dtype == tf.float32:
+        y, _, fl, w_min, w_max = lib.kerasq_dfp_weight_quantize(
+            w, seed_tensor(seed, rounding), bitwidth=bitwidth, rounding=rounding,
+            per_channel=per_channel)
+        return y, fl, w_min, w_max
+    axes = list(range(w.shape.rank - 1)) if per_channel else None
+    w_min = tf.reduce_min(w, axis=axes)
+    w_max = tf.reduce_max(w, axis=axes)
+    a = tf.maximum(tf.abs(w_min), tf.abs(w_max))
+    bits = tf.bitcast(tf.cast(a, tf.float32), tf.int32)
+    ceil_log2 = tf.bitwise.right_shift(bits + (2**23 - 1), 23) - 127
+    ceil_log2 = tf.where(a >= _FLOAT32_MIN_NORMAL, ceil_log2, 0)
+    fl = bitwidth - 1 - ceil_log2
+    y = fake_quant_dfp(w, bitwidth, fl, signed=True, rounding=rounding, seed=seed)
+    return y, tf.cast(fl, w.dtype), w_min, w_max
+
+
+_FLOAT32_MIN_NORMAL = 2.0 ** -126
+
+
 def fake_quant_minifloat(
     x: Any,
     exp_bits: int,
@@ -230,4 +293,4 @@ def fake_quant_minifloat(
     return y
 
 
-__all__ = ["fake_quant_dfp", "fake_quant_minifloat"]
+__all__ = ["fake_quant_dfp", "fake_quant_dfp_weights", "fake_quant_minifloat"]

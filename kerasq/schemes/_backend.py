@@ -74,6 +74,16 @@ def dfp_range_update(x: tf.Tensor, count: Any, stored_min: Any, stored_max: Any,
                   max_abs=max_abs, relu=relu)
 
 
+def dfp_weight_quantize(w: tf.Tensor, bitwidth: int, *, per_channel: bool, rounding: str
+                        ) -> Any:
+    """``kerasq.ops.fake_quant_dfp_weights`` (y, fl, min, max) when the C++ kernels run,
+    else None (the caller then runs its TF ops, the reference of the kernel)."""
+    if not fuses_relu() or w.dtype != tf.float32:
+        return None
+    return _ops().fake_quant_dfp_weights(w, bitwidth, per_channel=per_channel,
+                                         rounding=rounding)
+
+
 def fuses_relu() -> bool:
     """Whether the C++ kernels run, which quantize max(x, 0) and its range in one pass
     (``relu=True`` of :func:`dfp_quantize` and :func:`dfp_range_update`)."""

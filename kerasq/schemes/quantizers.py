@@ -561,8 +561,37 @@ class DFPWeightQuantizer(_WeightQuantizerBase):
         return GridSpec(kind="dfp", bitwidth=self.bitwidth, signed=True, rounding=self.rounding,
                         axis=axis, frac_bits=fl if axis is not None else int(fl.reshape(-1)[0]))
 
+    def _fused_train_quantize(self, w: tf.Tensor, weights: Dict[str, tf.Variable],
+                              rounding: str) -> Optional[tf.Tensor]:
+        """The training step in one C++ op (``kerasq.ops.fake_quant_dfp_weights``: range,
+        fl and fake quantization), or None where it does not apply: eager (numerics checks
+        the values there), fixed fl, caffe-jacinto's scales, channel axes that are not the
+        trailing ones, or no C++ kernels. Same values as ``params`` + ``fake_quantize``."""
+        w = tf.convert_to_tensor(w)
+        if (tf.executing_eagerly() or not self.power2_range or self.apply_offset
+                or self.frac_bits is not None or w.dtype != tf.float32
+                or not w.shape.is_fully_defined() or w.shape.rank == 0):
+            return None
+        rank = w.shape.rank
+        kept = sorted({a % rank for a in self.channel_axes or ()})
+        if kept and kept != list(range(rank - len(kept), rank)):
+            return None
+        flat = w if len(kept) <= 1 else tf.reshape(w, [-1, int(np.prod(w.shape[-len(kept):]))])
+        out = _backend.dfp_weight_quantize(flat, self.bitwidth, per_channel=bool(kept),
+                                           rounding=rounding)
+        if out is None:
+            return None
+        y, fl, w_min, w_max = out
+        shape = weights["frac_bits"].shape
+        for name, value in (("frac_bits", fl), ("min", w_min), ("max", w_max)):
+            weights[name].assign(value if value.shape == shape else tf.reshape(value, shape))
+        return y if len(kept) <= 1 else tf.reshape(y, w.shape)
+
     def train_quantize(self, w: tf.Tensor, weights: Dict[str, tf.Variable], rounding: str
                        ) -> tf.Tensor:
+        fused = self._fused_train_quantize(w, weights, rounding)
+        if fused is not None:
+            return fused
         params = self.params(w)
         self._assign_state(params, weights)  # fake_quantize reads params, not the variables
         return self.fake_quantize(w, weights, rounding, params=params)

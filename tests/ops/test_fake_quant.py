@@ -7,13 +7,15 @@ gradients exactly. Stochastic rounding is checked by its statistics.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 from kerasq._compat import tf
 from kerasq import numerics
 from kerasq.errors import QuantizationConfigError
-from kerasq.ops import fake_quant_dfp, fake_quant_minifloat
+from kerasq.ops import fake_quant_dfp, fake_quant_dfp_weights, fake_quant_minifloat
 
 DETERMINISTIC = ["nearest", "nearest_even", "half_up"]
 
@@ -421,3 +423,35 @@ def test_dfp_per_channel_with_a_fl_beyond_the_single_factor_range(ops_path, roun
         actual = fake_quant_dfp(tf.constant(x), 8, tf.constant(fl), signed=False,
                                 rounding=rounding, relu=relu)
         assert_bit_equal(actual.numpy(), expected)
+
+
+@pytest.mark.parametrize("rounding", DETERMINISTIC)
+@pytest.mark.parametrize("shape,per_channel", [
+    ((3, 3, 8, 32), True), ((5, 24), True), ((7, 1000), True), ((16,), False),
+    ((3, 3, 4, 8), False), ((4, 3), True)])
+def test_dfp_weights_match_the_numpy_reference(ops_path, rounding, shape, per_channel):
+    """fake_quant_dfp_weights: min/max per channel (or tensor), fl = B-1-ceil(log2 A) and
+    the fake-quantized weights, against numpy and kerasq.numerics; gradient clipped STE."""
+    rng = np.random.default_rng(sum(shape))
+    w = (rng.normal(0, 0.3, shape) * np.exp2(rng.integers(-4, 4, shape[-1]))).astype(np.float32)
+    w.reshape(-1)[:3] = [0.0, -0.0, 0.5]  # a power of two: ceil(log2 0.5) = -1 exactly
+    if per_channel:
+        w[..., -1] = 0.0  # an all-zero channel: ceil(log2 0) := 0
+    axes = tuple(range(w.ndim - 1)) if per_channel else None
+    w_min, w_max = w.min(axis=axes), w.max(axis=axes)
+    a = np.maximum(np.abs(w_min), np.abs(w_max))
+    il = np.array([math.ceil(math.log2(v)) if v > 0 else 0 for v in np.ravel(a)]).reshape(a.shape)
+    fl = (8 - 1 - il).astype(np.int64)
+    wt = tf.constant(w)
+    with tf.GradientTape() as tape:
+        tape.watch(wt)
+        y, got_fl, got_min, got_max = fake_quant_dfp_weights(wt, 8, per_channel=per_channel,
+                                                             rounding=rounding)
+    np.testing.assert_array_equal(got_fl.numpy(), fl.astype(np.float32))
+    np.testing.assert_array_equal(got_min.numpy(), w_min)
+    np.testing.assert_array_equal(got_max.numpy(), w_max)
+    assert_bit_equal(y.numpy(), numerics.dfp_quantize(w, 8, fl, rounding=rounding))
+    dy = rng.normal(size=shape).astype(np.float32)
+    grad = tape.gradient(y, wt, output_gradients=tf.constant(dy)).numpy()
+    scaled = w * np.exp2(fl.astype(np.float64))
+    np.testing.assert_array_equal(grad, np.where((scaled >= -128) & (scaled <= 127), dy, 0))

@@ -184,3 +184,41 @@ def test_relu_fused_into_the_quantizer_gives_the_same_step(monkeypatch):
     assert any((g == 0).any() for g in fused[0][1:])  # the masks cut something
     for a, b in zip(fused_state, plain_state):
         np.testing.assert_array_equal(a, b)
+
+
+def _conv_model():
+    keras.utils.set_random_seed(9)
+    inp = keras.Input((8, 8, 3), name="x")
+    h = keras.layers.Conv2D(16, 3, padding="same", name="conv")(inp)
+    h = keras.layers.DepthwiseConv2D(3, padding="same", depth_multiplier=2, name="dw")(h)
+    h = keras.layers.Flatten(name="flat")(h)
+    return keras.Model(inp, keras.layers.Dense(24, name="fc")(h))
+
+
+def test_weight_quantizers_one_op_step_gives_the_same_step(monkeypatch):
+    """The weight quantizers' one-op training step (``Kerasq>DfpWeightQuantize``: range,
+    fl and fake quantization) against their TF ops: three steps, outputs, gradients,
+    weights and every quantizer variable equal bit for bit."""
+    import kerasq.ops
+    from kerasq.schemes.quantizers import DFPWeightQuantizer
+
+    if not kerasq.ops.custom_kernels_loaded():
+        pytest.skip(f"C++ ops not available: {kerasq.ops.fallback_reason()}")
+    rng = np.random.default_rng(4)
+    batches = [rng.normal(0, 1, (4, 8, 8, 3)).astype(np.float32) for _ in range(3)]
+    config = {"train_rounding": "nearest"}
+    fused_model = kerasq.quantize_model(_conv_model(), config)
+    step, fused, fused_state = _train_steps(fused_model, batches)
+    graph_def = step.get_concrete_function(tf.constant(batches[0])).graph.as_graph_def()
+    ops_used = [n.op for n in graph_def.node]
+    assert ops_used.count("Kerasq>DfpWeightQuantize") == 3  # the kernels (biases: int32 grid)
+
+    monkeypatch.setattr(DFPWeightQuantizer, "_fused_train_quantize",
+                        lambda self, w, weights, rounding: None)
+    plain_model = kerasq.quantize_model(_conv_model(), config)
+    _, plain, plain_state = _train_steps(plain_model, batches)
+    for got, want in zip(fused, plain):
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+    for a, b in zip(fused_state, plain_state):
+        np.testing.assert_array_equal(a, b)

@@ -13,6 +13,7 @@
 // x > 0 and x * 2^fl <= hi (TF's ReluGrad passes dy where x > 0).
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <string>
@@ -121,6 +122,40 @@ REGISTER_OP("Kerasq>FakeQuantDfpMaskedDynamicSign")
 Kerasq>FakeQuantDfpMasked with the grid's signedness read from the scalar is_signed at run
 time instead of an attribute (an activation quantizer whose grid is unsigned while its
 range stays non-negative): one op where a cond between two ops would be.
+)doc");
+
+REGISTER_OP("Kerasq>DfpWeightQuantize")
+    .Input("w: float")
+    .Input("seed: int64")
+    .Output("y: float")
+    .Output("clip_mask: uint8")
+    .Output("frac_bits: float")
+    .Output("w_min: float")
+    .Output("w_max: float")
+    .Attr("bitwidth: int >= 1")
+    .Attr(kRoundingAttr)
+    .Attr("per_channel: bool = true")
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->input(0));
+      const int64_t n = c->Value(c->NumElements(c->input(0)));
+      c->set_output(1, c->Vector(n < 0 ? InferenceContext::kUnknownDim : ClipMaskBytes(n)));
+      bool per_channel = true;
+      TF_RETURN_IF_ERROR(c->GetAttr("per_channel", &per_channel));
+      tensorflow::shape_inference::ShapeHandle state = c->Scalar();
+      if (per_channel) {
+        tensorflow::shape_inference::ShapeHandle w;
+        TF_RETURN_IF_ERROR(c->WithRankAtLeast(c->input(0), 1, &w));
+        state = c->Vector(c->Dim(w, -1));
+      }
+      for (int i = 2; i < 5; ++i) c->set_output(i, state);
+      return tensorflow::OkStatus();
+    })
+    .Doc(R"doc(
+A DFP weight quantizer's training step in one op: per channel (the last axis; the whole
+tensor when per_channel is false) w_min = min w, w_max = max w (NaN propagates),
+fl = B - 1 - ceil(log2 max(|w_min|, |w_max|)) (ceil(log2 a) := 0 below the smallest normal
+float, as kerasq's quantizers compute it from the bit pattern), then y and clip_mask as
+Kerasq>FakeQuantDfpMasked with that fl on the signed grid. frac_bits is returned as float.
 )doc");
 
 REGISTER_OP("Kerasq>FakeQuantDfpGrad")
@@ -467,6 +502,49 @@ void DfpGradRange(const T* dy, const T* x, T* dx, int64_t begin, int64_t end,
   }
 }
 
+// min, max and the signed DFP fl per channel of w (rows of `channels` values), written to
+// the three state outputs; fl also as int32 into *fl_int for MakeParams.
+Status WeightGrid(OpKernelContext* ctx, const Tensor& w, bool per_channel, int bitwidth,
+                  Tensor* fl_int) {
+  const int64_t n = w.NumElements();
+  const int64_t channels = per_channel ? (w.dims() == 0 ? 1 : w.dim_size(w.dims() - 1)) : 1;
+  const TensorShape state = per_channel ? TensorShape({channels}) : TensorShape({});
+  Tensor *fl_out = nullptr, *min_out = nullptr, *max_out = nullptr;
+  TF_RETURN_IF_ERROR(ctx->allocate_output(2, state, &fl_out));
+  TF_RETURN_IF_ERROR(ctx->allocate_output(3, state, &min_out));
+  TF_RETURN_IF_ERROR(ctx->allocate_output(4, state, &max_out));
+  TF_RETURN_IF_ERROR(ctx->allocate_temp(tensorflow::DT_INT32, state, fl_int));
+  const float inf = std::numeric_limits<float>::infinity();
+  std::vector<float> lo(channels, inf), hi(channels, -inf);
+  std::vector<uint8_t> nan(channels, 0);
+  const float* x = w.flat<float>().data();
+  for (int64_t row = 0; row < n; row += channels) {
+    for (int64_t c = 0; c < channels; ++c) {
+      const float v = x[row + c];
+      lo[c] = v < lo[c] ? v : lo[c];
+      hi[c] = v > hi[c] ? v : hi[c];
+      nan[c] |= static_cast<uint8_t>(v != v);
+    }
+  }
+  float* fl = fl_out->flat<float>().data();
+  int32_t* fli = fl_int->flat<int32_t>().data();
+  for (int64_t c = 0; c < channels; ++c) {
+    if (nan[c]) lo[c] = hi[c] = std::numeric_limits<float>::quiet_NaN();
+    min_out->flat<float>()(c) = lo[c];
+    max_out->flat<float>()(c) = hi[c];
+    const float a = std::max(std::fabs(lo[c]), std::fabs(hi[c]));  // NaN: a is NaN
+    const float m = nan[c] ? std::numeric_limits<float>::quiet_NaN() : a;
+    int32_t bits;
+    std::memcpy(&bits, &m, sizeof(bits));
+    const int32_t sum = static_cast<int32_t>(static_cast<uint32_t>(bits) + ((1u << 23) - 1u));
+    int32_t ceil_log2 = (sum >> 23) - 127;
+    if (!(m >= std::numeric_limits<float>::min())) ceil_log2 = 0;
+    fli[c] = bitwidth - 1 - ceil_log2;
+    fl[c] = static_cast<float>(fli[c]);
+  }
+  return tensorflow::OkStatus();
+}
+
 // Runs fn(begin, end) over [0, n) in `granule`-aligned pieces on TF's intra-op pool, at
 // least min_elements per piece (see kMinShardElements).
 template <typename Fn>
@@ -482,13 +560,15 @@ void ParallelOver(OpKernelContext* ctx, int64_t n, int64_t granule, int64_t min_
 }  // namespace
 
 // kDynamicSign: the signedness is input 3 (a bool scalar), not the `signed` attribute.
-template <typename T, bool kMasked, bool kDynamicSign = false>
+// kWeightGrid: Kerasq>DfpWeightQuantize (inputs w, seed; fl from w's own range, signed).
+template <typename T, bool kMasked, bool kDynamicSign = false, bool kWeightGrid = false>
 class FakeQuantDfpOp : public OpKernel {
  public:
   explicit FakeQuantDfpOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("bitwidth", &bitwidth_));
-    if (!kDynamicSign) OP_REQUIRES_OK(ctx, ctx->GetAttr("signed", &signed_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("relu", &relu_));
+    if (kWeightGrid) OP_REQUIRES_OK(ctx, ctx->GetAttr("per_channel", &per_channel_));
+    if (!kDynamicSign && !kWeightGrid) OP_REQUIRES_OK(ctx, ctx->GetAttr("signed", &signed_));
+    if (!kWeightGrid) OP_REQUIRES_OK(ctx, ctx->GetAttr("relu", &relu_));
     std::string rounding;
     OP_REQUIRES_OK(ctx, ctx->GetAttr("rounding", &rounding));
     OP_REQUIRES(ctx, ParseRounding(rounding, &rounding_),
@@ -499,9 +579,11 @@ class FakeQuantDfpOp : public OpKernel {
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& x = ctx->input(0);
-    const Tensor& frac_bits = ctx->input(1);
-    const Tensor& seed = ctx->input(2);
+    const Tensor& seed = ctx->input(kWeightGrid ? 1 : 2);
     OP_REQUIRES(ctx, seed.NumElements() == 1, InvalidArgument("seed must be a scalar"));
+    Tensor weight_fl;
+    if (kWeightGrid) OP_REQUIRES_OK(ctx, WeightGrid(ctx, x, per_channel_, bitwidth_, &weight_fl));
+    const Tensor& frac_bits = kWeightGrid ? weight_fl : ctx->input(1);
     bool is_signed = signed_;
     if (kDynamicSign) {
       const Tensor& flag = ctx->input(3);
@@ -576,6 +658,7 @@ class FakeQuantDfpOp : public OpKernel {
   int bitwidth_ = 8;
   bool signed_ = true;
   bool relu_ = false;
+  bool per_channel_ = true;
   Rounding rounding_ = Rounding::kNearest;
 };
 
@@ -634,5 +717,8 @@ class FakeQuantDfpGradOp : public OpKernel {
 KERASQ_REGISTER_DFP(float)
 KERASQ_REGISTER_DFP(double)
 #undef KERASQ_REGISTER_DFP
+
+REGISTER_KERNEL_BUILDER(Name("Kerasq>DfpWeightQuantize").Device(DEVICE_CPU),
+                        FakeQuantDfpOp<float, true, false, true>);
 
 }  // namespace kerasq
