@@ -78,15 +78,15 @@ def dfp_weight_quantize(w: tf.Tensor, bitwidth: int, *, per_channel: bool, round
                         ) -> Any:
     """``kerasq.ops.fake_quant_dfp_weights`` (y, fl, min, max) when the C++ kernels run,
     else None (the caller then runs its TF ops, the reference of the kernel)."""
-    if not fuses_relu() or w.dtype != tf.float32:
+    if not custom_kernels_run() or w.dtype != tf.float32:
         return None
     return _ops().fake_quant_dfp_weights(w, bitwidth, per_channel=per_channel,
                                          rounding=rounding)
 
 
-def fuses_relu() -> bool:
-    """Whether the C++ kernels run, which quantize max(x, 0) and its range in one pass
-    (``relu=True`` of :func:`dfp_quantize` and :func:`dfp_range_update`)."""
+def custom_kernels_run() -> bool:
+    """Whether the C++ kernels run: the fused forms (``relu=True`` of :func:`dfp_quantize`
+    and :func:`dfp_range_update`, :func:`dfp_weight_quantize`) only exist there."""
     ops = _ops()
     return ops is not None and hasattr(ops, "range_min_max") and ops.custom_kernels_loaded()
 

@@ -287,7 +287,7 @@ class DFPActivationQuantizer(_KerasqQuantizer):
         """
         op = getattr(inputs, "op", None)
         if (op is None or op.type != "Relu" or inputs.dtype != tf.float32
-                or not self._fused_range_applies() or not _backend.fuses_relu()):
+                or not self._fused_range_applies() or not _backend.custom_kernels_run()):
             return None
         return op.inputs[0]
 
