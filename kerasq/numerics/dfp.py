@@ -250,6 +250,31 @@ def _check_max_abs(m: np.ndarray) -> None:
         raise QuantizationConfigError(f"max_abs must be finite and >= 0, got {shown!r}")
 
 
+def dfp_frac_bits_float32(max_abs: Any, bitwidth: int, *, signed: bool = True) -> Any:
+    """:func:`dfp_frac_bits` of a float32 tensor in four ops, read from the bit pattern.
+
+    ceil(log2 m) = ((bits(m) + 2^23 − 1) >> 23) − 127: the exponent field, plus one when
+    any mantissa bit is set (the carry); 0 below the smallest normal float. No value
+    checks (non-finite m gives what the bit pattern gives): the quantizers' graph form,
+    which kerasq's C++ range and weight ops compute the same way.
+
+    Returns:
+        An int32 tensor shaped like ``max_abs``.
+
+    Example:
+        >>> from kerasq._compat import tf
+        >>> dfp_frac_bits_float32(tf.constant([1.0, 2.5, 0.0]), 8).numpy().tolist()
+        [7, 5, 7]
+    """
+    from kerasq._compat import tf
+
+    bitwidth, signed = _check_common(bitwidth, signed)
+    m = tf.convert_to_tensor(max_abs, tf.float32)
+    ceil_log2 = tf.bitwise.right_shift(tf.bitcast(m, tf.int32) + (2**23 - 1), 23) - 127
+    ceil_log2 = tf.where(m >= np.finfo(np.float32).tiny, ceil_log2, 0)
+    return bitwidth - (1 if signed else 0) - ceil_log2
+
+
 def _frac_bits_tf(max_abs, bitwidth, sign_bit):
     from kerasq._compat import tf
 
@@ -263,4 +288,4 @@ def _frac_bits_tf(max_abs, bitwidth, sign_bit):
     return bitwidth - sign_bit - ceil_log2
 
 
-__all__ = ["dfp_frac_bits", "dfp_quantize", "dfp_range"]
+__all__ = ["dfp_frac_bits", "dfp_frac_bits_float32", "dfp_quantize", "dfp_range"]

@@ -221,7 +221,7 @@ def fake_quant_dfp_weights(
         ([8.0, 6.0], [0.30078125, -1.5])
     """
     from kerasq._compat import tf
-    from kerasq.numerics.dfp import _check_common
+    from kerasq.numerics.dfp import _check_common, dfp_frac_bits_float32
 
     bitwidth, _ = _check_common(bitwidth, True)
     rounding = _validate.check_rounding(rounding)
@@ -241,15 +241,9 @@ def fake_quant_dfp_weights(
     w_min = tf.reduce_min(w, axis=axes)
     w_max = tf.reduce_max(w, axis=axes)
     a = tf.maximum(tf.abs(w_min), tf.abs(w_max))
-    bits = tf.bitcast(tf.cast(a, tf.float32), tf.int32)
-    ceil_log2 = tf.bitwise.right_shift(bits + (2**23 - 1), 23) - 127
-    ceil_log2 = tf.where(a >= _FLOAT32_MIN_NORMAL, ceil_log2, 0)
-    fl = bitwidth - 1 - ceil_log2
+    fl = dfp_frac_bits_float32(tf.cast(a, tf.float32), bitwidth, signed=True)
     y = fake_quant_dfp(w, bitwidth, fl, signed=True, rounding=rounding, seed=seed)
     return y, tf.cast(fl, w.dtype), w_min, w_max
-
-
-_FLOAT32_MIN_NORMAL = 2.0 ** -126
 
 
 def fake_quant_minifloat(

@@ -56,7 +56,7 @@ def dfp_quantize(x: tf.Tensor, bitwidth: int, frac_bits: Any, *, signed: Any,
 def range_min_max(x: tf.Tensor) -> Any:
     """(reduce_min(x), reduce_max(x)) in one pass over x (``kerasq.ops.range_min_max``)."""
     ops = _ops()
-    if ops is not None and hasattr(ops, "range_min_max"):
+    if ops is not None:
         return ops.range_min_max(x)
     return tf.reduce_min(x), tf.reduce_max(x)
 
@@ -65,8 +65,7 @@ def dfp_range_update(x: tf.Tensor, count: Any, stored_min: Any, stored_max: Any,
                      bitwidth: int, signed: Any, max_abs: bool, relu: bool = False) -> Any:
     """``kerasq.ops.ranges.dfp_range_update`` (new_min, new_max, fl, 2^fl) of x (``relu``:
     of max(x, 0)), or None when the C++ op is not available."""
-    ops = _ops()
-    if ops is None or not hasattr(ops, "range_min_max"):
+    if _ops() is None:
         return None
     from kerasq.ops.ranges import dfp_range_update as update
 
@@ -88,7 +87,7 @@ def custom_kernels_run() -> bool:
     """Whether the C++ kernels run: the fused forms (``relu=True`` of :func:`dfp_quantize`
     and :func:`dfp_range_update`, :func:`dfp_weight_quantize`) only exist there."""
     ops = _ops()
-    return ops is not None and hasattr(ops, "range_min_max") and ops.custom_kernels_loaded()
+    return ops is not None and ops.custom_kernels_loaded()
 
 
 def minifloat_quantize(x: tf.Tensor, exp_bits: int, mant_bits: int, *, rounding: str) -> tf.Tensor:
@@ -104,9 +103,6 @@ def pow2_quantize(x: tf.Tensor, exp_min: int, exp_max: int, *, rounding: str) ->
     return _numerics().pow2_quantize(x, exp_min, exp_max, rounding=rounding)
 
 
-_FLOAT32_MIN_NORMAL = 2.0 ** -126
-
-
 def dfp_frac_bits(max_abs: tf.Tensor, bitwidth: int, *, signed: bool) -> tf.Tensor:
     """Largest fl such that max_abs fits the B-bit grid (``kerasq.numerics.dfp_frac_bits``).
 
@@ -120,9 +116,9 @@ def dfp_frac_bits(max_abs: tf.Tensor, bitwidth: int, *, signed: bool) -> tf.Tens
     m = tf.convert_to_tensor(max_abs)
     if m.dtype != tf.float32 or tf.executing_eagerly():  # eager: numerics checks the value
         return tf.cast(_numerics().dfp_frac_bits(m, bitwidth, signed=signed), tf.float32)
-    ceil_log2 = tf.bitwise.right_shift(tf.bitcast(m, tf.int32) + (2**23 - 1), 23) - 127
-    ceil_log2 = tf.where(m >= _FLOAT32_MIN_NORMAL, ceil_log2, 0)
-    return tf.cast(bitwidth - (1 if signed else 0) - ceil_log2, tf.float32)
+    from kerasq.numerics.dfp import dfp_frac_bits_float32
+
+    return tf.cast(dfp_frac_bits_float32(m, bitwidth, signed=signed), tf.float32)
 
 
 def _round(y: tf.Tensor, rounding: str) -> tf.Tensor:

@@ -532,14 +532,7 @@ Status WeightGrid(OpKernelContext* ctx, const Tensor& w, bool per_channel, int b
     if (nan[c]) lo[c] = hi[c] = std::numeric_limits<float>::quiet_NaN();
     min_out->flat<float>()(c) = lo[c];
     max_out->flat<float>()(c) = hi[c];
-    const float a = std::max(std::fabs(lo[c]), std::fabs(hi[c]));  // NaN: a is NaN
-    const float m = nan[c] ? std::numeric_limits<float>::quiet_NaN() : a;
-    int32_t bits;
-    std::memcpy(&bits, &m, sizeof(bits));
-    const int32_t sum = static_cast<int32_t>(static_cast<uint32_t>(bits) + ((1u << 23) - 1u));
-    int32_t ceil_log2 = (sum >> 23) - 127;
-    if (!(m >= std::numeric_limits<float>::min())) ceil_log2 = 0;
-    fli[c] = bitwidth - 1 - ceil_log2;
+    fli[c] = bitwidth - 1 - CeilLog2FromBits(std::max(std::fabs(lo[c]), std::fabs(hi[c])));
     fl[c] = static_cast<float>(fli[c]);
   }
   return tensorflow::OkStatus();

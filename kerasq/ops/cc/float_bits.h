@@ -62,6 +62,17 @@ inline int FloorLog2(T a) {
   return static_cast<int>((bits >> Tr::kMant) & Tr::kExpMask) - Tr::kBias;
 }
 
+// ceil(log2 a) of a float from its bit pattern, as kerasq's quantizers compute it in TF
+// (kerasq.numerics.dfp.dfp_frac_bits_float32): the exponent field, plus one when any mantissa
+// bit is set (the carry; int32 arithmetic wraps as TF's); 0 below the smallest normal float
+// and for NaN.
+inline int32_t CeilLog2FromBits(float a) {
+  int32_t bits;
+  std::memcpy(&bits, &a, sizeof(bits));
+  const int32_t sum = static_cast<int32_t>(static_cast<uint32_t>(bits) + ((1u << 23) - 1u));
+  return a >= std::numeric_limits<float>::min() ? (sum >> 23) - 127 : 0;
+}
+
 template <typename T>
 inline T Flush(T x) {
   return std::fabs(x) < std::numeric_limits<T>::min() ? x * T(0) : x;

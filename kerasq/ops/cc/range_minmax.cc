@@ -27,6 +27,7 @@
 #include <immintrin.h>
 #endif
 
+#include "float_bits.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -91,14 +92,6 @@ constexpr int32_t kKeyNegInf = static_cast<int32_t>(0xff800000u ^ 0x7fffffffu);
 // A subnormal counts as the zero of its sign: TF's kernels run with denormals flushed
 // (reduce_min of subnormals gives 0), and so do these.
 inline int32_t FlushBits(int32_t i) { return (i & 0x7f800000) == 0 ? (i & INT32_MIN) : i; }
-
-inline float Flush(float x) {
-  int32_t i;
-  std::memcpy(&i, &x, sizeof(i));
-  i = FlushBits(i);
-  std::memcpy(&x, &i, sizeof(x));
-  return x;
-}
 
 inline int32_t Key(float x) {
   int32_t i;
@@ -236,14 +229,7 @@ class DfpRangeUpdateOp : public OpKernel {
     const float new_min = MinimumNan(lo, bmin);
     const float new_max = MaximumNan(hi, bmax);
     const float a = MaximumNan(std::fabs(new_min), max_abs_ ? new_max : std::fabs(new_max));
-    // ceil(log2 a) from the bit pattern: exponent field, +1 if any mantissa bit is set
-    // (int32 arithmetic wraps as TF's); 0 below the smallest normal (and for NaN).
-    int32_t bits;
-    std::memcpy(&bits, &a, sizeof(bits));
-    const int32_t sum = static_cast<int32_t>(static_cast<uint32_t>(bits) + ((1u << 23) - 1u));
-    int32_t ceil_log2 = (sum >> 23) - 127;
-    if (!(a >= std::numeric_limits<float>::min())) ceil_log2 = 0;
-    float fl = static_cast<float>(bitwidth_ - ceil_log2);
+    float fl = static_cast<float>(bitwidth_ - CeilLog2FromBits(a));
     const bool unsigned_grid = signedness_ == "unsigned" ||
                                (signedness_ == "data" && new_min >= 0.0f);
     if (!max_abs_ && !unsigned_grid) fl -= 1.0f;
